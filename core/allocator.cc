@@ -1,0 +1,100 @@
+// The caching CPU allocator and the per-device allocator registry.
+#include "core/allocator.h"
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "core/check.h"
+
+namespace kiln {
+namespace {
+
+constexpr size_t kAlign = 64;
+
+size_t round_size(size_t n) {
+  if (n <= 512) return (n + kAlign - 1) / kAlign * kAlign;
+  // Round up to a multiple of 1/8 of the next power of two: at most 12.5% waste.
+  size_t p = 1;
+  while (p < n) p <<= 1;
+  size_t step = std::max<size_t>(p / 8, kAlign);
+  return (n + step - 1) / step * step;
+}
+
+class CachingCpuAllocator final : public Allocator {
+ public:
+  void* allocate(size_t nbytes) override {
+    size_t sz = round_size(std::max<size_t>(nbytes, 1));
+    std::lock_guard<std::mutex> lock(mu_);
+    void* p = nullptr;
+    auto it = free_.find(sz);
+    if (it != free_.end() && !it->second.empty()) {
+      p = it->second.back();
+      it->second.pop_back();
+    } else {
+      p = std::aligned_alloc(kAlign, sz);
+      KILN_CHECK(p != nullptr) << "out of host memory allocating " << sz << " bytes";
+      stats_.reserved += sz;
+    }
+    stats_.allocated += sz;
+    stats_.peak = std::max(stats_.peak, stats_.allocated);
+    return p;
+  }
+  void deallocate(void* p, size_t nbytes) override {
+    size_t sz = round_size(std::max<size_t>(nbytes, 1));
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.allocated -= sz;
+    free_[sz].push_back(p);
+  }
+  MemoryStats stats() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stats_;
+  }
+  void reset_peak() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.peak = stats_.allocated;
+  }
+  void empty_cache() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [sz, v] : free_) {
+      for (void* p : v) std::free(p);
+      stats_.reserved -= static_cast<int64_t>(sz * v.size());
+    }
+    free_.clear();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::map<size_t, std::vector<void*>> free_;
+  MemoryStats stats_;
+};
+
+Allocator* g_cuda_allocator = nullptr;
+
+}  // namespace
+
+Allocator* allocator_for(Device d) {
+  if (d.is_cpu()) {
+    static Allocator* cpu = new CachingCpuAllocator();  // never destroyed: outlives static tensors
+    return cpu;
+  }
+  KILN_CHECK(g_cuda_allocator != nullptr)
+      << "device " << d << " requested but kiln was built without CUDA or no GPU is available";
+  return g_cuda_allocator;
+}
+
+void register_cuda_allocator(Allocator* a) { g_cuda_allocator = a; }
+
+MemoryStats memory_stats(Device d) { return allocator_for(d)->stats(); }
+
+Storage::Storage(size_t nbytes, Device device)
+    : nbytes_(nbytes), device_(device), allocator_(allocator_for(device)) {
+  data_ = allocator_->allocate(nbytes);
+}
+
+Storage::~Storage() {
+  if (data_) allocator_->deallocate(data_, nbytes_);
+}
+
+}  // namespace kiln

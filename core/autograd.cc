@@ -1,0 +1,238 @@
+// The backward engine: dependency counting, a ready queue ordered by node creation (latest first),
+// gradient buffers per node output, leaf accumulation with grad-ready hooks, and capture mode for
+// grad().
+#include "core/autograd.h"
+
+#include <atomic>
+#include <queue>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "core/backend.h"
+#include "core/check.h"
+#include "core/ops/elementwise.h"
+
+namespace kiln {
+namespace {
+
+std::atomic<uint64_t> g_seq{0};
+thread_local bool t_grad_enabled = true;
+thread_local LeafCollector* t_collector = nullptr;
+// In grad() mode: leaf impl -> slot that receives its gradient instead of .grad.
+thread_local std::unordered_map<TensorImpl*, Tensor>* t_capture = nullptr;
+
+// Sums two gradients out of place (buffers may alias tensors other nodes still hold).
+Tensor add_grads(const Tensor& a, const Tensor& b) {
+  NoGradGuard ng;
+  return add(a, b);
+}
+
+// The node that feeds a leaf: accumulates into .grad (or the capture slot) and fires hooks.
+class AccumulateGrad final : public Node {
+ public:
+  explicit AccumulateGrad(std::shared_ptr<TensorImpl> leaf) : leaf_(std::move(leaf)) {
+    outputs.push_back({leaf_->shape, leaf_->dtype, leaf_->storage->device()});
+  }
+  const char* name() const override { return "AccumulateGrad"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
+    Tensor g = grads[0];
+    if (g.dtype() != leaf_->dtype) g = raw::convert(g, leaf_->dtype);
+    if (t_capture) {
+      auto it = t_capture->find(leaf_.get());
+      if (it != t_capture->end()) {
+        it->second = it->second.defined() ? add_grads(it->second, g) : g;
+        return {};
+      }
+    }
+    Tensor& acc = leaf_->grad;
+    if (!acc.defined()) {
+      // Own a fresh buffer: gradients may alias tensors other nodes hold, and later
+      // accumulation (micro-steps) writes into .grad in place.
+      acc = Tensor::empty(g.shape(), g.dtype(), g.device());
+      raw::copy(acc, g);
+    } else {
+      NoGradGuard ng;
+      add_(acc, g);
+    }
+    Tensor leaf(leaf_);
+    for (auto& hook : leaf_->ready_hooks) hook(leaf);
+    return {};
+  }
+
+ private:
+  std::shared_ptr<TensorImpl> leaf_;
+};
+
+}  // namespace
+
+Node::Node() : seq(g_seq.fetch_add(1)) {}
+
+bool grad_enabled() { return t_grad_enabled; }
+NoGradGuard::NoGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { t_grad_enabled = prev_; }
+EnableGradGuard::EnableGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = true; }
+EnableGradGuard::~EnableGradGuard() { t_grad_enabled = prev_; }
+
+LeafCollector::LeafCollector() : prev_(t_collector) { t_collector = this; }
+LeafCollector::~LeafCollector() { t_collector = prev_; }
+void LeafCollector::add(const Tensor& t) {
+  for (const Tensor& l : leaves_)
+    if (l.same(t)) return;
+  leaves_.push_back(t);
+}
+
+namespace internal {
+
+bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {
+  for (const Tensor* t : inputs)
+    if (t->requires_grad()) return true;
+  return false;
+}
+
+void collect_leaves(std::initializer_list<const Tensor*> inputs) {
+  if (!t_collector) return;
+  for (const Tensor* t : inputs)
+    if (t->requires_grad() && t->is_leaf()) t_collector->add(*t);
+}
+
+Edge edge_for(const Tensor& t) {
+  if (!t.requires_grad()) return {};
+  TensorImpl* impl = t.impl();
+  if (impl->grad_fn) return {impl->grad_fn, impl->output_nr};
+  std::shared_ptr<Node> acc = impl->grad_accumulator.lock();
+  if (!acc) {
+    acc = std::make_shared<AccumulateGrad>(t.impl_ptr());
+    impl->grad_accumulator = acc;
+  }
+  return {acc, 0};
+}
+
+}  // namespace internal
+
+void set_history(Tensor& out, const std::shared_ptr<Node>& node, int output_nr) {
+  if (!node) return;
+  TensorImpl* impl = out.impl();
+  impl->requires_grad = true;
+  impl->grad_fn = node;
+  impl->output_nr = output_nr;
+  if (static_cast<int>(node->outputs.size()) <= output_nr) node->outputs.resize(output_nr + 1);
+  node->outputs[output_nr] = {out.shape(), out.dtype(), out.device()};
+}
+
+namespace {
+
+struct SeqLess {
+  bool operator()(Node* a, Node* b) const { return a->seq < b->seq; }
+};
+
+void run_engine(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads) {
+  KILN_CHECK_EQ(roots.size(), root_grads.size());
+  NoGradGuard no_grad;
+  // 1. Dependency counts over the graph reachable from the roots.
+  std::unordered_map<Node*, int> deps;
+  std::vector<Node*> stack;
+  std::unordered_set<Node*> seen;
+  std::vector<std::pair<Edge, Tensor>> starts;
+  for (size_t i = 0; i < roots.size(); ++i) {
+    const Tensor& r = roots[i];
+    KILN_CHECK(r.requires_grad()) << "backward on a tensor that does not require grad: " << r.str();
+    Tensor g = root_grads[i];
+    if (!g.defined()) {
+      KILN_CHECK(r.numel() == 1) << "backward without a gradient needs a scalar, got " << r.str();
+      g = Tensor::full(r.shape(), 1.0, r.dtype(), r.device());
+    }
+    KILN_CHECK(g.shape() == r.shape()) << "backward: gradient " << g.str() << " for " << r.str();
+    Edge e = internal::edge_for(r);
+    starts.push_back({e, g});
+    if (seen.insert(e.fn.get()).second) stack.push_back(e.fn.get());
+  }
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    for (const Edge& e : n->next) {
+      if (!e.fn) continue;
+      deps[e.fn.get()]++;
+      if (seen.insert(e.fn.get()).second) stack.push_back(e.fn.get());
+    }
+  }
+  // 2. Seed the buffers and run nodes as their gradients complete, latest-created first.
+  std::unordered_map<Node*, std::vector<Tensor>> buffers;
+  auto accumulate = [&](const Edge& e, const Tensor& g) {
+    auto& buf = buffers[e.fn.get()];
+    if (buf.size() < e.fn->outputs.size()) buf.resize(e.fn->outputs.size());
+    Tensor& slot = buf[e.output_nr];
+    slot = slot.defined() ? add_grads(slot, g) : g;
+  };
+  std::priority_queue<Node*, std::vector<Node*>, SeqLess> ready;
+  for (auto& [e, g] : starts) accumulate(e, g);
+  for (Node* n : seen)
+    if (deps[n] == 0) ready.push(n);
+  while (!ready.empty()) {
+    Node* n = ready.top();
+    ready.pop();
+    auto it = buffers.find(n);
+    std::vector<Tensor> in_grads;
+    if (it != buffers.end()) {  // no buffer: nothing flowed here; only release the inputs
+      std::vector<Tensor> grads = std::move(it->second);
+      buffers.erase(it);
+      grads.resize(n->outputs.size());
+      for (size_t i = 0; i < grads.size(); ++i) {
+        if (!grads[i].defined()) {
+          const OutputMeta& m = n->outputs[i];
+          grads[i] = Tensor::zeros(m.shape, m.dtype, m.device);
+        }
+      }
+      in_grads = n->backward(grads);
+      n->saved.clear();  // frees activations as backward proceeds
+    }
+    for (size_t i = 0; i < n->next.size(); ++i) {
+      const Edge& e = n->next[i];
+      if (!e.fn) continue;
+      if (i < in_grads.size() && in_grads[i].defined()) {
+        const OutputMeta& m = e.fn->outputs[e.output_nr];
+        KILN_CHECK(in_grads[i].shape() == m.shape)
+            << "internal: " << n->name() << " returned gradient " << in_grads[i].str()
+            << " for an input of shape " << shape_str(m.shape);
+        accumulate(e, in_grads[i]);
+      }
+      if (--deps[e.fn.get()] == 0) ready.push(e.fn.get());
+    }
+  }
+}
+
+}  // namespace
+
+void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads) {
+  auto* saved = t_capture;
+  t_capture = nullptr;
+  try {
+    run_engine(roots, root_grads);
+  } catch (...) {
+    t_capture = saved;
+    throw;
+  }
+  t_capture = saved;
+}
+
+std::vector<Tensor> grad(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads,
+                         const std::vector<Tensor>& inputs) {
+  std::unordered_map<TensorImpl*, Tensor> capture;
+  for (const Tensor& t : inputs) {
+    KILN_CHECK(t.is_leaf() && t.requires_grad()) << "grad(): inputs must be leaves requiring grad";
+    capture[t.impl()] = Tensor();
+  }
+  auto* saved = t_capture;
+  t_capture = &capture;
+  try {
+    run_engine(roots, root_grads);
+  } catch (...) {
+    t_capture = saved;
+    throw;
+  }
+  t_capture = saved;
+  std::vector<Tensor> out;
+  for (const Tensor& t : inputs) out.push_back(capture[t.impl()]);
+  return out;
+}
+
+}  // namespace kiln

@@ -1,0 +1,126 @@
+// The dynamic autograd tape. A differentiable op calls record<MyNode>({inputs}) which returns a
+// node (or null when no input needs a gradient), stores in it exactly what its backward needs, and
+// attaches it to its outputs with set_history(). Node::backward is pure virtual, so a node type
+// without a backward does not compile. backward() walks nodes in reverse creation order as their
+// gradients complete; a leaf's GradReadyHooks fire the moment its gradient for the pass is final.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <memory>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace kiln {
+
+struct Edge {
+  std::shared_ptr<Node> fn;  // the node that produced the input (null: input needs no grad)
+  int output_nr = 0;         // which output of fn
+};
+
+struct OutputMeta {
+  Shape shape;
+  DType dtype;
+  Device device;
+};
+
+class Node : public std::enable_shared_from_this<Node> {
+ public:
+  Node();
+  virtual ~Node() = default;
+  // grads[i] is d(loss)/d(output i), always defined (zeros where an output got no gradient).
+  // Returns one gradient per input edge, in record() order; undefined where the input needs none.
+  virtual std::vector<Tensor> backward(const std::vector<Tensor>& grads) = 0;
+  virtual const char* name() const = 0;
+
+  std::vector<Edge> next;
+  std::vector<OutputMeta> outputs;
+  std::vector<Tensor> saved;  // what backward needs; the engine frees it once backward has run
+  uint64_t seq;               // creation order; later nodes run first
+};
+
+// ---- grad mode ----
+bool grad_enabled();
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+
+ private:
+  bool prev_;
+};
+class EnableGradGuard {
+ public:
+  EnableGradGuard();
+  ~EnableGradGuard();
+
+ private:
+  bool prev_;
+};
+
+// Collects the leaves requiring grad that ops see while grad mode is off (activation recompute uses
+// it to find the parameters a block reads).
+class LeafCollector {
+ public:
+  LeafCollector();
+  ~LeafCollector();
+  const std::vector<Tensor>& leaves() const { return leaves_; }
+  void add(const Tensor& t);
+
+ private:
+  LeafCollector* prev_;
+  std::vector<Tensor> leaves_;
+};
+
+namespace internal {
+bool any_requires_grad(std::initializer_list<const Tensor*> inputs);
+void collect_leaves(std::initializer_list<const Tensor*> inputs);
+Edge edge_for(const Tensor& t);
+}  // namespace internal
+
+// Returns a new node with edges to `inputs` when grad mode is on and any input requires grad, else
+// null.
+template <typename N>
+std::shared_ptr<N> record(std::initializer_list<const Tensor*> inputs) {
+  if (!grad_enabled()) {
+    internal::collect_leaves(inputs);
+    return nullptr;
+  }
+  if (!internal::any_requires_grad(inputs)) return nullptr;
+  auto node = std::make_shared<N>();
+  node->next.reserve(inputs.size());
+  for (const Tensor* t : inputs) node->next.push_back(internal::edge_for(*t));
+  return node;
+}
+template <typename N>
+std::shared_ptr<N> record(const std::vector<Tensor>& inputs) {
+  if (!grad_enabled()) {
+    for (const Tensor& t : inputs) internal::collect_leaves({&t});
+    return nullptr;
+  }
+  bool any = false;
+  for (const Tensor& t : inputs) any = any || t.requires_grad();
+  if (!any) return nullptr;
+  auto node = std::make_shared<N>();
+  for (const Tensor& t : inputs) node->next.push_back(internal::edge_for(t));
+  return node;
+}
+
+// Makes `out` the output `output_nr` of `node` (no-op when node is null).
+void set_history(Tensor& out, const std::shared_ptr<Node>& node, int output_nr = 0);
+template <typename N>
+void set_history(Tensor& out, const std::shared_ptr<N>& node, int output_nr = 0) {
+  set_history(out, std::static_pointer_cast<Node>(node), output_nr);
+}
+
+// Runs backward from `roots` with `root_grads` (undefined -> ones), accumulating into leaves'
+// .grad.
+void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads);
+// Returns d(roots)/d(inputs) without touching any .grad or firing hooks. REQUIRES: inputs are
+// leaves.
+std::vector<Tensor> grad(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads,
+                         const std::vector<Tensor>& inputs);
+
+}  // namespace kiln

@@ -1,0 +1,260 @@
+// Views and copies with their backward passes.
+#include "core/ops/view.h"
+
+#include <numeric>
+
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/check.h"
+
+namespace kiln {
+namespace {
+
+Tensor make_view(const Tensor& x, Shape shape, Shape strides, int64_t offset) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = x.storage();
+  impl->shape = std::move(shape);
+  impl->strides = std::move(strides);
+  impl->offset = offset;
+  impl->dtype = x.dtype();
+  return Tensor(std::move(impl));
+}
+
+class ReshapeNode final : public Node {
+ public:
+  const char* name() const override { return "Reshape"; }
+  Shape in_shape;
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    return {reshape(g[0], in_shape)};
+  }
+};
+
+class PermuteNode final : public Node {
+ public:
+  const char* name() const override { return "Permute"; }
+  std::vector<int64_t> inverse;
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    return {permute(g[0], inverse)};
+  }
+};
+
+class NarrowNode final : public Node {
+ public:
+  const char* name() const override { return "Narrow"; }
+  Shape in_shape;
+  int64_t dim = 0, start = 0;
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    Tensor gx = Tensor::zeros(in_shape, g[0].dtype(), g[0].device());
+    raw::copy(gx.narrow(dim, start, g[0].size(dim)), g[0]);
+    return {gx};
+  }
+};
+
+class ConcatNode final : public Node {
+ public:
+  const char* name() const override { return "Concat"; }
+  std::vector<int64_t> sizes;
+  int64_t dim = 0;
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    std::vector<Tensor> out;
+    int64_t start = 0;
+    for (int64_t s : sizes) {
+      out.push_back(raw::contiguous(g[0].narrow(dim, start, s)));
+      start += s;
+    }
+    return out;
+  }
+};
+
+class CopyNode final : public Node {  // contiguous / clone
+ public:
+  const char* name() const override { return "Copy"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override { return {g[0]}; }
+};
+
+class CastNode final : public Node {
+ public:
+  const char* name() const override { return "Cast"; }
+  DType in_dtype;
+  Device in_device;
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    Tensor gx = Tensor::empty(g[0].shape(), in_dtype, in_device);
+    raw::copy(gx, g[0]);
+    return {gx};
+  }
+};
+
+Tensor copy_to(const Tensor& x, DType dtype, Device device) {
+  Tensor out = Tensor::empty(x.shape(), dtype, device);
+  raw::copy(out, x);
+  return out;
+}
+
+}  // namespace
+
+Tensor reshape(const Tensor& x, const Shape& shape) {
+  check_defined("reshape", {&x});
+  Shape s = shape;
+  int64_t known = 1, infer = -1;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == -1) {
+      KILN_CHECK(infer < 0) << "reshape: more than one -1 in " << shape_str(shape);
+      infer = static_cast<int64_t>(i);
+    } else {
+      KILN_CHECK(s[i] >= 0) << "reshape: bad dimension in " << shape_str(shape);
+      known *= s[i];
+    }
+  }
+  if (infer >= 0) {
+    KILN_CHECK(known > 0 && x.numel() % known == 0)
+        << "reshape: cannot infer -1 reshaping " << x.str() << " to " << shape_str(shape);
+    s[infer] = x.numel() / known;
+  }
+  KILN_CHECK(shape_numel(s) == x.numel())
+      << "reshape: " << x.str() << " has " << x.numel() << " elements, " << shape_str(shape)
+      << " needs " << shape_numel(s);
+  Tensor base = x.is_contiguous() ? x : raw::contiguous(x);
+  Tensor out = make_view(base, s, contiguous_strides(s), base.offset());
+  if (auto n = record<ReshapeNode>({&x})) {
+    n->in_shape = x.shape();
+    set_history(out, n);
+  }
+  return out;
+}
+
+Tensor permute(const Tensor& x, const std::vector<int64_t>& dims) {
+  check_defined("permute", {&x});
+  const int64_t nd = x.dim();
+  KILN_CHECK(static_cast<int64_t>(dims.size()) == nd)
+      << "permute: " << dims.size() << " dims given for " << x.str();
+  std::vector<int64_t> inv(nd, -1);
+  Shape shape(nd), strides(nd);
+  for (int64_t i = 0; i < nd; ++i) {
+    int64_t d = wrap_dim("permute", dims[i], nd);
+    KILN_CHECK(inv[d] < 0) << "permute: dim " << d << " repeated";
+    inv[d] = i;
+    shape[i] = x.size(d);
+    strides[i] = x.strides()[d];
+  }
+  Tensor out = make_view(x, shape, strides, x.offset());
+  if (auto n = record<PermuteNode>({&x})) {
+    n->inverse = inv;
+    set_history(out, n);
+  }
+  return out;
+}
+
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
+  check_defined("transpose", {&x});
+  std::vector<int64_t> dims(x.dim());
+  std::iota(dims.begin(), dims.end(), 0);
+  std::swap(dims[wrap_dim("transpose", d0, x.dim())], dims[wrap_dim("transpose", d1, x.dim())]);
+  return permute(x, dims);
+}
+
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
+  check_defined("narrow", {&x});
+  int64_t d = wrap_dim("narrow", dim, x.dim());
+  KILN_CHECK(start >= 0 && length >= 0 && start + length <= x.size(d))
+      << "narrow: [" << start << ", " << start + length << ") out of range for dim " << d << " of "
+      << x.str();
+  Shape shape = x.shape();
+  shape[d] = length;
+  Tensor out = make_view(x, shape, x.strides(), x.offset() + start * x.strides()[d]);
+  if (auto n = record<NarrowNode>({&x})) {
+    n->in_shape = x.shape();
+    n->dim = d;
+    n->start = start;
+    set_history(out, n);
+  }
+  return out;
+}
+
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim) {
+  check_defined("split", {&x});
+  int64_t d = wrap_dim("split", dim, x.dim());
+  int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
+  KILN_CHECK(total == x.size(d)) << "split: sizes sum to " << total << " but dim " << d << " of "
+                                 << x.str() << " is " << x.size(d);
+  std::vector<Tensor> out;
+  int64_t start = 0;
+  for (int64_t s : sizes) {
+    out.push_back(narrow(x, d, start, s));
+    start += s;
+  }
+  return out;
+}
+
+Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
+  KILN_CHECK(!xs.empty()) << "concat: no tensors";
+  const Tensor& f = xs[0];
+  check_defined("concat", {&f});
+  int64_t d = wrap_dim("concat", dim, f.dim());
+  Shape shape = f.shape();
+  shape[d] = 0;
+  std::vector<int64_t> sizes;
+  for (const Tensor& x : xs) {
+    check_defined("concat", {&x});
+    KILN_CHECK(x.dim() == f.dim() && x.dtype() == f.dtype() && x.device() == f.device())
+        << "concat: " << x.str() << " does not match " << f.str();
+    for (int64_t i = 0; i < f.dim(); ++i)
+      KILN_CHECK(i == d || x.size(i) == f.size(i))
+          << "concat: shapes " << shape_str(x.shape()) << " and " << shape_str(f.shape())
+          << " differ outside dim " << d;
+    sizes.push_back(x.size(d));
+    shape[d] += x.size(d);
+  }
+  Tensor out = Tensor::empty(shape, f.dtype(), f.device());
+  int64_t start = 0;
+  for (const Tensor& x : xs) {
+    raw::copy(out.detach().narrow(d, start, x.size(d)), x);
+    start += x.size(d);
+  }
+  if (auto n = record<ConcatNode>(xs)) {
+    n->sizes = sizes;
+    n->dim = d;
+    set_history(out, n);
+  }
+  return out;
+}
+
+Tensor contiguous(const Tensor& x) {
+  check_defined("contiguous", {&x});
+  if (x.is_contiguous()) return x;
+  return clone(x);
+}
+
+Tensor clone(const Tensor& x) {
+  check_defined("clone", {&x});
+  Tensor out = copy_to(x, x.dtype(), x.device());
+  if (auto n = record<CopyNode>({&x})) set_history(out, n);
+  return out;
+}
+
+Tensor cast(const Tensor& x, DType dtype) {
+  check_defined("cast", {&x});
+  if (x.dtype() == dtype) return x;
+  Tensor out = copy_to(x, dtype, x.device());
+  if (!is_floating(dtype)) return out;
+  if (auto n = record<CastNode>({&x})) {
+    n->in_dtype = x.dtype();
+    n->in_device = x.device();
+    set_history(out, n);
+  }
+  return out;
+}
+
+Tensor to_device(const Tensor& x, Device device) {
+  check_defined("to_device", {&x});
+  if (x.device() == device) return x;
+  Tensor out = copy_to(x, x.dtype(), device);
+  if (!is_floating(x.dtype())) return out;
+  if (auto n = record<CastNode>({&x})) {
+    n->in_dtype = x.dtype();
+    n->in_device = x.device();
+    set_history(out, n);
+  }
+  return out;
+}
+
+}  // namespace kiln

@@ -1,0 +1,22 @@
+// Differentiable shape ops: views (reshape, transpose, permute, narrow, split) that share storage,
+// and copies (contiguous, clone, concat, cast to a dtype, move to a device).
+#pragma once
+
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace kiln {
+
+Tensor reshape(const Tensor& x, const Shape& shape);  // one -1 allowed; copies if non-contiguous
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);
+Tensor permute(const Tensor& x, const std::vector<int64_t>& dims);
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
+Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
+Tensor contiguous(const Tensor& x);
+Tensor clone(const Tensor& x);
+Tensor cast(const Tensor& x, DType dtype);  // gradient flows back in x's dtype
+Tensor to_device(const Tensor& x, Device device);
+
+}  // namespace kiln
