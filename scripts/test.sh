@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing (Debian 12), fetches the default corpus and the GPT-2
+# reference encoder, builds everything and runs the whole suite with ctest. GPU tests skip cleanly
+# on machines without a GPU. Usage: bash scripts/test.sh [ctest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+bash scripts/install_deps.sh
+bash scripts/fetch_data.sh
+bash scripts/build.sh
+bash scripts/check_format.sh
+ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 600 "$@"
+echo "test.sh: done in $(( $(date +%s) - start )) s"
