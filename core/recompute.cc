@@ -14,13 +14,13 @@ class CheckpointNode final : public Node {
   RecomputeFn fn;
   size_t num_inputs = 0;       // saved[0, num_inputs) are the detached inputs
   std::vector<Tensor> params;  // leaves fn reads; edges num_inputs.. point at them
+  Generator* gen = nullptr;
   GeneratorState rng;
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
     // Re-run fn with the tape on, from the generator state it first saw.
-    Generator& gen = default_generator();
-    GeneratorState after = gen.state();
-    gen.set_state(rng);
+    GeneratorState after = gen->state();
+    gen->set_state(rng);
     std::vector<Tensor> leaves;
     for (size_t i = 0; i < num_inputs; ++i) {
       Tensor x = saved[i].detach();
@@ -32,7 +32,7 @@ class CheckpointNode final : public Node {
       EnableGradGuard eg;
       outs = fn(leaves);
     }
-    gen.set_state(after);
+    gen->set_state(after);
     std::vector<Tensor> roots, root_grads;
     for (size_t i = 0; i < outs.size(); ++i) {
       if (outs[i].requires_grad()) {
@@ -44,8 +44,8 @@ class CheckpointNode final : public Node {
     for (size_t i = 0; i < num_inputs; ++i)
       if (next[i].fn) wrt.push_back(leaves[i]);
     for (const Tensor& p : params) wrt.push_back(p);
-    std::vector<Tensor> got = roots.empty() ? std::vector<Tensor>(wrt.size())
-                                            : grad(roots, root_grads, wrt);
+    std::vector<Tensor> got =
+        roots.empty() ? std::vector<Tensor>(wrt.size()) : grad(roots, root_grads, wrt);
     std::vector<Tensor> result(next.size());
     size_t k = 0;
     for (size_t i = 0; i < num_inputs; ++i)
@@ -57,8 +57,10 @@ class CheckpointNode final : public Node {
 
 }  // namespace
 
-std::vector<Tensor> checkpoint(const RecomputeFn& fn, const std::vector<Tensor>& inputs) {
-  const GeneratorState rng = default_generator().state();
+std::vector<Tensor> checkpoint(const RecomputeFn& fn, const std::vector<Tensor>& inputs,
+                               Generator* gen) {
+  if (gen == nullptr) gen = &default_generator();
+  const GeneratorState rng = gen->state();
   std::vector<Tensor> outs;
   std::vector<Tensor> params;
   {
@@ -79,6 +81,7 @@ std::vector<Tensor> checkpoint(const RecomputeFn& fn, const std::vector<Tensor>&
   node->fn = fn;
   node->num_inputs = inputs.size();
   node->params = params;
+  node->gen = gen;
   node->rng = rng;
   for (const Tensor& x : inputs) node->saved.push_back(x.detach());
   for (size_t i = 0; i < outs.size(); ++i) {
@@ -91,9 +94,10 @@ std::vector<Tensor> checkpoint(const RecomputeFn& fn, const std::vector<Tensor>&
   return outs;
 }
 
-Tensor checkpoint(const std::function<Tensor(const Tensor&)>& fn, const Tensor& input) {
+Tensor checkpoint(const std::function<Tensor(const Tensor&)>& fn, const Tensor& input,
+                  Generator* gen) {
   return checkpoint([fn](const std::vector<Tensor>& xs) { return std::vector<Tensor>{fn(xs[0])}; },
-                    {input})[0];
+                    {input}, gen)[0];
 }
 
 }  // namespace kiln

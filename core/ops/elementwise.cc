@@ -226,4 +226,34 @@ void add_(const Tensor& dst, const Tensor& src, double alpha) {
   });
 }
 
+void mul_(const Tensor& dst, double s) {
+  KILN_CHECK(dst.device().is_cpu()) << "mul_ on " << dst.device() << " not built";
+  if (dst.dtype() == DType::kF32 && dst.is_contiguous()) {
+    float* d = dst.data<float>();
+    const float fs = static_cast<float>(s);
+    parallel_for(dst.numel(), 1 << 15, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) d[i] *= fs;
+    });
+    return;
+  }
+  void* d = dst.raw();
+  DType dt = dst.dtype();
+  cpu::for_each_offset(dst.shape(), dst.strides(), [&](int64_t, int64_t off) {
+    cpu::store(d, dt, off, cpu::load(d, dt, off) * s);
+  });
+}
+
+double sum_squares(const Tensor& x) {
+  KILN_CHECK(x.device().is_cpu()) << "sum_squares on " << x.device() << " not built";
+  if (x.dtype() == DType::kF32 && x.is_contiguous()) {
+    const float* p = x.data<float>();
+    double s = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) s += static_cast<double>(p[i]) * p[i];
+    return s;
+  }
+  double s = 0;
+  for (double v : x.to_vector()) s += v * v;
+  return s;
+}
+
 }  // namespace kiln

@@ -20,5 +20,9 @@ Tensor sum_to(const Tensor& x, const Shape& shape);
 
 // dst += alpha * src in place, without autograd. REQUIRES: same shape; any dtypes.
 void add_(const Tensor& dst, const Tensor& src, double alpha = 1.0);
+// dst *= s in place, without autograd.
+void mul_(const Tensor& dst, double s);
+// Sum of squares of all elements, accumulated in f64 (no autograd).
+double sum_squares(const Tensor& x);
 
 }  // namespace kiln

@@ -1,0 +1,55 @@
+// Linear, Embedding, LayerNorm and RMSNorm modules.
+#include "core/nn/layers.h"
+
+#include "core/ops/embedding.h"
+#include "core/ops/layernorm.h"
+#include "core/ops/matmul.h"
+#include "core/ops/rmsnorm.h"
+#include "core/ops/view.h"
+
+namespace kiln::nn {
+
+Tensor to_compute(const Tensor& x, DType dtype) { return x.dtype() == dtype ? x : cast(x, dtype); }
+
+Linear::Linear(int64_t in, int64_t out, bool has_bias, double init_std, Generator& gen,
+               ShardKind shard) {
+  weight = register_parameter(
+      "weight", randn({out, in}, gen, DType::kF32, Device::cpu(), 0.0, init_std), shard);
+  if (has_bias) {
+    bias = register_parameter("bias", Tensor::zeros({out}),
+                              shard == ShardKind::kColumn ? shard : ShardKind::kReplicated);
+  }
+}
+
+Tensor Linear::forward(const Tensor& x, DType compute) const {
+  Tensor b = bias.defined() ? to_compute(bias, compute) : Tensor();
+  return linear(to_compute(x, compute), to_compute(weight, compute), b);
+}
+
+Embedding::Embedding(int64_t num, int64_t dim, double init_std, Generator& gen, ShardKind shard) {
+  weight = register_parameter(
+      "weight", randn({num, dim}, gen, DType::kF32, Device::cpu(), 0.0, init_std), shard);
+}
+
+Tensor Embedding::forward(const Tensor& ids, DType compute) const {
+  return embedding(to_compute(weight, compute), ids);
+}
+
+LayerNorm::LayerNorm(int64_t dim, double e) : eps(e) {
+  weight = register_parameter("weight", Tensor::full({dim}, 1.0));
+  bias = register_parameter("bias", Tensor::zeros({dim}));
+}
+
+Tensor LayerNorm::forward(const Tensor& x) const {
+  return layer_norm(x, to_compute(weight, x.dtype()), to_compute(bias, x.dtype()), eps);
+}
+
+RMSNorm::RMSNorm(int64_t dim, double e) : eps(e) {
+  weight = register_parameter("weight", Tensor::full({dim}, 1.0));
+}
+
+Tensor RMSNorm::forward(const Tensor& x) const {
+  return rms_norm(x, to_compute(weight, x.dtype()), eps);
+}
+
+}  // namespace kiln::nn

@@ -1,0 +1,48 @@
+// Basic layers over the ops: Linear, Embedding, LayerNorm, RMSNorm. Parameters are stored in fp32
+// (the master copy); with a 16-bit compute dtype each forward casts weights and inputs to it, and
+// the gradient flows back to the fp32 parameter through the cast (autocast-style mixed precision).
+#pragma once
+
+#include "core/nn/module.h"
+#include "core/random.h"
+
+namespace kiln::nn {
+
+// Casts x to dtype when it differs (differentiable).
+Tensor to_compute(const Tensor& x, DType dtype);
+
+class Linear : public Module {
+ public:
+  // weight (OUT, IN) ~ N(0, init_std); bias (OUT) zeros when `bias`.
+  Linear(int64_t in, int64_t out, bool bias, double init_std, Generator& gen,
+         ShardKind shard = ShardKind::kReplicated);
+  Tensor forward(const Tensor& x, DType compute) const;  // (..., IN) -> (..., OUT)
+  Tensor weight;                                         // (OUT, IN)
+  Tensor bias;                                           // (OUT) or undefined
+};
+
+class Embedding : public Module {
+ public:
+  Embedding(int64_t num, int64_t dim, double init_std, Generator& gen,
+            ShardKind shard = ShardKind::kReplicated);
+  Tensor forward(const Tensor& ids, DType compute) const;  // (...) ints -> (..., DIM)
+  Tensor weight;                                           // (NUM, DIM)
+};
+
+class LayerNorm : public Module {
+ public:
+  LayerNorm(int64_t dim, double eps);
+  Tensor forward(const Tensor& x) const;  // normalises in x's dtype (f32 statistics)
+  Tensor weight, bias;                    // (DIM)
+  double eps;
+};
+
+class RMSNorm : public Module {
+ public:
+  RMSNorm(int64_t dim, double eps);
+  Tensor forward(const Tensor& x) const;
+  Tensor weight;  // (DIM)
+  double eps;
+};
+
+}  // namespace kiln::nn

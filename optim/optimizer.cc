@@ -1,0 +1,160 @@
+// AdamW / SGD CPU kernels and the gradient utilities.
+#include "optim/optimizer.h"
+
+#include <cmath>
+
+#include "core/backend.h"
+#include "core/check.h"
+#include "core/ops/elementwise.h"
+#include "core/parallel.h"
+
+namespace kiln::optim {
+namespace {
+
+// REQUIRES: a contiguous f32 CPU tensor.
+float* f32_data(const Tensor& t, const std::string& what) {
+  KILN_CHECK(t.dtype() == DType::kF32 && t.is_contiguous() && t.device().is_cpu())
+      << "optimizer: " << what << " must be a contiguous f32 CPU tensor, got " << t.str();
+  return t.data<float>();
+}
+
+}  // namespace
+
+void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, double lr,
+                  const AdamWOptions& o, double decay, int64_t t) {
+  const float b1 = static_cast<float>(o.beta1), b2 = static_cast<float>(o.beta2);
+  const float c1 = static_cast<float>(1.0 / (1.0 - std::pow(o.beta1, static_cast<double>(t))));
+  const float c2 = static_cast<float>(1.0 / (1.0 - std::pow(o.beta2, static_cast<double>(t))));
+  const float flr = static_cast<float>(lr), eps = static_cast<float>(o.eps);
+  const float keep = static_cast<float>(1.0 - lr * decay);
+  parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float gi = g[i];
+      m[i] = b1 * m[i] + (1.0f - b1) * gi;
+      v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+      const float mh = m[i] * c1, vh = v[i] * c2;
+      p[i] = p[i] * keep - flr * mh / (std::sqrt(vh) + eps);
+    }
+  });
+}
+
+void sgd_update(float* p, const float* g, float* buf, int64_t n, double lr, double momentum,
+                double weight_decay) {
+  const float mu = static_cast<float>(momentum), wd = static_cast<float>(weight_decay);
+  const float flr = static_cast<float>(lr);
+  parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float d = g[i] + wd * p[i];
+      buf[i] = mu * buf[i] + d;
+      p[i] -= flr * (mu != 0.0f ? buf[i] : d);
+    }
+  });
+}
+
+void Optimizer::zero_grad() {
+  for (nn::Parameter& p : params_) p.tensor.zero_grad();
+}
+
+AdamW::AdamW(std::vector<nn::Parameter> params, AdamWOptions opts)
+    : Optimizer(std::move(params)), opts_(opts) {
+  for (const nn::Parameter& p : params_) {
+    m_.push_back(Tensor::zeros(p.tensor.shape(), DType::kF32, p.tensor.device()));
+    v_.push_back(Tensor::zeros(p.tensor.shape(), DType::kF32, p.tensor.device()));
+  }
+}
+
+void AdamW::step(double lr) {
+  ++t_;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const nn::Parameter& p = params_[i];
+    Tensor g = p.tensor.grad();
+    if (!g.defined()) continue;  // unused this step: no update, as in PyTorch
+    g = raw::convert(g, DType::kF32);
+    adamw_update(f32_data(p.tensor, p.name), f32_data(g, p.name), f32_data(m_[i], p.name),
+                 f32_data(v_[i], p.name), p.tensor.numel(), lr, opts_,
+                 p.decay ? opts_.weight_decay : 0.0, t_);
+  }
+}
+
+std::vector<std::pair<std::string, Tensor>> AdamW::state() {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    out.emplace_back("exp_avg/" + params_[i].name, m_[i]);
+    out.emplace_back("exp_avg_sq/" + params_[i].name, v_[i]);
+  }
+  return out;
+}
+
+SGD::SGD(std::vector<nn::Parameter> params, double momentum, double weight_decay)
+    : Optimizer(std::move(params)), momentum_(momentum), weight_decay_(weight_decay) {
+  for (const nn::Parameter& p : params_)
+    buf_.push_back(Tensor::zeros(p.tensor.shape(), DType::kF32, p.tensor.device()));
+}
+
+void SGD::step(double lr) {
+  ++t_;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const nn::Parameter& p = params_[i];
+    Tensor g = p.tensor.grad();
+    if (!g.defined()) continue;
+    g = raw::convert(g, DType::kF32);
+    sgd_update(f32_data(p.tensor, p.name), f32_data(g, p.name), f32_data(buf_[i], p.name),
+               p.tensor.numel(), lr, momentum_, p.decay ? weight_decay_ : 0.0);
+  }
+}
+
+std::vector<std::pair<std::string, Tensor>> SGD::state() {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (size_t i = 0; i < params_.size(); ++i)
+    out.emplace_back("momentum/" + params_[i].name, buf_[i]);
+  return out;
+}
+
+double grad_norm(const std::vector<nn::Parameter>& params) {
+  double sq = 0;
+  for (const nn::Parameter& p : params) {
+    Tensor g = p.tensor.grad();
+    if (!g.defined()) continue;
+    sq += sum_squares(g);
+  }
+  return std::sqrt(sq);
+}
+
+void scale_grads(const std::vector<nn::Parameter>& params, double s) {
+  for (const nn::Parameter& p : params) {
+    Tensor g = p.tensor.grad();
+    if (!g.defined()) continue;
+    mul_(g, s);
+  }
+}
+
+double clip_grad_norm(const std::vector<nn::Parameter>& params, double max_norm) {
+  const double norm = grad_norm(params);
+  if (max_norm > 0 && norm > max_norm) scale_grads(params, max_norm / (norm + 1e-6));
+  return norm;
+}
+
+bool grads_non_finite(const std::vector<nn::Parameter>& params) {
+  for (const nn::Parameter& p : params) {
+    Tensor g = p.tensor.grad();
+    if (!g.defined()) continue;
+    if (!std::isfinite(sum_squares(g))) return true;
+  }
+  return false;
+}
+
+bool LossScaler::update(bool found_inf) {
+  if (found_inf) {
+    scale_ /= factor_;
+    clean_ = 0;
+    ++skipped_;
+    return false;
+  }
+  if (++clean_ >= growth_interval_) {
+    scale_ *= factor_;
+    clean_ = 0;
+  }
+  return true;
+}
+
+}  // namespace kiln::optim

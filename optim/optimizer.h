@@ -1,0 +1,94 @@
+// Optimizers over named parameters: AdamW (decoupled weight decay) and SGD with momentum,
+// global-norm gradient clipping and a dynamic loss scaler for fp16. Parameters are the fp32 master
+// copies; the state (moments) is fp32 too. The per-element update kernels take raw spans so ZeRO
+// can run them on the shard a rank owns.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/nn/module.h"
+
+namespace kiln::optim {
+
+struct AdamWOptions {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+// One AdamW step over n elements at step t (1-based). decay = 0 turns weight decay off.
+void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, double lr,
+                  const AdamWOptions& o, double decay, int64_t t);
+void sgd_update(float* p, const float* g, float* buf, int64_t n, double lr, double momentum,
+                double weight_decay);
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  virtual void step(double lr) = 0;
+  // Named state tensors for checkpoints ("exp_avg/h.0.attn.c_attn.weight", "step", ...).
+  virtual std::vector<std::pair<std::string, Tensor>> state() = 0;
+  int64_t steps() const { return t_; }
+  void set_steps(int64_t t) { t_ = t; }
+  void zero_grad();
+  const std::vector<nn::Parameter>& params() const { return params_; }
+
+ protected:
+  explicit Optimizer(std::vector<nn::Parameter> params) : params_(std::move(params)) {}
+  std::vector<nn::Parameter> params_;
+  int64_t t_ = 0;
+};
+
+class AdamW final : public Optimizer {
+ public:
+  AdamW(std::vector<nn::Parameter> params, AdamWOptions opts);
+  void step(double lr) override;
+  std::vector<std::pair<std::string, Tensor>> state() override;
+
+ private:
+  AdamWOptions opts_;
+  std::vector<Tensor> m_, v_;  // fp32, shaped like each parameter
+};
+
+class SGD final : public Optimizer {
+ public:
+  SGD(std::vector<nn::Parameter> params, double momentum, double weight_decay);
+  void step(double lr) override;
+  std::vector<std::pair<std::string, Tensor>> state() override;
+
+ private:
+  double momentum_, weight_decay_;
+  std::vector<Tensor> buf_;
+};
+
+// Global L2 norm of all gradients (missing grads count as zero), accumulated in f64 in a fixed
+// order.
+double grad_norm(const std::vector<nn::Parameter>& params);
+// Scales gradients so their global norm is at most max_norm; returns the norm before clipping.
+double clip_grad_norm(const std::vector<nn::Parameter>& params, double max_norm);
+// Multiplies every gradient by s in place.
+void scale_grads(const std::vector<nn::Parameter>& params, double s);
+// True when any gradient holds an inf or NaN.
+bool grads_non_finite(const std::vector<nn::Parameter>& params);
+
+// Dynamic loss scaling for fp16: multiply the loss by scale(); after backward call update() with
+// whether any gradient overflowed. An overflow halves the scale and the step must be skipped;
+// `growth_interval` clean steps in a row double it.
+class LossScaler {
+ public:
+  LossScaler(double init = 65536.0, int growth_interval = 2000, double factor = 2.0)
+      : scale_(init), growth_interval_(growth_interval), factor_(factor) {}
+  double scale() const { return scale_; }
+  // Returns true when the step should be applied (no overflow).
+  bool update(bool found_inf);
+  int64_t skipped() const { return skipped_; }
+
+ private:
+  double scale_;
+  int growth_interval_;
+  double factor_;
+  int clean_ = 0;
+  int64_t skipped_ = 0;
+};
+
+}  // namespace kiln::optim
