@@ -1,0 +1,151 @@
+// gelu / silu / swiglu: forward, backward and their elementwise CPU kernels (parallel over
+// elements; every element is computed alone, so results do not depend on the thread count).
+#include "core/ops/activation.h"
+
+#include <cmath>
+
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/check.h"
+#include "core/cpu/elem.h"
+#include "core/ops/op_util.h"
+#include "core/parallel.h"
+
+namespace kiln {
+namespace {
+
+constexpr int64_t kGrain = 1 << 14;
+constexpr double kSqrt2OverPi = 0.7978845608028654;  // sqrt(2 / pi)
+constexpr double kGeluCoef = 0.044715;
+
+template <typename T>
+T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+template <typename T>
+T gelu_f(T x) {
+  const T t = std::tanh(T(kSqrt2OverPi) * (x + T(kGeluCoef) * x * x * x));
+  return T(0.5) * x * (T(1) + t);
+}
+template <typename T>
+T gelu_grad(T x) {
+  const T t = std::tanh(T(kSqrt2OverPi) * (x + T(kGeluCoef) * x * x * x));
+  const T dinner = T(kSqrt2OverPi) * (T(1) + T(3 * kGeluCoef) * x * x);
+  return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * dinner;
+}
+template <typename T>
+T silu_f(T x) {
+  return x * sigmoid(x);
+}
+template <typename T>
+T silu_grad(T x) {
+  const T s = sigmoid(x);
+  return s * (T(1) + x * (T(1) - s));
+}
+
+// out[i] = f(a[i], b[i], c[i]) in the compute dtype of a; b and c may be undefined (f then sees
+// zeros). Returns a contiguous tensor of a's shape in a's dtype. REQUIRES: defined inputs share
+// a's shape.
+template <typename F>
+Tensor map_cpu(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
+  Tensor ac = raw::to_compute(a);
+  Tensor bc = b.defined() ? raw::convert(b, ac.dtype()) : Tensor();
+  Tensor cc = c.defined() ? raw::convert(c, ac.dtype()) : Tensor();
+  Tensor out = Tensor::empty(a.shape(), ac.dtype());
+  KILN_DISPATCH_FLOAT(ac.dtype(), T, {
+    const T* pa = ac.data<T>();
+    const T* pb = bc.defined() ? bc.data<T>() : nullptr;
+    const T* pc = cc.defined() ? cc.data<T>() : nullptr;
+    T* po = out.data<T>();
+    parallel_for(out.numel(), kGrain, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i) po[i] = f(pa[i], pb ? pb[i] : T(0), pc ? pc[i] : T(0));
+    });
+  });
+  return raw::convert(out, a.dtype());
+}
+
+Tensor gelu_cpu(const Tensor& x) {
+  return map_cpu(x, Tensor(), Tensor(), [](auto v, auto, auto) { return gelu_f(v); });
+}
+Tensor gelu_backward_cpu(const Tensor& g, const Tensor& x) {
+  return map_cpu(x, g, Tensor(), [](auto v, auto gy, auto) { return gy * gelu_grad(v); });
+}
+Tensor silu_cpu(const Tensor& x) {
+  return map_cpu(x, Tensor(), Tensor(), [](auto v, auto, auto) { return silu_f(v); });
+}
+Tensor silu_backward_cpu(const Tensor& g, const Tensor& x) {
+  return map_cpu(x, g, Tensor(), [](auto v, auto gy, auto) { return gy * silu_grad(v); });
+}
+Tensor swiglu_cpu(const Tensor& gate, const Tensor& up) {
+  return map_cpu(gate, up, Tensor(), [](auto v, auto u, auto) { return silu_f(v) * u; });
+}
+// d gate = g * up * silu'(gate); d up = g * silu(gate).
+Tensor swiglu_backward_gate_cpu(const Tensor& g, const Tensor& gate, const Tensor& up) {
+  return map_cpu(gate, up, g, [](auto v, auto u, auto gy) { return gy * u * silu_grad(v); });
+}
+Tensor swiglu_backward_up_cpu(const Tensor& g, const Tensor& gate) {
+  return map_cpu(gate, g, Tensor(), [](auto v, auto gy, auto) { return gy * silu_f(v); });
+}
+
+class GeluNode final : public Node {
+ public:
+  const char* name() const override { return "Gelu"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {  // saved: x
+    return {gelu_backward_cpu(g[0], saved[0])};
+  }
+};
+
+class SiluNode final : public Node {
+ public:
+  const char* name() const override { return "Silu"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {  // saved: x
+    return {silu_backward_cpu(g[0], saved[0])};
+  }
+};
+
+class SwigluNode final : public Node {
+ public:
+  const char* name() const override { return "Swiglu"; }
+  // saved: gate, up.
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    const Tensor &gate = saved[0], &up = saved[1];
+    Tensor dgate = next[0].fn ? swiglu_backward_gate_cpu(g[0], gate, up) : Tensor();
+    Tensor dup = next[1].fn ? swiglu_backward_up_cpu(g[0], gate) : Tensor();
+    return {dgate, dup};
+  }
+};
+
+template <typename N>
+Tensor unary(const char* op, const Tensor& x, Tensor (*kernel)(const Tensor&)) {
+  ops::check_float_arg(op, "x", x);
+  ops::check_cpu(op, "x", x);
+  Tensor y = kernel(x);
+  if (auto n = record<N>({&x})) {
+    n->saved = {x};
+    set_history(y, n);
+  }
+  return y;
+}
+
+}  // namespace
+
+Tensor gelu(const Tensor& x) { return unary<GeluNode>("gelu", x, gelu_cpu); }
+Tensor silu(const Tensor& x) { return unary<SiluNode>("silu", x, silu_cpu); }
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  const char* op = "swiglu";
+  ops::check_float_arg(op, "gate", gate);
+  ops::check_float_arg(op, "up", up);
+  ops::check_like(op, "up", up, "gate", gate);
+  KILN_CHECK(gate.shape() == up.shape())
+      << op << ": gate " << gate.str() << " and up " << up.str() << " must have the same shape";
+  ops::check_cpu(op, "gate", gate);
+  Tensor y = swiglu_cpu(gate, up);
+  if (auto n = record<SwigluNode>({&gate, &up})) {
+    n->saved = {gate, up};
+    set_history(y, n);
+  }
+  return y;
+}
+
+}  // namespace kiln

@@ -1,0 +1,173 @@
+// layer_norm: forward, backward and the CPU kernels. Forward saves the per-row mean and 1/std (in
+// f32, or f64 for f64 inputs) so backward never recomputes the statistics.
+#include "core/ops/layernorm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/check.h"
+#include "core/cpu/elem.h"
+#include "core/ops/op_util.h"
+#include "core/parallel.h"
+
+namespace kiln {
+namespace {
+
+int64_t row_grain(int64_t c) { return std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(c, 1)); }
+
+struct LayerNormOut {
+  Tensor y;     // (..., C) in x's dtype
+  Tensor mean;  // (...) compute dtype
+  Tensor rstd;  // (...) compute dtype
+};
+
+// REQUIRES: arguments checked; b may be undefined.
+LayerNormOut layer_norm_cpu(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+  const int64_t c = x.size(-1), rows = c == 0 ? 0 : x.numel() / c;
+  Tensor xc = raw::to_compute(x), wc = raw::to_compute(w);
+  Tensor bc = b.defined() ? raw::to_compute(b) : Tensor();
+  const Shape stat_shape(x.shape().begin(), x.shape().end() - 1);
+  Tensor y = Tensor::empty(x.shape(), xc.dtype());
+  Tensor mean = Tensor::empty(stat_shape, xc.dtype()), rstd = Tensor::empty(stat_shape, xc.dtype());
+  KILN_DISPATCH_FLOAT(xc.dtype(), T, {
+    const T *px = xc.data<T>(), *pw = wc.data<T>();
+    const T* pb = bc.defined() ? bc.data<T>() : nullptr;
+    T *py = y.data<T>(), *pm = mean.data<T>(), *pr = rstd.data<T>();
+    parallel_for(rows, row_grain(c), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* xr = px + r * c;
+        double s = 0;
+        for (int64_t j = 0; j < c; ++j) s += xr[j];
+        const double m = s / c;
+        double v = 0;
+        for (int64_t j = 0; j < c; ++j) v += (xr[j] - m) * (xr[j] - m);
+        const T mt = static_cast<T>(m), rt = static_cast<T>(1.0 / std::sqrt(v / c + eps));
+        pm[r] = mt;
+        pr[r] = rt;
+        T* yr = py + r * c;
+        for (int64_t j = 0; j < c; ++j) {
+          const T h = (xr[j] - mt) * rt;
+          yr[j] = pb ? h * pw[j] + pb[j] : h * pw[j];
+        }
+      }
+    });
+  });
+  return {raw::convert(y, x.dtype()), mean, rstd};
+}
+
+struct LayerNormGrads {
+  Tensor dx, dw, db;  // undefined where not wanted
+};
+
+// dx = rstd * (gh - mean(gh) - h * mean(gh * h)) with h = (x - mean) * rstd, gh = gy * w;
+// dw = sum_rows gy * h; db = sum_rows gy. Rows are summed in order (parallel over channels).
+LayerNormGrads layer_norm_backward_cpu(const Tensor& gy, const Tensor& x, const Tensor& w,
+                                       const Tensor& mean, const Tensor& rstd, bool want_dx,
+                                       bool want_dw, bool want_db) {
+  const int64_t c = x.size(-1), rows = c == 0 ? 0 : x.numel() / c;
+  Tensor xc = raw::to_compute(x), wc = raw::to_compute(w), gc = raw::to_compute(gy);
+  const DType ct = xc.dtype();
+  LayerNormGrads out;
+  Tensor dx = want_dx ? Tensor::empty(x.shape(), ct) : Tensor();
+  Tensor dw = want_dw ? Tensor::empty({c}, ct) : Tensor();
+  Tensor db = want_db ? Tensor::empty({c}, ct) : Tensor();
+  KILN_DISPATCH_FLOAT(ct, T, {
+    const T *px = xc.data<T>(), *pw = wc.data<T>(), *pg = gc.data<T>();
+    const T *pm = mean.data<T>(), *pr = rstd.data<T>();
+    if (want_dx) {
+      T* pdx = dx.data<T>();
+      parallel_for(rows, row_grain(c), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const T *xr = px + r * c, *gr = pg + r * c;
+          const T m = pm[r], rs = pr[r];
+          double sg = 0, sgh = 0;
+          for (int64_t j = 0; j < c; ++j) {
+            const double gh = gr[j] * pw[j];
+            sg += gh;
+            sgh += gh * ((xr[j] - m) * rs);
+          }
+          const T mg = static_cast<T>(sg / c), mgh = static_cast<T>(sgh / c);
+          T* dr = pdx + r * c;
+          for (int64_t j = 0; j < c; ++j)
+            dr[j] = rs * (gr[j] * pw[j] - mg - (xr[j] - m) * rs * mgh);
+        }
+      });
+    }
+    if (want_dw || want_db) {
+      T* pdw = want_dw ? dw.data<T>() : nullptr;
+      T* pdb = want_db ? db.data<T>() : nullptr;
+      parallel_for(c, 64, [&](int64_t c0, int64_t c1) {
+        std::vector<double> aw(c1 - c0, 0.0), ab(c1 - c0, 0.0);
+        for (int64_t r = 0; r < rows; ++r) {
+          const T *xr = px + r * c, *gr = pg + r * c;
+          const T m = pm[r], rs = pr[r];
+          for (int64_t j = c0; j < c1; ++j) {
+            aw[j - c0] += gr[j] * ((xr[j] - m) * rs);
+            ab[j - c0] += gr[j];
+          }
+        }
+        for (int64_t j = c0; j < c1; ++j) {
+          if (pdw) pdw[j] = static_cast<T>(aw[j - c0]);
+          if (pdb) pdb[j] = static_cast<T>(ab[j - c0]);
+        }
+      });
+    }
+  });
+  if (want_dx) out.dx = raw::convert(dx, x.dtype());
+  if (want_dw) out.dw = raw::convert(dw, w.dtype());
+  if (want_db) out.db = raw::convert(db, w.dtype());
+  return out;
+}
+
+class LayerNormNode final : public Node {
+ public:
+  const char* name() const override { return "LayerNorm"; }
+  // saved: x (..., C), weight (C), mean (...), rstd (...). next: x, weight[, bias].
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    const bool has_bias = next.size() == 3;
+    LayerNormGrads r =
+        layer_norm_backward_cpu(g[0], saved[0], saved[1], saved[2], saved[3], next[0].fn != nullptr,
+                                next[1].fn != nullptr, has_bias && next[2].fn != nullptr);
+    if (has_bias) return {r.dx, r.dw, r.db};
+    return {r.dx, r.dw};
+  }
+};
+
+void check_args(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+  const char* op = "layer_norm";
+  ops::check_float_arg(op, "x", x);
+  ops::check_float_arg(op, "weight", w);
+  ops::check_like(op, "weight", w, "x", x);
+  KILN_CHECK(x.dim() >= 1) << op << ": x must have at least 1 dim (..., C), got " << x.str();
+  KILN_CHECK(w.dim() == 1 && w.size(0) == x.size(-1))
+      << op << ": weight must have shape [" << x.size(-1) << "] (the last dim of x " << x.str()
+      << "), got " << w.str();
+  if (b.defined()) {
+    ops::check_float_arg(op, "bias", b);
+    ops::check_like(op, "bias", b, "x", x);
+    KILN_CHECK(b.dim() == 1 && b.size(0) == x.size(-1))
+        << op << ": bias must have shape [" << x.size(-1) << "] (the last dim of x " << x.str()
+        << "), got " << b.str();
+  }
+  KILN_CHECK(eps >= 0) << op << ": eps must be >= 0, got " << eps;
+  ops::check_cpu(op, "x", x);
+}
+
+}  // namespace
+
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  check_args(x, weight, bias, eps);
+  LayerNormOut o = layer_norm_cpu(x, weight, bias, eps);
+  auto n = bias.defined() ? record<LayerNormNode>({&x, &weight, &bias})
+                          : record<LayerNormNode>({&x, &weight});
+  if (n) {
+    n->saved = {x, weight, o.mean, o.rstd};
+    set_history(o.y, n);
+  }
+  return o.y;
+}
+
+}  // namespace kiln
