@@ -1,0 +1,143 @@
+// cross_entropy: argument and target checks, the backward node and the CPU kernels. The forward
+// keeps each row's log-sum-exp; the backward rebuilds softmax from it and the saved logits.
+#include "core/ops/cross_entropy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/check.h"
+#include "core/cpu/elem.h"
+#include "core/parallel.h"
+
+namespace kiln {
+namespace {
+
+constexpr const char* kOp = "cross_entropy";
+
+void check_ce_args(const Tensor& logits, const Tensor& targets) {
+  check_float_args(kOp, {&logits});
+  check_defined(kOp, {&logits, &targets});
+  check_dim(kOp, "logits (N, V)", logits, 2);
+  check_dim(kOp, "targets (N)", targets, 1);
+  KILN_CHECK(targets.dtype() == DType::kI32 || targets.dtype() == DType::kI64)
+      << kOp << ": targets must be i32 or i64, got " << targets.str();
+  KILN_CHECK(targets.size(0) == logits.size(0))
+      << kOp << ": targets " << targets.str() << " do not match logits " << logits.str()
+      << " (one target per row)";
+  check_same_device(kOp, {&logits, &targets});
+  KILN_CHECK(logits.device().is_cpu()) << kOp << ": only CPU tensors are supported for now (no "
+                                       << "CUDA kernel yet), got logits " << logits.str();
+}
+
+// The targets as i64, each checked to be in [0, V) or ignore_index. Sets *count to the number of
+// rows that are not ignored.
+std::vector<int64_t> read_targets(const Tensor& targets, int64_t v, int64_t ignore_index,
+                                  int64_t* count) {
+  std::vector<int64_t> t = targets.to_ints();
+  *count = 0;
+  for (size_t i = 0; i < t.size(); ++i) {
+    if (t[i] == ignore_index) continue;
+    KILN_CHECK(t[i] >= 0 && t[i] < v)
+        << kOp << ": target " << t[i] << " at row " << i << " is out of range for V = " << v
+        << " classes (and is not ignore_index " << ignore_index << ")";
+    ++*count;
+  }
+  return t;
+}
+
+struct CeForward {
+  double loss = 0;  // mean over counted rows
+  Tensor lse;       // (N) compute dtype; log-sum-exp of each row
+};
+
+CeForward cross_entropy_cpu(const Tensor& logits, const std::vector<int64_t>& t,
+                            int64_t ignore_index, int64_t count) {
+  Tensor x = raw::to_compute(logits);
+  const int64_t n = logits.size(0), v = logits.size(1);
+  CeForward f{0.0, Tensor::empty({n}, x.dtype())};
+  std::vector<double> row_loss(n, 0.0);
+  KILN_DISPATCH_FLOAT(x.dtype(), T, {
+    const T* px = x.data<T>();
+    T* lse = f.lse.data<T>();
+    parallel_for(n, std::max<int64_t>(1, 16384 / std::max<int64_t>(v, 1)),
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t i = begin; i < end; ++i) {
+                     const T* row = px + i * v;
+                     T m = v > 0 ? *std::max_element(row, row + v) : T(0);
+                     T sum = 0;
+                     for (int64_t j = 0; j < v; ++j) sum += std::exp(row[j] - m);
+                     lse[i] = m + std::log(sum);
+                     if (t[i] != ignore_index) row_loss[i] = lse[i] - row[t[i]];
+                   }
+                 });
+  });
+  double total = 0;  // summed in row order: independent of the thread split
+  for (double l : row_loss) total += l;
+  f.loss = count > 0 ? total / static_cast<double>(count) : 0.0;
+  return f;
+}
+
+// d loss / d logits = g / count * (softmax(logits) - onehot(target)) on counted rows, 0 elsewhere.
+Tensor cross_entropy_backward_cpu(const Tensor& logits, const Tensor& lse,
+                                  const std::vector<int64_t>& t, int64_t ignore_index,
+                                  int64_t count, double g) {
+  Tensor x = raw::to_compute(logits);
+  const int64_t n = logits.size(0), v = logits.size(1);
+  Tensor gx = Tensor::empty(logits.shape(), x.dtype());
+  KILN_DISPATCH_FLOAT(x.dtype(), T, {
+    const T* px = x.data<T>();
+    const T* pl = lse.data<T>();
+    T* pg = gx.data<T>();
+    const T w = count > 0 ? static_cast<T>(g / static_cast<double>(count)) : T(0);
+    parallel_for(n, std::max<int64_t>(1, 16384 / std::max<int64_t>(v, 1)),
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t i = begin; i < end; ++i) {
+                     T* gr = pg + i * v;
+                     if (t[i] == ignore_index) {
+                       std::fill(gr, gr + v, T(0));
+                       continue;
+                     }
+                     const T* row = px + i * v;
+                     for (int64_t j = 0; j < v; ++j) gr[j] = w * std::exp(row[j] - pl[i]);
+                     gr[t[i]] -= w;
+                   }
+                 });
+  });
+  return gx;
+}
+
+class CrossEntropyNode final : public Node {
+ public:
+  const char* name() const override { return "CrossEntropy"; }
+  int64_t ignore_index = -100;
+  int64_t count = 0;  // rows not ignored
+  // saved: logits (N, V), targets (N) (validated in the forward), lse (N) compute dtype
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    const Tensor& logits = saved[0];
+    Tensor gx = cross_entropy_backward_cpu(logits, saved[2], saved[1].to_ints(), ignore_index,
+                                           count, g[0].item());
+    return {raw::convert(gx, logits.dtype())};
+  }
+};
+
+}  // namespace
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
+  check_ce_args(logits, targets);
+  int64_t count = 0;
+  std::vector<int64_t> t = read_targets(targets, logits.size(1), ignore_index, &count);
+  CeForward f = cross_entropy_cpu(logits, t, ignore_index, count);
+  Tensor out = Tensor::scalar(f.loss, logits.dtype());
+  if (auto n = record<CrossEntropyNode>({&logits})) {
+    n->ignore_index = ignore_index;
+    n->count = count;
+    n->saved = {logits, targets, f.lse};
+    set_history(out, n);
+  }
+  return out;
+}
+
+}  // namespace kiln

@@ -1,0 +1,103 @@
+// rotary_embedding: argument checks, the backward node (the inverse rotation) and the CPU kernel.
+#include "core/ops/rope.h"
+
+#include <cmath>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/check.h"
+#include "core/cpu/elem.h"
+#include "core/parallel.h"
+
+namespace kiln {
+namespace {
+
+constexpr const char* kOp = "rotary_embedding";
+
+void check_rope_args(const Tensor& x, double theta, int64_t position_offset) {
+  check_float_args(kOp, {&x});
+  check_dim(kOp, "x (B, H, T, D)", x, 4);
+  KILN_CHECK(x.size(3) % 2 == 0) << kOp << ": head dim D must be even, got x " << x.str();
+  KILN_CHECK(theta > 0 && std::isfinite(theta)) << kOp << ": theta must be positive, got " << theta;
+  KILN_CHECK(position_offset >= 0)
+      << kOp << ": position_offset must be >= 0, got " << position_offset;
+}
+
+// cos and sin of the angle of position (offset + t) and frequency i, as (T, D/2) tables.
+template <typename T>
+void angle_tables(int64_t t_len, int64_t d, double theta, int64_t offset, std::vector<T>& cos_t,
+                  std::vector<T>& sin_t) {
+  const int64_t half = d / 2;
+  cos_t.resize(t_len * half);
+  sin_t.resize(t_len * half);
+  for (int64_t i = 0; i < half; ++i) {
+    const double inv_freq =
+        1.0 / std::pow(theta, 2.0 * static_cast<double>(i) / static_cast<double>(d));
+    for (int64_t t = 0; t < t_len; ++t) {
+      const double a = static_cast<double>(offset + t) * inv_freq;
+      cos_t[t * half + i] = static_cast<T>(std::cos(a));
+      sin_t[t * half + i] = static_cast<T>(std::sin(a));
+    }
+  }
+}
+
+// Rotates x (B, H, T, D) by +angle, or by -angle when `inverse`. Returns x's compute dtype.
+Tensor rotary_embedding_cpu(const Tensor& x, double theta, int64_t offset, bool inverse) {
+  KILN_CHECK(x.device().is_cpu()) << kOp << ": only CPU tensors are supported for now (no CUDA "
+                                  << "kernel yet), got x " << x.str();
+  Tensor xc = raw::to_compute(x);
+  Tensor out = Tensor::empty(x.shape(), xc.dtype());
+  const int64_t t_len = x.size(2), d = x.size(3), half = d / 2;
+  const int64_t n_rows = x.numel() / std::max<int64_t>(d, 1);
+  KILN_DISPATCH_FLOAT(xc.dtype(), T, {
+    std::vector<T> cos_t, sin_t;
+    angle_tables<T>(t_len, d, theta, offset, cos_t, sin_t);
+    const T sign = inverse ? T(-1) : T(1);
+    const T* px = xc.data<T>();
+    T* po = out.data<T>();
+    parallel_for(n_rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(d, 1)),
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t r = begin; r < end; ++r) {
+                     const T* c = cos_t.data() + (r % t_len) * half;
+                     const T* s = sin_t.data() + (r % t_len) * half;
+                     const T* xr = px + r * d;
+                     T* o = po + r * d;
+                     for (int64_t i = 0; i < half; ++i) {
+                       const T sn = sign * s[i];
+                       o[i] = xr[i] * c[i] - xr[i + half] * sn;
+                       o[i + half] = xr[i + half] * c[i] + xr[i] * sn;
+                     }
+                   }
+                 });
+  });
+  return out;
+}
+
+class RotaryEmbeddingNode final : public Node {
+ public:
+  const char* name() const override { return "RotaryEmbedding"; }
+  double theta = 10000.0;
+  int64_t offset = 0;
+  DType in_dtype = DType::kF32;
+  // The rotation is orthogonal: its transpose is the rotation by the opposite angle.
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    return {raw::convert(rotary_embedding_cpu(g[0], theta, offset, /*inverse=*/true), in_dtype)};
+  }
+};
+
+}  // namespace
+
+Tensor rotary_embedding(const Tensor& x, double theta, int64_t position_offset) {
+  check_rope_args(x, theta, position_offset);
+  Tensor out = raw::convert(rotary_embedding_cpu(x, theta, position_offset, false), x.dtype());
+  if (auto n = record<RotaryEmbeddingNode>({&x})) {
+    n->theta = theta;
+    n->offset = position_offset;
+    n->in_dtype = x.dtype();
+    set_history(out, n);
+  }
+  return out;
+}
+
+}  // namespace kiln
