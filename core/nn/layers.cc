@@ -12,11 +12,11 @@ namespace kiln::nn {
 Tensor to_compute(const Tensor& x, DType dtype) { return x.dtype() == dtype ? x : cast(x, dtype); }
 
 Linear::Linear(int64_t in, int64_t out, bool has_bias, double init_std, Generator& gen,
-               ShardKind shard) {
-  weight = register_parameter(
-      "weight", randn({out, in}, gen, DType::kF32, Device::cpu(), 0.0, init_std), shard);
+               ShardKind shard, DType dtype) {
+  weight = register_parameter("weight", randn({out, in}, gen, dtype, Device::cpu(), 0.0, init_std),
+                              shard);
   if (has_bias) {
-    bias = register_parameter("bias", Tensor::zeros({out}),
+    bias = register_parameter("bias", Tensor::zeros({out}, dtype),
                               shard == ShardKind::kColumn ? shard : ShardKind::kReplicated);
   }
 }
@@ -26,26 +26,28 @@ Tensor Linear::forward(const Tensor& x, DType compute) const {
   return linear(to_compute(x, compute), to_compute(weight, compute), b);
 }
 
-Embedding::Embedding(int64_t num, int64_t dim, double init_std, Generator& gen, ShardKind shard) {
-  weight = register_parameter(
-      "weight", randn({num, dim}, gen, DType::kF32, Device::cpu(), 0.0, init_std), shard);
+Embedding::Embedding(int64_t num, int64_t dim, double init_std, Generator& gen, ShardKind shard,
+                     DType dtype) {
+  weight = register_parameter("weight", randn({num, dim}, gen, dtype, Device::cpu(), 0.0, init_std),
+                              shard);
 }
 
 Tensor Embedding::forward(const Tensor& ids, DType compute) const {
   return embedding(to_compute(weight, compute), ids);
 }
 
-LayerNorm::LayerNorm(int64_t dim, double e) : eps(e) {
-  weight = register_parameter("weight", Tensor::full({dim}, 1.0));
-  bias = register_parameter("bias", Tensor::zeros({dim}));
+LayerNorm::LayerNorm(int64_t dim, double e, bool has_bias, DType dtype) : eps(e) {
+  weight = register_parameter("weight", Tensor::full({dim}, 1.0, dtype));
+  if (has_bias) bias = register_parameter("bias", Tensor::zeros({dim}, dtype));
 }
 
 Tensor LayerNorm::forward(const Tensor& x) const {
-  return layer_norm(x, to_compute(weight, x.dtype()), to_compute(bias, x.dtype()), eps);
+  Tensor b = bias.defined() ? to_compute(bias, x.dtype()) : Tensor();
+  return layer_norm(x, to_compute(weight, x.dtype()), b, eps);
 }
 
-RMSNorm::RMSNorm(int64_t dim, double e) : eps(e) {
-  weight = register_parameter("weight", Tensor::full({dim}, 1.0));
+RMSNorm::RMSNorm(int64_t dim, double e, DType dtype) : eps(e) {
+  weight = register_parameter("weight", Tensor::full({dim}, 1.0, dtype));
 }
 
 Tensor RMSNorm::forward(const Tensor& x) const {

@@ -1,6 +1,7 @@
 // Basic layers over the ops: Linear, Embedding, LayerNorm, RMSNorm. Parameters are stored in fp32
-// (the master copy); with a 16-bit compute dtype each forward casts weights and inputs to it, and
-// the gradient flows back to the fp32 parameter through the cast (autocast-style mixed precision).
+// (the master copy; f64 for gradient-checking tests); with a 16-bit compute dtype each forward
+// casts weights and inputs to it, and the gradient flows back to the fp32 parameter through the
+// cast (autocast-style mixed precision).
 #pragma once
 
 #include "core/nn/module.h"
@@ -15,7 +16,7 @@ class Linear : public Module {
  public:
   // weight (OUT, IN) ~ N(0, init_std); bias (OUT) zeros when `bias`.
   Linear(int64_t in, int64_t out, bool bias, double init_std, Generator& gen,
-         ShardKind shard = ShardKind::kReplicated);
+         ShardKind shard = ShardKind::kReplicated, DType dtype = DType::kF32);
   Tensor forward(const Tensor& x, DType compute) const;  // (..., IN) -> (..., OUT)
   Tensor weight;                                         // (OUT, IN)
   Tensor bias;                                           // (OUT) or undefined
@@ -24,22 +25,22 @@ class Linear : public Module {
 class Embedding : public Module {
  public:
   Embedding(int64_t num, int64_t dim, double init_std, Generator& gen,
-            ShardKind shard = ShardKind::kReplicated);
+            ShardKind shard = ShardKind::kReplicated, DType dtype = DType::kF32);
   Tensor forward(const Tensor& ids, DType compute) const;  // (...) ints -> (..., DIM)
   Tensor weight;                                           // (NUM, DIM)
 };
 
 class LayerNorm : public Module {
  public:
-  LayerNorm(int64_t dim, double eps);
+  LayerNorm(int64_t dim, double eps, bool bias = true, DType dtype = DType::kF32);
   Tensor forward(const Tensor& x) const;  // normalises in x's dtype (f32 statistics)
-  Tensor weight, bias;                    // (DIM)
+  Tensor weight, bias;                    // (DIM); bias may be undefined
   double eps;
 };
 
 class RMSNorm : public Module {
  public:
-  RMSNorm(int64_t dim, double eps);
+  RMSNorm(int64_t dim, double eps, DType dtype = DType::kF32);
   Tensor forward(const Tensor& x) const;
   Tensor weight;  // (DIM)
   double eps;

@@ -1,0 +1,68 @@
+// The language-model interface that the trainer, checkpoints and parallel wrappers use, and the
+// plain shape description (ModelSpec) both families are built from. Models never mention ranks.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/nn/module.h"
+#include "core/random.h"
+#include "proto/config.pb.h"
+
+namespace kiln::models {
+
+enum class Family { kGPT2, kLlama };
+enum class Recompute { kNone, kSelective, kFull };
+
+struct ModelSpec {
+  Family family = Family::kGPT2;
+  int64_t n_layer = 2, n_head = 2, n_kv_head = 2, d_model = 64, d_ff = 256;
+  int64_t vocab_size = 50257, max_seq_len = 64;
+  double rope_theta = 10000.0, norm_eps = 1e-5;
+  bool tied_embeddings = true;
+  bool bias = true;                 // biases in linears and LayerNorm (GPT-2 yes, Llama no)
+  bool scale_residual_init = true;  // residual output projections get init_std / sqrt(2L)
+  int64_t vocab_pad_multiple = 1;   // embedding/classifier rows padded up to a multiple of this
+  double dropout = 0.0;
+  double init_std = 0.02;
+  DType param_dtype = DType::kF32;  // master parameters (f64 only for gradient-checking tests)
+  int64_t head_dim() const { return d_model / n_head; }
+  // Rows of the embedding and classifier: vocab_size padded (padded ids never occur as targets).
+  int64_t padded_vocab() const {
+    return (vocab_size + vocab_pad_multiple - 1) / vocab_pad_multiple * vocab_pad_multiple;
+  }
+};
+
+// The spec a resolved ModelConfig describes (see models/presets.h for resolution, parameter counts
+// and FLOPs per token).
+ModelSpec spec_from_config(const ModelConfig& model);
+
+class LanguageModel : public nn::Module {
+ public:
+  explicit LanguageModel(const ModelSpec& spec) : spec_(spec) {}
+  // ids: (B, T) integer tokens, T <= max_seq_len. Returns logits (B, T, V) in the compute dtype.
+  virtual Tensor forward(const Tensor& ids) = 0;
+  // Mean cross-entropy of forward(ids) against targets (B, T) (ignore index -100); a 0-dim f32
+  // tensor.
+  Tensor loss(const Tensor& ids, const Tensor& targets);
+
+  const ModelSpec& spec() const { return spec_; }
+  void set_compute_dtype(DType t) { compute_ = t; }
+  DType compute_dtype() const { return compute_; }
+  void set_recompute(Recompute r) { recompute_ = r; }
+  Recompute recompute() const { return recompute_; }
+  // The generator dropout draws from (seeded per data-parallel rank by the trainer).
+  Generator& dropout_generator() { return dropout_gen_; }
+
+ protected:
+  ModelSpec spec_;
+  DType compute_ = DType::kF32;
+  Recompute recompute_ = Recompute::kNone;
+  Generator dropout_gen_{0};
+};
+
+// Builds a model with GPT-2 initialisation (N(0, init_std); residual output projections scaled by
+// 1/sqrt(2L)) from a fixed seed: the same seed gives the same parameters on every machine.
+std::unique_ptr<LanguageModel> build_model(const ModelSpec& spec, uint64_t seed);
+
+}  // namespace kiln::models

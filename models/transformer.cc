@@ -1,0 +1,251 @@
+// GPT-2 / Llama decoder: modules, forward passes and the recompute policy.
+#include "models/transformer.h"
+
+#include <cmath>
+
+#include "core/check.h"
+#include "core/ops/activation.h"
+#include "core/ops/attention.h"
+#include "core/ops/cross_entropy.h"
+#include "core/ops/dropout.h"
+#include "core/ops/elementwise.h"
+#include "core/ops/matmul.h"
+#include "core/ops/rope.h"
+#include "core/ops/view.h"
+#include "core/recompute.h"
+
+namespace kiln::models {
+namespace {
+
+bool is_gpt2(const ModelSpec& s) { return s.family == Family::kGPT2; }
+
+// Residual output projections get std / sqrt(2L) (GPT-2's scheme).
+double residual_std(const ModelSpec& s) {
+  return s.scale_residual_init ? s.init_std / std::sqrt(2.0 * s.n_layer) : s.init_std;
+}
+
+std::shared_ptr<nn::Linear> make_linear(const ModelSpec& s, int64_t in, int64_t out, double std,
+                                        Generator& gen, nn::ShardKind shard) {
+  return std::make_shared<nn::Linear>(in, out, s.bias, std, gen, shard, s.param_dtype);
+}
+
+// (B, T, H*D) -> (B, H, T, D)
+Tensor split_heads(const Tensor& x, int64_t heads) {
+  const int64_t b = x.size(0), t = x.size(1), d = x.size(2) / heads;
+  return x.reshape({b, t, heads, d}).permute({0, 2, 1, 3});
+}
+// (B, H, T, D) -> (B, T, H*D)
+Tensor merge_heads(const Tensor& x) {
+  const int64_t b = x.size(0), h = x.size(1), t = x.size(2), d = x.size(3);
+  return x.permute({0, 2, 1, 3}).reshape({b, t, h * d});
+}
+
+Tensor maybe_dropout(const Tensor& x, double p, Generator& gen, bool train) {
+  return p > 0 && train ? dropout(x, p, gen, true) : x;
+}
+
+}  // namespace
+
+Attention::Attention(const ModelSpec& s, Generator& gen) : spec(s) {
+  const int64_t c = s.d_model, d = s.head_dim();
+  if (is_gpt2(s)) {
+    c_attn = register_module("c_attn",
+                             make_linear(s, c, 3 * c, s.init_std, gen, nn::ShardKind::kColumn));
+    c_proj =
+        register_module("c_proj", make_linear(s, c, c, residual_std(s), gen, nn::ShardKind::kRow));
+  } else {
+    q_proj = register_module(
+        "q_proj", make_linear(s, c, s.n_head * d, s.init_std, gen, nn::ShardKind::kColumn));
+    k_proj = register_module(
+        "k_proj", make_linear(s, c, s.n_kv_head * d, s.init_std, gen, nn::ShardKind::kColumn));
+    v_proj = register_module(
+        "v_proj", make_linear(s, c, s.n_kv_head * d, s.init_std, gen, nn::ShardKind::kColumn));
+    o_proj = register_module(
+        "o_proj", make_linear(s, s.n_head * d, c, residual_std(s), gen, nn::ShardKind::kRow));
+  }
+}
+
+Tensor Attention::forward(const Tensor& x, DType compute, Recompute rc, Generator& drop,
+                          bool train) {
+  Tensor q, k, v;
+  if (is_gpt2(spec)) {
+    auto qkv = split(c_attn->forward(x, compute), {spec.d_model, spec.d_model, spec.d_model}, -1);
+    q = split_heads(qkv[0], spec.n_head);
+    k = split_heads(qkv[1], spec.n_head);
+    v = split_heads(qkv[2], spec.n_head);
+  } else {
+    q = rotary_embedding(split_heads(q_proj->forward(x, compute), spec.n_head), spec.rope_theta);
+    k = rotary_embedding(split_heads(k_proj->forward(x, compute), spec.n_kv_head), spec.rope_theta);
+    v = split_heads(v_proj->forward(x, compute), spec.n_kv_head);
+  }
+  Tensor y;
+  if (rc == Recompute::kSelective) {  // keep q, k, v; recompute the attention core in backward
+    y = checkpoint(
+        [](const std::vector<Tensor>& in) {
+          return std::vector<Tensor>{causal_attention(in[0], in[1], in[2])};
+        },
+        {q, k, v}, &drop)[0];
+  } else {
+    y = causal_attention(q, k, v);
+  }
+  y = merge_heads(y);
+  y = is_gpt2(spec) ? c_proj->forward(y, compute) : o_proj->forward(y, compute);
+  return maybe_dropout(y, spec.dropout, drop, train);
+}
+
+Mlp::Mlp(const ModelSpec& s, Generator& gen) : spec(s) {
+  const int64_t c = s.d_model, f = s.d_ff;
+  if (is_gpt2(s)) {
+    c_fc = register_module("c_fc", make_linear(s, c, f, s.init_std, gen, nn::ShardKind::kColumn));
+    c_proj =
+        register_module("c_proj", make_linear(s, f, c, residual_std(s), gen, nn::ShardKind::kRow));
+  } else {
+    gate_proj =
+        register_module("gate_proj", make_linear(s, c, f, s.init_std, gen, nn::ShardKind::kColumn));
+    up_proj =
+        register_module("up_proj", make_linear(s, c, f, s.init_std, gen, nn::ShardKind::kColumn));
+    down_proj = register_module("down_proj",
+                                make_linear(s, f, c, residual_std(s), gen, nn::ShardKind::kRow));
+  }
+}
+
+Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc) {
+  if (is_gpt2(spec)) {
+    Tensor hdn = c_fc->forward(x, compute);
+    hdn = rc == Recompute::kSelective ? checkpoint([](const Tensor& t) { return gelu(t); }, hdn)
+                                      : gelu(hdn);
+    return c_proj->forward(hdn, compute);
+  }
+  Tensor hdn = swiglu(gate_proj->forward(x, compute), up_proj->forward(x, compute));
+  return down_proj->forward(hdn, compute);
+}
+
+Block::Block(const ModelSpec& s, Generator& gen) : spec(s) {
+  if (is_gpt2(s)) {
+    ln_1 = register_module(
+        "ln_1", std::make_shared<nn::LayerNorm>(s.d_model, s.norm_eps, s.bias, s.param_dtype));
+    attn = register_module("attn", std::make_shared<Attention>(s, gen));
+    ln_2 = register_module(
+        "ln_2", std::make_shared<nn::LayerNorm>(s.d_model, s.norm_eps, s.bias, s.param_dtype));
+    mlp = register_module("mlp", std::make_shared<Mlp>(s, gen));
+  } else {
+    input_layernorm = register_module(
+        "input_layernorm", std::make_shared<nn::RMSNorm>(s.d_model, s.norm_eps, s.param_dtype));
+    attn = register_module("self_attn", std::make_shared<Attention>(s, gen));
+    post_attention_layernorm =
+        register_module("post_attention_layernorm",
+                        std::make_shared<nn::RMSNorm>(s.d_model, s.norm_eps, s.param_dtype));
+    mlp = register_module("mlp", std::make_shared<Mlp>(s, gen));
+  }
+}
+
+Tensor Block::forward(const Tensor& x, DType compute, Recompute rc, Generator& drop, bool train) {
+  Tensor n1 = is_gpt2(spec) ? ln_1->forward(x) : input_layernorm->forward(x);
+  Tensor h1 = add(x, attn->forward(n1, compute, rc, drop, train));
+  Tensor n2 = is_gpt2(spec) ? ln_2->forward(h1) : post_attention_layernorm->forward(h1);
+  Tensor m = maybe_dropout(mlp->forward(n2, compute, rc), spec.dropout, drop, train);
+  return add(h1, m);
+}
+
+Transformer::Transformer(const ModelSpec& s, uint64_t seed) : LanguageModel(s) {
+  KILN_CHECK(s.n_head > 0 && s.d_model % s.n_head == 0)
+      << "model: n_head " << s.n_head << " must divide d_model " << s.d_model;
+  KILN_CHECK(s.n_kv_head > 0 && s.n_head % s.n_kv_head == 0)
+      << "model: n_kv_head " << s.n_kv_head << " must divide n_head " << s.n_head;
+  Generator gen(seed);
+  const bool gpt2 = is_gpt2(s);
+  wte = register_module(gpt2 ? "wte" : "embed_tokens",
+                        std::make_shared<nn::Embedding>(s.padded_vocab(), s.d_model, s.init_std,
+                                                        gen, nn::ShardKind::kVocab, s.param_dtype));
+  if (gpt2) {
+    wpe = register_module(
+        "wpe", std::make_shared<nn::Embedding>(s.max_seq_len, s.d_model, s.init_std, gen,
+                                               nn::ShardKind::kReplicated, s.param_dtype));
+  }
+  for (int64_t i = 0; i < s.n_layer; ++i)
+    h.push_back(register_module((gpt2 ? "h." : "layers.") + std::to_string(i),
+                                std::make_shared<Block>(s, gen)));
+  if (gpt2) {
+    ln_f = register_module(
+        "ln_f", std::make_shared<nn::LayerNorm>(s.d_model, s.norm_eps, s.bias, s.param_dtype));
+  } else {
+    norm = register_module("norm",
+                           std::make_shared<nn::RMSNorm>(s.d_model, s.norm_eps, s.param_dtype));
+  }
+  if (!s.tied_embeddings) {
+    lm_head = register_module(
+        "lm_head", std::make_shared<nn::Linear>(s.d_model, s.padded_vocab(), false, s.init_std, gen,
+                                                nn::ShardKind::kVocab, s.param_dtype));
+  }
+  dropout_gen_ = Generator(seed ^ 0x5eed);
+}
+
+Tensor Transformer::embed(const Tensor& ids) {
+  KILN_CHECK(ids.dim() == 2) << "model: ids must be (B, T), got " << ids.str();
+  const int64_t t = ids.size(1);
+  KILN_CHECK(t <= spec_.max_seq_len)
+      << "model: sequence length " << t << " exceeds max_seq_len " << spec_.max_seq_len;
+  Tensor x = wte->forward(ids, compute_);
+  if (wpe) x = add(x, narrow(nn::to_compute(wpe->weight, compute_), 0, 0, t));
+  return maybe_dropout(x, spec_.dropout, dropout_gen_, training());
+}
+
+Tensor Transformer::run_block(int i, const Tensor& x) {
+  Block* b = h[i].get();
+  const DType c = compute_;
+  const bool train = training();
+  Generator& drop = dropout_gen_;
+  if (recompute_ == Recompute::kFull) {
+    return checkpoint(
+        [b, c, &drop, train](const Tensor& in) {
+          return b->forward(in, c, Recompute::kNone, drop, train);
+        },
+        x, &drop);
+  }
+  return b->forward(x, c, recompute_, drop, train);
+}
+
+Tensor Transformer::head(const Tensor& x) {
+  Tensor n = ln_f ? ln_f->forward(x) : norm->forward(x);
+  if (lm_head) return lm_head->forward(n, compute_);
+  return linear(n, nn::to_compute(wte->weight, compute_));
+}
+
+Tensor Transformer::forward(const Tensor& ids) {
+  Tensor x = embed(ids);
+  for (size_t i = 0; i < h.size(); ++i) x = run_block(static_cast<int>(i), x);
+  return head(x);
+}
+
+Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets) {
+  Tensor logits = forward(ids);
+  const int64_t v = logits.size(-1);
+  return cross_entropy(logits.reshape({-1, v}), targets.reshape({-1}));
+}
+
+ModelSpec spec_from_config(const ModelConfig& m) {
+  ModelSpec s;
+  s.family = m.family() == ModelConfig::LLAMA ? Family::kLlama : Family::kGPT2;
+  s.n_layer = m.n_layer();
+  s.n_head = m.n_head();
+  s.n_kv_head = m.n_kv_head();
+  s.d_model = m.d_model();
+  s.d_ff = m.d_ff();
+  s.vocab_size = m.vocab_size();
+  s.max_seq_len = m.max_seq_len();
+  s.rope_theta = m.rope_theta();
+  s.norm_eps = m.norm_eps();
+  s.tied_embeddings = m.tied_embeddings();
+  s.bias = m.bias();
+  s.scale_residual_init = m.scale_residual_init();
+  s.vocab_pad_multiple = std::max(1, m.vocab_pad_multiple());
+  s.dropout = m.dropout();
+  s.init_std = m.init_std();
+  return s;
+}
+
+std::unique_ptr<LanguageModel> build_model(const ModelSpec& spec, uint64_t seed) {
+  return std::make_unique<Transformer>(spec, seed);
+}
+
+}  // namespace kiln::models

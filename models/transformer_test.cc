@@ -1,0 +1,173 @@
+// Tests for the GPT-2 / Llama stacks: a 2-block model's gradients against f64 central finite
+// differences, activation recompute (full and selective) bit-identical to none, parameter names and
+// counts, and clear errors for bad input.
+#include "models/transformer.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/autograd.h"
+#include "core/check.h"
+#include "core/testing/gradcheck.h"
+#include "models/presets.h"
+
+namespace kiln::models {
+namespace {
+
+ModelSpec tiny(Family f) {
+  ModelSpec s;
+  s.family = f;
+  s.n_layer = 2;
+  s.n_head = 4;
+  s.n_kv_head = f == Family::kLlama ? 2 : 4;
+  s.d_model = 16;
+  s.d_ff = f == Family::kLlama ? 24 : 64;
+  s.vocab_size = 29;
+  s.max_seq_len = 8;
+  s.tied_embeddings = f == Family::kGPT2;
+  s.bias = f == Family::kGPT2;
+  s.init_std = 0.2;  // large enough that every path carries a visible gradient
+  return s;
+}
+
+void make_batch(int64_t vocab, Tensor* ids, Tensor* targets, uint64_t seed = 5) {
+  Generator g(seed);
+  *ids = randint({2, 7}, g, vocab, DType::kI32);
+  *targets = randint({2, 7}, g, vocab, DType::kI32);
+}
+
+// Central differences on a deterministic subset of each parameter's elements.
+void check_gradients(Family fam) {
+  ModelSpec s = tiny(fam);
+  s.param_dtype = DType::kF64;
+  auto model = build_model(s, 11);
+  model->set_compute_dtype(DType::kF64);
+  Tensor ids, targets;
+  make_batch(s.vocab_size, &ids, &targets);
+  model->loss(ids, targets).backward();
+  // Step 1e-5: round-off in the loss (~1e-16 * |loss| / eps) dominates at 1e-6 for the smallest
+  // gradients, while the truncation error (~eps^2) stays far below the tolerance.
+  const double eps = 1e-5, floor = 1e-3;
+  double worst = 0;
+  std::string where;
+  int checked = 0;
+  for (const nn::Parameter& p : model->parameters()) {
+    Tensor g = p.tensor.grad();
+    ASSERT_TRUE(g.defined()) << p.name << " got no gradient";
+    std::vector<double> an = g.to_vector();
+    double* data = p.tensor.data<double>();
+    const int64_t n = p.tensor.numel(), stride = std::max<int64_t>(1, n / 12);
+    for (int64_t j = 0; j < n; j += stride) {
+      const double orig = data[j];
+      NoGradGuard ng;
+      data[j] = orig + eps;
+      const double fp = model->loss(ids, targets).item();
+      data[j] = orig - eps;
+      const double fm = model->loss(ids, targets).item();
+      data[j] = orig;
+      const double num = (fp - fm) / (2 * eps);
+      const double rel =
+          std::fabs(an[j] - num) / std::max({std::fabs(an[j]), std::fabs(num), floor});
+      if (rel > worst) {
+        worst = rel;
+        where = p.name + "[" + std::to_string(j) + "] analytic " + std::to_string(an[j]) +
+                " numeric " + std::to_string(num);
+      }
+      ++checked;
+    }
+  }
+  std::printf("finite-difference check: %d elements, max rel error %.3g (%s)\n", checked, worst,
+              where.c_str());
+  EXPECT_GT(checked, 100);
+  EXPECT_LE(worst, 1e-6) << where;
+}
+
+TEST(Transformer, Gpt2TwoBlockGradientsMatchFiniteDifferences) { check_gradients(Family::kGPT2); }
+TEST(Transformer, LlamaTwoBlockGradientsMatchFiniteDifferences) { check_gradients(Family::kLlama); }
+
+// Gradients of every parameter after one backward with the given recompute policy.
+std::vector<Tensor> grads_with(Family fam, Recompute rc, double dropout) {
+  ModelSpec s = tiny(fam);
+  s.dropout = dropout;
+  auto model = build_model(s, 3);
+  model->set_recompute(rc);
+  Tensor ids, targets;
+  make_batch(s.vocab_size, &ids, &targets);
+  Tensor loss = model->loss(ids, targets);
+  loss.backward();
+  std::vector<Tensor> out{loss.detach()};
+  for (const nn::Parameter& p : model->parameters()) out.push_back(p.tensor.grad());
+  return out;
+}
+
+TEST(Transformer, RecomputeGradientsAreBitIdentical) {
+  for (Family fam : {Family::kGPT2, Family::kLlama}) {
+    for (double p : {0.0, 0.1}) {
+      auto base = grads_with(fam, Recompute::kNone, p);
+      for (Recompute rc : {Recompute::kFull, Recompute::kSelective}) {
+        auto got = grads_with(fam, rc, p);
+        ASSERT_EQ(got.size(), base.size());
+        for (size_t i = 0; i < base.size(); ++i)
+          EXPECT_TRUE(testing::bit_equal(got[i], base[i]))
+              << "family " << static_cast<int>(fam) << " dropout " << p << " policy "
+              << static_cast<int>(rc) << " tensor " << i;
+      }
+    }
+  }
+}
+
+TEST(Transformer, HuggingFaceParameterNames) {
+  auto gpt = build_model(tiny(Family::kGPT2), 1);
+  std::vector<std::string> names;
+  for (auto& p : gpt->parameters()) names.push_back(p.name);
+  EXPECT_THAT(names, ::testing::IsSupersetOf({"wte.weight", "wpe.weight", "h.0.ln_1.weight",
+                                              "h.0.attn.c_attn.weight", "h.1.mlp.c_proj.bias",
+                                              "ln_f.bias"}));
+  auto llama = build_model(tiny(Family::kLlama), 1);
+  names.clear();
+  for (auto& p : llama->parameters()) names.push_back(p.name);
+  EXPECT_THAT(names,
+              ::testing::IsSupersetOf({"embed_tokens.weight", "layers.0.self_attn.k_proj.weight",
+                                       "layers.1.mlp.gate_proj.weight",
+                                       "layers.1.post_attention_layernorm.weight", "norm.weight",
+                                       "lm_head.weight"}));
+}
+
+TEST(Transformer, ParameterCountMatchesPresetFormula) {
+  for (const char* name : {"gpt2-tiny", "llama-tiny"}) {
+    auto cfg = GetPreset(name);
+    ASSERT_TRUE(cfg.ok()) << cfg.status();
+    ModelConfig m = *cfg;
+    ASSERT_TRUE(ResolveModelConfig(&m).ok());
+    auto model = build_model(spec_from_config(m), 1);
+    EXPECT_EQ(model->num_parameters(), ParamCount(m)) << name;
+  }
+}
+
+TEST(Transformer, SameSeedSameParameters) {
+  auto a = build_model(tiny(Family::kGPT2), 9), b = build_model(tiny(Family::kGPT2), 9);
+  auto pa = a->parameters(), pb = b->parameters();
+  for (size_t i = 0; i < pa.size(); ++i)
+    EXPECT_TRUE(testing::bit_equal(pa[i].tensor, pb[i].tensor));
+}
+
+TEST(Transformer, BadInputIsAClearError) {
+  auto model = build_model(tiny(Family::kGPT2), 1);
+  Generator g(1);
+  EXPECT_THAT(
+      [&] {
+        model->forward(randint({2, 9}, g, 29, DType::kI32));
+      },
+      ::testing::ThrowsMessage<Error>(::testing::HasSubstr("exceeds max_seq_len 8")));
+  EXPECT_THAT([&] { model->forward(randint({9}, g, 29, DType::kI32)); },
+              ::testing::ThrowsMessage<Error>(::testing::HasSubstr("ids must be (B, T)")));
+  ModelSpec bad = tiny(Family::kGPT2);
+  bad.n_head = 3;
+  EXPECT_THAT([&] { build_model(bad, 1); },
+              ::testing::ThrowsMessage<Error>(::testing::HasSubstr("must divide d_model")));
+}
+
+}  // namespace
+}  // namespace kiln::models
