@@ -13,7 +13,11 @@ namespace {
 struct Shape {
   const char* name;
   ModelConfig::Family family;
-  int n_layer, n_head, n_kv_head, d_model, d_ff, vocab_size, max_seq_len;
+  int n_layer, n_head;
+  int n_kv_head;  // 0: left unset, so that it follows n_head (multi-head attention)
+  int d_model;
+  int d_ff;  // 0: left unset, so that it follows d_model (the family default)
+  int vocab_size, max_seq_len;
   double rope_theta;  // 0 for GPT2
   double norm_eps;
   bool tied;
@@ -25,11 +29,11 @@ struct Shape {
 constexpr ModelConfig::Family kGpt2 = ModelConfig::GPT2;
 constexpr ModelConfig::Family kLlama = ModelConfig::LLAMA;
 constexpr Shape kShapes[] = {
-    {"gpt2-tiny", kGpt2, 2, 2, 2, 64, 256, 50257, 64, 0, 1e-5, true},
-    {"gpt2-124m", kGpt2, 12, 12, 12, 768, 3072, 50257, 1024, 0, 1e-5, true},
-    {"gpt2-350m", kGpt2, 24, 16, 16, 1024, 4096, 50257, 1024, 0, 1e-5, true},
-    {"gpt2-774m", kGpt2, 36, 20, 20, 1280, 5120, 50257, 1024, 0, 1e-5, true},
-    {"gpt2-1.5b", kGpt2, 48, 25, 25, 1600, 6400, 50257, 1024, 0, 1e-5, true},
+    {"gpt2-tiny", kGpt2, 2, 2, 0, 64, 0, 50257, 64, 0, 1e-5, true},
+    {"gpt2-124m", kGpt2, 12, 12, 0, 768, 0, 50257, 1024, 0, 1e-5, true},
+    {"gpt2-350m", kGpt2, 24, 16, 0, 1024, 0, 50257, 1024, 0, 1e-5, true},
+    {"gpt2-774m", kGpt2, 36, 20, 0, 1280, 0, 50257, 1024, 0, 1e-5, true},
+    {"gpt2-1.5b", kGpt2, 48, 25, 0, 1600, 0, 50257, 1024, 0, 1e-5, true},
     {"llama-tiny", kLlama, 2, 4, 2, 64, 176, 50257, 64, 10000, 1e-5, false},
     {"llama-1b", kLlama, 22, 32, 4, 2048, 5632, 32000, 2048, 10000, 1e-5, false},
     {"llama-8b", kLlama, 32, 32, 8, 4096, 14336, 128256, 8192, 500000, 1e-5, false},
@@ -41,9 +45,9 @@ ModelConfig FromShape(const Shape& s) {
   m.set_family(s.family);
   m.set_n_layer(s.n_layer);
   m.set_n_head(s.n_head);
-  m.set_n_kv_head(s.n_kv_head);
+  if (s.n_kv_head > 0) m.set_n_kv_head(s.n_kv_head);
   m.set_d_model(s.d_model);
-  m.set_d_ff(s.d_ff);
+  if (s.d_ff > 0) m.set_d_ff(s.d_ff);
   m.set_vocab_size(s.vocab_size);
   m.set_max_seq_len(s.max_seq_len);
   if (s.rope_theta > 0) m.set_rope_theta(s.rope_theta);

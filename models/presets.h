@@ -17,8 +17,10 @@ namespace kiln {
 // Names of all presets, in a stable order.
 std::vector<std::string> PresetNames();
 
-// The preset's model section (family and every shape field set, preset name included).
-// NotFound naming the known presets when `name` is not one.
+// The preset's model section: family, preset name and shape fields. The GPT-2 presets leave
+// n_kv_head and d_ff unset (family defaults: n_head and 4*d_model), so that overriding n_head or
+// d_model keeps them consistent; the Llama presets set both (grouped-query heads and the published
+// MLP widths). NotFound naming the known presets when `name` is not one.
 absl::StatusOr<ModelConfig> GetPreset(std::string_view name);
 
 // Resolves `model` in place: fields present in `model` win; unset fields come from model.preset

@@ -1,0 +1,563 @@
+// Tests of the config layer: every validation rule rejects with a message naming the field, parse
+// errors carry FILE:LINE:COL and the field, --set overrides reach nested / enum / bool / repeated
+// fields, defaults and presets resolve, and PrintConfig round-trips. The shipped
+// configs/*.textproto load.
+#include "launch/config.h"
+
+#include <gmock/gmock.h>
+#include <google/protobuf/util/message_differencer.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "models/presets.h"
+
+namespace kiln {
+namespace {
+
+using ::google::protobuf::util::MessageDifferencer;
+using ::testing::HasSubstr;
+
+namespace fs = std::filesystem;
+
+constexpr char kBase[] = R"pb(
+  name: "t"
+  device: CPU
+  model { preset: "gpt2-tiny" }
+  data { synthetic: true seq_len: 32 }
+  parallel { micro_batch_size: 2 }
+  training { global_batch_size: 8 max_steps: 10 }
+)pb";
+
+TrainConfig Base() {
+  absl::StatusOr<TrainConfig> cfg = ParseConfig(kBase, "base");
+  EXPECT_TRUE(cfg.ok()) << cfg.status();
+  absl::Status s = ResolveConfig(&*cfg);
+  EXPECT_TRUE(s.ok()) << s;
+  return *cfg;
+}
+
+std::string Msg(const absl::Status& s) { return std::string(s.message()); }
+
+// Asserts that Validate rejects `cfg` with a message containing every one of `needles`.
+void ExpectRejected(const TrainConfig& cfg, std::initializer_list<const char*> needles) {
+  absl::Status s = Validate(cfg);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << PrintConfig(cfg);
+  for (const char* n : needles) EXPECT_THAT(Msg(s), HasSubstr(n));
+}
+
+fs::path TempFile(const std::string& name, const std::string& contents) {
+  fs::path dir = fs::temp_directory_path() / ("kiln_config_test_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  fs::path p = dir / name;
+  std::ofstream(p) << contents;
+  return p;
+}
+
+TEST(ValidateTest, BaseConfigIsValid) {
+  absl::Status s = Validate(Base());
+  EXPECT_TRUE(s.ok()) << s;
+}
+
+TEST(ValidateTest, RejectsNonPositiveLearningRate) {
+  TrainConfig c = Base();
+  c.mutable_optimizer()->set_lr(-1e-3);
+  ExpectRejected(c, {"optimizer.lr", "> 0"});
+  c.mutable_optimizer()->set_lr(0);
+  ExpectRejected(c, {"optimizer.lr"});
+}
+
+TEST(ValidateTest, RejectsGlobalBatchNotDivisibleByMicroTimesDp) {
+  TrainConfig c = Base();
+  c.mutable_training()->set_global_batch_size(12);
+  c.mutable_parallel()->set_micro_batch_size(4);
+  c.mutable_parallel()->set_dp(2);  // 12 % 8 != 0
+  ExpectRejected(c, {"training.global_batch_size", "micro_batch_size (4)", "dp (2)"});
+  // With dp from the world: valid alone, rejected for a world of 2.
+  c.mutable_parallel()->clear_dp();
+  ASSERT_TRUE(Validate(c).ok());
+  absl::Status s = ValidateWorld(c, 2);
+  EXPECT_THAT(Msg(s), HasSubstr("training.global_batch_size"));
+  EXPECT_TRUE(ValidateWorld(c, 3).ok());  // 12 = 4 * 3
+}
+
+TEST(ValidateTest, RejectsTpNotDividingHeads) {
+  TrainConfig c = Base();  // gpt2-tiny: 2 heads
+  c.mutable_parallel()->set_tp(4);
+  ExpectRejected(c, {"parallel.tp", "model.n_head (2)"});
+
+  TrainConfig l = Base();
+  l.mutable_model()->Clear();
+  l.mutable_model()->set_preset("llama-tiny");  // 4 heads, 2 kv heads
+  ASSERT_TRUE(ResolveConfig(&l).ok());
+  l.mutable_parallel()->set_tp(4);
+  l.mutable_training()->set_global_batch_size(8);
+  ExpectRejected(l, {"parallel.tp", "model.n_kv_head (2)"});
+  l.mutable_parallel()->set_tp(2);
+  EXPECT_TRUE(Validate(l).ok()) << Validate(l);
+}
+
+TEST(ValidateTest, RejectsPpNotDividingLayers) {
+  TrainConfig c = Base();  // 2 layers
+  c.mutable_parallel()->set_pp(3);
+  ExpectRejected(c, {"parallel.pp", "model.n_layer (2)"});
+  c.mutable_parallel()->set_pp(2);
+  c.mutable_parallel()->set_pipeline_schedule(ParallelConfig::INTERLEAVED_1F1B);
+  c.mutable_parallel()->set_virtual_stages(2);  // 2 * 2 chunks for 2 layers
+  ExpectRejected(c, {"parallel.pp", "virtual_stages"});
+}
+
+TEST(ValidateTest, RejectsHeadsNotDividingWidth) {
+  TrainConfig c = Base();
+  c.mutable_model()->set_n_head(3);
+  c.mutable_model()->set_n_kv_head(3);
+  ExpectRejected(c, {"model.n_head", "d_model (64)"});
+}
+
+TEST(ValidateTest, RejectsKvHeadsNotDividingHeads) {
+  TrainConfig c = Base();
+  c.mutable_model()->set_family(ModelConfig::LLAMA);
+  c.mutable_model()->set_rope_theta(10000);
+  c.mutable_model()->set_n_head(4);
+  c.mutable_model()->set_n_kv_head(3);
+  ExpectRejected(c, {"model.n_kv_head", "n_head (4)"});
+}
+
+TEST(ValidateTest, RejectsMissingDataPath) {
+  TrainConfig c = Base();
+  c.mutable_data()->set_synthetic(false);
+  ExpectRejected(c, {"data.train_shards", "no training data"});
+  c.mutable_data()->add_train_shards("/nonexistent/kiln/train_*.bin");
+  ExpectRejected(c, {"data.train_shards", "/nonexistent/kiln/train_*.bin"});
+
+  fs::path shard = TempFile("train_000.bin", "x");
+  c.mutable_data()->set_train_shards(0, (shard.parent_path() / "train_*.bin").string());
+  EXPECT_TRUE(Validate(c).ok()) << Validate(c);
+  c.mutable_data()->add_val_shards((shard.parent_path() / "val_*.bin").string());
+  ExpectRejected(c, {"data.val_shards"});
+}
+
+TEST(ValidateTest, RejectsSeqLenOverMaxSeqLen) {
+  TrainConfig c = Base();
+  c.mutable_data()->set_seq_len(65);  // gpt2-tiny: max 64
+  ExpectRejected(c, {"data.seq_len", "model.max_seq_len (64)"});
+}
+
+TEST(ValidateTest, RejectsCurriculumMinOverMax) {
+  TrainConfig c = Base();
+  SeqLenCurriculum* sl = c.mutable_schedule()->mutable_seq_len();
+  sl->set_kind(SeqLenCurriculum::FIXED_LINEAR);
+  sl->set_min_len(16);
+  sl->set_max_len(32);
+  sl->set_steps(5);
+  ASSERT_TRUE(ResolveConfig(&c).ok());  // curriculum defaults (step_multiple 8)
+  EXPECT_EQ(sl->step_multiple(), 8);
+  EXPECT_TRUE(Validate(c).ok()) << Validate(c);
+  sl->set_min_len(48);
+  sl->set_max_len(40);
+  ExpectRejected(c, {"schedule.seq_len.min_len", "exceeds max_len (40)"});
+  sl->set_min_len(16);
+  sl->set_max_len(64);  // over data.seq_len 32
+  ExpectRejected(c, {"schedule.seq_len.max_len", "data.seq_len"});
+  sl->set_max_len(32);
+  sl->set_steps(0);
+  ExpectRejected(c, {"schedule.seq_len.steps"});
+}
+
+TEST(ValidateTest, RejectsBadDiscreteCurriculum) {
+  TrainConfig c = Base();
+  SeqLenCurriculum* sl = c.mutable_schedule()->mutable_seq_len();
+  sl->set_kind(SeqLenCurriculum::FIXED_DISCRETE);
+  sl->set_min_len(8);
+  sl->add_discrete_lens(8);
+  sl->add_discrete_lens(32);
+  sl->add_discrete_steps(5);
+  ASSERT_TRUE(ResolveConfig(&c).ok());
+  EXPECT_EQ(sl->max_len(), 32);  // data.seq_len
+  EXPECT_TRUE(Validate(c).ok()) << Validate(c);
+  sl->add_discrete_steps(7);
+  ExpectRejected(c, {"schedule.seq_len.discrete_steps"});
+  sl->clear_discrete_steps();
+  sl->add_discrete_steps(5);
+  sl->set_discrete_lens(1, 4);
+  ExpectRejected(c, {"schedule.seq_len.discrete_lens", "decrease"});
+}
+
+TEST(ValidateTest, RejectsZeroStageOutOfRange) {
+  TrainConfig c = Base();
+  for (int stage : {0, 1, 2, 3}) {
+    c.mutable_parallel()->set_zero_stage(stage);
+    EXPECT_TRUE(Validate(c).ok()) << stage;
+  }
+  c.mutable_parallel()->set_zero_stage(4);
+  ExpectRejected(c, {"parallel.zero_stage", "0, 1, 2 or 3"});
+  c.mutable_parallel()->set_zero_stage(-1);
+  ExpectRejected(c, {"parallel.zero_stage"});
+}
+
+TEST(ValidateTest, RejectsZero3WithPipeline) {
+  TrainConfig c = Base();
+  c.mutable_parallel()->set_pp(2);
+  c.mutable_parallel()->set_zero_stage(3);
+  ExpectRejected(c, {"parallel.zero_stage", "pp > 1"});
+}
+
+TEST(ValidateTest, WorldSizeMustEqualDpTpPp) {
+  TrainConfig c = Base();
+  c.mutable_parallel()->set_dp(2);
+  c.mutable_parallel()->set_tp(2);
+  ASSERT_TRUE(Validate(c).ok()) << Validate(c);
+  EXPECT_TRUE(ValidateWorld(c, 4).ok());
+  absl::Status s = ValidateWorld(c, 8);
+  EXPECT_THAT(Msg(s), HasSubstr("parallel.dp"));
+  EXPECT_THAT(Msg(s), HasSubstr("world size (8 ranks)"));
+  c.mutable_parallel()->clear_dp();
+  EXPECT_THAT(Msg(ValidateWorld(c, 3)), HasSubstr("must divide the world size (3 ranks)"));
+}
+
+TEST(ValidateTest, ResolveWorldSetsDpAndMicroBatch) {
+  TrainConfig c = Base();
+  c.mutable_parallel()->clear_micro_batch_size();
+  ASSERT_TRUE(ResolveWorld(4, &c).ok());
+  EXPECT_EQ(c.parallel().dp(), 4);
+  EXPECT_EQ(c.parallel().micro_batch_size(), 2);  // 8 / 4
+  EXPECT_EQ(GradAccumulationSteps(c), 1);
+
+  TrainConfig d = Base();  // micro 2, global 8
+  ASSERT_TRUE(ResolveWorld(2, &d).ok());
+  EXPECT_EQ(GradAccumulationSteps(d), 2);
+  TrainConfig e = Base();
+  EXPECT_FALSE(ResolveWorld(3, &e).ok());  // 8 % (2*3)
+  EXPECT_FALSE(e.parallel().has_dp());
+}
+
+TEST(ValidateTest, Bf16AndFp16OnCpuAreAllowed) {
+  TrainConfig c = Base();
+  c.mutable_precision()->set_dtype(PrecisionConfig::BF16);
+  EXPECT_TRUE(Validate(c).ok());
+  c.mutable_precision()->set_dtype(PrecisionConfig::FP16);
+  ASSERT_TRUE(ResolveConfig(&c).ok());  // the loss scaler's defaults come with FP16
+  EXPECT_DOUBLE_EQ(c.precision().loss_scale_init(), 65536.0);
+  EXPECT_TRUE(Validate(c).ok());
+  c.mutable_precision()->set_loss_scale_growth(1.0);
+  ExpectRejected(c, {"precision.loss_scale_growth"});
+  c = Base();
+  c.mutable_precision()->set_fp8_matmul(true);
+  ExpectRejected(c, {"precision.fp8_matmul"});
+}
+
+TEST(ValidateTest, RejectsOtherOutOfRangeValues) {
+  struct Case {
+    void (*mutate)(TrainConfig*);
+    const char* field;
+  };
+  const Case cases[] = {
+      {[](TrainConfig* c) { c->mutable_optimizer()->set_beta2(1.0); }, "optimizer.beta2"},
+      {[](TrainConfig* c) { c->mutable_optimizer()->set_eps(0); }, "optimizer.eps"},
+      {[](TrainConfig* c) { c->mutable_optimizer()->set_weight_decay(-0.1); },
+       "optimizer.weight_decay"},
+      {[](TrainConfig* c) { c->mutable_optimizer()->set_grad_clip(-1); }, "optimizer.grad_clip"},
+      {[](TrainConfig* c) { c->mutable_schedule()->mutable_lr()->set_warmup_steps(11); },
+       "schedule.lr.warmup_steps"},
+      {[](TrainConfig* c) { c->mutable_schedule()->mutable_lr()->set_min_lr_ratio(1.5); },
+       "schedule.lr.min_lr_ratio"},
+      {[](TrainConfig* c) { c->mutable_schedule()->mutable_lr()->set_decay_fraction(-0.1); },
+       "schedule.lr.decay_fraction"},
+      {[](TrainConfig* c) { c->mutable_training()->set_global_batch_size(0); },
+       "training.global_batch_size"},
+      {[](TrainConfig* c) { c->mutable_training()->set_max_steps(0); }, "training.max_steps"},
+      {[](TrainConfig* c) { c->mutable_parallel()->set_micro_batch_size(0); },
+       "parallel.micro_batch_size"},
+      {[](TrainConfig* c) { c->mutable_parallel()->set_tp(0); }, "parallel.tp"},
+      {[](TrainConfig* c) { c->mutable_parallel()->set_timeout_s(0); }, "parallel.timeout_s"},
+      {[](TrainConfig* c) { c->mutable_parallel()->set_backend(ParallelConfig::NCCL); },
+       "parallel.backend"},
+      {[](TrainConfig* c) { c->mutable_model()->set_dropout(1.0); }, "model.dropout"},
+      {[](TrainConfig* c) { c->mutable_model()->set_n_layer(0); }, "model.n_layer"},
+      {[](TrainConfig* c) { c->mutable_model()->set_vocab_size(-1); }, "model.vocab_size"},
+      {[](TrainConfig* c) { c->mutable_checkpoint()->set_resume("/nonexistent/ckpt"); },
+       "checkpoint.resume"},
+      {[](TrainConfig* c) { c->mutable_checkpoint()->set_keep_last(-1); }, "checkpoint.keep_last"},
+      {[](TrainConfig* c) { c->mutable_logging()->set_log_every(0); }, "logging.log_every"},
+      {[](TrainConfig* c) { c->mutable_eval()->set_batches(0); }, "eval.batches"},
+      {[](TrainConfig* c) { c->mutable_eval()->set_sample_temperature(0); },
+       "eval.sample_temperature"},
+      {[](TrainConfig* c) { c->set_name("a/b"); }, "name: 'a/b'"},
+  };
+  for (const Case& k : cases) {
+    TrainConfig c = Base();
+    k.mutate(&c);
+    SCOPED_TRACE(k.field);
+    ExpectRejected(c, {k.field});
+  }
+}
+
+TEST(ValidateTest, RejectsBadBatchRamp) {
+  TrainConfig c = Base();  // global 8, micro 2
+  BatchRamp* r = c.mutable_schedule()->mutable_batch_ramp();
+  r->set_start(2);
+  r->set_increment(2);
+  r->set_ramp_tokens(1000);
+  EXPECT_TRUE(Validate(c).ok()) << Validate(c);
+  r->set_start(16);
+  ExpectRejected(c, {"schedule.batch_ramp.start", "exceeds training.global_batch_size"});
+  r->set_start(3);
+  ExpectRejected(c, {"schedule.batch_ramp.start", "not divisible"});
+  r->set_start(2);
+  r->set_increment(4);  // 8 - 2 = 6 is not a multiple of 4
+  ExpectRejected(c, {"schedule.batch_ramp.increment"});
+  r->set_increment(2);
+  r->set_ramp_tokens(0);
+  ExpectRejected(c, {"schedule.batch_ramp.ramp_tokens"});
+}
+
+TEST(ValidateTest, ReportsEveryProblemAtOnce) {
+  TrainConfig c = Base();
+  c.mutable_optimizer()->set_lr(-1);
+  c.mutable_parallel()->set_zero_stage(7);
+  absl::Status s = Validate(c);
+  EXPECT_THAT(Msg(s), HasSubstr("optimizer.lr"));
+  EXPECT_THAT(Msg(s), HasSubstr("parallel.zero_stage"));
+}
+
+// ---- parsing ----
+
+TEST(ParseTest, TypoInFileOnDiskReportsFileLineColumnAndField) {
+  fs::path p = TempFile("typo.textproto",
+                        "name: \"x\"\n"
+                        "model {\n"
+                        "  preset: \"gpt2-tiny\"\n"
+                        "  n_layers: 4\n"
+                        "}\n");
+  absl::StatusOr<TrainConfig> cfg = LoadConfig(p.string());
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr(p.string() + ":4:3: model.n_layers:"));
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("no field named \"n_layers\""));
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("did you mean 'n_layer'?"));
+}
+
+TEST(ParseTest, WrongTypeNamesTheField) {
+  absl::StatusOr<TrainConfig> cfg =
+      ParseConfig("training {\n  max_steps: 10\n}\noptimizer { lr: \"fast\" }\n", "f.textproto");
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("f.textproto:4:"));
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("optimizer.lr:"));
+
+  cfg = ParseConfig("model { n_layer: 2.5 }", "g");
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("g:1:"));
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("model.n_layer:"));
+}
+
+TEST(ParseTest, UnknownEnumListsTheChoices) {
+  absl::StatusOr<TrainConfig> cfg = ParseConfig("model {\n\tfamily: GPT3\n}", "e");
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("e:2:"));
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("model.family:"));
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("GPT2, LLAMA"));
+}
+
+TEST(ParseTest, UnknownTopLevelFieldAndRepeatedScalar) {
+  absl::StatusOr<TrainConfig> cfg = ParseConfig("# comment\noptimiser { lr: 1 }", "u");
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("u:2:1: optimiser:"));
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("did you mean 'optimizer'?"));
+
+  cfg = ParseConfig("optimizer { lr: 1 lr: 2 }", "r");
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("\"lr\""));
+}
+
+TEST(ParseTest, MissingFileIsNotFound) {
+  absl::StatusOr<TrainConfig> cfg = LoadConfig("/nonexistent/kiln.textproto");
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(Msg(cfg.status()), HasSubstr("/nonexistent/kiln.textproto"));
+}
+
+TEST(ParseTest, LoadValidatesAndPrefixesTheFile) {
+  fs::path p = TempFile("neg.textproto", std::string(kBase) + "optimizer { lr: -0.1 }\n");
+  absl::StatusOr<TrainConfig> cfg = LoadConfig(p.string());
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(Msg(cfg.status()),
+              HasSubstr(p.string() + ": optimizer.lr: learning rate must be > 0"));
+  // The same file with a fixing override loads.
+  cfg = LoadConfig(p.string(), {"optimizer.lr=3e-4"});
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_DOUBLE_EQ(cfg->optimizer().lr(), 3e-4);
+}
+
+// ---- overrides ----
+
+TEST(OverrideTest, NestedEnumBoolStringAndNumbers) {
+  TrainConfig c = Base();
+  ASSERT_TRUE(ApplyOverrides({"model.n_layer=6", "optimizer.type=sgd", "schedule.lr.kind=WSD",
+                              "data.shuffle=false", "training.deterministic=true",
+                              "optimizer.lr=2.5e-4", "logging.run_dir=\"runs/x y\"",
+                              "precision.dtype=bf16", "training.token_budget=123456789012"},
+                             &c)
+                  .ok());
+  EXPECT_EQ(c.model().n_layer(), 6);
+  EXPECT_EQ(c.optimizer().type(), OptimizerConfig::SGD);
+  EXPECT_EQ(c.schedule().lr().kind(), LrSchedule::WSD);
+  EXPECT_TRUE(c.data().has_shuffle());
+  EXPECT_FALSE(c.data().shuffle());
+  EXPECT_TRUE(c.training().deterministic());
+  EXPECT_DOUBLE_EQ(c.optimizer().lr(), 2.5e-4);
+  EXPECT_EQ(c.logging().run_dir(), "runs/x y");
+  EXPECT_EQ(c.precision().dtype(), PrecisionConfig::BF16);
+  EXPECT_EQ(c.training().token_budget(), 123456789012);
+}
+
+TEST(OverrideTest, ExplicitZeroDiffersFromUnset) {
+  absl::StatusOr<TrainConfig> c = ParseConfig(kBase);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(ApplyOverride("optimizer.weight_decay=0", &*c).ok());
+  EXPECT_TRUE(c->optimizer().has_weight_decay());
+  ASSERT_TRUE(ResolveConfig(&*c).ok());
+  EXPECT_EQ(c->optimizer().weight_decay(), 0.0);   // not the 0.1 default
+  EXPECT_DOUBLE_EQ(c->optimizer().beta2(), 0.95);  // unset: the default
+}
+
+TEST(OverrideTest, RepeatedAppendsReplacesAndClears) {
+  TrainConfig c = Base();
+  ASSERT_TRUE(ApplyOverride("optimizer.no_decay=wte.*", &c).ok());
+  ASSERT_TRUE(ApplyOverride("optimizer.no_decay=*.ln_*", &c).ok());
+  ASSERT_EQ(c.optimizer().no_decay_size(), 2);
+  EXPECT_EQ(c.optimizer().no_decay(1), "*.ln_*");
+  ASSERT_TRUE(ApplyOverride("optimizer.no_decay=[a, b, c]", &c).ok());
+  ASSERT_EQ(c.optimizer().no_decay_size(), 3);
+  EXPECT_EQ(c.optimizer().no_decay(2), "c");
+  ASSERT_TRUE(ApplyOverride("optimizer.no_decay=[]", &c).ok());
+  EXPECT_EQ(c.optimizer().no_decay_size(), 0);
+  ASSERT_TRUE(ApplyOverride("schedule.seq_len.discrete_lens=[8, 16]", &c).ok());
+  EXPECT_EQ(c.schedule().seq_len().discrete_lens(1), 16);
+}
+
+TEST(OverrideTest, MessageValueMerges) {
+  TrainConfig c = Base();
+  ASSERT_TRUE(ApplyOverride("model={n_layer: 3 d_model: 96}", &c).ok());
+  EXPECT_EQ(c.model().n_layer(), 3);
+  EXPECT_EQ(c.model().d_model(), 96);
+  EXPECT_EQ(c.model().preset(), "gpt2-tiny");  // merged, not replaced
+  absl::Status s = ApplyOverride("model={n_layerz: 3}", &c);
+  EXPECT_THAT(Msg(s), HasSubstr("did you mean 'n_layer'?"));
+}
+
+TEST(OverrideTest, PresetOverrideThenResolve) {
+  absl::StatusOr<TrainConfig> c = ParseConfig("model { preset: \"gpt2-tiny\" n_layer: 1 }");
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(ApplyOverride("model.preset=gpt2-124m", &*c).ok());
+  ASSERT_TRUE(ResolveConfig(&*c).ok());
+  EXPECT_EQ(c->model().d_model(), 768);
+  EXPECT_EQ(c->model().n_layer(), 1);  // explicit field still wins
+}
+
+TEST(OverrideTest, ErrorsNameThePath) {
+  TrainConfig c = Base();
+  absl::Status s = ApplyOverride("model.n_layers=4", &c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(s), HasSubstr("model.n_layers"));
+  EXPECT_THAT(Msg(s), HasSubstr("did you mean 'n_layer'?"));
+  s = ApplyOverride("modle.n_layer=4", &c);
+  EXPECT_THAT(Msg(s), HasSubstr("modle.n_layer"));
+  s = ApplyOverride("model.n_layer.x=4", &c);
+  EXPECT_THAT(Msg(s), HasSubstr("'model.n_layer' is not a section"));
+  s = ApplyOverride("model.n_layer=four", &c);
+  EXPECT_THAT(Msg(s), HasSubstr("model.n_layer"));
+  EXPECT_THAT(Msg(s), HasSubstr("integer"));
+  s = ApplyOverride("model.family=GPT3", &c);
+  EXPECT_THAT(Msg(s), HasSubstr("GPT2, LLAMA"));
+  s = ApplyOverride("data.shuffle=maybe", &c);
+  EXPECT_THAT(Msg(s), HasSubstr("true or false"));
+  s = ApplyOverride("model.n_layer", &c);
+  EXPECT_THAT(Msg(s), HasSubstr("PATH=VALUE"));
+  s = ApplyOverride("model.n_layer=99999999999", &c);
+  EXPECT_THAT(Msg(s), HasSubstr("32-bit"));
+}
+
+// ---- resolution and printing ----
+
+TEST(ResolveTest, FillsDefaultsAndIsIdempotent) {
+  TrainConfig c = Base();
+  EXPECT_EQ(c.model().n_layer(), 2);
+  EXPECT_EQ(c.model().d_ff(), 256);
+  EXPECT_DOUBLE_EQ(c.optimizer().lr(), 6e-4);
+  EXPECT_DOUBLE_EQ(c.optimizer().weight_decay(), 0.1);
+  EXPECT_EQ(c.optimizer().decay_min_dim(), 2);
+  EXPECT_EQ(c.parallel().tp(), 1);
+  EXPECT_FALSE(c.parallel().has_dp());
+  EXPECT_EQ(c.training().seed(), 1337u);
+  EXPECT_EQ(c.data().seed(), 1337u);
+  EXPECT_EQ(c.logging().run_dir(), "runs/t");
+  EXPECT_EQ(c.checkpoint().dir(), "runs/t/checkpoints");
+  EXPECT_EQ(c.checkpoint().resume(), "auto");
+  EXPECT_FALSE(c.precision().has_loss_scale_init());         // not FP16
+  EXPECT_FALSE(c.schedule().seq_len().has_step_multiple());  // no curriculum
+  const std::string text = PrintConfig(c);                   // the defaults in effect are visible
+  EXPECT_THAT(text, HasSubstr("type: ADAMW"));
+  EXPECT_THAT(text, HasSubstr("kind: COSINE"));
+  EXPECT_THAT(text, HasSubstr("zero_stage: 0"));
+  EXPECT_THAT(text, HasSubstr("policy: NONE"));
+  TrainConfig again = c;
+  ASSERT_TRUE(ResolveConfig(&again).ok());
+  EXPECT_TRUE(MessageDifferencer::Equals(c, again));
+}
+
+TEST(ResolveTest, UnknownPresetFails) {
+  absl::StatusOr<TrainConfig> c = ParseConfig("model { preset: \"gpt5\" }");
+  ASSERT_TRUE(c.ok());
+  absl::Status s = ResolveConfig(&*c);
+  EXPECT_THAT(Msg(s), HasSubstr("model.preset"));
+}
+
+TEST(PrintTest, RoundTripsResolvedConfig) {
+  TrainConfig c = Base();
+  ASSERT_TRUE(
+      ApplyOverrides({"optimizer.no_decay=wte.*", "eval.sample_prompt=\"Once \\\"upon\\\"\"",
+                      "optimizer.weight_decay=0", "data.seed=18446744073709551615"},
+                     &c)
+          .ok());
+  const std::string text = PrintConfig(c);
+  EXPECT_THAT(text, HasSubstr("preset: \"gpt2-tiny\""));
+  EXPECT_THAT(text, HasSubstr("weight_decay: 0"));  // explicit presence prints zeros
+  absl::StatusOr<TrainConfig> back = ParseConfig(text);
+  ASSERT_TRUE(back.ok()) << back.status() << "\n" << text;
+  EXPECT_TRUE(MessageDifferencer::Equals(c, *back)) << text;
+}
+
+// The shipped configs parse, resolve and validate (data replaced by the synthetic stream, since the
+// shards are prepared later), and round-trip through PrintConfig.
+TEST(ShippedConfigsTest, LoadAndRoundTrip) {
+  for (const char* name : {"default", "tiny", "gpt2-124m", "llama-1b"}) {
+    SCOPED_TRACE(name);
+    const std::string path = std::string(KILN_SOURCE_DIR) + "/configs/" + name + ".textproto";
+    absl::StatusOr<TrainConfig> c = LoadConfig(path, {"data.synthetic=true"});
+    ASSERT_TRUE(c.ok()) << c.status();
+    absl::StatusOr<TrainConfig> back = ParseConfig(PrintConfig(*c));
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_TRUE(MessageDifferencer::Equals(*c, *back));
+  }
+}
+
+TEST(ShippedConfigsTest, ShapesAreWhatTheCommentsSay) {
+  const std::string dir = std::string(KILN_SOURCE_DIR) + "/configs/";
+  absl::StatusOr<TrainConfig> gpt =
+      LoadConfig(dir + "gpt2-124m.textproto", {"data.synthetic=true"});
+  ASSERT_TRUE(gpt.ok()) << gpt.status();
+  EXPECT_EQ(PaddedVocabSize(gpt->model()), 50304);
+  EXPECT_EQ(gpt->training().global_batch_size() * gpt->data().seq_len(), 524288);
+  ASSERT_TRUE(ResolveWorld(8, &*gpt).ok());
+  EXPECT_EQ(GradAccumulationSteps(*gpt), 2);  // 512 / (32 * 8)
+  absl::StatusOr<TrainConfig> llama =
+      LoadConfig(dir + "llama-1b.textproto", {"data.synthetic=true"});
+  ASSERT_TRUE(llama.ok()) << llama.status();
+  EXPECT_EQ(llama->model().n_kv_head(), 4);
+  EXPECT_FALSE(llama->model().tied_embeddings());
+}
+
+}  // namespace
+}  // namespace kiln
