@@ -9,8 +9,21 @@
 
 namespace kiln {
 
+#if KILN_WITH_CUDA
+namespace cuda {
+void register_backend(CudaBackend* b);  // core/cuda/runtime.cc
+}
+#endif
+
 CudaBackend& cuda_backend() {
   static CudaBackend b;
+#if KILN_WITH_CUDA
+  static bool registered = [] {
+    cuda::register_backend(&b);  // fills `b` and the CUDA allocator when a GPU is present
+    return true;
+  }();
+  (void)registered;
+#endif
   return b;
 }
 
