@@ -1,0 +1,58 @@
+// Run metrics: one human-readable line per step on stdout, a JSONL file, and TensorBoard event
+// files (TFRecord-framed Event protos with masked CRC32C), all under the run directory.
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace kiln::launch {
+
+// CRC32C (Castagnoli) and TFRecord's masked form.
+uint32_t crc32c(const void* data, size_t n);
+uint32_t masked_crc32c(const void* data, size_t n);
+
+class TensorBoardWriter {
+ public:
+  // Creates RUN_DIR/events.out.tfevents.<time>.<host> and writes the file-version event.
+  absl::Status open(const std::string& run_dir);
+  void scalar(const std::string& tag, double value, int64_t step);
+  void flush();
+  const std::string& path() const { return path_; }
+
+ private:
+  void write_record(const std::string& bytes);
+  std::ofstream out_;
+  std::string path_;
+};
+
+// Reads back the scalars of an event file (tests, `kiln plot`): tag -> [(step, value)].
+absl::Status read_tensorboard_scalars(
+    const std::string& path, std::map<std::string, std::vector<std::pair<int64_t, double>>>* out);
+
+class MetricsLogger {
+ public:
+  absl::Status open(const std::string& run_dir, bool jsonl, bool tensorboard, bool append);
+  // Writes one record: to JSONL as {"kind":..., "step":..., key: value...} and each value to
+  // TensorBoard as KIND/KEY.
+  void log(const std::string& kind, int64_t step,
+           const std::vector<std::pair<std::string, double>>& kv);
+  void log_text(const std::string& kind, int64_t step, const std::string& key,
+                const std::string& text);
+  void flush();
+
+ private:
+  std::ofstream jsonl_;
+  bool has_jsonl_ = false, has_tb_ = false;
+  TensorBoardWriter tb_;
+};
+
+// JSON string escaping.
+std::string json_escape(const std::string& s);
+
+}  // namespace kiln::launch

@@ -1,0 +1,70 @@
+// BatchSource over data::DataLoader (token shards written by `kiln prepare-data`).
+#include "absl/strings/str_cat.h"
+#include "core/check.h"
+#include "data/loader.h"
+#include "launch/batches.h"
+
+namespace kiln::launch {
+namespace {
+
+class ShardSource final : public BatchSource {
+ public:
+  explicit ShardSource(std::unique_ptr<data::DataLoader> l) : loader_(std::move(l)) {}
+  absl::StatusOr<Batch> next(int64_t b, int64_t t) override {
+    data::Batch d = loader_->Next(b, t);
+    return Batch{d.inputs, d.targets};
+  }
+  std::string position() const override { return loader_->Position().Serialize(); }
+  absl::Status restore(const std::string& pos) override {
+    absl::StatusOr<data::LoaderPosition> p = data::LoaderPosition::Parse(pos);
+    if (!p.ok()) return p.status();
+    return loader_->Restore(*p);
+  }
+
+ private:
+  std::unique_ptr<data::DataLoader> loader_;
+};
+
+data::LoaderOptions options(const TrainConfig& cfg, bool train, int rank, int world) {
+  data::LoaderOptions o;
+  const auto& d = cfg.data();
+  o.shards.assign(train ? d.train_shards().begin() : d.val_shards().begin(),
+                  train ? d.train_shards().end() : d.val_shards().end());
+  o.vocab_size = cfg.model().vocab_size();
+  o.max_seq_len = d.seq_len();
+  o.seed = d.has_seed() ? d.seed() : cfg.training().seed();
+  o.shuffle = train && (!d.has_shuffle() || d.shuffle());
+  o.rank = rank;
+  o.world_size = world;
+  o.prefetch = train ? (d.has_prefetch() ? d.prefetch() : 2) : 0;
+  return o;
+}
+
+}  // namespace
+
+absl::Status make_shard_sources(const TrainConfig& cfg, int dp_rank, int dp,
+                                std::unique_ptr<BatchSource>* train,
+                                std::function<std::unique_ptr<BatchSource>()>* make_val) {
+  auto t = data::DataLoader::Open(options(cfg, true, dp_rank, dp));
+  if (!t.ok())
+    return absl::Status(t.status().code(),
+                        absl::StrCat("data.train_shards: ", t.status().message()));
+  *train = std::make_unique<ShardSource>(std::move(*t));
+  if (cfg.data().val_shards_size() == 0) {
+    *make_val = nullptr;
+    return absl::OkStatus();
+  }
+  // Open once now so a bad validation shard fails at startup, not at the first evaluation.
+  const data::LoaderOptions vo = options(cfg, false, 0, 1);
+  auto v = data::DataLoader::Open(vo);
+  if (!v.ok())
+    return absl::Status(v.status().code(), absl::StrCat("data.val_shards: ", v.status().message()));
+  *make_val = [vo]() -> std::unique_ptr<BatchSource> {
+    auto l = data::DataLoader::Open(vo);
+    KILN_CHECK(l.ok()) << l.status().message();
+    return std::make_unique<ShardSource>(std::move(*l));
+  };
+  return absl::OkStatus();
+}
+
+}  // namespace kiln::launch

@@ -1,0 +1,11 @@
+// The `kiln` sub-commands implemented in launch/: train, eval, sample, info, plot.
+#pragma once
+
+namespace kiln::launch {
+
+int train_main(int argc, char** argv);
+int eval_main(int argc, char** argv);
+int sample_main(int argc, char** argv);
+int info_main(int argc, char** argv);
+
+}  // namespace kiln::launch

@@ -1,0 +1,88 @@
+// The Trainer: builds the model, optimizer, schedules and data sources from a resolved TrainConfig
+// and runs the training loop — gradient accumulation to the global batch, the batch-size ramp and
+// sequence-length curriculum, mixed precision with fp32 masters (and the fp16 loss scaler),
+// clipping, LR schedule, periodic eval and text samples, one progress line per step, JSONL and
+// TensorBoard.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "launch/batches.h"
+#include "launch/metrics.h"
+#include "models/model.h"
+#include "optim/optimizer.h"
+#include "optim/schedule.h"
+#include "parallel/world.h"
+#include "proto/config.pb.h"
+
+namespace kiln::launch {
+
+struct TrainSummary {
+  int64_t steps = 0;
+  int64_t tokens = 0;
+  std::vector<double> train_losses;                    // one per step run
+  std::vector<std::pair<int64_t, double>> val_losses;  // (step, loss)
+  std::string sample;                                  // the last text sample
+  double seconds = 0;
+};
+
+// Text <-> ids for samples (the GPT-2 tokenizer in a normal run).
+struct TextCodec {
+  std::function<std::vector<int64_t>(const std::string&)> encode;
+  std::function<std::string(const std::vector<int64_t>&)> decode;
+  int64_t eot = -1;  // end-of-text id, the default prompt
+};
+
+class Trainer {
+ public:
+  Trainer(TrainConfig config, parallel::World world);
+  ~Trainer();
+  // Everything that can fail for outside reasons (data files, run directory) fails here.
+  absl::Status init();
+  absl::StatusOr<TrainSummary> run();
+
+  void set_codec(TextCodec c) { codec_ = std::move(c); }
+  // Replaces the data sources (tests); must be called after init().
+  void set_sources(std::unique_ptr<BatchSource> train, std::unique_ptr<BatchSource> val);
+  void set_quiet(bool q) { quiet_ = q; }
+  models::LanguageModel& model() { return *model_; }
+  Device device() const { return device_; }
+
+  double evaluate();  // mean validation loss over eval.batches micro-batches
+  std::string sample(int64_t step);
+
+ private:
+  absl::Status make_sources();
+  double train_step(int64_t step, int64_t seq_len, int64_t global_batch, double* grad_norm);
+  void log_step(int64_t step, double loss, double lr, double gnorm, int64_t tokens, double dt);
+
+  TrainConfig cfg_;
+  parallel::World world_;
+  Device device_;
+  DType compute_ = DType::kF32;
+  std::unique_ptr<models::LanguageModel> model_;
+  std::unique_ptr<optim::Optimizer> opt_;
+  std::unique_ptr<optim::LossScaler> scaler_;
+  optim::LrSchedule lr_;
+  optim::BatchRamp ramp_;
+  optim::SeqLenCurriculum curriculum_;
+  std::unique_ptr<BatchSource> train_, val_;
+  std::function<std::unique_ptr<BatchSource>()> make_val_;
+  MetricsLogger metrics_;
+  TextCodec codec_;
+  Generator sample_gen_{0};
+  int64_t tokens_seen_ = 0;
+  double flops_per_token_full_ = 0;
+  double elapsed_ = 0;
+  int64_t steps_timed_ = 0;
+  bool quiet_ = false;
+};
+
+// Fills the optimizer's decay flags from optimizer.decay_min_dim and optimizer.no_decay globs.
+void apply_decay_rules(const OptimizerConfig& oc, std::vector<nn::Parameter>* params);
+
+}  // namespace kiln::launch
