@@ -86,15 +86,15 @@ Allocator* allocator_for(Device d) {
 
 void register_cuda_allocator(Allocator* a) { g_cuda_allocator = a; }
 
-MemoryStats memory_stats(Device d) { return allocator_for(d)->stats(); }
+MemoryStats memory_stats(Device d) { return allocator_for(d)->stats_on(d); }
 
 Storage::Storage(size_t nbytes, Device device)
     : nbytes_(nbytes), device_(device), allocator_(allocator_for(device)) {
-  data_ = allocator_->allocate(nbytes);
+  data_ = allocator_->allocate_on(device, nbytes);
 }
 
 Storage::~Storage() {
-  if (data_) allocator_->deallocate(data_, nbytes_);
+  if (data_) allocator_->deallocate_on(device_, data_, nbytes_);
 }
 
 }  // namespace kiln

@@ -25,6 +25,20 @@ class Allocator {
   virtual MemoryStats stats() const = 0;
   virtual void reset_peak() = 0;
   virtual void empty_cache() = 0;
+  // Device-aware variants that Storage calls. An allocator serving several devices (the CUDA one)
+  // overrides them; the defaults ignore the device.
+  virtual void* allocate_on(Device d, size_t nbytes) {
+    (void)d;
+    return allocate(nbytes);
+  }
+  virtual void deallocate_on(Device d, void* p, size_t nbytes) {
+    (void)d;
+    deallocate(p, nbytes);
+  }
+  virtual MemoryStats stats_on(Device d) const {
+    (void)d;
+    return stats();
+  }
 };
 
 // The allocator for a device. CUDA allocators are registered by the CUDA backend at start-up.

@@ -61,4 +61,37 @@ inline unsigned int blocks_for(int64_t n, int threads = 256) {
 void set_deterministic(bool d);
 bool deterministic();
 
+// ---- additions beyond the first interface (nothing above changes) ----
+
+// The compute / communication stream of a given device (created on first use).
+cudaStream_t compute_stream(int device);
+cudaStream_t comm_stream(int device);
+// The device a tensor lives on. REQUIRES: t is a CUDA tensor.
+inline int device_of(const Tensor& t) { return t.device().index; }
+
+// Makes `device` current for the guard's lifetime (no-op when it already is).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = -1;
+};
+
+// fp32 GEMMs may use TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32) when allowed. Off by default.
+void set_allow_tf32(bool allow);
+bool allow_tf32();
+
+// Compute capability of the current device as major * 10 + minor (90 for H100).
+int compute_capability();
+int sm_count();
+
+// Makes `stream` wait for all work enqueued so far on the compute stream (and the reverse):
+// the hand-off between compute and communication.
+void stream_wait_compute(cudaStream_t stream);
+void compute_wait_stream(cudaStream_t stream);
+
 }  // namespace kiln::cuda
