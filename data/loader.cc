@@ -48,6 +48,7 @@ struct DataLoader::Impl {
   bool busy = false;                        // the worker is building `in_flight`
   Job in_flight;
   uint64_t generation = 0;  // bumped when the plan changes; stale work is dropped
+  int64_t hits = 0;
   bool stop = false;
   std::thread worker;
 
@@ -243,6 +244,7 @@ Batch DataLoader::Next(int64_t B, int64_t T) {
       out = std::move(m.ready.front().second);
       m.ready.pop_front();
       have = true;
+      ++m.hits;
     }
   }
   if (!have) {
@@ -299,6 +301,10 @@ int64_t DataLoader::epoch() const {
   return static_cast<int64_t>(impl_->consumed / static_cast<uint64_t>(impl_->num_samples));
 }
 const std::vector<std::string>& DataLoader::shard_paths() const { return impl_->paths; }
+int64_t DataLoader::prefetch_hits() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->hits;
+}
 int64_t DataLoader::SampleAt(uint64_t p) const { return impl_->sample_at(p); }
 void DataLoader::ReadSample(int64_t s, int64_t n, int32_t* out) const {
   KILN_CHECK(s >= 0 && s < impl_->num_samples) << "sample " << s;

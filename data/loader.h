@@ -82,6 +82,8 @@ class DataLoader {
   int64_t num_tokens() const;
   int64_t epoch() const;  // epoch of the next sample this loader serves
   const std::vector<std::string>& shard_paths() const;
+  // How many batches Next() took ready-made from the prefetch thread (diagnostics, tests).
+  int64_t prefetch_hits() const;
   // The sample at stream position p (p-th sample served by all ranks together).
   int64_t SampleAt(uint64_t p) const;
   // Tokens [0, n) of sample s. REQUIRES: n <= max_seq_len + 1.

@@ -5,8 +5,10 @@
 #include "data/loader.h"
 
 #include <algorithm>
+#include <chrono>
 #include <numeric>
 #include <set>
+#include <thread>
 
 #include "core/check.h"
 #include "data/shard.h"
@@ -205,6 +207,13 @@ TEST_F(LoaderTest, PrefetchDoesNotChangeWhatIsServed) {
     ASSERT_EQ(ints(x.inputs), ints(y.inputs));
   }
   EXPECT_EQ(la->Position(), lb->Position());
+  // In a steady state (same shape, a consumer slower than the prefetcher) batches come ready-made.
+  for (int i = 0; i < 10; ++i) {
+    lb->Next(4, 40);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_GE(lb->prefetch_hits(), 8);
+  EXPECT_EQ(la->prefetch_hits(), 0);
 }
 
 TEST_F(LoaderTest, PositionSerializesAndChecksTheSampleSpace) {

@@ -79,7 +79,8 @@ TEST_F(Gpt2Test, MatchesReferenceOnWholeBrownCorpus) {
   KILN_REQUIRE_FILE(testing::brown_path());
   TempDir dir;
   std::string ref_path = dir.file("brown_ref.bin");
-  ASSERT_EQ(run_reference("file", testing::brown_path(), ref_path), 0) << "node reference failed";
+  ASSERT_EQ(run_reference("file", testing::brown_path(), ref_path), 0)
+      << "node reference failed (node: " << testing::node_binary() << ")";
   std::string ref_bytes = testing::read_file(ref_path);
   std::vector<int32_t> ref(ref_bytes.size() / 4);
   std::memcpy(ref.data(), ref_bytes.data(), ref.size() * 4);
@@ -253,7 +254,7 @@ TEST_F(Gpt2Test, MatchesReferenceOnAdversarialText) {
   in += "]";
   testing::write_file(dir.file("cases.json"), in);
   ASSERT_EQ(run_reference("cases", dir.file("cases.json"), dir.file("out.json")), 0)
-      << "node reference failed";
+      << "node reference failed (node: " << testing::node_binary() << ")";
   auto ref = ParseJson(testing::read_file(dir.file("out.json")));
   ASSERT_TRUE(ref.ok()) << ref.status();
   ASSERT_EQ(ref->array.size(), cases.size());
