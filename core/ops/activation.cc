@@ -1,5 +1,6 @@
-// gelu / silu / swiglu: forward, backward and their elementwise CPU kernels (parallel over
-// elements; every element is computed alone, so results do not depend on the thread count).
+// gelu / silu / swiglu: forward, backward, their elementwise CPU kernels (parallel over elements;
+// every element is computed alone, so results do not depend on the thread count) and the dispatch
+// to the CUDA kernels (core/ops/activation.cu).
 #include "core/ops/activation.h"
 
 #include <cmath>
@@ -8,8 +9,22 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/ops/device_dispatch.h"
 #include "core/ops/op_util.h"
 #include "core/parallel.h"
+
+#if KILN_WITH_CUDA
+namespace kiln::cuda {
+// core/ops/activation.cu: contiguous outputs in the input's dtype, on its device.
+Tensor gelu_forward(const Tensor& x);
+Tensor gelu_backward(const Tensor& g, const Tensor& x);
+Tensor silu_forward(const Tensor& x);
+Tensor silu_backward(const Tensor& g, const Tensor& x);
+Tensor swiglu_forward(const Tensor& gate, const Tensor& up);
+void swiglu_backward(const Tensor& g, const Tensor& gate, const Tensor& up, Tensor* dgate,
+                     Tensor* dup);  // either output may be null (not computed)
+}  // namespace kiln::cuda
+#endif
 
 namespace kiln {
 namespace {
@@ -64,34 +79,56 @@ Tensor map_cpu(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
   return raw::convert(out, a.dtype());
 }
 
-Tensor gelu_cpu(const Tensor& x) {
+// The kernels below run on x's device: the CPU reference here, core/ops/activation.cu on CUDA.
+#if KILN_WITH_CUDA
+#define KILN_ACT_CUDA(t, call) \
+  if ((t).device().is_cuda()) return cuda::call
+#else
+#define KILN_ACT_CUDA(t, call)
+#endif
+
+Tensor gelu_any(const Tensor& x) {
+  KILN_ACT_CUDA(x, gelu_forward(x));
   return map_cpu(x, Tensor(), Tensor(), [](auto v, auto, auto) { return gelu_f(v); });
 }
-Tensor gelu_backward_cpu(const Tensor& g, const Tensor& x) {
+Tensor gelu_backward_any(const Tensor& g, const Tensor& x) {
+  KILN_ACT_CUDA(x, gelu_backward(g, x));
   return map_cpu(x, g, Tensor(), [](auto v, auto gy, auto) { return gy * gelu_grad(v); });
 }
-Tensor silu_cpu(const Tensor& x) {
+Tensor silu_any(const Tensor& x) {
+  KILN_ACT_CUDA(x, silu_forward(x));
   return map_cpu(x, Tensor(), Tensor(), [](auto v, auto, auto) { return silu_f(v); });
 }
-Tensor silu_backward_cpu(const Tensor& g, const Tensor& x) {
+Tensor silu_backward_any(const Tensor& g, const Tensor& x) {
+  KILN_ACT_CUDA(x, silu_backward(g, x));
   return map_cpu(x, g, Tensor(), [](auto v, auto gy, auto) { return gy * silu_grad(v); });
 }
-Tensor swiglu_cpu(const Tensor& gate, const Tensor& up) {
+Tensor swiglu_any(const Tensor& gate, const Tensor& up) {
+  KILN_ACT_CUDA(gate, swiglu_forward(gate, up));
   return map_cpu(gate, up, Tensor(), [](auto v, auto u, auto) { return silu_f(v) * u; });
 }
-// d gate = g * up * silu'(gate); d up = g * silu(gate).
-Tensor swiglu_backward_gate_cpu(const Tensor& g, const Tensor& gate, const Tensor& up) {
-  return map_cpu(gate, up, g, [](auto v, auto u, auto gy) { return gy * u * silu_grad(v); });
+// d gate = g * up * silu'(gate); d up = g * silu(gate). Only the wanted ones are computed.
+void swiglu_backward_any(const Tensor& g, const Tensor& gate, const Tensor& up, bool want_gate,
+                         bool want_up, Tensor* dgate, Tensor* dup) {
+#if KILN_WITH_CUDA
+  if (gate.device().is_cuda()) {
+    return cuda::swiglu_backward(g, gate, up, want_gate ? dgate : nullptr, want_up ? dup : nullptr);
+  }
+#endif
+  if (want_gate) {
+    *dgate = map_cpu(gate, up, g, [](auto v, auto u, auto gy) { return gy * u * silu_grad(v); });
+  }
+  if (want_up) {
+    *dup = map_cpu(gate, g, Tensor(), [](auto v, auto gy, auto) { return gy * silu_f(v); });
+  }
 }
-Tensor swiglu_backward_up_cpu(const Tensor& g, const Tensor& gate) {
-  return map_cpu(gate, g, Tensor(), [](auto v, auto gy, auto) { return gy * silu_f(v); });
-}
+#undef KILN_ACT_CUDA
 
 class GeluNode final : public Node {
  public:
   const char* name() const override { return "Gelu"; }
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {  // saved: x
-    return {gelu_backward_cpu(g[0], saved[0])};
+    return {gelu_backward_any(g[0], saved[0])};
   }
 };
 
@@ -99,7 +136,7 @@ class SiluNode final : public Node {
  public:
   const char* name() const override { return "Silu"; }
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {  // saved: x
-    return {silu_backward_cpu(g[0], saved[0])};
+    return {silu_backward_any(g[0], saved[0])};
   }
 };
 
@@ -108,9 +145,9 @@ class SwigluNode final : public Node {
   const char* name() const override { return "Swiglu"; }
   // saved: gate, up.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
-    const Tensor &gate = saved[0], &up = saved[1];
-    Tensor dgate = next[0].fn ? swiglu_backward_gate_cpu(g[0], gate, up) : Tensor();
-    Tensor dup = next[1].fn ? swiglu_backward_up_cpu(g[0], gate) : Tensor();
+    Tensor dgate, dup;
+    swiglu_backward_any(g[0], saved[0], saved[1], next[0].fn != nullptr, next[1].fn != nullptr,
+                        &dgate, &dup);
     return {dgate, dup};
   }
 };
@@ -118,7 +155,7 @@ class SwigluNode final : public Node {
 template <typename N>
 Tensor unary(const char* op, const Tensor& x, Tensor (*kernel)(const Tensor&)) {
   ops::check_float_arg(op, "x", x);
-  ops::check_cpu(op, "x", x);
+  ops::on_cuda(op, "x", x);  // a CUDA tensor without a CUDA backend is an error here
   Tensor y = kernel(x);
   if (auto n = record<N>({&x})) {
     n->saved = {x};
@@ -129,8 +166,8 @@ Tensor unary(const char* op, const Tensor& x, Tensor (*kernel)(const Tensor&)) {
 
 }  // namespace
 
-Tensor gelu(const Tensor& x) { return unary<GeluNode>("gelu", x, gelu_cpu); }
-Tensor silu(const Tensor& x) { return unary<SiluNode>("silu", x, silu_cpu); }
+Tensor gelu(const Tensor& x) { return unary<GeluNode>("gelu", x, gelu_any); }
+Tensor silu(const Tensor& x) { return unary<SiluNode>("silu", x, silu_any); }
 
 Tensor swiglu(const Tensor& gate, const Tensor& up) {
   const char* op = "swiglu";
@@ -139,8 +176,8 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
   ops::check_like(op, "up", up, "gate", gate);
   KILN_CHECK(gate.shape() == up.shape())
       << op << ": gate " << gate.str() << " and up " << up.str() << " must have the same shape";
-  ops::check_cpu(op, "gate", gate);
-  Tensor y = swiglu_cpu(gate, up);
+  ops::on_cuda(op, "gate", gate);
+  Tensor y = swiglu_any(gate, up);
   if (auto n = record<SwigluNode>({&gate, &up})) {
     n->saved = {gate, up};
     set_history(y, n);

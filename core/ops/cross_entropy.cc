@@ -1,5 +1,6 @@
-// cross_entropy: argument and target checks, the backward node and the CPU kernels. The forward
-// keeps each row's log-sum-exp; the backward rebuilds softmax from it and the saved logits.
+// cross_entropy and linear_cross_entropy: argument and target checks, the backward nodes, the CPU
+// kernels and the dispatch to the CUDA kernels (core/ops/cross_entropy.cu). The forward keeps each
+// row's log-sum-exp; the backward rebuilds softmax from it and the saved logits.
 #include "core/ops/cross_entropy.h"
 
 #include <algorithm>
@@ -10,7 +11,23 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/ops/device_dispatch.h"
+#include "core/ops/matmul.h"
 #include "core/parallel.h"
+
+#if KILN_WITH_CUDA
+namespace kiln::cuda {
+// core/ops/cross_entropy.cu. Target checks read one value back and throw this file's errors.
+Tensor cross_entropy_forward(const Tensor& logits, const Tensor& targets, int64_t ignore,
+                             Tensor* lse, int64_t* count);
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                              int64_t ignore, int64_t count, const Tensor& g);
+Tensor linear_cross_entropy_forward(const Tensor& x, const Tensor& w, const Tensor& targets,
+                                    int64_t ignore, int64_t chunk_rows, bool want_dx, bool want_dw,
+                                    Tensor* dx, Tensor* dw);
+void scale_by_device_scalar(const Tensor& t, const Tensor& g);  // t *= g[0] in place
+}  // namespace kiln::cuda
+#endif
 
 namespace kiln {
 namespace {
@@ -28,8 +45,6 @@ void check_ce_args(const Tensor& logits, const Tensor& targets) {
       << kOp << ": targets " << targets.str() << " do not match logits " << logits.str()
       << " (one target per row)";
   check_same_device(kOp, {&logits, &targets});
-  KILN_CHECK(logits.device().is_cpu()) << kOp << ": only CPU tensors are supported for now (no "
-                                       << "CUDA kernel yet), got logits " << logits.str();
 }
 
 // The targets as i64, each checked to be in [0, V) or ignore_index. Sets *count to the number of
@@ -117,6 +132,10 @@ class CrossEntropyNode final : public Node {
   // saved: logits (N, V), targets (N) (validated in the forward), lse (N) compute dtype
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const Tensor& logits = saved[0];
+#if KILN_WITH_CUDA
+    if (logits.device().is_cuda())
+      return {cuda::cross_entropy_backward(logits, saved[1], saved[2], ignore_index, count, g[0])};
+#endif
     Tensor gx = cross_entropy_backward_cpu(logits, saved[2], saved[1].to_ints(), ignore_index,
                                            count, g[0].item());
     return {raw::convert(gx, logits.dtype())};
@@ -128,9 +147,17 @@ class CrossEntropyNode final : public Node {
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
   check_ce_args(logits, targets);
   int64_t count = 0;
-  std::vector<int64_t> t = read_targets(targets, logits.size(1), ignore_index, &count);
-  CeForward f = cross_entropy_cpu(logits, t, ignore_index, count);
-  Tensor out = Tensor::scalar(f.loss, logits.dtype());
+  CeForward f;
+  Tensor out;
+  if (ops::on_cuda(kOp, "logits", logits)) {
+#if KILN_WITH_CUDA
+    out = cuda::cross_entropy_forward(logits, targets, ignore_index, &f.lse, &count);
+#endif
+  } else {
+    std::vector<int64_t> t = read_targets(targets, logits.size(1), ignore_index, &count);
+    f = cross_entropy_cpu(logits, t, ignore_index, count);
+    out = Tensor::scalar(f.loss, logits.dtype());
+  }
   if (auto n = record<CrossEntropyNode>({&logits})) {
     n->ignore_index = ignore_index;
     n->count = count;
@@ -138,6 +165,64 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
     set_history(out, n);
   }
   return out;
+}
+
+namespace {
+
+// The fused classifier + loss on CUDA: the forward already computed the gradients of the loss for
+// an upstream gradient of 1; backward scales them by the actual one (on the device, no sync).
+class LinearCrossEntropyNode final : public Node {
+ public:
+  const char* name() const override { return "LinearCrossEntropy"; }
+  // saved: dx (N, C) or undefined, dw (V, C) or undefined. next: x, weight.
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    std::vector<Tensor> out = {saved[0], saved[1]};
+#if KILN_WITH_CUDA
+    for (Tensor& t : out)
+      if (t.defined()) cuda::scale_by_device_scalar(t, g[0]);
+#endif
+    return out;
+  }
+};
+
+void check_linear_ce_args(const Tensor& x, const Tensor& w, const Tensor& targets,
+                          int64_t chunk_rows) {
+  const char* op = "linear_cross_entropy";
+  check_float_args(op, {&x, &w});
+  check_defined(op, {&x, &w, &targets});
+  check_dim(op, "x (N, C)", x, 2);
+  check_dim(op, "weight (V, C)", w, 2);
+  check_dim(op, "targets (N)", targets, 1);
+  KILN_CHECK(w.size(1) == x.size(1))
+      << op << ": weight " << w.str() << " must be (V, " << x.size(1) << ") to match x " << x.str();
+  KILN_CHECK(targets.dtype() == DType::kI32 || targets.dtype() == DType::kI64)
+      << op << ": targets must be i32 or i64, got " << targets.str();
+  KILN_CHECK(targets.size(0) == x.size(0))
+      << op << ": targets " << targets.str() << " do not match x " << x.str() << " (one per row)";
+  check_same_device(op, {&x, &w, &targets});
+  KILN_CHECK(chunk_rows >= 0) << op << ": chunk_rows must be >= 0 (0: automatic), got "
+                              << chunk_rows;
+}
+
+}  // namespace
+
+Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor& targets,
+                            int64_t ignore_index, int64_t chunk_rows) {
+  check_linear_ce_args(x, weight, targets, chunk_rows);
+  if (!ops::on_cuda("linear_cross_entropy", "x", x))
+    return cross_entropy(linear(x, weight), targets, ignore_index);
+  Tensor loss, dx, dw;
+#if KILN_WITH_CUDA
+  auto n = record<LinearCrossEntropyNode>({&x, &weight});
+  const bool want_dx = n && n->next[0].fn != nullptr, want_dw = n && n->next[1].fn != nullptr;
+  loss = cuda::linear_cross_entropy_forward(x, weight, targets, ignore_index, chunk_rows, want_dx,
+                                            want_dw, &dx, &dw);
+  if (n) {
+    n->saved = {dx, dw};
+    set_history(loss, n);
+  }
+#endif
+  return loss;
 }
 
 }  // namespace kiln

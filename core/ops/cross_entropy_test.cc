@@ -1,5 +1,6 @@
 // Tests for cross_entropy: values against a plain f64 reference, ignore_index, stability for large
-// logits, dtypes, gradients against finite differences, and bad input.
+// logits, dtypes, gradients against finite differences, and bad input; linear_cross_entropy (the
+// classifier fused with the loss) against linear + cross_entropy and finite differences.
 #include "core/ops/cross_entropy.h"
 
 #include <gmock/gmock.h>
@@ -7,8 +8,10 @@
 
 #include <cmath>
 
+#include "core/autograd.h"
 #include "core/check.h"
 #include "core/ops/elementwise.h"
+#include "core/ops/matmul.h"
 #include "core/testing/fake_cuda.h"
 #include "core/testing/gradcheck.h"
 
@@ -146,10 +149,69 @@ TEST(CrossEntropy, BadInputIsAClearError) {
   EXPECT_THAT([&] { cross_entropy(logits, Tensor()); },
               ThrowsMessage<Error>(HasSubstr("cross_entropy: argument 1 is an undefined tensor")));
   Tensor lc = testing::fake_cuda_tensor({3, 5}), tc = testing::fake_cuda_tensor({3}, DType::kI64);
-  EXPECT_THAT([&] { cross_entropy(lc, tc); },
-              ThrowsMessage<Error>(HasSubstr("cross_entropy: only CPU tensors are supported")));
+  // Without a usable GPU a CUDA tensor is a clear error; with one, the CUDA kernel runs instead
+  // (tested against this CPU reference in cross_entropy_cuda_test.cc).
+  if (!cuda_available()) {
+    EXPECT_THAT([&] { cross_entropy(lc, tc); },
+                ThrowsMessage<Error>(HasSubstr("cross_entropy: logits is on cuda:0 but")));
+  }
   EXPECT_THAT([&] { cross_entropy(logits, tc); },
               ThrowsMessage<Error>(HasSubstr("cross_entropy: device mismatch")));
+}
+
+TEST(LinearCrossEntropy, CpuEqualsLinearThenCrossEntropy) {
+  Tensor targets = Tensor::from_ints({3, -100, 0, 6, 6, -100, 1}, {7});
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    Tensor x = randn64({7, 5}, 21).to(dt).set_requires_grad(true);
+    Tensor w = randn64({8, 5}, 22).to(dt).set_requires_grad(true);
+    Tensor fused = linear_cross_entropy(x, w, targets);
+    Tensor composed = cross_entropy(linear(x, w), targets);
+    EXPECT_TRUE(testing::bit_equal(fused, composed)) << dtype_name(dt);
+    std::vector<Tensor> gf = kiln::grad({fused}, {Tensor()}, {x, w});
+    std::vector<Tensor> gc = kiln::grad({composed}, {Tensor()}, {x, w});
+    for (int i = 0; i < 2; ++i) EXPECT_TRUE(testing::bit_equal(gf[i], gc[i])) << i;
+  }
+}
+
+TEST(LinearCrossEntropy, GradientsMatchFiniteDifferences) {
+  Tensor targets = Tensor::from_ints({2, -100, 0, 4, 1, 3}, {6}, DType::kI32);
+  testing::GradCheckResult r = gradcheck(
+      [&](const std::vector<Tensor>& v) {
+        return scale(linear_cross_entropy(v[0], v[1], targets, -100, 2), 1.7);
+      },
+      {randn64({6, 4}, 23), randn64({5, 4}, 24)});
+  EXPECT_LE(r.max_rel_error, 1e-6) << r.worst;
+  EXPECT_GT(r.checked, 0);
+}
+
+TEST(LinearCrossEntropy, BadInputIsAClearError) {
+  Tensor x = Tensor::zeros({3, 4}), w = Tensor::zeros({5, 4});
+  Tensor t = Tensor::from_ints({0, 1, 2}, {3});
+  EXPECT_THAT(
+      [&] {
+        linear_cross_entropy(x, Tensor::zeros({5, 3}), t);
+      },
+      ThrowsMessage<Error>(HasSubstr("linear_cross_entropy: weight f32[5, 3] cpu must be "
+                                     "(V, 4) to match x")));
+  EXPECT_THAT(
+      [&] {
+        linear_cross_entropy(x, w, Tensor::from_ints({0, 1}, {2}));
+      },
+      ThrowsMessage<Error>(HasSubstr("(one per row)")));
+  EXPECT_THAT([&] { linear_cross_entropy(x, w, Tensor::zeros({3})); },
+              ThrowsMessage<Error>(HasSubstr("linear_cross_entropy: targets must be i32 or i64")));
+  EXPECT_THAT([&] { linear_cross_entropy(x, w, t, -100, -1); },
+              ThrowsMessage<Error>(HasSubstr("linear_cross_entropy: chunk_rows must be >= 0")));
+  EXPECT_THAT(
+      [&] {
+        linear_cross_entropy(x, w, Tensor::from_ints({0, 5, 2}, {3}));
+      },
+      ThrowsMessage<Error>(HasSubstr("target 5 at row 1 is out of range for V = 5")));
+  EXPECT_THAT(
+      [&] {
+        linear_cross_entropy(x, Tensor::zeros({5, 4}, DType::kF64), t);
+      },
+      ThrowsMessage<Error>(HasSubstr("linear_cross_entropy")));
 }
 
 }  // namespace

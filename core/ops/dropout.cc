@@ -1,4 +1,5 @@
-// dropout: argument checks, the backward node (the same mask, regenerated) and the CPU kernel.
+// dropout: argument checks, the backward node (the same mask, regenerated), the CPU kernel and the
+// dispatch to the CUDA kernel (core/ops/dropout.cu, which draws the same mask).
 #include "core/ops/dropout.h"
 
 #include <cmath>
@@ -7,22 +8,24 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/ops/device_dispatch.h"
 #include "core/parallel.h"
+
+#if KILN_WITH_CUDA
+namespace kiln::cuda {
+// core/ops/dropout.cu: the CPU kernel's result (the same mask), contiguous, in x's dtype.
+Tensor dropout_forward(const Tensor& x, double p, uint64_t seed, uint64_t offset);
+}  // namespace kiln::cuda
+#endif
 
 namespace kiln {
 namespace {
 
 constexpr const char* kOp = "dropout";
 
-void check_cpu(const Tensor& x) {
-  KILN_CHECK(x.device().is_cpu()) << kOp << ": only CPU tensors are supported for now (no CUDA "
-                                  << "kernel yet), got x " << x.str();
-}
-
 // x * keep(i) / (1 - p) with keep(i) = rng_uniform_f(seed, offset + i) >= p (compared in f32), in
 // x's compute dtype.
 Tensor dropout_cpu(const Tensor& x, double p, uint64_t seed, uint64_t offset) {
-  check_cpu(x);
   Tensor xc = raw::to_compute(x);
   Tensor out = Tensor::empty(x.shape(), xc.dtype());
   const float pf = static_cast<float>(p);
@@ -40,6 +43,14 @@ Tensor dropout_cpu(const Tensor& x, double p, uint64_t seed, uint64_t offset) {
   return out;
 }
 
+// Either device; returns `dtype`.
+Tensor dropout_any(const Tensor& x, double p, uint64_t seed, uint64_t offset, DType dtype) {
+#if KILN_WITH_CUDA
+  if (x.device().is_cuda()) return raw::convert(cuda::dropout_forward(x, p, seed, offset), dtype);
+#endif
+  return raw::convert(dropout_cpu(x, p, seed, offset), dtype);
+}
+
 class DropoutNode final : public Node {
  public:
   const char* name() const override { return "Dropout"; }
@@ -47,7 +58,7 @@ class DropoutNode final : public Node {
   uint64_t seed = 0, offset = 0;
   DType in_dtype = DType::kF32;
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
-    return {raw::convert(dropout_cpu(g[0], p, seed, offset), in_dtype)};
+    return {dropout_any(g[0], p, seed, offset, in_dtype)};
   }
 };
 
@@ -57,9 +68,9 @@ Tensor dropout(const Tensor& x, double p, Generator& gen, bool training) {
   check_float_args(kOp, {&x});
   KILN_CHECK(p >= 0.0 && p < 1.0) << kOp << ": p must be in [0, 1), got " << p;
   if (p == 0.0 || !training) return x;
-  check_cpu(x);  // before drawing: a rejected call leaves the generator untouched
+  ops::on_cuda(kOp, "x", x);  // before drawing: a rejected call leaves the generator untouched
   const uint64_t seed = gen.seed(), offset = gen.reserve(static_cast<uint64_t>(x.numel()));
-  Tensor out = raw::convert(dropout_cpu(x, p, seed, offset), x.dtype());
+  Tensor out = dropout_any(x, p, seed, offset, x.dtype());
   if (auto n = record<DropoutNode>({&x})) {
     n->p = p;
     n->seed = seed;

@@ -13,7 +13,8 @@ namespace kiln {
 // the generator state before the call. p == 0 or !training: returns x itself and draws nothing.
 // Returns x's shape and dtype (computed in f32, or f64 for f64 inputs). The backward regenerates
 // the mask from (seed, offset) instead of storing it.
-// REQUIRES: 0 <= p < 1; x floating and on the CPU (no CUDA kernel yet).
+// REQUIRES: 0 <= p < 1; x floating. On CUDA (core/ops/dropout.cu) the mask is the CPU's, bit for
+// bit.
 Tensor dropout(const Tensor& x, double p, Generator& gen = default_generator(),
                bool training = true);
 

@@ -1,4 +1,5 @@
-// embedding: id checks, forward gather, backward scatter-add and their CPU kernels.
+// embedding: id checks, forward gather, backward scatter-add, their CPU kernels and the dispatch
+// to the CUDA kernels (core/ops/embedding.cu).
 #include "core/ops/embedding.h"
 
 #include <algorithm>
@@ -9,8 +10,17 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/ops/device_dispatch.h"
 #include "core/ops/op_util.h"
 #include "core/parallel.h"
+
+#if KILN_WITH_CUDA
+namespace kiln::cuda {
+// core/ops/embedding.cu. Both check every id (one device sync) and throw this op's error.
+Tensor embedding_forward(const Tensor& weight, const Tensor& ids);
+Tensor embedding_backward(const Tensor& g, const Tensor& ids, const Shape& w_shape, DType w_dtype);
+}  // namespace kiln::cuda
+#endif
 
 namespace kiln {
 namespace {
@@ -92,6 +102,10 @@ class EmbeddingNode final : public Node {
   DType w_dtype = DType::kF32;
   // saved: ids. next: weight.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+#if KILN_WITH_CUDA
+    if (saved[0].device().is_cuda())
+      return {cuda::embedding_backward(g[0], saved[0], w_shape, w_dtype)};
+#endif
     return {embedding_backward_cpu(g[0], saved[0], w_shape, w_dtype)};
   }
 };
@@ -104,14 +118,20 @@ void check_args(const Tensor& weight, const Tensor& ids) {
       << kOp << ": ids must be an integer tensor (i32, i64 or u16), got " << ids.str();
   KILN_CHECK(ids.device() == weight.device())
       << kOp << ": device mismatch, ids is " << ids.str() << " but weight is " << weight.str();
-  ops::check_cpu(kOp, "weight", weight);
 }
 
 }  // namespace
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
   check_args(weight, ids);
-  Tensor out = embedding_cpu(weight, ids);
+  Tensor out;
+  if (ops::on_cuda(kOp, "weight", weight)) {
+#if KILN_WITH_CUDA
+    out = cuda::embedding_forward(weight, ids);
+#endif
+  } else {
+    out = embedding_cpu(weight, ids);
+  }
   if (auto n = record<EmbeddingNode>({&weight})) {
     n->w_shape = weight.shape();
     n->w_dtype = weight.dtype();

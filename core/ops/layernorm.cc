@@ -1,5 +1,6 @@
-// layer_norm: forward, backward and the CPU kernels. Forward saves the per-row mean and 1/std (in
-// f32, or f64 for f64 inputs) so backward never recomputes the statistics.
+// layer_norm and add_layer_norm: forward, backward, the CPU kernels and the dispatch to the CUDA
+// kernels (core/ops/layernorm.cu). Forward saves the per-row mean and 1/std (in f32, or f64 for
+// f64 inputs) so backward never recomputes the statistics.
 #include "core/ops/layernorm.h"
 
 #include <algorithm>
@@ -10,11 +11,28 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/ops/device_dispatch.h"
+#include "core/ops/elementwise.h"
 #include "core/ops/op_util.h"
 #include "core/parallel.h"
 
+#if KILN_WITH_CUDA
+namespace kiln::cuda {
+// core/ops/layernorm.cu. x (..., C), residual (..., C) or undefined, w (C), b (C) or undefined.
+// Outputs y, sum (= x + residual; only with a residual, pass null otherwise), mean, rstd (...).
+void layer_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& w, const Tensor& b,
+                        double eps, Tensor* y, Tensor* sum, Tensor* mean, Tensor* rstd);
+// Gradients at x (what was normalised) given gy; gres (or undefined) is added into dx.
+void layer_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& mean,
+                         const Tensor& rstd, const Tensor& gres, bool want_dx, bool want_dw,
+                         bool want_db, Tensor* dx, Tensor* dw, Tensor* db);
+}  // namespace kiln::cuda
+#endif
+
 namespace kiln {
 namespace {
+
+constexpr const char* kOp = "layer_norm";
 
 int64_t row_grain(int64_t c) { return std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(c, 1)); }
 
@@ -122,22 +140,56 @@ LayerNormGrads layer_norm_backward_cpu(const Tensor& gy, const Tensor& x, const 
   return out;
 }
 
+// Either device. gres (CUDA only; undefined on the CPU) is added into dx.
+LayerNormGrads layer_norm_backward_any(const Tensor& gy, const Tensor& x, const Tensor& w,
+                                       const Tensor& mean, const Tensor& rstd, const Tensor& gres,
+                                       bool want_dx, bool want_dw, bool want_db) {
+#if KILN_WITH_CUDA
+  if (x.device().is_cuda()) {
+    LayerNormGrads r;
+    cuda::layer_norm_backward(gy, x, w, mean, rstd, gres, want_dx, want_dw, want_db, &r.dx, &r.dw,
+                              &r.db);
+    return r;
+  }
+#endif
+  KILN_CHECK(!gres.defined()) << "internal: layer_norm: residual gradient on the CPU path";
+  return layer_norm_backward_cpu(gy, x, w, mean, rstd, want_dx, want_dw, want_db);
+}
+
 class LayerNormNode final : public Node {
  public:
   const char* name() const override { return "LayerNorm"; }
   // saved: x (..., C), weight (C), mean (...), rstd (...). next: x, weight[, bias].
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const bool has_bias = next.size() == 3;
-    LayerNormGrads r =
-        layer_norm_backward_cpu(g[0], saved[0], saved[1], saved[2], saved[3], next[0].fn != nullptr,
-                                next[1].fn != nullptr, has_bias && next[2].fn != nullptr);
+    LayerNormGrads r = layer_norm_backward_any(
+        g[0], saved[0], saved[1], saved[2], saved[3], Tensor(), next[0].fn != nullptr,
+        next[1].fn != nullptr, has_bias && next[2].fn != nullptr);
     if (has_bias) return {r.dx, r.dw, r.db};
     return {r.dx, r.dw};
   }
 };
 
-void check_args(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
-  const char* op = "layer_norm";
+// The fused residual step (CUDA only: the CPU path composes add and layer_norm). Outputs: 0 the
+// sum x + residual, 1 the normalised sum.
+class AddLayerNormNode final : public Node {
+ public:
+  const char* name() const override { return "AddLayerNorm"; }
+  // saved: sum (..., C) detached, weight (C), mean (...), rstd (...). next: x, residual,
+  // weight[, bias]. d sum = layer_norm'(g[1]) + g[0] flows unchanged into x and residual.
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    const bool has_bias = next.size() == 4;
+    LayerNormGrads r =
+        layer_norm_backward_any(g[1], saved[0], saved[1], saved[2], saved[3], g[0],
+                                next[0].fn != nullptr || next[1].fn != nullptr,
+                                next[2].fn != nullptr, has_bias && next[3].fn != nullptr);
+    std::vector<Tensor> out = {next[0].fn ? r.dx : Tensor(), next[1].fn ? r.dx : Tensor(), r.dw};
+    if (has_bias) out.push_back(r.db);
+    return out;
+  }
+};
+
+void check_args(const char* op, const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
   ops::check_float_arg(op, "x", x);
   ops::check_float_arg(op, "weight", w);
   ops::check_like(op, "weight", w, "x", x);
@@ -153,14 +205,20 @@ void check_args(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
         << "), got " << b.str();
   }
   KILN_CHECK(eps >= 0) << op << ": eps must be >= 0, got " << eps;
-  ops::check_cpu(op, "x", x);
 }
 
 }  // namespace
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
-  check_args(x, weight, bias, eps);
-  LayerNormOut o = layer_norm_cpu(x, weight, bias, eps);
+  check_args(kOp, x, weight, bias, eps);
+  LayerNormOut o;
+  if (ops::on_cuda(kOp, "x", x)) {
+#if KILN_WITH_CUDA
+    cuda::layer_norm_forward(x, Tensor(), weight, bias, eps, &o.y, nullptr, &o.mean, &o.rstd);
+#endif
+  } else {
+    o = layer_norm_cpu(x, weight, bias, eps);
+  }
   auto n = bias.defined() ? record<LayerNormNode>({&x, &weight, &bias})
                           : record<LayerNormNode>({&x, &weight});
   if (n) {
@@ -168,6 +226,32 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
     set_history(o.y, n);
   }
   return o.y;
+}
+
+std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& residual_in,
+                                         const Tensor& weight, const Tensor& bias, double eps) {
+  const char* op = "add_layer_norm";
+  check_args(op, x, weight, bias, eps);
+  ops::check_float_arg(op, "residual_in", residual_in);
+  ops::check_like(op, "residual_in", residual_in, "x", x);
+  KILN_CHECK(residual_in.shape() == x.shape())
+      << op << ": residual_in " << residual_in.str() << " must have the shape of x " << x.str();
+  if (!ops::on_cuda(op, "x", x)) {
+    Tensor sum = add(x, residual_in);
+    return {sum, layer_norm(sum, weight, bias, eps)};
+  }
+  Tensor y, sum, mean, rstd;
+#if KILN_WITH_CUDA
+  cuda::layer_norm_forward(x, residual_in, weight, bias, eps, &y, &sum, &mean, &rstd);
+#endif
+  auto n = bias.defined() ? record<AddLayerNormNode>({&x, &residual_in, &weight, &bias})
+                          : record<AddLayerNormNode>({&x, &residual_in, &weight});
+  if (n) {
+    n->saved = {sum.detach(), weight, mean, rstd};
+    set_history(sum, n, 0);
+    set_history(y, n, 1);
+  }
+  return {sum, y};
 }
 
 }  // namespace kiln

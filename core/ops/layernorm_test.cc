@@ -1,5 +1,6 @@
 // Tests for layer_norm: values by hand and against an f64 reference, shapes, gradients (x, weight,
-// bias), determinism across thread counts, bf16, bad input.
+// bias), determinism across thread counts, bf16, bad input; add_layer_norm (the fused residual
+// step) against add + layer_norm and finite differences.
 #include "core/ops/layernorm.h"
 
 #include <gmock/gmock.h>
@@ -9,6 +10,7 @@
 
 #include "core/autograd.h"
 #include "core/check.h"
+#include "core/ops/elementwise.h"
 #include "core/ops/op_test_util.h"
 #include "core/testing/fake_cuda.h"
 #include "core/testing/gradcheck.h"
@@ -147,10 +149,65 @@ TEST(LayerNorm, BadInputIsAClearError) {
   EXPECT_THAT([&] { layer_norm(x, w, b, -1.0); },
               ThrowsMessage<Error>(HasSubstr("layer_norm: eps must be >= 0")));
   Tensor xc = testing::fake_cuda_tensor({2, 5}), wc = testing::fake_cuda_tensor({5});
-  EXPECT_THAT([&] { layer_norm(xc, wc); },
-              ThrowsMessage<Error>(HasSubstr("layer_norm: x is on cuda:0; only CPU tensors")));
+  // Without a usable GPU a CUDA tensor is a clear error; with one, the CUDA kernel runs instead
+  // (tested against this CPU reference in layernorm_cuda_test.cc).
+  if (!cuda_available()) {
+    EXPECT_THAT([&] { layer_norm(xc, wc); },
+                ThrowsMessage<Error>(HasSubstr("layer_norm: x is on cuda:0 but")));
+  }
   EXPECT_THAT([&] { layer_norm(xc, w); },
               ThrowsMessage<Error>(HasSubstr("layer_norm: device mismatch, weight is")));
+}
+
+TEST(AddLayerNorm, CpuEqualsAddThenLayerNorm) {
+  for (DType dt : {DType::kF32, DType::kBF16, DType::kF64}) {
+    Tensor x = randn64({3, 4, 16}, 11).to(dt), r = randn64({3, 4, 16}, 12).to(dt);
+    Tensor w = randn64({16}, 13).to(dt), b = randn64({16}, 14).to(dt);
+    auto [sum, y] = add_layer_norm(x, r, w, b, 1e-5);
+    Tensor want_sum = add(x, r);
+    EXPECT_TRUE(testing::bit_equal(sum, want_sum)) << dtype_name(dt);
+    EXPECT_TRUE(testing::bit_equal(y, layer_norm(want_sum, w, b, 1e-5))) << dtype_name(dt);
+    auto [sum_nb, y_nb] = add_layer_norm(x, r, w);
+    EXPECT_TRUE(testing::bit_equal(y_nb, layer_norm(want_sum, w))) << dtype_name(dt);
+  }
+}
+
+TEST(AddLayerNorm, GradientsOfBothOutputsMatchFiniteDifferences) {
+  // Both outputs feed the checked function with different weights, so a wrong gradient through
+  // either the residual stream or the normalised branch shows.
+  Tensor x = randn64({2, 3, 6}, 15), r = randn64({2, 3, 6}, 16), w = randn64({6}, 17),
+         b = randn64({6}, 18);
+  testing::expect_gradcheck(
+      [](auto& v) {
+        auto [sum, y] = add_layer_norm(v[0], v[1], v[2], v[3]);
+        return add(y, scale(sum, 0.37));
+      },
+      {x, r, w, b}, "x_r_w_b");
+  testing::expect_gradcheck(
+      [](auto& v) {
+        auto [sum, y] = add_layer_norm(v[0], v[1], v[2], Tensor(), 0.25);
+        return add(scale(y, -1.3), sum);
+      },
+      {x, r, w}, "x_r_w_nobias");
+}
+
+TEST(AddLayerNorm, BadInputIsAClearError) {
+  Tensor x = Tensor::zeros({2, 5}), w = Tensor::zeros({5});
+  EXPECT_THAT(
+      [&] {
+        add_layer_norm(x, Tensor::zeros({2, 4}), w);
+      },
+      ThrowsMessage<Error>(HasSubstr("add_layer_norm: residual_in f32[2, 4] cpu must "
+                                     "have the shape of x f32[2, 5] cpu")));
+  EXPECT_THAT(
+      [&] {
+        add_layer_norm(x, Tensor::zeros({2, 5}, DType::kBF16), w);
+      },
+      ThrowsMessage<Error>(HasSubstr("add_layer_norm: dtype mismatch, residual_in")));
+  EXPECT_THAT([&] { add_layer_norm(x, x, Tensor::zeros({4})); },
+              ThrowsMessage<Error>(HasSubstr("add_layer_norm: weight must have shape [5]")));
+  EXPECT_THAT([&] { add_layer_norm(x, Tensor(), w); },
+              ThrowsMessage<Error>(HasSubstr("add_layer_norm: residual_in is an undefined")));
 }
 
 }  // namespace

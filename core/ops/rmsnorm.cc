@@ -1,20 +1,38 @@
-// rms_norm: forward, backward and the CPU kernels. Forward saves the per-row 1/rms (in f32, or
-// f64 for f64 inputs) for backward.
+// rms_norm and add_rms_norm: forward, backward, the CPU kernels and the dispatch to the CUDA
+// kernels (core/ops/rmsnorm.cu). Forward saves the per-row 1/rms (in f32, or f64 for f64 inputs)
+// for backward.
 #include "core/ops/rmsnorm.h"
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/ops/device_dispatch.h"
+#include "core/ops/elementwise.h"
 #include "core/ops/op_util.h"
 #include "core/parallel.h"
 
+#if KILN_WITH_CUDA
+namespace kiln::cuda {
+// core/ops/rmsnorm.cu. x (..., C), residual (..., C) or undefined, w (C). Outputs y, sum
+// (= x + residual; only with a residual, pass null otherwise), rstd (...).
+void rms_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& w, double eps,
+                      Tensor* y, Tensor* sum, Tensor* rstd);
+// Gradients at x (what was normalised) given gy; gres (or undefined) is added into dx.
+void rms_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                       const Tensor& gres, bool want_dx, bool want_dw, Tensor* dx, Tensor* dw);
+}  // namespace kiln::cuda
+#endif
+
 namespace kiln {
 namespace {
+
+constexpr const char* kOp = "rms_norm";
 
 int64_t row_grain(int64_t c) { return std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(c, 1)); }
 
@@ -84,19 +102,48 @@ std::pair<Tensor, Tensor> rms_norm_backward_cpu(const Tensor& gy, const Tensor& 
           want_dw ? raw::convert(dw, w.dtype()) : Tensor()};
 }
 
+// Either device. gres (CUDA only; undefined on the CPU) is added into dx.
+std::pair<Tensor, Tensor> rms_norm_backward_any(const Tensor& gy, const Tensor& x, const Tensor& w,
+                                                const Tensor& rstd, const Tensor& gres,
+                                                bool want_dx, bool want_dw) {
+#if KILN_WITH_CUDA
+  if (x.device().is_cuda()) {
+    Tensor dx, dw;
+    cuda::rms_norm_backward(gy, x, w, rstd, gres, want_dx, want_dw, &dx, &dw);
+    return {dx, dw};
+  }
+#endif
+  KILN_CHECK(!gres.defined()) << "internal: rms_norm: residual gradient on the CPU path";
+  return rms_norm_backward_cpu(gy, x, w, rstd, want_dx, want_dw);
+}
+
 class RmsNormNode final : public Node {
  public:
   const char* name() const override { return "RmsNorm"; }
   // saved: x (..., C), weight (C), rstd (...). next: x, weight.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
-    auto [dx, dw] = rms_norm_backward_cpu(g[0], saved[0], saved[1], saved[2], next[0].fn != nullptr,
-                                          next[1].fn != nullptr);
+    auto [dx, dw] = rms_norm_backward_any(g[0], saved[0], saved[1], saved[2], Tensor(),
+                                          next[0].fn != nullptr, next[1].fn != nullptr);
     return {dx, dw};
   }
 };
 
-void check_args(const Tensor& x, const Tensor& w, double eps) {
-  const char* op = "rms_norm";
+// The fused residual step (CUDA only: the CPU path composes add and rms_norm). Outputs: 0 the sum
+// x + residual, 1 the normalised sum.
+class AddRmsNormNode final : public Node {
+ public:
+  const char* name() const override { return "AddRmsNorm"; }
+  // saved: sum (..., C) detached, weight (C), rstd (...). next: x, residual, weight.
+  // d sum = rms_norm'(g[1]) + g[0] flows unchanged into x and residual.
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    auto [dx, dw] = rms_norm_backward_any(g[1], saved[0], saved[1], saved[2], g[0],
+                                          next[0].fn != nullptr || next[1].fn != nullptr,
+                                          next[2].fn != nullptr);
+    return {next[0].fn ? dx : Tensor(), next[1].fn ? dx : Tensor(), dw};
+  }
+};
+
+void check_args(const char* op, const Tensor& x, const Tensor& w, double eps) {
   ops::check_float_arg(op, "x", x);
   ops::check_float_arg(op, "weight", w);
   ops::check_like(op, "weight", w, "x", x);
@@ -105,19 +152,49 @@ void check_args(const Tensor& x, const Tensor& w, double eps) {
       << op << ": weight must have shape [" << x.size(-1) << "] (the last dim of x " << x.str()
       << "), got " << w.str();
   KILN_CHECK(eps >= 0) << op << ": eps must be >= 0, got " << eps;
-  ops::check_cpu(op, "x", x);
 }
 
 }  // namespace
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
-  check_args(x, weight, eps);
-  auto [y, rstd] = rms_norm_cpu(x, weight, eps);
+  check_args(kOp, x, weight, eps);
+  Tensor y, rstd;
+  if (ops::on_cuda(kOp, "x", x)) {
+#if KILN_WITH_CUDA
+    cuda::rms_norm_forward(x, Tensor(), weight, eps, &y, nullptr, &rstd);
+#endif
+  } else {
+    std::tie(y, rstd) = rms_norm_cpu(x, weight, eps);
+  }
   if (auto n = record<RmsNormNode>({&x, &weight})) {
     n->saved = {x, weight, rstd};
     set_history(y, n);
   }
   return y;
+}
+
+std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& residual_in,
+                                       const Tensor& weight, double eps) {
+  const char* op = "add_rms_norm";
+  check_args(op, x, weight, eps);
+  ops::check_float_arg(op, "residual_in", residual_in);
+  ops::check_like(op, "residual_in", residual_in, "x", x);
+  KILN_CHECK(residual_in.shape() == x.shape())
+      << op << ": residual_in " << residual_in.str() << " must have the shape of x " << x.str();
+  if (!ops::on_cuda(op, "x", x)) {
+    Tensor sum = add(x, residual_in);
+    return {sum, rms_norm(sum, weight, eps)};
+  }
+  Tensor y, sum, rstd;
+#if KILN_WITH_CUDA
+  cuda::rms_norm_forward(x, residual_in, weight, eps, &y, &sum, &rstd);
+#endif
+  if (auto n = record<AddRmsNormNode>({&x, &residual_in, &weight})) {
+    n->saved = {sum.detach(), weight, rstd};
+    set_history(sum, n, 0);
+    set_history(y, n, 1);
+  }
+  return {sum, y};
 }
 
 }  // namespace kiln

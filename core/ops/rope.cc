@@ -1,4 +1,5 @@
-// rotary_embedding: argument checks, the backward node (the inverse rotation) and the CPU kernel.
+// rotary_embedding: argument checks, the backward node (the inverse rotation), the CPU kernel and
+// the dispatch to the CUDA kernel (core/ops/rope.cu).
 #include "core/ops/rope.h"
 
 #include <cmath>
@@ -8,7 +9,15 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/ops/device_dispatch.h"
 #include "core/parallel.h"
+
+#if KILN_WITH_CUDA
+namespace kiln::cuda {
+// core/ops/rope.cu: x (B, H, T, D) rotated by +angle (-angle when inverse), contiguous, x's dtype.
+Tensor rope_forward(const Tensor& x, double theta, int64_t offset, bool inverse);
+}  // namespace kiln::cuda
+#endif
 
 namespace kiln {
 namespace {
@@ -44,8 +53,6 @@ void angle_tables(int64_t t_len, int64_t d, double theta, int64_t offset, std::v
 
 // Rotates x (B, H, T, D) by +angle, or by -angle when `inverse`. Returns x's compute dtype.
 Tensor rotary_embedding_cpu(const Tensor& x, double theta, int64_t offset, bool inverse) {
-  KILN_CHECK(x.device().is_cpu()) << kOp << ": only CPU tensors are supported for now (no CUDA "
-                                  << "kernel yet), got x " << x.str();
   Tensor xc = raw::to_compute(x);
   Tensor out = Tensor::empty(x.shape(), xc.dtype());
   const int64_t t_len = x.size(2), d = x.size(3), half = d / 2;
@@ -74,6 +81,16 @@ Tensor rotary_embedding_cpu(const Tensor& x, double theta, int64_t offset, bool 
   return out;
 }
 
+// Either device; returns `dtype`.
+Tensor rotary_embedding_any(const Tensor& x, double theta, int64_t offset, bool inverse,
+                            DType dtype) {
+#if KILN_WITH_CUDA
+  if (x.device().is_cuda())
+    return raw::convert(cuda::rope_forward(x, theta, offset, inverse), dtype);
+#endif
+  return raw::convert(rotary_embedding_cpu(x, theta, offset, inverse), dtype);
+}
+
 class RotaryEmbeddingNode final : public Node {
  public:
   const char* name() const override { return "RotaryEmbedding"; }
@@ -82,7 +99,7 @@ class RotaryEmbeddingNode final : public Node {
   DType in_dtype = DType::kF32;
   // The rotation is orthogonal: its transpose is the rotation by the opposite angle.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
-    return {raw::convert(rotary_embedding_cpu(g[0], theta, offset, /*inverse=*/true), in_dtype)};
+    return {rotary_embedding_any(g[0], theta, offset, /*inverse=*/true, in_dtype)};
   }
 };
 
@@ -90,7 +107,8 @@ class RotaryEmbeddingNode final : public Node {
 
 Tensor rotary_embedding(const Tensor& x, double theta, int64_t position_offset) {
   check_rope_args(x, theta, position_offset);
-  Tensor out = raw::convert(rotary_embedding_cpu(x, theta, position_offset, false), x.dtype());
+  ops::on_cuda(kOp, "x", x);  // a CUDA tensor without a CUDA backend is an error here
+  Tensor out = rotary_embedding_any(x, theta, position_offset, false, x.dtype());
   if (auto n = record<RotaryEmbeddingNode>({&x})) {
     n->theta = theta;
     n->offset = position_offset;

@@ -14,7 +14,7 @@ namespace kiln {
 //     out[i + D/2] = x[i + D/2] cos(a) + x[i] sin(a)
 // x: (B, H, T, D), D even. Returns (B, H, T, D) in x's dtype. Angles, cos and sin are computed in
 // f64 and applied in f32 (f64 for f64 inputs). The backward is the inverse rotation.
-// REQUIRES: x is floating and on the CPU (no CUDA kernel yet); theta > 0; position_offset >= 0.
+// REQUIRES: x is floating; theta > 0; position_offset >= 0. CPU or CUDA (core/ops/rope.cu).
 Tensor rotary_embedding(const Tensor& x, double theta = 10000.0, int64_t position_offset = 0);
 
 }  // namespace kiln

@@ -1,6 +1,8 @@
-// softmax / log_softmax: forward, backward (from the saved output) and the CPU kernels. Both work
-// on "lines": the n elements along dim for one (outer, inner) position, stride inner apart. Lines
-// are independent, so the parallel split over them never changes a result.
+// softmax / log_softmax: forward, backward (from the saved output), the CPU kernels and the
+// dispatch to the CUDA kernels (core/ops/softmax.cu, last dim only: another dim is moved last by a
+// transposed copy). The CPU kernels work on "lines": the n elements along dim for one
+// (outer, inner) position, stride inner apart. Lines are independent, so the parallel split over
+// them never changes a result.
 #include "core/ops/softmax.h"
 
 #include <algorithm>
@@ -11,8 +13,18 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/ops/device_dispatch.h"
 #include "core/ops/op_util.h"
 #include "core/parallel.h"
+
+#if KILN_WITH_CUDA
+namespace kiln::cuda {
+// core/ops/softmax.cu: softmax (or log_softmax) over the last dim, and its backward from the
+// output y. Contiguous results in the input's dtype.
+Tensor softmax_last_dim(const Tensor& x, bool log);
+Tensor softmax_last_dim_backward(const Tensor& g, const Tensor& y, bool log);
+}  // namespace kiln::cuda
+#endif
 
 namespace kiln {
 namespace {
@@ -85,6 +97,36 @@ Tensor softmax_backward_cpu(const Tensor& g, const Tensor& y, int64_t dim, bool 
   return raw::convert(dx, y.dtype());
 }
 
+#if KILN_WITH_CUDA
+// The CUDA kernels reduce over the last dim; any other dim d goes through a transposed copy.
+Tensor softmax_cuda(const Tensor& x, int64_t d, bool log) {
+  const int64_t last = x.dim() - 1;
+  if (x.dim() == 0 || d == last) return cuda::softmax_last_dim(x, log);
+  Tensor yt = cuda::softmax_last_dim(x.detach().transpose(d, last), log);
+  return raw::contiguous(yt.transpose(d, last));
+}
+Tensor softmax_backward_cuda(const Tensor& g, const Tensor& y, int64_t d, bool log) {
+  const int64_t last = y.dim() - 1;
+  if (y.dim() == 0 || d == last) return cuda::softmax_last_dim_backward(g, y, log);
+  Tensor dxt = cuda::softmax_last_dim_backward(g.detach().transpose(d, last),
+                                               y.detach().transpose(d, last), log);
+  return raw::contiguous(dxt.transpose(d, last));
+}
+#endif
+
+Tensor softmax_any(const Tensor& x, int64_t d, bool log) {
+#if KILN_WITH_CUDA
+  if (x.device().is_cuda()) return softmax_cuda(x, d, log);
+#endif
+  return softmax_cpu(x, d, log);
+}
+Tensor softmax_backward_any(const Tensor& g, const Tensor& y, int64_t d, bool log) {
+#if KILN_WITH_CUDA
+  if (y.device().is_cuda()) return softmax_backward_cuda(g, y, d, log);
+#endif
+  return softmax_backward_cpu(g, y, d, log);
+}
+
 class SoftmaxNode final : public Node {
  public:
   const char* name() const override { return log ? "LogSoftmax" : "Softmax"; }
@@ -92,15 +134,15 @@ class SoftmaxNode final : public Node {
   int64_t dim = 0;
   // saved: the output, detached (saving it with its history would make a reference cycle).
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
-    return {softmax_backward_cpu(g[0], saved[0], dim, log)};
+    return {softmax_backward_any(g[0], saved[0], dim, log)};
   }
 };
 
 Tensor softmax_like(const char* op, const Tensor& x, int64_t dim, bool log) {
   ops::check_float_arg(op, "x", x);
   const int64_t d = wrap_dim(op, dim, x.dim());
-  ops::check_cpu(op, "x", x);
-  Tensor y = softmax_cpu(x, d, log);
+  ops::on_cuda(op, "x", x);  // a CUDA tensor without a CUDA backend is an error here
+  Tensor y = softmax_any(x, d, log);
   if (auto n = record<SoftmaxNode>({&x})) {
     n->log = log;
     n->dim = d;

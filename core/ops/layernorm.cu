@@ -1,0 +1,43 @@
+// CUDA halves of layer_norm and add_layer_norm (core/ops/layernorm.cc): host launchers over the
+// shared normalisation kernels of core/ops/norm_kernels.cuh. Launch shapes: forward and dx one
+// block of row_threads(C) threads per row (grid-stride over rows); dW/dB (32 x 8)-thread blocks
+// over (C/32 column tiles) x (row chunks), then one thread per column.
+#include "core/backend.h"
+#include "core/ops/norm_kernels.cuh"
+
+namespace kiln::cuda {
+namespace {
+constexpr const char* kOp = "layer_norm";
+}  // namespace
+
+// x (..., C); residual (..., C) or undefined; w, b (C) (b may be undefined). Outputs: y (..., C),
+// sum = x + residual (only with a residual), mean and rstd (...) in f32 (f64 for f64 x).
+void layer_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& w, const Tensor& b,
+                        double eps, Tensor* y, Tensor* sum, Tensor* mean, Tensor* rstd) {
+  check_on_current_device(kOp, "x", x);
+  Tensor xc = raw::contiguous(x), wc = raw::contiguous(w);
+  Tensor rc = residual.defined() ? raw::contiguous(residual) : Tensor();
+  Tensor bc = b.defined() ? raw::contiguous(b) : Tensor();
+  norm::ForwardOut o = norm::forward<false>(kOp, xc, rc, wc, bc, eps);
+  *y = o.y;
+  if (sum != nullptr) *sum = o.sum;
+  *mean = o.mean;
+  *rstd = o.rstd;
+}
+
+// Gradients of layer_norm at x (what was normalised) given gy; gres (or undefined) is added into
+// dx. Each output is left undefined unless asked for.
+void layer_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& mean,
+                         const Tensor& rstd, const Tensor& gres, bool want_dx, bool want_dw,
+                         bool want_db, Tensor* dx, Tensor* dw, Tensor* db) {
+  check_on_current_device(kOp, "grad", gy);
+  Tensor gc = raw::convert(gy, x.dtype());
+  Tensor rc = gres.defined() ? raw::convert(gres, x.dtype()) : Tensor();
+  norm::Grads g = norm::backward<false>(kOp, gc, raw::contiguous(x), raw::contiguous(w), mean, rstd,
+                                        rc, want_dx, want_dw, want_db);
+  *dx = g.dx;
+  *dw = g.dw;
+  *db = g.db;
+}
+
+}  // namespace kiln::cuda
