@@ -1,15 +1,20 @@
-// causal_attention: argument checks, the backward node, and the CPU kernels. The CPU kernels work
-// per (batch, head) on blocks of kBlockRows query rows: one GEMM for the block's scores against
-// the keys it may see (causality skips the rest), a stable softmax per row in the compute dtype,
-// one GEMM for the output. Forward saves the per-row log-sum-exp; backward recomputes the
-// probabilities from it.
+// causal_attention: argument checks, the backward node, the CPU kernels and the CUDA dispatch.
+// The CPU kernels work per (batch, head) on blocks of kBlockRows query rows: one GEMM for the
+// block's scores against the keys it may see (causality skips the rest), a stable softmax per row
+// in the compute dtype, one GEMM for the output. Forward saves the per-row log-sum-exp; backward
+// recomputes the probabilities from it. CUDA tensors go to cuDNN's fused attention for bf16/f16
+// when cuDNN builds a plan for the shape (core/cuda/cudnn_sdpa.h), else to the kiln kernel
+// (attention.cu); KILN_ATTENTION=cudnn|kiln forces one (auto, the default, picks as above).
 #include "core/ops/attention.h"
 
 #include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "core/autograd.h"
@@ -18,6 +23,12 @@
 #include "core/cpu/elem.h"
 #include "core/ops/matmul.h"
 #include "core/parallel.h"
+
+#if KILN_WITH_CUDA
+#include "core/cuda/cudnn_sdpa.h"
+#include "core/cuda/runtime.h"
+#include "core/ops/attention_cuda.h"
+#endif
 
 namespace kiln {
 namespace {
@@ -50,8 +61,7 @@ AttnDims check_attention_args(const Tensor& q, const Tensor& k, const Tensor& v)
 }
 
 void check_cpu(const Tensor& q) {
-  KILN_CHECK(q.device().is_cpu()) << kOp << ": only CPU tensors are supported for now (no CUDA "
-                                  << "kernel yet), got q " << q.str();
+  KILN_CHECK(q.device().is_cpu()) << kOp << ": internal: CPU kernel called with " << q.str();
 }
 
 // OpenBLAS runs its own thread pool; GEMMs called from several parallel_for workers at once
@@ -256,33 +266,182 @@ AttnGrads causal_attention_backward_cpu(const Tensor& q, const Tensor& k, const 
   return {gq, sum_groups(gk_heads, d), sum_groups(gv_heads, d)};
 }
 
+// ---- CUDA dispatch ----
+
+// A CUDA tensor reaching causal_attention when no CUDA backend serves it is a clear error.
+void check_cuda_backend(const Tensor& q) {
+  KILN_CHECK(cuda_available()) << kOp << ": " << q.str()
+                               << " is a CUDA tensor but the CUDA backend is not available ("
+                               << "kiln built without CUDA, or no GPU visible)";
+  KILN_CHECK(q.dtype() != DType::kF64)
+      << kOp << ": f64 attention runs on the CPU only, got q " << q.str();
+}
+
+#if KILN_WITH_CUDA
+
+enum class CudaChoice { kAuto, kCudnn, kKiln };
+
+// KILN_ATTENTION: unset, "" or "auto" -> kAuto; "cudnn"; "kiln". Read on every call so tests can
+// switch it.
+CudaChoice cuda_choice() {
+  const char* e = std::getenv("KILN_ATTENTION");
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "auto") == 0) return CudaChoice::kAuto;
+  if (std::strcmp(e, "cudnn") == 0) return CudaChoice::kCudnn;
+  if (std::strcmp(e, "kiln") == 0) return CudaChoice::kKiln;
+  KILN_CHECK(false) << "KILN_ATTENTION must be cudnn, kiln or auto, got '" << e << "'";
+  return CudaChoice::kAuto;
+}
+
+thread_local attention_cuda::Impl g_last_forward = attention_cuda::Impl::kNone;
+thread_local attention_cuda::Impl g_last_backward = attention_cuda::Impl::kNone;
+
+// Whether to try cuDNN first; throws when cuDNN is forced for a dtype it never serves.
+bool try_cudnn(CudaChoice c, const Tensor& q) {
+  const bool half = q.dtype() == DType::kBF16 || q.dtype() == DType::kF16;
+  KILN_CHECK(half || c != CudaChoice::kCudnn)
+      << kOp << ": KILN_ATTENTION=cudnn, but cuDNN attention serves bf16 and f16 only, got q "
+      << q.str();
+  return half && c != CudaChoice::kKiln;
+}
+
+// t itself when its last dim has unit stride (what both CUDA paths read), else a contiguous copy.
+Tensor unit_d(const Tensor& t) { return t.strides()[3] == 1 ? t : raw::contiguous(t); }
+
+struct CudaForward {
+  Tensor out;      // (B, Hq, T, D) q's dtype
+  Tensor lse;      // (B, Hq, T) f32
+  Tensor q, k, v;  // the inputs as the kernels read them (unit stride in D), for backward
+};
+
+CudaForward causal_attention_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                  const AttnDims& d, double scale) {
+  check_cuda_backend(q_in);
+  const Tensor q = unit_d(q_in), k = unit_d(k_in), v = unit_d(v_in);
+  CudaForward f{Tensor::empty(q.shape(), q.dtype(), q.device()),
+                Tensor::empty({d.b, d.hq, d.t}, DType::kF32, q.device()), q.detach(), k.detach(),
+                v.detach()};
+  if (q.numel() == 0) return f;
+  const CudaChoice c = cuda_choice();
+  if (try_cudnn(c, q)) {
+    absl::Status st = cuda::sdpa_forward(q, k, v, scale, f.out, f.lse);
+    if (st.ok()) {
+      g_last_forward = attention_cuda::Impl::kCudnn;
+      return f;
+    }
+    KILN_CHECK(c != CudaChoice::kCudnn)
+        << kOp << ": KILN_ATTENTION=cudnn, but cuDNN cannot serve q " << q.str() << ": "
+        << st.message();
+  }
+  attention_cuda::kiln_attention_forward(q, k, v, scale, f.out, f.lse);
+  g_last_forward = attention_cuda::Impl::kKiln;
+  return f;
+}
+
+AttnGrads causal_attention_backward_cuda(const Tensor& q, const Tensor& k, const Tensor& v,
+                                         const Tensor& out, const Tensor& lse, const Tensor& grad,
+                                         double scale) {
+  check_cuda_backend(q);
+  const Tensor go = unit_d(raw::convert(grad, q.dtype()));
+  AttnGrads r{Tensor::empty(q.shape(), q.dtype(), q.device()),
+              Tensor::empty(k.shape(), q.dtype(), q.device()),
+              Tensor::empty(v.shape(), q.dtype(), q.device())};
+  if (q.numel() == 0) return r;
+  const CudaChoice c = cuda_choice();
+  if (try_cudnn(c, q)) {
+    absl::Status st =
+        cuda::sdpa_backward(q, k, v, out, go, lse, scale, cuda::deterministic(), r.gq, r.gk, r.gv);
+    if (st.ok()) {
+      g_last_backward = attention_cuda::Impl::kCudnn;
+      return r;
+    }
+    KILN_CHECK(c != CudaChoice::kCudnn)
+        << kOp << ": KILN_ATTENTION=cudnn, but cuDNN cannot serve the backward of q " << q.str()
+        << ": " << st.message();
+  }
+  attention_cuda::kiln_attention_backward(q, k, v, out, go, lse, scale, r.gq, r.gk, r.gv);
+  g_last_backward = attention_cuda::Impl::kKiln;
+  return r;
+}
+
+#else  // !KILN_WITH_CUDA
+
+struct CudaForward {
+  Tensor out, lse, q, k, v;
+};
+CudaForward causal_attention_cuda(const Tensor& q, const Tensor&, const Tensor&, const AttnDims&,
+                                  double) {
+  check_cuda_backend(q);  // throws: no CUDA backend in this build
+  return {};
+}
+AttnGrads causal_attention_backward_cuda(const Tensor& q, const Tensor&, const Tensor&,
+                                         const Tensor&, const Tensor&, const Tensor&, double) {
+  check_cuda_backend(q);
+  return {};
+}
+
+#endif  // KILN_WITH_CUDA
+
 class CausalAttentionNode final : public Node {
  public:
   const char* name() const override { return "CausalAttention"; }
   AttnDims dims;
   double scale = 1.0;
-  // saved: q, k, v, out (detached, q's dtype), lse (B, Hq, T) compute dtype
+  // saved: q, k, v (unit stride in D on CUDA), out (detached, q's dtype), lse (B, Hq, T): the
+  // compute dtype on the CPU, f32 on CUDA
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const Tensor &q = saved[0], &k = saved[1], &v = saved[2];
+    if (q.device().is_cuda())  // gradients come back in q's dtype already
+      return unpack(causal_attention_backward_cuda(q, k, v, saved[3], saved[4], g[0], scale));
     AttnGrads r = causal_attention_backward_cpu(q, k, v, saved[3], saved[4], g[0], dims, scale);
     return {raw::convert(r.gq, q.dtype()), raw::convert(r.gk, k.dtype()),
             raw::convert(r.gv, v.dtype())};
   }
+
+ private:
+  static std::vector<Tensor> unpack(const AttnGrads& r) { return {r.gq, r.gk, r.gv}; }
 };
 
 }  // namespace
+
+#if KILN_WITH_CUDA
+namespace attention_cuda {
+Impl last_forward_impl() { return g_last_forward; }
+Impl last_backward_impl() { return g_last_backward; }
+const char* impl_name(Impl i) {
+  switch (i) {
+    case Impl::kCudnn:
+      return "cudnn";
+    case Impl::kKiln:
+      return "kiln";
+    default:
+      return "none";
+  }
+}
+}  // namespace attention_cuda
+#endif
 
 Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                         std::optional<double> scale) {
   const AttnDims d = check_attention_args(q, k, v);
   const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(d.d)));
   KILN_CHECK(std::isfinite(s)) << kOp << ": scale must be finite, got " << s;
-  AttnForward f = causal_attention_cpu(q, k, v, d, s);
-  Tensor out = raw::convert(f.out, q.dtype());
+  Tensor out, lse, qs = q, ks = k, vs = v;
+  if (q.device().is_cuda()) {
+    CudaForward f = causal_attention_cuda(q, k, v, d, s);
+    out = f.out;
+    lse = f.lse;
+    qs = f.q;  // the unit-stride tensors the kernels read: backward need not copy again
+    ks = f.k;
+    vs = f.v;
+  } else {
+    AttnForward f = causal_attention_cpu(q, k, v, d, s);
+    out = raw::convert(f.out, q.dtype());
+    lse = f.lse;
+  }
   if (auto n = record<CausalAttentionNode>({&q, &k, &v})) {
     n->dims = d;
     n->scale = s;
-    n->saved = {q, k, v, out.detach(), f.lse};
+    n->saved = {qs, ks, vs, out.detach(), lse};
     set_history(out, n);
   }
   return out;

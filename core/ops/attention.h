@@ -16,7 +16,9 @@ namespace kiln {
 //   scale: defaults to 1 / sqrt(D).
 // Returns (B, Hq, T, D) in q's dtype (computed in f32, or f64 for f64 inputs). Differentiable in
 // q, k and v; the gradients of k and v are summed over the query heads that share them.
-// REQUIRES: q, k, v are floating, of one dtype, on the CPU (no CUDA kernel yet); D > 0.
+// On CUDA: bf16 and f16 through cuDNN's fused attention when it serves the shape, else (and for
+// f32) the kiln kernel, D <= 256; KILN_ATTENTION=cudnn|kiln forces one. The lse is kept in f32.
+// REQUIRES: q, k, v are floating, of one dtype, on one device (f64: CPU only); D > 0.
 Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                         std::optional<double> scale = std::nullopt);
 

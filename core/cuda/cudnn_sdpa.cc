@@ -1,0 +1,696 @@
+// cuDNN fused attention through the backend graph API. The graphs follow the pattern cuDNN's
+// flash-attention engines recognise (cuDNN 9 developer guide, "Fused Flash Attention"):
+//
+// forward:   S = Q K^T (f32) ; S *= scale ; S = select(row >= col, S, -inf)
+//            M = max_row(S) ; E = exp(S - M) ; L = sum_row(E) ; Stats = M + log(L)
+//            P = E / L (io dtype) ; O = P V
+// backward:  Dsum = sum_row(dO * O) (f32, workspace) ; S = Q K^T * scale - Stats ; causal mask
+//            P = exp(S) ; dV = P^T dO ; dP = dO V^T ; dS = P (dP - Dsum) scale
+//            dK = dS^T Q ; dQ = dS K (through an f32 accumulator in the workspace, or
+//            directly in deterministic mode)
+//
+// With grouped-query heads the dK/dV matmuls produce one (io dtype) result per query head and an
+// ADD reduction over the head dimension folds them to (B, Hkv, T, D). K and V enter transposed
+// ((B, H, D, T) views with swapped strides), as the engines expect. Plans are cached per shape,
+// strides, dtype, device and determinism; failures are cached too so a rejected shape is not
+// rebuilt on every call.
+#include "core/cuda/cudnn_sdpa.h"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <deque>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "core/check.h"
+#include "core/cuda/runtime.h"
+
+#if KILN_WITH_CUDNN
+#include <cudnn_graph.h>
+#endif
+
+namespace kiln::cuda {
+
+#if !KILN_WITH_CUDNN
+
+bool cudnn_sdpa_available() { return false; }
+absl::Status sdpa_forward(const Tensor&, const Tensor&, const Tensor&, double, const Tensor&,
+                          const Tensor&) {
+  return absl::UnavailableError("kiln was built without cuDNN");
+}
+absl::Status sdpa_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                           const Tensor&, const Tensor&, double, bool, const Tensor&, const Tensor&,
+                           const Tensor&) {
+  return absl::UnavailableError("kiln was built without cuDNN");
+}
+int64_t sdpa_plans_built() { return 0; }
+
+#else  // KILN_WITH_CUDNN
+
+namespace {
+
+using Dims = std::vector<int64_t>;
+
+std::string cudnn_error(cudnnStatus_t st, const char* what) {
+  char last[1024] = {0};
+  cudnnGetLastErrorString(last, sizeof(last));
+  return absl::StrCat(what, ": ", cudnnGetErrorString(st),
+                      last[0] ? absl::StrCat(" (", last, ")") : std::string());
+}
+
+// Owns one backend descriptor.
+class Desc {
+ public:
+  Desc() = default;
+  explicit Desc(cudnnBackendDescriptor_t d) : d_(d) {}
+  Desc(Desc&& o) noexcept : d_(o.d_) { o.d_ = nullptr; }
+  Desc& operator=(Desc&&) = delete;
+  Desc(const Desc&) = delete;
+  ~Desc() {
+    if (d_ != nullptr) cudnnBackendDestroyDescriptor(d_);
+  }
+  cudnnBackendDescriptor_t get() const { return d_; }
+
+ private:
+  cudnnBackendDescriptor_t d_ = nullptr;
+};
+
+// Tensor unique ids of the non-virtual tensors (virtual ones count up from kFirstVirtual).
+enum Uid : int64_t {
+  kQ = 1,
+  kKT,
+  kVT,
+  kV,
+  kO,
+  kStats,
+  kScale,
+  kNegInf,
+  kOne,
+  kDO,
+  kDQ,
+  kDK,
+  kDV,
+  kDsum,     // backward workspace: sum_row(dO * O), f32 (B, Hq, T, 1)
+  kDqAccum,  // backward workspace: f32 dQ accumulator (B, Hq, T, D)
+  kFirstVirtual = 100,
+};
+
+// A finalised execution plan with everything it was built from.
+struct Plan {
+  std::deque<Desc> descs;  // tensors, ops, graph, engine config, plan (kept alive together)
+  cudnnBackendDescriptor_t plan = nullptr;
+  int64_t workspace = 0;  // bytes cuDNN asks for
+};
+
+constexpr int64_t kAlign = 256;
+int64_t align_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Builds one operation graph descriptor by descriptor. The first failing call is remembered
+// and every later call is skipped; status() reports it.
+class GraphBuilder {
+ public:
+  explicit GraphBuilder(cudnnHandle_t handle) : handle_(handle) {}
+  const absl::Status& status() const { return status_; }
+
+  cudnnBackendDescriptor_t tensor(int64_t uid, cudnnDataType_t dt, const Dims& dims,
+                                  const Dims& strides, bool is_virtual, bool by_value = false) {
+    cudnnBackendDescriptor_t t = make(CUDNN_BACKEND_TENSOR_DESCRIPTOR, "tensor");
+    const int64_t alignment = 16;
+    const bool virt = is_virtual;
+    set(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt, "tensor data type");
+    set(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, static_cast<int64_t>(dims.size()),
+        dims.data(), "tensor dims");
+    set(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, static_cast<int64_t>(strides.size()),
+        strides.data(), "tensor strides");
+    set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid, "tensor uid");
+    set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &alignment, "tensor alignment");
+    set(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &virt, "tensor is_virtual");
+    if (by_value) {
+      const bool bv = true;
+      set(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &bv, "tensor is_by_value");
+    }
+    finalize(t, "tensor finalize");
+    return t;
+  }
+  // A virtual (graph-internal) tensor with a fresh uid.
+  cudnnBackendDescriptor_t virt(cudnnDataType_t dt, const Dims& dims, const Dims& strides) {
+    return tensor(next_uid_++, dt, dims, strides, /*is_virtual=*/true);
+  }
+  // A by-value f32 scalar (its host value goes in the variant pack).
+  cudnnBackendDescriptor_t scalar(int64_t uid) {
+    return tensor(uid, CUDNN_DATA_FLOAT, {1, 1, 1, 1}, {1, 1, 1, 1}, false, /*by_value=*/true);
+  }
+
+  // y = mode(x[, b][, t]). axis >= 0 only for GEN_INDEX.
+  void pointwise(cudnnPointwiseMode_t mode, cudnnDataType_t prec, cudnnBackendDescriptor_t x,
+                 cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t y,
+                 cudnnBackendDescriptor_t t = nullptr, int64_t axis = -1) {
+    cudnnBackendDescriptor_t pw = make(CUDNN_BACKEND_POINTWISE_DESCRIPTOR, "pointwise");
+    set(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode, "pointwise mode");
+    set(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec, "pointwise prec");
+    if (axis >= 0) set(pw, CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, 1, &axis, "pointwise axis");
+    finalize(pw, "pointwise finalize");
+    cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, "pw op");
+    set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, pw, "pw op desc");
+    set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, x, "pw op x");
+    if (b != nullptr) set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, b, "pw op b");
+    if (t != nullptr) set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC, t, "pw op t");
+    set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y, "pw op y");
+    add_op(op, "pointwise op finalize");
+  }
+
+  // y = reduce(x) over the dims where y has extent 1 (or fewer heads, for the GQA fold).
+  void reduction(cudnnReduceTensorOp_t red_op, cudnnBackendDescriptor_t x,
+                 cudnnBackendDescriptor_t y) {
+    cudnnBackendDescriptor_t red = make(CUDNN_BACKEND_REDUCTION_DESCRIPTOR, "reduction");
+    const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
+    set(red, CUDNN_ATTR_REDUCTION_OPERATOR, CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &red_op,
+        "reduction operator");
+    set(red, CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f32, "reduction type");
+    finalize(red, "reduction finalize");
+    cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR, "red op");
+    set_desc(op, CUDNN_ATTR_OPERATION_REDUCTION_XDESC, x, "red op x");
+    set_desc(op, CUDNN_ATTR_OPERATION_REDUCTION_YDESC, y, "red op y");
+    set_desc(op, CUDNN_ATTR_OPERATION_REDUCTION_DESC, red, "red op desc");
+    add_op(op, "reduction op finalize");
+  }
+
+  // c = a b (batched over the two leading dims, broadcasting kv heads over query heads).
+  void matmul(cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t c) {
+    cudnnBackendDescriptor_t mm = make(CUDNN_BACKEND_MATMUL_DESCRIPTOR, "matmul");
+    const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
+    set(mm, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f32, "matmul comp type");
+    finalize(mm, "matmul finalize");
+    cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR, "mm op");
+    set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, a, "mm op a");
+    set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, b, "mm op b");
+    set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, c, "mm op c");
+    set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_DESC, mm, "mm op desc");
+    add_op(op, "matmul op finalize");
+  }
+
+  // y = x seen through y's dims and strides (a transpose, for the engines a layout change).
+  void reshape(cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y) {
+    cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR, "reshape op");
+    set_desc(op, CUDNN_ATTR_OPERATION_RESHAPE_XDESC, x, "reshape x");
+    set_desc(op, CUDNN_ATTR_OPERATION_RESHAPE_YDESC, y, "reshape y");
+    add_op(op, "reshape op finalize");
+  }
+
+  // Finalises the graph, asks the heuristics for engine configs and keeps the first that
+  // finalises as an execution plan (skipping non-deterministic engines when asked).
+  absl::StatusOr<std::shared_ptr<Plan> > build(bool deterministic) {
+    if (!status_.ok()) return status_;
+    cudnnBackendDescriptor_t graph = make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "op graph");
+    set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle_, "graph handle");
+    set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+        static_cast<int64_t>(ops_.size()), ops_.data(), "graph ops");
+    finalize(graph, "operation graph finalize");
+    if (!status_.ok()) return status_;
+    std::string tried;
+    for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+      absl::StatusOr<cudnnBackendDescriptor_t> plan =
+          plan_from_heuristics(graph, mode, deterministic, &tried);
+      if (plan.ok()) {
+        auto p = std::make_shared<Plan>();
+        p->plan = *plan;
+        int64_t n = 0;
+        cudnnStatus_t st =
+            cudnnBackendGetAttribute(p->plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                     CUDNN_TYPE_INT64, 1, &n, &p->workspace);
+        if (st != CUDNN_STATUS_SUCCESS)
+          return absl::InternalError(cudnn_error(st, "plan workspace size"));
+        p->descs = std::move(descs_);
+        return p;
+      }
+    }
+    return absl::UnimplementedError(
+        absl::StrCat("cuDNN has no engine for this attention graph; tried: ", tried));
+  }
+
+ private:
+  absl::StatusOr<cudnnBackendDescriptor_t> plan_from_heuristics(cudnnBackendDescriptor_t graph,
+                                                                cudnnBackendHeurMode_t mode,
+                                                                bool deterministic,
+                                                                std::string* tried) {
+    cudnnBackendDescriptor_t heur = make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "heuristics");
+    set_desc(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph, "heur graph");
+    set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, "heur mode");
+    finalize(heur, "heuristics finalize");
+    if (!status_.ok()) {
+      absl::StrAppend(tried, " [heuristics mode ", static_cast<int>(mode), ": ", status_.message(),
+                      "]");
+      status_ = absl::OkStatus();
+      return absl::NotFoundError("heuristics");
+    }
+    int64_t count = 0;
+    cudnnStatus_t st = cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                                CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr);
+    if (st != CUDNN_STATUS_SUCCESS || count == 0) {
+      absl::StrAppend(tried, " [mode ", static_cast<int>(mode), ": no engine configs]");
+      return absl::NotFoundError("no configs");
+    }
+    std::vector<cudnnBackendDescriptor_t> cfgs(count);
+    for (auto& c : cfgs) c = make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine config");
+    if (!status_.ok()) return status_;
+    int64_t got = 0;
+    st = cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                  CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, cfgs.data());
+    if (st != CUDNN_STATUS_SUCCESS) return absl::InternalError(cudnn_error(st, "heur results"));
+    if (got == 0) {  // cuDNN drops configs that fail its support checks (the log says why)
+      absl::StrAppend(tried, " [mode ", static_cast<int>(mode), ": none of ", count,
+                      " configs supports this graph; CUDNN_LOGLEVEL_DBG=2 shows why]");
+      return absl::NotFoundError("no viable configs");
+    }
+    for (int64_t i = 0; i < got; ++i) {
+      if (deterministic && !is_deterministic(cfgs[i])) {
+        absl::StrAppend(tried, " [mode ", static_cast<int>(mode), " config ", i,
+                        ": non-deterministic]");
+        continue;
+      }
+      cudnnBackendDescriptor_t plan = make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "plan");
+      set(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle_, "plan handle");
+      set_desc(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfgs[i], "plan config");
+      finalize(plan, "plan finalize");
+      if (status_.ok()) return plan;
+      absl::StrAppend(tried, " [mode ", static_cast<int>(mode), " config ", i, ": ",
+                      status_.message(), "]");
+      status_ = absl::OkStatus();
+    }
+    return absl::NotFoundError("no config finalised");
+  }
+
+  // False when the config's engine carries CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC.
+  bool is_deterministic(cudnnBackendDescriptor_t cfg) {
+    cudnnBackendDescriptor_t engine = make(CUDNN_BACKEND_ENGINE_DESCRIPTOR, "engine");
+    if (!status_.ok()) return false;
+    int64_t n = 0;
+    if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                 &n, &engine) != CUDNN_STATUS_SUCCESS)
+      return false;
+    cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+    if (cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
+                                 CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &n,
+                                 notes) != CUDNN_STATUS_SUCCESS)
+      return false;
+    for (int64_t i = 0; i < n; ++i)
+      if (notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) return false;
+    return true;
+  }
+
+  cudnnBackendDescriptor_t make(cudnnBackendDescriptorType_t type, const char* what) {
+    if (!status_.ok()) return nullptr;
+    cudnnBackendDescriptor_t d = nullptr;
+    cudnnStatus_t st = cudnnBackendCreateDescriptor(type, &d);
+    if (st != CUDNN_STATUS_SUCCESS) {
+      status_ = absl::InternalError(cudnn_error(st, what));
+      return nullptr;
+    }
+    descs_.emplace_back(d);
+    return d;
+  }
+  void set(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name,
+           cudnnBackendAttributeType_t type, int64_t count, const void* value, const char* what) {
+    if (!status_.ok()) return;
+    cudnnStatus_t st = cudnnBackendSetAttribute(d, name, type, count, value);
+    if (st != CUDNN_STATUS_SUCCESS) status_ = absl::InvalidArgumentError(cudnn_error(st, what));
+  }
+  void set_desc(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name,
+                cudnnBackendDescriptor_t value, const char* what) {
+    set(d, name, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &value, what);
+  }
+  void finalize(cudnnBackendDescriptor_t d, const char* what) {
+    if (!status_.ok()) return;
+    cudnnStatus_t st = cudnnBackendFinalize(d);
+    if (st != CUDNN_STATUS_SUCCESS) status_ = absl::InvalidArgumentError(cudnn_error(st, what));
+  }
+  void add_op(cudnnBackendDescriptor_t op, const char* what) {
+    finalize(op, what);
+    if (status_.ok()) ops_.push_back(op);
+  }
+
+  cudnnHandle_t handle_;
+  absl::Status status_;
+  std::deque<Desc> descs_;
+  std::vector<cudnnBackendDescriptor_t> ops_;
+  int64_t next_uid_ = kFirstVirtual;
+};
+
+// ---- shapes ----
+
+struct AttnShape {
+  int64_t b, hq, hkv, t, d;
+  cudnnDataType_t io;
+  Dims q_dims() const { return {b, hq, t, d}; }
+  Dims kv_dims() const { return {b, hkv, t, d}; }
+  Dims kvt_dims() const { return {b, hkv, d, t}; }
+  Dims s_dims() const { return {b, hq, t, t}; }
+  Dims s_strides() const { return {hq * t * t, t * t, t, 1}; }
+  Dims st_strides() const { return {hq * t * t, t * t, 1, t}; }  // (B, H, Tk, Tq) of S^T
+  Dims row_dims() const { return {b, hq, t, 1}; }
+  Dims row_strides() const { return {hq * t, t, 1, 1}; }
+  static Dims packed(const Dims& dims) {
+    return {dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1};
+  }
+};
+
+// (b, h, t, 1) strides of a (B, H, T, D) tensor with unit stride in D.
+Dims bhtd_strides(const Tensor& x) { return {x.strides()[0], x.strides()[1], x.strides()[2], 1}; }
+// The same memory seen as (B, H, D, T).
+Dims transposed(const Dims& s) { return {s[0], s[1], s[3], s[2]}; }
+
+// Adds select(row >= col, s, -inf) and returns the masked scores.
+cudnnBackendDescriptor_t causal_mask(GraphBuilder& g, const AttnShape& a,
+                                     cudnnBackendDescriptor_t s, cudnnBackendDescriptor_t neg_inf) {
+  const Dims dims = a.s_dims(), strides = a.s_strides();
+  cudnnBackendDescriptor_t row = g.virt(CUDNN_DATA_INT32, dims, strides);
+  cudnnBackendDescriptor_t col = g.virt(CUDNN_DATA_INT32, dims, strides);
+  cudnnBackendDescriptor_t keep = g.virt(CUDNN_DATA_BOOLEAN, dims, strides);
+  cudnnBackendDescriptor_t out = g.virt(CUDNN_DATA_FLOAT, dims, strides);
+  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, nullptr, row, nullptr, 2);
+  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, nullptr, col, nullptr, 3);
+  g.pointwise(CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, col, keep);
+  g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, s, neg_inf, out, keep);
+  return out;
+}
+
+void build_forward(GraphBuilder& g, const AttnShape& a, const Dims& qs, const Dims& ks,
+                   const Dims& vs) {
+  const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
+  auto q = g.tensor(kQ, a.io, a.q_dims(), qs, false);
+  auto kt = g.tensor(kKT, a.io, a.kvt_dims(), transposed(ks), false);
+  auto v = g.tensor(kV, a.io, a.kv_dims(), vs, false);
+  auto o = g.tensor(kO, a.io, a.q_dims(), AttnShape::packed(a.q_dims()), false);
+  auto stats = g.tensor(kStats, f32, a.row_dims(), a.row_strides(), false);
+  auto scale = g.scalar(kScale);
+  auto neg_inf = g.scalar(kNegInf);
+  const Dims sd = a.s_dims(), ss = a.s_strides(), rd = a.row_dims(), rs = a.row_strides();
+
+  auto s = g.virt(f32, sd, ss);
+  g.matmul(q, kt, s);
+  auto scaled = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_MUL, f32, s, scale, scaled);
+  auto masked = causal_mask(g, a, scaled, neg_inf);
+  auto mx = g.virt(f32, rd, rs);
+  g.reduction(CUDNN_REDUCE_TENSOR_MAX, masked, mx);
+  auto sub = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_SUB, f32, masked, mx, sub);
+  auto e = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_EXP, f32, sub, nullptr, e);
+  auto sum = g.virt(f32, rd, rs);
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, e, sum);
+  auto log_sum = g.virt(f32, rd, rs);
+  g.pointwise(CUDNN_POINTWISE_LOG, f32, sum, nullptr, log_sum);
+  g.pointwise(CUDNN_POINTWISE_ADD, f32, mx, log_sum, stats);
+  auto p = g.virt(a.io, sd, ss);  // the second matmul takes P in the io dtype
+  g.pointwise(CUDNN_POINTWISE_DIV, f32, e, sum, p);
+  g.matmul(p, v, o);
+}
+
+// dX for X in {K, V}: one matmul per query head, folded over each group when Hq > Hkv.
+void grad_kv(GraphBuilder& g, const AttnShape& a, cudnnBackendDescriptor_t lhs_t,
+             cudnnBackendDescriptor_t rhs, cudnnBackendDescriptor_t out) {
+  if (a.hq == a.hkv) {
+    g.matmul(lhs_t, rhs, out);
+    return;
+  }
+  auto full = g.virt(a.io, a.q_dims(), AttnShape::packed(a.q_dims()));
+  g.matmul(lhs_t, rhs, full);
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, full, out);
+}
+
+void build_backward(GraphBuilder& g, const AttnShape& a, const Dims& qs, const Dims& ks,
+                    const Dims& vs, const Dims& os, const Dims& dos, bool deterministic) {
+  const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
+  const Dims packed_q = AttnShape::packed(a.q_dims()), packed_kv = AttnShape::packed(a.kv_dims());
+  auto q = g.tensor(kQ, a.io, a.q_dims(), qs, false);
+  auto kt = g.tensor(kKT, a.io, a.kvt_dims(), transposed(ks), false);
+  auto vt = g.tensor(kVT, a.io, a.kvt_dims(), transposed(vs), false);
+  auto o = g.tensor(kO, a.io, a.q_dims(), os, false);
+  auto d_o = g.tensor(kDO, a.io, a.q_dims(), dos, false);
+  auto stats = g.tensor(kStats, f32, a.row_dims(), a.row_strides(), false);
+  auto scale = g.scalar(kScale);
+  auto neg_inf = g.scalar(kNegInf);
+  auto one = g.scalar(kOne);
+  auto dq = g.tensor(kDQ, a.io, a.q_dims(), packed_q, false);
+  auto dk = g.tensor(kDK, a.io, a.kv_dims(), packed_kv, false);
+  auto dv = g.tensor(kDV, a.io, a.kv_dims(), packed_kv, false);
+  const Dims sd = a.s_dims(), ss = a.s_strides(), rd = a.row_dims(), rs = a.row_strides();
+
+  // Dsum = sum_row(dO * O), kept in the workspace.
+  auto dot = g.virt(f32, a.q_dims(), packed_q);
+  g.pointwise(CUDNN_POINTWISE_MUL, f32, d_o, o, dot);
+  auto dot_sum = g.virt(f32, rd, rs);
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, dot, dot_sum);
+  auto dsum = g.tensor(kDsum, f32, rd, rs, false);
+  g.pointwise(CUDNN_POINTWISE_MUL, f32, dot_sum, one, dsum);
+
+  // P = exp(scale Q K^T - Stats), masked.
+  auto s = g.virt(f32, sd, ss);
+  g.matmul(q, kt, s);
+  auto scaled = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_MUL, f32, s, scale, scaled);
+  auto centred = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_SUB, f32, scaled, stats, centred);
+  auto masked = causal_mask(g, a, centred, neg_inf);
+  auto p = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_EXP, f32, masked, nullptr, p);
+
+  // dV = P^T dO.
+  auto p_t = g.virt(a.io, sd, a.st_strides());
+  g.reshape(p, p_t);
+  grad_kv(g, a, p_t, d_o, dv);
+
+  // dS = P (dO V^T - Dsum) scale.
+  auto dp = g.virt(f32, sd, ss);
+  g.matmul(d_o, vt, dp);
+  auto dp_centred = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_SUB, f32, dp, dsum, dp_centred);
+  auto ds_unscaled = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_MUL, f32, dp_centred, p, ds_unscaled);
+  auto ds = g.virt(f32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_MUL, f32, ds_unscaled, scale, ds);
+
+  // dK = dS^T Q.
+  auto ds_t = g.virt(a.io, sd, a.st_strides());
+  g.reshape(ds, ds_t);
+  grad_kv(g, a, ds_t, q, dk);
+
+  // dQ = dS K.
+  auto k = g.virt(a.io, a.kv_dims(), ks);
+  g.reshape(kt, k);
+  if (deterministic) {
+    g.matmul(ds, k, dq);
+  } else {
+    auto accum = g.tensor(kDqAccum, f32, a.q_dims(), packed_q, false);
+    g.matmul(ds, k, accum);
+    g.pointwise(CUDNN_POINTWISE_IDENTITY, f32, accum, nullptr, dq);
+  }
+}
+
+// ---- handles, cache, execution ----
+
+struct Runtime {
+  std::mutex mu;
+  std::map<int, cudnnHandle_t> handles;
+  std::map<std::vector<int64_t>, absl::StatusOr<std::shared_ptr<Plan> > > plans;
+  int64_t built = 0;
+};
+Runtime& rt() {
+  static Runtime* r = new Runtime();  // leaked: lives until exit, like the CUDA context
+  return *r;
+}
+
+absl::StatusOr<cudnnHandle_t> handle_locked(int device) {
+  auto it = rt().handles.find(device);
+  if (it != rt().handles.end()) return it->second;
+  cudnnHandle_t h = nullptr;
+  cudnnStatus_t st = cudnnCreate(&h);
+  if (st != CUDNN_STATUS_SUCCESS) return absl::UnavailableError(cudnn_error(st, "cudnnCreate"));
+  rt().handles[device] = h;
+  return h;
+}
+
+absl::StatusOr<cudnnDataType_t> io_type(DType t) {
+  if (t == DType::kBF16) return CUDNN_DATA_BFLOAT16;
+  if (t == DType::kF16) return CUDNN_DATA_HALF;
+  return absl::InvalidArgumentError(
+      absl::StrCat("cuDNN attention serves bf16 and f16 only, got ", dtype_name(t)));
+}
+
+void append_strides(std::vector<int64_t>* key, const Tensor& x) {
+  for (int i = 0; i < 3; ++i) key->push_back(x.strides()[i]);
+}
+
+// Returns the cached plan for key, building it with build_fn on first use.
+template <typename BuildFn>
+absl::StatusOr<std::shared_ptr<Plan> > cached_plan(const std::vector<int64_t>& key, int device,
+                                                   bool deterministic, BuildFn build_fn) {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  auto it = rt().plans.find(key);
+  if (it != rt().plans.end()) return it->second;
+  DeviceGuard guard(device);  // handles and plans belong to the current device
+  absl::StatusOr<cudnnHandle_t> h = handle_locked(device);
+  if (!h.ok()) return h.status();
+  GraphBuilder g(*h);
+  build_fn(g);
+  absl::StatusOr<std::shared_ptr<Plan> > plan = g.build(deterministic);
+  if (!plan.ok() && std::getenv("KILN_CUDNN_VERBOSE") != nullptr)
+    std::fprintf(stderr, "kiln cuDNN attention: %s\n", plan.status().ToString().c_str());
+  if (plan.ok()) ++rt().built;
+  rt().plans.emplace(key, plan);
+  return plan;
+}
+
+cudnnHandle_t handle_for(int device) {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  return *handle_locked(device);  // created by cached_plan already
+}
+
+void execute(int device, const Plan& plan, const std::vector<int64_t>& uids,
+             const std::vector<void*>& ptrs, void* workspace) {
+  DeviceGuard guard(device);
+  cudnnHandle_t h = handle_for(device);
+  cudnnStatus_t st = cudnnSetStream(h, compute_stream(device));
+  KILN_CHECK(st == CUDNN_STATUS_SUCCESS) << cudnn_error(st, "cudnnSetStream");
+  cudnnBackendDescriptor_t vp = nullptr;
+  st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &vp);
+  KILN_CHECK(st == CUDNN_STATUS_SUCCESS) << cudnn_error(st, "variant pack");
+  Desc owner(vp);
+  const int64_t n = static_cast<int64_t>(uids.size());
+  auto check = [](cudnnStatus_t s, const char* what) {
+    KILN_CHECK(s == CUDNN_STATUS_SUCCESS) << "cuDNN attention: " << cudnn_error(s, what);
+  };
+  check(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n,
+                                 uids.data()),
+        "variant pack uids");
+  check(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n,
+                                 ptrs.data()),
+        "variant pack pointers");
+  check(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1,
+                                 &workspace),
+        "variant pack workspace");
+  check(cudnnBackendFinalize(vp), "variant pack finalize");
+  check(cudnnBackendExecute(h, plan.plan, vp), "execute");
+}
+
+// A workspace of at least `bytes` from kiln's CUDA allocator (stream-ordered: freeing it after
+// the launch is safe for work queued on the compute stream).
+Tensor workspace_tensor(int64_t bytes, Device dev) {
+  return Tensor::empty({std::max<int64_t>(1, (bytes + 3) / 4)}, DType::kF32, dev);
+}
+
+absl::Status check_common(const Tensor& q, const Tensor& k, const Tensor& v) {
+  if (!cudnn_sdpa_available()) return absl::UnavailableError("cuDNN 9 is not available");
+  absl::StatusOr<cudnnDataType_t> io = io_type(q.dtype());
+  if (!io.ok()) return io.status();
+  for (const Tensor* x : {&q, &k, &v})
+    if (x->strides()[3] != 1) return absl::InvalidArgumentError("D must have unit stride");
+  return absl::OkStatus();
+}
+
+AttnShape shape_of(const Tensor& q, const Tensor& k) {
+  return {q.size(0), q.size(1), k.size(1), q.size(2), q.size(3), *io_type(q.dtype())};
+}
+
+}  // namespace
+
+bool cudnn_sdpa_available() {
+  static const bool ok = [] {
+    if (cudnnGetVersion() < 90000) return false;
+    cudnnHandle_t h = nullptr;
+    if (cudnnCreate(&h) != CUDNN_STATUS_SUCCESS) return false;
+    cudnnDestroy(h);
+    return true;
+  }();
+  return ok;
+}
+
+int64_t sdpa_plans_built() {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  return rt().built;
+}
+
+absl::Status sdpa_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                          const Tensor& out, const Tensor& lse) {
+  if (absl::Status st = check_common(q, k, v); !st.ok()) return st;
+  const AttnShape a = shape_of(q, k);
+  const int device = q.device().index;
+  std::vector<int64_t> key = {0,  static_cast<int64_t>(q.dtype()), device, a.b, a.hq, a.hkv, a.t,
+                              a.d};
+  for (const Tensor* x : {&q, &k, &v}) append_strides(&key, *x);
+  absl::StatusOr<std::shared_ptr<Plan> > plan =
+      cached_plan(key, device, false, [&](GraphBuilder& g) {
+        build_forward(g, a, bhtd_strides(q), bhtd_strides(k), bhtd_strides(v));
+      });
+  if (!plan.ok()) return plan.status();
+  Tensor ws = workspace_tensor((*plan)->workspace, q.device());
+  float scale_f = static_cast<float>(scale);
+  float neg_inf = cudnnGetVersion() < 91000 ? std::numeric_limits<float>::lowest()
+                                            : -std::numeric_limits<float>::infinity();
+  execute(device, **plan, {kQ, kKT, kV, kO, kStats, kScale, kNegInf},
+          {q.raw(), k.raw(), v.raw(), out.raw(), lse.raw(), &scale_f, &neg_inf}, ws.raw());
+  return absl::OkStatus();
+}
+
+absl::Status sdpa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                           const Tensor& dout, const Tensor& lse, double scale, bool deterministic,
+                           const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+  if (absl::Status st = check_common(q, k, v); !st.ok()) return st;
+  if (out.strides()[3] != 1 || dout.strides()[3] != 1)
+    return absl::InvalidArgumentError("out and dout need unit stride in D");
+  const AttnShape a = shape_of(q, k);
+  const int device = q.device().index;
+  std::vector<int64_t> key = {1,
+                              static_cast<int64_t>(q.dtype()),
+                              device,
+                              a.b,
+                              a.hq,
+                              a.hkv,
+                              a.t,
+                              a.d,
+                              deterministic ? 1 : 0};
+  for (const Tensor* x : {&q, &k, &v, &out, &dout}) append_strides(&key, *x);
+  absl::StatusOr<std::shared_ptr<Plan> > plan =
+      cached_plan(key, device, deterministic, [&](GraphBuilder& g) {
+        build_backward(g, a, bhtd_strides(q), bhtd_strides(k), bhtd_strides(v), bhtd_strides(out),
+                       bhtd_strides(dout), deterministic);
+      });
+  if (!plan.ok()) return plan.status();
+  const Plan& p = **plan;
+  // Workspace: cuDNN's own, then Dsum (B, Hq, T) f32, then the dQ accumulator (B, Hq, T, D) f32.
+  const int64_t dsum_off = align_up(p.workspace);
+  const int64_t accum_off = dsum_off + align_up(a.b * a.hq * a.t * 4);
+  const int64_t accum_bytes = deterministic ? 0 : a.b * a.hq * a.t * a.d * 4;
+  Tensor ws = workspace_tensor(accum_off + accum_bytes, q.device());
+  char* base = static_cast<char*>(ws.raw());
+  float scale_f = static_cast<float>(scale), one = 1.0f;
+  float neg_inf = cudnnGetVersion() < 91000 ? std::numeric_limits<float>::lowest()
+                                            : -std::numeric_limits<float>::infinity();
+  std::vector<int64_t> uids = {kQ,      kKT,  kVT, kO,  kDO, kStats, kScale,
+                               kNegInf, kOne, kDQ, kDK, kDV, kDsum};
+  std::vector<void*> ptrs = {q.raw(),   k.raw(),  v.raw(),        out.raw(), dout.raw(),
+                             lse.raw(), &scale_f, &neg_inf,       &one,      dq.raw(),
+                             dk.raw(),  dv.raw(), base + dsum_off};
+  if (!deterministic) {
+    uids.push_back(kDqAccum);
+    ptrs.push_back(base + accum_off);
+    // cuDNN before 9.6 expected the caller to zero the dQ accumulator; later versions do it.
+    if (cudnnGetVersion() < 90600)
+      KILN_CUDA_CHECK(cudaMemsetAsync(base + accum_off, 0, accum_bytes, compute_stream(device)));
+  }
+  execute(device, p, uids, ptrs, base);
+  return absl::OkStatus();
+}
+
+#endif  // KILN_WITH_CUDNN
+
+}  // namespace kiln::cuda
