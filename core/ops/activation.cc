@@ -16,13 +16,13 @@
 #if KILN_WITH_CUDA
 namespace kiln::cuda {
 // core/ops/activation.cu: contiguous outputs in the input's dtype, on its device.
-Tensor gelu_forward(const Tensor& x);
-Tensor gelu_backward(const Tensor& g, const Tensor& x);
-Tensor silu_forward(const Tensor& x);
-Tensor silu_backward(const Tensor& g, const Tensor& x);
-Tensor swiglu_forward(const Tensor& gate, const Tensor& up);
-void swiglu_backward(const Tensor& g, const Tensor& gate, const Tensor& up, Tensor* dgate,
-                     Tensor* dup);  // either output may be null (not computed)
+Tensor act_gelu_forward(const Tensor& x);
+Tensor act_gelu_backward(const Tensor& g, const Tensor& x);
+Tensor act_silu_forward(const Tensor& x);
+Tensor act_silu_backward(const Tensor& g, const Tensor& x);
+Tensor act_swiglu_forward(const Tensor& gate, const Tensor& up);
+void act_swiglu_backward(const Tensor& g, const Tensor& gate, const Tensor& up, Tensor* dgate,
+                         Tensor* dup);  // either output may be null (not computed)
 }  // namespace kiln::cuda
 #endif
 
@@ -80,31 +80,34 @@ Tensor map_cpu(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
 }
 
 // The kernels below run on x's device: the CPU reference here, core/ops/activation.cu on CUDA.
-#if KILN_WITH_CUDA
-#define KILN_ACT_CUDA(t, call) \
-  if ((t).device().is_cuda()) return cuda::call
-#else
-#define KILN_ACT_CUDA(t, call)
-#endif
-
 Tensor gelu_any(const Tensor& x) {
-  KILN_ACT_CUDA(x, gelu_forward(x));
+#if KILN_WITH_CUDA
+  if (x.device().is_cuda()) return cuda::act_gelu_forward(x);
+#endif
   return map_cpu(x, Tensor(), Tensor(), [](auto v, auto, auto) { return gelu_f(v); });
 }
 Tensor gelu_backward_any(const Tensor& g, const Tensor& x) {
-  KILN_ACT_CUDA(x, gelu_backward(g, x));
+#if KILN_WITH_CUDA
+  if (x.device().is_cuda()) return cuda::act_gelu_backward(g, x);
+#endif
   return map_cpu(x, g, Tensor(), [](auto v, auto gy, auto) { return gy * gelu_grad(v); });
 }
 Tensor silu_any(const Tensor& x) {
-  KILN_ACT_CUDA(x, silu_forward(x));
+#if KILN_WITH_CUDA
+  if (x.device().is_cuda()) return cuda::act_silu_forward(x);
+#endif
   return map_cpu(x, Tensor(), Tensor(), [](auto v, auto, auto) { return silu_f(v); });
 }
 Tensor silu_backward_any(const Tensor& g, const Tensor& x) {
-  KILN_ACT_CUDA(x, silu_backward(g, x));
+#if KILN_WITH_CUDA
+  if (x.device().is_cuda()) return cuda::act_silu_backward(g, x);
+#endif
   return map_cpu(x, g, Tensor(), [](auto v, auto gy, auto) { return gy * silu_grad(v); });
 }
 Tensor swiglu_any(const Tensor& gate, const Tensor& up) {
-  KILN_ACT_CUDA(gate, swiglu_forward(gate, up));
+#if KILN_WITH_CUDA
+  if (gate.device().is_cuda()) return cuda::act_swiglu_forward(gate, up);
+#endif
   return map_cpu(gate, up, Tensor(), [](auto v, auto u, auto) { return silu_f(v) * u; });
 }
 // d gate = g * up * silu'(gate); d up = g * silu(gate). Only the wanted ones are computed.
@@ -112,7 +115,8 @@ void swiglu_backward_any(const Tensor& g, const Tensor& gate, const Tensor& up, 
                          bool want_up, Tensor* dgate, Tensor* dup) {
 #if KILN_WITH_CUDA
   if (gate.device().is_cuda()) {
-    return cuda::swiglu_backward(g, gate, up, want_gate ? dgate : nullptr, want_up ? dup : nullptr);
+    return cuda::act_swiglu_backward(g, gate, up, want_gate ? dgate : nullptr,
+                                     want_up ? dup : nullptr);
   }
 #endif
   if (want_gate) {
@@ -122,7 +126,6 @@ void swiglu_backward_any(const Tensor& g, const Tensor& gate, const Tensor& up, 
     *dup = map_cpu(gate, g, Tensor(), [](auto v, auto gy, auto) { return gy * silu_f(v); });
   }
 }
-#undef KILN_ACT_CUDA
 
 class GeluNode final : public Node {
  public:

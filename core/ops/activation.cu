@@ -152,34 +152,34 @@ void run(const char* op, F f, const Tensor& a, const Tensor& b, const Tensor& c,
 
 }  // namespace
 
-Tensor gelu_forward(const Tensor& x) {
+Tensor act_gelu_forward(const Tensor& x) {
   Tensor y;
   run("gelu", GeluFwd{}, x, Tensor(), Tensor(), &y, nullptr);
   return y;
 }
-Tensor gelu_backward(const Tensor& g, const Tensor& x) {
+Tensor act_gelu_backward(const Tensor& g, const Tensor& x) {
   Tensor dx;
   run("gelu", GeluBwd{}, x, g, Tensor(), &dx, nullptr);
   return dx;
 }
-Tensor silu_forward(const Tensor& x) {
+Tensor act_silu_forward(const Tensor& x) {
   Tensor y;
   run("silu", SiluFwd{}, x, Tensor(), Tensor(), &y, nullptr);
   return y;
 }
-Tensor silu_backward(const Tensor& g, const Tensor& x) {
+Tensor act_silu_backward(const Tensor& g, const Tensor& x) {
   Tensor dx;
   run("silu", SiluBwd{}, x, g, Tensor(), &dx, nullptr);
   return dx;
 }
-Tensor swiglu_forward(const Tensor& gate, const Tensor& up) {
+Tensor act_swiglu_forward(const Tensor& gate, const Tensor& up) {
   Tensor y;
   run("swiglu", SwigluFwd{}, gate, up, Tensor(), &y, nullptr);
   return y;
 }
 // d gate and d up in one pass; either may be skipped (null).
-void swiglu_backward(const Tensor& g, const Tensor& gate, const Tensor& up, Tensor* dgate,
-                     Tensor* dup) {
+void act_swiglu_backward(const Tensor& g, const Tensor& gate, const Tensor& up, Tensor* dgate,
+                         Tensor* dup) {
   run("swiglu", SwigluBwd{}, gate, up, g, dgate, dup);
 }
 

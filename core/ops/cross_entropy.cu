@@ -26,8 +26,9 @@ constexpr unsigned long long kNone = ULLONG_MAX;
 
 // info[0] = min(bad row) (left at kNone when every target is fine), info[1] = rows not ignored.
 template <typename I>
-__global__ void check_targets_kernel(const I* __restrict__ t, int64_t rows, int64_t v,
-                                     int64_t ignore, unsigned long long* __restrict__ info) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    check_targets_kernel(const I* __restrict__ t, int64_t rows, int64_t v, int64_t ignore,
+                         unsigned long long* __restrict__ info) {
   __shared__ long long scratch[32];
   long long count = 0;
   for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
@@ -46,9 +47,10 @@ __global__ void check_targets_kernel(const I* __restrict__ t, int64_t rows, int6
 // Per row r: lse = log sum exp(x), row_loss = lse - x[t] (0 for ignored rows), lse_out (when not
 // null). kGrad: then x[r, :] = grad_scale * (softmax - onehot(t)) in place (0 for ignored rows).
 template <typename T, typename I, bool kGrad>
-__global__ void ce_rows_kernel(T* logits, const I* __restrict__ targets, int64_t rows, int64_t v,
-                               int64_t ignore, acc_t<T>* __restrict__ row_loss,
-                               acc_t<T>* __restrict__ lse_out, acc_t<T> grad_scale) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    ce_rows_kernel(T* logits, const I* __restrict__ targets, int64_t rows, int64_t v,
+                   int64_t ignore, acc_t<T>* __restrict__ row_loss, acc_t<T>* __restrict__ lse_out,
+                   acc_t<T> grad_scale) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -82,8 +84,9 @@ __global__ void ce_rows_kernel(T* logits, const I* __restrict__ targets, int64_t
 
 // out[0] = sum(row_loss) / count (0 when count is 0), summed in a fixed order by one block.
 template <typename T>
-__global__ void mean_loss_kernel(const acc_t<T>* __restrict__ row_loss, int64_t rows, int64_t count,
-                                 T* __restrict__ out) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    mean_loss_kernel(const acc_t<T>* __restrict__ row_loss, int64_t rows, int64_t count,
+                     T* __restrict__ out) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   A s = 0;
@@ -94,10 +97,10 @@ __global__ void mean_loss_kernel(const acc_t<T>* __restrict__ row_loss, int64_t 
 
 // gx = g[0] / count * (softmax(x) - onehot(t)) from the saved lse; zero rows where ignored.
 template <typename T, typename I>
-__global__ void ce_backward_kernel(const T* __restrict__ logits, const acc_t<T>* __restrict__ lse,
-                                   const I* __restrict__ targets, const T* __restrict__ g,
-                                   int64_t count, int64_t ignore, T* __restrict__ gx, int64_t rows,
-                                   int64_t v) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    ce_backward_kernel(const T* __restrict__ logits, const acc_t<T>* __restrict__ lse,
+                       const I* __restrict__ targets, const T* __restrict__ g, int64_t count,
+                       int64_t ignore, T* __restrict__ gx, int64_t rows, int64_t v) {
   using A = acc_t<T>;
   const A w = count > 0 ? to_acc(g[0]) / A(count) : A(0);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {

@@ -133,9 +133,14 @@ inline int vec_width(std::initializer_list<const void*> ptrs) {
 
 // ---- launch helpers ----
 
+// The most threads row_threads() gives; kernels launched with it declare
+// __launch_bounds__(kMaxRowThreads) so the compiler keeps their registers within what a block of
+// that size may use (a launch would otherwise fail with "too many resources requested").
+constexpr int kMaxRowThreads = 1024;
+
 // Threads per block for a kernel that gives one block to each row of c elements: a multiple of 32
-// with about 4 elements per thread, at most 1024.
-inline int row_threads(int64_t c, int max_threads = 1024) {
+// with about 4 elements per thread, at most max_threads (<= kMaxRowThreads).
+inline int row_threads(int64_t c, int max_threads = kMaxRowThreads) {
   int t = 32;
   while (t < max_threads && static_cast<int64_t>(t) * 4 < c) t *= 2;
   return t;

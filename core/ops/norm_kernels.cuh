@@ -22,10 +22,10 @@ namespace norm {
 // value is what gets normalised), mean (layer norm only) and rstd in the compute type.
 // x, res and sum_out are not __restrict__: with a residual the kernel re-reads sum_out through xr.
 template <typename T, bool kRms, bool kResidual>
-__global__ void forward_kernel(const T* x, const T* res, const T* __restrict__ w,
-                               const T* __restrict__ b, T* __restrict__ y, T* sum_out,
-                               acc_t<T>* __restrict__ mean_out, acc_t<T>* __restrict__ rstd_out,
-                               int64_t rows, int64_t c, acc_t<T> eps) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    forward_kernel(const T* x, const T* res, const T* __restrict__ w, const T* __restrict__ b,
+                   T* __restrict__ y, T* sum_out, acc_t<T>* __restrict__ mean_out,
+                   acc_t<T>* __restrict__ rstd_out, int64_t rows, int64_t c, acc_t<T> eps) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -80,10 +80,10 @@ __global__ void forward_kernel(const T* x, const T* res, const T* __restrict__ w
 //   rms         dx = rstd * (gh - h * mean(gh * h))
 // plus gres (the gradient that reached the residual-stream output) when given.
 template <typename T, bool kRms>
-__global__ void backward_dx_kernel(const T* __restrict__ gy, const T* __restrict__ x,
-                                   const T* __restrict__ w, const acc_t<T>* __restrict__ mean,
-                                   const acc_t<T>* __restrict__ rstd, const T* __restrict__ gres,
-                                   T* __restrict__ dx, int64_t rows, int64_t c) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    backward_dx_kernel(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ w,
+                       const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
+                       const T* __restrict__ gres, T* __restrict__ dx, int64_t rows, int64_t c) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {

@@ -9,8 +9,8 @@ namespace kiln::cuda {
 namespace {
 
 template <typename T, bool kLog>
-__global__ void softmax_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t rows,
-                               int64_t n) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    softmax_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int64_t n) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -35,8 +35,9 @@ __global__ void softmax_kernel(const T* __restrict__ x, T* __restrict__ y, int64
 
 // softmax: dx = y * (g - sum(g * y)); log_softmax: dx = g - exp(y) * sum(g).
 template <typename T, bool kLog>
-__global__ void softmax_backward_kernel(const T* __restrict__ g, const T* __restrict__ y,
-                                        T* __restrict__ dx, int64_t rows, int64_t n) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    softmax_backward_kernel(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ dx,
+                            int64_t rows, int64_t n) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
