@@ -180,6 +180,8 @@ class LinearCrossEntropyNode final : public Node {
 #if KILN_WITH_CUDA
     for (Tensor& t : out)
       if (t.defined()) cuda::scale_by_device_scalar(t, g[0]);
+#else
+    (void)g;  // the node is only recorded on CUDA
 #endif
     return out;
   }

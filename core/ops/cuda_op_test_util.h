@@ -87,7 +87,7 @@ inline void expect_gpu_close(const Tensor& gpu, const Tensor& ref, const std::st
 // and turns the allocator's poisoning on for the object's lifetime.
 class PoisonedBlocks {
  public:
-  explicit PoisonedBlocks(const std::vector<size_t>& sizes, int per_size = 6) {
+  explicit PoisonedBlocks(const std::vector<size_t>& sizes, int per_size = 12) {
     prev_ = cuda::poison_allocations();
     cuda::synchronize();
     cuda::empty_cache();
