@@ -1,4 +1,5 @@
-// AdamW / SGD CPU kernels and the gradient utilities.
+// AdamW / SGD CPU kernels and the gradient utilities. Parameters on a GPU take the multi-tensor
+// CUDA kernels of optimizer_cuda.cu (gradients never leave the device; only norms come back).
 #include "optim/optimizer.h"
 
 #include <cmath>
@@ -7,6 +8,9 @@
 #include "core/check.h"
 #include "core/ops/elementwise.h"
 #include "core/parallel.h"
+#if KILN_WITH_CUDA
+#include "optim/optimizer_cuda.h"
+#endif
 
 namespace kiln::optim {
 namespace {
@@ -16,6 +20,34 @@ float* f32_data(const Tensor& t, const std::string& what) {
   KILN_CHECK(t.dtype() == DType::kF32 && t.is_contiguous() && t.device().is_cpu())
       << "optimizer: " << what << " must be a contiguous f32 CPU tensor, got " << t.str();
   return t.data<float>();
+}
+
+// True when the parameters live on a GPU (then all of them must, on one device).
+bool on_gpu(const std::vector<nn::Parameter>& params) {
+  if (params.empty() || !params[0].tensor.device().is_cuda()) return false;
+  for (const nn::Parameter& p : params)
+    KILN_CHECK(p.tensor.device() == params[0].tensor.device())
+        << "optimizer: parameter " << p.name << " is on " << p.tensor.device() << " but "
+        << params[0].name << " is on " << params[0].tensor.device();
+#if KILN_WITH_CUDA
+  KILN_CHECK(cuda_available()) << "optimizer: parameters are on " << params[0].tensor.device()
+                               << " but no CUDA device is available";
+  return true;
+#else
+  KILN_CHECK(false) << "optimizer: parameters are on " << params[0].tensor.device()
+                    << " but kiln was built without CUDA";
+  return false;
+#endif
+}
+
+// The defined gradients of params, in order.
+std::vector<Tensor> defined_grads(const std::vector<nn::Parameter>& params) {
+  std::vector<Tensor> gs;
+  for (const nn::Parameter& p : params) {
+    Tensor g = p.tensor.grad();
+    if (g.defined()) gs.push_back(g);
+  }
+  return gs;
 }
 
 }  // namespace
@@ -65,6 +97,19 @@ AdamW::AdamW(std::vector<nn::Parameter> params, AdamWOptions opts)
 
 void AdamW::step(double lr) {
   ++t_;
+  if (on_gpu(params_)) {
+#if KILN_WITH_CUDA
+    std::vector<cuda::AdamWSlot> slots;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const nn::Parameter& p = params_[i];
+      Tensor g = p.tensor.grad();
+      if (!g.defined()) continue;  // unused this step: no update, as in PyTorch
+      slots.push_back({p.tensor, g, m_[i], v_[i], p.decay ? opts_.weight_decay : 0.0});
+    }
+    cuda::adamw_step(slots, lr, opts_, t_);
+#endif
+    return;
+  }
   for (size_t i = 0; i < params_.size(); ++i) {
     const nn::Parameter& p = params_[i];
     Tensor g = p.tensor.grad();
@@ -93,10 +138,17 @@ SGD::SGD(std::vector<nn::Parameter> params, double momentum, double weight_decay
 
 void SGD::step(double lr) {
   ++t_;
+  const bool gpu = on_gpu(params_);
   for (size_t i = 0; i < params_.size(); ++i) {
     const nn::Parameter& p = params_[i];
     Tensor g = p.tensor.grad();
     if (!g.defined()) continue;
+    if (gpu) {
+#if KILN_WITH_CUDA
+      cuda::sgd_step(p.tensor, g, buf_[i], lr, momentum_, p.decay ? weight_decay_ : 0.0);
+#endif
+      continue;
+    }
     g = raw::convert(g, DType::kF32);
     sgd_update(f32_data(p.tensor, p.name), f32_data(g, p.name), f32_data(buf_[i], p.name),
                p.tensor.numel(), lr, momentum_, p.decay ? weight_decay_ : 0.0);
@@ -111,6 +163,9 @@ std::vector<std::pair<std::string, Tensor>> SGD::state() {
 }
 
 double grad_norm(const std::vector<nn::Parameter>& params) {
+#if KILN_WITH_CUDA
+  if (on_gpu(params)) return std::sqrt(cuda::sum_squares(defined_grads(params)));
+#endif
   double sq = 0;
   for (const nn::Parameter& p : params) {
     Tensor g = p.tensor.grad();
@@ -121,6 +176,9 @@ double grad_norm(const std::vector<nn::Parameter>& params) {
 }
 
 void scale_grads(const std::vector<nn::Parameter>& params, double s) {
+#if KILN_WITH_CUDA
+  if (on_gpu(params)) return cuda::scale(defined_grads(params), s);
+#endif
   for (const nn::Parameter& p : params) {
     Tensor g = p.tensor.grad();
     if (!g.defined()) continue;
@@ -135,6 +193,11 @@ double clip_grad_norm(const std::vector<nn::Parameter>& params, double max_norm)
 }
 
 bool grads_non_finite(const std::vector<nn::Parameter>& params) {
+#if KILN_WITH_CUDA
+  // One fused pass; an inf or NaN anywhere makes the f64 sum of squares non-finite (f32 squares
+  // cannot overflow f64), exactly the CPU criterion below.
+  if (on_gpu(params)) return !std::isfinite(cuda::sum_squares(defined_grads(params)));
+#endif
   for (const nn::Parameter& p : params) {
     Tensor g = p.tensor.grad();
     if (!g.defined()) continue;

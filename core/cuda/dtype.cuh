@@ -176,7 +176,7 @@ struct Elem<__half> {
 }  // namespace kiln::cuda
 
 // Dispatches a kernel body on the four float storage types; S names the storage type.
-#define KILN_CUDA_DISPATCH_FLOAT(dtype, S, ...)                                         \
+#define KILN_CUDA_DISPATCH_STORAGE(dtype, S, ...)                                       \
   do {                                                                                  \
     switch (dtype) {                                                                    \
       case ::kiln::DType::kF32: {                                                       \

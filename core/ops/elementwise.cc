@@ -1,10 +1,12 @@
 // Elementwise ops: forward, backward and CPU kernels (compute in f32, or f64 for f64 inputs).
+// CUDA tensors run the kernels in elementwise.cu when a GPU is present.
 #include "core/ops/elementwise.h"
 
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/ops/cuda_base_ops.h"
 #include "core/parallel.h"
 
 namespace kiln {
@@ -32,13 +34,40 @@ T apply(BinOp op, T x, T y) {
   return 0;
 }
 
+#if KILN_WITH_CUDA
+cuda::BinaryOp cuda_op(BinOp op) {
+  switch (op) {
+    case BinOp::kAdd:
+      return cuda::BinaryOp::kAdd;
+    case BinOp::kSub:
+      return cuda::BinaryOp::kSub;
+    case BinOp::kMul:
+      return cuda::BinaryOp::kMul;
+  }
+  return cuda::BinaryOp::kAdd;
+}
+#endif
+
 // A 0-dim tensor holding s in a's compute dtype (kept exact: it never passes through bf16).
 Tensor scalar_like(const Tensor& a, double s) {
   return Tensor::full({}, s, raw::compute_dtype(a.dtype()), a.device());
 }
 
+Tensor binary_raw(BinOp op, const Tensor& a, const Tensor& b);
+
+// a op s, s in a's compute dtype. CUDA passes s to the kernel instead of making a device scalar.
+Tensor scalar_raw(BinOp op, const Tensor& a, double s) {
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(a)) return cuda::binary_scalar(cuda_op(op), a, s);
+#endif
+  return binary_raw(op, a, scalar_like(a, s));
+}
+
 Tensor binary_raw(BinOp op, const Tensor& a, const Tensor& b) {
   Shape out_shape = broadcast_shapes("binary op", a.shape(), b.shape());
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(a)) return cuda::binary(cuda_op(op), a, b);
+#endif
   KILN_CHECK(a.device().is_cpu()) << "binary op on " << a.device() << " not built";
   Tensor ac = raw::to_compute(a), bc = raw::convert(b, ac.dtype());
   Tensor out = Tensor::empty(out_shape, ac.dtype());
@@ -160,7 +189,7 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 
 Tensor scale(const Tensor& a, double s) {
   check_float_args("scale", {&a});
-  Tensor out = binary_raw(BinOp::kMul, a, scalar_like(a, s));
+  Tensor out = scalar_raw(BinOp::kMul, a, s);
   if (auto n = record<ScaleNode>({&a})) {
     n->s = s;
     set_history(out, n);
@@ -170,7 +199,7 @@ Tensor scale(const Tensor& a, double s) {
 
 Tensor add_scalar(const Tensor& a, double s) {
   check_float_args("add_scalar", {&a});
-  Tensor out = binary_raw(BinOp::kAdd, a, scalar_like(a, s));
+  Tensor out = scalar_raw(BinOp::kAdd, a, s);
   if (auto n = record<IdentityNode>({&a})) set_history(out, n);
   return out;
 }
@@ -186,16 +215,22 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
         << "sum_to: cannot reduce " << x.str() << " to " << shape_str(shape);
     red_strides[off + i] = shape[i] == 1 ? 0 : cs[i];
   }
-  KILN_CHECK(x.device().is_cpu()) << "sum_to on " << x.device() << " not built";
-  Tensor xc = raw::to_compute(x);
-  Tensor out = Tensor::zeros(shape, xc.dtype());
-  KILN_DISPATCH_FLOAT(xc.dtype(), T, {
-    const T* px = xc.data<T>();
-    T* po = out.data<T>();
-    cpu::for_each_offset2(x.shape(), contiguous_strides(x.shape()), red_strides,
-                          [&](int64_t, int64_t ox, int64_t oo) { po[oo] += px[ox]; });
-  });
-  out = raw::convert(out, x.dtype());
+  Tensor out;
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(x)) out = cuda::sum_to(x, shape);
+#endif
+  if (!out.defined()) {
+    KILN_CHECK(x.device().is_cpu()) << "sum_to on " << x.device() << " not built";
+    Tensor xc = raw::to_compute(x);
+    out = Tensor::zeros(shape, xc.dtype());
+    KILN_DISPATCH_FLOAT(xc.dtype(), T, {
+      const T* px = xc.data<T>();
+      T* po = out.data<T>();
+      cpu::for_each_offset2(x.shape(), contiguous_strides(x.shape()), red_strides,
+                            [&](int64_t, int64_t ox, int64_t oo) { po[oo] += px[ox]; });
+    });
+    out = raw::convert(out, x.dtype());
+  }
   if (auto n = record<SumToNode>({&x})) {
     n->in_shape = x.shape();
     set_history(out, n);
@@ -206,6 +241,9 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
 void add_(const Tensor& dst, const Tensor& src, double alpha) {
   KILN_CHECK(dst.shape() == src.shape()) << "add_: " << dst.str() << " += " << src.str();
   KILN_CHECK(dst.device() == src.device()) << "add_: " << dst.str() << " += " << src.str();
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(dst)) return cuda::add_inplace(dst, src, alpha);
+#endif
   KILN_CHECK(dst.device().is_cpu()) << "add_ on " << dst.device() << " not built";
   if (dst.dtype() == DType::kF32 && src.dtype() == DType::kF32 && dst.is_contiguous() &&
       src.is_contiguous()) {
@@ -227,6 +265,9 @@ void add_(const Tensor& dst, const Tensor& src, double alpha) {
 }
 
 void mul_(const Tensor& dst, double s) {
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(dst)) return cuda::mul_inplace(dst, s);
+#endif
   KILN_CHECK(dst.device().is_cpu()) << "mul_ on " << dst.device() << " not built";
   if (dst.dtype() == DType::kF32 && dst.is_contiguous()) {
     float* d = dst.data<float>();
@@ -244,6 +285,9 @@ void mul_(const Tensor& dst, double s) {
 }
 
 double sum_squares(const Tensor& x) {
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(x)) return cuda::sum_squares(x);
+#endif
   KILN_CHECK(x.device().is_cpu()) << "sum_squares on " << x.device() << " not built";
   if (x.dtype() == DType::kF32 && x.is_contiguous()) {
     const float* p = x.data<float>();

@@ -1,4 +1,5 @@
-// matmul and linear: shape logic, backward, and the CPU GEMM through OpenBLAS.
+// matmul and linear: shape logic, backward, and the CPU GEMM through OpenBLAS. CUDA tensors run
+// the cuBLASLt paths in matmul.cu (fused linear / linear+GELU / MLP nodes live here).
 #include "core/ops/matmul.h"
 
 #include <cblas.h>
@@ -6,6 +7,8 @@
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/check.h"
+#include "core/ops/activation.h"
+#include "core/ops/cuda_base_ops.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/view.h"
 
@@ -64,6 +67,9 @@ MatmulDims matmul_dims(const Tensor& a, const Tensor& b, bool ta, bool tb) {
 
 Tensor matmul_raw(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   MatmulDims d = matmul_dims(a, b, ta, tb);
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(a)) return cuda::matmul(a, b, ta, tb);
+#endif
   KILN_CHECK(a.device().is_cpu()) << "matmul on " << a.device() << " not built";
   Tensor ac = raw::to_compute(a), bc = raw::to_compute(b);
   Tensor out = Tensor::empty(d.out_shape, ac.dtype());
@@ -114,6 +120,70 @@ class MatmulNode final : public Node {
   }
 };
 
+// (..., n) viewed as (rows, n) without autograd (copies only when not contiguous).
+Tensor rows_of(const Tensor& t, int64_t n) { return t.detach().reshape({-1, n}); }
+
+#if KILN_WITH_CUDA
+// CUDA y = [gelu](x w^T + b): saved = {x2, w} (+ the GELU input with gelu).
+class LinearCudaNode final : public Node {
+ public:
+  const char* name() const override { return gelu ? "LinearGeluCuda" : "LinearCuda"; }
+  Shape x_shape;
+  bool gelu = false;
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    const Tensor &x2 = saved[0], &w = saved[1];
+    Tensor gy = rows_of(g[0], w.size(0));
+    if (gelu) gy = cuda::gelu_input_grad(gy, saved[2]);
+    Tensor gx, gw, gb;
+    cuda::linear_backward(gy, x2, w, next[0].fn != nullptr, next[1].fn != nullptr,
+                          next[2].fn != nullptr, &gx, &gw, &gb);
+    if (gx.defined()) gx = gx.reshape(x_shape);
+    return {gx, gw, gb};
+  }
+};
+
+// CUDA y = linear(gelu(linear(x, w1, b1)), w2, b2): saved = {x2, w1, pre, h, w2}.
+class MlpCudaNode final : public Node {
+ public:
+  const char* name() const override { return "MlpGeluCuda"; }
+  Shape x_shape;
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    const Tensor &x2 = saved[0], &w1 = saved[1], &pre = saved[2], &h = saved[3], &w2 = saved[4];
+    const bool nx = next[0].fn != nullptr, nw1 = next[1].fn != nullptr;
+    const bool nb1 = next[2].fn != nullptr, nw2 = next[3].fn != nullptr;
+    const bool nb2 = next[4].fn != nullptr;
+    Tensor gy = rows_of(g[0], w2.size(0));
+    Tensor gx, gw1, gb1, gw2, gb2, unused;
+    if (nw2 || nb2) cuda::linear_backward(gy, h, w2, false, nw2, nb2, &unused, &gw2, &gb2);
+    if (nx || nw1 || nb1) {
+      // Hidden gradient with the GELU gradient (and b1's gradient) in the GEMM epilogue.
+      Tensor dpre = cuda::matmul_dgelu(gy, w2, pre, nb1 ? &gb1 : nullptr);
+      cuda::linear_backward(dpre, x2, w1, nx, nw1, false, &gx, &gw1, &unused);
+    }
+    if (gx.defined()) gx = gx.reshape(x_shape);
+    return {gx, gw1, gb1, gw2, gb2};
+  }
+};
+#endif
+
+void check_linear_args(const char* op, const Tensor& x, const Tensor& w, const Tensor& b) {
+  check_float_args(op, {&x, &w});
+  check_dim(op, "weight", w, 2);
+  KILN_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1))
+      << op << ": input " << x.str() << " does not match weight " << w.str() << " (OUT, IN)";
+  if (b.defined()) {
+    check_float_args(op, {&x, &b});
+    KILN_CHECK(b.dim() == 1 && b.size(0) == w.size(0))
+        << op << ": bias " << b.str() << " does not match weight " << w.str();
+  }
+}
+
+Shape with_last(const Shape& s, int64_t last) {
+  Shape out = s;
+  out.back() = last;
+  return out;
+}
+
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
@@ -137,6 +207,19 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   check_dim("linear", "weight", w, 2);
   KILN_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1))
       << "linear: input " << x.str() << " does not match weight " << w.str() << " (OUT, IN)";
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(x)) {
+    check_linear_args("linear", x, w, b);
+    Tensor x2 = rows_of(x, x.size(-1));
+    Tensor y = cuda::linear_forward(x2, w, b).reshape(with_last(x.shape(), w.size(0)));
+    if (auto n = record<LinearCudaNode>({&x, &w, &b})) {
+      n->x_shape = x.shape();
+      n->saved = {x2, w.detach()};
+      set_history(y, n);
+    }
+    return y;
+  }
+#endif
   Shape out_shape = x.shape();
   out_shape.back() = w.size(0);
   Tensor x2 = reshape(x, {-1, x.size(-1)});
@@ -148,6 +231,83 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
     y = add(y, b);
   }
   return reshape(y, out_shape);
+}
+
+}  // namespace kiln
+
+namespace kiln {
+
+Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {
+  check_linear_args("linear_gelu", x, w, b);
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(x)) {
+    Tensor x2 = rows_of(x, x.size(-1)), pre;
+    Tensor y = cuda::linear_gelu_forward(x2, w, b, &pre).reshape(with_last(x.shape(), w.size(0)));
+    if (auto n = record<LinearCudaNode>({&x, &w, &b})) {
+      n->x_shape = x.shape();
+      n->gelu = true;
+      n->saved = {x2, w.detach(), pre};
+      set_history(y, n);
+    }
+    return y;
+  }
+#endif
+  return gelu(linear(x, w, b));
+}
+
+Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                const Tensor& b2) {
+  check_linear_args("mlp_gelu", x, w1, b1);
+  check_float_args("mlp_gelu", {&x, &w2});
+  check_dim("mlp_gelu", "w2", w2, 2);
+  KILN_CHECK(w2.size(1) == w1.size(0))
+      << "mlp_gelu: w2 " << w2.str() << " does not take the hidden width of w1 " << w1.str();
+  if (b2.defined()) {
+    check_float_args("mlp_gelu", {&x, &b2});
+    KILN_CHECK(b2.dim() == 1 && b2.size(0) == w2.size(0))
+        << "mlp_gelu: bias " << b2.str() << " does not match w2 " << w2.str();
+  }
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(x)) {
+    Tensor x2 = rows_of(x, x.size(-1)), pre;
+    Tensor h = cuda::linear_gelu_forward(x2, w1, b1, &pre);
+    Tensor y = cuda::linear_forward(h, w2, b2).reshape(with_last(x.shape(), w2.size(0)));
+    if (auto n = record<MlpCudaNode>({&x, &w1, &b1, &w2, &b2})) {
+      n->x_shape = x.shape();
+      n->saved = {x2, w1.detach(), pre, h, w2.detach()};
+      set_history(y, n);
+    }
+    return y;
+  }
+#endif
+  return linear(gelu(linear(x, w1, b1)), w2, b2);
+}
+
+Tensor linear_fp8(const Tensor& x, const Tensor& w, double x_scale, double w_scale, DType out_dtype,
+                  const Tensor& b) {
+  check_defined("linear_fp8", {&x, &w});
+  check_same_device("linear_fp8", {&x, &w});
+  for (const Tensor* t : {&x, &w})
+    KILN_CHECK(t->dtype() == DType::kF8E4M3 || t->dtype() == DType::kF8E5M2)
+        << "linear_fp8: operands must be fp8 (e4m3 or e5m2), got " << t->str();
+  KILN_CHECK(!(x.dtype() == DType::kF8E5M2 && w.dtype() == DType::kF8E5M2))
+      << "linear_fp8: at most one operand may be e5m2";
+  check_dim("linear_fp8", "x", x, 2);
+  check_dim("linear_fp8", "w", w, 2);
+  KILN_CHECK(x.size(1) == w.size(1))
+      << "linear_fp8: x " << x.str() << " does not match w " << w.str() << " (N, K)";
+  KILN_CHECK(out_dtype == DType::kBF16 || out_dtype == DType::kF32)
+      << "linear_fp8: the result must be bf16 or f32, got " << out_dtype;
+  if (b.defined()) {
+    check_same_device("linear_fp8", {&x, &b});
+    KILN_CHECK(b.dim() == 1 && b.size(0) == w.size(0))
+        << "linear_fp8: bias " << b.str() << " does not match w " << w.str();
+  }
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(x)) return cuda::linear_fp8(x, w, x_scale, w_scale, out_dtype, b);
+#endif
+  KILN_CHECK(false) << "linear_fp8: needs a CUDA GPU (Hopper); got " << x.str();
+  return Tensor();
 }
 
 }  // namespace kiln

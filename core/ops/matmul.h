@@ -1,5 +1,6 @@
 // Matrix products: matmul (batched, with transpose flags so backward never materialises a
-// transpose) and linear (x W^T + b, PyTorch's weight layout). CPU GEMMs go through OpenBLAS.
+// transpose) and linear (x W^T + b, PyTorch's weight layout), with fused linear+GELU, a fused
+// GELU MLP and an fp8 linear. CPU GEMMs go through OpenBLAS, CUDA ones through cuBLASLt.
 #pragma once
 
 #include "core/tensor.h"
@@ -11,8 +12,26 @@ namespace kiln {
 // with the same leading dims as a (or (..., N, K) with trans_b). Result: (..., M, N).
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 
-// x: (..., IN), w: (OUT, IN), b: (OUT) or undefined. Result: (..., OUT).
+// x: (..., IN), w: (OUT, IN), b: (OUT) or undefined. Result: (..., OUT). On CUDA the bias is
+// fused into the GEMM epilogue and its gradient into the weight-gradient GEMM.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+
+// gelu(linear(x, w, b)) with GPT-2's tanh GELU. Shapes as linear. On CUDA with bf16/f16 the bias
+// and GELU run in the GEMM epilogue, which also stores the GELU input for backward.
+Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+
+// linear(linear_gelu(x, w1, b1), w2, b2): the transformer MLP as one op. x: (..., C),
+// w1: (H, C), b1: (H) or undefined, w2: (C2, H), b2: (C2) or undefined. Result: (..., C2). On
+// CUDA the backward computes the hidden gradient with the GELU gradient and b1's gradient fused
+// into that GEMM's epilogue (bf16/f16), and b2's gradient fused into w2's weight-gradient GEMM.
+Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                const Tensor& b2);
+
+// (x_scale * x) @ (w_scale * w)^T (+ b) with fp8 operands (e4m3 or e5m2, not both e5m2), fp32
+// accumulation and a bf16 or f32 result; no autograd. x: (M, K), w: (N, K), b: (N) or undefined;
+// K and N multiples of 16. CUDA only, compute capability 8.9+ (Hopper).
+Tensor linear_fp8(const Tensor& x, const Tensor& w, double x_scale, double w_scale,
+                  DType out_dtype = DType::kBF16, const Tensor& b = Tensor());
 
 namespace raw {
 // c = alpha * op(a) @ op(b) + beta * c for contiguous f32/f64 2-D operands (row-major).

@@ -1,4 +1,5 @@
-// sum / mean: forward, backward (broadcast the gradient back) and their CPU kernels.
+// sum / mean: forward, backward (broadcast the gradient back) and their CPU kernels. CUDA
+// tensors run the deterministic reductions in reduce.cu when a GPU is present.
 #include "core/ops/reduce.h"
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/ops/cuda_base_ops.h"
 #include "core/ops/op_util.h"
 #include "core/parallel.h"
 
@@ -63,6 +65,15 @@ void sum_dim_cpu(const T* x, T* out, const DimSplit& s, double div) {
 
 // Reduces x over `dim` (nullopt: every element) into out_shape, dividing by div.
 Tensor reduce_cpu(const Tensor& x, std::optional<int64_t> dim, const Shape& out_shape, double div) {
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(x)) {
+    Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
+    std::vector<bool> mask(x.dim(), !dim.has_value());
+    if (dim && x.dim() > 0) mask[*dim] = true;
+    cuda::reduce_sum(x, mask, out, div, false);
+    return out;
+  }
+#endif
   Tensor xc = raw::to_compute(x);
   Tensor out = Tensor::empty(out_shape, xc.dtype());
   KILN_DISPATCH_FLOAT(xc.dtype(), T, {
@@ -77,6 +88,12 @@ Tensor reduce_cpu(const Tensor& x, std::optional<int64_t> dim, const Shape& out_
 
 // The gradient of a reduction: g / div broadcast back over the reduced dim (or everywhere).
 Tensor expand_cpu(const Tensor& g, const Shape& in_shape, std::optional<int64_t> dim, double div) {
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(g)) {
+    if (dim && in_shape.empty()) dim.reset();  // a 0-dim input reduced over "dim 0"
+    return cuda::reduce_expand(g, in_shape, dim, div);
+  }
+#endif
   Tensor gc = raw::to_compute(g);
   Tensor out = Tensor::empty(in_shape, gc.dtype());
   KILN_DISPATCH_FLOAT(gc.dtype(), T, {
@@ -114,7 +131,7 @@ class ReduceNode final : public Node {
 Tensor reduce(const char* op, bool is_mean, const Tensor& x, std::optional<int64_t> dim,
               bool keepdim) {
   ops::check_float_arg(op, "x", x);
-  ops::check_cpu(op, "x", x);
+  if (!ops::run_on_cuda(x)) ops::check_cpu(op, "x", x);
   Shape out_shape;
   double count = static_cast<double>(x.numel());
   if (dim) {

@@ -1,0 +1,58 @@
+// Row-major GEMMs through cuBLASLt on the current device's compute stream, with fused epilogues
+// (bias, bias+GELU saving the GELU input, GELU gradient + bias gradient, bias gradient of A) and
+// fp8 operands with per-tensor scales. Descriptors, layouts and the chosen algorithm are cached
+// per problem (shape, dtypes, flags, pointer alignment), so steady-state calls do no heuristic
+// query and always run the same algorithm (bit-identical repeats). Only compiled with
+// KILN_WITH_CUDA.
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace kiln::cuda {
+
+enum class GemmEpilogue {
+  kNone,
+  kBias,        // D[i, j] = acc[i, j] + bias[j]                                  (bias: n)
+  kGeluAux,     // aux = acc (+ bias[j] with a bias); D = gelu_tanh(aux)          (aux: m x n)
+  kDGelu,       // D = acc * gelu_tanh'(aux)
+  kDGeluBGrad,  // D = acc * gelu_tanh'(aux); bias_grad[j] = sum_i D[i, j]        (bias_grad: n)
+  kBiasGradA,   // D = acc; bias_grad[i] = sum_k op(A)[i, k]                     (bias_grad: m)
+};
+
+// For each of `batch` problems:  D = alpha * op(A) @ op(B) + beta * D,  op(A): m x k,
+// op(B): k x n, D: m x n, all row-major with row strides lda / ldb / ldd (elements) and batch
+// strides stride_a / stride_b / stride_d. A stored as m x k (k x m when trans_a).
+struct GemmParams {
+  DType ab_dtype = DType::kF32;  // A and B: f32, f64, bf16, f16, or fp8 e4m3 / e5m2
+  DType d_dtype = DType::kF32;   // D (and bias, aux, bias_grad): A's dtype, or bf16/f32 for fp8
+  int64_t m = 0, n = 0, k = 0;
+  const void* a = nullptr;
+  int64_t lda = 0, stride_a = 0;
+  bool trans_a = false;
+  const void* b = nullptr;
+  int64_t ldb = 0, stride_b = 0;
+  bool trans_b = false;
+  void* d = nullptr;
+  int64_t ldd = 0, stride_d = 0;
+  int64_t batch = 1;
+  double alpha = 1.0, beta = 0.0;
+  GemmEpilogue epilogue = GemmEpilogue::kNone;
+  const void* bias = nullptr;      // kBias, kGeluAux (optional)
+  void* aux = nullptr;             // kGeluAux (written), kDGelu / kDGeluBGrad (read)
+  int64_t ld_aux = 0;              // row stride of aux; a multiple of 8
+  void* bias_grad = nullptr;       // kDGeluBGrad, kBiasGradA
+  const float* a_scale = nullptr;  // fp8 only: device pointers to the per-tensor scales
+  const float* b_scale = nullptr;
+};
+
+// Runs the GEMM. Returns false (and does nothing) when cuBLASLt offers no algorithm for this
+// problem with its epilogue (callers then run an unfused fallback); throws kiln::Error on any
+// other cuBLASLt failure. A plain (kNone) GEMM that cannot run throws.
+bool gemm(const GemmParams& p);
+
+// Number of cached GEMM plans (tests check that repeats reuse them).
+int64_t gemm_plan_count();
+
+}  // namespace kiln::cuda

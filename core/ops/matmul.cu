@@ -1,0 +1,343 @@
+// CUDA matmul / linear through cuBLASLt (core/cuda/gemm.h): operands are passed with their strides
+// and transposes as layout flags (a transposed view is never copied), batches as strided batched
+// GEMMs (or folded into M), bias / bias+GELU fused into the forward epilogue, the bias gradient
+// into the weight-gradient GEMM and the GELU gradient (+ its bias gradient) into the GEMM that
+// produces the hidden gradient. Unfused fallbacks run where cuBLASLt offers no fused algorithm;
+// fp32/f64 GELU always runs the exact kiln kernel below (cuBLASLt's epilogue GELU is only used for
+// bf16/f16, whose rounding hides its approximation error).
+#include <cmath>
+
+#include "core/cuda/dtype.cuh"
+#include "core/cuda/gemm.h"
+#include "core/cuda/runtime.h"
+#include "core/ops/cuda_base_ops.h"
+
+namespace kiln::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// A matrix operand (..., R, C) as cuBLASLt sees it: a base pointer, the row stride of the stored
+// matrix, the stride between batch entries, and whether it is stored transposed (C x R).
+struct Operand {
+  Tensor keep;  // owns the storage (a contiguous copy when the view had no matrix layout)
+  const char* base = nullptr;
+  int64_t ld = 0, batch_stride = 0;
+  bool trans = false;
+};
+
+// Whether the leading (batch) dims of t walk memory with one stride; sets *stride.
+bool uniform_batch(const Tensor& t, int64_t* stride) {
+  *stride = 0;
+  int64_t inner_size = -1, inner_stride = 0;
+  for (int64_t d = t.dim() - 3; d >= 0; --d) {
+    if (t.size(d) == 1) continue;
+    if (inner_size < 0) {
+      *stride = t.strides()[d];
+    } else if (t.strides()[d] != inner_stride * inner_size) {
+      return false;
+    }
+    inner_size = t.size(d);
+    inner_stride = t.strides()[d];
+  }
+  return true;
+}
+
+Operand operand(const Tensor& t) {
+  Operand o;
+  const int64_t r = t.size(-2), c = t.size(-1);
+  const int64_t s2 = t.strides()[t.dim() - 2], s1 = t.strides()[t.dim() - 1];
+  int64_t bs = 0;
+  if (uniform_batch(t, &bs)) {
+    if ((c == 1 || s1 == 1) && (r == 1 || s2 >= std::max<int64_t>(c, 1))) {
+      o.keep = t;
+      o.ld = r == 1 ? std::max<int64_t>(c, 1) : s2;
+      o.trans = false;
+    } else if ((r == 1 || s2 == 1) && (c == 1 || s1 >= r)) {
+      o.keep = t;
+      o.ld = c == 1 ? std::max<int64_t>(r, 1) : s1;
+      o.trans = true;
+    }
+  }
+  if (!o.keep.defined()) {
+    o.keep = raw::contiguous(t);
+    o.ld = std::max<int64_t>(c, 1);
+    o.trans = false;
+    bs = r * c;
+  }
+  o.base = static_cast<const char*>(o.keep.raw());
+  o.batch_stride = bs;
+  return o;
+}
+
+// Runs p into out, or writes zeros (and zero bias grads) when the reduction dim is empty.
+void run_gemm(GemmParams p, const Tensor& out, const Tensor& bias_grad = Tensor()) {
+  if (out.numel() == 0) return;
+  if (p.k == 0) {
+    raw::fill(out, 0.0);
+    if (bias_grad.defined()) raw::fill(bias_grad, 0.0);
+    return;
+  }
+  KILN_CHECK(gemm(p)) << "internal: plain GEMM returned without running";
+}
+
+GemmParams params(DType dt, int64_t m, int64_t n, int64_t k, const Operand& a, bool ta,
+                  const Operand& b, bool tb, const Tensor& d) {
+  GemmParams p;
+  p.ab_dtype = p.d_dtype = dt;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.a = a.base;
+  p.lda = a.ld;
+  p.trans_a = ta != a.trans;
+  p.b = b.base;
+  p.ldb = b.ld;
+  p.trans_b = tb != b.trans;
+  p.d = d.raw();
+  p.ldd = n;
+  return p;
+}
+
+constexpr double kSqrt2OverPi = 0.7978845608028654;  // sqrt(2 / pi), as activation.cc
+constexpr double kGeluCoef = 0.044715;
+
+__device__ __forceinline__ float tanh_c(float v) { return tanhf(v); }
+__device__ __forceinline__ double tanh_c(double v) { return tanh(v); }
+
+// The CPU reference formulas of core/ops/activation.cc, in the compute type C.
+template <typename C>
+__device__ __forceinline__ C gelu_f(C x) {
+  const C t = tanh_c(C(kSqrt2OverPi) * (x + C(kGeluCoef) * x * x * x));
+  return C(0.5) * x * (C(1) + t);
+}
+template <typename C>
+__device__ __forceinline__ C gelu_grad(C x) {
+  const C t = tanh_c(C(kSqrt2OverPi) * (x + C(kGeluCoef) * x * x * x));
+  const C dinner = C(kSqrt2OverPi) * (C(1) + C(3 * kGeluCoef) * x * x);
+  return C(0.5) * (C(1) + t) + C(0.5) * x * (C(1) - t * t) * dinner;
+}
+
+template <typename S>
+__global__ void gelu_kernel(const S* __restrict__ x, S* __restrict__ y, int64_t n) {
+  using C = typename Elem<S>::C;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    Elem<S>::store(y, i, gelu_f<C>(Elem<S>::load(x, i)));
+}
+
+template <typename S>
+__global__ void gelu_backward_kernel(const S* __restrict__ g, const S* __restrict__ x,
+                                     S* __restrict__ out, int64_t n) {
+  using C = typename Elem<S>::C;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    Elem<S>::store(out, i, Elem<S>::load(g, i) * gelu_grad<C>(Elem<S>::load(x, i)));
+}
+
+Tensor gelu_exact(const Tensor& x) {
+  Tensor xc = raw::contiguous(x);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  const int64_t n = y.numel();
+  if (n == 0) return y;
+  KILN_CUDA_DISPATCH_STORAGE(x.dtype(), S, {
+    gelu_kernel<S><<<blocks_for(n, kThreads), kThreads, 0, compute_stream()>>>(
+        static_cast<const S*>(xc.raw()), static_cast<S*>(y.raw()), n);
+    KILN_CUDA_CHECK_LAUNCH();
+  });
+  return y;
+}
+
+bool fused_gelu_dtype(DType t) { return t == DType::kBF16 || t == DType::kF16; }
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  DeviceGuard guard(device_of(a));
+  const int64_t m = trans_a ? a.size(-1) : a.size(-2), k = trans_a ? a.size(-2) : a.size(-1);
+  const int64_t n = trans_b ? b.size(-2) : b.size(-1);
+  Shape out_shape(a.shape().begin(), a.shape().end() - 2);
+  const int64_t batch = shape_numel(out_shape);
+  out_shape.push_back(m);
+  out_shape.push_back(n);
+  Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
+  if (out.numel() == 0) return out;
+  Operand A = operand(a), B = operand(b);
+  GemmParams p = params(a.dtype(), m, n, k, A, trans_a, B, trans_b, out);
+  const size_t es = dtype_size(a.dtype());
+  if (b.dim() > 2) {  // strided batched
+    p.batch = batch;
+    p.stride_a = A.batch_stride;
+    p.stride_b = B.batch_stride;
+    p.stride_d = m * n;
+    run_gemm(p, out);
+    return out;
+  }
+  if (!p.trans_a && (batch == 1 || A.batch_stride == m * A.ld)) {  // fold the batch into M
+    p.m = batch * m;
+    run_gemm(p, out);
+    return out;
+  }
+  for (int64_t i = 0; i < batch; ++i) {  // b shared, a's batches not row-contiguous
+    p.a = A.base + i * A.batch_stride * static_cast<int64_t>(es);
+    p.d = static_cast<char*>(out.raw()) + i * m * n * static_cast<int64_t>(es);
+    Tensor oi = out.detach().reshape({batch, m, n}).narrow(0, i, 1);
+    run_gemm(p, oi);
+  }
+  return out;
+}
+
+Tensor linear_forward(const Tensor& x2, const Tensor& w, const Tensor& b) {
+  DeviceGuard guard(device_of(x2));
+  const int64_t rows = x2.size(0), in = x2.size(1), out_f = w.size(0);
+  Tensor out = Tensor::empty({rows, out_f}, x2.dtype(), x2.device());
+  if (out.numel() == 0) return out;
+  Operand X = operand(x2), W = operand(w);
+  GemmParams p = params(x2.dtype(), rows, out_f, in, X, false, W, true, out);
+  Tensor bc = b.defined() ? raw::contiguous(b) : Tensor();
+  if (bc.defined() && in > 0) {
+    p.epilogue = GemmEpilogue::kBias;
+    p.bias = bc.raw();
+    if (gemm(p)) return out;
+    p.epilogue = GemmEpilogue::kNone;  // no fused algorithm: bias added separately
+    p.bias = nullptr;
+  }
+  run_gemm(p, out);
+  if (bc.defined()) return binary(BinaryOp::kAdd, out, bc);
+  return out;
+}
+
+Tensor linear_gelu_forward(const Tensor& x2, const Tensor& w, const Tensor& b, Tensor* pre) {
+  DeviceGuard guard(device_of(x2));
+  const int64_t rows = x2.size(0), in = x2.size(1), out_f = w.size(0);
+  if (fused_gelu_dtype(x2.dtype()) && out_f % 8 == 0 && rows > 0 && in > 0 && out_f > 0) {
+    Tensor h = Tensor::empty({rows, out_f}, x2.dtype(), x2.device());
+    Tensor aux = Tensor::empty({rows, out_f}, x2.dtype(), x2.device());
+    Tensor bc = b.defined() ? raw::contiguous(b) : Tensor();
+    Operand X = operand(x2), W = operand(w);
+    GemmParams p = params(x2.dtype(), rows, out_f, in, X, false, W, true, h);
+    p.epilogue = GemmEpilogue::kGeluAux;
+    p.bias = bc.defined() ? bc.raw() : nullptr;
+    p.aux = aux.raw();
+    p.ld_aux = out_f;
+    if (gemm(p)) {
+      *pre = aux;
+      return h;
+    }
+  }
+  *pre = linear_forward(x2, w, b);
+  return gelu_exact(*pre);
+}
+
+Tensor gelu_input_grad(const Tensor& g, const Tensor& pre) {
+  DeviceGuard guard(device_of(g));
+  Tensor gc = raw::contiguous(g), pc = raw::contiguous(pre);
+  Tensor out = Tensor::empty(pre.shape(), pre.dtype(), pre.device());
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  KILN_CUDA_DISPATCH_STORAGE(pre.dtype(), S, {
+    gelu_backward_kernel<S><<<blocks_for(n, kThreads), kThreads, 0, compute_stream()>>>(
+        static_cast<const S*>(gc.raw()), static_cast<const S*>(pc.raw()),
+        static_cast<S*>(out.raw()), n);
+    KILN_CUDA_CHECK_LAUNCH();
+  });
+  return out;
+}
+
+void linear_backward(const Tensor& gy, const Tensor& x2, const Tensor& w, bool need_x, bool need_w,
+                     bool need_b, Tensor* gx, Tensor* gw, Tensor* gb) {
+  DeviceGuard guard(device_of(gy));
+  const int64_t rows = x2.size(0), in = x2.size(1), out_f = w.size(0);
+  const DType dt = x2.dtype();
+  Operand G = operand(gy);
+  if (need_x) {  // gx (rows, in) = gy (rows, out) @ w (out, in)
+    *gx = Tensor::empty({rows, in}, dt, x2.device());
+    Operand W = operand(w);
+    run_gemm(params(dt, rows, in, out_f, G, false, W, false, *gx), *gx);
+  }
+  if (need_w) {  // gw (out, in) = gy^T (out, rows) @ x2 (rows, in); gb = column sums of gy
+    *gw = Tensor::empty({out_f, in}, dt, x2.device());
+    Operand X = operand(x2);
+    GemmParams p = params(dt, out_f, in, rows, G, true, X, false, *gw);
+    if (need_b && gw->numel() > 0 && rows > 0) {
+      *gb = Tensor::empty({out_f}, dt, x2.device());
+      p.epilogue = GemmEpilogue::kBiasGradA;
+      p.bias_grad = gb->raw();
+      if (gemm(p)) return;
+      p.epilogue = GemmEpilogue::kNone;  // no fused algorithm: reduce separately
+      p.bias_grad = nullptr;
+    }
+    run_gemm(p, *gw);
+  }
+  if (need_b) *gb = sum_to(gy, {out_f});
+}
+
+Tensor matmul_dgelu(const Tensor& gy, const Tensor& w2, const Tensor& pre, Tensor* gb1) {
+  DeviceGuard guard(device_of(gy));
+  const int64_t rows = gy.size(0), c = gy.size(1), hid = w2.size(1);
+  Tensor pc = raw::contiguous(pre);
+  if (fused_gelu_dtype(gy.dtype()) && hid % 8 == 0 && rows > 0 && c > 0 && hid > 0) {
+    Tensor dpre = Tensor::empty({rows, hid}, gy.dtype(), gy.device());
+    Tensor bg = gb1 ? Tensor::empty({hid}, gy.dtype(), gy.device()) : Tensor();
+    Operand G = operand(gy), W = operand(w2);
+    GemmParams p = params(gy.dtype(), rows, hid, c, G, false, W, false, dpre);
+    p.epilogue = gb1 ? GemmEpilogue::kDGeluBGrad : GemmEpilogue::kDGelu;
+    p.aux = const_cast<void*>(pc.raw());
+    p.ld_aux = hid;
+    p.bias_grad = bg.defined() ? bg.raw() : nullptr;
+    if (gemm(p)) {
+      if (gb1) *gb1 = bg;
+      return dpre;
+    }
+  }
+  Tensor dpre = gelu_input_grad(matmul(gy, w2, false, false), pc);
+  if (gb1) *gb1 = sum_to(dpre, {hid});
+  return dpre;
+}
+
+Tensor linear_fp8(const Tensor& x, const Tensor& w, double x_scale, double w_scale, DType out_dtype,
+                  const Tensor& b) {
+  DeviceGuard guard(device_of(x));
+  KILN_CHECK(compute_capability() >= 89)
+      << "linear_fp8: fp8 GEMMs need compute capability 8.9 or newer (Ada / Hopper); this GPU "
+         "is "
+      << compute_capability() / 10 << "." << compute_capability() % 10;
+  const int64_t rows = x.size(0), k = x.size(1), n = w.size(0);
+  KILN_CHECK(k % 16 == 0 && n % 16 == 0)
+      << "linear_fp8: K and N must be multiples of 16 for fp8 cuBLASLt kernels, got K=" << k
+      << " N=" << n;
+  Tensor out = Tensor::empty({rows, n}, out_dtype, x.device());
+  if (out.numel() == 0) return out;
+  Tensor xc = raw::contiguous(x), wc = raw::contiguous(w);
+  Tensor xs = Tensor::full({}, x_scale, DType::kF32, x.device());
+  Tensor ws = Tensor::full({}, w_scale, DType::kF32, x.device());
+  GemmParams p;
+  p.ab_dtype = x.dtype();
+  p.d_dtype = out_dtype;
+  p.m = rows;
+  p.n = n;
+  p.k = k;
+  p.a = xc.raw();
+  p.lda = k;
+  p.b = wc.raw();
+  p.ldb = k;
+  p.trans_b = true;  // y = x w^T: cuBLASLt's "TN" layout, the one fp8 requires
+  p.d = out.raw();
+  p.ldd = n;
+  p.a_scale = xs.data<float>();
+  p.b_scale = ws.data<float>();
+  Tensor bc = b.defined() ? raw::convert(b, out_dtype) : Tensor();
+  if (bc.defined() && out_dtype == DType::kBF16) {
+    p.epilogue = GemmEpilogue::kBias;
+    p.bias = bc.raw();
+    if (gemm(p)) return out;
+    p.epilogue = GemmEpilogue::kNone;
+    p.bias = nullptr;
+  }
+  KILN_CHECK(gemm(p)) << "linear_fp8: cuBLASLt offers no fp8 algorithm for " << x.str() << " @ "
+                      << w.str() << "^T -> " << out_dtype;
+  if (bc.defined()) return binary(BinaryOp::kAdd, out, bc);
+  return out;
+}
+
+}  // namespace kiln::cuda

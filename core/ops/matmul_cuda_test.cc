@@ -1,0 +1,278 @@
+// CUDA matmul / linear / linear_gelu / mlp_gelu / linear_fp8 against the CPU reference (label gpu;
+// skip without a GPU), on fresh random inputs with every CUDA allocation poisoned (NaN) so any
+// output element cuBLASLt or a fallback leaves unwritten fails the comparison.
+//
+// Tolerances. f32/f64 results are compared with the exact product (the CPU op on f64 copies of
+// the same inputs). cuBLASLt and the reference add the K products in different orders; the
+// rounding error of an f32 dot product grows like sqrt(K) * 2^-24 * (its terms' magnitude), a
+// random walk, so the absolute term is K-dependent: atol = 1e-5 * sqrt(K / 64) * rms(reference)
+// on top of rtol = 1e-5 (at K = 1024 that is 4e-5 of the rms, while a single wrong product term
+// is ~1/sqrt(K) = 3% of it). TF32 stays off (CUBLAS_COMPUTE_32F). bf16/f16 results are compared
+// with the CPU op on the same bf16/f16 inputs (f32 accumulation, one rounding): within 1e-2
+// (bf16) / 2e-3 (f16) relative plus the same fraction of the rms for entries that cancel.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/autograd.h"
+#include "core/cuda/gemm.h"
+#include "core/ops/activation.h"
+#include "core/ops/elementwise.h"
+#include "core/ops/matmul.h"
+#include "core/testing/gpu_test_util.h"
+
+namespace kiln {
+namespace {
+
+using testing::GpuTest;
+using testing::random_tensor;
+using testing::same_bits;
+
+using MatmulCuda = GpuTest;
+
+const Device kGpu = Device::cuda(0);
+
+Tensor to_gpu(const Tensor& t) { return t.to(kGpu).detach(); }
+Tensor f64(const Tensor& t) { return t.to(Device::cpu()).to(DType::kF64).detach(); }
+
+double rms(const Tensor& t) {
+  double s = 0;
+  const std::vector<double> v = t.to_vector();
+  for (double d : v) s += d * d;
+  return v.empty() ? 0.0 : std::sqrt(s / static_cast<double>(v.size()));
+}
+
+double rtol_for(DType dt) {
+  switch (dt) {
+    case DType::kBF16:
+      return 1e-2;
+    case DType::kF16:
+      return 2e-3;
+    case DType::kF64:
+      return 1e-12;
+    default:
+      return 1e-5;
+  }
+}
+
+// got (GPU) against ref (CPU), with the K-dependent absolute term described at the top.
+void expect_gemm_close(const Tensor& got, const Tensor& ref, int64_t k, DType dt,
+                       const std::string& what) {
+  SCOPED_TRACE(what);
+  const double rtol = rtol_for(dt);
+  const double atol = rtol * std::sqrt(std::max<double>(1.0, k / 64.0)) * rms(ref) + 1e-30;
+  KILN_EXPECT_CLOSE(got, ref, rtol, atol);
+}
+
+// The reference: f32/f64 inputs -> the exact product from f64 copies; bf16/f16 inputs -> the CPU
+// op on the same low-precision values.
+Tensor reference_matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
+  const DType dt = a.dtype();
+  if (dt == DType::kF32 || dt == DType::kF64) return matmul(f64(a), f64(b), ta, tb);
+  return matmul(a, b, ta, tb);
+}
+
+struct MmCase {
+  Shape a, b;
+  bool ta, tb;
+};
+
+const MmCase kCases[] = {
+    {{67, 129}, {129, 45}, false, false},            // odd sizes
+    {{129, 67}, {129, 45}, true, false},             // trans_a
+    {{67, 129}, {45, 129}, false, true},             // trans_b
+    {{129, 67}, {45, 129}, true, true},              // both
+    {{256, 1024}, {1024, 384}, false, false},        // K = 1024
+    {{3, 5, 40, 24}, {3, 5, 24, 36}, false, false},  // batched
+    {{3, 5, 24, 40}, {3, 5, 36, 24}, true, true},    // batched, both transposed
+    {{4, 40, 24}, {24, 36}, false, false},           // b shared: batch folded into M
+    {{4, 24, 40}, {24, 36}, true, false},            // b shared, trans_a: one GEMM per batch
+    {{1, 1}, {1, 1}, false, false},                  // tiny
+    {{5, 0}, {0, 7}, false, false},                  // K = 0: zeros
+};
+
+TEST_F(MatmulCuda, MatchesCpuForEveryDtypeLayoutAndBatch) {
+  for (DType dt : {DType::kF32, DType::kBF16, DType::kF16, DType::kF64}) {
+    for (const MmCase& c : kCases) {
+      const std::string what = std::string(dtype_name(dt)) + " " + shape_str(c.a) +
+                               (c.ta ? "^T" : "") + " @ " + shape_str(c.b) + (c.tb ? "^T" : "");
+      Tensor a = random_tensor(c.a, 1, dt), b = random_tensor(c.b, 2, dt);
+      Tensor g = matmul(to_gpu(a), to_gpu(b), c.ta, c.tb);
+      EXPECT_EQ(g.dtype(), dt);
+      const int64_t k = c.ta ? c.a[c.a.size() - 2] : c.a.back();
+      expect_gemm_close(g, reference_matmul(a, b, c.ta, c.tb).to(dt), k, dt, what);
+    }
+  }
+}
+
+TEST_F(MatmulCuda, TransposedViewsUseLayoutFlags) {
+  // a and b given as transposed / narrowed views: the result must equal the contiguous case.
+  Tensor a = random_tensor({96, 130}, 3), b = random_tensor({70, 96}, 4);
+  Tensor ga = to_gpu(a), gb = to_gpu(b);
+  Tensor ref = reference_matmul(a.transpose(0, 1), b.transpose(0, 1), false, false);  // (130, 70)
+  expect_gemm_close(matmul(ga.transpose(0, 1), gb.transpose(0, 1)), ref, 96, DType::kF32, "views");
+  expect_gemm_close(matmul(ga, gb, true, true), ref, 96, DType::kF32, "flags");
+  // A batch of column slices (non-contiguous rows, uniform batch stride).
+  Tensor x = random_tensor({4, 30, 50}, 5), w = random_tensor({4, 20, 30}, 6);
+  Tensor xs = x.narrow(2, 10, 20), gxs = to_gpu(x).narrow(2, 10, 20);  // (4, 30, 20)
+  expect_gemm_close(matmul(to_gpu(w), gxs), reference_matmul(w, xs, false, false), 30, DType::kF32,
+                    "narrowed batch");
+  // A permuted batch (no single batch stride): copied, still right.
+  Tensor p = random_tensor({6, 5, 8, 9}, 7), q = random_tensor({5, 6, 9, 4}, 8);
+  Tensor pp = p.permute({1, 0, 2, 3});  // (5, 6, 8, 9)
+  expect_gemm_close(matmul(to_gpu(p).permute({1, 0, 2, 3}), to_gpu(q)),
+                    reference_matmul(pp.contiguous(), q, false, false), 9, DType::kF32,
+                    "permuted batch");
+}
+
+TEST_F(MatmulCuda, RepeatsAreBitIdenticalAndReusePlans) {
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    Tensor a = to_gpu(random_tensor({512, 768}, 9, dt));
+    Tensor b = to_gpu(random_tensor({2304, 768}, 10, dt));
+    Tensor y1 = matmul(a, b, false, true);
+    const int64_t plans = cuda::gemm_plan_count();
+    Tensor y2 = matmul(a, b, false, true);
+    EXPECT_EQ(cuda::gemm_plan_count(), plans);
+    EXPECT_TRUE(same_bits(y1, y2)) << dtype_name(dt);
+  }
+}
+
+TEST_F(MatmulCuda, MatmulGradientsMatchCpu) {
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    Tensor a = random_tensor({3, 40, 24}, 11, dt), b = random_tensor({3, 36, 24}, 12, dt);
+    Tensor ga = to_gpu(a), gb = to_gpu(b);
+    for (Tensor* t : {&a, &b, &ga, &gb}) t->set_requires_grad(true);
+    Tensor gy = random_tensor({3, 40, 36}, 13, dt);
+    matmul(a, b, false, true).backward(gy);
+    matmul(ga, gb, false, true).backward(to_gpu(gy));
+    // The CPU grads are computed in f32 (rounded to dt), compared with dt's tolerance; K = 36 / 40.
+    expect_gemm_close(ga.grad(), a.grad(), 36, dt, "da");
+    expect_gemm_close(gb.grad(), b.grad(), 40, dt, "db");
+  }
+}
+
+struct LinearInputs {
+  Tensor x, w, b, gy;  // CPU
+};
+
+LinearInputs linear_inputs(DType dt, int64_t in, int64_t out, uint64_t seed) {
+  LinearInputs li;
+  li.x = random_tensor({4, 24, in}, seed, dt);
+  li.w = random_tensor({out, in}, seed + 1, dt, Device::cpu(), 1.0 / std::sqrt(in));
+  li.b = random_tensor({out}, seed + 2, dt);
+  li.gy = random_tensor({4, 24, out}, seed + 3, dt);
+  return li;
+}
+
+// Runs f on CPU leaves and on GPU leaves (same values), backward with gy, and compares the output
+// and every input gradient. k_of[i]: the reduction length behind output / gradient i.
+template <typename F>
+void check_fwd_bwd(F f, const std::vector<Tensor>& inputs, const Tensor& gy, DType dt,
+                   const std::vector<int64_t>& k_of, const std::vector<bool>& needs_grad) {
+  std::vector<Tensor> c, g;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    c.push_back(inputs[i].defined() ? inputs[i].detach() : Tensor());
+    g.push_back(inputs[i].defined() ? to_gpu(inputs[i]) : Tensor());
+    if (c[i].defined() && needs_grad[i]) {
+      c[i].set_requires_grad(true);
+      g[i].set_requires_grad(true);
+    }
+  }
+  // f32: the CPU reference runs on f64 copies (exact); bf16: on the same bf16 values.
+  std::vector<Tensor> r = c;
+  if (dt == DType::kF32) {
+    for (size_t i = 0; i < r.size(); ++i) {
+      if (!r[i].defined()) continue;
+      r[i] = f64(r[i]);
+      if (needs_grad[i]) r[i].set_requires_grad(true);
+    }
+  }
+  Tensor yr = f(r), yg = f(g);
+  EXPECT_EQ(yg.device(), kGpu);
+  expect_gemm_close(yg, yr.to(dt), k_of[0], dt, "output");
+  yr.backward(dt == DType::kF32 ? f64(gy) : gy);
+  yg.backward(to_gpu(gy));
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!inputs[i].defined() || !needs_grad[i]) continue;
+    ASSERT_TRUE(g[i].grad().defined()) << "input " << i;
+    expect_gemm_close(g[i].grad(), r[i].grad().to(dt), k_of[i + 1], dt,
+                      "grad of input " + std::to_string(i));
+  }
+}
+
+TEST_F(MatmulCuda, LinearForwardAndBackwardWithFusedBias) {
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    LinearInputs li = linear_inputs(dt, 96, 136, 20);
+    auto f = [](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); };
+    // k: output over IN; dx over OUT; dw over rows (4 * 24); db over rows.
+    check_fwd_bwd(f, {li.x, li.w, li.b}, li.gy, dt, {96, 136, 96, 96}, {true, true, true});
+    // No bias; and a bias-only gradient (weights frozen).
+    auto f2 = [](const std::vector<Tensor>& t) { return linear(t[0], t[1]); };
+    check_fwd_bwd(f2, {li.x, li.w}, li.gy, dt, {96, 136, 96}, {true, true});
+    check_fwd_bwd(f, {li.x, li.w, li.b}, li.gy, dt, {96, 136, 96, 96}, {false, false, true});
+  }
+}
+
+TEST_F(MatmulCuda, LinearGeluMatchesComposedCpu) {
+  // bf16 takes the GELU_AUX_BIAS epilogue forward; f32 the exact GELU kernel. OUT = 136 is a
+  // multiple of 8 (the epilogue's requirement); OUT = 50 takes the unfused path in both dtypes.
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    for (int64_t out : {136, 50}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " OUT=" + std::to_string(out));
+      LinearInputs li = linear_inputs(dt, 64, out, 30);
+      auto f = [](const std::vector<Tensor>& t) { return linear_gelu(t[0], t[1], t[2]); };
+      check_fwd_bwd(f, {li.x, li.w, li.b}, li.gy, dt, {64, out, 96, 96}, {true, true, true});
+    }
+  }
+}
+
+TEST_F(MatmulCuda, MlpGeluMatchesComposedCpu) {
+  // bf16: backward computes the hidden gradient with the DGELU_BGRAD epilogue and b2's gradient
+  // with BGRADB; f32: unfused kiln kernels. C = 64, H = 256.
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    Tensor x = random_tensor({4, 24, 64}, 40, dt);
+    Tensor w1 = random_tensor({256, 64}, 41, dt, Device::cpu(), 0.125);
+    Tensor b1 = random_tensor({256}, 42, dt);
+    Tensor w2 = random_tensor({64, 256}, 43, dt, Device::cpu(), 0.0625);
+    Tensor b2 = random_tensor({64}, 44, dt);
+    Tensor gy = random_tensor({4, 24, 64}, 45, dt);
+    auto f = [](const std::vector<Tensor>& t) { return mlp_gelu(t[0], t[1], t[2], t[3], t[4]); };
+    // k: output over H (and C before it); dx over H; dw1, db1, dw2, db2 over the 96 rows.
+    check_fwd_bwd(f, {x, w1, b1, w2, b2}, gy, dt, {256, 256, 96, 96, 96, 96},
+                  {true, true, true, true, true});
+    // Without biases, only some inputs needing grads.
+    auto g = [](const std::vector<Tensor>& t) {
+      return mlp_gelu(t[0], t[1], Tensor(), t[2], Tensor());
+    };
+    check_fwd_bwd(g, {x, w1, w2}, gy, dt, {256, 256, 96, 96}, {false, true, false});
+  }
+}
+
+// v / s rounded to fp8 e4m3 on the CPU.
+Tensor scale_down(const Tensor& v, double s) { return scale(v, 1.0 / s).to(DType::kF8E4M3); }
+
+TEST_F(MatmulCuda, Fp8LinearOnHopper) {
+  if (cuda::compute_capability() < 89) GTEST_SKIP() << "fp8 GEMMs need sm_89+";
+  // Quantize random values to e4m3 with per-tensor scales; the reference is the exact product of
+  // the dequantized values (f64). Hopper's fp8 tensor cores accumulate with fewer than f32's
+  // mantissa bits between promotions, so even the f32 output is held to the bf16 tolerance.
+  const int64_t m = 96, k = 256, n = 128;
+  Tensor xf = random_tensor({m, k}, 50),
+         wf = random_tensor({n, k}, 51, DType::kF32, Device::cpu(), 0.05);
+  const double xs = 1.0 / 64, ws = 1.0 / 2048;  // stored = value / scale, inside e4m3's range
+  Tensor xq = scale_down(xf, xs), wq = scale_down(wf, ws);
+  Tensor b = random_tensor({n}, 52, DType::kBF16);
+  Tensor ref = add(matmul(scale(f64(xq), xs), scale(f64(wq), ws), false, true), f64(b));
+  for (DType od : {DType::kBF16, DType::kF32}) {
+    SCOPED_TRACE(dtype_name(od));
+    Tensor y = linear_fp8(to_gpu(xq), to_gpu(wq), xs, ws, od, to_gpu(b));
+    EXPECT_EQ(y.dtype(), od);
+    expect_gemm_close(y, ref.to(od), k, DType::kBF16, "fp8 linear");
+  }
+}
+
+}  // namespace
+}  // namespace kiln

@@ -1,0 +1,270 @@
+// CUDA reductions: sums (optionally of squares) over any set of dims of a strided tensor, in a
+// fixed order so repeated runs are bit-identical: each output is summed by one block (reduced
+// elements adjacent in memory) or one column of a 32x8 block (outputs adjacent), in f64, over
+// chunks whose layout depends on the shape alone; chunk partials are added in chunk order by a
+// second pass. Also the broadcast-back kernel of their backward.
+#include <algorithm>
+#include <cstdlib>
+
+#include "core/cuda/dtype.cuh"
+#include "core/cuda/runtime.h"
+#include "core/cuda/strided.cuh"
+#include "core/ops/cuda_base_ops.h"
+
+namespace kiln::cuda {
+namespace {
+
+constexpr int kInnerThreads = 256;
+constexpr int kOuterX = 32, kOuterY = 8;
+
+// A list of coalesced dims (outermost first) mapping an index to an element offset.
+struct DimList {
+  int n = 0;
+  int64_t size[kMaxDims] = {};
+  int64_t stride[kMaxDims] = {};
+
+  __device__ __forceinline__ int64_t offset(int64_t i) const {
+    if (n == 0) return 0;
+    if (n == 1) return i * stride[0];
+    int64_t off = 0;
+    for (int d = n - 1; d >= 0; --d) {
+      off += (i % size[d]) * stride[d];
+      i /= size[d];
+    }
+    return off;
+  }
+};
+
+struct ReduceGeom {
+  DimList kept, red;
+  int64_t m = 1, r = 1;  // number of outputs, elements reduced into each
+  int64_t chunk = 1;     // reduced elements per chunk
+  int64_t chunks = 1;    // chunks per output (1: write the output directly)
+};
+
+// Appends (size, stride) dims, outermost first, dropping size-1 dims and merging a dim into the
+// previous one when they are contiguous with each other.
+DimList make_dims(const std::vector<std::pair<int64_t, int64_t>>& dims) {
+  DimList l;
+  for (const auto& [sz, st] : dims) {
+    if (sz == 1) continue;
+    if (l.n > 0 && l.stride[l.n - 1] == st * sz) {
+      l.size[l.n - 1] *= sz;
+      l.stride[l.n - 1] = st;
+      continue;
+    }
+    KILN_CHECK(l.n < kMaxDims) << "CUDA reduction: more than " << kMaxDims << " separate dims";
+    l.size[l.n] = sz;
+    l.stride[l.n] = st;
+    ++l.n;
+  }
+  return l;
+}
+
+// Fixed-order block sum of v; the result is valid in thread 0.
+template <int kThreads>
+__device__ __forceinline__ double block_sum(double v) {
+  __shared__ double warp_sums[kThreads / 32];
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  if ((tid & 31) == 0) warp_sums[tid >> 5] = v;
+  __syncthreads();
+  double total = 0;
+  if (tid == 0) {
+    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
+  }
+  return total;
+}
+
+template <typename S, bool kSquare>
+__device__ __forceinline__ double load_term(const S* x, int64_t off) {
+  const double v = static_cast<double>(Elem<S>::load(x, off));
+  return kSquare ? v * v : v;
+}
+
+// One block per (output, chunk); the threads stride over the chunk's reduced elements.
+template <typename S, bool kSquare>
+__global__ void __launch_bounds__(kInnerThreads)
+    reduce_inner_kernel(const S* __restrict__ x, ReduceGeom g, double* __restrict__ partial,
+                        void* out, DType out_dtype, double div) {
+  const int64_t m = blockIdx.x, c = blockIdx.y;
+  const int64_t base = g.kept.offset(m);
+  const int64_t r0 = c * g.chunk, r1 = min(g.r, r0 + g.chunk);
+  double acc = 0;
+  for (int64_t r = r0 + threadIdx.x; r < r1; r += kInnerThreads)
+    acc += load_term<S, kSquare>(x, base + g.red.offset(r));
+  const double total = block_sum<kInnerThreads>(acc);
+  if (threadIdx.x == 0) {
+    if (g.chunks == 1) {
+      store_from_double(out, out_dtype, m, total / div);
+    } else {
+      partial[m * g.chunks + c] = total;
+    }
+  }
+}
+
+// A 32x8 block covers 32 adjacent outputs; its 8 rows stride over the chunk's reduced elements.
+template <typename S, bool kSquare>
+__global__ void __launch_bounds__(kOuterX* kOuterY)
+    reduce_outer_kernel(const S* __restrict__ x, ReduceGeom g, double* __restrict__ partial,
+                        void* out, DType out_dtype, double div) {
+  __shared__ double sm[kOuterY][kOuterX + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) * kOuterX + tx, c = blockIdx.y;
+  double acc = 0;
+  if (m < g.m) {
+    const int64_t base = g.kept.offset(m);
+    const int64_t r0 = c * g.chunk, r1 = min(g.r, r0 + g.chunk);
+    for (int64_t r = r0 + ty; r < r1; r += kOuterY)
+      acc += load_term<S, kSquare>(x, base + g.red.offset(r));
+  }
+  sm[ty][tx] = acc;
+  __syncthreads();
+  if (ty == 0 && m < g.m) {
+    double total = 0;
+    for (int k = 0; k < kOuterY; ++k) total += sm[k][tx];
+    if (g.chunks == 1) {
+      store_from_double(out, out_dtype, m, total / div);
+    } else {
+      partial[m * g.chunks + c] = total;
+    }
+  }
+}
+
+// Splits r into chunks: enough blocks to fill the GPU, as a function of the shape only.
+void plan_chunks(ReduceGeom* g, int64_t blocks_per_chunk, int64_t min_chunk) {
+  int64_t chunks = std::max<int64_t>(
+      1, std::min<int64_t>(1024 / std::max<int64_t>(blocks_per_chunk, 1), g->r / min_chunk));
+  chunks = std::min<int64_t>(chunks, 1024);
+  g->chunk = (g->r + chunks - 1) / chunks;
+  g->chunks = (g->r + g->chunk - 1) / g->chunk;
+}
+
+template <typename S, bool kSquare>
+void launch_pass(const S* x, const ReduceGeom& g, bool inner, double* partial, void* out,
+                 DType out_dtype, double div) {
+  cudaStream_t s = compute_stream();
+  if (inner) {
+    dim3 grid(static_cast<unsigned>(g.m), static_cast<unsigned>(g.chunks));
+    reduce_inner_kernel<S, kSquare>
+        <<<grid, kInnerThreads, 0, s>>>(x, g, partial, out, out_dtype, div);
+  } else {
+    dim3 grid(static_cast<unsigned>((g.m + kOuterX - 1) / kOuterX),
+              static_cast<unsigned>(g.chunks));
+    reduce_outer_kernel<S, kSquare>
+        <<<grid, dim3(kOuterX, kOuterY), 0, s>>>(x, g, partial, out, out_dtype, div);
+  }
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+template <typename S, typename I>
+__global__ void expand_kernel(const S* __restrict__ g, S* __restrict__ out, StridedIter<2> it, I n,
+                              double div) {
+  using C = typename Elem<S>::C;
+  for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<I>(gridDim.x) * blockDim.x) {
+    I off[2];
+    it.offsets(i, off);
+    const double v = static_cast<double>(Elem<S>::load(g, off[1])) / div;
+    Elem<S>::store(out, off[0], static_cast<C>(v));
+  }
+}
+
+}  // namespace
+
+void reduce_sum(const Tensor& x, const std::vector<bool>& reduce, const Tensor& out, double div,
+                bool square) {
+  KILN_CHECK(static_cast<int64_t>(reduce.size()) == x.dim())
+      << "internal: reduce mask of " << reduce.size() << " for " << x.str();
+  KILN_CHECK(out.is_contiguous() && out.device() == x.device())
+      << "internal: reduce output " << out.str() << " for " << x.str();
+  DeviceGuard guard(device_of(x));
+  const DType t = x.dtype();
+  if (t != DType::kF32 && t != DType::kF64 && t != DType::kBF16 && t != DType::kF16)
+    return reduce_sum(raw::convert(x, DType::kF64), reduce, out, div, square);  // fp8, integers
+  std::vector<std::pair<int64_t, int64_t>> kept, red;
+  int64_t min_stride = -1;
+  bool min_is_reduced = false;
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    const int64_t sz = x.size(d), st = x.strides()[d];
+    (reduce[d] ? red : kept).emplace_back(sz, st);
+    if (sz > 1 && (min_stride < 0 || std::abs(st) < min_stride)) {
+      min_stride = std::abs(st);
+      min_is_reduced = reduce[d];
+    }
+  }
+  ReduceGeom g;
+  g.kept = make_dims(kept);
+  g.red = make_dims(red);
+  g.m = 1;
+  for (const auto& [sz, st] : kept) g.m *= sz;
+  g.r = 1;
+  for (const auto& [sz, st] : red) g.r *= sz;
+  KILN_CHECK(out.numel() == g.m) << "internal: reduce output " << out.str() << " for " << g.m
+                                 << " outputs of " << x.str();
+  if (g.m == 0) return;
+  if (g.r == 0) {  // an empty sum is 0 (a mean of nothing is 0/0 = NaN, as on the CPU)
+    raw::fill(out, 0.0 / div);
+    return;
+  }
+  const bool inner = min_is_reduced;
+  if (inner) {
+    plan_chunks(&g, g.m, 4096);
+  } else {
+    plan_chunks(&g, (g.m + kOuterX - 1) / kOuterX, 128);
+  }
+  Tensor partial;
+  if (g.chunks > 1) partial = Tensor::empty({g.m * g.chunks}, DType::kF64, x.device());
+  double* pp = partial.defined() ? partial.data<double>() : nullptr;
+  KILN_CUDA_DISPATCH_STORAGE(x.dtype(), S, {
+    if (square) {
+      launch_pass<S, true>(static_cast<const S*>(x.raw()), g, inner, pp, out.raw(), out.dtype(),
+                           div);
+    } else {
+      launch_pass<S, false>(static_cast<const S*>(x.raw()), g, inner, pp, out.raw(), out.dtype(),
+                            div);
+    }
+  });
+  if (g.chunks == 1) return;
+  // Second pass: each output's chunk partials, added in chunk order by one block.
+  ReduceGeom g2;
+  g2.kept = make_dims({{g.m, g.chunks}});
+  g2.red = make_dims({{g.chunks, 1}});
+  g2.m = g.m;
+  g2.r = g.chunks;
+  g2.chunk = g.chunks;
+  g2.chunks = 1;
+  launch_pass<double, false>(pp, g2, true, nullptr, out.raw(), out.dtype(), div);
+}
+
+Tensor reduce_expand(const Tensor& g, const Shape& in_shape, std::optional<int64_t> dim,
+                     double div) {
+  DeviceGuard guard(device_of(g));
+  Tensor gc = raw::contiguous(g);
+  Tensor out = Tensor::empty(in_shape, g.dtype(), g.device());
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  // g's strides seen at in_shape: 0 along the reduced dim (or everywhere for a full reduction).
+  Shape gs(in_shape.size(), 0);
+  if (dim) {
+    Shape keep = in_shape;
+    keep[*dim] = 1;
+    gs = contiguous_strides(keep);
+    gs[*dim] = 0;
+  }
+  StridedIter<2> it = make_strided_iter<2>(in_shape, {out.strides(), gs});
+  KILN_CUDA_DISPATCH_STORAGE(g.dtype(), S, {
+    const S* pg = static_cast<const S*>(gc.raw());
+    S* po = static_cast<S*>(out.raw());
+    if (fits_int32(it, n)) {
+      expand_kernel<S, uint32_t>
+          <<<blocks_for(n), 256, 0, compute_stream()>>>(pg, po, it, static_cast<uint32_t>(n), div);
+    } else {
+      expand_kernel<S, int64_t><<<blocks_for(n), 256, 0, compute_stream()>>>(pg, po, it, n, div);
+    }
+    KILN_CUDA_CHECK_LAUNCH();
+  });
+  return out;
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,176 @@
+// GPU-vs-CPU tests of the optimizers and gradient utilities (label gpu; skip without a GPU): the
+// fused multi-tensor AdamW against the CPU AdamW over several steps (launches split by the tensor
+// and block limits), SGD, grad_norm / clip / scale_grads / grads_non_finite, bit-identical repeats
+// of the norm, and no cudaMalloc in the optimizer's steady state.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "core/testing/gpu_test_util.h"
+#include "optim/optimizer.h"
+
+namespace kiln::optim {
+namespace {
+
+using testing::GpuTest;
+using testing::random_tensor;
+
+using OptimCuda = GpuTest;
+
+// Parameter sizes: 40 tensors (more than the 32 a launch takes), one of them longer than 320
+// chunks of 64Ki elements (more blocks than a launch takes), odd sizes to exercise chunk tails.
+std::vector<int64_t> param_sizes() {
+  std::vector<int64_t> s = {1, 7, 768, 65535, 65536, 65537, 3 * 65536 + 11, 21000001};
+  for (int i = 0; i < 32; ++i) s.push_back(97 * i + 5);
+  return s;
+}
+
+struct ParamPair {
+  std::vector<nn::Parameter> cpu, gpu;
+};
+
+ParamPair make_params(uint64_t seed) {
+  ParamPair pp;
+  const auto sizes = param_sizes();
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    Tensor c = random_tensor({sizes[i]}, seed + i);
+    Tensor g = c.to(Device::cuda(0)).detach();
+    c.set_requires_grad(true);
+    g.set_requires_grad(true);
+    const std::string name = "p" + std::to_string(i);
+    const bool decay = i % 2 == 0;
+    pp.cpu.push_back({name, c, nn::ShardKind::kReplicated, decay});
+    pp.gpu.push_back({name, g, nn::ShardKind::kReplicated, decay});
+  }
+  return pp;
+}
+
+// Gives both copies the same fresh random gradient (in grad_dtype on the GPU; the CPU copy holds
+// the same values in f32). Parameter `skip` gets no gradient (no update that step).
+void set_grads(ParamPair& pp, uint64_t seed, DType grad_dtype, int skip = -1) {
+  for (size_t i = 0; i < pp.cpu.size(); ++i) {
+    if (static_cast<int>(i) == skip) {
+      pp.cpu[i].tensor.zero_grad();
+      pp.gpu[i].tensor.zero_grad();
+      continue;
+    }
+    Tensor g =
+        random_tensor(pp.cpu[i].tensor.shape(), seed * 1000 + i, grad_dtype, Device::cpu(), 0.01);
+    pp.gpu[i].tensor.set_grad(g.to(Device::cuda(0)).detach());
+    pp.cpu[i].tensor.set_grad(g.to(DType::kF32).detach());
+  }
+}
+
+// The GPU kernel mirrors adamw_update operation by operation with one rounding each (no FMA
+// contraction), so parameters and moments are expected to be bit-identical; 1e-6 relative leaves
+// room only for a differently compiled CPU reference, far below any real bug.
+void expect_same_state(const std::vector<nn::Parameter>& cpu, const std::vector<nn::Parameter>& gpu,
+                       Optimizer& oc, Optimizer& og) {
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    const double scale = testing::mean_abs(cpu[i].tensor);
+    KILN_EXPECT_CLOSE(gpu[i].tensor, cpu[i].tensor, 1e-6, 1e-7 * scale + 1e-30);
+  }
+  auto sc = oc.state(), sg = og.state();
+  ASSERT_EQ(sc.size(), sg.size());
+  for (size_t i = 0; i < sc.size(); ++i) {
+    const double scale = testing::mean_abs(sc[i].second);
+    KILN_EXPECT_CLOSE(sg[i].second, sc[i].second, 1e-6, 1e-7 * scale + 1e-30);
+  }
+}
+
+TEST_F(OptimCuda, AdamWMatchesCpuOverSteps) {
+  for (DType gd : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(dtype_name(gd));
+    ParamPair pp = make_params(11);
+    AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+    AdamW cpu(pp.cpu, o), gpu(pp.gpu, o);
+    for (int step = 1; step <= 4; ++step) {
+      set_grads(pp, step, gd, /*skip=*/step == 3 ? 5 : -1);
+      cpu.step(1e-3 * step);
+      gpu.step(1e-3 * step);
+    }
+    expect_same_state(pp.cpu, pp.gpu, cpu, gpu);
+  }
+}
+
+TEST_F(OptimCuda, AdamWSteadyStateDoesNoCudaMalloc) {
+  ParamPair pp = make_params(3);
+  AdamW gpu(pp.gpu, AdamWOptions{});
+  set_grads(pp, 1, DType::kBF16);
+  gpu.step(1e-3);  // warm-up: the f32 copies of bf16 grads come from the cache from now on
+  cuda::synchronize();
+  const int64_t before = cuda::allocator_counters().device_mallocs;
+  for (int i = 0; i < 3; ++i) {
+    gpu.step(1e-3);
+    (void)grad_norm(pp.gpu);
+    scale_grads(pp.gpu, 0.5);
+  }
+  cuda::synchronize();
+  EXPECT_EQ(cuda::allocator_counters().device_mallocs, before);
+}
+
+TEST_F(OptimCuda, SgdMatchesCpu) {
+  ParamPair pp = make_params(5);
+  SGD cpu(pp.cpu, 0.9, 0.01), gpu(pp.gpu, 0.9, 0.01);
+  for (int step = 1; step <= 3; ++step) {
+    set_grads(pp, 40 + step, DType::kF32);
+    cpu.step(0.1);
+    gpu.step(0.1);
+  }
+  expect_same_state(pp.cpu, pp.gpu, cpu, gpu);
+}
+
+TEST_F(OptimCuda, GradNormMatchesCpuAndRepeatsBitIdentically) {
+  for (DType gd : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(dtype_name(gd));
+    ParamPair pp = make_params(7);
+    set_grads(pp, 9, gd, /*skip=*/2);
+    const double c = grad_norm(pp.cpu), g1 = grad_norm(pp.gpu), g2 = grad_norm(pp.gpu);
+    // Both sum f64 squares of the same values, in different orders: f64 round-off only.
+    EXPECT_NEAR(g1, c, 1e-12 * c);
+    EXPECT_EQ(std::memcmp(&g1, &g2, sizeof(double)), 0) << g1 << " vs " << g2;
+    EXPECT_GT(c, 0.0);
+  }
+}
+
+TEST_F(OptimCuda, ScaleAndClipMatchCpu) {
+  for (DType gd : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(dtype_name(gd));
+    ParamPair pp = make_params(13);
+    set_grads(pp, 21, gd);
+    // Give the CPU copy the GPU's dtype so both round the scaled values the same way.
+    for (size_t i = 0; i < pp.cpu.size(); ++i)
+      pp.cpu[i].tensor.set_grad(pp.gpu[i].tensor.grad().to(Device::cpu()).detach());
+    scale_grads(pp.cpu, 0.37);
+    scale_grads(pp.gpu, 0.37);
+    const double nc = clip_grad_norm(pp.cpu, 1e-3), ng = clip_grad_norm(pp.gpu, 1e-3);
+    EXPECT_NEAR(ng, nc, 1e-12 * nc);
+    for (size_t i = 0; i < pp.cpu.size(); ++i) {
+      // mul_ rounds exactly as on the CPU; the clip factor derives from norms equal to ~1e-16.
+      const double scale = testing::mean_abs(pp.cpu[i].tensor.grad());
+      KILN_EXPECT_CLOSE(pp.gpu[i].tensor.grad(), pp.cpu[i].tensor.grad(), 1e-6,
+                        1e-7 * scale + 1e-30);
+    }
+  }
+}
+
+TEST_F(OptimCuda, GradsNonFiniteFindsInfAndNan) {
+  ParamPair pp = make_params(17);
+  set_grads(pp, 23, DType::kBF16);
+  EXPECT_FALSE(grads_non_finite(pp.gpu));
+  for (double bad :
+       {std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity(),
+        std::numeric_limits<double>::quiet_NaN()}) {
+    SCOPED_TRACE(bad);
+    Tensor g = pp.gpu[7].tensor.grad();  // 21M elements: the bad value sits deep in the tensor
+    Tensor saved = g.clone();
+    g.narrow(0, 12345678, 1).fill_(bad);
+    EXPECT_TRUE(grads_non_finite(pp.gpu));
+    g.copy_(saved);
+    EXPECT_FALSE(grads_non_finite(pp.gpu));
+  }
+}
+
+}  // namespace
+}  // namespace kiln::optim

@@ -1,0 +1,326 @@
+// Multi-tensor CUDA kernels for the optimizers: tensors are cut into fixed 64Ki-element chunks and
+// each block handles one chunk of one tensor, with the tensor pointers and the chunk table passed
+// as kernel arguments (no host-to-device copies), so AdamW over all parameters is a few launches.
+// The chunk layout depends only on the tensor sizes, which makes the sum of squares (per-chunk
+// f64 partials added in chunk order) bit-identical across runs.
+#include <cmath>
+
+#include "core/check.h"
+#include "core/cuda/dtype.cuh"
+#include "core/cuda/runtime.h"
+#include "core/ops/cuda_base_ops.h"
+#include "optim/optimizer_cuda.h"
+
+namespace kiln::optim::cuda {
+namespace {
+
+using kiln::cuda::compute_stream;
+using kiln::cuda::DeviceGuard;
+
+constexpr int kMaxTensors = 32;    // tensors per launch
+constexpr int kMaxBlocks = 320;    // chunks (blocks) per launch
+constexpr int64_t kChunk = 65536;  // elements per chunk
+constexpr int kThreads = 512;
+
+__device__ __forceinline__ float load_f32(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::kF32:
+      return static_cast<const float*>(p)[i];
+    case DType::kBF16:
+      return kiln::cuda::bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::kF16:
+      return kiln::cuda::f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+    default:
+      return static_cast<float>(static_cast<const double*>(p)[i]);
+  }
+}
+
+// The chunk table shared by every multi-tensor launch.
+struct ChunkTable {
+  int64_t n[kMaxTensors];
+  uint8_t tensor[kMaxBlocks];
+  int32_t chunk[kMaxBlocks];
+};
+
+struct AdamWArgs {
+  float* p[kMaxTensors];
+  const void* g[kMaxTensors];
+  float* m[kMaxTensors];
+  float* v[kMaxTensors];
+  float keep[kMaxTensors];  // 1 - lr * decay
+  DType gtype[kMaxTensors];
+  ChunkTable table;
+};
+
+struct AdamWScalars {
+  float b1, b2, one_minus_b1, one_minus_b2, c1, c2, lr, eps;
+};
+
+// Mirrors adamw_update (optim/optimizer.cc) operation by operation, each rounded once.
+__global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWArgs a, AdamWScalars s) {
+  const int t = a.table.tensor[blockIdx.x];
+  const int64_t start = static_cast<int64_t>(a.table.chunk[blockIdx.x]) * kChunk;
+  const int64_t end = min(a.table.n[t], start + kChunk);
+  float* __restrict__ p = a.p[t];
+  float* __restrict__ m = a.m[t];
+  float* __restrict__ v = a.v[t];
+  const void* g = a.g[t];
+  const DType gt = a.gtype[t];
+  const float keep = a.keep[t];
+  for (int64_t i = start + threadIdx.x; i < end; i += kThreads) {
+    const float gi = load_f32(g, gt, i);
+    const float mi = __fadd_rn(__fmul_rn(s.b1, m[i]), __fmul_rn(s.one_minus_b1, gi));
+    const float vi = __fadd_rn(__fmul_rn(s.b2, v[i]), __fmul_rn(__fmul_rn(s.one_minus_b2, gi), gi));
+    m[i] = mi;
+    v[i] = vi;
+    const float mh = __fmul_rn(mi, s.c1), vh = __fmul_rn(vi, s.c2);
+    const float step = __fdiv_rn(__fmul_rn(s.lr, mh), __fadd_rn(__fsqrt_rn(vh), s.eps));
+    p[i] = __fsub_rn(__fmul_rn(p[i], keep), step);
+  }
+}
+
+struct SumSqArgs {
+  const void* x[kMaxTensors];
+  DType xtype[kMaxTensors];
+  ChunkTable table;
+  int64_t block_offset;  // index of this launch's first chunk among all chunks
+};
+
+__global__ void __launch_bounds__(kThreads)
+    sumsq_kernel(SumSqArgs a, double* __restrict__ partial) {
+  __shared__ double warp_sums[kThreads / 32];
+  const int t = a.table.tensor[blockIdx.x];
+  const int64_t start = static_cast<int64_t>(a.table.chunk[blockIdx.x]) * kChunk;
+  const int64_t end = min(a.table.n[t], start + kChunk);
+  double acc = 0;
+  for (int64_t i = start + threadIdx.x; i < end; i += kThreads) {
+    const double x = kiln::cuda::load_as_double(a.x[t], a.xtype[t], i);
+    acc += x * x;
+  }
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0;
+    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
+    partial[a.block_offset + blockIdx.x] = total;
+  }
+}
+
+struct ScaleArgs {
+  void* x[kMaxTensors];
+  DType xtype[kMaxTensors];
+  ChunkTable table;
+};
+
+__global__ void __launch_bounds__(kThreads) scale_kernel(ScaleArgs a, double s) {
+  const int t = a.table.tensor[blockIdx.x];
+  const int64_t start = static_cast<int64_t>(a.table.chunk[blockIdx.x]) * kChunk;
+  const int64_t end = min(a.table.n[t], start + kChunk);
+  void* x = a.x[t];
+  const DType xt = a.xtype[t];
+  if (xt == DType::kF32) {  // as the CPU f32 fast path: one f32 multiply
+    float* xf = static_cast<float*>(x);
+    const float fs = static_cast<float>(s);
+    for (int64_t i = start + threadIdx.x; i < end; i += kThreads) xf[i] = __fmul_rn(xf[i], fs);
+    return;
+  }
+  for (int64_t i = start + threadIdx.x; i < end; i += kThreads)
+    kiln::cuda::store_from_double(x, xt, i, __dmul_rn(kiln::cuda::load_as_double(x, xt, i), s));
+}
+
+__global__ void sgd_kernel(float* __restrict__ p, const float* __restrict__ g,
+                           float* __restrict__ buf, int64_t n, float lr, float mu, float wd) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float d = __fadd_rn(g[i], __fmul_rn(wd, p[i]));
+    const float b = __fadd_rn(__fmul_rn(mu, buf[i]), d);
+    buf[i] = b;
+    p[i] = __fsub_rn(p[i], __fmul_rn(lr, mu != 0.0f ? b : d));
+  }
+}
+
+// Walks tensors of sizes `numel` in order, packing (tensor, chunk) blocks into launches of at most
+// kMaxBlocks blocks and kMaxTensors tensors. add(slot, index) fills tensor `index` into argument
+// slot `slot`; launch(table, blocks, first_block) runs one launch.
+template <typename Add, typename Launch>
+void for_each_launch(const std::vector<int64_t>& numel, Add add, Launch launch) {
+  ChunkTable table{};
+  int nt = 0, nb = 0;
+  int64_t first_block = 0;
+  for (size_t i = 0; i < numel.size(); ++i) {
+    const int64_t n = numel[i];
+    if (n == 0) continue;
+    add(nt, i);
+    table.n[nt] = n;
+    ++nt;
+    const int64_t chunks = (n + kChunk - 1) / kChunk;
+    for (int64_t c = 0; c < chunks; ++c) {
+      table.tensor[nb] = static_cast<uint8_t>(nt - 1);
+      table.chunk[nb] = static_cast<int32_t>(c);
+      ++nb;
+      const bool last = c == chunks - 1;
+      if (nb == kMaxBlocks || (nt == kMaxTensors && last)) {
+        launch(table, nb, first_block);
+        first_block += nb;
+        nb = 0;
+        if (last) {
+          nt = 0;
+        } else {  // the rest of this tensor continues in the next launch, in slot 0
+          add(0, i);
+          table.n[0] = n;
+          nt = 1;
+        }
+      }
+    }
+  }
+  if (nb > 0) launch(table, nb, first_block);
+}
+
+int64_t total_chunks(const std::vector<int64_t>& numel) {
+  int64_t c = 0;
+  for (int64_t n : numel) c += (n + kChunk - 1) / kChunk;
+  return c;
+}
+
+bool float_dtype(DType t) {
+  return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16 || t == DType::kF64;
+}
+
+void check_gpu_f32(const Tensor& t, const char* what, Device dev) {
+  KILN_CHECK(t.dtype() == DType::kF32 && t.is_contiguous() && t.device() == dev)
+      << "AdamW (CUDA): " << what << " must be a contiguous f32 tensor on " << dev << ", got "
+      << t.str();
+}
+
+}  // namespace
+
+void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptions& o, int64_t t) {
+  if (slots.empty()) return;
+  const Device dev = slots[0].p.device();
+  DeviceGuard guard(dev.index);
+  std::vector<Tensor> grads;  // f32 copies of grads that cannot be read in place, kept alive
+  std::vector<int64_t> numel;
+  grads.reserve(slots.size());
+  for (const AdamWSlot& s : slots) {
+    check_gpu_f32(s.p, "parameter", dev);
+    check_gpu_f32(s.m, "exp_avg", dev);
+    check_gpu_f32(s.v, "exp_avg_sq", dev);
+    KILN_CHECK(s.g.numel() == s.p.numel() && s.g.device() == dev)
+        << "AdamW (CUDA): gradient " << s.g.str() << " for parameter " << s.p.str();
+    Tensor g = s.g;
+    if (!g.is_contiguous() || !float_dtype(g.dtype())) g = raw::convert(g, DType::kF32);
+    grads.push_back(g);
+    numel.push_back(s.p.numel());
+  }
+  AdamWScalars sc;
+  sc.b1 = static_cast<float>(o.beta1);
+  sc.b2 = static_cast<float>(o.beta2);
+  sc.one_minus_b1 = 1.0f - sc.b1;  // as the CPU: (1.0f - b1) in f32
+  sc.one_minus_b2 = 1.0f - sc.b2;
+  sc.c1 = static_cast<float>(1.0 / (1.0 - std::pow(o.beta1, static_cast<double>(t))));
+  sc.c2 = static_cast<float>(1.0 / (1.0 - std::pow(o.beta2, static_cast<double>(t))));
+  sc.lr = static_cast<float>(lr);
+  sc.eps = static_cast<float>(o.eps);
+  AdamWArgs args{};
+  for_each_launch(
+      numel,
+      [&](int slot, size_t i) {
+        const AdamWSlot& s = slots[i];
+        args.p[slot] = s.p.data<float>();
+        args.g[slot] = grads[i].raw();
+        args.gtype[slot] = grads[i].dtype();
+        args.m[slot] = s.m.data<float>();
+        args.v[slot] = s.v.data<float>();
+        args.keep[slot] = static_cast<float>(1.0 - lr * s.decay);
+      },
+      [&](const ChunkTable& table, int blocks, int64_t) {
+        args.table = table;
+        adamw_kernel<<<blocks, kThreads, 0, compute_stream()>>>(args, sc);
+        KILN_CUDA_CHECK_LAUNCH();
+      });
+}
+
+void sgd_step(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, double momentum,
+              double weight_decay) {
+  const Device dev = p.device();
+  DeviceGuard guard(dev.index);
+  KILN_CHECK(p.dtype() == DType::kF32 && p.is_contiguous() && buf.dtype() == DType::kF32 &&
+             buf.is_contiguous() && buf.device() == dev && g.device() == dev &&
+             g.numel() == p.numel())
+      << "SGD (CUDA): parameter " << p.str() << ", gradient " << g.str() << ", buffer "
+      << buf.str();
+  Tensor gf = raw::convert(g, DType::kF32);
+  const int64_t n = p.numel();
+  if (n == 0) return;
+  sgd_kernel<<<kiln::cuda::blocks_for(n), 256, 0, compute_stream()>>>(
+      p.data<float>(), gf.data<float>(), buf.data<float>(), n, static_cast<float>(lr),
+      static_cast<float>(momentum), static_cast<float>(weight_decay));
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+double sum_squares(const std::vector<Tensor>& ts) {
+  if (ts.empty()) return 0.0;
+  const Device dev = ts[0].device();
+  DeviceGuard guard(dev.index);
+  std::vector<Tensor> xs;
+  std::vector<int64_t> numel;
+  for (const Tensor& t : ts) {
+    KILN_CHECK(t.device() == dev) << "sum_squares: " << t.str() << " is not on " << dev;
+    Tensor x = t;
+    if (!x.is_contiguous() || !float_dtype(x.dtype())) x = raw::convert(x, DType::kF32);
+    xs.push_back(x);
+    numel.push_back(x.numel());
+  }
+  const int64_t chunks = total_chunks(numel);
+  if (chunks == 0) return 0.0;
+  Tensor partial = Tensor::empty({chunks}, DType::kF64, dev);
+  SumSqArgs args{};
+  for_each_launch(
+      numel,
+      [&](int slot, size_t i) {
+        args.x[slot] = xs[i].raw();
+        args.xtype[slot] = xs[i].dtype();
+      },
+      [&](const ChunkTable& table, int blocks, int64_t first) {
+        args.table = table;
+        args.block_offset = first;
+        sumsq_kernel<<<blocks, kThreads, 0, compute_stream()>>>(args, partial.data<double>());
+        KILN_CUDA_CHECK_LAUNCH();
+      });
+  // The partials, added in chunk order by the deterministic reduction; one scalar to the host.
+  Tensor total = Tensor::empty({}, DType::kF64, dev);
+  kiln::cuda::reduce_sum(partial, {true}, total, 1.0, false);
+  return total.item();
+}
+
+void scale(const std::vector<Tensor>& ts, double s) {
+  if (ts.empty()) return;
+  const Device dev = ts[0].device();
+  DeviceGuard guard(dev.index);
+  std::vector<Tensor> xs;
+  std::vector<int64_t> numel;
+  for (const Tensor& t : ts) {
+    KILN_CHECK(t.device() == dev) << "scale: " << t.str() << " is not on " << dev;
+    if (!t.is_contiguous()) {  // strided gradients: the per-tensor in-place kernel
+      kiln::cuda::mul_inplace(t, s);
+      continue;
+    }
+    xs.push_back(t);
+    numel.push_back(t.numel());
+  }
+  ScaleArgs args{};
+  for_each_launch(
+      numel,
+      [&](int slot, size_t i) {
+        args.x[slot] = xs[i].raw();
+        args.xtype[slot] = xs[i].dtype();
+      },
+      [&](const ChunkTable& table, int blocks, int64_t) {
+        args.table = table;
+        scale_kernel<<<blocks, kThreads, 0, compute_stream()>>>(args, s);
+        KILN_CUDA_CHECK_LAUNCH();
+      });
+}
+
+}  // namespace kiln::optim::cuda

@@ -1,0 +1,38 @@
+// CUDA halves of the optimizers and gradient utilities (kernels in optimizer_cuda.cu): a fused
+// multi-tensor AdamW that updates every parameter in a few launches, SGD, and the gradient
+// sum-of-squares / scaling used by grad_norm, clipping and overflow checks, all without copying
+// gradients to the host. Plain C++ declarations; only defined when KILN_WITH_CUDA.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "optim/optimizer.h"
+
+namespace kiln::optim::cuda {
+
+// One parameter's AdamW inputs. p, m, v: contiguous f32 on the GPU; g: contiguous f32, bf16, f16
+// or f64 of the same numel on the same GPU.
+struct AdamWSlot {
+  Tensor p, g, m, v;
+  double decay = 0.0;  // weight decay for this parameter (0: none)
+};
+
+// One AdamW step at step t (1-based) over all slots, rounding exactly as adamw_update does on the
+// CPU. Launches ceil(total chunks / 320) kernels (64Ki elements per chunk, <= 32 tensors each).
+void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptions& o, int64_t t);
+
+// p -= lr * (momentum buffer update), as sgd_update on the CPU; one launch per tensor.
+void sgd_step(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, double momentum,
+              double weight_decay);
+
+// Sum of squares of every element of every tensor, in f64, in an order fixed by the tensor sizes
+// (bit-identical across runs); only the final scalar is copied to the host. Any float dtypes,
+// all on the current GPU.
+double sum_squares(const std::vector<Tensor>& ts);
+
+// Multiplies every tensor by s in place, rounding as mul_ does on the CPU.
+void scale(const std::vector<Tensor>& ts, double s);
+
+}  // namespace kiln::optim::cuda
