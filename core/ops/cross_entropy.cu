@@ -252,10 +252,12 @@ void gemm(const void* a, bool trans_a, int64_t lda, const void* b, bool trans_b,
       pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
   cublasLtMatmulHeuristicResult_t heur{};
   int found = 0;
-  KILN_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt_handle(), op.d, lb.l, la.l, ld.l, ld.l,
-                                                   pref.p, 1, &heur, &found));
-  KILN_CHECK(found > 0) << "linear_cross_entropy: cuBLASLt has no algorithm for a " << m << "x" << n
-                        << "x" << k << " GEMM (" << ab << " -> " << dd << ")";
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt_handle(), op.d, lb.l, la.l, ld.l,
+                                                           ld.l, pref.p, 1, &heur, &found);
+  KILN_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0)
+      << "linear_cross_entropy: cuBLASLt has no algorithm for a " << m << "x" << n << "x" << k
+      << " GEMM (" << ab << " -> " << dd << ", trans_a " << trans_a << ", trans_b " << trans_b
+      << "; status " << static_cast<int>(st) << ")";
   const float alpha_f = 1.0f, beta_f = static_cast<float>(beta);
   const double alpha_d = 1.0;
   const void* alpha = f64 ? static_cast<const void*>(&alpha_d) : &alpha_f;
