@@ -1,0 +1,189 @@
+// CUDA kernel benchmarks against measured ceilings of the GPU they run on:
+//  - AdamW (fused multi-tensor, GPT-2 124M parameter shapes, f32 master weights and moments,
+//    f32 and bf16 gradients) as achieved bytes/s against the device-to-device copy bandwidth;
+//  - GEMMs at GPT-2 124M shapes (batch 32 x sequence 1024 = 32768 tokens, bf16, cuBLASLt through
+//    kiln's matmul / linear / linear_gelu ops) as TFLOP/s against a large square bf16 GEMM;
+//  - the deterministic reduction (sum over the token dim of a (32768, 768) tensor, a bias
+//    gradient) against the copy bandwidth.
+// Each row is the median of `reps` timed runs (CUDA events on the compute stream) after warm-up.
+// Usage: kernel_bench [reps]
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/cuda/runtime.h"
+#include "core/ops/elementwise.h"
+#include "core/ops/matmul.h"
+#include "core/ops/reduce.h"
+#include "core/random.h"
+#include "optim/optimizer.h"
+
+namespace {
+
+using namespace kiln;
+
+const Device kGpu = Device::cuda(0);
+
+// Median milliseconds of fn over reps runs, after 3 warm-up runs.
+double time_ms(const std::function<void()>& fn, int reps) {
+  for (int i = 0; i < 3; ++i) fn();
+  cudaEvent_t a, b;
+  KILN_CUDA_CHECK(cudaEventCreate(&a));
+  KILN_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    KILN_CUDA_CHECK(cudaEventRecord(a, cuda::compute_stream()));
+    fn();
+    KILN_CUDA_CHECK(cudaEventRecord(b, cuda::compute_stream()));
+    KILN_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  KILN_CUDA_CHECK(cudaEventDestroy(a));
+  KILN_CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+Tensor rnd(const Shape& s, DType dt, uint64_t seed, double std = 1.0) {
+  Generator g(seed);
+  return randn(s, g, dt, kGpu, 0.0, std);
+}
+
+// GPT-2 124M parameter shapes (tied embedding counted once).
+std::vector<Shape> gpt2_shapes() {
+  const int64_t c = 768, v = 50257, t = 1024;
+  std::vector<Shape> s = {{v, c}, {t, c}};
+  for (int l = 0; l < 12; ++l) {
+    for (Shape sh : {Shape{c}, Shape{c}, Shape{3 * c, c}, Shape{3 * c}, Shape{c, c}, Shape{c},
+                     Shape{c}, Shape{c}, Shape{4 * c, c}, Shape{4 * c}, Shape{c, 4 * c}, Shape{c}})
+      s.push_back(sh);
+  }
+  s.push_back({c});
+  s.push_back({c});
+  return s;
+}
+
+void row(const std::string& name, const std::string& shape, double ms, double rate,
+         const char* unit, double ceiling) {
+  std::printf("%-34s %-26s %9.3f %10.1f %-7s %6.1f%%\n", name.c_str(), shape.c_str(), ms, rate,
+              unit, 100.0 * rate / ceiling);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
+  if (!cuda_available()) {
+    std::fprintf(stderr, "kernel_bench: no CUDA device\n");
+    return 1;
+  }
+  NoGradGuard ng;
+  cudaDeviceProp prop;
+  KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("kernel_bench on %s (sm_%d%d, %d SMs), median of %d runs\n\n", prop.name, prop.major,
+              prop.minor, prop.multiProcessorCount, reps);
+
+  // ---- ceilings ----
+  const int64_t copy_bytes = int64_t{1} << 30;
+  Tensor src = Tensor::zeros({copy_bytes / 4}, DType::kF32, kGpu);
+  Tensor dst = Tensor::empty({copy_bytes / 4}, DType::kF32, kGpu);
+  const double copy_ms = time_ms(
+      [&] {
+        KILN_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), copy_bytes, cudaMemcpyDeviceToDevice,
+                                        cuda::compute_stream()));
+      },
+      reps);
+  const double copy_bw = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e9;  // read + write, GB/s
+  src = Tensor();
+  dst = Tensor();
+
+  const int64_t sq = 8192;
+  Tensor qa = rnd({sq, sq}, DType::kBF16, 1), qb = rnd({sq, sq}, DType::kBF16, 2);
+  const double sq_ms = time_ms([&] { (void)matmul(qa, qb, false, true); }, reps);
+  const double gemm_peak = 2.0 * sq * sq * sq / (sq_ms * 1e-3) / 1e12;
+  qa = Tensor();
+  qb = Tensor();
+
+  std::printf("%-34s %-26s %9s %10s %-7s %7s\n", "kernel", "shape", "ms", "rate", "unit",
+              "of ceil");
+  row("ceiling: D2D copy (read+write)", "1 GiB", copy_ms, copy_bw, "GB/s", copy_bw);
+  row("ceiling: bf16 GEMM", "8192^3", sq_ms, gemm_peak, "TFLOP/s", gemm_peak);
+
+  // ---- AdamW over GPT-2 124M ----
+  for (DType gd : {DType::kF32, DType::kBF16}) {
+    std::vector<nn::Parameter> params;
+    int64_t n = 0;
+    int i = 0;
+    for (const Shape& s : gpt2_shapes()) {
+      Tensor p = rnd(s, DType::kF32, 100 + i, 0.02).detach();
+      p.set_requires_grad(true);
+      p.set_grad(rnd(s, gd, 1000 + i, 1e-3).detach());
+      params.push_back({"p" + std::to_string(i++), p, nn::ShardKind::kReplicated, s.size() > 1});
+      n += p.numel();
+    }
+    optim::AdamW opt(params, optim::AdamWOptions{});
+    const double ms = time_ms([&] { opt.step(1e-4); }, reps);
+    // p, m, v read and written (24 B), the gradient read (4 or 2 B).
+    const double bytes = static_cast<double>(n) * (24 + dtype_size(gd));
+    row(std::string("AdamW fused, grads ") + dtype_name(gd),
+        std::to_string(params.size()) + " tensors, " + std::to_string(n / 1000000) + "M", ms,
+        bytes / (ms * 1e-3) / 1e9, "GB/s", copy_bw);
+    const double norm_ms = time_ms([&] { (void)optim::grad_norm(params); }, reps);
+    row(std::string("grad_norm, grads ") + dtype_name(gd), std::to_string(n / 1000000) + "M",
+        norm_ms, static_cast<double>(n) * dtype_size(gd) / (norm_ms * 1e-3) / 1e9, "GB/s", copy_bw);
+  }
+
+  // ---- GEMMs at GPT-2 124M shapes (B*T = 32768 tokens, C = 768) ----
+  const int64_t tok = 32 * 1024, c = 768, v = 50257;
+  struct Gemm {
+    const char* name;
+    int64_t m, k, n;
+  };
+  const Gemm fwd[] = {
+      {"qkv  x @ W^T", tok, c, 3 * c}, {"attn proj", tok, c, c}, {"mlp fc", tok, c, 4 * c},
+      {"mlp proj", tok, 4 * c, c},     {"lm head", tok, c, v},
+  };
+  for (const Gemm& g : fwd) {
+    Tensor x = rnd({g.m, g.k}, DType::kBF16, 7), w = rnd({g.n, g.k}, DType::kBF16, 8, 0.02);
+    Tensor b = rnd({g.n}, DType::kBF16, 9);
+    Tensor dy = rnd({g.m, g.n}, DType::kBF16, 10);
+    const double flop = 2.0 * g.m * g.k * g.n;
+    const std::string shape =
+        std::to_string(g.m) + "x" + std::to_string(g.k) + "x" + std::to_string(g.n);
+    double ms = time_ms([&] { (void)matmul(x, w, false, true); }, reps);
+    row(std::string(g.name) + " fwd", shape, ms, flop / (ms * 1e-3) / 1e12, "TFLOP/s", gemm_peak);
+    ms = time_ms([&] { (void)linear(x, w, b); }, reps);
+    row(std::string(g.name) + " fwd +bias", shape, ms, flop / (ms * 1e-3) / 1e12, "TFLOP/s",
+        gemm_peak);
+    if (g.n == 4 * c) {
+      ms = time_ms([&] { (void)linear_gelu(x, w, b); }, reps);
+      row(std::string(g.name) + " fwd +bias+gelu", shape, ms, flop / (ms * 1e-3) / 1e12, "TFLOP/s",
+          gemm_peak);
+    }
+    ms = time_ms([&] { (void)matmul(dy, w, false, false); }, reps);  // dX = dY @ W
+    row(std::string(g.name) + " dX", shape, ms, flop / (ms * 1e-3) / 1e12, "TFLOP/s", gemm_peak);
+    ms = time_ms([&] { (void)matmul(dy, x, true, false); }, reps);  // dW = dY^T @ X
+    row(std::string(g.name) + " dW", shape, ms, flop / (ms * 1e-3) / 1e12, "TFLOP/s", gemm_peak);
+  }
+
+  // ---- a bias gradient: the deterministic column reduction ----
+  {
+    Tensor dy = rnd({tok, c}, DType::kBF16, 11);
+    const double ms = time_ms([&] { (void)sum_to(dy, {c}); }, reps);
+    row("sum_to (bias grad, bf16)", std::to_string(tok) + "x" + std::to_string(c) + " -> 768", ms,
+        static_cast<double>(dy.nbytes()) / (ms * 1e-3) / 1e9, "GB/s", copy_bw);
+    Tensor x = rnd({int64_t{1} << 28}, DType::kF32, 12);
+    const double ms2 = time_ms([&] { (void)sum(x); }, reps);
+    row("sum (f32, all)", "2^28", ms2, static_cast<double>(x.nbytes()) / (ms2 * 1e-3) / 1e9, "GB/s",
+        copy_bw);
+  }
+  cuda::synchronize();
+  return 0;
+}
