@@ -4,12 +4,14 @@
 #include "core/cuda/gemm.h"
 
 #include <cublasLt.h>
+#include <cublas_v2.h>
 
 #include <memory>
 #include <mutex>
 #include <sstream>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include "core/check.h"
 #include "core/cuda/runtime.h"
@@ -241,15 +243,46 @@ std::unique_ptr<Plan> make_plan(const GemmParams& p, bool tf32) {
   if (hs == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
     plan->algo = result.algo;
     plan->has_algo = true;
-  } else {
-    // No algorithm: unsupported epilogue / dtype combination (the caller may fall back) or an
-    // invalid problem (reported by the caller for plain GEMMs).
-    KILN_CHECK(hs == CUBLAS_STATUS_SUCCESS || hs == CUBLAS_STATUS_NOT_SUPPORTED ||
-               p.epilogue != GemmEpilogue::kNone || fp8)
-        << "cuBLASLt heuristic query failed with status " << static_cast<int>(hs) << " ("
-        << cublasLtGetStatusString(hs) << ") for " << describe(p);
   }
+  // Otherwise: no algorithm (an unsupported epilogue / dtype combination, or a layout cuBLASLt
+  // declines). gemm() reports false for fused and fp8 problems and runs plain ones through
+  // legacy cuBLAS, which also reports any invalid problem.
   return plan;
+}
+
+// Legacy cuBLAS for the rare plain GEMM cuBLASLt's heuristic declines (odd alignment / leading
+// dimensions): one handle per device, created on first use, never destroyed.
+cublasHandle_t legacy_handle(int device) {
+  static std::mutex mu;
+  static std::vector<cublasHandle_t>* handles = new std::vector<cublasHandle_t>();
+  std::lock_guard<std::mutex> lock(mu);
+  if (device >= static_cast<int>(handles->size())) handles->resize(device + 1, nullptr);
+  cublasHandle_t& h = (*handles)[device];
+  if (h == nullptr) KILN_CUBLAS_CHECK(cublasCreate(&h));
+  return h;
+}
+
+void legacy_gemm(const GemmParams& p, bool tf32) {
+  cublasHandle_t h = legacy_handle(current_device());
+  KILN_CUBLAS_CHECK(cublasSetStream(h, compute_stream()));
+  KILN_CUBLAS_CHECK(cublasSetMathMode(h, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+  const bool f64 = p.ab_dtype == DType::kF64;
+  const float af = static_cast<float>(p.alpha), bf = static_cast<float>(p.beta);
+  const double ad = p.alpha, bd = p.beta;
+  const cudaDataType_t t = cuda_type(p.ab_dtype);
+  KILN_CHECK(p.m < (int64_t{1} << 31) && p.n < (int64_t{1} << 31) && p.k < (int64_t{1} << 31) &&
+             p.batch < (int64_t{1} << 31))
+      << "gemm: problem too large for the cuBLAS fallback: " << describe(p);
+  KILN_LT_CHECK(
+      cublasGemmStridedBatchedEx(
+          h, p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+          static_cast<int>(p.n), static_cast<int>(p.m), static_cast<int>(p.k),
+          f64 ? static_cast<const void*>(&ad) : &af, p.b, t, static_cast<int>(p.ldb), p.stride_b,
+          p.a, t, static_cast<int>(p.lda), p.stride_a, f64 ? static_cast<const void*>(&bd) : &bf,
+          p.d, t, static_cast<int>(p.ldd), p.stride_d, static_cast<int>(p.batch),
+          f64 ? CUBLAS_COMPUTE_64F : (tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F),
+          CUBLAS_GEMM_DEFAULT),
+      p);
 }
 
 std::mutex g_cache_mu;
@@ -275,9 +308,9 @@ bool gemm(const GemmParams& p) {
     plan = slot.get();
   }
   if (!plan->has_algo) {
-    KILN_CHECK(p.epilogue != GemmEpilogue::kNone || is_fp8(p.ab_dtype))
-        << "cuBLASLt has no algorithm for " << describe(p);
-    return false;
+    if (p.epilogue != GemmEpilogue::kNone || is_fp8(p.ab_dtype)) return false;
+    legacy_gemm(p, tf32);  // a plain GEMM always runs
+    return true;
   }
   std::lock_guard<std::mutex> lock(plan->mu);
   set_pointers(p, *plan);
@@ -285,10 +318,17 @@ bool gemm(const GemmParams& p) {
   const double ad = p.alpha, bd = p.beta;
   const void* alpha = plan->f64_scale ? static_cast<const void*>(&ad) : &af;
   const void* beta = plan->f64_scale ? static_cast<const void*>(&bd) : &bf;
-  KILN_LT_CHECK(cublasLtMatmul(lt_handle(), plan->desc, alpha, p.b, plan->la, p.a, plan->lb, beta,
-                               p.d, plan->lc, p.d, plan->ld, &plan->algo, lt_workspace(),
-                               lt_workspace_size(), compute_stream()),
-                p);
+  const cublasStatus_t st = cublasLtMatmul(
+      lt_handle(), plan->desc, alpha, p.b, plan->la, p.a, plan->lb, beta, p.d, plan->lc, p.d,
+      plan->ld, &plan->algo, lt_workspace(), lt_workspace_size(), compute_stream());
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
+    // The heuristic's algorithm was refused at launch (nothing ran): never use this plan again.
+    plan->has_algo = false;
+    if (p.epilogue != GemmEpilogue::kNone || is_fp8(p.ab_dtype)) return false;
+    legacy_gemm(p, tf32);
+    return true;
+  }
+  KILN_LT_CHECK(st, p);
   return true;
 }
 

@@ -48,8 +48,9 @@ struct GemmParams {
 };
 
 // Runs the GEMM. Returns false (and does nothing) when cuBLASLt offers no algorithm for this
-// problem with its epilogue (callers then run an unfused fallback); throws kiln::Error on any
-// other cuBLASLt failure. A plain (kNone) GEMM that cannot run throws.
+// problem with its epilogue, or for an fp8 problem (callers then run an unfused fallback or
+// report it); a plain GEMM cuBLASLt declines runs through legacy cuBLAS
+// (cublasGemmStridedBatchedEx). Throws kiln::Error on any cuBLAS failure.
 bool gemm(const GemmParams& p);
 
 // Number of cached GEMM plans (tests check that repeats reuse them).
