@@ -154,9 +154,16 @@ TEST_F(CudaRuntime, RecordStreamDelaysReuseUntilTheStreamPasses) {
               cudaSuccess);
     cuda::record_stream(t, cuda::comm_stream());
   }  // freed while the comm stream has not passed this point
+  // Should anything below wait on the blocked stream, release it after 10 s rather than hang.
+  std::thread watchdog([&] {
+    for (int i = 0; i < 10000 && !release.load(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    release.store(true);
+  });
   Tensor u = Tensor::empty({1 << 16}, DType::kF32, kGpu);
   EXPECT_NE(u.raw(), first) << "a block still in use on another stream was handed out";
   release.store(true);
+  watchdog.join();
   ASSERT_EQ(cudaStreamSynchronize(cuda::comm_stream()), cudaSuccess);
   Tensor v = Tensor::empty({1 << 16}, DType::kF32, kGpu);
   EXPECT_EQ(v.raw(), first) << "the block should be reusable once the stream has passed";
