@@ -98,14 +98,16 @@ TEST_F(OptimCuda, AdamWSteadyStateDoesNoCudaMalloc) {
   ParamPair pp = make_params(3);
   AdamW gpu(pp.gpu, AdamWOptions{});
   set_grads(pp, 1, DType::kBF16);
-  gpu.step(1e-3);  // warm-up: the f32 copies of bf16 grads come from the cache from now on
-  cuda::synchronize();
-  const int64_t before = cuda::allocator_counters().device_mallocs;
-  for (int i = 0; i < 3; ++i) {
+  auto iteration = [&] {
     gpu.step(1e-3);
     (void)grad_norm(pp.gpu);
     scale_grads(pp.gpu, 0.5);
-  }
+    (void)grads_non_finite(pp.gpu);
+  };
+  iteration();  // warm-up: every temporary (f32 copies of bf16 grads, norm partials) now cached
+  cuda::synchronize();
+  const int64_t before = cuda::allocator_counters().device_mallocs;
+  for (int i = 0; i < 3; ++i) iteration();
   cuda::synchronize();
   EXPECT_EQ(cuda::allocator_counters().device_mallocs, before);
 }
