@@ -40,6 +40,7 @@ bool on_gpu(const std::vector<nn::Parameter>& params) {
 #endif
 }
 
+#if KILN_WITH_CUDA
 // The defined gradients of params, in order.
 std::vector<Tensor> defined_grads(const std::vector<nn::Parameter>& params) {
   std::vector<Tensor> gs;
@@ -49,6 +50,7 @@ std::vector<Tensor> defined_grads(const std::vector<nn::Parameter>& params) {
   }
   return gs;
 }
+#endif
 
 }  // namespace
 

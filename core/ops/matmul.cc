@@ -120,10 +120,16 @@ class MatmulNode final : public Node {
   }
 };
 
+#if KILN_WITH_CUDA
 // (..., n) viewed as (rows, n) without autograd (copies only when not contiguous).
 Tensor rows_of(const Tensor& t, int64_t n) { return t.detach().reshape({-1, n}); }
 
-#if KILN_WITH_CUDA
+Shape with_last(const Shape& s, int64_t last) {
+  Shape out = s;
+  out.back() = last;
+  return out;
+}
+
 // CUDA y = [gelu](x w^T + b): saved = {x2, w} (+ the GELU input with gelu).
 class LinearCudaNode final : public Node {
  public:
@@ -176,12 +182,6 @@ void check_linear_args(const char* op, const Tensor& x, const Tensor& w, const T
     KILN_CHECK(b.dim() == 1 && b.size(0) == w.size(0))
         << op << ": bias " << b.str() << " does not match weight " << w.str();
   }
-}
-
-Shape with_last(const Shape& s, int64_t last) {
-  Shape out = s;
-  out.back() = last;
-  return out;
 }
 
 }  // namespace
