@@ -1,13 +1,14 @@
 // The kiln causal attention kernel: the CUDA path where cuDNN cannot serve (f32, shapes or
 // machines cuDNN rejects, KILN_ATTENTION=kiln). Flash-attention style and plain SIMT, written to
 // be obviously right rather than fast: tiles of 32 query rows x 32 keys in shared memory (f32,
-// rows padded by one word against bank conflicts), an online softmax per row in f32, outputs
-// accumulated in f32 registers.
+// rows padded by four words so 16-byte loads stay aligned and free of bank conflicts), an online
+// softmax per row in f32, outputs accumulated in f32 registers.
 //
 // Work split (256 threads = 8 warps per block):
 // - forward: a block owns 32 query rows of one (batch, head); warp w owns rows w, w+8, w+16,
 //   w+24. For each key tile up to the diagonal, lane j scores key j for the warp's rows, the
-//   row max and sum come from warp shuffles, and lane j accumulates output columns j, j+32, ...
+//   row max and sum come from warp shuffles, the probabilities go through a per-row shared
+//   buffer (read back four at a time) and lane j accumulates output columns j, j+32, ...
 // - backward, three launches, no atomics (deterministic for any launch order):
 //   delta = rowsum(dO * O); dK/dV: a block owns 32 keys of one (batch, kv head) and walks every
 //   query head of its group and every query tile at or after the keys, in a fixed order; dQ: a
@@ -25,11 +26,32 @@
 namespace kiln::attention_cuda {
 namespace {
 
-constexpr int kTile = 32;                     // query rows and keys per tile
-constexpr int kThreads = 256;                 // 8 warps
-constexpr int kWarps = kThreads / 32;         //
+constexpr int kTile = 32;      // query rows and keys per tile
+constexpr int kThreads = 256;  // 8 warps
+constexpr int kWarps = kThreads / 32;
 constexpr int kRowsPerWarp = kTile / kWarps;  // 4
+constexpr int kPLd = kTile + 4;               // row stride of the 32 x 32 score buffers
 constexpr unsigned kFull = 0xffffffffu;
+
+// Row stride (floats) of a [kTile][kMaxD] tile: 16-byte aligned rows, and rows 4 banks apart so
+// 8 lanes reading 16 bytes from 8 different rows hit all 32 banks once.
+template <int kMaxD>
+__host__ __device__ constexpr int row_stride() {
+  return kMaxD + 4;
+}
+
+__device__ __forceinline__ float4 ld4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
+  acc = fmaf(a.x, b.x, acc);
+  acc = fmaf(a.y, b.y, acc);
+  acc = fmaf(a.z, b.z, acc);
+  return fmaf(a.w, b.w, acc);
+}
+__device__ __forceinline__ float get(float4 v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -75,7 +97,7 @@ struct Params {
   float scale;
 };
 
-// Rows [r0, r0 + kTile) of a (T, D) matrix with row stride ts into a [kTile][kMaxD + 1] f32
+// Rows [r0, r0 + kTile) of a (T, D) matrix with row stride ts into a [kTile][row_stride] f32
 // tile, zero outside T x D.
 template <typename T, int kMaxD>
 __device__ void load_tile(float* dst, const T* src, int64_t ts, int r0, int t, int d) {
@@ -83,40 +105,78 @@ __device__ void load_tile(float* dst, const T* src, int64_t ts, int r0, int t, i
     const int r = idx / kMaxD, c = idx % kMaxD;
     float x = 0.f;
     if (r0 + r < t && c < d) x = to_f32(src[(r0 + r) * ts + c]);
-    dst[r * (kMaxD + 1) + c] = x;
+    dst[r * row_stride<kMaxD>() + c] = x;
   }
 }
 
 // For the warp's rows i_r = warp + r * kWarps of tile a (and b), lane j's dot products with row j
-// of tile x (and y): sa[r] = a[i_r] . x[j], sb[r] = b[i_r] . y[j].
+// of tile x (and y): sa[r] = a[i_r] . x[j], sb[r] = b[i_r] . y[j]. 16-byte loads: lane-private
+// for x and y, broadcast for a and b.
 template <int kMaxD, bool kTwo>
 __device__ __forceinline__ void row_dots(const float* a, const float* x, const float* b,
                                          const float* y, float (&sa)[kRowsPerWarp],
                                          float (&sb)[kRowsPerWarp]) {
-  constexpr int kLd = kMaxD + 1;
+  constexpr int kLd = row_stride<kMaxD>();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) sa[r] = sb[r] = 0.f;
-#pragma unroll 4
-  for (int c = 0; c < kMaxD; ++c) {
-    const float xv = x[lane * kLd + c];
-    const float yv = kTwo ? y[lane * kLd + c] : 0.f;
+#pragma unroll 2
+  for (int c = 0; c < kMaxD; c += 4) {
+    const float4 xv = ld4(x + lane * kLd + c);
+    const float4 yv = kTwo ? ld4(y + lane * kLd + c) : float4{};
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int i = warp + r * kWarps;
-      sa[r] += a[i * kLd + c] * xv;
-      if (kTwo) sb[r] += b[i * kLd + c] * yv;
+      sa[r] = dot4(ld4(a + i * kLd + c), xv, sa[r]);
+      if (kTwo) sb[r] = dot4(ld4(b + i * kLd + c), yv, sb[r]);
     }
   }
 }
 
+// acc[r][c] += sum_j w[i_r][j] * m[j][lane + 32 c] over the 32 rows j of tile m, for the warp's
+// rows i_r of the [kTile][kPLd] weights w (read four at a time, broadcast).
+template <int kMaxD>
+__device__ __forceinline__ void accumulate_rows(const float* w, const float* m,
+                                                float (&acc)[kRowsPerWarp][kMaxD / 32]) {
+  constexpr int kLd = row_stride<kMaxD>(), kC = kMaxD / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll 2
+  for (int j = 0; j < kTile; j += 4) {
+    float4 wr[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) wr[r] = ld4(w + (warp + r * kWarps) * kPLd + j);
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+      float mj[kC];
+#pragma unroll
+      for (int c = 0; c < kC; ++c) mj[c] = m[(j + jj) * kLd + lane + 32 * c];
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        const float wv = get(wr[r], jj);
+#pragma unroll
+        for (int c = 0; c < kC; ++c) acc[r][c] = fmaf(wv, mj[c], acc[r][c]);
+      }
+    }
+  }
+}
+
+// Stores v[r] at w[i_r][lane] for the warp's rows (the warp alone reads them back).
+__device__ __forceinline__ void store_rows(float* w, const float (&v)[kRowsPerWarp]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncwarp();  // the warp's reads of the previous contents are done
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) w[(warp + r * kWarps) * kPLd + lane] = v[r];
+  __syncwarp();
+}
+
 template <typename T, int kMaxD>
 __global__ void __launch_bounds__(kThreads) forward_kernel(Params p) {
-  constexpr int kLd = kMaxD + 1, kC = kMaxD / 32;
-  extern __shared__ float smem[];
-  float* sq = smem;
+  constexpr int kLd = row_stride<kMaxD>(), kC = kMaxD / 32;
+  extern __shared__ float4 smem4[];
+  float* sq = reinterpret_cast<float*>(smem4);
   float* sk = sq + kTile * kLd;
   float* sv = sk + kTile * kLd;
+  float* sp = sv + kTile * kLd;  // [kTile][kPLd] probabilities of the current key tile
   const int tile = gridDim.y - 1 - blockIdx.y;  // longest rows first
   const int q0 = tile * kTile, b = blockIdx.x / p.hq, h = blockIdx.x % p.hq;
   const int hk = h / (p.hq / p.hkv);
@@ -157,18 +217,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p) {
 #pragma unroll
       for (int c = 0; c < kC; ++c) acc[r][c] *= alpha;
     }
-#pragma unroll 4
-    for (int j = 0; j < kTile; ++j) {
-      float vj[kC];
-#pragma unroll
-      for (int c = 0; c < kC; ++c) vj[c] = sv[j * kLd + lane + 32 * c];
-#pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) {
-        const float pj = __shfl_sync(kFull, pr[r], j);
-#pragma unroll
-        for (int c = 0; c < kC; ++c) acc[r][c] += pj * vj[c];
-      }
-    }
+    store_rows(sp, pr);
+    accumulate_rows<kMaxD>(sp, sv, acc);
   }
   T* out = static_cast<T*>(p.out) + static_cast<int64_t>(blockIdx.x) * p.t * p.d;
 #pragma unroll
@@ -230,15 +280,15 @@ __device__ __forceinline__ void load_row_stats(const Params& p, int64_t bh, int 
 }
 
 template <typename T, int kMaxD>
-__global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p) {
-  constexpr int kLd = kMaxD + 1, kC = kMaxD / 32, kPLd = kTile + 1;
-  extern __shared__ float smem[];
-  float* sk = smem;
+__global__ void __launch_bounds__(kThreads, kMaxD <= 64 ? 2 : 1) dkdv_kernel(Params p) {
+  constexpr int kLd = row_stride<kMaxD>(), kC = kMaxD / 32;
+  extern __shared__ float4 smem4[];
+  float* sk = reinterpret_cast<float*>(smem4);
   float* sv = sk + kTile * kLd;
   float* sq = sv + kTile * kLd;
   float* sdo = sq + kTile * kLd;
-  float* sp = sdo + kTile * kLd;
-  float* sds = sp + kTile * kPLd;
+  float* spt = sdo + kTile * kLd;    // [key][row] probabilities (transposed)
+  float* sdst = spt + kTile * kPLd;  // [key][row] score gradients (transposed)
   const int k0 = blockIdx.y * kTile, b = blockIdx.x / p.hkv, hk = blockIdx.x % p.hkv;
   const int group = p.hq / p.hkv, tiles = (p.t + kTile - 1) / kTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -271,30 +321,14 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p) {
 #pragma unroll
       for (int r = 0; r < kRowsPerWarp; ++r) {
         const int i = warp + r * kWarps;
-        sp[i * kPLd + lane] = prob[r];
-        sds[i * kPLd + lane] = ds[r];
+        spt[lane * kPLd + i] = prob[r];
+        sdst[lane * kPLd + i] = ds[r];
       }
       __syncthreads();
-      // The warp now owns keys j_r = warp + r * kWarps, lanes own columns lane + 32 c.
-#pragma unroll 2
-      for (int i = 0; i < kTile; ++i) {
-        float qi[kC], doi[kC];
-#pragma unroll
-        for (int c = 0; c < kC; ++c) {
-          qi[c] = sq[i * kLd + lane + 32 * c];
-          doi[c] = sdo[i * kLd + lane + 32 * c];
-        }
-#pragma unroll
-        for (int r = 0; r < kRowsPerWarp; ++r) {
-          const int j = warp + r * kWarps;
-          const float pij = sp[i * kPLd + j], dsij = sds[i * kPLd + j];
-#pragma unroll
-          for (int c = 0; c < kC; ++c) {
-            dv[r][c] += pij * doi[c];
-            dk[r][c] += dsij * qi[c];
-          }
-        }
-      }
+      // The warp now owns keys j_r = warp + r * kWarps, lanes own columns lane + 32 c:
+      // dV[j] += sum_i P[i][j] dO[i], dK[j] += sum_i dS[i][j] Q[i].
+      accumulate_rows<kMaxD>(spt, sdo, dv);
+      accumulate_rows<kMaxD>(sdst, sq, dk);
     }
   }
   const int64_t base = static_cast<int64_t>(blockIdx.x) * p.t * p.d;
@@ -316,12 +350,13 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(Params p) {
 
 template <typename T, int kMaxD>
 __global__ void __launch_bounds__(kThreads) dq_kernel(Params p) {
-  constexpr int kLd = kMaxD + 1, kC = kMaxD / 32;
-  extern __shared__ float smem[];
-  float* sq = smem;
+  constexpr int kLd = row_stride<kMaxD>(), kC = kMaxD / 32;
+  extern __shared__ float4 smem4[];
+  float* sq = reinterpret_cast<float*>(smem4);
   float* sdo = sq + kTile * kLd;
   float* sk = sdo + kTile * kLd;
   float* sv = sk + kTile * kLd;
+  float* sds = sv + kTile * kLd;  // [kTile][kPLd] score gradients of the current key tile
   const int tile = gridDim.y - 1 - blockIdx.y;  // longest rows first
   const int q0 = tile * kTile, b = blockIdx.x / p.hq, h = blockIdx.x % p.hq;
   const int hk = h / (p.hq / p.hkv);
@@ -349,18 +384,8 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(Params p) {
     float s[kRowsPerWarp], dp[kRowsPerWarp], prob[kRowsPerWarp], ds[kRowsPerWarp];
     row_dots<kMaxD, true>(sq, sk, sdo, sv, s, dp);
     probs_and_dscores(p, q0, k0, s, dp, lse, delta, prob, ds);
-#pragma unroll 4
-    for (int j = 0; j < kTile; ++j) {
-      float kj[kC];
-#pragma unroll
-      for (int c = 0; c < kC; ++c) kj[c] = sk[j * kLd + lane + 32 * c];
-#pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) {
-        const float dsj = __shfl_sync(kFull, ds[r], j);
-#pragma unroll
-        for (int c = 0; c < kC; ++c) acc[r][c] += dsj * kj[c];
-      }
-    }
+    store_rows(sds, ds);
+    accumulate_rows<kMaxD>(sds, sk, acc);
   }
   T* dq = static_cast<T*>(p.dq) + static_cast<int64_t>(blockIdx.x) * p.t * p.d;
   const int warp = threadIdx.x / 32;
@@ -446,7 +471,7 @@ void kiln_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, d
   p.lse_out = lse.data<float>();
   const dim3 grid(static_cast<unsigned>(p.b * p.hq), tiles_of(p.t));
   dispatch(q.dtype(), p.d, [&]<typename T, int kMaxD>() {
-    launch(forward_kernel<T, kMaxD>, grid, 3 * kTile * (kMaxD + 1), p);
+    launch(forward_kernel<T, kMaxD>, grid, 3 * kTile * row_stride<kMaxD>() + kTile * kPLd, p);
   });
 }
 
@@ -473,9 +498,9 @@ void kiln_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, 
   dispatch(q.dtype(), p.d, [&]<typename T, int kMaxD>() {
     launch(delta_kernel<T>, dim3(static_cast<unsigned>((rows + kWarps - 1) / kWarps)), 0, p);
     launch(dkdv_kernel<T, kMaxD>, dim3(static_cast<unsigned>(p.b * p.hkv), tiles_of(p.t)),
-           4 * kTile * (kMaxD + 1) + 2 * kTile * (kTile + 1), p);
+           4 * kTile * row_stride<kMaxD>() + 2 * kTile * kPLd, p);
     launch(dq_kernel<T, kMaxD>, dim3(static_cast<unsigned>(p.b * p.hq), tiles_of(p.t)),
-           4 * kTile * (kMaxD + 1), p);
+           4 * kTile * row_stride<kMaxD>() + kTile * kPLd, p);
   });
 }
 
