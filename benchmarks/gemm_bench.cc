@@ -1,7 +1,8 @@
-// GEMM overhead: kiln's matmul op (argument checks, output allocation through the caching allocator,
-// autograd bookkeeping off) against calling OpenBLAS's cblas_sgemm directly on preallocated buffers,
-// same shapes and threads. Interleaved repetitions, median time each; prints the overhead in percent.
-// Usage: gemm_bench [reps]
+// GEMM overhead: kiln's matmul op (argument checks, output allocation through the caching
+// allocator, its own split of the GEMM over kiln's thread pool) against calling OpenBLAS's
+// cblas_sgemm directly on preallocated buffers with OpenBLAS's own threading, same shapes and
+// thread count. Interleaved repetitions, median time each; prints the overhead in percent. Usage:
+// gemm_bench [reps]
 #include <cblas.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "core/autograd.h"
 #include "core/ops/matmul.h"
+#include "core/parallel.h"
 #include "core/random.h"
 
 namespace {
@@ -48,11 +50,17 @@ int main(int argc, char** argv) {
     Generator g(1);
     Tensor a = randn({c.m, c.k}, g), b = randn({c.k, c.n}, g);
     std::vector<float> out(static_cast<size_t>(c.m) * c.n);
+    // OpenBLAS called directly uses its own thread pool (all cores); kiln keeps OpenBLAS
+    // single-threaded and splits the GEMM over its own pool of the same size.
     auto direct = [&] {
+      openblas_set_num_threads(num_threads());
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c.m, c.n, c.k, 1.0f, a.data<float>(),
                   c.k, b.data<float>(), c.n, 0.0f, out.data(), c.n);
     };
-    auto op = [&] { return matmul(a, b); };
+    auto op = [&] {
+      openblas_set_num_threads(1);
+      return matmul(a, b);
+    };
     for (int i = 0; i < 3; ++i) {  // warm up caches, threads and the allocator
       direct();
       op();

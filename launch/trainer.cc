@@ -118,16 +118,31 @@ absl::Status Trainer::init() {
                                                                 : models::Recompute::kNone);
   model_->dropout_generator() = Generator(seed * 1000003 + world_.rank);
   sample_gen_ = Generator(seed + 17);
-  // Optimizer.
+  // Communicators, then data parallel / ZeRO around the optimizer.
+  world_comm_ = world_.size > 1 ? parallel::make_cpu_world() : parallel::make_single();
+  parallel::set_collective_timeout(cfg_.parallel().timeout_s());
+  dp_comm_ = world_comm_.get();
+  if (gpu && world_.size > 1) {
+    auto nccl = parallel::make_nccl(*world_comm_, world_.local_rank);
+    if (!nccl.ok()) return nccl.status();
+    gpu_comm_ = std::move(*nccl);
+    dp_comm_ = gpu_comm_.get();
+  }
   std::vector<nn::Parameter> params = model_->parameters();
   const OptimizerConfig& oc = cfg_.optimizer();
   apply_decay_rules(oc, &params);
-  if (oc.type() == OptimizerConfig::SGD) {
-    opt_ = std::make_unique<optim::SGD>(params, oc.momentum(), oc.weight_decay());
-  } else {
-    opt_ = std::make_unique<optim::AdamW>(
-        params, optim::AdamWOptions{oc.beta1(), oc.beta2(), oc.eps(), oc.weight_decay()});
-  }
+  parallel::DataParallelOptions dpo;
+  dpo.zero_stage = cfg_.parallel().zero_stage();
+  dpo.bucket_mb = cfg_.parallel().bucket_mb();
+  dpo.gather_dtype = compute_;
+  auto make_opt = [oc](std::vector<nn::Parameter> pieces) -> std::unique_ptr<optim::Optimizer> {
+    if (oc.type() == OptimizerConfig::SGD)
+      return std::make_unique<optim::SGD>(std::move(pieces), oc.momentum(), oc.weight_decay());
+    return std::make_unique<optim::AdamW>(
+        std::move(pieces),
+        optim::AdamWOptions{oc.beta1(), oc.beta2(), oc.eps(), oc.weight_decay()});
+  };
+  dp_ = std::make_unique<parallel::DataParallel>(*model_, params, *dp_comm_, dpo, make_opt);
   // Schedules.
   const auto& sc = cfg_.schedule();
   const int64_t seq = cfg_.data().seq_len();
@@ -168,7 +183,7 @@ absl::Status Trainer::init() {
 
 absl::Status Trainer::make_sources() {
   const int dp = std::max(1, cfg_.parallel().dp());
-  const int dp_rank = world_.rank % dp;
+  const int dp_rank = (world_.rank / std::max(1, cfg_.parallel().tp())) % dp;
   const uint64_t seed = cfg_.data().has_seed() ? cfg_.data().seed() : cfg_.training().seed();
   if (cfg_.data().synthetic()) {
     const int64_t v = cfg_.model().vocab_size();
@@ -202,7 +217,7 @@ void Trainer::set_sources(std::unique_ptr<BatchSource> train, std::unique_ptr<Ba
 }
 
 double Trainer::train_step(int64_t step, int64_t seq_len, int64_t global_batch, double* gnorm) {
-  const int64_t dp = std::max(1, cfg_.parallel().dp());
+  const int64_t dp = dp_comm_->size();
   const int64_t micro = cfg_.parallel().micro_batch_size();
   const int64_t accum = std::max<int64_t>(1, global_batch / (micro * dp));
   const double loss_scale = scaler_ ? scaler_->scale() : 1.0;
@@ -211,25 +226,26 @@ double Trainer::train_step(int64_t step, int64_t seq_len, int64_t global_batch, 
     absl::StatusOr<Batch> b = train_->next(micro, seq_len);
     KILN_CHECK(b.ok()) << "training data: " << b.status().message();
     Tensor x = b->inputs.to(device_), y = b->targets.to(device_);
+    dp_->begin_micro_step(i + 1 == accum);
     Tensor loss = model_->loss(x, y);
     Tensor scaled = scale(loss, loss_scale / static_cast<double>(accum));
     scaled.backward();
+    dp_->end_micro_step();
     NoGradGuard ng;
     Tensor l = loss.detach();
     loss_sum = loss_sum.defined() ? add(loss_sum, l) : l;
   }
-  const auto& params = opt_->params();
   bool apply = true;
   if (scaler_) {
-    const bool bad = optim::grads_non_finite(params);
+    const bool bad = dp_->grads_non_finite();
     apply = scaler_->update(bad);
-    if (apply) optim::scale_grads(params, 1.0 / loss_scale);
+    if (apply) dp_->scale_grads(1.0 / loss_scale);
   }
-  *gnorm = apply ? optim::clip_grad_norm(params, cfg_.optimizer().grad_clip()) : NAN;
-  if (apply) opt_->step(lr_.at(static_cast<double>(step)));
-  opt_->zero_grad();
-  (void)step;
-  return loss_sum.item() / static_cast<double>(accum);
+  *gnorm = apply ? dp_->clip_grad_norm(cfg_.optimizer().grad_clip()) : NAN;
+  if (apply) dp_->step(lr_.at(static_cast<double>(step)));
+  dp_->zero_grad();
+  const double local = loss_sum.item() / static_cast<double>(accum);
+  return dp > 1 ? world_comm_->all_reduce_scalar(local) / static_cast<double>(dp) : local;
 }
 
 double Trainer::evaluate() {

@@ -16,6 +16,8 @@
 #include "models/model.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
+#include "parallel/communicator.h"
+#include "parallel/data_parallel.h"
 #include "parallel/world.h"
 #include "proto/config.pb.h"
 
@@ -39,6 +41,7 @@ struct TextCodec {
 
 class Trainer {
  public:
+  // The world's communicator is made from `world` (MPI under mpirun/srun, else single-process).
   Trainer(TrainConfig config, parallel::World world);
   ~Trainer();
   // Everything that can fail for outside reasons (data files, run directory) fails here.
@@ -50,6 +53,7 @@ class Trainer {
   void set_sources(std::unique_ptr<BatchSource> train, std::unique_ptr<BatchSource> val);
   void set_quiet(bool q) { quiet_ = q; }
   models::LanguageModel& model() { return *model_; }
+  parallel::DataParallel& data_parallel() { return *dp_; }
   Device device() const { return device_; }
 
   double evaluate();  // mean validation loss over eval.batches micro-batches
@@ -64,8 +68,11 @@ class Trainer {
   parallel::World world_;
   Device device_;
   DType compute_ = DType::kF32;
+  std::unique_ptr<parallel::Communicator> world_comm_;  // CPU (MPI or single)
+  std::unique_ptr<parallel::Communicator> gpu_comm_;    // NCCL, on GPUs
+  parallel::Communicator* dp_comm_ = nullptr;
   std::unique_ptr<models::LanguageModel> model_;
-  std::unique_ptr<optim::Optimizer> opt_;
+  std::unique_ptr<parallel::DataParallel> dp_;
   std::unique_ptr<optim::LossScaler> scaler_;
   optim::LrSchedule lr_;
   optim::BatchRamp ramp_;

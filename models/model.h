@@ -2,11 +2,14 @@
 // plain shape description (ModelSpec) both families are built from. Models never mention ranks.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/nn/module.h"
 #include "core/random.h"
+#include "parallel/shardable.h"
 #include "proto/config.pb.h"
 
 namespace kiln::models {
@@ -37,7 +40,7 @@ struct ModelSpec {
 // and FLOPs per token).
 ModelSpec spec_from_config(const ModelConfig& model);
 
-class LanguageModel : public nn::Module {
+class LanguageModel : public nn::Module, public parallel::Shardable {
  public:
   explicit LanguageModel(const ModelSpec& spec) : spec_(spec) {}
   // ids: (B, T) integer tokens, T <= max_seq_len. Returns logits (B, T, V) in the compute dtype.
@@ -54,11 +57,16 @@ class LanguageModel : public nn::Module {
   // The generator dropout draws from (seeded per data-parallel rank by the trainer).
   Generator& dropout_generator() { return dropout_gen_; }
 
+  // parallel::Shardable: blocks, their parameters and the block hook (see parallel/shardable.h).
+  nn::Module& module() override { return *this; }
+  void set_block_hook(BlockHook h) override { block_hook_ = std::move(h); }
+
  protected:
   ModelSpec spec_;
   DType compute_ = DType::kF32;
   Recompute recompute_ = Recompute::kNone;
   Generator dropout_gen_{0};
+  BlockHook block_hook_;
 };
 
 // Builds a model with GPT-2 initialisation (N(0, init_std); residual output projections scaled by

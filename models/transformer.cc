@@ -190,7 +190,26 @@ Tensor Transformer::embed(const Tensor& ids) {
   return maybe_dropout(x, spec_.dropout, dropout_gen_, training());
 }
 
+std::vector<std::vector<int>> Transformer::block_parameter_indices() const {
+  std::vector<std::vector<int>> out(h.size());
+  const std::vector<nn::Parameter> params = parameters();
+  const std::string prefix = spec_.family == Family::kGPT2 ? "h." : "layers.";
+  for (int i = 0; i < static_cast<int>(params.size()); ++i) {
+    const std::string& n = params[i].name;
+    if (n.rfind(prefix, 0) != 0) continue;
+    out[std::stoi(n.substr(prefix.size()))].push_back(i);
+  }
+  return out;
+}
+
 Tensor Transformer::run_block(int i, const Tensor& x) {
+  if (block_hook_) {
+    return block_hook_(i, x, [this, i](const Tensor& in) { return run_block_unhooked(i, in); });
+  }
+  return run_block_unhooked(i, x);
+}
+
+Tensor Transformer::run_block_unhooked(int i, const Tensor& x) {
   Block* b = h[i].get();
   const DType c = compute_;
   const bool train = training();

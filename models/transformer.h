@@ -48,14 +48,19 @@ class Transformer : public LanguageModel {
   Tensor forward(const Tensor& ids) override;
   // Pieces, for pipeline stages and tests.
   Tensor embed(const Tensor& ids);           // (B, T) -> (B, T, C)
-  Tensor run_block(int i, const Tensor& x);  // applies recompute policy
+  Tensor run_block(int i, const Tensor& x);  // applies the block hook and the recompute policy
   Tensor head(const Tensor& x);              // final norm + classifier -> (B, T, V)
+  int num_blocks() const override { return static_cast<int>(h.size()); }
+  std::vector<std::vector<int>> block_parameter_indices() const override;
 
   std::shared_ptr<nn::Embedding> wte, wpe;  // GPT-2 names (Llama: wte = embed_tokens)
   std::vector<std::shared_ptr<Block>> h;
   std::shared_ptr<nn::LayerNorm> ln_f;
   std::shared_ptr<nn::RMSNorm> norm;
   std::shared_ptr<nn::Linear> lm_head;  // untied only
+
+ private:
+  Tensor run_block_unhooked(int i, const Tensor& x);
 };
 
 }  // namespace kiln::models

@@ -21,6 +21,7 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/cpu/fast_math.h"
 #include "core/ops/matmul.h"
 #include "core/parallel.h"
 
@@ -64,26 +65,11 @@ void check_cpu(const Tensor& q) {
   KILN_CHECK(q.device().is_cpu()) << kOp << ": internal: CPU kernel called with " << q.str();
 }
 
-// OpenBLAS runs its own thread pool; GEMMs called from several parallel_for workers at once
-// oversubscribe the cores (measured 10x slower on 2 cores). While heads run in parallel, each
-// GEMM runs on the calling thread. (OpenBLAS splits a GEMM over M and N, not K, so its result
-// does not depend on its thread count; Attention.IndependentOfThreadCount checks the whole op.)
-class SingleThreadedBlas {
- public:
-  SingleThreadedBlas() : prev_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-  ~SingleThreadedBlas() { openblas_set_num_threads(prev_); }
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-
- private:
-  int prev_;
-};
-
-// Runs fn over [0, heads): one head per task with single-threaded GEMMs when there are enough
-// heads to occupy the pool, else in order on this thread with OpenBLAS threading each GEMM.
+// Runs fn over [0, heads): one head per task when there are enough heads to occupy the pool (each
+// GEMM then runs on its task's thread: raw::gemm does not split inside a parallel region), else in
+// order on this thread with raw::gemm splitting each GEMM over the pool.
 void for_heads(int64_t heads, const std::function<void(int64_t, int64_t)>& fn) {
   if (heads >= num_threads() && num_threads() > 1) {
-    SingleThreadedBlas guard;
     parallel_for(heads, 1, fn);
   } else {
     fn(0, heads);
@@ -112,7 +98,7 @@ void softmax_block(T* s, int64_t n, int64_t kend, int64_t r0, T* lse) {
     for (int64_t j = 1; j < valid; ++j) m = std::max(m, row[j]);
     T sum = 0;
     for (int64_t j = 0; j < valid; ++j) {
-      row[j] = std::exp(row[j] - m);
+      row[j] = cpu::exp_fast(row[j] - m);
       sum += row[j];
     }
     const T inv = T(1) / sum;
@@ -192,7 +178,7 @@ void backward_head(const HeadGrad& h, const T* lse, T* delta, double scale) {
     for (int64_t r = 0; r < n; ++r) {  // recompute the probabilities from the log-sum-exp
       const int64_t valid = r0 + r + 1;
       T* row = pp + r * kend;
-      for (int64_t j = 0; j < valid; ++j) row[j] = std::exp(row[j] - lse[r0 + r]);
+      for (int64_t j = 0; j < valid; ++j) row[j] = cpu::exp_fast(row[j] - lse[r0 + r]);
       for (int64_t j = valid; j < kend; ++j) row[j] = 0;
     }
     Tensor go_b = rows(h.go, r0, n);

@@ -11,6 +11,7 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/cpu/fast_math.h"
 #include "core/ops/device_dispatch.h"
 #include "core/ops/matmul.h"
 #include "core/parallel.h"
@@ -82,8 +83,14 @@ CeForward cross_entropy_cpu(const Tensor& logits, const std::vector<int64_t>& t,
                    for (int64_t i = begin; i < end; ++i) {
                      const T* row = px + i * v;
                      T m = v > 0 ? *std::max_element(row, row + v) : T(0);
+                     // 16 partial sums (vectorisable), added in a fixed order.
+                     T part[16] = {};
+                     int64_t j = 0;
+                     for (; j + 16 <= v; j += 16)
+                       for (int l = 0; l < 16; ++l) part[l] += cpu::exp_fast(row[j + l] - m);
+                     for (; j < v; ++j) part[j % 16] += cpu::exp_fast(row[j] - m);
                      T sum = 0;
-                     for (int64_t j = 0; j < v; ++j) sum += std::exp(row[j] - m);
+                     for (int l = 0; l < 16; ++l) sum += part[l];
                      lse[i] = m + std::log(sum);
                      if (t[i] != ignore_index) row_loss[i] = lse[i] - row[t[i]];
                    }
@@ -116,7 +123,7 @@ Tensor cross_entropy_backward_cpu(const Tensor& logits, const Tensor& lse,
                        continue;
                      }
                      const T* row = px + i * v;
-                     for (int64_t j = 0; j < v; ++j) gr[j] = w * std::exp(row[j] - pl[i]);
+                     for (int64_t j = 0; j < v; ++j) gr[j] = w * cpu::exp_fast(row[j] - pl[i]);
                      gr[t[i]] -= w;
                    }
                  });

@@ -4,6 +4,8 @@
 
 #include <cblas.h>
 
+#include <type_traits>
+
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/check.h"
@@ -11,24 +13,76 @@
 #include "core/ops/cuda_base_ops.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/view.h"
+#include "core/parallel.h"
 
 namespace kiln {
 namespace raw {
 
+namespace {
+
+// OpenBLAS's own thread pool spins (sched_yield) between calls and competes with kiln's pool, so
+// OpenBLAS runs single-threaded and kiln splits each GEMM over its pool instead: by rows of C when
+// there are enough, else by columns. Each piece is an independent GEMM over the full K, so the
+// result does not depend on the thread count.
+void blas_single_threaded() {
+  static bool done = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)done;
+}
+
+template <typename T>
+void gemm_piece(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b,
+                int ldb, T beta, T* c, int ldc) {
+  const CBLAS_TRANSPOSE ca = ta ? CblasTrans : CblasNoTrans, cb = tb ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_sgemm(CblasRowMajor, ca, cb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  } else {
+    cblas_dgemm(CblasRowMajor, ca, cb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+}
+
+template <typename T>
+void gemm_parallel(const Tensor& at, const Tensor& bt, const Tensor& ct, bool ta, bool tb,
+                   double alpha, double beta) {
+  const int m = static_cast<int>(ct.size(0)), n = static_cast<int>(ct.size(1));
+  const int k = static_cast<int>(ta ? at.size(0) : at.size(1));
+  const int lda = static_cast<int>(at.size(1)), ldb = static_cast<int>(bt.size(1));
+  const T* a = at.data<T>();
+  const T* b = bt.data<T>();
+  T* c = ct.data<T>();
+  const T al = static_cast<T>(alpha), be = static_cast<T>(beta);
+  const double flops = 2.0 * m * n * k;
+  const int64_t tiles_m = m / 64, tiles_n = n / 64;
+  if (flops < 4e6 || num_threads() == 1 || (tiles_m < 2 && tiles_n < 2)) {
+    gemm_piece<T>(ta, tb, m, n, k, al, a, lda, b, ldb, be, c, n);
+    return;
+  }
+  if (tiles_m >= tiles_n) {  // split rows of C (and of op(A))
+    parallel_for(tiles_m, 1, [&](int64_t t0, int64_t t1) {
+      const int r0 = static_cast<int>(t0 * 64), r1 = t1 == tiles_m ? m : static_cast<int>(t1 * 64);
+      const T* ap = ta ? a + r0 : a + static_cast<int64_t>(r0) * lda;
+      gemm_piece<T>(ta, tb, r1 - r0, n, k, al, ap, lda, b, ldb, be,
+                    c + static_cast<int64_t>(r0) * n, n);
+    });
+  } else {  // split columns of C (and of op(B))
+    parallel_for(tiles_n, 1, [&](int64_t t0, int64_t t1) {
+      const int c0 = static_cast<int>(t0 * 64), c1 = t1 == tiles_n ? n : static_cast<int>(t1 * 64);
+      const T* bp = tb ? b + static_cast<int64_t>(c0) * ldb : b + c0;
+      gemm_piece<T>(ta, tb, m, c1 - c0, k, al, a, lda, bp, ldb, be, c + c0, n);
+    });
+  }
+}
+
+}  // namespace
+
 void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool ta, bool tb, double alpha,
           double beta) {
-  const int m = static_cast<int>(c.size(0)), n = static_cast<int>(c.size(1));
-  const int k = static_cast<int>(ta ? a.size(0) : a.size(1));
-  const int lda = static_cast<int>(a.size(1)), ldb = static_cast<int>(b.size(1));
-  const CBLAS_TRANSPOSE ca = ta ? CblasTrans : CblasNoTrans, cb = tb ? CblasTrans : CblasNoTrans;
-  if (c.dtype() == DType::kF32) {
-    cblas_sgemm(CblasRowMajor, ca, cb, m, n, k, static_cast<float>(alpha), a.data<float>(), lda,
-                b.data<float>(), ldb, static_cast<float>(beta), c.data<float>(), n);
-  } else {
-    KILN_CHECK(c.dtype() == DType::kF64) << "gemm: dtype " << c.dtype();
-    cblas_dgemm(CblasRowMajor, ca, cb, m, n, k, alpha, a.data<double>(), lda, b.data<double>(), ldb,
-                beta, c.data<double>(), n);
-  }
+  blas_single_threaded();
+  if (c.dtype() == DType::kF32) return gemm_parallel<float>(a, b, c, ta, tb, alpha, beta);
+  KILN_CHECK(c.dtype() == DType::kF64) << "gemm: dtype " << c.dtype();
+  gemm_parallel<double>(a, b, c, ta, tb, alpha, beta);
 }
 
 }  // namespace raw

@@ -13,6 +13,7 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/cpu/fast_math.h"
 #include "core/ops/device_dispatch.h"
 #include "core/ops/op_util.h"
 #include "core/parallel.h"
@@ -58,7 +59,7 @@ Tensor softmax_cpu(const Tensor& x, int64_t dim, bool log) {
       for (int64_t k = 0; k < n; ++k) m = std::max(m, xl[k * st]);
       double sum = 0;
       for (int64_t k = 0; k < n; ++k) {
-        const T e = std::exp(xl[k * st] - m);
+        const T e = cpu::exp_fast(xl[k * st] - m);
         if (!log) yl[k * st] = e;
         sum += e;
       }
@@ -90,7 +91,7 @@ Tensor softmax_backward_cpu(const Tensor& g, const Tensor& y, int64_t dim, bool 
       const T a = static_cast<T>(acc);
       for (int64_t k = 0; k < n; ++k) {
         const int64_t i = k * st;
-        dl[i] = log ? gl[i] - std::exp(yl[i]) * a : yl[i] * (gl[i] - a);
+        dl[i] = log ? gl[i] - cpu::exp_fast(yl[i]) * a : yl[i] * (gl[i] - a);
       }
     });
   });

@@ -1,0 +1,116 @@
+// Data parallelism and ZeRO-1/2/3 for one data-parallel group, applied to a model from outside.
+//
+// Parameters are grouped into units, each with a flat fp32 buffer padded to a multiple of dp and
+// split evenly: rank r owns elements [r*S, (r+1)*S) of every unit (FSDP-style), so a unit's
+// reduce-scatter hands each rank exactly its shard.
+//   stage 0 (DDP): units are buckets of about bucket_mb in reverse registration order (the order
+//     gradients become ready); gradients live in a flat buffer (params' .grad are views of it); on
+//     the last micro-step of a step, a bucket is all-reduced (averaged) as soon as every gradient
+//     in it is ready, while backward goes on; no communication on the other micro-steps.
+//   stage 1: as stage 0, but each bucket is reduce-scattered; each rank updates its shard of the
+//   fp32
+//     parameters with its shard of the optimizer state, then the parameters are all-gathered.
+//   stage 2: gradients are sharded too: each ready gradient is copied into its unit's staging
+//   buffer
+//     and released; a complete unit is reduce-scattered into the rank's fp32 gradient shard (every
+//     micro-step, as DeepSpeed does, so no full-size gradient persists).
+//   stage 3: parameters are sharded too: units are the model's blocks plus a root unit (embeddings,
+//     final norm, head). A block's parameters are all-gathered (in the compute dtype) just before
+//     the block runs, the next block's gather is started in advance, and they are released right
+//     after; backward gathers them again (a hook on the block's output) and releases them once
+//     their gradients have been reduce-scattered. Only the fp32 shard persists.
+// The optimizer (AdamW or SGD from optim/) runs unchanged over the rank's pieces of the parameters.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "optim/optimizer.h"
+#include "parallel/communicator.h"
+#include "parallel/shardable.h"
+
+namespace kiln::parallel {
+
+struct DataParallelOptions {
+  int zero_stage = 0;
+  double bucket_mb = 25.0;
+  DType gather_dtype = DType::kF32;  // ZeRO-3: dtype parameters are gathered in
+};
+
+using OptimizerFactory =
+    std::function<std::unique_ptr<optim::Optimizer>(std::vector<nn::Parameter> pieces)>;
+
+// One rank's piece of a named tensor: elements [offset, offset + local.numel()) of its flattened
+// global form (checkpoints store and reshard these).
+struct Piece {
+  std::string name;
+  Shape global_shape;
+  int64_t offset = 0;
+  Tensor local;
+};
+
+class DataParallel {
+ public:
+  // `params` are model.module().parameters() with their decay flags set. `comm` is the
+  // data-parallel group.
+  DataParallel(Shardable& model, std::vector<nn::Parameter> params, Communicator& comm,
+               DataParallelOptions opts, const OptimizerFactory& make_optimizer);
+  ~DataParallel();
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  // Brackets every micro-step; `last` marks the one whose gradients are synchronised (stages 0/1).
+  void begin_micro_step(bool last);
+  void end_micro_step();
+  // After the last micro-step. The norm is over the whole (averaged) gradient, equal on all ranks.
+  double grad_norm();
+  double clip_grad_norm(double max_norm);  // returns the norm before clipping
+  bool grads_non_finite();
+  void scale_grads(double s);
+  void step(double lr);
+  void zero_grad();
+
+  // Bytes this rank holds persistently.
+  int64_t optimizer_state_bytes();
+  int64_t parameter_bytes() const;
+  int64_t gradient_bytes() const;
+  // Collectives issued so far (tests check none run on accumulation micro-steps) and how many were
+  // issued while a backward pass was still running.
+  int64_t collectives() const { return collectives_; }
+  int64_t collectives_during_backward() const { return during_backward_; }
+
+  std::vector<Piece> parameter_pieces();  // fp32 master values
+  std::vector<Piece> optimizer_pieces();  // "<state>/<param>" pieces
+  optim::Optimizer& optimizer() { return *opt_; }
+  int zero_stage() const { return opts_.zero_stage; }
+
+ private:
+  struct Unit;
+  void build_units();
+  void on_grad_ready(int param);
+  void launch(int unit);
+  void finish(int unit);
+  void gather(int unit, bool wait);
+  void release(int unit);
+  void release_storage(int param);
+  Tensor hooked_block(int block, const Tensor& x, const std::function<Tensor(const Tensor&)>& run);
+
+  Shardable& model_;
+  std::vector<nn::Parameter> params_;
+  Communicator& comm_;
+  DataParallelOptions opts_;
+  std::vector<std::unique_ptr<Unit>> units_;
+  std::vector<int> unit_of_;        // param index -> unit
+  std::vector<int> unit_of_block_;  // block -> unit (stage 3)
+  int root_unit_ = -1;              // stage 3
+  std::unique_ptr<optim::Optimizer> opt_;
+  std::vector<std::pair<int, int64_t>>
+      piece_origin_;  // optimizer piece -> (param, offset in param)
+  bool sync_ = false;
+  bool in_backward_ = false;
+  int64_t collectives_ = 0, during_backward_ = 0;
+};
+
+}  // namespace kiln::parallel

@@ -1,0 +1,28 @@
+// What a model offers parallel wrappers that act on it from outside: its repeated blocks, the
+// parameters of each, and a hook around every block call (ZeRO-3 gathers a block's parameters
+// around it; pipeline stages will split at block boundaries). models/ implements it; parallel/ uses
+// it, so the dependency points down (models -> parallel) and models never mention ranks.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "core/nn/module.h"
+
+namespace kiln::parallel {
+
+class Shardable {
+ public:
+  // hook(i, x, run) must return run(x) or an equivalent.
+  using BlockHook = std::function<Tensor(int block, const Tensor& x,
+                                         const std::function<Tensor(const Tensor&)>& run)>;
+  virtual ~Shardable() = default;
+  virtual nn::Module& module() = 0;
+  virtual int num_blocks() const = 0;
+  // For each block, the indices (into module().parameters()) of its parameters; the others are
+  // "root" parameters (embeddings, final norm, head).
+  virtual std::vector<std::vector<int>> block_parameter_indices() const = 0;
+  virtual void set_block_hook(BlockHook h) = 0;
+};
+
+}  // namespace kiln::parallel
