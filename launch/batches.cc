@@ -18,7 +18,8 @@ class SyntheticSource final : public BatchSource {
     int32_t* pi = in.data<int32_t>();
     int32_t* pt = tg.data<int32_t>();
     for (int64_t i = 0; i < b; ++i) {
-      const uint64_t sample = first_ + static_cast<uint64_t>(served_ + i) * ranks_ + rank_;
+      // Like the shard loader: a call takes the rank's block of B consecutive stream positions.
+      const uint64_t sample = first_ + static_cast<uint64_t>(served_ * ranks_ + rank_ * b + i);
       int64_t tok = static_cast<int64_t>(rng_bits(seed_ ^ 0xabcdef, sample) % vocab_);
       for (int64_t j = 0; j <= t; ++j) {
         if (j < t) pi[i * t + j] = static_cast<int32_t>(tok);

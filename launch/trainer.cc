@@ -2,10 +2,14 @@
 #include "launch/trainer.h"
 
 #include <fnmatch.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -13,6 +17,7 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/ops/elementwise.h"
+#include "core/ops/view.h"
 #include "models/generate.h"
 #include "models/presets.h"
 
@@ -62,6 +67,23 @@ optim::CurriculumKind curriculum_kind(SeqLenCurriculum::Kind k) {
     default:
       return optim::CurriculumKind::kNone;
   }
+}
+
+// Test hook for the fault-tolerance tests: KILN_FAULT_INJECT="RANK:STEP:ACTION" makes rank RANK, at
+// the start of step STEP, die by SIGKILL ("kill"), exit(3) ("exit") or sleep forever ("hang").
+void maybe_inject_fault(int rank, int64_t step) {
+  static const char* spec = std::getenv("KILN_FAULT_INJECT");
+  if (!spec) return;
+  int r = -1;
+  long long s = -1;
+  char action[16] = {0};
+  if (std::sscanf(spec, "%d:%lld:%15s", &r, &s, action) != 3 || r != rank || s != step) return;
+  std::fprintf(stderr, "kiln: fault injection: rank %d %s at step %lld\n", rank, action, s);
+  std::fflush(stderr);
+  if (std::strcmp(action, "kill") == 0) raise(SIGKILL);
+  if (std::strcmp(action, "exit") == 0) std::_Exit(3);
+  if (std::strcmp(action, "hang") == 0)
+    for (;;) pause();
 }
 
 }  // namespace
@@ -232,7 +254,8 @@ double Trainer::train_step(int64_t step, int64_t seq_len, int64_t global_batch, 
     scaled.backward();
     dp_->end_micro_step();
     NoGradGuard ng;
-    Tensor l = loss.detach();
+    Tensor l =
+        cast(loss.detach(), DType::kF64);  // summed in f64 on the device: no sync per micro-step
     loss_sum = loss_sum.defined() ? add(loss_sum, l) : l;
   }
   bool apply = true;
@@ -347,6 +370,7 @@ absl::StatusOr<TrainSummary> Trainer::run() {
   do_eval(0);
   for (int64_t step = 0; step < max_steps; ++step) {
     if (budget > 0 && tokens_seen_ >= budget) break;
+    maybe_inject_fault(world_.rank, step);
     const int64_t seq = curriculum_.at(step);
     const int64_t gb = ramp_.at(static_cast<double>(tokens_seen_), multiple);
     const double t0 = now_s();

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# A rank that dies (kill -9) or hangs must end the whole mpirun job within the collective timeout,
+# with a clear message and no processes left behind. Usage: fault_test.sh MPIRUN KILN kill|hang
+set -uo pipefail
+mpirun=$1 kiln=$2 action=$3
+dir=$(mktemp -d)
+cat >"$dir/cfg.textproto" <<'CFG'
+model { preset: "gpt2-tiny" vocab_size: 96 max_seq_len: 32 n_layer: 2 n_head: 2 d_model: 32 }
+data { synthetic: true seq_len: 16 }
+training { global_batch_size: 8 max_steps: 100000 }
+parallel { micro_batch_size: 2 timeout_s: 10 }
+eval { batches: 1 sample_tokens: 0 }
+logging { tensorboard: false log_every: 1000 }
+device: CPU
+CFG
+start=$(date +%s)
+KILN_FAULT_INJECT="1:5:$action" timeout 240 "$mpirun" -np 2 --oversubscribe --bind-to none \
+  "$kiln" train --config "$dir/cfg.textproto" --set logging.run_dir="$dir/run" >"$dir/out" 2>&1
+rc=$?
+elapsed=$(( $(date +%s) - start ))
+cat "$dir/out" | tail -20
+echo "fault_test: $action: mpirun exit status $rc after ${elapsed}s"
+fail=0
+[ $rc -ne 0 ] || { echo "FAIL: the job succeeded despite the fault"; fail=1; }
+[ $rc -ne 124 ] || { echo "FAIL: the job hung (killed by timeout 240)"; fail=1; }
+[ $elapsed -le 60 ] || { echo "FAIL: took ${elapsed}s, the collective timeout is 10s"; fail=1; }
+if [ "$action" = hang ]; then
+  grep -q "did not complete within 10 s" "$dir/out" || { echo "FAIL: no timeout message"; fail=1; }
+fi
+sleep 1
+if pgrep -f "$dir/cfg.textproto" >/dev/null; then
+  echo "FAIL: orphan processes:"; pgrep -af "$dir/cfg.textproto"; pkill -9 -f "$dir/cfg.textproto"; fail=1
+fi
+rm -rf "$dir"
+exit $fail
