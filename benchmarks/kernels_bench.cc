@@ -17,7 +17,9 @@
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/cuda/runtime.h"
+#include "core/ops/cross_entropy.h"
 #include "core/ops/elementwise.h"
+#include "core/ops/layernorm.h"
 #include "core/ops/matmul.h"
 #include "core/ops/reduce.h"
 #include "core/random.h"
@@ -171,6 +173,57 @@ int main(int argc, char** argv) {
     row(std::string(g.name) + " dX", shape, ms, flop / (ms * 1e-3) / 1e12, "TFLOP/s", gemm_peak);
     ms = time_ms([&] { (void)matmul(dy, x, true, false); }, reps);  // dW = dY^T @ X
     row(std::string(g.name) + " dW", shape, ms, flop / (ms * 1e-3) / 1e12, "TFLOP/s", gemm_peak);
+  }
+
+  // ---- LayerNorm (plain and fused with the residual add), forward and backward, bf16 ----
+  {
+    const int64_t rows = tok;
+    Tensor x = rnd({rows, c}, DType::kBF16, 20), r = rnd({rows, c}, DType::kBF16, 21);
+    Tensor w = rnd({c}, DType::kBF16, 22), b = rnd({c}, DType::kBF16, 23);
+    Tensor gy = rnd({rows, c}, DType::kBF16, 24);
+    const double act = static_cast<double>(rows) * c * 2;  // bytes of one (rows, C) bf16 tensor
+    double ms = time_ms([&] { (void)layer_norm(x, w, b); }, reps);
+    row("layer_norm fwd (bf16)", std::to_string(rows) + "x768", ms, 2 * act / (ms * 1e-3) / 1e9,
+        "GB/s", copy_bw);  // read x, write y
+    ms = time_ms([&] { (void)add_layer_norm(x, r, w, b); }, reps);
+    row("add+layer_norm fwd (bf16)", std::to_string(rows) + "x768", ms, 4 * act / (ms * 1e-3) / 1e9,
+        "GB/s", copy_bw);  // read x, r; write sum, y
+    Tensor xg = x.detach().set_requires_grad(true);
+    Tensor wg = w.detach().set_requires_grad(true), bg = b.detach().set_requires_grad(true);
+    ms = time_ms(
+        [&] {
+          EnableGradGuard eg;
+          Tensor y = layer_norm(xg, wg, bg);
+          y.backward(gy);
+          xg.zero_grad();
+          wg.zero_grad();
+          bg.zero_grad();
+        },
+        reps);
+    // forward (read x, write y) + backward (read x, dy, write dx; dW/db partials are small)
+    row("layer_norm fwd+bwd (bf16)", std::to_string(rows) + "x768", ms, 5 * act / (ms * 1e-3) / 1e9,
+        "GB/s", copy_bw);
+  }
+
+  // ---- classifier + cross-entropy fused (GPT-2 head), forward + backward, bf16 ----
+  {
+    const int64_t vp = 50304;
+    Tensor x = rnd({tok, c}, DType::kBF16, 30).set_requires_grad(true);
+    Tensor w = rnd({vp, c}, DType::kBF16, 31, 0.02).set_requires_grad(true);
+    Generator g(32);
+    Tensor t = randint({tok}, g, v, DType::kI32, kGpu);
+    const double ms = time_ms(
+        [&] {
+          EnableGradGuard eg;
+          Tensor loss = linear_cross_entropy(x, w, t);
+          loss.backward();
+          x.zero_grad();
+          w.zero_grad();
+        },
+        reps);
+    const double flop = 3 * 2.0 * tok * c * vp;  // logits, dX, dW GEMMs
+    row("linear_cross_entropy fwd+bwd", std::to_string(tok) + "x768 @ 50304", ms,
+        flop / (ms * 1e-3) / 1e12, "TFLOP/s", gemm_peak);
   }
 
   // ---- a bias gradient: the deterministic column reduction ----

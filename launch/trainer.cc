@@ -16,6 +16,9 @@
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/check.h"
+#if KILN_WITH_CUDA
+#include "core/cuda/runtime.h"
+#endif
 #include "core/ops/elementwise.h"
 #include "core/ops/view.h"
 #include "models/generate.h"
@@ -108,6 +111,12 @@ absl::Status Trainer::init() {
   if (gpu && !cuda_available())
     return absl::FailedPreconditionError("device: CUDA requested but no GPU is available");
   device_ = gpu ? Device::cuda(world_.local_rank) : Device::cpu();
+#if KILN_WITH_CUDA
+  if (gpu) {
+    cuda::set_device(world_.local_rank);
+    cuda::set_deterministic(cfg_.training().deterministic());
+  }
+#endif
   switch (cfg_.precision().dtype()) {
     case PrecisionConfig::BF16:
       compute_ = DType::kBF16;

@@ -47,7 +47,7 @@ class LanguageModel : public nn::Module, public parallel::Shardable {
   virtual Tensor forward(const Tensor& ids) = 0;
   // Mean cross-entropy of forward(ids) against targets (B, T) (ignore index -100); a 0-dim f32
   // tensor.
-  Tensor loss(const Tensor& ids, const Tensor& targets);
+  virtual Tensor loss(const Tensor& ids, const Tensor& targets);
 
   const ModelSpec& spec() const { return spec_; }
   void set_compute_dtype(DType t) { compute_ = t; }

@@ -9,7 +9,9 @@
 #include "core/ops/cross_entropy.h"
 #include "core/ops/dropout.h"
 #include "core/ops/elementwise.h"
+#include "core/ops/layernorm.h"
 #include "core/ops/matmul.h"
+#include "core/ops/rmsnorm.h"
 #include "core/ops/rope.h"
 #include "core/ops/view.h"
 #include "core/recompute.h"
@@ -110,11 +112,16 @@ Mlp::Mlp(const ModelSpec& s, Generator& gen) : spec(s) {
 }
 
 Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc) {
+  (void)rc;  // the fused MLP keeps only its GELU input; selective recompute targets attention
   if (is_gpt2(spec)) {
-    Tensor hdn = c_fc->forward(x, compute);
-    hdn = rc == Recompute::kSelective ? checkpoint([](const Tensor& t) { return gelu(t); }, hdn)
-                                      : gelu(hdn);
-    return c_proj->forward(hdn, compute);
+    auto w = [compute](const std::shared_ptr<nn::Linear>& l, bool bias) {
+      return bias ? (l->bias.defined() ? nn::to_compute(l->bias, compute) : Tensor())
+                  : nn::to_compute(l->weight, compute);
+    };
+    // One op: on CUDA the bias and GELU run in the first GEMM's epilogue and the GELU gradient
+    // in the backward GEMM's; on the CPU it is linear -> gelu -> linear.
+    return mlp_gelu(nn::to_compute(x, compute), w(c_fc, false), w(c_fc, true), w(c_proj, false),
+                    w(c_proj, true));
   }
   Tensor hdn = swiglu(gate_proj->forward(x, compute), up_proj->forward(x, compute));
   return down_proj->forward(hdn, compute);
@@ -140,11 +147,20 @@ Block::Block(const ModelSpec& s, Generator& gen) : spec(s) {
 }
 
 Tensor Block::forward(const Tensor& x, DType compute, Recompute rc, Generator& drop, bool train) {
+  // Pre-norm residual block; the first residual add is fused with the second norm:
+  // (h1, n2) = (x + attn(norm1(x)), norm2(x + attn(norm1(x)))).
   Tensor n1 = is_gpt2(spec) ? ln_1->forward(x) : input_layernorm->forward(x);
-  Tensor h1 = add(x, attn->forward(n1, compute, rc, drop, train));
-  Tensor n2 = is_gpt2(spec) ? ln_2->forward(h1) : post_attention_layernorm->forward(h1);
-  Tensor m = maybe_dropout(mlp->forward(n2, compute, rc), spec.dropout, drop, train);
-  return add(h1, m);
+  Tensor a = attn->forward(n1, compute, rc, drop, train);
+  std::pair<Tensor, Tensor> hn;
+  if (is_gpt2(spec)) {
+    Tensor b = ln_2->bias.defined() ? nn::to_compute(ln_2->bias, a.dtype()) : Tensor();
+    hn = add_layer_norm(a, x, nn::to_compute(ln_2->weight, a.dtype()), b, ln_2->eps);
+  } else {
+    hn = add_rms_norm(a, x, nn::to_compute(post_attention_layernorm->weight, a.dtype()),
+                      post_attention_layernorm->eps);
+  }
+  Tensor m = maybe_dropout(mlp->forward(hn.second, compute, rc), spec.dropout, drop, train);
+  return add(hn.first, m);
 }
 
 Transformer::Transformer(const ModelSpec& s, uint64_t seed) : LanguageModel(s) {
@@ -240,6 +256,16 @@ Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets) {
   Tensor logits = forward(ids);
   const int64_t v = logits.size(-1);
   return cross_entropy(logits.reshape({-1, v}), targets.reshape({-1}));
+}
+
+Tensor Transformer::loss(const Tensor& ids, const Tensor& targets) {
+  Tensor x = embed(ids);
+  for (size_t i = 0; i < h.size(); ++i) x = run_block(static_cast<int>(i), x);
+  Tensor n = ln_f ? ln_f->forward(x) : norm->forward(x);
+  const Tensor& w = lm_head ? lm_head->weight : wte->weight;
+  // Classifier and loss fused: on CUDA the (B*T, V) logits are never stored whole.
+  return linear_cross_entropy(n.reshape({-1, n.size(-1)}), nn::to_compute(w, compute_),
+                              targets.reshape({-1}));
 }
 
 ModelSpec spec_from_config(const ModelConfig& m) {

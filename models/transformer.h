@@ -46,6 +46,7 @@ class Transformer : public LanguageModel {
  public:
   Transformer(const ModelSpec& s, uint64_t seed);
   Tensor forward(const Tensor& ids) override;
+  Tensor loss(const Tensor& ids, const Tensor& targets) override;
   // Pieces, for pipeline stages and tests.
   Tensor embed(const Tensor& ids);           // (B, T) -> (B, T, C)
   Tensor run_block(int i, const Tensor& x);  // applies the block hook and the recompute policy

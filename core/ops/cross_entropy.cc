@@ -163,7 +163,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   } else {
     std::vector<int64_t> t = read_targets(targets, logits.size(1), ignore_index, &count);
     f = cross_entropy_cpu(logits, t, ignore_index, count);
-    out = Tensor::scalar(f.loss, logits.dtype());
+    out = Tensor::scalar(f.loss, raw::compute_dtype(logits.dtype()));
   }
   if (auto n = record<CrossEntropyNode>({&logits})) {
     n->ignore_index = ignore_index;

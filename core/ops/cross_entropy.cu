@@ -277,7 +277,8 @@ char* elem_ptr(const Tensor& t, int64_t i) {
 // ---- cross_entropy ----
 
 // logits (N, V), targets (N) i32/i64 on the current device. Returns the mean loss as a 0-dim
-// tensor in logits' dtype; *lse = (N) log-sum-exp in f32 (f64 for f64), *count = rows not ignored.
+// f32 tensor (f64 for f64 logits); *lse = (N) log-sum-exp in f32 (f64 for f64), *count = rows not
+// ignored.
 Tensor cross_entropy_forward(const Tensor& logits, const Tensor& targets, int64_t ignore,
                              Tensor* lse, int64_t* count) {
   const char* op = "cross_entropy";
@@ -288,7 +289,7 @@ Tensor cross_entropy_forward(const Tensor& logits, const Tensor& targets, int64_
   Tensor x = raw::contiguous(logits), tc = raw::contiguous(targets);
   *lse = Tensor::empty({n}, ad, logits.device());
   Tensor row_loss = Tensor::empty({n}, ad, logits.device());
-  Tensor loss = Tensor::empty({}, logits.dtype(), logits.device());
+  Tensor loss = Tensor::empty({}, ad, logits.device());  // f32 (f64) whatever the logits' dtype
   KILN_CUDA_DISPATCH_FLOAT(logits.dtype(), op, T, {
     using A = acc_t<T>;
     if (n > 0 && v > 0) {
@@ -300,8 +301,8 @@ Tensor cross_entropy_forward(const Tensor& logits, const Tensor& targets, int64_
     } else if (n > 0) {  // V == 0 with every row ignored (checked): zero losses
       KILN_CUDA_CHECK(cudaMemsetAsync(row_loss.raw(), 0, row_loss.nbytes(), compute_stream()));
     }
-    mean_loss_kernel<T>
-        <<<1, 1024, 0, compute_stream()>>>(row_loss.data<A>(), n, *count, loss.data<T>());
+    mean_loss_kernel<A>
+        <<<1, 1024, 0, compute_stream()>>>(row_loss.data<A>(), n, *count, loss.data<A>());
     KILN_CUDA_CHECK_LAUNCH();
   });
   return loss;
@@ -332,8 +333,8 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const
 // ---- linear_cross_entropy ----
 
 // x (N, C), w (V, C), targets (N) on the current device, x and w one floating dtype. Returns the
-// mean loss (0-dim, x's dtype). When want_dx / want_dw, also the gradients of that loss (for an
-// upstream gradient of 1) in *dx (N, C) and *dw (V, C), x's dtype. chunk_rows <= 0 picks a chunk
+// mean loss (0-dim, f32; f64 for f64). When want_dx / want_dw, also the gradients of that loss (for
+// an upstream gradient of 1) in *dx (N, C) and *dw (V, C), x's dtype. chunk_rows <= 0 picks a chunk
 // of about 256 MiB of logits.
 Tensor linear_cross_entropy_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& targets,
                                     int64_t ignore, int64_t chunk_rows, bool want_dx, bool want_dw,
@@ -350,7 +351,7 @@ Tensor linear_cross_entropy_forward(const Tensor& x_in, const Tensor& w_in, cons
   if (chunk_rows <= 0)
     chunk_rows = std::max<int64_t>(1, (int64_t{1} << 28) / std::max<int64_t>(v * esz, 1));
   chunk_rows = std::min<int64_t>(chunk_rows, std::max<int64_t>(n, 1));
-  Tensor loss = Tensor::empty({}, dt, dev);
+  Tensor loss = Tensor::empty({}, ad, dev);  // f32 (f64) whatever x's dtype
   Tensor row_loss = Tensor::empty({n}, ad, dev);
   Tensor dw_acc;  // (V, C) in the accumulation dtype
   if (want_dx) *dx = Tensor::empty({n, c}, dt, dev);
@@ -396,8 +397,8 @@ Tensor linear_cross_entropy_forward(const Tensor& x_in, const Tensor& w_in, cons
         gemm(buf.raw(), true, v, xr, false, c, dw_acc.raw(), c, v, c, rows, dt, ad,
              r0 == 0 ? 0.0 : 1.0);
     }
-    mean_loss_kernel<T>
-        <<<1, 1024, 0, compute_stream()>>>(row_loss.data<A>(), n, count, loss.data<T>());
+    mean_loss_kernel<A>
+        <<<1, 1024, 0, compute_stream()>>>(row_loss.data<A>(), n, count, loss.data<A>());
     KILN_CUDA_CHECK_LAUNCH();
   });
   if (want_dw) *dw = raw::convert(dw_acc, dt);

@@ -9,7 +9,8 @@
 namespace kiln {
 
 // mean over rows i with targets[i] != ignore_index of -log softmax(logits[i])[targets[i]].
-// logits: (N, V) floating; targets: (N) i32 or i64. Returns a 0-dim tensor in logits' dtype
+// logits: (N, V) floating; targets: (N) i32 or i64. Returns a 0-dim f32 tensor (f64 for f64
+// logits: a bf16 loss would keep 3 significant digits)
 // (computed in f32, or f64 for f64 logits); 0 when every target is ignored. Differentiable in
 // logits; ignored rows get a zero gradient.
 // REQUIRES: each target is in [0, V) or equals ignore_index (else a kiln::Error naming the row);
@@ -22,7 +23,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
 // accumulated from it at once (kept until backward, then scaled by the upstream gradient). On the
 // CPU it is the composition itself. chunk_rows <= 0 picks about 256 MiB of logits per chunk.
 // x: (N, C), weight: (V, C) (PyTorch's classifier layout), the same floating dtype and device;
-// targets: (N) i32 or i64. Returns a 0-dim tensor in x's dtype; differentiable in x and weight.
+// targets: (N) i32 or i64. Returns a 0-dim f32 tensor (f64 for f64 inputs); differentiable in x
+// and weight.
 Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor& targets,
                             int64_t ignore_index = -100, int64_t chunk_rows = 0);
 

@@ -1,0 +1,91 @@
+// The training loop on a GPU against the CPU reference: a tiny GPT-2 trained 50 steps on both
+// (fixed synthetic data and seed) gives the same losses within bf16 tolerance (bf16 GPU run) and
+// within f32 tolerance (f32 GPU run), and two GPU runs in deterministic mode are bit-identical.
+// Skips where no GPU is visible.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "core/backend.h"
+#include "core/check.h"
+#include "launch/config.h"
+#include "launch/trainer.h"
+
+namespace kiln {
+namespace {
+
+constexpr int kSteps = 50;
+
+TrainConfig config(TrainConfig::Device device, PrecisionConfig::Dtype dtype, bool deterministic) {
+  auto c = ParseConfig(R"pb(
+                         model {
+                           preset: "gpt2-tiny"
+                           vocab_size: 512
+                           max_seq_len: 64
+                           n_layer: 2
+                           n_head: 4
+                           d_model: 128
+                         }
+                         data { synthetic: true seq_len: 64 }
+                         training { global_batch_size: 16 max_steps: 50 seed: 11 }
+                         parallel { micro_batch_size: 8 }
+                         optimizer { lr: 3e-3 grad_clip: 1.0 }
+                         schedule { lr { warmup_steps: 5 } }
+                         eval { batches: 2 sample_tokens: 0 }
+                         logging { tensorboard: false jsonl: false }
+                       )pb",
+                       "gpu_train_test");
+  KILN_CHECK(c.ok()) << c.status().message();
+  c->set_device(device);
+  c->mutable_precision()->set_dtype(dtype);
+  c->mutable_training()->set_deterministic(deterministic);
+  c->mutable_logging()->set_run_dir(::testing::TempDir() + "/kiln_gpu_train");
+  KILN_CHECK(ResolveConfig(&*c).ok());
+  KILN_CHECK(ResolveWorld(1, &*c).ok());
+  absl::Status s = Validate(*c);
+  KILN_CHECK(s.ok()) << s.message();
+  return *c;
+}
+
+std::vector<double> train(const TrainConfig& cfg) {
+  launch::Trainer t(cfg, parallel::World{});
+  t.set_quiet(true);
+  absl::Status s = t.init();
+  KILN_CHECK(s.ok()) << s.message();
+  auto r = t.run();
+  KILN_CHECK(r.ok()) << r.status().message();
+  return r->train_losses;
+}
+
+double max_rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    worst = std::max(worst, std::fabs(a[i] - b[i]) / std::fabs(b[i]));
+  return worst;
+}
+
+TEST(GpuTraining, MatchesCpuAndIsDeterministic) {
+  if (!cuda_available()) GTEST_SKIP() << "no GPU visible";
+  const std::vector<double> cpu = train(config(TrainConfig::CPU, PrecisionConfig::FP32, false));
+  const std::vector<double> f32 = train(config(TrainConfig::CUDA, PrecisionConfig::FP32, true));
+  const std::vector<double> bf16a = train(config(TrainConfig::CUDA, PrecisionConfig::BF16, true));
+  const std::vector<double> bf16b = train(config(TrainConfig::CUDA, PrecisionConfig::BF16, true));
+  ASSERT_EQ(cpu.size(), static_cast<size_t>(kSteps));
+  const double d32 = max_rel_diff(f32, cpu), d16 = max_rel_diff(bf16a, cpu);
+  std::printf(
+      "50 steps: CPU f32 %.5f -> %.5f, GPU f32 max rel diff %.3g, GPU bf16 max rel diff %.3g\n",
+      cpu.front(), cpu.back(), d32, d16);
+  // f32 on the GPU differs from the CPU only in summation order (cuBLASLt, reductions): far below
+  // 1e-3.
+  EXPECT_LE(d32, 1e-3);
+  // bf16 keeps 8 bits of mantissa (relative 2^-8 = 0.4% per rounding); over 50 steps the loss
+  // curves stay within 2% of each other.
+  EXPECT_LE(d16, 2e-2);
+  EXPECT_LT(cpu.back(), cpu.front() - 0.5) << "the model did not learn";
+  for (int i = 0; i < kSteps; ++i)
+    EXPECT_EQ(std::memcmp(&bf16a[i], &bf16b[i], sizeof(double)), 0) << "step " << i;
+}
+
+}  // namespace
+}  // namespace kiln
