@@ -55,7 +55,7 @@ class GPT2(nn.Module):
         for blk in self.h:
             x = blk(x)
         logits = self.ln_f(x) @ self.wte.weight.t()
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def main():
@@ -72,7 +72,18 @@ def main():
     n_params = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=True)
+    mode = "torch.compile"
     step_fn = torch.compile(model)
+    try:  # compile once up front so a failure is reported, then measured eagerly instead
+        x = torch.randint(0, 50257, (args.batch, args.seq + 1), device=dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            step_fn(x[:, :-1], x[:, 1:]).backward()
+        opt.zero_grad(set_to_none=True)
+    except Exception as e:  # noqa: BLE001
+        import traceback
+        print("torch.compile failed:\n" + "".join(traceback.format_exception(e)[-12:]), flush=True)
+        mode = "eager (torch.compile failed)"
+        step_fn = model
     g = torch.Generator(device=dev).manual_seed(1)
     times = []
     for step in range(args.steps):
@@ -92,7 +103,7 @@ def main():
     dt = sorted(times)[len(times) // 2]
     tok_s = args.batch * args.seq / dt
     flops = 6 * n_params + 12 * 12 * 768 * args.seq
-    print(f"pytorch {torch.__version__} {torch.cuda.get_device_name()}: GPT-2 124M batch "
+    print(f"pytorch {torch.__version__} ({mode}) {torch.cuda.get_device_name()}: GPT-2 124M batch "
           f"{args.batch}x{args.seq} bf16: {dt * 1e3:.1f} ms/step, {tok_s:,.0f} tok/s, "
           f"MFU {100 * tok_s * flops / 989e12:.1f}% (last loss {loss_v:.3f})")
 

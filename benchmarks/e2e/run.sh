@@ -16,4 +16,6 @@ mfu = sorted(r["mfu"] for r in rows if r["step"] >= 10)
 print(f"kiln: GPT-2 124M batch 32x1024 bf16: {tok[len(tok)//2]:,.0f} tok/s, MFU {100*mfu[len(mfu)//2]:.1f}%"
       f" (median of steps 10-{rows[-1]['step']}), peak memory {rows[-1]['mem_peak_mib']:.0f} MiB")
 PY
-python3 "$here/pytorch_gpt2.py" 2>&1 | tail -3 | tee "$out/pytorch.log"
+python3 "$here/pytorch_gpt2.py" > "$out/pytorch.log" 2>&1
+grep -A14 "torch.compile failed" "$out/pytorch.log" || true
+grep "^pytorch" "$out/pytorch.log"
