@@ -372,7 +372,9 @@ absl::StatusOr<TrainSummary> Trainer::run() {
     const double v = evaluate();
     if (std::isnan(v)) return;
     sum.val_losses.emplace_back(step, v);
-    metrics_.log("val", step, {{"loss", v}});
+    metrics_.log("val", step, {{"loss", v},
+                               {"tokens", static_cast<double>(tokens_seen_)},
+                               {"elapsed_s", now_s() - t_start}});
     if (!quiet_ && world_.rank == 0)
       std::printf("eval  step %lld | val loss %.4f\n", static_cast<long long>(step), v);
   };
@@ -384,6 +386,8 @@ absl::StatusOr<TrainSummary> Trainer::run() {
     const int64_t gb = ramp_.at(static_cast<double>(tokens_seen_), multiple);
     const double t0 = now_s();
     double gnorm = 0;
+    seq_len_ = seq;
+    batch_ = gb;
     const double loss = train_step(step, seq, gb, &gnorm);
     if (device_.is_cuda()) cuda_backend().synchronize();
     const double dt = now_s() - t0;

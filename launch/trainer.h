@@ -83,6 +83,7 @@ class Trainer {
   TextCodec codec_;
   Generator sample_gen_{0};
   int64_t tokens_seen_ = 0;
+  int64_t seq_len_ = 0, batch_ = 0;  // of the current step
   double flops_per_token_full_ = 0;
   double elapsed_ = 0;
   int64_t steps_timed_ = 0;
