@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -178,14 +179,22 @@ absl::Status Trainer::init() {
   const auto& sc = cfg_.schedule();
   const int64_t seq = cfg_.data().seq_len();
   const int64_t gb = cfg_.training().global_batch_size();
+  // With a token budget the LR schedule runs over tokens (warmup_steps count full-size steps), so
+  // that a batch-size ramp or a sequence-length curriculum, which change the tokens per step, keep
+  // the same schedule per token (Megatron schedules over samples for its ramp the same way);
+  // training stops when the budget is used. Otherwise it runs over steps.
+  const int64_t budget = cfg_.training().token_budget();
+  by_tokens_ = budget > 0;
   int64_t max_steps = cfg_.training().max_steps();
-  if (max_steps <= 0 || (cfg_.training().token_budget() > 0 &&
-                         cfg_.training().token_budget() / (gb * seq) < max_steps))
-    max_steps = std::max<int64_t>(1, cfg_.training().token_budget() / (gb * seq));
+  if (by_tokens_ && max_steps <= 0) max_steps = std::numeric_limits<int32_t>::max();
   cfg_.mutable_training()->set_max_steps(max_steps);
-  lr_ = {lr_kind(sc.lr().kind()),        oc.lr(),
-         sc.lr().min_lr_ratio(),         static_cast<double>(sc.lr().warmup_steps()),
-         static_cast<double>(max_steps), sc.lr().decay_fraction()};
+  const double unit = by_tokens_ ? static_cast<double>(gb * seq) : 1.0;
+  lr_ = {lr_kind(sc.lr().kind()),
+         oc.lr(),
+         sc.lr().min_lr_ratio(),
+         static_cast<double>(sc.lr().warmup_steps()) * unit,
+         by_tokens_ ? static_cast<double>(budget) : static_cast<double>(max_steps),
+         sc.lr().decay_fraction()};
   const int64_t dp = std::max(1, cfg_.parallel().dp());
   ramp_ = {sc.batch_ramp().start(), std::max(1, sc.batch_ramp().increment()), gb,
            static_cast<double>(sc.batch_ramp().ramp_tokens())};
@@ -247,7 +256,7 @@ void Trainer::set_sources(std::unique_ptr<BatchSource> train, std::unique_ptr<Ba
   }
 }
 
-double Trainer::train_step(int64_t step, int64_t seq_len, int64_t global_batch, double* gnorm) {
+double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, double* gnorm) {
   const int64_t dp = dp_comm_->size();
   const int64_t micro = cfg_.parallel().micro_batch_size();
   const int64_t accum = std::max<int64_t>(1, global_batch / (micro * dp));
@@ -274,7 +283,7 @@ double Trainer::train_step(int64_t step, int64_t seq_len, int64_t global_batch, 
     if (apply) dp_->scale_grads(1.0 / loss_scale);
   }
   *gnorm = apply ? dp_->clip_grad_norm(cfg_.optimizer().grad_clip()) : NAN;
-  if (apply) dp_->step(lr_.at(static_cast<double>(step)));
+  if (apply) dp_->step(lr);
   dp_->zero_grad();
   const double local = loss_sum.item() / static_cast<double>(accum);
   return dp > 1 ? world_comm_->all_reduce_scalar(local) / static_cast<double>(dp) : local;
@@ -332,7 +341,10 @@ void Trainer::log_step(int64_t step, double loss, double lr, double gnorm, int64
   const double gpus = std::max(1, world_.size);
   const double mfu = peak > 0 ? tok_s * flops_per_token_full_ / (gpus * peak) : NAN;
   const MemoryStats mem = memory_stats(device_);
-  const double eta = elapsed_ / std::max<int64_t>(steps_timed_, 1) * (max_steps - step - 1);
+  const double eta = by_tokens_
+                         ? elapsed_ / std::max<int64_t>(tokens_timed_, 1) *
+                               static_cast<double>(cfg_.training().token_budget() - tokens_seen_)
+                         : elapsed_ / std::max<int64_t>(steps_timed_, 1) * (max_steps - step - 1);
   metrics_.log("train", step,
                {{"loss", loss},
                 {"lr", lr},
@@ -372,9 +384,11 @@ absl::StatusOr<TrainSummary> Trainer::run() {
     const double v = evaluate();
     if (std::isnan(v)) return;
     sum.val_losses.emplace_back(step, v);
-    metrics_.log("val", step, {{"loss", v},
-                               {"tokens", static_cast<double>(tokens_seen_)},
-                               {"elapsed_s", now_s() - t_start}});
+    metrics_.log("val", step,
+                 {{"loss", v},
+                  {"tokens", static_cast<double>(tokens_seen_)},
+                  {"elapsed_s", now_s() - t_start},
+                  {"train_s", train_time_}});
     if (!quiet_ && world_.rank == 0)
       std::printf("eval  step %lld | val loss %.4f\n", static_cast<long long>(step), v);
   };
@@ -388,20 +402,25 @@ absl::StatusOr<TrainSummary> Trainer::run() {
     double gnorm = 0;
     seq_len_ = seq;
     batch_ = gb;
-    const double loss = train_step(step, seq, gb, &gnorm);
+    const double lr =
+        lr_.at(by_tokens_ ? static_cast<double>(tokens_seen_) : static_cast<double>(step));
+    const double loss = train_step(lr, seq, gb, &gnorm);
     if (device_.is_cuda()) cuda_backend().synchronize();
     const double dt = now_s() - t0;
     const int64_t tokens = gb * seq;
     tokens_seen_ += tokens;
+    train_time_ += dt;
     if (step > 0) {  // the first step includes one-time setup (allocator, kernels)
       elapsed_ += dt;
+      tokens_timed_ += tokens;
       ++steps_timed_;
     }
     sum.train_losses.push_back(loss);
-    log_step(step, loss, lr_.at(static_cast<double>(step)), gnorm, tokens, dt);
+    log_step(step, loss, lr, gnorm, tokens, dt);
     ++sum.steps;
-    if (eval_every > 0 && (step + 1) % eval_every == 0 && step + 1 < max_steps) do_eval(step + 1);
-    if (sample_every > 0 && (step + 1) % sample_every == 0 && step + 1 < max_steps) {
+    const bool last = step + 1 == max_steps || (budget > 0 && tokens_seen_ >= budget);
+    if (eval_every > 0 && (step + 1) % eval_every == 0 && !last) do_eval(step + 1);
+    if (sample_every > 0 && (step + 1) % sample_every == 0 && !last) {
       std::string s = sample(step + 1);
       if (!quiet_ && world_.rank == 0) std::printf("sample: %s\n", s.c_str());
     }

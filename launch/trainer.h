@@ -61,7 +61,7 @@ class Trainer {
 
  private:
   absl::Status make_sources();
-  double train_step(int64_t step, int64_t seq_len, int64_t global_batch, double* grad_norm);
+  double train_step(double lr, int64_t seq_len, int64_t global_batch, double* grad_norm);
   void log_step(int64_t step, double loss, double lr, double gnorm, int64_t tokens, double dt);
 
   TrainConfig cfg_;
@@ -85,7 +85,10 @@ class Trainer {
   int64_t tokens_seen_ = 0;
   int64_t seq_len_ = 0, batch_ = 0;  // of the current step
   double flops_per_token_full_ = 0;
-  double elapsed_ = 0;
+  double elapsed_ = 0;     // step time after the first step (ETA, tokens/s)
+  double train_time_ = 0;  // all step time, evaluation excluded
+  int64_t tokens_timed_ = 0;
+  bool by_tokens_ = false;  // schedules over tokens (a token budget is set)
   int64_t steps_timed_ = 0;
   bool quiet_ = false;
 };
