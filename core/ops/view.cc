@@ -50,6 +50,18 @@ class NarrowNode final : public Node {
   }
 };
 
+// split's outputs share one node: backward concatenates their gradients (zeros where an output got
+// none) instead of scattering each into a zero tensor of the input's size and summing them.
+class SplitNode final : public Node {
+ public:
+  const char* name() const override { return "Split"; }
+  int64_t dim = 0;
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    NoGradGuard ng;
+    return {concat(g, dim)};
+  }
+};
+
 class ConcatNode final : public Node {
  public:
   const char* name() const override { return "Concat"; }
@@ -178,9 +190,16 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
                                  << x.str() << " is " << x.size(d);
   std::vector<Tensor> out;
   int64_t start = 0;
-  for (int64_t s : sizes) {
-    out.push_back(narrow(x, d, start, s));
-    start += s;
+  {
+    NoGradGuard ng;  // plain views; the single SplitNode below carries the gradient
+    for (int64_t s : sizes) {
+      out.push_back(narrow(x, d, start, s).detach());
+      start += s;
+    }
+  }
+  if (auto n = record<SplitNode>({&x})) {
+    n->dim = d;
+    for (size_t i = 0; i < out.size(); ++i) set_history(out[i], n, static_cast<int>(i));
   }
   return out;
 }
