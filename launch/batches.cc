@@ -34,13 +34,16 @@ class SyntheticSource final : public BatchSource {
     return Batch{in, tg};
   }
 
-  std::string position() const override { return absl::StrCat(served_); }
+  // Global, like the shard loader's: samples consumed by all ranks (each makes the same calls), so
+  // a position restores under another number of ranks.
+  std::string position() const override { return absl::StrCat(served_ * ranks_); }
 
   absl::Status restore(const std::string& pos) override {
     int64_t v;
-    if (!absl::SimpleAtoi(pos, &v) || v < 0)
-      return absl::InvalidArgumentError("synthetic source: bad position '" + pos + "'");
-    served_ = v;
+    if (!absl::SimpleAtoi(pos, &v) || v < 0 || v % ranks_ != 0)
+      return absl::InvalidArgumentError("synthetic source: bad position '" + pos + "' for " +
+                                        absl::StrCat(ranks_) + " ranks");
+    served_ = v / ranks_;
     return absl::OkStatus();
   }
 

@@ -7,6 +7,7 @@
 
 #include "core/check.h"
 #include "data/cli.h"
+#include "launch/export.h"
 #include "launch/plot.h"
 #include "launch/train_cli.h"
 
@@ -25,6 +26,10 @@ const Command kCommands[] = {
     {"prepare-data", kiln::data::prepare_data_main, "text / JSONL -> train and val token shards"},
     {"tokenizer", kiln::data::tokenizer_main, "train a BPE vocabulary; encode / decode text"},
     {"plot", kiln::launch::plot_main, "write RUN_DIR/loss.png and loss.svg from metrics.jsonl"},
+    {"export", kiln::launch::export_main,
+     "checkpoint -> Hugging Face safetensors + config.json (--format safetensors)"},
+    {"checkpoint", kiln::launch::checkpoint_main, "info / verify / hash a checkpoint"},
+    {"logits", kiln::launch::logits_main, "debug: a model's logits for given tokens"},
     {"info", kiln::launch::info_main, "build, devices, threads and model presets"},
 };
 

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -165,14 +166,17 @@ void MetricsLogger::log(const std::string& kind, int64_t step,
                         const std::vector<std::pair<std::string, double>>& kv) {
   if (has_jsonl_) {
     std::ostringstream os;
-    os.precision(9);
     os << "{\"kind\":\"" << json_escape(kind) << "\",\"step\":" << step;
     for (const auto& [k, v] : kv) {
       os << ",\"" << json_escape(k) << "\":";
-      if (std::isfinite(v))
-        os << v;
-      else
+      if (std::isfinite(v)) {
+        // The shortest form that reads back as the same double (resume tests compare losses
+        // bit for bit).
+        char buf[32];
+        os << std::string_view(buf, std::to_chars(buf, buf + sizeof(buf), v).ptr - buf);
+      } else {
         os << "null";
+      }
     }
     os << "}\n";
     jsonl_ << os.str();

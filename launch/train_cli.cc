@@ -49,6 +49,8 @@ Args parse_args(int argc, char** argv) {
       a.sets.push_back(value("--set"));
     } else if (s == "--resume" || s.rfind("--resume=", 0) == 0) {
       a.sets.push_back("checkpoint.resume=" + value("--resume"));
+    } else if (s == "--init-from" || s.rfind("--init-from=", 0) == 0) {
+      a.sets.push_back("training.init_from=" + value("--init-from"));
     } else {
       a.error = "unknown argument '" + s + "'";
     }
@@ -59,12 +61,16 @@ Args parse_args(int argc, char** argv) {
 
 void print_usage(const char* cmd, const char* what) {
   std::printf(
-      "usage: kiln %s --config FILE [--set path.to.field=VALUE ...] [--print-config] [--quiet]\n\n"
+      "usage: kiln %s --config FILE [--set path.to.field=VALUE ...] [--print-config] [--quiet]\n"
+      "       [--resume auto|never|PATH] [--init-from DIR]\n\n"
       "%s\n\n"
       "  --config FILE      a TrainConfig textproto (see configs/ and proto/config.proto)\n"
       "  --set a.b=VALUE    override one field (repeatable); e.g. --set optimizer.lr=3e-4\n"
       "                     --set model={n_layer: 2} sets a whole section\n"
-      "  --resume auto|never|PATH   where to resume from (checkpoint.resume)\n"
+      "  --resume auto|never|PATH   where to resume from (checkpoint.resume): auto = the\n"
+      "                     checkpoint <checkpoint.dir>/latest names, if any\n"
+      "  --init-from DIR    start from Hugging Face-named weights (DIR/model.safetensors, as\n"
+      "                     kiln export writes them) unless resuming (training.init_from)\n"
       "  --print-config     print the resolved config and exit\n"
       "  --quiet            no per-step lines (metrics files are still written)\n"
       "Run with mpirun -np N or srun for data parallelism; each rank reads the same config.\n",

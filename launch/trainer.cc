@@ -22,6 +22,8 @@
 #endif
 #include "core/ops/elementwise.h"
 #include "core/ops/view.h"
+#include "launch/checkpoint.h"
+#include "launch/export.h"
 #include "models/generate.h"
 #include "models/presets.h"
 
@@ -90,6 +92,46 @@ void maybe_inject_fault(int rank, int64_t step) {
     for (;;) pause();
 }
 
+// SIGTERM / SIGINT while checkpoint.save_on_signal: the first one sets the flag (the trainer saves
+// and stops after the current step); a second one gets the default action (exit at once).
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_stop_signal(int sig) {
+  if (g_stop_signal != 0) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_stop_signal = sig;
+}
+
+// Installs the handlers for the lifetime of a run and restores the previous ones after it.
+class StopSignalScope {
+ public:
+  explicit StopSignalScope(bool on) : on_(on) {
+    if (!on_) return;
+    g_stop_signal = 0;
+    struct sigaction sa = {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, &old_term_);
+    sigaction(SIGINT, &sa, &old_int_);
+  }
+  ~StopSignalScope() {
+    if (!on_) return;
+    sigaction(SIGTERM, &old_term_, nullptr);
+    sigaction(SIGINT, &old_int_, nullptr);
+  }
+
+ private:
+  bool on_;
+  struct sigaction old_term_ = {}, old_int_ = {};
+};
+
+#ifndef KILN_GIT_COMMIT
+#define KILN_GIT_COMMIT "unknown"
+#endif
+
 }  // namespace
 
 void apply_decay_rules(const OptimizerConfig& oc, std::vector<nn::Parameter>* params) {
@@ -142,6 +184,16 @@ absl::Status Trainer::init() {
   const uint64_t seed = cfg_.training().seed();
   models::ModelSpec spec = models::spec_from_config(cfg_.model());
   model_ = models::build_model(spec, seed);
+  // A checkpoint to resume (checkpoint.resume) wins over training.init_from.
+  absl::StatusOr<std::string> resume = find_resume_checkpoint(cfg_.checkpoint());
+  if (!resume.ok()) return resume.status();
+  if (resume->empty() && !cfg_.training().init_from().empty()) {
+    absl::Status s =
+        import_safetensors(cfg_.training().init_from(), cfg_.model(), model_->parameters());
+    if (!s.ok()) return absl::Status(s.code(), "training.init_from: " + std::string(s.message()));
+    if (world_.rank == 0 && !quiet_)
+      std::printf("kiln: initialised the model from %s\n", cfg_.training().init_from().c_str());
+  }
   model_->to(device_);
   model_->set_compute_dtype(compute_);
   model_->set_recompute(
@@ -213,9 +265,13 @@ absl::Status Trainer::init() {
   // Data and metrics.
   absl::Status s = make_sources();
   if (!s.ok()) return s;
+  if (!resume->empty()) {
+    s = agree_across_ranks(*world_comm_, restore_checkpoint(*resume), "loading the checkpoint");
+    if (!s.ok()) return s;
+  }
   if (world_.rank == 0) {
     s = metrics_.open(cfg_.logging().run_dir(), cfg_.logging().jsonl(),
-                      cfg_.logging().tensorboard(), /*append=*/false);
+                      cfg_.logging().tensorboard(), /*append=*/!resumed_from_.empty());
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
@@ -392,8 +448,10 @@ absl::StatusOr<TrainSummary> Trainer::run() {
     if (!quiet_ && world_.rank == 0)
       std::printf("eval  step %lld | val loss %.4f\n", static_cast<long long>(step), v);
   };
-  do_eval(0);
-  for (int64_t step = 0; step < max_steps; ++step) {
+  StopSignalScope signals(cfg_.checkpoint().save_on_signal());
+  sum.first_step = step_;
+  if (step_ == 0) do_eval(0);
+  for (int64_t step = step_; step < max_steps; ++step) {
     if (budget > 0 && tokens_seen_ >= budget) break;
     maybe_inject_fault(world_.rank, step);
     const int64_t seq = curriculum_.at(step);
@@ -410,7 +468,7 @@ absl::StatusOr<TrainSummary> Trainer::run() {
     const int64_t tokens = gb * seq;
     tokens_seen_ += tokens;
     train_time_ += dt;
-    if (step > 0) {  // the first step includes one-time setup (allocator, kernels)
+    if (step > sum.first_step) {  // the first step includes one-time setup (allocator, kernels)
       elapsed_ += dt;
       tokens_timed_ += tokens;
       ++steps_timed_;
@@ -418,6 +476,8 @@ absl::StatusOr<TrainSummary> Trainer::run() {
     sum.train_losses.push_back(loss);
     log_step(step, loss, lr, gnorm, tokens, dt);
     ++sum.steps;
+    step_ = step + 1;
+    last_lr_ = lr;
     const bool last = step + 1 == max_steps || (budget > 0 && tokens_seen_ >= budget);
     if (eval_every > 0 && (step + 1) % eval_every == 0 && !last) do_eval(step + 1);
     if (sample_every > 0 && (step + 1) % sample_every == 0 && !last) {
@@ -425,6 +485,17 @@ absl::StatusOr<TrainSummary> Trainer::run() {
       if (!quiet_ && world_.rank == 0) std::printf("sample: %s\n", s.c_str());
     }
     metrics_.flush();
+    absl::StatusOr<bool> stop = checkpoint_after_step(&sum);
+    if (!stop.ok()) return stop.status();
+    if (*stop) break;
+  }
+  sum.steps = step_;
+  sum.tokens = tokens_seen_;
+  if (sum.interrupted) return sum;  // saved; no final evaluation or sample
+  if (cfg_.checkpoint().save_at_end() && saved_step_ != step_) {
+    absl::StatusOr<std::string> path = save_checkpoint();
+    if (!path.ok()) return path.status();
+    sum.checkpoint = *path;
   }
   do_eval(sum.steps);
   sum.sample = sample(sum.steps);
@@ -439,6 +510,168 @@ absl::StatusOr<TrainSummary> Trainer::run() {
                 human_time(sum.seconds).c_str());
   }
   return sum;
+}
+
+// ---- checkpoints ----
+
+std::vector<parallel::Piece> Trainer::checkpoint_pieces(bool for_load) {
+  NoGradGuard ng;
+  std::vector<parallel::Piece> out;
+  if (for_load && dp_->zero_stage() < 3) {
+    // Stages 0-2 keep whole parameters (views of the flat buffers the fp32 masters live in):
+    // filling them fills this rank's masters and every replica's copy at once.
+    for (const nn::Parameter& p : model_->parameters())
+      out.push_back({p.name, p.tensor.shape(), 0, p.tensor.reshape({p.tensor.numel()})});
+  } else {
+    out = dp_->parameter_pieces();
+  }
+  for (parallel::Piece& p : dp_->optimizer_pieces()) {
+    p.name = optimizer_tensor_name(p.name);
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> Trainer::save_checkpoint() {
+  const double t0 = now_s();
+  Manifest h;
+  *h.mutable_config() = cfg_;
+  h.set_step(step_);
+  h.set_tokens_seen(tokens_seen_);
+  h.set_optimizer_steps(dp_->optimizer().steps());
+  h.set_kiln_version(KILN_GIT_COMMIT);
+  ScheduleState* sc = h.mutable_schedule();
+  sc->set_lr(last_lr_);
+  sc->set_global_batch_size(static_cast<int32_t>(batch_));
+  sc->set_seq_len(static_cast<int32_t>(seq_len_));
+  if (scaler_) {
+    sc->set_loss_scale(scaler_->scale());
+    sc->set_loss_scale_good_steps(scaler_->good_steps());
+    sc->set_skipped_steps(scaler_->skipped());
+  }
+  ParallelLayout* l = h.mutable_layout();
+  l->set_world_size(world_.size);
+  l->set_dp(dp_comm_->size());
+  l->set_tp(std::max(1, cfg_.parallel().tp()));
+  l->set_pp(std::max(1, cfg_.parallel().pp()));
+  l->set_zero_stage(dp_->zero_stage());
+  l->set_virtual_stages(std::max(1, cfg_.parallel().virtual_stages()));
+  RankContribution mine;
+  const int dp_rank = dp_comm_->rank();
+  // Stage 0 replicates everything: data-parallel rank 0 stores it for all.
+  if (dp_->zero_stage() > 0 || dp_rank == 0) mine.pieces = checkpoint_pieces(false);
+  const GeneratorState drop = model_->dropout_generator().state(), smp = sample_gen_.state();
+  for (auto [name, st] : {std::pair{"dropout", drop}, {"sample", smp}}) {
+    RngState* r = &mine.rng.emplace_back();
+    r->set_rank(world_.rank);
+    r->set_generator(name);
+    r->set_state(encode_generator_state(st.seed, st.offset));
+  }
+  LoaderState& ls = mine.loader.emplace_back();
+  ls.set_rank(dp_rank);
+  ls.set_position(train_->position());
+  absl::StatusOr<std::string> path =
+      launch::save_checkpoint(cfg_.checkpoint().dir(), h, mine, *world_comm_);
+  if (!path.ok()) return path.status();
+  saved_step_ = step_;
+  if (world_.rank == 0) {
+    const auto& k = cfg_.checkpoint();
+    apply_retention(k.dir(), k.keep_last(), k.keep_every());
+    if (!quiet_)
+      std::printf("checkpoint: step %lld saved to %s (%.2f s)\n", static_cast<long long>(step_),
+                  path->c_str(), now_s() - t0);
+    std::fflush(stdout);
+  }
+  return path;
+}
+
+absl::Status Trainer::restore_checkpoint(const std::string& path) {
+  // The model check first: a manifest from another model is reported as such, not as its files.
+  absl::StatusOr<Manifest> m = read_checkpoint_manifest(path, /*check_files=*/false);
+  if (!m.ok()) return m.status();
+  absl::Status s = check_model_matches(*m, cfg_.model(), model_->parameters(), path);
+  if (s.ok()) s = check_checkpoint_files(path, *m);
+  if (!s.ok()) return s;
+  const auto& stored_opt = m->config().optimizer();
+  if (stored_opt.type() != cfg_.optimizer().type())
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", path, ": optimizer.type is ", OptimizerConfig::Type_Name(stored_opt.type()),
+        " there and ", OptimizerConfig::Type_Name(cfg_.optimizer().type()),
+        " here (its state cannot carry over)"));
+  if (world_.rank == 0)
+    for (const std::string& d : model_field_differences(m->config().model(), cfg_.model(), false))
+      std::fprintf(stderr, "kiln: warning: checkpoint %s: %s\n", path.c_str(), d.c_str());
+  s = read_checkpoint_pieces(path, *m, checkpoint_pieces(true));
+  if (!s.ok()) return s;
+  dp_->optimizer().set_steps(m->optimizer_steps());
+  step_ = m->step();
+  tokens_seen_ = m->tokens_seen();
+  last_lr_ = m->schedule().lr();
+  batch_ = m->schedule().global_batch_size();
+  seq_len_ = m->schedule().seq_len();
+  for (const RngState& r : m->rng()) {
+    if (r.rank() != world_.rank) continue;  // a rank the old layout lacked keeps its fresh seed
+    uint64_t seed = 0, offset = 0;
+    if (!decode_generator_state(r.state(), &seed, &offset))
+      return absl::DataLossError(absl::StrCat("checkpoint ", path, ": rng state '", r.generator(),
+                                              "' of rank ", r.rank(), " is not 16 bytes"));
+    if (r.generator() == "dropout") model_->dropout_generator().set_state({seed, offset});
+    if (r.generator() == "sample") sample_gen_.set_state({seed, offset});
+  }
+  // Loader positions are global (samples consumed by all ranks), so any data-parallel rank's
+  // entry serves a layout with another dp.
+  const LoaderState* pos = nullptr;
+  for (const LoaderState& ls : m->loader())
+    if (!pos || ls.rank() == dp_comm_->rank()) pos = &ls;
+  if (pos) {
+    s = train_->restore(pos->position());
+    if (!s.ok())
+      return absl::Status(s.code(),
+                          absl::StrCat("checkpoint ", path, ": loader position: ", s.message()));
+  }
+  if (scaler_ && m->schedule().loss_scale() > 0)
+    scaler_->restore(m->schedule().loss_scale(), m->schedule().loss_scale_good_steps(),
+                     m->schedule().skipped_steps());
+  resumed_from_ = path;
+  saved_step_ = step_;
+  if (world_.rank == 0) {
+    const ParallelLayout& l = m->layout();
+    std::string layout;
+    if (l.world_size() != world_.size || l.dp() != dp_comm_->size() ||
+        l.zero_stage() != dp_->zero_stage())
+      layout = absl::StrFormat(", resharded from world %d dp %d zero_stage %d", l.world_size(),
+                               l.dp(), l.zero_stage());
+    std::printf("kiln: resumed from %s (step %lld, %lld tokens%s)\n", path.c_str(),
+                static_cast<long long>(step_), static_cast<long long>(tokens_seen_),
+                layout.c_str());
+    std::fflush(stdout);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Trainer::checkpoint_after_step(TrainSummary* sum) {
+  const CheckpointConfig& k = cfg_.checkpoint();
+  int sig = k.save_on_signal() ? static_cast<int>(g_stop_signal) : 0;
+  if (k.save_on_signal() && world_.size > 1)  // every rank must stop at the same step
+    sig = static_cast<int>(world_comm_->all_reduce_scalar(sig, parallel::ReduceOp::kMax));
+  const bool periodic = k.every_n_steps() > 0 && step_ % k.every_n_steps() == 0;
+  if (!periodic && sig == 0) return false;
+  absl::StatusOr<std::string> path = save_checkpoint();
+  if (!path.ok()) return path.status();
+  sum->checkpoint = *path;
+  if (sig == 0) return false;
+  sum->interrupted = true;
+  if (world_.rank == 0) {
+    std::printf(
+        "kiln: caught %s: saved %s after step %lld; stopping (run the same command to "
+        "resume)\n",
+        sig == SIGTERM  ? "SIGTERM"
+        : sig == SIGINT ? "SIGINT"
+                        : "a signal",
+        path->c_str(), static_cast<long long>(step_));
+    std::fflush(stdout);
+  }
+  return true;
 }
 
 }  // namespace kiln::launch

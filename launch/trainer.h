@@ -30,6 +30,9 @@ struct TrainSummary {
   std::vector<std::pair<int64_t, double>> val_losses;  // (step, loss)
   std::string sample;                                  // the last text sample
   double seconds = 0;
+  int64_t first_step = 0;    // the step this run started at (> 0 after resuming a checkpoint)
+  bool interrupted = false;  // stopped early by SIGTERM / SIGINT (after saving a checkpoint)
+  std::string checkpoint;    // the last checkpoint saved, "" when none
 };
 
 // Text <-> ids for samples (the GPT-2 tokenizer in a normal run).
@@ -59,8 +62,21 @@ class Trainer {
   double evaluate();  // mean validation loss over eval.batches micro-batches
   std::string sample(int64_t step);
 
+  // Checkpoints (launch/checkpoint.h). init() already resumes as checkpoint.resume says; these
+  // are for tests and tools. save_checkpoint is collective (every rank calls it) and stores the
+  // state after the steps completed so far; restore_checkpoint (after init(), on every rank)
+  // replaces all training state with a checkpoint's, resharding to this run's layout.
+  absl::StatusOr<std::string> save_checkpoint();
+  absl::Status restore_checkpoint(const std::string& path);
+  int64_t steps_done() const { return step_; }
+  const std::string& resumed_from() const { return resumed_from_; }
+
  private:
   absl::Status make_sources();
+  std::vector<parallel::Piece> checkpoint_pieces(bool for_load);
+  // After every step: the periodic save and the SIGTERM / SIGINT check (agreed by all ranks).
+  // Returns true when the run must stop.
+  absl::StatusOr<bool> checkpoint_after_step(TrainSummary* sum);
   double train_step(double lr, int64_t seq_len, int64_t global_batch, double* grad_norm);
   void log_step(int64_t step, double loss, double lr, double gnorm, int64_t tokens, double dt);
 
@@ -91,6 +107,10 @@ class Trainer {
   bool by_tokens_ = false;  // schedules over tokens (a token budget is set)
   int64_t steps_timed_ = 0;
   bool quiet_ = false;
+  int64_t step_ = 0;         // optimizer steps completed (the next step's index)
+  double last_lr_ = 0;       // learning rate of the last step (checkpoint schedule state)
+  int64_t saved_step_ = -1;  // step of the last checkpoint saved by this run
+  std::string resumed_from_;
 };
 
 // Fills the optimizer's decay flags from optimizer.decay_min_dim and optimizer.no_decay globs.

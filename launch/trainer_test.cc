@@ -36,6 +36,7 @@ TrainConfig tiny_config(const std::string& run_dir) {
                          schedule { lr { warmup_steps: 2 } }
                          eval { batches: 2 sample_tokens: 0 }
                          logging { tensorboard: false }
+                         checkpoint { resume: "never" save_at_end: false }
                          device: CPU
                        )pb",
                        "tiny");

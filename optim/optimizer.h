@@ -82,6 +82,13 @@ class LossScaler {
   // Returns true when the step should be applied (no overflow).
   bool update(bool found_inf);
   int64_t skipped() const { return skipped_; }
+  int64_t good_steps() const { return clean_; }  // clean steps since the last change of scale
+  // Checkpoint restore: the state scale(), good_steps() and skipped() reported.
+  void restore(double scale, int64_t good_steps, int64_t skipped) {
+    scale_ = scale;
+    clean_ = static_cast<int>(good_steps);
+    skipped_ = skipped;
+  }
 
  private:
   double scale_;

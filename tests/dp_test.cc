@@ -35,6 +35,7 @@ TrainConfig make_config(int zero_stage, int dp, int micro = 0) {
                          schedule { lr { warmup_steps: 2 } }
                          eval { batches: 1 sample_tokens: 0 }
                          logging { tensorboard: false jsonl: false }
+                         checkpoint { resume: "never" save_at_end: false }
                          device: CPU
                        )pb",
                        "dp_test");

@@ -1,0 +1,634 @@
+// Hugging Face export/import and the `kiln export`, `kiln logits` and `kiln checkpoint` commands.
+#include "launch/export.h"
+
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "launch/checkpoint.h"
+#include "launch/checkpoint_manifest.h"
+#include "launch/config.h"
+#include "launch/json.h"
+#include "launch/safetensors.h"
+#include "models/model.h"
+#include "models/presets.h"
+
+namespace kiln::launch {
+namespace fs = std::filesystem;
+namespace {
+
+bool is_gpt2(const ModelConfig& m) { return m.family() != ModelConfig::LLAMA; }
+
+// Shortest text that reads back as the same double.
+std::string num(double v) {
+  char buf[64];
+  auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  std::string s(buf, r.ptr);
+  if (s.find_first_of(".en") == std::string::npos) s += ".0";  // a float, not an int
+  return s;
+}
+
+// Transformer weights whose transformers layout is the transpose of kiln's (GPT-2's Conv1D).
+bool conv1d(const std::string& kiln_name) {
+  for (const char* s :
+       {".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight"}) {
+    const size_t n = std::strlen(s);
+    if (kiln_name.size() > n && kiln_name.compare(kiln_name.size() - n, n, s) == 0) return true;
+  }
+  return false;
+}
+
+absl::Status write_text_file(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    if (!out.flush()) return absl::UnavailableError("cannot write " + tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    return absl::UnavailableError("cannot rename " + tmp + " to " + path);
+  return absl::OkStatus();
+}
+
+// An HF tensor's bytes as an f32 CPU tensor.
+absl::StatusOr<Tensor> read_hf(SafetensorsReader& r, const SafetensorsEntry& e) {
+  DType dt;
+  if (e.dtype == "F32") {
+    dt = DType::kF32;
+  } else if (e.dtype == "BF16") {
+    dt = DType::kBF16;
+  } else if (e.dtype == "F16") {
+    dt = DType::kF16;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(r.path(), ": tensor '", e.name, "' is ", e.dtype,
+                                                   " (F32, BF16 or F16 expected)"));
+  }
+  Tensor t = Tensor::empty(Shape(e.shape.begin(), e.shape.end()), dt);
+  if (absl::Status s = r.read(e, t.raw()); !s.ok()) return s;
+  return raw::convert(t, DType::kF32);
+}
+
+// config.json fields that must agree with the model (names per family).
+absl::Status check_hf_config(const std::string& path, const ModelConfig& m) {
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  absl::StatusOr<JsonValue> j = parse_json(text);
+  if (!j.ok() || !j->is_object())
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not a JSON object: ", j.ok() ? "" : j.status().message()));
+  const bool gpt2 = is_gpt2(m);
+  if (const JsonValue* t = j->find("model_type"); t && t->is_string()) {
+    const std::string want = gpt2 ? "gpt2" : "llama";
+    if (t->text != want)
+      return absl::InvalidArgumentError(absl::StrCat(path, ": model_type is '", t->text,
+                                                     "' but model.family is ",
+                                                     ModelConfig::Family_Name(m.family())));
+  }
+  struct Field {
+    const char* json;
+    const char* ours;
+    double value;
+  };
+  std::vector<Field> fields;
+  if (gpt2) {
+    fields = {{"vocab_size", "model.vocab_size", double(m.vocab_size())},
+              {"n_positions", "model.max_seq_len", double(m.max_seq_len())},
+              {"n_embd", "model.d_model", double(m.d_model())},
+              {"n_layer", "model.n_layer", double(m.n_layer())},
+              {"n_head", "model.n_head", double(m.n_head())},
+              {"n_inner", "model.d_ff", double(m.d_ff())},
+              {"layer_norm_epsilon", "model.norm_eps", m.norm_eps()}};
+  } else {
+    fields = {{"vocab_size", "model.vocab_size", double(m.vocab_size())},
+              {"hidden_size", "model.d_model", double(m.d_model())},
+              {"intermediate_size", "model.d_ff", double(m.d_ff())},
+              {"num_hidden_layers", "model.n_layer", double(m.n_layer())},
+              {"num_attention_heads", "model.n_head", double(m.n_head())},
+              {"num_key_value_heads", "model.n_kv_head", double(m.n_kv_head())},
+              {"rms_norm_eps", "model.norm_eps", m.norm_eps()},
+              {"rope_theta", "model.rope_theta", m.rope_theta()}};
+  }
+  for (const Field& f : fields) {
+    const JsonValue* v = j->find(f.json);
+    if (!v || !v->is_number()) continue;  // absent or null: the family default
+    if (v->number != f.value)
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": ", f.json, " is ", v->text, " but ", f.ours, " is ", f.value));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::vector<HfTensor> hf_tensors(const ModelConfig& m) {
+  const int64_t v = m.vocab_size(), c = m.d_model(), f = m.d_ff(), t = m.max_seq_len();
+  const int64_t h = m.n_head(), kv = m.n_kv_head(), d = c / h;
+  const bool bias = m.bias();
+  std::vector<HfTensor> out;
+  auto add = [&](std::string hf, std::string kiln, std::vector<int64_t> shape, bool has = true) {
+    HfTensor x;
+    x.hf_name = std::move(hf);
+    x.kiln_name = has ? std::move(kiln) : "";
+    x.transpose = has && conv1d(x.kiln_name);
+    x.slice_vocab = x.kiln_name == "wte.weight" || x.kiln_name == "embed_tokens.weight" ||
+                    x.kiln_name == "lm_head.weight";
+    x.hf_shape = std::move(shape);
+    out.push_back(std::move(x));
+  };
+  if (is_gpt2(m)) {
+    auto tr = [&](const std::string& k, std::vector<int64_t> shape, bool has = true) {
+      add("transformer." + k, k, std::move(shape), has);
+    };
+    tr("wte.weight", {v, c});
+    tr("wpe.weight", {t, c});
+    for (int i = 0; i < m.n_layer(); ++i) {
+      const std::string p = absl::StrCat("h.", i, ".");
+      tr(p + "ln_1.weight", {c});
+      tr(p + "ln_1.bias", {c}, bias);
+      tr(p + "attn.c_attn.weight", {c, 3 * c});
+      tr(p + "attn.c_attn.bias", {3 * c}, bias);
+      tr(p + "attn.c_proj.weight", {c, c});
+      tr(p + "attn.c_proj.bias", {c}, bias);
+      tr(p + "ln_2.weight", {c});
+      tr(p + "ln_2.bias", {c}, bias);
+      tr(p + "mlp.c_fc.weight", {c, f});
+      tr(p + "mlp.c_fc.bias", {f}, bias);
+      tr(p + "mlp.c_proj.weight", {f, c});
+      tr(p + "mlp.c_proj.bias", {c}, bias);
+    }
+    tr("ln_f.weight", {c});
+    tr("ln_f.bias", {c}, bias);
+  } else {
+    auto md = [&](const std::string& k, std::vector<int64_t> shape) {
+      add("model." + k, k, std::move(shape));
+    };
+    md("embed_tokens.weight", {v, c});
+    for (int i = 0; i < m.n_layer(); ++i) {
+      const std::string p = absl::StrCat("layers.", i, ".");
+      md(p + "input_layernorm.weight", {c});
+      for (auto [name, rows] :
+           {std::pair{"q_proj", h * d}, {"k_proj", kv * d}, {"v_proj", kv * d}}) {
+        md(p + "self_attn." + name + ".weight", {rows, c});
+        if (bias) md(p + "self_attn." + name + ".bias", {rows});
+      }
+      md(p + "self_attn.o_proj.weight", {c, h * d});
+      if (bias) md(p + "self_attn.o_proj.bias", {c});
+      md(p + "post_attention_layernorm.weight", {c});
+      md(p + "mlp.gate_proj.weight", {f, c});
+      if (bias) md(p + "mlp.gate_proj.bias", {f});
+      md(p + "mlp.up_proj.weight", {f, c});
+      if (bias) md(p + "mlp.up_proj.bias", {f});
+      md(p + "mlp.down_proj.weight", {c, f});
+      if (bias) md(p + "mlp.down_proj.bias", {c});
+    }
+    md("norm.weight", {c});
+  }
+  if (!m.tied_embeddings()) add("lm_head.weight", "lm_head.weight", {v, c});
+  return out;
+}
+
+std::string hf_config_json(const ModelConfig& m) {
+  std::vector<std::pair<std::string, std::string>> kv;
+  auto i = [](int64_t x) { return absl::StrCat(x); };
+  auto b = [](bool x) { return std::string(x ? "true" : "false"); };
+  if (is_gpt2(m)) {
+    kv = {{"architectures", "[\"GPT2LMHeadModel\"]"},
+          {"model_type", "\"gpt2\""},
+          {"vocab_size", i(m.vocab_size())},
+          {"n_positions", i(m.max_seq_len())},
+          {"n_ctx", i(m.max_seq_len())},
+          {"n_embd", i(m.d_model())},
+          {"n_layer", i(m.n_layer())},
+          {"n_head", i(m.n_head())},
+          {"n_inner", i(m.d_ff())},
+          {"activation_function", "\"gelu_new\""},
+          {"layer_norm_epsilon", num(m.norm_eps())},
+          {"resid_pdrop", num(m.dropout())},
+          {"embd_pdrop", num(m.dropout())},
+          {"attn_pdrop", "0.0"},
+          {"initializer_range", num(m.init_std())},
+          {"scale_attn_weights", "true"},
+          {"tie_word_embeddings", b(m.tied_embeddings())},
+          {"use_cache", "true"}};
+    if (m.vocab_size() > 50256) {
+      kv.push_back({"bos_token_id", "50256"});
+      kv.push_back({"eos_token_id", "50256"});
+    }
+  } else {
+    kv = {{"architectures", "[\"LlamaForCausalLM\"]"},
+          {"model_type", "\"llama\""},
+          {"vocab_size", i(m.vocab_size())},
+          {"hidden_size", i(m.d_model())},
+          {"intermediate_size", i(m.d_ff())},
+          {"num_hidden_layers", i(m.n_layer())},
+          {"num_attention_heads", i(m.n_head())},
+          {"num_key_value_heads", i(m.n_kv_head())},
+          {"head_dim", i(m.d_model() / m.n_head())},
+          {"max_position_embeddings", i(m.max_seq_len())},
+          {"rms_norm_eps", num(m.norm_eps())},
+          {"rope_theta", num(m.rope_theta())},
+          {"rope_scaling", "null"},
+          {"hidden_act", "\"silu\""},
+          {"attention_bias", b(m.bias())},
+          {"mlp_bias", b(m.bias())},
+          {"attention_dropout", "0.0"},
+          {"initializer_range", num(m.init_std())},
+          {"tie_word_embeddings", b(m.tied_embeddings())},
+          {"use_cache", "true"}};
+  }
+  kv.push_back({"torch_dtype", "\"float32\""});
+  std::string out = "{\n";
+  for (size_t k = 0; k < kv.size(); ++k)
+    absl::StrAppend(&out, "  ", json_quote(kv[k].first), ": ", kv[k].second,
+                    k + 1 < kv.size() ? ",\n" : "\n");
+  return out + "}\n";
+}
+
+absl::Status export_safetensors(const std::string& checkpoint, const std::string& out_dir) {
+  absl::StatusOr<Manifest> m = read_checkpoint_manifest(checkpoint);
+  if (!m.ok()) return m.status();
+  const ModelConfig& model = m->config().model();
+  const std::vector<HfTensor> ts = hf_tensors(model);
+  std::vector<SafetensorsTensor> specs;
+  for (const HfTensor& t : ts) specs.push_back({t.hf_name, "F32", t.hf_shape, {}});
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) return absl::UnavailableError("cannot create " + out_dir + ": " + ec.message());
+  auto produce = [&](size_t k, std::string* bytes) -> absl::Status {
+    const HfTensor& t = ts[k];
+    const int64_t numel = shape_numel(t.hf_shape);
+    if (t.kiln_name.empty()) {  // a bias GPT-2 always has and this model does not
+      bytes->assign(static_cast<size_t>(numel) * 4, '\0');
+      return absl::OkStatus();
+    }
+    absl::StatusOr<Tensor> full = read_full_tensor(checkpoint, *m, t.kiln_name);
+    if (!full.ok()) return full.status();
+    Tensor x = *full;
+    if (t.slice_vocab) x = x.narrow(0, 0, t.hf_shape[0]);
+    if (t.transpose) x = x.transpose(0, 1);
+    x = raw::contiguous(x);
+    if (x.shape() != Shape(t.hf_shape.begin(), t.hf_shape.end()))
+      return absl::InternalError(absl::StrCat("export: tensor ", t.kiln_name, " is ",
+                                              shape_str(x.shape()), ", transformers expects ",
+                                              shape_str(t.hf_shape)));
+    bytes->assign(static_cast<const char*>(x.raw()), x.nbytes());
+    return absl::OkStatus();
+  };
+  absl::Status s =
+      write_safetensors(out_dir + "/model.safetensors", specs, {{"format", "pt"}}, produce);
+  if (!s.ok()) return s;
+  return write_text_file(out_dir + "/config.json", hf_config_json(model));
+}
+
+absl::Status import_safetensors(const std::string& path, const ModelConfig& model,
+                                const std::vector<nn::Parameter>& params) {
+  std::error_code ec;
+  std::string file = path;
+  if (fs::is_directory(path, ec)) {
+    file = path + "/model.safetensors";
+    if (fs::exists(path + "/config.json", ec)) {
+      absl::Status s = check_hf_config(path + "/config.json", model);
+      if (!s.ok()) return s;
+    }
+  }
+  absl::StatusOr<std::unique_ptr<SafetensorsReader>> r = SafetensorsReader::open(file);
+  if (!r.ok()) return r.status();
+  std::map<std::string, const nn::Parameter*> by_name;
+  for (const nn::Parameter& p : params) by_name[p.name] = &p;
+  std::set<std::string> used, filled;
+  NoGradGuard ng;
+  for (const HfTensor& t : hf_tensors(model)) {
+    const SafetensorsEntry* e = (*r)->header().find(t.hf_name);
+    if (!e) {
+      if (t.kiln_name.empty()) continue;
+      return absl::NotFoundError(
+          absl::StrCat(file, " has no tensor '", t.hf_name, "' (kiln's ", t.kiln_name, ")"));
+    }
+    used.insert(t.hf_name);
+    if (e->shape != t.hf_shape)
+      return absl::InvalidArgumentError(
+          absl::StrCat(file, ": tensor '", t.hf_name, "' is ",
+                       shape_str(Shape(e->shape.begin(), e->shape.end())), " but this model needs ",
+                       shape_str(t.hf_shape)));
+    absl::StatusOr<Tensor> x = read_hf(**r, *e);
+    if (!x.ok()) return x.status();
+    if (t.kiln_name.empty()) {
+      for (double v : x->to_vector())
+        if (v != 0)
+          return absl::InvalidArgumentError(absl::StrCat(
+              file, ": tensor '", t.hf_name, "' is a non-zero bias but model.bias is false"));
+      continue;
+    }
+    auto it = by_name.find(t.kiln_name);
+    if (it == by_name.end())
+      return absl::InternalError("import: the model has no parameter " + t.kiln_name);
+    const Tensor& dst = it->second->tensor;
+    Tensor v = t.transpose ? raw::contiguous(x->transpose(0, 1)) : *x;
+    if (t.slice_vocab) {
+      Tensor padded = Tensor::zeros(dst.shape(), DType::kF32);
+      raw::copy(padded.narrow(0, 0, v.size(0)), v);
+      v = padded;
+    }
+    if (v.shape() != dst.shape())
+      return absl::InternalError(absl::StrCat("import: ", t.kiln_name, " is ",
+                                              shape_str(dst.shape()), ", mapped ",
+                                              shape_str(v.shape())));
+    raw::copy(dst, v);
+    filled.insert(t.kiln_name);
+  }
+  for (const SafetensorsEntry& e : (*r)->header().tensors) {
+    if (used.count(e.name)) continue;
+    const bool gpt2_buffer = is_gpt2(model) && (absl::EndsWith(e.name, ".attn.bias") ||
+                                                absl::EndsWith(e.name, ".attn.masked_bias"));
+    const bool tied_head = model.tied_embeddings() && e.name == "lm_head.weight";
+    if (gpt2_buffer || tied_head) continue;  // buffers and the tied head: nothing to load
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ": tensor '", e.name, "' has no place in this model (",
+                     ModelConfig::Family_Name(model.family()), ", n_layer ", model.n_layer(),
+                     ", bias ", model.bias() ? "true" : "false", ", tied_embeddings ",
+                     model.tied_embeddings() ? "true" : "false", ")"));
+  }
+  for (const nn::Parameter& p : params)
+    if (!filled.count(p.name))
+      return absl::InternalError("import: no Hugging Face tensor maps to " + p.name);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// CLI
+
+namespace {
+
+bool flag_value(int argc, char** argv, int* i, const char* flag, std::string* out,
+                std::string* err) {
+  const std::string s = argv[*i], f = flag;
+  if (s.rfind(f + "=", 0) == 0) {
+    *out = s.substr(f.size() + 1);
+    return true;
+  }
+  if (s != f) return false;
+  if (*i + 1 >= argc) {
+    *err = f + " needs a value";
+    return true;
+  }
+  *out = argv[++*i];
+  return true;
+}
+
+bool is_help(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) return true;
+  return false;
+}
+
+// A checkpoint directory, or the newest (`latest`) one in a checkpoint root.
+absl::StatusOr<std::string> resolve_checkpoint(const std::string& path) {
+  CheckpointConfig c;
+  c.set_resume(path);
+  absl::StatusOr<std::string> r = find_resume_checkpoint(c);
+  if (r.ok() && r->empty()) return absl::NotFoundError("no checkpoint at " + path);
+  return r;
+}
+
+int fail(const char* cmd, const absl::Status& s) {
+  std::fprintf(stderr, "kiln %s: %s\n", cmd, std::string(s.message()).c_str());
+  return 1;
+}
+
+// (B, T) token ids from "1 2 3,4 5 6" (rows separated by ',' or ';').
+absl::StatusOr<Tensor> parse_tokens(const std::string& text, int64_t vocab) {
+  std::vector<std::vector<int64_t>> rows;
+  for (absl::string_view row :
+       absl::StrSplit(text, absl::ByAnyChar(",;"), absl::SkipWhitespace())) {
+    rows.emplace_back();
+    for (absl::string_view tok : absl::StrSplit(row, absl::ByAnyChar(" \t\n"), absl::SkipEmpty())) {
+      int64_t id;
+      if (!absl::SimpleAtoi(tok, &id) || id < 0 || id >= vocab)
+        return absl::InvalidArgumentError(
+            absl::StrCat("--tokens: '", tok, "' is not a token id in [0, ", vocab, ")"));
+      rows.back().push_back(id);
+    }
+  }
+  if (rows.empty() || rows[0].empty()) return absl::InvalidArgumentError("--tokens: no tokens");
+  std::vector<int64_t> flat;
+  for (const auto& r : rows) {
+    if (r.size() != rows[0].size())
+      return absl::InvalidArgumentError("--tokens: every row needs the same length");
+    flat.insert(flat.end(), r.begin(), r.end());
+  }
+  return Tensor::from_ints(
+      flat, {static_cast<int64_t>(rows.size()), static_cast<int64_t>(rows[0].size())}, DType::kI32);
+}
+
+}  // namespace
+
+int export_main(int argc, char** argv) {
+  if (is_help(argc, argv)) {
+    std::printf(
+        "usage: kiln export --format safetensors --checkpoint PATH --out DIR\n\n"
+        "Writes a checkpoint's fp32 weights under Hugging Face names (GPT2LMHeadModel or\n"
+        "LlamaForCausalLM) as DIR/model.safetensors plus DIR/config.json, loadable with\n"
+        "transformers' from_pretrained(DIR). GPT-2 Conv1D weights are transposed; vocabulary\n"
+        "padding rows are dropped. `kiln train --init-from DIR` reads such a directory back.\n\n"
+        "  --format safetensors   the only format (no pickle)\n"
+        "  --checkpoint PATH      a checkpoint directory (step_NNNNNNNN) or a checkpoint root\n"
+        "                         (its `latest` is used)\n"
+        "  --out DIR              output directory (created)\n");
+    return 0;
+  }
+  std::string format = "safetensors", ckpt, out, err;
+  for (int i = 1; i < argc && err.empty(); ++i) {
+    if (flag_value(argc, argv, &i, "--format", &format, &err) ||
+        flag_value(argc, argv, &i, "--checkpoint", &ckpt, &err) ||
+        flag_value(argc, argv, &i, "--out", &out, &err))
+      continue;
+    err = std::string("unknown argument '") + argv[i] + "'";
+  }
+  if (err.empty() && format != "safetensors")
+    err = "--format " + format + " is not supported (safetensors is)";
+  if (err.empty() && (ckpt.empty() || out.empty())) err = "--checkpoint and --out are required";
+  if (!err.empty()) {
+    std::fprintf(stderr, "kiln export: %s (see kiln export --help)\n", err.c_str());
+    return 2;
+  }
+  absl::StatusOr<std::string> path = resolve_checkpoint(ckpt);
+  if (!path.ok()) return fail("export", path.status());
+  if (absl::Status s = export_safetensors(*path, out); !s.ok()) return fail("export", s);
+  std::printf("kiln export: %s -> %s/model.safetensors, %s/config.json\n", path->c_str(),
+              out.c_str(), out.c_str());
+  return 0;
+}
+
+int logits_main(int argc, char** argv) {
+  if (is_help(argc, argv)) {
+    std::printf(
+        "usage: kiln logits (--checkpoint PATH | --config FILE [--set a.b=V ...] [--init-from "
+        "DIR])\n"
+        "                   --tokens \"ID ID ...[, ID ID ...]\" [--out FILE.safetensors]\n\n"
+        "Debugging aid: runs the model forward in fp32 on the CPU for the given token rows and\n"
+        "writes the logits (B, T, vocab_size; vocabulary padding dropped) as tensor \"logits\"\n"
+        "(and the ids as \"tokens\") to a safetensors file, or prints a summary without --out.\n"
+        "Weights come from a checkpoint, from Hugging Face-named safetensors (--init-from), or\n"
+        "from the config's seeded initialisation.\n");
+    return 0;
+  }
+  std::string ckpt, config, init_from, tokens, out, err, set;
+  std::vector<std::string> sets;
+  for (int i = 1; i < argc && err.empty(); ++i) {
+    if (flag_value(argc, argv, &i, "--checkpoint", &ckpt, &err) ||
+        flag_value(argc, argv, &i, "--config", &config, &err) ||
+        flag_value(argc, argv, &i, "--init-from", &init_from, &err) ||
+        flag_value(argc, argv, &i, "--tokens", &tokens, &err) ||
+        flag_value(argc, argv, &i, "--out", &out, &err))
+      continue;
+    if (flag_value(argc, argv, &i, "--set", &set, &err)) {
+      sets.push_back(set);
+      continue;
+    }
+    err = std::string("unknown argument '") + argv[i] + "'";
+  }
+  if (err.empty() && ckpt.empty() == config.empty())
+    err = "give exactly one of --checkpoint and --config";
+  if (err.empty() && tokens.empty()) err = "--tokens is required";
+  if (!err.empty()) {
+    std::fprintf(stderr, "kiln logits: %s (see kiln logits --help)\n", err.c_str());
+    return 2;
+  }
+  TrainConfig cfg;
+  std::string path;
+  Manifest manifest;
+  if (!ckpt.empty()) {
+    absl::StatusOr<std::string> p = resolve_checkpoint(ckpt);
+    if (!p.ok()) return fail("logits", p.status());
+    path = *p;
+    absl::StatusOr<Manifest> m = read_checkpoint_manifest(path);
+    if (!m.ok()) return fail("logits", m.status());
+    manifest = *m;
+    cfg = m->config();
+  } else {
+    absl::StatusOr<TrainConfig> c = LoadConfig(config, sets);
+    if (!c.ok()) return fail("logits", c.status());
+    cfg = *c;
+  }
+  const ModelConfig& mc = cfg.model();
+  std::unique_ptr<models::LanguageModel> model =
+      models::build_model(models::spec_from_config(mc), cfg.training().seed());
+  model->set_training(false);
+  std::vector<nn::Parameter> params = model->parameters();
+  absl::Status s;
+  if (!path.empty()) {
+    std::vector<parallel::Piece> want;
+    NoGradGuard ng;
+    for (const nn::Parameter& p : params)
+      want.push_back({p.name, p.tensor.shape(), 0, p.tensor.reshape({p.tensor.numel()})});
+    s = read_checkpoint_pieces(path, manifest, want);
+  } else if (!init_from.empty()) {
+    s = import_safetensors(init_from, mc, params);
+  }
+  if (!s.ok()) return fail("logits", s);
+  absl::StatusOr<Tensor> ids = parse_tokens(tokens, mc.vocab_size());
+  if (!ids.ok()) return fail("logits", ids.status());
+  if (ids->size(1) > mc.max_seq_len())
+    return fail("logits", absl::InvalidArgumentError(
+                              absl::StrCat("--tokens: rows of ", ids->size(1),
+                                           " exceed model.max_seq_len ", mc.max_seq_len())));
+  NoGradGuard ng;
+  Tensor logits = model->forward(*ids);
+  logits = raw::contiguous(raw::convert(logits.narrow(2, 0, mc.vocab_size()), DType::kF32));
+  if (out.empty()) {
+    const std::vector<double> v = logits.to_vector();
+    std::printf("logits %s; first values:", shape_str(logits.shape()).c_str());
+    for (size_t k = 0; k < std::min<size_t>(8, v.size()); ++k) std::printf(" %.6g", v[k]);
+    std::printf("\n");
+    return 0;
+  }
+  Tensor ids64 = raw::convert(*ids, DType::kI64);
+  s = write_safetensors(
+      out,
+      {{"logits", "F32", logits.shape(),
+        std::string_view(static_cast<const char*>(logits.raw()), logits.nbytes())},
+       {"tokens", "I64", ids64.shape(),
+        std::string_view(static_cast<const char*>(ids64.raw()), ids64.nbytes())}},
+      {{"format", "pt"}});
+  if (!s.ok()) return fail("logits", s);
+  std::printf("kiln logits: %s logits -> %s\n", shape_str(logits.shape()).c_str(), out.c_str());
+  return 0;
+}
+
+int checkpoint_main(int argc, char** argv) {
+  const std::string sub = argc > 1 ? argv[1] : "";
+  if (sub.empty() || is_help(argc, argv) || (sub != "info" && sub != "verify" && sub != "hash")) {
+    std::printf(
+        "usage: kiln checkpoint info|verify|hash PATH [PATH ...]\n\n"
+        "  info    step, tokens, layout, tensors and files of a checkpoint\n"
+        "  verify  reads every stored piece and checks its CRC32C (exit status 1 on any error)\n"
+        "  hash    CRC32C of every whole tensor (assembled from its pieces: independent of the\n"
+        "          layout that wrote it), and of all of them together\n"
+        "PATH is a checkpoint directory (step_NNNNNNNN) or a checkpoint root (its `latest`).\n");
+    return sub.empty() ? 2 : 0;
+  }
+  int rc = 0;
+  for (int i = 2; i < argc; ++i) {
+    absl::StatusOr<std::string> path = resolve_checkpoint(argv[i]);
+    absl::StatusOr<Manifest> m =
+        path.ok() ? read_checkpoint_manifest(*path) : absl::StatusOr<Manifest>(path.status());
+    if (!m.ok()) {
+      rc = fail("checkpoint", m.status());
+      continue;
+    }
+    if (sub == "info") {
+      int64_t bytes = 0;
+      std::set<std::string> names;
+      for (const TensorEntry& e : m->tensors()) {
+        bytes += e.shard_length() * 4;
+        names.insert(e.name());
+      }
+      const ParallelLayout& l = m->layout();
+      std::printf(
+          "%s: step %lld, %lld tokens, layout world %d (dp %d tp %d pp %d, zero %d), %zu tensors "
+          "in "
+          "%d pieces, %d files, %.1f MiB\n",
+          path->c_str(), static_cast<long long>(m->step()),
+          static_cast<long long>(m->tokens_seen()), l.world_size(), l.dp(), l.tp(), l.pp(),
+          l.zero_stage(), names.size(), m->tensors_size(), m->files_size(), bytes / 1048576.0);
+    } else if (sub == "verify") {
+      absl::Status s = verify_checkpoint(*path, *m);
+      if (!s.ok()) {
+        rc = fail("checkpoint", s);
+        continue;
+      }
+      std::printf("%s: ok (step %lld, %d pieces verified)\n", path->c_str(),
+                  static_cast<long long>(m->step()), m->tensors_size());
+    } else {
+      std::set<std::string> names;
+      for (const TensorEntry& e : m->tensors()) names.insert(e.name());
+      uint32_t total = 0;
+      for (const std::string& name : names) {
+        absl::StatusOr<Tensor> t = read_full_tensor(*path, *m, name);
+        if (!t.ok()) {
+          rc = fail("checkpoint", t.status());
+          break;
+        }
+        const uint32_t crc = crc32c_update(0, t->raw(), t->nbytes());
+        total = crc32c_update(total, name.data(), name.size());
+        total = crc32c_update(total, t->raw(), t->nbytes());
+        std::printf("%08x %s\n", crc, name.c_str());
+      }
+      std::printf("%08x TOTAL step %lld\n", total, static_cast<long long>(m->step()));
+    }
+  }
+  return rc;
+}
+
+}  // namespace kiln::launch
