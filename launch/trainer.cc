@@ -349,6 +349,7 @@ double Trainer::evaluate() {
   if (!make_val_) return NAN;
   NoGradGuard ng;
   model_->set_training(false);
+  dp_->begin_forward();  // ZeRO-3: the embeddings and head are gathered for the pass
   std::unique_ptr<BatchSource> val = make_val_();
   const int batches = cfg_.eval().has_batches() ? cfg_.eval().batches() : 20;
   const int64_t micro = cfg_.parallel().micro_batch_size();
@@ -361,6 +362,7 @@ double Trainer::evaluate() {
     total += model_->loss(b->inputs.to(device_), b->targets.to(device_)).item();
     ++n;
   }
+  dp_->end_forward();
   model_->set_training(true);
   return n ? total / n : NAN;
 }
@@ -376,7 +378,9 @@ std::string Trainer::sample(int64_t step) {
   so.max_new_tokens = n;
   so.temperature = cfg_.eval().has_sample_temperature() ? cfg_.eval().sample_temperature() : 1.0;
   so.top_k = cfg_.eval().sample_top_k();
+  dp_->begin_forward();
   std::vector<int64_t> ids = models::generate(*model_, prompt, so, sample_gen_);
+  dp_->end_forward();
   std::string text;
   if (codec_.decode) {
     text = codec_.decode(ids);

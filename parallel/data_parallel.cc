@@ -199,6 +199,14 @@ void DataParallel::begin_micro_step(bool last) {
   if (opts_.zero_stage == 3) gather(root_unit_, true);
 }
 
+void DataParallel::begin_forward() {
+  if (opts_.zero_stage == 3) gather(root_unit_, true);
+}
+
+void DataParallel::end_forward() {
+  if (opts_.zero_stage == 3) release(root_unit_);
+}
+
 void DataParallel::on_grad_ready(int p) {
   in_backward_ = true;
   if (!sync_) return;

@@ -61,6 +61,10 @@ class DataParallel {
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
 
+  // Brackets a forward pass outside training (evaluation, sampling): ZeRO-3 gathers the root unit
+  // (embeddings, final norm, head) for it and releases it after; no-ops for stages 0-2.
+  void begin_forward();
+  void end_forward();
   // Brackets every micro-step; `last` marks the one whose gradients are synchronised (stages 0/1).
   void begin_micro_step(bool last);
   void end_micro_step();

@@ -53,6 +53,7 @@ TrainConfig make_config(int zero_stage, int dp, int micro = 0) {
 
 struct RunResult {
   std::vector<double> losses;
+  std::vector<std::pair<int64_t, double>> val_losses;
   int64_t opt_bytes = 0, param_bytes = 0, grad_bytes = 0, collectives = 0, during_backward = 0;
 };
 
@@ -65,6 +66,7 @@ RunResult train(const TrainConfig& cfg, const parallel::World& world) {
   KILN_CHECK(r.ok()) << r.status().message();
   RunResult out;
   out.losses = r->train_losses;
+  out.val_losses = r->val_losses;
   auto& dp = t.data_parallel();
   out.opt_bytes = dp.optimizer_state_bytes();
   out.param_bytes = dp.parameter_bytes();
@@ -118,6 +120,12 @@ TEST_P(DataParallelTest, LossesMatchSingleProcess) {
   } else {
     EXPECT_LE(worst, 1e-6);
   }
+  // Evaluation (outside the training step: ZeRO-3 must gather the embeddings and head for it).
+  ASSERT_EQ(got.val_losses.size(), reference_->val_losses.size());
+  for (size_t i = 0; i < got.val_losses.size(); ++i)
+    EXPECT_NEAR(got.val_losses[i].second, reference_->val_losses[i].second,
+                1e-6 * reference_->val_losses[i].second)
+        << "validation loss at step " << got.val_losses[i].first;
 }
 
 TEST_P(DataParallelTest, ShardedStateFallsAsOneOverDp) {
