@@ -11,7 +11,9 @@
 // file with its entries, barrier, rank 0 merges the parts into the manifest, fsyncs it and the
 // directory, renames the directory to its final name, fsyncs the parent, and only then replaces
 // `latest` (latest.tmp, fsync, rename, fsync). A directory named step_* is therefore always
-// complete; a kill at any moment leaves at worst a .tmp_* directory that is ignored and removed.
+// complete, and `latest` is the commit point: a kill at any moment leaves at worst a .tmp_*
+// directory (ignored, removed by the next save) or a step_* directory `latest` does not name yet
+// (not resumed from; replaced when that step is saved again). See docs/CHECKPOINTS.md.
 #pragma once
 
 #include <cstdint>
