@@ -61,7 +61,7 @@ void collective_timed_out(const std::string& what, int rank, int size) {
 }
 
 double Communicator::all_reduce_scalar(double v, ReduceOp op) {
-  Tensor t = Tensor::from_vector({v}, {1}, DType::kF64);
+  Tensor t = Tensor::from_vector({v}, {1}, DType::kF64, device());
   all_reduce(t, op);
   return t.item();
 }

@@ -29,6 +29,8 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string backend() const = 0;
+  // Where this communicator's tensors live (CPU for MPI and single, the GPU for NCCL).
+  virtual Device device() const { return Device::cpu(); }
 
   // In place on a contiguous tensor.
   virtual std::unique_ptr<Work> all_reduce_async(const Tensor& t, ReduceOp op) = 0;

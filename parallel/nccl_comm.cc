@@ -96,6 +96,7 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend() const override { return "nccl"; }
+  Device device() const override { return Device::cuda(device_); }
 
   std::unique_ptr<Work> all_reduce_async(const Tensor& t, ReduceOp op) override {
     check(t, "all_reduce");
