@@ -5,8 +5,11 @@
 //    kiln's matmul / linear / linear_gelu ops) as TFLOP/s against a large square bf16 GEMM;
 //  - the deterministic reduction (sum over the token dim of a (32768, 768) tensor, a bias
 //    gradient) against the copy bandwidth.
+//  - LayerNorm / RMSNorm forward and forward + backward (C = 768 and 1600) against the copy
+//    bandwidth.
 // Each row is the median of `reps` timed runs (CUDA events on the compute stream) after warm-up.
-// Usage: kernel_bench [reps]
+// Usage: kernel_bench [reps] [section]: section (adamw, gemm, norm, ce, reduce) runs only that one
+// after the ceilings.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +25,7 @@
 #include "core/ops/layernorm.h"
 #include "core/ops/matmul.h"
 #include "core/ops/reduce.h"
+#include "core/ops/rmsnorm.h"
 #include "core/random.h"
 #include "optim/optimizer.h"
 
@@ -82,6 +86,8 @@ void row(const std::string& name, const std::string& shape, double ms, double ra
 
 int main(int argc, char** argv) {
   const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
+  const std::string only = argc > 2 ? argv[2] : "";
+  auto want = [&](const char* section) { return only.empty() || only == section; };
   if (!cuda_available()) {
     std::fprintf(stderr, "kernel_bench: no CUDA device\n");
     return 1;
@@ -120,6 +126,7 @@ int main(int argc, char** argv) {
 
   // ---- AdamW over GPT-2 124M ----
   for (DType gd : {DType::kF32, DType::kBF16}) {
+    if (!want("adamw")) break;
     std::vector<nn::Parameter> params;
     int64_t n = 0;
     int i = 0;
@@ -153,6 +160,7 @@ int main(int argc, char** argv) {
       {"mlp proj", tok, 4 * c, c},     {"lm head", tok, c, v},
   };
   for (const Gemm& g : fwd) {
+    if (!want("gemm")) break;
     Tensor x = rnd({g.m, g.k}, DType::kBF16, 7), w = rnd({g.n, g.k}, DType::kBF16, 8, 0.02);
     Tensor b = rnd({g.n}, DType::kBF16, 9);
     Tensor dy = rnd({g.m, g.n}, DType::kBF16, 10);
@@ -175,38 +183,50 @@ int main(int argc, char** argv) {
     row(std::string(g.name) + " dW", shape, ms, flop / (ms * 1e-3) / 1e12, "TFLOP/s", gemm_peak);
   }
 
-  // ---- LayerNorm (plain and fused with the residual add), forward and backward, bf16 ----
-  {
+  // ---- LayerNorm / RMSNorm (plain and fused with the residual add), forward and backward, bf16,
+  // at GPT-2 124M (C = 768) and 1.5B (C = 1600) widths. KILN_NORM_KERNEL=general runs the
+  // block-per-row kernels (what every shape ran before the warp-per-row kernels). Backward through
+  // kiln::grad: the gradients as the op returns them, with no copy into a leaf's .grad.
+  for (const int64_t nc : {int64_t{768}, int64_t{1600}}) {
+    if (!want("norm")) break;
     const int64_t rows = tok;
-    Tensor x = rnd({rows, c}, DType::kBF16, 20), r = rnd({rows, c}, DType::kBF16, 21);
-    Tensor w = rnd({c}, DType::kBF16, 22), b = rnd({c}, DType::kBF16, 23);
-    Tensor gy = rnd({rows, c}, DType::kBF16, 24);
-    const double act = static_cast<double>(rows) * c * 2;  // bytes of one (rows, C) bf16 tensor
+    const std::string shape = std::to_string(rows) + "x" + std::to_string(nc);
+    Tensor x = rnd({rows, nc}, DType::kBF16, 20), r = rnd({rows, nc}, DType::kBF16, 21);
+    Tensor w = rnd({nc}, DType::kBF16, 22), b = rnd({nc}, DType::kBF16, 23);
+    Tensor gy = rnd({rows, nc}, DType::kBF16, 24), gs = rnd({rows, nc}, DType::kBF16, 25);
+    const double act = static_cast<double>(rows) * nc * 2;  // bytes of one (rows, C) bf16 tensor
+    auto gbs = [&](double acts, double ms) { return acts * act / (ms * 1e-3) / 1e9; };
     double ms = time_ms([&] { (void)layer_norm(x, w, b); }, reps);
-    row("layer_norm fwd (bf16)", std::to_string(rows) + "x768", ms, 2 * act / (ms * 1e-3) / 1e9,
-        "GB/s", copy_bw);  // read x, write y
+    row("layer_norm fwd (bf16)", shape, ms, gbs(2, ms), "GB/s", copy_bw);  // read x, write y
     ms = time_ms([&] { (void)add_layer_norm(x, r, w, b); }, reps);
-    row("add+layer_norm fwd (bf16)", std::to_string(rows) + "x768", ms, 4 * act / (ms * 1e-3) / 1e9,
-        "GB/s", copy_bw);  // read x, r; write sum, y
-    Tensor xg = x.detach().set_requires_grad(true);
+    row("add+layer_norm fwd (bf16)", shape, ms, gbs(4, ms), "GB/s",
+        copy_bw);  // read x, r; write sum, y
+    ms = time_ms([&] { (void)rms_norm(x, w); }, reps);
+    row("rms_norm fwd (bf16)", shape, ms, gbs(2, ms), "GB/s", copy_bw);
+    Tensor xg = x.detach().set_requires_grad(true), rg = r.detach().set_requires_grad(true);
     Tensor wg = w.detach().set_requires_grad(true), bg = b.detach().set_requires_grad(true);
     ms = time_ms(
         [&] {
           EnableGradGuard eg;
           Tensor y = layer_norm(xg, wg, bg);
-          y.backward(gy);
-          xg.zero_grad();
-          wg.zero_grad();
-          bg.zero_grad();
+          (void)kiln::grad({y}, {gy}, {xg, wg, bg});
         },
         reps);
     // forward (read x, write y) + backward (read x, dy, write dx; dW/db partials are small)
-    row("layer_norm fwd+bwd (bf16)", std::to_string(rows) + "x768", ms, 5 * act / (ms * 1e-3) / 1e9,
-        "GB/s", copy_bw);
+    row("layer_norm fwd+bwd (bf16)", shape, ms, gbs(5, ms), "GB/s", copy_bw);
+    ms = time_ms(
+        [&] {
+          EnableGradGuard eg;
+          auto [s, y] = add_layer_norm(xg, rg, wg, bg);
+          (void)kiln::grad({s, y}, {gs, gy}, {xg, rg, wg, bg});
+        },
+        reps);
+    // forward (read x, r, write sum, y) + backward (read sum, dy, dsum, write dx)
+    row("add+layer_norm fwd+bwd (bf16)", shape, ms, gbs(8, ms), "GB/s", copy_bw);
   }
 
   // ---- classifier + cross-entropy fused (GPT-2 head), forward + backward, bf16 ----
-  {
+  if (want("ce")) {
     const int64_t vp = 50304;
     Tensor x = rnd({tok, c}, DType::kBF16, 30).set_requires_grad(true);
     Tensor w = rnd({vp, c}, DType::kBF16, 31, 0.02).set_requires_grad(true);
@@ -227,7 +247,7 @@ int main(int argc, char** argv) {
   }
 
   // ---- a bias gradient: the deterministic column reduction ----
-  {
+  if (want("reduce")) {
     Tensor dy = rnd({tok, c}, DType::kBF16, 11);
     const double ms = time_ms([&] { (void)sum_to(dy, {c}); }, reps);
     row("sum_to (bias grad, bf16)", std::to_string(tok) + "x" + std::to_string(c) + " -> 768", ms,

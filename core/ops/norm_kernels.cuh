@@ -1,15 +1,39 @@
 // CUDA kernels and host launchers shared by layer_norm and rms_norm (core/ops/layernorm.cu,
-// core/ops/rmsnorm.cu), with and without the fused residual add in front:
+// core/ops/rmsnorm.cu), with and without the fused residual add in front. Two kernel families:
+//
+// Warp per row (bf16 / f16 / f32 with C a multiple of one 16-byte vector, at most kWarpMaxVecs
+// vectors per lane, i.e. C <= 2048 for bf16 / f16 and C <= 1024 for f32, 16-byte aligned tensors):
+//   forward   each warp holds a row in registers (16-byte loads, one pass over x), [s = x +
+//             residual, stored], mean then the centred variance from the registers (f32), warp
+//             shuffles only, y = h * w (+ b); a grid of resident blocks strides over the rows (w
+//             and b re-read for each row: L1 hits);
+//   backward  one block of kBwdWarps warps per chunk of rows: each warp computes dx of its rows
+//             the same way and adds gy * h and gy into its own shared-memory accumulators (each
+//             lane owns its columns: no atomics, no barriers in the row loop); the block adds its
+//             warps' accumulators in warp order into per-chunk partials, and dw_reduce_kernel
+//             adds the partials of each column in a fixed order. The chunking depends only on the
+//             shape.
+//
+// Block per row (everything else: f64, C not a multiple of the vector, larger C, unaligned
+// views; and every shape when KILN_NORM_KERNEL=general):
 //   forward   one block per row: [s = x + residual, stored], statistics in the compute type (two
 //             passes for layer norm: mean, then the centred variance), y = h * w (+ b);
 //   backward  one block per row for dx (+ the gradient reaching the residual stream), then dW / db
 //             without atomics: (32 x 8)-thread blocks sum a tile of 32 columns over a fixed chunk
-//             of rows into per-chunk partials, and one thread per column adds the partials in
-//             chunk order. The result depends only on the shapes, never on scheduling.
+//             of rows into per-chunk partials, which dw_reduce_kernel adds in a fixed order.
+// Both are deterministic: the result depends only on the shapes (and the family), never on
+// scheduling.
 // Include only from .cu files.
 #pragma once
 
 #include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <type_traits>
+#include <utility>
 
 #include "core/ops/cuda_util.cuh"
 
@@ -156,24 +180,336 @@ __global__ void backward_dw_partial_kernel(const T* __restrict__ gy, const T* __
   }
 }
 
-// dw[col] = sum over chunks (in order) of pdw[chunk, col]; likewise db. One thread per column.
+// ---- warp per row ----
+
+constexpr int kWarpMaxVecs = 8;  // 16-byte vectors per lane at most
+constexpr int kFwdWarps = 4;     // warps (rows in flight) per forward block
+constexpr int kBwdWarps = 8;     // warps per backward block (one chunk of rows per block)
+// At most 256 chunks (so that at C = 1600 every block is resident at once on 132 SMs at 2
+// blocks each; 512 took 6% longer there, 1024 longer at both widths), of at least 64 rows.
+constexpr int kBwdMaxChunks = 256;
+constexpr int kBwdMinChunkRows = 64;
+
+// Lane `lane` of a row's warp holds the 16-byte vectors q = k * 32 + lane (k < kNV) of the row,
+// those with q < nvec = C / (16 / sizeof(T)).
 template <typename T>
-__global__ void backward_dw_final_kernel(const acc_t<T>* __restrict__ pdw,
-                                         const acc_t<T>* __restrict__ pdb, T* __restrict__ dw,
-                                         T* __restrict__ db, int64_t chunks, int64_t c) {
+constexpr int kVecElems = static_cast<int>(16 / sizeof(T));
+
+// Blocks per SM the backward kernel's registers are capped for (shared memory allows about as
+// many at the C each kNV serves; 4 at C = 768 for 2-byte types, 2 at C = 1600). With kGres the
+// row of the residual gradient needs 4 * kNV more registers.
+constexpr int bwd_min_blocks(int nv, bool gres) {
+  return nv <= 2 ? 4 : (nv == 3 ? (gres ? 3 : 4) : (nv == 4 ? (gres ? 2 : 3) : 2));
+}
+
+// A zero the compiler cannot see through. Offsetting the row loop's loads of w and b by it keeps
+// them in the loop: hoisted out, w and b would stay in registers for the whole loop, converted to
+// f32 (twice the registers of the packed 16-byte vectors); they are L1 hits.
+__device__ __forceinline__ int opaque_zero() {
+  int z;
+  asm volatile("mov.u32 %0, 0;" : "=r"(z));
+  return z;
+}
+
+// Makes the compiler forget what it knows of the 16-byte vector's registers (it costs no
+// instruction): the f32 values converted from them before this point are converted again after
+// it instead of being kept live (for bf16 that would double the registers a row takes).
+template <typename V>
+__device__ __forceinline__ void launder(V& v) {
+  static_assert(sizeof(V) == 16);
+  uint4 u;
+  memcpy(&u, &v, 16);
+  asm volatile("" : "+r"(u.x), "+r"(u.y), "+r"(u.z), "+r"(u.w));
+  memcpy(&v, &u, 16);
+}
+
+// Row r of x (and residual) -> y, [sum = x + residual rounded to T], mean (layer norm) and rstd.
+// The grid strides over rows, one warp per row.
+template <typename T, bool kRms, bool kResidual, int kNV>
+__global__ void __launch_bounds__(kFwdWarps * 32)
+    forward_warp_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ w,
+                        const T* __restrict__ b, T* __restrict__ y, T* __restrict__ sum_out,
+                        acc_t<T>* __restrict__ mean_out, acc_t<T>* __restrict__ rstd_out,
+                        int64_t rows, int c, acc_t<T> eps) {
   using A = acc_t<T>;
-  for (int64_t col = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; col < c;
-       col += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    if (dw != nullptr) {
-      A s = 0;
-      for (int64_t k = 0; k < chunks; ++k) s += pdw[k * c + col];
-      dw[col] = from_acc<T>(s);
+  constexpr int kV = kVecElems<T>;
+  using V = Vec<T, kV>;
+  const int lane = threadIdx.x & 31, nvec = c / kV;
+  const bool has_bias = !kRms && b != nullptr;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kFwdWarps;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kFwdWarps + (threadIdx.x >> 5); r < rows;
+       r += stride) {
+    const int64_t off = r * c;
+    const V* wr = reinterpret_cast<const V*>(w) + opaque_zero();
+    const V* br = reinterpret_cast<const V*>(b) + opaque_zero();
+    V v[kNV];
+    if constexpr (kResidual) {  // s = x + residual, stored; normalise the stored (rounded) s
+      V rv[kNV];
+#pragma unroll
+      for (int k = 0; k < kNV; ++k) {
+        const int q = k * 32 + lane;
+        if (q < nvec) {
+          v[k] = reinterpret_cast<const V*>(x + off)[q];
+          rv[k] = reinterpret_cast<const V*>(res + off)[q];
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kNV; ++k) {
+        const int q = k * 32 + lane;
+        if (q < nvec) {
+#pragma unroll
+          for (int e = 0; e < kV; ++e)
+            v[k].v[e] = from_acc<T>(to_acc(v[k].v[e]) + to_acc(rv[k].v[e]));
+          reinterpret_cast<V*>(sum_out + off)[q] = v[k];
+        }
+        launder(v[k]);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < kNV; ++k) {
+        const int q = k * 32 + lane;
+        if (q < nvec) v[k] = reinterpret_cast<const V*>(x + off)[q];
+      }
     }
-    if (db != nullptr) {
+    A m = 0, rs;
+    if constexpr (kRms) {
+      A ss = 0;
+#pragma unroll
+      for (int k = 0; k < kNV; ++k) {
+        if (k * 32 + lane < nvec) {
+#pragma unroll
+          for (int e = 0; e < kV; ++e) ss += to_acc(v[k].v[e]) * to_acc(v[k].v[e]);
+        }
+      }
+      rs = A(1) / sqrt(warp_sum(ss) / A(c) + eps);
+#pragma unroll
+      for (int k = 0; k < kNV; ++k) launder(v[k]);
+    } else {  // two passes over the registers: mean, then the centred variance
       A s = 0;
-      for (int64_t k = 0; k < chunks; ++k) s += pdb[k * c + col];
-      db[col] = from_acc<T>(s);
+#pragma unroll
+      for (int k = 0; k < kNV; ++k) {
+        if (k * 32 + lane < nvec) {
+#pragma unroll
+          for (int e = 0; e < kV; ++e) s += to_acc(v[k].v[e]);
+        }
+      }
+      m = warp_sum(s) / A(c);
+#pragma unroll
+      for (int k = 0; k < kNV; ++k) launder(v[k]);
+      A d2 = 0;
+#pragma unroll
+      for (int k = 0; k < kNV; ++k) {
+        if (k * 32 + lane < nvec) {
+#pragma unroll
+          for (int e = 0; e < kV; ++e) {
+            const A d = to_acc(v[k].v[e]) - m;
+            d2 += d * d;
+          }
+        }
+      }
+      rs = A(1) / sqrt(warp_sum(d2) / A(c) + eps);
+#pragma unroll
+      for (int k = 0; k < kNV; ++k) launder(v[k]);
     }
+    if (lane == 0) {
+      if constexpr (!kRms) mean_out[r] = m;
+      rstd_out[r] = rs;
+    }
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      const int q = k * 32 + lane;
+      if (q < nvec) {
+        const V wv = wr[q];
+        V bv;
+        if (has_bias) bv = br[q];
+        V o;
+#pragma unroll
+        for (int e = 0; e < kV; ++e) {
+          if constexpr (kRms) {
+            o.v[e] = from_acc<T>(to_acc(v[k].v[e]) * rs * to_acc(wv.v[e]));
+          } else {
+            const A h = (to_acc(v[k].v[e]) - m) * rs;
+            o.v[e] =
+                from_acc<T>(has_bias ? h * to_acc(wv.v[e]) + to_acc(bv.v[e]) : h * to_acc(wv.v[e]));
+          }
+        }
+        reinterpret_cast<V*>(y + off)[q] = o;
+      }
+    }
+  }
+}
+
+// One chunk of rows [blockIdx.x * rows_per_chunk, +rows_per_chunk) per block of kBwdWarps warps,
+// a warp per row (rows r0 + warp, r0 + warp + kBwdWarps, ...):
+//   dx (when dx is given) as backward_dx_kernel, plus gres with kGres;
+//   pdw[chunk, col] = sum of gy * h and pdb[chunk, col] = sum of gy over the chunk's rows (when
+//   given). Each warp accumulates its rows in its own slice of the dynamic shared memory (dW then
+//   dB, C values each, the vector q's values at [(part * nvec + q) * 4 + i]: lane-contiguous
+//   16-byte accesses); the block then adds the slices in warp order.
+// Dynamic shared memory: kBwdWarps * C * sizeof(A) * (pdw given + pdb given) bytes.
+template <typename T, bool kRms, bool kGres, int kNV>
+__global__ void __launch_bounds__(kBwdWarps * 32, bwd_min_blocks(kNV, kGres))
+    backward_warp_kernel(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ w,
+                         const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
+                         const T* __restrict__ gres, T* __restrict__ dx, acc_t<T>* __restrict__ pdw,
+                         acc_t<T>* __restrict__ pdb, int64_t rows, int c, int64_t rows_per_chunk) {
+  using A = acc_t<T>;
+  constexpr int kV = kVecElems<T>;
+  constexpr int kQ = static_cast<int>(16 / sizeof(A));  // accumulators per 16-byte access
+  constexpr int kParts = kV / kQ;                       // 16-byte accumulator accesses per vector
+  static_assert(kV % kQ == 0);
+  using V = Vec<T, kV>;
+  using VA = Vec<A, kQ>;
+  extern __shared__ __align__(16) unsigned char norm_smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nvec = c / kV;
+  const bool do_dw = pdw != nullptr, do_db = pdb != nullptr;
+  const int slice = c / kQ;  // VA entries per accumulator array
+  VA* aw = reinterpret_cast<VA*>(norm_smem) + warp * (int(do_dw) + int(do_db)) * slice;
+  VA* ab = do_dw ? aw + slice : aw;
+#pragma unroll
+  for (int k = 0; k < kNV; ++k) {
+    const int q = k * 32 + lane;
+    if (q < nvec) {
+#pragma unroll
+      for (int p = 0; p < kParts; ++p) {
+        if (do_dw) aw[p * nvec + q] = VA{};
+        if (do_db) ab[p * nvec + q] = VA{};
+      }
+    }
+  }
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_chunk;
+  const int64_t r1 = min(rows, r0 + rows_per_chunk);
+  for (int64_t r = r0 + warp; r < r1; r += kBwdWarps) {
+    const int64_t off = r * c;
+    const V* wr = reinterpret_cast<const V*>(w) + opaque_zero();
+    const A m = kRms ? A(0) : mean[r], rs = rstd[r];
+    V xv[kNV], gv[kNV], rv[kNV];
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      const int q = k * 32 + lane;
+      if (q < nvec) {
+        xv[k] = reinterpret_cast<const V*>(x + off)[q];
+        gv[k] = reinterpret_cast<const V*>(gy + off)[q];
+        if constexpr (kGres) rv[k] = reinterpret_cast<const V*>(gres + off)[q];
+      }
+    }
+    A sg = 0, sgh = 0;
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      const int q = k * 32 + lane;
+      if (q < nvec) {
+        const V wv = wr[q];
+#pragma unroll
+        for (int e = 0; e < kV; ++e) {
+          const A gh = to_acc(gv[k].v[e]) * to_acc(wv.v[e]);
+          const A h = kRms ? to_acc(xv[k].v[e]) * rs : (to_acc(xv[k].v[e]) - m) * rs;
+          if constexpr (!kRms) sg += gh;
+          sgh += gh * h;
+        }
+      }
+    }
+    if constexpr (!kRms) sg = warp_sum(sg) / A(c);
+    sgh = warp_sum(sgh) / A(c);
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      launder(xv[k]);
+      launder(gv[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      const int q = k * 32 + lane;
+      if (q < nvec) {
+        const V wv = wr[q];
+        A h[kV];
+#pragma unroll
+        for (int e = 0; e < kV; ++e)
+          h[e] = kRms ? to_acc(xv[k].v[e]) * rs : (to_acc(xv[k].v[e]) - m) * rs;
+        if (dx != nullptr) {
+          V o;
+#pragma unroll
+          for (int e = 0; e < kV; ++e) {
+            const A gh = to_acc(gv[k].v[e]) * to_acc(wv.v[e]);
+            A d = kRms ? rs * (gh - h[e] * sgh) : rs * (gh - sg - h[e] * sgh);
+            if constexpr (kGres) d += to_acc(rv[k].v[e]);
+            o.v[e] = from_acc<T>(d);
+          }
+          reinterpret_cast<V*>(dx + off)[q] = o;
+        }
+#pragma unroll
+        for (int p = 0; p < kParts; ++p) {
+          if (do_dw) {
+            VA a = aw[p * nvec + q];
+#pragma unroll
+            for (int i = 0; i < kQ; ++i) a.v[i] += to_acc(gv[k].v[p * kQ + i]) * h[p * kQ + i];
+            aw[p * nvec + q] = a;
+          }
+          if (do_db) {
+            VA a = ab[p * nvec + q];
+#pragma unroll
+            for (int i = 0; i < kQ; ++i) a.v[i] += to_acc(gv[k].v[p * kQ + i]);
+            ab[p * nvec + q] = a;
+          }
+        }
+      }
+    }
+  }
+  if (!do_dw && !do_db) return;
+  __syncthreads();
+  const A* acc = reinterpret_cast<const A*>(norm_smem);
+  const int warp_floats = (int(do_dw) + int(do_db)) * c;
+  for (int col = threadIdx.x; col < c; col += blockDim.x) {
+    const int q = col / kV, e = col % kV;
+    const int at = ((e / kQ) * nvec + q) * kQ + e % kQ;
+    A tw = 0, tb = 0;
+    for (int wp = 0; wp < kBwdWarps; ++wp) {
+      if (do_dw) tw += acc[wp * warp_floats + at];
+      if (do_db) tb += acc[wp * warp_floats + (do_dw ? c : 0) + at];
+    }
+    if (do_dw) pdw[static_cast<int64_t>(blockIdx.x) * c + col] = tw;
+    if (do_db) pdb[static_cast<int64_t>(blockIdx.x) * c + col] = tb;
+  }
+}
+
+// dw[col] = sum of pdw[chunk, col] over the chunks; likewise db (either may be null). Block
+// (32, 32): 32 columns, 32 chunk lanes; grid ceil(C / 32). Lane y adds chunks y, y + 32, ... in
+// order (loads issued kBatch at a time), then the 32 lanes are added in lane order.
+template <typename T>
+__global__ void __launch_bounds__(1024)
+    dw_reduce_kernel(const acc_t<T>* __restrict__ pdw, const acc_t<T>* __restrict__ pdb,
+                     T* __restrict__ dw, T* __restrict__ db, int64_t chunks, int64_t c) {
+  using A = acc_t<T>;
+  constexpr int kBatch = 8;
+  __shared__ A sw[32][33];
+  __shared__ A sb[32][33];
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  A aw = 0, ab = 0;
+  if (col < c) {
+    for (int64_t k0 = threadIdx.y; k0 < chunks; k0 += 32 * kBatch) {
+      A vw[kBatch], vb[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int64_t k = k0 + 32 * j;
+        vw[j] = dw != nullptr && k < chunks ? pdw[k * c + col] : A(0);
+        vb[j] = db != nullptr && k < chunks ? pdb[k * c + col] : A(0);
+      }
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        aw += vw[j];
+        ab += vb[j];
+      }
+    }
+  }
+  sw[threadIdx.y][threadIdx.x] = aw;
+  sb[threadIdx.y][threadIdx.x] = ab;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < c) {
+    A tw = 0, tb = 0;
+    for (int k = 0; k < 32; ++k) {
+      tw += sw[k][threadIdx.x];
+      tb += sb[k][threadIdx.x];
+    }
+    if (dw != nullptr) dw[col] = from_acc<T>(tw);
+    if (db != nullptr) db[col] = from_acc<T>(tb);
   }
 }
 
@@ -188,6 +524,111 @@ struct ForwardOut {
 
 inline DType acc_dtype(DType t) { return t == DType::kF64 ? DType::kF64 : DType::kF32; }
 
+// KILN_NORM_KERNEL: unset, "" or "auto" -> the warp-per-row kernels wherever they apply;
+// "general" -> the block-per-row kernels for every shape (for comparisons). Read on every call so
+// tests and benchmarks can switch it.
+inline bool force_general(const char* op) {
+  const char* e = std::getenv("KILN_NORM_KERNEL");
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "auto") == 0) return false;
+  if (std::strcmp(e, "general") == 0) return true;
+  KILN_CHECK(false) << op << ": KILN_NORM_KERNEL must be auto or general, got '" << e << "'";
+  return false;
+}
+
+// 16-byte vectors per lane of the warp-per-row kernels for rows of c elements of T, or 0 where
+// they do not apply: f64, c not a multiple of a vector, more than kWarpMaxVecs vectors per lane,
+// a pointer in ptrs not 16-byte aligned (null entries are skipped), KILN_NORM_KERNEL=general.
+template <typename T>
+int warp_vecs(const char* op, int64_t c, std::initializer_list<const void*> ptrs) {
+  if constexpr (std::is_same_v<T, double>) {
+    return 0;
+  } else {
+    constexpr int kV = kVecElems<T>;
+    if (c <= 0 || c % kV != 0 || c > int64_t{32} * kWarpMaxVecs * kV) return 0;
+    if (vec_width<T>(ptrs) != kV || force_general(op)) return 0;
+    return static_cast<int>((c / kV + 31) / 32);
+  }
+}
+
+// Calls f(std::integral_constant<int, nv>{}) for nv in [1, kWarpMaxVecs].
+template <typename F>
+void with_vecs(int nv, F&& f) {
+  static_assert(kWarpMaxVecs == 8, "with_vecs lists the cases 1..8");
+  switch (nv) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    case 5:
+      f(std::integral_constant<int, 5>{});
+      break;
+    case 6:
+      f(std::integral_constant<int, 6>{});
+      break;
+    case 7:
+      f(std::integral_constant<int, 7>{});
+      break;
+    case 8:
+      f(std::integral_constant<int, 8>{});
+      break;
+    default:
+      KILN_CHECK(false) << "internal: norm: " << nv << " vectors per lane";
+  }
+}
+
+// Resident blocks of `threads` threads per SM for kKernel (no dynamic shared memory); computed
+// once per kernel.
+template <auto kKernel>
+int blocks_per_sm(int threads) {
+  static const int n = [threads] {
+    int b = 0;
+    KILN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kKernel, threads, 0));
+    return std::max(b, 1);
+  }();
+  return n;
+}
+
+// Lets kKernel use `bytes` of dynamic shared memory on the current device (above the default
+// 48 KiB only after cudaFuncSetAttribute); the attribute is set once per device and kernel.
+template <auto kKernel>
+void allow_dynamic_smem(int bytes) {
+  if (bytes <= 48 * 1024) return;
+  static std::array<std::atomic<int>, 64> set{};
+  const int d = current_device();
+  if (d < 64 && set[d].load() >= bytes) return;
+  KILN_CUDA_CHECK(
+      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  if (d < 64) set[d].store(bytes);
+}
+
+// forward_warp_kernel on a grid of resident blocks (no more blocks than rows need), a warp per row.
+template <auto kKernel, typename... Args>
+void launch_forward_warp(int64_t rows, Args... args) {
+  const int threads = kFwdWarps * 32;
+  const int64_t resident = int64_t{blocks_per_sm<kKernel>(threads)} * sm_count();
+  const int64_t blocks = std::min((rows + kFwdWarps - 1) / kFwdWarps, resident);
+  kKernel<<<static_cast<unsigned>(blocks), threads, 0, compute_stream()>>>(args...);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+// backward_warp_kernel, one block per chunk, with smem bytes of dynamic shared memory.
+template <auto kKernel, typename T, int kNV, typename... Args>
+void launch_backward_warp(int64_t chunks, int smem, Args... args) {
+  // The most any C served by kNV asks for, so that the attribute is set once.
+  allow_dynamic_smem<kKernel>(kBwdWarps * 2 * 32 * kNV * kVecElems<T> *
+                              static_cast<int>(sizeof(acc_t<T>)));
+  kKernel<<<static_cast<unsigned>(chunks), kBwdWarps * 32, smem, compute_stream()>>>(args...);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
 // REQUIRES: x, res (or undefined), w, b (or undefined) contiguous, on the current device, one
 // floating dtype; w and b have C = x.size(-1) elements.
 template <bool kRms>
@@ -201,21 +642,42 @@ ForwardOut forward(const char* op, const Tensor& x, const Tensor& res, const Ten
   if (!kRms) o.mean = Tensor::empty(stat_shape, acc_dtype(x.dtype()), x.device());
   o.rstd = Tensor::empty(stat_shape, acc_dtype(x.dtype()), x.device());
   if (rows == 0) return o;
-  const int threads = row_threads(c);
   KILN_CUDA_DISPATCH_FLOAT(x.dtype(), op, T, {
     using A = acc_t<T>;
     const T* bp = b.defined() ? b.data<T>() : nullptr;
+    const T* rp = res.defined() ? res.data<T>() : nullptr;
+    T* sp = res.defined() ? o.sum.data<T>() : nullptr;
     A* mp = kRms ? nullptr : o.mean.data<A>();
-    if (res.defined()) {
-      forward_kernel<T, kRms, true><<<row_blocks(rows), threads, 0, compute_stream()>>>(
-          x.data<T>(), res.data<T>(), w.data<T>(), bp, o.y.data<T>(), o.sum.data<T>(), mp,
-          o.rstd.data<A>(), rows, c, static_cast<A>(eps));
-    } else {
-      forward_kernel<T, kRms, false><<<row_blocks(rows), threads, 0, compute_stream()>>>(
-          x.data<T>(), nullptr, w.data<T>(), bp, o.y.data<T>(), nullptr, mp, o.rstd.data<A>(), rows,
-          c, static_cast<A>(eps));
+    const int nv = warp_vecs<T>(op, c, {x.data<T>(), rp, w.data<T>(), bp, o.y.data<T>(), sp});
+    if constexpr (!std::is_same_v<T, double>) {
+      if (nv > 0) {
+        with_vecs(nv, [&](auto nvc) {
+          constexpr int kNV = decltype(nvc)::value;
+          if (rp != nullptr) {
+            launch_forward_warp<forward_warp_kernel<T, kRms, true, kNV>>(
+                rows, x.data<T>(), rp, w.data<T>(), bp, o.y.data<T>(), sp, mp, o.rstd.data<A>(),
+                rows, static_cast<int>(c), static_cast<A>(eps));
+          } else {
+            launch_forward_warp<forward_warp_kernel<T, kRms, false, kNV>>(
+                rows, x.data<T>(), rp, w.data<T>(), bp, o.y.data<T>(), sp, mp, o.rstd.data<A>(),
+                rows, static_cast<int>(c), static_cast<A>(eps));
+          }
+        });
+      }
     }
-    KILN_CUDA_CHECK_LAUNCH();
+    if (nv == 0) {
+      const int threads = row_threads(c);
+      if (res.defined()) {
+        forward_kernel<T, kRms, true><<<row_blocks(rows), threads, 0, compute_stream()>>>(
+            x.data<T>(), rp, w.data<T>(), bp, o.y.data<T>(), sp, mp, o.rstd.data<A>(), rows, c,
+            static_cast<A>(eps));
+      } else {
+        forward_kernel<T, kRms, false><<<row_blocks(rows), threads, 0, compute_stream()>>>(
+            x.data<T>(), nullptr, w.data<T>(), bp, o.y.data<T>(), nullptr, mp, o.rstd.data<A>(),
+            rows, c, static_cast<A>(eps));
+      }
+      KILN_CUDA_CHECK_LAUNCH();
+    }
   });
   return o;
 }
@@ -223,6 +685,42 @@ ForwardOut forward(const char* op, const Tensor& x, const Tensor& res, const Ten
 struct Grads {
   Tensor dx, dw, db;  // undefined where not asked for
 };
+
+// The warp-per-row backward: dx (into dxp when not null), and dw / db (when not null) through
+// per-chunk partials. REQUIRES: warp_vecs<T>() gave nv > 0 for these tensors.
+template <typename T, bool kRms>
+void backward_warp(int nv, const T* gy, const T* x, const T* w, const acc_t<T>* mean,
+                   const acc_t<T>* rstd, const T* gres, T* dxp, T* dwp, T* dbp, int64_t rows,
+                   int64_t c, DType ad, Device dev) {
+  using A = acc_t<T>;
+  const int64_t rows_per_chunk =
+      std::max<int64_t>(kBwdMinChunkRows, (rows + kBwdMaxChunks - 1) / kBwdMaxChunks);
+  const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;  // <= kBwdMaxChunks
+  Tensor pdw = dwp != nullptr ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
+  Tensor pdb = dbp != nullptr ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
+  A* pw = dwp != nullptr ? pdw.data<A>() : nullptr;
+  A* pb = dbp != nullptr ? pdb.data<A>() : nullptr;
+  const int smem = kBwdWarps * static_cast<int>(c) * static_cast<int>(sizeof(A)) *
+                   (int(pw != nullptr) + int(pb != nullptr));
+  with_vecs(nv, [&](auto nvc) {
+    constexpr int kNV = decltype(nvc)::value;
+    if (gres != nullptr) {
+      launch_backward_warp<backward_warp_kernel<T, kRms, true, kNV>, T, kNV>(
+          chunks, smem, gy, x, w, mean, rstd, gres, dxp, pw, pb, rows, static_cast<int>(c),
+          rows_per_chunk);
+    } else {
+      launch_backward_warp<backward_warp_kernel<T, kRms, false, kNV>, T, kNV>(
+          chunks, smem, gy, x, w, mean, rstd, gres, dxp, pw, pb, rows, static_cast<int>(c),
+          rows_per_chunk);
+    }
+  });
+  if (pw != nullptr || pb != nullptr) {
+    dw_reduce_kernel<T>
+        <<<static_cast<unsigned>((c + 31) / 32), dim3(32, 32), 0, compute_stream()>>>(
+            pw, pb, dwp, dbp, chunks, c);
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+}
 
 // Gradients of y = norm(x) given gy, plus gres added into dx when defined. x is what was
 // normalised (the stored sum for the residual variants). REQUIRES: gy, x, w, gres contiguous on
@@ -242,13 +740,25 @@ Grads backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor& 
     if (want_db) g.db.zero_();
     return g;
   }
+  if (!want_dx && !want_dw && !want_db) return g;
   KILN_CUDA_DISPATCH_FLOAT(x.dtype(), op, T, {
     using A = acc_t<T>;
     const A* mp = kRms ? nullptr : mean.data<A>();
+    const T* gp = gres.defined() ? gres.data<T>() : nullptr;
+    T* dxp = want_dx ? g.dx.data<T>() : nullptr;
+    const int nv = warp_vecs<T>(op, c, {gy.data<T>(), x.data<T>(), w.data<T>(), gp, dxp});
+    if constexpr (!std::is_same_v<T, double>) {
+      if (nv > 0) {
+        backward_warp<T, kRms>(nv, gy.data<T>(), x.data<T>(), w.data<T>(), mp, rstd.data<A>(), gp,
+                               dxp, want_dw ? g.dw.data<T>() : nullptr,
+                               want_db ? g.db.data<T>() : nullptr, rows, c, acc_dtype(x.dtype()),
+                               x.device());
+        break;  // out of the dtype switch
+      }
+    }
     if (want_dx) {
       backward_dx_kernel<T, kRms><<<row_blocks(rows), row_threads(c), 0, compute_stream()>>>(
-          gy.data<T>(), x.data<T>(), w.data<T>(), mp, rstd.data<A>(),
-          gres.defined() ? gres.data<T>() : nullptr, g.dx.data<T>(), rows, c);
+          gy.data<T>(), x.data<T>(), w.data<T>(), mp, rstd.data<A>(), gp, dxp, rows, c);
       KILN_CUDA_CHECK_LAUNCH();
     }
     if (want_dw || want_db) {
@@ -267,7 +777,7 @@ Grads backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor& 
               gy.data<T>(), x.data<T>(), mp, rstd.data<A>(), pdw.data<A>(),
               want_db ? pdb.data<A>() : nullptr, rows, c, rows_per_chunk);
       KILN_CUDA_CHECK_LAUNCH();
-      backward_dw_final_kernel<T><<<blocks_for(c), 256, 0, compute_stream()>>>(
+      dw_reduce_kernel<T><<<static_cast<unsigned>(col_tiles), dim3(32, 32), 0, compute_stream()>>>(
           pdw.data<A>(), want_db ? pdb.data<A>() : nullptr, want_dw ? g.dw.data<T>() : nullptr,
           want_db ? g.db.data<T>() : nullptr, chunks, c);
       KILN_CUDA_CHECK_LAUNCH();

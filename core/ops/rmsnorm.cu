@@ -1,7 +1,11 @@
-// CUDA halves of rms_norm and add_rms_norm (core/ops/rmsnorm.cc): host launchers over the shared
-// normalisation kernels of core/ops/norm_kernels.cuh. Launch shapes: forward and dx one block of
-// row_threads(C) threads per row (grid-stride over rows); dW (32 x 8)-thread blocks over (C/32
-// column tiles) x (row chunks), then one thread per column.
+// CUDA halves of rms_norm and add_rms_norm (core/ops/rmsnorm.cc): host launchers over the
+// shared normalisation kernels of core/ops/norm_kernels.cuh. Launch shapes: where a row fits a
+// warp's registers (bf16 / f16 up to C = 2048, f32 up to 1024, C a multiple of 16 bytes, aligned
+// tensors) forward one warp per row over a grid of resident 4-warp blocks, backward one 8-warp
+// block per chunk of rows (dx and per-chunk dW partials in one pass), then a (32 x 32)-thread
+// block per 32 columns adds the partials; otherwise one block of row_threads(C) threads per row
+// (forward, dx) and (32 x 8)-thread dW partial blocks over (C/32 column tiles) x (row chunks).
+// KILN_NORM_KERNEL=general forces the block-per-row kernels.
 #include "core/backend.h"
 #include "core/ops/norm_kernels.cuh"
 

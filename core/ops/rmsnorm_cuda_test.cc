@@ -2,10 +2,13 @@
 // the gradients of x, (residual,) and weight, for f32 / bf16 / f16 / f64; rows of 1000 (not a
 // multiple of 32) and 4096 columns, enough rows for several dW chunks (and chunks longer than 64
 // rows), a strided x; the fused residual op against add + rms_norm on the CPU, with gradients
-// flowing into both of its outputs. Every case: outputs in poisoned blocks, bit-identical rerun
-// (cuda_op_test_util.h states the tolerance). Skips where no GPU is visible.
+// flowing into both of its outputs. Both kernel families of core/ops/norm_kernels.cuh (warp per
+// row, block per row: f64, wide rows, misaligned inputs, KILN_NORM_KERNEL=general). Every case:
+// outputs in poisoned blocks, bit-identical rerun (cuda_op_test_util.h states the tolerance).
+// Skips where no GPU is visible.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "core/ops/cuda_op_test_util.h"
@@ -19,12 +22,37 @@ using testing::expect_gpu_matches_cpu;
 using testing::fresh_seed;
 using testing::rand_cpu;
 
+// Sets KILN_NORM_KERNEL for the scope ("" unsets it).
+class ScopedNormKernel {
+ public:
+  explicit ScopedNormKernel(const char* v) {
+    if (const char* old = std::getenv("KILN_NORM_KERNEL")) old_ = old, had_ = true;
+    if (*v) {
+      setenv("KILN_NORM_KERNEL", v, 1);
+    } else {
+      unsetenv("KILN_NORM_KERNEL");
+    }
+  }
+  ~ScopedNormKernel() {
+    if (had_) {
+      setenv("KILN_NORM_KERNEL", old_.c_str(), 1);
+    } else {
+      unsetenv("KILN_NORM_KERNEL");
+    }
+  }
+
+ private:
+  std::string old_;
+  bool had_ = false;
+};
+
 TEST(RmsNormCuda, MatchesCpuForwardAndBackward) {
   KILN_SKIP_WITHOUT_GPU();
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   Generator gen(seed);
-  const Shape shapes[] = {{4, 33, 768}, {5, 1000}, {300, 96}, {3, 4096}, {7}, {40000, 8}};
+  const Shape shapes[] = {{4, 33, 768}, {5, 1000},  {300, 96},  {3, 4096},
+                          {7},          {40000, 8}, {80, 1600}, {9, 2056}};
   for (DType dt : {DType::kF32, DType::kBF16, DType::kF16, DType::kF64}) {
     for (const Shape& s : shapes) {
       std::vector<Tensor> in = {rand_cpu(s, dt, gen), rand_cpu({s.back()}, dt, gen)};
@@ -33,6 +61,41 @@ TEST(RmsNormCuda, MatchesCpuForwardAndBackward) {
             return std::vector<Tensor>{rms_norm(v[0], v[1], 1e-6)};
           },
           in, gen, std::string("rms_norm ") + dtype_name(dt) + " " + shape_str(s));
+    }
+  }
+}
+
+// The same inputs through both kernel families (KILN_NORM_KERNEL unset and "general"), and
+// misaligned inputs (block per row), plain and with the residual add.
+TEST(RmsNormCuda, WarpAndBlockKernelsAndMisalignedInputs) {
+  KILN_SKIP_WITHOUT_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Generator gen(seed);
+  for (const char* impl : {"", "general"}) {
+    ScopedNormKernel env(impl);
+    for (bool misalign : {false, true}) {
+      for (DType dt : {DType::kBF16, DType::kF32}) {
+        for (const Shape& s : {Shape{130, 768}, Shape{3, 33, 1600}}) {
+          const std::string what = std::string("KILN_NORM_KERNEL='") + impl + "' " +
+                                   dtype_name(dt) + " " + shape_str(s) +
+                                   (misalign ? " misaligned" : "");
+          testing::GpuOptions opt;
+          opt.misalign = misalign;
+          expect_gpu_matches_cpu(
+              [](const std::vector<Tensor>& v) {
+                return std::vector<Tensor>{rms_norm(v[0], v[1])};
+              },
+              {rand_cpu(s, dt, gen), rand_cpu({s.back()}, dt, gen)}, gen, "rms_norm " + what, opt);
+          expect_gpu_matches_cpu(
+              [](const std::vector<Tensor>& v) {
+                auto [sum, y] = add_rms_norm(v[0], v[1], v[2]);
+                return std::vector<Tensor>{sum, y};
+              },
+              {rand_cpu(s, dt, gen), rand_cpu(s, dt, gen), rand_cpu({s.back()}, dt, gen)}, gen,
+              "add_rms_norm " + what, opt);
+        }
+      }
     }
   }
 }
@@ -56,7 +119,7 @@ TEST(AddRmsNormCuda, FusedMatchesAddThenRmsNormOnCpu) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   Generator gen(seed);
   for (DType dt : {DType::kF32, DType::kBF16, DType::kF64}) {
-    for (const Shape& s : {Shape{4, 33, 768}, Shape{300, 100}}) {
+    for (const Shape& s : {Shape{4, 33, 768}, Shape{300, 100}, Shape{70, 1600}}) {
       std::vector<Tensor> in = {rand_cpu(s, dt, gen), rand_cpu(s, dt, gen),
                                 rand_cpu({s.back()}, dt, gen)};
       expect_gpu_matches_cpu(
