@@ -52,12 +52,41 @@ const uint8_t* glyph(char c) {
   static const uint8_t minus[7] = {0, 0, 0, 31, 0, 0, 0};
   static const uint8_t e[7] = {0, 0, 14, 17, 31, 16, 14};
   static const uint8_t k[7] = {16, 16, 18, 20, 24, 20, 18};
+  // Lower-case letters for the legend and axis label ("train loss", "val loss", "step").
+  static const uint8_t a[7] = {0, 0, 14, 1, 15, 17, 15}, i[7] = {4, 0, 12, 4, 4, 4, 14};
+  static const uint8_t l[7] = {12, 4, 4, 4, 4, 4, 14}, n[7] = {0, 0, 22, 25, 17, 17, 17};
+  static const uint8_t o[7] = {0, 0, 14, 17, 17, 17, 14}, p[7] = {0, 0, 30, 17, 30, 16, 16};
+  static const uint8_t r[7] = {0, 0, 22, 25, 16, 16, 16}, s[7] = {0, 0, 15, 16, 14, 1, 30};
+  static const uint8_t t[7] = {8, 8, 28, 8, 8, 9, 6}, v[7] = {0, 0, 17, 17, 17, 10, 4};
   if (c >= '0' && c <= '9') return digits[c - '0'];
   if (c == '.') return dot;
   if (c == '-') return minus;
   if (c == 'e') return e;
   if (c == 'k') return k;
-  return nullptr;
+  switch (c) {
+    case 'a':
+      return a;
+    case 'i':
+      return i;
+    case 'l':
+      return l;
+    case 'n':
+      return n;
+    case 'o':
+      return o;
+    case 'p':
+      return p;
+    case 'r':
+      return r;
+    case 's':
+      return s;
+    case 't':
+      return t;
+    case 'v':
+      return v;
+    default:
+      return nullptr;
+  }
 }
 
 class Canvas {
@@ -192,6 +221,7 @@ std::string render_png(const std::vector<Series>& series, int w, int h, const st
     c.text(static_cast<int>(f.px(t)) - 3 * static_cast<int>(l.size()), h - f.bottom + 6, l,
            0x333333);
   }
+  c.text(w / 2 - 12, h - 14, "step", 0x333333);
   c.line(f.left, f.top, f.left, h - f.bottom, 0x000000);
   c.line(f.left, h - f.bottom, w - f.right, h - f.bottom, 0x000000);
   int legend_y = f.top;
@@ -202,7 +232,8 @@ std::string render_png(const std::vector<Series>& series, int w, int h, const st
     if (s.points.size() == 1)
       c.line(f.px(s.points[0].first), f.py(s.points[0].second), f.px(s.points[0].first) + 2,
              f.py(s.points[0].second), s.rgb, 3);
-    c.line(w - f.right - 60, legend_y, w - f.right - 30, legend_y, s.rgb, 3);
+    c.line(w - f.right - 130, legend_y, w - f.right - 100, legend_y, s.rgb, 3);
+    c.text(w - f.right - 92, legend_y - 3, s.label, 0x333333);
     legend_y += 12;
   }
   return encode_png(c.pixels(), w, h);
