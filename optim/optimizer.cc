@@ -164,17 +164,20 @@ std::vector<std::pair<std::string, Tensor>> SGD::state() {
   return out;
 }
 
-double grad_norm(const std::vector<nn::Parameter>& params) {
+double grad_sum_squares(const std::vector<nn::Parameter>& params) {
 #if KILN_WITH_CUDA
-  if (on_gpu(params)) return std::sqrt(cuda::sum_squares(defined_grads(params)));
+  if (on_gpu(params)) return cuda::sum_squares(defined_grads(params));  // one sync for all
 #endif
   double sq = 0;
   for (const nn::Parameter& p : params) {
     Tensor g = p.tensor.grad();
-    if (!g.defined()) continue;
-    sq += sum_squares(g);
+    if (g.defined()) sq += sum_squares(g);
   }
-  return std::sqrt(sq);
+  return sq;
+}
+
+double grad_norm(const std::vector<nn::Parameter>& params) {
+  return std::sqrt(grad_sum_squares(params));
 }
 
 void scale_grads(const std::vector<nn::Parameter>& params, double s) {

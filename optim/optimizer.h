@@ -61,6 +61,9 @@ class SGD final : public Optimizer {
   std::vector<Tensor> buf_;
 };
 
+// Sum of squares of all gradients (missing ones count as zero): f64, in parameter order on the CPU,
+// one device reduction and a single host sync on the GPU.
+double grad_sum_squares(const std::vector<nn::Parameter>& params);
 // Global L2 norm of all gradients (missing grads count as zero), accumulated in f64 in a fixed
 // order.
 double grad_norm(const std::vector<nn::Parameter>& params);

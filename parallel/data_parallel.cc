@@ -276,13 +276,9 @@ void DataParallel::end_micro_step() {
 }
 
 double DataParallel::grad_norm() {
-  double sq = 0;
-  if (opts_.zero_stage == 0) {
-    for (const nn::Parameter& p : params_) sq += sum_squares(p.tensor.grad());  // same on all ranks
-    return std::sqrt(sq);
-  }
-  for (const nn::Parameter& p : opt_->params()) sq += sum_squares(p.tensor.grad());
-  return std::sqrt(comm_.all_reduce_scalar(sq));
+  // One device reduction (and one host sync) over every gradient, not one per tensor.
+  if (opts_.zero_stage == 0) return std::sqrt(optim::grad_sum_squares(params_));  // same everywhere
+  return std::sqrt(comm_.all_reduce_scalar(optim::grad_sum_squares(opt_->params())));
 }
 
 double DataParallel::clip_grad_norm(double max_norm) {
