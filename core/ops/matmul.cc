@@ -157,7 +157,10 @@ class MatmulNode final : public Node {
     Tensor ga, gb;
     if (next[0].fn) {
       // d op(a) = g op(b)^T ; if ta, da = (g op(b)^T)^T = op(b) g^T
-      ga = ta ? matmul_raw(b, go, tb, true) : matmul_raw(go, b, false, !tb);
+      // dA^T when ta: (g op(b)^T)^T; computed as g op(b)^T then transposed, which also works
+      // when b is shared across a's batch.
+      ga = matmul_raw(go, b, false, !tb);
+      if (ta) ga = raw::contiguous(ga.transpose(-1, -2));
     }
     if (next[1].fn) {
       if (b.dim() > 2) {
