@@ -412,6 +412,8 @@ void Trainer::log_step(int64_t step, double loss, double lr, double gnorm, int64
                 {"tokens_per_s", tok_s},
                 {"mfu", mfu},
                 {"tokens", static_cast<double>(tokens_seen_)},
+                {"seq_len", static_cast<double>(seq_len_)},
+                {"batch", static_cast<double>(batch_)},
                 {"mem_peak_mib", mem.peak / 1048576.0}});
   const int every = cfg_.logging().has_log_every() ? cfg_.logging().log_every() : 1;
   if (quiet_ || world_.rank != 0 || (step % every != 0 && step + 1 != max_steps)) return;
