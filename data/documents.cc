@@ -3,8 +3,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/json.h"
 #include "data/absl_compat.h"
-#include "data/json.h"
 
 namespace kiln::data {
 namespace {
@@ -96,7 +96,10 @@ int64_t DocumentSource::CountDocuments() const {
 absl::StatusOr<std::string_view> DocumentSource::DocumentText(const RawDocument& doc,
                                                               std::string* storage) const {
   if (!doc.jsonl) return doc.raw;
-  auto text = JsonStringField(doc.raw, options_.jsonl_field);
+  // Records from other tools may nest deeply or carry lone UTF-16 surrogates (which JavaScript's
+  // TextEncoder, like the GPT-2 reference encoder, turns into U+FFFD).
+  static constexpr JsonOptions kRecord{.max_depth = 512, .replace_lone_surrogates = true};
+  auto text = json_string_field(doc.raw, options_.jsonl_field, kRecord);
   if (!text.ok()) {
     return absl::Status(text.status().code(), absl::StrCat(paths_[doc.file], ":", doc.line, ": ",
                                                            text.status().message()));

@@ -2,7 +2,8 @@
 //   text files: documents separated by a separator string (default "<|endoftext|>", the GPT-2
 //     convention; "" makes each file one document); empty documents are skipped.
 //   JSONL files (.jsonl/.ndjson, or --format jsonl): one JSON object per non-blank line, the
-//     document being the string member `field` (default "text").
+//     document being the string member `field` (default "text"); the whole record must be valid
+//     JSON (core/json.h: strict, duplicate keys rejected, lone \u surrogates read as U+FFFD).
 // Files are memory-mapped; documents are enumerated in input order (globs expand sorted), each with
 // its index, so work split across threads can be put back in order.
 #pragma once

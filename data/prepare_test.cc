@@ -6,8 +6,8 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "core/json.h"
 #include "data/cli.h"
-#include "data/json.h"
 #include "data/loader.h"
 #include "data/shard.h"
 #include "data/test_util.h"
@@ -120,7 +120,7 @@ TEST_F(PrepareTest, JsonlNamedFieldAndFractionSplit) {
   std::string jsonl;
   for (const auto& d : docs) {
     std::string esc;
-    AppendJsonString(d, &esc);
+    append_json_string(d, &esc);
     jsonl += absl::StrCat("{\"id\": 1, \"meta\": {\"text\": \"no\"}, \"body\": ", esc, "}\n\n");
   }
   testing::write_file(dir_.file("in.jsonl"), jsonl);

@@ -12,9 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/check.h"
+#include "core/json.h"
 #include "data/absl_compat.h"
 #include "data/io.h"
-#include "data/json.h"
 #include "data/pretokenize.h"
 
 namespace kiln::data {
@@ -318,7 +318,7 @@ absl::StatusOr<Tokenizer> Tokenizer::Load(const std::string& encoder_json_path,
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
   };
 
-  auto json = ParseJson(*enc_text);
+  auto json = parse_json(*enc_text);
   if (!json.ok()) return fail(encoder_json_path, json.status().message());
   if (!json->is_object()) return fail(encoder_json_path, "expected a JSON object {token: id}");
   const size_t n = json->object.size();
@@ -425,7 +425,7 @@ absl::Status Tokenizer::Save(const std::string& dir) const {
   std::string enc = "{";
   for (size_t id = 0; id < impl_->tokens.size(); ++id) {
     if (id) enc += ", ";
-    AppendJsonString(bytes_to_printable(impl_->tokens[id]), &enc);
+    append_json_string(bytes_to_printable(impl_->tokens[id]), &enc);
     absl::StrAppend(&enc, ": ", id);
   }
   enc += "}";

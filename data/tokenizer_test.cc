@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "data/json.h"
+#include "core/json.h"
 #include "data/pretokenize.h"
 #include "data/test_util.h"
 #include "gtest/gtest.h"
@@ -40,7 +40,7 @@ int run_reference(const std::string& mode, const std::string& in, const std::str
 
 std::string show(std::string_view s) {
   std::string out;
-  AppendJsonString(s.substr(0, 80), &out);
+  append_json_string(s.substr(0, 80), &out);
   return out;
 }
 
@@ -249,13 +249,13 @@ TEST_F(Gpt2Test, MatchesReferenceOnAdversarialText) {
   std::string in = "[";
   for (size_t i = 0; i < cases.size(); ++i) {
     if (i) in += ",";
-    AppendJsonString(cases[i], &in);
+    append_json_string(cases[i], &in);
   }
   in += "]";
   testing::write_file(dir.file("cases.json"), in);
   ASSERT_EQ(run_reference("cases", dir.file("cases.json"), dir.file("out.json")), 0)
       << "node reference failed (node: " << testing::node_binary() << ")";
-  auto ref = ParseJson(testing::read_file(dir.file("out.json")));
+  auto ref = parse_json(testing::read_file(dir.file("out.json")));
   ASSERT_TRUE(ref.ok()) << ref.status();
   ASSERT_EQ(ref->array.size(), cases.size());
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -363,7 +363,8 @@ TEST(TokenizerLoadTest, ErrorsNameTheFile) {
   std::string enc = "{";
   for (int id = 0; id < 256; ++id) {
     if (id) enc += ", ";
-    AppendJsonString(bytes_to_printable(std::string(1, static_cast<char>(byte_order()[id]))), &enc);
+    append_json_string(bytes_to_printable(std::string(1, static_cast<char>(byte_order()[id]))),
+                       &enc);
     enc += absl::StrCat(": ", id);
   }
   enc += "}";

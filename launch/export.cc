@@ -16,10 +16,10 @@
 #include "absl/strings/str_split.h"
 #include "core/autograd.h"
 #include "core/backend.h"
+#include "core/json.h"
 #include "launch/checkpoint.h"
 #include "launch/checkpoint_manifest.h"
 #include "launch/config.h"
-#include "launch/json.h"
 #include "launch/safetensors.h"
 #include "models/model.h"
 #include "models/presets.h"
@@ -90,8 +90,8 @@ absl::Status check_hf_config(const std::string& path, const ModelConfig& m) {
   const bool gpt2 = is_gpt2(m);
   if (const JsonValue* t = j->find("model_type"); t && t->is_string()) {
     const std::string want = gpt2 ? "gpt2" : "llama";
-    if (t->text != want)
-      return absl::InvalidArgumentError(absl::StrCat(path, ": model_type is '", t->text,
+    if (t->str != want)
+      return absl::InvalidArgumentError(absl::StrCat(path, ": model_type is '", t->str,
                                                      "' but model.family is ",
                                                      ModelConfig::Family_Name(m.family())));
   }
@@ -124,7 +124,7 @@ absl::Status check_hf_config(const std::string& path, const ModelConfig& m) {
     if (!v || !v->is_number()) continue;  // absent or null: the family default
     if (v->number != f.value)
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ": ", f.json, " is ", v->text, " but ", f.ours, " is ", f.value));
+          absl::StrCat(path, ": ", f.json, " is ", v->str, " but ", f.ours, " is ", f.value));
   }
   return absl::OkStatus();
 }

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "core/json.h"
 #include "proto/tensorboard.pb.h"
 
 namespace kiln::launch {
@@ -111,38 +112,6 @@ absl::Status read_tensorboard_scalars(
   return absl::OkStatus();
 }
 
-std::string json_escape(const std::string& s) {
-  std::string o;
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        o += "\\\"";
-        break;
-      case '\\':
-        o += "\\\\";
-        break;
-      case '\n':
-        o += "\\n";
-        break;
-      case '\r':
-        o += "\\r";
-        break;
-      case '\t':
-        o += "\\t";
-        break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          o += buf;
-        } else {
-          o += static_cast<char>(c);
-        }
-    }
-  }
-  return o;
-}
-
 absl::Status MetricsLogger::open(const std::string& run_dir, bool jsonl, bool tensorboard,
                                  bool append) {
   std::error_code ec;
@@ -166,9 +135,9 @@ void MetricsLogger::log(const std::string& kind, int64_t step,
                         const std::vector<std::pair<std::string, double>>& kv) {
   if (has_jsonl_) {
     std::ostringstream os;
-    os << "{\"kind\":\"" << json_escape(kind) << "\",\"step\":" << step;
+    os << "{\"kind\":" << json_quote(kind) << ",\"step\":" << step;
     for (const auto& [k, v] : kv) {
-      os << ",\"" << json_escape(k) << "\":";
+      os << "," << json_quote(k) << ":";
       if (std::isfinite(v)) {
         // The shortest form that reads back as the same double (resume tests compare losses
         // bit for bit).
@@ -188,8 +157,8 @@ void MetricsLogger::log(const std::string& kind, int64_t step,
 void MetricsLogger::log_text(const std::string& kind, int64_t step, const std::string& key,
                              const std::string& text) {
   if (has_jsonl_)
-    jsonl_ << "{\"kind\":\"" << json_escape(kind) << "\",\"step\":" << step << ",\""
-           << json_escape(key) << "\":\"" << json_escape(text) << "\"}\n";
+    jsonl_ << "{\"kind\":" << json_quote(kind) << ",\"step\":" << step << "," << json_quote(key)
+           << ":" << json_quote(text) << "}\n";
 }
 
 void MetricsLogger::flush() {

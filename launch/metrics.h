@@ -52,7 +52,4 @@ class MetricsLogger {
   TensorBoardWriter tb_;
 };
 
-// JSON string escaping.
-std::string json_escape(const std::string& s);
-
 }  // namespace kiln::launch

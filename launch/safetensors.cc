@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "launch/json.h"
+#include "core/json.h"
 
 namespace kiln::launch {
 namespace {
@@ -34,28 +34,28 @@ absl::Status parse_entry(const std::string& name, const JsonValue& v, Safetensor
   const std::string who = "tensor " + shown(name);
   if (!v.is_object()) return bad(who + " is not an object");
   e->name = name;
-  for (const std::string& k : v.keys)
-    if (k != "dtype" && k != "shape" && k != "data_offsets")
-      return bad(who + ": unknown field " + shown(k));
+  for (const JsonMember& m : v.object)
+    if (m.key != "dtype" && m.key != "shape" && m.key != "data_offsets")
+      return bad(who + ": unknown field " + shown(m.key));
   const JsonValue* dtype = v.find("dtype");
   const JsonValue* shape = v.find("shape");
   const JsonValue* offsets = v.find("data_offsets");
   if (!dtype || !dtype->is_string()) return bad(who + ": missing or non-string dtype");
-  e->dtype = dtype->text;
+  e->dtype = dtype->str;
   const int64_t esize = safetensors_dtype_size(e->dtype);
   if (esize == 0) return bad(who + ": unknown dtype " + shown(e->dtype));
   if (!shape || !shape->is_array()) return bad(who + ": missing or non-array shape");
-  if (shape->items.size() > 16) return bad(who + ": more than 16 dimensions");
+  if (shape->array.size() > 16) return bad(who + ": more than 16 dimensions");
   int64_t numel = 1;
-  for (const JsonValue& d : shape->items) {
+  for (const JsonValue& d : shape->array) {
     int64_t n;
     if (!d.as_int64(&n) || n < 0) return bad(who + ": shape entries must be integers >= 0");
     if (n > 0 && numel > kMaxElements / n) return bad(who + ": shape too large");
     numel = n == 0 ? 0 : numel * n;
     e->shape.push_back(n);
   }
-  if (!offsets || !offsets->is_array() || offsets->items.size() != 2 ||
-      !offsets->items[0].as_uint64(&e->begin) || !offsets->items[1].as_uint64(&e->end))
+  if (!offsets || !offsets->is_array() || offsets->array.size() != 2 ||
+      !offsets->array[0].as_uint64(&e->begin) || !offsets->array[1].as_uint64(&e->end))
     return bad(who + ": data_offsets must be [BEGIN, END] integers");
   if (e->end < e->begin) return bad(who + ": data_offsets end before they begin");
   if (e->end - e->begin != static_cast<uint64_t>(numel * esize))
@@ -115,16 +115,12 @@ absl::StatusOr<SafetensorsHeader> parse_safetensors_header(std::string_view pref
   if (!root->is_object()) return bad("the header is not a JSON object");
   SafetensorsHeader h;
   h.data_start = 8 + n;
-  for (size_t i = 0; i < root->keys.size(); ++i) {
-    const std::string& name = root->keys[i];
-    const JsonValue& v = root->items[i];
+  for (const auto& [name, v] : root->object) {
     if (name == "__metadata__") {
       if (!v.is_object()) return bad("__metadata__ is not an object");
-      for (size_t k = 0; k < v.keys.size(); ++k) {
-        const JsonValue& s = v.items[k];
-        if (!s.is_string())
-          return bad("__metadata__ value of " + shown(v.keys[k]) + " is not a string");
-        h.metadata.emplace_back(v.keys[k], s.text);
+      for (const auto& [key, s] : v.object) {
+        if (!s.is_string()) return bad("__metadata__ value of " + shown(key) + " is not a string");
+        h.metadata.emplace_back(key, s.str);
       }
       continue;
     }

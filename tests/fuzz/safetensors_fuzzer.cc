@@ -1,11 +1,12 @@
 // libFuzzer target: untrusted bytes -> validated safetensors header (launch/safetensors.h), as
-// `kiln train --init-from` reads a file someone else wrote; and the JSON reader on its own. A
-// header that validates must describe tensors that lie inside the file and tile its data section.
+// `kiln train --init-from` reads a file someone else wrote; and the JSON reader (core/json.h) on
+// its own. A header that validates must describe tensors that lie inside the file and tile its
+// data section.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
 
-#include "launch/json.h"
+#include "core/json.h"
 #include "launch/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -20,6 +21,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     if (h->data_start + at != size) __builtin_trap();
   }
-  if (size > 0 && data[0] == '{') (void)kiln::launch::parse_json(in);
+  if (size > 0 && data[0] == '{') (void)kiln::parse_json(in);
   return 0;
 }
