@@ -292,18 +292,23 @@ def mode_kill_during_save(env, rng, trials, np):
             resumed.append(step)
             check(path is not None and ".tmp_" not in path and
                   os.path.basename(path) == expect,
-                  f"trial {trial}: resumed from {path}, `latest` named {expect}")
+                  f"trial {trial}: resumed from {path}, expected {expect}")
         names = sorted(os.listdir(cdir)) if os.path.isdir(cdir) else []
         steps = [n for n in names if re.fullmatch(r"step_\d{8}", n)]
-        expect = latest(env.run_dir(run))
+        expect = named = latest(env.run_dir(run))
         if expect is not None:
             check(expect in steps, f"trial {trial}: latest names {expect}, not among {steps}")
+        elif steps:
+            # No `latest` yet: the very first save was killed after its rename, before the pointer
+            # was written. A start then takes the newest complete step_* directory (verified
+            # below), as documented in docs/CHECKPOINTS.md.
+            expect = steps[-1]
         if steps:
             rc, vout = env.kiln_out("checkpoint", "verify", *[os.path.join(cdir, s) for s in steps])
             check(rc == 0, f"trial {trial}: a step_* directory does not verify:\n{vout}")
         if any(n.startswith(".tmp_") for n in names):
             phases["inside a save (.tmp_ directory left)"] += 1
-        elif steps and expect is not None and steps[-1] > expect:
+        elif steps and (named is None or steps[-1] > named):
             phases["after the rename, before `latest` moved"] += 1
         else:
             phases["between saves"] += 1
