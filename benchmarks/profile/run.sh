@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Kernel-time breakdown of kiln's GPT-2 124M training step on one GPU (benchmarks/e2e config):
+# Nsight Compute times every kernel of a short run (gpu__time_duration only, clocks left alone),
+# and kernels.py sums them per kernel name and per step. Compare the per-step kernel total with
+# the step time of the plain run (benchmarks/e2e/run.sh) to see how much of a step the GPU idles.
+# Usage: benchmarks/profile/run.sh BUILD_DIR OUT_DIR [STEPS]
+set -euo pipefail
+build=$1 out=$2 steps=${3:-2}
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$out"
+ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+  --log-file "$out/ncu.csv" \
+  "$build/bin/kiln" train --config "$here/../e2e/gpt2-124m-bench.textproto" \
+  --set training.max_steps="$steps" --set eval.every_n_steps=0 --set schedule.lr.warmup_steps=1 \
+  --set logging.run_dir="$out/run" > "$out/kiln.log" 2>&1
+python3 "$here/kernels.py" "$out/ncu.csv" "$steps"
