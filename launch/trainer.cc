@@ -26,6 +26,7 @@
 #include "launch/export.h"
 #include "models/generate.h"
 #include "models/presets.h"
+#include "parallel/file_comm.h"
 
 namespace kiln::launch {
 namespace {
@@ -203,7 +204,10 @@ absl::Status Trainer::init() {
   model_->dropout_generator() = Generator(seed * 1000003 + world_.rank);
   sample_gen_ = Generator(seed + 17);
   // Communicators, then data parallel / ZeRO around the optimizer.
-  world_comm_ = world_.size > 1 ? parallel::make_cpu_world() : parallel::make_single();
+  absl::StatusOr<std::unique_ptr<parallel::Communicator>> world_comm =
+      parallel::make_world_comm(world_);
+  if (!world_comm.ok()) return world_comm.status();
+  world_comm_ = std::move(*world_comm);
   parallel::set_collective_timeout(cfg_.parallel().timeout_s());
   dp_comm_ = world_comm_.get();
   if (gpu && world_.size > 1) {

@@ -19,7 +19,13 @@ bool env_int(const char* name, int* out) {
 
 World detect_world() {
   World w;
-  if (env_int("OMPI_COMM_WORLD_SIZE", &w.size)) {
+  if (env_int("KILN_WORLD_SIZE", &w.size) && env_int("KILN_RANK", &w.rank)) {
+    // An explicit launch (a script, or any launcher without MPI): wins over the launchers'
+    // variables; the ranks meet through KILN_RENDEZVOUS (parallel/file_comm.h).
+    env_int("KILN_LOCAL_RANK", &w.local_rank);
+    if (!env_int("KILN_LOCAL_WORLD_SIZE", &w.local_size)) w.local_size = w.size;
+    w.launcher = "env";
+  } else if (env_int("OMPI_COMM_WORLD_SIZE", &w.size)) {
     env_int("OMPI_COMM_WORLD_RANK", &w.rank);
     env_int("OMPI_COMM_WORLD_LOCAL_RANK", &w.local_rank);
     env_int("OMPI_COMM_WORLD_LOCAL_SIZE", &w.local_size);

@@ -1,4 +1,5 @@
-// The process world and the parallel layout. World comes from the launcher's environment (Open
+// The process world and the parallel layout. World comes from the launcher's environment (kiln's
+// own KILN_RANK / KILN_WORLD_SIZE / KILN_LOCAL_RANK, Open
 // MPI's OMPI_COMM_WORLD_*, Slurm's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, or a single
 // process); ParallelDims is the validated dp x tp x pp grid built once from the config and the
 // world and passed down explicitly (no globals). Rank layout: tp fastest, then dp, then pp
@@ -14,7 +15,7 @@ namespace kiln::parallel {
 struct World {
   int rank = 0, size = 1;
   int local_rank = 0, local_size = 1;
-  std::string launcher = "single";  // "mpi", "slurm" or "single"
+  std::string launcher = "single";  // "env", "mpi", "slurm" or "single"
 };
 
 // Reads the world from the environment.

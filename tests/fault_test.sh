@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# A rank that dies (kill -9) or hangs must end the whole mpirun job within the collective timeout,
-# with a clear message and no processes left behind. Usage: fault_test.sh MPIRUN KILN kill|hang
+# A rank that dies (kill -9) or hangs must end the whole job within the collective timeout, with a
+# clear message and no processes left behind. LAUNCHER is mpirun's path, or local:PATH for
+# scripts/launch_local.sh (no MPI: the file communicator).
+# Usage: fault_test.sh LAUNCHER KILN kill|hang
 set -uo pipefail
-mpirun=$1 kiln=$2 action=$3
+launcher=$1 kiln=$2 action=$3
+if [[ $launcher == local:* ]]; then
+  run=(bash "${launcher#local:}" 2)
+else
+  run=("$launcher" -np 2 --oversubscribe --bind-to none)
+fi
 dir=$(mktemp -d)
 cat >"$dir/cfg.textproto" <<'CFG'
 model { preset: "gpt2-tiny" vocab_size: 96 max_seq_len: 32 n_layer: 2 n_head: 2 d_model: 32 }
@@ -14,12 +21,12 @@ logging { tensorboard: false log_every: 1000 }
 device: CPU
 CFG
 start=$(date +%s)
-KILN_FAULT_INJECT="1:5:$action" timeout 240 "$mpirun" -np 2 --oversubscribe --bind-to none \
+KILN_FAULT_INJECT="1:5:$action" timeout 240 "${run[@]}" \
   "$kiln" train --config "$dir/cfg.textproto" --set logging.run_dir="$dir/run" >"$dir/out" 2>&1
 rc=$?
 elapsed=$(( $(date +%s) - start ))
 cat "$dir/out" | tail -20
-echo "fault_test: $action: mpirun exit status $rc after ${elapsed}s"
+echo "fault_test: $action: ${run[0]} exit status $rc after ${elapsed}s"
 fail=0
 [ $rc -ne 0 ] || { echo "FAIL: the job succeeded despite the fault"; fail=1; }
 [ $rc -ne 124 ] || { echo "FAIL: the job hung (killed by timeout 240)"; fail=1; }
