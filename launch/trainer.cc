@@ -179,8 +179,12 @@ absl::Status Trainer::init() {
     scaler_ = std::make_unique<optim::LossScaler>(
         p.has_loss_scale_init() ? p.loss_scale_init() : 65536.0,
         p.has_loss_scale_growth_interval() ? p.loss_scale_growth_interval() : 2000,
-        p.has_loss_scale_growth() ? p.loss_scale_growth() : 2.0);
+        p.has_loss_scale_growth() ? p.loss_scale_growth() : 2.0,
+        p.has_loss_scale_backoff() ? p.loss_scale_backoff() : 0.5);
   }
+  // The layout and the communicators (before the model: a bad layout fails at once).
+  absl::Status s = make_layout(gpu);
+  if (!s.ok()) return s;
   // Model.
   const uint64_t seed = cfg_.training().seed();
   models::ModelSpec spec = models::spec_from_config(cfg_.model());
@@ -189,8 +193,7 @@ absl::Status Trainer::init() {
   absl::StatusOr<std::string> resume = find_resume_checkpoint(cfg_.checkpoint());
   if (!resume.ok()) return resume.status();
   if (resume->empty() && !cfg_.training().init_from().empty()) {
-    absl::Status s =
-        import_safetensors(cfg_.training().init_from(), cfg_.model(), model_->parameters());
+    s = import_safetensors(cfg_.training().init_from(), cfg_.model(), model_->parameters());
     if (!s.ok()) return absl::Status(s.code(), "training.init_from: " + std::string(s.message()));
     if (world_.rank == 0 && !quiet_)
       std::printf("kiln: initialised the model from %s\n", cfg_.training().init_from().c_str());
@@ -203,19 +206,7 @@ absl::Status Trainer::init() {
                                                                 : models::Recompute::kNone);
   model_->dropout_generator() = Generator(seed * 1000003 + world_.rank);
   sample_gen_ = Generator(seed + 17);
-  // Communicators, then data parallel / ZeRO around the optimizer.
-  absl::StatusOr<std::unique_ptr<parallel::Communicator>> world_comm =
-      parallel::make_world_comm(world_);
-  if (!world_comm.ok()) return world_comm.status();
-  world_comm_ = std::move(*world_comm);
-  parallel::set_collective_timeout(cfg_.parallel().timeout_s());
-  dp_comm_ = world_comm_.get();
-  if (gpu && world_.size > 1) {
-    auto nccl = parallel::make_nccl(*world_comm_, world_.local_rank);
-    if (!nccl.ok()) return nccl.status();
-    gpu_comm_ = std::move(*nccl);
-    dp_comm_ = gpu_comm_.get();
-  }
+  // Data parallel / ZeRO around the optimizer.
   std::vector<nn::Parameter> params = model_->parameters();
   const OptimizerConfig& oc = cfg_.optimizer();
   apply_decay_rules(oc, &params);
@@ -225,7 +216,8 @@ absl::Status Trainer::init() {
   dpo.gather_dtype = compute_;
   auto make_opt = [oc](std::vector<nn::Parameter> pieces) -> std::unique_ptr<optim::Optimizer> {
     if (oc.type() == OptimizerConfig::SGD)
-      return std::make_unique<optim::SGD>(std::move(pieces), oc.momentum(), oc.weight_decay());
+      return std::make_unique<optim::SGD>(std::move(pieces), oc.momentum(), oc.weight_decay(),
+                                          oc.nesterov());
     return std::make_unique<optim::AdamW>(
         std::move(pieces),
         optim::AdamWOptions{oc.beta1(), oc.beta2(), oc.eps(), oc.weight_decay()});
@@ -267,7 +259,7 @@ absl::Status Trainer::init() {
   flops_per_token_full_ = TrainingFlopsPerToken(cfg_.model(), seq);
   (void)dp;
   // Data and metrics.
-  absl::Status s = make_sources();
+  s = make_sources();
   if (!s.ok()) return s;
   if (!resume->empty()) {
     s = agree_across_ranks(*world_comm_, restore_checkpoint(*resume), "loading the checkpoint");
@@ -281,9 +273,43 @@ absl::Status Trainer::init() {
   return absl::OkStatus();
 }
 
+absl::Status Trainer::make_layout(bool gpu) {
+  const ParallelConfig& p = cfg_.parallel();
+  absl::StatusOr<parallel::ParallelDims> dims =
+      parallel::make_dims(std::max(1, p.dp()), std::max(1, p.tp()), std::max(1, p.pp()), world_);
+  if (!dims.ok()) return dims.status();
+  dims_ = *dims;
+  // The config checks for tp and pp (heads, layers, batches) are in place; the layers are not.
+  if (dims_.tp > 1 || dims_.pp > 1)
+    return absl::UnimplementedError(
+        absl::StrCat(dims_.tp > 1 ? "parallel.tp" : "parallel.pp",
+                     ": tensor and pipeline parallelism are not "
+                     "built yet; kiln trains data parallel and ZeRO-1/2/3 (tp = ",
+                     dims_.tp, ", pp = ", dims_.pp, " given, both must be 1)"));
+  absl::StatusOr<std::unique_ptr<parallel::Communicator>> world_comm =
+      parallel::make_world_comm(world_);
+  if (!world_comm.ok()) return world_comm.status();
+  world_comm_ = std::move(*world_comm);
+  parallel::set_collective_timeout(p.timeout_s());
+  parallel::Communicator* base = world_comm_.get();
+  if (gpu && world_.size > 1) {
+    auto nccl = parallel::make_nccl(*world_comm_, world_.local_rank);
+    if (!nccl.ok()) return nccl.status();
+    gpu_comm_ = std::move(*nccl);
+    base = gpu_comm_.get();
+  }
+  dp_comm_ = base;
+  if (dims_.dp < world_.size) {  // ranks of one (tp, pp) coordinate form a dp group
+    const int r = world_.rank;
+    dp_group_ = base->split(dims_.pp_rank(r) * dims_.tp + dims_.tp_rank(r), dims_.dp_rank(r));
+    dp_comm_ = dp_group_.get();
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::make_sources() {
-  const int dp = std::max(1, cfg_.parallel().dp());
-  const int dp_rank = (world_.rank / std::max(1, cfg_.parallel().tp())) % dp;
+  const int dp = dims_.dp;
+  const int dp_rank = dims_.dp_rank(world_.rank);
   const uint64_t seed = cfg_.data().has_seed() ? cfg_.data().seed() : cfg_.training().seed();
   if (cfg_.data().synthetic()) {
     const int64_t v = cfg_.model().vocab_size();

@@ -44,7 +44,8 @@ struct TextCodec {
 
 class Trainer {
  public:
-  // The world's communicator is made from `world` (MPI under mpirun/srun, else single-process).
+  // The world's communicator is made from `world` by parallel::make_world_comm (MPI under
+  // mpirun / srun, files with KILN_RENDEZVOUS, else single-process).
   Trainer(TrainConfig config, parallel::World world);
   ~Trainer();
   // Everything that can fail for outside reasons (data files, run directory) fails here.
@@ -72,6 +73,8 @@ class Trainer {
   const std::string& resumed_from() const { return resumed_from_; }
 
  private:
+  // ParallelDims from the config and the world, the world / NCCL / dp communicators.
+  absl::Status make_layout(bool gpu);
   absl::Status make_sources();
   std::vector<parallel::Piece> checkpoint_pieces(bool for_load);
   // After every step: the periodic save and the SIGTERM / SIGINT check (agreed by all ranks).
@@ -84,9 +87,11 @@ class Trainer {
   parallel::World world_;
   Device device_;
   DType compute_ = DType::kF32;
-  std::unique_ptr<parallel::Communicator> world_comm_;  // CPU (MPI or single)
+  parallel::ParallelDims dims_;                         // the dp x tp x pp grid of this run
+  std::unique_ptr<parallel::Communicator> world_comm_;  // CPU (MPI, files or single)
   std::unique_ptr<parallel::Communicator> gpu_comm_;    // NCCL, on GPUs
-  parallel::Communicator* dp_comm_ = nullptr;
+  std::unique_ptr<parallel::Communicator> dp_group_;    // when dp < world: this rank's dp group
+  parallel::Communicator* dp_comm_ = nullptr;           // data parallel / ZeRO go through this
   std::unique_ptr<models::LanguageModel> model_;
   std::unique_ptr<parallel::DataParallel> dp_;
   std::unique_ptr<optim::LossScaler> scaler_;

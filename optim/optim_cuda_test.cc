@@ -113,14 +113,17 @@ TEST_F(OptimCuda, AdamWSteadyStateDoesNoCudaMalloc) {
 }
 
 TEST_F(OptimCuda, SgdMatchesCpu) {
-  ParamPair pp = make_params(5);
-  SGD cpu(pp.cpu, 0.9, 0.01), gpu(pp.gpu, 0.9, 0.01);
-  for (int step = 1; step <= 3; ++step) {
-    set_grads(pp, 40 + step, DType::kF32);
-    cpu.step(0.1);
-    gpu.step(0.1);
+  for (bool nesterov : {false, true}) {
+    SCOPED_TRACE(nesterov ? "nesterov" : "heavy ball");
+    ParamPair pp = make_params(5);
+    SGD cpu(pp.cpu, 0.9, 0.01, nesterov), gpu(pp.gpu, 0.9, 0.01, nesterov);
+    for (int step = 1; step <= 3; ++step) {
+      set_grads(pp, 40 + step, DType::kF32);
+      cpu.step(0.1);
+      gpu.step(0.1);
+    }
+    expect_same_state(pp.cpu, pp.gpu, cpu, gpu);
   }
-  expect_same_state(pp.cpu, pp.gpu, cpu, gpu);
 }
 
 TEST_F(OptimCuda, GradNormMatchesCpuAndRepeatsBitIdentically) {

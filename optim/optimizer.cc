@@ -73,14 +73,15 @@ void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, doubl
 }
 
 void sgd_update(float* p, const float* g, float* buf, int64_t n, double lr, double momentum,
-                double weight_decay) {
+                double weight_decay, bool nesterov) {
   const float mu = static_cast<float>(momentum), wd = static_cast<float>(weight_decay);
   const float flr = static_cast<float>(lr);
   parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const float d = g[i] + wd * p[i];
       buf[i] = mu * buf[i] + d;
-      p[i] -= flr * (mu != 0.0f ? buf[i] : d);
+      const float step = mu == 0.0f ? d : nesterov ? d + mu * buf[i] : buf[i];
+      p[i] -= flr * step;
     }
   });
 }
@@ -132,8 +133,11 @@ std::vector<std::pair<std::string, Tensor>> AdamW::state() {
   return out;
 }
 
-SGD::SGD(std::vector<nn::Parameter> params, double momentum, double weight_decay)
-    : Optimizer(std::move(params)), momentum_(momentum), weight_decay_(weight_decay) {
+SGD::SGD(std::vector<nn::Parameter> params, double momentum, double weight_decay, bool nesterov)
+    : Optimizer(std::move(params)),
+      momentum_(momentum),
+      weight_decay_(weight_decay),
+      nesterov_(nesterov) {
   for (const nn::Parameter& p : params_)
     buf_.push_back(Tensor::zeros(p.tensor.shape(), DType::kF32, p.tensor.device()));
 }
@@ -147,13 +151,13 @@ void SGD::step(double lr) {
     if (!g.defined()) continue;
     if (gpu) {
 #if KILN_WITH_CUDA
-      cuda::sgd_step(p.tensor, g, buf_[i], lr, momentum_, p.decay ? weight_decay_ : 0.0);
+      cuda::sgd_step(p.tensor, g, buf_[i], lr, momentum_, p.decay ? weight_decay_ : 0.0, nesterov_);
 #endif
       continue;
     }
     g = raw::convert(g, DType::kF32);
     sgd_update(f32_data(p.tensor, p.name), f32_data(g, p.name), f32_data(buf_[i], p.name),
-               p.tensor.numel(), lr, momentum_, p.decay ? weight_decay_ : 0.0);
+               p.tensor.numel(), lr, momentum_, p.decay ? weight_decay_ : 0.0, nesterov_);
   }
 }
 
@@ -213,13 +217,13 @@ bool grads_non_finite(const std::vector<nn::Parameter>& params) {
 
 bool LossScaler::update(bool found_inf) {
   if (found_inf) {
-    scale_ /= factor_;
+    scale_ *= backoff_;
     clean_ = 0;
     ++skipped_;
     return false;
   }
   if (++clean_ >= growth_interval_) {
-    scale_ *= factor_;
+    scale_ *= growth_;
     clean_ = 0;
   }
   return true;

@@ -19,8 +19,10 @@ struct AdamWOptions {
 // One AdamW step over n elements at step t (1-based). decay = 0 turns weight decay off.
 void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, double lr,
                   const AdamWOptions& o, double decay, int64_t t);
+// SGD with momentum (PyTorch's form): buf = momentum * buf + (g + wd * p); p -= lr * buf, or with
+// Nesterov p -= lr * ((g + wd * p) + momentum * buf).
 void sgd_update(float* p, const float* g, float* buf, int64_t n, double lr, double momentum,
-                double weight_decay);
+                double weight_decay, bool nesterov = false);
 
 class Optimizer {
  public:
@@ -52,12 +54,14 @@ class AdamW final : public Optimizer {
 
 class SGD final : public Optimizer {
  public:
-  SGD(std::vector<nn::Parameter> params, double momentum, double weight_decay);
+  SGD(std::vector<nn::Parameter> params, double momentum, double weight_decay,
+      bool nesterov = false);
   void step(double lr) override;
   std::vector<std::pair<std::string, Tensor>> state() override;
 
  private:
   double momentum_, weight_decay_;
+  bool nesterov_;
   std::vector<Tensor> buf_;
 };
 
@@ -79,8 +83,11 @@ bool grads_non_finite(const std::vector<nn::Parameter>& params);
 // `growth_interval` clean steps in a row double it.
 class LossScaler {
  public:
-  LossScaler(double init = 65536.0, int growth_interval = 2000, double factor = 2.0)
-      : scale_(init), growth_interval_(growth_interval), factor_(factor) {}
+  // The scale grows by `growth` after `growth_interval` clean steps and shrinks by `backoff` on an
+  // overflow (the step is then skipped).
+  LossScaler(double init = 65536.0, int growth_interval = 2000, double growth = 2.0,
+             double backoff = 0.5)
+      : scale_(init), growth_interval_(growth_interval), growth_(growth), backoff_(backoff) {}
   double scale() const { return scale_; }
   // Returns true when the step should be applied (no overflow).
   bool update(bool found_inf);
@@ -96,7 +103,7 @@ class LossScaler {
  private:
   double scale_;
   int growth_interval_;
-  double factor_;
+  double growth_, backoff_;
   int clean_ = 0;
   int64_t skipped_ = 0;
 };

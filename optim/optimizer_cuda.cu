@@ -130,13 +130,15 @@ __global__ void __launch_bounds__(kThreads) scale_kernel(ScaleArgs a, double s) 
 }
 
 __global__ void sgd_kernel(float* __restrict__ p, const float* __restrict__ g,
-                           float* __restrict__ buf, int64_t n, float lr, float mu, float wd) {
+                           float* __restrict__ buf, int64_t n, float lr, float mu, float wd,
+                           bool nesterov) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float d = __fadd_rn(g[i], __fmul_rn(wd, p[i]));
     const float b = __fadd_rn(__fmul_rn(mu, buf[i]), d);
     buf[i] = b;
-    p[i] = __fsub_rn(p[i], __fmul_rn(lr, mu != 0.0f ? b : d));
+    const float step = mu == 0.0f ? d : nesterov ? __fadd_rn(d, __fmul_rn(mu, b)) : b;
+    p[i] = __fsub_rn(p[i], __fmul_rn(lr, step));
   }
 }
 
@@ -242,7 +244,7 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
 }
 
 void sgd_step(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, double momentum,
-              double weight_decay) {
+              double weight_decay, bool nesterov) {
   const Device dev = p.device();
   DeviceGuard guard(dev.index);
   KILN_CHECK(p.dtype() == DType::kF32 && p.is_contiguous() && buf.dtype() == DType::kF32 &&
@@ -255,7 +257,7 @@ void sgd_step(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, do
   if (n == 0) return;
   sgd_kernel<<<kiln::cuda::blocks_for(n), 256, 0, compute_stream()>>>(
       p.data<float>(), gf.data<float>(), buf.data<float>(), n, static_cast<float>(lr),
-      static_cast<float>(momentum), static_cast<float>(weight_decay));
+      static_cast<float>(momentum), static_cast<float>(weight_decay), nesterov);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

@@ -25,7 +25,7 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
 
 // p -= lr * (momentum buffer update), as sgd_update on the CPU; one launch per tensor.
 void sgd_step(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, double momentum,
-              double weight_decay);
+              double weight_decay, bool nesterov = false);
 
 // Sum of squares of every element of every tensor, in f64, in an order fixed by the tensor sizes
 // (bit-identical across runs); only the final scalar is copied to the host. Any float dtypes,

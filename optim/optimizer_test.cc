@@ -67,6 +67,39 @@ TEST(Sgd, MomentumMatchesReference) {
   EXPECT_NEAR(w.tensor.to_vector()[0], p0, 1e-6);
 }
 
+TEST(Sgd, WeightDecayAndNesterovMatchReference) {
+  // PyTorch's SGD: d = g + wd * p; buf = mu * buf + d; p -= lr * (nesterov ? d + mu * buf : buf).
+  for (bool nesterov : {false, true}) {
+    SCOPED_TRACE(nesterov ? "nesterov" : "heavy ball");
+    auto w = make_param("w", {1.0, -2.0}, true);
+    SGD opt({w}, 0.8, 0.1, nesterov);
+    double p[2] = {1.0, -2.0}, buf[2] = {0, 0};
+    const double g[3][2] = {{0.5, -0.25}, {-1.0, 0.75}, {0.125, 2.0}};
+    for (int t = 0; t < 3; ++t) {
+      w.tensor.set_grad(Tensor::from_vector({g[t][0], g[t][1]}, {2}));
+      opt.step(0.1);
+      for (int i = 0; i < 2; ++i) {
+        const double d = g[t][i] + 0.1 * p[i];
+        buf[i] = 0.8 * buf[i] + d;
+        p[i] -= 0.1 * (nesterov ? d + 0.8 * buf[i] : buf[i]);
+      }
+    }
+    std::vector<double> got = w.tensor.to_vector();
+    EXPECT_NEAR(got[0], p[0], 1e-6);
+    EXPECT_NEAR(got[1], p[1], 1e-6);
+  }
+  // The two differ: Nesterov is not silently the heavy-ball update.
+  auto a = make_param("a", {1.0}, true), b = make_param("b", {1.0}, true);
+  SGD heavy({a}, 0.9, 0.0, false), nest({b}, 0.9, 0.0, true);
+  for (int t = 0; t < 2; ++t) {
+    a.tensor.set_grad(Tensor::from_vector({1.0}, {1}));
+    b.tensor.set_grad(Tensor::from_vector({1.0}, {1}));
+    heavy.step(0.1);
+    nest.step(0.1);
+  }
+  EXPECT_GT(std::fabs(a.tensor.item() - b.tensor.item()), 0.05);
+}
+
 TEST(Clip, ScalesToMaxNormAndReportsTheOriginal) {
   auto a = make_param("a", {0, 0}, true), b = make_param("b", {0}, true);
   a.tensor.set_grad(Tensor::from_vector({3, 0}, {2}));
@@ -90,6 +123,15 @@ TEST(LossScaler, BacksOffOnOverflowAndGrows) {
   EXPECT_TRUE(s.update(false));
   EXPECT_EQ(s.scale(), 1024);
   EXPECT_EQ(s.skipped(), 1);
+}
+
+TEST(LossScaler, GrowthAndBackoffAreSeparateFactors) {
+  LossScaler s(1024, 3, 4.0, 0.125);  // precision.loss_scale_growth / loss_scale_backoff
+  EXPECT_FALSE(s.update(true));
+  EXPECT_EQ(s.scale(), 128);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(s.update(false));
+  EXPECT_EQ(s.scale(), 512);
+  EXPECT_EQ(s.good_steps(), 0);
 }
 
 }  // namespace
