@@ -220,7 +220,13 @@ void DataParallel::on_grad_ready(int p) {
     raw::copy(view(un.staging, un.offsets[j], g.shape()), g);
     Tensor(params_[p].tensor.impl_ptr()).set_grad(Tensor());  // the full gradient is not kept
   }
-  if (++un.ready == static_cast<int>(un.params.size())) launch(u);
+  if (++un.ready == static_cast<int>(un.params.size())) {
+    launch(u);
+    // ZeRO-3: every gradient of the block is computed, so no backward node reads its gathered
+    // parameters any more; release them now rather than when the reduce-scatter is waited for
+    // (that kept up to four blocks gathered at once in backward).
+    if (opts_.zero_stage == 3 && u != root_unit_) release(u);
+  }
 }
 
 void DataParallel::launch(int u) {
@@ -321,6 +327,7 @@ void DataParallel::gather(int u, bool wait) {
     un.gathered = Tensor::empty({un.padded}, opts_.gather_dtype, un.master.device());
     un.gather_work = comm_.all_gather_async(un.send_buf, un.gathered);
     ++collectives_;
+    if (u != root_unit_) peak_blocks_ = std::max(peak_blocks_, ++live_blocks_);
   }
   if (!wait) return;
   un.gather_work->wait();
@@ -337,6 +344,7 @@ void DataParallel::release(int u) {
   for (int p : un.params) release_storage(p);
   un.gathered = Tensor();
   un.is_gathered = false;
+  if (u != root_unit_) --live_blocks_;
 }
 
 Tensor DataParallel::hooked_block(int b, const Tensor& x,

@@ -84,6 +84,10 @@ class DataParallel {
   // issued while a backward pass was still running.
   int64_t collectives() const { return collectives_; }
   int64_t collectives_during_backward() const { return during_backward_; }
+  // ZeRO-3: block units whose gathered parameters exist now (bound, or a gather in flight), and
+  // the most that ever existed at once (the block running plus the one prefetched: 2).
+  int live_gathered_blocks() const { return live_blocks_; }
+  int peak_gathered_blocks() const { return peak_blocks_; }
 
   std::vector<Piece> parameter_pieces();  // fp32 master values
   std::vector<Piece> optimizer_pieces();  // "<state>/<param>" pieces
@@ -115,6 +119,7 @@ class DataParallel {
   bool sync_ = false;
   bool in_backward_ = false;
   int64_t collectives_ = 0, during_backward_ = 0;
+  int live_blocks_ = 0, peak_blocks_ = 0;
 };
 
 }  // namespace kiln::parallel

@@ -55,6 +55,7 @@ struct RunResult {
   std::vector<double> losses;
   std::vector<std::pair<int64_t, double>> val_losses;
   int64_t opt_bytes = 0, param_bytes = 0, grad_bytes = 0, collectives = 0, during_backward = 0;
+  int live_blocks = 0, peak_blocks = 0;
 };
 
 RunResult train(const TrainConfig& cfg, const parallel::World& world) {
@@ -73,6 +74,8 @@ RunResult train(const TrainConfig& cfg, const parallel::World& world) {
   out.grad_bytes = dp.gradient_bytes();
   out.collectives = dp.collectives();
   out.during_backward = dp.collectives_during_backward();
+  out.live_blocks = dp.live_gathered_blocks();
+  out.peak_blocks = dp.peak_gathered_blocks();
   return out;
 }
 
@@ -154,6 +157,18 @@ TEST_P(DataParallelTest, ShardedStateFallsAsOneOverDp) {
                 static_cast<long long>(got.param_bytes), static_cast<long long>(got.grad_bytes));
 }
 
+TEST(Zero3, GathersOneBlockAheadAndReleasesAfterUse) {
+  const parallel::World world = parallel::detect_world();
+  ASSERT_GT(world.size, 1) << "run under mpirun or scripts/launch_local.sh";
+  TrainConfig cfg = make_config(3, world.size);
+  cfg.mutable_model()->set_n_layer(4);
+  RunResult got = train(cfg, world);
+  // While block b runs, block b + 1's gather is in flight (forward; b - 1 in backward): two
+  // blocks at once, never more; after the step every block's gathered copy is released.
+  EXPECT_EQ(got.peak_blocks, 2);
+  EXPECT_EQ(got.live_blocks, 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Stages, DataParallelTest, ::testing::Values(0, 1, 2, 3));
 
 TEST(Ddp, NoCommunicationOnAccumulationMicroStepsAndOverlapWithBackward) {
@@ -161,8 +176,11 @@ TEST(Ddp, NoCommunicationOnAccumulationMicroStepsAndOverlapWithBackward) {
   if (world.size != 2)
     GTEST_SKIP() << "accumulation check uses dp = 2 (micro 2 of 8: 2 micro-steps)";
   RunResult got = train(make_config(0, 2, 2), world);
-  // One all-reduce per bucket per optimizer step: the first micro-step of each step issues none.
+  // The same run without accumulation (one micro-step of 4 per rank per step): if the first
+  // micro-step of each accumulating step communicated, `got` would issue twice as many.
+  RunResult one_micro = train(make_config(0, 2, 4), world);
   EXPECT_GT(got.collectives, 0);
+  EXPECT_EQ(got.collectives, one_micro.collectives);
   EXPECT_EQ(got.collectives % kSteps, 0) << got.collectives;
   const int64_t per_step = got.collectives / kSteps;
   // bucket_mb is tiny here, so there are several buckets, and all but the last launch while
