@@ -1,12 +1,14 @@
 // Tests for the GPT-2 / Llama stacks: a 2-block model's gradients against f64 central finite
 // differences, activation recompute (full and selective) bit-identical to none, parameter names and
-// counts, and clear errors for bad input.
+// counts, GPT-2 initialisation statistics, and clear errors for bad input.
 #include "models/transformer.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "core/autograd.h"
 #include "core/check.h"
@@ -151,6 +153,95 @@ TEST(Transformer, SameSeedSameParameters) {
   auto pa = a->parameters(), pb = b->parameters();
   for (size_t i = 0; i < pa.size(); ++i)
     EXPECT_TRUE(testing::bit_equal(pa[i].tensor, pb[i].tensor));
+}
+
+// Sample mean, standard deviation and the fraction of elements within one `sigma` of zero.
+struct Moments {
+  int64_t n = 0;
+  double mean = 0, std = 0, within_sigma = 0;
+};
+Moments moments(const Tensor& t, double sigma) {
+  const std::vector<double> v = t.to_vector();
+  Moments m;
+  m.n = static_cast<int64_t>(v.size());
+  for (double x : v) m.mean += x;
+  m.mean /= m.n;
+  double ss = 0;
+  int64_t inside = 0;
+  for (double x : v) {
+    ss += (x - m.mean) * (x - m.mean);
+    if (std::abs(x) < sigma) ++inside;
+  }
+  m.std = std::sqrt(ss / (m.n - 1));
+  m.within_sigma = static_cast<double>(inside) / m.n;
+  return m;
+}
+
+// The weights of n i.i.d. N(0, sigma^2) draws: the sample mean has standard error sigma/sqrt(n),
+// the sample std sigma/sqrt(2n) (normal theory), and the fraction of |x| < sigma (p = 0.6827 for a
+// normal) sqrt(p(1-p)/n). Each is allowed 5 standard errors (a false alarm for a typical seed has
+// probability ~6e-7 per check). The smallest matrix here, attn.c_proj (128 x 128 = 16384
+// elements), gets std within 2.8% and the fraction within 1.8%: a wrong std (0.02 where
+// 0.02/sqrt(8) = 0.0071 is due) or a uniform draw of the right std (fraction 0.577) fails.
+void expect_normal(const nn::Parameter& p, double sigma) {
+  SCOPED_TRACE(p.name);
+  const Moments m = moments(p.tensor, sigma);
+  const double n = static_cast<double>(m.n), p1 = std::erf(1.0 / std::sqrt(2.0));
+  EXPECT_NEAR(m.mean, 0.0, 5 * sigma / std::sqrt(n));
+  EXPECT_NEAR(m.std / sigma, 1.0, 5 / std::sqrt(2 * n)) << "std " << m.std << " want " << sigma;
+  EXPECT_NEAR(m.within_sigma, p1, 5 * std::sqrt(p1 * (1 - p1) / n));
+}
+
+void expect_all(const nn::Parameter& p, double value) {
+  const std::vector<double> v = p.tensor.to_vector();
+  int64_t off = 0;
+  for (double x : v) off += x != value;
+  EXPECT_EQ(off, 0) << p.name << ": " << off << " of " << v.size() << " elements are not " << value;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+TEST(Transformer, Gpt2InitIsNormalWithScaledResidualProjections) {
+  auto cfg = GetPreset("gpt2-tiny");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  ModelConfig m = *cfg;
+  m.set_d_model(128);
+  m.set_n_layer(4);
+  ASSERT_TRUE(ResolveModelConfig(&m).ok());
+  ASSERT_DOUBLE_EQ(m.init_std(), 0.02);
+  ASSERT_TRUE(m.scale_residual_init());
+  ASSERT_TRUE(m.bias());
+  auto model = build_model(spec_from_config(m), 3);
+  const double std = 0.02, residual = 0.02 / std::sqrt(2.0 * 4);
+  int matrices = 0, residuals = 0, biases = 0, gains = 0;
+  for (const nn::Parameter& p : model->parameters()) {
+    const bool norm = p.name.find(".ln_") != std::string::npos || p.name.rfind("ln_", 0) == 0;
+    if (ends_with(p.name, ".bias")) {
+      expect_all(p, 0.0);
+      ++biases;
+    } else if (norm && ends_with(p.name, ".weight")) {
+      expect_all(p, 1.0);
+      ++gains;
+    } else if (p.tensor.dim() == 2 && (ends_with(p.name, "attn.c_proj.weight") ||
+                                       ends_with(p.name, "mlp.c_proj.weight"))) {
+      expect_normal(p, residual);
+      ++residuals;
+    } else if (p.tensor.dim() == 2) {
+      expect_normal(p, std);
+      ++matrices;
+    } else {
+      ADD_FAILURE() << "unexpected parameter " << p.name << " " << p.tensor.str();
+    }
+  }
+  // Per block: c_attn, attn.c_proj, c_fc, mlp.c_proj weights and biases, ln_1 and ln_2; plus wte
+  // and wpe (the head is tied to wte) and ln_f.
+  EXPECT_EQ(matrices, 2 + 2 * 4);
+  EXPECT_EQ(residuals, 2 * 4);
+  EXPECT_EQ(biases, 6 * 4 + 1);
+  EXPECT_EQ(gains, 2 * 4 + 1);
 }
 
 TEST(Transformer, BadInputIsAClearError) {
