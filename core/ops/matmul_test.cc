@@ -1,5 +1,6 @@
 // CPU tests for matmul / linear / linear_gelu / mlp_gelu: values against a plain f64 triple loop,
-// transposes and batching, gradients against f64 finite differences, and clear errors.
+// transposes and batching, gradients against f64 finite differences, and clear errors (shapes,
+// dtypes, devices).
 #include "core/ops/matmul.h"
 
 #include <gmock/gmock.h>
@@ -7,6 +8,7 @@
 
 #include "core/check.h"
 #include "core/ops/activation.h"
+#include "core/testing/fake_cuda.h"
 #include "core/testing/gradcheck.h"
 
 namespace kiln {
@@ -137,6 +139,53 @@ TEST(Matmul, BadInputIsAClearError) {
         linear(Tensor::zeros({2, 3}), Tensor::zeros({4, 3}), Tensor::zeros({5}));
       },
       ::testing::ThrowsMessage<Error>(HasSubstr("bias")));
+  // Mixed float dtypes are rejected, not promoted: both operands must have one dtype (the caller
+  // casts, e.g. nn::to_compute), for bf16 as for f64.
+  EXPECT_THAT(
+      [] {
+        matmul(Tensor::zeros({2, 3}), Tensor::zeros({3, 2}, DType::kF64));
+      },
+      ::testing::ThrowsMessage<Error>(
+          HasSubstr("matmul: dtype mismatch, f32[2, 3] cpu vs f64[3, 2] cpu")));
+  EXPECT_THAT(
+      [] {
+        matmul(Tensor::zeros({2, 3}), Tensor::zeros({3, 2}, DType::kBF16));
+      },
+      ::testing::ThrowsMessage<Error>(
+          HasSubstr("matmul: dtype mismatch, f32[2, 3] cpu vs bf16[3, 2] cpu")));
+  EXPECT_THAT(
+      [] {
+        linear(Tensor::zeros({2, 3}), Tensor::zeros({4, 3}, DType::kBF16));
+      },
+      ::testing::ThrowsMessage<Error>(
+          HasSubstr("linear: dtype mismatch, f32[2, 3] cpu vs bf16[4, 3] cpu")));
+  EXPECT_THAT(
+      [] {
+        linear(Tensor::zeros({2, 3}), Tensor::zeros({4, 3}), Tensor::zeros({4}, DType::kF64));
+      },
+      ::testing::ThrowsMessage<Error>(
+          HasSubstr("linear: dtype mismatch, f32[2, 3] cpu vs f64[4] cpu")));
+  // Operands on different devices (a CUDA tensor can be made without a GPU, testing/fake_cuda.h).
+  Tensor a = Tensor::zeros({2, 3}), ac = testing::fake_cuda_tensor({2, 3});
+  Tensor bc = testing::fake_cuda_tensor({3, 2}), wc = testing::fake_cuda_tensor({4, 3});
+  EXPECT_THAT([&] { matmul(a, bc); },
+              ::testing::ThrowsMessage<Error>(
+                  HasSubstr("matmul: device mismatch, f32[2, 3] cpu vs f32[3, 2] cuda:0")));
+  EXPECT_THAT(
+      [&] {
+        matmul(ac, Tensor::zeros({3, 2}));
+      },
+      ::testing::ThrowsMessage<Error>(
+          HasSubstr("matmul: device mismatch, f32[2, 3] cuda:0 vs f32[3, 2] cpu")));
+  EXPECT_THAT([&] { linear(a, wc); },
+              ::testing::ThrowsMessage<Error>(
+                  HasSubstr("linear: device mismatch, f32[2, 3] cpu vs f32[4, 3] cuda:0")));
+  // Without a usable GPU, CUDA operands are a clear error; with one, the CUDA kernel runs
+  // (matmul_cuda_test.cc).
+  if (!cuda_available()) {
+    EXPECT_THAT([&] { matmul(ac, bc); },
+                ::testing::ThrowsMessage<Error>(HasSubstr("matmul on cuda:0 not built")));
+  }
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "core/check.h"
 #include "core/ops/elementwise.h"
+#include "core/testing/fake_cuda.h"
 #include "core/testing/gradcheck.h"
 
 namespace kiln {
@@ -120,11 +121,31 @@ TEST(View, BadInputIsAClearError) {
         concat({x, Tensor::zeros({2, 4})}, 0);
       },
       ::testing::ThrowsMessage<Error>(HasSubstr("differ outside dim 0")));
+  // Mixed dtypes and devices: the message names both tensors, dtype and device included.
   EXPECT_THAT(
       [&] {
         concat({x, Tensor::zeros({2, 3}, DType::kF64)}, 0);
       },
-      ::testing::ThrowsMessage<Error>(HasSubstr("does not match")));
+      ::testing::ThrowsMessage<Error>(
+          HasSubstr("concat: f64[2, 3] cpu does not match f32[2, 3] cpu")));
+  EXPECT_THAT(
+      [&] {
+        concat({x, Tensor::zeros({2, 3}, DType::kBF16)}, 1);
+      },
+      ::testing::ThrowsMessage<Error>(
+          HasSubstr("concat: bf16[2, 3] cpu does not match f32[2, 3] cpu")));
+  EXPECT_THAT(
+      [&] {
+        concat({x, testing::fake_cuda_tensor({2, 3})}, 0);
+      },
+      ::testing::ThrowsMessage<Error>(
+          HasSubstr("concat: f32[2, 3] cuda:0 does not match f32[2, 3] cpu")));
+  EXPECT_THAT(
+      [&] {
+        concat({testing::fake_cuda_tensor({2, 3}), x}, 0);
+      },
+      ::testing::ThrowsMessage<Error>(
+          HasSubstr("concat: f32[2, 3] cpu does not match f32[2, 3] cuda:0")));
   EXPECT_THAT([&] { x.permute({0, 0}); }, ::testing::ThrowsMessage<Error>(HasSubstr("repeated")));
 }
 
