@@ -18,7 +18,9 @@ for part in "${parts[@]}"; do
       "$build/core/core_gpu_tests" --gtest_brief=1 > "$out/core_gpu_tests.log" 2>&1
       "$build/optim/optim_gpu_tests" --gtest_brief=1 > "$out/optim_gpu_tests.log" 2>&1
       "$build/tests/gpu_train_test" > "$out/gpu_train_test.log" 2>&1
-      grep -hE "tests ran|PASSED|FAILED|steps:" "$out"/*_test*.log ;;
+      python3 "$here/../tests/checkpoint_process_test.py" --kiln "$build/bin/kiln" --gpu resume \
+        > "$out/gpu_ckpt_test.log" 2>&1
+      grep -hE "tests ran|PASSED|FAILED|steps:|kill -9 after|SIGTERM after|failure" "$out"/*_test*.log ;;
     sanitize)
       # memcheck: every CUDA op test and the optimizer tests. racecheck: the same, but the tests
       # that run cuDNN's attention kernels (wgmma / TMA code racecheck cannot follow) go to a

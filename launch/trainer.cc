@@ -307,6 +307,18 @@ absl::Status Trainer::make_layout(bool gpu) {
   return absl::OkStatus();
 }
 
+Tensor Trainer::to_device(const Tensor& host) {
+  if (device_.is_cpu()) return host;
+#if KILN_WITH_CUDA
+  Tensor src = host.is_contiguous() ? host : host.contiguous();
+  Tensor dst = Tensor::empty(src.shape(), src.dtype(), device_);
+  pinned_.upload(dst.raw(), src.raw(), src.nbytes());
+  return dst;
+#else
+  return host.to(device_);
+#endif
+}
+
 absl::Status Trainer::make_sources() {
   const int dp = dims_.dp;
   const int dp_rank = dims_.dp_rank(world_.rank);
@@ -351,7 +363,7 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
   for (int64_t i = 0; i < accum; ++i) {
     absl::StatusOr<Batch> b = train_->next(micro, seq_len);
     KILN_CHECK(b.ok()) << "training data: " << b.status().message();
-    Tensor x = b->inputs.to(device_), y = b->targets.to(device_);
+    Tensor x = to_device(b->inputs), y = to_device(b->targets);
     dp_->begin_micro_step(i + 1 == accum);
     Tensor loss = model_->loss(x, y);
     Tensor scaled = scale(loss, loss_scale / static_cast<double>(accum));
@@ -389,7 +401,7 @@ double Trainer::evaluate() {
   for (int i = 0; i < batches; ++i) {
     absl::StatusOr<Batch> b = val->next(micro, seq);
     if (!b.ok()) break;  // a small validation set ends early
-    total += model_->loss(b->inputs.to(device_), b->targets.to(device_)).item();
+    total += model_->loss(to_device(b->inputs), to_device(b->targets)).item();
     ++n;
   }
   dp_->end_forward();

@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#if KILN_WITH_CUDA
+#include "core/cuda/pinned.h"
+#endif
 #include "launch/batches.h"
 #include "launch/metrics.h"
 #include "models/model.h"
@@ -76,6 +79,8 @@ class Trainer {
   // ParallelDims from the config and the world, the world / NCCL / dp communicators.
   absl::Status make_layout(bool gpu);
   absl::Status make_sources();
+  // A batch on the training device; on GPUs through the pinned ring (never waits for the GPU).
+  Tensor to_device(const Tensor& host);
   std::vector<parallel::Piece> checkpoint_pieces(bool for_load);
   // After every step: the periodic save and the SIGTERM / SIGINT check (agreed by all ranks).
   // Returns true when the run must stop.
@@ -103,6 +108,9 @@ class Trainer {
   MetricsLogger metrics_;
   TextCodec codec_;
   Generator sample_gen_{0};
+#if KILN_WITH_CUDA
+  cuda::PinnedRing pinned_{4};  // inputs and targets of two micro-steps in flight
+#endif
   int64_t tokens_seen_ = 0;
   int64_t seq_len_ = 0, batch_ = 0;  // of the current step
   double flops_per_token_full_ = 0;

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Checkpoint fault tests with real `kiln train` processes on the CPU (ctest runs each mode).
+"""Checkpoint fault tests with real `kiln train` processes (ctest runs each mode; `--gpu` runs
+the same model on the GPU in bf16 with training.deterministic, exit status 77 = skipped when no
+GPU is visible).
 
   resume            kill -9 (from outside) at a random step after a checkpoint, restart: every
                     later loss bit-identical to the uninterrupted run, and the final checkpoints
@@ -16,7 +18,7 @@
                     them, and the next start must resume from exactly the checkpoint `latest`
                     named, never from a partial (.tmp_*) one.
 
-Usage: checkpoint_process_test.py --kiln PATH [--mpirun PATH] MODE [--trials N] [--seed S]
+Usage: checkpoint_process_test.py --kiln PATH [--mpirun PATH] [--gpu] MODE [--trials N] [--seed S]
 The runs use a tiny GPT-2 with dropout (so the dropout generator's state matters) on the synthetic
 data source; each takes well under a second.
 """
@@ -64,8 +66,12 @@ class Env:
         self.mpirun = args.mpirun
         self.tmp = tempfile.mkdtemp(prefix="kiln_ckpt_")
         self.cfg = os.path.join(self.tmp, "cfg.textproto")
+        config = CONFIG
+        if args.gpu:  # bf16 on the GPU, deterministic kernels (cuDNN attention backward included)
+            config = config.replace("device: CPU", "device: CUDA\nprecision { dtype: BF16 }")
+            config = config.replace("training { ", "training { deterministic: true ")
         with open(self.cfg, "w") as f:
-            f.write(CONFIG)
+            f.write(config)
         self.env = dict(os.environ)
         self.env.setdefault("KILN_NUM_THREADS", "1")
         for k, v in [("OMPI_ALLOW_RUN_AS_ROOT", "1"), ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
@@ -334,8 +340,15 @@ def main():
     ap.add_argument("--np", type=int, default=1)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--gpu", action="store_true", help="train on the GPU (skip: exit 77 if none)")
     ap.add_argument("mode", choices=["resume", "resume-mpi", "kill-during-save"])
     args = ap.parse_args()
+    if args.gpu:
+        info = subprocess.run([args.kiln, "info"], stdout=subprocess.PIPE, text=True).stdout
+        m = re.search(r"GPUs visible: (\d+)", info)
+        if not m or int(m.group(1)) == 0:
+            print("no GPU visible: skipped")
+            return 77
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
     print(f"{args.mode}: seed {seed} (rerun with --seed {seed})", flush=True)
     rng = random.Random(seed)

@@ -72,6 +72,27 @@ void PinnedBuffer::wait() {
   in_flight_ = false;
 }
 
+bool PinnedBuffer::busy() {
+  if (!in_flight_) return false;
+  const cudaError_t e = cudaEventQuery(event_);
+  if (e == cudaErrorNotReady) return true;
+  KILN_CUDA_CHECK(e);
+  in_flight_ = false;
+  return false;
+}
+
+void PinnedRing::upload(void* dst, const void* src, size_t nbytes) {
+  if (nbytes == 0) return;
+  PinnedBuffer& b = slots_[next_];
+  next_ = (next_ + 1) % slots_.size();
+  ++uploads_;
+  if (b.busy()) ++waits_;
+  b.wait();
+  b.reserve(nbytes);
+  std::memcpy(b.data(), src, nbytes);
+  b.copy_to_device(dst, nbytes);
+}
+
 namespace {
 
 constexpr size_t kChunk = size_t{8} << 20;  // bytes per staging buffer

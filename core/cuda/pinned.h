@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <vector>
 
 namespace kiln::cuda {
 
@@ -30,6 +32,8 @@ class PinnedBuffer {
   void copy_to_device(void* dst, size_t nbytes, cudaStream_t stream = nullptr);
   // Blocks until the last copy out of this buffer has finished (no-op when none is in flight).
   void wait();
+  // Whether a copy out of this buffer may still be running (never blocks).
+  bool busy();
 
  private:
   void* data_ = nullptr;
@@ -43,5 +47,24 @@ class PinnedBuffer {
 // compute stream, staged through pinned buffers. Returns once `src` may be reused; the device copy
 // itself completes in stream order.
 void upload(void* dst, const void* src, size_t nbytes);
+
+// The data path's uploads (a batch of token ids every micro-step): each goes through the next of
+// `slots` pinned buffers, so it never waits for the GPU to drain its queue, which a copy from
+// pageable memory may do (the runtime stages small pageable copies synchronously). A slot is
+// refilled only once its previous copy is over: the host waits only when it runs `slots`
+// uploads ahead of the GPU.
+class PinnedRing {
+ public:
+  explicit PinnedRing(int slots = 4) : slots_(slots) {}
+  // As upload() above, on the current device's compute stream.
+  void upload(void* dst, const void* src, size_t nbytes);
+  int64_t uploads() const { return uploads_; }
+  int64_t waits() const { return waits_; }  // uploads that found their slot's copy still running
+
+ private:
+  std::vector<PinnedBuffer> slots_;
+  size_t next_ = 0;
+  int64_t uploads_ = 0, waits_ = 0;
+};
 
 }  // namespace kiln::cuda

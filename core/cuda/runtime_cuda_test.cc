@@ -9,8 +9,11 @@
 #include <chrono>
 #include <thread>
 
+#include "core/autograd.h"
 #include "core/check.h"
 #include "core/cuda/pinned.h"
+#include "core/ops/matmul.h"
+#include "core/random.h"
 #include "core/testing/gpu_test_util.h"
 
 namespace kiln {
@@ -272,6 +275,40 @@ TEST_F(CudaRuntime, LargeUploadsGoThroughPinnedStaging) {
   buf.copy_to_device(d3.raw(), 1 << 20);
   buf.wait();
   EXPECT_TRUE(same_bits(d3, src.narrow(0, 0, (1 << 20) / 4)));
+}
+
+TEST_F(CudaRuntime, PinnedRingUploadsWithoutWaitingForTheGpu) {
+  // Keep the compute stream busy for tens of milliseconds (bf16 8192^3 GEMMs, ~1.4 ms each on an
+  // H200), then upload batch-sized buffers (128 KiB, a 32 x 1024 i32 batch) through a 4-slot
+  // ring: the first four must return at once (the host does not wait for the queue), the fifth
+  // reuses slot 0 whose copy is still queued behind the GEMMs, so it must wait, and every
+  // buffer must arrive intact.
+  NoGradGuard ng;
+  Generator g(3);
+  Tensor a = randn({8192, 8192}, g, DType::kBF16).to(kGpu);
+  Tensor sink;
+  for (int i = 0; i < 40; ++i) sink = matmul(a, a);
+  cuda::PinnedRing ring(4);
+  const int64_t n = 32 * 1024;
+  std::vector<Tensor> host, dev;
+  for (int i = 0; i < 6; ++i) {
+    host.push_back(Tensor::from_ints(std::vector<int64_t>(n, i + 1), {n}, DType::kI32));
+    dev.push_back(Tensor::empty({n}, DType::kI32, kGpu));
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 4; ++i) ring.upload(dev[i].raw(), host[i].raw(), n * 4);
+  const double first4_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(ring.waits(), 0);
+  EXPECT_LT(first4_ms, 10.0) << "the uploads waited for the GPU";
+  for (int i = 4; i < 6; ++i) ring.upload(dev[i].raw(), host[i].raw(), n * 4);
+  EXPECT_GE(ring.waits(), 1) << "slot 0 was refilled while its copy was still queued";
+  std::printf(
+      "[pinned ring] 4 uploads behind ~56 ms of GEMMs took %.3f ms on the host; waits %lld\n",
+      first4_ms, static_cast<long long>(ring.waits()));
+  for (int i = 0; i < 6; ++i)
+    EXPECT_EQ(dev[i].to_ints(), std::vector<int64_t>(n, i + 1)) << "upload " << i;
+  EXPECT_EQ(ring.uploads(), 6);
 }
 
 TEST_F(CudaRuntime, EmptyAndScalarTensors) {
