@@ -54,6 +54,11 @@ class LanguageModel : public nn::Module, public parallel::Shardable {
   DType compute_dtype() const { return compute_; }
   void set_recompute(Recompute r) { recompute_ = r; }
   Recompute recompute() const { return recompute_; }
+  // fp8 GEMMs (core/ops/fp8.h: e4m3 forward, e5m2 gradients) in every linear layer of the blocks,
+  // not in the embeddings or the classifier. They run where nn::Linear::uses_fp8 allows (CUDA,
+  // bf16 compute, dims and rows multiples of 16); elsewhere the layers compute as without.
+  virtual void set_fp8(bool on) { fp8_ = on; }
+  bool fp8() const { return fp8_; }
   // The generator dropout draws from (seeded per data-parallel rank by the trainer).
   Generator& dropout_generator() { return dropout_gen_; }
 
@@ -65,6 +70,7 @@ class LanguageModel : public nn::Module, public parallel::Shardable {
   ModelSpec spec_;
   DType compute_ = DType::kF32;
   Recompute recompute_ = Recompute::kNone;
+  bool fp8_ = false;
   Generator dropout_gen_{0};
   BlockHook block_hook_;
 };

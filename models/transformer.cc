@@ -113,6 +113,11 @@ Mlp::Mlp(const ModelSpec& s, Generator& gen) : spec(s) {
 
 Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc) {
   (void)rc;  // the fused MLP keeps only its GELU input; selective recompute targets attention
+  if (is_gpt2(spec) && c_fc->uses_fp8(x, compute)) {
+    // fp8 GEMMs: the two linears run as fp8_linear (c_proj decides for its own shapes), with the
+    // GELU between them unfused.
+    return c_proj->forward(gelu(c_fc->forward(x, compute)), compute);
+  }
   if (is_gpt2(spec)) {
     auto w = [compute](const std::shared_ptr<nn::Linear>& l, bool bias) {
       return bias ? (l->bias.defined() ? nn::to_compute(l->bias, compute) : Tensor())
@@ -204,6 +209,17 @@ Tensor Transformer::embed(const Tensor& ids) {
   Tensor x = wte->forward(ids, compute_);
   if (wpe) x = add(x, narrow(nn::to_compute(wpe->weight, compute_), 0, 0, t));
   return maybe_dropout(x, spec_.dropout, dropout_gen_, training());
+}
+
+void Transformer::set_fp8(bool on) {
+  LanguageModel::set_fp8(on);
+  for (const std::shared_ptr<Block>& b : h) {
+    for (const auto& l : {b->attn->c_attn, b->attn->c_proj, b->attn->q_proj, b->attn->k_proj,
+                          b->attn->v_proj, b->attn->o_proj, b->mlp->c_fc, b->mlp->c_proj,
+                          b->mlp->gate_proj, b->mlp->up_proj, b->mlp->down_proj}) {
+      if (l) l->fp8 = on;
+    }
+  }
 }
 
 std::vector<std::vector<int>> Transformer::block_parameter_indices() const {

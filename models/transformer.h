@@ -51,6 +51,8 @@ class Transformer : public LanguageModel {
   Tensor embed(const Tensor& ids);           // (B, T) -> (B, T, C)
   Tensor run_block(int i, const Tensor& x);  // applies the block hook and the recompute policy
   Tensor head(const Tensor& x);              // final norm + classifier -> (B, T, V)
+  // Sets nn::Linear::fp8 on every linear layer of the blocks (attention and MLP).
+  void set_fp8(bool on) override;
   int num_blocks() const override { return static_cast<int>(h.size()); }
   std::vector<std::vector<int>> block_parameter_indices() const override;
 

@@ -2,6 +2,7 @@
 #include "core/nn/layers.h"
 
 #include "core/ops/embedding.h"
+#include "core/ops/fp8.h"
 #include "core/ops/layernorm.h"
 #include "core/ops/matmul.h"
 #include "core/ops/rmsnorm.h"
@@ -21,8 +22,20 @@ Linear::Linear(int64_t in, int64_t out, bool has_bias, double init_std, Generato
   }
 }
 
+bool Linear::uses_fp8(const Tensor& x, DType compute) const {
+  if (!fp8 || compute != DType::kBF16 || !x.defined() || !x.device().is_cuda() || x.dim() < 1)
+    return false;
+  const int64_t in = weight.size(1), out = weight.size(0);
+  if (x.size(-1) != in || in == 0) return false;
+  const int64_t rows = x.numel() / in;
+  return in % 16 == 0 && out % 16 == 0 && rows > 0 && rows % 16 == 0;
+}
+
 Tensor Linear::forward(const Tensor& x, DType compute) const {
   Tensor b = bias.defined() ? to_compute(bias, compute) : Tensor();
+  if (uses_fp8(x, compute)) {
+    return fp8_linear(to_compute(x, compute), to_compute(weight, compute), b);
+  }
   return linear(to_compute(x, compute), to_compute(weight, compute), b);
 }
 

@@ -17,9 +17,15 @@ class Linear : public Module {
   // weight (OUT, IN) ~ N(0, init_std); bias (OUT) zeros when `bias`.
   Linear(int64_t in, int64_t out, bool bias, double init_std, Generator& gen,
          ShardKind shard = ShardKind::kReplicated, DType dtype = DType::kF32);
-  Tensor forward(const Tensor& x, DType compute) const;  // (..., IN) -> (..., OUT)
-  Tensor weight;                                         // (OUT, IN)
-  Tensor bias;                                           // (OUT) or undefined
+  // (..., IN) -> (..., OUT). With `fp8` set and uses_fp8(x, compute), runs fp8_linear
+  // (core/ops/fp8.h: e4m3 forward, e5m2 gradients); otherwise linear in the compute dtype.
+  Tensor forward(const Tensor& x, DType compute) const;
+  // Whether forward(x, compute) takes the fp8 path: `fp8` set, x on CUDA, compute bf16, and IN,
+  // OUT and the row count of x (the product of its leading dims) multiples of 16.
+  bool uses_fp8(const Tensor& x, DType compute) const;
+  Tensor weight;     // (OUT, IN)
+  Tensor bias;       // (OUT) or undefined
+  bool fp8 = false;  // fp8 GEMMs where uses_fp8 allows (models set it with set_fp8)
 };
 
 class Embedding : public Module {

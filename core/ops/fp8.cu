@@ -1,0 +1,438 @@
+// CUDA side of core/ops/fp8.{h,cc}: the amax reduction, the casts to fp8 (row-wise, transposed,
+// or both in one pass) with the scale computed on the device from the amax, and the fp8 GEMMs
+// through cuBLASLt.
+//
+// amax: a grid-stride max of |x| over 16-byte vector loads (scalar for a misaligned pointer and
+// the tail) on the bit patterns of |x| (for non-negative floats the unsigned order is the float
+// order, and a NaN, whose bits exceed +inf's, wins), reduced per block and merged with one
+// atomicMax per block; the result is exact and independent of the launch shape.
+// Casts: every thread derives scale = fp8_max / amax from the stored amax (the same IEEE division
+// in every thread), one thread stores {scale, 1 / scale}; q = cvt.rn.satfinite(x * scale), which
+// gives the bits of core/dtype.cc's f32_to_fp8 of the f32 product (round to nearest even with
+// subnormals, saturation to the largest finite value; NaN is mapped to dtype.cc's NaN pattern
+// explicitly). The transposing cast goes through a 32 x 32 tile in shared memory so that both the
+// bf16 reads and the fp8 writes are coalesced.
+// GEMMs: cuBLASLt's fp8 kernels need both operands contiguous along K ("TN"), so everything here
+// is D (m, n) = (a_descale * A (m, k)) (b_descale * B (n, k))^T with A, B row-major fp8 (at most
+// one of them e5m2) and D bf16, optionally with the bias in the epilogue; plans are cached per
+// problem. gemm.{h,cc} carries one dtype for A and B, so the mixed e5m2 x e4m3 backward GEMMs
+// have their own small wrapper here.
+#include <cublasLt.h>
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <tuple>
+
+#include "core/check.h"
+#include "core/ops/cuda_util.cuh"
+#include "core/ops/fp8.h"
+
+namespace kiln::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kTile = 32;     // transposing cast: kTile x kTile elements per block iteration
+constexpr int kTileRows = 8;  // threads per tile column (blockDim = (kTile, kTileRows))
+
+bool is_fp8(DType t) { return t == DType::kF8E4M3 || t == DType::kF8E5M2; }
+
+// ---- device helpers ----
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+
+// Bits of |v| (non-negative: unsigned order = float order; NaN above +inf).
+template <typename T>
+__device__ __forceinline__ unsigned int abs_bits(T v) {
+  return __float_as_uint(fabsf(to_f32(v)));
+}
+
+// scale = fp8_max / amax; 1 for amax == 0; FLT_MAX when the division overflows (a subnormal
+// amax). A NaN or infinite amax gives a NaN or zero scale, so the bad input shows in the output.
+__device__ __forceinline__ float scale_from_amax(float amax, float fp8_max) {
+  if (amax == 0.0f) return 1.0f;
+  const float s = __fdiv_rn(fp8_max, amax);
+  return isinf(s) ? FLT_MAX : s;
+}
+
+// v rounded to fp8 (round to nearest even, saturating), as f32_to_fp8 in core/dtype.cc.
+template <bool kE4>
+__device__ __forceinline__ uint8_t to_fp8(float v) {
+  if (isnan(v)) return kE4 ? 0x7f : 0x7e;  // dtype.cc's NaN patterns
+  return static_cast<uint8_t>(
+      __nv_cvt_float_to_fp8(v, __NV_SATFINITE, kE4 ? __NV_E4M3 : __NV_E5M2));
+}
+
+// Block 0's first thread stores {scale, 1 / scale} into meta[1], meta[2].
+__device__ __forceinline__ void store_scales(float* meta, float s) {
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0) {
+    meta[1] = s;
+    meta[2] = __frcp_rn(s);
+  }
+}
+
+// ---- kernels ----
+
+// *out = max(*out, max |x|) on the bit patterns. REQUIRES: with vec, x is 16-byte aligned.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    amax_kernel(const T* __restrict__ x, int64_t n, bool vec, unsigned int* __restrict__ out) {
+  __shared__ unsigned int scratch[32];
+  constexpr int kN = 16 / sizeof(T);
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  unsigned int m = 0;
+  int64_t done = 0;
+  if (vec) {
+    const int64_t nv = n / kN;
+    const Vec<T, kN>* xv = reinterpret_cast<const Vec<T, kN>*>(x);
+    for (int64_t i = tid; i < nv; i += stride) {
+      const Vec<T, kN> v = xv[i];
+#pragma unroll
+      for (int j = 0; j < kN; ++j) m = max(m, abs_bits(v.v[j]));
+    }
+    done = nv * kN;
+  }
+  for (int64_t i = done + tid; i < n; i += stride) m = max(m, abs_bits(x[i]));
+  m = block_max(m, scratch);
+  if (threadIdx.x == 0 && m != 0) atomicMax(out, m);
+}
+
+// q[i] = fp8(x[i] * scale) over x (n) contiguous. REQUIRES: with vec, x is 16-byte aligned and
+// q is (16 / sizeof(T))-byte aligned.
+template <typename T, bool kE4>
+__global__ void __launch_bounds__(kThreads)
+    cast_kernel(const T* __restrict__ x, int64_t n, bool vec, float* meta, float fp8_max,
+                uint8_t* __restrict__ q) {
+  constexpr int kN = 16 / sizeof(T);
+  const float s = scale_from_amax(meta[0], fp8_max);
+  store_scales(meta, s);
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  int64_t done = 0;
+  if (vec) {
+    const int64_t nv = n / kN;
+    const Vec<T, kN>* xv = reinterpret_cast<const Vec<T, kN>*>(x);
+    Vec<uint8_t, kN>* qv = reinterpret_cast<Vec<uint8_t, kN>*>(q);
+    for (int64_t i = tid; i < nv; i += stride) {
+      const Vec<T, kN> v = xv[i];
+      Vec<uint8_t, kN> o;
+#pragma unroll
+      for (int j = 0; j < kN; ++j) o.v[j] = to_fp8<kE4>(__fmul_rn(to_f32(v.v[j]), s));
+      qv[i] = o;
+    }
+    done = nv * kN;
+  }
+  for (int64_t i = done + tid; i < n; i += stride) q[i] = to_fp8<kE4>(__fmul_rn(to_f32(x[i]), s));
+}
+
+// x (rows, cols) contiguous -> q (rows, cols) when kRow, and qt (cols, rows) = q^T. Block
+// (kTile, kTileRows); blockIdx.x walks column tiles, blockIdx.y (grid-stride) row tiles.
+template <typename T, bool kE4, bool kRow>
+__global__ void __launch_bounds__(kTile* kTileRows)
+    cast_transpose_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, float* meta,
+                          float fp8_max, uint8_t* __restrict__ q, uint8_t* __restrict__ qt) {
+  __shared__ uint8_t tile[kTile][kTile + 4];
+  const float s = scale_from_amax(meta[0], fp8_max);
+  store_scales(meta, s);
+  const int64_t tiles_r = (rows + kTile - 1) / kTile;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  for (int64_t tr = blockIdx.y; tr < tiles_r; tr += gridDim.y) {
+    const int64_t r0 = tr * kTile;
+    __syncthreads();  // the previous tile's readers are done
+    for (int i = threadIdx.y; i < kTile; i += kTileRows) {
+      const int64_t r = r0 + i, c = c0 + threadIdx.x;
+      if (r < rows && c < cols) {
+        const uint8_t v = to_fp8<kE4>(__fmul_rn(to_f32(x[r * cols + c]), s));
+        if (kRow) q[r * cols + c] = v;
+        tile[i][threadIdx.x] = v;
+      }
+    }
+    __syncthreads();
+    for (int i = threadIdx.y; i < kTile; i += kTileRows) {
+      const int64_t c = c0 + i, r = r0 + threadIdx.x;
+      if (c < cols && r < rows) qt[c * rows + r] = tile[threadIdx.x][i];
+    }
+  }
+}
+
+bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+unsigned int grid_for(int64_t work) {
+  const int64_t cap = static_cast<int64_t>(sm_count()) * 8;
+  const int64_t b = (work + kThreads - 1) / kThreads;
+  return static_cast<unsigned int>(std::max<int64_t>(1, std::min(b, cap)));
+}
+
+template <typename T>
+void launch_amax(const Tensor& x, unsigned int* out) {
+  const int64_t n = x.numel();
+  constexpr int kN = 16 / sizeof(T);
+  const bool vec = aligned(x.raw(), 16);
+  amax_kernel<T><<<grid_for(vec ? n / kN + 1 : n), kThreads, 0, compute_stream()>>>(
+      static_cast<const T*>(x.raw()), n, vec, out);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, bool kE4>
+void launch_cast(const Tensor& x2, float* meta, float fp8_max, const Tensor& q, const Tensor& qt) {
+  const T* x = static_cast<const T*>(x2.raw());
+  if (!qt.defined()) {
+    const int64_t n = x2.numel();
+    constexpr int kN = 16 / sizeof(T);
+    const bool vec = aligned(x, 16) && aligned(q.raw(), kN);
+    cast_kernel<T, kE4><<<grid_for(vec ? n / kN + 1 : n), kThreads, 0, compute_stream()>>>(
+        x, n, vec, meta, fp8_max, static_cast<uint8_t*>(q.raw()));
+    KILN_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  const int64_t rows = x2.size(0), cols = x2.size(1);
+  const int64_t tiles_c = (cols + kTile - 1) / kTile, tiles_r = (rows + kTile - 1) / kTile;
+  KILN_CHECK(tiles_c < (int64_t{1} << 31)) << "fp8 cast: too many columns " << x2.str();
+  const dim3 grid(static_cast<unsigned int>(tiles_c),
+                  static_cast<unsigned int>(std::min<int64_t>(tiles_r, 65535)));
+  const dim3 block(kTile, kTileRows);
+  uint8_t* qp = q.defined() ? static_cast<uint8_t*>(q.raw()) : nullptr;
+  uint8_t* qtp = static_cast<uint8_t*>(qt.raw());
+  if (q.defined()) {
+    cast_transpose_kernel<T, kE4, true>
+        <<<grid, block, 0, compute_stream()>>>(x, rows, cols, meta, fp8_max, qp, qtp);
+  } else {
+    cast_transpose_kernel<T, kE4, false>
+        <<<grid, block, 0, compute_stream()>>>(x, rows, cols, meta, fp8_max, qp, qtp);
+  }
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void launch_cast_t(const Tensor& x2, float* meta, DType fp8, const Tensor& q, const Tensor& qt) {
+  const float mx = static_cast<float>(fp8_max(fp8));
+  if (fp8 == DType::kF8E4M3) {
+    launch_cast<T, true>(x2, meta, mx, q, qt);
+  } else {
+    launch_cast<T, false>(x2, meta, mx, q, qt);
+  }
+}
+
+// ---- cuBLASLt fp8 GEMM ----
+
+cudaDataType_t lt_type(DType t) { return t == DType::kF8E4M3 ? CUDA_R_8F_E4M3 : CUDA_R_8F_E5M2; }
+
+std::string describe(int64_t m, int64_t n, int64_t k, DType a, DType b, bool bias) {
+  std::ostringstream os;
+  os << "fp8 gemm D (" << m << ", " << n << ") bf16 = A (" << m << ", " << k << ") " << a
+     << " @ B (" << n << ", " << k << ")^T " << b << (bias ? " + bias" : "");
+  return os.str();
+}
+
+#define KILN_FP8_LT_CHECK(expr, what)                                                  \
+  do {                                                                                 \
+    cublasStatus_t kiln_st_ = (expr);                                                  \
+    KILN_CHECK(kiln_st_ == CUBLAS_STATUS_SUCCESS)                                      \
+        << "cuBLASLt error " << static_cast<int>(kiln_st_) << " ("                     \
+        << cublasLtGetStatusString(kiln_st_) << ") in " << #expr << " for " << (what); \
+  } while (0)
+
+struct Fp8Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool has_algo = false;
+  std::mutex mu;  // the scale and bias pointers are set on the shared descriptor per call
+  ~Fp8Plan() {
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (ld) cublasLtMatrixLayoutDestroy(ld);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+// (device, m, n, k, A dtype, B dtype, bias, alignments of A, B, D, bias)
+using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int, int, bool, uint32_t, uint32_t,
+                           uint32_t, uint32_t>;
+
+// Largest power of two (<= 256) dividing the address.
+uint32_t alignment(const void* p) {
+  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
+  uint32_t a = 256;
+  while (a > 1 && v % a != 0) a >>= 1;
+  return a;
+}
+
+template <typename V>
+void set_attr(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const V& v,
+              const std::string& what) {
+  KILN_FP8_LT_CHECK(cublasLtMatmulDescSetAttribute(d, attr, &v, sizeof(v)), what);
+}
+
+// Sets the per-call pointers: the descales (cuBLASLt's A is our b and its B our a) and the bias.
+void set_pointers(Fp8Plan& plan, const void* a_descale, const void* b_descale, const void* bias,
+                  const std::string& what) {
+  set_attr(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, b_descale, what);
+  set_attr(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, a_descale, what);
+  if (bias) set_attr(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias, what);
+}
+
+// Row-major D (m, n) = A (m, k) B (n, k)^T is column-major D^T (n x m) = B (k x n)^T A (k x m):
+// cuBLASLt's A is our B (transposed), its B is our A (not transposed): the "TN" layout.
+std::unique_ptr<Fp8Plan> make_plan(int64_t m, int64_t n, int64_t k, DType a_t, DType b_t,
+                                   const void* a, const void* b, const void* d, const void* bias,
+                                   const void* a_descale, const void* b_descale,
+                                   const std::string& what) {
+  auto plan = std::make_unique<Fp8Plan>();
+  KILN_FP8_LT_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), what);
+  set_attr(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, CUBLAS_OP_T, what);
+  set_attr(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, CUBLAS_OP_N, what);
+  const int8_t fast = 0;  // keep cuBLASLt's periodic promotion of the accumulator to fp32
+  set_attr(plan->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, fast, what);
+  set_attr(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+           bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, what);
+  if (bias) {
+    const int32_t bt = CUDA_R_16BF;
+    set_attr(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, bt, what);
+  }
+  set_pointers(*plan, a_descale, b_descale, bias, what);
+  KILN_FP8_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->la, lt_type(b_t), k, n, k), what);
+  KILN_FP8_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lb, lt_type(a_t), k, m, k), what);
+  KILN_FP8_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->ld, CUDA_R_16BF, n, m, n), what);
+  cublasLtMatmulPreference_t pref = nullptr;
+  KILN_FP8_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref), what);
+  const uint64_t ws = lt_workspace_size();
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                       sizeof(ws));
+  const uint32_t al_a = alignment(b), al_b = alignment(a), al_d = alignment(d);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
+                                       sizeof(al_a));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
+                                       sizeof(al_b));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d,
+                                       sizeof(al_d));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d,
+                                       sizeof(al_d));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(
+      lt_handle(), plan->desc, plan->la, plan->lb, plan->ld, plan->ld, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (hs == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
+    plan->algo = result.algo;
+    plan->has_algo = true;
+  }
+  return plan;
+}
+
+std::mutex g_plans_mu;
+std::map<PlanKey, std::unique_ptr<Fp8Plan>>* g_plans =
+    new std::map<PlanKey, std::unique_ptr<Fp8Plan>>();  // never destroyed
+
+}  // namespace
+
+// ---- entry points (declared in core/ops/fp8.cc) ----
+
+void fp8_require_gpu(const char* op, const Tensor& t) {
+  DeviceGuard guard(device_of(t));
+  const int cc = compute_capability();
+  KILN_CHECK(cc >= 89) << op << ": fp8 GEMMs need a GPU of compute capability 8.9 or newer (Ada, "
+                       << "Hopper); " << t.device() << " is " << cc / 10 << "." << cc % 10;
+}
+
+// x: contiguous bf16 / f16 / f32 (numel > 0); meta: f32 (>= 1). Zeroes meta[0], then reduces
+// max |x| into it.
+void fp8_amax(const Tensor& x, const Tensor& meta) {
+  DeviceGuard guard(device_of(x));
+  check_on_current_device("fp8_amax", "x", x);
+  unsigned int* out = static_cast<unsigned int*>(meta.raw());
+  KILN_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(unsigned int), compute_stream()));
+  switch (x.dtype()) {
+    case DType::kBF16:
+      launch_amax<__nv_bfloat16>(x, out);
+      break;
+    case DType::kF16:
+      launch_amax<__half>(x, out);
+      break;
+    case DType::kF32:
+      launch_amax<float>(x, out);
+      break;
+    default:
+      KILN_CHECK(false) << "fp8_amax: no kernel for " << x.str();
+  }
+}
+
+// x2 (R, C) contiguous; meta (3) f32 with meta[0] = amax. Stores meta[1] = scale, meta[2] =
+// 1 / scale, q (R, C) when defined and qt (C, R) when defined, both in q's / qt's fp8 dtype.
+void fp8_cast(const Tensor& x2, const Tensor& meta, const Tensor& q, const Tensor& qt) {
+  DeviceGuard guard(device_of(x2));
+  check_on_current_device("fp8_quantize", "x", x2);
+  KILN_CHECK(q.defined() || qt.defined()) << "internal: fp8_cast with no output";
+  const DType fp8 = q.defined() ? q.dtype() : qt.dtype();
+  KILN_CHECK(is_fp8(fp8) && (!qt.defined() || qt.dtype() == fp8))
+      << "internal: fp8_cast outputs must share one fp8 dtype";
+  float* m = static_cast<float*>(meta.raw());
+  switch (x2.dtype()) {
+    case DType::kBF16:
+      launch_cast_t<__nv_bfloat16>(x2, m, fp8, q, qt);
+      break;
+    case DType::kF16:
+      launch_cast_t<__half>(x2, m, fp8, q, qt);
+      break;
+    case DType::kF32:
+      launch_cast_t<float>(x2, m, fp8, q, qt);
+      break;
+    default:
+      KILN_CHECK(false) << "fp8_quantize: no kernel for " << x2.str();
+  }
+}
+
+// d (m, n) bf16 = (a_descale a (m, k)) (b_descale b (n, k))^T (+ bias (n) bf16). a, b contiguous
+// fp8, the descales 0-dim f32 on the device. Returns false (nothing ran) when cuBLASLt offers no
+// algorithm for the problem.
+bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const Tensor& b_descale,
+                 const Tensor& bias, const Tensor& d) {
+  DeviceGuard guard(device_of(a));
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
+  const std::string what = describe(m, n, k, a.dtype(), b.dtype(), bias.defined());
+  KILN_CHECK(is_fp8(a.dtype()) && is_fp8(b.dtype()) &&
+             !(a.dtype() == DType::kF8E5M2 && b.dtype() == DType::kF8E5M2))
+      << "internal: " << what << ": operands must be fp8, at most one e5m2";
+  KILN_CHECK(a.is_contiguous() && b.is_contiguous() && d.is_contiguous() && b.size(1) == k &&
+             d.size(0) == m && d.size(1) == n && d.dtype() == DType::kBF16)
+      << "internal: " << what << " with a " << a.str() << ", b " << b.str() << ", d " << d.str();
+  const void* bias_p = bias.defined() ? bias.raw() : nullptr;
+  const int device = current_device();
+  const PlanKey key(device, m, n, k, static_cast<int>(a.dtype()), static_cast<int>(b.dtype()),
+                    bias_p != nullptr, alignment(a.raw()), alignment(b.raw()), alignment(d.raw()),
+                    bias_p ? alignment(bias_p) : 0);
+  Fp8Plan* plan = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_plans_mu);
+    auto& slot = (*g_plans)[key];
+    if (!slot) {
+      slot = make_plan(m, n, k, a.dtype(), b.dtype(), a.raw(), b.raw(), d.raw(), bias_p,
+                       a_descale.raw(), b_descale.raw(), what);
+    }
+    plan = slot.get();
+  }
+  if (!plan->has_algo) return false;
+  std::lock_guard<std::mutex> lock(plan->mu);
+  set_pointers(*plan, a_descale.raw(), b_descale.raw(), bias_p, what);
+  const float alpha = 1.0f, beta = 0.0f;
+  const cublasStatus_t st =
+      cublasLtMatmul(lt_handle(), plan->desc, &alpha, b.raw(), plan->la, a.raw(), plan->lb, &beta,
+                     d.raw(), plan->ld, d.raw(), plan->ld, &plan->algo, lt_workspace(),
+                     lt_workspace_size(), compute_stream());
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
+    plan->has_algo = false;  // refused at launch (nothing ran): never use this plan again
+    return false;
+  }
+  KILN_FP8_LT_CHECK(st, what);
+  return true;
+}
+
+}  // namespace kiln::cuda
