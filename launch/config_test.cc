@@ -246,7 +246,12 @@ TEST(ValidateTest, Bf16AndFp16OnCpuAreAllowed) {
   ExpectRejected(c, {"precision.loss_scale_growth"});
   c = Base();
   c.mutable_precision()->set_fp8_matmul(true);
-  ExpectRejected(c, {"precision.fp8_matmul"});
+  ExpectRejected(c, {"precision.fp8_matmul"});  // on the CPU
+  c.set_device(TrainConfig::CUDA);
+  c.mutable_precision()->set_dtype(PrecisionConfig::FP32);
+  ExpectRejected(c, {"precision.fp8_matmul"});  // outside bf16 training
+  c.mutable_precision()->set_dtype(PrecisionConfig::BF16);
+  EXPECT_TRUE(Validate(c).ok());
 }
 
 TEST(ValidateTest, RejectsOtherOutOfRangeValues) {

@@ -204,6 +204,7 @@ absl::Status Trainer::init() {
       cfg_.recompute().policy() == RecomputeConfig::FULL        ? models::Recompute::kFull
       : cfg_.recompute().policy() == RecomputeConfig::SELECTIVE ? models::Recompute::kSelective
                                                                 : models::Recompute::kNone);
+  model_->set_fp8(cfg_.precision().fp8_matmul());
   model_->dropout_generator() = Generator(seed * 1000003 + world_.rank);
   sample_gen_ = Generator(seed + 17);
   // Data parallel / ZeRO around the optimizer.
