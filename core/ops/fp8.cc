@@ -3,6 +3,7 @@
 // the CPU (or a build without CUDA) every entry point is a kiln::Error naming the op.
 #include "core/ops/fp8.h"
 
+#include <atomic>
 #include <vector>
 
 #include "core/autograd.h"
@@ -80,16 +81,28 @@ Tensor rows_of(const Tensor& t) {
 
 // (a_descale a (m, k)) (b_descale b (n, k))^T (+ bias (n)) -> (m, n) bf16; the bias in the
 // epilogue when cuBLASLt offers that, else added after.
-Tensor gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const Tensor& b_descale,
-               const Tensor& bias) {
+// Returns an undefined tensor when cuBLASLt offers no algorithm (the mixed-dtype backward falls
+// back then). The descales are copied to their own allocations: cuBLASLt reads each scale
+// through a pointer of its own, and a view 8 bytes into `meta` is not 16-byte aligned.
+Tensor try_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b,
+                   const Tensor& b_descale, const Tensor& bias) {
   Tensor d = Tensor::empty({a.size(0), b.size(0)}, DType::kBF16, a.device());
-  if (bias.defined() && cuda::fp8_gemm_tn(a, a_descale, b, b_descale, bias, d)) return d;
-  KILN_CHECK(cuda::fp8_gemm_tn(a, a_descale, b, b_descale, Tensor(), d))
-      << kLinear << ": cuBLASLt offers no fp8 algorithm for " << a.str() << " @ " << b.str()
-      << "^T -> bf16";
+  const Tensor ad = a_descale.clone(), bd = b_descale.clone();
+  if (bias.defined() && cuda::fp8_gemm_tn(a, ad, b, bd, bias, d)) return d;
+  if (!cuda::fp8_gemm_tn(a, ad, b, bd, Tensor(), d)) return Tensor();
   if (bias.defined()) return cuda::binary(cuda::BinaryOp::kAdd, d, bias);
   return d;
 }
+
+Tensor gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const Tensor& b_descale,
+               const Tensor& bias) {
+  Tensor d = try_gemm_tn(a, a_descale, b, b_descale, bias);
+  KILN_CHECK(d.defined()) << kLinear << ": cuBLASLt offers no fp8 algorithm for " << a.str()
+                          << " @ " << b.str() << "^T -> bf16";
+  return d;
+}
+
+std::atomic<int64_t> g_e4m3_backward{0};
 
 Tensor descale_of(const Tensor& meta) { return meta.narrow(0, 2, 1).reshape({}); }
 
@@ -106,10 +119,17 @@ class Fp8LinearNode final : public Node {
     Tensor gy = rows_of(raw::convert(g[0].detach(), DType::kBF16));  // (M, N)
     Tensor gx, gw, gb;
     if (need_x || need_w) {
-      // dY in e5m2: its row-wise copy for dX, its transpose (N, M) for dW.
+      // dY in e5m2: its row-wise copy for dX, its transpose (N, M) for dW. Where cuBLASLt offers
+      // no e5m2 x e4m3 kernel, dY goes to e4m3 instead (counted: fp8_e4m3_backward_count()).
       const Fp8Tensor gq = quantize_2d(gy, DType::kF8E5M2, need_x, need_w);
-      if (need_x) gx = gemm_tn(gq.data, gq.descale(), w_t, descale_of(w_meta), Tensor());
-      if (need_w) gw = gemm_tn(gq.data_t, gq.descale(), x_t, descale_of(x_meta), Tensor());
+      if (need_x) gx = try_gemm_tn(gq.data, gq.descale(), w_t, descale_of(w_meta), Tensor());
+      if (need_w) gw = try_gemm_tn(gq.data_t, gq.descale(), x_t, descale_of(x_meta), Tensor());
+      if ((need_x && !gx.defined()) || (need_w && !gw.defined())) {
+        ++g_e4m3_backward;
+        const Fp8Tensor g4 = quantize_2d(gy, DType::kF8E4M3, need_x, need_w);
+        if (need_x) gx = gemm_tn(g4.data, g4.descale(), w_t, descale_of(w_meta), Tensor());
+        if (need_w) gw = gemm_tn(g4.data_t, g4.descale(), x_t, descale_of(x_meta), Tensor());
+      }
       if (gx.defined()) gx = gx.reshape(x_shape);
     }
     if (need_b) gb = cuda::sum_to(gy, {gy.size(1)});
@@ -119,6 +139,14 @@ class Fp8LinearNode final : public Node {
 #endif
 
 }  // namespace
+
+int64_t fp8_e4m3_backward_count() {
+#if KILN_WITH_CUDA
+  return g_e4m3_backward.load();
+#else
+  return 0;
+#endif
+}
 
 Tensor fp8_amax(const Tensor& x) {
   check_quantize_input("fp8_amax", x);

@@ -30,6 +30,7 @@
 #include <tuple>
 
 #include "core/check.h"
+#include "core/cuda/gemm.h"
 #include "core/ops/cuda_util.cuh"
 #include "core/ops/fp8.h"
 
@@ -397,6 +398,30 @@ bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, cons
                  const Tensor& bias, const Tensor& d) {
   DeviceGuard guard(device_of(a));
   const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
+  if (a.dtype() == b.dtype()) {
+    // One fp8 dtype: kiln's general cuBLASLt path (core/cuda/gemm.h), the one linear_fp8 and its
+    // test run on Hopper.
+    GemmParams p;
+    p.ab_dtype = a.dtype();
+    p.d_dtype = DType::kBF16;
+    p.m = m;
+    p.n = n;
+    p.k = k;
+    p.a = a.raw();
+    p.lda = k;
+    p.b = b.raw();
+    p.ldb = k;
+    p.trans_b = true;
+    p.d = d.raw();
+    p.ldd = n;
+    p.a_scale = static_cast<const float*>(a_descale.raw());
+    p.b_scale = static_cast<const float*>(b_descale.raw());
+    if (bias.defined()) {
+      p.epilogue = GemmEpilogue::kBias;
+      p.bias = bias.raw();
+    }
+    return gemm(p);
+  }
   const std::string what = describe(m, n, k, a.dtype(), b.dtype(), bias.defined());
   KILN_CHECK(is_fp8(a.dtype()) && is_fp8(b.dtype()) &&
              !(a.dtype() == DType::kF8E5M2 && b.dtype() == DType::kF8E5M2))

@@ -51,4 +51,8 @@ bool fp8_linear_applies(const Tensor& x, const Tensor& w);
 // Compare linear_fp8 (core/ops/matmul.h): a forward GEMM on operands already in fp8.
 Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
 
+// Backward passes of fp8_linear that quantized dY to e4m3 because cuBLASLt offered no
+// e5m2 x e4m3 kernel for the shape (0 where every backward ran in e5m2). Tests and logs.
+int64_t fp8_e4m3_backward_count();
+
 }  // namespace kiln

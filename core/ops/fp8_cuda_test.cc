@@ -337,6 +337,8 @@ TEST_F(Fp8Cuda, LinearForwardAndBackwardAgainstF64) {
       Tensor ref_db = sum_to(gy2, {n});
       const Err e = error_of(f64(g[2]), ref_db);
       std::printf("  db max |err| %.3e of max |ref| %.3e\n", e.max_abs, e.ref_max);
+      std::printf("  backward passes with dY in e4m3 so far: %lld\n",
+                  static_cast<long long>(fp8_e4m3_backward_count()));
       KILN_EXPECT_CLOSE(f64(g[2]), ref_db, std::ldexp(1.0, -8), 1e-6 * e.ref_max);
     }
 
@@ -529,6 +531,8 @@ TEST_F(Fp8Cuda, TinyGpt2TrainsLikeBf16) {
       "tiny GPT-2, %d steps: bf16 %.4f -> %.4f, bf16+fp8 %.4f -> %.4f, max rel diff %.3e "
       "at step %d\n",
       kTrainSteps, bf16.front(), bf16.back(), fp8.front(), fp8.back(), worst, worst_step);
+  std::printf("  backward passes with dY in e4m3 (no e5m2 x e4m3 kernel): %lld\n",
+              static_cast<long long>(fp8_e4m3_backward_count()));
   for (int i = 0; i < kTrainSteps; i += 5)
     std::printf("  step %2d: bf16 %.4f fp8 %.4f\n", i, bf16[i], fp8[i]);
   EXPECT_LE(worst, 5e-2);
