@@ -658,8 +658,9 @@ void CheckPrecision(const TrainConfig& cfg, Checker& c) {
   }
   c.Require(!(p.fp8_matmul() && cfg.device() == TrainConfig::CPU), "precision.fp8_matmul",
             "fp8 matmuls need device CUDA (a Hopper GPU); device is CPU");
-  c.Require(!p.fp8_matmul() || p.dtype() == PrecisionConfig::BF16, "precision.fp8_matmul",
-            "fp8 matmuls run inside bf16 training: set precision.dtype: BF16");
+  c.Require(
+      !p.fp8_matmul() || p.dtype() == PrecisionConfig::BF16 || p.dtype() == PrecisionConfig::AUTO,
+      "precision.fp8_matmul", "fp8 matmuls run inside bf16 training: set precision.dtype: BF16");
 }
 
 void CheckCheckpoint(const CheckpointConfig& k, Checker& c) {

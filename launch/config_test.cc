@@ -252,6 +252,8 @@ TEST(ValidateTest, Bf16AndFp16OnCpuAreAllowed) {
   ExpectRejected(c, {"precision.fp8_matmul"});  // outside bf16 training
   c.mutable_precision()->set_dtype(PrecisionConfig::BF16);
   EXPECT_TRUE(Validate(c).ok());
+  c.mutable_precision()->set_dtype(PrecisionConfig::AUTO);  // bf16 on CUDA
+  EXPECT_TRUE(Validate(c).ok());
 }
 
 TEST(ValidateTest, RejectsOtherOutOfRangeValues) {
