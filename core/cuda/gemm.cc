@@ -88,6 +88,8 @@ struct KeyHash {
   }
 };
 
+DType b_dtype(const GemmParams& p) { return p.b_dtype.value_or(p.ab_dtype); }
+
 Key make_key(const GemmParams& p, int device, bool tf32) {
   // Alignments of every pointer the heuristic sees, packed 8 bits each.
   uint64_t al = 0;
@@ -101,8 +103,9 @@ Key make_key(const GemmParams& p, int device, bool tf32) {
     }
     al = (al << 8) | static_cast<uint64_t>(q ? lg + 1 : 0);
   }
-  return Key(device, static_cast<int>(p.ab_dtype), static_cast<int>(p.d_dtype), p.m, p.n, p.k,
-             p.lda, p.ldb, p.ldd, p.stride_a, p.stride_b, p.stride_d, p.batch,
+  const int dtypes = static_cast<int>(p.ab_dtype) | (static_cast<int>(b_dtype(p)) << 8);
+  return Key(device, dtypes, static_cast<int>(p.d_dtype), p.m, p.n, p.k, p.lda, p.ldb, p.ldd,
+             p.stride_a, p.stride_b, p.stride_d, p.batch,
              static_cast<int>(p.trans_a) | (static_cast<int>(p.trans_b) << 1),
              static_cast<int>(p.epilogue) | (p.bias ? 16 : 0), p.beta != 0.0 ? 1 : 0, p.ld_aux, al,
              tf32, p.a_scale != nullptr);
@@ -110,10 +113,11 @@ Key make_key(const GemmParams& p, int device, bool tf32) {
 
 std::string describe(const GemmParams& p) {
   std::ostringstream os;
-  os << "gemm " << p.ab_dtype << "->" << p.d_dtype << " m=" << p.m << " n=" << p.n << " k=" << p.k
-     << " batch=" << p.batch << " trans_a=" << p.trans_a << " trans_b=" << p.trans_b
-     << " lda=" << p.lda << " ldb=" << p.ldb << " ldd=" << p.ldd
-     << " epilogue=" << static_cast<int>(p.epilogue);
+  os << "gemm " << p.ab_dtype;
+  if (p.b_dtype) os << " x " << *p.b_dtype;
+  os << "->" << p.d_dtype << " m=" << p.m << " n=" << p.n << " k=" << p.k << " batch=" << p.batch
+     << " trans_a=" << p.trans_a << " trans_b=" << p.trans_b << " lda=" << p.lda << " ldb=" << p.ldb
+     << " ldd=" << p.ldd << " epilogue=" << static_cast<int>(p.epilogue);
   return os.str();
 }
 
@@ -215,8 +219,9 @@ std::unique_ptr<Plan> make_plan(const GemmParams& p, bool tf32) {
   }
   set_pointers(p, *plan);
   const cudaDataType_t abt = cuda_type(p.ab_dtype), dt = cuda_type(p.d_dtype);
+  const cudaDataType_t bt = cuda_type(b_dtype(p));
   // Our B, stored k x n (n x k when trans_b), is cuBLASLt's A: column-major rows = stored cols.
-  plan->la = make_layout(p, abt, p.trans_b ? p.k : p.n, p.trans_b ? p.n : p.k, p.ldb, p.stride_b);
+  plan->la = make_layout(p, bt, p.trans_b ? p.k : p.n, p.trans_b ? p.n : p.k, p.ldb, p.stride_b);
   plan->lb = make_layout(p, abt, p.trans_a ? p.m : p.k, p.trans_a ? p.k : p.m, p.lda, p.stride_a);
   plan->lc = make_layout(p, dt, p.n, p.m, p.ldd, p.stride_d);
   plan->ld = make_layout(p, dt, p.n, p.m, p.ldd, p.stride_d);
@@ -298,6 +303,9 @@ bool gemm(const GemmParams& p) {
       << "gemm: epilogues are only wired for batch 1: " << describe(p);
   KILN_CHECK(is_fp8(p.ab_dtype) == (p.a_scale != nullptr && p.b_scale != nullptr))
       << "gemm: fp8 operands need both scales (and only fp8 takes them): " << describe(p);
+  KILN_CHECK(!p.b_dtype || (is_fp8(p.ab_dtype) && is_fp8(*p.b_dtype) &&
+                            !(p.ab_dtype == DType::kF8E5M2 && *p.b_dtype == DType::kF8E5M2)))
+      << "gemm: a separate B dtype is for mixed fp8 (at most one e5m2) only: " << describe(p);
   const bool tf32 = p.ab_dtype == DType::kF32 && allow_tf32();
   const int device = current_device();
   Plan* plan = nullptr;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 #include "core/dtype.h"
 
@@ -45,6 +46,8 @@ struct GemmParams {
   void* bias_grad = nullptr;       // kDGeluBGrad, kBiasGradA
   const float* a_scale = nullptr;  // fp8 only: device pointers to the per-tensor scales
   const float* b_scale = nullptr;
+  // fp8 only: B's dtype when it differs from A's (e5m2 x e4m3 in either order; never both e5m2).
+  std::optional<DType> b_dtype;
 };
 
 // Runs the GEMM. Returns false (and does nothing) when cuBLASLt offers no algorithm for this

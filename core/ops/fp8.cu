@@ -14,20 +14,13 @@
 // bf16 reads and the fp8 writes are coalesced.
 // GEMMs: cuBLASLt's fp8 kernels need both operands contiguous along K ("TN"), so everything here
 // is D (m, n) = (a_descale * A (m, k)) (b_descale * B (n, k))^T with A, B row-major fp8 (at most
-// one of them e5m2) and D bf16, optionally with the bias in the epilogue; plans are cached per
-// problem. gemm.{h,cc} carries one dtype for A and B, so the mixed e5m2 x e4m3 backward GEMMs
-// have their own small wrapper here.
-#include <cublasLt.h>
+// one of them e5m2) and D bf16, optionally with the bias in the epilogue, through kiln's one
+// cuBLASLt path (core/cuda/gemm.h; GemmParams::b_dtype carries the mixed e5m2 x e4m3 pairs).
 #include <cuda_fp8.h>
 
 #include <algorithm>
 #include <cfloat>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <sstream>
 #include <string>
-#include <tuple>
 
 #include "core/check.h"
 #include "core/cuda/gemm.h"
@@ -222,117 +215,6 @@ void launch_cast_t(const Tensor& x2, float* meta, DType fp8, const Tensor& q, co
   }
 }
 
-// ---- cuBLASLt fp8 GEMM ----
-
-cudaDataType_t lt_type(DType t) { return t == DType::kF8E4M3 ? CUDA_R_8F_E4M3 : CUDA_R_8F_E5M2; }
-
-std::string describe(int64_t m, int64_t n, int64_t k, DType a, DType b, bool bias) {
-  std::ostringstream os;
-  os << "fp8 gemm D (" << m << ", " << n << ") bf16 = A (" << m << ", " << k << ") " << a
-     << " @ B (" << n << ", " << k << ")^T " << b << (bias ? " + bias" : "");
-  return os.str();
-}
-
-#define KILN_FP8_LT_CHECK(expr, what)                                                  \
-  do {                                                                                 \
-    cublasStatus_t kiln_st_ = (expr);                                                  \
-    KILN_CHECK(kiln_st_ == CUBLAS_STATUS_SUCCESS)                                      \
-        << "cuBLASLt error " << static_cast<int>(kiln_st_) << " ("                     \
-        << cublasLtGetStatusString(kiln_st_) << ") in " << #expr << " for " << (what); \
-  } while (0)
-
-struct Fp8Plan {
-  cublasLtMatmulDesc_t desc = nullptr;
-  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
-  cublasLtMatmulAlgo_t algo{};
-  bool has_algo = false;
-  std::mutex mu;  // the scale and bias pointers are set on the shared descriptor per call
-  ~Fp8Plan() {
-    if (la) cublasLtMatrixLayoutDestroy(la);
-    if (lb) cublasLtMatrixLayoutDestroy(lb);
-    if (ld) cublasLtMatrixLayoutDestroy(ld);
-    if (desc) cublasLtMatmulDescDestroy(desc);
-  }
-};
-
-// (device, m, n, k, A dtype, B dtype, bias, alignments of A, B, D, bias)
-using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int, int, bool, uint32_t, uint32_t,
-                           uint32_t, uint32_t>;
-
-// Largest power of two (<= 256) dividing the address.
-uint32_t alignment(const void* p) {
-  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
-  uint32_t a = 256;
-  while (a > 1 && v % a != 0) a >>= 1;
-  return a;
-}
-
-template <typename V>
-void set_attr(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const V& v,
-              const std::string& what) {
-  KILN_FP8_LT_CHECK(cublasLtMatmulDescSetAttribute(d, attr, &v, sizeof(v)), what);
-}
-
-// Sets the per-call pointers: the descales (cuBLASLt's A is our b and its B our a) and the bias.
-void set_pointers(Fp8Plan& plan, const void* a_descale, const void* b_descale, const void* bias,
-                  const std::string& what) {
-  set_attr(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, b_descale, what);
-  set_attr(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, a_descale, what);
-  if (bias) set_attr(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias, what);
-}
-
-// Row-major D (m, n) = A (m, k) B (n, k)^T is column-major D^T (n x m) = B (k x n)^T A (k x m):
-// cuBLASLt's A is our B (transposed), its B is our A (not transposed): the "TN" layout.
-std::unique_ptr<Fp8Plan> make_plan(int64_t m, int64_t n, int64_t k, DType a_t, DType b_t,
-                                   const void* a, const void* b, const void* d, const void* bias,
-                                   const void* a_descale, const void* b_descale,
-                                   const std::string& what) {
-  auto plan = std::make_unique<Fp8Plan>();
-  KILN_FP8_LT_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), what);
-  set_attr(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, CUBLAS_OP_T, what);
-  set_attr(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, CUBLAS_OP_N, what);
-  const int8_t fast = 0;  // keep cuBLASLt's periodic promotion of the accumulator to fp32
-  set_attr(plan->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, fast, what);
-  set_attr(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
-           bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, what);
-  if (bias) {
-    const int32_t bt = CUDA_R_16BF;
-    set_attr(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, bt, what);
-  }
-  set_pointers(*plan, a_descale, b_descale, bias, what);
-  KILN_FP8_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->la, lt_type(b_t), k, n, k), what);
-  KILN_FP8_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lb, lt_type(a_t), k, m, k), what);
-  KILN_FP8_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->ld, CUDA_R_16BF, n, m, n), what);
-  cublasLtMatmulPreference_t pref = nullptr;
-  KILN_FP8_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref), what);
-  const uint64_t ws = lt_workspace_size();
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                       sizeof(ws));
-  const uint32_t al_a = alignment(b), al_b = alignment(a), al_d = alignment(d);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
-                                       sizeof(al_a));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
-                                       sizeof(al_b));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d,
-                                       sizeof(al_d));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d,
-                                       sizeof(al_d));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(
-      lt_handle(), plan->desc, plan->la, plan->lb, plan->ld, plan->ld, pref, 1, &result, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (hs == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
-    plan->algo = result.algo;
-    plan->has_algo = true;
-  }
-  return plan;
-}
-
-std::mutex g_plans_mu;
-std::map<PlanKey, std::unique_ptr<Fp8Plan>>* g_plans =
-    new std::map<PlanKey, std::unique_ptr<Fp8Plan>>();  // never destroyed
-
 }  // namespace
 
 // ---- entry points (declared in core/ops/fp8.cc) ----
@@ -398,66 +280,32 @@ bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, cons
                  const Tensor& bias, const Tensor& d) {
   DeviceGuard guard(device_of(a));
   const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
-  if (a.dtype() == b.dtype()) {
-    // One fp8 dtype: kiln's general cuBLASLt path (core/cuda/gemm.h), the one linear_fp8 and its
-    // test run on Hopper.
-    GemmParams p;
-    p.ab_dtype = a.dtype();
-    p.d_dtype = DType::kBF16;
-    p.m = m;
-    p.n = n;
-    p.k = k;
-    p.a = a.raw();
-    p.lda = k;
-    p.b = b.raw();
-    p.ldb = k;
-    p.trans_b = true;
-    p.d = d.raw();
-    p.ldd = n;
-    p.a_scale = static_cast<const float*>(a_descale.raw());
-    p.b_scale = static_cast<const float*>(b_descale.raw());
-    if (bias.defined()) {
-      p.epilogue = GemmEpilogue::kBias;
-      p.bias = bias.raw();
-    }
-    return gemm(p);
+  KILN_CHECK(is_fp8(a.dtype()) && is_fp8(b.dtype()) && a.is_contiguous() && b.is_contiguous() &&
+             d.is_contiguous() && b.size(1) == k && d.size(0) == m && d.size(1) == n &&
+             d.dtype() == DType::kBF16)
+      << "internal: fp8 GEMM with a " << a.str() << ", b " << b.str() << ", d " << d.str();
+  // kiln's one cuBLASLt path (core/cuda/gemm.h), "TN": both operands contiguous along K.
+  GemmParams p;
+  p.ab_dtype = a.dtype();
+  if (b.dtype() != a.dtype()) p.b_dtype = b.dtype();
+  p.d_dtype = DType::kBF16;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.a = a.raw();
+  p.lda = k;
+  p.b = b.raw();
+  p.ldb = k;
+  p.trans_b = true;
+  p.d = d.raw();
+  p.ldd = n;
+  p.a_scale = static_cast<const float*>(a_descale.raw());
+  p.b_scale = static_cast<const float*>(b_descale.raw());
+  if (bias.defined()) {
+    p.epilogue = GemmEpilogue::kBias;
+    p.bias = bias.raw();
   }
-  const std::string what = describe(m, n, k, a.dtype(), b.dtype(), bias.defined());
-  KILN_CHECK(is_fp8(a.dtype()) && is_fp8(b.dtype()) &&
-             !(a.dtype() == DType::kF8E5M2 && b.dtype() == DType::kF8E5M2))
-      << "internal: " << what << ": operands must be fp8, at most one e5m2";
-  KILN_CHECK(a.is_contiguous() && b.is_contiguous() && d.is_contiguous() && b.size(1) == k &&
-             d.size(0) == m && d.size(1) == n && d.dtype() == DType::kBF16)
-      << "internal: " << what << " with a " << a.str() << ", b " << b.str() << ", d " << d.str();
-  const void* bias_p = bias.defined() ? bias.raw() : nullptr;
-  const int device = current_device();
-  const PlanKey key(device, m, n, k, static_cast<int>(a.dtype()), static_cast<int>(b.dtype()),
-                    bias_p != nullptr, alignment(a.raw()), alignment(b.raw()), alignment(d.raw()),
-                    bias_p ? alignment(bias_p) : 0);
-  Fp8Plan* plan = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(g_plans_mu);
-    auto& slot = (*g_plans)[key];
-    if (!slot) {
-      slot = make_plan(m, n, k, a.dtype(), b.dtype(), a.raw(), b.raw(), d.raw(), bias_p,
-                       a_descale.raw(), b_descale.raw(), what);
-    }
-    plan = slot.get();
-  }
-  if (!plan->has_algo) return false;
-  std::lock_guard<std::mutex> lock(plan->mu);
-  set_pointers(*plan, a_descale.raw(), b_descale.raw(), bias_p, what);
-  const float alpha = 1.0f, beta = 0.0f;
-  const cublasStatus_t st =
-      cublasLtMatmul(lt_handle(), plan->desc, &alpha, b.raw(), plan->la, a.raw(), plan->lb, &beta,
-                     d.raw(), plan->ld, d.raw(), plan->ld, &plan->algo, lt_workspace(),
-                     lt_workspace_size(), compute_stream());
-  if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
-    plan->has_algo = false;  // refused at launch (nothing ran): never use this plan again
-    return false;
-  }
-  KILN_FP8_LT_CHECK(st, what);
-  return true;
+  return gemm(p);
 }
 
 }  // namespace kiln::cuda
