@@ -1,0 +1,169 @@
+// The world from each launcher's environment (kiln's own KILN_*, Open MPI, Slurm; precedence when
+// several are set), ParallelDims coordinates, the rendezvous directory from KILN_RENDEZVOUS, and
+// make_world_comm's errors for launches it cannot serve. Single process: the variables are set
+// and cleared by the tests themselves.
+#include "parallel/world.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "parallel/file_comm.h"
+
+namespace kiln::parallel {
+namespace {
+
+using ::testing::HasSubstr;
+
+const char* const kVars[] = {"KILN_RANK",
+                             "KILN_WORLD_SIZE",
+                             "KILN_LOCAL_RANK",
+                             "KILN_LOCAL_WORLD_SIZE",
+                             "KILN_RENDEZVOUS",
+                             "KILN_RUN_ID",
+                             "OMPI_COMM_WORLD_SIZE",
+                             "OMPI_COMM_WORLD_RANK",
+                             "OMPI_COMM_WORLD_LOCAL_RANK",
+                             "OMPI_COMM_WORLD_LOCAL_SIZE",
+                             "SLURM_NTASKS",
+                             "SLURM_PROCID",
+                             "SLURM_LOCALID",
+                             "SLURM_NTASKS_PER_NODE",
+                             "SLURM_JOB_ID",
+                             "SLURM_STEP_ID"};
+
+// Clears every launcher variable for the test and restores the old values after it.
+class Env : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* v : kVars) {
+      const char* old = std::getenv(v);
+      saved_.push_back(old ? std::string(old) : std::string("\x01"));
+      unsetenv(v);
+    }
+  }
+  void TearDown() override {
+    for (size_t i = 0; i < saved_.size(); ++i) {
+      if (saved_[i] == "\x01") {
+        unsetenv(kVars[i]);
+      } else {
+        setenv(kVars[i], saved_[i].c_str(), 1);
+      }
+    }
+  }
+  static void set(const char* name, const char* value) { setenv(name, value, 1); }
+
+ private:
+  std::vector<std::string> saved_;
+};
+
+TEST_F(Env, NoLauncherIsASingleProcess) {
+  const World w = detect_world();
+  EXPECT_EQ(w.size, 1);
+  EXPECT_EQ(w.rank, 0);
+  EXPECT_EQ(w.launcher, "single");
+}
+
+TEST_F(Env, SlurmGivesRankSizeAndLocalRank) {
+  set("SLURM_NTASKS", "16");
+  set("SLURM_PROCID", "9");
+  set("SLURM_LOCALID", "1");
+  set("SLURM_NTASKS_PER_NODE", "8(x2)");  // Slurm's compressed form for 2 nodes of 8
+  const World w = detect_world();
+  EXPECT_EQ(w.launcher, "slurm");
+  EXPECT_EQ(w.size, 16);
+  EXPECT_EQ(w.rank, 9);
+  EXPECT_EQ(w.local_rank, 1);
+  EXPECT_EQ(w.local_size, 8);
+}
+
+TEST_F(Env, OpenMpiWinsOverSlurmAndKilnWinsOverBoth) {
+  set("SLURM_NTASKS", "16");
+  set("SLURM_PROCID", "9");
+  set("OMPI_COMM_WORLD_SIZE", "4");
+  set("OMPI_COMM_WORLD_RANK", "3");
+  set("OMPI_COMM_WORLD_LOCAL_RANK", "3");
+  set("OMPI_COMM_WORLD_LOCAL_SIZE", "4");
+  World w = detect_world();  // mpirun inside an allocation: Open MPI's view
+  EXPECT_EQ(w.launcher, "mpi");
+  EXPECT_EQ(w.size, 4);
+  EXPECT_EQ(w.rank, 3);
+  set("KILN_WORLD_SIZE", "2");
+  set("KILN_RANK", "1");
+  set("KILN_LOCAL_RANK", "1");
+  w = detect_world();  // an explicit launch wins
+  EXPECT_EQ(w.launcher, "env");
+  EXPECT_EQ(w.size, 2);
+  EXPECT_EQ(w.rank, 1);
+  EXPECT_EQ(w.local_rank, 1);
+  EXPECT_EQ(w.local_size, 2);
+}
+
+TEST_F(Env, ParallelDimsCoordinatesTpFastestThenDpThenPp) {
+  World w;
+  w.size = 12;
+  auto d = make_dims(3, 2, 2, w);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  EXPECT_EQ(d->world_size(), 12);
+  // rank = tp_rank + tp * (dp_rank + dp * pp_rank)
+  for (int r = 0; r < 12; ++r) {
+    EXPECT_EQ(d->tp_rank(r) + 2 * (d->dp_rank(r) + 3 * d->pp_rank(r)), r) << r;
+  }
+  EXPECT_EQ(d->dp_rank(7), 0);  // 7 = 1 + 2 * (0 + 3 * 1)
+  EXPECT_EQ(d->pp_rank(7), 1);
+  auto bad = make_dims(2, 2, 2, w);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("parallel.dp * parallel.tp"));
+}
+
+TEST_F(Env, RendezvousDirNeedsAFileSpecAndARunId) {
+  EXPECT_EQ(*rendezvous_dir(), "");  // unset: no file rendezvous
+  set("KILN_RENDEZVOUS", "tcp://host:1234");
+  auto r = rendezvous_dir();
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("expected file:DIR"));
+  set("KILN_RENDEZVOUS", "file:/shared/rdzv");
+  r = rendezvous_dir();
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("KILN_RUN_ID"));
+  set("SLURM_JOB_ID", "4711");
+  set("SLURM_STEP_ID", "2");
+  EXPECT_EQ(*rendezvous_dir(), "/shared/rdzv/4711.2");  // srun: the job step names the run
+  set("KILN_RUN_ID", "exp-7");
+  EXPECT_EQ(*rendezvous_dir(), "/shared/rdzv/exp-7");  // an explicit id wins
+  set("KILN_RUN_ID", "../escape");
+  r = rendezvous_dir();
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("must not contain '/'"));
+}
+
+TEST_F(Env, KilnLaunchWithoutRendezvousIsAClearError) {
+  World w;
+  w.size = 2;
+  w.launcher = "env";
+  auto c = make_world_comm(w);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("KILN_RENDEZVOUS=file:DIR"));
+  // One rank needs no communication at all.
+  w.size = 1;
+  auto single = make_world_comm(w);
+  ASSERT_TRUE(single.ok());
+  EXPECT_EQ((*single)->backend(), "single");
+}
+
+TEST_F(Env, UnwritableRendezvousDirectoryIsAClearError) {
+  set("KILN_RENDEZVOUS", "file:/proc/kiln-cannot-create-this");
+  set("KILN_RUN_ID", "x");
+  World w;
+  w.size = 2;
+  w.launcher = "env";
+  auto c = make_world_comm(w);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("/proc/kiln-cannot-create-this"));
+}
+
+}  // namespace
+}  // namespace kiln::parallel
