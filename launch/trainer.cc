@@ -457,7 +457,8 @@ void Trainer::log_step(int64_t step, double loss, double lr, double gnorm, int64
                 {"tokens", static_cast<double>(tokens_seen_)},
                 {"seq_len", static_cast<double>(seq_len_)},
                 {"batch", static_cast<double>(batch_)},
-                {"mem_peak_mib", mem.peak / 1048576.0}});
+                {"mem_peak_mib", mem.peak / 1048576.0},
+                {"mem_reserved_mib", mem.reserved / 1048576.0}});
   const int every = cfg_.logging().has_log_every() ? cfg_.logging().log_every() : 1;
   if (quiet_ || world_.rank != 0 || (step % every != 0 && step + 1 != max_steps)) return;
   std::printf(

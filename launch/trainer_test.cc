@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/check.h"
+#include "core/json.h"
 #include "launch/config.h"
 
 // The running OpenBLAS's core and build (libopenblas, which kiln always links; declared here
@@ -134,6 +135,23 @@ TEST(Trainer, LossFallsAndEvalRuns) {
   ASSERT_GE(s.val_losses.size(), 2u);
   EXPECT_LT(s.val_losses.back().second, 0.8 * s.val_losses.front().second);
   EXPECT_EQ(s.tokens, 60 * 8 * 16);
+  // Every train record of metrics.jsonl carries the memory the allocator reports: the peak in use
+  // and what it holds from the system (in use + cached), which is never below the peak for the
+  // CPU's caching allocator (it keeps what it took).
+  std::ifstream in(cfg.logging().run_dir() + "/metrics.jsonl");
+  int records = 0;
+  for (std::string line; std::getline(in, line);) {
+    absl::StatusOr<JsonValue> v = parse_json(line);
+    ASSERT_TRUE(v.ok()) << v.status().message() << ": " << line;
+    const JsonValue* kind = v->find("kind");
+    if (kind == nullptr || kind->str != "train") continue;
+    const JsonValue *peak = v->find("mem_peak_mib"), *reserved = v->find("mem_reserved_mib");
+    ASSERT_TRUE(peak && reserved && peak->is_number() && reserved->is_number()) << line;
+    EXPECT_GT(peak->number, 0.0) << line;
+    EXPECT_GE(reserved->number, peak->number) << line;
+    ++records;
+  }
+  EXPECT_EQ(records, 60);
 }
 
 TEST(Trainer, RampAndCurriculumChangeTokensPerStep) {
