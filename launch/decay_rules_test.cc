@@ -9,12 +9,23 @@
 #include <vector>
 
 #include "core/check.h"
+#include "launch/config.h"
 #include "launch/trainer.h"
 #include "models/presets.h"
 #include "models/transformer.h"
 
 namespace kiln::launch {
 namespace {
+
+// The optimizer section as ResolveConfig leaves it when a config sets none of it (the defaults,
+// decay_min_dim 2, come from there: apply_decay_rules requires a resolved config).
+OptimizerConfig resolved_optimizer() {
+  TrainConfig c;
+  c.mutable_model()->set_preset("gpt2-tiny");
+  absl::Status s = ResolveConfig(&c);
+  KILN_CHECK(s.ok()) << s.message();
+  return c.optimizer();
+}
 
 // Parameters of a small preset model with every decay flag set to `initial`, so that a rule that
 // leaves a flag alone is caught whichever way it should have gone.
@@ -44,7 +55,7 @@ TEST(DecayRules, DefaultsDecayMatricesNotBiasesOrNormGains) {
   for (bool initial : {false, true}) {
     SCOPED_TRACE(initial ? "flags preset to true" : "flags preset to false");
     std::vector<nn::Parameter> params = preset_params("gpt2-tiny", initial);
-    apply_decay_rules(OptimizerConfig(), &params);
+    apply_decay_rules(resolved_optimizer(), &params);
     int matrices = 0, vectors = 0;
     for (const nn::Parameter& p : params) {
       EXPECT_EQ(p.decay, p.tensor.dim() >= 2) << p.name << " " << p.tensor.str();
@@ -52,7 +63,7 @@ TEST(DecayRules, DefaultsDecayMatricesNotBiasesOrNormGains) {
     }
     EXPECT_GT(matrices, 0);
     EXPECT_GT(vectors, 0);
-    const std::map<std::string, bool> d = decay_by_name(OptimizerConfig(), "gpt2-tiny", initial);
+    const std::map<std::string, bool> d = decay_by_name(resolved_optimizer(), "gpt2-tiny", initial);
     EXPECT_TRUE(d.at("wte.weight"));
     EXPECT_TRUE(d.at("wpe.weight"));
     EXPECT_TRUE(d.at("h.0.attn.c_attn.weight"));
@@ -66,7 +77,7 @@ TEST(DecayRules, DefaultsDecayMatricesNotBiasesOrNormGains) {
 }
 
 TEST(DecayRules, LlamaNormGainsDoNotDecayHeadDoes) {
-  const std::map<std::string, bool> d = decay_by_name(OptimizerConfig(), "llama-tiny", false);
+  const std::map<std::string, bool> d = decay_by_name(resolved_optimizer(), "llama-tiny", false);
   EXPECT_TRUE(d.at("embed_tokens.weight"));
   EXPECT_TRUE(d.at("lm_head.weight"));
   EXPECT_TRUE(d.at("layers.0.self_attn.q_proj.weight"));
@@ -77,8 +88,8 @@ TEST(DecayRules, LlamaNormGainsDoNotDecayHeadDoes) {
 }
 
 TEST(DecayRules, NoDecayGlobsTurnDecayOff) {
-  const std::map<std::string, bool> base = decay_by_name(OptimizerConfig(), "gpt2-tiny", true);
-  OptimizerConfig oc;
+  const std::map<std::string, bool> base = decay_by_name(resolved_optimizer(), "gpt2-tiny", true);
+  OptimizerConfig oc = resolved_optimizer();
   oc.add_no_decay("*wte*");
   std::map<std::string, bool> d = decay_by_name(oc, "gpt2-tiny", true);
   EXPECT_FALSE(d.at("wte.weight"));
@@ -93,13 +104,13 @@ TEST(DecayRules, NoDecayGlobsTurnDecayOff) {
   EXPECT_TRUE(d.at("h.0.attn.c_proj.weight"));
   EXPECT_TRUE(d.at("wpe.weight"));
   // A glob matching nothing changes nothing.
-  OptimizerConfig none;
+  OptimizerConfig none = resolved_optimizer();
   none.add_no_decay("no_such_param*");
   EXPECT_EQ(decay_by_name(none, "gpt2-tiny", true), base);
 }
 
 TEST(DecayRules, DecayMinDimMovesTheThreshold) {
-  OptimizerConfig oc;
+  OptimizerConfig oc = resolved_optimizer();
   oc.set_decay_min_dim(1);
   for (const auto& [name, decay] : decay_by_name(oc, "gpt2-tiny", false))
     EXPECT_TRUE(decay) << name << " (decay_min_dim 1: every parameter decays)";

@@ -1,8 +1,13 @@
-// The Trainer: builds the model, optimizer, schedules and data sources from a resolved TrainConfig
-// and runs the training loop — gradient accumulation to the global batch, the batch-size ramp and
-// sequence-length curriculum, mixed precision with fp32 masters (and the fp16 loss scaler),
-// clipping, LR schedule, periodic eval and text samples, one progress line per step, JSONL and
-// TensorBoard.
+// The Trainer: composes a run from a resolved TrainConfig in one fixed order (mesh -> model ->
+// pipeline split -> tensor parallel -> recompute -> data parallel / ZeRO -> forward-backward) and
+// runs the training loop: the batch-size ramp and sequence-length curriculum, the fp16 loss scaler,
+// clipping, the LR schedule and the optimizer step, periodic eval and text samples, checkpoints,
+// one progress line per step, JSONL and TensorBoard. How a step's micro-batches run (gradient
+// accumulation, later pipeline schedules) is parallel::ForwardBackward's business.
+//
+// Files: trainer.cc (composition and loop), trainer_setup.cc (each composition step),
+// trainer_data.cc (batch sources, uploads), trainer_eval.cc (evaluation, samples), trainer_log.cc
+// (the step line and metrics), trainer_checkpoint.cc (save / restore).
 #pragma once
 
 #include <functional>
@@ -21,6 +26,8 @@
 #include "optim/schedule.h"
 #include "parallel/communicator.h"
 #include "parallel/data_parallel.h"
+#include "parallel/forward_backward.h"
+#include "parallel/mesh.h"
 #include "parallel/world.h"
 #include "proto/config.pb.h"
 
@@ -47,8 +54,9 @@ struct TextCodec {
 
 class Trainer {
  public:
-  // The world's communicator is made from `world` by parallel::make_world_comm (MPI under
-  // mpirun / srun, files with KILN_RENDEZVOUS, else single-process).
+  // REQUIRES: `config` resolved (ResolveConfig, ResolveWorld). init() builds the mesh from the
+  // config's dims and `world` (parallel::Mesh::create: MPI under mpirun / srun, files with
+  // KILN_RENDEZVOUS, else single-process; NCCL groups on GPUs).
   Trainer(TrainConfig config, parallel::World world);
   ~Trainer();
   // Everything that can fail for outside reasons (data files, run directory) fails here.
@@ -61,6 +69,7 @@ class Trainer {
   void set_quiet(bool q) { quiet_ = q; }
   models::LanguageModel& model() { return *model_; }
   parallel::DataParallel& data_parallel() { return *dp_; }
+  const parallel::Mesh& mesh() const { return *mesh_; }
   Device device() const { return device_; }
 
   double evaluate();  // mean validation loss over eval.batches micro-batches
@@ -76,29 +85,42 @@ class Trainer {
   const std::string& resumed_from() const { return resumed_from_; }
 
  private:
-  // ParallelDims from the config and the world, the world / NCCL / dp communicators.
-  absl::Status make_layout(bool gpu);
-  absl::Status make_sources();
+  // The composition steps of init(), in order (trainer_setup.cc).
+  absl::Status make_device();  // device, compute dtype, the fp16 loss scaler
+  absl::Status make_mesh();    // dims and groups: a bad layout fails before the model is built
+  absl::Status make_model(bool init_from);  // on the device; training.init_from when asked
+  // Pipeline split and tensor parallel: the one place that refuses pp / tp > 1 until they exist.
+  absl::Status apply_model_parallel();
+  void apply_recompute();
+  void make_data_parallel();  // DDP / ZeRO around the optimizer
+  void make_forward_backward();
+  void make_schedules();
+  absl::Status make_sources();  // trainer_data.cc
+  absl::Status open_metrics();
   // A batch on the training device; on GPUs through the pinned ring (never waits for the GPU).
   Tensor to_device(const Tensor& host);
-  std::vector<parallel::Piece> checkpoint_pieces(bool for_load);
+  // The loop (trainer.cc).
+  void run_step(int64_t step, TrainSummary* sum);
+  double train_step(double lr, int64_t seq_len, int64_t global_batch, double* grad_norm);
+  absl::Status finish_run(TrainSummary* sum);
   // After every step: the periodic save and the SIGTERM / SIGINT check (agreed by all ranks).
   // Returns true when the run must stop.
   absl::StatusOr<bool> checkpoint_after_step(TrainSummary* sum);
-  double train_step(double lr, int64_t seq_len, int64_t global_batch, double* grad_norm);
+  std::vector<parallel::Piece> checkpoint_pieces(bool for_load);  // trainer_checkpoint.cc
+  // Logging (trainer_log.cc).
+  void evaluate_and_log(int64_t step, TrainSummary* sum);
+  void print_start() const;
+  void print_end(const TrainSummary& sum) const;
   void log_step(int64_t step, double loss, double lr, double gnorm, int64_t tokens, double dt);
 
   TrainConfig cfg_;
   parallel::World world_;
   Device device_;
   DType compute_ = DType::kF32;
-  parallel::ParallelDims dims_;                         // the dp x tp x pp grid of this run
-  std::unique_ptr<parallel::Communicator> world_comm_;  // CPU (MPI, files or single)
-  std::unique_ptr<parallel::Communicator> gpu_comm_;    // NCCL, on GPUs
-  std::unique_ptr<parallel::Communicator> dp_group_;    // when dp < world: this rank's dp group
-  parallel::Communicator* dp_comm_ = nullptr;           // data parallel / ZeRO go through this
+  std::unique_ptr<parallel::Mesh> mesh_;  // dims and groups; outlives everything using them
   std::unique_ptr<models::LanguageModel> model_;
   std::unique_ptr<parallel::DataParallel> dp_;
+  std::unique_ptr<parallel::ForwardBackward> forward_backward_;
   std::unique_ptr<optim::LossScaler> scaler_;
   optim::LrSchedule lr_;
   optim::BatchRamp ramp_;
@@ -114,6 +136,7 @@ class Trainer {
   int64_t tokens_seen_ = 0;
   int64_t seq_len_ = 0, batch_ = 0;  // of the current step
   double flops_per_token_full_ = 0;
+  double t_start_ = 0;     // when run() began
   double elapsed_ = 0;     // step time after the first step (ETA, tokens/s)
   double train_time_ = 0;  // all step time, evaluation excluded
   int64_t tokens_timed_ = 0;
@@ -127,6 +150,7 @@ class Trainer {
 };
 
 // Fills the optimizer's decay flags from optimizer.decay_min_dim and optimizer.no_decay globs.
+// REQUIRES: `oc` resolved (ResolveConfig sets decay_min_dim).
 void apply_decay_rules(const OptimizerConfig& oc, std::vector<nn::Parameter>* params);
 
 }  // namespace kiln::launch

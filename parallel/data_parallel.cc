@@ -283,8 +283,11 @@ void DataParallel::end_micro_step() {
 
 double DataParallel::grad_norm() {
   // One device reduction (and one host sync) over every gradient, not one per tensor.
-  if (opts_.zero_stage == 0) return std::sqrt(optim::grad_sum_squares(params_));  // same everywhere
-  return std::sqrt(comm_.all_reduce_scalar(optim::grad_sum_squares(opt_->params())));
+  double sq = opts_.zero_stage == 0
+                  ? optim::grad_sum_squares(params_)  // the same on every dp rank
+                  : comm_.all_reduce_scalar(optim::grad_sum_squares(opt_->params()));
+  if (opts_.sum_over_model_parallel) sq = opts_.sum_over_model_parallel(sq);
+  return std::sqrt(sq);
 }
 
 double DataParallel::clip_grad_norm(double max_norm) {

@@ -29,6 +29,7 @@
 
 #include "optim/optimizer.h"
 #include "parallel/communicator.h"
+#include "parallel/grad_sync.h"
 #include "parallel/shardable.h"
 
 namespace kiln::parallel {
@@ -37,6 +38,10 @@ struct DataParallelOptions {
   int zero_stage = 0;
   double bucket_mb = 25.0;
   DType gather_dtype = DType::kF32;  // ZeRO-3: dtype parameters are gathered in
+  // Takes this replica's sum of squared gradients (already summed over the dp group where ZeRO
+  // shards them) to the whole model's: Mesh::sum_over_model_parallel, over the tp and pp groups.
+  // Empty: every rank holds the whole model.
+  std::function<double(double)> sum_over_model_parallel;
 };
 
 using OptimizerFactory =
@@ -51,7 +56,7 @@ struct Piece {
   Tensor local;
 };
 
-class DataParallel {
+class DataParallel : public GradSync {
  public:
   // `params` are model.module().parameters() with their decay flags set. `comm` is the
   // data-parallel group.
@@ -66,9 +71,11 @@ class DataParallel {
   void begin_forward();
   void end_forward();
   // Brackets every micro-step; `last` marks the one whose gradients are synchronised (stages 0/1).
-  void begin_micro_step(bool last);
-  void end_micro_step();
-  // After the last micro-step. The norm is over the whole (averaged) gradient, equal on all ranks.
+  // (GradSync: a forward-backward schedule calls these, parallel/forward_backward.h.)
+  void begin_micro_step(bool last) override;
+  void end_micro_step() override;
+  // After the last micro-step. The norm is over the whole (averaged) gradient, equal on all ranks
+  // (over the tp and pp groups too, through opts.sum_over_model_parallel).
   double grad_norm();
   double clip_grad_norm(double max_norm);  // returns the norm before clipping
   bool grads_non_finite();

@@ -1,0 +1,58 @@
+// The Trainer's evaluation (mean validation loss) and text samples, both outside the training
+// step: ZeRO-3 gathers the embeddings and head around them.
+#include <cmath>
+
+#include "absl/strings/str_join.h"
+#include "core/autograd.h"
+#include "launch/trainer.h"
+#include "models/generate.h"
+
+namespace kiln::launch {
+
+double Trainer::evaluate() {
+  if (!make_val_) return NAN;
+  NoGradGuard ng;
+  model_->set_training(false);
+  dp_->begin_forward();  // ZeRO-3: the embeddings and head are gathered for the pass
+  std::unique_ptr<BatchSource> val = make_val_();
+  const int batches = cfg_.eval().batches();
+  const int64_t micro = cfg_.parallel().micro_batch_size();
+  const int64_t seq = cfg_.data().seq_len();
+  double total = 0;
+  int n = 0;
+  for (int i = 0; i < batches; ++i) {
+    absl::StatusOr<Batch> b = val->next(micro, seq);
+    if (!b.ok()) break;  // a small validation set ends early
+    total += model_->loss(to_device(b->inputs), to_device(b->targets)).item();
+    ++n;
+  }
+  dp_->end_forward();
+  model_->set_training(true);
+  return n ? total / n : NAN;
+}
+
+std::string Trainer::sample(int64_t step) {
+  const int64_t n = cfg_.eval().sample_tokens();
+  if (n <= 0) return "";
+  std::vector<int64_t> prompt;
+  if (!cfg_.eval().sample_prompt().empty() && codec_.encode)
+    prompt = codec_.encode(cfg_.eval().sample_prompt());
+  if (prompt.empty()) prompt = {codec_.eot >= 0 ? codec_.eot : 0};
+  models::SampleOptions so;
+  so.max_new_tokens = n;
+  so.temperature = cfg_.eval().sample_temperature();
+  so.top_k = cfg_.eval().sample_top_k();
+  dp_->begin_forward();
+  std::vector<int64_t> ids = models::generate(*model_, prompt, so, sample_gen_);
+  dp_->end_forward();
+  std::string text;
+  if (codec_.decode) {
+    text = codec_.decode(ids);
+  } else {
+    text = absl::StrJoin(ids, " ");
+  }
+  metrics_.log_text("sample", step, "text", text);
+  return text;
+}
+
+}  // namespace kiln::launch

@@ -1,0 +1,109 @@
+// The Trainer's reporting: the progress line and "train" / "val" metrics records of every step, and
+// the lines that open and close a run.
+#include "launch/trainer_log.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "absl/strings/str_format.h"
+#include "core/backend.h"
+#include "launch/trainer.h"
+
+namespace kiln::launch {
+namespace {
+
+// Peak dense bf16 FLOP/s of one H100 / H200, the MFU denominator on GPUs (docs/DESIGN.md) when
+// logging.peak_flops is 0 (unset); on the CPU no MFU is reported.
+constexpr double kH100DenseBf16Flops = 989e12;
+
+}  // namespace
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string human_time(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const int64_t t = static_cast<int64_t>(s);
+  if (t >= 3600) return absl::StrFormat("%dh%02dm", t / 3600, (t / 60) % 60);
+  if (t >= 60) return absl::StrFormat("%dm%02ds", t / 60, t % 60);
+  return absl::StrFormat("%ds", t);
+}
+
+std::string human_count(double v) {
+  if (v >= 1e9) return absl::StrFormat("%.2fG", v / 1e9);
+  if (v >= 1e6) return absl::StrFormat("%.2fM", v / 1e6);
+  if (v >= 1e3) return absl::StrFormat("%.1fk", v / 1e3);
+  return absl::StrFormat("%.0f", v);
+}
+
+void Trainer::print_start() const {
+  if (world_.rank != 0 || quiet_) return;
+  std::printf("kiln: %s, %s params, %s, device %s, %s compute\n",
+              cfg_.model().preset().empty() ? "custom model" : cfg_.model().preset().c_str(),
+              human_count(static_cast<double>(model_->num_parameters())).c_str(),
+              cfg_.data().synthetic() ? "synthetic data" : "token shards", device_.str().c_str(),
+              dtype_name(compute_));
+}
+
+void Trainer::print_end(const TrainSummary& sum) const {
+  if (quiet_ || world_.rank != 0) return;
+  std::printf("sample after %lld steps:\n%s\n", static_cast<long long>(sum.steps),
+              sum.sample.c_str());
+  std::printf("kiln: trained %lld steps, %s tokens in %s\n", static_cast<long long>(sum.steps),
+              human_count(static_cast<double>(tokens_seen_)).c_str(),
+              human_time(sum.seconds).c_str());
+}
+
+void Trainer::evaluate_and_log(int64_t step, TrainSummary* sum) {
+  const double v = evaluate();
+  if (std::isnan(v)) return;
+  sum->val_losses.emplace_back(step, v);
+  metrics_.log("val", step,
+               {{"loss", v},
+                {"tokens", static_cast<double>(tokens_seen_)},
+                {"elapsed_s", now_s() - t_start_},
+                {"train_s", train_time_}});
+  if (!quiet_ && world_.rank == 0)
+    std::printf("eval  step %lld | val loss %.4f\n", static_cast<long long>(step), v);
+}
+
+void Trainer::log_step(int64_t step, double loss, double lr, double gnorm, int64_t tokens,
+                       double dt) {
+  const int64_t max_steps = cfg_.training().max_steps();
+  const double tok_s = tokens / std::max(dt, 1e-9);
+  const double peak = cfg_.logging().peak_flops() > 0 ? cfg_.logging().peak_flops()
+                      : device_.is_cuda()             ? kH100DenseBf16Flops
+                                                      : 0.0;
+  const double gpus = mesh_->dims().world_size();
+  const double mfu = peak > 0 ? tok_s * flops_per_token_full_ / (gpus * peak) : NAN;
+  const MemoryStats mem = memory_stats(device_);
+  const double eta = by_tokens_
+                         ? elapsed_ / std::max<int64_t>(tokens_timed_, 1) *
+                               static_cast<double>(cfg_.training().token_budget() - tokens_seen_)
+                         : elapsed_ / std::max<int64_t>(steps_timed_, 1) * (max_steps - step - 1);
+  metrics_.log("train", step,
+               {{"loss", loss},
+                {"lr", lr},
+                {"grad_norm", gnorm},
+                {"tokens_per_s", tok_s},
+                {"mfu", mfu},
+                {"tokens", static_cast<double>(tokens_seen_)},
+                {"seq_len", static_cast<double>(seq_len_)},
+                {"batch", static_cast<double>(batch_)},
+                {"mem_peak_mib", mem.peak / 1048576.0},
+                {"mem_reserved_mib", mem.reserved / 1048576.0}});
+  const int every = cfg_.logging().log_every();
+  if (quiet_ || world_.rank != 0 || (step % every != 0 && step + 1 != max_steps)) return;
+  std::printf(
+      "step %5lld/%lld | loss %.4f | lr %.2e | grad %.3f | %s tok/s | MFU %s | mem %.0f MiB | ETA "
+      "%s\n",
+      static_cast<long long>(step + 1), static_cast<long long>(max_steps), loss, lr, gnorm,
+      human_count(tok_s).c_str(),
+      std::isfinite(mfu) ? absl::StrFormat("%.1f%%", 100 * mfu).c_str() : "-", mem.peak / 1048576.0,
+      human_time(eta).c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace kiln::launch

@@ -1,0 +1,215 @@
+// The Trainer's composition steps, each building one layer of the run from the resolved config:
+// device and precision, the mesh, the model, (pipeline split and tensor parallel: refused until
+// built), activation recompute, data parallel / ZeRO, the forward-backward schedule, the LR and
+// batch schedules, the metrics files. init() (trainer.cc) calls them in that order.
+#include <fnmatch.h>
+
+#include <cstdio>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#if KILN_WITH_CUDA
+#include "core/cuda/runtime.h"
+#endif
+#include "launch/export.h"
+#include "launch/trainer.h"
+#include "models/presets.h"
+
+namespace kiln::launch {
+namespace {
+
+optim::LrKind lr_kind(LrSchedule::Kind k) {
+  switch (k) {
+    case LrSchedule::WSD:
+      return optim::LrKind::kWsd;
+    case LrSchedule::LINEAR:
+      return optim::LrKind::kLinear;
+    case LrSchedule::CONSTANT:
+      return optim::LrKind::kConstant;
+    default:
+      return optim::LrKind::kCosine;
+  }
+}
+
+optim::CurriculumKind curriculum_kind(SeqLenCurriculum::Kind k) {
+  switch (k) {
+    case SeqLenCurriculum::FIXED_LINEAR:
+      return optim::CurriculumKind::kFixedLinear;
+    case SeqLenCurriculum::FIXED_ROOT:
+      return optim::CurriculumKind::kFixedRoot;
+    case SeqLenCurriculum::FIXED_DISCRETE:
+      return optim::CurriculumKind::kFixedDiscrete;
+    default:
+      return optim::CurriculumKind::kNone;
+  }
+}
+
+DType compute_dtype(PrecisionConfig::Dtype d, bool gpu) {
+  switch (d) {
+    case PrecisionConfig::BF16:
+      return DType::kBF16;
+    case PrecisionConfig::FP16:
+      return DType::kF16;
+    case PrecisionConfig::FP32:
+      return DType::kF32;
+    default:  // AUTO
+      return gpu ? DType::kBF16 : DType::kF32;
+  }
+}
+
+}  // namespace
+
+void apply_decay_rules(const OptimizerConfig& oc, std::vector<nn::Parameter>* params) {
+  for (nn::Parameter& p : *params) {
+    p.decay = p.tensor.dim() >= oc.decay_min_dim();
+    for (const std::string& pat : oc.no_decay())
+      if (fnmatch(pat.c_str(), p.name.c_str(), 0) == 0) p.decay = false;
+  }
+}
+
+absl::Status Trainer::make_device() {
+  const bool gpu = cfg_.device() == TrainConfig::CUDA ||
+                   (cfg_.device() == TrainConfig::AUTO && cuda_available());
+  if (gpu && !cuda_available())
+    return absl::FailedPreconditionError("device: CUDA requested but no GPU is available");
+  device_ = gpu ? Device::cuda(world_.local_rank) : Device::cpu();
+#if KILN_WITH_CUDA
+  if (gpu) {
+    cuda::set_device(world_.local_rank);
+    cuda::set_deterministic(cfg_.training().deterministic());
+  }
+#endif
+  compute_ = compute_dtype(cfg_.precision().dtype(), gpu);
+  if (compute_ == DType::kF16) {
+    const PrecisionConfig& p = cfg_.precision();
+    scaler_ =
+        std::make_unique<optim::LossScaler>(p.loss_scale_init(), p.loss_scale_growth_interval(),
+                                            p.loss_scale_growth(), p.loss_scale_backoff());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::make_mesh() {
+  const ParallelConfig& p = cfg_.parallel();
+  absl::StatusOr<parallel::ParallelDims> dims = parallel::make_dims(p.dp(), p.tp(), p.pp(), world_);
+  if (!dims.ok()) return dims.status();
+  parallel::MeshOptions opts;
+  opts.gpu = device_.is_cuda();
+  opts.timeout_s = p.timeout_s();
+  absl::StatusOr<std::unique_ptr<parallel::Mesh>> mesh =
+      parallel::Mesh::create(*dims, world_, opts);
+  if (!mesh.ok()) return mesh.status();
+  mesh_ = std::move(*mesh);
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::make_model(bool init_from) {
+  const uint64_t seed = cfg_.training().seed();
+  model_ = models::build_model(models::spec_from_config(cfg_.model()), seed);
+  if (init_from && !cfg_.training().init_from().empty()) {
+    absl::Status s =
+        import_safetensors(cfg_.training().init_from(), cfg_.model(), model_->parameters());
+    if (!s.ok()) return absl::Status(s.code(), "training.init_from: " + std::string(s.message()));
+    if (world_.rank == 0 && !quiet_)
+      std::printf("kiln: initialised the model from %s\n", cfg_.training().init_from().c_str());
+  }
+  model_->to(device_);
+  model_->set_compute_dtype(compute_);
+  model_->set_fp8(cfg_.precision().fp8_matmul());
+  model_->dropout_generator() = Generator(seed * 1000003 + world_.rank);
+  sample_gen_ = Generator(seed + 17);
+  return absl::OkStatus();
+}
+
+// The one place that refuses layouts whose layers do not exist yet: the pipeline split (pp) and
+// tensor parallel (tp) go here, in this order, and each removes its half of the refusal. The config
+// checks for tp and pp (heads, layers, batches) are in place already.
+absl::Status Trainer::apply_model_parallel() {
+  const parallel::ParallelDims& d = mesh_->dims();
+  if (d.tp > 1 || d.pp > 1)
+    return absl::UnimplementedError(
+        absl::StrCat(d.tp > 1 ? "parallel.tp" : "parallel.pp",
+                     ": tensor and pipeline parallelism are not "
+                     "built yet; kiln trains data parallel and ZeRO-1/2/3 (tp = ",
+                     d.tp, ", pp = ", d.pp, " given, both must be 1)"));
+  return absl::OkStatus();
+}
+
+void Trainer::apply_recompute() {
+  const RecomputeConfig::Policy p = cfg_.recompute().policy();
+  model_->set_recompute(p == RecomputeConfig::FULL        ? models::Recompute::kFull
+                        : p == RecomputeConfig::SELECTIVE ? models::Recompute::kSelective
+                                                          : models::Recompute::kNone);
+}
+
+void Trainer::make_data_parallel() {
+  std::vector<nn::Parameter> params = model_->parameters();
+  const OptimizerConfig& oc = cfg_.optimizer();
+  apply_decay_rules(oc, &params);
+  parallel::DataParallelOptions dpo;
+  dpo.zero_stage = cfg_.parallel().zero_stage();
+  dpo.bucket_mb = cfg_.parallel().bucket_mb();
+  dpo.gather_dtype = compute_;
+  const parallel::Mesh* mesh = mesh_.get();
+  dpo.sum_over_model_parallel = [mesh](double sq) { return mesh->sum_over_model_parallel(sq); };
+  auto make_opt = [oc](std::vector<nn::Parameter> pieces) -> std::unique_ptr<optim::Optimizer> {
+    if (oc.type() == OptimizerConfig::SGD)
+      return std::make_unique<optim::SGD>(std::move(pieces), oc.momentum(), oc.weight_decay(),
+                                          oc.nesterov());
+    return std::make_unique<optim::AdamW>(
+        std::move(pieces),
+        optim::AdamWOptions{oc.beta1(), oc.beta2(), oc.eps(), oc.weight_decay()});
+  };
+  dp_ = std::make_unique<parallel::DataParallel>(*model_, params, mesh_->dp(), dpo, make_opt);
+}
+
+void Trainer::make_forward_backward() {
+  models::LanguageModel* model = model_.get();
+  forward_backward_ =
+      std::make_unique<parallel::NoPipeline>([model](const Tensor& inputs, const Tensor& targets) {
+        return model->loss(inputs, targets);
+      });
+}
+
+void Trainer::make_schedules() {
+  const auto& sc = cfg_.schedule();
+  const int64_t seq = cfg_.data().seq_len();
+  const int64_t gb = cfg_.training().global_batch_size();
+  // With a token budget the LR schedule runs over tokens (warmup_steps count full-size steps), so
+  // that a batch-size ramp or a sequence-length curriculum, which change the tokens per step, keep
+  // the same schedule per token (Megatron schedules over samples for its ramp the same way);
+  // training stops when the budget is used. Otherwise it runs over steps.
+  const int64_t budget = cfg_.training().token_budget();
+  by_tokens_ = budget > 0;
+  int64_t max_steps = cfg_.training().max_steps();
+  if (by_tokens_ && max_steps <= 0) max_steps = std::numeric_limits<int32_t>::max();
+  cfg_.mutable_training()->set_max_steps(max_steps);
+  const double unit = by_tokens_ ? static_cast<double>(gb * seq) : 1.0;
+  lr_ = {lr_kind(sc.lr().kind()),
+         cfg_.optimizer().lr(),
+         sc.lr().min_lr_ratio(),
+         static_cast<double>(sc.lr().warmup_steps()) * unit,
+         by_tokens_ ? static_cast<double>(budget) : static_cast<double>(max_steps),
+         sc.lr().decay_fraction()};
+  ramp_ = {sc.batch_ramp().start(), sc.batch_ramp().increment(), gb,
+           static_cast<double>(sc.batch_ramp().ramp_tokens())};
+  // The curriculum's fields are resolved (ResolveConfig) when it is on; off, every step has seq.
+  const auto& cc = sc.seq_len();
+  curriculum_.kind = curriculum_kind(cc.kind());
+  curriculum_.min_len = cc.min_len();
+  curriculum_.max_len = curriculum_.kind == optim::CurriculumKind::kNone ? seq : cc.max_len();
+  curriculum_.steps = cc.steps();
+  curriculum_.multiple = cc.step_multiple();
+  curriculum_.root_degree = cc.root_degree();
+  curriculum_.lengths.assign(cc.discrete_lens().begin(), cc.discrete_lens().end());
+  curriculum_.until.assign(cc.discrete_steps().begin(), cc.discrete_steps().end());
+  flops_per_token_full_ = TrainingFlopsPerToken(cfg_.model(), seq);
+}
+
+absl::Status Trainer::open_metrics() {
+  if (world_.rank != 0) return absl::OkStatus();
+  return metrics_.open(cfg_.logging().run_dir(), cfg_.logging().jsonl(),
+                       cfg_.logging().tensorboard(), /*append=*/!resumed_from_.empty());
+}
+
+}  // namespace kiln::launch
