@@ -3,7 +3,7 @@
 // MPI's OMPI_COMM_WORLD_*, Slurm's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, or a single
 // process); ParallelDims is the validated dp x tp x pp grid built once from the config and the
 // world and passed down explicitly (no globals). Rank layout: tp fastest, then dp, then pp
-// (Megatron's order).
+// (Megatron's order). parallel/mesh.h adds the communicator of each group.
 #pragma once
 
 #include <string>
