@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "absl/strings/str_format.h"
+#include "core/backend.h"
 #include "core/check.h"
 #include "launch/checkpoint_manifest.h"
 #include "launch/config.h"
@@ -273,15 +274,19 @@ Tensor w_block(int64_t r0, int64_t c0, int64_t rows, int64_t cols) {
 
 // "w" written by four ranks as a 2 x 2 grid of (3, 2) boxes (a tp x pp style split), "b" as flat
 // ZeRO ranges (mid-tensor cuts), through the real save_checkpoint.
-std::string write_box_checkpoint(const std::string& root) {
+// `mirrored`: rank r writes the box rank 3 - r writes otherwise, so the stored entries are read in
+// the opposite geometric order (a wrong copy that a later, right one would overwrite in one
+// checkpoint is the last word in the other).
+absl::StatusOr<std::string> write_box_checkpoint(const std::string& root, bool mirrored = false) {
   ThreadComm::Group group(4);
-  std::vector<std::string> dirs(4);
+  std::vector<absl::StatusOr<std::string>> dirs(4);
   std::vector<std::thread> ranks;
   for (int r = 0; r < 4; ++r) {
     ranks.emplace_back([&, r] {
       ThreadComm comm(&group, r);
       RankContribution mine;
-      const int64_t r0 = 3 * (r / 2), c0 = 2 * (r % 2);
+      const int q = mirrored ? 3 - r : r;
+      const int64_t r0 = 3 * (q / 2), c0 = 2 * (q % 2);
       mine.pieces.push_back(parallel::Piece::boxed("w", {6, 4}, parallel::Box{{r0, c0}, {3, 2}},
                                                    w_block(r0, c0, 3, 2)));
       const int64_t cuts[] = {0, 2, 3, 3, 5};  // rank 2 holds none of b
@@ -296,17 +301,19 @@ std::string write_box_checkpoint(const std::string& root) {
       l->set_dp(1);
       l->set_tp(2);
       l->set_pp(2);
-      absl::StatusOr<std::string> d = save_checkpoint(root, h, mine, comm);
-      KILN_CHECK(d.ok()) << d.status().message();
-      dirs[r] = *d;
+      dirs[r] = save_checkpoint(root, h, mine, comm);
     });
   }
   for (std::thread& t : ranks) t.join();
+  for (const absl::StatusOr<std::string>& d : dirs)
+    if (!d.ok()) return d.status();
   return dirs[0];
 }
 
 TEST(Reshard, TwoDBoxesLoadIntoAnyOtherLayoutExactly) {
-  const std::string dir = write_box_checkpoint(fresh_dir("boxes"));
+  absl::StatusOr<std::string> written = write_box_checkpoint(fresh_dir("boxes"));
+  ASSERT_TRUE(written.ok()) << written.status().message();
+  const std::string dir = *written;
   absl::StatusOr<Manifest> m = read_checkpoint_manifest(dir);
   ASSERT_TRUE(m.ok()) << m.status().message();
   EXPECT_EQ(m->format_version(), kManifestBoxVersion);
@@ -350,9 +357,18 @@ TEST(Reshard, TwoDBoxesLoadIntoAnyOtherLayoutExactly) {
       {"f64 columns",
        {Piece::boxed("w", {6, 4}, Box{{0, 1}, {6, 3}}, Tensor::zeros({6, 3}, DType::kF64)),
         Piece::boxed("w", {6, 4}, Box{{0, 0}, {6, 1}}, Tensor::zeros({6, 1}, DType::kF64))}});
-  for (const Layout& layout : layouts) {
-    SCOPED_TRACE(layout.name);
-    absl::Status s = read_checkpoint_pieces(dir, *m, layout.pieces);
+  written = write_box_checkpoint(fresh_dir("boxes_mirrored"), true);
+  ASSERT_TRUE(written.ok()) << written.status().message();
+  const std::string mirrored = *written;
+  absl::StatusOr<Manifest> mm = read_checkpoint_manifest(mirrored);
+  ASSERT_TRUE(mm.ok()) << mm.status().message();
+  for (int pass = 0; pass < 2 * static_cast<int>(layouts.size()); ++pass) {
+    const Layout& layout = layouts[pass / 2];
+    const bool mirror = pass % 2 == 1;
+    SCOPED_TRACE(layout.name + (mirror ? " (mirrored writer)" : ""));
+    for (const Piece& p : layout.pieces) raw::fill(p.local, -1.0);
+    absl::Status s =
+        read_checkpoint_pieces(mirror ? mirrored : dir, mirror ? *mm : *m, layout.pieces);
     ASSERT_TRUE(s.ok()) << s.message();
     int64_t seen = 0;
     for (const Piece& p : layout.pieces) {
