@@ -134,7 +134,7 @@ int main(int argc, char** argv) {
       Tensor p = rnd(s, DType::kF32, 100 + i, 0.02).detach();
       p.set_requires_grad(true);
       p.set_grad(rnd(s, gd, 1000 + i, 1e-3).detach());
-      params.push_back({"p" + std::to_string(i++), p, nn::ShardKind::kReplicated, s.size() > 1});
+      params.push_back({"p" + std::to_string(i++), p, s.size() > 1});
       n += p.numel();
     }
     optim::AdamW opt(params, optim::AdamWOptions{});

@@ -17,7 +17,7 @@ Tensor randn(const Shape& shape, Generator& gen, DType dtype, Device device, dou
              double std) {
   Tensor host = Tensor::empty(shape, DType::kF64);
   const int64_t n = host.numel();
-  const uint64_t seed = gen.seed(), base = gen.reserve(2 * static_cast<uint64_t>(n));
+  const uint64_t seed = gen.seed(), base = gen.reserve(randn_counters(n));
   double* p = host.data<double>();
   parallel_for(n, 4096, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {  // Box-Muller on two counters per value

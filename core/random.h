@@ -46,6 +46,10 @@ class Generator {
   GeneratorState state_;
 };
 
+// Counters randn draws for n values (Box-Muller: two per value). Code that must stay in step with
+// a generator without drawing (a model stage skipping the layers it does not build) reserves this.
+inline uint64_t randn_counters(int64_t n) { return 2 * static_cast<uint64_t>(n); }
+
 // The generator that dropout draws from by default (one per thread). Trainers reseed it per rank.
 Generator& default_generator();
 

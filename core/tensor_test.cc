@@ -70,11 +70,10 @@ TEST(Allocator, CpuCachingReusesBlocksAndCountsBytes) {
   EXPECT_GE(a->stats().peak, a->stats().allocated);
 }
 
-TEST(Module, HierarchicalNamesShardingAndDecayFlags) {
+TEST(Module, HierarchicalNamesAndDecayFlags) {
   struct Net : nn::Module {
     explicit Net(Generator& g) {
-      fc = register_module(
-          "fc", std::make_shared<nn::Linear>(4, 3, true, 0.02, g, nn::ShardKind::kColumn));
+      fc = register_module("fc", std::make_shared<nn::Linear>(4, 3, true, 0.02, g));
       ln = register_module("ln", std::make_shared<nn::LayerNorm>(3, 1e-5));
     }
     std::shared_ptr<nn::Linear> fc;
@@ -85,7 +84,6 @@ TEST(Module, HierarchicalNamesShardingAndDecayFlags) {
   auto params = net.parameters();
   ASSERT_EQ(params.size(), 4u);
   EXPECT_EQ(params[0].name, "fc.weight");
-  EXPECT_EQ(params[0].shard, nn::ShardKind::kColumn);
   EXPECT_TRUE(params[0].decay);
   EXPECT_EQ(params[1].name, "fc.bias");
   EXPECT_FALSE(params[1].decay);

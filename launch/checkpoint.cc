@@ -134,7 +134,19 @@ absl::Status write_rank_files(const std::string& tmp, const RankContribution& mi
     e->set_name(p.name);
     for (int64_t d : p.global_shape) e->add_shape(d);
     e->set_dtype(F32);
-    e->set_shard_offset(p.offset);
+    if (p.is_box()) {
+      KILN_CHECK(parallel::box_inside(p.box, p.global_shape) &&
+                 cpu.numel() == parallel::box_volume(p.box))
+          << "checkpoint: piece " << p.name << " box " << parallel::box_str(p.box) << " of "
+          << shape_str(p.global_shape) << " does not match its " << cpu.numel() << " elements";
+      for (size_t d = 0; d < p.box.offset.size(); ++d) {
+        e->add_box_offset(p.box.offset[d]);
+        e->add_box_length(p.box.length[d]);
+      }
+      e->set_shard_offset(0);
+    } else {
+      e->set_shard_offset(p.offset);
+    }
     e->set_shard_length(cpu.numel());
     e->set_file(file);
     e->set_file_offset(at);
@@ -178,6 +190,8 @@ absl::Status publish(const std::string& dir, const std::string& tmp, const std::
     if (!part.ok()) return part.status();
     header.MergeFrom(*part);
   }
+  for (const TensorEntry& e : header.tensors())
+    if (e.box_offset_size() > 0) header.set_format_version(kManifestBoxVersion);
   if (absl::Status s = validate_manifest(header); !s.ok())
     return absl::InternalError(
         absl::StrCat("checkpoint: the merged manifest is inconsistent: ", s.message()));
@@ -212,16 +226,26 @@ std::string shape_text(const Shape& s) { return shape_str(s); }
 
 Shape entry_shape(const TensorEntry& e) { return Shape(e.shape().begin(), e.shape().end()); }
 
-struct Overlap {
-  int want;             // index into want
-  int64_t from, count;  // element range [from, from + count) of the global tensor
+// The boxes a stored entry holds, each placed at its first element in the entry's data.
+std::vector<parallel::PlacedBox> entry_boxes(const TensorEntry& e) {
+  if (e.box_offset_size() > 0)
+    return {{{{e.box_offset().begin(), e.box_offset().end()},
+              {e.box_length().begin(), e.box_length().end()}},
+             0}};
+  return parallel::place_flat_range(entry_shape(e), e.shard_offset(), e.shard_length());
+}
+
+// One copy out of a stored entry: run.src counts elements from the start of the entry's data,
+// run.dst elements of want[want]'s staging buffer.
+struct Copy {
+  int want;
+  parallel::BoxRun run;
 };
 
-// Reads stored entry `e` whole (in chunks), checks its CRC32C, and copies the overlaps into the
-// staging buffers.
+// Reads stored entry `e` whole (in chunks), checks its CRC32C, and performs the copies (sorted by
+// source element) into the staging buffers.
 absl::Status read_entry(const std::string& path, const TensorEntry& e,
-                        const std::vector<Overlap>& overlaps,
-                        const std::vector<parallel::Piece>& want, std::vector<float*>& staging,
+                        const std::vector<Copy>& copies, std::vector<float*>& staging,
                         std::map<std::string, std::ifstream>& files) {
   std::ifstream& in = files[e.file()];
   if (!in.is_open()) {
@@ -235,6 +259,7 @@ absl::Status read_entry(const std::string& path, const TensorEntry& e,
   const int64_t total = e.shard_length() * 4;
   std::vector<char> buf(static_cast<size_t>(std::min(total, kChunkBytes)));
   uint32_t crc = 0;
+  size_t first = 0;  // copies before it end before the current chunk
   for (int64_t done = 0; done < total;) {
     const int64_t n = std::min<int64_t>(total - done, kChunkBytes);
     in.read(buf.data(), n);
@@ -243,22 +268,27 @@ absl::Status read_entry(const std::string& path, const TensorEntry& e,
           "checkpoint %s: shard file %s is truncated: tensor '%s' needs bytes [%d, %d)", path,
           e.file(), e.name(), e.file_offset(), e.file_offset() + total));
     crc = crc32c_update(crc, buf.data(), static_cast<size_t>(n));
-    // Element range of this chunk in the global tensor.
-    const int64_t c0 = e.shard_offset() + done / 4, c1 = c0 + n / 4;
-    for (const Overlap& o : overlaps) {
-      const int64_t lo = std::max(o.from, c0), hi = std::min(o.from + o.count, c1);
+    // Element range of this chunk within the entry's data.
+    const int64_t c0 = done / 4, c1 = c0 + n / 4;
+    while (first < copies.size() && copies[first].run.src + copies[first].run.len <= c0) ++first;
+    for (size_t i = first; i < copies.size() && copies[i].run.src < c1; ++i) {
+      const parallel::BoxRun& r = copies[i].run;
+      const int64_t lo = std::max(r.src, c0), hi = std::min(r.src + r.len, c1);
       if (lo >= hi) continue;
-      std::memcpy(staging[o.want] + (lo - want[o.want].offset), buf.data() + (lo - c0) * 4,
+      std::memcpy(staging[copies[i].want] + r.dst + (lo - r.src), buf.data() + (lo - c0) * 4,
                   static_cast<size_t>(hi - lo) * 4);
     }
     done += n;
   }
   if (crc != static_cast<uint32_t>(e.checksum()))
     return absl::DataLossError(absl::StrFormat(
-        "checkpoint %s: checksum mismatch in tensor '%s' (elements [%d, %d), shard file %s at byte "
+        "checkpoint %s: checksum mismatch in tensor '%s' (%s, shard file %s at byte "
         "%d): stored %08x, read %08x; the file is corrupt",
-        path, e.name(), e.shard_offset(), e.shard_offset() + e.shard_length(), e.file(),
-        e.file_offset(), static_cast<uint32_t>(e.checksum()), crc));
+        path, e.name(),
+        e.box_offset_size() > 0 ? "box " + parallel::box_str(entry_boxes(e)[0].box)
+                                : absl::StrFormat("elements [%d, %d)", e.shard_offset(),
+                                                  e.shard_offset() + e.shard_length()),
+        e.file(), e.file_offset(), static_cast<uint32_t>(e.checksum()), crc));
   return absl::OkStatus();
 }
 
@@ -475,7 +505,7 @@ absl::Status read_checkpoint_pieces(const std::string& path, const Manifest& m,
                                     const std::vector<parallel::Piece>& want) {
   std::map<std::string, std::vector<int>> by_name;
   for (int i = 0; i < m.tensors_size(); ++i) by_name[m.tensors(i).name()].push_back(i);
-  std::map<int, std::vector<Overlap>> plan;  // stored entry -> overlaps
+  std::map<int, std::vector<Copy>> plan;  // stored entry -> copies out of it
   std::vector<Tensor> stage(want.size());
   std::vector<float*> staging(want.size());
   for (size_t w = 0; w < want.size(); ++w) {
@@ -489,19 +519,36 @@ absl::Status read_checkpoint_pieces(const std::string& path, const Manifest& m,
           absl::StrFormat("checkpoint %s: tensor '%s' has shape %s in the checkpoint but %s here",
                           path, p.name, shape_text(stored), shape_text(p.global_shape)));
     const int64_t count = p.local.numel();
-    KILN_CHECK(p.offset >= 0 && p.offset + count <= shape_numel(p.global_shape))
-        << "piece " << p.name << " outside its tensor";
+    if (p.is_box()) {
+      KILN_CHECK(parallel::box_inside(p.box, p.global_shape) &&
+                 count == parallel::box_volume(p.box))
+          << "piece " << p.name << " box " << parallel::box_str(p.box) << " outside its tensor or "
+          << "not " << count << " elements";
+    } else {
+      KILN_CHECK(p.offset >= 0 && p.offset + count <= shape_numel(p.global_shape))
+          << "piece " << p.name << " outside its tensor";
+    }
     const bool direct =
         p.local.device().is_cpu() && p.local.dtype() == DType::kF32 && p.local.is_contiguous();
     stage[w] = direct ? p.local : Tensor::empty({count}, DType::kF32);
     staging[w] = stage[w].data<float>();
+    const std::vector<parallel::PlacedBox> mine = p.placed_boxes();
     for (int e : it->second) {
-      const TensorEntry& te = m.tensors(e);
-      const int64_t lo = std::max(p.offset, te.shard_offset());
-      const int64_t hi = std::min(p.offset + count, te.shard_offset() + te.shard_length());
-      if (lo < hi) plan[e].push_back({static_cast<int>(w), lo, hi - lo});
+      const std::vector<parallel::PlacedBox> stored_boxes = entry_boxes(m.tensors(e));
+      std::vector<parallel::BoxRun> runs;
+      for (const parallel::PlacedBox& a : mine) {
+        for (const parallel::PlacedBox& b : stored_boxes) {
+          parallel::Box both;
+          if (parallel::intersect_boxes(a.box, b.box, &both))
+            parallel::box_copy_runs(both, b.box, b.at, a.box, a.at, &runs);
+        }
+      }
+      for (const parallel::BoxRun& r : runs) plan[e].push_back({static_cast<int>(w), r});
     }
   }
+  for (auto& [e, copies] : plan)
+    std::stable_sort(copies.begin(), copies.end(),
+                     [](const Copy& a, const Copy& b) { return a.run.src < b.run.src; });
   // Sequential reads: by file, then offset.
   std::vector<int> order;
   for (const auto& [e, ov] : plan) order.push_back(e);
@@ -511,7 +558,7 @@ absl::Status read_checkpoint_pieces(const std::string& path, const Manifest& m,
   });
   std::map<std::string, std::ifstream> files;
   for (int e : order) {
-    absl::Status s = read_entry(path, m.tensors(e), plan[e], want, staging, files);
+    absl::Status s = read_entry(path, m.tensors(e), plan[e], staging, files);
     if (!s.ok()) return s;
   }
   for (size_t w = 0; w < want.size(); ++w)
@@ -522,10 +569,9 @@ absl::Status read_checkpoint_pieces(const std::string& path, const Manifest& m,
 
 absl::Status verify_checkpoint(const std::string& path, const Manifest& m) {
   std::map<std::string, std::ifstream> files;
-  std::vector<parallel::Piece> none;
   std::vector<float*> staging;
   for (const TensorEntry& e : m.tensors()) {
-    absl::Status s = read_entry(path, e, {}, none, staging, files);
+    absl::Status s = read_entry(path, e, {}, staging, files);
     if (!s.ok()) return s;
   }
   return absl::OkStatus();

@@ -14,6 +14,17 @@
 // complete, and `latest` is the commit point: a kill at any moment leaves at worst a .tmp_*
 // directory (ignored, removed by the next save) or a step_* directory `latest` does not name yet
 // (not resumed from; replaced when that step is saved again). See docs/CHECKPOINTS.md.
+//
+// Pieces are N-dimensional boxes. A parallel::Piece, and a manifest TensorEntry, is either a box
+// (offset and length per dimension, its elements stored row-major within the box: a
+// tensor-parallel shard of rows or columns is one piece) or a flat range of the row-major
+// tensor (a ZeRO shard, and every entry older kilns wrote), which stands for the at most 2N - 1
+// boxes parallel::flat_range_boxes cuts it into; those boxes lie one after another in the range's
+// data, so a flat range needs no other storage. Loading turns the wanted pieces and the stored
+// entries of a tensor into boxes, intersects every pair, and copies each intersection row by row
+// (runs contiguous in both are merged: flat into flat is a few memcpys as before). Manifests
+// with only flat entries stay format_version 1, byte for byte what data-parallel / ZeRO runs
+// wrote before boxes existed; a box entry makes the manifest format_version 2.
 #pragma once
 
 #include <cstdint>
@@ -66,8 +77,9 @@ absl::StatusOr<std::string> find_resume_checkpoint(const CheckpointConfig& c);
 absl::StatusOr<Manifest> read_checkpoint_manifest(const std::string& path, bool check_files = true);
 absl::Status check_checkpoint_files(const std::string& path, const Manifest& m);
 
-// Fills every wanted piece (global name, global shape, element offset, local 1-D f32 tensor on any
-// device) from whichever stored pieces cover its range, whatever layout wrote them. Verifies the
+// Fills every wanted piece (global name, global shape, a flat range or a box, local f32 tensor on
+// any device) from whichever stored pieces (flat or boxes) intersect it, whatever layout wrote
+// them. Verifies the
 // CRC32C of every stored piece it reads (each read whole, in chunks). Errors name the tensor and
 // file: a missing tensor, a shape that differs, a checksum mismatch, a short read.
 absl::Status read_checkpoint_pieces(const std::string& path, const Manifest& m,

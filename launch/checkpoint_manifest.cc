@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "parallel/box.h"
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
@@ -135,12 +136,66 @@ absl::Status validate_tensor(const TensorEntry& t, int i, const std::set<std::st
       t.shard_length() > n - t.shard_offset())
     return bad(absl::StrFormat("%s: shard [%d, +%d) outside its %d elements", who, t.shard_offset(),
                                t.shard_length(), n));
+  if (t.box_offset_size() > 0 || t.box_length_size() > 0) {
+    parallel::Box b{{t.box_offset().begin(), t.box_offset().end()},
+                    {t.box_length().begin(), t.box_length().end()}};
+    const std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
+    if (shape.empty() || !parallel::box_inside(b, shape))
+      return bad(absl::StrCat(who, ": box ", shape_text(t.box_offset()), " + ",
+                              shape_text(t.box_length()), " outside its shape ",
+                              shape_text(t.shape())));
+    if (t.shard_offset() != 0 || t.shard_length() != parallel::box_volume(b))
+      return bad(
+          absl::StrFormat("%s: a box entry needs shard_offset 0 and shard_length %d (its "
+                          "elements), not %d and %d",
+                          who, parallel::box_volume(b), t.shard_offset(), t.shard_length()));
+  }
   if (!files.count(t.file()))
     return bad(absl::StrCat(who, ": file '", shown(t.file()), "' is not in the manifest's files"));
   if (t.file_offset() < 0 || t.file_offset() > (int64_t{1} << 56))
     return bad(absl::StrCat(who, ": bad file_offset ", t.file_offset()));
   if (t.rank() < 0 || t.rank() >= world)
     return bad(absl::StrCat(who, ": rank ", t.rank(), " outside the world of ", world));
+  return absl::OkStatus();
+}
+
+bool is_box_entry(const TensorEntry& t) { return t.box_offset_size() > 0; }
+
+// A tensor with box entries (each already inside the shape): the boxes of every entry (flat ones
+// decomposed) must not overlap and must add up to the whole tensor.
+absl::Status check_box_tiling(const Manifest& m, const std::string& name,
+                              const std::vector<Span>& spans, int64_t numel) {
+  std::vector<std::pair<parallel::Box, int>> boxes;
+  for (const Span& sp : spans) {
+    const TensorEntry& t = m.tensors(sp.index);
+    const std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
+    if (is_box_entry(t)) {
+      boxes.push_back({{{t.box_offset().begin(), t.box_offset().end()},
+                        {t.box_length().begin(), t.box_length().end()}},
+                       sp.index});
+      continue;
+    }
+    std::vector<parallel::Box> parts;
+    parallel::flat_range_boxes(shape, t.shard_offset(), t.shard_length(), &parts);
+    for (parallel::Box& b : parts) boxes.push_back({std::move(b), sp.index});
+  }
+  // Sweep along dimension 0: only boxes whose first-dimension ranges meet can overlap.
+  std::sort(boxes.begin(), boxes.end(),
+            [](const auto& a, const auto& b) { return a.first.offset[0] < b.first.offset[0]; });
+  int64_t total = 0;
+  for (size_t a = 0; a < boxes.size(); ++a) {
+    total += parallel::box_volume(boxes[a].first);
+    const int64_t end = boxes[a].first.offset[0] + boxes[a].first.length[0];
+    for (size_t b = a + 1; b < boxes.size() && boxes[b].first.offset[0] < end; ++b) {
+      parallel::Box both;
+      if (parallel::intersect_boxes(boxes[a].first, boxes[b].first, &both))
+        return bad(absl::StrFormat("tensor %s: entries %d and %d overlap in %s", shown(name),
+                                   boxes[a].second, boxes[b].second, parallel::box_str(both)));
+    }
+  }
+  if (total != numel)
+    return bad(
+        absl::StrFormat("tensor %s: pieces cover %d of %d elements", shown(name), total, numel));
   return absl::OkStatus();
 }
 
@@ -235,9 +290,9 @@ absl::StatusOr<Manifest> decode_manifest(std::string_view bytes, const std::stri
 }
 
 absl::Status validate_manifest(const Manifest& m) {
-  if (m.format_version() != kManifestFormatVersion)
+  if (m.format_version() != kManifestFormatVersion && m.format_version() != kManifestBoxVersion)
     return bad(absl::StrCat("format_version ", m.format_version(), ", this kiln reads ",
-                            kManifestFormatVersion));
+                            kManifestFormatVersion, " and ", kManifestBoxVersion));
   if (m.checksum_algorithm() != kChecksumAlgorithm)
     return bad("checksum_algorithm '" + shown(m.checksum_algorithm()) + "', expected crc32c");
   if (m.step() < 0) return bad(absl::StrCat("step ", m.step(), " < 0"));
@@ -261,6 +316,7 @@ absl::Status validate_manifest(const Manifest& m) {
   // Per tensor name: one shape, and pieces tiling [0, numel).
   std::map<std::string, std::vector<Span>> spans;
   std::map<std::string, int> first;
+  std::set<std::string> boxed;
   for (int i = 0; i < m.tensors_size(); ++i) {
     const TensorEntry& t = m.tensors(i);
     int64_t numel = 0;
@@ -272,12 +328,24 @@ absl::Status validate_manifest(const Manifest& m) {
         return bad(absl::StrCat("tensor ", shown(t.name()), ": pieces disagree on the shape (",
                                 shape_text(f.shape()), " vs ", shape_text(t.shape()), ")"));
     }
+    if (is_box_entry(t)) {
+      if (m.format_version() < kManifestBoxVersion)
+        return bad(absl::StrCat("tensor ", shown(t.name()), " (entry ", i,
+                                ") is a box, which needs "
+                                "format_version ",
+                                kManifestBoxVersion));
+      boxed.insert(t.name());
+    }
     if (t.shard_length() > 0) spans[t.name()].push_back({t.shard_offset(), t.shard_length(), i});
   }
   for (const auto& [name, first_index] : first) {
     const TensorEntry& t = m.tensors(first_index);
     int64_t numel = 1;
     for (int64_t d : t.shape()) numel *= d;
+    if (boxed.count(name)) {
+      if (absl::Status s = check_box_tiling(m, name, spans[name], numel); !s.ok()) return s;
+      continue;
+    }
     std::vector<Span>& v = spans[name];
     std::sort(v.begin(), v.end(), [](const Span& a, const Span& b) { return a.offset < b.offset; });
     int64_t at = 0;

@@ -23,7 +23,10 @@
 
 namespace kiln::launch {
 
-inline constexpr uint32_t kManifestFormatVersion = 1;  // Manifest.format_version
+// Manifest.format_version: 1 when every tensor entry is a flat range (what every data-parallel /
+// ZeRO checkpoint is, and all that older kilns wrote), 2 when some entry is a box; both are read.
+inline constexpr uint32_t kManifestFormatVersion = 1;
+inline constexpr uint32_t kManifestBoxVersion = 2;
 inline constexpr char kChecksumAlgorithm[] = "crc32c";
 inline constexpr size_t kManifestHeaderBytes = 24;
 
@@ -40,13 +43,15 @@ std::string frame_manifest_payload(std::string_view payload);
 absl::StatusOr<Manifest> decode_manifest(std::string_view bytes, const std::string& where);
 
 // Every internal-consistency rule of a manifest; errors name the field or tensor:
-// - format_version 1, checksum_algorithm "crc32c", step/tokens >= 0;
+// - format_version 1 or 2 (box entries only in 2), checksum_algorithm "crc32c", step/tokens >= 0;
 // - layout: world_size >= 1, dp/tp/pp >= 1 with dp * tp * pp == world_size, zero_stage 0-3;
 // - files: plain names ([A-Za-z0-9._-], not "." or ".."), no duplicates;
 // - tensors: a name, F32, every dim >= 0 with at most 2^48 elements, 0 <= shard_offset,
 //   shard_offset + shard_length <= numel, a listed file, file_offset >= 0, rank < world_size;
-//   every piece of one name has the same shape, and the pieces of a name tile [0, numel) exactly
-//   (no gap, no overlap);
+//   a box entry's box inside the shape, with shard_offset 0 and shard_length its element count;
+//   every piece of one name has the same shape, and the pieces of a name tile the tensor exactly
+//   (no gap, no overlap: flat ranges tile [0, numel); with boxes, the boxes of all pieces, flat
+//   ones decomposed, are disjoint and add up to numel);
 // - rng / loader ranks < world_size.
 absl::Status validate_manifest(const Manifest& m);
 

@@ -9,13 +9,16 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <barrier>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_format.h"
+#include "core/backend.h"
 #include "core/check.h"
 #include "launch/checkpoint_manifest.h"
 #include "launch/config.h"
@@ -125,7 +128,7 @@ TEST(Manifest, ValidationNamesTheProblem) {
     std::string expect;
   };
   const std::vector<Case> cases = {
-      {[](Manifest* m) { m->set_format_version(2); }, "format_version 2"},
+      {[](Manifest* m) { m->set_format_version(3); }, "format_version 3"},
       {[](Manifest* m) { m->mutable_tensors(2)->set_shard_length(19); }, "tensor 'w': gap"},
       {[](Manifest* m) { m->mutable_tensors(3)->set_shard_offset(29); }, "tensor 'w': overlap"},
       {[](Manifest* m) { m->mutable_tensors(1)->set_shard_length(5); }, "tensor 'b'"},
@@ -203,6 +206,256 @@ TEST(Reshard, AnyPieceSplitReadsBackTheSameValues) {
   // not matter to "b".
   EXPECT_TRUE(read_checkpoint_pieces(dir, *m, {{"b", {4}, 0, Tensor::zeros({4})}}).ok());
   EXPECT_FALSE(verify_checkpoint(dir, *m).ok());
+}
+
+// Four ranks as threads of this process: the scalar all-reduce that save_checkpoint agrees
+// through, over a std::barrier; nothing else is needed by the writer.
+class ThreadComm : public parallel::Communicator {
+ public:
+  struct Group {
+    explicit Group(int n) : sync(n), values(n) {}
+    std::barrier<> sync;
+    std::vector<double> values;
+  };
+  ThreadComm(Group* g, int rank) : g_(g), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int size() const override { return static_cast<int>(g_->values.size()); }
+  std::string backend() const override { return "threads"; }
+  std::unique_ptr<parallel::Work> all_reduce_async(const Tensor& t,
+                                                   parallel::ReduceOp op) override {
+    KILN_CHECK(t.numel() == 1 && t.dtype() == DType::kF64) << "ThreadComm: scalars only";
+    g_->values[rank_] = t.item();
+    g_->sync.arrive_and_wait();
+    double r = op == parallel::ReduceOp::kMax ? g_->values[0] : 0.0;
+    for (double v : g_->values) r = op == parallel::ReduceOp::kMax ? std::max(r, v) : r + v;
+    if (op == parallel::ReduceOp::kAvg) r /= size();
+    g_->sync.arrive_and_wait();
+    t.data<double>()[0] = r;
+    return std::make_unique<Done>();
+  }
+  std::unique_ptr<parallel::Work> reduce_scatter_async(const Tensor&, const Tensor&,
+                                                       parallel::ReduceOp) override {
+    return unused();
+  }
+  std::unique_ptr<parallel::Work> all_gather_async(const Tensor&, const Tensor&) override {
+    return unused();
+  }
+  void broadcast(const Tensor&, int) override { unused(); }
+  void send(const Tensor&, int) override { unused(); }
+  void recv(const Tensor&, int) override { unused(); }
+  void barrier() override { g_->sync.arrive_and_wait(); }
+  std::unique_ptr<parallel::Communicator> split(int, int) override {
+    unused();
+    return nullptr;
+  }
+
+ private:
+  struct Done : parallel::Work {
+    void wait() override {}
+  };
+  static std::unique_ptr<parallel::Work> unused() {
+    KILN_CHECK(false) << "ThreadComm: only the scalar all-reduce is implemented";
+    return nullptr;
+  }
+  Group* g_;
+  int rank_;
+};
+
+// Element (i, j) of the (6, 4) test tensor "w", and element i of the (5) vector "b".
+float w_value(int64_t i, int64_t j) { return static_cast<float>(10 * i + j); }
+
+// A (rows, cols) block of w starting at (r0, c0), row-major.
+Tensor w_block(int64_t r0, int64_t c0, int64_t rows, int64_t cols) {
+  Tensor t = Tensor::empty({rows, cols}, DType::kF32);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) t.data<float>()[i * cols + j] = w_value(r0 + i, c0 + j);
+  return t;
+}
+
+// "w" written by four ranks as a 2 x 2 grid of (3, 2) boxes (a tp x pp style split), "b" as flat
+// ZeRO ranges (mid-tensor cuts), through the real save_checkpoint.
+// `mirrored`: rank r writes the box rank 3 - r writes otherwise, so the stored entries are read in
+// the opposite geometric order (a wrong copy that a later, right one would overwrite in one
+// checkpoint is the last word in the other).
+absl::StatusOr<std::string> write_box_checkpoint(const std::string& root, bool mirrored = false) {
+  ThreadComm::Group group(4);
+  std::vector<absl::StatusOr<std::string>> dirs(4);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 4; ++r) {
+    ranks.emplace_back([&, r] {
+      ThreadComm comm(&group, r);
+      RankContribution mine;
+      const int q = mirrored ? 3 - r : r;
+      const int64_t r0 = 3 * (q / 2), c0 = 2 * (q % 2);
+      mine.pieces.push_back(parallel::Piece::boxed("w", {6, 4}, parallel::Box{{r0, c0}, {3, 2}},
+                                                   w_block(r0, c0, 3, 2)));
+      const int64_t cuts[] = {0, 2, 3, 3, 5};  // rank 2 holds none of b
+      const int64_t n = cuts[r + 1] - cuts[r];
+      Tensor b = Tensor::empty({n}, DType::kF32);
+      for (int64_t i = 0; i < n; ++i) b.data<float>()[i] = 1000.0f + cuts[r] + i;
+      if (n > 0) mine.pieces.push_back({"b", {5}, cuts[r], b});
+      Manifest h;
+      h.set_step(3);
+      auto* l = h.mutable_layout();
+      l->set_world_size(4);
+      l->set_dp(1);
+      l->set_tp(2);
+      l->set_pp(2);
+      dirs[r] = save_checkpoint(root, h, mine, comm);
+    });
+  }
+  for (std::thread& t : ranks) t.join();
+  for (const absl::StatusOr<std::string>& d : dirs)
+    if (!d.ok()) return d.status();
+  return dirs[0];
+}
+
+TEST(Reshard, TwoDBoxesLoadIntoAnyOtherLayoutExactly) {
+  absl::StatusOr<std::string> written = write_box_checkpoint(fresh_dir("boxes"));
+  ASSERT_TRUE(written.ok()) << written.status().message();
+  const std::string dir = *written;
+  absl::StatusOr<Manifest> m = read_checkpoint_manifest(dir);
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  EXPECT_EQ(m->format_version(), kManifestBoxVersion);
+  int boxes = 0;
+  for (const TensorEntry& e : m->tensors()) boxes += e.box_offset_size() > 0;
+  EXPECT_EQ(boxes, 4);
+  ASSERT_TRUE(verify_checkpoint(dir, *m).ok());
+  using parallel::Box;
+  using parallel::Piece;
+  // Each layout: the pieces every rank of it would want (together, the whole tensor).
+  struct Layout {
+    std::string name;
+    std::vector<Piece> pieces;
+  };
+  std::vector<Layout> layouts;
+  auto boxes_of = [](const std::vector<Box>& bs) {
+    std::vector<Piece> out;
+    for (const Box& b : bs)
+      out.push_back(Piece::boxed("w", {6, 4}, b, Tensor::full(b.length, -1.0, DType::kF32)));
+    return out;
+  };
+  layouts.push_back({"whole", boxes_of({{{0, 0}, {6, 4}}})});
+  layouts.push_back({"rows / 3", boxes_of({{{0, 0}, {2, 4}}, {{2, 0}, {2, 4}}, {{4, 0}, {2, 4}}})});
+  layouts.push_back({"columns / 2", boxes_of({{{0, 0}, {6, 2}}, {{0, 2}, {6, 2}}})});
+  layouts.push_back({"3 x 2 grid of (2, 2)", boxes_of({{{0, 0}, {2, 2}},
+                                                       {{0, 2}, {2, 2}},
+                                                       {{2, 0}, {2, 2}},
+                                                       {{2, 2}, {2, 2}},
+                                                       {{4, 0}, {2, 2}},
+                                                       {{4, 2}, {2, 2}}})});
+  layouts.push_back(
+      {"odd boxes straddling the stored ones",
+       boxes_of({{{0, 0}, {1, 4}}, {{1, 0}, {4, 1}}, {{1, 1}, {4, 3}}, {{5, 0}, {1, 4}}})});
+  Layout zero{"flat ZeRO ranges over 5 ranks", {}};
+  for (auto [from, to] :
+       std::vector<std::pair<int64_t, int64_t>>{{0, 5}, {5, 10}, {10, 15}, {15, 20}, {20, 24}})
+    zero.pieces.push_back({"w", {6, 4}, from, Tensor::full({to - from}, -1.0, DType::kF32)});
+  layouts.push_back(zero);
+  // A wanted piece that is not f32 contiguous CPU (the staging path): f64 columns.
+  layouts.push_back(
+      {"f64 columns",
+       {Piece::boxed("w", {6, 4}, Box{{0, 1}, {6, 3}}, Tensor::zeros({6, 3}, DType::kF64)),
+        Piece::boxed("w", {6, 4}, Box{{0, 0}, {6, 1}}, Tensor::zeros({6, 1}, DType::kF64))}});
+  written = write_box_checkpoint(fresh_dir("boxes_mirrored"), true);
+  ASSERT_TRUE(written.ok()) << written.status().message();
+  const std::string mirrored = *written;
+  absl::StatusOr<Manifest> mm = read_checkpoint_manifest(mirrored);
+  ASSERT_TRUE(mm.ok()) << mm.status().message();
+  for (int pass = 0; pass < 2 * static_cast<int>(layouts.size()); ++pass) {
+    const Layout& layout = layouts[pass / 2];
+    const bool mirror = pass % 2 == 1;
+    SCOPED_TRACE(layout.name + (mirror ? " (mirrored writer)" : ""));
+    for (const Piece& p : layout.pieces) raw::fill(p.local, -1.0);
+    absl::Status s =
+        read_checkpoint_pieces(mirror ? mirrored : dir, mirror ? *mm : *m, layout.pieces);
+    ASSERT_TRUE(s.ok()) << s.message();
+    int64_t seen = 0;
+    for (const Piece& p : layout.pieces) {
+      const std::vector<double> v = p.local.to_vector();
+      // Element k of the piece is global element (i, j): from the box, or from the flat offset.
+      for (int64_t k = 0; k < static_cast<int64_t>(v.size()); ++k) {
+        int64_t i, j;
+        if (p.is_box()) {
+          i = p.box.offset[0] + k / p.box.length[1];
+          j = p.box.offset[1] + k % p.box.length[1];
+        } else {
+          i = (p.offset + k) / 4;
+          j = (p.offset + k) % 4;
+        }
+        ASSERT_EQ(v[k], w_value(i, j)) << "element (" << i << ", " << j << ")";
+        ++seen;
+      }
+    }
+    EXPECT_EQ(seen, 24);
+  }
+  // The flat-written "b" into boxes, and "w" whole.
+  Piece b = Piece::boxed("b", {5}, Box{{1}, {3}}, Tensor::zeros({3}));
+  ASSERT_TRUE(read_checkpoint_pieces(dir, *m, {b}).ok());
+  EXPECT_EQ(b.local.to_vector(), (std::vector<double>{1001, 1002, 1003}));
+  absl::StatusOr<Tensor> w = read_full_tensor(dir, *m, "w");
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->to_vector()[4 * 5 + 3], 53.0);
+  // A damaged box is named by its box.
+  const TensorEntry* e1 = nullptr;
+  for (const TensorEntry& e : m->tensors())
+    if (e.name() == "w" && e.rank() == 1) e1 = &e;
+  ASSERT_NE(e1, nullptr);
+  std::string f = read_bytes(dir + "/" + e1->file());
+  f[e1->file_offset() + 5] ^= 0x01;
+  write_bytes(dir + "/" + e1->file(), f);
+  absl::Status s = read_checkpoint_pieces(dir, *m, boxes_of({{{0, 3}, {1, 1}}}));
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("checksum mismatch in tensor 'w' (box [0:3, 2:4]"));
+  // Rank 1's box is not read for a piece it does not touch.
+  EXPECT_TRUE(read_checkpoint_pieces(dir, *m, boxes_of({{{3, 0}, {3, 4}}})).ok());
+}
+
+TEST(Manifest, BoxEntriesMustTileTheTensor) {
+  Manifest m = small_manifest();
+  m.set_format_version(kManifestBoxVersion);
+  // "w" (5, 7): rows [0, 2) as a box, elements [14, 35) flat (rows 2-4).
+  m.clear_tensors();
+  auto add = [&](std::vector<int64_t> off, std::vector<int64_t> len, int64_t flat_off,
+                 int64_t flat_len) {
+    TensorEntry* e = m.add_tensors();
+    e->set_name("w");
+    e->add_shape(5);
+    e->add_shape(7);
+    e->set_dtype(F32);
+    e->set_file("rank_00000.bin");
+    int64_t n = 1;
+    for (size_t d = 0; d < off.size(); ++d) {
+      e->add_box_offset(off[d]);
+      e->add_box_length(len[d]);
+      n *= len[d];
+    }
+    e->set_shard_offset(off.empty() ? flat_off : 0);
+    e->set_shard_length(off.empty() ? flat_len : n);
+    return e;
+  };
+  add({0, 0}, {2, 4}, 0, 0);
+  add({0, 4}, {2, 3}, 0, 0);
+  add({}, {}, 14, 21);
+  ASSERT_TRUE(validate_manifest(m).ok()) << validate_manifest(m).message();
+  auto fails = [&](const std::function<void(Manifest*)>& edit, const std::string& what) {
+    Manifest bad = m;
+    edit(&bad);
+    absl::Status s = validate_manifest(bad);
+    EXPECT_THAT(std::string(s.message()), HasSubstr(what)) << what;
+  };
+  fails([](Manifest* b) { b->set_format_version(kManifestFormatVersion); },
+        "needs format_version 2");
+  fails([](Manifest* b) { b->mutable_tensors(1)->set_box_offset(1, 3); }, "overlap in [0:2, 3:4]");
+  fails([](Manifest* b) { b->mutable_tensors(2)->set_shard_offset(13); }, "overlap in [1:2, 6:7]");
+  fails(
+      [](Manifest* b) {
+        b->mutable_tensors(2)->set_shard_offset(15);
+        b->mutable_tensors(2)->set_shard_length(20);
+      },
+      "pieces cover 34 of 35");
+  fails([](Manifest* b) { b->mutable_tensors(1)->set_box_length(1, 4); }, "outside its shape");
+  fails([](Manifest* b) { b->mutable_tensors(1)->set_shard_length(5); }, "shard_length 6");
 }
 
 TEST(Retention, KeepsLastKEveryMthAndLatest) {

@@ -36,6 +36,22 @@ struct ModelSpec {
   }
 };
 
+// The part of a model that a pipeline stage builds: the token (and position) embedding or not,
+// blocks [first_block, end_block), the final norm, classifier and loss or not. The default is the
+// whole model. A stage's parameters keep the whole model's names ("h.2.attn.c_attn.weight" on the
+// stage holding block 2) and equal its values bit for bit for the same seed: construction skips
+// the generator counters of every part it leaves out (initialisation never depends on the split).
+// GPT-2's tied classifier: a stage with the head but not the embedding still holds "wte.weight"
+// (initialised exactly as the first stage's; it serves only as the classifier there). The copies
+// start equal; pipeline parallelism keeps them equal by summing their gradients across the first
+// and last stage, and writes one of them to checkpoints.
+struct StageSpec {
+  bool embedding = true;
+  int64_t first_block = 0;
+  int64_t end_block = -1;  // -1: n_layer
+  bool head = true;
+};
+
 // The spec a resolved ModelConfig describes (see models/presets.h for resolution, parameter counts
 // and FLOPs per token).
 ModelSpec spec_from_config(const ModelConfig& model);
@@ -48,6 +64,19 @@ class LanguageModel : public nn::Module, public parallel::Shardable {
   // Mean cross-entropy of forward(ids) against targets (B, T) (ignore index -100); a 0-dim f32
   // tensor.
   virtual Tensor loss(const Tensor& ids, const Tensor& targets);
+
+  // Stage pieces (pipeline parallelism composes them: embed -> run_block over the stage's blocks
+  // -> head_loss; the whole model's loss() is exactly that composition).
+  // REQUIRES: the stage has the embedding. (B, T) ids -> (B, T, C) hidden.
+  virtual Tensor embed(const Tensor& ids) = 0;
+  // Block i of this stage (global block first_block() + i); applies the block hook and recompute.
+  virtual Tensor run_block(int i, const Tensor& x) = 0;
+  // REQUIRES: the stage has the head. Final norm, classifier and mean cross-entropy of (B, T, C)
+  // hidden states against (B, T) targets; a 0-dim f32 tensor.
+  virtual Tensor head_loss(const Tensor& x, const Tensor& targets) = 0;
+  // What this model builds (end_block resolved); the whole model unless built by build_stage.
+  const StageSpec& stage() const { return stage_; }
+  int first_block() const { return static_cast<int>(stage_.first_block); }
 
   const ModelSpec& spec() const { return spec_; }
   void set_compute_dtype(DType t) { compute_ = t; }
@@ -68,6 +97,7 @@ class LanguageModel : public nn::Module, public parallel::Shardable {
 
  protected:
   ModelSpec spec_;
+  StageSpec stage_;
   DType compute_ = DType::kF32;
   Recompute recompute_ = Recompute::kNone;
   bool fp8_ = false;
@@ -78,5 +108,9 @@ class LanguageModel : public nn::Module, public parallel::Shardable {
 // Builds a model with GPT-2 initialisation (N(0, init_std); residual output projections scaled by
 // 1/sqrt(2L)) from a fixed seed: the same seed gives the same parameters on every machine.
 std::unique_ptr<LanguageModel> build_model(const ModelSpec& spec, uint64_t seed);
+// One pipeline stage of that model (see StageSpec): its parameters equal the same-named ones of
+// build_model(spec, seed) bit for bit.
+std::unique_ptr<LanguageModel> build_stage(const ModelSpec& spec, uint64_t seed,
+                                           const StageSpec& stage);
 
 }  // namespace kiln::models

@@ -27,8 +27,8 @@ double residual_std(const ModelSpec& s) {
 }
 
 std::shared_ptr<nn::Linear> make_linear(const ModelSpec& s, int64_t in, int64_t out, double std,
-                                        Generator& gen, nn::ShardKind shard) {
-  return std::make_shared<nn::Linear>(in, out, s.bias, std, gen, shard, s.param_dtype);
+                                        Generator& gen) {
+  return std::make_shared<nn::Linear>(in, out, s.bias, std, gen, s.param_dtype);
 }
 
 // (B, T, H*D) -> (B, H, T, D)
@@ -51,34 +51,39 @@ Tensor maybe_dropout(const Tensor& x, double p, Generator& gen, bool train) {
 Attention::Attention(const ModelSpec& s, Generator& gen) : spec(s) {
   const int64_t c = s.d_model, d = s.head_dim();
   if (is_gpt2(s)) {
-    c_attn = register_module("c_attn",
-                             make_linear(s, c, 3 * c, s.init_std, gen, nn::ShardKind::kColumn));
-    c_proj =
-        register_module("c_proj", make_linear(s, c, c, residual_std(s), gen, nn::ShardKind::kRow));
+    c_attn = register_module("c_attn", make_linear(s, c, 3 * c, s.init_std, gen));
+    c_proj = register_module("c_proj", make_linear(s, c, c, residual_std(s), gen));
   } else {
-    q_proj = register_module(
-        "q_proj", make_linear(s, c, s.n_head * d, s.init_std, gen, nn::ShardKind::kColumn));
-    k_proj = register_module(
-        "k_proj", make_linear(s, c, s.n_kv_head * d, s.init_std, gen, nn::ShardKind::kColumn));
-    v_proj = register_module(
-        "v_proj", make_linear(s, c, s.n_kv_head * d, s.init_std, gen, nn::ShardKind::kColumn));
-    o_proj = register_module(
-        "o_proj", make_linear(s, s.n_head * d, c, residual_std(s), gen, nn::ShardKind::kRow));
+    q_proj = register_module("q_proj", make_linear(s, c, s.n_head * d, s.init_std, gen));
+    k_proj = register_module("k_proj", make_linear(s, c, s.n_kv_head * d, s.init_std, gen));
+    v_proj = register_module("v_proj", make_linear(s, c, s.n_kv_head * d, s.init_std, gen));
+    o_proj = register_module("o_proj", make_linear(s, s.n_head * d, c, residual_std(s), gen));
   }
+}
+
+int64_t Attention::local_heads() const {
+  const int64_t d = spec.head_dim();
+  return is_gpt2(spec) ? c_attn->weight.size(0) / (3 * d) : q_proj->weight.size(0) / d;
+}
+
+int64_t Attention::local_kv_heads() const {
+  return is_gpt2(spec) ? local_heads() : k_proj->weight.size(0) / spec.head_dim();
 }
 
 Tensor Attention::forward(const Tensor& x, DType compute, Recompute rc, Generator& drop,
                           bool train) {
   Tensor q, k, v;
+  const int64_t heads = local_heads(), kv_heads = local_kv_heads();
   if (is_gpt2(spec)) {
-    auto qkv = split(c_attn->forward(x, compute), {spec.d_model, spec.d_model, spec.d_model}, -1);
-    q = split_heads(qkv[0], spec.n_head);
-    k = split_heads(qkv[1], spec.n_head);
-    v = split_heads(qkv[2], spec.n_head);
+    const int64_t w = heads * spec.head_dim();  // the width of each of q, k and v here
+    auto qkv = split(c_attn->forward(x, compute), {w, w, w}, -1);
+    q = split_heads(qkv[0], heads);
+    k = split_heads(qkv[1], heads);
+    v = split_heads(qkv[2], heads);
   } else {
-    q = rotary_embedding(split_heads(q_proj->forward(x, compute), spec.n_head), spec.rope_theta);
-    k = rotary_embedding(split_heads(k_proj->forward(x, compute), spec.n_kv_head), spec.rope_theta);
-    v = split_heads(v_proj->forward(x, compute), spec.n_kv_head);
+    q = rotary_embedding(split_heads(q_proj->forward(x, compute), heads), spec.rope_theta);
+    k = rotary_embedding(split_heads(k_proj->forward(x, compute), kv_heads), spec.rope_theta);
+    v = split_heads(v_proj->forward(x, compute), kv_heads);
   }
   Tensor y;
   if (rc == Recompute::kSelective) {  // keep q, k, v; recompute the attention core in backward
@@ -98,16 +103,12 @@ Tensor Attention::forward(const Tensor& x, DType compute, Recompute rc, Generato
 Mlp::Mlp(const ModelSpec& s, Generator& gen) : spec(s) {
   const int64_t c = s.d_model, f = s.d_ff;
   if (is_gpt2(s)) {
-    c_fc = register_module("c_fc", make_linear(s, c, f, s.init_std, gen, nn::ShardKind::kColumn));
-    c_proj =
-        register_module("c_proj", make_linear(s, f, c, residual_std(s), gen, nn::ShardKind::kRow));
+    c_fc = register_module("c_fc", make_linear(s, c, f, s.init_std, gen));
+    c_proj = register_module("c_proj", make_linear(s, f, c, residual_std(s), gen));
   } else {
-    gate_proj =
-        register_module("gate_proj", make_linear(s, c, f, s.init_std, gen, nn::ShardKind::kColumn));
-    up_proj =
-        register_module("up_proj", make_linear(s, c, f, s.init_std, gen, nn::ShardKind::kColumn));
-    down_proj = register_module("down_proj",
-                                make_linear(s, f, c, residual_std(s), gen, nn::ShardKind::kRow));
+    gate_proj = register_module("gate_proj", make_linear(s, c, f, s.init_std, gen));
+    up_proj = register_module("up_proj", make_linear(s, c, f, s.init_std, gen));
+    down_proj = register_module("down_proj", make_linear(s, f, c, residual_std(s), gen));
   }
 }
 
@@ -168,40 +169,67 @@ Tensor Block::forward(const Tensor& x, DType compute, Recompute rc, Generator& d
   return add(hn.first, m);
 }
 
-Transformer::Transformer(const ModelSpec& s, uint64_t seed) : LanguageModel(s) {
+uint64_t Block::init_counters(const ModelSpec& s) {
+  // The weights every block draws (biases and norms are constants); the stage test fails if this
+  // disagrees with what the constructors draw.
+  const int64_t c = s.d_model, f = s.d_ff, d = s.head_dim();
+  if (is_gpt2(s)) return randn_counters(3 * c * c + c * c + f * c + c * f);
+  return randn_counters(s.n_head * d * c + 2 * s.n_kv_head * d * c + c * s.n_head * d + 3 * f * c);
+}
+
+Transformer::Transformer(const ModelSpec& s, uint64_t seed, const StageSpec& stage)
+    : LanguageModel(s) {
   KILN_CHECK(s.n_head > 0 && s.d_model % s.n_head == 0)
       << "model: n_head " << s.n_head << " must divide d_model " << s.d_model;
   KILN_CHECK(s.n_kv_head > 0 && s.n_head % s.n_kv_head == 0)
       << "model: n_kv_head " << s.n_kv_head << " must divide n_head " << s.n_head;
+  stage_ = stage;
+  if (stage_.end_block < 0) stage_.end_block = s.n_layer;
+  const int64_t first = stage_.first_block, end = stage_.end_block;
+  KILN_CHECK(0 <= first && first <= end && end <= s.n_layer)
+      << "model stage: blocks [" << first << ", " << end << ") outside the model's " << s.n_layer;
+  // Every part draws from one generator in the whole model's order; a part this stage leaves out
+  // reserves (skips) exactly the counters it would have drawn, so the rest draw the same numbers.
   Generator gen(seed);
   const bool gpt2 = is_gpt2(s);
-  wte = register_module(gpt2 ? "wte" : "embed_tokens",
-                        std::make_shared<nn::Embedding>(s.padded_vocab(), s.d_model, s.init_std,
-                                                        gen, nn::ShardKind::kVocab, s.param_dtype));
-  if (gpt2) {
-    wpe = register_module(
-        "wpe", std::make_shared<nn::Embedding>(s.max_seq_len, s.d_model, s.init_std, gen,
-                                               nn::ShardKind::kReplicated, s.param_dtype));
+  const bool tied_head = stage_.head && s.tied_embeddings;
+  if (stage_.embedding || tied_head) {
+    wte = register_module(gpt2 ? "wte" : "embed_tokens",
+                          std::make_shared<nn::Embedding>(s.padded_vocab(), s.d_model, s.init_std,
+                                                          gen, s.param_dtype));
+  } else {
+    gen.reserve(randn_counters(s.padded_vocab() * s.d_model));
   }
-  for (int64_t i = 0; i < s.n_layer; ++i)
+  if (gpt2 && stage_.embedding) {
+    wpe = register_module("wpe", std::make_shared<nn::Embedding>(s.max_seq_len, s.d_model,
+                                                                 s.init_std, gen, s.param_dtype));
+  } else if (gpt2) {
+    gen.reserve(randn_counters(s.max_seq_len * s.d_model));
+  }
+  gen.reserve(static_cast<uint64_t>(first) * Block::init_counters(s));
+  for (int64_t i = first; i < end; ++i)
     h.push_back(register_module((gpt2 ? "h." : "layers.") + std::to_string(i),
                                 std::make_shared<Block>(s, gen)));
-  if (gpt2) {
-    ln_f = register_module(
-        "ln_f", std::make_shared<nn::LayerNorm>(s.d_model, s.norm_eps, s.bias, s.param_dtype));
-  } else {
-    norm = register_module("norm",
-                           std::make_shared<nn::RMSNorm>(s.d_model, s.norm_eps, s.param_dtype));
-  }
-  if (!s.tied_embeddings) {
-    lm_head = register_module(
-        "lm_head", std::make_shared<nn::Linear>(s.d_model, s.padded_vocab(), false, s.init_std, gen,
-                                                nn::ShardKind::kVocab, s.param_dtype));
+  gen.reserve(static_cast<uint64_t>(s.n_layer - end) * Block::init_counters(s));
+  if (stage_.head) {
+    if (gpt2) {
+      ln_f = register_module(
+          "ln_f", std::make_shared<nn::LayerNorm>(s.d_model, s.norm_eps, s.bias, s.param_dtype));
+    } else {
+      norm = register_module("norm",
+                             std::make_shared<nn::RMSNorm>(s.d_model, s.norm_eps, s.param_dtype));
+    }
+    if (!s.tied_embeddings) {
+      lm_head = register_module(
+          "lm_head", std::make_shared<nn::Linear>(s.d_model, s.padded_vocab(), false, s.init_std,
+                                                  gen, s.param_dtype));
+    }
   }
   dropout_gen_ = Generator(seed ^ 0x5eed);
 }
 
 Tensor Transformer::embed(const Tensor& ids) {
+  KILN_CHECK(stage_.embedding) << "model: this stage has no embedding";
   KILN_CHECK(ids.dim() == 2) << "model: ids must be (B, T), got " << ids.str();
   const int64_t t = ids.size(1);
   KILN_CHECK(t <= spec_.max_seq_len)
@@ -229,7 +257,7 @@ std::vector<std::vector<int>> Transformer::block_parameter_indices() const {
   for (int i = 0; i < static_cast<int>(params.size()); ++i) {
     const std::string& n = params[i].name;
     if (n.rfind(prefix, 0) != 0) continue;
-    out[std::stoi(n.substr(prefix.size()))].push_back(i);
+    out[std::stoi(n.substr(prefix.size())) - first_block()].push_back(i);
   }
   return out;
 }
@@ -257,6 +285,7 @@ Tensor Transformer::run_block_unhooked(int i, const Tensor& x) {
 }
 
 Tensor Transformer::head(const Tensor& x) {
+  KILN_CHECK(stage_.head) << "model: this stage has no head";
   Tensor n = ln_f ? ln_f->forward(x) : norm->forward(x);
   if (lm_head) return lm_head->forward(n, compute_);
   return linear(n, nn::to_compute(wte->weight, compute_));
@@ -274,14 +303,67 @@ Tensor LanguageModel::loss(const Tensor& ids, const Tensor& targets) {
   return cross_entropy(logits.reshape({-1, v}), targets.reshape({-1}));
 }
 
-Tensor Transformer::loss(const Tensor& ids, const Tensor& targets) {
-  Tensor x = embed(ids);
-  for (size_t i = 0; i < h.size(); ++i) x = run_block(static_cast<int>(i), x);
+Tensor Transformer::head_loss(const Tensor& x, const Tensor& targets) {
+  KILN_CHECK(stage_.head) << "model: this stage has no head";
   Tensor n = ln_f ? ln_f->forward(x) : norm->forward(x);
   const Tensor& w = lm_head ? lm_head->weight : wte->weight;
   // Classifier and loss fused: on CUDA the (B*T, V) logits are never stored whole.
   return linear_cross_entropy(n.reshape({-1, n.size(-1)}), nn::to_compute(w, compute_),
                               targets.reshape({-1}));
+}
+
+Tensor Transformer::loss(const Tensor& ids, const Tensor& targets) {
+  Tensor x = embed(ids);
+  for (size_t i = 0; i < h.size(); ++i) x = run_block(static_cast<int>(i), x);
+  return head_loss(x, targets);
+}
+
+parallel::TpPlan Transformer::tensor_parallel_plan() const {
+  using parallel::TpStyle;
+  parallel::TpPlan plan;
+  auto add = [&plan](const std::string& name, TpStyle style, int dim, int partitions = 1) {
+    plan.entries.push_back({name, style, dim, partitions});
+  };
+  // A linear layer: column splits weight and bias along OUT; row splits the weight along IN and
+  // keeps the bias whole.
+  auto linear_layer = [&](const std::string& m, const nn::Linear& l, TpStyle style,
+                          int partitions = 1) {
+    add(m + ".weight", style, style == TpStyle::kColumn ? 0 : 1, partitions);
+    if (l.bias.defined()) add(m + ".bias", style, style == TpStyle::kColumn ? 0 : -1, partitions);
+  };
+  auto norm_layer = [&](const std::string& m, bool bias) {
+    add(m + ".weight", TpStyle::kSequence, -1);
+    if (bias) add(m + ".bias", TpStyle::kSequence, -1);
+  };
+  const bool gpt2 = is_gpt2(spec_);
+  if (wte) add(std::string(gpt2 ? "wte" : "embed_tokens") + ".weight", TpStyle::kVocab, 0);
+  if (wpe) add("wpe.weight", TpStyle::kReplicated, -1);
+  for (size_t i = 0; i < h.size(); ++i) {
+    const Block& b = *h[i];
+    const std::string p = (gpt2 ? "h." : "layers.") + std::to_string(first_block() + i) + ".";
+    if (gpt2) {
+      norm_layer(p + "ln_1", b.ln_1->bias.defined());
+      linear_layer(p + "attn.c_attn", *b.attn->c_attn, TpStyle::kColumn, 3);  // q, k, v
+      linear_layer(p + "attn.c_proj", *b.attn->c_proj, TpStyle::kRow);
+      norm_layer(p + "ln_2", b.ln_2->bias.defined());
+      linear_layer(p + "mlp.c_fc", *b.mlp->c_fc, TpStyle::kColumn);
+      linear_layer(p + "mlp.c_proj", *b.mlp->c_proj, TpStyle::kRow);
+    } else {
+      norm_layer(p + "input_layernorm", false);
+      linear_layer(p + "self_attn.q_proj", *b.attn->q_proj, TpStyle::kColumn);
+      linear_layer(p + "self_attn.k_proj", *b.attn->k_proj, TpStyle::kColumn);
+      linear_layer(p + "self_attn.v_proj", *b.attn->v_proj, TpStyle::kColumn);
+      linear_layer(p + "self_attn.o_proj", *b.attn->o_proj, TpStyle::kRow);
+      norm_layer(p + "post_attention_layernorm", false);
+      linear_layer(p + "mlp.gate_proj", *b.mlp->gate_proj, TpStyle::kColumn);
+      linear_layer(p + "mlp.up_proj", *b.mlp->up_proj, TpStyle::kColumn);
+      linear_layer(p + "mlp.down_proj", *b.mlp->down_proj, TpStyle::kRow);
+    }
+  }
+  if (ln_f) norm_layer("ln_f", ln_f->bias.defined());
+  if (norm) norm_layer("norm", false);
+  if (lm_head) add("lm_head.weight", TpStyle::kVocab, 0);
+  return plan;
 }
 
 ModelSpec spec_from_config(const ModelConfig& m) {
@@ -307,6 +389,11 @@ ModelSpec spec_from_config(const ModelConfig& m) {
 
 std::unique_ptr<LanguageModel> build_model(const ModelSpec& spec, uint64_t seed) {
   return std::make_unique<Transformer>(spec, seed);
+}
+
+std::unique_ptr<LanguageModel> build_stage(const ModelSpec& spec, uint64_t seed,
+                                           const StageSpec& stage) {
+  return std::make_unique<Transformer>(spec, seed, stage);
 }
 
 }  // namespace kiln::models

@@ -16,6 +16,11 @@ class Attention : public nn::Module {
  public:
   Attention(const ModelSpec& s, Generator& gen);
   Tensor forward(const Tensor& x, DType compute, Recompute rc, Generator& drop, bool train);
+  // Heads this module computes, read from its weights' shapes (not the spec), so that a
+  // tensor-parallel shard holding some heads' rows runs with those heads: GPT-2 c_attn rows /
+  // (3 * head_dim), Llama q_proj rows / head_dim (and k_proj rows / head_dim kv heads).
+  int64_t local_heads() const;
+  int64_t local_kv_heads() const;
   const ModelSpec spec;
   std::shared_ptr<nn::Linear> c_attn, c_proj;                  // GPT-2: fused qkv (3C, C), (C, C)
   std::shared_ptr<nn::Linear> q_proj, k_proj, v_proj, o_proj;  // Llama
@@ -33,6 +38,8 @@ class Mlp : public nn::Module {
 class Block : public nn::Module {
  public:
   Block(const ModelSpec& s, Generator& gen);
+  // Generator counters a block's construction draws (a stage reserves them for blocks it skips).
+  static uint64_t init_counters(const ModelSpec& s);
   // x: (B, T, C) in the compute dtype -> same.
   Tensor forward(const Tensor& x, DType compute, Recompute rc, Generator& drop, bool train);
   const ModelSpec spec;
@@ -44,20 +51,27 @@ class Block : public nn::Module {
 
 class Transformer : public LanguageModel {
  public:
-  Transformer(const ModelSpec& s, uint64_t seed);
+  // The whole model, or the stage `stage` describes (see StageSpec in models/model.h).
+  Transformer(const ModelSpec& s, uint64_t seed, const StageSpec& stage = StageSpec());
   Tensor forward(const Tensor& ids) override;
   Tensor loss(const Tensor& ids, const Tensor& targets) override;
-  // Pieces, for pipeline stages and tests.
-  Tensor embed(const Tensor& ids);           // (B, T) -> (B, T, C)
-  Tensor run_block(int i, const Tensor& x);  // applies the block hook and the recompute policy
-  Tensor head(const Tensor& x);              // final norm + classifier -> (B, T, V)
+  // Pieces, for pipeline stages and tests (see LanguageModel).
+  Tensor embed(const Tensor& ids) override;           // (B, T) -> (B, T, C)
+  Tensor run_block(int i, const Tensor& x) override;  // local block i; hook and recompute
+  Tensor head(const Tensor& x);                       // final norm + classifier -> (B, T, V)
+  Tensor head_loss(const Tensor& x, const Tensor& targets) override;
+  // Column: c_attn (3 partitions: q, k, v), c_fc, q/k/v/gate/up_proj; row: attention and MLP
+  // output projections (their biases replicated); vocab: wte / embed_tokens and lm_head; norms:
+  // sequence; wpe: replicated.
+  parallel::TpPlan tensor_parallel_plan() const override;
   // Sets nn::Linear::fp8 on every linear layer of the blocks (attention and MLP).
   void set_fp8(bool on) override;
   int num_blocks() const override { return static_cast<int>(h.size()); }
   std::vector<std::vector<int>> block_parameter_indices() const override;
 
+  // Members a stage does not build are null (wte is built for the head of a tied stage too).
   std::shared_ptr<nn::Embedding> wte, wpe;  // GPT-2 names (Llama: wte = embed_tokens)
-  std::vector<std::shared_ptr<Block>> h;
+  std::vector<std::shared_ptr<Block>> h;    // the stage's blocks: h[i] is block first_block() + i
   std::shared_ptr<nn::LayerNorm> ln_f;
   std::shared_ptr<nn::RMSNorm> norm;
   std::shared_ptr<nn::Linear> lm_head;  // untied only

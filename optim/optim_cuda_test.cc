@@ -40,8 +40,8 @@ ParamPair make_params(uint64_t seed) {
     g.set_requires_grad(true);
     const std::string name = "p" + std::to_string(i);
     const bool decay = i % 2 == 0;
-    pp.cpu.push_back({name, c, nn::ShardKind::kReplicated, decay});
-    pp.gpu.push_back({name, g, nn::ShardKind::kReplicated, decay});
+    pp.cpu.push_back({name, c, decay});
+    pp.gpu.push_back({name, g, decay});
   }
   return pp;
 }

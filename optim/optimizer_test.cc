@@ -11,7 +11,7 @@ namespace {
 nn::Parameter make_param(const std::string& name, std::vector<double> v, bool decay) {
   Tensor t = Tensor::from_vector(v, {static_cast<int64_t>(v.size())});
   t.set_requires_grad(true);
-  return {name, t, nn::ShardKind::kReplicated, decay};
+  return {name, t, decay};
 }
 
 TEST(AdamW, MatchesReferenceUpdateOverSteps) {

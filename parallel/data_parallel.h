@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "optim/optimizer.h"
+#include "parallel/box.h"
 #include "parallel/communicator.h"
 #include "parallel/grad_sync.h"
 #include "parallel/shardable.h"
@@ -47,13 +48,28 @@ struct DataParallelOptions {
 using OptimizerFactory =
     std::function<std::unique_ptr<optim::Optimizer>(std::vector<nn::Parameter> pieces)>;
 
-// One rank's piece of a named tensor: elements [offset, offset + local.numel()) of its flattened
-// global form (checkpoints store and reshard these).
+// One rank's piece of a named tensor (checkpoints store and reshard these). Two forms, one meaning:
+// - flat (box unset): elements [offset, offset + local.numel()) of the flattened global tensor,
+//   as ZeRO shards them; it stands for the boxes parallel::flat_range_boxes gives (at most 2N - 1);
+// - box (box.offset.size() == global_shape.size() > 0): the elements of `box`, held by `local`
+//   row-major (local.numel() == box_volume(box)); `offset` is 0. A tensor-parallel shard (rows or
+//   columns of a weight) is one such piece.
 struct Piece {
   std::string name;
   Shape global_shape;
   int64_t offset = 0;
   Tensor local;
+  Box box;
+
+  static Piece boxed(std::string name, Shape global_shape, Box box, Tensor local) {
+    return {std::move(name), std::move(global_shape), 0, std::move(local), std::move(box)};
+  }
+  bool is_box() const { return !global_shape.empty() && box.offset.size() == global_shape.size(); }
+  // The boxes this piece covers, each placed at its first element in `local` (flattened).
+  std::vector<PlacedBox> placed_boxes() const {
+    if (is_box()) return {{box, 0}};
+    return place_flat_range(global_shape, offset, local.numel());
+  }
 };
 
 class DataParallel : public GradSync {

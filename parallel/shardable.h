@@ -1,13 +1,15 @@
 // What a model offers parallel wrappers that act on it from outside: its repeated blocks, the
-// parameters of each, and a hook around every block call (ZeRO-3 gathers a block's parameters
-// around it; pipeline stages will split at block boundaries). models/ implements it; parallel/ uses
-// it, so the dependency points down (models -> parallel) and models never mention ranks.
+// parameters of each, a hook around every block call (ZeRO-3 gathers a block's parameters
+// around it; pipeline stages split at block boundaries), and its tensor-parallel plan. models/
+// implements it; parallel/ uses it, so the dependency points down (models -> parallel) and models
+// never mention ranks.
 #pragma once
 
 #include <functional>
 #include <vector>
 
 #include "core/nn/module.h"
+#include "parallel/tp_plan.h"
 
 namespace kiln::parallel {
 
@@ -18,11 +20,14 @@ class Shardable {
                                          const std::function<Tensor(const Tensor&)>& run)>;
   virtual ~Shardable() = default;
   virtual nn::Module& module() = 0;
+  // Blocks this model (or model stage) holds; hooks and indices below count them from 0.
   virtual int num_blocks() const = 0;
   // For each block, the indices (into module().parameters()) of its parameters; the others are
   // "root" parameters (embeddings, final norm, head).
   virtual std::vector<std::vector<int>> block_parameter_indices() const = 0;
   virtual void set_block_hook(BlockHook h) = 0;
+  // How tensor parallelism splits each parameter of module() (one entry per parameter).
+  virtual TpPlan tensor_parallel_plan() const = 0;
 };
 
 }  // namespace kiln::parallel

@@ -13,13 +13,9 @@ namespace kiln::nn {
 Tensor to_compute(const Tensor& x, DType dtype) { return x.dtype() == dtype ? x : cast(x, dtype); }
 
 Linear::Linear(int64_t in, int64_t out, bool has_bias, double init_std, Generator& gen,
-               ShardKind shard, DType dtype) {
-  weight = register_parameter("weight", randn({out, in}, gen, dtype, Device::cpu(), 0.0, init_std),
-                              shard);
-  if (has_bias) {
-    bias = register_parameter("bias", Tensor::zeros({out}, dtype),
-                              shard == ShardKind::kColumn ? shard : ShardKind::kReplicated);
-  }
+               DType dtype) {
+  weight = register_parameter("weight", randn({out, in}, gen, dtype, Device::cpu(), 0.0, init_std));
+  if (has_bias) bias = register_parameter("bias", Tensor::zeros({out}, dtype));
 }
 
 bool Linear::uses_fp8(const Tensor& x, DType compute) const {
@@ -39,10 +35,9 @@ Tensor Linear::forward(const Tensor& x, DType compute) const {
   return linear(to_compute(x, compute), to_compute(weight, compute), b);
 }
 
-Embedding::Embedding(int64_t num, int64_t dim, double init_std, Generator& gen, ShardKind shard,
-                     DType dtype) {
-  weight = register_parameter("weight", randn({num, dim}, gen, dtype, Device::cpu(), 0.0, init_std),
-                              shard);
+Embedding::Embedding(int64_t num, int64_t dim, double init_std, Generator& gen, DType dtype) {
+  weight =
+      register_parameter("weight", randn({num, dim}, gen, dtype, Device::cpu(), 0.0, init_std));
 }
 
 Tensor Embedding::forward(const Tensor& ids, DType compute) const {

@@ -16,7 +16,7 @@ class Linear : public Module {
  public:
   // weight (OUT, IN) ~ N(0, init_std); bias (OUT) zeros when `bias`.
   Linear(int64_t in, int64_t out, bool bias, double init_std, Generator& gen,
-         ShardKind shard = ShardKind::kReplicated, DType dtype = DType::kF32);
+         DType dtype = DType::kF32);
   // (..., IN) -> (..., OUT). With `fp8` set and uses_fp8(x, compute), runs fp8_linear
   // (core/ops/fp8.h: e4m3 forward, e5m2 gradients); otherwise linear in the compute dtype.
   Tensor forward(const Tensor& x, DType compute) const;
@@ -30,8 +30,7 @@ class Linear : public Module {
 
 class Embedding : public Module {
  public:
-  Embedding(int64_t num, int64_t dim, double init_std, Generator& gen,
-            ShardKind shard = ShardKind::kReplicated, DType dtype = DType::kF32);
+  Embedding(int64_t num, int64_t dim, double init_std, Generator& gen, DType dtype = DType::kF32);
   Tensor forward(const Tensor& ids, DType compute) const;  // (...) ints -> (..., DIM)
   Tensor weight;                                           // (NUM, DIM)
 };

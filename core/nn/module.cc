@@ -6,11 +6,11 @@
 
 namespace kiln::nn {
 
-Tensor& Module::register_parameter(const std::string& name, Tensor t, ShardKind shard) {
+Tensor& Module::register_parameter(const std::string& name, Tensor t) {
   KILN_CHECK(t.defined()) << "register_parameter: " << name << " is undefined";
   for (const Parameter& p : params_) KILN_CHECK(p.name != name) << "duplicate parameter " << name;
   if (!t.requires_grad()) t.set_requires_grad(true);
-  params_.push_back({name, t, shard, t.dim() >= 2});
+  params_.push_back({name, t, t.dim() >= 2});
   return params_.back().tensor;
 }
 

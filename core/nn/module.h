@@ -1,7 +1,7 @@
 // nn::Module: a tree of named submodules and parameters. Names are hierarchical ("h.3.attn.c_attn.
-// weight"); checkpoints, sharding, optimizers and export all key on them. Each parameter carries
-// sharding metadata (how tensor parallelism may split it) so parallel wrappers can act from
-// outside.
+// weight"); checkpoints, sharding, optimizers and export all key on them. How tensor parallelism
+// splits a parameter is not stored here: models declare it as data keyed by these names
+// (parallel/tp_plan.h), so parallel wrappers act from outside.
 #pragma once
 
 #include <memory>
@@ -13,18 +13,9 @@
 
 namespace kiln::nn {
 
-// How a parameter may be split across tensor-parallel ranks.
-enum class ShardKind {
-  kReplicated,  // every rank holds all of it (norms, biases of row-parallel layers)
-  kColumn,      // split along dim 0 of the weight (output features): column-parallel linear
-  kRow,         // split along dim 1 (input features): row-parallel linear
-  kVocab,       // split along dim 0 (vocabulary rows): vocab-parallel embedding / classifier
-};
-
 struct Parameter {
-  std::string name;  // full hierarchical name
-  Tensor tensor;     // a leaf requiring grad
-  ShardKind shard = ShardKind::kReplicated;
+  std::string name;   // full hierarchical name
+  Tensor tensor;      // a leaf requiring grad
   bool decay = true;  // weight decay applies (default rule: >= 2-D weights decay, others do not)
 };
 
@@ -45,8 +36,7 @@ class Module {
   bool training() const { return training_; }
 
  protected:
-  Tensor& register_parameter(const std::string& name, Tensor t,
-                             ShardKind shard = ShardKind::kReplicated);
+  Tensor& register_parameter(const std::string& name, Tensor t);
   template <typename M>
   std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
     children_.emplace_back(name, m);
