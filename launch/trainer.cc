@@ -659,14 +659,12 @@ absl::StatusOr<bool> Trainer::checkpoint_after_step(TrainSummary* sum) {
   sum->checkpoint = *path;
   if (sig == 0) return false;
   sum->interrupted = true;
+  set_agreed_stop_signal(sig);  // train_cli's exit status (launch/signals.h)
   if (world_.rank == 0) {
     std::printf(
         "kiln: caught %s: saved %s after step %lld; stopping (run the same command to "
         "resume)\n",
-        sig == SIGTERM  ? "SIGTERM"
-        : sig == SIGINT ? "SIGINT"
-                        : "a signal",
-        path->c_str(), static_cast<long long>(step_));
+        signal_name(sig).c_str(), path->c_str(), static_cast<long long>(step_));
     std::fflush(stdout);
   }
   return true;
