@@ -102,10 +102,12 @@ absl::Status Trainer::init() {
                    (cfg_.device() == TrainConfig::AUTO && cuda_available());
   if (gpu && !cuda_available())
     return absl::FailedPreconditionError("device: CUDA requested but no GPU is available");
-  device_ = gpu ? Device::cuda(world_.local_rank) : Device::cpu();
+  // Local rank modulo the visible GPUs (srun --gpus-per-task=1 shows each task one GPU).
+  const int gpu_index = gpu ? parallel::local_device(world_, cuda_backend().device_count()) : 0;
+  device_ = gpu ? Device::cuda(gpu_index) : Device::cpu();
 #if KILN_WITH_CUDA
   if (gpu) {
-    cuda::set_device(world_.local_rank);
+    cuda::set_device(gpu_index);
     cuda::set_deterministic(cfg_.training().deterministic());
   }
 #endif
@@ -242,12 +244,19 @@ absl::Status Trainer::make_layout(bool gpu) {
   parallel::set_collective_timeout(p.timeout_s());
   parallel::Communicator* base = world_comm_.get();
   if (gpu && world_.size > 1) {
-    auto nccl = parallel::make_nccl(*world_comm_, world_.local_rank);
+    auto nccl = parallel::make_nccl(*world_comm_, device_.index);
     if (!nccl.ok()) return nccl.status();
     gpu_comm_ = std::move(*nccl);
     base = gpu_comm_.get();
   }
   dp_comm_ = base;
+  if (world_.rank == 0 && !quiet_)
+    std::printf("kiln: %s\n", parallel::describe_world(
+                                  world_,
+                                  gpu_comm_ ? world_comm_->backend() + " + " + gpu_comm_->backend()
+                                            : world_comm_->backend(),
+                                  device_.str())
+                                  .c_str());
   if (dims_.dp < world_.size) {  // ranks of one (tp, pp) coordinate form a dp group
     const int r = world_.rank;
     dp_group_ = base->split(dims_.pp_rank(r) * dims_.tp + dims_.tp_rank(r), dims_.dp_rank(r));

@@ -10,7 +10,9 @@
     step: KILN_STEP_DELAY_MS) ends the process at once (killed by SIGTERM);
   - checkpoint.save_signal: SIGUSR2 saves and exits 140; "none" leaves SIGUSR1 its default action;
   - two ranks (file rendezvous, no MPI) with SIGUSR1 sent to rank 1 only: both ranks save the same
-    step and exit 138; the resumed two-rank run is bit-identical to the uninterrupted one.
+    step and exit 138; resumed with the same run id (the stopped attempt's files still in the
+    rendezvous directory) the two-rank run ignores those files and is bit-identical to the
+    uninterrupted one.
 
 Usage: signal_process_test.py --kiln PATH [--seed S]
 """
@@ -212,13 +214,13 @@ def main():
     check(rc == 1 and "checkpoint.save_signal" in out, f"save_signal HUP: exit {rc}: {out[-300:]}")
 
     # Two ranks meeting through files; only rank 1 gets SIGUSR1.
-    def two_ranks(run, run_id, step=None):
+    def two_ranks(run, run_id, step=None, extra_env=None, sets=()):
         procs = []
         for r in range(2):
             env = dict(KILN_RANK=str(r), KILN_WORLD_SIZE="2", KILN_LOCAL_RANK=str(r),
                        KILN_LOCAL_WORLD_SIZE="2", KILN_RUN_ID=run_id,
-                       KILN_RENDEZVOUS="file:" + os.path.join(runs.tmp, "rdzv"))
-            procs.append(runs.start(run, env=env))
+                       KILN_RENDEZVOUS="file:" + os.path.join(runs.tmp, "rdzv"), **(extra_env or {}))
+            procs.append(runs.start(run, sets=sets, env=env))
         out0 = signal_at_step(procs[0], step, lambda p: procs[1].send_signal(signal.SIGUSR1)) \
             if step is not None else procs[0].communicate(timeout=300)[0]
         out1, _ = procs[1].communicate(timeout=300)
@@ -234,11 +236,34 @@ def main():
     check(rcs == [138, 138] and m is not None,
           f"two ranks: exit statuses {rcs}:\n{out0[-1000:]}\n{out1[-1000:]}")
     if m:
-        rcs, out0, _ = two_ranks("usr1_2", "usr1_2b")
+        # The same run id again (a requeued job whose id did not change): the files the stopped
+        # attempt left in the rendezvous directory must be ignored, never read.
+        rcs, out0, _ = two_ranks("usr1_2", "usr1_2a")
         r = re.search(r"kiln: resumed from \S+ \(step (\d+)", out0)
+        stale = re.search(r"ignoring (\d+) file\(s\) of an earlier attempt", out0)
+        print(f"two ranks resumed with the same run id: exit statuses {rcs}, "
+              f"'{stale.group(0) if stale else 'no stale files reported'}'", flush=True)
         check(rcs == [0, 0] and r is not None and r.group(1) == m.group(1),
-              f"two ranks resume: {rcs}, {r.group(0) if r else '-'}")
+              f"two ranks resume: {rcs}, {r.group(0) if r else '-'}:\n{out0[-1500:]}")
+        check(stale is not None, "two ranks resume: the earlier attempt's files went unnoticed")
         compare(runs.dir("ref2"), runs.dir("usr1_2"), int(m.group(1)), "two ranks SIGUSR1", 2)
+
+    # A crashed attempt (rank 1 killed at step 4, before the first checkpoint; another seed, so
+    # its data differ) leaves its last collectives' files; the next attempt with the same run id starts from step 0 and passes the
+    # same collective numbers: it must never read those files.
+    rcs, out0, _ = two_ranks("crash_2", "crash_2", extra_env={"KILN_FAULT_INJECT": "1:4:kill"},
+                             sets=["parallel.timeout_s=5", "training.seed=99"])
+    left = sorted(os.listdir(os.path.join(runs.tmp, "rdzv", "crash_2", "w0")))
+    print(f"two ranks, rank 1 killed at step 4: exit statuses {rcs}; left in the rendezvous "
+          f"directory: {left}", flush=True)
+    check(rcs[1] == -signal.SIGKILL and rcs[0] != 0, f"crashed attempt: exit statuses {rcs}")
+    rcs, out0, _ = two_ranks("crash_2", "crash_2")
+    stale = re.search(r"ignoring (\d+) file\(s\) of an earlier attempt", out0)
+    print(f"two ranks, same run id again: exit statuses {rcs}, "
+          f"'{stale.group(0) if stale else 'no stale files reported'}'", flush=True)
+    check(rcs == [0, 0], f"after a crashed attempt: exit statuses {rcs}:\n{out0[-1500:]}")
+    check(stale is not None, "after a crashed attempt: the stale files went unnoticed")
+    compare(runs.dir("ref2"), runs.dir("crash_2"), 0, "two ranks after a crashed attempt", 2)
 
     print(f"signal_process_test: {len(failures)} failure(s) in {time.time() - t0:.1f} s", flush=True)
     sys.exit(1 if failures else 0)
