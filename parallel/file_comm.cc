@@ -250,6 +250,17 @@ class FileCommunicator final : public Communicator {
   std::map<int, int64_t> sent_, received_;
 };
 
+// When this process started (near enough: static initialisation), to tell an earlier attempt's
+// files from those this attempt's ranks wrote before rank 0 arrived.
+const std::chrono::system_clock::time_point kProcessStart = std::chrono::system_clock::now();
+
+bool older_than_this_process(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return false;
+  return std::chrono::system_clock::from_time_t(st.st_mtime) + std::chrono::seconds(1) <
+         kProcessStart;
+}
+
 // A nonce no earlier attempt can have written: random bits, the pid and the time.
 std::string fresh_nonce() {
   std::random_device rd;
@@ -277,8 +288,12 @@ absl::StatusOr<std::string> agree_attempt(const std::string& dir, int rank, int 
     if (DIR* d = ::opendir(dir.c_str())) {
       while (dirent* e = ::readdir(d)) {
         const std::string name = e->d_name;
-        if (name == "attempt" || name.rfind("hello.", 0) == 0)
-          stale += std::remove((dir + "/" + name).c_str()) == 0;
+        if (name != "attempt" && name.rfind("hello.", 0) != 0) continue;
+        // Every attempt / hello file goes (a rank of this attempt rewrites its hello); only those
+        // older than this process are reported as an earlier attempt's.
+        const std::string path = dir + "/" + name;
+        const bool old = name == "attempt" || older_than_this_process(path);
+        if (std::remove(path.c_str()) == 0 && old) ++stale;
       }
       ::closedir(d);
     }
