@@ -254,11 +254,14 @@ class FileCommunicator final : public Communicator {
 // files from those this attempt's ranks wrote before rank 0 arrived.
 const std::chrono::system_clock::time_point kProcessStart = std::chrono::system_clock::now();
 
+// Older by more than 30 s, as the ranks of one attempt can start seconds apart on a loaded node
+// (a file of an earlier attempt that is younger is still ignored, just not reported).
 bool older_than_this_process(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return false;
-  return std::chrono::system_clock::from_time_t(st.st_mtime) + std::chrono::seconds(1) <
-         kProcessStart;
+  const auto mtime = std::chrono::system_clock::from_time_t(st.st_mtim.tv_sec) +
+                     std::chrono::nanoseconds(st.st_mtim.tv_nsec);
+  return mtime + std::chrono::seconds(30) < kProcessStart;
 }
 
 // A nonce no earlier attempt can have written: random bits, the pid and the time.
