@@ -10,6 +10,7 @@
 #include "core/parallel.h"
 #include "data/tokenizer.h"
 #include "launch/config.h"
+#include "launch/signals.h"
 #include "launch/trainer.h"
 #include "models/presets.h"
 #include "parallel/world.h"
@@ -73,7 +74,10 @@ void print_usage(const char* cmd, const char* what) {
       "                     kiln export writes them) unless resuming (training.init_from)\n"
       "  --print-config     print the resolved config and exit\n"
       "  --quiet            no per-step lines (metrics files are still written)\n"
-      "Run with mpirun -np N or srun for data parallelism; each rank reads the same config.\n",
+      "Run with mpirun -np N or srun for data parallelism; each rank reads the same config.\n"
+      "Exit status: 0 when the run finished; after SIGTERM / SIGINT / SIGUSR1 (checkpoint.\n"
+      "save_signal) kiln saves a checkpoint and exits 128 + the signal (143 / 130 / 138);\n"
+      "1 on errors, 2 on bad arguments.\n",
       cmd, what);
 }
 
@@ -128,6 +132,12 @@ int load(int argc, char** argv, const char* cmd, const char* what, TrainConfig* 
     std::fprintf(stderr, "kiln %s: %s\n", cmd, std::string(s.message()).c_str());
     return 1;
   }
+  absl::StatusOr<int> save_sig = parse_save_signal(c->checkpoint().save_signal());
+  if (!save_sig.ok()) {
+    std::fprintf(stderr, "kiln %s: %s\n", cmd, std::string(save_sig.status().message()).c_str());
+    return 1;
+  }
+  set_save_signal(*save_sig);
   if (a.print_config) {
     std::printf("%s", PrintConfig(*c).c_str());
     return 0;
@@ -160,6 +170,8 @@ int train_main(int argc, char** argv) {
     std::fprintf(stderr, "kiln train: %s\n", std::string(r.status().message()).c_str());
     return 1;
   }
+  // Stopped by a signal after saving: not a finished run (launch/signals.h has the statuses).
+  if (r->interrupted) return stop_exit_status(agreed_stop_signal());
   return 0;
 }
 

@@ -13,63 +13,11 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "launch/checkpoint.h"
+#include "launch/signals.h"
 #include "launch/trainer_log.h"
 
 namespace kiln::launch {
 namespace {
-
-// Test hook for the fault-tolerance tests: KILN_FAULT_INJECT="RANK:STEP:ACTION" makes rank RANK, at
-// the start of step STEP, die by SIGKILL ("kill"), exit(3) ("exit") or sleep forever ("hang").
-void maybe_inject_fault(int rank, int64_t step) {
-  static const char* spec = std::getenv("KILN_FAULT_INJECT");
-  if (!spec) return;
-  int r = -1;
-  long long s = -1;
-  char action[16] = {0};
-  if (std::sscanf(spec, "%d:%lld:%15s", &r, &s, action) != 3 || r != rank || s != step) return;
-  std::fprintf(stderr, "kiln: fault injection: rank %d %s at step %lld\n", rank, action, s);
-  std::fflush(stderr);
-  if (std::strcmp(action, "kill") == 0) raise(SIGKILL);
-  if (std::strcmp(action, "exit") == 0) std::_Exit(3);
-  if (std::strcmp(action, "hang") == 0)
-    for (;;) pause();
-}
-
-// SIGTERM / SIGINT while checkpoint.save_on_signal: the first one sets the flag (the trainer saves
-// and stops after the current step); a second one gets the default action (exit at once).
-volatile std::sig_atomic_t g_stop_signal = 0;
-
-void on_stop_signal(int sig) {
-  if (g_stop_signal != 0) {
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
-    return;
-  }
-  g_stop_signal = sig;
-}
-
-// Installs the handlers for the lifetime of a run and restores the previous ones after it.
-class StopSignalScope {
- public:
-  explicit StopSignalScope(bool on) : on_(on) {
-    if (!on_) return;
-    g_stop_signal = 0;
-    struct sigaction sa = {};
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, &old_term_);
-    sigaction(SIGINT, &sa, &old_int_);
-  }
-  ~StopSignalScope() {
-    if (!on_) return;
-    sigaction(SIGTERM, &old_term_, nullptr);
-    sigaction(SIGINT, &old_int_, nullptr);
-  }
-
- private:
-  bool on_;
-  struct sigaction old_term_ = {}, old_int_ = {};
-};
 
 #ifndef KILN_GIT_COMMIT
 #define KILN_GIT_COMMIT "unknown"
@@ -221,14 +169,12 @@ absl::StatusOr<bool> Trainer::checkpoint_after_step(TrainSummary* sum) {
   sum->checkpoint = *path;
   if (sig == 0) return false;
   sum->interrupted = true;
+  set_agreed_stop_signal(sig);  // train_cli's exit status (launch/signals.h)
   if (world_.rank == 0) {
     std::printf(
         "kiln: caught %s: saved %s after step %lld; stopping (run the same command to "
         "resume)\n",
-        sig == SIGTERM  ? "SIGTERM"
-        : sig == SIGINT ? "SIGINT"
-                        : "a signal",
-        path->c_str(), static_cast<long long>(step_));
+        signal_name(sig).c_str(), path->c_str(), static_cast<long long>(step_));
     std::fflush(stdout);
   }
   return true;

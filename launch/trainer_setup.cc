@@ -72,10 +72,12 @@ absl::Status Trainer::make_device() {
                    (cfg_.device() == TrainConfig::AUTO && cuda_available());
   if (gpu && !cuda_available())
     return absl::FailedPreconditionError("device: CUDA requested but no GPU is available");
-  device_ = gpu ? Device::cuda(world_.local_rank) : Device::cpu();
+  // Local rank modulo the visible GPUs (srun --gpus-per-task=1 shows each task one GPU).
+  const int gpu_index = gpu ? parallel::local_device(world_, cuda_backend().device_count()) : 0;
+  device_ = gpu ? Device::cuda(gpu_index) : Device::cpu();
 #if KILN_WITH_CUDA
   if (gpu) {
-    cuda::set_device(world_.local_rank);
+    cuda::set_device(gpu_index);
     cuda::set_deterministic(cfg_.training().deterministic());
   }
 #endif
@@ -96,10 +98,14 @@ absl::Status Trainer::make_mesh() {
   parallel::MeshOptions opts;
   opts.gpu = device_.is_cuda();
   opts.timeout_s = p.timeout_s();
+  opts.device_index = device_.is_cuda() ? device_.index : 0;
   absl::StatusOr<std::unique_ptr<parallel::Mesh>> mesh =
       parallel::Mesh::create(*dims, world_, opts);
   if (!mesh.ok()) return mesh.status();
   mesh_ = std::move(*mesh);
+  if (world_.rank == 0 && !quiet_)
+    std::printf("kiln: %s\n",
+                parallel::describe_world(world_, mesh_->backends(), device_.str()).c_str());
   return absl::OkStatus();
 }
 

@@ -5,9 +5,19 @@
 // it has seen every rank's k-1 file, which each rank writes only after it has finished k-2, so
 // nobody reads the k-2 files any more. Send/recv use one file per message, deleted by the
 // receiver. Waits are bounded by the collective timeout, like the MPI and NCCL backends.
+//
+// Attempts: a directory may hold files of an earlier attempt of the same run id (a requeued job
+// whose id did not change, a crash). Before any collective the ranks agree on a fresh attempt
+// through a handshake no earlier attempt can satisfy: rank 0 deletes the old hello / attempt files,
+// every other rank writes hello.r<rank> holding a random nonce (rewritten until answered), rank 0
+// collects them and writes `attempt` listing every rank's nonce, and each rank waits until that
+// file lists its own nonce. The collectives then live in a<rank 0's nonce>/, where no file of an
+// earlier attempt can be.
 #include "parallel/file_comm.h"
 
+#include <dirent.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +29,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <random>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -238,6 +250,105 @@ class FileCommunicator final : public Communicator {
   std::map<int, int64_t> sent_, received_;
 };
 
+// When this process started (near enough: static initialisation), to tell an earlier attempt's
+// files from those this attempt's ranks wrote before rank 0 arrived.
+const std::chrono::system_clock::time_point kProcessStart = std::chrono::system_clock::now();
+
+// Older by more than 30 s, as the ranks of one attempt can start seconds apart on a loaded node
+// (a file of an earlier attempt that is younger is still ignored, just not reported).
+bool older_than_this_process(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return false;
+  const auto mtime = std::chrono::system_clock::from_time_t(st.st_mtim.tv_sec) +
+                     std::chrono::nanoseconds(st.st_mtim.tv_nsec);
+  return mtime + std::chrono::seconds(30) < kProcessStart;
+}
+
+// A nonce no earlier attempt can have written: random bits, the pid and the time.
+std::string fresh_nonce() {
+  std::random_device rd;
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  const uint64_t a = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(ts.tv_nsec);
+  const uint64_t b = (static_cast<uint64_t>(::getpid()) << 32) ^ static_cast<uint64_t>(ts.tv_sec);
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "%016llx%08llx", static_cast<unsigned long long>(a),
+                static_cast<unsigned long long>(b & 0xffffffffu));
+  return buf;
+}
+
+// The handshake described at the top; returns the attempt directory (created).
+absl::StatusOr<std::string> agree_attempt(const std::string& dir, int rank, int size) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::duration<double>(collective_timeout());
+  const std::string attempt_file = dir + "/attempt";
+  const std::string mine = fresh_nonce();
+  std::vector<std::string> nonces(size);
+  nonces[rank] = mine;
+  std::string got;
+  if (rank == 0) {
+    int stale = 0;
+    if (DIR* d = ::opendir(dir.c_str())) {
+      while (dirent* e = ::readdir(d)) {
+        const std::string name = e->d_name;
+        if (name != "attempt" && name.rfind("hello.", 0) != 0) continue;
+        // Every attempt / hello file goes (a rank of this attempt rewrites its hello); only those
+        // older than this process are reported as an earlier attempt's.
+        const std::string path = dir + "/" + name;
+        const bool old = name == "attempt" || older_than_this_process(path);
+        if (std::remove(path.c_str()) == 0 && old) ++stale;
+      }
+      ::closedir(d);
+    }
+    if (stale > 0)
+      std::fprintf(stderr,
+                   "kiln: file rendezvous %s: ignoring %d file(s) of an earlier attempt of this "
+                   "run id\n",
+                   dir.c_str(), stale);
+    for (int j = 1, polls = 0; j < size; ++polls) {
+      if (try_read(absl::StrCat(dir, "/hello.r", j), &got) && !got.empty()) {
+        nonces[j] = got;
+        ++j;
+        continue;
+      }
+      if (std::chrono::steady_clock::now() > deadline)
+        return absl::DeadlineExceededError(absl::StrCat(
+            "file rendezvous ", dir, ": rank ", j, " of ", size, " did not arrive within ",
+            collective_timeout(), " s (parallel.timeout_s)"));
+      std::this_thread::sleep_for(std::chrono::milliseconds(polls < 500 ? 2 : 50));
+    }
+    const std::string adir = absl::StrCat(dir, "/a", mine);
+    if (::mkdir(adir.c_str(), 0755) != 0 && errno != EEXIST)
+      return absl::UnavailableError(
+          absl::StrCat("KILN_RENDEZVOUS: cannot create ", adir, ": ", std::strerror(errno)));
+    std::string all;
+    for (const std::string& n : nonces) all += n + "\n";
+    write_atomic(attempt_file, all);
+    return adir;
+  }
+  const std::string hello = absl::StrCat(dir, "/hello.r", rank);
+  auto last_hello = start - std::chrono::seconds(1);
+  for (int polls = 0;; ++polls) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_hello > std::chrono::milliseconds(200)) {  // rank 0 may have deleted it
+      write_atomic(hello, mine);
+      last_hello = now;
+    }
+    if (try_read(attempt_file, &got)) {
+      std::vector<std::string> lines;
+      std::istringstream in(got);
+      for (std::string l; std::getline(in, l);) lines.push_back(l);
+      if (static_cast<int>(lines.size()) == size && lines[rank] == mine)
+        return absl::StrCat(dir, "/a", lines[0]);
+    }
+    if (now > deadline)
+      return absl::DeadlineExceededError(
+          absl::StrCat("file rendezvous ", dir, ": rank 0 did not answer rank ", rank, " within ",
+                       collective_timeout(), " s (parallel.timeout_s)"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(polls < 500 ? 2 : 50));
+  }
+}
+
 std::string env_or(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? std::string(v) : fallback;
@@ -263,7 +374,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> make_file_comm(const std::string& 
   if (::access(dir.c_str(), W_OK) != 0)
     return absl::UnavailableError(
         absl::StrCat("KILN_RENDEZVOUS: ", dir, " is not writable: ", std::strerror(errno)));
-  return std::unique_ptr<Communicator>(std::make_unique<FileCommunicator>(dir, rank, size));
+  absl::StatusOr<std::string> attempt = agree_attempt(dir, rank, size);
+  if (!attempt.ok()) return attempt.status();
+  return std::unique_ptr<Communicator>(std::make_unique<FileCommunicator>(*attempt, rank, size));
 }
 
 absl::StatusOr<std::string> rendezvous_dir() {
@@ -272,9 +385,13 @@ absl::StatusOr<std::string> rendezvous_dir() {
   if (spec.rfind("file:", 0) != 0 || spec.size() == 5)
     return absl::InvalidArgumentError(absl::StrCat(
         "KILN_RENDEZVOUS='", spec, "': expected file:DIR (a directory every rank sees)"));
+  // Keyed by restart: a requeued Slurm job keeps its job and step ids but counts restarts.
+  const std::string restart = env_or("SLURM_RESTART_COUNT", "");
   std::string id = env_or("KILN_RUN_ID", "");
+  if (!id.empty() && !restart.empty() && restart != "0") id += ".r" + restart;
   if (id.empty() && !env_or("SLURM_JOB_ID", "").empty())
-    id = env_or("SLURM_JOB_ID", "") + "." + env_or("SLURM_STEP_ID", "0");
+    id = env_or("SLURM_JOB_ID", "") + "." + env_or("SLURM_STEP_ID", "0") + ".r" +
+         (restart.empty() ? "0" : restart);
   if (id.empty())
     return absl::InvalidArgumentError(
         "KILN_RENDEZVOUS is set but no run id: set KILN_RUN_ID to a value unique to this run (the "
@@ -289,6 +406,14 @@ absl::StatusOr<std::unique_ptr<Communicator>> make_world_comm(const World& world
   absl::StatusOr<std::string> dir = rendezvous_dir();
   if (!dir.ok()) return dir.status();
   if (!dir->empty()) return make_file_comm(*dir, world.rank, world.size);
+  if (world.launcher == "slurm" && env_or("PMIX_RANK", "").empty() &&
+      env_or("PMI_RANK", "").empty() && env_or("PMI_FD", "").empty())
+    // Said before MPI_Init, which would fail without a process-management interface.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "srun started ", world.size,
+        " tasks without PMI (MpiDefault=none or --mpi=none): run srun --mpi=pmix, or set "
+        "KILN_RENDEZVOUS=file:DIR (a directory every task sees) to meet through files; see "
+        "docs/SLURM.md"));
   if (world.launcher == "env")
     return absl::InvalidArgumentError(
         "launched with KILN_RANK / KILN_WORLD_SIZE but without MPI: set KILN_RENDEZVOUS=file:DIR "

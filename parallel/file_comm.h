@@ -17,13 +17,19 @@ namespace kiln::parallel {
 // REQUIRES: 0 <= rank < size; every rank calls this the same number of times in the same order
 // (the n-th communicator of each process meets the others' n-th, in base/w<n>). `base` is created
 // if missing; it must be private to this run (no files of another run in it), which
-// `rendezvous_dir` arranges. Fails when the directory cannot be created or written.
+// `rendezvous_dir` arranges. Before the first collective the ranks agree on a fresh attempt (a
+// handshake of per-process nonces; files an earlier attempt left in `base` are never read).
+// Fails when the directory cannot be created or written, or a rank does not arrive within the
+// collective timeout.
 absl::StatusOr<std::unique_ptr<Communicator>> make_file_comm(const std::string& base, int rank,
                                                              int size);
 
 // The run's rendezvous directory from KILN_RENDEZVOUS=file:DIR: DIR/RUN_ID, with RUN_ID from
-// KILN_RUN_ID or else Slurm's SLURM_JOB_ID.SLURM_STEP_ID. Returns "" when KILN_RENDEZVOUS is unset;
-// InvalidArgument naming the variable when it is malformed or no run id is set.
+// KILN_RUN_ID (plus .r<N> when SLURM_RESTART_COUNT=N > 0) or else Slurm's
+// SLURM_JOB_ID.SLURM_STEP_ID.r<SLURM_RESTART_COUNT, 0 when unset>, so a requeued job meets in a
+// new directory. (Files of an earlier attempt with the same id are never read either: see
+// make_file_comm's handshake.) Returns "" when KILN_RENDEZVOUS is unset; InvalidArgument naming
+// the variable when it is malformed or no run id is set.
 absl::StatusOr<std::string> rendezvous_dir();
 
 // The CPU world communicator for `world`: single for one rank; the file communicator when

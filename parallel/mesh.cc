@@ -19,6 +19,10 @@ absl::Status check_dims(const ParallelDims& dims, int world_size) {
 
 Mesh::~Mesh() = default;
 
+std::string Mesh::backends() const {
+  return owned_device_ ? world_->backend() + " + " + owned_device_->backend() : world_->backend();
+}
+
 absl::StatusOr<std::unique_ptr<Mesh>> Mesh::create(const ParallelDims& dims, const World& world,
                                                    const MeshOptions& opts) {
   absl::Status s = check_dims(dims, world.size);
@@ -31,7 +35,7 @@ absl::StatusOr<std::unique_ptr<Mesh>> Mesh::create(const ParallelDims& dims, con
   if (opts.timeout_s > 0) set_collective_timeout(opts.timeout_s);
   Communicator* base = mesh->world_;
   if (opts.gpu && world.size > 1) {
-    absl::StatusOr<std::unique_ptr<Communicator>> nccl = make_nccl(*mesh->world_, world.local_rank);
+    absl::StatusOr<std::unique_ptr<Communicator>> nccl = make_nccl(*mesh->world_, opts.device_index);
     if (!nccl.ok()) return nccl.status();
     mesh->owned_device_ = std::move(*nccl);
     base = mesh->owned_device_.get();

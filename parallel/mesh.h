@@ -12,6 +12,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -27,6 +28,8 @@ struct MeshOptions {
   // parallel.timeout_s: set (set_collective_timeout) once the world communicator exists and
   // before any group is made; <= 0 leaves the current timeout.
   double timeout_s = 0;
+  // The CUDA device NCCL uses (parallel::local_device: the local rank modulo the visible GPUs).
+  int device_index = 0;
 };
 
 class Mesh {
@@ -51,6 +54,8 @@ class Mesh {
   // The CPU world communicator: control (agreeing on a stop, checkpoint files), never tensors of
   // the model on a GPU.
   Communicator& world() const { return *world_; }
+  // "mpi", "file", "single" (the world), with " + nccl" when the groups run over NCCL.
+  std::string backends() const;
   // The groups, on the training device's backend (NCCL on GPUs). A group of one rank is a
   // single-process communicator; a group of the whole world is the world (or NCCL) itself.
   Communicator& dp() const { return *dp_; }

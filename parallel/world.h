@@ -18,8 +18,20 @@ struct World {
   std::string launcher = "single";  // "env", "mpi", "slurm" or "single"
 };
 
-// Reads the world from the environment.
+// Reads the world from the environment. Slurm's task variables count only inside a job step
+// (srun sets SLURM_STEP_ID; a batch script has SLURM_PROCID / SLURM_NTASKS of the whole job but
+// is one process): the size is the step's (SLURM_STEP_NUM_TASKS), the local size this node's
+// entry of SLURM_STEP_TASKS_PER_NODE ("4(x2),3": 4 on nodes 0-1, 3 on node 2).
 World detect_world();
+
+// The GPU a rank uses: its local rank modulo the devices it sees (`visible` > 0), so that
+// one-GPU-per-task launches (srun --gpus-per-task=1: each task sees only its GPU, as device 0)
+// and all-GPUs-visible launches both work.
+int local_device(const World& world, int visible);
+
+// One line for the start-up banner: world size, launcher, this rank, communicator, device.
+std::string describe_world(const World& world, const std::string& communicator,
+                           const std::string& device);
 
 struct ParallelDims {
   int dp = 1, tp = 1, pp = 1;

@@ -1,7 +1,8 @@
-// The world from each launcher's environment (kiln's own KILN_*, Open MPI, Slurm; precedence when
-// several are set), ParallelDims coordinates, the rendezvous directory from KILN_RENDEZVOUS, and
-// make_world_comm's errors for launches it cannot serve. Single process: the variables are set
-// and cleared by the tests themselves.
+// The world from each launcher's environment (kiln's own KILN_*, Open MPI, Slurm inside a job
+// step only; precedence when several are set), the local device, the banner, ParallelDims
+// coordinates, the rendezvous directory from KILN_RENDEZVOUS, and make_world_comm's errors for
+// launches it cannot serve. Single process: the variables are set and cleared by the tests
+// themselves.
 #include "parallel/world.h"
 
 #include <gmock/gmock.h>
@@ -33,7 +34,15 @@ const char* const kVars[] = {"KILN_RANK",
                              "SLURM_LOCALID",
                              "SLURM_NTASKS_PER_NODE",
                              "SLURM_JOB_ID",
-                             "SLURM_STEP_ID"};
+                             "SLURM_STEP_ID",
+                             "SLURM_STEP_NUM_TASKS",
+                             "SLURM_STEP_TASKS_PER_NODE",
+                             "SLURM_TASKS_PER_NODE",
+                             "SLURM_NODEID",
+                             "SLURM_RESTART_COUNT",
+                             "PMIX_RANK",
+                             "PMI_RANK",
+                             "PMI_FD"};
 
 // Clears every launcher variable for the test and restores the old values after it.
 class Env : public ::testing::Test {
@@ -68,16 +77,82 @@ TEST_F(Env, NoLauncherIsASingleProcess) {
 }
 
 TEST_F(Env, SlurmGivesRankSizeAndLocalRank) {
+  set("SLURM_STEP_ID", "0");  // inside srun
   set("SLURM_NTASKS", "16");
   set("SLURM_PROCID", "9");
   set("SLURM_LOCALID", "1");
-  set("SLURM_NTASKS_PER_NODE", "8(x2)");  // Slurm's compressed form for 2 nodes of 8
+  set("SLURM_NODEID", "1");
+  set("SLURM_STEP_TASKS_PER_NODE", "8(x2)");  // Slurm's compressed form for 2 nodes of 8
   const World w = detect_world();
   EXPECT_EQ(w.launcher, "slurm");
   EXPECT_EQ(w.size, 16);
   EXPECT_EQ(w.rank, 9);
   EXPECT_EQ(w.local_rank, 1);
   EXPECT_EQ(w.local_size, 8);
+}
+
+// A batch script of a 2-task job has SLURM_PROCID=0 and SLURM_NTASKS=2 but no job step: `kiln
+// eval` there is one process (this is what failed before).
+TEST_F(Env, SlurmTaskVariablesOutsideAJobStepAreASingleProcess) {
+  set("SLURM_JOB_ID", "12");
+  set("SLURM_NTASKS", "2");
+  set("SLURM_PROCID", "0");
+  set("SLURM_LOCALID", "0");
+  set("SLURM_TASKS_PER_NODE", "2");
+  World w = detect_world();
+  EXPECT_EQ(w.launcher, "single");
+  EXPECT_EQ(w.size, 1);
+  // srun -n 1 inside that job: a step of one task, though the job has two.
+  set("SLURM_STEP_ID", "3");
+  set("SLURM_STEP_NUM_TASKS", "1");
+  w = detect_world();
+  EXPECT_EQ(w.launcher, "slurm");
+  EXPECT_EQ(w.size, 1);
+}
+
+TEST_F(Env, SlurmLocalSizeIsThisNodesEntryOfTheStepTaskList) {
+  set("SLURM_STEP_ID", "0");
+  set("SLURM_STEP_NUM_TASKS", "11");
+  set("SLURM_PROCID", "9");
+  set("SLURM_LOCALID", "1");
+  set("SLURM_STEP_TASKS_PER_NODE", "4(x2),3");  // nodes 0-1: 4 tasks, node 2: 3
+  set("SLURM_NODEID", "2");
+  EXPECT_EQ(detect_world().local_size, 3);
+  set("SLURM_NODEID", "1");
+  EXPECT_EQ(detect_world().local_size, 4);
+}
+
+TEST_F(Env, LocalDeviceIsLocalRankModuloVisibleDevices) {
+  World w;
+  w.size = 16;
+  w.local_rank = 3;
+  EXPECT_EQ(local_device(w, 8), 3);  // every GPU of the node visible
+  EXPECT_EQ(local_device(w, 1), 0);  // srun --gpus-per-task=1: the task's one GPU is device 0
+  EXPECT_EQ(local_device(w, 2), 1);
+  EXPECT_EQ(local_device(w, 0), 3);  // count unknown: the local rank
+}
+
+TEST_F(Env, BannerNamesWorldLauncherCommunicatorAndDevice) {
+  World w;
+  w.size = 2;
+  w.rank = 0;
+  w.local_size = 2;
+  w.launcher = "slurm";
+  const std::string b = describe_world(w, "mpi + nccl", "cuda:0");
+  EXPECT_THAT(b, HasSubstr("world 2 ranks"));
+  EXPECT_THAT(b, HasSubstr("launcher slurm"));
+  EXPECT_THAT(b, HasSubstr("communicator mpi + nccl"));
+  EXPECT_THAT(b, HasSubstr("device cuda:0"));
+}
+
+TEST_F(Env, SrunWithoutPmiIsAClearErrorBeforeMpiInit) {
+  World w;
+  w.size = 2;
+  w.launcher = "slurm";
+  auto c = make_world_comm(w);  // no PMIX_RANK / PMI_RANK: MPI_Init would fail
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("--mpi=pmix"));
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("KILN_RENDEZVOUS=file:DIR"));
 }
 
 TEST_F(Env, OpenMpiWinsOverSlurmAndKilnWinsOverBoth) {
@@ -131,9 +206,13 @@ TEST_F(Env, RendezvousDirNeedsAFileSpecAndARunId) {
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("KILN_RUN_ID"));
   set("SLURM_JOB_ID", "4711");
   set("SLURM_STEP_ID", "2");
-  EXPECT_EQ(*rendezvous_dir(), "/shared/rdzv/4711.2");  // srun: the job step names the run
+  EXPECT_EQ(*rendezvous_dir(), "/shared/rdzv/4711.2.r0");  // srun: the job step names the run
+  set("SLURM_RESTART_COUNT", "2");  // the job's third attempt (requeued twice)
+  EXPECT_EQ(*rendezvous_dir(), "/shared/rdzv/4711.2.r2");
   set("KILN_RUN_ID", "exp-7");
-  EXPECT_EQ(*rendezvous_dir(), "/shared/rdzv/exp-7");  // an explicit id wins
+  EXPECT_EQ(*rendezvous_dir(), "/shared/rdzv/exp-7.r2");  // an explicit id wins, keyed by restart
+  unsetenv("SLURM_RESTART_COUNT");
+  EXPECT_EQ(*rendezvous_dir(), "/shared/rdzv/exp-7");
   set("KILN_RUN_ID", "../escape");
   r = rendezvous_dir();
   ASSERT_FALSE(r.ok());
