@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "core/backend.h"
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 #include "data/tokenizer.h"
 #include "launch/config.h"
 #include "launch/trainer.h"
