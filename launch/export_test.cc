@@ -1,8 +1,6 @@
 // Hugging Face interchange tests: safetensors writing/reading and header validation, the GPT-2 /
 // Llama name mapping, and export -> import giving bit-identical logits (in process and through
 // `kiln export` / `kiln logits` / `kiln train --init-from`). The JSON reader: core/json_test.cc.
-#include "launch/export.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -16,6 +14,7 @@
 #include "core/check.h"
 #include "core/json.h"
 #include "launch/config.h"
+#include "launch/hf_mapping.h"
 #include "launch/safetensors.h"
 #include "launch/trainer.h"
 #include "models/model.h"

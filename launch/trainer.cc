@@ -23,7 +23,7 @@
 #include "core/ops/elementwise.h"
 #include "core/ops/view.h"
 #include "launch/checkpoint.h"
-#include "launch/export.h"
+#include "launch/hf_mapping.h"
 #include "models/generate.h"
 #include "models/presets.h"
 #include "parallel/file_comm.h"
