@@ -14,7 +14,7 @@
 
 namespace kiln {
 
-absl::StatusOr<TrainConfig> ParseConfig(const std::string& text, const std::string& filename) {
+absl::StatusOr<TrainConfig> parse_config(const std::string& text, const std::string& filename) {
   TrainConfig config;
   config_internal::ParseErrorCollector errors;
   google::protobuf::TextFormat::Parser parser;
@@ -28,18 +28,18 @@ absl::StatusOr<TrainConfig> ParseConfig(const std::string& text, const std::stri
   return absl::InvalidArgumentError(absl::StrJoin(lines, "\n"));
 }
 
-absl::StatusOr<TrainConfig> LoadConfig(const std::string& path,
-                                       const std::vector<std::string>& overrides) {
+absl::StatusOr<TrainConfig> load_config(const std::string& path,
+                                        const std::vector<std::string>& overrides) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("config file '", path, "': cannot open"));
   std::stringstream text;
   text << in.rdbuf();
-  absl::StatusOr<TrainConfig> cfg = ParseConfig(text.str(), path);
+  absl::StatusOr<TrainConfig> cfg = parse_config(text.str(), path);
   if (!cfg.ok()) return cfg.status();
-  absl::Status s = ApplyOverrides(overrides, &*cfg);
+  absl::Status s = apply_overrides(overrides, &*cfg);
   if (!s.ok()) return s;
-  s = ResolveConfig(&*cfg);
-  if (s.ok()) s = Validate(*cfg);
+  s = resolve_config(&*cfg);
+  if (s.ok()) s = validate_config(*cfg);
   if (!s.ok()) {  // every "FIELD: reason" line prefixed with the file
     std::vector<std::string> lines = absl::StrSplit(s.message(), '\n');
     for (std::string& line : lines) line = absl::StrCat(path, ": ", line);
@@ -48,7 +48,7 @@ absl::StatusOr<TrainConfig> LoadConfig(const std::string& path,
   return cfg;
 }
 
-std::string PrintConfig(const TrainConfig& config) {
+std::string print_config(const TrainConfig& config) {
   std::string out;
   google::protobuf::TextFormat::Printer printer;
   printer.PrintToString(config, &out);

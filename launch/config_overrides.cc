@@ -132,7 +132,7 @@ absl::Status set_scalar(pb::Message* msg, const pb::FieldDescriptor* f, std::str
 
 }  // namespace
 
-absl::Status ApplyOverride(const std::string& assignment, TrainConfig* config) {
+absl::Status apply_override(const std::string& assignment, TrainConfig* config) {
   const size_t eq = assignment.find('=');
   if (eq == std::string::npos) {
     return absl::InvalidArgumentError(override_error(assignment, "expected PATH=VALUE"));
@@ -176,9 +176,9 @@ absl::Status ApplyOverride(const std::string& assignment, TrainConfig* config) {
   return absl::InvalidArgumentError(override_error(assignment, "empty path"));
 }
 
-absl::Status ApplyOverrides(const std::vector<std::string>& assignments, TrainConfig* config) {
+absl::Status apply_overrides(const std::vector<std::string>& assignments, TrainConfig* config) {
   for (const std::string& a : assignments) {
-    absl::Status s = ApplyOverride(a, config);
+    absl::Status s = apply_override(a, config);
     if (!s.ok()) return s;
   }
   return absl::OkStatus();

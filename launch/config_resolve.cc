@@ -98,10 +98,10 @@ void resolve_outputs(TrainConfig* cfg) {
 
 }  // namespace
 
-absl::Status ResolveConfig(TrainConfig* cfg) {
+absl::Status resolve_config(TrainConfig* cfg) {
   if (cfg->name().empty()) cfg->set_name("default");
   if (!cfg->has_device()) cfg->set_device(TrainConfig::AUTO);
-  absl::Status model = ResolveModelConfig(cfg->mutable_model());
+  absl::Status model = resolve_model_config(cfg->mutable_model());
   if (!model.ok()) return model;
   resolve_data_and_parallel(cfg);
   resolve_optimizer_and_schedules(cfg);
@@ -110,8 +110,8 @@ absl::Status ResolveConfig(TrainConfig* cfg) {
   return absl::OkStatus();
 }
 
-absl::Status ResolveWorld(int world_size, TrainConfig* cfg) {
-  absl::Status s = ValidateWorld(*cfg, world_size);
+absl::Status resolve_world(int world_size, TrainConfig* cfg) {
+  absl::Status s = validate_world(*cfg, world_size);
   if (!s.ok()) return s;
   ParallelConfig* p = cfg->mutable_parallel();
   if (p->dp() <= 0) p->set_dp(world_size / (p->tp() * p->pp()));
@@ -121,7 +121,7 @@ absl::Status ResolveWorld(int world_size, TrainConfig* cfg) {
   return absl::OkStatus();
 }
 
-int64_t GradAccumulationSteps(const TrainConfig& cfg) {
+int64_t grad_accumulation_steps(const TrainConfig& cfg) {
   const int64_t unit =
       static_cast<int64_t>(cfg.parallel().micro_batch_size()) * std::max(cfg.parallel().dp(), 1);
   return unit > 0 ? cfg.training().global_batch_size() / unit : 0;

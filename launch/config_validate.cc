@@ -1,5 +1,5 @@
 // Validation of a resolved TrainConfig: every inconsistent or out-of-range value reported as
-// "FIELD: reason", one per line; ValidateWorld adds what needs the world size.
+// "FIELD: reason", one per line; validate_world adds what needs the world size.
 #include <glob.h>
 
 #include <cmath>
@@ -367,7 +367,7 @@ void check_logging_and_eval(const TrainConfig& cfg, Checker& c) {
 
 }  // namespace
 
-absl::Status Validate(const TrainConfig& cfg) {
+absl::Status validate_config(const TrainConfig& cfg) {
   Checker c;
   check_model(cfg.model(), c);
   check_data(cfg, c);
@@ -381,7 +381,7 @@ absl::Status Validate(const TrainConfig& cfg) {
   return c.status();
 }
 
-absl::Status ValidateWorld(const TrainConfig& cfg, int world_size) {
+absl::Status validate_world(const TrainConfig& cfg, int world_size) {
   const ParallelConfig& p = cfg.parallel();
   Checker c;
   if (world_size <= 0 || p.tp() <= 0 || p.pp() <= 0) {

@@ -257,7 +257,7 @@ absl::Status Trainer::init() {
   curriculum_.lengths.assign(cc.discrete_lens().begin(), cc.discrete_lens().end());
   curriculum_.until.assign(cc.discrete_steps().begin(), cc.discrete_steps().end());
   if (curriculum_.kind == optim::CurriculumKind::kNone) curriculum_.max_len = seq;
-  flops_per_token_full_ = TrainingFlopsPerToken(cfg_.model(), seq);
+  flops_per_token_full_ = training_flops_per_token(cfg_.model(), seq);
   (void)dp;
   // Data and metrics.
   s = make_sources();

@@ -141,8 +141,8 @@ TEST(Trainer, RampAndCurriculumChangeTokensPerStep) {
   sc->mutable_seq_len()->set_min_len(8);
   sc->mutable_seq_len()->set_max_len(16);
   sc->mutable_seq_len()->set_steps(10);
-  ASSERT_TRUE(ResolveConfig(&cfg).ok());
-  ASSERT_TRUE(Validate(cfg).ok()) << Validate(cfg).message();
+  ASSERT_TRUE(resolve_config(&cfg).ok());
+  ASSERT_TRUE(validate_config(cfg).ok()) << validate_config(cfg).message();
   TrainSummary s = train(cfg);
   // Fewer tokens than 20 full steps: small batches and short sequences early on.
   EXPECT_LT(s.tokens, 20 * 8 * 16);

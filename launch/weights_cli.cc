@@ -128,7 +128,7 @@ absl::StatusOr<std::unique_ptr<models::LanguageModel>> load_model(const LogitsAr
     manifest = *m;
     *cfg = m->config();
   } else {
-    absl::StatusOr<TrainConfig> c = LoadConfig(a.config, a.sets);
+    absl::StatusOr<TrainConfig> c = load_config(a.config, a.sets);
     if (!c.ok()) return c.status();
     *cfg = *c;
   }

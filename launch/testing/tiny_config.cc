@@ -21,14 +21,14 @@ const char kTinyConfig[] = R"pb(
 )pb";
 
 TrainConfig tiny_config(const std::string& run_dir, const std::string& overrides, int world_size) {
-  absl::StatusOr<TrainConfig> c = ParseConfig(kTinyConfig, "tiny_config");
+  absl::StatusOr<TrainConfig> c = parse_config(kTinyConfig, "tiny_config");
   KILN_CHECK(c.ok()) << c.status().message();
   KILN_CHECK(google::protobuf::TextFormat::MergeFromString(overrides, &*c))
       << "tiny_config overrides are not TrainConfig textproto: " << overrides;
   c->mutable_logging()->set_run_dir(run_dir);
-  absl::Status s = ResolveConfig(&*c);
-  if (s.ok()) s = ResolveWorld(world_size, &*c);
-  if (s.ok()) s = Validate(*c);
+  absl::Status s = resolve_config(&*c);
+  if (s.ok()) s = resolve_world(world_size, &*c);
+  if (s.ok()) s = validate_config(*c);
   KILN_CHECK(s.ok()) << s.message();
   return *c;
 }

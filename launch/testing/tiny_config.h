@@ -17,8 +17,8 @@ namespace kiln::testing {
 extern const char kTinyConfig[];
 
 // kTinyConfig with `overrides` merged over it (textproto; a field given there replaces the
-// fixture's), logging.run_dir = `run_dir`, then ResolveConfig, ResolveWorld(world_size) and
-// Validate. Dies naming the problem when a step fails.
+// fixture's), logging.run_dir = `run_dir`, then resolve_config, resolve_world(world_size) and
+// validate_config. Dies naming the problem when a step fails.
 TrainConfig tiny_config(const std::string& run_dir, const std::string& overrides = "",
                         int world_size = 1);
 
