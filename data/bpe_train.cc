@@ -192,7 +192,7 @@ absl::StatusOr<PieceCounts> count_all(int64_t n, int threads, TextFn text) {
 
 }  // namespace
 
-absl::StatusOr<Tokenizer> TrainBpe(const DocumentSource& source, const BpeTrainOptions& options) {
+absl::StatusOr<Tokenizer> train_bpe(const DocumentSource& source, const BpeTrainOptions& options) {
   if (auto st = check(options); !st.ok()) return st;
   std::vector<RawDocument> docs;
   source.ForEach([&](const RawDocument& d) {
@@ -207,8 +207,8 @@ absl::StatusOr<Tokenizer> TrainBpe(const DocumentSource& source, const BpeTrainO
   return Trainer(*counts, options).Run();
 }
 
-absl::StatusOr<Tokenizer> TrainBpe(const std::vector<std::string>& texts,
-                                   const BpeTrainOptions& options) {
+absl::StatusOr<Tokenizer> train_bpe(const std::vector<std::string>& texts,
+                                    const BpeTrainOptions& options) {
   if (auto st = check(options); !st.ok()) return st;
   auto counts = count_all(static_cast<int64_t>(texts.size()), options.threads,
                           [&](int64_t i, std::string*) -> absl::StatusOr<std::string_view> {

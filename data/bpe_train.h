@@ -25,8 +25,8 @@ struct BpeTrainOptions {
   int threads = 0;  // piece counting; 0: all hardware threads
 };
 
-absl::StatusOr<Tokenizer> TrainBpe(const DocumentSource& source, const BpeTrainOptions& options);
-absl::StatusOr<Tokenizer> TrainBpe(const std::vector<std::string>& texts,
-                                   const BpeTrainOptions& options);
+absl::StatusOr<Tokenizer> train_bpe(const DocumentSource& source, const BpeTrainOptions& options);
+absl::StatusOr<Tokenizer> train_bpe(const std::vector<std::string>& texts,
+                                    const BpeTrainOptions& options);
 
 }  // namespace kiln::data

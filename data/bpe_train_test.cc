@@ -21,7 +21,7 @@ TEST(BpeTrainTest, MergesTheMostFrequentPairFirst) {
   BpeTrainOptions o;
   o.vocab_size = 256 + 3 + 1;
   o.min_frequency = 2;
-  auto t = TrainBpe(std::vector<std::string>{"ab ab ab", " ab cd"}, o);
+  auto t = train_bpe(std::vector<std::string>{"ab ab ab", " ab cd"}, o);
   ASSERT_TRUE(t.ok()) << t.status();
   ASSERT_EQ(t->merges().size(), 2u);  // then no pair occurs twice: training stops early
   EXPECT_EQ(piece(*t, 256), "ab");
@@ -48,7 +48,7 @@ TEST(BpeTrainTest, SavesAndLoadsBackIdentically) {
   BpeTrainOptions o;
   o.vocab_size = 2000;
   o.threads = 2;
-  auto t = TrainBpe(docs, o);
+  auto t = train_bpe(docs, o);
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->vocab_size(), 2000);
   EXPECT_EQ(t->merges().size(), 2000u - 257);
@@ -69,7 +69,7 @@ TEST(BpeTrainTest, SavesAndLoadsBackIdentically) {
   EXPECT_LT(static_cast<double>(loaded->encode(docs[3]).size()), 0.4 * docs[3].size());
   // Same vocabulary with one thread.
   o.threads = 1;
-  auto t1 = TrainBpe(docs, o);
+  auto t1 = train_bpe(docs, o);
   ASSERT_TRUE(t1.ok());
   EXPECT_EQ(t1->merges(), t->merges());
 }
@@ -77,7 +77,7 @@ TEST(BpeTrainTest, SavesAndLoadsBackIdentically) {
 TEST(BpeTrainTest, RejectsBadOptions) {
   BpeTrainOptions o;
   o.vocab_size = 100;
-  auto t = TrainBpe(std::vector<std::string>{"abc"}, o);
+  auto t = train_bpe(std::vector<std::string>{"abc"}, o);
   ASSERT_FALSE(t.ok());
   EXPECT_NE(t.status().message().find(">= 257"), std::string::npos) << t.status();
 }

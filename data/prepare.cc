@@ -119,7 +119,8 @@ absl::Status tokenize_unit(const Unit& unit, const DocumentSource& src, const To
   for (size_t k = 0; k < unit.docs.size(); ++k) {
     auto text = src.DocumentText(unit.docs[k], &storage);
     if (!text.ok()) return text.status();
-    const bool val = IsValidationDocument(unit.first_doc + static_cast<int64_t>(k), n_val, n_docs);
+    const bool val =
+        is_validation_document(unit.first_doc + static_cast<int64_t>(k), n_val, n_docs);
     std::vector<int32_t>& dst = val ? out->val : out->train;
     dst.push_back(tok.eot());
     tok.encode(*text, &dst);
@@ -204,7 +205,7 @@ absl::Status check_options(const PrepareOptions& o) {
 // Existing shards of this name: an error, or removed with `overwrite`.
 absl::Status clear_old_shards(const PrepareOptions& o) {
   for (const char* split : {"train", "val"}) {
-    auto old = ExpandGlobs({absl::StrCat(o.output_dir, "/", o.name, "_", split, "_*.bin")});
+    auto old = expand_globs({absl::StrCat(o.output_dir, "/", o.name, "_", split, "_*.bin")});
     if (!old.ok()) continue;  // nothing there
     if (!o.overwrite) {
       return absl::AlreadyExistsError(
@@ -218,7 +219,7 @@ absl::Status clear_old_shards(const PrepareOptions& o) {
 
 }  // namespace
 
-bool IsValidationDocument(int64_t index, int64_t n_val, int64_t n_docs) {
+bool is_validation_document(int64_t index, int64_t n_val, int64_t n_docs) {
   if (n_val <= 0 || n_docs <= 0) return false;
   auto floor_div = [&](int64_t i) {
     return static_cast<int64_t>((static_cast<__int128>(i) * n_val) / n_docs);
@@ -226,7 +227,7 @@ bool IsValidationDocument(int64_t index, int64_t n_val, int64_t n_docs) {
   return floor_div(index + 1) > floor_div(index);
 }
 
-absl::StatusOr<PrepareResult> PrepareData(const PrepareOptions& o, const Tokenizer& tok) {
+absl::StatusOr<PrepareResult> prepare_data(const PrepareOptions& o, const Tokenizer& tok) {
   const double t0 = now_seconds();
   if (auto st = check_options(o); !st.ok()) return st;
   if (tok.eot() < 0) {
@@ -247,7 +248,7 @@ absl::StatusOr<PrepareResult> PrepareData(const PrepareOptions& o, const Tokeniz
     return absl::InvalidArgumentError(
         absl::StrCat("all ", n_docs, " documents would be validation; none left to train on"));
   }
-  if (auto st = MakeDirs(o.output_dir); !st.ok()) return st;
+  if (auto st = make_dirs(o.output_dir); !st.ok()) return st;
   if (auto st = clear_old_shards(o); !st.ok()) return st;
 
   const int token_bytes = shard_token_bytes(tok.vocab_size());

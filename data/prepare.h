@@ -43,11 +43,11 @@ struct PrepareResult {
   double seconds = 0;
 };
 
-absl::StatusOr<PrepareResult> PrepareData(const PrepareOptions& options,
-                                          const Tokenizer& tokenizer);
+absl::StatusOr<PrepareResult> prepare_data(const PrepareOptions& options,
+                                           const Tokenizer& tokenizer);
 
 // The validation rule above.
-bool IsValidationDocument(int64_t index, int64_t n_val, int64_t n_docs);
+bool is_validation_document(int64_t index, int64_t n_val, int64_t n_docs);
 
 // A one-line progress bar on stderr: bytes done of total, tokens, tokens/s and ETA. Redraws in
 // place on a terminal (at most 10 times a second), prints a line every few seconds otherwise.

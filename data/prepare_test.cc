@@ -75,14 +75,14 @@ TEST_F(PrepareTest, ShardsHoldEndOfTextThenEachDocument) {
   o.val_docs = 4;
   o.shard_tokens = 97;  // many shards, documents split across them
   o.unit_bytes = 100;
-  auto r = PrepareData(o, gpt2());
+  auto r = prepare_data(o, gpt2());
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->documents, 40);
   EXPECT_EQ(r->val_documents, 4);
   EXPECT_EQ(r->train_documents, 36);
   std::vector<int32_t> want_train, want_val;
   for (int i = 0; i < 40; ++i) {
-    auto& dst = IsValidationDocument(i, 4, 40) ? want_val : want_train;
+    auto& dst = is_validation_document(i, 4, 40) ? want_val : want_train;
     dst.push_back(kGpt2EndOfText);
     gpt2().encode(docs[i], &dst);
   }
@@ -103,7 +103,7 @@ TEST(ValidationSplitTest, PicksExactlyNEvenlySpread) {
     for (int64_t v : {int64_t{0}, int64_t{1}, n / 3, n - 1}) {
       int64_t count = 0, max_gap = 0, last = -1;
       for (int64_t i = 0; i < n; ++i) {
-        if (IsValidationDocument(i, v, n)) {
+        if (is_validation_document(i, v, n)) {
           ++count;
           max_gap = std::max(max_gap, i - last);
           last = i;
@@ -127,12 +127,12 @@ TEST_F(PrepareTest, JsonlNamedFieldAndFractionSplit) {
   PrepareOptions o = options(dir_.file("*.jsonl"));
   o.documents.jsonl_field = "body";
   o.val_fraction = 0.1;
-  auto r = PrepareData(o, gpt2());
+  auto r = prepare_data(o, gpt2());
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->val_documents, 3);
   std::vector<int32_t> want;
   for (int i = 0; i < 30; ++i) {
-    if (IsValidationDocument(i, 3, 30)) continue;
+    if (is_validation_document(i, 3, 30)) continue;
     want.push_back(kGpt2EndOfText);
     gpt2().encode(docs[i], &want);
   }
@@ -143,12 +143,12 @@ TEST_F(PrepareTest, JsonlNamedFieldAndFractionSplit) {
   o = options(dir_.file("bad.jsonl"));
   o.documents.jsonl_field = "body";
   o.overwrite = true;
-  auto bad = PrepareData(o, gpt2());
+  auto bad = prepare_data(o, gpt2());
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find(dir_.file("bad.jsonl") + ":2"), std::string::npos)
       << bad.status();
   o.documents.jsonl_field = "text";
-  bad = PrepareData(o, gpt2());
+  bad = prepare_data(o, gpt2());
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find(":1: no field \"text\""), std::string::npos)
       << bad.status();
@@ -158,37 +158,37 @@ TEST_F(PrepareTest, JsonlNamedFieldAndFractionSplit) {
 
 TEST_F(PrepareTest, BadInputsAreClearErrors) {
   testing::write_file(dir_.file("empty.txt"), "");
-  auto r = PrepareData(options(dir_.file("empty.txt")), gpt2());
+  auto r = prepare_data(options(dir_.file("empty.txt")), gpt2());
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("empty input"), std::string::npos) << r.status();
   EXPECT_NE(r.status().message().find("empty.txt"), std::string::npos) << r.status();
 
-  r = PrepareData(options(dir_.file("missing.txt")), gpt2());
+  r = prepare_data(options(dir_.file("missing.txt")), gpt2());
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("missing.txt"), std::string::npos) << r.status();
 
-  r = PrepareData(options(dir_.file("nomatch_*.txt")), gpt2());
+  r = prepare_data(options(dir_.file("nomatch_*.txt")), gpt2());
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("nomatch_*.txt"), std::string::npos) << r.status();
 
   testing::write_file(dir_.file("one.txt"), "just one document");
   PrepareOptions o = options(dir_.file("one.txt"));
   o.val_docs = 1;
-  r = PrepareData(o, gpt2());
+  r = prepare_data(o, gpt2());
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("none left to train on"), std::string::npos) << r.status();
 
   // Existing shards are kept unless --overwrite, which also removes stale extra shards.
   o.val_docs = 0;
   o.shard_tokens = 2;
-  ASSERT_TRUE(PrepareData(o, gpt2()).ok());
+  ASSERT_TRUE(prepare_data(o, gpt2()).ok());
   ASSERT_TRUE(std::filesystem::exists(dir_.file("out/t_train_000001.bin")));
   o.shard_tokens = 1000;
-  r = PrepareData(o, gpt2());
+  r = prepare_data(o, gpt2());
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("--overwrite"), std::string::npos) << r.status();
   o.overwrite = true;
-  r = PrepareData(o, gpt2());
+  r = prepare_data(o, gpt2());
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->train_shards.size(), 1u);
   EXPECT_FALSE(std::filesystem::exists(dir_.file("out/t_train_000001.bin")));
@@ -204,7 +204,7 @@ TEST_F(PrepareTest, SameOutputWithOneTwoAndFourThreadsOnTheDefaultCorpus) {
     o.unit_bytes = 64 << 10;   // ~100 units, finished out of order by the workers
     o.shard_tokens = 300'000;  // several shards
     o.val_fraction = 0.02;
-    auto r = PrepareData(o, gpt2());
+    auto r = prepare_data(o, gpt2());
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->documents, 500);
     EXPECT_EQ(r->val_documents, 10);
@@ -229,7 +229,7 @@ TEST_F(PrepareTest, LoaderServesDocumentsJoinedByEndOfText) {
   PrepareOptions o = options(dir_.file("paras.txt"));
   o.documents.separator = "\n\n";
   o.val_fraction = 0;
-  auto r = PrepareData(o, gpt2());
+  auto r = prepare_data(o, gpt2());
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->documents, 20);
   LoaderOptions lo;
@@ -266,7 +266,7 @@ TEST(PrepareU32Test, LargeVocabulariesUseTheUint32Variant) {
   o.output_dir = dir.path();
   o.val_fraction = 0;
   o.progress = false;
-  auto r = PrepareData(o, *tok);
+  auto r = prepare_data(o, *tok);
   ASSERT_TRUE(r.ok()) << r.status();
   auto s = Shard::Open(r->train_shards[0], 70000);
   ASSERT_TRUE(s.ok()) << s.status();

@@ -91,7 +91,8 @@ absl::Status ShardWriter::Close() {
   return st;
 }
 
-absl::Status WriteShard(const std::string& path, std::span<const int32_t> tokens, int token_bytes) {
+absl::Status write_shard(const std::string& path, std::span<const int32_t> tokens,
+                         int token_bytes) {
   auto w = ShardWriter::Create(path, token_bytes);
   if (!w.ok()) return w.status();
   if (auto st = (*w)->Append(tokens); !st.ok()) return st;

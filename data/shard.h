@@ -52,7 +52,7 @@ class ShardWriter {
 };
 
 // Writes a whole shard in one call.
-absl::Status WriteShard(const std::string& path, std::span<const int32_t> tokens, int token_bytes);
+absl::Status write_shard(const std::string& path, std::span<const int32_t> tokens, int token_bytes);
 
 // A validated, memory-mapped shard.
 class Shard {

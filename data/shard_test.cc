@@ -50,7 +50,7 @@ TEST(ShardTest, ReadsLlmcShards) {
 TEST(ShardTest, WriterRoundTripsBothWidths) {
   TempDir dir;
   std::vector<int32_t> small = {0, 1, 50256, 65535, 42};
-  ASSERT_TRUE(WriteShard(dir.file("a.bin"), small, 2).ok());
+  ASSERT_TRUE(write_shard(dir.file("a.bin"), small, 2).ok());
   std::string bytes = testing::read_file(dir.file("a.bin"));
   ASSERT_EQ(bytes.size(), 1024u + 2 * small.size());
   int32_t header[3];
@@ -65,7 +65,7 @@ TEST(ShardTest, WriterRoundTripsBothWidths) {
   EXPECT_EQ(got, small);
 
   std::vector<int32_t> big = {0, 65536, 128255, 7};
-  ASSERT_TRUE(WriteShard(dir.file("b.bin"), big, 4).ok());
+  ASSERT_TRUE(write_shard(dir.file("b.bin"), big, 4).ok());
   auto b = Shard::Open(dir.file("b.bin"), 128256);
   ASSERT_TRUE(b.ok()) << b.status();
   EXPECT_EQ(b->token_bytes(), 4);
@@ -135,14 +135,14 @@ TEST(ShardTest, TokenAtOrOverVocabSize) {
   EXPECT_TRUE(Shard::Open(dir.file("big.bin"), 50258).ok());
   EXPECT_TRUE(Shard::Open(dir.file("big.bin"), 0).ok());  // no vocabulary: not checked
   std::vector<int32_t> toks = {5, 100000, 6};
-  ASSERT_TRUE(WriteShard(dir.file("u32.bin"), toks, 4).ok());
+  ASSERT_TRUE(write_shard(dir.file("u32.bin"), toks, 4).ok());
   expect_error(dir.file("u32.bin"), 100000, "token 100000 at index 1");
 }
 
 TEST(ShardTest, LoaderReportsBadShardsAtOpen) {
   TempDir dir;
   std::vector<int32_t> toks(100, 1);
-  ASSERT_TRUE(WriteShard(dir.file("d_000.bin"), toks, 2).ok());
+  ASSERT_TRUE(write_shard(dir.file("d_000.bin"), toks, 2).ok());
   testing::write_file(dir.file("d_001.bin"), raw_shard(20240520, 1, 3, {1, 2, 60000}));
   LoaderOptions o;
   o.shards = {dir.file("d_*.bin")};

@@ -310,9 +310,9 @@ absl::StatusOr<Tokenizer> Tokenizer::FromTokens(std::vector<std::string> tokens,
 
 absl::StatusOr<Tokenizer> Tokenizer::Load(const std::string& encoder_json_path,
                                           const std::string& vocab_bpe_path) {
-  auto enc_text = ReadFile(encoder_json_path);
+  auto enc_text = read_file(encoder_json_path);
   if (!enc_text.ok()) return enc_text.status();
-  auto bpe_text = ReadFile(vocab_bpe_path);
+  auto bpe_text = read_file(vocab_bpe_path);
   if (!bpe_text.ok()) return bpe_text.status();
   auto fail = [](const std::string& path, absl::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
@@ -421,7 +421,7 @@ const std::string& Tokenizer::token_bytes(int32_t id) const {
 const std::vector<std::pair<int32_t, int32_t>>& Tokenizer::merges() const { return impl_->merges; }
 
 absl::Status Tokenizer::Save(const std::string& dir) const {
-  if (auto st = MakeDirs(dir); !st.ok()) return st;
+  if (auto st = make_dirs(dir); !st.ok()) return st;
   std::string enc = "{";
   for (size_t id = 0; id < impl_->tokens.size(); ++id) {
     if (id) enc += ", ";
@@ -434,8 +434,8 @@ absl::Status Tokenizer::Save(const std::string& dir) const {
     absl::StrAppend(&bpe, bytes_to_printable(impl_->tokens[a]), " ",
                     bytes_to_printable(impl_->tokens[b]), "\n");
   }
-  if (auto st = WriteFileAtomic(dir + "/encoder.json", enc); !st.ok()) return st;
-  return WriteFileAtomic(dir + "/vocab.bpe", bpe);
+  if (auto st = write_file_atomic(dir + "/encoder.json", enc); !st.ok()) return st;
+  return write_file_atomic(dir + "/vocab.bpe", bpe);
 }
 
 void Tokenizer::ClearThreadCache() {

@@ -23,6 +23,7 @@
 #include "launch/checkpoint_manifest.h"
 #include "launch/config.h"
 #include "launch/metrics.h"
+#include "launch/testing/tiny_config.h"
 #include "launch/trainer.h"
 
 namespace kiln::launch {
@@ -494,37 +495,17 @@ TEST(FindResume, FollowsLatestAndSaysWhatIsWrong) {
   EXPECT_EQ(*find_resume_checkpoint(c), dir + "/step_00000008");  // a directory: taken as given
 }
 
+// The shared tiny run (launch/testing/tiny_config.h) with dropout and samples, checkpointing every
+// 5 of 12 steps and at the end, resuming as the config says; `extra` (textproto) is merged last.
 TrainConfig tiny(const std::string& run_dir, const std::string& extra = "") {
-  auto c = ParseConfig(R"pb(
-                             model {
-                               preset: "gpt2-tiny"
-                               vocab_size: 96
-                               max_seq_len: 32
-                               n_layer: 2
-                               n_head: 2
-                               d_model: 32
-                               dropout: 0.1
-                             }
-                             data { synthetic: true seq_len: 16 }
-                             training { global_batch_size: 8 max_steps: 12 seed: 9 }
-                             parallel { micro_batch_size: 4 }
-                             optimizer { lr: 1e-2 }
-                             schedule { lr { warmup_steps: 2 } }
-                             checkpoint { every_n_steps: 5 keep_last: 0 }
-                             eval { batches: 1 sample_tokens: 3 sample_every: 4 }
-                             logging { tensorboard: false jsonl: false }
-                             device: CPU
-                           )pb" +
-                           extra,
-                       "tiny");
-  KILN_CHECK(c.ok()) << c.status().message();
-  c->mutable_logging()->set_run_dir(run_dir);
-  c->mutable_checkpoint()->clear_dir();
-  KILN_CHECK(ResolveConfig(&*c).ok());
-  KILN_CHECK(ResolveWorld(1, &*c).ok());
-  absl::Status s = Validate(*c);
-  KILN_CHECK(s.ok()) << s.message();
-  return *c;
+  return testing::tiny_config(
+      run_dir, R"pb(
+                     model { dropout: 0.1 }
+                     training { max_steps: 12 seed: 9 }
+                     checkpoint { every_n_steps: 5 keep_last: 0 resume: "auto" save_at_end: true }
+                     eval { batches: 1 sample_tokens: 3 sample_every: 4 }
+                   )pb" +
+                   extra);
 }
 
 TrainSummary train(const TrainConfig& cfg) {

@@ -1,6 +1,6 @@
 // Tests of the config layer: every validation rule rejects with a message naming the field, parse
 // errors carry FILE:LINE:COL and the field, --set overrides reach nested / enum / bool / repeated
-// fields, defaults and presets resolve, and PrintConfig round-trips. The shipped
+// fields, defaults and presets resolve, and print_config round-trips. The shipped
 // configs/*.textproto load.
 #include "launch/config.h"
 
@@ -32,24 +32,24 @@ constexpr char kBase[] = R"pb(
   training { global_batch_size: 8 max_steps: 10 }
 )pb";
 
-TrainConfig Base() {
-  absl::StatusOr<TrainConfig> cfg = ParseConfig(kBase, "base");
+TrainConfig base_config() {
+  absl::StatusOr<TrainConfig> cfg = parse_config(kBase, "base");
   EXPECT_TRUE(cfg.ok()) << cfg.status();
-  absl::Status s = ResolveConfig(&*cfg);
+  absl::Status s = resolve_config(&*cfg);
   EXPECT_TRUE(s.ok()) << s;
   return *cfg;
 }
 
-std::string Msg(const absl::Status& s) { return std::string(s.message()); }
+std::string message_of(const absl::Status& s) { return std::string(s.message()); }
 
-// Asserts that Validate rejects `cfg` with a message containing every one of `needles`.
-void ExpectRejected(const TrainConfig& cfg, std::initializer_list<const char*> needles) {
-  absl::Status s = Validate(cfg);
-  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << PrintConfig(cfg);
-  for (const char* n : needles) EXPECT_THAT(Msg(s), HasSubstr(n));
+// Asserts that validate_config rejects `cfg` with a message containing every one of `needles`.
+void expect_rejected(const TrainConfig& cfg, std::initializer_list<const char*> needles) {
+  absl::Status s = validate_config(cfg);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << print_config(cfg);
+  for (const char* n : needles) EXPECT_THAT(message_of(s), HasSubstr(n));
 }
 
-fs::path TempFile(const std::string& name, const std::string& contents) {
+fs::path temp_file(const std::string& name, const std::string& contents) {
   fs::path dir = fs::temp_directory_path() / ("kiln_config_test_" + std::to_string(::getpid()));
   fs::create_directories(dir);
   fs::path p = dir / name;
@@ -58,202 +58,202 @@ fs::path TempFile(const std::string& name, const std::string& contents) {
 }
 
 TEST(ValidateTest, BaseConfigIsValid) {
-  absl::Status s = Validate(Base());
+  absl::Status s = validate_config(base_config());
   EXPECT_TRUE(s.ok()) << s;
 }
 
 TEST(ValidateTest, RejectsNonPositiveLearningRate) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   c.mutable_optimizer()->set_lr(-1e-3);
-  ExpectRejected(c, {"optimizer.lr", "> 0"});
+  expect_rejected(c, {"optimizer.lr", "> 0"});
   c.mutable_optimizer()->set_lr(0);
-  ExpectRejected(c, {"optimizer.lr"});
+  expect_rejected(c, {"optimizer.lr"});
 }
 
 TEST(ValidateTest, RejectsGlobalBatchNotDivisibleByMicroTimesDp) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   c.mutable_training()->set_global_batch_size(12);
   c.mutable_parallel()->set_micro_batch_size(4);
   c.mutable_parallel()->set_dp(2);  // 12 % 8 != 0
-  ExpectRejected(c, {"training.global_batch_size", "micro_batch_size (4)", "dp (2)"});
+  expect_rejected(c, {"training.global_batch_size", "micro_batch_size (4)", "dp (2)"});
   // With dp from the world: valid alone, rejected for a world of 2.
   c.mutable_parallel()->clear_dp();
-  ASSERT_TRUE(Validate(c).ok());
-  absl::Status s = ValidateWorld(c, 2);
-  EXPECT_THAT(Msg(s), HasSubstr("training.global_batch_size"));
-  EXPECT_TRUE(ValidateWorld(c, 3).ok());  // 12 = 4 * 3
+  ASSERT_TRUE(validate_config(c).ok());
+  absl::Status s = validate_world(c, 2);
+  EXPECT_THAT(message_of(s), HasSubstr("training.global_batch_size"));
+  EXPECT_TRUE(validate_world(c, 3).ok());  // 12 = 4 * 3
 }
 
 TEST(ValidateTest, RejectsTpNotDividingHeads) {
-  TrainConfig c = Base();  // gpt2-tiny: 2 heads
+  TrainConfig c = base_config();  // gpt2-tiny: 2 heads
   c.mutable_parallel()->set_tp(4);
-  ExpectRejected(c, {"parallel.tp", "model.n_head (2)"});
+  expect_rejected(c, {"parallel.tp", "model.n_head (2)"});
 
-  TrainConfig l = Base();
+  TrainConfig l = base_config();
   l.mutable_model()->Clear();
   l.mutable_model()->set_preset("llama-tiny");  // 4 heads, 2 kv heads
-  ASSERT_TRUE(ResolveConfig(&l).ok());
+  ASSERT_TRUE(resolve_config(&l).ok());
   l.mutable_parallel()->set_tp(4);
   l.mutable_training()->set_global_batch_size(8);
-  ExpectRejected(l, {"parallel.tp", "model.n_kv_head (2)"});
+  expect_rejected(l, {"parallel.tp", "model.n_kv_head (2)"});
   l.mutable_parallel()->set_tp(2);
-  EXPECT_TRUE(Validate(l).ok()) << Validate(l);
+  EXPECT_TRUE(validate_config(l).ok()) << validate_config(l);
 }
 
 TEST(ValidateTest, RejectsPpNotDividingLayers) {
-  TrainConfig c = Base();  // 2 layers
+  TrainConfig c = base_config();  // 2 layers
   c.mutable_parallel()->set_pp(3);
-  ExpectRejected(c, {"parallel.pp", "model.n_layer (2)"});
+  expect_rejected(c, {"parallel.pp", "model.n_layer (2)"});
   c.mutable_parallel()->set_pp(2);
   c.mutable_parallel()->set_pipeline_schedule(ParallelConfig::INTERLEAVED_1F1B);
   c.mutable_parallel()->set_virtual_stages(2);  // 2 * 2 chunks for 2 layers
-  ExpectRejected(c, {"parallel.pp", "virtual_stages"});
+  expect_rejected(c, {"parallel.pp", "virtual_stages"});
 }
 
 TEST(ValidateTest, RejectsHeadsNotDividingWidth) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   c.mutable_model()->set_n_head(3);
   c.mutable_model()->set_n_kv_head(3);
-  ExpectRejected(c, {"model.n_head", "d_model (64)"});
+  expect_rejected(c, {"model.n_head", "d_model (64)"});
 }
 
 TEST(ValidateTest, RejectsKvHeadsNotDividingHeads) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   c.mutable_model()->set_family(ModelConfig::LLAMA);
   c.mutable_model()->set_rope_theta(10000);
   c.mutable_model()->set_n_head(4);
   c.mutable_model()->set_n_kv_head(3);
-  ExpectRejected(c, {"model.n_kv_head", "n_head (4)"});
+  expect_rejected(c, {"model.n_kv_head", "n_head (4)"});
 }
 
 TEST(ValidateTest, RejectsMissingDataPath) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   c.mutable_data()->set_synthetic(false);
-  ExpectRejected(c, {"data.train_shards", "no training data"});
+  expect_rejected(c, {"data.train_shards", "no training data"});
   c.mutable_data()->add_train_shards("/nonexistent/kiln/train_*.bin");
-  ExpectRejected(c, {"data.train_shards", "/nonexistent/kiln/train_*.bin"});
+  expect_rejected(c, {"data.train_shards", "/nonexistent/kiln/train_*.bin"});
 
-  fs::path shard = TempFile("train_000.bin", "x");
+  fs::path shard = temp_file("train_000.bin", "x");
   c.mutable_data()->set_train_shards(0, (shard.parent_path() / "train_*.bin").string());
-  EXPECT_TRUE(Validate(c).ok()) << Validate(c);
+  EXPECT_TRUE(validate_config(c).ok()) << validate_config(c);
   c.mutable_data()->add_val_shards((shard.parent_path() / "val_*.bin").string());
-  ExpectRejected(c, {"data.val_shards"});
+  expect_rejected(c, {"data.val_shards"});
 }
 
 TEST(ValidateTest, RejectsSeqLenOverMaxSeqLen) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   c.mutable_data()->set_seq_len(65);  // gpt2-tiny: max 64
-  ExpectRejected(c, {"data.seq_len", "model.max_seq_len (64)"});
+  expect_rejected(c, {"data.seq_len", "model.max_seq_len (64)"});
 }
 
 TEST(ValidateTest, RejectsCurriculumMinOverMax) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   SeqLenCurriculum* sl = c.mutable_schedule()->mutable_seq_len();
   sl->set_kind(SeqLenCurriculum::FIXED_LINEAR);
   sl->set_min_len(16);
   sl->set_max_len(32);
   sl->set_steps(5);
-  ASSERT_TRUE(ResolveConfig(&c).ok());  // curriculum defaults (step_multiple 8)
+  ASSERT_TRUE(resolve_config(&c).ok());  // curriculum defaults (step_multiple 8)
   EXPECT_EQ(sl->step_multiple(), 8);
-  EXPECT_TRUE(Validate(c).ok()) << Validate(c);
+  EXPECT_TRUE(validate_config(c).ok()) << validate_config(c);
   sl->set_min_len(48);
   sl->set_max_len(40);
-  ExpectRejected(c, {"schedule.seq_len.min_len", "exceeds max_len (40)"});
+  expect_rejected(c, {"schedule.seq_len.min_len", "exceeds max_len (40)"});
   sl->set_min_len(16);
   sl->set_max_len(64);  // over data.seq_len 32
-  ExpectRejected(c, {"schedule.seq_len.max_len", "data.seq_len"});
+  expect_rejected(c, {"schedule.seq_len.max_len", "data.seq_len"});
   sl->set_max_len(32);
   sl->set_steps(0);
-  ExpectRejected(c, {"schedule.seq_len.steps"});
+  expect_rejected(c, {"schedule.seq_len.steps"});
 }
 
 TEST(ValidateTest, RejectsBadDiscreteCurriculum) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   SeqLenCurriculum* sl = c.mutable_schedule()->mutable_seq_len();
   sl->set_kind(SeqLenCurriculum::FIXED_DISCRETE);
   sl->set_min_len(8);
   sl->add_discrete_lens(8);
   sl->add_discrete_lens(32);
   sl->add_discrete_steps(5);
-  ASSERT_TRUE(ResolveConfig(&c).ok());
+  ASSERT_TRUE(resolve_config(&c).ok());
   EXPECT_EQ(sl->max_len(), 32);  // data.seq_len
-  EXPECT_TRUE(Validate(c).ok()) << Validate(c);
+  EXPECT_TRUE(validate_config(c).ok()) << validate_config(c);
   sl->add_discrete_steps(7);
-  ExpectRejected(c, {"schedule.seq_len.discrete_steps"});
+  expect_rejected(c, {"schedule.seq_len.discrete_steps"});
   sl->clear_discrete_steps();
   sl->add_discrete_steps(5);
   sl->set_discrete_lens(1, 4);
-  ExpectRejected(c, {"schedule.seq_len.discrete_lens", "decrease"});
+  expect_rejected(c, {"schedule.seq_len.discrete_lens", "decrease"});
 }
 
 TEST(ValidateTest, RejectsZeroStageOutOfRange) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   for (int stage : {0, 1, 2, 3}) {
     c.mutable_parallel()->set_zero_stage(stage);
-    EXPECT_TRUE(Validate(c).ok()) << stage;
+    EXPECT_TRUE(validate_config(c).ok()) << stage;
   }
   c.mutable_parallel()->set_zero_stage(4);
-  ExpectRejected(c, {"parallel.zero_stage", "0, 1, 2 or 3"});
+  expect_rejected(c, {"parallel.zero_stage", "0, 1, 2 or 3"});
   c.mutable_parallel()->set_zero_stage(-1);
-  ExpectRejected(c, {"parallel.zero_stage"});
+  expect_rejected(c, {"parallel.zero_stage"});
 }
 
 TEST(ValidateTest, RejectsZero3WithPipeline) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   c.mutable_parallel()->set_pp(2);
   c.mutable_parallel()->set_zero_stage(3);
-  ExpectRejected(c, {"parallel.zero_stage", "pp > 1"});
+  expect_rejected(c, {"parallel.zero_stage", "pp > 1"});
 }
 
 TEST(ValidateTest, WorldSizeMustEqualDpTpPp) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   c.mutable_parallel()->set_dp(2);
   c.mutable_parallel()->set_tp(2);
-  ASSERT_TRUE(Validate(c).ok()) << Validate(c);
-  EXPECT_TRUE(ValidateWorld(c, 4).ok());
-  absl::Status s = ValidateWorld(c, 8);
-  EXPECT_THAT(Msg(s), HasSubstr("parallel.dp"));
-  EXPECT_THAT(Msg(s), HasSubstr("world size (8 ranks)"));
+  ASSERT_TRUE(validate_config(c).ok()) << validate_config(c);
+  EXPECT_TRUE(validate_world(c, 4).ok());
+  absl::Status s = validate_world(c, 8);
+  EXPECT_THAT(message_of(s), HasSubstr("parallel.dp"));
+  EXPECT_THAT(message_of(s), HasSubstr("world size (8 ranks)"));
   c.mutable_parallel()->clear_dp();
-  EXPECT_THAT(Msg(ValidateWorld(c, 3)), HasSubstr("must divide the world size (3 ranks)"));
+  EXPECT_THAT(message_of(validate_world(c, 3)), HasSubstr("must divide the world size (3 ranks)"));
 }
 
 TEST(ValidateTest, ResolveWorldSetsDpAndMicroBatch) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   c.mutable_parallel()->clear_micro_batch_size();
-  ASSERT_TRUE(ResolveWorld(4, &c).ok());
+  ASSERT_TRUE(resolve_world(4, &c).ok());
   EXPECT_EQ(c.parallel().dp(), 4);
   EXPECT_EQ(c.parallel().micro_batch_size(), 2);  // 8 / 4
-  EXPECT_EQ(GradAccumulationSteps(c), 1);
+  EXPECT_EQ(grad_accumulation_steps(c), 1);
 
-  TrainConfig d = Base();  // micro 2, global 8
-  ASSERT_TRUE(ResolveWorld(2, &d).ok());
-  EXPECT_EQ(GradAccumulationSteps(d), 2);
-  TrainConfig e = Base();
-  EXPECT_FALSE(ResolveWorld(3, &e).ok());  // 8 % (2*3)
+  TrainConfig d = base_config();  // micro 2, global 8
+  ASSERT_TRUE(resolve_world(2, &d).ok());
+  EXPECT_EQ(grad_accumulation_steps(d), 2);
+  TrainConfig e = base_config();
+  EXPECT_FALSE(resolve_world(3, &e).ok());  // 8 % (2*3)
   EXPECT_FALSE(e.parallel().has_dp());
 }
 
 TEST(ValidateTest, Bf16AndFp16OnCpuAreAllowed) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   c.mutable_precision()->set_dtype(PrecisionConfig::BF16);
-  EXPECT_TRUE(Validate(c).ok());
+  EXPECT_TRUE(validate_config(c).ok());
   c.mutable_precision()->set_dtype(PrecisionConfig::FP16);
-  ASSERT_TRUE(ResolveConfig(&c).ok());  // the loss scaler's defaults come with FP16
+  ASSERT_TRUE(resolve_config(&c).ok());  // the loss scaler's defaults come with FP16
   EXPECT_DOUBLE_EQ(c.precision().loss_scale_init(), 65536.0);
-  EXPECT_TRUE(Validate(c).ok());
+  EXPECT_TRUE(validate_config(c).ok());
   c.mutable_precision()->set_loss_scale_growth(1.0);
-  ExpectRejected(c, {"precision.loss_scale_growth"});
-  c = Base();
+  expect_rejected(c, {"precision.loss_scale_growth"});
+  c = base_config();
   c.mutable_precision()->set_fp8_matmul(true);
-  ExpectRejected(c, {"precision.fp8_matmul"});  // on the CPU
+  expect_rejected(c, {"precision.fp8_matmul"});  // on the CPU
   c.set_device(TrainConfig::CUDA);
   c.mutable_precision()->set_dtype(PrecisionConfig::FP32);
-  ExpectRejected(c, {"precision.fp8_matmul"});  // outside bf16 training
+  expect_rejected(c, {"precision.fp8_matmul"});  // outside bf16 training
   c.mutable_precision()->set_dtype(PrecisionConfig::BF16);
-  EXPECT_TRUE(Validate(c).ok());
+  EXPECT_TRUE(validate_config(c).ok());
   c.mutable_precision()->set_dtype(PrecisionConfig::AUTO);  // bf16 on CUDA
-  EXPECT_TRUE(Validate(c).ok());
+  EXPECT_TRUE(validate_config(c).ok());
 }
 
 TEST(ValidateTest, RejectsOtherOutOfRangeValues) {
@@ -295,104 +295,104 @@ TEST(ValidateTest, RejectsOtherOutOfRangeValues) {
       {[](TrainConfig* c) { c->set_name("a/b"); }, "name: 'a/b'"},
   };
   for (const Case& k : cases) {
-    TrainConfig c = Base();
+    TrainConfig c = base_config();
     k.mutate(&c);
     SCOPED_TRACE(k.field);
-    ExpectRejected(c, {k.field});
+    expect_rejected(c, {k.field});
   }
 }
 
 TEST(ValidateTest, RejectsBadBatchRamp) {
-  TrainConfig c = Base();  // global 8, micro 2
+  TrainConfig c = base_config();  // global 8, micro 2
   BatchRamp* r = c.mutable_schedule()->mutable_batch_ramp();
   r->set_start(2);
   r->set_increment(2);
   r->set_ramp_tokens(1000);
-  EXPECT_TRUE(Validate(c).ok()) << Validate(c);
+  EXPECT_TRUE(validate_config(c).ok()) << validate_config(c);
   r->set_start(16);
-  ExpectRejected(c, {"schedule.batch_ramp.start", "exceeds training.global_batch_size"});
+  expect_rejected(c, {"schedule.batch_ramp.start", "exceeds training.global_batch_size"});
   r->set_start(3);
-  ExpectRejected(c, {"schedule.batch_ramp.start", "not divisible"});
+  expect_rejected(c, {"schedule.batch_ramp.start", "not divisible"});
   r->set_start(2);
   r->set_increment(4);  // 8 - 2 = 6 is not a multiple of 4
-  ExpectRejected(c, {"schedule.batch_ramp.increment"});
+  expect_rejected(c, {"schedule.batch_ramp.increment"});
   r->set_increment(2);
   r->set_ramp_tokens(0);
-  ExpectRejected(c, {"schedule.batch_ramp.ramp_tokens"});
+  expect_rejected(c, {"schedule.batch_ramp.ramp_tokens"});
 }
 
 TEST(ValidateTest, ReportsEveryProblemAtOnce) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   c.mutable_optimizer()->set_lr(-1);
   c.mutable_parallel()->set_zero_stage(7);
-  absl::Status s = Validate(c);
-  EXPECT_THAT(Msg(s), HasSubstr("optimizer.lr"));
-  EXPECT_THAT(Msg(s), HasSubstr("parallel.zero_stage"));
+  absl::Status s = validate_config(c);
+  EXPECT_THAT(message_of(s), HasSubstr("optimizer.lr"));
+  EXPECT_THAT(message_of(s), HasSubstr("parallel.zero_stage"));
 }
 
 // ---- parsing ----
 
 TEST(ParseTest, TypoInFileOnDiskReportsFileLineColumnAndField) {
-  fs::path p = TempFile("typo.textproto",
-                        "name: \"x\"\n"
-                        "model {\n"
-                        "  preset: \"gpt2-tiny\"\n"
-                        "  n_layers: 4\n"
-                        "}\n");
-  absl::StatusOr<TrainConfig> cfg = LoadConfig(p.string());
+  fs::path p = temp_file("typo.textproto",
+                         "name: \"x\"\n"
+                         "model {\n"
+                         "  preset: \"gpt2-tiny\"\n"
+                         "  n_layers: 4\n"
+                         "}\n");
+  absl::StatusOr<TrainConfig> cfg = load_config(p.string());
   ASSERT_FALSE(cfg.ok());
   EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr(p.string() + ":4:3: model.n_layers:"));
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("no field named \"n_layers\""));
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("did you mean 'n_layer'?"));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr(p.string() + ":4:3: model.n_layers:"));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("no field named \"n_layers\""));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("did you mean 'n_layer'?"));
 }
 
 TEST(ParseTest, WrongTypeNamesTheField) {
   absl::StatusOr<TrainConfig> cfg =
-      ParseConfig("training {\n  max_steps: 10\n}\noptimizer { lr: \"fast\" }\n", "f.textproto");
+      parse_config("training {\n  max_steps: 10\n}\noptimizer { lr: \"fast\" }\n", "f.textproto");
   ASSERT_FALSE(cfg.ok());
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("f.textproto:4:"));
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("optimizer.lr:"));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("f.textproto:4:"));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("optimizer.lr:"));
 
-  cfg = ParseConfig("model { n_layer: 2.5 }", "g");
+  cfg = parse_config("model { n_layer: 2.5 }", "g");
   ASSERT_FALSE(cfg.ok());
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("g:1:"));
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("model.n_layer:"));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("g:1:"));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("model.n_layer:"));
 }
 
 TEST(ParseTest, UnknownEnumListsTheChoices) {
-  absl::StatusOr<TrainConfig> cfg = ParseConfig("model {\n\tfamily: GPT3\n}", "e");
+  absl::StatusOr<TrainConfig> cfg = parse_config("model {\n\tfamily: GPT3\n}", "e");
   ASSERT_FALSE(cfg.ok());
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("e:2:"));
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("model.family:"));
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("GPT2, LLAMA"));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("e:2:"));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("model.family:"));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("GPT2, LLAMA"));
 }
 
 TEST(ParseTest, UnknownTopLevelFieldAndRepeatedScalar) {
-  absl::StatusOr<TrainConfig> cfg = ParseConfig("# comment\noptimiser { lr: 1 }", "u");
+  absl::StatusOr<TrainConfig> cfg = parse_config("# comment\noptimiser { lr: 1 }", "u");
   ASSERT_FALSE(cfg.ok());
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("u:2:1: optimiser:"));
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("did you mean 'optimizer'?"));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("u:2:1: optimiser:"));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("did you mean 'optimizer'?"));
 
-  cfg = ParseConfig("optimizer { lr: 1 lr: 2 }", "r");
+  cfg = parse_config("optimizer { lr: 1 lr: 2 }", "r");
   ASSERT_FALSE(cfg.ok());
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("\"lr\""));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("\"lr\""));
 }
 
 TEST(ParseTest, MissingFileIsNotFound) {
-  absl::StatusOr<TrainConfig> cfg = LoadConfig("/nonexistent/kiln.textproto");
+  absl::StatusOr<TrainConfig> cfg = load_config("/nonexistent/kiln.textproto");
   EXPECT_EQ(cfg.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(Msg(cfg.status()), HasSubstr("/nonexistent/kiln.textproto"));
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr("/nonexistent/kiln.textproto"));
 }
 
 TEST(ParseTest, LoadValidatesAndPrefixesTheFile) {
-  fs::path p = TempFile("neg.textproto", std::string(kBase) + "optimizer { lr: -0.1 }\n");
-  absl::StatusOr<TrainConfig> cfg = LoadConfig(p.string());
+  fs::path p = temp_file("neg.textproto", std::string(kBase) + "optimizer { lr: -0.1 }\n");
+  absl::StatusOr<TrainConfig> cfg = load_config(p.string());
   ASSERT_FALSE(cfg.ok());
-  EXPECT_THAT(Msg(cfg.status()),
+  EXPECT_THAT(message_of(cfg.status()),
               HasSubstr(p.string() + ": optimizer.lr: learning rate must be > 0"));
   // The same file with a fixing override loads.
-  cfg = LoadConfig(p.string(), {"optimizer.lr=3e-4"});
+  cfg = load_config(p.string(), {"optimizer.lr=3e-4"});
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_DOUBLE_EQ(cfg->optimizer().lr(), 3e-4);
 }
@@ -400,12 +400,12 @@ TEST(ParseTest, LoadValidatesAndPrefixesTheFile) {
 // ---- overrides ----
 
 TEST(OverrideTest, NestedEnumBoolStringAndNumbers) {
-  TrainConfig c = Base();
-  ASSERT_TRUE(ApplyOverrides({"model.n_layer=6", "optimizer.type=sgd", "schedule.lr.kind=WSD",
-                              "data.shuffle=false", "training.deterministic=true",
-                              "optimizer.lr=2.5e-4", "logging.run_dir=\"runs/x y\"",
-                              "precision.dtype=bf16", "training.token_budget=123456789012"},
-                             &c)
+  TrainConfig c = base_config();
+  ASSERT_TRUE(apply_overrides({"model.n_layer=6", "optimizer.type=sgd", "schedule.lr.kind=WSD",
+                               "data.shuffle=false", "training.deterministic=true",
+                               "optimizer.lr=2.5e-4", "logging.run_dir=\"runs/x y\"",
+                               "precision.dtype=bf16", "training.token_budget=123456789012"},
+                              &c)
                   .ok());
   EXPECT_EQ(c.model().n_layer(), 6);
   EXPECT_EQ(c.optimizer().type(), OptimizerConfig::SGD);
@@ -420,76 +420,76 @@ TEST(OverrideTest, NestedEnumBoolStringAndNumbers) {
 }
 
 TEST(OverrideTest, ExplicitZeroDiffersFromUnset) {
-  absl::StatusOr<TrainConfig> c = ParseConfig(kBase);
+  absl::StatusOr<TrainConfig> c = parse_config(kBase);
   ASSERT_TRUE(c.ok());
-  ASSERT_TRUE(ApplyOverride("optimizer.weight_decay=0", &*c).ok());
+  ASSERT_TRUE(apply_override("optimizer.weight_decay=0", &*c).ok());
   EXPECT_TRUE(c->optimizer().has_weight_decay());
-  ASSERT_TRUE(ResolveConfig(&*c).ok());
+  ASSERT_TRUE(resolve_config(&*c).ok());
   EXPECT_EQ(c->optimizer().weight_decay(), 0.0);   // not the 0.1 default
   EXPECT_DOUBLE_EQ(c->optimizer().beta2(), 0.95);  // unset: the default
 }
 
 TEST(OverrideTest, RepeatedAppendsReplacesAndClears) {
-  TrainConfig c = Base();
-  ASSERT_TRUE(ApplyOverride("optimizer.no_decay=wte.*", &c).ok());
-  ASSERT_TRUE(ApplyOverride("optimizer.no_decay=*.ln_*", &c).ok());
+  TrainConfig c = base_config();
+  ASSERT_TRUE(apply_override("optimizer.no_decay=wte.*", &c).ok());
+  ASSERT_TRUE(apply_override("optimizer.no_decay=*.ln_*", &c).ok());
   ASSERT_EQ(c.optimizer().no_decay_size(), 2);
   EXPECT_EQ(c.optimizer().no_decay(1), "*.ln_*");
-  ASSERT_TRUE(ApplyOverride("optimizer.no_decay=[a, b, c]", &c).ok());
+  ASSERT_TRUE(apply_override("optimizer.no_decay=[a, b, c]", &c).ok());
   ASSERT_EQ(c.optimizer().no_decay_size(), 3);
   EXPECT_EQ(c.optimizer().no_decay(2), "c");
-  ASSERT_TRUE(ApplyOverride("optimizer.no_decay=[]", &c).ok());
+  ASSERT_TRUE(apply_override("optimizer.no_decay=[]", &c).ok());
   EXPECT_EQ(c.optimizer().no_decay_size(), 0);
-  ASSERT_TRUE(ApplyOverride("schedule.seq_len.discrete_lens=[8, 16]", &c).ok());
+  ASSERT_TRUE(apply_override("schedule.seq_len.discrete_lens=[8, 16]", &c).ok());
   EXPECT_EQ(c.schedule().seq_len().discrete_lens(1), 16);
 }
 
 TEST(OverrideTest, MessageValueMerges) {
-  TrainConfig c = Base();
-  ASSERT_TRUE(ApplyOverride("model={n_layer: 3 d_model: 96}", &c).ok());
+  TrainConfig c = base_config();
+  ASSERT_TRUE(apply_override("model={n_layer: 3 d_model: 96}", &c).ok());
   EXPECT_EQ(c.model().n_layer(), 3);
   EXPECT_EQ(c.model().d_model(), 96);
   EXPECT_EQ(c.model().preset(), "gpt2-tiny");  // merged, not replaced
-  absl::Status s = ApplyOverride("model={n_layerz: 3}", &c);
-  EXPECT_THAT(Msg(s), HasSubstr("did you mean 'n_layer'?"));
+  absl::Status s = apply_override("model={n_layerz: 3}", &c);
+  EXPECT_THAT(message_of(s), HasSubstr("did you mean 'n_layer'?"));
 }
 
 TEST(OverrideTest, PresetOverrideThenResolve) {
-  absl::StatusOr<TrainConfig> c = ParseConfig("model { preset: \"gpt2-tiny\" n_layer: 1 }");
+  absl::StatusOr<TrainConfig> c = parse_config("model { preset: \"gpt2-tiny\" n_layer: 1 }");
   ASSERT_TRUE(c.ok());
-  ASSERT_TRUE(ApplyOverride("model.preset=gpt2-124m", &*c).ok());
-  ASSERT_TRUE(ResolveConfig(&*c).ok());
+  ASSERT_TRUE(apply_override("model.preset=gpt2-124m", &*c).ok());
+  ASSERT_TRUE(resolve_config(&*c).ok());
   EXPECT_EQ(c->model().d_model(), 768);
   EXPECT_EQ(c->model().n_layer(), 1);  // explicit field still wins
 }
 
 TEST(OverrideTest, ErrorsNameThePath) {
-  TrainConfig c = Base();
-  absl::Status s = ApplyOverride("model.n_layers=4", &c);
+  TrainConfig c = base_config();
+  absl::Status s = apply_override("model.n_layers=4", &c);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(Msg(s), HasSubstr("model.n_layers"));
-  EXPECT_THAT(Msg(s), HasSubstr("did you mean 'n_layer'?"));
-  s = ApplyOverride("modle.n_layer=4", &c);
-  EXPECT_THAT(Msg(s), HasSubstr("modle.n_layer"));
-  s = ApplyOverride("model.n_layer.x=4", &c);
-  EXPECT_THAT(Msg(s), HasSubstr("'model.n_layer' is not a section"));
-  s = ApplyOverride("model.n_layer=four", &c);
-  EXPECT_THAT(Msg(s), HasSubstr("model.n_layer"));
-  EXPECT_THAT(Msg(s), HasSubstr("integer"));
-  s = ApplyOverride("model.family=GPT3", &c);
-  EXPECT_THAT(Msg(s), HasSubstr("GPT2, LLAMA"));
-  s = ApplyOverride("data.shuffle=maybe", &c);
-  EXPECT_THAT(Msg(s), HasSubstr("true or false"));
-  s = ApplyOverride("model.n_layer", &c);
-  EXPECT_THAT(Msg(s), HasSubstr("PATH=VALUE"));
-  s = ApplyOverride("model.n_layer=99999999999", &c);
-  EXPECT_THAT(Msg(s), HasSubstr("32-bit"));
+  EXPECT_THAT(message_of(s), HasSubstr("model.n_layers"));
+  EXPECT_THAT(message_of(s), HasSubstr("did you mean 'n_layer'?"));
+  s = apply_override("modle.n_layer=4", &c);
+  EXPECT_THAT(message_of(s), HasSubstr("modle.n_layer"));
+  s = apply_override("model.n_layer.x=4", &c);
+  EXPECT_THAT(message_of(s), HasSubstr("'model.n_layer' is not a section"));
+  s = apply_override("model.n_layer=four", &c);
+  EXPECT_THAT(message_of(s), HasSubstr("model.n_layer"));
+  EXPECT_THAT(message_of(s), HasSubstr("integer"));
+  s = apply_override("model.family=GPT3", &c);
+  EXPECT_THAT(message_of(s), HasSubstr("GPT2, LLAMA"));
+  s = apply_override("data.shuffle=maybe", &c);
+  EXPECT_THAT(message_of(s), HasSubstr("true or false"));
+  s = apply_override("model.n_layer", &c);
+  EXPECT_THAT(message_of(s), HasSubstr("PATH=VALUE"));
+  s = apply_override("model.n_layer=99999999999", &c);
+  EXPECT_THAT(message_of(s), HasSubstr("32-bit"));
 }
 
 // ---- resolution and printing ----
 
 TEST(ResolveTest, FillsDefaultsAndIsIdempotent) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   EXPECT_EQ(c.model().n_layer(), 2);
   EXPECT_EQ(c.model().d_ff(), 256);
   EXPECT_DOUBLE_EQ(c.optimizer().lr(), 6e-4);
@@ -504,47 +504,47 @@ TEST(ResolveTest, FillsDefaultsAndIsIdempotent) {
   EXPECT_EQ(c.checkpoint().resume(), "auto");
   EXPECT_FALSE(c.precision().has_loss_scale_init());         // not FP16
   EXPECT_FALSE(c.schedule().seq_len().has_step_multiple());  // no curriculum
-  const std::string text = PrintConfig(c);                   // the defaults in effect are visible
+  const std::string text = print_config(c);                  // the defaults in effect are visible
   EXPECT_THAT(text, HasSubstr("type: ADAMW"));
   EXPECT_THAT(text, HasSubstr("kind: COSINE"));
   EXPECT_THAT(text, HasSubstr("zero_stage: 0"));
   EXPECT_THAT(text, HasSubstr("policy: NONE"));
   TrainConfig again = c;
-  ASSERT_TRUE(ResolveConfig(&again).ok());
+  ASSERT_TRUE(resolve_config(&again).ok());
   EXPECT_TRUE(MessageDifferencer::Equals(c, again));
 }
 
 TEST(ResolveTest, UnknownPresetFails) {
-  absl::StatusOr<TrainConfig> c = ParseConfig("model { preset: \"gpt5\" }");
+  absl::StatusOr<TrainConfig> c = parse_config("model { preset: \"gpt5\" }");
   ASSERT_TRUE(c.ok());
-  absl::Status s = ResolveConfig(&*c);
-  EXPECT_THAT(Msg(s), HasSubstr("model.preset"));
+  absl::Status s = resolve_config(&*c);
+  EXPECT_THAT(message_of(s), HasSubstr("model.preset"));
 }
 
 TEST(PrintTest, RoundTripsResolvedConfig) {
-  TrainConfig c = Base();
+  TrainConfig c = base_config();
   ASSERT_TRUE(
-      ApplyOverrides({"optimizer.no_decay=wte.*", "eval.sample_prompt=\"Once \\\"upon\\\"\"",
-                      "optimizer.weight_decay=0", "data.seed=18446744073709551615"},
-                     &c)
+      apply_overrides({"optimizer.no_decay=wte.*", "eval.sample_prompt=\"Once \\\"upon\\\"\"",
+                       "optimizer.weight_decay=0", "data.seed=18446744073709551615"},
+                      &c)
           .ok());
-  const std::string text = PrintConfig(c);
+  const std::string text = print_config(c);
   EXPECT_THAT(text, HasSubstr("preset: \"gpt2-tiny\""));
   EXPECT_THAT(text, HasSubstr("weight_decay: 0"));  // explicit presence prints zeros
-  absl::StatusOr<TrainConfig> back = ParseConfig(text);
+  absl::StatusOr<TrainConfig> back = parse_config(text);
   ASSERT_TRUE(back.ok()) << back.status() << "\n" << text;
   EXPECT_TRUE(MessageDifferencer::Equals(c, *back)) << text;
 }
 
 // The shipped configs parse, resolve and validate (data replaced by the synthetic stream, since the
-// shards are prepared later), and round-trip through PrintConfig.
+// shards are prepared later), and round-trip through print_config.
 TEST(ShippedConfigsTest, LoadAndRoundTrip) {
   for (const char* name : {"default", "tiny", "gpt2-124m", "llama-1b"}) {
     SCOPED_TRACE(name);
     const std::string path = std::string(KILN_SOURCE_DIR) + "/configs/" + name + ".textproto";
-    absl::StatusOr<TrainConfig> c = LoadConfig(path, {"data.synthetic=true"});
+    absl::StatusOr<TrainConfig> c = load_config(path, {"data.synthetic=true"});
     ASSERT_TRUE(c.ok()) << c.status();
-    absl::StatusOr<TrainConfig> back = ParseConfig(PrintConfig(*c));
+    absl::StatusOr<TrainConfig> back = parse_config(print_config(*c));
     ASSERT_TRUE(back.ok()) << back.status();
     EXPECT_TRUE(MessageDifferencer::Equals(*c, *back));
   }
@@ -553,14 +553,14 @@ TEST(ShippedConfigsTest, LoadAndRoundTrip) {
 TEST(ShippedConfigsTest, ShapesAreWhatTheCommentsSay) {
   const std::string dir = std::string(KILN_SOURCE_DIR) + "/configs/";
   absl::StatusOr<TrainConfig> gpt =
-      LoadConfig(dir + "gpt2-124m.textproto", {"data.synthetic=true"});
+      load_config(dir + "gpt2-124m.textproto", {"data.synthetic=true"});
   ASSERT_TRUE(gpt.ok()) << gpt.status();
-  EXPECT_EQ(PaddedVocabSize(gpt->model()), 50304);
+  EXPECT_EQ(padded_vocab_size(gpt->model()), 50304);
   EXPECT_EQ(gpt->training().global_batch_size() * gpt->data().seq_len(), 524288);
-  ASSERT_TRUE(ResolveWorld(8, &*gpt).ok());
-  EXPECT_EQ(GradAccumulationSteps(*gpt), 2);  // 512 / (32 * 8)
+  ASSERT_TRUE(resolve_world(8, &*gpt).ok());
+  EXPECT_EQ(grad_accumulation_steps(*gpt), 2);  // 512 / (32 * 8)
   absl::StatusOr<TrainConfig> llama =
-      LoadConfig(dir + "llama-1b.textproto", {"data.synthetic=true"});
+      load_config(dir + "llama-1b.textproto", {"data.synthetic=true"});
   ASSERT_TRUE(llama.ok()) << llama.status();
   EXPECT_EQ(llama->model().n_kv_head(), 4);
   EXPECT_FALSE(llama->model().tied_embeddings());

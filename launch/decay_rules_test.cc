@@ -30,12 +30,12 @@ OptimizerConfig resolved_optimizer() {
 // Parameters of a small preset model with every decay flag set to `initial`, so that a rule that
 // leaves a flag alone is caught whichever way it should have gone.
 std::vector<nn::Parameter> preset_params(const char* preset, bool initial) {
-  auto cfg = GetPreset(preset);
+  auto cfg = get_preset(preset);
   KILN_CHECK(cfg.ok()) << cfg.status().message();
   ModelConfig m = *cfg;
   m.set_vocab_size(96);
   m.set_max_seq_len(16);
-  KILN_CHECK(ResolveModelConfig(&m).ok());
+  KILN_CHECK(resolve_model_config(&m).ok());
   std::vector<nn::Parameter> params =
       models::build_model(models::spec_from_config(m), 1)->parameters();
   for (nn::Parameter& p : params) p.decay = initial;

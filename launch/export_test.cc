@@ -1,8 +1,6 @@
 // Hugging Face interchange tests: safetensors writing/reading and header validation, the GPT-2 /
 // Llama name mapping, and export -> import giving bit-identical logits (in process and through
 // `kiln export` / `kiln logits` / `kiln train --init-from`). The JSON reader: core/json_test.cc.
-#include "launch/export.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -16,6 +14,7 @@
 #include "core/check.h"
 #include "core/json.h"
 #include "launch/config.h"
+#include "launch/hf_mapping.h"
 #include "launch/safetensors.h"
 #include "launch/trainer.h"
 #include "models/model.h"
@@ -94,7 +93,7 @@ TEST(Safetensors, WritesReadsAndValidates) {
 TEST(HfNames, Gpt2AndLlamaMapping) {
   ModelConfig g;
   g.set_preset("gpt2-124m");
-  ASSERT_TRUE(ResolveModelConfig(&g).ok());
+  ASSERT_TRUE(resolve_model_config(&g).ok());
   std::vector<HfTensor> t = hf_tensors(g);
   EXPECT_EQ(t.size(), 2u + 12 * 12 + 2);  // 124M: wte, wpe, 12 per block, ln_f
   int64_t n = 0;
@@ -105,7 +104,7 @@ TEST(HfNames, Gpt2AndLlamaMapping) {
   EXPECT_EQ(t[4].hf_shape, (std::vector<int64_t>{768, 2304}));
   ModelConfig l;
   l.set_preset("llama-1b");
-  ASSERT_TRUE(ResolveModelConfig(&l).ok());
+  ASSERT_TRUE(resolve_model_config(&l).ok());
   t = hf_tensors(l);
   EXPECT_EQ(t.front().hf_name, "model.embed_tokens.weight");
   EXPECT_EQ(t.back().hf_name, "lm_head.weight");
@@ -122,20 +121,20 @@ TEST(HfNames, Gpt2AndLlamaMapping) {
 }
 
 TrainConfig model_config(const std::string& run_dir, const std::string& model) {
-  auto c = ParseConfig(model + R"pb(
-                         data { synthetic: true seq_len: 16 }
-                         training { global_batch_size: 4 max_steps: 3 seed: 4 }
-                         optimizer { lr: 1e-2 }
-                         eval { batches: 1 sample_tokens: 0 }
-                         logging { tensorboard: false jsonl: false }
-                         device: CPU
-                       )pb",
-                       "export");
+  auto c = parse_config(model + R"pb(
+                          data { synthetic: true seq_len: 16 }
+                          training { global_batch_size: 4 max_steps: 3 seed: 4 }
+                          optimizer { lr: 1e-2 }
+                          eval { batches: 1 sample_tokens: 0 }
+                          logging { tensorboard: false jsonl: false }
+                          device: CPU
+                        )pb",
+                        "export");
   KILN_CHECK(c.ok()) << c.status().message();
   c->mutable_logging()->set_run_dir(run_dir);
-  KILN_CHECK(ResolveConfig(&*c).ok());
-  KILN_CHECK(ResolveWorld(1, &*c).ok());
-  absl::Status s = Validate(*c);
+  KILN_CHECK(resolve_config(&*c).ok());
+  KILN_CHECK(resolve_world(1, &*c).ok());
+  absl::Status s = validate_config(*c);
   KILN_CHECK(s.ok()) << s.message();
   return *c;
 }
@@ -230,8 +229,8 @@ TEST(ExportImport, ImportErrorsNameTheTensorOrField) {
   const std::string file = dir + "/hf/model.safetensors";
   auto import_into = [&](const std::string& path, const std::string& overrides) {
     TrainConfig c = cfg;
-    if (!overrides.empty()) KILN_CHECK(ApplyOverride(overrides, &c).ok());
-    KILN_CHECK(ResolveConfig(&c).ok());
+    if (!overrides.empty()) KILN_CHECK(apply_override(overrides, &c).ok());
+    KILN_CHECK(resolve_config(&c).ok());
     auto m = models::build_model(models::spec_from_config(c.model()), 1);
     return std::string(import_safetensors(path, c.model(), m->parameters()).message());
   };

@@ -7,9 +7,9 @@
 
 #include "core/check.h"
 #include "data/cli.h"
-#include "launch/export.h"
 #include "launch/plot.h"
 #include "launch/train_cli.h"
+#include "launch/weights_cli.h"
 
 namespace {
 

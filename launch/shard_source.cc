@@ -25,6 +25,7 @@ class ShardSource final : public BatchSource {
   std::unique_ptr<data::DataLoader> loader_;
 };
 
+// REQUIRES: a resolved config (launch/config.h resolve_config sets the data defaults).
 data::LoaderOptions options(const TrainConfig& cfg, bool train, int rank, int world) {
   data::LoaderOptions o;
   const auto& d = cfg.data();
@@ -32,11 +33,11 @@ data::LoaderOptions options(const TrainConfig& cfg, bool train, int rank, int wo
                   train ? d.train_shards().end() : d.val_shards().end());
   o.vocab_size = cfg.model().vocab_size();
   o.max_seq_len = d.seq_len();
-  o.seed = d.has_seed() ? d.seed() : cfg.training().seed();
-  o.shuffle = train && (!d.has_shuffle() || d.shuffle());
+  o.seed = d.seed();  // resolve_config: training.seed when unset
+  o.shuffle = train && d.shuffle();
   o.rank = rank;
   o.world_size = world;
-  o.prefetch = train ? (d.has_prefetch() ? d.prefetch() : 2) : 0;
+  o.prefetch = train ? d.prefetch() : 0;
   return o;
 }
 

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "core/backend.h"
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 #include "data/tokenizer.h"
 #include "launch/config.h"
 #include "launch/signals.h"
@@ -120,14 +120,14 @@ int load(int argc, char** argv, const char* cmd, const char* what, TrainConfig* 
     return 2;
   }
   *world = parallel::detect_world();
-  absl::StatusOr<TrainConfig> c = LoadConfig(a.config, a.sets);
+  absl::StatusOr<TrainConfig> c = load_config(a.config, a.sets);
   if (!c.ok()) {
     std::fprintf(stderr, "kiln %s: invalid config:\n%s\n", cmd,
                  std::string(c.status().message()).c_str());
     return 1;
   }
-  absl::Status s = ResolveWorld(world->size, &*c);
-  if (s.ok()) s = ValidateWorld(*c, world->size);
+  absl::Status s = resolve_world(world->size, &*c);
+  if (s.ok()) s = validate_world(*c, world->size);
   if (!s.ok()) {
     std::fprintf(stderr, "kiln %s: %s\n", cmd, std::string(s.message()).c_str());
     return 1;
@@ -139,7 +139,7 @@ int load(int argc, char** argv, const char* cmd, const char* what, TrainConfig* 
   }
   set_save_signal(*save_sig);
   if (a.print_config) {
-    std::printf("%s", PrintConfig(*c).c_str());
+    std::printf("%s", print_config(*c).c_str());
     return 0;
   }
   *cfg = std::move(*c);
@@ -232,12 +232,12 @@ int info_main(int argc, char** argv) {
               cuda_available() ? cuda_backend().device_count() : 0, num_threads());
   parallel::World w = parallel::detect_world();
   std::printf("  world: rank %d of %d (%s)\n  presets:\n", w.rank, w.size, w.launcher.c_str());
-  for (const std::string& name : PresetNames()) {
-    absl::StatusOr<ModelConfig> m = GetPreset(name);
+  for (const std::string& name : preset_names()) {
+    absl::StatusOr<ModelConfig> m = get_preset(name);
     if (!m.ok()) continue;
     ModelConfig r = *m;
-    if (!ResolveModelConfig(&r).ok()) continue;
-    std::printf("    %-11s %6.1fM params  L=%d H=%d C=%d\n", name.c_str(), ParamCount(r) / 1e6,
+    if (!resolve_model_config(&r).ok()) continue;
+    std::printf("    %-11s %6.1fM params  L=%d H=%d C=%d\n", name.c_str(), param_count(r) / 1e6,
                 r.n_layer(), r.n_head(), r.d_model());
   }
   return 0;

@@ -11,7 +11,7 @@
 #if KILN_WITH_CUDA
 #include "core/cuda/runtime.h"
 #endif
-#include "launch/export.h"
+#include "launch/hf_mapping.h"
 #include "launch/trainer.h"
 #include "models/presets.h"
 

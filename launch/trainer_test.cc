@@ -19,6 +19,7 @@
 #include "core/check.h"
 #include "core/json.h"
 #include "launch/config.h"
+#include "launch/testing/tiny_config.h"
 
 // The running OpenBLAS's core and build (libopenblas, which kiln always links; declared here
 // rather than through <cblas.h>, which may be another vendor's header on some systems).
@@ -28,34 +29,10 @@ extern "C" char* openblas_get_config(void);
 namespace kiln::launch {
 namespace {
 
+// The shared tiny run (launch/testing/tiny_config.h), named "golden", writing metrics.jsonl.
 TrainConfig tiny_config(const std::string& run_dir) {
-  auto c = ParseConfig(R"pb(
-                         name: "golden"
-                         model {
-                           preset: "gpt2-tiny"
-                           vocab_size: 96
-                           max_seq_len: 32
-                           n_layer: 2
-                           n_head: 2
-                           d_model: 32
-                         }
-                         data { synthetic: true seq_len: 16 }
-                         training { global_batch_size: 8 max_steps: 20 seed: 7 }
-                         parallel { micro_batch_size: 4 }
-                         optimizer { lr: 1e-2 }
-                         schedule { lr { warmup_steps: 2 } }
-                         eval { batches: 2 sample_tokens: 0 }
-                         logging { tensorboard: false }
-                         checkpoint { resume: "never" save_at_end: false }
-                         device: CPU
-                       )pb",
-                       "tiny");
-  KILN_CHECK(c.ok()) << c.status().message();
-  c->mutable_logging()->set_run_dir(run_dir);
-  KILN_CHECK(ResolveConfig(&*c).ok());
-  KILN_CHECK(ResolveWorld(1, &*c).ok());
-  KILN_CHECK(Validate(*c).ok()) << Validate(*c).message();
-  return *c;
+  return testing::tiny_config(run_dir, R"pb(name: "golden"
+                                            logging { jsonl: true })pb");
 }
 
 TrainSummary train(const TrainConfig& cfg) {
@@ -164,8 +141,8 @@ TEST(Trainer, RampAndCurriculumChangeTokensPerStep) {
   sc->mutable_seq_len()->set_min_len(8);
   sc->mutable_seq_len()->set_max_len(16);
   sc->mutable_seq_len()->set_steps(10);
-  ASSERT_TRUE(ResolveConfig(&cfg).ok());
-  ASSERT_TRUE(Validate(cfg).ok()) << Validate(cfg).message();
+  ASSERT_TRUE(resolve_config(&cfg).ok());
+  ASSERT_TRUE(validate_config(cfg).ok()) << validate_config(cfg).message();
   TrainSummary s = train(cfg);
   // Fewer tokens than 20 full steps: small batches and short sequences early on.
   EXPECT_LT(s.tokens, 20 * 8 * 16);

@@ -39,7 +39,7 @@ constexpr Shape kShapes[] = {
     {"llama-8b", kLlama, 32, 32, 8, 4096, 14336, 128256, 8192, 500000, 1e-5, false},
 };
 
-ModelConfig FromShape(const Shape& s) {
+ModelConfig from_shape(const Shape& s) {
   ModelConfig m;
   m.set_preset(s.name);
   m.set_family(s.family);
@@ -57,7 +57,7 @@ ModelConfig FromShape(const Shape& s) {
 }
 
 // Copies every field set in `from` that is not set in `to`.
-void FillUnset(const ModelConfig& from, ModelConfig* to) {
+void fill_unset(const ModelConfig& from, ModelConfig* to) {
   ModelConfig merged = from;
   merged.MergeFrom(
       *to);  // proto3 optional: present fields of *to overwrite; absent ones keep `from`'s.
@@ -65,7 +65,7 @@ void FillUnset(const ModelConfig& from, ModelConfig* to) {
   *to = merged;
 }
 
-int64_t NormParams(const ModelConfig& m) {
+int64_t norm_params(const ModelConfig& m) {
   const int64_t c = m.d_model();
   if (m.family() == ModelConfig::LLAMA) return c;  // RMSNorm gain
   return m.bias() ? 2 * c : c;                     // LayerNorm gain (+ bias)
@@ -73,22 +73,22 @@ int64_t NormParams(const ModelConfig& m) {
 
 }  // namespace
 
-std::vector<std::string> PresetNames() {
+std::vector<std::string> preset_names() {
   std::vector<std::string> names;
   for (const Shape& s : kShapes) names.emplace_back(s.name);
   return names;
 }
 
-absl::StatusOr<ModelConfig> GetPreset(std::string_view name) {
+absl::StatusOr<ModelConfig> get_preset(std::string_view name) {
   for (const Shape& s : kShapes) {
-    if (name == s.name) return FromShape(s);
+    if (name == s.name) return from_shape(s);
   }
   return absl::NotFoundError(
       absl::StrCat("model.preset: unknown preset '", std::string(name),
-                   "'; known presets: ", absl::StrJoin(PresetNames(), ", ")));
+                   "'; known presets: ", absl::StrJoin(preset_names(), ", ")));
 }
 
-int DefaultFfnDim(ModelConfig::Family family, int d_model) {
+int default_ffn_dim(ModelConfig::Family family, int d_model) {
   if (family == ModelConfig::LLAMA) {
     const int hidden = 8 * d_model / 3;
     return 256 * ((hidden + 255) / 256);
@@ -96,20 +96,20 @@ int DefaultFfnDim(ModelConfig::Family family, int d_model) {
   return 4 * d_model;
 }
 
-absl::Status ResolveModelConfig(ModelConfig* m) {
+absl::Status resolve_model_config(ModelConfig* m) {
   if (!m->preset().empty()) {
-    absl::StatusOr<ModelConfig> preset = GetPreset(m->preset());
+    absl::StatusOr<ModelConfig> preset = get_preset(m->preset());
     if (!preset.ok()) return preset.status();
     if (m->family() != ModelConfig::FAMILY_UNSPECIFIED && m->family() != preset->family()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "model.family: ", ModelConfig::Family_Name(m->family()), " conflicts with preset '",
           m->preset(), "' (", ModelConfig::Family_Name(preset->family()), ")"));
     }
-    FillUnset(*preset, m);  // an explicit d_ff of 0 stays 0 and becomes the family default below
+    fill_unset(*preset, m);  // an explicit d_ff of 0 stays 0 and becomes the family default below
   }
   if (m->family() == ModelConfig::FAMILY_UNSPECIFIED) {
     return absl::InvalidArgumentError("model.family: not set; set model.preset (one of " +
-                                      absl::StrJoin(PresetNames(), ", ") +
+                                      absl::StrJoin(preset_names(), ", ") +
                                       ") or model.family (GPT2 or LLAMA) with the shape fields");
   }
   const bool llama = m->family() == ModelConfig::LLAMA;
@@ -123,7 +123,7 @@ absl::Status ResolveModelConfig(ModelConfig* m) {
         absl::StrCat("model.", missing, ": not set and no model.preset gives it"));
   }
   if (!m->has_n_kv_head()) m->set_n_kv_head(m->n_head());
-  if (!m->has_d_ff() || m->d_ff() == 0) m->set_d_ff(DefaultFfnDim(m->family(), m->d_model()));
+  if (!m->has_d_ff() || m->d_ff() == 0) m->set_d_ff(default_ffn_dim(m->family(), m->d_model()));
   if (!m->has_vocab_size()) m->set_vocab_size(50257);
   if (llama && !m->has_rope_theta()) m->set_rope_theta(10000.0);
   if (!m->has_norm_eps()) m->set_norm_eps(1e-5);
@@ -136,17 +136,17 @@ absl::Status ResolveModelConfig(ModelConfig* m) {
   return absl::OkStatus();
 }
 
-int64_t PaddedVocabSize(const ModelConfig& m) {
+int64_t padded_vocab_size(const ModelConfig& m) {
   const int64_t mult = m.vocab_pad_multiple() > 0 ? m.vocab_pad_multiple() : 1;
   return (static_cast<int64_t>(m.vocab_size()) + mult - 1) / mult * mult;
 }
 
-ParamCounts CountParams(const ModelConfig& m) {
+ParamCounts count_params(const ModelConfig& m) {
   const bool llama = m.family() == ModelConfig::LLAMA;
-  const int64_t v = PaddedVocabSize(m), c = m.d_model(), f = m.d_ff();
+  const int64_t v = padded_vocab_size(m), c = m.d_model(), f = m.d_ff();
   const int64_t kv = m.n_head() > 0 ? static_cast<int64_t>(m.n_kv_head()) * (c / m.n_head()) : 0;
   const int64_t b = m.bias() ? 1 : 0;
-  const int64_t norm = NormParams(m);
+  const int64_t norm = norm_params(m);
   ParamCounts p;
   p.token_embedding = v * c;
   p.position_embedding = llama ? 0 : static_cast<int64_t>(m.max_seq_len()) * c;
@@ -161,10 +161,10 @@ ParamCounts CountParams(const ModelConfig& m) {
   return p;
 }
 
-int64_t ParamCount(const ModelConfig& m) { return CountParams(m).total; }
+int64_t param_count(const ModelConfig& m) { return count_params(m).total; }
 
-double TrainingFlopsPerToken(const ModelConfig& m, int64_t seq_len) {
-  const double n = static_cast<double>(CountParams(m).matmul);
+double training_flops_per_token(const ModelConfig& m, int64_t seq_len) {
+  const double n = static_cast<double>(count_params(m).matmul);
   return 6.0 * n + 12.0 * m.n_layer() * static_cast<double>(m.d_model()) * seq_len;
 }
 

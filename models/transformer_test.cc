@@ -139,12 +139,12 @@ TEST(Transformer, HuggingFaceParameterNames) {
 
 TEST(Transformer, ParameterCountMatchesPresetFormula) {
   for (const char* name : {"gpt2-tiny", "llama-tiny"}) {
-    auto cfg = GetPreset(name);
+    auto cfg = get_preset(name);
     ASSERT_TRUE(cfg.ok()) << cfg.status();
     ModelConfig m = *cfg;
-    ASSERT_TRUE(ResolveModelConfig(&m).ok());
+    ASSERT_TRUE(resolve_model_config(&m).ok());
     auto model = build_model(spec_from_config(m), 1);
-    EXPECT_EQ(model->num_parameters(), ParamCount(m)) << name;
+    EXPECT_EQ(model->num_parameters(), param_count(m)) << name;
   }
 }
 
@@ -205,12 +205,12 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 
 TEST(Transformer, Gpt2InitIsNormalWithScaledResidualProjections) {
-  auto cfg = GetPreset("gpt2-tiny");
+  auto cfg = get_preset("gpt2-tiny");
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   ModelConfig m = *cfg;
   m.set_d_model(128);
   m.set_n_layer(4);
-  ASSERT_TRUE(ResolveModelConfig(&m).ok());
+  ASSERT_TRUE(resolve_model_config(&m).ok());
   ASSERT_DOUBLE_EQ(m.init_std(), 0.02);
   ASSERT_TRUE(m.scale_residual_init());
   ASSERT_TRUE(m.bias());

@@ -7,7 +7,7 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/ops/elementwise.h"
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 #if KILN_WITH_CUDA
 #include "optim/optimizer_cuda.h"
 #endif

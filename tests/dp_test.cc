@@ -7,8 +7,10 @@
 #include <cmath>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "core/check.h"
 #include "launch/config.h"
+#include "launch/testing/tiny_config.h"
 #include "launch/trainer.h"
 #include "parallel/world.h"
 
@@ -19,36 +21,12 @@ constexpr int kSteps = 20;
 
 // Global batch 8 sequences; micro 0 means global / dp (no accumulation on the data-parallel run).
 TrainConfig make_config(int zero_stage, int dp, int micro = 0) {
-  auto c = ParseConfig(R"pb(
-                         model {
-                           preset: "gpt2-tiny"
-                           vocab_size: 96
-                           max_seq_len: 32
-                           n_layer: 2
-                           n_head: 2
-                           d_model: 32
-                         }
-                         data { synthetic: true seq_len: 16 }
-                         training { global_batch_size: 8 max_steps: 20 seed: 3 }
-                         parallel { micro_batch_size: 2 bucket_mb: 0.01 }
-                         optimizer { lr: 1e-2 grad_clip: 1.0 }
-                         schedule { lr { warmup_steps: 2 } }
-                         eval { batches: 1 sample_tokens: 0 }
-                         logging { tensorboard: false jsonl: false }
-                         checkpoint { resume: "never" save_at_end: false }
-                         device: CPU
-                       )pb",
-                       "dp_test");
-  KILN_CHECK(c.ok()) << c.status().message();
-  c->mutable_parallel()->set_zero_stage(zero_stage);
-  c->mutable_parallel()->set_micro_batch_size(micro > 0 ? micro : 8 / dp);
-  c->mutable_parallel()->set_dp(dp);
-  c->mutable_logging()->set_run_dir(::testing::TempDir() + "/kiln_dp_" +
-                                    std::to_string(zero_stage));
-  KILN_CHECK(ResolveConfig(&*c).ok());
-  absl::Status s = Validate(*c);
-  KILN_CHECK(s.ok()) << s.message();
-  return *c;
+  return testing::tiny_config(
+      ::testing::TempDir() + "/kiln_dp_" + std::to_string(zero_stage),
+      absl::StrCat("training { seed: 3 } optimizer { grad_clip: 1.0 } eval { batches: 1 } ",
+                   "parallel { bucket_mb: 0.01 zero_stage: ", zero_stage,
+                   " micro_batch_size: ", micro > 0 ? micro : 8 / dp, " dp: ", dp, " }"),
+      dp);
 }
 
 struct RunResult {

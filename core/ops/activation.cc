@@ -12,7 +12,7 @@
 #include "core/cpu/fast_math.h"
 #include "core/ops/device_dispatch.h"
 #include "core/ops/op_util.h"
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 
 #if KILN_WITH_CUDA
 namespace kiln::cuda {

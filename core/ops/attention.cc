@@ -23,7 +23,7 @@
 #include "core/cpu/elem.h"
 #include "core/cpu/fast_math.h"
 #include "core/ops/matmul.h"
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 
 #if KILN_WITH_CUDA
 #include "core/cuda/cudnn_sdpa.h"

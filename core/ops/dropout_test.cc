@@ -9,9 +9,9 @@
 #include <limits>
 
 #include "core/check.h"
-#include "core/parallel.h"
 #include "core/testing/fake_cuda.h"
 #include "core/testing/gradcheck.h"
+#include "core/thread_pool.h"
 
 namespace kiln {
 namespace {

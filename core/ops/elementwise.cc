@@ -7,7 +7,7 @@
 #include "core/check.h"
 #include "core/cpu/elem.h"
 #include "core/ops/cuda_base_ops.h"
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 
 namespace kiln {
 namespace {

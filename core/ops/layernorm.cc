@@ -14,7 +14,7 @@
 #include "core/ops/device_dispatch.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/op_util.h"
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 
 #if KILN_WITH_CUDA
 namespace kiln::cuda {

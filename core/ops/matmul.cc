@@ -13,7 +13,7 @@
 #include "core/ops/cuda_base_ops.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/view.h"
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 
 namespace kiln {
 namespace raw {

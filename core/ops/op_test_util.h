@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "core/parallel.h"
 #include "core/testing/gradcheck.h"
+#include "core/thread_pool.h"
 
 namespace kiln::testing {
 

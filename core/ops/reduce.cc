@@ -12,7 +12,7 @@
 #include "core/cpu/elem.h"
 #include "core/ops/cuda_base_ops.h"
 #include "core/ops/op_util.h"
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 
 namespace kiln {
 namespace {

@@ -10,7 +10,7 @@
 #include "core/check.h"
 #include "core/cpu/elem.h"
 #include "core/ops/device_dispatch.h"
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 
 #if KILN_WITH_CUDA
 namespace kiln::cuda {

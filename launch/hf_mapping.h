@@ -1,7 +1,7 @@
 // Hugging Face interchange: the mapping between kiln's parameter names and transformers' GPT-2
 // (GPT2LMHeadModel) and Llama (LlamaForCausalLM) names, export of a checkpoint's fp32 weights to
 // model.safetensors + config.json, and import of such weights into a model (continued
-// pre-training). No pickle anywhere.
+// pre-training). No pickle anywhere. The commands are in launch/weights_cli.h.
 //
 // GPT-2: kiln "h.N.attn.c_attn.weight" (3C, C) is transformers' Conv1D "transformer.h.N.attn.
 // c_attn.weight" stored (in, out) = (C, 3C): attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj
@@ -48,10 +48,5 @@ absl::Status export_safetensors(const std::string& checkpoint, const std::string
 // missing tensor, a shape that differs, a tensor this model has no place for.
 absl::Status import_safetensors(const std::string& path, const ModelConfig& model,
                                 const std::vector<nn::Parameter>& params);
-
-// CLI: `kiln export`, `kiln logits`, `kiln checkpoint`.
-int export_main(int argc, char** argv);
-int logits_main(int argc, char** argv);
-int checkpoint_main(int argc, char** argv);
 
 }  // namespace kiln::launch

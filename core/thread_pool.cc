@@ -1,5 +1,5 @@
 // A small fixed thread pool for parallel_for.
-#include "core/parallel.h"
+#include "core/thread_pool.h"
 
 #include <algorithm>
 #include <atomic>
