@@ -18,8 +18,9 @@ GPU is visible).
                     them, and the next start must resume from exactly the checkpoint `latest`
                     named, never from a partial (.tmp_*) one.
 
-                    At least half the kills must land inside a save (a .tmp_ directory left
-                    behind), or the test fails: otherwise it would not test what it claims.
+                    At least half the kills (a third under mpirun, where a killed non-writer rank
+                    lets rank 0 finish its publish) must land inside a save (a .tmp_ directory
+                    left behind), or the test fails: otherwise it would not test what it claims.
 
 Usage: checkpoint_process_test.py --kiln PATH [--mpirun PATH] [--gpu] MODE [--trials N] [--seed S]
 (the seed is fixed by default and printed; --seed -1 draws a fresh one)
@@ -273,7 +274,7 @@ def mode_kill_during_save(env, rng, trials, np):
     sets = ["training.max_steps=1000000", "checkpoint.every_n_steps=1", "checkpoint.keep_last=3",
             "checkpoint.keep_every=0", "logging.log_every=100000", "eval.sample_tokens=0",
             "eval.every_n_steps=0"]
-    hook = {"KILN_CHECKPOINT_TEST_DELAY_MS": "8"}
+    hook = {"KILN_CHECKPOINT_TEST_DELAY_MS": "20"}
     cdir = ckpt_dir(env.run_dir(run))
     expect = None  # the checkpoint `latest` named after the previous kill
     phases = {"inside a save (.tmp_ directory left)": 0,
@@ -332,8 +333,12 @@ def mode_kill_during_save(env, rng, trials, np):
     print(f"{trials} kills ({'mpirun -np 2, random rank' if np > 1 else 'one process'}): " +
           ", ".join(f"{v} {k}" for k, v in phases.items()), flush=True)
     # The test is about kills inside a save: unless most land there it did not test what it says.
+    # One process: at least half. Under mpirun a third: when the random rank is not rank 0 (the one
+    # that renames), rank 0 can finish the publish it was in before it notices, so such a kill
+    # shows as "between saves" however it was timed (measured: 4 of 8 inside at 8 and 20 ms).
     inside = phases["inside a save (.tmp_ directory left)"]
-    check(2 * inside >= trials, f"only {inside} of {trials} kills landed inside a save (need half)")
+    need = trials / 2 if np == 1 else trials / 3
+    check(inside >= need, f"only {inside} of {trials} kills landed inside a save (need {need:.1f})")
     if failures:
         print(f"{len(failures)} check(s) failed: NOT every start resumed from `latest` / NOT every "
               f"step_* directory verified", flush=True)

@@ -33,7 +33,7 @@ logging { tensorboard: false }
 device: CPU
 """
 
-CALL = re.compile(r"^(?:\[pid\s+\d+\]\s+)?(\w+)\((.*)$")
+CALL = re.compile(r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(\w+)\((.*)$")
 FD_PATH = re.compile(r"^-?\d+<([^>]*)>")
 QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 

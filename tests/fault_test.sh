@@ -32,11 +32,12 @@ fail=0
 [ $rc -ne 124 ] || { echo "FAIL: the job hung (killed by timeout 240)"; fail=1; }
 [ $elapsed -le 60 ] || { echo "FAIL: took ${elapsed}s, the collective timeout is 10s"; fail=1; }
 # The fault must have fired where it was asked to, after training began: an early crash (at init,
-# or a fault firing at the wrong step) must not pass. Rank 0 logged steps 1-4 before rank 1 hit
-# the start of step 5.
+# or a fault firing at the wrong step) must not pass. The log counts steps from 1, the injection
+# from 0: rank 0 logged "step 5/" (0-based step 4) before rank 1 hit the start of step 5, and can
+# never log "step 6/" (that needs rank 1's gradients).
 grep -q "fault injection: rank 1 $action at step 5" "$dir/out" ||
   { echo "FAIL: the injected fault did not fire at step 5"; fail=1; }
-grep -qE "step +4/" "$dir/out" || { echo "FAIL: no 'step 4/' line: the job died before training"; fail=1; }
+grep -qE "step +5/" "$dir/out" || { echo "FAIL: no 'step 5/' line: the job died before training"; fail=1; }
 grep -qE "step +6/" "$dir/out" && { echo "FAIL: step 6 logged after the fault at step 5"; fail=1; }
 if [ "$action" = hang ]; then
   grep -q "did not complete within 10 s" "$dir/out" || { echo "FAIL: no timeout message"; fail=1; }
