@@ -1,9 +1,9 @@
 // Every collective of the NCCL communicator against answers computed by hand, one rank per GPU
-// under `mpirun -np 2` (label gpu): all_reduce (sum, avg, max; f32, bf16, f64, i32), reduce_scatter,
-// all_gather, broadcast from each root, send/recv both ways, barrier, split, and async work waited
-// on later. Each rank contributes values that depend on its rank, so a wrong source, chunk or order
-// shows. Skips without enough GPUs (one per rank: NCCL refuses two ranks on one device), and
-// fails instead under KILN_REQUIRE_GPU=1.
+// under `mpirun -np 2` (label gpu): all_reduce (sum, avg, max; f32, bf16, f64, i32),
+// reduce_scatter, all_gather, broadcast from each root, send/recv both ways, barrier, split, and
+// async work waited on later. Each rank contributes values that depend on its rank, so a wrong
+// source, chunk or order shows. Skips without enough GPUs (one per rank: NCCL refuses two ranks on
+// one device), and fails instead under KILN_REQUIRE_GPU=1.
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -60,7 +60,9 @@ TEST_F(NcclTest, AllReduceSumAvgMaxInEveryDtype) {
     SCOPED_TRACE(dtype_name(dt));
     const bool integer = dt == DType::kI32;
     const int64_t n = 1031;  // not a multiple of any vector width
-    auto val = [&](int r, int64_t i) { return integer ? (r + 1) * 10.0 + i % 97 : value(r, i % 64); };
+    auto val = [&](int r, int64_t i) {
+      return integer ? (r + 1) * 10.0 + i % 97 : value(r, i % 64);
+    };
     for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kAvg}) {
       if (op == ReduceOp::kAvg && integer) continue;
       std::vector<double> mine(n);

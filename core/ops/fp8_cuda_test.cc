@@ -66,8 +66,8 @@ uint64_t fresh_seed() {
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
 }
 
-#define KILN_REQUIRE_FP8()                                                                  \
-  do {                                                                                      \
+#define KILN_REQUIRE_FP8()                                                                 \
+  do {                                                                                     \
     if (cuda::compute_capability() < 89) KILN_GPU_SKIP("fp8 GEMMs need compute cap 8.9+"); \
   } while (0)
 

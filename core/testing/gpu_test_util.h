@@ -24,9 +24,9 @@ namespace kiln::testing {
 
 // Skips the test when no CUDA device is visible (CI machines without a GPU); fails instead under
 // KILN_REQUIRE_GPU=1 (require_gpu.h).
-#define KILN_REQUIRE_GPU()                                           \
-  do {                                                               \
-    if (!::kiln::cuda_available()) KILN_GPU_SKIP("no CUDA device");  \
+#define KILN_REQUIRE_GPU()                                          \
+  do {                                                              \
+    if (!::kiln::cuda_available()) KILN_GPU_SKIP("no CUDA device"); \
   } while (0)
 
 // Poisons every CUDA allocation while alive (and synchronises on exit so errors surface here).

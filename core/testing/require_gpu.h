@@ -21,10 +21,10 @@ inline bool gpu_required() {
 
 // Skips the current test with `msg` (a string literal), or fails it when KILN_REQUIRE_GPU=1.
 // Use in a TEST body or SetUp (it returns from the enclosing void function).
-#define KILN_GPU_SKIP(msg)                                                 \
-  do {                                                                     \
-    if (::kiln::testing::gpu_required()) {                                 \
+#define KILN_GPU_SKIP(msg)                                                   \
+  do {                                                                       \
+    if (::kiln::testing::gpu_required()) {                                   \
       GTEST_FAIL() << "KILN_REQUIRE_GPU=1 but the test would skip: " << msg; \
-    }                                                                      \
-    GTEST_SKIP() << msg;                                                   \
+    }                                                                        \
+    GTEST_SKIP() << msg;                                                     \
   } while (0)
