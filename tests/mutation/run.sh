@@ -29,7 +29,8 @@ trap 'restore; rm -f "$backup"' EXIT
 trap 'restore; exit 130' INT TERM
 printf "%-30s %-14s %s\n" "planted bug" "result" "test command" | tee "$out"
 rebuild=()
-while IFS=$'\t' read -r name file expr targets cmd; do
+# The list is read on fd 3: a test command (mpirun) must not swallow the rest of it from stdin.
+while IFS=$'\t' read -r -u 3 name file expr targets cmd; do
   [[ -z "$name" || "$name" == \#* ]] && continue
   [[ "$name" =~ $filter ]] || continue
   result=""
@@ -51,13 +52,13 @@ while IFS=$'\t' read -r name file expr targets cmd; do
   fi
   if [ -z "$result" ]; then
     log="$B/mutation_$name.log"
-    if timeout 900 bash -c "$cmd" > "$log" 2>&1; then result="MISSED"; else result="caught"; fi
+    if timeout 900 bash -c "$cmd" < /dev/null > "$log" 2>&1; then result="MISSED"; else result="caught"; fi
   fi
   restore
   # shellcheck disable=SC2206
   rebuild+=($targets)
   printf "%-30s %-14s %s\n" "$name" "$result" "$cmd" | tee -a "$out"
-done < "$list"
+done 3< "$list"
 if [ ${#rebuild[@]} -gt 0 ]; then
   echo "rebuilding ${rebuild[*]} from the restored sources" >&2
   cmake --build "$B" -j2 --target $(printf "%s\n" "${rebuild[@]}" | sort -u) > "$B/mutation_build.log" 2>&1 ||
