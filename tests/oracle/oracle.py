@@ -17,7 +17,7 @@ with dropout 0, this script
      the steps clip), torch.optim.AdamW (decay on tensors of 2+ dimensions only) and the LR schedule (linear warmup
      lr * (s + 1) / (w + 1), then cosine to 0.1 lr at the last step) computed here;
   4. compares the 20 losses (max relative difference, must be <= --tol, 1e-5 by default), and the
-     final weights from `kiln export` with PyTorch's (must be <= --weight-tol, 1e-2 of the
+     final weights from `kiln export` with PyTorch's (must be <= --weight-tol, 5e-2 of the
      largest weight of each tensor: see the option for why not tighter). Data-parallel runs are compared with the single-process
      kiln run too (reported; tests/dp_test.cc holds them to their own tolerances).
 
@@ -117,7 +117,13 @@ def token_stream(n, seed=5):
 
 
 def init_weights(family, spec, seed=7):
-    """Hugging Face names -> float32 tensors (normal 0.02 matrices, norms near 1, small biases)."""
+    """Hugging Face names -> float32 tensors (normal 0.02 matrices, norms near 1, small biases).
+
+    The MLP's input matrices (c_fc; gate/up) start at std 0.3 and the query/key ones (c_attn;
+    q/k) at 0.2, so that the GELU / SiLU inputs are O(1) and attention is far from uniform: at
+    0.02 everywhere a 0.2% error in GELU's cubic coefficient moved the losses by only 1.5e-7
+    (measured), below what f32 can resolve; with these it moves them by ~2e-2.
+    """
     g = torch.Generator().manual_seed(seed)
     C, L, F = spec["d_model"], spec["n_layer"], spec["d_ff"]
     H, KV = spec["n_head"], spec["n_kv_head"]
@@ -129,16 +135,19 @@ def init_weights(family, spec, seed=7):
     def gain(n):
         return 1.0 + 0.1 * torch.randn(n, generator=g)
 
+    MLP_IN, QK = 0.3, 0.2
+
     out = []
     if family == "gpt2":
         out += [("transformer.wte.weight", w(VOCAB, C)), ("transformer.wpe.weight", w(SEQ, C, std=0.01))]
         for i in range(L):
             p = f"transformer.h.{i}."
             out += [(p + "ln_1.weight", gain(C)), (p + "ln_1.bias", w(C)),
-                    (p + "attn.c_attn.weight", w(C, 3 * C)), (p + "attn.c_attn.bias", w(3 * C)),
+                    (p + "attn.c_attn.weight", torch.cat([w(C, 2 * C, std=QK), w(C, C)], 1)),
+                    (p + "attn.c_attn.bias", w(3 * C)),
                     (p + "attn.c_proj.weight", w(C, C)), (p + "attn.c_proj.bias", w(C)),
                     (p + "ln_2.weight", gain(C)), (p + "ln_2.bias", w(C)),
-                    (p + "mlp.c_fc.weight", w(C, F)), (p + "mlp.c_fc.bias", w(F)),
+                    (p + "mlp.c_fc.weight", w(C, F, std=MLP_IN)), (p + "mlp.c_fc.bias", w(F)),
                     (p + "mlp.c_proj.weight", w(F, C)), (p + "mlp.c_proj.bias", w(C))]
         out += [("transformer.ln_f.weight", gain(C)), ("transformer.ln_f.bias", w(C))]
     else:
@@ -146,12 +155,13 @@ def init_weights(family, spec, seed=7):
         for i in range(L):
             p = f"model.layers.{i}."
             out += [(p + "input_layernorm.weight", gain(C)),
-                    (p + "self_attn.q_proj.weight", w(H * D, C)),
-                    (p + "self_attn.k_proj.weight", w(KV * D, C)),
+                    (p + "self_attn.q_proj.weight", w(H * D, C, std=QK)),
+                    (p + "self_attn.k_proj.weight", w(KV * D, C, std=QK)),
                     (p + "self_attn.v_proj.weight", w(KV * D, C)),
                     (p + "self_attn.o_proj.weight", w(C, H * D)),
                     (p + "post_attention_layernorm.weight", gain(C)),
-                    (p + "mlp.gate_proj.weight", w(F, C)), (p + "mlp.up_proj.weight", w(F, C)),
+                    (p + "mlp.gate_proj.weight", w(F, C, std=MLP_IN)),
+                    (p + "mlp.up_proj.weight", w(F, C, std=MLP_IN)),
                     (p + "mlp.down_proj.weight", w(C, F))]
         out += [("model.norm.weight", gain(C)), ("lm_head.weight", w(VOCAB, C))]
     return out
@@ -344,10 +354,12 @@ def main():
     ap.add_argument("--layouts", default="single,dp2,zero1,zero2,zero3")
     ap.add_argument("--tol", type=float, default=1e-5)
     # Final weights are compared more loosely than losses: AdamW's update of an element whose
-    # gradient is near eps is sensitive to the gradient's last bits, so even PyTorch f32 against
-    # PyTorch f64 differs by 6.2e-4 (GPT-2) / 2.0e-4 (Llama) of max |w| after 20 steps (measured),
-    # while the losses agree to ~1e-7.
-    ap.add_argument("--weight-tol", type=float, default=1e-2)
+    # gradient is near eps is sensitive to the gradient's last bits, and GPT-2's key bias has a
+    # gradient that is zero in exact arithmetic (softmax ignores a constant added to every score
+    # of a row), so AdamW turns round-off there into steps of up to lr. Measured: PyTorch f32
+    # against PyTorch f64 differ by 6.9e-3 of max |w| (GPT-2 c_attn.bias) and 1.7e-5 (Llama)
+    # after 20 steps, while their losses agree to 2.5e-7.
+    ap.add_argument("--weight-tol", type=float, default=5e-2)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -368,7 +380,7 @@ def main():
             ref, ref_norms, ref_w = torch_train(family, spec, init, tokens)
             print(f"[{family}] torch f64: loss {ref[0]:.6f} -> {ref[-1]:.6f}, grad norm "
                   f"{ref_norms[0]:.4f} -> {ref_norms[-1]:.4f}", flush=True)
-            if not ref[-1] < ref[0] - 0.3:
+            if not ref[-1] < ref[0] - 0.1:  # 4.87 -> 4.6 (GPT-2), -> 3.8 (Llama): it learns
                 failures.append(f"{family}: the reference did not learn")
             single = None
             for layout in args.layouts.split(","):
