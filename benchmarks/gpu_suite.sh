@@ -9,6 +9,9 @@ shift 2
 parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(tests sanitize bench e2e)
 here=$(cd "$(dirname "$0")" && pwd)
+# On the GPU host a test that would skip for want of a GPU (a broken driver, no device visible,
+# no cuDNN) fails instead (core/testing/require_gpu.h, tests/checkpoint_process_test.py --gpu).
+export KILN_REQUIRE_GPU=1
 mkdir -p "$out"
 git -C "$here/.." rev-parse --short HEAD > "$out/commit.txt" 2>/dev/null || true
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt"
@@ -18,6 +21,9 @@ for part in "${parts[@]}"; do
       "$build/core/core_gpu_tests" --gtest_brief=1 > "$out/core_gpu_tests.log" 2>&1
       "$build/optim/optim_gpu_tests" --gtest_brief=1 > "$out/optim_gpu_tests.log" 2>&1
       "$build/tests/gpu_train_test" > "$out/gpu_train_test.log" 2>&1
+      # Every NCCL collective, 2 ranks, one GPU each (fails on a host with fewer than 2 GPUs).
+      OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 2 --oversubscribe \
+        --bind-to none "$build/tests/nccl_comm_cuda_test" > "$out/nccl_comm_test.log" 2>&1
       python3 "$here/../tests/checkpoint_process_test.py" --kiln "$build/bin/kiln" --gpu resume \
         > "$out/gpu_ckpt_test.log" 2>&1
       grep -hE "tests ran|PASSED|FAILED|steps:|kill -9 after|SIGTERM after|failure" "$out"/*_test*.log ;;

@@ -7,7 +7,9 @@ pkgs=(build-essential cmake ninja-build ccache pkg-config git
       libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev clang-format
       nodejs npm python3
       clang libclang-rt-14-dev  # clang + its libFuzzer/ASan runtime: the fuzz tests (tests/fuzz)
-      slurm-wlm munge)  # a private one-node Slurm cluster for the slurm test (tests/slurm)
+      slurm-wlm munge  # a private one-node Slurm cluster for the slurm test (tests/slurm)
+      python3-torch  # the PyTorch oracle (tests/oracle): CPU PyTorch 1.13 from Debian
+      strace)        # the checkpoint durability test (tests/durability_test.py)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

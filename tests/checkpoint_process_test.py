@@ -18,7 +18,12 @@ GPU is visible).
                     them, and the next start must resume from exactly the checkpoint `latest`
                     named, never from a partial (.tmp_*) one.
 
+                    At least half the kills (a third under mpirun, where a killed non-writer rank
+                    lets rank 0 finish its publish) must land inside a save (a .tmp_ directory
+                    left behind), or the test fails: otherwise it would not test what it claims.
+
 Usage: checkpoint_process_test.py --kiln PATH [--mpirun PATH] [--gpu] MODE [--trials N] [--seed S]
+(the seed is fixed by default and printed; --seed -1 draws a fresh one)
 The runs use a tiny GPT-2 with dropout (so the dropout generator's state matters) on the synthetic
 data source; each takes well under a second.
 """
@@ -269,7 +274,7 @@ def mode_kill_during_save(env, rng, trials, np):
     sets = ["training.max_steps=1000000", "checkpoint.every_n_steps=1", "checkpoint.keep_last=3",
             "checkpoint.keep_every=0", "logging.log_every=100000", "eval.sample_tokens=0",
             "eval.every_n_steps=0"]
-    hook = {"KILN_CHECKPOINT_TEST_DELAY_MS": "8"}
+    hook = {"KILN_CHECKPOINT_TEST_DELAY_MS": "20"}
     cdir = ckpt_dir(env.run_dir(run))
     expect = None  # the checkpoint `latest` named after the previous kill
     phases = {"inside a save (.tmp_ directory left)": 0,
@@ -327,9 +332,20 @@ def mode_kill_during_save(env, rng, trials, np):
           f"final start resumed from {path}, `latest` named {expect}:\n{out[-1000:]}")
     print(f"{trials} kills ({'mpirun -np 2, random rank' if np > 1 else 'one process'}): " +
           ", ".join(f"{v} {k}" for k, v in phases.items()), flush=True)
-    print(f"every start resumed from the checkpoint `latest` named (steps {resumed[:10]}"
-          f"{' ...' if len(resumed) > 10 else ''}); every step_* directory verified after every "
-          f"kill", flush=True)
+    # The test is about kills inside a save: unless most land there it did not test what it says.
+    # One process: at least half. Under mpirun a third: when the random rank is not rank 0 (the one
+    # that renames), rank 0 can finish the publish it was in before it notices, so such a kill
+    # shows as "between saves" however it was timed (measured: 4 of 8 inside at 8 and 20 ms).
+    inside = phases["inside a save (.tmp_ directory left)"]
+    need = trials / 2 if np == 1 else trials / 3
+    check(inside >= need, f"only {inside} of {trials} kills landed inside a save (need {need:.1f})")
+    if failures:
+        print(f"{len(failures)} check(s) failed: NOT every start resumed from `latest` / NOT every "
+              f"step_* directory verified", flush=True)
+    else:
+        print(f"every start resumed from the checkpoint `latest` named (steps {resumed[:10]}"
+              f"{' ...' if len(resumed) > 10 else ''}); every step_* directory verified after "
+              f"every kill", flush=True)
 
 
 def main():
@@ -338,7 +354,9 @@ def main():
     ap.add_argument("--mpirun", default="mpirun")
     ap.add_argument("--trials", type=int, default=50)
     ap.add_argument("--np", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=None)
+    # A fixed default seed, printed: a failure reproduces with the same kill times (up to the
+    # machine's timing). --seed -1 draws a fresh one.
+    ap.add_argument("--seed", type=int, default=20261205)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--gpu", action="store_true", help="train on the GPU (skip: exit 77 if none)")
     ap.add_argument("mode", choices=["resume", "resume-mpi", "kill-during-save"])
@@ -347,9 +365,12 @@ def main():
         info = subprocess.run([args.kiln, "info"], stdout=subprocess.PIPE, text=True).stdout
         m = re.search(r"GPUs visible: (\d+)", info)
         if not m or int(m.group(1)) == 0:
+            if os.environ.get("KILN_REQUIRE_GPU") == "1":
+                print("KILN_REQUIRE_GPU=1 but no GPU visible: failed")
+                return 1
             print("no GPU visible: skipped")
             return 77
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
+    seed = args.seed if args.seed >= 0 else random.SystemRandom().randrange(1 << 30)
     print(f"{args.mode}: seed {seed} (rerun with --seed {seed})", flush=True)
     rng = random.Random(seed)
     env = Env(args)

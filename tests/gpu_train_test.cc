@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/backend.h"
 #include "core/check.h"
+#include "core/testing/require_gpu.h"
 #include "launch/config.h"
 #include "launch/testing/tiny_config.h"
 #include "launch/trainer.h"
@@ -57,7 +58,7 @@ double max_rel_diff(const std::vector<double>& a, const std::vector<double>& b) 
 }
 
 TEST(GpuTraining, MatchesCpuAndIsDeterministic) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU visible";
+  if (!cuda_available()) KILN_GPU_SKIP("no GPU visible");
   const std::vector<double> cpu = train(config(TrainConfig::CPU, PrecisionConfig::FP32, false));
   const std::vector<double> f32 = train(config(TrainConfig::CUDA, PrecisionConfig::FP32, true));
   const std::vector<double> bf16a = train(config(TrainConfig::CUDA, PrecisionConfig::BF16, true));
@@ -82,7 +83,7 @@ TEST(GpuTraining, MatchesCpuAndIsDeterministic) {
 // (fp32 masters and moments copied from the device), restored into a fresh Trainer: every later
 // loss bit-identical to the uninterrupted run, and the final checkpoints byte-identical.
 TEST(GpuTraining, ResumeIsBitIdenticalInDeterministicMode) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU visible";
+  if (!cuda_available()) KILN_GPU_SKIP("no GPU visible");
   TrainConfig a = config(TrainConfig::CUDA, PrecisionConfig::BF16, true);
   a.mutable_model()->set_dropout(0.1);
   a.mutable_checkpoint()->set_every_n_steps(20);

@@ -29,6 +29,7 @@
 #include "core/cuda/runtime.h"
 #include "core/ops/attention.h"
 #include "core/testing/gradcheck.h"
+#include "core/testing/require_gpu.h"
 
 namespace kiln {
 namespace {
@@ -39,7 +40,7 @@ using testing::max_scaled_error;
 using testing::randn64;
 
 #define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device visible"
+  if (!cuda_available()) KILN_GPU_SKIP("no CUDA device visible")
 
 // Sets KILN_ATTENTION for the scope ("" unsets it).
 class ScopedImpl {
@@ -184,7 +185,7 @@ const std::vector<Dims> kShapes = {
 
 TEST(AttentionCuda, CudnnMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  if (!cuda::cudnn_sdpa_available()) GTEST_SKIP() << "cuDNN 9 not available";
+  if (!cuda::cudnn_sdpa_available()) KILN_GPU_SKIP("cuDNN 9 not available");
   for (const Dims& s : kShapes) {
     check_against_cpu("cudnn", Impl::kCudnn, DType::kBF16, s, 1e-2);
     check_against_cpu("cudnn", Impl::kCudnn, DType::kF16, s, 1e-2);
@@ -290,7 +291,7 @@ TEST(AttentionCuda, AutoPicksCudnnForHalfAndKilnForF32) {
 
 TEST(AttentionCuda, PlansAreCachedPerShape) {
   SKIP_WITHOUT_GPU();
-  if (!cuda::cudnn_sdpa_available()) GTEST_SKIP() << "cuDNN 9 not available";
+  if (!cuda::cudnn_sdpa_available()) KILN_GPU_SKIP("cuDNN 9 not available");
   ScopedImpl env("cudnn");
   const Dims s{1, 4, 2, 48, 64};
   Inputs x = random_inputs(s, DType::kBF16, fresh_seed());

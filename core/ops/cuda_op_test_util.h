@@ -36,11 +36,12 @@
 #include "core/cuda/runtime.h"
 #include "core/random.h"
 #include "core/testing/gradcheck.h"
+#include "core/testing/require_gpu.h"
 
 namespace kiln::testing {
 
 #define KILN_SKIP_WITHOUT_GPU() \
-  if (!::kiln::cuda_available()) GTEST_SKIP() << "no CUDA device visible"
+  if (!::kiln::cuda_available()) KILN_GPU_SKIP("no CUDA device visible")
 
 // A new seed per run (printed by the callers' SCOPED_TRACE on failure): inputs are fresh each run.
 inline uint64_t fresh_seed() {

@@ -60,9 +60,9 @@ uint64_t fresh_seed() {
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
 }
 
-#define KILN_REQUIRE_FP8()                                                                  \
-  do {                                                                                      \
-    if (cuda::compute_capability() < 89) GTEST_SKIP() << "fp8 GEMMs need compute cap 8.9+"; \
+#define KILN_REQUIRE_FP8()                                                                 \
+  do {                                                                                     \
+    if (cuda::compute_capability() < 89) KILN_GPU_SKIP("fp8 GEMMs need compute cap 8.9+"); \
   } while (0)
 
 // normal(0, std) rounded to dtype, on the CPU.
@@ -383,7 +383,10 @@ TEST(Fp8Args, CpuTensorsAndBadShapesAreErrorsNamingTheOp) {
             std::string::npos);
   EXPECT_NE(error_message([&] { fp8_amax(x); }).find("fp8_amax"), std::string::npos);
   EXPECT_FALSE(fp8_linear_applies(x, w)) << "CPU tensors";
-  if (!cuda_available()) return;
+  if (!cuda_available()) {
+    if (testing::gpu_required()) ADD_FAILURE() << "KILN_REQUIRE_GPU=1 but no CUDA device visible";
+    return;
+  }
   Tensor xg = x.to(kGpu), wg = w.to(kGpu);
   EXPECT_TRUE(fp8_linear_applies(xg, wg));
   EXPECT_FALSE(fp8_linear_applies(xg.narrow(0, 0, 8), wg)) << "8 rows";

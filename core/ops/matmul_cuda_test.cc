@@ -268,7 +268,7 @@ TEST_F(MatmulCuda, MlpGeluMatchesComposedCpu) {
 Tensor scale_down(const Tensor& v, double s) { return scale(v, 1.0 / s).to(DType::kF8E4M3); }
 
 TEST_F(MatmulCuda, Fp8LinearOnHopper) {
-  if (cuda::compute_capability() < 89) GTEST_SKIP() << "fp8 GEMMs need sm_89+";
+  if (cuda::compute_capability() < 89) KILN_GPU_SKIP("fp8 GEMMs need sm_89+");
   // Quantize random values to e4m3 with per-tensor scales; the reference is the exact product of
   // the dequantized values (f64). Hopper's fp8 tensor cores accumulate with fewer than f32's
   // mantissa bits between promotions, so even the f32 output is held to the bf16 tolerance.

@@ -18,13 +18,15 @@
 #include "core/cuda/runtime.h"
 #include "core/random.h"
 #include "core/tensor.h"
+#include "core/testing/require_gpu.h"
 
 namespace kiln::testing {
 
-// Skips the test when no CUDA device is visible (CI machines without a GPU).
-#define KILN_REQUIRE_GPU()                                           \
-  do {                                                               \
-    if (!::kiln::cuda_available()) GTEST_SKIP() << "no CUDA device"; \
+// Skips the test when no CUDA device is visible (CI machines without a GPU); fails instead under
+// KILN_REQUIRE_GPU=1 (require_gpu.h).
+#define KILN_REQUIRE_GPU()                                          \
+  do {                                                              \
+    if (!::kiln::cuda_available()) KILN_GPU_SKIP("no CUDA device"); \
   } while (0)
 
 // Poisons every CUDA allocation while alive (and synchronises on exit so errors surface here).

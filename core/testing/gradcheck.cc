@@ -68,8 +68,12 @@ GradCheckResult gradcheck(const TensorFn& f, const std::vector<Tensor>& inputs, 
       }
       p[j] = orig;
       const double numeric = (fp - fm) / (2 * eps);
-      const double abs_err = std::fabs(analytic[j] - numeric);
-      const double rel = abs_err / std::max({std::fabs(analytic[j]), std::fabs(numeric), floor});
+      // A NaN or infinity on either side is a failure: std::max would silently drop a NaN.
+      const bool finite = std::isfinite(analytic[j]) && std::isfinite(numeric);
+      const double abs_err = finite ? std::fabs(analytic[j] - numeric) : INFINITY;
+      const double rel =
+          finite ? abs_err / std::max({std::fabs(analytic[j]), std::fabs(numeric), floor})
+                 : INFINITY;
       res.max_abs_error = std::max(res.max_abs_error, abs_err);
       if (rel > res.max_rel_error || res.checked == 0) {
         res.max_rel_error = std::max(res.max_rel_error, rel);
@@ -90,6 +94,8 @@ double max_scaled_error(const Tensor& a, const Tensor& b, double atol, double rt
   double worst = 0;
   for (size_t i = 0; i < va.size(); ++i) {
     double e = std::fabs(va[i] - vb[i]) / (atol + rtol * std::fabs(vb[i]));
+    if (va[i] == vb[i] || (std::isnan(va[i]) && std::isnan(vb[i]))) e = 0;  // equal, or NaN both
+    if (std::isnan(e)) e = INFINITY;  // inf vs inf of opposite sign, NaN vs number
     if (std::isnan(va[i]) != std::isnan(vb[i])) e = INFINITY;
     worst = std::max(worst, e);
   }
