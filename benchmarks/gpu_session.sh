@@ -28,6 +28,27 @@ for part in "$@"; do
       timeout 200 bash benchmarks/profile/run.sh build "$out/prof" 2 > "$out/profile.txt" 2>&1
       stamp "profile exit $?"; head -30 "$out/profile.txt"; tail -3 "$out/prof/kiln.log"
       gzip -c "$out/prof/ncu.csv" > "$out/ncu.csv.gz"; rm -rf "$out/prof" ;;
+    kiln)
+      # kiln's side of the e2e run alone (benchmarks/e2e/run.sh without PyTorch)
+      timeout 90 build/bin/kiln train --config benchmarks/e2e/gpt2-124m-bench.textproto \
+        --set logging.run_dir="$out/k" > "$out/kiln_only.log" 2>&1
+      stamp "kiln exit $?"; tail -2 "$out/kiln_only.log"
+      python3 - "$out/k/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"kind":"train"' in l]
+tok = sorted(r["tokens_per_s"] for r in rows if r["step"] >= 10)
+print(f"kiln: {tok[len(tok)//2]:,.0f} tok/s (median of steps 10-29), loss at step {rows[-1]['step']} "
+      f"{rows[-1]['loss']:.4f}, peak {rows[-1]['mem_peak_mib']:.0f} MiB")
+PY
+      rm -rf "$out/k" ;;
+    newtests)
+      timeout 120 build/core/core_gpu_tests --gtest_brief=1 \
+        --gtest_filter='*Attention*:*Mlp*:*LinearCrossEntropy*:*CrossEntropy*:ElementwiseCuda.*:*View*' \
+        > "$out/new_gpu_tests.log" 2>&1
+      stamp "new gpu tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/new_gpu_tests.log"
+      grep -B3 -A12 "Failure" "$out/new_gpu_tests.log" | head -50
+      timeout 120 build/tests/gpu_train_test > "$out/gpu_train_test.log" 2>&1
+      stamp "train exit $?"; grep -E "tests ran|PASSED|FAILED|steps:|max rel|relative" "$out/gpu_train_test.log" ;;
     ab)
       # kiln alone with each new path switched back to the old one (env knobs), same config.
       for knob in KILN_DGELU=cublaslt KILN_CE_ROWS=scalar; do
