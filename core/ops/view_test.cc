@@ -56,11 +56,16 @@ TEST(View, UnflattenIsAViewOfAnyStridesAndItsGradientMatchesReshape) {
   // Gradients of a composition through unflatten + permute against f64 finite differences, the
   // merged gradient a view where its strides allow.
   const Tensor xr = randn64({2, 3, 12}, 3);
-  std::vector<testing::TensorFn> fns = {[](auto& t) {
-    auto parts = split(t[0], {4, 4, 4}, 2);
-    Tensor a = unflatten(parts[1], 2, {2, 2}).permute({0, 2, 1, 3});
-    return mul(a, unflatten(parts[2], 2, {2, 2}).permute({0, 2, 1, 3}));
-  }};
+  std::vector<testing::TensorFn> fns = {
+      [](auto& t) {  // the gradient reaches unflatten permuted: merged by a copy
+        auto parts = split(t[0], {4, 4, 4}, 2);
+        Tensor a = unflatten(parts[1], 2, {2, 2}).permute({0, 2, 1, 3});
+        return mul(a, unflatten(parts[2], 2, {2, 2}).permute({0, 2, 1, 3}));
+      },
+      [](auto& t) {  // contiguous gradients: merged as views
+        auto parts = split(t[0], {4, 4, 4}, 2);
+        return mul(unflatten(parts[0], 2, {2, 2}), unflatten(parts[2], 2, {2, 2}));
+      }};
   for (auto& f : fns) {
     auto r = gradcheck(f, {xr});
     EXPECT_LE(r.max_rel_error, 1e-6) << r.worst;
