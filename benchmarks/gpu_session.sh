@@ -46,7 +46,7 @@ PY
         --gtest_filter="${GPU_TEST_FILTER:-*}" > "$out/new_gpu_tests.log" 2>&1
       stamp "new gpu tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/new_gpu_tests.log"
       grep -B3 -A12 "Failure" "$out/new_gpu_tests.log" | head -50
-      timeout 120 build/tests/gpu_train_test > "$out/gpu_train_test.log" 2>&1
+      timeout 90 build/tests/gpu_train_test > "$out/gpu_train_test.log" 2>&1
       stamp "train exit $?"; grep -E "tests ran|PASSED|FAILED|steps:|max rel|relative" "$out/gpu_train_test.log" ;;
     ab)
       # kiln alone with each new path switched back to the old one (env knobs), same config.
@@ -69,11 +69,11 @@ PY
       stamp "core_gpu_tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/core_gpu_tests.log"
       timeout 60 build/optim/optim_gpu_tests --gtest_brief=1 > "$out/optim_gpu_tests.log" 2>&1
       stamp "optim exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/optim_gpu_tests.log"
-      timeout 120 build/tests/gpu_train_test > "$out/gpu_train_test.log" 2>&1
+      timeout 90 build/tests/gpu_train_test > "$out/gpu_train_test.log" 2>&1
       stamp "train exit $?"; grep -E "tests ran|PASSED|FAILED|steps:|max rel|relative" "$out/gpu_train_test.log"
       grep -B3 -A12 "Failure" "$out/core_gpu_tests.log" | head -60 ;;
     sanitize)
-      timeout 100 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
+      timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
         --gtest_filter="${SANITIZE_FILTER:-*PackedQkv*:*MlpGelu*:*LinearCrossEntropy*:*StridedInputs*:ElementwiseCuda.*}" --gtest_brief=1 > "$out/memcheck.log" 2>&1
       stamp "memcheck exit $?: $(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)" ;;
   esac
