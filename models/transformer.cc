@@ -31,10 +31,9 @@ std::shared_ptr<nn::Linear> make_linear(const ModelSpec& s, int64_t in, int64_t 
   return std::make_shared<nn::Linear>(in, out, s.bias, std, gen, s.param_dtype);
 }
 
-// (B, T, H*D) -> (B, H, T, D)
+// (B, T, H*D) -> (B, H, T, D), a view also of GPT-2's q, k, v thirds of the c_attn output
 Tensor split_heads(const Tensor& x, int64_t heads) {
-  const int64_t b = x.size(0), t = x.size(1), d = x.size(2) / heads;
-  return x.reshape({b, t, heads, d}).permute({0, 2, 1, 3});
+  return unflatten(x, 2, {heads, x.size(2) / heads}).permute({0, 2, 1, 3});
 }
 // (B, H, T, D) -> (B, T, H*D)
 Tensor merge_heads(const Tensor& x) {

@@ -105,7 +105,9 @@ def main():
     flops = 6 * n_params + 12 * 12 * 768 * args.seq
     print(f"pytorch {torch.__version__} ({mode}) {torch.cuda.get_device_name()}: GPT-2 124M batch "
           f"{args.batch}x{args.seq} bf16: {dt * 1e3:.1f} ms/step, {tok_s:,.0f} tok/s, "
-          f"MFU {100 * tok_s * flops / 989e12:.1f}% (last loss {loss_v:.3f})")
+          f"MFU {100 * tok_s * flops / 989e12:.1f}% (last loss {loss_v:.3f}), peak memory "
+          f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB allocated, "
+          f"{torch.cuda.max_memory_reserved() / 2**20:.0f} MiB reserved")
 
 
 if __name__ == "__main__":

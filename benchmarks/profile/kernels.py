@@ -19,7 +19,7 @@ def main():
             continue
         name = row["Kernel Name"]
         name = name if len(name) < 90 else name[:87] + "..."
-        total[name] += float(row["Metric Value"]) * 1e-6  # ns -> ms
+        total[name] += float(row["Metric Value"].replace(",", "")) * 1e-6  # ns -> ms (ncu may print 170,400)
         count[name] += 1
     grand = sum(total.values())
     print(f"{'kernel':90s} {'ms/step':>9s} {'share':>6s} {'calls/step':>10s}")

@@ -2,7 +2,8 @@
 # Kernel-time breakdown of kiln's GPT-2 124M training step on one GPU (benchmarks/e2e config):
 # Nsight Compute times every kernel of a short run (gpu__time_duration only, clocks left alone),
 # and kernels.py sums them per kernel name and per step. Compare the per-step kernel total with
-# the step time of the plain run (benchmarks/e2e/run.sh) to see how much of a step the GPU idles.
+# the step time of the plain run (benchmarks/e2e/run.sh) to see how much of a step the GPU idles;
+# categories.py groups the second step's kernels (pass it that wall step time in ms for the gaps).
 # Usage: benchmarks/profile/run.sh BUILD_DIR OUT_DIR [STEPS]
 set -euo pipefail
 build=$1 out=$2 steps=${3:-2}
@@ -14,3 +15,4 @@ ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units ba
   --set training.max_steps="$steps" --set eval.every_n_steps=0 --set schedule.lr.warmup_steps=1 \
   --set logging.run_dir="$out/run" > "$out/kiln.log" 2>&1
 python3 "$here/kernels.py" "$out/ncu.csv" "$steps"
+python3 "$here/categories.py" "$out/ncu.csv"

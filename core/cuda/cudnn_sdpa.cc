@@ -383,12 +383,12 @@ cudnnBackendDescriptor_t causal_mask(GraphBuilder& g, const AttnShape& a,
 }
 
 void build_forward(GraphBuilder& g, const AttnShape& a, const Dims& qs, const Dims& ks,
-                   const Dims& vs) {
+                   const Dims& vs, const Dims& os) {
   const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
   auto q = g.tensor(kQ, a.io, a.q_dims(), qs, false);
   auto kt = g.tensor(kKT, a.io, a.kvt_dims(), transposed(ks), false);
   auto v = g.tensor(kV, a.io, a.kv_dims(), vs, false);
-  auto o = g.tensor(kO, a.io, a.q_dims(), AttnShape::packed(a.q_dims()), false);
+  auto o = g.tensor(kO, a.io, a.q_dims(), os, false);
   auto stats = g.tensor(kStats, f32, a.row_dims(), a.row_strides(), false);
   auto scale = g.scalar(kScale);
   auto neg_inf = g.scalar(kNegInf);
@@ -428,9 +428,10 @@ void grad_kv(GraphBuilder& g, const AttnShape& a, cudnnBackendDescriptor_t lhs_t
 }
 
 void build_backward(GraphBuilder& g, const AttnShape& a, const Dims& qs, const Dims& ks,
-                    const Dims& vs, const Dims& os, const Dims& dos, bool deterministic) {
+                    const Dims& vs, const Dims& os, const Dims& dos, const Dims& dqs,
+                    const Dims& dks, const Dims& dvs, bool deterministic) {
   const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
-  const Dims packed_q = AttnShape::packed(a.q_dims()), packed_kv = AttnShape::packed(a.kv_dims());
+  const Dims packed_q = AttnShape::packed(a.q_dims());
   auto q = g.tensor(kQ, a.io, a.q_dims(), qs, false);
   auto kt = g.tensor(kKT, a.io, a.kvt_dims(), transposed(ks), false);
   auto vt = g.tensor(kVT, a.io, a.kvt_dims(), transposed(vs), false);
@@ -440,9 +441,9 @@ void build_backward(GraphBuilder& g, const AttnShape& a, const Dims& qs, const D
   auto scale = g.scalar(kScale);
   auto neg_inf = g.scalar(kNegInf);
   auto one = g.scalar(kOne);
-  auto dq = g.tensor(kDQ, a.io, a.q_dims(), packed_q, false);
-  auto dk = g.tensor(kDK, a.io, a.kv_dims(), packed_kv, false);
-  auto dv = g.tensor(kDV, a.io, a.kv_dims(), packed_kv, false);
+  auto dq = g.tensor(kDQ, a.io, a.q_dims(), dqs, false);
+  auto dk = g.tensor(kDK, a.io, a.kv_dims(), dks, false);
+  auto dv = g.tensor(kDV, a.io, a.kv_dims(), dvs, false);
   const Dims sd = a.s_dims(), ss = a.s_strides(), rd = a.row_dims(), rs = a.row_strides();
 
   // Dsum = sum_row(dO * O), kept in the workspace.
@@ -626,10 +627,11 @@ absl::Status sdpa_forward(const Tensor& q, const Tensor& k, const Tensor& v, dou
   const int device = q.device().index;
   std::vector<int64_t> key = {0,  static_cast<int64_t>(q.dtype()), device, a.b, a.hq, a.hkv, a.t,
                               a.d};
-  for (const Tensor* x : {&q, &k, &v}) append_strides(&key, *x);
+  if (out.strides()[3] != 1) return absl::InvalidArgumentError("out needs unit stride in D");
+  for (const Tensor* x : {&q, &k, &v, &out}) append_strides(&key, *x);
   absl::StatusOr<std::shared_ptr<Plan> > plan =
       cached_plan(key, device, false, [&](GraphBuilder& g) {
-        build_forward(g, a, bhtd_strides(q), bhtd_strides(k), bhtd_strides(v));
+        build_forward(g, a, bhtd_strides(q), bhtd_strides(k), bhtd_strides(v), bhtd_strides(out));
       });
   if (!plan.ok()) return plan.status();
   Tensor ws = workspace_tensor((*plan)->workspace, q.device());
@@ -645,8 +647,9 @@ absl::Status sdpa_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
                            const Tensor& dout, const Tensor& lse, double scale, bool deterministic,
                            const Tensor& dq, const Tensor& dk, const Tensor& dv) {
   if (absl::Status st = check_common(q, k, v); !st.ok()) return st;
-  if (out.strides()[3] != 1 || dout.strides()[3] != 1)
-    return absl::InvalidArgumentError("out and dout need unit stride in D");
+  for (const Tensor* x : {&out, &dout, &dq, &dk, &dv})
+    if (x->strides()[3] != 1)
+      return absl::InvalidArgumentError("out, dout, dq, dk and dv need unit stride in D");
   const AttnShape a = shape_of(q, k);
   const int device = q.device().index;
   std::vector<int64_t> key = {1,
@@ -658,11 +661,12 @@ absl::Status sdpa_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
                               a.t,
                               a.d,
                               deterministic ? 1 : 0};
-  for (const Tensor* x : {&q, &k, &v, &out, &dout}) append_strides(&key, *x);
+  for (const Tensor* x : {&q, &k, &v, &out, &dout, &dq, &dk, &dv}) append_strides(&key, *x);
   absl::StatusOr<std::shared_ptr<Plan> > plan =
       cached_plan(key, device, deterministic, [&](GraphBuilder& g) {
         build_backward(g, a, bhtd_strides(q), bhtd_strides(k), bhtd_strides(v), bhtd_strides(out),
-                       bhtd_strides(dout), deterministic);
+                       bhtd_strides(dout), bhtd_strides(dq), bhtd_strides(dk), bhtd_strides(dv),
+                       deterministic);
       });
   if (!plan.ok()) return plan.status();
   const Plan& p = **plan;

@@ -17,17 +17,19 @@ bool cudnn_sdpa_available();
 // out = softmax(scale q k^T + causal mask) v; lse = the natural log-sum-exp of each scaled score
 // row (max + log sum exp), as the CPU kernel saves it.
 //   q: (B, Hq, T, D); k, v: (B, Hkv, T, D), Hq % Hkv == 0; any strides with stride 1 in D.
-//   out: (B, Hq, T, D) contiguous, q's dtype; lse: (B, Hq, T) f32 contiguous. Both written.
+//   out: (B, Hq, T, D), q's dtype, any strides with stride 1 in D (e.g. laid out (B, T, H, D));
+//   lse: (B, Hq, T) f32 contiguous. Both written.
 // Returns an error (nothing launched) when cuDNN cannot serve this dtype/shape: no cuDNN, f32,
 // no engine for the graph, or plan finalisation failing. A failure is remembered per shape.
 // REQUIRES: all tensors on the current CUDA device; one floating dtype for q, k, v, out.
 absl::Status sdpa_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                           const Tensor& out, const Tensor& lse);
 
-// Gradients of sdpa_forward. dq (B, Hq, T, D), dk and dv (B, Hkv, T, D): contiguous, q's dtype,
-// written (dk, dv summed over the query heads of each group). out and dout: (B, Hq, T, D) with
-// stride 1 in D; lse as sdpa_forward wrote it. deterministic picks the graph whose dQ is one
-// matmul (no atomic fp32 accumulation) and engines without the non-deterministic note.
+// Gradients of sdpa_forward. dq (B, Hq, T, D), dk and dv (B, Hkv, T, D): q's dtype, any strides
+// with stride 1 in D (e.g. the thirds of one packed (B, T, 3, H, D) buffer), written (dk, dv summed
+// over the query heads of each group). out and dout: (B, Hq, T, D) with stride 1 in D; lse as
+// sdpa_forward wrote it. deterministic picks the graph whose dQ is one matmul (no atomic fp32
+// accumulation) and engines without the non-deterministic note.
 absl::Status sdpa_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                            const Tensor& dout, const Tensor& lse, double scale, bool deterministic,
                            const Tensor& dq, const Tensor& dk, const Tensor& dv);

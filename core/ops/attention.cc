@@ -23,6 +23,7 @@
 #include "core/cpu/elem.h"
 #include "core/cpu/fast_math.h"
 #include "core/ops/matmul.h"
+#include "core/ops/view.h"
 #include "core/thread_pool.h"
 
 #if KILN_WITH_CUDA
@@ -299,6 +300,23 @@ struct CudaForward {
   Tensor q, k, v;  // the inputs as the kernels read them (unit stride in D), for backward
 };
 
+// An uninitialised (B, H, T, D) tensor whose memory is laid out (B, T, H, D): permuted back and
+// merged to (B, T, H*D) (the model's merge_heads) it is contiguous, so no copy is made there.
+Tensor empty_bthd(const Shape& s, DType dt, Device dev) {
+  return Tensor::empty({s[0], s[2], s[1], s[3]}, dt, dev).permute({0, 2, 1, 3});
+}
+
+// Whether q, k, v are the three consecutive thirds of one packed (B, T, 3, H, D) projection seen as
+// (B, H, T, D) views (GPT-2's c_attn output through split and split_heads).
+bool packed_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
+  const int64_t h = q.size(1), t = q.size(2), d = q.size(3);
+  const Shape want = {t * 3 * h * d, d, 3 * h * d, 1};
+  return k.shape() == q.shape() && v.shape() == q.shape() && q.storage() == k.storage() &&
+         q.storage() == v.storage() && q.strides() == want && k.strides() == want &&
+         v.strides() == want && k.offset() == q.offset() + h * d &&
+         v.offset() == q.offset() + 2 * h * d;
+}
+
 CudaForward causal_attention_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                   const AttnDims& d, double scale) {
   check_cuda_backend(q_in);
@@ -309,7 +327,12 @@ CudaForward causal_attention_cuda(const Tensor& q_in, const Tensor& k_in, const 
   if (q.numel() == 0) return f;
   const CudaChoice c = cuda_choice();
   if (try_cudnn(c, q)) {
-    absl::Status st = cuda::sdpa_forward(q, k, v, scale, f.out, f.lse);
+    // cuDNN writes the output (B, T, H, D)-laid-out (no copy in merge_heads); should an engine
+    // refuse that layout, the contiguous one is tried before the kiln kernel.
+    Tensor bthd = empty_bthd(q.shape(), q.dtype(), q.device());
+    absl::Status st = cuda::sdpa_forward(q, k, v, scale, bthd, f.lse);
+    if (st.ok()) f.out = bthd;
+    if (!st.ok()) st = cuda::sdpa_forward(q, k, v, scale, f.out, f.lse);
     if (st.ok()) {
       g_last_forward = attention_cuda::Impl::kCudnn;
       return f;
@@ -327,15 +350,33 @@ AttnGrads causal_attention_backward_cuda(const Tensor& q, const Tensor& k, const
                                          const Tensor& out, const Tensor& lse, const Tensor& grad,
                                          double scale) {
   check_cuda_backend(q);
-  const Tensor go = unit_d(raw::convert(grad, q.dtype()));
+  // dout as it comes (cuDNN reads any strides with unit stride in D): from merge_heads it is a
+  // (B, T, H, D)-laid-out view.
+  const Tensor go = unit_d(grad.dtype() == q.dtype() ? grad : raw::convert(grad, q.dtype()));
   AttnGrads r{Tensor::empty(q.shape(), q.dtype(), q.device()),
               Tensor::empty(k.shape(), q.dtype(), q.device()),
               Tensor::empty(v.shape(), q.dtype(), q.device())};
   if (q.numel() == 0) return r;
   const CudaChoice c = cuda_choice();
   if (try_cudnn(c, q)) {
-    absl::Status st =
-        cuda::sdpa_backward(q, k, v, out, go, lse, scale, cuda::deterministic(), r.gq, r.gk, r.gv);
+    absl::Status st = absl::UnknownError("not tried");
+    if (packed_qkv(q, k, v)) {
+      // The gradients go into one (B, T, 3 H D) buffer laid out as q, k, v are: split's backward
+      // passes it on as the gradient of the packed projection without concatenating.
+      const int64_t hd = q.size(1) * q.size(3);
+      Tensor buf = Tensor::empty({q.size(0), q.size(2), 3 * hd}, q.dtype(), q.device());
+      auto third = [&](int64_t i) {
+        return unflatten(buf.narrow(2, i * hd, hd), 2, {q.size(1), q.size(3)})
+            .permute({0, 2, 1, 3});
+      };
+      AttnGrads p{third(0), third(1), third(2)};
+      st = cuda::sdpa_backward(q, k, v, out, go, lse, scale, cuda::deterministic(), p.gq, p.gk,
+                               p.gv);
+      if (st.ok()) r = p;
+    }
+    if (!st.ok())
+      st = cuda::sdpa_backward(q, k, v, out, go, lse, scale, cuda::deterministic(), r.gq, r.gk,
+                               r.gv);
     if (st.ok()) {
       g_last_backward = attention_cuda::Impl::kCudnn;
       return r;

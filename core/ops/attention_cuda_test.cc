@@ -28,6 +28,7 @@
 #include "core/cuda/cudnn_sdpa.h"
 #include "core/cuda/runtime.h"
 #include "core/ops/attention.h"
+#include "core/ops/view.h"
 #include "core/testing/gradcheck.h"
 #include "core/testing/require_gpu.h"
 
@@ -227,6 +228,51 @@ TEST(AttentionCuda, StridedInputsMatchCpu) {
     Results gpu{host(out), host(qb.grad().transpose(1, 2)), host(kb.grad().transpose(1, 2)),
                 host(vb.grad().transpose(1, 2))};
     expect_close(gpu, ref, 1e-2, std::string("strided ") + impl);
+  }
+}
+
+TEST(AttentionCuda, PackedQkvAsTheModelUsesItMatchesCpu) {
+  // GPT-2's path: one (B, T, 3 H D) projection, split into thirds, each unflattened to (B, T, H, D)
+  // and permuted to (B, H, T, D) (views, no copies); the output merged back to (B, T, H D). On
+  // cuDNN the output comes back laid out (B, T, H, D) (the merge is a view) and the gradient of
+  // the packed projection is one buffer that split's backward passes on without concatenating.
+  // Checked against the f64 CPU reference of the same composition; NaN-poisoned allocations.
+  SKIP_WITHOUT_GPU();
+  const int64_t b = 2, h = 4, t = 80, d = 64, c = h * d;
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Tensor qkv64 = randn64({b, t, 3 * c}, seed).to(DType::kBF16).to(DType::kF64);
+  Tensor gout64 = randn64({b, t, c}, seed + 1).to(DType::kBF16).to(DType::kF64);
+  auto model = [&](const Tensor& qkv, Tensor* y_bhtd) {
+    std::vector<Tensor> parts = split(qkv, {c, c, c}, -1);
+    auto heads = [&](const Tensor& x) { return unflatten(x, 2, {h, d}).permute({0, 2, 1, 3}); };
+    Tensor y = causal_attention(heads(parts[0]), heads(parts[1]), heads(parts[2]));
+    if (y_bhtd) *y_bhtd = y;
+    return y.permute({0, 2, 1, 3}).reshape({b, t, c});
+  };
+  Tensor ref_leaf = qkv64.detach().set_requires_grad(true);
+  Tensor ref = model(ref_leaf, nullptr);
+  ref.backward(gout64);
+  for (const char* impl : {"cudnn", "kiln"}) {
+    if (std::string(impl) == "cudnn" && !cuda::cudnn_sdpa_available()) continue;
+    SCOPED_TRACE(impl);
+    ScopedImpl env(impl);
+    ScopedPoison poison;
+    Tensor leaf = qkv64.to(DType::kBF16).to(Device::cuda(0)).detach().set_requires_grad(true);
+    Tensor y_bhtd;
+    Tensor y = model(leaf, &y_bhtd);
+    y.backward(gout64.to(DType::kBF16).to(Device::cuda(0)));
+    if (std::string(impl) == "cudnn") {
+      EXPECT_EQ(y_bhtd.strides(), (Shape{t * c, d, c, 1})) << "output not laid out (B, T, H, D)";
+      EXPECT_EQ(y.storage(), y_bhtd.storage()) << "merge_heads copied";
+    }
+    auto host = [](const Tensor& x) { return x.to(Device::cpu()).to(DType::kF64); };
+    const double e_out = scaled_error(host(y), ref),
+                 e_grad = scaled_error(host(leaf.grad()), ref_leaf.grad());
+    EXPECT_LT(e_out, 1e-2) << "out";
+    EXPECT_LT(e_grad, 1e-2) << "d qkv";
+    for (double v : leaf.grad().to(Device::cpu()).to(DType::kF64).to_vector())
+      ASSERT_FALSE(std::isnan(v)) << "an element of d qkv was never written";
   }
 }
 

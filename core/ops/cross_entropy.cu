@@ -13,6 +13,9 @@
 // The (N, V) logits are never materialised, and each chunk's gradient shares their buffer.
 #include <algorithm>
 #include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "core/backend.h"
 #include "core/ops/cuda_util.cuh"
@@ -21,6 +24,16 @@ namespace kiln::cuda {
 namespace {
 
 constexpr unsigned long long kNone = ULLONG_MAX;
+
+// KILN_CE_ROWS=scalar: linear_cross_entropy keeps the scalar row kernel for 16-bit logits too
+// (for comparisons; the vectorised one is the default).
+bool ce_scalar_rows() {
+  static const bool scalar = [] {
+    const char* e = std::getenv("KILN_CE_ROWS");
+    return e != nullptr && std::string(e) == "scalar";
+  }();
+  return scalar;
+}
 
 // ---- kernels ----
 
@@ -77,6 +90,77 @@ __global__ void __launch_bounds__(kMaxRowThreads)
           if (j == t) gj -= grad_scale;
         }
         xr[j] = from_acc<T>(gj);
+      }
+    }
+  }
+}
+
+// ce_rows_kernel for 16-bit logits with V % 8 == 0 and a 16-byte aligned buffer: 8 logits per
+// 16-byte access, and the max and the sum of exponentials in one pass over the row (each thread
+// keeps a running max and rescales its sum when the max grows), so the row is read twice (the
+// second time mostly from L2) and written once, instead of read three times with 2-byte loads.
+template <typename A>
+__device__ __forceinline__ A fast_exp(A x) {
+  return exp(x);
+}
+template <>
+__device__ __forceinline__ float fast_exp(float x) {
+  return __expf(x);
+}
+
+template <typename T, typename I, bool kGrad>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    ce_rows_vec_kernel(T* logits, const I* __restrict__ targets, int64_t rows, int64_t v,
+                       int64_t ignore, acc_t<T>* __restrict__ row_loss,
+                       acc_t<T>* __restrict__ lse_out, acc_t<T> grad_scale) {
+  using A = acc_t<T>;
+  constexpr int kV = 16 / sizeof(T);  // launched for 16-bit T (8 per access)
+  __shared__ A scratch[32];
+  const int64_t nvec = v / kV;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    T* xr = logits + r * v;
+    uint4* xv = reinterpret_cast<uint4*>(xr);
+    const int64_t t = static_cast<int64_t>(targets[r]);
+    const bool valid = t != ignore && t >= 0 && t < v;
+    const A xt = valid ? to_acc(xr[t]) : A(0);  // read before any thread overwrites
+    A m = -INFINITY, s = 0;
+    for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x) {
+      const uint4 u = xv[j];
+      const T* e = reinterpret_cast<const T*>(&u);
+      A f[kV], mx = m;
+#pragma unroll
+      for (int k = 0; k < kV; ++k) {
+        f[k] = to_acc(e[k]);
+        mx = max(mx, f[k]);
+      }
+      A add = 0;
+#pragma unroll
+      for (int k = 0; k < kV; ++k) add += fast_exp(f[k] - mx);
+      s = (m == A(-INFINITY) ? A(0) : s * fast_exp(m - mx)) + add;
+      m = mx;
+    }
+    const A bm = block_max(m, scratch);
+    s = m == A(-INFINITY) ? A(0) : s * fast_exp(m - bm);
+    s = block_sum(s, scratch);  // every thread has finished reading the row past this point
+    const A lse = bm + log(s);
+    if (threadIdx.x == 0) {
+      row_loss[r] = valid ? lse - xt : A(0);
+      if (lse_out != nullptr) lse_out[r] = lse;
+    }
+    if constexpr (kGrad) {
+      for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x) {
+        uint4 u = xv[j];
+        T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+        for (int k = 0; k < kV; ++k) {
+          A g = 0;
+          if (valid) {
+            g = grad_scale * fast_exp(to_acc(e[k]) - lse);
+            if (j * kV + k == t) g -= grad_scale;
+          }
+          e[k] = from_acc<T>(g);
+        }
+        xv[j] = u;
       }
     }
   }
@@ -378,7 +462,25 @@ Tensor linear_cross_entropy_forward(const Tensor& x_in, const Tensor& w_in, cons
       }
       KILN_CE_DISPATCH_TARGET(targets.dtype(), op, I, {
         const I* tp = tc.data<I>() + r0;
-        if (grad) {
+        bool vec_done = false;
+        constexpr bool kHalf = sizeof(T) == 2;
+        if constexpr (kHalf) {
+          if (v % 8 == 0 && reinterpret_cast<uintptr_t>(buf.raw()) % 16 == 0 && !ce_scalar_rows()) {
+            if (grad) {
+              ce_rows_vec_kernel<T, I, true>
+                  <<<row_blocks(rows), row_threads(v / 8, 512), 0, compute_stream()>>>(
+                      buf.data<T>(), tp, rows, v, ignore, row_loss.data<A>() + r0, nullptr, scale);
+            } else {
+              ce_rows_vec_kernel<T, I, false>
+                  <<<row_blocks(rows), row_threads(v / 8, 512), 0, compute_stream()>>>(
+                      buf.data<T>(), tp, rows, v, ignore, row_loss.data<A>() + r0, nullptr, scale);
+            }
+            KILN_CUDA_CHECK_LAUNCH();
+            vec_done = true;
+          }
+        }
+        if (vec_done) {
+        } else if (grad) {
           ce_rows_kernel<T, I, true><<<row_blocks(rows), row_threads(v), 0, compute_stream()>>>(
               buf.data<T>(), tp, rows, v, ignore, row_loss.data<A>() + r0, nullptr, scale);
         } else {

@@ -104,7 +104,10 @@ TEST(LinearCrossEntropyCuda, FusedMatchesLinearThenCrossEntropyOnCpu) {
   struct Case {
     int64_t n, c, v, chunk;
   };
-  const Case cases[] = {{67, 96, 500, 0}, {67, 96, 500, 16}, {5, 64, 50257, 2}, {130, 8, 33, 1}};
+  // V % 8 == 0 (504, 50304) takes the vectorised row kernel for bf16 / f16, the others the scalar
+  // one.
+  const Case cases[] = {{67, 96, 500, 0}, {67, 96, 500, 16}, {5, 64, 50257, 2}, {130, 8, 33, 1},
+                        {67, 96, 504, 0}, {67, 96, 504, 16}, {9, 64, 50304, 4}};
   for (DType dt : {DType::kF32, DType::kBF16, DType::kF16, DType::kF64}) {
     for (const Case& c : cases) {
       Tensor targets = targets_with_ignored(c.n, c.v, DType::kI64, -100, gen);

@@ -264,6 +264,23 @@ TEST_F(MatmulCuda, MlpGeluMatchesComposedCpu) {
   }
 }
 
+TEST_F(MatmulCuda, MlpGeluBackwardKernelOverManyRowChunksMatchesComposedCpu) {
+  // The hidden gradient's GELU factor and b1's column sums (matmul_dgelu's kernel): 2100 rows in
+  // 64 chunks of 33 (the last one short), H = 264 = one full 256-column block and one of 8.
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    Tensor x = random_tensor({3, 700, 64}, 60, dt);
+    Tensor w1 = random_tensor({264, 64}, 61, dt, Device::cpu(), 0.125);
+    Tensor b1 = random_tensor({264}, 62, dt);
+    Tensor w2 = random_tensor({64, 264}, 63, dt, Device::cpu(), 0.0625);
+    Tensor b2 = random_tensor({64}, 64, dt);
+    Tensor gy = random_tensor({3, 700, 64}, 65, dt);
+    auto f = [](const std::vector<Tensor>& t) { return mlp_gelu(t[0], t[1], t[2], t[3], t[4]); };
+    check_fwd_bwd(f, {x, w1, b1, w2, b2}, gy, dt, {264, 264, 2100, 2100, 2100, 2100},
+                  {true, true, true, true, true});
+  }
+}
+
 // v / s rounded to fp8 e4m3 on the CPU.
 Tensor scale_down(const Tensor& v, double s) { return scale(v, 1.0 / s).to(DType::kF8E4M3); }
 

@@ -52,13 +52,59 @@ class NarrowNode final : public Node {
 
 // split's outputs share one node: backward concatenates their gradients (zeros where an output got
 // none) instead of scattering each into a zero tensor of the input's size and summing them.
+// The tensor the pieces g form when laid side by side along dim, as a view of their common storage,
+// when they already lie that way (each piece one stride step of dim after the previous, equal
+// strides) and the whole is contiguous; undefined otherwise. Lets a producer that writes the
+// gradients of a split's outputs into one buffer (the attention backward does, for GPT-2's packed
+// q, k, v) hand that buffer on without the concatenation's copy.
+Tensor adjacent_pieces(const std::vector<Tensor>& g, const Shape& in_shape, int64_t dim) {
+  const Tensor& f = g[0];
+  int64_t next = f.defined() ? f.offset() : 0;
+  for (const Tensor& x : g) {
+    if (!x.defined() || x.storage() != f.storage() || x.strides() != f.strides() ||
+        x.dtype() != f.dtype() || x.dim() != f.dim() || x.offset() != next)
+      return Tensor();
+    next += x.size(dim) * x.strides()[dim];
+  }
+  Tensor whole = make_view(f, in_shape, f.strides(), f.offset());
+  return whole.is_contiguous() ? whole : Tensor();
+}
+
 class SplitNode final : public Node {
  public:
   const char* name() const override { return "Split"; }
   int64_t dim = 0;
+  Shape in_shape;
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     NoGradGuard ng;
+    if (Tensor whole = adjacent_pieces(g, in_shape, dim); whole.defined()) return {whole};
     return {concat(g, dim)};
+  }
+};
+
+// Merges dims [dim, dim + n) of g into one of size in_size: a view when g's strides allow it
+// (each merged dim's stride = the next one's stride * size), else a copy.
+Tensor flatten_dims(const Tensor& g, int64_t dim, int64_t n, const Shape& in_shape) {
+  bool view = true;
+  for (int64_t i = dim; i + 1 < dim + n; ++i)
+    if (g.size(i) != 1 && g.strides()[i] != g.strides()[i + 1] * g.size(i + 1)) view = false;
+  if (!view) return reshape(g, in_shape);
+  Shape strides;
+  for (int64_t i = 0; i < g.dim(); ++i) {
+    if (i > dim && i < dim + n) continue;
+    strides.push_back(i == dim ? g.strides()[dim + n - 1] : g.strides()[i]);
+  }
+  return make_view(g, in_shape, strides, g.offset());
+}
+
+class UnflattenNode final : public Node {
+ public:
+  const char* name() const override { return "Unflatten"; }
+  Shape in_shape;
+  int64_t dim = 0, n = 0;
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    NoGradGuard ng;
+    return {flatten_dims(g[0], dim, n, in_shape)};
   }
 };
 
@@ -199,7 +245,42 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   }
   if (auto n = record<SplitNode>({&x})) {
     n->dim = d;
+    n->in_shape = x.shape();
     for (size_t i = 0; i < out.size(); ++i) set_history(out[i], n, static_cast<int>(i));
+  }
+  return out;
+}
+
+Tensor unflatten(const Tensor& x, int64_t dim, const std::vector<int64_t>& sizes) {
+  check_defined("unflatten", {&x});
+  const int64_t d = wrap_dim("unflatten", dim, x.dim());
+  int64_t prod = 1;
+  for (int64_t s : sizes) {
+    KILN_CHECK(s >= 0) << "unflatten: bad size in " << shape_str(sizes);
+    prod *= s;
+  }
+  KILN_CHECK(!sizes.empty() && prod == x.size(d))
+      << "unflatten: " << shape_str(sizes) << " does not split dim " << d << " of " << x.str();
+  Shape shape, strides;
+  for (int64_t i = 0; i < x.dim(); ++i) {
+    if (i != d) {
+      shape.push_back(x.size(i));
+      strides.push_back(x.strides()[i]);
+      continue;
+    }
+    int64_t st = x.strides()[d] * prod;
+    for (int64_t s : sizes) {
+      st = s > 0 ? st / s : st;
+      shape.push_back(s);
+      strides.push_back(st);
+    }
+  }
+  Tensor out = make_view(x, shape, strides, x.offset());
+  if (auto n = record<UnflattenNode>({&x})) {
+    n->in_shape = x.shape();
+    n->dim = d;
+    n->n = static_cast<int64_t>(sizes.size());
+    set_history(out, n);
   }
   return out;
 }

@@ -13,6 +13,10 @@ Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);
 Tensor permute(const Tensor& x, const std::vector<int64_t>& dims);
 Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
+// Dim `dim` of x seen as `sizes` (their product is x.size(dim)): always a view, whatever x's
+// strides (reshape copies a non-contiguous x). Its backward merges the dims back as a view where
+// the gradient's strides allow, else copies.
+Tensor unflatten(const Tensor& x, int64_t dim, const std::vector<int64_t>& sizes);
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
 Tensor contiguous(const Tensor& x);
 Tensor clone(const Tensor& x);

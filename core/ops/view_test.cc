@@ -44,6 +44,39 @@ TEST(View, ViewsShareStorageAndIndexCorrectly) {
   EXPECT_EQ(concat({x, x}, 0).shape(), (Shape{4, 3, 4}));
 }
 
+TEST(View, UnflattenIsAViewOfAnyStridesAndItsGradientMatchesReshape) {
+  // The third of a packed (B, T, 3 C) tensor split into (H, D): reshape would copy, unflatten not.
+  Tensor x = iota({2, 3, 12});
+  Tensor third = x.narrow(2, 4, 4);  // (2, 3, 4) with row stride 12
+  Tensor u = unflatten(third, 2, {2, 2});
+  EXPECT_EQ(u.shape(), (Shape{2, 3, 2, 2}));
+  EXPECT_EQ(u.storage(), x.storage());
+  EXPECT_EQ(u.contiguous().to_vector(), third.reshape({2, 3, 2, 2}).to_vector());
+  EXPECT_EQ(unflatten(x, -1, {3, 4}).strides(), (Shape{36, 12, 4, 1}));
+  // Gradients of a composition through unflatten + permute against f64 finite differences, the
+  // merged gradient a view where its strides allow.
+  const Tensor xr = randn64({2, 3, 12}, 3);
+  std::vector<testing::TensorFn> fns = {
+      [](auto& t) {  // the gradient reaches unflatten permuted: merged by a copy
+        auto parts = split(t[0], {4, 4, 4}, 2);
+        Tensor a = unflatten(parts[1], 2, {2, 2}).permute({0, 2, 1, 3});
+        return mul(a, unflatten(parts[2], 2, {2, 2}).permute({0, 2, 1, 3}));
+      },
+      [](auto& t) {  // contiguous gradients: merged as views
+        auto parts = split(t[0], {4, 4, 4}, 2);
+        return mul(unflatten(parts[0], 2, {2, 2}), unflatten(parts[2], 2, {2, 2}));
+      }};
+  for (auto& f : fns) {
+    auto r = gradcheck(f, {xr});
+    EXPECT_LE(r.max_rel_error, 1e-6) << r.worst;
+  }
+  EXPECT_THAT(
+      [&] {
+        unflatten(x, 2, {5, 2});
+      },
+      ::testing::ThrowsMessage<Error>(HasSubstr("does not split dim")));
+}
+
 TEST(View, CastAndClone) {
   Tensor x = Tensor::from_vector({1.0, 1.0 + 1.0 / 512, -3.25}, {3});
   EXPECT_EQ(cast(x, DType::kBF16).to_vector(), (std::vector<double>{1.0, 1.0, -3.25}));
