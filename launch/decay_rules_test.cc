@@ -17,12 +17,12 @@
 namespace kiln::launch {
 namespace {
 
-// The optimizer section as ResolveConfig leaves it when a config sets none of it (the defaults,
+// The optimizer section as resolve_config leaves it when a config sets none of it (the defaults,
 // decay_min_dim 2, come from there: apply_decay_rules requires a resolved config).
 OptimizerConfig resolved_optimizer() {
   TrainConfig c;
   c.mutable_model()->set_preset("gpt2-tiny");
-  absl::Status s = ResolveConfig(&c);
+  absl::Status s = resolve_config(&c);
   KILN_CHECK(s.ok()) << s.message();
   return c.optimizer();
 }

@@ -54,7 +54,7 @@ struct TextCodec {
 
 class Trainer {
  public:
-  // REQUIRES: `config` resolved (ResolveConfig, ResolveWorld). init() builds the mesh from the
+  // REQUIRES: `config` resolved (resolve_config, resolve_world). init() builds the mesh from the
   // config's dims and `world` (parallel::Mesh::create: MPI under mpirun / srun, files with
   // KILN_RENDEZVOUS, else single-process; NCCL groups on GPUs).
   Trainer(TrainConfig config, parallel::World world);
@@ -150,7 +150,7 @@ class Trainer {
 };
 
 // Fills the optimizer's decay flags from optimizer.decay_min_dim and optimizer.no_decay globs.
-// REQUIRES: `oc` resolved (ResolveConfig sets decay_min_dim).
+// REQUIRES: `oc` resolved (resolve_config sets decay_min_dim).
 void apply_decay_rules(const OptimizerConfig& oc, std::vector<nn::Parameter>* params);
 
 }  // namespace kiln::launch

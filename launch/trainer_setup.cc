@@ -199,7 +199,7 @@ void Trainer::make_schedules() {
          sc.lr().decay_fraction()};
   ramp_ = {sc.batch_ramp().start(), sc.batch_ramp().increment(), gb,
            static_cast<double>(sc.batch_ramp().ramp_tokens())};
-  // The curriculum's fields are resolved (ResolveConfig) when it is on; off, every step has seq.
+  // The curriculum's fields are resolved (resolve_config) when it is on; off, every step has seq.
   const auto& cc = sc.seq_len();
   curriculum_.kind = curriculum_kind(cc.kind());
   curriculum_.min_len = cc.min_len();
@@ -209,7 +209,7 @@ void Trainer::make_schedules() {
   curriculum_.root_degree = cc.root_degree();
   curriculum_.lengths.assign(cc.discrete_lens().begin(), cc.discrete_lens().end());
   curriculum_.until.assign(cc.discrete_steps().begin(), cc.discrete_steps().end());
-  flops_per_token_full_ = TrainingFlopsPerToken(cfg_.model(), seq);
+  flops_per_token_full_ = training_flops_per_token(cfg_.model(), seq);
 }
 
 absl::Status Trainer::open_metrics() {

@@ -95,7 +95,7 @@ TEST(AdamWReference, OptimizerStepMatchesF64Step) {
   for (int i = 0; i < n; ++i) init[i] = 1.0 - 0.05 * i;
   Tensor t = Tensor::from_vector(init, {n});
   t.set_requires_grad(true);
-  nn::Parameter w{"w", t, nn::ShardKind::kReplicated, true};
+  nn::Parameter w{"w", t, true};
   AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
   AdamW opt({w}, o);
   Ref r{init, std::vector<double>(n, 0.0), std::vector<double>(n, 0.0)};
