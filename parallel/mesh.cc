@@ -35,7 +35,8 @@ absl::StatusOr<std::unique_ptr<Mesh>> Mesh::create(const ParallelDims& dims, con
   if (opts.timeout_s > 0) set_collective_timeout(opts.timeout_s);
   Communicator* base = mesh->world_;
   if (opts.gpu && world.size > 1) {
-    absl::StatusOr<std::unique_ptr<Communicator>> nccl = make_nccl(*mesh->world_, opts.device_index);
+    absl::StatusOr<std::unique_ptr<Communicator>> nccl =
+        make_nccl(*mesh->world_, opts.device_index);
     if (!nccl.ok()) return nccl.status();
     mesh->owned_device_ = std::move(*nccl);
     base = mesh->owned_device_.get();
