@@ -1,8 +1,7 @@
 // Checkpoint tests: CRC32C, manifest framing and validation, resharding reads from a hand-written
 // multi-rank checkpoint, retention and resume discovery, bit-identical in-process resume (dropout,
-// fp16 loss scaler), and corrupt checkpoints rejected at `kiln train` startup with a message
-// naming the tensor or file (never a crash). Process-level kill tests:
-// tests/checkpoint_process_test.py.
+// fp16 loss scaler). Corrupt checkpoints through the CLI: launch/checkpoint_cli_test.cc.
+// Process-level kill tests: tests/checkpoint_process_test.py.
 #include "launch/checkpoint.h"
 
 #include <gmock/gmock.h>
@@ -311,31 +310,22 @@ absl::StatusOr<std::string> write_box_checkpoint(const std::string& root, bool m
   return dirs[0];
 }
 
-TEST(Reshard, TwoDBoxesLoadIntoAnyOtherLayoutExactly) {
-  absl::StatusOr<std::string> written = write_box_checkpoint(fresh_dir("boxes"));
-  ASSERT_TRUE(written.ok()) << written.status().message();
-  const std::string dir = *written;
-  absl::StatusOr<Manifest> m = read_checkpoint_manifest(dir);
-  ASSERT_TRUE(m.ok()) << m.status().message();
-  EXPECT_EQ(m->format_version(), kManifestBoxVersion);
-  int boxes = 0;
-  for (const TensorEntry& e : m->tensors()) boxes += e.box_offset_size() > 0;
-  EXPECT_EQ(boxes, 4);
-  ASSERT_TRUE(verify_checkpoint(dir, *m).ok());
-  using parallel::Box;
-  using parallel::Piece;
-  // Each layout: the pieces every rank of it would want (together, the whole tensor).
-  struct Layout {
-    std::string name;
-    std::vector<Piece> pieces;
-  };
-  std::vector<Layout> layouts;
-  auto boxes_of = [](const std::vector<Box>& bs) {
-    std::vector<Piece> out;
-    for (const Box& b : bs)
-      out.push_back(Piece::boxed("w", {6, 4}, b, Tensor::full(b.length, -1.0, DType::kF32)));
-    return out;
-  };
+// Each layout: the pieces every rank of it would want (together, the whole tensor "w").
+struct BoxLayout {
+  std::string name;
+  std::vector<Piece> pieces;
+};
+
+std::vector<parallel::Piece> boxes_of(const std::vector<parallel::Box>& bs) {
+  std::vector<parallel::Piece> out;
+  for (const parallel::Box& b : bs)
+    out.push_back(
+        parallel::Piece::boxed("w", {6, 4}, b, Tensor::full(b.length, -1.0, DType::kF32)));
+  return out;
+}
+
+std::vector<BoxLayout> wanted_layouts() {
+  std::vector<BoxLayout> layouts;
   layouts.push_back({"whole", boxes_of({{{0, 0}, {6, 4}}})});
   layouts.push_back({"rows / 3", boxes_of({{{0, 0}, {2, 4}}, {{2, 0}, {2, 4}}, {{4, 0}, {2, 4}}})});
   layouts.push_back({"columns / 2", boxes_of({{{0, 0}, {6, 2}}, {{0, 2}, {6, 2}}})});
@@ -348,31 +338,47 @@ TEST(Reshard, TwoDBoxesLoadIntoAnyOtherLayoutExactly) {
   layouts.push_back(
       {"odd boxes straddling the stored ones",
        boxes_of({{{0, 0}, {1, 4}}, {{1, 0}, {4, 1}}, {{1, 1}, {4, 3}}, {{5, 0}, {1, 4}}})});
-  Layout zero{"flat ZeRO ranges over 5 ranks", {}};
+  BoxLayout zero{"flat ZeRO ranges over 5 ranks", {}};
   for (auto [from, to] :
        std::vector<std::pair<int64_t, int64_t>>{{0, 5}, {5, 10}, {10, 15}, {15, 20}, {20, 24}})
     zero.pieces.push_back({"w", {6, 4}, from, Tensor::full({to - from}, -1.0, DType::kF32)});
   layouts.push_back(zero);
   // A wanted piece that is not f32 contiguous CPU (the staging path): f64 columns.
-  layouts.push_back(
-      {"f64 columns",
-       {Piece::boxed("w", {6, 4}, Box{{0, 1}, {6, 3}}, Tensor::zeros({6, 3}, DType::kF64)),
-        Piece::boxed("w", {6, 4}, Box{{0, 0}, {6, 1}}, Tensor::zeros({6, 1}, DType::kF64))}});
+  layouts.push_back({"f64 columns",
+                     {parallel::Piece::boxed("w", {6, 4}, parallel::Box{{0, 1}, {6, 3}},
+                                             Tensor::zeros({6, 3}, DType::kF64)),
+                      parallel::Piece::boxed("w", {6, 4}, parallel::Box{{0, 0}, {6, 1}},
+                                             Tensor::zeros({6, 1}, DType::kF64))}});
+  return layouts;
+}
+
+TEST(Reshard, TwoDBoxesLoadIntoAnyOtherLayoutExactly) {
+  absl::StatusOr<std::string> written = write_box_checkpoint(fresh_dir("boxes"));
+  ASSERT_TRUE(written.ok()) << written.status().message();
+  const std::string dir = *written;
+  absl::StatusOr<Manifest> m = read_checkpoint_manifest(dir);
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  EXPECT_EQ(m->format_version(), kManifestBoxVersion);
+  int boxes = 0;
+  for (const TensorEntry& e : m->tensors()) boxes += e.box_offset_size() > 0;
+  EXPECT_EQ(boxes, 4);
+  ASSERT_TRUE(verify_checkpoint(dir, *m).ok());
+  std::vector<BoxLayout> layouts = wanted_layouts();
   written = write_box_checkpoint(fresh_dir("boxes_mirrored"), true);
   ASSERT_TRUE(written.ok()) << written.status().message();
   const std::string mirrored = *written;
   absl::StatusOr<Manifest> mm = read_checkpoint_manifest(mirrored);
   ASSERT_TRUE(mm.ok()) << mm.status().message();
   for (int pass = 0; pass < 2 * static_cast<int>(layouts.size()); ++pass) {
-    const Layout& layout = layouts[pass / 2];
+    const BoxLayout& layout = layouts[pass / 2];
     const bool mirror = pass % 2 == 1;
     SCOPED_TRACE(layout.name + (mirror ? " (mirrored writer)" : ""));
-    for (const Piece& p : layout.pieces) raw::fill(p.local, -1.0);
+    for (const parallel::Piece& p : layout.pieces) raw::fill(p.local, -1.0);
     absl::Status s =
         read_checkpoint_pieces(mirror ? mirrored : dir, mirror ? *mm : *m, layout.pieces);
     ASSERT_TRUE(s.ok()) << s.message();
     int64_t seen = 0;
-    for (const Piece& p : layout.pieces) {
+    for (const parallel::Piece& p : layout.pieces) {
       const std::vector<double> v = p.local.to_vector();
       // Element k of the piece is global element (i, j): from the box, or from the flat offset.
       for (int64_t k = 0; k < static_cast<int64_t>(v.size()); ++k) {
@@ -391,7 +397,7 @@ TEST(Reshard, TwoDBoxesLoadIntoAnyOtherLayoutExactly) {
     EXPECT_EQ(seen, 24);
   }
   // The flat-written "b" into boxes, and "w" whole.
-  Piece b = Piece::boxed("b", {5}, Box{{1}, {3}}, Tensor::zeros({3}));
+  parallel::Piece b = parallel::Piece::boxed("b", {5}, parallel::Box{{1}, {3}}, Tensor::zeros({3}));
   ASSERT_TRUE(read_checkpoint_pieces(dir, *m, {b}).ok());
   EXPECT_EQ(b.local.to_vector(), (std::vector<double>{1001, 1002, 1003}));
   absl::StatusOr<Tensor> w = read_full_tensor(dir, *m, "w");
@@ -555,118 +561,6 @@ TEST(Resume, BitIdenticalWithTheFp16LossScaler) {
   EXPECT_GT(m->schedule().skipped_steps(), 0);
   EXPECT_LT(m->optimizer_steps(), 5);
   EXPECT_LT(m->schedule().loss_scale(), 1048576);
-}
-
-// ---- corrupt checkpoints, through the CLI: an error at startup naming the tensor or file ----
-
-std::pair<int, std::string> run_kiln(const std::string& args) {
-  const std::string cmd = std::string(KILN_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[512];
-  while (size_t n = fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), out};
-}
-
-const char* kCliConfig = R"pb(
-  model { preset: "gpt2-tiny" vocab_size: 96 max_seq_len: 32 n_layer: 2 n_head: 2 d_model: 32 }
-  data { synthetic: true seq_len: 16 }
-  training { global_batch_size: 8 max_steps: 4 }
-  eval { batches: 1 sample_tokens: 0 }
-  logging { tensorboard: false }
-  device: CPU
-)pb";
-
-TEST(CorruptCheckpoint, EachIsAClearErrorAtStartup) {
-  const std::string dir = fresh_dir("corrupt");
-  const std::string cfg = dir + "/cfg.textproto";
-  write_bytes(cfg, kCliConfig);
-  auto [rc0, out0] = run_kiln("train --config " + cfg + " --set logging.run_dir=" + dir + "/good");
-  ASSERT_EQ(rc0, 0) << out0;
-  auto [rc1, out1] = run_kiln("train --config " + cfg + " --set logging.run_dir=" + dir +
-                              "/other --set model.d_model=48");
-  ASSERT_EQ(rc1, 0) << out1;
-  const std::string good = dir + "/good/checkpoints/step_00000004";
-  absl::StatusOr<Manifest> m = read_checkpoint_manifest(good);
-  ASSERT_TRUE(m.ok());
-  const TensorEntry& victim = m->tensors(5);  // some tensor in the middle of the shard file
-  struct Case {
-    std::string name;
-    std::function<void(const std::string&)> damage;
-    std::vector<std::string> expect;
-  };
-  const std::vector<Case> cases = {
-      {"flipped_bit",
-       [&](const std::string& d) {
-         std::string b = read_bytes(d + "/rank_00000.bin");
-         b[victim.file_offset() + 5] ^= 0x04;
-         write_bytes(d + "/rank_00000.bin", b);
-       },
-       {"checksum mismatch in tensor '" + victim.name() + "'", "rank_00000.bin"}},
-      {"truncated",
-       [](const std::string& d) {
-         fs::resize_file(d + "/rank_00000.bin", fs::file_size(d + "/rank_00000.bin") - 100);
-       },
-       {"shard file rank_00000.bin is truncated"}},
-      {"missing_shard",
-       [](const std::string& d) { fs::remove(d + "/rank_00000.bin"); },
-       {"shard file rank_00000.bin is missing"}},
-      {"wrong_shape",
-       [](const std::string& d) {
-         Manifest w = *read_checkpoint_manifest(d);
-         for (TensorEntry& e : *w.mutable_tensors())
-           if (e.name() == "h.1.mlp.c_fc.weight") {
-             e.set_shape(0, 32);
-             e.set_shape(1, 128);
-           }
-         write_bytes(d + "/manifest.bin", encode_manifest(w));
-       },
-       {"tensor 'h.1.mlp.c_fc.weight' is [32, 128] there but [128, 32] in this model"}},
-      {"other_model",
-       [&](const std::string& d) {
-         fs::copy_file(dir + "/other/checkpoints/step_00000004/manifest.bin", d + "/manifest.bin",
-                       fs::copy_options::overwrite_existing);
-       },
-       {"does not fit this model", "tensor 'wte.weight' is [96, 48] there but [96, 32]",
-        "model.d_model: 48 in the checkpoint, 32 here"}},
-      {"other_checkpoint",
-       [&](const std::string& d) {
-         fs::remove_all(d);
-         fs::copy(dir + "/other/checkpoints/step_00000004", d, fs::copy_options::recursive);
-       },
-       {"does not fit this model", "model.d_model: 48 in the checkpoint, 32 here"}},
-      {"flipped_manifest_bit",
-       [](const std::string& d) {
-         std::string b = read_bytes(d + "/manifest.bin");
-         b[b.size() / 2] ^= 0x01;
-         write_bytes(d + "/manifest.bin", b);
-       },
-       {"manifest.bin: checksum mismatch"}},
-      {"missing_manifest",
-       [](const std::string& d) { fs::remove(d + "/manifest.bin"); },
-       {"manifest.bin is missing"}},
-      {"garbage_manifest",
-       [](const std::string& d) { write_bytes(d + "/manifest.bin", "{}"); },
-       {"manifest.bin: truncated"}},
-  };
-  for (const Case& c : cases) {
-    const std::string copy = dir + "/" + c.name + "/step_00000004";
-    fs::create_directories(copy);
-    fs::copy(good, copy, fs::copy_options::recursive);
-    c.damage(copy);
-    auto [rc, out] = run_kiln("train --config " + cfg + " --set logging.run_dir=" + dir + "/run_" +
-                              c.name + " --resume=" + copy);
-    EXPECT_EQ(rc, 1) << c.name << ":\n" << out;  // an error exit, not a crash (128 + signal)
-    for (const std::string& e : c.expect) EXPECT_THAT(out, HasSubstr(e)) << c.name;
-    EXPECT_THAT(out, ::testing::Not(HasSubstr("step "))) << c.name << ": training started";
-    std::printf("%-20s -> %s", c.name.c_str(), out.substr(out.find("kiln train:")).c_str());
-  }
-  // `latest` naming a checkpoint that is gone, under resume "auto".
-  fs::remove_all(dir + "/good/checkpoints/step_00000004");
-  auto [rc, out] = run_kiln("train --config " + cfg + " --set logging.run_dir=" + dir + "/good");
-  EXPECT_EQ(rc, 1) << out;
-  EXPECT_THAT(out, HasSubstr("latest names step_00000004, which does not exist"));
 }
 
 }  // namespace

@@ -10,4 +10,8 @@ bad=$(git ls-files '*.h' '*.cc' '*.cu' '*.cuh' | xargs -r clang-format --dry-run
 if [ -n "$bad" ]; then
   echo "check_format: not formatted (run clang-format -i):"; echo "$bad"; exit 1
 fi
+# launch/: no file over 600 lines, no function over 80 (scripts/check_lengths.sh).
+if ! lengths=$(bash "$(dirname "$0")/check_lengths.sh"); then
+  echo "$lengths"; exit 1
+fi
 echo "check_format: ok"
