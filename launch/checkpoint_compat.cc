@@ -15,6 +15,8 @@
 namespace kiln::launch {
 namespace {
 
+Shape entry_shape(const TensorEntry& e) { return Shape(e.shape().begin(), e.shape().end()); }
+
 std::string field_value(const google::protobuf::Message& m,
                         const google::protobuf::FieldDescriptor* f) {
   std::string s;
@@ -61,7 +63,7 @@ absl::Status check_model_matches(const Manifest& m, const ModelConfig& model,
     }
     if (it->second != p.tensor.shape()) {
       problem = absl::StrFormat("tensor '%s' is %s there but %s in this model", p.name,
-                                shape_text(it->second), shape_text(p.tensor.shape()));
+                                shape_str(it->second), shape_str(p.tensor.shape()));
       break;
     }
   }

@@ -313,7 +313,7 @@ absl::StatusOr<std::string> write_box_checkpoint(const std::string& root, bool m
 // Each layout: the pieces every rank of it would want (together, the whole tensor "w").
 struct BoxLayout {
   std::string name;
-  std::vector<Piece> pieces;
+  std::vector<parallel::Piece> pieces;
 };
 
 std::vector<parallel::Piece> boxes_of(const std::vector<parallel::Box>& bs) {
