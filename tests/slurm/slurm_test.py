@@ -211,7 +211,7 @@ def run_all(c, pmix):
     # time limit with the USR1 warning (Slurm checks limits every ~30 s: the warning comes 10-40 s
     # into the job); slow steps make the run longer than the limit.
     jid = c.sbatch(one_node, "timelimit", opts=["--time=1", "--signal=B:USR1@50"],
-                   env={"KILN_STEP_DELAY_MS": "3000"})
+                   env={"KILN_STEP_DELAY_MS": "2000"})
     info = c.wait(jid, done, 420)
     out = c.output("timelimit", jid)
     codes = re.findall(r"kiln train exited with status (\d+)", out)
