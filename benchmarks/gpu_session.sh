@@ -3,7 +3,9 @@
 # named on the command line, each bounded by a timeout, logs under OUT.
 # Usage (from the repository root on the GPU host): benchmarks/gpu_session.sh OUT part...
 #   parts: e2e (kiln + PyTorch GPT-2 124M), profile (ncu kernel table, 2 steps), cebench (the
-#   classifier + loss kernel bench), tests (GPU op tests), sanitize (memcheck on new kernel tests)
+#   classifier + loss kernel bench), tests (GPU op tests), sanitize (memcheck on new kernel tests),
+#   ab2 (kiln with this round's changes switched off one at a time), big (GPT-2 1.5B and Llama 1B,
+#   kiln and PyTorch). BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
 shift
@@ -15,8 +17,27 @@ stamp() { echo "[$(($(date +%s) - t0)) s] $*"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader | tee "$out/gpu.txt"
 stamp configure
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$out/cmake.log" 2>&1 || { tail -30 "$out/cmake.log"; exit 1; }
-cmake --build build -j16 > "$out/build.log" 2>&1 || { grep -B2 -A10 -m3 "error" "$out/build.log"; exit 1; }
+cmake --build build -j16 --target ${BUILD_TARGETS:-kiln core_gpu_tests optim_gpu_tests gpu_train_test} \
+  > "$out/build.log" 2>&1 || { grep -B2 -A10 -m3 "error" "$out/build.log"; exit 1; }
 stamp built
+# kiln_run LABEL CONFIG [VAR=VALUE...]: kiln train alone, then its median tokens/s (steps >= 8),
+# MFU, last loss and peak memory.
+kiln_run() {
+  local label=$1 cfg=$2
+  shift 2
+  env "$@" timeout 150 build/bin/kiln train --config "$cfg" --set logging.run_dir="$out/r_$label" \
+    > "$out/kiln_$label.log" 2>&1 || { echo "kiln $label failed:"; tail -5 "$out/kiln_$label.log"; }
+  python3 - "$out/r_$label/metrics.jsonl" "$label" "$*" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"kind":"train"' in l]
+tok = sorted(r["tokens_per_s"] for r in rows if r["step"] >= 8)
+mfu = sorted(r["mfu"] for r in rows if r["step"] >= 8)
+print(f"kiln {sys.argv[2]} {sys.argv[3]}: {tok[len(tok)//2]:,.0f} tok/s, MFU {100*mfu[len(mfu)//2]:.1f}% "
+      f"(median of steps 8-{rows[-1]['step']}), loss at step {rows[-1]['step']} {rows[-1]['loss']:.5f}, "
+      f"peak {rows[-1]['mem_peak_mib']:.0f} MiB")
+PY
+  rm -rf "$out/r_$label"
+}
 for part in "$@"; do
   case $part in
     e2e)
@@ -48,6 +69,36 @@ PY
       grep -B3 -A12 "Failure" "$out/new_gpu_tests.log" | head -50
       timeout 90 build/tests/gpu_train_test > "$out/gpu_train_test.log" 2>&1
       stamp "train exit $?"; grep -E "tests ran|PASSED|FAILED|steps:|max rel|relative" "$out/gpu_train_test.log" ;;
+    ab2)
+      # kiln alone with each issue-17 change of this round switched back (env knobs), same config,
+      # the new default first and last (run-to-run spread).
+      c=benchmarks/e2e/gpt2-124m-bench.textproto
+      kiln_run new "$c"; kiln_run noprecast "$c" KILN_PRECAST=0
+      kiln_run ce256 "$c" KILN_CE_CHUNK_MIB=256; kiln_run new2 "$c"; stamp ab2 ;;
+    big)
+      # GPT-2 1.5B (8 x 1024) and Llama 1B (8 x 2048): kiln, then the same PyTorch model.
+      kiln_run gpt2-1.5b benchmarks/e2e/gpt2-1.5b-bench.textproto; stamp "kiln 1.5b"
+      timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py --layers 48 --heads 25 --c 1600 --batch 8 \
+        --steps 20 --warmup 8 > "$out/pytorch_1.5b.log" 2>&1
+      stamp "pytorch 1.5b exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_1.5b.log" | head -5
+      kiln_run llama-1b benchmarks/e2e/llama-1b-bench.textproto; stamp "kiln llama"
+      timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1
+      stamp "pytorch llama exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_llama.log" | head -5 ;;
+    plant)
+      # Planted bugs that the new GPU tests must catch (each file restored after): the cast kernel
+      # stops one element short of a chunk; the f32 += 16-bit add_ skips its last element;
+      # AccumulateGrad keeps a passed-on bf16 gradient as a bf16 .grad.
+      plant() {  # FILE SED_EXPR FILTER
+        cp "$1" /tmp/planted.bak && sed -i "$2" "$1" && cmp -s "$1" /tmp/planted.bak && echo "plant: no change in $1"
+        cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
+        timeout 60 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$3" > "$out/plant.log" 2>&1
+        echo "planted in $1 ($2): tests exit $? $(grep -cE '^\[  FAILED' "$out/plant.log") failed lines"
+        cp /tmp/planted.bak "$1"
+      }
+      plant core/ops/multi_cast.cu 's/min(a.n\[t\], start + kChunk)/min(a.n[t], start + kChunk - 1)/' 'MultiCastCuda.*'
+      plant core/ops/elementwise.cu 's/    d\[i\] = add_f64(d\[i\], alpha, Elem<S>::load(s, i));/    if (i + 1 < n) d[i] = add_f64(d[i], alpha, Elem<S>::load(s, i));/' 'ElementwiseCuda.InPlace*'
+      plant core/autograd.cc 's/acc = Tensor::empty(g.shape(), leaf_->dtype, g.device());/acc = Tensor::empty(g.shape(), g.dtype(), g.device());/' 'MultiCastCuda.*'
+      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1; stamp plant ;;
     ab)
       # kiln alone with each new path switched back to the old one (env knobs), same config.
       for knob in KILN_DGELU=cublaslt KILN_CE_ROWS=scalar; do
