@@ -5,7 +5,7 @@
 #   parts: e2e (kiln + PyTorch GPT-2 124M), profile (ncu kernel table, 2 steps), cebench (the
 #   classifier + loss kernel bench), tests (GPU op tests), sanitize (memcheck on new kernel tests),
 #   ab2 (kiln with this round's changes switched off one at a time), big (GPT-2 1.5B and Llama 1B,
-#   kiln and PyTorch). BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
+#   kiln and PyTorch), fp8 (GPT-2 1.5B, 200 steps bf16 and fp8), plant (planted bugs). BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
 shift
@@ -20,23 +20,31 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTUR
 cmake --build build -j16 --target ${BUILD_TARGETS:-kiln core_gpu_tests optim_gpu_tests gpu_train_test} \
   > "$out/build.log" 2>&1 || { grep -B2 -A10 -m3 "error" "$out/build.log"; exit 1; }
 stamp built
-# kiln_run LABEL CONFIG [VAR=VALUE...]: kiln train alone, then its median tokens/s (steps >= 8),
-# MFU, last loss and peak memory.
+# kiln_run LABEL CONFIG [VAR=VALUE...] [-- --set k=v...]: kiln train alone, then its median
+# tokens/s (steps >= 8), MFU, peak memory and the losses at a few steps (metrics kept as
+# $out/LABEL.jsonl).
 kiln_run() {
-  local label=$1 cfg=$2
+  local label=$1 cfg=$2 envs=() sets=()
   shift 2
-  env "$@" timeout 150 build/bin/kiln train --config "$cfg" --set logging.run_dir="$out/r_$label" \
-    > "$out/kiln_$label.log" 2>&1 || { echo "kiln $label failed:"; tail -5 "$out/kiln_$label.log"; }
-  python3 - "$out/r_$label/metrics.jsonl" "$label" "$*" <<'PY'
+  while (($#)) && [[ $1 != -- ]]; do envs+=("$1"); shift; done
+  (($#)) && shift && sets=("$@")
+  env "${envs[@]}" timeout 240 build/bin/kiln train --config "$cfg" --set logging.run_dir="$out/r_$label" \
+    "${sets[@]}" > "$out/kiln_$label.log" 2>&1 || { echo "kiln $label failed:"; tail -5 "$out/kiln_$label.log"; }
+  python3 - "$out/r_$label/metrics.jsonl" "$label" "${envs[*]} ${sets[*]}" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"kind":"train"' in l]
 tok = sorted(r["tokens_per_s"] for r in rows if r["step"] >= 8)
 mfu = sorted(r["mfu"] for r in rows if r["step"] >= 8)
+last = rows[-1]["step"]
+at = [r for r in rows if r["step"] in (0, 10, 50, 100, 150) or r["step"] == last]
 print(f"kiln {sys.argv[2]} {sys.argv[3]}: {tok[len(tok)//2]:,.0f} tok/s, MFU {100*mfu[len(mfu)//2]:.1f}% "
-      f"(median of steps 8-{rows[-1]['step']}), loss at step {rows[-1]['step']} {rows[-1]['loss']:.5f}, "
-      f"peak {rows[-1]['mem_peak_mib']:.0f} MiB")
+      f"(median of steps 8-{last}), peak {rows[-1]['mem_peak_mib']:.0f} MiB, losses "
+      + " ".join(f"{r['step']}:{r['loss']:.4f}" for r in at))
+if len(rows) >= 40:
+    tail = [r["loss"] for r in rows[-20:]]
+    print(f"  mean loss of the last 20 steps {sum(tail) / len(tail):.5f}")
 PY
-  rm -rf "$out/r_$label"
+  cp "$out/r_$label/metrics.jsonl" "$out/$label.jsonl" 2>/dev/null; rm -rf "$out/r_$label"
 }
 for part in "$@"; do
   case $part in
@@ -73,17 +81,27 @@ PY
       # kiln alone with each issue-17 change of this round switched back (env knobs), same config,
       # the new default first and last (run-to-run spread).
       c=benchmarks/e2e/gpt2-124m-bench.textproto
-      kiln_run new "$c"; kiln_run noprecast "$c" KILN_PRECAST=0
-      kiln_run ce256 "$c" KILN_CE_CHUNK_MIB=256; kiln_run new2 "$c"; stamp ab2 ;;
+      kiln_run new "$c"; kiln_run noprecast "$c" KILN_PRECAST=0; kiln_run new2 "$c"
+      kiln_run noprecast2 "$c" KILN_PRECAST=0; stamp ab2 ;;
+    fp8)
+      # GPT-2 1.5B (8 x 1024), 200 steps in bf16 and with fp8 GEMMs: speed and loss curves.
+      c=benchmarks/e2e/gpt2-1.5b-bench.textproto
+      kiln_run bf16-200 "$c" -- --set training.max_steps=200 --set schedule.lr.warmup_steps=20
+      kiln_run fp8-200 "$c" -- --set training.max_steps=200 --set schedule.lr.warmup_steps=20 \
+        --set precision.fp8_matmul=true
+      stamp fp8 ;;
     big)
       # GPT-2 1.5B (8 x 1024) and Llama 1B (8 x 2048): kiln, then the same PyTorch model.
-      kiln_run gpt2-1.5b benchmarks/e2e/gpt2-1.5b-bench.textproto; stamp "kiln 1.5b"
+      [[ " $* " == *" fp8 "* ]] || kiln_run gpt2-1.5b benchmarks/e2e/gpt2-1.5b-bench.textproto
       timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py --layers 48 --heads 25 --c 1600 --batch 8 \
         --steps 20 --warmup 8 > "$out/pytorch_1.5b.log" 2>&1
       stamp "pytorch 1.5b exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_1.5b.log" | head -5
       kiln_run llama-1b benchmarks/e2e/llama-1b-bench.textproto; stamp "kiln llama"
       timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1
-      stamp "pytorch llama exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_llama.log" | head -5 ;;
+      stamp "pytorch llama exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_llama.log" | head -5
+      kiln_run gpt2-1.5b-noprecast benchmarks/e2e/gpt2-1.5b-bench.textproto KILN_PRECAST=0
+      kiln_run llama-1b-noprecast benchmarks/e2e/llama-1b-bench.textproto KILN_PRECAST=0
+      stamp "noprecast" ;;
     plant)
       # Planted bugs that the new GPU tests must catch (each file restored after): the cast kernel
       # stops one element short of a chunk; the f32 += 16-bit add_ skips its last element;

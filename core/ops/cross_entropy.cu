@@ -418,8 +418,8 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const
 
 // x (N, C), w (V, C), targets (N) on the current device, x and w one floating dtype. Returns the
 // mean loss (0-dim, f32; f64 for f64). When want_dx / want_dw, also the gradients of that loss (for
-// an upstream gradient of 1) in *dx (N, C) and *dw (V, C), x's dtype. chunk_rows <= 0 picks equal
-// chunks of at most about 1 GiB of logits.
+// an upstream gradient of 1) in *dx (N, C) and *dw (V, C), x's dtype. chunk_rows <= 0 picks a chunk
+// of about 256 MiB of logits.
 Tensor linear_cross_entropy_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& targets,
                                     int64_t ignore, int64_t chunk_rows, bool want_dx, bool want_dw,
                                     Tensor* dx, Tensor* dw) {
@@ -432,16 +432,8 @@ Tensor linear_cross_entropy_forward(const Tensor& x_in, const Tensor& w_in, cons
   const int64_t count = check_targets(op, targets, v, ignore);
   Tensor x = raw::contiguous(x_in), w = raw::contiguous(w_in), tc = raw::contiguous(targets);
   const int64_t esz = static_cast<int64_t>(dtype_size(dt));
-  if (chunk_rows <= 0) {
-    // About 1 GiB of logits (KILN_CE_CHUNK_MIB overrides, for A/B runs), in equal chunks: fewer
-    // passes of the f32 dW accumulator (read and written by every chunk's dW GEMM) and larger
-    // GEMMs than 256 MiB chunks gave (GPT-2 124M at 32 x 1024: 4 chunks of 8192 rows, not 13).
-    const char* mib = std::getenv("KILN_CE_CHUNK_MIB");
-    const int64_t budget = (mib ? std::max<int64_t>(1, std::atoll(mib)) : 1024) << 20;
-    chunk_rows = std::max<int64_t>(1, budget / std::max<int64_t>(v * esz, 1));
-    const int64_t chunks = (std::max<int64_t>(n, 1) + chunk_rows - 1) / chunk_rows;
-    chunk_rows = (std::max<int64_t>(n, 1) + chunks - 1) / chunks;
-  }
+  if (chunk_rows <= 0)
+    chunk_rows = std::max<int64_t>(1, (int64_t{1} << 28) / std::max<int64_t>(v * esz, 1));
   chunk_rows = std::min<int64_t>(chunk_rows, std::max<int64_t>(n, 1));
   Tensor loss = Tensor::empty({}, ad, dev);  // f32 (f64) whatever x's dtype
   Tensor row_loss = Tensor::empty({n}, ad, dev);

@@ -21,7 +21,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
 // CUDA the logits are computed chunk_rows rows at a time, each chunk's loss and logit gradient
 // are produced in one pass over a single chunk buffer, and the gradients of x and weight are
 // accumulated from it at once (kept until backward, then scaled by the upstream gradient). On the
-// CPU it is the composition itself. chunk_rows <= 0 picks equal chunks of at most ~1 GiB of logits.
+// CPU it is the composition itself. chunk_rows <= 0 picks about 256 MiB of logits per chunk.
 // x: (N, C), weight: (V, C) (PyTorch's classifier layout), the same floating dtype and device;
 // targets: (N) i32 or i64. Returns a 0-dim f32 tensor (f64 for f64 inputs); differentiable in x
 // and weight.
