@@ -81,8 +81,9 @@ PY
       # kiln alone with each issue-17 change of this round switched back (env knobs), same config,
       # the new default first and last (run-to-run spread).
       c=benchmarks/e2e/gpt2-124m-bench.textproto
-      kiln_run new "$c"; kiln_run noprecast "$c" KILN_PRECAST=0; kiln_run new2 "$c"
-      kiln_run noprecast2 "$c" KILN_PRECAST=0; stamp ab2 ;;
+      kiln_run new "$c"; kiln_run noprecast "$c" KILN_PRECAST=0; kiln_run notune "$c" KILN_GEMM_TUNE=0
+      kiln_run new2 "$c"; kiln_run noprecast2 "$c" KILN_PRECAST=0
+      kiln_run notune2 "$c" KILN_GEMM_TUNE=0; kiln_run new3 "$c"; stamp ab2 ;;
     fp8)
       # GPT-2 1.5B (8 x 1024), 200 steps in bf16 and with fp8 GEMMs: speed and loss curves.
       c=benchmarks/e2e/gpt2-1.5b-bench.textproto
