@@ -323,7 +323,6 @@ void tune_plan(const GemmParams& p, Plan& plan) {
   KILN_CUDA_CHECK(cudaEventDestroy(e1));
 }
 
-
 // Legacy cuBLAS for the rare plain GEMM cuBLASLt's heuristic declines (odd alignment / leading
 // dimensions): one handle per device, created on first use, never destroyed.
 cublasHandle_t legacy_handle(int device) {

@@ -37,8 +37,8 @@ __global__ void __launch_bounds__(kThreads) multi_cast_kernel(CastArgs a) {
   const int64_t end = min(a.n[t], start + kChunk);
   const float* __restrict__ s = a.src[t];
   uint16_t* __restrict__ d = a.dst[t];
-  const bool vec = (reinterpret_cast<uintptr_t>(s) % 16 == 0) &&
-                   (reinterpret_cast<uintptr_t>(d) % 8 == 0);
+  const bool vec =
+      (reinterpret_cast<uintptr_t>(s) % 16 == 0) && (reinterpret_cast<uintptr_t>(d) % 8 == 0);
   int64_t i = start;
   if (vec) {
     const int64_t end4 = start + (end - start) / 4 * 4;  // start is a multiple of 4

@@ -1,8 +1,8 @@
 // The per-step parameter cast (label gpu; skip without a GPU): cuda::multi_cast against the
-// convert kernel bit for bit (odd sizes, chunk and launch boundaries, misaligned views, more tensors
-// than one launch takes), and nn::PrecastScope + the Cast node's 16-bit gradient pass-through:
-// the same forward values and the same fp32 .grad (first backward and accumulation) as per-use
-// casts, close to the CPU reference.
+// convert kernel bit for bit (odd sizes, chunk and launch boundaries, misaligned views, more
+// tensors than one launch takes), and nn::PrecastScope + the Cast node's 16-bit gradient
+// pass-through: the same forward values and the same fp32 .grad (first backward and accumulation)
+// as per-use casts, close to the CPU reference.
 #include <gtest/gtest.h>
 
 #include <optional>
@@ -46,7 +46,7 @@ TEST_F(MultiCastCuda, MatchesConvertBitForBit) {
     std::vector<Tensor> src, dst;
     for (size_t i = 0; i < sizes.size(); ++i)
       src.push_back(random_tensor({sizes[i]}, seed + i, DType::kF32, kGpu, 3.0).detach());
-    src.push_back(big.narrow(0, 1, 999));    // 4-byte aligned only: the scalar path
+    src.push_back(big.narrow(0, 1, 999));  // 4-byte aligned only: the scalar path
     src.push_back(big.narrow(0, 4, 20).reshape({4, 5}));
     Tensor out = Tensor::empty({12}, dt, kGpu);
     for (const Tensor& s : src) dst.push_back(Tensor::empty(s.shape(), dt, kGpu));
