@@ -3,7 +3,9 @@
 # named on the command line, each bounded by a timeout, logs under OUT.
 # Usage (from the repository root on the GPU host): benchmarks/gpu_session.sh OUT part...
 #   parts: e2e (kiln + PyTorch GPT-2 124M), profile (ncu kernel table, 2 steps), cebench (the
-#   classifier + loss kernel bench), tests (GPU op tests), sanitize (memcheck on new kernel tests)
+#   classifier + loss kernel bench), tests (GPU op tests), sanitize (memcheck on new kernel tests),
+#   ab2 (kiln with this round's changes switched off one at a time), big (GPT-2 1.5B and Llama 1B,
+#   kiln and PyTorch), fp8 (GPT-2 1.5B, 200 steps bf16 and fp8), plant (planted bugs). BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
 shift
@@ -15,8 +17,35 @@ stamp() { echo "[$(($(date +%s) - t0)) s] $*"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader | tee "$out/gpu.txt"
 stamp configure
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$out/cmake.log" 2>&1 || { tail -30 "$out/cmake.log"; exit 1; }
-cmake --build build -j16 > "$out/build.log" 2>&1 || { grep -B2 -A10 -m3 "error" "$out/build.log"; exit 1; }
+cmake --build build -j16 --target ${BUILD_TARGETS:-kiln core_gpu_tests optim_gpu_tests gpu_train_test} \
+  > "$out/build.log" 2>&1 || { grep -B2 -A10 -m3 "error" "$out/build.log"; exit 1; }
 stamp built
+# kiln_run LABEL CONFIG [VAR=VALUE...] [-- --set k=v...]: kiln train alone, then its median
+# tokens/s (steps >= 8), MFU, peak memory and the losses at a few steps (metrics kept as
+# $out/LABEL.jsonl).
+kiln_run() {
+  local label=$1 cfg=$2 envs=() sets=()
+  shift 2
+  while (($#)) && [[ $1 != -- ]]; do envs+=("$1"); shift; done
+  (($#)) && shift && sets=("$@")
+  env "${envs[@]}" timeout 240 build/bin/kiln train --config "$cfg" --set logging.run_dir="$out/r_$label" \
+    "${sets[@]}" > "$out/kiln_$label.log" 2>&1 || { echo "kiln $label failed:"; tail -5 "$out/kiln_$label.log"; }
+  python3 - "$out/r_$label/metrics.jsonl" "$label" "${envs[*]} ${sets[*]}" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"kind":"train"' in l]
+tok = sorted(r["tokens_per_s"] for r in rows if r["step"] >= 8)
+mfu = sorted(r["mfu"] for r in rows if r["step"] >= 8)
+last = rows[-1]["step"]
+at = [r for r in rows if r["step"] in (0, 10, 50, 100, 150) or r["step"] == last]
+print(f"kiln {sys.argv[2]} {sys.argv[3]}: {tok[len(tok)//2]:,.0f} tok/s, MFU {100*mfu[len(mfu)//2]:.1f}% "
+      f"(median of steps 8-{last}), peak {rows[-1]['mem_peak_mib']:.0f} MiB, losses "
+      + " ".join(f"{r['step']}:{r['loss']:.4f}" for r in at))
+if len(rows) >= 40:
+    tail = [r["loss"] for r in rows[-20:]]
+    print(f"  mean loss of the last 20 steps {sum(tail) / len(tail):.5f}")
+PY
+  cp "$out/r_$label/metrics.jsonl" "$out/$label.jsonl" 2>/dev/null; rm -rf "$out/r_$label"
+}
 for part in "$@"; do
   case $part in
     e2e)
@@ -48,6 +77,47 @@ PY
       grep -B3 -A12 "Failure" "$out/new_gpu_tests.log" | head -50
       timeout 90 build/tests/gpu_train_test > "$out/gpu_train_test.log" 2>&1
       stamp "train exit $?"; grep -E "tests ran|PASSED|FAILED|steps:|max rel|relative" "$out/gpu_train_test.log" ;;
+    ab2)
+      # kiln alone with each issue-17 change of this round switched back (env knobs), same config,
+      # the new default first and last (run-to-run spread).
+      c=benchmarks/e2e/gpt2-124m-bench.textproto
+      kiln_run new "$c"; kiln_run noprecast "$c" KILN_PRECAST=0; kiln_run notune "$c" KILN_GEMM_TUNE=0
+      kiln_run new2 "$c"; kiln_run noprecast2 "$c" KILN_PRECAST=0
+      kiln_run notune2 "$c" KILN_GEMM_TUNE=0; kiln_run new3 "$c"; stamp ab2 ;;
+    fp8)
+      # GPT-2 1.5B (8 x 1024), 200 steps in bf16 and with fp8 GEMMs: speed and loss curves.
+      c=benchmarks/e2e/gpt2-1.5b-bench.textproto
+      kiln_run bf16-200 "$c" -- --set training.max_steps=200 --set schedule.lr.warmup_steps=20
+      kiln_run fp8-200 "$c" -- --set training.max_steps=200 --set schedule.lr.warmup_steps=20 \
+        --set precision.fp8_matmul=true
+      stamp fp8 ;;
+    big)
+      # GPT-2 1.5B (8 x 1024) and Llama 1B (8 x 2048): kiln, then the same PyTorch model.
+      [[ " $* " == *" fp8 "* ]] || kiln_run gpt2-1.5b benchmarks/e2e/gpt2-1.5b-bench.textproto
+      timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py --layers 48 --heads 25 --c 1600 --batch 8 \
+        --steps 20 --warmup 8 > "$out/pytorch_1.5b.log" 2>&1
+      stamp "pytorch 1.5b exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_1.5b.log" | head -5
+      kiln_run llama-1b benchmarks/e2e/llama-1b-bench.textproto; stamp "kiln llama"
+      timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1
+      stamp "pytorch llama exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_llama.log" | head -5
+      kiln_run gpt2-1.5b-noprecast benchmarks/e2e/gpt2-1.5b-bench.textproto KILN_PRECAST=0
+      kiln_run llama-1b-noprecast benchmarks/e2e/llama-1b-bench.textproto KILN_PRECAST=0
+      stamp "noprecast" ;;
+    plant)
+      # Planted bugs that the new GPU tests must catch (each file restored after): the cast kernel
+      # stops one element short of a chunk; the f32 += 16-bit add_ skips its last element;
+      # AccumulateGrad keeps a passed-on bf16 gradient as a bf16 .grad.
+      plant() {  # FILE SED_EXPR FILTER
+        cp "$1" /tmp/planted.bak && sed -i "$2" "$1" && cmp -s "$1" /tmp/planted.bak && echo "plant: no change in $1"
+        cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
+        timeout 60 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$3" > "$out/plant.log" 2>&1
+        echo "planted in $1 ($2): tests exit $? $(grep -cE '^\[  FAILED' "$out/plant.log") failed lines"
+        cp /tmp/planted.bak "$1"
+      }
+      plant core/ops/multi_cast.cu 's/min(a.n\[t\], start + kChunk)/min(a.n[t], start + kChunk - 1)/' 'MultiCastCuda.*'
+      plant core/ops/elementwise.cu 's/    d\[i\] = add_f64(d\[i\], alpha, Elem<S>::load(s, i));/    if (i + 1 < n) d[i] = add_f64(d[i], alpha, Elem<S>::load(s, i));/' 'ElementwiseCuda.InPlace*'
+      plant core/autograd.cc 's/acc = Tensor::empty(g.shape(), leaf_->dtype, g.device());/acc = Tensor::empty(g.shape(), g.dtype(), g.device());/' 'MultiCastCuda.*'
+      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1; stamp plant ;;
     ab)
       # kiln alone with each new path switched back to the old one (env knobs), same config.
       for knob in KILN_DGELU=cublaslt KILN_CE_ROWS=scalar; do

@@ -34,12 +34,13 @@ class AccumulateGrad final : public Node {
     outputs.push_back({leaf_->shape, leaf_->dtype, leaf_->storage->device()});
   }
   const char* name() const override { return "AccumulateGrad"; }
+  bool converts_grad_dtype() const override { return true; }
   std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
     Tensor g = grads[0];
-    if (g.dtype() != leaf_->dtype) g = raw::convert(g, leaf_->dtype);
     if (t_capture) {
       auto it = t_capture->find(leaf_.get());
       if (it != t_capture->end()) {
+        if (g.dtype() != leaf_->dtype) g = raw::convert(g, leaf_->dtype);
         it->second = it->second.defined() ? add_grads(it->second, g) : g;
         return {};
       }
@@ -47,8 +48,9 @@ class AccumulateGrad final : public Node {
     Tensor& acc = leaf_->grad;
     if (!acc.defined()) {
       // Own a fresh buffer: gradients may alias tensors other nodes hold, and later
-      // accumulation (micro-steps) writes into .grad in place.
-      acc = Tensor::empty(g.shape(), g.dtype(), g.device());
+      // accumulation (micro-steps) writes into .grad in place. The copy converts a 16-bit
+      // gradient (passed on unconverted by a Cast node) to the leaf's dtype.
+      acc = Tensor::empty(g.shape(), leaf_->dtype, g.device());
       raw::copy(acc, g);
     } else {
       NoGradGuard ng;
@@ -161,7 +163,14 @@ void run_engine(const std::vector<Tensor>& roots, const std::vector<Tensor>& roo
     auto& buf = buffers[e.fn.get()];
     if (buf.size() < e.fn->outputs.size()) buf.resize(e.fn->outputs.size());
     Tensor& slot = buf[e.output_nr];
-    slot = slot.defined() ? add_grads(slot, g) : g;
+    const DType want = e.fn->outputs[e.output_nr].dtype;
+    if (!slot.defined()) {
+      slot = g;
+    } else if (slot.dtype() == want && g.dtype() == want) {
+      slot = add_grads(slot, g);
+    } else {  // 16-bit gradients passed on by Cast nodes (a tied weight): summed in its dtype
+      slot = add_grads(raw::convert(slot, want), raw::convert(g, want));
+    }
   };
   std::priority_queue<Node*, std::vector<Node*>, SeqLess> ready;
   for (auto& [e, g] : starts) accumulate(e, g);

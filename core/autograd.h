@@ -34,6 +34,9 @@ class Node : public std::enable_shared_from_this<Node> {
   // Returns one gradient per input edge, in record() order; undefined where the input needs none.
   virtual std::vector<Tensor> backward(const std::vector<Tensor>& grads) = 0;
   virtual const char* name() const = 0;
+  // Whether a gradient may reach this node in another float dtype than its output's (the node
+  // converts it itself): AccumulateGrad, which adds 16-bit gradients into fp32 .grad in one pass.
+  virtual bool converts_grad_dtype() const { return false; }
 
   std::vector<Edge> next;
   std::vector<OutputMeta> outputs;

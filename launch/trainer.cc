@@ -9,9 +9,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 #include "core/backend.h"
 #include "core/check.h"
+#include "core/nn/precast.h"
 #include "launch/checkpoint.h"
 #include "launch/signals.h"
 #include "launch/trainer_log.h"
@@ -126,7 +128,12 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
     return {to_device(b->inputs), to_device(b->targets)};  // in this order (the pinned ring)
   };
   // Forward and backward of every micro-batch, gradients synchronised by data parallel / ZeRO.
-  Tensor loss_sum = forward_backward_->run(next, accum, loss_scale, *dp_);
+  Tensor loss_sum;
+  {
+    std::optional<nn::PrecastScope> precast;
+    if (!precast_.empty()) precast.emplace(precast_, compute_);
+    loss_sum = forward_backward_->run(next, accum, loss_scale, *dp_);
+  }
   bool apply = true;
   if (scaler_) {
     const bool bad = dp_->grads_non_finite();

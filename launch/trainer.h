@@ -117,6 +117,8 @@ class Trainer {
   parallel::World world_;
   Device device_;
   DType compute_ = DType::kF32;
+  // The parameters cast to compute_ once per step (nn::PrecastScope); empty: cast per use.
+  std::vector<Tensor> precast_;
   std::unique_ptr<parallel::Mesh> mesh_;  // dims and groups; outlives everything using them
   std::unique_ptr<models::LanguageModel> model_;
   std::unique_ptr<parallel::DataParallel> dp_;

@@ -5,6 +5,7 @@
 #include <fnmatch.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -170,6 +171,13 @@ void Trainer::make_data_parallel() {
 }
 
 void Trainer::make_forward_backward() {
+  // One batched cast of the parameters per step on GPUs (KILN_PRECAST=0 switches it off, for
+  // A/B runs); not with ZeRO-3, whose parameters are gathered per block.
+  const char* pre = std::getenv("KILN_PRECAST");
+  if (device_.is_cuda() && (compute_ == DType::kBF16 || compute_ == DType::kF16) &&
+      cfg_.parallel().zero_stage() < 3 && !(pre && std::string(pre) == "0")) {
+    for (const nn::Parameter& p : model_->parameters()) precast_.push_back(p.tensor);
+  }
   models::LanguageModel* model = model_.get();
   forward_backward_ =
       std::make_unique<parallel::NoPipeline>([model](const Tensor& inputs, const Tensor& targets) {

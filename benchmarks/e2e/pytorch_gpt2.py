@@ -5,6 +5,7 @@ tokens/s and MFU with kiln's formula: tokens/s * (6N + 12*L*C*T) / 989e12, N = p
 per-token arithmetic (all but the position table).
 
 Usage: python3 pytorch_gpt2.py [--batch 32] [--seq 1024] [--steps 30] [--warmup 10]
+                               [--layers 12 --heads 12 --c 768]   (GPT-2 1.5B: 48, 25, 1600)
 """
 import argparse
 import math
@@ -64,11 +65,14 @@ def main():
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--c", type=int, default=768)
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True
     dev = "cuda"
-    model = GPT2().to(dev)
+    model = GPT2(ctx=args.seq, layers=args.layers, heads=args.heads, c=args.c).to(dev)
     n_params = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=True)
@@ -102,8 +106,9 @@ def main():
             times.append(time.perf_counter() - t0)
     dt = sorted(times)[len(times) // 2]
     tok_s = args.batch * args.seq / dt
-    flops = 6 * n_params + 12 * 12 * 768 * args.seq
-    print(f"pytorch {torch.__version__} ({mode}) {torch.cuda.get_device_name()}: GPT-2 124M batch "
+    flops = 6 * n_params + 12 * args.layers * args.c * args.seq
+    name = f"GPT-2 {n_params / 1e6:.0f}M" if args.layers == 12 else f"GPT-2 L{args.layers} C{args.c}"
+    print(f"pytorch {torch.__version__} ({mode}) {torch.cuda.get_device_name()}: {name} batch "
           f"{args.batch}x{args.seq} bf16: {dt * 1e3:.1f} ms/step, {tok_s:,.0f} tok/s, "
           f"MFU {100 * tok_s * flops / 989e12:.1f}% (last loss {loss_v:.3f}), peak memory "
           f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB allocated, "

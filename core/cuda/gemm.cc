@@ -1,14 +1,17 @@
 // The cuBLASLt GEMM wrapper: row-major problems mapped onto cuBLASLt's column-major ones
 // (D^T = op(B)^T op(A)^T, so B is cuBLASLt's "A"), plan cache keyed by the full problem, epilogue
-// set-up, and checked calls.
+// set-up, checked calls, and (for large 16-bit GEMMs outside deterministic mode) the algorithm
+// picked by timing the heuristic's top 8 on the plan's first call.
 #include "core/cuda/gemm.h"
 
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <sstream>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
@@ -188,6 +191,25 @@ void set_pointers(const GemmParams& p, Plan& plan) {
   }
 }
 
+// The preference every plan of p asks the heuristic with: the workspace and p's alignments.
+cublasLtMatmulPreference_t make_preference(const GemmParams& p) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  KILN_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref), p);
+  const uint64_t ws = lt_workspace_size();
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                       sizeof(ws));
+  const uint32_t al_a = alignment(p.b), al_b = alignment(p.a), al_d = alignment(p.d);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
+                                       sizeof(al_a));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
+                                       sizeof(al_b));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d,
+                                       sizeof(al_d));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d,
+                                       sizeof(al_d));
+  return pref;
+}
+
 std::unique_ptr<Plan> make_plan(const GemmParams& p, bool tf32) {
   auto plan = std::make_unique<Plan>();
   const bool fp8 = is_fp8(p.ab_dtype);
@@ -226,20 +248,7 @@ std::unique_ptr<Plan> make_plan(const GemmParams& p, bool tf32) {
   plan->lc = make_layout(p, dt, p.n, p.m, p.ldd, p.stride_d);
   plan->ld = make_layout(p, dt, p.n, p.m, p.ldd, p.stride_d);
 
-  cublasLtMatmulPreference_t pref = nullptr;
-  KILN_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref), p);
-  const uint64_t ws = lt_workspace_size();
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                       sizeof(ws));
-  const uint32_t al_a = alignment(p.b), al_b = alignment(p.a), al_d = alignment(p.d);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
-                                       sizeof(al_a));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
-                                       sizeof(al_b));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d,
-                                       sizeof(al_d));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d,
-                                       sizeof(al_d));
+  cublasLtMatmulPreference_t pref = make_preference(p);
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(
@@ -253,6 +262,65 @@ std::unique_ptr<Plan> make_plan(const GemmParams& p, bool tf32) {
   // declines). gemm() reports false for fused and fp8 problems and runs plain ones through
   // legacy cuBLAS, which also reports any invalid problem.
   return plan;
+}
+
+// Runs p with plan's descriptors and `algo` (pointers already set); the launch status.
+cublasStatus_t run_algo(const GemmParams& p, Plan& plan, const cublasLtMatmulAlgo_t& algo) {
+  const float af = static_cast<float>(p.alpha), bf = static_cast<float>(p.beta);
+  const double ad = p.alpha, bd = p.beta;
+  const void* alpha = plan.f64_scale ? static_cast<const void*>(&ad) : &af;
+  const void* beta = plan.f64_scale ? static_cast<const void*>(&bd) : &bf;
+  return cublasLtMatmul(lt_handle(), plan.desc, alpha, p.b, plan.la, p.a, plan.lb, beta, p.d,
+                        plan.lc, p.d, plan.ld, &algo, lt_workspace(), lt_workspace_size(),
+                        compute_stream());
+}
+
+// Whether a new plan for p is timed over the heuristic's top algorithms (KILN_GEMM_TUNE=0: never):
+// 16-bit operands, at least 2^30 multiply-adds, D overwritten (beta = 0) and aliasing no input,
+// and not in deterministic mode (the pick depends on timings, so it may differ between runs).
+bool tune_wanted(const GemmParams& p) {
+  static const bool off = [] {
+    const char* e = std::getenv("KILN_GEMM_TUNE");
+    return e != nullptr && std::string(e) == "0";
+  }();
+  if (off || deterministic() || p.beta != 0.0) return false;
+  if (p.ab_dtype != DType::kBF16 && p.ab_dtype != DType::kF16) return false;
+  if (p.d == p.a || p.d == p.b || (p.aux != nullptr && p.d == p.aux)) return false;
+  return static_cast<double>(p.m) * p.n * p.k * p.batch >= static_cast<double>(1 << 30);
+}
+
+// Times up to 8 of the heuristic's algorithms on p's own operands (one warm-up and 3 timed runs
+// each; D and any epilogue outputs are rewritten by the real call after) and keeps the fastest.
+// Once per plan, on its first use; synchronises the compute stream.
+void tune_plan(const GemmParams& p, Plan& plan) {
+  constexpr int kCandidates = 8, kReps = 3;
+  cublasLtMatmulPreference_t pref = make_preference(p);
+  cublasLtMatmulHeuristicResult_t res[kCandidates] = {};
+  int found = 0;
+  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(
+      lt_handle(), plan.desc, plan.la, plan.lb, plan.lc, plan.ld, pref, kCandidates, res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (hs != CUBLAS_STATUS_SUCCESS || found < 2) return;
+  cudaEvent_t e0, e1;
+  KILN_CUDA_CHECK(cudaEventCreate(&e0));
+  KILN_CUDA_CHECK(cudaEventCreate(&e1));
+  float best = -1;
+  for (int i = 0; i < found; ++i) {
+    if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    if (run_algo(p, plan, res[i].algo) != CUBLAS_STATUS_SUCCESS) continue;  // warm-up
+    KILN_CUDA_CHECK(cudaEventRecord(e0, compute_stream()));
+    for (int r = 0; r < kReps; ++r) KILN_LT_CHECK(run_algo(p, plan, res[i].algo), p);
+    KILN_CUDA_CHECK(cudaEventRecord(e1, compute_stream()));
+    KILN_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    if (best < 0 || ms < best) {
+      best = ms;
+      plan.algo = res[i].algo;
+    }
+  }
+  KILN_CUDA_CHECK(cudaEventDestroy(e0));
+  KILN_CUDA_CHECK(cudaEventDestroy(e1));
 }
 
 // Legacy cuBLAS for the rare plain GEMM cuBLASLt's heuristic declines (odd alignment / leading
@@ -291,6 +359,7 @@ void legacy_gemm(const GemmParams& p, bool tf32) {
 }
 
 std::mutex g_cache_mu;
+int64_t g_tuned = 0;  // under g_cache_mu
 std::unordered_map<Key, std::unique_ptr<Plan>, KeyHash>* g_cache =
     new std::unordered_map<Key, std::unique_ptr<Plan>, KeyHash>();  // never destroyed
 
@@ -312,7 +381,14 @@ bool gemm(const GemmParams& p) {
   {
     std::lock_guard<std::mutex> lock(g_cache_mu);
     auto& slot = (*g_cache)[make_key(p, device, tf32)];
-    if (!slot) slot = make_plan(p, tf32);
+    if (!slot) {
+      slot = make_plan(p, tf32);
+      if (slot->has_algo && tune_wanted(p)) {
+        set_pointers(p, *slot);
+        tune_plan(p, *slot);
+        ++g_tuned;
+      }
+    }
     plan = slot.get();
   }
   if (!plan->has_algo) {
@@ -322,13 +398,7 @@ bool gemm(const GemmParams& p) {
   }
   std::lock_guard<std::mutex> lock(plan->mu);
   set_pointers(p, *plan);
-  const float af = static_cast<float>(p.alpha), bf = static_cast<float>(p.beta);
-  const double ad = p.alpha, bd = p.beta;
-  const void* alpha = plan->f64_scale ? static_cast<const void*>(&ad) : &af;
-  const void* beta = plan->f64_scale ? static_cast<const void*>(&bd) : &bf;
-  const cublasStatus_t st = cublasLtMatmul(
-      lt_handle(), plan->desc, alpha, p.b, plan->la, p.a, plan->lb, beta, p.d, plan->lc, p.d,
-      plan->ld, &plan->algo, lt_workspace(), lt_workspace_size(), compute_stream());
+  const cublasStatus_t st = run_algo(p, *plan, plan->algo);
   if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
     // The heuristic's algorithm was refused at launch (nothing ran): never use this plan again.
     plan->has_algo = false;
@@ -338,6 +408,11 @@ bool gemm(const GemmParams& p) {
   }
   KILN_LT_CHECK(st, p);
   return true;
+}
+
+int64_t gemm_tuned_plan_count() {
+  std::lock_guard<std::mutex> lock(g_cache_mu);
+  return g_tuned;
 }
 
 int64_t gemm_plan_count() {

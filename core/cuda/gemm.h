@@ -58,5 +58,8 @@ bool gemm(const GemmParams& p);
 
 // Number of cached GEMM plans (tests check that repeats reuse them).
 int64_t gemm_plan_count();
+// Number of plans whose algorithm was picked by timing (large 16-bit GEMMs with beta = 0, outside
+// deterministic mode, unless KILN_GEMM_TUNE=0): the heuristic's top 8 each run on the first call.
+int64_t gemm_tuned_plan_count();
 
 }  // namespace kiln::cuda

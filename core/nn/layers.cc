@@ -1,6 +1,7 @@
 // Linear, Embedding, LayerNorm and RMSNorm modules.
 #include "core/nn/layers.h"
 
+#include "core/nn/precast.h"
 #include "core/ops/embedding.h"
 #include "core/ops/fp8.h"
 #include "core/ops/layernorm.h"
@@ -10,7 +11,11 @@
 
 namespace kiln::nn {
 
-Tensor to_compute(const Tensor& x, DType dtype) { return x.dtype() == dtype ? x : cast(x, dtype); }
+Tensor to_compute(const Tensor& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  Tensor pre = PrecastScope::lookup(x, dtype);
+  return pre.defined() ? cast_precomputed(x, pre) : cast(x, dtype);
+}
 
 Linear::Linear(int64_t in, int64_t out, bool has_bias, double init_std, Generator& gen,
                DType dtype) {

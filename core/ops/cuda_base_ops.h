@@ -43,6 +43,9 @@ Tensor sum_to(const Tensor& x, const Shape& shape);
 void add_inplace(const Tensor& dst, const Tensor& src, double alpha);
 // dst *= s in place.
 void mul_inplace(const Tensor& dst, double s);
+// dst[i] = src[i] converted (contiguous f32 -> contiguous bf16 or f16, same numel), every pair in
+// a few launches (multi_cast.cu); rounds as the convert kernel.
+void multi_cast(const std::vector<Tensor>& src, const std::vector<Tensor>& dst);
 // Sum of squares of all elements in f64 (deterministic); copies one scalar to the host.
 double sum_squares(const Tensor& x);
 

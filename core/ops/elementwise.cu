@@ -113,6 +113,32 @@ __global__ void add_f32_kernel(float* __restrict__ d, const float* __restrict__ 
     d[i] = __fadd_rn(d[i], __fmul_rn(alpha, s[i]));
 }
 
+// add_ of 16-bit gradients into f32 accumulators (AccumulateGrad's mixed-precision case), four
+// elements per access; in f64 and rounded once, as add_general_kernel and the CPU general path.
+__device__ __forceinline__ float add_f64(float d, double alpha, float s) {
+  return __double2float_rn(__dadd_rn(static_cast<double>(d), __dmul_rn(alpha, s)));
+}
+template <typename S>
+__global__ void add_f32_from16_kernel(float* __restrict__ d, const S* __restrict__ s, double alpha,
+                                      int64_t n) {
+  const int64_t n4 = n / 4;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < n4;
+       q += stride) {
+    float4 dv = reinterpret_cast<float4*>(d)[q];
+    const uint2 raw = reinterpret_cast<const uint2*>(s)[q];
+    const S* sv = reinterpret_cast<const S*>(&raw);
+    dv.x = add_f64(dv.x, alpha, Elem<S>::load(sv, 0));
+    dv.y = add_f64(dv.y, alpha, Elem<S>::load(sv, 1));
+    dv.z = add_f64(dv.z, alpha, Elem<S>::load(sv, 2));
+    dv.w = add_f64(dv.w, alpha, Elem<S>::load(sv, 3));
+    reinterpret_cast<float4*>(d)[q] = dv;
+  }
+  for (int64_t i = n4 * 4 + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride)
+    d[i] = add_f64(d[i], alpha, Elem<S>::load(s, i));
+}
+
 // General add_: any dtypes and strides, in f64 as the CPU general path.
 template <typename I>
 __global__ void add_general_kernel(char* d, DType dt, const char* s, DType st, StridedIter<2> it,
@@ -222,6 +248,21 @@ void add_inplace(const Tensor& dst, const Tensor& src, double alpha) {
       src.is_contiguous()) {
     add_f32_kernel<<<blocks_for(n, kThreads), kThreads, 0, st>>>(
         dst.data<float>(), src.data<float>(), static_cast<float>(alpha), n);
+    KILN_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  const bool aligned = reinterpret_cast<uintptr_t>(dst.raw()) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(src.raw()) % 8 == 0;
+  if (dst.dtype() == DType::kF32 && (src.dtype() == DType::kBF16 || src.dtype() == DType::kF16) &&
+      dst.is_contiguous() && src.is_contiguous() && aligned) {
+    const int grid = blocks_for((n + 3) / 4, kThreads);
+    if (src.dtype() == DType::kBF16) {
+      add_f32_from16_kernel<__nv_bfloat16><<<grid, kThreads, 0, st>>>(
+          dst.data<float>(), static_cast<const __nv_bfloat16*>(src.raw()), alpha, n);
+    } else {
+      add_f32_from16_kernel<__half><<<grid, kThreads, 0, st>>>(
+          dst.data<float>(), static_cast<const __half*>(src.raw()), alpha, n);
+    }
     KILN_CUDA_CHECK_LAUNCH();
     return;
   }

@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 
 #include "core/autograd.h"
 #include "core/cuda/gemm.h"
@@ -147,6 +148,29 @@ TEST_F(MatmulCuda, RepeatsAreBitIdenticalAndReusePlans) {
     Tensor y2 = matmul(a, b, false, true);
     EXPECT_EQ(cuda::gemm_plan_count(), plans);
     EXPECT_TRUE(same_bits(y1, y2)) << dtype_name(dt);
+  }
+}
+
+TEST_F(MatmulCuda, LargeGemmsPickedByTimingStayRight) {
+  // 1024^3 multiply-adds in bf16: at the tuning threshold, so the plan's algorithm is the fastest
+  // of the heuristic's top 8 on this GPU; the result must still match the CPU and repeat exactly.
+  for (const bool gelu : {false, true}) {
+    SCOPED_TRACE(gelu ? "GELU epilogue" : "plain");
+    const int64_t n = gelu ? 1032 : 1024;
+    Tensor a = random_tensor({1024, 1024}, gelu ? 31 : 21, DType::kBF16);
+    Tensor b = random_tensor({n, 1024}, gelu ? 32 : 22, DType::kBF16, Device::cpu(), 0.05);
+    Tensor bias = random_tensor({n}, 23, DType::kBF16);
+    auto run = [&] {
+      return gelu ? linear_gelu(to_gpu(a), to_gpu(b), to_gpu(bias))
+                  : matmul(to_gpu(a), to_gpu(b), false, true);
+    };
+    const int64_t tuned = cuda::gemm_tuned_plan_count();
+    const Tensor y = run();
+    if (!cuda::deterministic() && std::getenv("KILN_GEMM_TUNE") == nullptr)
+      EXPECT_EQ(cuda::gemm_tuned_plan_count(), tuned + 1);
+    const Tensor ref = gelu ? linear_gelu(a, b, bias) : reference_matmul(a, b, false, true);
+    expect_gemm_close(y, ref, 1024, DType::kBF16, "tuned");
+    EXPECT_TRUE(same_bits(y, run()));
   }
 }
 

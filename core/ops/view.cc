@@ -136,6 +136,13 @@ class CastNode final : public Node {
   DType in_dtype;
   Device in_device;
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    // On the GPU a 16-bit gradient of an fp32 parameter goes on as it is: AccumulateGrad adds
+    // it into .grad in one pass (one launch and one read of it fewer than converting here).
+    const Edge& e = next[0];
+    if (e.fn && e.fn->converts_grad_dtype() && g[0].device().is_cuda() &&
+        in_device == g[0].device() && in_dtype == DType::kF32 &&
+        (g[0].dtype() == DType::kBF16 || g[0].dtype() == DType::kF16))
+      return {g[0]};
     Tensor gx = Tensor::empty(g[0].shape(), in_dtype, in_device);
     raw::copy(gx, g[0]);
     return {gx};
@@ -336,6 +343,20 @@ Tensor cast(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
   Tensor out = copy_to(x, dtype, x.device());
   if (!is_floating(dtype)) return out;
+  if (auto n = record<CastNode>({&x})) {
+    n->in_dtype = x.dtype();
+    n->in_device = x.device();
+    set_history(out, n);
+  }
+  return out;
+}
+
+Tensor cast_precomputed(const Tensor& x, const Tensor& converted) {
+  check_defined("cast_precomputed", {&x, &converted});
+  KILN_CHECK(converted.shape() == x.shape() && converted.device() == x.device() &&
+             is_floating(converted.dtype()))
+      << "cast_precomputed: " << converted.str() << " is not a cast of " << x.str();
+  Tensor out = converted.detach();  // its own autograd identity; shares the storage
   if (auto n = record<CastNode>({&x})) {
     n->in_dtype = x.dtype();
     n->in_device = x.device();

@@ -21,6 +21,9 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
 Tensor contiguous(const Tensor& x);
 Tensor clone(const Tensor& x);
 Tensor cast(const Tensor& x, DType dtype);  // gradient flows back in x's dtype
+// cast(x, converted.dtype()) whose value was computed beforehand (`converted`, e.g. by
+// nn::PrecastScope's one batched launch): no kernel, the same gradient as cast.
+Tensor cast_precomputed(const Tensor& x, const Tensor& converted);
 Tensor to_device(const Tensor& x, Device device);
 
 }  // namespace kiln
