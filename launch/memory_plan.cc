@@ -149,6 +149,7 @@ StateBytes state_bytes(const PlanInput& in, const PlanLayout& l, int stage) {
   const int states = in.adamw ? 2 : 1;
   auto a = [&](int64_t bytes) { return plan_alloc(in, bytes); };
   StateBytes s;
+  s.units = static_cast<int>(units.size());
   for (const Unit& u : units) {
     s.largest_unit = std::max(s.largest_unit, u.numel);
     s.params += l.zero < 3 ? a(u.padded * 4) : a(u.shard * 4);  // flat fp32, or the own shard
@@ -156,7 +157,9 @@ StateBytes state_bytes(const PlanInput& in, const PlanLayout& l, int stage) {
     if (l.zero >= 1) s.grads += a(u.shard * 4);                  // grad_shard
     for (int64_t n : pieces(u, l.zero)) s.optimizer += states * a(n * 4);
     if (l.zero == 1 || l.zero == 2) s.step_temp = std::max(s.step_temp, a(u.shard * 4));
-    if (l.zero >= 2) s.staging = std::max(s.staging, a(u.padded * 4) + a(u.shard * 4));
+    if (l.zero >= 2 && !u.root) s.staging = std::max(s.staging, a(u.padded * 4));
+    if (l.zero >= 2 && !u.root) s.in_flight = std::max(s.in_flight, a(u.padded * 4) + a(u.shard * 4));
+    if (l.zero == 3 && u.root) s.root_staging = a(u.padded * 4);
     if (l.zero == 3) {
       // Gathered in the compute dtype; the send buffer is the shard converted (no copy in f32).
       const int64_t g = a(u.padded * cb) + (cb == 4 ? 0 : a(u.shard * cb));
@@ -246,7 +249,7 @@ std::vector<Moment> moments(const PlanInput& in, const PlanLayout& l, int stage)
   start.add("flat unit", plan_alloc(in, st.largest_unit * 4), "DataParallel's copy");
   out.push_back(start);
   if (last) {
-    Moment m = with_activations(with_gathered(base, true));
+    Moment m = with_activations(with_gathered(base, false));  // blocks are gathered again later
     m.at = "head backward";
     m.add("head input", flight * b.input, "last block output");
     m.add("head saved", h.saved, in.cuda ? "dx, dW of the fused classifier + loss"
@@ -257,8 +260,16 @@ std::vector<Moment> moments(const PlanInput& in, const PlanLayout& l, int stage)
   }
   Moment m = with_activations(with_gathered(base, true));
   m.at = full ? "backward of the last block (recomputed)" : "backward of the last block";
-  m.add("gradient staging", l.zero >= 2 ? std::min<int64_t>(3, blocks + 1) * st.staging : 0,
-        "ZeRO-2/3 flat fp32 unit + shard in flight");
+  // ZeRO-2/3: the unit being filled (its flat fp32 staging; ZeRO-3 also the root unit's, filled
+  // from the final norm's gradients to the embedding's) and, with several units, up to two
+  // launched ones (staging + received shard). Under full recompute a ZeRO-3 block's staging comes
+  // after the peak: its gradients reach DataParallel only when the checkpoint's grad() returns.
+  const int others = l.zero == 3 ? st.units - 2 : st.units - 1;
+  m.add("gradient staging",
+        l.zero >= 2 ? (full && l.zero == 3 ? 0 : st.staging) + st.root_staging +
+                          std::min(std::max(others, 0), 2) * st.in_flight
+                    : 0,
+        "ZeRO-2/3 units filling / in flight, fp32");
   if (last) m.add("held classifier gradient", h.held_dw, "tied wte, until the embedding");
   if (full) {
     m.add("recomputed block", b.saved + b.weights, "one block re-run with the tape on");
@@ -269,7 +280,8 @@ std::vector<Moment> moments(const PlanInput& in, const PlanLayout& l, int stage)
   if (first) {
     Moment e = with_gathered(base, false);
     e.at = "embedding backward";
-    e.add("gradient staging", l.zero >= 2 ? 2 * st.staging : 0, "ZeRO-2/3 in flight");
+    e.add("gradient staging", l.zero >= 2 ? st.in_flight + st.root_staging : 0,
+          "ZeRO-2/3 units in flight, fp32");
     e.add("table gradients", h.embed_bwd, "dense dW (+ held classifier dW, their sum)");
     out.push_back(e);
     Moment f = with_gathered(base, true);

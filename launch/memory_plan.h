@@ -83,7 +83,10 @@ struct StateBytes {
   int64_t params = 0, grads = 0, optimizer = 0;  // persistent
   int64_t gathered_root = 0;   // ZeRO-3: the root unit, gathered for the whole step
   int64_t gathered_block = 0;  // ZeRO-3: one gathered block unit (the largest)
-  int64_t staging = 0;         // ZeRO-2/3: a unit's flat fp32 gradient + its shard, in flight
+  int64_t staging = 0;         // ZeRO-2/3: a unit's flat fp32 gradient while it fills
+  int64_t in_flight = 0;       // ZeRO-2/3: a launched unit (staging + the received shard)
+  int64_t root_staging = 0;    // ZeRO-3: the root unit's staging (filled over the whole backward)
+  int units = 0;
   int64_t step_temp = 0;       // optimizer step temporaries (ZeRO-1/2 all-gather input)
   int64_t largest_unit = 0;    // elements of the largest unit
 };
