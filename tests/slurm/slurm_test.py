@@ -37,7 +37,8 @@ pass it on and requeue. The time-limit case keeps the limit real; there the scri
 only signals are those of the limit itself, which the check delivers 60-90 s into the job; the
 steps are slow enough (5 s) that the run is still going then.
 
-Usage: slurm_test.py --kiln PATH --source DIR --work DIR   (root; exit 77 = skipped)
+Usage: slurm_test.py --kiln PATH --source DIR --work DIR [--only warning,timelimit,...]
+       (root; exit 77 = skipped)
 """
 import argparse
 import json
@@ -151,6 +152,7 @@ def main():
     ap.add_argument("--kiln", required=True)
     ap.add_argument("--source", required=True)
     ap.add_argument("--work", required=True)
+    ap.add_argument("--only", default="", help="comma-separated cases (default: all)")
     args = ap.parse_args()
     args.kiln = os.path.abspath(args.kiln)
     args.source = os.path.abspath(args.source)
@@ -198,7 +200,15 @@ def run_all(c, pmix):
     check(len(ref) == STEPS, f"single-process reference: {len(ref)} steps:\n{out[-1000:]}")
     one_node = "kiln_one_node.sbatch" if pmix else "kiln_no_pmix.sbatch"
 
-    # plain
+    cases = {"plain": plain_case, "requeue": requeue_case, "warning": warning_case,
+             "timelimit": timelimit_case, "file": file_case, "killed": killed_case}
+    for name, case in cases.items():
+        if not c.args.only or name in c.args.only.split(","):
+            case(c, ref, one_node)
+
+
+def plain_case(c, ref, one_node):
+    """The one-node script: losses, banner, kiln eval in the batch script."""
     jid = c.sbatch(one_node, "plain")
     info = c.wait(jid, done, 180)
     out = c.output("plain", jid)
@@ -212,7 +222,9 @@ def run_all(c, pmix):
     print(f"plain: kiln eval in the 2-task batch script: '{ev.group(0) if ev else '-'}'", flush=True)
     check(ev is not None, f"plain: kiln eval in the batch script failed:\n{out[-1500:]}")
 
-    # requeue mid-run
+
+def requeue_case(c, ref, one_node):
+    """scontrol requeue mid-run: the next attempt resumes bit-identical."""
     jid = c.sbatch(one_node, "requeue", env={"KILN_STEP_DELAY_MS": "400"})
     rd = c.run_dir("requeue", jid)
     c.wait(jid, lambda i: len(losses(rd)) >= 9 or done(i), 120, release=False)
@@ -227,10 +239,9 @@ def run_all(c, pmix):
           f"requeue: {info and info.get('JobState')}:\n{out[-2000:]}")
     compare(ref, losses(rd), "requeue")
 
-    warning_case(c, ref, one_node)
-    timelimit_case(c, ref, one_node)
 
-    # file rendezvous, requeued twice
+def file_case(c, ref, one_node):
+    """The file rendezvous (srun --mpi=none) requeued twice."""
     jid = c.sbatch("kiln_no_pmix.sbatch", "file", env={"KILN_STEP_DELAY_MS": "300"})
     rd = c.run_dir("file", jid)
     for n in (1, 2):
@@ -253,7 +264,9 @@ def run_all(c, pmix):
           f"file: rendezvous directories {rdzv}")
     compare(ref, losses(rd), "file rendezvous, requeued twice")
 
-    # a killed task
+
+def killed_case(c, ref, one_node):
+    """A task SIGKILLed at step 5: the job ends within parallel.timeout_s."""
     jid = c.sbatch(one_node, "killed", env={"KILN_FAULT_INJECT": "1:5:kill"})
     t0 = None
     deadline = time.time() + 120
