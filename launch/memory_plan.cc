@@ -153,18 +153,21 @@ StateBytes state_bytes(const PlanInput& in, const PlanLayout& l, int stage) {
   for (const Unit& u : units) {
     s.largest_unit = std::max(s.largest_unit, u.numel);
     s.params += l.zero < 3 ? a(u.padded * 4) : a(u.shard * 4);  // flat fp32, or the own shard
-    if (l.zero <= 1) s.grads += a(u.padded * 4);                 // flat_grad
-    if (l.zero >= 1) s.grads += a(u.shard * 4);                  // grad_shard
+    if (l.zero <= 1) s.grads += a(u.padded * 4);                // flat_grad
+    if (l.zero >= 1) s.grads += a(u.shard * 4);                 // grad_shard
     for (int64_t n : pieces(u, l.zero)) s.optimizer += states * a(n * 4);
     if (l.zero == 1 || l.zero == 2) s.step_temp = std::max(s.step_temp, a(u.shard * 4));
     if (l.zero >= 2 && !u.root) s.staging = std::max(s.staging, a(u.padded * 4));
-    if (l.zero >= 2 && !u.root) s.in_flight = std::max(s.in_flight, a(u.padded * 4) + a(u.shard * 4));
+    if (l.zero >= 2 && !u.root)
+      s.in_flight = std::max(s.in_flight, a(u.padded * 4) + a(u.shard * 4));
     if (l.zero == 3 && u.root) s.root_staging = a(u.padded * 4);
     if (l.zero == 3) {
       // Gathered in the compute dtype; the send buffer is the shard converted (no copy in f32).
       const int64_t g = a(u.padded * cb) + (cb == 4 ? 0 : a(u.shard * cb));
-      if (u.root) s.gathered_root = g;
-      else s.gathered_block = std::max(s.gathered_block, g);
+      if (u.root)
+        s.gathered_root = g;
+      else
+        s.gathered_block = std::max(s.gathered_block, g);
     }
   }
   return s;
@@ -226,9 +229,9 @@ std::vector<Moment> moments(const PlanInput& in, const PlanLayout& l, int stage)
   // 1F1B: the first stage holds pp micro-batches' activations, stage s holds pp - s.
   const int64_t flight = l.pp > 1 ? std::min<int64_t>(l.pp - stage, l.accum) : 1;
   const Moment base = persistent(in, l, st);
-  const std::string per =
-      std::to_string(flight * blocks) + " block(s) x " +
-      mib_str(full ? b.input : b.input + b.saved) + (full ? " (block inputs only)" : "");
+  const std::string per = std::to_string(flight * blocks) + " block(s) x " +
+                          mib_str(full ? b.input : b.input + b.saved) +
+                          (full ? " (block inputs only)" : "");
   auto with_gathered = [&](Moment m, bool blocks_too) {
     m.add("ZeRO-3 gathered", st.gathered_root + (blocks_too ? 2 * st.gathered_block : 0),
           blocks_too ? "root unit + 2 blocks, compute dtype" : "root unit, compute dtype");
@@ -252,8 +255,9 @@ std::vector<Moment> moments(const PlanInput& in, const PlanLayout& l, int stage)
     Moment m = with_activations(with_gathered(base, false));  // blocks are gathered again later
     m.at = "head backward";
     m.add("head input", flight * b.input, "last block output");
-    m.add("head saved", h.saved, in.cuda ? "dx, dW of the fused classifier + loss"
-                                         : "final norm out, logits, log-sum-exp");
+    m.add(
+        "head saved", h.saved,
+        in.cuda ? "dx, dW of the fused classifier + loss" : "final norm out, logits, log-sum-exp");
     m.add("head temporaries", h.bwd_extra,
           in.cuda ? "weight copy + a chunk of logits" : "logits gradient, dx, dW");
     out.push_back(m);
@@ -327,8 +331,8 @@ std::vector<PlanLayout> all_layouts(const models::ModelSpec& spec, int world, in
       if (micro <= 0 || global_batch % (micro * dp)) continue;
       for (int zero = 0; zero <= 3; ++zero) {
         if (zero > 0 && dp == 1) continue;  // nothing to shard over
-        for (models::Recompute r : {models::Recompute::kNone, models::Recompute::kSelective,
-                                    models::Recompute::kFull}) {
+        for (models::Recompute r :
+             {models::Recompute::kNone, models::Recompute::kSelective, models::Recompute::kFull}) {
           PlanLayout l;
           l.dp = dp;
           l.tp = tp;

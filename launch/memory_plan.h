@@ -33,10 +33,10 @@ struct PlanLayout {
 struct PlanInput {
   models::ModelSpec spec;
   int64_t seq_len = 0;
-  bool cuda = false;              // GPU (fused CUDA ops, CUDA allocator) or CPU
-  DType compute = DType::kF32;    // compute dtype (bf16 / f16 working copies on GPUs)
-  bool adamw = true;              // AdamW: 2 fp32 moments; SGD: 1 momentum buffer
-  double bucket_mb = 25.0;        // DDP / ZeRO-1/2 unit size
+  bool cuda = false;            // GPU (fused CUDA ops, CUDA allocator) or CPU
+  DType compute = DType::kF32;  // compute dtype (bf16 / f16 working copies on GPUs)
+  bool adamw = true;            // AdamW: 2 fp32 moments; SGD: 1 momentum buffer
+  double bucket_mb = 25.0;      // DDP / ZeRO-1/2 unit size
 };
 
 struct MemoryTerm {
@@ -87,28 +87,28 @@ struct StateBytes {
   int64_t in_flight = 0;       // ZeRO-2/3: a launched unit (staging + the received shard)
   int64_t root_staging = 0;    // ZeRO-3: the root unit's staging (filled over the whole backward)
   int units = 0;
-  int64_t step_temp = 0;       // optimizer step temporaries (ZeRO-1/2 all-gather input)
-  int64_t largest_unit = 0;    // elements of the largest unit
+  int64_t step_temp = 0;     // optimizer step temporaries (ZeRO-1/2 all-gather input)
+  int64_t largest_unit = 0;  // elements of the largest unit
 };
 StateBytes state_bytes(const PlanInput& in, const PlanLayout& l, int stage);
 
 // What one block saves for backward and what its backward adds at its worst moment.
 struct BlockBytes {
-  int64_t saved = 0;       // held from forward to backward (block input excluded)
-  int64_t input = 0;       // the block input (the previous block's output)
-  int64_t weights = 0;     // compute-dtype weight copies its linear nodes save (16-bit compute)
-  int64_t bwd_extra = 0;   // extra live bytes at the worst moment of its backward
-  int64_t param_grads = 0; // its parameters' fp32 gradients (full recompute holds them at once)
+  int64_t saved = 0;        // held from forward to backward (block input excluded)
+  int64_t input = 0;        // the block input (the previous block's output)
+  int64_t weights = 0;      // compute-dtype weight copies its linear nodes save (16-bit compute)
+  int64_t bwd_extra = 0;    // extra live bytes at the worst moment of its backward
+  int64_t param_grads = 0;  // its parameters' fp32 gradients (full recompute holds them at once)
 };
 BlockBytes block_bytes(const PlanInput& in, const PlanLayout& l);
 
 // The embedding and the head (final norm, classifier, loss).
 struct HeadBytes {
-  int64_t embed_fwd = 0;   // transient in the embedding forward
-  int64_t saved = 0;       // saved by the head from forward to backward
-  int64_t bwd_extra = 0;   // extra at the worst moment of the head's backward
-  int64_t held_dw = 0;     // a tied classifier gradient held until the embedding's backward
-  int64_t embed_bwd = 0;   // extra at the embedding's backward (dense table gradients)
+  int64_t embed_fwd = 0;  // transient in the embedding forward
+  int64_t saved = 0;      // saved by the head from forward to backward
+  int64_t bwd_extra = 0;  // extra at the worst moment of the head's backward
+  int64_t held_dw = 0;    // a tied classifier gradient held until the embedding's backward
+  int64_t embed_bwd = 0;  // extra at the embedding's backward (dense table gradients)
 };
 HeadBytes head_bytes(const PlanInput& in, const PlanLayout& l);
 

@@ -5,9 +5,9 @@
 // ops (linear = matmul + bias add, the MLP as linear -> gelu -> linear, the classifier as a matmul
 // then cross_entropy); the GPU runs the fused ones (cuBLASLt linear nodes that save a 16-bit copy
 // of the weight, mlp_gelu, linear_cross_entropy that computes dx and dW in the forward).
-#include "launch/memory_plan.h"
-
 #include <algorithm>
+
+#include "launch/memory_plan.h"
 
 namespace kiln::launch::plan_internal {
 namespace {
@@ -44,13 +44,13 @@ Dims dims(const PlanInput& in, const PlanLayout& l) {
 int64_t gpt2_saved(const PlanInput& in, const Dims& d, models::Recompute rc) {
   auto a = [&](int64_t elems, int64_t bytes) { return plan_alloc(in, elems * bytes); };
   const bool selective = rc == models::Recompute::kSelective;
-  int64_t s = 2 * a(d.n, d.cb) + a(d.n * d.c, d.cb);  // ln_1 stats, n1
-  s += a(d.n * 3 * d.w, d.cb);                        // qkv
-  if (!selective || d.cuda) s += a(d.n * d.w, d.cb);  // attention output
+  int64_t s = 2 * a(d.n, d.cb) + a(d.n * d.c, d.cb);      // ln_1 stats, n1
+  s += a(d.n * 3 * d.w, d.cb);                            // qkv
+  if (!selective || d.cuda) s += a(d.n * d.w, d.cb);      // attention output
   if (!selective) s += a(d.b * d.heads * in.seq_len, 4);  // log-sum-exp (f32)
-  if (!d.cuda) s += a(d.n * d.w, d.cb);               // merged heads (CPU copy)
-  s += 2 * a(d.n * d.c, d.cb) + 2 * a(d.n, d.cb);     // residual sum h1, n2, ln_2 stats
-  s += 2 * a(d.n * d.f, d.cb);                        // GELU input and output
+  if (!d.cuda) s += a(d.n * d.w, d.cb);                   // merged heads (CPU copy)
+  s += 2 * a(d.n * d.c, d.cb) + 2 * a(d.n, d.cb);         // residual sum h1, n2, ln_2 stats
+  s += 2 * a(d.n * d.f, d.cb);                            // GELU input and output
   return s;
 }
 
@@ -64,9 +64,9 @@ int64_t llama_saved(const PlanInput& in, const Dims& d, models::Recompute rc) {
   s += a(d.n * d.w, d.cb) + 2 * a(d.n * d.kvw, d.cb);  // q (rotated), k (rotated), v
   if (!selective || d.cuda) s += a(d.n * d.w, d.cb);   // attention output
   if (!selective) s += a(d.b * d.heads * in.seq_len, 4);
-  if (!d.cuda) s += a(d.n * d.w, d.cb);                // merged heads (CPU copy)
-  s += 2 * a(d.n * d.c, d.cb) + a(d.n, d.cb);          // sum, n2, rstd
-  s += 3 * a(d.n * d.f, d.cb);                         // gate, up, swiglu output
+  if (!d.cuda) s += a(d.n * d.w, d.cb);        // merged heads (CPU copy)
+  s += 2 * a(d.n * d.c, d.cb) + a(d.n, d.cb);  // sum, n2, rstd
+  s += 3 * a(d.n * d.f, d.cb);                 // gate, up, swiglu output
   return s;
 }
 
@@ -115,8 +115,8 @@ HeadBytes head_bytes(const PlanInput& in, const PlanLayout& l) {
   if (d.cuda) {
     // linear_cross_entropy: dx (N, C) and dW (V, C) computed in the forward and saved; while it
     // runs, the weight's 16-bit copy and a chunk of logits (2^28 bytes' worth of rows) are live.
-    const int64_t rows = std::min<int64_t>(d.n, std::max<int64_t>(1, (int64_t{1} << 28) /
-                                                                         (d.v * d.cb)));
+    const int64_t rows =
+        std::min<int64_t>(d.n, std::max<int64_t>(1, (int64_t{1} << 28) / (d.v * d.cb)));
     h.saved = nc + vc + 2 * a(d.n, 4);
     h.bwd_extra = (d.f32 ? 0 : vc) + a(rows * d.v, d.cb);  // at the head's forward
     h.held_dw = tied ? vc : 0;

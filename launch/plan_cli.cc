@@ -38,15 +38,24 @@ PlanArgs parse_plan_args(int argc, char** argv) {
       return "";
     };
     auto is = [&](const std::string& f) { return s == f || s.rfind(f + "=", 0) == 0; };
-    if (s == "--help" || s == "-h") a.help = true;
-    else if (s == "--json") a.json = true;
-    else if (is("--config")) a.config = value("--config");
-    else if (is("--set")) a.sets.push_back(value("--set"));
-    else if (is("--run")) a.run = value("--run");
-    else if (is("--device")) a.device = value("--device");
-    else if (is("--world")) a.world = std::atoi(value("--world").c_str());
-    else if (is("--gpu-mem")) a.gpu_mem_gib = std::atof(value("--gpu-mem").c_str());
-    else a.error = "unknown argument '" + s + "'";
+    if (s == "--help" || s == "-h")
+      a.help = true;
+    else if (s == "--json")
+      a.json = true;
+    else if (is("--config"))
+      a.config = value("--config");
+    else if (is("--set"))
+      a.sets.push_back(value("--set"));
+    else if (is("--run"))
+      a.run = value("--run");
+    else if (is("--device"))
+      a.device = value("--device");
+    else if (is("--world"))
+      a.world = std::atoi(value("--world").c_str());
+    else if (is("--gpu-mem"))
+      a.gpu_mem_gib = std::atof(value("--gpu-mem").c_str());
+    else
+      a.error = "unknown argument '" + s + "'";
   }
   if (a.error.empty() && !a.help && a.config.empty()) a.error = "--config FILE is required";
   if (a.error.empty() && a.world < 1) a.error = "--world must be >= 1";
@@ -62,7 +71,8 @@ void print_plan_usage() {
       "Per-rank memory of a training step for the config's layout (parallel.dp / tp / pp,\n"
       "zero_stage, recompute.policy, micro-batch) on a world of N ranks: parameters, gradients,\n"
       "optimizer state, saved activations, the classifier, backward temporaries, and the peak\n"
-      "that `mem_peak_mib` (metrics.jsonl, the device allocator's peak) will report.\n\n"
+      "that `mem_peak_mib` (metrics.jsonl, the device allocator's peak) will report. The\n"
+      "config's data files are not read (the plan depends on data.seq_len only).\n\n"
       "  --world N       ranks (default 1); dp = N / (tp x pp) unless parallel.dp is set\n"
       "  --gpu-mem GiB   also list every layout of N ranks (dp x tp x pp, ZeRO 0-3, recompute\n"
       "                  none / selective / full) whose predicted peak fits GiB per GPU\n"
@@ -76,8 +86,9 @@ void print_plan_usage() {
 }
 
 const char* recompute_name(models::Recompute r) {
-  return r == models::Recompute::kFull ? "full"
-         : r == models::Recompute::kSelective ? "selective" : "none";
+  return r == models::Recompute::kFull        ? "full"
+         : r == models::Recompute::kSelective ? "selective"
+                                              : "none";
 }
 
 double mib(int64_t b) { return static_cast<double>(b) / (1 << 20); }
@@ -143,10 +154,11 @@ void print_json(const MemoryPlan& p, double measured) {
 
 void print_table(const TrainConfig& c, const PlanInput& in, const MemoryPlan& p, int world) {
   const PlanLayout& l = p.layout;
-  std::printf("kiln plan: %s, %s params, seq %lld, micro-batch %lld x %lld accumulation, %s on %s\n",
-              c.model().preset().c_str(), human_count(static_cast<double>(param_count(c.model()))).c_str(),
-              static_cast<long long>(in.seq_len), static_cast<long long>(l.micro_batch),
-              static_cast<long long>(l.accum), dtype_name(in.compute), in.cuda ? "cuda" : "cpu");
+  std::printf(
+      "kiln plan: %s, %s params, seq %lld, micro-batch %lld x %lld accumulation, %s on %s\n",
+      c.model().preset().c_str(), human_count(static_cast<double>(param_count(c.model()))).c_str(),
+      static_cast<long long>(in.seq_len), static_cast<long long>(l.micro_batch),
+      static_cast<long long>(l.accum), dtype_name(in.compute), in.cuda ? "cuda" : "cpu");
   std::printf("layout: world %d = dp %d x tp %d x pp %d, ZeRO %d, recompute %s%s\n", world, l.dp,
               l.tp, l.pp, l.zero, recompute_name(l.recompute),
               l.measured() ? "" : "  (tp/pp > 1: a prediction, not yet measured)");
@@ -161,16 +173,16 @@ void print_table(const TrainConfig& c, const PlanInput& in, const MemoryPlan& p,
 void print_fits(const PlanInput& in, const TrainConfig& c, int world, double gib) {
   const int64_t mb = c.parallel().has_micro_batch_size() ? c.parallel().micro_batch_size() : 0;
   std::vector<MemoryPlan> fit;
-  for (const PlanLayout& l :
-       all_layouts(in.spec, world, c.training().global_batch_size(), mb)) {
+  for (const PlanLayout& l : all_layouts(in.spec, world, c.training().global_batch_size(), mb)) {
     MemoryPlan p = plan_memory(in, l);
     if (mib(p.peak) <= gib * 1024) fit.push_back(p);
   }
-  std::printf("\nlayouts of %d ranks that fit %.1f GiB per rank (* = tp/pp > 1: predicted, not "
-              "yet measured):\n",
-              world, gib);
-  std::printf("  %4s %4s %4s %5s %-10s %6s %12s\n", "dp", "tp", "pp", "ZeRO", "recompute",
-              "micro", "peak MiB");
+  std::printf(
+      "\nlayouts of %d ranks that fit %.1f GiB per rank (* = tp/pp > 1: predicted, not "
+      "yet measured):\n",
+      world, gib);
+  std::printf("  %4s %4s %4s %5s %-10s %6s %12s\n", "dp", "tp", "pp", "ZeRO", "recompute", "micro",
+              "peak MiB");
   for (const MemoryPlan& p : fit) {
     const PlanLayout& l = p.layout;
     std::printf("  %4d %4d %4d %5d %-10s %6lld %12.1f%s\n", l.dp, l.tp, l.pp, l.zero,
@@ -192,6 +204,8 @@ int plan_main(int argc, char** argv) {
     std::fprintf(stderr, "kiln plan: %s (see kiln plan --help)\n", a.error.c_str());
     return 2;
   }
+  // The data is not read: synthetic tokens stand in, so that the shards need not exist here.
+  a.sets.insert(a.sets.begin(), "data.synthetic=true");
   absl::StatusOr<TrainConfig> c = load_config(a.config, a.sets);
   absl::Status s = c.ok() ? resolve_world(a.world, &*c) : c.status();
   if (!s.ok()) {
@@ -209,10 +223,11 @@ int plan_main(int argc, char** argv) {
   print_table(*c, in, p, a.world);
   if (!a.run.empty()) {
     if (std::isfinite(measured))
-      std::printf("measured mem_peak_mib (%s/metrics.jsonl, rank 0, step %lld): %.2f MiB; the "
-                  "prediction is %+.1f%% of it\n",
-                  a.run.c_str(), static_cast<long long>(step), measured,
-                  100.0 * (mib(p.peak) - measured) / measured);
+      std::printf(
+          "measured mem_peak_mib (%s/metrics.jsonl, rank 0, step %lld): %.2f MiB; the "
+          "prediction is %+.1f%% of it\n",
+          a.run.c_str(), static_cast<long long>(step), measured,
+          100.0 * (mib(p.peak) - measured) / measured);
     else
       std::printf("measured: no train record with mem_peak_mib in %s/metrics.jsonl\n",
                   a.run.c_str());
