@@ -15,9 +15,9 @@ using plan_internal::ParamInfo;
 using plan_internal::stage_params;
 
 ModelConfig preset(const std::string& name) {
-  absl::StatusOr<ModelConfig> m = models::get_preset(name);
+  absl::StatusOr<ModelConfig> m = get_preset(name);
   EXPECT_TRUE(m.ok());
-  EXPECT_TRUE(models::resolve_model_config(&*m).ok());
+  EXPECT_TRUE(resolve_model_config(&*m).ok());
   return *m;
 }
 
@@ -47,18 +47,17 @@ TEST(MemoryPlan, PresetsCountTheirParameters) {
   for (const char* name : {"gpt2-124m", "gpt2-1.5b", "llama-1b", "llama-8b"}) {
     const ModelConfig m = preset(name);
     const models::ModelSpec spec = models::spec_from_config(m);
-    EXPECT_EQ(total(stage_params(spec, 1, 1, 0)), models::param_count(m)) << name;
+    EXPECT_EQ(total(stage_params(spec, 1, 1, 0)), param_count(m)) << name;
     // Two pipeline stages hold every parameter once, plus GPT-2's tied table on the last stage.
     const int64_t both = total(stage_params(spec, 1, 2, 0)) + total(stage_params(spec, 1, 2, 1));
     const int64_t tied = spec.tied_embeddings ? spec.padded_vocab() * spec.d_model : 0;
     const int64_t wpe = name[0] == 'g' ? spec.max_seq_len * spec.d_model : 0;
-    EXPECT_EQ(both, models::param_count(m) + tied) << name;
+    EXPECT_EQ(both, param_count(m) + tied) << name;
     // tp = 4 splits everything but the norms, GPT-2's positions and the row layers' biases.
     const int64_t tp4 = total(stage_params(spec, 4, 1, 0));
-    EXPECT_LT(tp4,
-              models::param_count(m) / 4 + wpe + 3 * spec.n_layer * spec.d_model + 2 * spec.d_model)
+    EXPECT_LT(tp4, param_count(m) / 4 + wpe + 3 * spec.n_layer * spec.d_model + 2 * spec.d_model)
         << name;
-    EXPECT_GT(tp4, models::param_count(m) / 4) << name;
+    EXPECT_GT(tp4, param_count(m) / 4) << name;
   }
 }
 
@@ -93,7 +92,9 @@ TEST(MemoryPlan, MovesWithZeroAndRecompute) {
     l.recompute = models::Recompute::kFull;
     const int64_t full = plan_memory(in, l).peak;
     EXPECT_LE(selective, none);
-    EXPECT_LT(full, selective / 2) << "cuda " << cuda;
+    // On the GPU the blocks' activations dominate; on the CPU the (N, V) logits and their gradient
+    // (3.1 GB here) stay whatever the policy.
+    EXPECT_LT(full, cuda ? selective / 2 : selective) << "cuda " << cuda;
   }
 }
 
