@@ -6,6 +6,7 @@
 #include <mutex>
 #include <vector>
 
+#include "core/block_size.h"
 #include "core/check.h"
 
 namespace kiln {
@@ -13,14 +14,15 @@ namespace {
 
 constexpr size_t kAlign = 64;
 
-size_t round_size(size_t n) {
-  if (n <= 512) return (n + kAlign - 1) / kAlign * kAlign;
-  // Round up to a multiple of 1/8 of the next power of two: at most 12.5% waste.
+// Up to a multiple of 1/8 of the next power of two (at least `min_step`): at most 12.5% waste.
+size_t round_eighths(size_t n, size_t min_step) {
   size_t p = 1;
   while (p < n) p <<= 1;
-  size_t step = std::max<size_t>(p / 8, kAlign);
+  const size_t step = std::max<size_t>(p / 8, min_step);
   return (n + step - 1) / step * step;
 }
+
+size_t round_size(size_t n) { return cpu_block_size(n); }
 
 class CachingCpuAllocator final : public Allocator {
  public:
@@ -73,6 +75,19 @@ class CachingCpuAllocator final : public Allocator {
 Allocator* g_cuda_allocator = nullptr;
 
 }  // namespace
+
+size_t cpu_block_size(size_t n) {
+  n = std::max<size_t>(n, 1);
+  if (n <= 512) return (n + kAlign - 1) / kAlign * kAlign;
+  return round_eighths(n, kAlign);
+}
+
+size_t cuda_block_size(size_t n) {
+  constexpr size_t kSmallStep = 512;  // sizes up to 1 MiB round to 512 bytes
+  n = std::max<size_t>(n, 1);
+  if (n <= (size_t{1} << 20)) return (n + kSmallStep - 1) / kSmallStep * kSmallStep;
+  return round_eighths(n, 1);
+}
 
 Allocator* allocator_for(Device d) {
   if (d.is_cpu()) {

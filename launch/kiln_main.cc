@@ -30,6 +30,8 @@ const Command kCommands[] = {
      "checkpoint -> Hugging Face safetensors + config.json (--format safetensors)"},
     {"checkpoint", kiln::launch::checkpoint_main, "info / verify / hash a checkpoint"},
     {"logits", kiln::launch::logits_main, "debug: a model's logits for given tokens"},
+    {"plan", kiln::launch::plan_main,
+     "per-rank memory of a config's layout; layouts that fit a GPU (--gpu-mem)"},
     {"info", kiln::launch::info_main, "build, devices, threads and model presets"},
 };
 

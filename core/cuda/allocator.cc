@@ -11,24 +11,16 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/block_size.h"
 #include "core/check.h"
 #include "core/cuda/runtime.h"
 
 namespace kiln::cuda {
 namespace {
 
-constexpr size_t kSmallStep = 512;  // sizes up to 1 MiB round to 512 bytes
-constexpr size_t kSmallLimit = size_t{1} << 20;
-
-size_t round_size(size_t n) {
-  n = std::max<size_t>(n, 1);
-  if (n <= kSmallLimit) return (n + kSmallStep - 1) / kSmallStep * kSmallStep;
-  // Round up to a multiple of 1/8 of the next power of two: at most 12.5% waste.
-  size_t p = 1;
-  while (p < n) p <<= 1;
-  const size_t step = p / 8;
-  return (n + step - 1) / step * step;
-}
+// Sizes up to 1 MiB round to 512 bytes, larger ones to 1/8 of the next power of two
+// (kiln::cuda_block_size, core/block_size.h, which kiln plan predicts with).
+size_t round_size(size_t n) { return kiln::cuda_block_size(n); }
 
 std::string mib(int64_t bytes) {
   char buf[64];

@@ -1,0 +1,130 @@
+// kiln plan's model against the code it describes: the parameter list it builds from a spec is the
+// model's own (names, sizes, registration order, which DataParallel's units follow), stages and
+// shards add up, and the plan moves the right way with ZeRO and recompute. The peak itself is
+// checked against real trainings by tests/plan_test.py (ctest plan_memory_cpu).
+#include "launch/memory_plan.h"
+
+#include <gtest/gtest.h>
+
+#include "models/presets.h"
+
+namespace kiln::launch {
+namespace {
+
+using plan_internal::ParamInfo;
+using plan_internal::stage_params;
+
+ModelConfig preset(const std::string& name) {
+  absl::StatusOr<ModelConfig> m = get_preset(name);
+  EXPECT_TRUE(m.ok());
+  EXPECT_TRUE(resolve_model_config(&*m).ok());
+  return *m;
+}
+
+int64_t total(const std::vector<ParamInfo>& ps) {
+  int64_t n = 0;
+  for (const ParamInfo& p : ps) n += p.numel;
+  return n;
+}
+
+TEST(MemoryPlan, ParameterListIsTheModels) {
+  for (const char* name : {"gpt2-tiny", "llama-tiny"}) {
+    ModelConfig m = preset(name);
+    m.set_vocab_size(96);
+    const models::ModelSpec spec = models::spec_from_config(m);
+    std::unique_ptr<models::LanguageModel> model = models::build_model(spec, 1);
+    const std::vector<nn::Parameter> real = model->parameters();
+    const std::vector<ParamInfo> planned = stage_params(spec, 1, 1, 0);
+    ASSERT_EQ(real.size(), planned.size()) << name;
+    for (size_t i = 0; i < real.size(); ++i) {
+      EXPECT_EQ(real[i].name, planned[i].name) << name << " #" << i;
+      EXPECT_EQ(real[i].tensor.numel(), planned[i].numel) << real[i].name;
+    }
+  }
+}
+
+TEST(MemoryPlan, PresetsCountTheirParameters) {
+  for (const char* name : {"gpt2-124m", "gpt2-1.5b", "llama-1b", "llama-8b"}) {
+    const ModelConfig m = preset(name);
+    const models::ModelSpec spec = models::spec_from_config(m);
+    EXPECT_EQ(total(stage_params(spec, 1, 1, 0)), param_count(m)) << name;
+    // Two pipeline stages hold every parameter once, plus GPT-2's tied table on the last stage.
+    const int64_t both = total(stage_params(spec, 1, 2, 0)) + total(stage_params(spec, 1, 2, 1));
+    const int64_t tied = spec.tied_embeddings ? spec.padded_vocab() * spec.d_model : 0;
+    const int64_t wpe = name[0] == 'g' ? spec.max_seq_len * spec.d_model : 0;
+    EXPECT_EQ(both, param_count(m) + tied) << name;
+    // tp = 4 splits everything but the norms, GPT-2's positions and the row layers' biases.
+    const int64_t tp4 = total(stage_params(spec, 4, 1, 0));
+    EXPECT_LT(tp4, param_count(m) / 4 + wpe + 3 * spec.n_layer * spec.d_model + 2 * spec.d_model)
+        << name;
+    EXPECT_GT(tp4, param_count(m) / 4) << name;
+  }
+}
+
+PlanInput gpt2_124m(bool cuda) {
+  PlanInput in;
+  ModelConfig m = preset("gpt2-124m");
+  m.set_vocab_pad_multiple(128);
+  in.spec = models::spec_from_config(m);
+  in.seq_len = 1024;
+  in.cuda = cuda;
+  in.compute = cuda ? DType::kBF16 : DType::kF32;
+  return in;
+}
+
+TEST(MemoryPlan, MovesWithZeroAndRecompute) {
+  for (bool cuda : {false, true}) {
+    const PlanInput in = gpt2_124m(cuda);
+    PlanLayout l;
+    l.dp = 8;
+    l.micro_batch = 8;
+    int64_t last = INT64_MAX;
+    for (int zero = 0; zero <= 3; ++zero) {  // each stage shards more
+      l.zero = zero;
+      const int64_t peak = plan_memory(in, l).peak;
+      EXPECT_LT(peak, last) << "zero " << zero << " cuda " << cuda;
+      last = peak;
+    }
+    l.zero = 1;
+    const int64_t none = plan_memory(in, l).peak;
+    l.recompute = models::Recompute::kSelective;
+    const int64_t selective = plan_memory(in, l).peak;
+    l.recompute = models::Recompute::kFull;
+    const int64_t full = plan_memory(in, l).peak;
+    EXPECT_LE(selective, none);
+    // On the GPU the blocks' activations dominate; on the CPU the (N, V) logits and their gradient
+    // (3.1 GB here) stay whatever the policy.
+    EXPECT_LT(full, cuda ? selective / 2 : selective) << "cuda " << cuda;
+  }
+}
+
+TEST(MemoryPlan, PipelineFirstStageHoldsMicroBatchesInFlight) {
+  const PlanInput in = gpt2_124m(true);
+  PlanLayout l;
+  l.pp = 4;
+  l.micro_batch = 4;
+  l.accum = 8;
+  const MemoryPlan p = plan_memory(in, l);
+  EXPECT_FALSE(l.measured());
+  bool found = false;
+  for (const MemoryTerm& t : p.terms)
+    if (t.name == "activations") found = t.how.find("12 block(s)") == 0;  // 3 blocks x 4 in flight
+  EXPECT_TRUE(found) << p.peak_at;
+}
+
+TEST(MemoryPlan, LayoutsOfAWorld) {
+  const PlanInput in = gpt2_124m(true);
+  const std::vector<PlanLayout> ls = all_layouts(in.spec, 8, 64, 8);
+  // tp in {1, 2, 4} (12 heads), pp in {1, 2, 4} (12 layers), dp = 8 / (tp pp), ZeRO only with dp
+  // > 1.
+  EXPECT_FALSE(ls.empty());
+  for (const PlanLayout& l : ls) {
+    EXPECT_EQ(l.dp * l.tp * l.pp, 8);
+    EXPECT_EQ(12 % l.tp, 0);
+    EXPECT_EQ(l.micro_batch * l.dp * l.accum, 64);
+    if (l.dp == 1) EXPECT_EQ(l.zero, 0);
+  }
+}
+
+}  // namespace
+}  // namespace kiln::launch
