@@ -42,6 +42,9 @@ struct TrainSummary {
   double seconds = 0;
   int64_t first_step = 0;    // the step this run started at (> 0 after resuming a checkpoint)
   bool interrupted = false;  // stopped early by SIGTERM / SIGINT (after saving a checkpoint)
+  // Stopped after training.max_non_finite_steps non-finite steps in a row (nothing saved).
+  bool non_finite_stop = false;
+  int64_t skipped_steps = 0;  // steps not applied: non-finite, or an fp16 overflow
   std::string checkpoint;    // the last checkpoint saved, "" when none
 };
 
@@ -112,6 +115,8 @@ class Trainer {
   void print_start() const;
   void print_end(const TrainSummary& sum) const;
   void log_step(int64_t step, double loss, double lr, double gnorm, int64_t tokens, double dt);
+  void log_skip(int64_t step, double loss, double gnorm);  // a step the guard did not apply
+  void stop_non_finite(TrainSummary* sum);  // after max_non_finite_steps in a row
 
   TrainConfig cfg_;
   parallel::World world_;
@@ -147,6 +152,15 @@ class Trainer {
   double last_lr_ = 0;       // learning rate of the last step (checkpoint schedule state)
   int64_t saved_step_ = -1;  // step of the last checkpoint saved by this run
   std::string resumed_from_;
+  // The non-finite guard (trainer.cc): what train_step decided about the last step, agreed by
+  // every rank, and the non-finite steps in a row so far.
+  struct StepHealth {
+    bool applied = true;     // the optimizer stepped
+    bool non_finite = false;  // loss (or, without a loss scaler, gradient norm) NaN / Inf
+    bool overflow = false;    // fp16: only the scaled gradients overflowed (the scaler's skip)
+  };
+  StepHealth health_;
+  int64_t non_finite_run_ = 0;
 };
 
 // Fills the optimizer's decay flags from optimizer.decay_min_dim and optimizer.no_decay globs.
