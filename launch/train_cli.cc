@@ -164,6 +164,7 @@ int train_main(int argc, char** argv) {
     return rc;
   Trainer t(cfg, world);
   t.set_quiet(quiet);
+  t.set_exclusive(true);
   t.set_codec(make_codec(cfg));
   absl::Status s = t.init();
   if (!s.ok()) {

@@ -13,8 +13,10 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "launch/checkpoint.h"
+#include "launch/config_agree.h"
 #include "launch/signals.h"
 #include "launch/trainer_log.h"
+#include "parallel/file_comm.h"
 
 namespace kiln::launch {
 namespace {
@@ -45,7 +47,13 @@ absl::Status Trainer::init() {
   // mesh -> model -> pipeline split -> tensor parallel -> recompute -> data parallel / ZeRO ->
   // forward-backward; then the schedules, the data, a checkpoint to resume and the metrics.
   absl::Status s = make_device();
+  // Every rank must have the same config before any group is built from it (config_agree.h).
+  if (s.ok() && world_.size > 1) {
+    absl::StatusOr<std::unique_ptr<parallel::Communicator>> w = parallel::make_world_comm(world_);
+    s = w.ok() ? check_config_agreement(cfg_, **w) : w.status();
+  }
   if (s.ok()) s = make_mesh();
+  if (s.ok() && exclusive_) s = lock_run_folder();
   if (!s.ok()) return s;
   // A checkpoint to resume (checkpoint.resume) wins over training.init_from.
   absl::StatusOr<std::string> resume = find_resume_checkpoint(cfg_.checkpoint());

@@ -21,6 +21,7 @@
 #endif
 #include "launch/batches.h"
 #include "launch/metrics.h"
+#include "launch/run_lock.h"
 #include "models/model.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
@@ -70,6 +71,9 @@ class Trainer {
   // Replaces the data sources (tests); must be called after init().
   void set_sources(std::unique_ptr<BatchSource> train, std::unique_ptr<BatchSource> val);
   void set_quiet(bool q) { quiet_ = q; }
+  // `kiln train`: init() locks the run folder (rank 0; launch/run_lock.h) and checks at start that
+  // checkpoint.dir is writable on every rank. Off for tests and read-only commands.
+  void set_exclusive(bool e) { exclusive_ = e; }
   models::LanguageModel& model() { return *model_; }
   parallel::DataParallel& data_parallel() { return *dp_; }
   const parallel::Mesh& mesh() const { return *mesh_; }
@@ -100,6 +104,7 @@ class Trainer {
   void make_schedules();
   absl::Status make_sources();  // trainer_data.cc
   absl::Status open_metrics();
+  absl::Status lock_run_folder();  // set_exclusive (trainer_checkpoint.cc)
   // A batch on the training device; on GPUs through the pinned ring (never waits for the GPU).
   Tensor to_device(const Tensor& host);
   // The loop (trainer.cc).
@@ -148,6 +153,8 @@ class Trainer {
   bool by_tokens_ = false;  // schedules over tokens (a token budget is set)
   int64_t steps_timed_ = 0;
   bool quiet_ = false;
+  bool exclusive_ = false;
+  std::unique_ptr<RunLock> lock_;  // rank 0 of an exclusive run
   int64_t step_ = 0;         // optimizer steps completed (the next step's index)
   double last_lr_ = 0;       // learning rate of the last step (checkpoint schedule state)
   int64_t saved_step_ = -1;  // step of the last checkpoint saved by this run

@@ -51,6 +51,22 @@ std::vector<parallel::Piece> Trainer::checkpoint_pieces(bool for_load) {
   return out;
 }
 
+absl::Status Trainer::lock_run_folder() {
+  absl::Status mine;
+  if (world_.rank == 0) {
+    absl::StatusOr<RunLock> l = RunLock::acquire(cfg_.logging().run_dir());
+    if (l.ok()) lock_ = std::make_unique<RunLock>(std::move(*l));
+    mine = l.status();
+  }
+  absl::Status s = agree_across_ranks(mesh_->world(), mine, "locking the run folder");
+  if (!s.ok()) return s;
+  // Every rank writes its shard there: an unwritable directory is found now, not at the first save.
+  const CheckpointConfig& k = cfg_.checkpoint();
+  if (k.every_n_steps() > 0 || k.save_at_end() || k.save_on_signal())
+    mine = probe_writable(k.dir(), "checkpoint.dir");
+  return agree_across_ranks(mesh_->world(), mine, "checking checkpoint.dir");
+}
+
 absl::StatusOr<std::string> Trainer::save_checkpoint() {
   const double t0 = now_s();
   Manifest h;
