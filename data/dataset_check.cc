@@ -39,9 +39,10 @@ absl::Status check_group(const Group& g, bool checksums, std::vector<std::string
   absl::StatusOr<DatasetManifest> m = parse_manifest(text.str(), mpath);
   if (!m.ok()) return m.status();
   if (!m->complete)
-    return absl::FailedPreconditionError(absl::StrCat(
-        "dataset ", g.dir, "/", g.name, " is incomplete (its manifest says complete: false): a kiln "
-        "prepare-data was interrupted while replacing it; run it again"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("dataset ", g.dir, "/", g.name,
+                     " is incomplete (its manifest says complete: false): a kiln "
+                     "prepare-data was interrupted while replacing it; run it again"));
   std::map<std::string, const ManifestShard*> listed;
   for (const ManifestShard& s : m->shards) listed[s.file] = &s;
   for (const ManifestShard& s : m->shards)
@@ -85,8 +86,9 @@ absl::Status check_dataset_files(const std::vector<std::string>& files, bool che
     const std::string base = p.filename().string();
     std::smatch match;
     if (!std::regex_match(base, match, kShardName)) {
-      warnings->push_back(absl::StrCat(f, " is not named like a kiln prepare-data shard "
-                                          "(NAME_train_NNNNNN.bin): not checked against a manifest"));
+      warnings->push_back(absl::StrCat(f,
+                                       " is not named like a kiln prepare-data shard "
+                                       "(NAME_train_NNNNNN.bin): not checked against a manifest"));
       continue;
     }
     const std::string dir = p.has_parent_path() ? p.parent_path().string() : ".";

@@ -80,7 +80,8 @@ uint32_t crc32c(uint32_t crc, const void* data, size_t n) {
 
 absl::StatusOr<uint32_t> file_crc32c(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  if (fd < 0)
+    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
   std::vector<char> buf(1 << 20);
   uint32_t crc = 0;
   for (ssize_t n; (n = ::read(fd, buf.data(), buf.size())) != 0;) {
@@ -129,7 +130,8 @@ std::string manifest_json(const DatasetManifest& m) {
     const ManifestShard& sh = m.shards[i];
     s += i ? ",\n  {\"file\": " : "\n  {\"file\": ";
     append_json_string(sh.file, &s);
-    absl::StrAppendFormat(&s, ", \"split\": \"%s\", \"tokens\": %d, \"bytes\": %d, \"crc32c\": \"%s\"}",
+    absl::StrAppendFormat(&s,
+                          ", \"split\": \"%s\", \"tokens\": %d, \"bytes\": %d, \"crc32c\": \"%s\"}",
                           sh.split, sh.tokens, sh.bytes, hex32(sh.crc32c));
   }
   s += "]}\n";
@@ -139,12 +141,13 @@ std::string manifest_json(const DatasetManifest& m) {
 absl::StatusOr<DatasetManifest> parse_manifest(const std::string& json, const std::string& path) {
   absl::StatusOr<JsonValue> v = parse_json(json);
   auto bad = [&](const std::string& why) {
-    return absl::DataLossError(absl::StrCat("dataset manifest ", path, ": ", why,
-                                            "; run kiln prepare-data again"));
+    return absl::DataLossError(
+        absl::StrCat("dataset manifest ", path, ": ", why, "; run kiln prepare-data again"));
   };
   if (!v.ok()) return bad(std::string(v.status().message()));
   const JsonValue* fmt = v->find("format");
-  if (fmt == nullptr || !fmt->is_string() || fmt->str != "kiln-dataset") return bad("not a kiln dataset manifest");
+  if (fmt == nullptr || !fmt->is_string() || fmt->str != "kiln-dataset")
+    return bad("not a kiln dataset manifest");
   DatasetManifest m;
   const JsonValue* name = v->find("name");
   const JsonValue* complete = v->find("complete");
@@ -187,10 +190,12 @@ absl::Status write_manifest(const std::string& path, const DatasetManifest& m) {
   if (fd >= 0) ok = ::close(fd) == 0 && ok;
   if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
     ::unlink(tmp.c_str());
-    return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", err.empty() ? std::strerror(errno) : err));
+    return absl::UnavailableError(
+        absl::StrCat("cannot write ", path, ": ", err.empty() ? std::strerror(errno) : err));
   }
   const std::string dir = std::filesystem::path(path).parent_path().string();
-  if (const int d = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); d >= 0) {
+  if (const int d = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      d >= 0) {
     ::fsync(d);
     ::close(d);
   }

@@ -5,8 +5,8 @@
 
 #include <unistd.h>
 
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
@@ -248,9 +248,9 @@ absl::StatusOr<DatasetManifest> staged_manifest(const PrepareOptions& o, const T
       absl::StatusOr<uint32_t> crc = file_crc32c(path);
       if (!crc.ok()) return crc.status();
       const std::string base = std::filesystem::path(path).filename().string();
-      m.shards.push_back({base, list == &val ? "val" : "train", sh->num_tokens(),
-                          static_cast<int64_t>(kShardHeaderBytes + sh->num_tokens() * sh->token_bytes()),
-                          *crc});
+      m.shards.push_back(
+          {base, list == &val ? "val" : "train", sh->num_tokens(),
+           static_cast<int64_t>(kShardHeaderBytes + sh->num_tokens() * sh->token_bytes()), *crc});
     }
   }
   return m;

@@ -95,12 +95,15 @@ absl::Status check_config_agreement(const TrainConfig& cfg, parallel::Communicat
   const ConfigDifference d = first_difference(theirs, root);
   auto value = [](const std::string& line) {  // "lr: 0.002" -> "0.002"
     const size_t colon = line.find(':');
-    return colon == std::string::npos ? line : std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
+    return colon == std::string::npos
+               ? line
+               : std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
   };
-  return absl::FailedPreconditionError(absl::StrCat(
-      "the ranks were given different configs: ", d.field, " is ", value(d.mine), " on rank ", bad,
-      " but ", value(d.theirs), " on rank 0 (the first field that differs); every rank must read "
-      "the same config and --set flags"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("the ranks were given different configs: ", d.field, " is ", value(d.mine),
+                   " on rank ", bad, " but ", value(d.theirs),
+                   " on rank 0 (the first field that differs); every rank must read "
+                   "the same config and --set flags"));
 }
 
 }  // namespace kiln::launch

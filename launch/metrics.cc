@@ -173,8 +173,8 @@ absl::Status MetricsLogger::flush() {
     errno = 0;
     jsonl_.flush();
     if (!jsonl_)
-      return absl::UnavailableError(absl::StrCat(
-          "cannot write ", jsonl_path_, ": ", errno ? std::strerror(errno) : "write failed"));
+      return absl::UnavailableError(absl::StrCat("cannot write ", jsonl_path_, ": ",
+                                                 errno ? std::strerror(errno) : "write failed"));
   }
   return has_tb_ ? tb_.flush() : absl::OkStatus();
 }

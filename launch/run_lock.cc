@@ -21,7 +21,9 @@ std::string os_error() { return std::strerror(errno); }
 absl::Status make_dir(const std::string& dir, const std::string& what) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  if (ec) return absl::UnavailableError(absl::StrCat("cannot create ", what, " ", dir, ": ", ec.message()));
+  if (ec)
+    return absl::UnavailableError(
+        absl::StrCat("cannot create ", what, " ", dir, ": ", ec.message()));
   return absl::OkStatus();
 }
 
@@ -44,7 +46,8 @@ absl::StatusOr<RunLock> RunLock::acquire(const std::string& dir) {
   const std::string path = dir + "/.kiln.lock";
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd < 0)
-    return absl::UnavailableError(absl::StrCat("cannot create the lock file ", path, ": ", os_error()));
+    return absl::UnavailableError(
+        absl::StrCat("cannot create the lock file ", path, ": ", os_error()));
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const bool busy = errno == EWOULDBLOCK;
     const std::string err = os_error();
@@ -62,8 +65,10 @@ absl::StatusOr<RunLock> RunLock::acquire(const std::string& dir) {
   const std::time_t now = std::time(nullptr);
   char when[64];
   std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
-  const std::string text = absl::StrCat("pid ", ::getpid(), " on host ", host, ", started ", when, "\n");
-  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) {
+  const std::string text =
+      absl::StrCat("pid ", ::getpid(), " on host ", host, ", started ", when, "\n");
+  if (::ftruncate(fd, 0) != 0 ||
+      ::pwrite(fd, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) {
     const std::string err = os_error();
     ::close(fd);
     return absl::UnavailableError(absl::StrCat("cannot write the lock file ", path, ": ", err));
@@ -98,8 +103,7 @@ absl::Status probe_writable(const std::string& dir, const std::string& what) {
     ::close(fd);
     ::unlink(probe.c_str());
   }
-  if (!ok)
-    return absl::UnavailableError(absl::StrCat(what, " ", dir, " is not writable: ", err));
+  if (!ok) return absl::UnavailableError(absl::StrCat(what, " ", dir, " is not writable: ", err));
   return absl::OkStatus();
 }
 

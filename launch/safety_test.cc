@@ -13,7 +13,6 @@
 #include <sstream>
 
 #include "absl/strings/str_format.h"
-
 #include "launch/checkpoint.h"
 #include "launch/checkpoint_manifest.h"
 #include "launch/hf_mapping.h"
@@ -50,10 +49,11 @@ class Inject {
 // 8 steps, a checkpoint after every step (all kept), metrics.jsonl on.
 TrainConfig guarded(const std::string& dir, const std::string& extra = "") {
   return testing::tiny_config(dir, R"pb(
-                                training { max_steps: 8 max_non_finite_steps: 3 }
-                                checkpoint { every_n_steps: 1 keep_last: 0 }
-                                logging { jsonl: true }
-                              )pb" + extra);
+                                         training { max_steps: 8 max_non_finite_steps: 3 }
+                                         checkpoint { every_n_steps: 1 keep_last: 0 }
+                                         logging { jsonl: true }
+                                       )pb" +
+                                       extra);
 }
 
 absl::StatusOr<TrainSummary> train(const TrainConfig& cfg) {

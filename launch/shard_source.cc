@@ -57,8 +57,8 @@ absl::Status check_manifests(const TrainConfig& cfg, int dp_rank) {
         data::expand_globs(std::vector<std::string>(globs.begin(), globs.end()));
     if (!files.ok()) continue;  // DataLoader::Open reports it
     std::vector<std::string> warnings;
-    absl::Status s = data::check_dataset_files(*files, cfg.data().verify_checksums() && dp_rank == 0,
-                                               &warnings);
+    absl::Status s =
+        data::check_dataset_files(*files, cfg.data().verify_checksums() && dp_rank == 0, &warnings);
     const char* field = train ? "data.train_shards" : "data.val_shards";
     if (!s.ok()) return absl::Status(s.code(), absl::StrCat(field, ": ", s.message()));
     if (dp_rank == 0)

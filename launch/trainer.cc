@@ -163,7 +163,8 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
   const char* inject = injected_non_finite(world_.rank, step_);
   if (inject && std::strcmp(inject, "loss") == 0) local = NAN;
   if (inject && std::strcmp(inject, "grad") == 0) dp_->scale_grads(NAN);
-  const double loss = dp > 1 ? mesh_->dp().all_reduce_scalar(local) / static_cast<double>(dp) : local;
+  const double loss =
+      dp > 1 ? mesh_->dp().all_reduce_scalar(local) / static_cast<double>(dp) : local;
   const double raw_norm = dp_->grad_norm();  // of the scaled gradients under fp16
   // The non-finite guard: every rank must take the same decision, so it is made on a value
   // reduced over the whole world (2: the loss is not finite, 1: only the gradient norm).

@@ -46,7 +46,7 @@ struct TrainSummary {
   // Stopped after training.max_non_finite_steps non-finite steps in a row (nothing saved).
   bool non_finite_stop = false;
   int64_t skipped_steps = 0;  // steps not applied: non-finite, or an fp16 overflow
-  std::string checkpoint;    // the last checkpoint saved, "" when none
+  std::string checkpoint;     // the last checkpoint saved, "" when none
 };
 
 // Text <-> ids for samples (the GPT-2 tokenizer in a normal run).
@@ -121,7 +121,7 @@ class Trainer {
   void print_end(const TrainSummary& sum) const;
   void log_step(int64_t step, double loss, double lr, double gnorm, int64_t tokens, double dt);
   void log_skip(int64_t step, double loss, double gnorm);  // a step the guard did not apply
-  void stop_non_finite(TrainSummary* sum);  // after max_non_finite_steps in a row
+  void stop_non_finite(TrainSummary* sum);                 // after max_non_finite_steps in a row
 
   TrainConfig cfg_;
   parallel::World world_;
@@ -155,14 +155,14 @@ class Trainer {
   bool quiet_ = false;
   bool exclusive_ = false;
   std::unique_ptr<RunLock> lock_;  // rank 0 of an exclusive run
-  int64_t step_ = 0;         // optimizer steps completed (the next step's index)
-  double last_lr_ = 0;       // learning rate of the last step (checkpoint schedule state)
-  int64_t saved_step_ = -1;  // step of the last checkpoint saved by this run
+  int64_t step_ = 0;               // optimizer steps completed (the next step's index)
+  double last_lr_ = 0;             // learning rate of the last step (checkpoint schedule state)
+  int64_t saved_step_ = -1;        // step of the last checkpoint saved by this run
   std::string resumed_from_;
   // The non-finite guard (trainer.cc): what train_step decided about the last step, agreed by
   // every rank, and the non-finite steps in a row so far.
   struct StepHealth {
-    bool applied = true;     // the optimizer stepped
+    bool applied = true;      // the optimizer stepped
     bool non_finite = false;  // loss (or, without a loss scaler, gradient norm) NaN / Inf
     bool overflow = false;    // fp16: only the scaled gradients overflowed (the scaler's skip)
   };

@@ -59,8 +59,7 @@ void write_atomic(const std::string& path, const std::string& data) {
     fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0 && errno == EEXIST) ::unlink(tmp.c_str());
   }
-  KILN_CHECK(fd >= 0) << "file communicator: cannot create " << tmp << ": "
-                      << std::strerror(errno);
+  KILN_CHECK(fd >= 0) << "file communicator: cannot create " << tmp << ": " << std::strerror(errno);
   bool ok = true;
   for (size_t done = 0; ok && done < data.size();) {
     const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
@@ -104,9 +103,10 @@ absl::Status check_real_dir(const std::string& dir) {
     return absl::UnavailableError(
         absl::StrCat("KILN_RENDEZVOUS: cannot stat ", dir, ": ", std::strerror(errno)));
   if (S_ISLNK(st.st_mode) || !S_ISDIR(st.st_mode))
-    return absl::FailedPreconditionError(absl::StrCat(
-        "KILN_RENDEZVOUS: ", dir, " is ", S_ISLNK(st.st_mode) ? "a symbolic link" : "not a directory",
-        "; the rendezvous never follows links inside its run directory"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("KILN_RENDEZVOUS: ", dir, " is ",
+                     S_ISLNK(st.st_mode) ? "a symbolic link" : "not a directory",
+                     "; the rendezvous never follows links inside its run directory"));
   return absl::OkStatus();
 }
 
