@@ -77,8 +77,14 @@ class Kiln:
         return c
 
     def run(self, cmd, env=None, timeout=120):
-        p = subprocess.run(cmd, env=dict(self.env, **(env or {})), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        """(exit status, output); a run past `timeout` (a rank left waiting) is a failure."""
+        try:
+            p = subprocess.run(cmd, env=dict(self.env, **(env or {})), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            check(False, f"{' '.join(cmd[:8])} ...: still running after {timeout} s (a hang)")
+            out = e.stdout or ""
+            return None, out.decode(errors="replace") if isinstance(out, bytes) else out
         return p.returncode, p.stdout
 
     def start(self, cmd, env=None):
@@ -197,6 +203,8 @@ def case_prepare(k):
     rc, out = k.run(prep + [os.path.join(src, "doc*.txt")])
     check(rc == 0, f"prepare-data: exit {rc}: {out}")
     good = snapshot(out_dir)
+    if not check("d.manifest.json" in good, f"prepare-data wrote no manifest: {sorted(good)}"):
+        return
     m = json.loads(good["d.manifest.json"])
     shards = {s["file"]: s for s in m["shards"]}
     bins = sorted(f for f in good if f.endswith(".bin"))
