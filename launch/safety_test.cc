@@ -1,10 +1,12 @@
 // The non-finite guard in process (issue 15): a step with a NaN loss or gradients is not applied
 // (weights and optimizer state byte-identical to the last applied step), N in a row stop the run,
 // fp16 overflow skips are logged, a non-finite state is never saved, `checkpoint verify` names
-// non-finite tensors, and --init-from weights holding NaN are refused naming the tensor. The same
-// with real processes and under mpirun: tests/safety_process_test.py.
+// non-finite tensors, and --init-from weights holding NaN are refused naming the tensor; the run
+// folder's lock refuses a second holder. The same with real processes and under mpirun:
+// tests/safety_process_test.py.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -16,6 +18,7 @@
 #include "launch/checkpoint.h"
 #include "launch/checkpoint_manifest.h"
 #include "launch/hf_mapping.h"
+#include "launch/run_lock.h"
 #include "launch/safetensors.h"
 #include "launch/testing/tiny_config.h"
 #include "launch/trainer.h"
@@ -189,6 +192,20 @@ TEST(NonFiniteGuard, InitFromWeightsWithNaNAreRefusedNamingTheTensor) {
   absl::Status s = t.init();
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr("tensor '" + ts[2].hf_name + "' holds NaN"));
+}
+
+// flock locks belong to an open file description, so a second acquire in this same process
+// conflicts just as another process's would; closing the holder frees the folder.
+TEST(RunLock, SecondHolderIsRefusedNamingTheFirstAndTheLockIsFreedWithIt) {
+  const std::string dir = fresh_dir("lock");
+  absl::StatusOr<RunLock> first = RunLock::acquire(dir);
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::StatusOr<RunLock> second = RunLock::acquire(dir);
+  ASSERT_FALSE(second.ok());
+  EXPECT_THAT(std::string(second.status().message()),
+              HasSubstr("is in use by another kiln train (pid " + std::to_string(getpid())));
+  { RunLock gone = std::move(*first); }
+  EXPECT_TRUE(RunLock::acquire(dir).ok());
 }
 
 }  // namespace
