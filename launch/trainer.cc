@@ -166,10 +166,14 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
   const double loss =
       dp > 1 ? mesh_->dp().all_reduce_scalar(local) / static_cast<double>(dp) : local;
   const double raw_norm = dp_->grad_norm();  // of the scaled gradients under fp16
-  // The non-finite guard: every rank must take the same decision, so it is made on a value
-  // reduced over the whole world (2: the loss is not finite, 1: only the gradient norm).
+  // The non-finite guard: every rank must take the same decision, so it is made on reduced values
+  // (2: the loss is not finite, 1: only the gradient norm). The loss is averaged over dp and the
+  // norm is over all-reduced gradients (or all-reduced itself), the same on every rank of a
+  // data-parallel layout; with tp / pp the loss is not reduced over those groups, so the flag is
+  // agreed over the world (one more scalar all-reduce per step only there).
   double bad = !std::isfinite(loss) ? 2 : !std::isfinite(raw_norm) ? 1 : 0;
-  if (world_.size > 1) bad = mesh_->world().all_reduce_scalar(bad, parallel::ReduceOp::kMax);
+  if (mesh_->dims().tp * mesh_->dims().pp > 1)
+    bad = mesh_->world().all_reduce_scalar(bad, parallel::ReduceOp::kMax);
   health_ = {bad == 0, bad == 2 || (bad == 1 && !scaler_), bad == 1 && scaler_ != nullptr};
   if (scaler_) scaler_->update(bad != 0);
   *gnorm = raw_norm / loss_scale;

@@ -3,8 +3,8 @@
 
   nonfinite   optimizer.lr=1e6: steps with a non-finite loss or gradient norm are skipped and
               logged, training.max_non_finite_steps in a row stop the run (exit 4), every checkpoint
-              left verifies (keep_last never deleted the last finite one); under mpirun -np 2 NaN gradients on rank 1 only (after the
-              gradient sync, so rank 0 sees finite ones) make both ranks skip and stop together.
+              left verifies (keep_last never deleted the last finite one); under mpirun -np 2 a NaN
+              loss on rank 1 only makes both ranks skip and stop together.
   lock        a second `kiln train` on a run folder in use is refused naming the holder's pid;
               after kill -9 of the holder the next run takes the folder over and resumes.
   config      mpirun -np 2 with --set optimizer.lr on rank 1 only (and parallel.zero_stage, which
@@ -127,12 +127,14 @@ def case_nonfinite(k):
         rc, v = k.run([k.kiln, "checkpoint", "verify", k.path("lr1e6", "checkpoints", d)])
         check(rc == 0 and ": ok" in v, f"checkpoint {d} after lr=1e6 does not verify: {v}")
     check(len(ckpts) == 2, f"keep_last 2 left {ckpts}")
-    # (`checkpoint verify` on a checkpoint holding an Inf: launch/safety_test.cc.) Two ranks, NaN gradients on rank 1 only after they were averaged (ZeRO 0: rank 0's are finite).
+    # (`checkpoint verify` on a checkpoint holding an Inf: launch/safety_test.cc.) Two ranks, a NaN
+    # loss on rank 1 only: both must skip (the decision is on the loss averaged over dp, not on
+    # each rank's own) and stop together.
     run = k.path("mpi_nan")
     rc, out = k.run(k.mpi(*[k.train_cmd("mpi_nan", ["training.max_non_finite_steps=2"])] * 2),
-                    env={"KILN_INJECT_NON_FINITE": "1:3-9:grad"}, timeout=180)
+                    env={"KILN_INJECT_NON_FINITE": "1:3-9:loss"}, timeout=180)
     skips = records(run, "skip") if os.path.exists(os.path.join(run, "metrics.jsonl")) else []
-    print(f"mpirun -np 2, NaN gradients on rank 1 from step 4: exit {rc}, rank 0 logged skips at "
+    print(f"mpirun -np 2, a NaN loss on rank 1 from step 4: exit {rc}, rank 0 logged skips at "
           f"{[s['step'] for s in skips]}", flush=True)
     check(rc == 4, f"mpi: exit {rc} (want 4):\n{out[-2000:]}")
     check([s["step"] for s in skips] == [3, 4], f"mpi: rank 0's skip records {skips}")
