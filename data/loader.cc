@@ -128,9 +128,19 @@ struct DataLoader::Impl {
       busy = true;
       in_flight = job;
       lock.unlock();
-      Batch batch = build(job);
+      Batch batch;
+      bool failed = false;
+      try {
+        batch = build(job);
+      } catch (const Error&) {  // a shard that changed under us: Next() builds it again and throws
+        failed = true;
+      }
       lock.lock();
       busy = false;
+      if (failed) {
+        cv.notify_all();
+        return;  // no more prefetching; Next() builds every batch itself from now on
+      }
       if (gen == generation) ready.emplace_back(job, std::move(batch));
       cv.notify_all();
     }

@@ -5,22 +5,33 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "data/dataset_manifest.h"
 #include "data/io.h"
 #include "data/shard.h"
 
 namespace kiln::data {
 namespace {
+
+// Where prepare-data writes the new shards until they are complete: a crash or a bad input never
+// touches the dataset already in output_dir, and a glob never sees a partial one.
+std::string stage_dir(const PrepareOptions& o) {
+  return absl::StrCat(o.output_dir, "/.prepare-", o.name, ".tmp");
+}
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -202,18 +213,72 @@ absl::Status check_options(const PrepareOptions& o) {
   return absl::OkStatus();
 }
 
-// Existing shards of this name: an error, or removed with `overwrite`.
-absl::Status clear_old_shards(const PrepareOptions& o) {
+// Existing shards of this name: an error without `overwrite`. Nothing is removed here: the old
+// dataset stays whole until the new one is complete (commit_dataset).
+absl::Status check_old_shards(const PrepareOptions& o) {
+  if (o.overwrite) return absl::OkStatus();
   for (const char* split : {"train", "val"}) {
     auto old = expand_globs({absl::StrCat(o.output_dir, "/", o.name, "_", split, "_*.bin")});
     if (!old.ok()) continue;  // nothing there
-    if (!o.overwrite) {
-      return absl::AlreadyExistsError(
-          absl::StrCat((*old)[0], " already exists (", old->size(), " ", split, " shard(s) named '",
-                       o.name, "' in ", o.output_dir, "); pass --overwrite to replace them"));
-    }
-    for (const auto& p : *old) ::unlink(p.c_str());
+    return absl::AlreadyExistsError(
+        absl::StrCat((*old)[0], " already exists (", old->size(), " ", split, " shard(s) named '",
+                     o.name, "' in ", o.output_dir, "); pass --overwrite to replace them"));
   }
+  return absl::OkStatus();
+}
+
+// The manifest of the shards written into the staging directory (sizes and CRC32C read back).
+absl::StatusOr<DatasetManifest> staged_manifest(const PrepareOptions& o, const Tokenizer& tok,
+                                                const PrepareResult& res,
+                                                const std::vector<std::string>& val,
+                                                const std::vector<std::string>& train) {
+  DatasetManifest m;
+  m.name = o.name;
+  m.vocab_size = tok.vocab_size();
+  m.eot = tok.eot();
+  m.tokenizer_crc32c = tokenizer_identity(tok);
+  m.train_documents = res.train_documents;
+  m.val_documents = res.val_documents;
+  m.train_tokens = res.train_tokens;
+  m.val_tokens = res.val_tokens;
+  for (const auto* list : {&val, &train}) {
+    for (const std::string& path : *list) {
+      absl::StatusOr<Shard> sh = Shard::Open(path, 0);
+      if (!sh.ok()) return sh.status();
+      absl::StatusOr<uint32_t> crc = file_crc32c(path);
+      if (!crc.ok()) return crc.status();
+      const std::string base = std::filesystem::path(path).filename().string();
+      m.shards.push_back(
+          {base, list == &val ? "val" : "train", sh->num_tokens(),
+           static_cast<int64_t>(kShardHeaderBytes + sh->num_tokens() * sh->token_bytes()), *crc});
+    }
+  }
+  return m;
+}
+
+// Swaps the staged dataset in: the manifest first says `complete: false` (training refuses the
+// shards from here on), the old shards go, the new ones are renamed in, and the complete manifest
+// is the commit point. Only a kill inside these few renames leaves a dataset training refuses.
+absl::Status commit_dataset(const PrepareOptions& o, DatasetManifest m) {
+  const std::string final_manifest = manifest_path(o.output_dir, o.name);
+  const std::string stage = stage_dir(o);
+  m.complete = false;
+  if (absl::Status s = write_manifest(final_manifest, m); !s.ok()) return s;
+  for (const char* split : {"train", "val"}) {
+    auto old = expand_globs({absl::StrCat(o.output_dir, "/", o.name, "_", split, "_*.bin")});
+    if (old.ok())
+      for (const auto& p : *old) ::unlink(p.c_str());
+  }
+  for (const ManifestShard& sh : m.shards) {
+    const std::string from = stage + "/" + sh.file, to = o.output_dir + "/" + sh.file;
+    if (std::rename(from.c_str(), to.c_str()) != 0)
+      return absl::UnavailableError(
+          absl::StrCat("cannot rename ", from, " to ", to, ": ", std::strerror(errno)));
+  }
+  m.complete = true;
+  if (absl::Status s = write_manifest(final_manifest, m); !s.ok()) return s;
+  std::error_code ec;
+  std::filesystem::remove_all(stage, ec);
   return absl::OkStatus();
 }
 
@@ -249,10 +314,13 @@ absl::StatusOr<PrepareResult> prepare_data(const PrepareOptions& o, const Tokeni
         absl::StrCat("all ", n_docs, " documents would be validation; none left to train on"));
   }
   if (auto st = make_dirs(o.output_dir); !st.ok()) return st;
-  if (auto st = clear_old_shards(o); !st.ok()) return st;
+  if (auto st = check_old_shards(o); !st.ok()) return st;
+  std::error_code ec;
+  std::filesystem::remove_all(stage_dir(o), ec);  // an interrupted run's leftovers
+  if (auto st = make_dirs(stage_dir(o)); !st.ok()) return st;
 
   const int token_bytes = shard_token_bytes(tok.vocab_size());
-  const std::string prefix = absl::StrCat(o.output_dir, "/", o.name);
+  const std::string prefix = absl::StrCat(stage_dir(o), "/", o.name);
   SplitWriter train(prefix + "_train", o.shard_tokens, token_bytes);
   SplitWriter val(prefix + "_val", o.shard_tokens, token_bytes);
   const int threads = o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
@@ -306,15 +374,27 @@ absl::StatusOr<PrepareResult> prepare_data(const PrepareOptions& o, const Tokeni
   for (auto& w : workers) w.join();
   if (status.ok()) status = train.Finish();
   if (status.ok()) status = val.Finish();
-  if (!status.ok()) {
-    train.Discard();
-    val.Discard();
-    return status;
-  }
   res.train_tokens = train.total();
   res.val_tokens = val.total();
-  res.train_shards = train.paths();
-  res.val_shards = val.paths();
+  absl::StatusOr<DatasetManifest> manifest =
+      status.ok() ? staged_manifest(o, tok, res, val.paths(), train.paths())
+                  : absl::StatusOr<DatasetManifest>(status);
+  if (manifest.ok()) {
+    // Test hook (tests/safety_process_test.py): a pause with the new dataset staged, to be killed.
+    if (const char* d = std::getenv("KILN_PREPARE_TEST_DELAY_MS")) {
+      std::fprintf(stderr, "prepare-data: staged, committing in %s ms\n", d);
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(d)));
+    }
+    status = commit_dataset(o, *manifest);
+  }
+  if (!manifest.ok() || !status.ok()) {
+    train.Discard();
+    val.Discard();
+    std::filesystem::remove_all(stage_dir(o), ec);
+    return manifest.ok() ? status : manifest.status();
+  }
+  for (const ManifestShard& sh : manifest->shards)
+    (sh.split == "val" ? res.val_shards : res.train_shards).push_back(o.output_dir + "/" + sh.file);
   res.seconds = now_seconds() - t0;
   bar.Finish(src->total_bytes(), res.train_tokens + res.val_tokens);
   return res;

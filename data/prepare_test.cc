@@ -152,8 +152,10 @@ TEST_F(PrepareTest, JsonlNamedFieldAndFractionSplit) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find(":1: no field \"text\""), std::string::npos)
       << bad.status();
-  // A failed run leaves no shards behind.
-  EXPECT_FALSE(std::filesystem::exists(dir_.file("out/t_train_000000.bin")));
+  // A failed run (--overwrite included) leaves the earlier dataset as it was and no temporaries.
+  EXPECT_EQ(read_all(r->train_shards), want);
+  EXPECT_TRUE(std::filesystem::exists(dir_.file("out/t.manifest.json")));
+  EXPECT_FALSE(std::filesystem::exists(dir_.file("out/.prepare-t.tmp")));
 }
 
 TEST_F(PrepareTest, BadInputsAreClearErrors) {

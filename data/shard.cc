@@ -2,11 +2,16 @@
 // memory-mapped reader.
 #include "data/shard.h"
 
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
@@ -20,6 +25,38 @@ absl::Status shard_error(const std::string& path, std::string_view what) {
 
 absl::Status io_error(const std::string& what, const std::string& path) {
   return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+// SIGBUS while this thread copies out of a mapping (guarded_copy) jumps back there; any other
+// SIGBUS keeps its default action.
+thread_local sigjmp_buf* t_bus_jump = nullptr;
+
+void on_sigbus(int sig, siginfo_t*, void*) {
+  if (t_bus_jump != nullptr) siglongjmp(*t_bus_jump, 1);
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+
+// Runs `copy`; false when it touched a page past the end of a truncated file.
+template <typename F>
+bool guarded_copy(const F& copy) {
+  static std::once_flag installed;
+  std::call_once(installed, [] {
+    struct sigaction sa = {};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, nullptr);
+  });
+  sigjmp_buf jump;
+  if (sigsetjmp(jump, 1) != 0) {
+    t_bus_jump = nullptr;
+    return false;
+  }
+  t_bus_jump = &jump;
+  copy();
+  t_bus_jump = nullptr;
+  return true;
 }
 
 }  // namespace
@@ -187,16 +224,31 @@ int32_t Shard::token(int64_t i) const {
 void Shard::read(int64_t start, int64_t n, int32_t* out) const {
   KILN_CHECK(start >= 0 && n >= 0 && start + n <= count_)
       << "read [" << start << ", " << start + n << ") of " << count_ << " tokens in " << path();
-  if (token_bytes_ == 2) {
-    const char* p = tokens_ + 2 * start;
-    for (int64_t i = 0; i < n; ++i) {
-      uint16_t v;
-      std::memcpy(&v, p + 2 * i, 2);
-      out[i] = v;
+  // The file must still be as long as when it was opened: reading a mapping past the end of a
+  // file truncated since is a SIGBUS (or zeros within the last page). The size is checked first,
+  // and a truncation racing with the copy is caught by the SIGBUS guard.
+  struct stat st;
+  const int64_t want = kShardHeaderBytes + count_ * token_bytes_;
+  KILN_CHECK(::stat(path().c_str(), &st) == 0 && st.st_size >= want)
+      << "data shard " << path() << " changed during training: it is now "
+      << (::stat(path().c_str(), &st) == 0 ? std::to_string(st.st_size) + " bytes" : "gone")
+      << " but was " << want << " bytes when opened (truncated or replaced?); restore it and "
+      << "resume from the last checkpoint";
+  const bool ok = guarded_copy([&] {
+    if (token_bytes_ == 2) {
+      const char* p = tokens_ + 2 * start;
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t v;
+        std::memcpy(&v, p + 2 * i, 2);
+        out[i] = v;
+      }
+    } else {
+      std::memcpy(out, tokens_ + 4 * start, 4 * n);
     }
-  } else {
-    std::memcpy(out, tokens_ + 4 * start, 4 * n);
-  }
+  });
+  KILN_CHECK(ok) << "data shard " << path() << " was truncated during training (SIGBUS reading "
+                 << "tokens [" << start << ", " << start + n << ")); restore it and resume from "
+                 << "the last checkpoint";
 }
 
 }  // namespace kiln::data

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -243,10 +244,11 @@ struct Copy {
 };
 
 // Reads stored entry `e` whole (in chunks), checks its CRC32C, and performs the copies (sorted by
-// source element) into the staging buffers.
+// source element) into the staging buffers. With `non_finite`, adds the NaN / Inf values it read.
 absl::Status read_entry(const std::string& path, const TensorEntry& e,
                         const std::vector<Copy>& copies, std::vector<float*>& staging,
-                        std::map<std::string, std::ifstream>& files) {
+                        std::map<std::string, std::ifstream>& files,
+                        int64_t* non_finite = nullptr) {
   std::ifstream& in = files[e.file()];
   if (!in.is_open()) {
     in.open(path + "/" + e.file(), std::ios::binary);
@@ -268,6 +270,12 @@ absl::Status read_entry(const std::string& path, const TensorEntry& e,
           "checkpoint %s: shard file %s is truncated: tensor '%s' needs bytes [%d, %d)", path,
           e.file(), e.name(), e.file_offset(), e.file_offset() + total));
     crc = crc32c_update(crc, buf.data(), static_cast<size_t>(n));
+    if (non_finite != nullptr)
+      for (int64_t i = 0; i < n / 4; ++i) {
+        float v;
+        std::memcpy(&v, buf.data() + i * 4, 4);
+        *non_finite += std::isfinite(v) ? 0 : 1;
+      }
     // Element range of this chunk within the entry's data.
     const int64_t c0 = done / 4, c1 = c0 + n / 4;
     while (first < copies.size() && copies[first].run.src + copies[first].run.len <= c0) ++first;
@@ -563,11 +571,19 @@ absl::Status read_checkpoint_pieces(const std::string& path, const Manifest& m,
 absl::Status verify_checkpoint(const std::string& path, const Manifest& m) {
   std::map<std::string, std::ifstream> files;
   std::vector<float*> staging;
+  std::map<std::string, int64_t> bad;  // tensor -> NaN / Inf values
   for (const TensorEntry& e : m.tensors()) {
-    absl::Status s = read_entry(path, e, {}, staging, files);
+    int64_t n = 0;
+    absl::Status s = read_entry(path, e, {}, staging, files, &n);
     if (!s.ok()) return s;
+    if (n > 0) bad[e.name()] += n;
   }
-  return absl::OkStatus();
+  if (bad.empty()) return absl::OkStatus();
+  std::string list;
+  for (const auto& [name, n] : bad)
+    absl::StrAppend(&list, list.empty() ? "" : ", ", name, " (", n, ")");
+  return absl::DataLossError(absl::StrCat("checkpoint ", path, ": ", bad.size(),
+                                          " tensor(s) hold NaN or Inf values: ", list));
 }
 
 absl::StatusOr<Tensor> read_full_tensor(const std::string& path, const Manifest& m,

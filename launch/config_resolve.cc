@@ -13,11 +13,13 @@ namespace {
 void resolve_data_and_parallel(TrainConfig* cfg) {
   TrainingConfig* t = cfg->mutable_training();
   if (!t->has_seed()) t->set_seed(1337);
+  if (!t->has_max_non_finite_steps()) t->set_max_non_finite_steps(5);
 
   DataConfig* d = cfg->mutable_data();
   if (!d->has_seq_len()) d->set_seq_len(cfg->model().max_seq_len());
   if (!d->has_seed()) d->set_seed(t->seed());
   if (!d->has_shuffle()) d->set_shuffle(true);
+  if (!d->has_verify_checksums()) d->set_verify_checksums(true);
   if (!d->has_prefetch()) d->set_prefetch(2);
 
   ParallelConfig* p = cfg->mutable_parallel();

@@ -276,6 +276,8 @@ TEST(ValidateTest, RejectsOtherOutOfRangeValues) {
       {[](TrainConfig* c) { c->mutable_training()->set_global_batch_size(0); },
        "training.global_batch_size"},
       {[](TrainConfig* c) { c->mutable_training()->set_max_steps(0); }, "training.max_steps"},
+      {[](TrainConfig* c) { c->mutable_training()->set_max_non_finite_steps(0); },
+       "training.max_non_finite_steps"},
       {[](TrainConfig* c) { c->mutable_parallel()->set_micro_batch_size(0); },
        "parallel.micro_batch_size"},
       {[](TrainConfig* c) { c->mutable_parallel()->set_tp(0); }, "parallel.tp"},

@@ -308,6 +308,9 @@ void check_training(const TrainingConfig& t, Checker& c) {
             "must be >= 0, got " + num(t.token_budget()));
   c.require(t.max_steps() > 0 || t.token_budget() > 0, "training.max_steps",
             "set training.max_steps or training.token_budget to say when to stop");
+  c.require(t.max_non_finite_steps() >= 1, "training.max_non_finite_steps",
+            "must be >= 1 (non-finite steps in a row before the run stops), got " +
+                num(t.max_non_finite_steps()));
 }
 
 void check_precision(const TrainConfig& cfg, Checker& c) {

@@ -3,6 +3,7 @@
 #include "launch/hf_mapping.h"
 
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -15,6 +16,7 @@
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/json.h"
+#include "core/ops/elementwise.h"
 #include "launch/checkpoint.h"
 #include "launch/checkpoint_manifest.h"
 #include "launch/safetensors.h"
@@ -318,6 +320,9 @@ absl::Status import_safetensors(const std::string& path, const ModelConfig& mode
                        shape_str(t.hf_shape)));
     absl::StatusOr<Tensor> x = read_hf(**r, *e);
     if (!x.ok()) return x.status();
+    if (!std::isfinite(sum_squares(*x)))  // f64 sum of f32 squares: finite iff every value is
+      return absl::InvalidArgumentError(
+          absl::StrCat(file, ": tensor '", t.hf_name, "' holds NaN or Inf values"));
     if (t.kiln_name.empty()) {
       for (double v : x->to_vector())
         if (v != 0)

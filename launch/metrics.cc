@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -58,8 +59,7 @@ absl::Status TensorBoardWriter::open(const std::string& run_dir) {
   e.set_wall_time(wall_time());
   e.set_file_version("brain.Event:2");
   write_record(e.SerializeAsString());
-  flush();
-  return absl::OkStatus();
+  return flush();
 }
 
 void TensorBoardWriter::write_record(const std::string& bytes) {
@@ -83,8 +83,14 @@ void TensorBoardWriter::scalar(const std::string& tag, double value, int64_t ste
   write_record(e.SerializeAsString());
 }
 
-void TensorBoardWriter::flush() {
-  if (out_.is_open()) out_.flush();
+absl::Status TensorBoardWriter::flush() {
+  if (!out_.is_open()) return absl::OkStatus();
+  errno = 0;
+  out_.flush();
+  if (!out_)
+    return absl::UnavailableError(
+        absl::StrCat("cannot write ", path_, ": ", errno ? std::strerror(errno) : "write failed"));
+  return absl::OkStatus();
 }
 
 absl::Status read_tensorboard_scalars(
@@ -119,7 +125,8 @@ absl::Status MetricsLogger::open(const std::string& run_dir, bool jsonl, bool te
   if (ec)
     return absl::UnavailableError("cannot create run directory " + run_dir + ": " + ec.message());
   if (jsonl) {
-    jsonl_.open(run_dir + "/metrics.jsonl", append ? std::ios::app : std::ios::trunc);
+    jsonl_path_ = run_dir + "/metrics.jsonl";
+    jsonl_.open(jsonl_path_, append ? std::ios::app : std::ios::trunc);
     if (!jsonl_) return absl::UnavailableError("cannot write " + run_dir + "/metrics.jsonl");
     has_jsonl_ = true;
   }
@@ -161,9 +168,15 @@ void MetricsLogger::log_text(const std::string& kind, int64_t step, const std::s
            << ":" << json_quote(text) << "}\n";
 }
 
-void MetricsLogger::flush() {
-  if (has_jsonl_) jsonl_.flush();
-  if (has_tb_) tb_.flush();
+absl::Status MetricsLogger::flush() {
+  if (has_jsonl_) {
+    errno = 0;
+    jsonl_.flush();
+    if (!jsonl_)
+      return absl::UnavailableError(absl::StrCat("cannot write ", jsonl_path_, ": ",
+                                                 errno ? std::strerror(errno) : "write failed"));
+  }
+  return has_tb_ ? tb_.flush() : absl::OkStatus();
 }
 
 }  // namespace kiln::launch

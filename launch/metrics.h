@@ -22,7 +22,8 @@ class TensorBoardWriter {
   // Creates RUN_DIR/events.out.tfevents.<time>.<host> and writes the file-version event.
   absl::Status open(const std::string& run_dir);
   void scalar(const std::string& tag, double value, int64_t step);
-  void flush();
+  // Fails (naming the file and the OS error: a full disk) once any write so far has failed.
+  absl::Status flush();
   const std::string& path() const { return path_; }
 
  private:
@@ -44,10 +45,13 @@ class MetricsLogger {
            const std::vector<std::pair<std::string, double>>& kv);
   void log_text(const std::string& kind, int64_t step, const std::string& key,
                 const std::string& text);
-  void flush();
+  // Pushes the records to the files; fails, naming the file and the OS error (a full disk), once
+  // any write so far has failed (the Trainer then stops the run: records are never lost quietly).
+  absl::Status flush();
 
  private:
   std::ofstream jsonl_;
+  std::string jsonl_path_;
   bool has_jsonl_ = false, has_tb_ = false;
   TensorBoardWriter tb_;
 };

@@ -30,7 +30,7 @@ TEST(Metrics, TensorBoardScalarsRoundTrip) {
   TensorBoardWriter w;
   ASSERT_TRUE(w.open(dir).ok());
   for (int s = 0; s < 5; ++s) w.scalar("train/loss", 10.0 - s, s);
-  w.flush();
+  ASSERT_TRUE(w.flush().ok());
   std::map<std::string, std::vector<std::pair<int64_t, double>>> got;
   ASSERT_TRUE(read_tensorboard_scalars(w.path(), &got).ok());
   ASSERT_EQ(got["train/loss"].size(), 5u);
@@ -67,6 +67,20 @@ TEST(Metrics, JsonlAndPlot) {
   // Stored deflate: the IDAT holds every pixel row (3*300+1 bytes each) plus headers.
   EXPECT_GT(png.size(), 200u * (3 * 300 + 1));
   EXPECT_NE(render_svg(*series, 300, 200, "t").find("<polyline"), std::string::npos);
+}
+
+// A full disk (metrics.jsonl on /dev/full): flush fails naming the file and the OS error, instead
+// of records being lost quietly.
+TEST(Metrics, WriteErrorIsReported) {
+  const std::string dir = temp_dir("full");
+  std::filesystem::create_symlink("/dev/full", dir + "/metrics.jsonl");
+  MetricsLogger m;
+  ASSERT_TRUE(m.open(dir, true, false, /*append=*/true).ok());
+  m.log("train", 0, {{"loss", 1.0}});
+  absl::Status s = m.flush();
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("metrics.jsonl"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("No space left"), std::string::npos) << s;
 }
 
 }  // namespace

@@ -1,6 +1,10 @@
 // BatchSource over data::DataLoader (token shards written by `kiln prepare-data`).
+#include <cstdio>
+
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
+#include "data/dataset_manifest.h"
+#include "data/io.h"
 #include "data/loader.h"
 #include "launch/batches.h"
 
@@ -43,9 +47,31 @@ data::LoaderOptions options(const TrainConfig& cfg, bool train, int rank, int wo
 
 }  // namespace
 
+// The shards against their datasets' manifests (data/dataset_manifest.h); the checksums are read
+// by data-parallel rank 0 only, which also prints the warnings.
+absl::Status check_manifests(const TrainConfig& cfg, int dp_rank) {
+  for (bool train : {true, false}) {
+    const auto& globs = train ? cfg.data().train_shards() : cfg.data().val_shards();
+    if (globs.empty()) continue;
+    absl::StatusOr<std::vector<std::string>> files =
+        data::expand_globs(std::vector<std::string>(globs.begin(), globs.end()));
+    if (!files.ok()) continue;  // DataLoader::Open reports it
+    std::vector<std::string> warnings;
+    absl::Status s =
+        data::check_dataset_files(*files, cfg.data().verify_checksums() && dp_rank == 0, &warnings);
+    const char* field = train ? "data.train_shards" : "data.val_shards";
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat(field, ": ", s.message()));
+    if (dp_rank == 0)
+      for (const std::string& w : warnings)
+        std::fprintf(stderr, "kiln: warning: %s: %s\n", field, w.c_str());
+  }
+  return absl::OkStatus();
+}
+
 absl::Status make_shard_sources(const TrainConfig& cfg, int dp_rank, int dp,
                                 std::unique_ptr<BatchSource>* train,
                                 std::function<std::unique_ptr<BatchSource>()>* make_val) {
+  if (absl::Status s = check_manifests(cfg, dp_rank); !s.ok()) return s;
   auto t = data::DataLoader::Open(options(cfg, true, dp_rank, dp));
   if (!t.ok())
     return absl::Status(t.status().code(),

@@ -18,6 +18,9 @@
 namespace kiln::launch {
 namespace {
 
+// `kiln train`'s status when the non-finite guard stopped the run (training.max_non_finite_steps).
+constexpr int kExitNonFinite = 4;
+
 struct Args {
   std::string config;
   std::vector<std::string> sets;
@@ -77,7 +80,9 @@ void print_usage(const char* cmd, const char* what) {
       "Run with mpirun -np N or srun for data parallelism; each rank reads the same config.\n"
       "Exit status: 0 when the run finished; after SIGTERM / SIGINT / SIGUSR1 (checkpoint.\n"
       "save_signal) kiln saves a checkpoint and exits 128 + the signal (143 / 130 / 138);\n"
-      "1 on errors, 2 on bad arguments.\n",
+      "1 on errors (a metrics file that cannot be written, a run folder another kiln train\n"
+      "holds, ...), 2 on bad arguments, 4 when training.max_non_finite_steps steps in a row had\n"
+      "a NaN / Inf loss or gradient norm (nothing saved).\n",
       cmd, what);
 }
 
@@ -159,6 +164,7 @@ int train_main(int argc, char** argv) {
     return rc;
   Trainer t(cfg, world);
   t.set_quiet(quiet);
+  t.set_exclusive(true);
   t.set_codec(make_codec(cfg));
   absl::Status s = t.init();
   if (!s.ok()) {
@@ -172,6 +178,7 @@ int train_main(int argc, char** argv) {
   }
   // Stopped by a signal after saving: not a finished run (launch/signals.h has the statuses).
   if (r->interrupted) return stop_exit_status(agreed_stop_signal());
+  if (r->non_finite_stop) return kExitNonFinite;
   return 0;
 }
 

@@ -15,15 +15,28 @@
 #include "core/check.h"
 #include "core/nn/precast.h"
 #include "launch/checkpoint.h"
+#include "launch/config_agree.h"
 #include "launch/signals.h"
 #include "launch/trainer_log.h"
+#include "parallel/file_comm.h"
 
 namespace kiln::launch {
 namespace {
 
-#ifndef KILN_GIT_COMMIT
-#define KILN_GIT_COMMIT "unknown"
-#endif
+// Test hook of the non-finite guard's tests: KILN_INJECT_NON_FINITE="RANK:FIRST-LAST:WHAT" makes
+// rank RANK's steps FIRST..LAST (0-based) see a NaN loss ("loss") or NaN gradients ("grad", after
+// they were synchronised, so that only that rank sees them). Returns WHAT for an injected step.
+const char* injected_non_finite(int rank, int64_t step) {
+  const char* spec = std::getenv("KILN_INJECT_NON_FINITE");
+  if (spec == nullptr) return nullptr;
+  int r = -1;
+  long long first = -1, last = -1;
+  static char what[8] = {0};
+  if (std::sscanf(spec, "%d:%lld-%lld:%7s", &r, &first, &last, what) != 4 || r != rank ||
+      step < first || step > last)
+    return nullptr;
+  return what;
+}
 
 }  // namespace
 
@@ -36,7 +49,13 @@ absl::Status Trainer::init() {
   // mesh -> model -> pipeline split -> tensor parallel -> recompute -> data parallel / ZeRO ->
   // forward-backward; then the schedules, the data, a checkpoint to resume and the metrics.
   absl::Status s = make_device();
+  // Every rank must have the same config before any group is built from it (config_agree.h).
+  if (s.ok() && world_.size > 1) {
+    absl::StatusOr<std::unique_ptr<parallel::Communicator>> w = parallel::make_world_comm(world_);
+    s = w.ok() ? check_config_agreement(cfg_, **w) : w.status();
+  }
   if (s.ok()) s = make_mesh();
+  if (s.ok() && exclusive_) s = lock_run_folder();
   if (!s.ok()) return s;
   // A checkpoint to resume (checkpoint.resume) wins over training.init_from.
   absl::StatusOr<std::string> resume = find_resume_checkpoint(cfg_.checkpoint());
@@ -70,13 +89,19 @@ absl::StatusOr<TrainSummary> Trainer::run() {
     if (budget > 0 && tokens_seen_ >= budget) break;
     maybe_inject_fault(world_.rank, step);
     run_step(step, &sum);
+    if (non_finite_run_ >= cfg_.training().max_non_finite_steps()) {
+      stop_non_finite(&sum);
+      return sum;  // nothing saved: the state is the last finite one, and a checkpoint has it
+    }
     const bool last = step + 1 == max_steps || (budget > 0 && tokens_seen_ >= budget);
     if (eval_every > 0 && (step + 1) % eval_every == 0 && !last) evaluate_and_log(step + 1, &sum);
     if (sample_every > 0 && (step + 1) % sample_every == 0 && !last) {
       std::string s = sample(step + 1);
       if (!quiet_ && world_.rank == 0) std::printf("sample: %s\n", s.c_str());
     }
-    metrics_.flush();
+    // A metrics file that cannot be written (a full disk) ends the run: records are never lost
+    // quietly. (Rank 0 writes them; the launcher ends the other ranks when it exits.)
+    if (absl::Status m = metrics_.flush(); !m.ok()) return m;
     absl::StatusOr<bool> stop = checkpoint_after_step(&sum);
     if (!stop.ok()) return stop.status();
     if (*stop) break;
@@ -112,6 +137,11 @@ void Trainer::run_step(int64_t step, TrainSummary* sum) {
   }
   sum->train_losses.push_back(loss);
   log_step(step, loss, lr, gnorm, tokens, dt);
+  non_finite_run_ = health_.non_finite ? non_finite_run_ + 1 : 0;
+  if (!health_.applied) {
+    ++sum->skipped_steps;
+    log_skip(step, loss, gnorm);
+  }
   ++sum->steps;
   step_ = step + 1;
   last_lr_ = lr;
@@ -134,19 +164,34 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
     if (!precast_.empty()) precast.emplace(precast_, compute_);
     loss_sum = forward_backward_->run(next, accum, loss_scale, *dp_);
   }
-  bool apply = true;
-  if (scaler_) {
-    const bool bad = dp_->grads_non_finite();
-    apply = scaler_->update(bad);
-    if (apply) dp_->scale_grads(1.0 / loss_scale);
-  }
-  *gnorm = apply ? dp_->clip_grad_norm(cfg_.optimizer().grad_clip()) : NAN;
-  if (apply) dp_->step(lr);
-  dp_->zero_grad();
   // The logged loss: this rank's mean over its micro-batches, averaged over the dp group only (the
   // ranks of one model replica, tp and pp, compute one loss together).
-  const double local = loss_sum.item() / static_cast<double>(accum);
-  return dp > 1 ? mesh_->dp().all_reduce_scalar(local) / static_cast<double>(dp) : local;
+  double local = loss_sum.item() / static_cast<double>(accum);
+  const char* inject = injected_non_finite(world_.rank, step_);
+  if (inject && std::strcmp(inject, "loss") == 0) local = NAN;
+  if (inject && std::strcmp(inject, "grad") == 0) dp_->scale_grads(NAN);
+  const double loss =
+      dp > 1 ? mesh_->dp().all_reduce_scalar(local) / static_cast<double>(dp) : local;
+  const double raw_norm = dp_->grad_norm();  // of the scaled gradients under fp16
+  // The non-finite guard: every rank must take the same decision, so it is made on reduced values
+  // (2: the loss is not finite, 1: only the gradient norm). The loss is averaged over dp and the
+  // norm is over all-reduced gradients (or all-reduced itself), the same on every rank of a
+  // data-parallel layout; with tp / pp the loss is not reduced over those groups, so the flag is
+  // agreed over the world (one more scalar all-reduce per step only there).
+  double bad = !std::isfinite(loss) ? 2 : !std::isfinite(raw_norm) ? 1 : 0;
+  if (mesh_->dims().tp * mesh_->dims().pp > 1)
+    bad = mesh_->world().all_reduce_scalar(bad, parallel::ReduceOp::kMax);
+  health_ = {bad == 0, bad == 2 || (bad == 1 && !scaler_), bad == 1 && scaler_ != nullptr};
+  if (scaler_) scaler_->update(bad != 0);
+  *gnorm = raw_norm / loss_scale;
+  if (health_.applied) {
+    if (scaler_) dp_->scale_grads(1.0 / loss_scale);
+    const double clip = cfg_.optimizer().grad_clip();
+    if (clip > 0 && *gnorm > clip) dp_->scale_grads(clip / (*gnorm + 1e-6));
+    dp_->step(lr);
+  }
+  dp_->zero_grad();
+  return loss;
 }
 
 absl::Status Trainer::finish_run(TrainSummary* sum) {
@@ -157,7 +202,7 @@ absl::Status Trainer::finish_run(TrainSummary* sum) {
   }
   evaluate_and_log(sum->steps, sum);
   sum->sample = sample(sum->steps);
-  metrics_.flush();
+  if (absl::Status m = metrics_.flush(); !m.ok()) return m;
   sum->tokens = tokens_seen_;
   sum->seconds = now_s() - t_start_;
   print_end(*sum);

@@ -21,6 +21,7 @@
 #endif
 #include "launch/batches.h"
 #include "launch/metrics.h"
+#include "launch/run_lock.h"
 #include "models/model.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
@@ -42,7 +43,10 @@ struct TrainSummary {
   double seconds = 0;
   int64_t first_step = 0;    // the step this run started at (> 0 after resuming a checkpoint)
   bool interrupted = false;  // stopped early by SIGTERM / SIGINT (after saving a checkpoint)
-  std::string checkpoint;    // the last checkpoint saved, "" when none
+  // Stopped after training.max_non_finite_steps non-finite steps in a row (nothing saved).
+  bool non_finite_stop = false;
+  int64_t skipped_steps = 0;  // steps not applied: non-finite, or an fp16 overflow
+  std::string checkpoint;     // the last checkpoint saved, "" when none
 };
 
 // Text <-> ids for samples (the GPT-2 tokenizer in a normal run).
@@ -67,6 +71,9 @@ class Trainer {
   // Replaces the data sources (tests); must be called after init().
   void set_sources(std::unique_ptr<BatchSource> train, std::unique_ptr<BatchSource> val);
   void set_quiet(bool q) { quiet_ = q; }
+  // `kiln train`: init() locks the run folder (rank 0; launch/run_lock.h) and checks at start that
+  // checkpoint.dir is writable on every rank. Off for tests and read-only commands.
+  void set_exclusive(bool e) { exclusive_ = e; }
   models::LanguageModel& model() { return *model_; }
   parallel::DataParallel& data_parallel() { return *dp_; }
   const parallel::Mesh& mesh() const { return *mesh_; }
@@ -97,6 +104,7 @@ class Trainer {
   void make_schedules();
   absl::Status make_sources();  // trainer_data.cc
   absl::Status open_metrics();
+  absl::Status lock_run_folder();  // set_exclusive (trainer_checkpoint.cc)
   // A batch on the training device; on GPUs through the pinned ring (never waits for the GPU).
   Tensor to_device(const Tensor& host);
   // The loop (trainer.cc).
@@ -112,6 +120,8 @@ class Trainer {
   void print_start() const;
   void print_end(const TrainSummary& sum) const;
   void log_step(int64_t step, double loss, double lr, double gnorm, int64_t tokens, double dt);
+  void log_skip(int64_t step, double loss, double gnorm);  // a step the guard did not apply
+  void stop_non_finite(TrainSummary* sum);                 // after max_non_finite_steps in a row
 
   TrainConfig cfg_;
   parallel::World world_;
@@ -145,10 +155,21 @@ class Trainer {
   bool by_tokens_ = false;  // schedules over tokens (a token budget is set)
   int64_t steps_timed_ = 0;
   bool quiet_ = false;
-  int64_t step_ = 0;         // optimizer steps completed (the next step's index)
-  double last_lr_ = 0;       // learning rate of the last step (checkpoint schedule state)
-  int64_t saved_step_ = -1;  // step of the last checkpoint saved by this run
+  bool exclusive_ = false;
+  std::unique_ptr<RunLock> lock_;  // rank 0 of an exclusive run
+  int64_t step_ = 0;               // optimizer steps completed (the next step's index)
+  double last_lr_ = 0;             // learning rate of the last step (checkpoint schedule state)
+  int64_t saved_step_ = -1;        // step of the last checkpoint saved by this run
   std::string resumed_from_;
+  // The non-finite guard (trainer.cc): what train_step decided about the last step, agreed by
+  // every rank, and the non-finite steps in a row so far.
+  struct StepHealth {
+    bool applied = true;      // the optimizer stepped
+    bool non_finite = false;  // loss (or, without a loss scaler, gradient norm) NaN / Inf
+    bool overflow = false;    // fp16: only the scaled gradients overflowed (the scaler's skip)
+  };
+  StepHealth health_;
+  int64_t non_finite_run_ = 0;
 };
 
 // Fills the optimizer's decay flags from optimizer.decay_min_dim and optimizer.no_decay globs.

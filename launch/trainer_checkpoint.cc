@@ -1,11 +1,13 @@
 // The Trainer's checkpoints (launch/checkpoint.h writes and reads the files): what this rank
 // stores (its pieces of the parameters and optimizer state, RNG and loader state), the manifest
 // header, and restoring all training state from a checkpoint of any layout.
+#include <cmath>
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/autograd.h"
+#include "core/ops/elementwise.h"
 #include "launch/checkpoint.h"
 #include "launch/trainer.h"
 #include "launch/trainer_log.h"
@@ -15,6 +17,21 @@
 #endif
 
 namespace kiln::launch {
+namespace {
+
+// FailedPrecondition naming the first piece holding a NaN or Inf (an f64 sum of f32 squares is
+// finite exactly when every element is).
+absl::Status check_finite(const std::vector<parallel::Piece>& pieces, int64_t step) {
+  for (const parallel::Piece& p : pieces)
+    if (p.local.defined() && p.local.numel() > 0 && !std::isfinite(sum_squares(p.local)))
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "refusing to save the checkpoint of step %d: tensor '%s' holds NaN or Inf values "
+          "(the earlier checkpoints are kept)",
+          step, p.name));
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 std::vector<parallel::Piece> Trainer::checkpoint_pieces(bool for_load) {
   NoGradGuard ng;
@@ -32,6 +49,22 @@ std::vector<parallel::Piece> Trainer::checkpoint_pieces(bool for_load) {
     out.push_back(std::move(p));
   }
   return out;
+}
+
+absl::Status Trainer::lock_run_folder() {
+  absl::Status mine;
+  if (world_.rank == 0) {
+    absl::StatusOr<RunLock> l = RunLock::acquire(cfg_.logging().run_dir());
+    if (l.ok()) lock_ = std::make_unique<RunLock>(std::move(*l));
+    mine = l.status();
+  }
+  absl::Status s = agree_across_ranks(mesh_->world(), mine, "locking the run folder");
+  if (!s.ok()) return s;
+  // Every rank writes its shard there: an unwritable directory is found now, not at the first save.
+  const CheckpointConfig& k = cfg_.checkpoint();
+  if (k.every_n_steps() > 0 || k.save_at_end() || k.save_on_signal())
+    mine = probe_writable(k.dir(), "checkpoint.dir");
+  return agree_across_ranks(mesh_->world(), mine, "checking checkpoint.dir");
 }
 
 absl::StatusOr<std::string> Trainer::save_checkpoint() {
@@ -72,6 +105,10 @@ absl::StatusOr<std::string> Trainer::save_checkpoint() {
   LoaderState& ls = mine.loader.emplace_back();
   ls.set_rank(dp_rank);
   ls.set_position(train_->position());
+  // A non-finite state is never saved (retention would then delete the last good checkpoints).
+  absl::Status finite = agree_across_ranks(mesh_->world(), check_finite(mine.pieces, step_),
+                                           "the non-finite check before saving");
+  if (!finite.ok()) return finite;
   absl::StatusOr<std::string> path =
       launch::save_checkpoint(cfg_.checkpoint().dir(), h, mine, mesh_->world());
   if (!path.ok()) return path.status();

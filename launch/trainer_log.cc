@@ -106,4 +106,48 @@ void Trainer::log_step(int64_t step, double loss, double lr, double gnorm, int64
   std::fflush(stdout);
 }
 
+void Trainer::log_skip(int64_t step, double loss, double gnorm) {
+  const double scale = scaler_ ? scaler_->scale() : NAN;
+  metrics_.log("skip", step,
+               {{"non_finite", health_.non_finite ? 1.0 : 0.0},
+                {"overflow", health_.overflow ? 1.0 : 0.0},
+                {"loss", loss},
+                {"grad_norm", gnorm},
+                {"in_a_row", static_cast<double>(non_finite_run_)},
+                {"loss_scale", scale}});
+  if (world_.rank != 0) return;
+  if (health_.overflow) {
+    std::fprintf(stderr,
+                 "kiln: step %lld: fp16 gradient overflow: step skipped, loss scale now %g "
+                 "(%lld skipped so far)\n",
+                 static_cast<long long>(step + 1), scale,
+                 static_cast<long long>(scaler_->skipped()));
+  } else {
+    std::fprintf(stderr,
+                 "kiln: warning: step %lld: loss %g, gradient norm %g (on some rank): not finite; "
+                 "step skipped, weights and optimizer state unchanged (%lld in a row; the run "
+                 "stops at training.max_non_finite_steps = %d)\n",
+                 static_cast<long long>(step + 1), loss, gnorm,
+                 static_cast<long long>(non_finite_run_), cfg_.training().max_non_finite_steps());
+  }
+  std::fflush(stderr);
+}
+
+void Trainer::stop_non_finite(TrainSummary* sum) {
+  sum->non_finite_stop = true;
+  sum->steps = step_;
+  sum->tokens = tokens_seen_;
+  absl::Status m = metrics_.flush();
+  if (world_.rank != 0) return;
+  if (!m.ok()) std::fprintf(stderr, "kiln: %s\n", std::string(m.message()).c_str());
+  std::fprintf(stderr,
+               "kiln: stopping after step %lld: %lld steps in a row had a non-finite loss or "
+               "gradient norm (training.max_non_finite_steps = %d); nothing was saved, the last "
+               "checkpoint (if any) holds the last finite state. Lower optimizer.lr, set "
+               "optimizer.grad_clip, or check the data.\n",
+               static_cast<long long>(step_), static_cast<long long>(non_finite_run_),
+               cfg_.training().max_non_finite_steps());
+  std::fflush(stderr);
+}
+
 }  // namespace kiln::launch

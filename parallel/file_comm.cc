@@ -16,6 +16,7 @@
 #include "parallel/file_comm.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -47,29 +48,66 @@ class DoneWork final : public Work {
 };
 
 // Writes `data` to `path` through a temporary name in the same directory and a rename, so a
-// reader sees either no file or the whole file.
+// reader sees either no file or the whole file. Never follows a symbolic link: the temporary is
+// created with O_EXCL | O_NOFOLLOW (a leftover one, or a link planted in its place, is unlinked
+// first: unlink removes the link, not its target), and rename replaces a link at `path` itself.
 void write_atomic(const std::string& path, const std::string& data) {
   const size_t slash = path.rfind('/');
   const std::string tmp = path.substr(0, slash + 1) + ".tmp." + path.substr(slash + 1);
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  KILN_CHECK(f != nullptr) << "file communicator: cannot create " << tmp << ": "
-                           << std::strerror(errno);
-  const bool ok = std::fwrite(data.data(), 1, data.size(), f) == data.size();
-  KILN_CHECK(std::fclose(f) == 0 && ok)
+  int fd = -1;
+  for (int attempt = 0; attempt < 2 && fd < 0; ++attempt) {
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0 && errno == EEXIST) ::unlink(tmp.c_str());
+  }
+  KILN_CHECK(fd >= 0) << "file communicator: cannot create " << tmp << ": " << std::strerror(errno);
+  bool ok = true;
+  for (size_t done = 0; ok && done < data.size();) {
+    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    ok = n > 0 || (n < 0 && errno == EINTR);
+    if (n > 0) done += static_cast<size_t>(n);
+  }
+  KILN_CHECK(::close(fd) == 0 && ok)
       << "file communicator: cannot write " << tmp << ": " << std::strerror(errno);
   KILN_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0)
       << "file communicator: cannot rename " << tmp << " to " << path << ": "
       << std::strerror(errno);
 }
 
+// Reads `path` whole; false when it does not exist (yet). Never follows a symbolic link, and
+// refuses anything but a regular file (no file of a rendezvous is anything else).
 bool try_read(const std::string& path, std::string* out) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return false;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    KILN_CHECK(errno != ELOOP) << "file communicator: " << path
+                               << " is a symbolic link; the rendezvous never follows one";
+    return false;
+  }
+  struct stat st;
+  KILN_CHECK(::fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+      << "file communicator: " << path << " is not a regular file";
   out->clear();
   char buf[1 << 16];
-  for (size_t n; (n = std::fread(buf, 1, sizeof(buf), f)) > 0;) out->append(buf, n);
-  std::fclose(f);
+  for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    KILN_CHECK(n > 0) << "file communicator: cannot read " << path << ": " << std::strerror(errno);
+    out->append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
   return true;
+}
+
+// OK when `dir` is a real directory (lstat: not a symbolic link to one), else why not.
+absl::Status check_real_dir(const std::string& dir) {
+  struct stat st;
+  if (::lstat(dir.c_str(), &st) != 0)
+    return absl::UnavailableError(
+        absl::StrCat("KILN_RENDEZVOUS: cannot stat ", dir, ": ", std::strerror(errno)));
+  if (S_ISLNK(st.st_mode) || !S_ISDIR(st.st_mode))
+    return absl::FailedPreconditionError(
+        absl::StrCat("KILN_RENDEZVOUS: ", dir, " is ",
+                     S_ISLNK(st.st_mode) ? "a symbolic link" : "not a directory",
+                     "; the rendezvous never follows links inside its run directory"));
+  return absl::OkStatus();
 }
 
 // Bytes of a contiguous CPU tensor.
@@ -164,6 +202,8 @@ class FileCommunicator final : public Communicator {
     const std::string sub = absl::StrCat(dir_, "/split", k, ".c", color);
     KILN_CHECK(::mkdir(sub.c_str(), 0755) == 0 || errno == EEXIST)
         << "file communicator: cannot create " << sub << ": " << std::strerror(errno);
+    const absl::Status real = check_real_dir(sub);
+    KILN_CHECK(real.ok()) << real.message();
     return std::make_unique<FileCommunicator>(sub, new_rank, static_cast<int>(members.size()));
   }
 
@@ -317,8 +357,10 @@ absl::StatusOr<std::string> agree_attempt(const std::string& dir, int rank, int 
             collective_timeout(), " s (parallel.timeout_s)"));
       std::this_thread::sleep_for(std::chrono::milliseconds(polls < 500 ? 2 : 50));
     }
+    // The attempt's directory is new (its name is this process's nonce): a directory or link of
+    // that name already there is refused, never used.
     const std::string adir = absl::StrCat(dir, "/a", mine);
-    if (::mkdir(adir.c_str(), 0755) != 0 && errno != EEXIST)
+    if (::mkdir(adir.c_str(), 0755) != 0)
       return absl::UnavailableError(
           absl::StrCat("KILN_RENDEZVOUS: cannot create ", adir, ": ", std::strerror(errno)));
     std::string all;
@@ -371,11 +413,16 @@ absl::StatusOr<std::unique_ptr<Communicator>> make_file_comm(const std::string& 
       return absl::UnavailableError(
           absl::StrCat("KILN_RENDEZVOUS: cannot create ", prefix, ": ", std::strerror(errno)));
   }
+  // The run id's directories are kiln's own: a symbolic link there (to another run's files, or
+  // to somewhere a root process must not write) is refused.
+  for (const std::string& own : {base, dir})
+    if (absl::Status real = check_real_dir(own); !real.ok()) return real;
   if (::access(dir.c_str(), W_OK) != 0)
     return absl::UnavailableError(
         absl::StrCat("KILN_RENDEZVOUS: ", dir, " is not writable: ", std::strerror(errno)));
   absl::StatusOr<std::string> attempt = agree_attempt(dir, rank, size);
   if (!attempt.ok()) return attempt.status();
+  if (absl::Status real = check_real_dir(*attempt); !real.ok()) return real;
   return std::unique_ptr<Communicator>(std::make_unique<FileCommunicator>(*attempt, rank, size));
 }
 

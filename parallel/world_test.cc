@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -242,6 +244,50 @@ TEST_F(Env, UnwritableRendezvousDirectoryIsAClearError) {
   auto c = make_world_comm(w);
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("/proc/kiln-cannot-create-this"));
+}
+
+// Symbolic links planted in a reused run id's directory (as a hostile user could, for a root
+// process): the rendezvous never writes through one (the victim file keeps its bytes) and refuses
+// a linked directory, naming it.
+std::string fresh_dir(const std::string& name) {
+  const std::string d = ::testing::TempDir() + "/kiln_world_" + name;
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST(FileRendezvous, NeverWritesThroughASymlink) {
+  const std::string root = fresh_dir("symlink"), base = root + "/run", victim = root + "/victim";
+  std::ofstream(victim) << "precious";
+  // Every communicator generation this process may reach: w<n>/.tmp.attempt and w<n>/attempt.
+  for (int g = 0; g < 64; ++g) {
+    const std::string w = base + "/w" + std::to_string(g);
+    std::filesystem::create_directories(w);
+    std::filesystem::create_symlink(victim, w + "/.tmp.attempt");
+    std::filesystem::create_symlink(victim, w + "/attempt");
+  }
+  auto c = make_file_comm(base, 0, 1);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->all_reduce_scalar(3.0), 3.0);
+  EXPECT_EQ(read_text(victim), "precious");
+}
+
+TEST(FileRendezvous, RefusesALinkedRunDirectory) {
+  const std::string root = fresh_dir("linkdir");
+  std::filesystem::create_directories(root + "/elsewhere");
+  std::filesystem::create_directories(root + "/run");
+  for (int g = 0; g < 64; ++g)
+    std::filesystem::create_directory_symlink(root + "/elsewhere",
+                                              root + "/run/w" + std::to_string(g));
+  auto c = make_file_comm(root + "/run", 0, 1);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("is a symbolic link"));
+  EXPECT_TRUE(std::filesystem::is_empty(root + "/elsewhere"));
 }
 
 }  // namespace
