@@ -19,25 +19,34 @@ namespace {
 using Hook = std::function<Tensor(const Tensor&)>;
 constexpr int64_t kSeqDim = 1;  // (B, T, C)
 
-// The column-parallel input mapping shared by the linears of one module that read the same input
-// (Llama's q, k and v; gate and up): the collective runs once per input, not once per linear.
-// Keyed on the input's identity and the grad mode; holds neither tensor alive.
+// The column-parallel input mapping shared by the `users` linears of one module that read the
+// same input (Llama's q, k and v; gate and up): the collective runs once per input, not once per
+// linear. The mapped input is held from the first user's call until the last user has taken it,
+// for that input and grad mode only (the input itself is not kept alive).
 class SharedInput {
  public:
   explicit SharedInput(Hook fn) : fn_(std::move(fn)) {}
+  void add_user() { ++users_; }
   Tensor operator()(const Tensor& x) {
-    std::shared_ptr<TensorImpl> in = in_.lock(), out = out_.lock();
-    if (in && out && in.get() == x.impl() && grad_ == grad_enabled()) return Tensor(out);
+    std::shared_ptr<TensorImpl> in = in_.lock();
+    if (out_.defined() && in && in.get() == x.impl() && grad_ == grad_enabled()) {
+      Tensor y = out_;
+      if (++taken_ >= users_) out_ = Tensor();
+      return y;
+    }
     Tensor y = fn_(x);
     in_ = x.impl_ptr();
-    out_ = y.impl_ptr();
     grad_ = grad_enabled();
+    taken_ = 1;
+    out_ = taken_ < users_ ? y : Tensor();
     return y;
   }
 
  private:
   Hook fn_;
-  std::weak_ptr<TensorImpl> in_, out_;
+  int users_ = 0, taken_ = 0;
+  std::weak_ptr<TensorImpl> in_;
+  Tensor out_;
   bool grad_ = false;
 };
 
@@ -85,6 +94,7 @@ void hook_modules(Shardable& model, const TpPlan& plan, const Hooks& h, bool sp)
       if (e->style == TpStyle::kColumn) {
         auto& s = shared[parent_of(name)];
         if (!s) s = std::make_shared<SharedInput>(h.column_in);
+        s->add_user();
         l->input_hook = [s](const Tensor& x) { return (*s)(x); };
       } else if (e->style == TpStyle::kRow) {
         l->output_hook = h.row_out;
