@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <ostream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -24,11 +25,13 @@ struct Layout {
   bool llama = false;
   int tp = 2, dp = 1, zero = 0;
   bool sp = false;
+  std::string recompute;  // "", "FULL" or "SELECTIVE"
   std::string str() const {
     return absl::StrCat(llama ? "llama" : "gpt2", " tp", tp, " x dp", dp, " zero", zero,
-                        sp ? " sp" : "");
+                        sp ? " sp" : "", recompute.empty() ? "" : " recompute " + recompute);
   }
 };
+void PrintTo(const Layout& l, std::ostream* os) { *os << l.str(); }
 
 // The model for a tp: GPT-2 with tp heads at least; Llama with n_kv_head = tp < n_head (GQA).
 std::string model_fields(const Layout& l) {
@@ -49,7 +52,8 @@ TrainConfig make_config(const Layout& l, bool reference) {
                    "eval { batches: 1 } parallel { bucket_mb: 0.01 zero_stage: ",
                    reference ? 0 : l.zero, " micro_batch_size: ", 8 / l.dp, " dp: ", dp,
                    " tp: ", tp, " sequence_parallel: ", (!reference && l.sp) ? "true" : "false",
-                   " }"),
+                   " }",
+                   l.recompute.empty() ? "" : absl::StrCat(" recompute { policy: ", l.recompute, " }")),
       dp * tp);
 }
 
@@ -96,8 +100,12 @@ std::vector<Layout> layouts() {
     for (bool sp : {false, true}) {
       out.push_back({llama, 2, 1, 0, sp});  // np 2
       out.push_back({llama, 4, 1, 0, sp});  // np 4
-      for (int zero : {0, 1, 3}) out.push_back({llama, 2, 2, zero, sp});  // np 4
+      for (int zero : {0, 1, 2, 3}) out.push_back({llama, 2, 2, zero, sp});  // np 4
     }
+  // Activation recompute re-runs the blocks' collectives in backward (np 2).
+  out.push_back({false, 2, 1, 0, true, "FULL"});
+  out.push_back({true, 2, 1, 0, false, "FULL"});
+  out.push_back({true, 2, 1, 0, true, "SELECTIVE"});
   return out;
 }
 
@@ -108,6 +116,21 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TensorParallelTest, ::testing::ValuesIn(layout
                              if (c == ' ') c = '_';
                            return s;
                          });
+
+// The checkpoint code does not yet write tensor-parallel shards as boxes of the whole tensors:
+// saving from a tp run must fail with a message naming parallel.tp, not write wrong pieces.
+TEST(TensorParallelCheckpoint, SavingIsRefusedNamingTheField) {
+  const parallel::World world = parallel::detect_world();
+  if (world.size != 2) GTEST_SKIP() << "tp = 2 on 2 ranks";
+  Layout l;
+  launch::Trainer t(make_config(l, false), world);
+  t.set_quiet(true);
+  ASSERT_TRUE(t.init().ok());
+  absl::StatusOr<std::string> saved = t.save_checkpoint();
+  ASSERT_FALSE(saved.ok());
+  EXPECT_NE(saved.status().message().find("parallel.tp = 2"), std::string::npos)
+      << saved.status().message();
+}
 
 }  // namespace
 }  // namespace kiln

@@ -24,6 +24,13 @@ std::vector<double> local_logits(const Tensor& x, const Tensor& w) {
   return matmul(x, w, false, true).to(DType::kF64).to(Device::cpu()).to_vector();
 }
 
+// A host f64 tensor all-reduced over tp on the communicator's device (NCCL takes GPU tensors).
+Tensor reduced(const Tensor& host, Communicator& tp, ReduceOp op) {
+  Tensor t = host.to(tp.device()).contiguous();
+  tp.all_reduce(t, op);
+  return t.to(Device::cpu()).contiguous();
+}
+
 struct CeRows {
   std::vector<int64_t> targets;
   std::vector<double> lse;  // (N) log-sum-exp of each row over the whole vocabulary
@@ -45,24 +52,23 @@ CeRows ce_forward(const Tensor& x, const Tensor& w, const Tensor& targets, Commu
   }
   const std::vector<double> z = local_logits(x, w);
   Tensor mx = Tensor::empty({n}, DType::kF64);
-  double* pm = mx.data<double>();
   for (int64_t i = 0; i < n; ++i) {
     double m = -std::numeric_limits<double>::infinity();
     for (int64_t j = 0; j < v; ++j) m = std::max(m, z[i * v + j]);
-    pm[i] = m;
+    mx.data<double>()[i] = m;
   }
-  if (tp.size() > 1) tp.all_reduce(mx, ReduceOp::kMax);
+  if (tp.size() > 1) mx = reduced(mx, tp, ReduceOp::kMax);
+  const double* pm = mx.data<double>();
   // Rows 0..n-1: sum of exp(z - max); rows n..2n-1: the target logit where this rank holds it.
   Tensor st = Tensor::zeros({2 * n}, DType::kF64);
-  double* ps = st.data<double>();
   for (int64_t i = 0; i < n; ++i) {
-    double s = 0;
-    for (int64_t j = 0; j < v; ++j) s += std::exp(z[i * v + j] - pm[i]);
-    ps[i] = s;
+    double* ps = st.data<double>();
+    for (int64_t j = 0; j < v; ++j) ps[i] += std::exp(z[i * v + j] - pm[i]);
     const int64_t t = r.targets[i] - start;
     if (r.targets[i] != ignore && t >= 0 && t < v) ps[n + i] = z[i * v + t];
   }
-  if (tp.size() > 1) tp.all_reduce(st, ReduceOp::kSum);
+  if (tp.size() > 1) st = reduced(st, tp, ReduceOp::kSum);
+  const double* ps = st.data<double>();
   r.lse.resize(n);
   double total = 0;
   for (int64_t i = 0; i < n; ++i) {
