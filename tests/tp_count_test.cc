@@ -5,6 +5,7 @@
 // per rank with and without sequence parallel.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -227,6 +228,29 @@ TEST_P(TpCountTest, PeakActivationBytesFallWithSequenceParallel) {
                 llama ? "llama" : "gpt2", world().size(), static_cast<long long>(off),
                 static_cast<long long>(on), static_cast<double>(off) / on);
   EXPECT_LT(on, off);
+}
+
+// forward() (evaluation, sampling) gathers the vocab-parallel logits; under sequence parallel a
+// length that does not split over tp (sampling one token more at a time) runs whole.
+TEST_P(TpCountTest, LogitsEqualTheSingleProcessForAnySequenceLength) {
+  const bool llama = GetParam();
+  for (bool sp : {false, true})
+    for (int64_t t : {int64_t{8}, int64_t{3}}) {
+      const models::ModelSpec s = spec(llama, 2, world().size());
+      auto whole = models::build_model(s, 1), part = models::build_model(s, 1);
+      parallel::TensorParallelOptions o;
+      o.sequence_parallel = sp;
+      ASSERT_TRUE(parallel::apply_tensor_parallel(*part, world(), o).ok());
+      std::vector<int64_t> ids(2 * t);
+      for (int64_t i = 0; i < 2 * t; ++i) ids[i] = (11 * i + 1) % 96;
+      const Tensor in = Tensor::from_ints(ids, {2, t});
+      const std::vector<double> want = whole->forward(in).to_vector(),
+                                got = part->forward(in).to_vector();
+      ASSERT_EQ(got.size(), want.size());
+      double worst = 0;
+      for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+      EXPECT_LE(worst, 1e-5) << "sp " << sp << " T " << t;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, TpCountTest, ::testing::Values(false, true),

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <ostream>
 #include <string>
 
@@ -81,6 +82,9 @@ TEST_P(TensorParallelTest, LossesMatchSingleProcess) {
   for (int i = 0; i < kSteps; ++i)
     worst = std::max(worst, std::fabs(got.train_losses[i] - ref.train_losses[i]) /
                                 std::fabs(ref.train_losses[i]));
+  if (world.rank == 0 && std::getenv("KILN_TP_TEST_VERBOSE"))
+    for (int i = 0; i < kSteps; ++i)
+      std::printf("step %d: %.17g vs %.17g\n", i, got.train_losses[i], ref.train_losses[i]);
   if (world.rank == 0)
     std::printf("%s: max relative loss difference %.3g over %d steps\n", l.str().c_str(), worst,
                 kSteps);
