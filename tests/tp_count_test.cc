@@ -118,8 +118,9 @@ PassCounts count_pass(bool llama, int64_t layers, bool sp) {
 }
 
 // Per block: the counts of a 3-block model minus those of a 2-block one.
-std::map<std::string, CountingComm::Count> per_block(const std::map<std::string, CountingComm::Count>& a,
-                                                     const std::map<std::string, CountingComm::Count>& b) {
+std::map<std::string, CountingComm::Count> per_block(
+    const std::map<std::string, CountingComm::Count>& a,
+    const std::map<std::string, CountingComm::Count>& b) {
   std::map<std::string, CountingComm::Count> out;
   for (const auto& [k, v] : a) {
     auto it = b.find(k);
@@ -223,10 +224,11 @@ TEST_P(TpCountTest, PeakActivationBytesFallWithSequenceParallel) {
   const bool llama = GetParam();
   const int64_t off = peak_activation_bytes(llama, false), on = peak_activation_bytes(llama, true);
   if (world().rank() == 0)
-    std::printf("%s tp=%d: peak activation bytes per rank %lld without sequence parallel, %lld "
-                "with (%.2fx)\n",
-                llama ? "llama" : "gpt2", world().size(), static_cast<long long>(off),
-                static_cast<long long>(on), static_cast<double>(off) / on);
+    std::printf(
+        "%s tp=%d: peak activation bytes per rank %lld without sequence parallel, %lld "
+        "with (%.2fx)\n",
+        llama ? "llama" : "gpt2", world().size(), static_cast<long long>(off),
+        static_cast<long long>(on), static_cast<double>(off) / on);
   EXPECT_LT(on, off);
 }
 

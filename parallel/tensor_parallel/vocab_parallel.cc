@@ -101,7 +101,8 @@ class VocabParallelCeNode final : public Node {
       }
     }
     Tensor dz = Tensor::from_vector(d, {n, v}, x.dtype(), x.device());
-    return {next[0].fn ? matmul(dz, w) : Tensor(), next[1].fn ? matmul(dz, x, true, false) : Tensor()};
+    return {next[0].fn ? matmul(dz, w) : Tensor(),
+            next[1].fn ? matmul(dz, x, true, false) : Tensor()};
   }
 };
 
