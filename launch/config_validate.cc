@@ -171,7 +171,8 @@ void check_parallel(const TrainConfig& cfg, Checker& c) {
     c.require(padded % p.tp() == 0, "parallel.tp",
               absl::StrCat("tp (", p.tp(), ") must divide the padded vocabulary (", padded,
                            " = model.vocab_size ", m.vocab_size(), " padded to a multiple of ",
-                           "model.vocab_pad_multiple ", pad, ")"));
+                           "model.vocab_pad_multiple ", pad,
+                           "; set vocab_pad_multiple to a multiple of tp, e.g. 64 or 128)"));
     if (p.sequence_parallel()) {
       const int64_t seq = cfg.data().seq_len();
       c.require(seq % p.tp() == 0, "parallel.sequence_parallel",
