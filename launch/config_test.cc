@@ -97,7 +97,27 @@ TEST(ValidateTest, RejectsTpNotDividingHeads) {
   l.mutable_training()->set_global_batch_size(8);
   expect_rejected(l, {"parallel.tp", "model.n_kv_head (2)"});
   l.mutable_parallel()->set_tp(2);
+  l.mutable_model()->set_vocab_pad_multiple(64);  // 50257 rows do not split over tp = 2
   EXPECT_TRUE(validate_config(l).ok()) << validate_config(l);
+}
+
+TEST(ValidateTest, RejectsTpNotDividingDffVocabOrSequence) {
+  TrainConfig c = base_config();
+  c.mutable_parallel()->set_tp(2);
+  c.mutable_model()->set_vocab_pad_multiple(64);
+  ASSERT_TRUE(validate_config(c).ok()) << validate_config(c);
+  TrainConfig f = c;
+  f.mutable_model()->set_d_ff(255);
+  expect_rejected(f, {"parallel.tp", "model.d_ff (255)"});
+  TrainConfig v = c;  // 50257 padded to a multiple of 1 is odd; padded to 64 it splits
+  v.mutable_model()->set_vocab_pad_multiple(1);
+  expect_rejected(v, {"parallel.tp", "padded vocabulary (50257"});
+  v.mutable_model()->set_vocab_pad_multiple(64);
+  EXPECT_TRUE(validate_config(v).ok()) << validate_config(v);
+  TrainConfig q = c;
+  q.mutable_parallel()->set_sequence_parallel(true);
+  q.mutable_data()->set_seq_len(31);
+  expect_rejected(q, {"parallel.sequence_parallel", "data.seq_len (31)"});
 }
 
 TEST(ValidateTest, RejectsPpNotDividingLayers) {
@@ -209,6 +229,7 @@ TEST(ValidateTest, WorldSizeMustEqualDpTpPp) {
   TrainConfig c = base_config();
   c.mutable_parallel()->set_dp(2);
   c.mutable_parallel()->set_tp(2);
+  c.mutable_model()->set_vocab_pad_multiple(64);  // 50257 rows do not split over tp = 2
   ASSERT_TRUE(validate_config(c).ok()) << validate_config(c);
   EXPECT_TRUE(validate_world(c, 4).ok());
   absl::Status s = validate_world(c, 8);

@@ -115,6 +115,7 @@ class Trainer {
   // Returns true when the run must stop.
   absl::StatusOr<bool> checkpoint_after_step(TrainSummary* sum);
   std::vector<parallel::Piece> checkpoint_pieces(bool for_load);  // trainer_checkpoint.cc
+  absl::Status check_checkpoint_layout(const char* what) const;   // refuses tp > 1 for now
   // Logging (trainer_log.cc).
   void evaluate_and_log(int64_t step, TrainSummary* sum);
   void print_start() const;
