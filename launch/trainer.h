@@ -67,6 +67,8 @@ class Trainer {
   // Replaces the data sources (tests); must be called after init().
   void set_sources(std::unique_ptr<BatchSource> train, std::unique_ptr<BatchSource> val);
   void set_quiet(bool q) { quiet_ = q; }
+  // Read-only (kiln eval / sample): no metrics or TensorBoard files; call before init().
+  void set_read_only(bool r) { read_only_ = r; }
   models::LanguageModel& model() { return *model_; }
   parallel::DataParallel& data_parallel() { return *dp_; }
   const parallel::Mesh& mesh() const { return *mesh_; }
@@ -143,6 +145,7 @@ class Trainer {
   bool by_tokens_ = false;  // schedules over tokens (a token budget is set)
   int64_t steps_timed_ = 0;
   bool quiet_ = false;
+  bool read_only_ = false;
   int64_t step_ = 0;         // optimizer steps completed (the next step's index)
   double last_lr_ = 0;       // learning rate of the last step (checkpoint schedule state)
   int64_t saved_step_ = -1;  // step of the last checkpoint saved by this run

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <limits>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #if KILN_WITH_CUDA
 #include "core/cuda/runtime.h"
@@ -213,9 +214,11 @@ void Trainer::make_schedules() {
 }
 
 absl::Status Trainer::open_metrics() {
-  if (world_.rank != 0) return absl::OkStatus();
+  if (world_.rank != 0 || read_only_) return absl::OkStatus();
+  // Only a fresh run (resume "never", run_folder.h checked the folder) starts the files anew.
   return metrics_.open(cfg_.logging().run_dir(), cfg_.logging().jsonl(),
-                       cfg_.logging().tensorboard(), /*append=*/!resumed_from_.empty());
+                       cfg_.logging().tensorboard(),
+                       /*append=*/absl::AsciiStrToLower(cfg_.checkpoint().resume()) != "never");
 }
 
 }  // namespace kiln::launch

@@ -46,15 +46,6 @@ bool is_help(int argc, char** argv) {
   return false;
 }
 
-// A checkpoint directory, or the newest (`latest`) one in a checkpoint root.
-absl::StatusOr<std::string> resolve_checkpoint(const std::string& path) {
-  CheckpointConfig c;
-  c.set_resume(path);
-  absl::StatusOr<std::string> r = find_resume_checkpoint(c);
-  if (r.ok() && r->empty()) return absl::NotFoundError("no checkpoint at " + path);
-  return r;
-}
-
 int fail(const char* cmd, const absl::Status& s) {
   std::fprintf(stderr, "kiln %s: %s\n", cmd, std::string(s.message()).c_str());
   return 1;
@@ -173,6 +164,14 @@ absl::Status write_logits(const Tensor& logits, const Tensor& ids, const std::st
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> resolve_checkpoint(const std::string& path) {
+  CheckpointConfig c;
+  c.set_resume(path);
+  absl::StatusOr<std::string> r = find_resume_checkpoint(c);
+  if (r.ok() && r->empty()) return absl::NotFoundError("no checkpoint at " + path);
+  return r;
+}
 
 int export_main(int argc, char** argv) {
   if (is_help(argc, argv)) {
