@@ -135,6 +135,22 @@ TEST(RunFolder, InitFromBesideACheckpointIsNeverSilent) {
   EXPECT_NE(val_loss(init), val_loss(latest)) << init << latest;
 }
 
+TEST(RunFolder, MetricsStepsMatchTheConsole) {
+  const std::string dir = fresh_dir("steps");
+  std::ofstream(dir + "/cfg.textproto") << kConfig;
+  auto [rc, out] = run_kiln("train --config " + dir + "/cfg.textproto --set logging.run_dir=" + dir +
+                            "/run");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("step     1/4 | loss"));
+  std::ifstream in(dir + "/run/metrics.jsonl");
+  std::vector<std::string> train;
+  for (std::string line; std::getline(in, line);)
+    if (line.find("\"kind\":\"train\"") != std::string::npos) train.push_back(line);
+  ASSERT_EQ(train.size(), 4u);
+  EXPECT_THAT(train.front(), HasSubstr("\"step\":1,"));  // the console's "step 1/4"
+  EXPECT_THAT(train.back(), HasSubstr("\"step\":4,"));
+}
+
 TEST(RunFolder, ResumeNeverRefusesAnEarlierRunUnlessOverwrite) {
   const std::string dir = fresh_dir("never");
   const std::string args = train_run(dir);

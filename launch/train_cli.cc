@@ -14,6 +14,7 @@
 #include "launch/config.h"
 #include "launch/run_folder.h"
 #include "launch/signals.h"
+#include "launch/tokenizer_files.h"
 #include "launch/trainer.h"
 #include "launch/weights_cli.h"
 #include "models/presets.h"
@@ -145,17 +146,13 @@ absl::StatusOr<TrainConfig> read_config(const Args& a, bool reading) {
   return config_from_checkpoint(*path, sets);
 }
 
-// Loads tokenizer_dir (when set) as the sample codec.
-TextCodec make_codec(const TrainConfig& cfg) {
+// The run's tokenizer (tokenizer_files.h) as the sample codec; empty when there is none.
+absl::StatusOr<TextCodec> make_codec(const TrainConfig& cfg, bool say) {
   TextCodec c;
-  if (cfg.data().tokenizer_dir().empty()) return c;
-  auto tok = data::Tokenizer::LoadDir(cfg.data().tokenizer_dir());
-  if (!tok.ok()) {
-    std::fprintf(stderr, "kiln: warning: data.tokenizer_dir: %s (samples print token ids)\n",
-                 std::string(tok.status().message()).c_str());
-    return c;
-  }
-  auto shared = std::make_shared<data::Tokenizer>(std::move(*tok));
+  absl::StatusOr<std::shared_ptr<data::Tokenizer>> tok = load_run_tokenizer(cfg, say);
+  if (!tok.ok()) return tok.status();
+  if (*tok == nullptr) return c;
+  std::shared_ptr<data::Tokenizer> shared = *tok;
   c.eot = shared->eot();
   c.encode = [shared](const std::string& s) {
     std::vector<int32_t> ids = shared->encode(s);
@@ -218,8 +215,13 @@ std::unique_ptr<Trainer> reading_trainer(const char* cmd, const TrainConfig& cfg
   auto t = std::make_unique<Trainer>(cfg, world);
   t->set_quiet(true);
   t->set_read_only(true);
-  t->set_codec(make_codec(cfg));
-  if (absl::Status s = t->init(); !s.ok()) {
+  absl::StatusOr<TextCodec> codec = make_codec(cfg, world.rank == 0);
+  absl::Status s = codec.status();
+  if (s.ok()) {
+    t->set_codec(std::move(*codec));
+    s = t->init();
+  }
+  if (!s.ok()) {
     std::fprintf(stderr, "kiln %s: %s\n", cmd, std::string(s.message()).c_str());
     return nullptr;
   }
@@ -252,8 +254,12 @@ int train_main(int argc, char** argv) {
   }
   Trainer t(cfg, world);
   t.set_quiet(a.quiet);
-  t.set_codec(make_codec(cfg));
-  absl::Status s = t.init();
+  absl::StatusOr<TextCodec> codec = make_codec(cfg, world.rank == 0);
+  absl::Status s = codec.status();
+  if (s.ok()) {
+    t.set_codec(std::move(*codec));
+    s = t.init();
+  }
   if (!s.ok()) {
     std::fprintf(stderr, "kiln train: %s\n", std::string(s.message()).c_str());
     return 1;

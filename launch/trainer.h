@@ -111,7 +111,7 @@ class Trainer {
   std::vector<parallel::Piece> checkpoint_pieces(bool for_load);  // trainer_checkpoint.cc
   // Logging (trainer_log.cc).
   void evaluate_and_log(int64_t step, TrainSummary* sum);
-  void print_start() const;
+  void print_start();  // also sets peak_flops_
   void print_end(const TrainSummary& sum) const;
   void log_step(int64_t step, double loss, double lr, double gnorm, int64_t tokens, double dt);
 
@@ -138,6 +138,7 @@ class Trainer {
   int64_t tokens_seen_ = 0;
   int64_t seq_len_ = 0, batch_ = 0;  // of the current step
   double flops_per_token_full_ = 0;
+  double peak_flops_ = 0;  // MFU denominator per device (trainer_log.h); 0: no MFU
   double t_start_ = 0;     // when run() began
   double elapsed_ = 0;     // step time after the first step (ETA, tokens/s)
   double train_time_ = 0;  // all step time, evaluation excluded

@@ -218,7 +218,8 @@ absl::Status Trainer::open_metrics() {
   // Only a fresh run (resume "never", run_folder.h checked the folder) starts the files anew.
   return metrics_.open(cfg_.logging().run_dir(), cfg_.logging().jsonl(),
                        cfg_.logging().tensorboard(),
-                       /*append=*/absl::AsciiStrToLower(cfg_.checkpoint().resume()) != "never");
+                       /*append=*/absl::AsciiStrToLower(cfg_.checkpoint().resume()) != "never",
+                       /*purge_from=*/resumed_from_.empty() ? 0 : step_ + 1);
 }
 
 }  // namespace kiln::launch
