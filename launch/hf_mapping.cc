@@ -238,9 +238,7 @@ std::string hf_config_json(const ModelConfig& m, const HfExportOptions& opts) {
           {"tie_word_embeddings", b(m.tied_embeddings())},
           {"use_cache", "true"}};
   }
-  const int64_t eot = opts.eot >= 0                           ? opts.eot
-                      : is_gpt2(m) && m.vocab_size() > 50256 ? 50256
-                                                             : -1;
+  const int64_t eot = opts.eot >= 0 ? opts.eot : is_gpt2(m) && m.vocab_size() > 50256 ? 50256 : -1;
   if (eot >= 0) {
     kv.push_back({"bos_token_id", i(eot)});
     kv.push_back({"eos_token_id", i(eot)});
@@ -260,7 +258,8 @@ absl::Status export_safetensors(const std::string& checkpoint, const std::string
   const ModelConfig& model = m->config().model();
   const std::vector<HfTensor> ts = hf_tensors(model);
   std::vector<SafetensorsTensor> specs;
-  for (const HfTensor& t : ts) specs.push_back({t.hf_name, opts.bf16 ? "BF16" : "F32", t.hf_shape, {}});
+  for (const HfTensor& t : ts)
+    specs.push_back({t.hf_name, opts.bf16 ? "BF16" : "F32", t.hf_shape, {}});
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) return absl::UnavailableError("cannot create " + out_dir + ": " + ec.message());

@@ -3,12 +3,11 @@
 #include "launch/metrics.h"
 
 #include <gtest/gtest.h>
+#include <zlib.h>
 
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-
-#include <zlib.h>
 
 #include "launch/plot.h"
 #include "launch/trainer_log.h"

@@ -1,6 +1,8 @@
 // Loss-curve plots: a tiny PNG rasteriser (lines, axes, 5x7 digits) and an SVG writer.
 #include "launch/plot.h"
 
+#include <zlib.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -8,8 +10,6 @@
 #include <fstream>
 #include <map>
 #include <sstream>
-
-#include <zlib.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -54,15 +54,15 @@ const uint8_t* glyph(char c) {
                                         {6, 8, 16, 30, 17, 17, 14},   {31, 1, 2, 4, 8, 8, 8},
                                         {14, 17, 17, 14, 17, 17, 14}, {14, 17, 17, 15, 1, 2, 12}};
   static const uint8_t letters[26][7] = {
-      {0, 0, 14, 1, 15, 17, 15},    {16, 16, 22, 25, 17, 17, 30}, {0, 0, 14, 16, 16, 17, 14},
-      {1, 1, 13, 19, 17, 17, 15},   {0, 0, 14, 17, 31, 16, 14},   {6, 9, 8, 28, 8, 8, 8},
-      {0, 15, 17, 17, 15, 1, 14},   {16, 16, 22, 25, 17, 17, 17}, {4, 0, 12, 4, 4, 4, 14},
-      {2, 0, 6, 2, 2, 18, 12},      {16, 16, 18, 20, 24, 20, 18}, {12, 4, 4, 4, 4, 4, 14},
-      {0, 0, 26, 21, 21, 17, 17},   {0, 0, 22, 25, 17, 17, 17},   {0, 0, 14, 17, 17, 17, 14},
-      {0, 0, 30, 17, 30, 16, 16},   {0, 0, 13, 19, 15, 1, 1},     {0, 0, 22, 25, 16, 16, 16},
-      {0, 0, 15, 16, 14, 1, 30},    {8, 8, 28, 8, 8, 9, 6},       {0, 0, 17, 17, 17, 19, 13},
-      {0, 0, 17, 17, 17, 10, 4},    {0, 0, 17, 17, 21, 21, 10},   {0, 0, 17, 10, 4, 10, 17},
-      {0, 0, 17, 17, 15, 1, 14},    {0, 0, 31, 2, 4, 8, 31}};
+      {0, 0, 14, 1, 15, 17, 15},  {16, 16, 22, 25, 17, 17, 30}, {0, 0, 14, 16, 16, 17, 14},
+      {1, 1, 13, 19, 17, 17, 15}, {0, 0, 14, 17, 31, 16, 14},   {6, 9, 8, 28, 8, 8, 8},
+      {0, 15, 17, 17, 15, 1, 14}, {16, 16, 22, 25, 17, 17, 17}, {4, 0, 12, 4, 4, 4, 14},
+      {2, 0, 6, 2, 2, 18, 12},    {16, 16, 18, 20, 24, 20, 18}, {12, 4, 4, 4, 4, 4, 14},
+      {0, 0, 26, 21, 21, 17, 17}, {0, 0, 22, 25, 17, 17, 17},   {0, 0, 14, 17, 17, 17, 14},
+      {0, 0, 30, 17, 30, 16, 16}, {0, 0, 13, 19, 15, 1, 1},     {0, 0, 22, 25, 16, 16, 16},
+      {0, 0, 15, 16, 14, 1, 30},  {8, 8, 28, 8, 8, 9, 6},       {0, 0, 17, 17, 17, 19, 13},
+      {0, 0, 17, 17, 17, 10, 4},  {0, 0, 17, 17, 21, 21, 10},   {0, 0, 17, 10, 4, 10, 17},
+      {0, 0, 17, 17, 15, 1, 14},  {0, 0, 31, 2, 4, 8, 31}};
   static const uint8_t dot[7] = {0, 0, 0, 0, 0, 12, 12}, minus[7] = {0, 0, 0, 31, 0, 0, 0};
   static const uint8_t colon[7] = {0, 12, 12, 0, 12, 12, 0}, slash[7] = {1, 1, 2, 4, 8, 16, 16};
   static const uint8_t under[7] = {0, 0, 0, 0, 0, 0, 31};
@@ -257,8 +257,8 @@ std::string render_svg(const std::vector<Series>& series, int w, int h, const st
         f.px(t), f.top, f.px(t), h - f.bottom, f.px(t), h - f.bottom + 14, tick_label(t));
   o << absl::StrFormat("<text x='%d' y='%d' text-anchor='middle'>step</text>\n", w / 2, h - 6);
   o << absl::StrFormat(
-      "<text x='12' y='%d' text-anchor='middle' transform='rotate(-90 12 %d)'>loss</text>\n",
-      h / 2, h / 2);
+      "<text x='12' y='%d' text-anchor='middle' transform='rotate(-90 12 %d)'>loss</text>\n", h / 2,
+      h / 2);
   int ly = f.top + 10;
   for (const Series& s : series) {
     o << absl::StrFormat("<polyline fill='none' stroke='#%06x' stroke-width='2' points='", s.rgb);

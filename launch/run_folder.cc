@@ -42,7 +42,8 @@ absl::Status prepare_run_folder(const TrainConfig& cfg, bool overwrite, int rank
   if (files.empty()) return absl::OkStatus();
   const std::string& run = cfg.logging().run_dir();
   if (!overwrite) {
-    std::vector<std::string> shown(files.begin(), files.begin() + std::min<size_t>(4, files.size()));
+    std::vector<std::string> shown(files.begin(),
+                                   files.begin() + std::min<size_t>(4, files.size()));
     if (files.size() > shown.size()) shown.push_back(absl::StrCat("... ", files.size(), " in all"));
     return absl::FailedPreconditionError(absl::StrCat(
         "logging.run_dir ", run, " holds an earlier run (", absl::StrJoin(shown, ", "),
@@ -54,8 +55,9 @@ absl::Status prepare_run_folder(const TrainConfig& cfg, bool overwrite, int rank
     fs::remove_all(f, ec);
     if (ec) return absl::UnavailableError("--overwrite: cannot remove " + f + ": " + ec.message());
   }
-  std::printf("kiln: --overwrite: removed the earlier run's %zu checkpoint and metrics files in %s\n",
-              files.size(), run.c_str());
+  std::printf(
+      "kiln: --overwrite: removed the earlier run's %zu checkpoint and metrics files in %s\n",
+      files.size(), run.c_str());
   return absl::OkStatus();
 }
 

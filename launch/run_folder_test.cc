@@ -44,8 +44,10 @@ std::string changes(const std::map<std::string, std::string>& a,
                     const std::map<std::string, std::string>& b) {
   std::string out;
   for (const auto& [k, v] : a)
-    if (!b.count(k)) out += " removed " + k;
-    else if (b.at(k) != v) out += " changed " + k;
+    if (!b.count(k))
+      out += " removed " + k;
+    else if (b.at(k) != v)
+      out += " changed " + k;
   for (const auto& [k, v] : b)
     if (!a.count(k)) out += " created " + k;
   return out;
@@ -138,8 +140,8 @@ TEST(RunFolder, InitFromBesideACheckpointIsNeverSilent) {
 TEST(RunFolder, MetricsStepsMatchTheConsole) {
   const std::string dir = fresh_dir("steps");
   std::ofstream(dir + "/cfg.textproto") << kConfig;
-  auto [rc, out] = run_kiln("train --config " + dir + "/cfg.textproto --set logging.run_dir=" + dir +
-                            "/run");
+  auto [rc, out] =
+      run_kiln("train --config " + dir + "/cfg.textproto --set logging.run_dir=" + dir + "/run");
   ASSERT_EQ(rc, 0) << out;
   EXPECT_THAT(out, HasSubstr("step     1/4 | loss"));
   std::ifstream in(dir + "/run/metrics.jsonl");

@@ -59,10 +59,11 @@ absl::StatusOr<std::shared_ptr<data::Tokenizer>> load_run_tokenizer(const TrainC
     return warn(msg + "; set data.tokenizer_dir to the tokenizer of the shards, or \"\"; ");
   }
   if (n < v && say)
-    std::printf("kiln: model.vocab_size %lld > the tokenizer's %lld tokens (%s): ids %lld..%lld "
-                "are padding rows the data never holds (normal, e.g. 50304 for GPT-2)\n",
-                static_cast<long long>(v), static_cast<long long>(n), dir.c_str(),
-                static_cast<long long>(n), static_cast<long long>(v - 1));
+    std::printf(
+        "kiln: model.vocab_size %lld > the tokenizer's %lld tokens (%s): ids %lld..%lld "
+        "are padding rows the data never holds (normal, e.g. 50304 for GPT-2)\n",
+        static_cast<long long>(v), static_cast<long long>(n), dir.c_str(),
+        static_cast<long long>(n), static_cast<long long>(v - 1));
   return std::make_shared<data::Tokenizer>(std::move(*tok));
 }
 
@@ -79,8 +80,8 @@ absl::Status write_hf_tokenizer(const std::string& dir, const ModelConfig& model
   if (!vocab.ok()) return vocab.status();
   if (!merges.ok()) return merges.status();
   const std::string eot = tok->eot() >= 0 ? "\"<|endoftext|>\"" : "null";
-  const std::string special = absl::StrCat("{\n  \"bos_token\": ", eot, ",\n  \"eos_token\": ",
-                                           eot, ",\n  \"unk_token\": ", eot, "\n}\n");
+  const std::string special = absl::StrCat("{\n  \"bos_token\": ", eot, ",\n  \"eos_token\": ", eot,
+                                           ",\n  \"unk_token\": ", eot, "\n}\n");
   const std::string config = absl::StrCat(
       "{\n  \"tokenizer_class\": \"GPT2Tokenizer\",\n  \"model_max_length\": ", model.max_seq_len(),
       ",\n  \"add_prefix_space\": false,\n  \"errors\": \"replace\",\n  \"bos_token\": ", eot,
@@ -95,7 +96,8 @@ absl::Status write_hf_tokenizer(const std::string& dir, const ModelConfig& model
 
 std::string hf_generation_config_json(const ModelConfig& model, int64_t eot) {
   std::string ids;
-  if (eot >= 0) ids = absl::StrCat("  \"bos_token_id\": ", eot, ",\n  \"eos_token_id\": ", eot, ",\n");
+  if (eot >= 0)
+    ids = absl::StrCat("  \"bos_token_id\": ", eot, ",\n  \"eos_token_id\": ", eot, ",\n");
   return absl::StrCat("{\n", ids, "  \"max_length\": ", model.max_seq_len(), "\n}\n");
 }
 

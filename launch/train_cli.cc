@@ -126,7 +126,8 @@ absl::StatusOr<TrainConfig> config_from_checkpoint(const std::string& path,
   absl::Status s = apply_overrides(sets, &c);
   if (s.ok()) s = resolve_config(&c);
   if (s.ok()) s = validate_config(c);
-  if (!s.ok()) return absl::Status(s.code(), "the config in " + path + ": " + std::string(s.message()));
+  if (!s.ok())
+    return absl::Status(s.code(), "the config in " + path + ": " + std::string(s.message()));
   return c;
 }
 
@@ -232,8 +233,8 @@ std::unique_ptr<Trainer> reading_trainer(const char* cmd, const TrainConfig& cfg
   } else if (!cfg.training().init_from().empty()) {
     std::printf("kiln %s: weights: %s (--init-from)\n", cmd, cfg.training().init_from().c_str());
   } else {
-    std::printf("kiln %s: weights: the seeded initialisation (warning: no checkpoint in %s)\n",
-                cmd, cfg.checkpoint().dir().c_str());
+    std::printf("kiln %s: weights: the seeded initialisation (warning: no checkpoint in %s)\n", cmd,
+                cfg.checkpoint().dir().c_str());
   }
   return t;
 }

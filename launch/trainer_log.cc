@@ -27,10 +27,10 @@ struct GpuPeak {
   double flops;
 };
 constexpr GpuPeak kGpuPeaks[] = {
-    {"H100 PCIe", 756e12}, {"H100 NVL", 835e12}, {"H100", 989e12}, {"H200", 989e12},
+    {"H100 PCIe", 756e12}, {"H100 NVL", 835e12}, {"H100", 989e12},  {"H200", 989e12},
     {"GH200", 989e12},     {"H800", 989e12},     {"B200", 2250e12}, {"B100", 1750e12},
-    {"A100", 312e12},      {"A800", 312e12},     {"A10G", 70e12},  {"A10", 125e12},
-    {"L40S", 362e12},      {"L40", 181e12},      {"L4", 121e12},   {"A6000", 155e12},
+    {"A100", 312e12},      {"A800", 312e12},     {"A10G", 70e12},   {"A10", 125e12},
+    {"L40S", 362e12},      {"L40", 181e12},      {"L4", 121e12},    {"A6000", 155e12},
     {"V100", 125e12},  // fp16: V100 has no bf16
 };
 
@@ -79,9 +79,10 @@ void Trainer::print_start() {
   peak_flops_ = mfu_peak_flops(cfg_.logging().peak_flops(), device_.is_cuda(), gpu);
   if (world_.rank != 0 || quiet_) return;
   if (peak_flops_ > 0)
-    std::printf("kiln: MFU against %.0f TFLOP/s per %s (logging.peak_flops or KILN_PEAK_FLOPS to "
-                "change)\n",
-                peak_flops_ / 1e12, gpu.empty() ? "device" : gpu.c_str());
+    std::printf(
+        "kiln: MFU against %.0f TFLOP/s per %s (logging.peak_flops or KILN_PEAK_FLOPS to "
+        "change)\n",
+        peak_flops_ / 1e12, gpu.empty() ? "device" : gpu.c_str());
   else if (device_.is_cuda())
     std::printf("kiln: MFU n/a: no peak FLOP/s known for %s (set logging.peak_flops)\n",
                 gpu.c_str());

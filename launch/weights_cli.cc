@@ -243,12 +243,14 @@ int export_main(int argc, char** argv) {
   }
   absl::Status s = export_safetensors(*path, out, opts);
   if (s.ok() && !tok_dir.empty()) s = write_hf_tokenizer(tok_dir, model, out);
-  if (s.ok()) s = write_text(out + "/generation_config.json", hf_generation_config_json(model, opts.eot));
+  if (s.ok())
+    s = write_text(out + "/generation_config.json", hf_generation_config_json(model, opts.eot));
   if (!s.ok()) return fail("export", s);
-  std::printf("kiln export: %s -> %s (model.safetensors %s, config.json, generation_config.json%s)\n",
-              path->c_str(), out.c_str(), dtype.c_str(),
-              tok_dir.empty() ? "; no tokenizer: --tokenizer DIR adds one"
-                              : (", tokenizer of " + tok_dir).c_str());
+  std::printf(
+      "kiln export: %s -> %s (model.safetensors %s, config.json, generation_config.json%s)\n",
+      path->c_str(), out.c_str(), dtype.c_str(),
+      tok_dir.empty() ? "; no tokenizer: --tokenizer DIR adds one"
+                      : (", tokenizer of " + tok_dir).c_str());
   return 0;
 }
 
