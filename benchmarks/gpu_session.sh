@@ -60,7 +60,7 @@ for part in "$@"; do
     kiln)
       # kiln's side of the e2e run alone (benchmarks/e2e/run.sh without PyTorch)
       timeout 90 build/bin/kiln train --config benchmarks/e2e/gpt2-124m-bench.textproto \
-        --set logging.run_dir="$out/k" > "$out/kiln_only.log" 2>&1
+        --overwrite --set logging.run_dir="$out/k" > "$out/kiln_only.log" 2>&1
       stamp "kiln exit $?"; tail -2 "$out/kiln_only.log"
       python3 - "$out/k/metrics.jsonl" <<'PY'
 import json, sys
@@ -122,7 +122,7 @@ PY
       # kiln alone with each new path switched back to the old one (env knobs), same config.
       for knob in KILN_DGELU=cublaslt KILN_CE_ROWS=scalar; do
         env "$knob" timeout 60 build/bin/kiln train --config benchmarks/e2e/gpt2-124m-bench.textproto \
-          --set logging.run_dir="$out/ab_${knob%%=*}" > "$out/ab_${knob%%=*}.log" 2>&1
+          --overwrite --set logging.run_dir="$out/ab_${knob%%=*}" > "$out/ab_${knob%%=*}.log" 2>&1
         python3 - "$out/ab_${knob%%=*}/metrics.jsonl" "$knob" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"kind":"train"' in l]

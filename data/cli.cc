@@ -343,6 +343,13 @@ int prepare_data_main(int argc, char** argv) {
   if (!tok.ok()) return failed(cmd, tok.status());
   auto res = prepare_data(o, *tok);
   if (!res.ok()) return failed(cmd, res.status());
+  if (res->val_documents == 0 && (o.val_docs > 0 || (o.val_docs < 0 && o.val_fraction > 0)))
+    std::fprintf(
+        stderr,
+        "kiln prepare-data: warning: the validation split is empty: --val-fraction %g x "
+        "%lld documents rounds to 0 (a text file without the --separator string is one document); "
+        "set --val-docs N, or train without data.val_shards\n",
+        o.val_fraction, static_cast<long long>(res->documents));
   std::printf(
       "%lld documents (%.1f MB) -> train: %lld tokens in %zu shard(s), val: %lld tokens in %zu "
       "shard(s) [%lld documents], %s/%s_*.bin, %.1f s\n",

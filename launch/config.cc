@@ -3,6 +3,7 @@
 // defaults: config_resolve.cc; checks: config_validate.cc.
 #include "launch/config.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -30,6 +31,10 @@ absl::StatusOr<TrainConfig> parse_config(const std::string& text, const std::str
 
 absl::StatusOr<TrainConfig> load_config(const std::string& path,
                                         const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    return absl::InvalidArgumentError(
+        absl::StrCat("config file '", path, "' is a directory (give a .textproto file)"));
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("config file '", path, "': cannot open"));
   std::stringstream text;

@@ -30,7 +30,8 @@ absl::StatusOr<TrainConfig> parse_config(const std::string& text,
 // Applies one override "a.b.c=value" (the argument of `--set`). The path names nested fields from
 // TrainConfig. Values: integers, floats, true/false (or 1/0), strings (optionally quoted), enum
 // names (case-insensitive), a message as a textproto body ("model={n_layer: 2 d_model: 128}"). On a
-// repeated field "=value" appends one element and "=[a, b]" replaces the list ("=[]" clears it).
+// repeated field "=value" and "=[a, b]" replace the list ("=[]" clears it) and "+=value" appends
+// one element.
 // Unknown paths and bad values are InvalidArgument naming the path.
 absl::Status apply_override(const std::string& assignment, TrainConfig* config);
 absl::Status apply_overrides(const std::vector<std::string>& assignments, TrainConfig* config);

@@ -137,7 +137,8 @@ absl::Status apply_override(const std::string& assignment, TrainConfig* config) 
   if (eq == std::string::npos) {
     return absl::InvalidArgumentError(override_error(assignment, "expected PATH=VALUE"));
   }
-  const std::string path(absl::StripAsciiWhitespace(assignment.substr(0, eq)));
+  const bool append = eq > 0 && assignment[eq - 1] == '+';  // "list+=value"
+  const std::string path(absl::StripAsciiWhitespace(assignment.substr(0, append ? eq - 1 : eq)));
   const std::string value(absl::StripAsciiWhitespace(assignment.substr(eq + 1)));
   std::vector<std::string> parts = absl::StrSplit(path, '.');
   pb::Message* msg = config;
@@ -161,6 +162,10 @@ absl::Status apply_override(const std::string& assignment, TrainConfig* config) 
       msg = msg->GetReflection()->MutableMessage(msg, f);
       continue;
     }
+    if (append && !f->is_repeated())
+      return absl::InvalidArgumentError(
+          override_error(assignment, path + " is not a list (+= appends to a list field)"));
+    if (f->is_repeated() && !append) msg->GetReflection()->ClearField(msg, f);  // "=" replaces
     if (f->is_repeated() && value.size() >= 2 && value.front() == '[' && value.back() == ']') {
       msg->GetReflection()->ClearField(msg, f);
       const std::string inner = value.substr(1, value.size() - 2);

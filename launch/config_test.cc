@@ -420,6 +420,21 @@ TEST(ParseTest, LoadValidatesAndPrefixesTheFile) {
   EXPECT_DOUBLE_EQ(cfg->optimizer().lr(), 3e-4);
 }
 
+TEST(ParseTest, DirectoryIsAnErrorNamingIt) {
+  const fs::path dir = temp_file("x.textproto", "").parent_path();
+  absl::StatusOr<TrainConfig> cfg = load_config(dir.string());
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(message_of(cfg.status()), HasSubstr(dir.string() + "' is a directory"));
+}
+
+TEST(ValidateTest, RejectsHugeMaxSeqLen) {
+  TrainConfig c = base_config();
+  c.mutable_model()->set_max_seq_len(2000000000);
+  expect_rejected(c, {"model.max_seq_len", "2000000000", "1048576"});
+  c.mutable_model()->set_max_seq_len(1 << 20);  // the bound itself is allowed
+  EXPECT_TRUE(validate_config(c).ok()) << validate_config(c);
+}
+
 // ---- overrides ----
 
 TEST(OverrideTest, NestedEnumBoolStringAndNumbers) {
@@ -452,10 +467,14 @@ TEST(OverrideTest, ExplicitZeroDiffersFromUnset) {
   EXPECT_DOUBLE_EQ(c->optimizer().beta2(), 0.95);  // unset: the default
 }
 
-TEST(OverrideTest, RepeatedAppendsReplacesAndClears) {
+TEST(OverrideTest, RepeatedReplacesAppendsAndClears) {
   TrainConfig c = base_config();
+  c.mutable_optimizer()->add_no_decay("from_the_file");
+  // "=X" replaces the list (the config file's value) with [X], like a scalar override.
   ASSERT_TRUE(apply_override("optimizer.no_decay=wte.*", &c).ok());
-  ASSERT_TRUE(apply_override("optimizer.no_decay=*.ln_*", &c).ok());
+  ASSERT_EQ(c.optimizer().no_decay_size(), 1);
+  EXPECT_EQ(c.optimizer().no_decay(0), "wte.*");
+  ASSERT_TRUE(apply_override("optimizer.no_decay+=*.ln_*", &c).ok());  // "+=X" appends
   ASSERT_EQ(c.optimizer().no_decay_size(), 2);
   EXPECT_EQ(c.optimizer().no_decay(1), "*.ln_*");
   ASSERT_TRUE(apply_override("optimizer.no_decay=[a, b, c]", &c).ok());
@@ -464,7 +483,11 @@ TEST(OverrideTest, RepeatedAppendsReplacesAndClears) {
   ASSERT_TRUE(apply_override("optimizer.no_decay=[]", &c).ok());
   EXPECT_EQ(c.optimizer().no_decay_size(), 0);
   ASSERT_TRUE(apply_override("schedule.seq_len.discrete_lens=[8, 16]", &c).ok());
-  EXPECT_EQ(c.schedule().seq_len().discrete_lens(1), 16);
+  ASSERT_TRUE(apply_override("schedule.seq_len.discrete_lens=32", &c).ok());
+  ASSERT_EQ(c.schedule().seq_len().discrete_lens_size(), 1);
+  EXPECT_EQ(c.schedule().seq_len().discrete_lens(0), 32);
+  absl::Status s = apply_override("model.n_layer+=2", &c);  // += is for lists only
+  EXPECT_THAT(message_of(s), HasSubstr("model.n_layer is not a list"));
 }
 
 TEST(OverrideTest, MessageValueMerges) {

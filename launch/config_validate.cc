@@ -16,6 +16,8 @@
 namespace kiln {
 namespace {
 
+constexpr int kMaxSeqLen = 1 << 20;  // model.max_seq_len bound (about a million tokens)
+
 bool glob_matches(const std::string& pattern) {
   glob_t g;
   const int rc = glob(pattern.c_str(), 0, nullptr, &g);
@@ -51,6 +53,10 @@ void check_model(const ModelConfig& m, Checker& c) {
   c.require(m.d_ff() > 0, "model.d_ff", "must be > 0, got " + num(m.d_ff()));
   c.require(m.vocab_size() > 0, "model.vocab_size", "must be > 0, got " + num(m.vocab_size()));
   c.require(m.max_seq_len() > 0, "model.max_seq_len", "must be > 0, got " + num(m.max_seq_len()));
+  // A position table or rotary cache of max_seq_len rows, and attention over that many tokens:
+  // beyond 2^20 it is a typo, refused here rather than in the allocator.
+  c.require(m.max_seq_len() <= kMaxSeqLen, "model.max_seq_len",
+            absl::StrCat(m.max_seq_len(), " is over the ", kMaxSeqLen, " tokens kiln supports"));
   if (m.n_head() > 0 && m.d_model() > 0) {
     c.require(m.d_model() % m.n_head() == 0, "model.n_head",
               absl::StrCat("n_head (", m.n_head(), ") must divide d_model (", m.d_model(), ")"));

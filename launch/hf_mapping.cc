@@ -195,7 +195,7 @@ std::vector<HfTensor> hf_tensors(const ModelConfig& m) {
   return out;
 }
 
-std::string hf_config_json(const ModelConfig& m) {
+std::string hf_config_json(const ModelConfig& m, const HfExportOptions& opts) {
   std::vector<std::pair<std::string, std::string>> kv;
   auto i = [](int64_t x) { return absl::StrCat(x); };
   auto b = [](bool x) { return std::string(x ? "true" : "false"); };
@@ -218,10 +218,6 @@ std::string hf_config_json(const ModelConfig& m) {
           {"scale_attn_weights", "true"},
           {"tie_word_embeddings", b(m.tied_embeddings())},
           {"use_cache", "true"}};
-    if (m.vocab_size() > 50256) {
-      kv.push_back({"bos_token_id", "50256"});
-      kv.push_back({"eos_token_id", "50256"});
-    }
   } else {
     kv = {{"architectures", "[\"LlamaForCausalLM\"]"},
           {"model_type", "\"llama\""},
@@ -244,7 +240,12 @@ std::string hf_config_json(const ModelConfig& m) {
           {"tie_word_embeddings", b(m.tied_embeddings())},
           {"use_cache", "true"}};
   }
-  kv.push_back({"torch_dtype", "\"float32\""});
+  const int64_t eot = opts.eot >= 0 ? opts.eot : is_gpt2(m) && m.vocab_size() > 50256 ? 50256 : -1;
+  if (eot >= 0) {
+    kv.push_back({"bos_token_id", i(eot)});
+    kv.push_back({"eos_token_id", i(eot)});
+  }
+  kv.push_back({"torch_dtype", opts.bf16 ? "\"bfloat16\"" : "\"float32\""});
   std::string out = "{\n";
   for (size_t k = 0; k < kv.size(); ++k)
     absl::StrAppend(&out, "  ", json_quote(kv[k].first), ": ", kv[k].second,
@@ -252,13 +253,15 @@ std::string hf_config_json(const ModelConfig& m) {
   return out + "}\n";
 }
 
-absl::Status export_safetensors(const std::string& checkpoint, const std::string& out_dir) {
+absl::Status export_safetensors(const std::string& checkpoint, const std::string& out_dir,
+                                const HfExportOptions& opts) {
   absl::StatusOr<Manifest> m = read_checkpoint_manifest(checkpoint);
   if (!m.ok()) return m.status();
   const ModelConfig& model = m->config().model();
   const std::vector<HfTensor> ts = hf_tensors(model);
   std::vector<SafetensorsTensor> specs;
-  for (const HfTensor& t : ts) specs.push_back({t.hf_name, "F32", t.hf_shape, {}});
+  for (const HfTensor& t : ts)
+    specs.push_back({t.hf_name, opts.bf16 ? "BF16" : "F32", t.hf_shape, {}});
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) return absl::UnavailableError("cannot create " + out_dir + ": " + ec.message());
@@ -266,7 +269,7 @@ absl::Status export_safetensors(const std::string& checkpoint, const std::string
     const HfTensor& t = ts[k];
     const int64_t numel = shape_numel(t.hf_shape);
     if (t.kiln_name.empty()) {  // a bias GPT-2 always has and this model does not
-      bytes->assign(static_cast<size_t>(numel) * 4, '\0');
+      bytes->assign(static_cast<size_t>(numel) * (opts.bf16 ? 2 : 4), '\0');
       return absl::OkStatus();
     }
     absl::StatusOr<Tensor> full = read_full_tensor(checkpoint, *m, t.kiln_name);
@@ -275,6 +278,7 @@ absl::Status export_safetensors(const std::string& checkpoint, const std::string
     if (t.slice_vocab) x = x.narrow(0, 0, t.hf_shape[0]);
     if (t.transpose) x = x.transpose(0, 1);
     x = raw::contiguous(x);
+    if (opts.bf16) x = raw::convert(x, DType::kBF16);
     if (x.shape() != Shape(t.hf_shape.begin(), t.hf_shape.end()))
       return absl::InternalError(absl::StrCat("export: tensor ", t.kiln_name, " is ",
                                               shape_str(x.shape()), ", transformers expects ",
@@ -285,7 +289,7 @@ absl::Status export_safetensors(const std::string& checkpoint, const std::string
   absl::Status s =
       write_safetensors(out_dir + "/model.safetensors", specs, {{"format", "pt"}}, produce);
   if (!s.ok()) return s;
-  return write_text_file(out_dir + "/config.json", hf_config_json(model));
+  return write_text_file(out_dir + "/config.json", hf_config_json(model, opts));
 }
 
 absl::Status import_safetensors(const std::string& path, const ModelConfig& model,

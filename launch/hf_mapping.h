@@ -35,12 +35,22 @@ struct HfTensor {
 // Every tensor transformers expects for this (resolved) model, in a stable order.
 std::vector<HfTensor> hf_tensors(const ModelConfig& model);
 
-// config.json for the model (GPT2LMHeadModel / LlamaForCausalLM, torch_dtype float32).
-std::string hf_config_json(const ModelConfig& model);
+// How `kiln export` writes the weights.
+struct HfExportOptions {
+  bool bf16 = false;  // BF16 tensors (rounded to nearest even from the fp32 masters), else F32
+  // bos / eos id (the tokenizer's <|endoftext|>); -1: unknown (GPT-2 with a vocabulary above
+  // 50256 then says 50256, GPT-2's).
+  int64_t eot = -1;
+};
+
+// config.json for the model (GPT2LMHeadModel / LlamaForCausalLM; torch_dtype float32 or bfloat16,
+// bos_token_id / eos_token_id when known).
+std::string hf_config_json(const ModelConfig& model, const HfExportOptions& opts = {});
 
 // Reads the checkpoint's fp32 parameters and writes OUT_DIR/model.safetensors and
 // OUT_DIR/config.json. Errors name the checkpoint file or tensor.
-absl::Status export_safetensors(const std::string& checkpoint, const std::string& out_dir);
+absl::Status export_safetensors(const std::string& checkpoint, const std::string& out_dir,
+                                const HfExportOptions& opts = {});
 
 // Copies Hugging Face-named weights (a directory with model.safetensors, or a .safetensors file)
 // into `params` (any device). F32, BF16 and F16 files are accepted. When the directory holds a

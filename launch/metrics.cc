@@ -48,7 +48,7 @@ uint32_t masked_crc32c(const void* data, size_t n) {
   return ((c >> 15) | (c << 17)) + 0xa282ead8u;
 }
 
-absl::Status TensorBoardWriter::open(const std::string& run_dir) {
+absl::Status TensorBoardWriter::open(const std::string& run_dir, int64_t purge_from) {
   char host[256] = "localhost";
   gethostname(host, sizeof(host) - 1);
   path_ =
@@ -59,6 +59,13 @@ absl::Status TensorBoardWriter::open(const std::string& run_dir) {
   e.set_wall_time(wall_time());
   e.set_file_version("brain.Event:2");
   write_record(e.SerializeAsString());
+  if (purge_from >= 0) {
+    tb::Event start;
+    start.set_wall_time(wall_time());
+    start.set_step(purge_from);
+    start.mutable_session_log()->set_status(tb::SessionLog::START);
+    write_record(start.SerializeAsString());
+  }
   return flush();
 }
 
@@ -112,6 +119,9 @@ absl::Status read_tensorboard_scalars(
     tb::Event e;
     if (!e.ParseFromString(data))
       return absl::DataLossError(absl::StrCat(path, ": record ", rec, " is not an Event"));
+    if (e.has_session_log() && e.session_log().status() == tb::SessionLog::START)
+      for (auto& [tag, points] : *out)
+        std::erase_if(points, [&](const auto& p) { return p.first >= e.step(); });
     for (const auto& v : e.summary().value())
       (*out)[v.tag()].emplace_back(e.step(), v.simple_value());
   }
@@ -119,7 +129,7 @@ absl::Status read_tensorboard_scalars(
 }
 
 absl::Status MetricsLogger::open(const std::string& run_dir, bool jsonl, bool tensorboard,
-                                 bool append) {
+                                 bool append, int64_t purge_from) {
   std::error_code ec;
   std::filesystem::create_directories(run_dir, ec);
   if (ec)
@@ -131,7 +141,7 @@ absl::Status MetricsLogger::open(const std::string& run_dir, bool jsonl, bool te
     has_jsonl_ = true;
   }
   if (tensorboard) {
-    absl::Status s = tb_.open(run_dir);
+    absl::Status s = tb_.open(run_dir, purge_from);
     if (!s.ok()) return s;
     has_tb_ = true;
   }

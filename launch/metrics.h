@@ -19,8 +19,10 @@ uint32_t masked_crc32c(const void* data, size_t n);
 
 class TensorBoardWriter {
  public:
-  // Creates RUN_DIR/events.out.tfevents.<time>.<host> and writes the file-version event.
-  absl::Status open(const std::string& run_dir);
+  // Creates RUN_DIR/events.out.tfevents.<time>.<host> and writes the file-version event; with
+  // purge_from >= 0 also a SessionLog START at that step, which makes TensorBoard drop the
+  // records earlier files hold at steps >= purge_from (a resumed run logs them again).
+  absl::Status open(const std::string& run_dir, int64_t purge_from = -1);
   void scalar(const std::string& tag, double value, int64_t step);
   // Fails (naming the file and the OS error: a full disk) once any write so far has failed.
   absl::Status flush();
@@ -32,13 +34,17 @@ class TensorBoardWriter {
   std::string path_;
 };
 
-// Reads back the scalars of an event file (tests, `kiln plot`): tag -> [(step, value)].
+// Reads back the scalars of an event file (tests) into `out`: tag -> [(step, value)]; a SessionLog
+// START at step S first removes every point at step >= S from `out` (what TensorBoard shows when
+// the files of a run are read in order).
 absl::Status read_tensorboard_scalars(
     const std::string& path, std::map<std::string, std::vector<std::pair<int64_t, double>>>* out);
 
 class MetricsLogger {
  public:
-  absl::Status open(const std::string& run_dir, bool jsonl, bool tensorboard, bool append);
+  // purge_from: TensorBoardWriter::open's (the first step this process logs when it appends).
+  absl::Status open(const std::string& run_dir, bool jsonl, bool tensorboard, bool append,
+                    int64_t purge_from = -1);
   // Writes one record: to JSONL as {"kind":..., "step":..., key: value...} and each value to
   // TensorBoard as KIND/KEY.
   void log(const std::string& kind, int64_t step,

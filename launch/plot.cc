@@ -1,15 +1,19 @@
 // Loss-curve plots: a tiny PNG rasteriser (lines, axes, 5x7 digits) and an SVG writer.
 #include "launch/plot.h"
 
+#include <zlib.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/check.h"
 
 namespace kiln::launch {
 namespace {
@@ -41,49 +45,41 @@ void chunk(std::string& out, const char* type, const std::string& data) {
   put32(out, crc32(reinterpret_cast<const uint8_t*>(td.data()), td.size()));
 }
 
-// 5x7 glyphs for the characters tick labels need; each row is 5 bits, MSB left.
+// 5x7 glyphs: digits, lower-case letters (upper case is drawn as lower case) and the punctuation
+// of tick labels, titles and paths; each row is 5 bits, MSB left. Other characters are blank.
 const uint8_t* glyph(char c) {
   static const uint8_t digits[10][7] = {{14, 17, 19, 21, 25, 17, 14}, {4, 12, 4, 4, 4, 4, 14},
                                         {14, 17, 1, 2, 4, 8, 31},     {31, 2, 4, 2, 1, 17, 14},
                                         {2, 6, 10, 18, 31, 2, 2},     {31, 16, 30, 1, 1, 17, 14},
                                         {6, 8, 16, 30, 17, 17, 14},   {31, 1, 2, 4, 8, 8, 8},
                                         {14, 17, 17, 14, 17, 17, 14}, {14, 17, 17, 15, 1, 2, 12}};
-  static const uint8_t dot[7] = {0, 0, 0, 0, 0, 12, 12};
-  static const uint8_t minus[7] = {0, 0, 0, 31, 0, 0, 0};
-  static const uint8_t e[7] = {0, 0, 14, 17, 31, 16, 14};
-  static const uint8_t k[7] = {16, 16, 18, 20, 24, 20, 18};
-  // Lower-case letters for the legend and axis label ("train loss", "val loss", "step").
-  static const uint8_t a[7] = {0, 0, 14, 1, 15, 17, 15}, i[7] = {4, 0, 12, 4, 4, 4, 14};
-  static const uint8_t l[7] = {12, 4, 4, 4, 4, 4, 14}, n[7] = {0, 0, 22, 25, 17, 17, 17};
-  static const uint8_t o[7] = {0, 0, 14, 17, 17, 17, 14}, p[7] = {0, 0, 30, 17, 30, 16, 16};
-  static const uint8_t r[7] = {0, 0, 22, 25, 16, 16, 16}, s[7] = {0, 0, 15, 16, 14, 1, 30};
-  static const uint8_t t[7] = {8, 8, 28, 8, 8, 9, 6}, v[7] = {0, 0, 17, 17, 17, 10, 4};
+  static const uint8_t letters[26][7] = {
+      {0, 0, 14, 1, 15, 17, 15},  {16, 16, 22, 25, 17, 17, 30}, {0, 0, 14, 16, 16, 17, 14},
+      {1, 1, 13, 19, 17, 17, 15}, {0, 0, 14, 17, 31, 16, 14},   {6, 9, 8, 28, 8, 8, 8},
+      {0, 15, 17, 17, 15, 1, 14}, {16, 16, 22, 25, 17, 17, 17}, {4, 0, 12, 4, 4, 4, 14},
+      {2, 0, 6, 2, 2, 18, 12},    {16, 16, 18, 20, 24, 20, 18}, {12, 4, 4, 4, 4, 4, 14},
+      {0, 0, 26, 21, 21, 17, 17}, {0, 0, 22, 25, 17, 17, 17},   {0, 0, 14, 17, 17, 17, 14},
+      {0, 0, 30, 17, 30, 16, 16}, {0, 0, 13, 19, 15, 1, 1},     {0, 0, 22, 25, 16, 16, 16},
+      {0, 0, 15, 16, 14, 1, 30},  {8, 8, 28, 8, 8, 9, 6},       {0, 0, 17, 17, 17, 19, 13},
+      {0, 0, 17, 17, 17, 10, 4},  {0, 0, 17, 17, 21, 21, 10},   {0, 0, 17, 10, 4, 10, 17},
+      {0, 0, 17, 17, 15, 1, 14},  {0, 0, 31, 2, 4, 8, 31}};
+  static const uint8_t dot[7] = {0, 0, 0, 0, 0, 12, 12}, minus[7] = {0, 0, 0, 31, 0, 0, 0};
+  static const uint8_t colon[7] = {0, 12, 12, 0, 12, 12, 0}, slash[7] = {1, 1, 2, 4, 8, 16, 16};
+  static const uint8_t under[7] = {0, 0, 0, 0, 0, 0, 31};
   if (c >= '0' && c <= '9') return digits[c - '0'];
-  if (c == '.') return dot;
-  if (c == '-') return minus;
-  if (c == 'e') return e;
-  if (c == 'k') return k;
+  if (c >= 'a' && c <= 'z') return letters[c - 'a'];
+  if (c >= 'A' && c <= 'Z') return letters[c - 'A'];
   switch (c) {
-    case 'a':
-      return a;
-    case 'i':
-      return i;
-    case 'l':
-      return l;
-    case 'n':
-      return n;
-    case 'o':
-      return o;
-    case 'p':
-      return p;
-    case 'r':
-      return r;
-    case 's':
-      return s;
-    case 't':
-      return t;
-    case 'v':
-      return v;
+    case '.':
+      return dot;
+    case '-':
+      return minus;
+    case ':':
+      return colon;
+    case '/':
+      return slash;
+    case '_':
+      return under;
     default:
       return nullptr;
   }
@@ -116,6 +112,16 @@ class Canvas {
           for (int b = 0; b < 5; ++b)
             if (g[r] & (16 >> b)) set(x + b, y + r, rgb);
       x += 6;
+    }
+  }
+  // Text read bottom to top (rotated a quarter turn counter-clockwise), starting at (x, y).
+  void vtext(int x, int y, const std::string& s, uint32_t rgb) {
+    for (char c : s) {
+      if (const uint8_t* g = glyph(c))
+        for (int r = 0; r < 7; ++r)
+          for (int b = 0; b < 5; ++b)
+            if (g[r] & (16 >> b)) set(x + r, y - b, rgb);
+      y -= 6;
     }
   }
   const std::vector<uint8_t>& pixels() const { return px_; }
@@ -180,22 +186,12 @@ std::string encode_png(const std::vector<uint8_t>& rgb, int w, int h) {
     raw.push_back(0);  // filter: none
     raw.append(reinterpret_cast<const char*>(&rgb[3 * y * w]), 3 * w);
   }
-  std::string z = "\x78\x01";
-  uint32_t a = 1, b = 0;
-  for (unsigned char c : raw) a = (a + c) % 65521, b = (b + a) % 65521;
-  for (size_t pos = 0; pos < raw.size() || pos == 0;) {
-    const size_t n = std::min<size_t>(65535, raw.size() - pos);
-    const bool last = pos + n >= raw.size();
-    z.push_back(last ? 1 : 0);
-    z.push_back(static_cast<char>(n & 0xFF));
-    z.push_back(static_cast<char>(n >> 8));
-    z.push_back(static_cast<char>(~n & 0xFF));
-    z.push_back(static_cast<char>((~n >> 8) & 0xFF));
-    z.append(raw, pos, n);
-    pos += n;
-    if (last) break;
-  }
-  put32(z, (b << 16) | a);
+  uLongf n = compressBound(raw.size());
+  std::string z(n, '\0');
+  const int rc = compress2(reinterpret_cast<Bytef*>(z.data()), &n,
+                           reinterpret_cast<const Bytef*>(raw.data()), raw.size(), 9);
+  KILN_CHECK(rc == Z_OK) << "zlib compress2 failed: " << rc;
+  z.resize(n);
   std::string out = "\x89PNG\r\n\x1a\n";
   std::string ihdr;
   put32(ihdr, w);
@@ -207,9 +203,11 @@ std::string encode_png(const std::vector<uint8_t>& rgb, int w, int h) {
   return out;
 }
 
-std::string render_png(const std::vector<Series>& series, int w, int h, const std::string&) {
+std::string render_png(const std::vector<Series>& series, int w, int h, const std::string& title) {
   Canvas c(w, h);
   Frame f = make_frame(series, w, h);
+  c.text(w / 2 - 3 * static_cast<int>(title.size()), 10, title, 0x000000);
+  c.vtext(4, h / 2 + 12, "loss", 0x333333);
   for (double t : nice_ticks(f.ymin, f.ymax, 6)) {
     c.line(f.left, f.py(t), w - f.right, f.py(t), 0xE0E0E0);
     std::string l = tick_label(t);
@@ -258,6 +256,9 @@ std::string render_svg(const std::vector<Series>& series, int w, int h, const st
         "text-anchor='middle'>%s</text>\n",
         f.px(t), f.top, f.px(t), h - f.bottom, f.px(t), h - f.bottom + 14, tick_label(t));
   o << absl::StrFormat("<text x='%d' y='%d' text-anchor='middle'>step</text>\n", w / 2, h - 6);
+  o << absl::StrFormat(
+      "<text x='12' y='%d' text-anchor='middle' transform='rotate(-90 12 %d)'>loss</text>\n", h / 2,
+      h / 2);
   int ly = f.top + 10;
   for (const Series& s : series) {
     o << absl::StrFormat("<polyline fill='none' stroke='#%06x' stroke-width='2' points='", s.rgb);
@@ -277,6 +278,8 @@ absl::StatusOr<std::vector<Series>> read_loss_series(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError("cannot open " + path);
   Series train{"train loss", 0x1f77b4, {}}, val{"val loss", 0xff7f0e, {}};
+  // The last record of each step wins: a resumed run logs again the steps after its checkpoint.
+  std::map<double, double> train_at, val_at;
   std::string line;
   int lineno = 0;
   auto number_after = [](const std::string& l, const std::string& key, double* v) {
@@ -295,8 +298,10 @@ absl::StatusOr<std::vector<Series>> read_loss_series(const std::string& path) {
     const bool is_train = line.find("\"kind\":\"train\"") != std::string::npos;
     const bool is_val = line.find("\"kind\":\"val\"") != std::string::npos;
     if ((is_train || is_val) && number_after(line, "loss", &loss))
-      (is_train ? train : val).points.emplace_back(step, loss);
+      (is_train ? train_at : val_at)[step] = loss;
   }
+  train.points.assign(train_at.begin(), train_at.end());
+  val.points.assign(val_at.begin(), val_at.end());
   if (train.points.empty() && val.points.empty())
     return absl::FailedPreconditionError(path + " holds no train or val loss records");
   std::vector<Series> out;
@@ -319,7 +324,7 @@ int plot_main(int argc, char** argv) {
     std::fprintf(stderr, "kiln plot: %s\n", std::string(series.status().message()).c_str());
     return 1;
   }
-  const std::string png = render_png(*series, 900, 500, "loss"),
+  const std::string png = render_png(*series, 900, 500, "loss: " + dir),
                     svg = render_svg(*series, 900, 500, "loss: " + dir);
   for (auto [name, bytes] :
        {std::pair{dir + "/loss.png", png}, std::pair{dir + "/loss.svg", svg}}) {

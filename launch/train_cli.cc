@@ -9,9 +9,14 @@
 #include "core/backend.h"
 #include "core/thread_pool.h"
 #include "data/tokenizer.h"
+#include "launch/checkpoint.h"
+#include "launch/checkpoint_manifest.h"
 #include "launch/config.h"
+#include "launch/run_folder.h"
 #include "launch/signals.h"
+#include "launch/tokenizer_files.h"
 #include "launch/trainer.h"
+#include "launch/weights_cli.h"
 #include "models/presets.h"
 #include "parallel/world.h"
 
@@ -22,18 +27,21 @@ namespace {
 constexpr int kExitNonFinite = 4;
 
 struct Args {
-  std::string config;
+  std::string config, checkpoint, init_from;
   std::vector<std::string> sets;
   bool print_config = false;
   bool help = false;
   bool quiet = false;
+  bool overwrite = false;
   std::string error;
 };
 
-Args parse_args(int argc, char** argv) {
+// `reading`: eval / sample (--checkpoint, no --resume / --overwrite); else train.
+Args parse_args(int argc, char** argv, bool reading) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
+  for (int i = 1; i < argc && a.error.empty(); ++i) {
     const std::string s = argv[i];
+    auto is = [&](const char* f) { return s == f || s.rfind(std::string(f) + "=", 0) == 0; };
     auto value = [&](const char* flag) -> std::string {
       const std::string f = flag;
       if (s.rfind(f + "=", 0) == 0) return s.substr(f.size() + 1);
@@ -47,34 +55,46 @@ Args parse_args(int argc, char** argv) {
       a.print_config = true;
     } else if (s == "--quiet") {
       a.quiet = true;
-    } else if (s == "--config" || s.rfind("--config=", 0) == 0) {
+    } else if (is("--config")) {
       a.config = value("--config");
-    } else if (s == "--set" || s.rfind("--set=", 0) == 0) {
+    } else if (is("--set")) {
       a.sets.push_back(value("--set"));
-    } else if (s == "--resume" || s.rfind("--resume=", 0) == 0) {
+    } else if (is("--init-from")) {
+      a.init_from = value("--init-from");
+    } else if (!reading && is("--resume")) {
       a.sets.push_back("checkpoint.resume=" + value("--resume"));
-    } else if (s == "--init-from" || s.rfind("--init-from=", 0) == 0) {
-      a.sets.push_back("training.init_from=" + value("--init-from"));
+    } else if (!reading && s == "--overwrite") {
+      a.overwrite = true;
+    } else if (reading && is("--checkpoint")) {
+      a.checkpoint = value("--checkpoint");
     } else {
       a.error = "unknown argument '" + s + "'";
     }
   }
-  if (!a.help && a.error.empty() && a.config.empty()) a.error = "--config FILE is required";
+  if (a.help || !a.error.empty()) return a;
+  if (a.config.empty() && a.checkpoint.empty())
+    a.error = reading ? "give --config FILE or --checkpoint PATH" : "--config FILE is required";
+  else if (!a.checkpoint.empty() && !a.init_from.empty())
+    a.error = "give one of --checkpoint and --init-from (the weights to use)";
   return a;
 }
 
 void print_usage(const char* cmd, const char* what) {
   std::printf(
       "usage: kiln %s --config FILE [--set path.to.field=VALUE ...] [--print-config] [--quiet]\n"
-      "       [--resume auto|never|PATH] [--init-from DIR]\n\n"
+      "       [--resume auto|never|PATH] [--init-from DIR] [--overwrite]\n\n"
       "%s\n\n"
       "  --config FILE      a TrainConfig textproto (see configs/ and proto/config.proto)\n"
       "  --set a.b=VALUE    override one field (repeatable); e.g. --set optimizer.lr=3e-4\n"
-      "                     --set model={n_layer: 2} sets a whole section\n"
+      "                     --set model={n_layer: 2} sets a whole section; on a list field\n"
+      "                     a=X or a=[X, Y] replaces the list, a+=X appends one element\n"
       "  --resume auto|never|PATH   where to resume from (checkpoint.resume): auto = the\n"
       "                     checkpoint <checkpoint.dir>/latest names, if any\n"
       "  --init-from DIR    start from Hugging Face-named weights (DIR/model.safetensors, as\n"
-      "                     kiln export writes them) unless resuming (training.init_from)\n"
+      "                     kiln export writes them) (training.init_from). A checkpoint to\n"
+      "                     resume wins (so a requeued job resumes), and kiln says so.\n"
+      "  --overwrite        with --resume never: delete an earlier run's checkpoints and\n"
+      "                     metrics in the run folder first (without it kiln refuses to start)\n"
       "  --print-config     print the resolved config and exit\n"
       "  --quiet            no per-step lines (metrics files are still written)\n"
       "Run with mpirun -np N or srun for data parallelism; each rank reads the same config.\n"
@@ -86,17 +106,59 @@ void print_usage(const char* cmd, const char* what) {
       cmd, what);
 }
 
-// Loads tokenizer_dir (when set) as the sample codec.
-TextCodec make_codec(const TrainConfig& cfg) {
-  TextCodec c;
-  if (cfg.data().tokenizer_dir().empty()) return c;
-  auto tok = data::Tokenizer::LoadDir(cfg.data().tokenizer_dir());
-  if (!tok.ok()) {
-    std::fprintf(stderr, "kiln: warning: data.tokenizer_dir: %s (samples print token ids)\n",
-                 std::string(tok.status().message()).c_str());
-    return c;
+void print_reading_usage(const char* cmd, const char* what) {
+  std::printf(
+      "usage: kiln %s (--config FILE [--init-from DIR] | --checkpoint PATH [--config FILE])\n"
+      "       [--set path.to.field=VALUE ...] [--print-config]\n\n"
+      "%s\n\n"
+      "Weights: --checkpoint PATH (a step_NNNNNNNN directory or a checkpoint root, whose\n"
+      "`latest` is used; its stored config is used unless --config is given), else\n"
+      "--init-from DIR (Hugging Face-named weights, as kiln export writes them), else the\n"
+      "checkpoint the config's checkpoint.dir holds (latest), else the seeded initialisation\n"
+      "(with a warning). The line 'weights: ...' names the source. Never writes into the run\n"
+      "folder (no metrics, TensorBoard or checkpoint files).\n",
+      cmd, what);
+}
+
+// The config of a reading command whose weights are a checkpoint and no --config is given: the
+// checkpoint's own, with --set applied, for this world (parallel.dp comes from it).
+absl::StatusOr<TrainConfig> config_from_checkpoint(const std::string& path,
+                                                   const std::vector<std::string>& sets) {
+  absl::StatusOr<Manifest> m = read_checkpoint_manifest(path);
+  if (!m.ok()) return m.status();
+  TrainConfig c = m->config();
+  c.mutable_parallel()->clear_dp();
+  absl::Status s = apply_overrides(sets, &c);
+  if (s.ok()) s = resolve_config(&c);
+  if (s.ok()) s = validate_config(c);
+  if (!s.ok())
+    return absl::Status(s.code(), "the config in " + path + ": " + std::string(s.message()));
+  return c;
+}
+
+// The config of `a`: --config (with --set) or a checkpoint's; for reading commands the weights
+// source (--checkpoint, --init-from) is set in it.
+absl::StatusOr<TrainConfig> read_config(const Args& a, bool reading) {
+  std::vector<std::string> sets = a.sets;
+  if (!a.init_from.empty()) {
+    sets.push_back("training.init_from=" + a.init_from);
+    if (reading) sets.push_back("checkpoint.resume=never");  // the weights asked for
   }
-  auto shared = std::make_shared<data::Tokenizer>(std::move(*tok));
+  if (a.checkpoint.empty()) return load_config(a.config, sets);
+  absl::StatusOr<std::string> path = resolve_checkpoint(a.checkpoint);
+  if (!path.ok()) return path.status();
+  sets.push_back("checkpoint.resume=" + *path);
+  if (!a.config.empty()) return load_config(a.config, sets);
+  return config_from_checkpoint(*path, sets);
+}
+
+// The run's tokenizer (tokenizer_files.h) as the sample codec; empty when there is none.
+absl::StatusOr<TextCodec> make_codec(const TrainConfig& cfg, bool say) {
+  TextCodec c;
+  absl::StatusOr<std::shared_ptr<data::Tokenizer>> tok = load_run_tokenizer(cfg, say);
+  if (!tok.ok()) return tok.status();
+  if (*tok == nullptr) return c;
+  std::shared_ptr<data::Tokenizer> shared = *tok;
   c.eot = shared->eot();
   c.encode = [shared](const std::string& s) {
     std::vector<int32_t> ids = shared->encode(s);
@@ -113,11 +175,11 @@ TextCodec make_codec(const TrainConfig& cfg) {
 }
 
 // Shared front half of train/eval/sample: args, config, world. Returns an exit code >= 0 to stop.
-int load(int argc, char** argv, const char* cmd, const char* what, TrainConfig* cfg,
-         parallel::World* world, bool* quiet) {
-  Args a = parse_args(argc, argv);
+int load(int argc, char** argv, const char* cmd, const char* what, bool reading, TrainConfig* cfg,
+         parallel::World* world, Args* args) {
+  Args a = parse_args(argc, argv, reading);
   if (a.help) {
-    print_usage(cmd, what);
+    reading ? print_reading_usage(cmd, what) : print_usage(cmd, what);
     return 0;
   }
   if (!a.error.empty()) {
@@ -125,7 +187,7 @@ int load(int argc, char** argv, const char* cmd, const char* what, TrainConfig* 
     return 2;
   }
   *world = parallel::detect_world();
-  absl::StatusOr<TrainConfig> c = load_config(a.config, a.sets);
+  absl::StatusOr<TrainConfig> c = read_config(a, reading);
   if (!c.ok()) {
     std::fprintf(stderr, "kiln %s: invalid config:\n%s\n", cmd,
                  std::string(c.status().message()).c_str());
@@ -148,8 +210,38 @@ int load(int argc, char** argv, const char* cmd, const char* what, TrainConfig* 
     return 0;
   }
   *cfg = std::move(*c);
-  *quiet = a.quiet;
+  *args = std::move(a);
   return -1;
+}
+
+// eval / sample: a read-only Trainer on the weights the config names; prints where they came from.
+// Returns nullptr after printing the error.
+std::unique_ptr<Trainer> reading_trainer(const char* cmd, const TrainConfig& cfg,
+                                         const parallel::World& world) {
+  auto t = std::make_unique<Trainer>(cfg, world);
+  t->set_quiet(true);
+  t->set_read_only(true);
+  absl::StatusOr<TextCodec> codec = make_codec(cfg, world.rank == 0);
+  absl::Status s = codec.status();
+  if (s.ok()) {
+    t->set_codec(std::move(*codec));
+    s = t->init();
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "kiln %s: %s\n", cmd, std::string(s.message()).c_str());
+    return nullptr;
+  }
+  if (world.rank != 0) return t;
+  if (!t->resumed_from().empty()) {
+    std::printf("kiln %s: weights: %s (checkpoint, step %lld)\n", cmd, t->resumed_from().c_str(),
+                static_cast<long long>(t->steps_done()));
+  } else if (!cfg.training().init_from().empty()) {
+    std::printf("kiln %s: weights: %s (--init-from)\n", cmd, cfg.training().init_from().c_str());
+  } else {
+    std::printf("kiln %s: weights: the seeded initialisation (warning: no checkpoint in %s)\n", cmd,
+                cfg.checkpoint().dir().c_str());
+  }
+  return t;
 }
 
 }  // namespace
@@ -157,16 +249,24 @@ int load(int argc, char** argv, const char* cmd, const char* what, TrainConfig* 
 int train_main(int argc, char** argv) {
   TrainConfig cfg;
   parallel::World world;
-  bool quiet = false;
-  if (int rc =
-          load(argc, argv, "train", "Trains the model a config describes.", &cfg, &world, &quiet);
+  Args a;
+  if (int rc = load(argc, argv, "train", "Trains the model a config describes.", false, &cfg,
+                    &world, &a);
       rc >= 0)
     return rc;
+  if (absl::Status s = prepare_run_folder(cfg, a.overwrite, world.rank); !s.ok()) {
+    std::fprintf(stderr, "kiln train: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
   Trainer t(cfg, world);
-  t.set_quiet(quiet);
+  t.set_quiet(a.quiet);
   t.set_exclusive(true);
-  t.set_codec(make_codec(cfg));
-  absl::Status s = t.init();
+  absl::StatusOr<TextCodec> codec = make_codec(cfg, world.rank == 0);
+  absl::Status s = codec.status();
+  if (s.ok()) {
+    t.set_codec(std::move(*codec));
+    s = t.init();
+  }
   if (!s.ok()) {
     std::fprintf(stderr, "kiln train: %s\n", std::string(s.message()).c_str());
     return 1;
@@ -185,40 +285,29 @@ int train_main(int argc, char** argv) {
 int eval_main(int argc, char** argv) {
   TrainConfig cfg;
   parallel::World world;
-  bool quiet = false;
-  if (int rc = load(argc, argv, "eval", "Prints the validation loss of the config's model.", &cfg,
-                    &world, &quiet);
+  Args a;
+  if (int rc = load(argc, argv, "eval", "Prints the validation loss of a model.", true, &cfg,
+                    &world, &a);
       rc >= 0)
     return rc;
-  Trainer t(cfg, world);
-  t.set_quiet(true);
-  absl::Status s = t.init();
-  if (!s.ok()) {
-    std::fprintf(stderr, "kiln eval: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  std::printf("val loss %.4f\n", t.evaluate());
+  std::unique_ptr<Trainer> t = reading_trainer("eval", cfg, world);
+  if (!t) return 1;
+  std::printf("val loss %.4f\n", t->evaluate());
   return 0;
 }
 
 int sample_main(int argc, char** argv) {
   TrainConfig cfg;
   parallel::World world;
-  bool quiet = false;
-  if (int rc =
-          load(argc, argv, "sample", "Generates text (eval.sample_prompt, eval.sample_tokens).",
-               &cfg, &world, &quiet);
+  Args a;
+  if (int rc = load(argc, argv, "sample",
+                    "Generates text from a model (eval.sample_prompt, eval.sample_tokens).", true,
+                    &cfg, &world, &a);
       rc >= 0)
     return rc;
-  Trainer t(cfg, world);
-  t.set_quiet(true);
-  t.set_codec(make_codec(cfg));
-  absl::Status s = t.init();
-  if (!s.ok()) {
-    std::fprintf(stderr, "kiln sample: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  std::printf("%s\n", t.sample(0).c_str());
+  std::unique_ptr<Trainer> t = reading_trainer("sample", cfg, world);
+  if (!t) return 1;
+  std::printf("%s\n", t->sample(0).c_str());
   return 0;
 }
 

@@ -60,6 +60,11 @@ absl::Status Trainer::init() {
   // A checkpoint to resume (checkpoint.resume) wins over training.init_from.
   absl::StatusOr<std::string> resume = find_resume_checkpoint(cfg_.checkpoint());
   if (!resume.ok()) return resume.status();
+  if (!resume->empty() && !cfg_.training().init_from().empty() && world_.rank == 0)
+    std::printf(
+        "kiln: resuming %s; training.init_from %s is not used (it only starts a run "
+        "that has no checkpoint yet)\n",
+        resume->c_str(), cfg_.training().init_from().c_str());
   s = make_model(/*init_from=*/resume->empty());
   if (s.ok()) s = apply_model_parallel();
   if (!s.ok()) return s;

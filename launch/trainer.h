@@ -74,6 +74,8 @@ class Trainer {
   // `kiln train`: init() locks the run folder (rank 0; launch/run_lock.h) and checks at start that
   // checkpoint.dir is writable on every rank. Off for tests and read-only commands.
   void set_exclusive(bool e) { exclusive_ = e; }
+  // Read-only (kiln eval / sample): no metrics or TensorBoard files; call before init().
+  void set_read_only(bool r) { read_only_ = r; }
   models::LanguageModel& model() { return *model_; }
   parallel::DataParallel& data_parallel() { return *dp_; }
   const parallel::Mesh& mesh() const { return *mesh_; }
@@ -118,7 +120,7 @@ class Trainer {
   absl::Status check_checkpoint_layout(const char* what) const;   // refuses tp > 1 for now
   // Logging (trainer_log.cc).
   void evaluate_and_log(int64_t step, TrainSummary* sum);
-  void print_start() const;
+  void print_start();  // also sets peak_flops_
   void print_end(const TrainSummary& sum) const;
   void log_step(int64_t step, double loss, double lr, double gnorm, int64_t tokens, double dt);
   void log_skip(int64_t step, double loss, double gnorm);  // a step the guard did not apply
@@ -149,6 +151,7 @@ class Trainer {
   int64_t tokens_seen_ = 0;
   int64_t seq_len_ = 0, batch_ = 0;  // of the current step
   double flops_per_token_full_ = 0;
+  double peak_flops_ = 0;  // MFU denominator per device (trainer_log.h); 0: no MFU
   double t_start_ = 0;     // when run() began
   double elapsed_ = 0;     // step time after the first step (ETA, tokens/s)
   double train_time_ = 0;  // all step time, evaluation excluded
@@ -157,6 +160,7 @@ class Trainer {
   int64_t steps_timed_ = 0;
   bool quiet_ = false;
   bool exclusive_ = false;
+  bool read_only_ = false;
   std::unique_ptr<RunLock> lock_;  // rank 0 of an exclusive run
   int64_t step_ = 0;               // optimizer steps completed (the next step's index)
   double last_lr_ = 0;             // learning rate of the last step (checkpoint schedule state)

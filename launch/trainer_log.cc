@@ -5,19 +5,52 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 #include "absl/strings/str_format.h"
 #include "core/backend.h"
 #include "launch/trainer.h"
 
+#if KILN_WITH_CUDA
+namespace kiln::cuda {
+std::string device_name(int index);  // core/cuda/runtime.cc (declared here: no CUDA headers)
+}  // namespace kiln::cuda
+#endif
+
 namespace kiln::launch {
 namespace {
 
-// Peak dense bf16 FLOP/s of one H100 / H200, the MFU denominator on GPUs (docs/DESIGN.md) when
-// logging.peak_flops is 0 (unset); on the CPU no MFU is reported.
-constexpr double kH100DenseBf16Flops = 989e12;
+// Dense bf16 tensor-core peaks from NVIDIA's data sheets (no sparsity), matched by substring of the
+// CUDA device name, most specific first.
+struct GpuPeak {
+  const char* name;
+  double flops;
+};
+constexpr GpuPeak kGpuPeaks[] = {
+    {"H100 PCIe", 756e12}, {"H100 NVL", 835e12}, {"H100", 989e12},  {"H200", 989e12},
+    {"GH200", 989e12},     {"H800", 989e12},     {"B200", 2250e12}, {"B100", 1750e12},
+    {"A100", 312e12},      {"A800", 312e12},     {"A10G", 70e12},   {"A10", 125e12},
+    {"L40S", 362e12},      {"L40", 181e12},      {"L4", 121e12},    {"A6000", 155e12},
+    {"V100", 125e12},  // fp16: V100 has no bf16
+};
 
 }  // namespace
+
+double peak_dense_bf16_flops(std::string_view gpu_name) {
+  for (const GpuPeak& p : kGpuPeaks)
+    if (gpu_name.find(p.name) != std::string_view::npos) return p.flops;
+  return 0;
+}
+
+double mfu_peak_flops(double config_peak, bool gpu, std::string_view gpu_name) {
+  if (config_peak > 0) return config_peak;
+  if (!gpu) return 0;
+  if (const char* e = std::getenv("KILN_PEAK_FLOPS"); e && *e) {
+    const double v = std::strtod(e, nullptr);
+    if (v > 0) return v;
+  }
+  return peak_dense_bf16_flops(gpu_name);
+}
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -38,8 +71,21 @@ std::string human_count(double v) {
   return absl::StrFormat("%.0f", v);
 }
 
-void Trainer::print_start() const {
+void Trainer::print_start() {
+  std::string gpu;
+#if KILN_WITH_CUDA
+  if (device_.is_cuda()) gpu = cuda::device_name(device_.index);
+#endif
+  peak_flops_ = mfu_peak_flops(cfg_.logging().peak_flops(), device_.is_cuda(), gpu);
   if (world_.rank != 0 || quiet_) return;
+  if (peak_flops_ > 0)
+    std::printf(
+        "kiln: MFU against %.0f TFLOP/s per %s (logging.peak_flops or KILN_PEAK_FLOPS to "
+        "change)\n",
+        peak_flops_ / 1e12, gpu.empty() ? "device" : gpu.c_str());
+  else if (device_.is_cuda())
+    std::printf("kiln: MFU n/a: no peak FLOP/s known for %s (set logging.peak_flops)\n",
+                gpu.c_str());
   std::printf("kiln: %s, %s params, %s, device %s, %s compute\n",
               cfg_.model().preset().empty() ? "custom model" : cfg_.model().preset().c_str(),
               human_count(static_cast<double>(model_->num_parameters())).c_str(),
@@ -73,9 +119,7 @@ void Trainer::log_step(int64_t step, double loss, double lr, double gnorm, int64
                        double dt) {
   const int64_t max_steps = cfg_.training().max_steps();
   const double tok_s = tokens / std::max(dt, 1e-9);
-  const double peak = cfg_.logging().peak_flops() > 0 ? cfg_.logging().peak_flops()
-                      : device_.is_cuda()             ? kH100DenseBf16Flops
-                                                      : 0.0;
+  const double peak = peak_flops_;
   const double gpus = mesh_->dims().world_size();
   const double mfu = peak > 0 ? tok_s * flops_per_token_full_ / (gpus * peak) : NAN;
   const MemoryStats mem = memory_stats(device_);
@@ -83,7 +127,7 @@ void Trainer::log_step(int64_t step, double loss, double lr, double gnorm, int64
                          ? elapsed_ / std::max<int64_t>(tokens_timed_, 1) *
                                static_cast<double>(cfg_.training().token_budget() - tokens_seen_)
                          : elapsed_ / std::max<int64_t>(steps_timed_, 1) * (max_steps - step - 1);
-  metrics_.log("train", step,
+  metrics_.log("train", step + 1,  // steps completed, as the console counts
                {{"loss", loss},
                 {"lr", lr},
                 {"grad_norm", gnorm},

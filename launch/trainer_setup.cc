@@ -11,6 +11,7 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #if KILN_WITH_CUDA
 #include "core/cuda/runtime.h"
@@ -236,9 +237,12 @@ void Trainer::make_schedules() {
 }
 
 absl::Status Trainer::open_metrics() {
-  if (world_.rank != 0) return absl::OkStatus();
+  if (world_.rank != 0 || read_only_) return absl::OkStatus();
+  // Only a fresh run (resume "never", run_folder.h checked the folder) starts the files anew.
   return metrics_.open(cfg_.logging().run_dir(), cfg_.logging().jsonl(),
-                       cfg_.logging().tensorboard(), /*append=*/!resumed_from_.empty());
+                       cfg_.logging().tensorboard(),
+                       /*append=*/absl::AsciiStrToLower(cfg_.checkpoint().resume()) != "never",
+                       /*purge_from=*/resumed_from_.empty() ? 0 : step_ + 1);
 }
 
 }  // namespace kiln::launch

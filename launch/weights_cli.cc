@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <set>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "launch/config.h"
 #include "launch/hf_mapping.h"
 #include "launch/safetensors.h"
+#include "launch/tokenizer_files.h"
 #include "models/model.h"
 
 namespace kiln::launch {
@@ -46,13 +48,11 @@ bool is_help(int argc, char** argv) {
   return false;
 }
 
-// A checkpoint directory, or the newest (`latest`) one in a checkpoint root.
-absl::StatusOr<std::string> resolve_checkpoint(const std::string& path) {
-  CheckpointConfig c;
-  c.set_resume(path);
-  absl::StatusOr<std::string> r = find_resume_checkpoint(c);
-  if (r.ok() && r->empty()) return absl::NotFoundError("no checkpoint at " + path);
-  return r;
+absl::Status write_text(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::trunc);
+  f << text;
+  if (!f.flush()) return absl::UnavailableError("cannot write " + path);
+  return absl::OkStatus();
 }
 
 int fail(const char* cmd, const absl::Status& s) {
@@ -174,30 +174,54 @@ absl::Status write_logits(const Tensor& logits, const Tensor& ids, const std::st
 
 }  // namespace
 
+absl::StatusOr<std::string> resolve_checkpoint(const std::string& path) {
+  CheckpointConfig c;
+  c.set_resume(path);
+  absl::StatusOr<std::string> r = find_resume_checkpoint(c);
+  if (r.ok() && r->empty()) return absl::NotFoundError("no checkpoint at " + path);
+  return r;
+}
+
 int export_main(int argc, char** argv) {
   if (is_help(argc, argv)) {
     std::printf(
-        "usage: kiln export --format safetensors --checkpoint PATH --out DIR\n\n"
-        "Writes a checkpoint's fp32 weights under Hugging Face names (GPT2LMHeadModel or\n"
-        "LlamaForCausalLM) as DIR/model.safetensors plus DIR/config.json, loadable with\n"
-        "transformers' from_pretrained(DIR). GPT-2 Conv1D weights are transposed; vocabulary\n"
-        "padding rows are dropped. `kiln train --init-from DIR` reads such a directory back.\n\n"
-        "  --format safetensors   the only format (no pickle)\n"
+        "usage: kiln export --checkpoint PATH --out DIR [--dtype fp32|bf16] [--tokenizer DIR]\n"
+        "                   [--format safetensors]\n\n"
+        "Writes a checkpoint's weights under Hugging Face names (GPT2LMHeadModel or\n"
+        "LlamaForCausalLM) as DIR/model.safetensors, DIR/config.json (with bos/eos ids) and\n"
+        "DIR/generation_config.json, plus the run's tokenizer as DIR/vocab.json, merges.txt,\n"
+        "tokenizer_config.json and special_tokens_map.json, so that transformers'\n"
+        "from_pretrained(DIR) loads model and tokenizer together. GPT-2 Conv1D weights are\n"
+        "transposed; vocabulary padding rows are dropped. `kiln train --init-from DIR` reads such\n"
+        "a directory back. Reads the checkpoint only; writes only under DIR.\n\n"
         "  --checkpoint PATH      a checkpoint directory (step_NNNNNNNN) or a checkpoint root\n"
         "                         (its `latest` is used)\n"
-        "  --out DIR              output directory (created)\n");
+        "  --out DIR              output directory (created)\n"
+        "  --dtype fp32|bf16      tensor dtype (default fp32; bf16 rounds to nearest even)\n"
+        "  --tokenizer DIR        encoder.json + vocab.bpe to write (default: the checkpoint's\n"
+        "                         data.tokenizer_dir, GPT-2's when unset for shard data; none\n"
+        "                         for synthetic data: then only the model is written)\n"
+        "  --format safetensors   the only format (no pickle)\n");
     return 0;
   }
-  std::string format = "safetensors", ckpt, out, err;
+  std::string format = "safetensors", dtype = "fp32", ckpt, out, tok_dir, err;
+  bool tok_given = false;
   for (int i = 1; i < argc && err.empty(); ++i) {
     if (flag_value(argc, argv, &i, "--format", &format, &err) ||
         flag_value(argc, argv, &i, "--checkpoint", &ckpt, &err) ||
+        flag_value(argc, argv, &i, "--dtype", &dtype, &err) ||
         flag_value(argc, argv, &i, "--out", &out, &err))
       continue;
+    if (flag_value(argc, argv, &i, "--tokenizer", &tok_dir, &err)) {
+      tok_given = true;
+      continue;
+    }
     err = std::string("unknown argument '") + argv[i] + "'";
   }
   if (err.empty() && format != "safetensors")
     err = "--format " + format + " is not supported (safetensors is)";
+  if (err.empty() && dtype != "fp32" && dtype != "bf16")
+    err = "--dtype " + dtype + ": fp32 or bf16";
   if (err.empty() && (ckpt.empty() || out.empty())) err = "--checkpoint and --out are required";
   if (!err.empty()) {
     std::fprintf(stderr, "kiln export: %s (see kiln export --help)\n", err.c_str());
@@ -205,9 +229,28 @@ int export_main(int argc, char** argv) {
   }
   absl::StatusOr<std::string> path = resolve_checkpoint(ckpt);
   if (!path.ok()) return fail("export", path.status());
-  if (absl::Status s = export_safetensors(*path, out); !s.ok()) return fail("export", s);
-  std::printf("kiln export: %s -> %s/model.safetensors, %s/config.json\n", path->c_str(),
-              out.c_str(), out.c_str());
+  absl::StatusOr<Manifest> m = read_checkpoint_manifest(*path);
+  if (!m.ok()) return fail("export", m.status());
+  const ModelConfig& model = m->config().model();
+  bool named = false;
+  if (!tok_given) tok_dir = run_tokenizer_dir(m->config().data(), &named);
+  HfExportOptions opts;
+  opts.bf16 = dtype == "bf16";
+  if (!tok_dir.empty()) {
+    absl::StatusOr<data::Tokenizer> tok = data::Tokenizer::LoadDir(tok_dir);
+    if (!tok.ok()) return fail("export", tok.status());
+    opts.eot = tok->eot();
+  }
+  absl::Status s = export_safetensors(*path, out, opts);
+  if (s.ok() && !tok_dir.empty()) s = write_hf_tokenizer(tok_dir, model, out);
+  if (s.ok())
+    s = write_text(out + "/generation_config.json", hf_generation_config_json(model, opts.eot));
+  if (!s.ok()) return fail("export", s);
+  std::printf(
+      "kiln export: %s -> %s (model.safetensors %s, config.json, generation_config.json%s)\n",
+      path->c_str(), out.c_str(), dtype.c_str(),
+      tok_dir.empty() ? "; no tokenizer: --tokenizer DIR adds one"
+                      : (", tokenizer of " + tok_dir).c_str());
   return 0;
 }
 

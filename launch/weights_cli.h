@@ -3,7 +3,15 @@
 // verify, hash).
 #pragma once
 
+#include <string>
+
+#include "absl/status/statusor.h"
+
 namespace kiln::launch {
+
+// A checkpoint directory as given, or the newest (`latest`) one in a checkpoint root; NotFound
+// when there is none.
+absl::StatusOr<std::string> resolve_checkpoint(const std::string& path);
 
 int export_main(int argc, char** argv);
 int logits_main(int argc, char** argv);

@@ -13,6 +13,6 @@ ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units ba
   --log-file "$out/ncu.csv" \
   "$build/bin/kiln" train --config "$here/../e2e/gpt2-124m-bench.textproto" \
   --set training.max_steps="$steps" --set eval.every_n_steps=0 --set schedule.lr.warmup_steps=1 \
-  --set logging.run_dir="$out/run" > "$out/kiln.log" 2>&1
+  --overwrite --set logging.run_dir="$out/run" > "$out/kiln.log" 2>&1
 python3 "$here/kernels.py" "$out/ncu.csv" "$steps"
 python3 "$here/categories.py" "$out/ncu.csv"

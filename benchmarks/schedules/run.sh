@@ -9,7 +9,7 @@ build=${1:-build} out=${2:-runs/schedules}
 mkdir -p "$out"
 for name in base ramp_curriculum; do
   "$build/bin/kiln" train --config "benchmarks/schedules/$name.textproto" \
-    --set logging.run_dir="$out/$name" > "$out/$name.log" 2>&1
+    --overwrite --set logging.run_dir="$out/$name" > "$out/$name.log" 2>&1
   grep -E "^kiln: trained" "$out/$name.log"
 done
 python3 benchmarks/schedules/compare.py "$out/base/metrics.jsonl" "$out/ramp_curriculum/metrics.jsonl"

@@ -80,6 +80,13 @@ void register_backend(CudaBackend* b) {
 
 int device_count() { return count_devices(); }
 
+// Declared in launch/trainer_log.cc (the MFU peak table matches it).
+std::string device_name(int index) {
+  cudaDeviceProp prop;
+  KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, index));
+  return prop.name;
+}
+
 int current_device() {
   int d = 0;
   KILN_CUDA_CHECK(cudaGetDevice(&d));
