@@ -13,6 +13,7 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "launch/checkpoint.h"
+#include "launch/pipeline_stage.h"
 #include "launch/signals.h"
 #include "launch/trainer_log.h"
 
@@ -135,9 +136,11 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
   }
   *gnorm = apply ? dp_->clip_grad_norm(cfg_.optimizer().grad_clip()) : NAN;
   if (apply) dp_->step(lr);
+  if (apply) sync_tied_weights(*model_, mesh_->pp());  // GPT-2 with pp > 1: the head's copy
   dp_->zero_grad();
   // The logged loss: this rank's mean over its micro-batches, averaged over the dp group only (the
-  // ranks of one model replica, tp and pp, compute one loss together).
+  // ranks of one model replica, tp and pp, compute one loss together; the pipeline executor
+  // broadcasts the last stage's loss over pp, so every stage holds it).
   const double local = loss_sum.item() / static_cast<double>(accum);
   return dp > 1 ? mesh_->dp().all_reduce_scalar(local) / static_cast<double>(dp) : local;
 }

@@ -12,6 +12,7 @@
 #include "core/cuda/runtime.h"
 #endif
 #include "launch/hf_mapping.h"
+#include "launch/pipeline_stage.h"
 #include "launch/trainer.h"
 #include "models/presets.h"
 
@@ -111,7 +112,11 @@ absl::Status Trainer::make_mesh() {
 
 absl::Status Trainer::make_model(bool init_from) {
   const uint64_t seed = cfg_.training().seed();
-  model_ = models::build_model(models::spec_from_config(cfg_.model()), seed);
+  const models::ModelSpec spec = models::spec_from_config(cfg_.model());
+  // The pipeline split: this rank builds only its stage (same weights as the whole model's).
+  const int pp = mesh_->dims().pp;
+  model_ = pp > 1 ? models::build_stage(spec, seed, stage_spec(spec.n_layer, mesh_->pp_rank(), pp))
+                  : models::build_model(spec, seed);
   if (init_from && !cfg_.training().init_from().empty()) {
     absl::Status s =
         import_safetensors(cfg_.training().init_from(), cfg_.model(), model_->parameters());
@@ -127,17 +132,21 @@ absl::Status Trainer::make_model(bool init_from) {
   return absl::OkStatus();
 }
 
-// The one place that refuses layouts whose layers do not exist yet: the pipeline split (pp) and
-// tensor parallel (tp) go here, in this order, and each removes its half of the refusal. The config
-// checks for tp and pp (heads, layers, batches) are in place already.
+// The one place that refuses layouts whose layers do not exist yet: tensor parallel (tp) goes
+// here and removes its refusal. The pipeline split (make_model) runs one model chunk per stage, so
+// interleaved virtual stages, which the executor runs (parallel/pipeline), are refused here too.
 absl::Status Trainer::apply_model_parallel() {
   const parallel::ParallelDims& d = mesh_->dims();
-  if (d.tp > 1 || d.pp > 1)
-    return absl::UnimplementedError(
-        absl::StrCat(d.tp > 1 ? "parallel.tp" : "parallel.pp",
-                     ": tensor and pipeline parallelism are not "
-                     "built yet; kiln trains data parallel and ZeRO-1/2/3 (tp = ",
-                     d.tp, ", pp = ", d.pp, " given, both must be 1)"));
+  if (d.tp > 1)
+    return absl::UnimplementedError(absl::StrCat(
+        "parallel.tp: tensor parallelism is not built yet; kiln trains data parallel, ZeRO-1/2/3 "
+        "and pipeline parallel (tp = ",
+        d.tp, " given, must be 1)"));
+  if (d.pp > 1 && cfg_.parallel().pipeline_schedule() == ParallelConfig::INTERLEAVED_1F1B &&
+      cfg_.parallel().virtual_stages() > 1)
+    return absl::UnimplementedError(absl::StrCat(
+        "parallel.virtual_stages: the trainer holds one model chunk per pipeline stage; ",
+        cfg_.parallel().virtual_stages(), " given (INTERLEAVED_1F1B runs with 1)"));
   return absl::OkStatus();
 }
 
@@ -150,6 +159,11 @@ void Trainer::apply_recompute() {
 
 void Trainer::make_data_parallel() {
   std::vector<nn::Parameter> params = model_->parameters();
+  // GPT-2's tied classifier on the last stage is a copy of the first stage's embedding: the first
+  // stage trains it (and checkpoints it); the copy follows after each step (sync_tied_weights).
+  const Tensor tied = tied_copy(*model_);
+  if (tied.defined())
+    std::erase_if(params, [&](const nn::Parameter& p) { return p.tensor.impl_ptr() == tied.impl_ptr(); });
   const OptimizerConfig& oc = cfg_.optimizer();
   apply_decay_rules(oc, &params);
   parallel::DataParallelOptions dpo;
@@ -170,6 +184,14 @@ void Trainer::make_data_parallel() {
 }
 
 void Trainer::make_forward_backward() {
+  if (mesh_->dims().pp > 1) {
+    stage_work_ = std::make_unique<ModelStageWork>(std::vector<models::LanguageModel*>{model_.get()});
+    auto exec = std::make_unique<parallel::pipeline::PipelineExecutor>(
+        schedule_spec(cfg_.parallel(), model_->spec().tied_embeddings), mesh_->pp(), *stage_work_);
+    pipeline_ = exec.get();
+    forward_backward_ = std::move(exec);
+    return;
+  }
   models::LanguageModel* model = model_.get();
   forward_backward_ =
       std::make_unique<parallel::NoPipeline>([model](const Tensor& inputs, const Tensor& targets) {
