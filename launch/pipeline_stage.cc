@@ -90,11 +90,15 @@ Tensor tied_copy(models::LanguageModel& model) {
 }
 
 void sync_tied_weights(models::LanguageModel& model, parallel::Communicator& pp) {
-  if (!tied_pipeline(model) || pp.size() == 1) return;
+  sync_tied_weights(std::vector<models::LanguageModel*>{&model}, pp);
+}
+
+void sync_tied_weights(const std::vector<models::LanguageModel*>& chunks,
+                       parallel::Communicator& pp) {
+  if (!tied_pipeline(*chunks[0]) || pp.size() == 1) return;
   NoGradGuard ng;
-  Tensor w = find_param(model, "wte.weight");
-  if (pp.rank() == 0) pp.send(w.detach(), pp.size() - 1);
-  if (pp.rank() == pp.size() - 1) pp.recv(w.detach(), 0);
+  if (pp.rank() == 0) pp.send(find_param(*chunks[0], "wte.weight").detach(), pp.size() - 1);
+  if (pp.rank() == pp.size() - 1) pp.recv(tied_copy(*chunks.back()).detach(), 0);
 }
 
 }  // namespace kiln::launch

@@ -44,5 +44,8 @@ Tensor tied_copy(models::LanguageModel& model);
 // After the optimizer step (and after loading a checkpoint): the first stage's embedding to the
 // last stage's copy over the pp group. No-op unless GPT-2 tied with pp > 1.
 void sync_tied_weights(models::LanguageModel& model, parallel::Communicator& pp);
+// The same with model chunks: the first stage's chunk 0 sends, the last stage's last chunk takes.
+void sync_tied_weights(const std::vector<models::LanguageModel*>& chunks,
+                       parallel::Communicator& pp);
 
 }  // namespace kiln::launch
