@@ -18,6 +18,7 @@ struct PipelineExecutor::Flush {
   std::map<std::pair<int, int>, Tensor> output;    // activation, or the scaled loss (last)
   std::map<std::pair<int, int>, Tensor> grad_out;  // received output gradient
   std::map<std::pair<int, int>, Tensor> grad_in;   // input gradient, to send
+  std::vector<std::unique_ptr<Work>> sends;        // in flight; waited at the end of the flush
   Tensor loss_sum;                                 // f64, last stage only
   double scale = 1;                                // loss_scale / micro_batches of the step
 };
@@ -88,6 +89,7 @@ void PipelineExecutor::run_flush(Flush& f, bool last_flush, GradSync& grad_sync)
         communicate(f, a);
     }
   }
+  for (auto& w : f.sends) w->wait();
 }
 
 void PipelineExecutor::compute(Flush& f, const Action& a, bool sync_last, GradSync& grad_sync) {
@@ -141,7 +143,7 @@ void PipelineExecutor::communicate(Flush& f, const Action& a) {
   const std::pair<int, int> k{a.micro, a.chunk};
   switch (a.op) {
     case Op::kSendActivation:
-      pp_.send(f.output.at(k).detach().contiguous(), a.peer);
+      f.sends.push_back(pp_.send_async(f.output.at(k).detach().contiguous(), a.peer));
       break;
     case Op::kRecvActivation: {
       Tensor buf = work_.activation_buffer(f.batches[a.micro]);
@@ -150,7 +152,7 @@ void PipelineExecutor::communicate(Flush& f, const Action& a) {
       break;
     }
     case Op::kSendGrad:
-      pp_.send(f.grad_in.at(k).contiguous(), a.peer);
+      f.sends.push_back(pp_.send_async(f.grad_in.at(k).contiguous(), a.peer));
       f.grad_in.erase(k);
       break;
     case Op::kRecvGrad: {
@@ -162,7 +164,7 @@ void PipelineExecutor::communicate(Flush& f, const Action& a) {
     case Op::kSendTied: {
       Tensor g = work_.take_tied_grad();
       KILN_CHECK(g.defined()) << "the tied classifier has no gradient to send";
-      pp_.send(g.contiguous(), a.peer);
+      f.sends.push_back(pp_.send_async(g.contiguous(), a.peer));
       break;
     }
     case Op::kRecvTied: {

@@ -1,7 +1,8 @@
 // The pipeline executor: a ForwardBackward (parallel/forward_backward.h) that runs one stage's
 // action list (parallel/pipeline/schedule.h) per flush of micro-batches: forwards and backwards
 // of its model chunks through StageWork, activations and their gradients point-to-point over the
-// mesh's pp group (communicator ranks = pipeline stages), gradients accumulated over the
+// mesh's pp group (communicator ranks = pipeline stages; sends asynchronous, waited at the end
+// of the flush, so a stage never waits for its receiver), gradients accumulated over the
 // micro-batches, the data-parallel / ZeRO hooks (GradSync) bracketing every backward with `last`
 // set on the stage's final one only. The loss is summed on the last stage and broadcast over the
 // pp group, so every stage returns the step's loss.

@@ -224,6 +224,32 @@ std::vector<std::pair<double, Message>> messages(const ScheduleSpec& s,
   return out;
 }
 
+bool is_recv(Op op) {
+  return op == Op::kRecvActivation || op == Op::kRecvGrad || op == Op::kRecvTied;
+}
+bool is_compute(Op op) { return op <= Op::kBackwardWeight; }
+
+// Whether compute `c` reads what receive `r` brings.
+bool consumes(const Action& c, const Action& r) {
+  if (c.micro != r.micro || c.chunk != r.chunk) return false;
+  return r.op == Op::kRecvActivation ? c.op == Op::kForward : is_input_pass(c.op);
+}
+
+// Moves every receive as late as it may go: past computes that do not read it, never past its
+// reader or another message (so the stage's messages keep the global order). A stage then waits
+// for a message only when it needs it, and a late producer does not hold up unrelated work.
+void delay_receives(std::vector<Action>* list) {
+  for (size_t i = list->size(); i-- > 0;) {
+    if (!is_recv((*list)[i].op)) continue;
+    size_t j = i;
+    while (j + 1 < list->size() && is_compute((*list)[j + 1].op) &&
+           !consumes((*list)[j + 1], (*list)[j])) {
+      std::swap((*list)[j], (*list)[j + 1]);
+      ++j;
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<std::vector<Action>> schedule(const ScheduleSpec& s) {
@@ -245,6 +271,7 @@ std::vector<std::vector<Action>> schedule(const ScheduleSpec& s) {
   for (int st = 0; st < s.stages; ++st) {
     std::sort(placed[st].begin(), placed[st].end());
     for (const Placed& x : placed[st]) out[st].push_back(x.a);
+    delay_receives(&out[st]);
   }
   return out;
 }

@@ -12,7 +12,8 @@
 // Messages are ordered so that no stage can wait forever even when a send blocks until its
 // receive is posted (MPI rendezvous, NCCL): all messages of a flush have one global order (by the
 // time their producer finishes in a unit-time simulation of the schedule), and every stage's list
-// holds its sends and receives in that order.
+// holds its sends and receives in that order. A send comes right after its producer; a receive as
+// late as that order allows (right before its reader or the stage's next message).
 #pragma once
 
 #include <string>
