@@ -26,7 +26,8 @@ parallel::pipeline::ScheduleSpec schedule_spec(const ParallelConfig& p, bool tie
 class ModelStageWork final : public parallel::pipeline::StageWork {
  public:
   // `chunks[c]` runs local chunk c (not owned).
-  explicit ModelStageWork(std::vector<models::LanguageModel*> chunks) : chunks_(std::move(chunks)) {}
+  explicit ModelStageWork(std::vector<models::LanguageModel*> chunks)
+      : chunks_(std::move(chunks)) {}
   Tensor forward(int chunk, const parallel::MicroBatch& batch, const Tensor& input) override;
   Tensor activation_buffer(const parallel::MicroBatch& batch) override;
   Tensor take_tied_grad() override;

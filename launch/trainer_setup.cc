@@ -163,7 +163,8 @@ void Trainer::make_data_parallel() {
   // stage trains it (and checkpoints it); the copy follows after each step (sync_tied_weights).
   const Tensor tied = tied_copy(*model_);
   if (tied.defined())
-    std::erase_if(params, [&](const nn::Parameter& p) { return p.tensor.impl_ptr() == tied.impl_ptr(); });
+    std::erase_if(params,
+                  [&](const nn::Parameter& p) { return p.tensor.impl_ptr() == tied.impl_ptr(); });
   const OptimizerConfig& oc = cfg_.optimizer();
   apply_decay_rules(oc, &params);
   parallel::DataParallelOptions dpo;
@@ -185,7 +186,8 @@ void Trainer::make_data_parallel() {
 
 void Trainer::make_forward_backward() {
   if (mesh_->dims().pp > 1) {
-    stage_work_ = std::make_unique<ModelStageWork>(std::vector<models::LanguageModel*>{model_.get()});
+    stage_work_ =
+        std::make_unique<ModelStageWork>(std::vector<models::LanguageModel*>{model_.get()});
     auto exec = std::make_unique<parallel::pipeline::PipelineExecutor>(
         schedule_spec(cfg_.parallel(), model_->spec().tied_embeddings), mesh_->pp(), *stage_work_);
     pipeline_ = exec.get();

@@ -52,7 +52,8 @@ struct Data {
         in.push_back(v[b * 9 + t]);
         tg.push_back(v[b * 9 + t + 1]);
       }
-    return {Tensor::from_vector(in, {2, 8}, DType::kI64), Tensor::from_vector(tg, {2, 8}, DType::kI64)};
+    return {Tensor::from_vector(in, {2, 8}, DType::kI64),
+            Tensor::from_vector(tg, {2, 8}, DType::kI64)};
   }
 };
 
@@ -85,8 +86,8 @@ std::vector<double> piped(bool llama, ScheduleKind kind, int v, parallel::Commun
   std::vector<std::unique_ptr<models::LanguageModel>> owned;
   std::vector<models::LanguageModel*> mine;
   for (int c = 0; c < v; ++c) {
-    owned.push_back(models::build_stage(tiny(llama), 5,
-                                        launch::stage_spec(8, c * p + pp.rank(), chunks)));
+    owned.push_back(
+        models::build_stage(tiny(llama), 5, launch::stage_spec(8, c * p + pp.rank(), chunks)));
     mine.push_back(owned.back().get());
   }
   launch::ModelStageWork work(mine);

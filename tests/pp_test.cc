@@ -33,8 +33,8 @@ TrainConfig make_config(const std::string& family, const std::string& schedule, 
   return testing::tiny_config(
       ::testing::TempDir() + absl::StrCat("/kiln_pp_", family, "_", schedule, pp, dp),
       absl::StrCat(model, "training { seed: 3 } optimizer { grad_clip: 0.5 } eval { batches: 1 } ",
-                   "parallel { timeout_s: 60 micro_batch_size: 1 dp: ", dp, " pp: ", pp, " zero_stage: ", zero,
-                   " pipeline_schedule: ", schedule, " }"),
+                   "parallel { timeout_s: 60 micro_batch_size: 1 dp: ", dp, " pp: ", pp,
+                   " zero_stage: ", zero, " pipeline_schedule: ", schedule, " }"),
       pp * dp);
 }
 
@@ -89,7 +89,8 @@ TEST_P(PipelineTest, LossesMatchSingleProcess) {
   ASSERT_GT(world.size, 1) << "run under mpirun -np 2 or -np 4";
   const Layout& l = GetParam();
   const Losses& ref = reference(l.family);
-  const double worst = compare(train(make_config(l.family, l.schedule, world.size, 1, 0), world), ref);
+  const double worst =
+      compare(train(make_config(l.family, l.schedule, world.size, 1, 0), world), ref);
   if (world.rank == 0)
     std::printf("pp=%d %s %s: max relative loss difference %.3g over %d steps\n", world.size,
                 l.family.c_str(), l.schedule.c_str(), worst, kSteps);
@@ -108,12 +109,14 @@ TEST_P(PipelineTest, TwoStagesTimesTwoDataParallelZero1) {
   EXPECT_LE(worst, 1e-6);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Schedules, PipelineTest,
-    ::testing::Values(Layout{"gpt2", "GPIPE"}, Layout{"gpt2", "ONE_F_ONE_B"},
-                      Layout{"gpt2", "ZB_H1"}, Layout{"llama", "GPIPE"},
-                      Layout{"llama", "ONE_F_ONE_B"}, Layout{"llama", "ZB_H1"}),
-    [](const auto& info) { return info.param.family + "_" + info.param.schedule; });
+INSTANTIATE_TEST_SUITE_P(Schedules, PipelineTest,
+                         ::testing::Values(Layout{"gpt2", "GPIPE"}, Layout{"gpt2", "ONE_F_ONE_B"},
+                                           Layout{"gpt2", "ZB_H1"}, Layout{"llama", "GPIPE"},
+                                           Layout{"llama", "ONE_F_ONE_B"},
+                                           Layout{"llama", "ZB_H1"}),
+                         [](const auto& info) {
+                           return info.param.family + "_" + info.param.schedule;
+                         });
 
 }  // namespace
 }  // namespace kiln

@@ -67,8 +67,11 @@ double step_ms(Communicator& comm, const ScheduleSpec& spec, double t, int steps
   for (int s = 0; s < steps + 1; ++s) {  // the first step is a warm-up
     comm.barrier();
     const auto t0 = std::chrono::steady_clock::now();
-    exec.run([] { return MicroBatch{Tensor::zeros({1, 1}), Tensor::zeros({1, 1})}; },
-             spec.micro_batches, 1.0, sync);
+    exec.run(
+        [] {
+          return MicroBatch{Tensor::zeros({1, 1}), Tensor::zeros({1, 1})};
+        },
+        spec.micro_batches, 1.0, sync);
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     const double slowest = comm.all_reduce_scalar(ms, ReduceOp::kMax);
@@ -92,10 +95,11 @@ int main_impl(int argc, char** argv) {
   if (comm->rank() == 0)
     std::printf("pipeline_bench: p=%d m=%d, f = bi = w = %.1f ms per stage (%s)\n", p, m, t,
                 g_spin ? "spin" : "sleep");
-  for (auto [kind, v] : std::vector<std::pair<ScheduleKind, int>>{{ScheduleKind::kGPipe, 1},
-                                                                  {ScheduleKind::k1F1B, 1},
-                                                                  {ScheduleKind::kInterleaved1F1B, 2},
-                                                                  {ScheduleKind::kZBH1, 1}}) {
+  for (auto [kind, v] :
+       std::vector<std::pair<ScheduleKind, int>>{{ScheduleKind::kGPipe, 1},
+                                                 {ScheduleKind::k1F1B, 1},
+                                                 {ScheduleKind::kInterleaved1F1B, 2},
+                                                 {ScheduleKind::kZBH1, 1}}) {
     const ScheduleSpec spec{kind, p, m, v, false};
     const double got = step_ms(*comm, spec, t, steps);
     const double theory = theory_makespan(spec, t / v, t / v, t / v);

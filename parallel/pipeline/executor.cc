@@ -100,8 +100,9 @@ void PipelineExecutor::compute(Flush& f, const Action& a, bool sync_last, GradSy
     if (virtual_of(a.chunk) > 0) {
       auto it = f.input.find(k);
       // The previous virtual stage on this stage (p == 1): its output, detached.
-      in = it != f.input.end() ? it->second
-                               : f.output.at({a.micro, a.chunk - 1}).detach().set_requires_grad(true);
+      in = it != f.input.end()
+               ? it->second
+               : f.output.at({a.micro, a.chunk - 1}).detach().set_requires_grad(true);
       f.input[k] = in;
     }
     Tensor out = work_.forward(a.chunk, f.batches[a.micro], in);
@@ -116,9 +117,9 @@ void PipelineExecutor::compute(Flush& f, const Action& a, bool sync_last, GradSy
     f.output[k] = out;
     return;
   }
-  const bool grads_here = a.op == Op::kBackward ||
-                          (work_.weights_in_input_pass() ? a.op == Op::kBackwardInput
-                                                         : a.op == Op::kBackwardWeight);
+  const bool grads_here =
+      a.op == Op::kBackward ||
+      (work_.weights_in_input_pass() ? a.op == Op::kBackwardInput : a.op == Op::kBackwardWeight);
   if (grads_here) grad_sync.begin_micro_step(sync_last);
   if (a.op == Op::kBackwardWeight) {
     work_.backward_weight(a.chunk, a.micro);
@@ -190,8 +191,10 @@ double PipelineExecutor::forward_loss(const MicroBatch& batch) {
       pp_.recv(x, (vs - 1) % p);
     }
     x = work_.forward(vs / p, batch, vs > 0 ? x : Tensor());
-    if (vs == last) loss = cast(x, DType::kF64);
-    else if ((vs + 1) % p != stage_) pp_.send(x.contiguous(), (vs + 1) % p);
+    if (vs == last)
+      loss = cast(x, DType::kF64);
+    else if ((vs + 1) % p != stage_)
+      pp_.send(x.contiguous(), (vs + 1) % p);
   }
   if (p > 1) pp_.broadcast(loss, p - 1);
   return loss.item();

@@ -96,7 +96,9 @@ struct Message {
 
 // Compute identity across stages: (op class, micro, virtual stage).
 using Key = std::tuple<int, int, int>;
-Key key(Op op, int micro, int vs) { return {is_input_pass(op) ? 1 : static_cast<int>(op), micro, vs}; }
+Key key(Op op, int micro, int vs) {
+  return {is_input_pass(op) ? 1 : static_cast<int>(op), micro, vs};
+}
 
 }  // namespace
 
@@ -121,11 +123,10 @@ absl::Status check_schedule(const ScheduleSpec& s) {
   if (s.stages < 1) return absl::InvalidArgumentError("parallel.pp: must be >= 1");
   if (s.micro_batches < 1)
     return absl::InvalidArgumentError("parallel.pipeline_micro_batches: must be >= 1");
-  if (s.virtual_stages < 1 ||
-      (s.kind != ScheduleKind::kInterleaved1F1B && s.virtual_stages != 1))
-    return absl::InvalidArgumentError(absl::StrCat(
-        "parallel.virtual_stages: ", s.virtual_stages, " with ", name,
-        " (only INTERLEAVED_1F1B runs more than one model chunk per stage)"));
+  if (s.virtual_stages < 1 || (s.kind != ScheduleKind::kInterleaved1F1B && s.virtual_stages != 1))
+    return absl::InvalidArgumentError(
+        absl::StrCat("parallel.virtual_stages: ", s.virtual_stages, " with ", name,
+                     " (only INTERLEAVED_1F1B runs more than one model chunk per stage)"));
   if (s.kind != ScheduleKind::kGPipe && s.micro_batches < s.stages)
     return absl::InvalidArgumentError(
         absl::StrCat("parallel.pipeline_micro_batches: ", name, " needs at least pp (", s.stages,
@@ -183,8 +184,8 @@ std::vector<std::vector<Timed>> simulate(const ScheduleSpec& s,
     }
   }
   for (int st = 0; st < p; ++st)
-    KILN_CHECK_EQ(next[st], order[st].size()) << "schedule " << schedule_name(s.kind)
-                                              << ": stage " << st << " cannot proceed";
+    KILN_CHECK_EQ(next[st], order[st].size())
+        << "schedule " << schedule_name(s.kind) << ": stage " << st << " cannot proceed";
   return out;
 }
 
@@ -311,8 +312,8 @@ int theory_peak_in_flight(const ScheduleSpec& s, int stage) {
 }
 
 std::string to_string(const Action& a) {
-  static const char* kNames[] = {"F", "B", "Bi", "W", "send_act", "recv_act",
-                                 "send_grad", "recv_grad", "send_tied", "recv_tied"};
+  static const char* kNames[] = {"F",        "B",         "Bi",        "W",         "send_act",
+                                 "recv_act", "send_grad", "recv_grad", "send_tied", "recv_tied"};
   std::string s = absl::StrCat(kNames[static_cast<int>(a.op)], "(", a.micro);
   if (a.chunk) absl::StrAppend(&s, ",c", a.chunk);
   if (a.peer >= 0) absl::StrAppend(&s, ",@", a.peer);

@@ -50,9 +50,9 @@ struct Action {
 
 struct ScheduleSpec {
   ScheduleKind kind = ScheduleKind::k1F1B;
-  int stages = 1;           // p
-  int micro_batches = 1;    // m, per flush
-  int virtual_stages = 1;   // v (kInterleaved1F1B only; 1 otherwise)
+  int stages = 1;               // p
+  int micro_batches = 1;        // m, per flush
+  int virtual_stages = 1;       // v (kInterleaved1F1B only; 1 otherwise)
   bool tied_embedding = false;  // add the kSendTied / kRecvTied message (GPT-2 with p > 1)
 };
 

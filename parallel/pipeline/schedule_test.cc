@@ -110,7 +110,8 @@ void check_lists(const ScheduleSpec& s, const std::vector<std::vector<Action>>& 
       ASSERT_TRUE(a.micro >= 0 && a.micro < m && a.chunk >= 0 && a.chunk < v);
       if (a.op == Op::kForward && vs > 0) {
         const int prev = vs - 1;
-        EXPECT_TRUE(prev % p == st ? has(Op::kForward, prev / p) : has(Op::kRecvActivation, a.chunk))
+        EXPECT_TRUE(prev % p == st ? has(Op::kForward, prev / p)
+                                   : has(Op::kRecvActivation, a.chunk))
             << "forward before its input arrived";
       }
       if (a.op == Op::kBackward || a.op == Op::kBackwardInput) {
@@ -122,11 +123,13 @@ void check_lists(const ScheduleSpec& s, const std::vector<std::vector<Action>>& 
               << "backward before its output gradient arrived";
         }
         if (vs == 0 && s.tied_embedding && p > 1 && a.micro == m - 1)
-          EXPECT_TRUE(seen[std::make_tuple(Op::kRecvTied, m - 1, 0)] > 0) << "last backward before the tied grad";
+          EXPECT_TRUE(seen[std::make_tuple(Op::kRecvTied, m - 1, 0)] > 0)
+              << "last backward before the tied grad";
       }
       if (a.op == Op::kBackwardWeight) EXPECT_TRUE(has(Op::kBackwardInput, a.chunk));
       if (a.op == Op::kSendActivation) EXPECT_TRUE(has(Op::kForward, a.chunk));
-      if (a.op == Op::kSendGrad) EXPECT_TRUE(has(split ? Op::kBackwardInput : Op::kBackward, a.chunk));
+      if (a.op == Op::kSendGrad)
+        EXPECT_TRUE(has(split ? Op::kBackwardInput : Op::kBackward, a.chunk));
       if (a.op == Op::kSendTied) {
         EXPECT_EQ(vs, last_vs);
         EXPECT_TRUE(has(split ? Op::kBackwardInput : Op::kBackward, a.chunk));
@@ -230,10 +233,10 @@ TEST(Schedule, OneF1BStageListsAsWritten) {
   const ScheduleSpec s{ScheduleKind::k1F1B, 2, 3, 1, false};
   std::vector<std::string> got;
   for (const Action& a : stage_actions(s, 0)) got.push_back(to_string(a));
-  const std::vector<std::string> want = {"F(0)",         "send_act(0,@1)", "F(1)",
+  const std::vector<std::string> want = {"F(0)",           "send_act(0,@1)",  "F(1)",
                                          "send_act(1,@1)", "recv_grad(0,@1)", "B(0)",
-                                         "F(2)",         "send_act(2,@1)", "recv_grad(1,@1)",
-                                         "B(1)",         "recv_grad(2,@1)", "B(2)"};
+                                         "F(2)",           "send_act(2,@1)",  "recv_grad(1,@1)",
+                                         "B(1)",           "recv_grad(2,@1)", "B(2)"};
   EXPECT_EQ(got, want);
 }
 
@@ -244,8 +247,7 @@ TEST(Schedule, RefusesNamingTheField) {
   EXPECT_NE(msg({ScheduleKind::kZBH1, 4, 2, 1}).find("at least pp (4)"), std::string::npos);
   EXPECT_NE(msg({ScheduleKind::kInterleaved1F1B, 2, 6 - 1, 2}).find("multiple of pp"),
             std::string::npos);
-  EXPECT_NE(msg({ScheduleKind::k1F1B, 2, 4, 2}).find("parallel.virtual_stages"),
-            std::string::npos);
+  EXPECT_NE(msg({ScheduleKind::k1F1B, 2, 4, 2}).find("parallel.virtual_stages"), std::string::npos);
   EXPECT_TRUE(check_schedule({ScheduleKind::kGPipe, 4, 1, 1}).ok());
 }
 
