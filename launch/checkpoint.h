@@ -96,9 +96,11 @@ absl::StatusOr<Tensor> read_full_tensor(const std::string& path, const Manifest&
                                         const std::string& name);
 
 // Checks that the checkpoint holds exactly this model's parameters with the same shapes. The
-// error names the first tensor that differs and the model config fields that differ.
+// error names the first tensor that differs and the model config fields that differ. `stage`: the
+// params are one pipeline stage's, so the checkpoint may hold other tensors too (other stages').
 absl::Status check_model_matches(const Manifest& m, const ModelConfig& model,
-                                 const std::vector<nn::Parameter>& params, const std::string& path);
+                                 const std::vector<nn::Parameter>& params, const std::string& path,
+                                 bool stage = false);
 // Non-shape model fields that differ (norm_eps, rope_theta, ...), as "FIELD: A in the checkpoint,
 // B here" lines; for a warning.
 std::vector<std::string> model_field_differences(const ModelConfig& stored,

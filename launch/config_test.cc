@@ -130,6 +130,21 @@ TEST(ValidateTest, RejectsPpNotDividingLayers) {
   expect_rejected(c, {"parallel.pp", "virtual_stages"});
 }
 
+TEST(ValidateTest, RejectsPipelineFlushesTooSmallOrNotDividing) {
+  TrainConfig c = base_config();  // global batch 8
+  c.mutable_parallel()->set_dp(1);
+  c.mutable_parallel()->set_pp(2);
+  c.mutable_parallel()->set_micro_batch_size(8);  // one micro-batch per step
+  expect_rejected(c, {"parallel.pipeline_micro_batches", "ONE_F_ONE_B", "at least pp (2)"});
+  c.mutable_parallel()->set_pipeline_schedule(ParallelConfig::ZB_H1);
+  expect_rejected(c, {"parallel.pipeline_micro_batches", "ZB_H1", "got 1"});
+  c.mutable_parallel()->set_pipeline_schedule(ParallelConfig::GPIPE);  // runs with any m
+  EXPECT_TRUE(validate_config(c).ok()) << validate_config(c);
+  c.mutable_parallel()->set_micro_batch_size(2);  // 4 micro-batches per step
+  c.mutable_parallel()->set_pipeline_micro_batches(3);
+  expect_rejected(c, {"parallel.pipeline_micro_batches", "does not divide the 4"});
+}
+
 TEST(ValidateTest, RejectsHeadsNotDividingWidth) {
   TrainConfig c = base_config();
   c.mutable_model()->set_n_head(3);

@@ -150,6 +150,13 @@ void check_batches(const TrainConfig& cfg, int dp, bool dp_known, Checker& c) {
               absl::StrCat("INTERLEAVED_1F1B needs the micro-batches per flush (", per_flush,
                            ") to be a multiple of pp (", p.pp(), ")"));
   }
+  if (p.pp() > 1 && p.pipeline_schedule() != ParallelConfig::GPIPE) {
+    const int64_t per_flush = p.pipeline_micro_batches() > 0 ? p.pipeline_micro_batches() : accum;
+    c.require(per_flush >= p.pp(), "parallel.pipeline_micro_batches",
+              absl::StrCat(ParallelConfig::PipelineSchedule_Name(p.pipeline_schedule()),
+                           " needs at least pp (", p.pp(), ") micro-batches per flush, got ",
+                           per_flush, " (global_batch_size / (micro_batch_size * dp))"));
+  }
 }
 
 void check_parallel(const TrainConfig& cfg, Checker& c) {

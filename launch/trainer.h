@@ -29,6 +29,7 @@
 #include "parallel/data_parallel.h"
 #include "parallel/forward_backward.h"
 #include "parallel/mesh.h"
+#include "parallel/pipeline/executor.h"
 #include "parallel/world.h"
 #include "proto/config.pb.h"
 
@@ -136,6 +137,8 @@ class Trainer {
   std::unique_ptr<models::LanguageModel> model_;
   std::unique_ptr<parallel::DataParallel> dp_;
   std::unique_ptr<parallel::ForwardBackward> forward_backward_;
+  std::unique_ptr<parallel::pipeline::StageWork> stage_work_;  // pp > 1: this stage's chunk
+  parallel::pipeline::PipelineExecutor* pipeline_ = nullptr;   // forward_backward_ when pp > 1
   std::unique_ptr<optim::LossScaler> scaler_;
   optim::LrSchedule lr_;
   optim::BatchRamp ramp_;

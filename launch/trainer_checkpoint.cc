@@ -140,7 +140,8 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
   // The model check first: a manifest from another model is reported as such, not as its files.
   absl::StatusOr<Manifest> m = read_checkpoint_manifest(path, /*check_files=*/false);
   if (!m.ok()) return m.status();
-  absl::Status s = check_model_matches(*m, cfg_.model(), model_->parameters(), path);
+  absl::Status s = check_model_matches(*m, cfg_.model(), model_->parameters(), path,
+                                       /*stage=*/mesh_->dims().pp > 1);
   if (s.ok()) s = check_checkpoint_files(path, *m);
   if (!s.ok()) return s;
   const auto& stored_opt = m->config().optimizer();

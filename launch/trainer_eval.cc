@@ -23,7 +23,8 @@ double Trainer::evaluate() {
   for (int i = 0; i < batches; ++i) {
     absl::StatusOr<Batch> b = val->next(micro, seq);
     if (!b.ok()) break;  // a small validation set ends early
-    total += model_->loss(to_device(b->inputs), to_device(b->targets)).item();
+    const Tensor in = to_device(b->inputs), tg = to_device(b->targets);
+    total += pipeline_ ? pipeline_->forward_loss({in, tg}) : model_->loss(in, tg).item();
     ++n;
   }
   dp_->end_forward();
@@ -33,7 +34,7 @@ double Trainer::evaluate() {
 
 std::string Trainer::sample(int64_t step) {
   const int64_t n = cfg_.eval().sample_tokens();
-  if (n <= 0) return "";
+  if (n <= 0 || pipeline_) return "";  // no sampling through a pipeline yet
   std::vector<int64_t> prompt;
   if (!cfg_.eval().sample_prompt().empty() && codec_.encode)
     prompt = codec_.encode(cfg_.eval().sample_prompt());

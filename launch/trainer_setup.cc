@@ -17,6 +17,7 @@
 #include "core/cuda/runtime.h"
 #endif
 #include "launch/hf_mapping.h"
+#include "launch/pipeline_stage.h"
 #include "launch/trainer.h"
 #include "models/presets.h"
 #include "parallel/tensor_parallel/apply.h"
@@ -117,7 +118,11 @@ absl::Status Trainer::make_mesh() {
 
 absl::Status Trainer::make_model(bool init_from) {
   const uint64_t seed = cfg_.training().seed();
-  model_ = models::build_model(models::spec_from_config(cfg_.model()), seed);
+  const models::ModelSpec spec = models::spec_from_config(cfg_.model());
+  // The pipeline split: this rank builds only its stage (same weights as the whole model's).
+  const int pp = mesh_->dims().pp;
+  model_ = pp > 1 ? models::build_stage(spec, seed, stage_spec(spec.n_layer, mesh_->pp_rank(), pp))
+                  : models::build_model(spec, seed);
   if (init_from && !cfg_.training().init_from().empty()) {
     absl::Status s =
         import_safetensors(cfg_.training().init_from(), cfg_.model(), model_->parameters());
@@ -134,16 +139,17 @@ absl::Status Trainer::make_model(bool init_from) {
   return absl::OkStatus();
 }
 
-// The pipeline split (pp: refused until built; the pipeline removes its half of the refusal),
-// then tensor parallel over the mesh's tp group (parallel/tensor_parallel/apply.h). The config
-// checks for tp and pp (heads, kv heads, d_ff, vocabulary, layers, batches) ran before start.
+// The pipeline split ran in make_model (one model chunk per stage: interleaved virtual stages,
+// which the executor runs (parallel/pipeline), are refused here), then tensor parallel over the
+// mesh's tp group (parallel/tensor_parallel/apply.h). The config checks for tp and pp (heads, kv
+// heads, d_ff, vocabulary, layers, batches) ran before start.
 absl::Status Trainer::apply_model_parallel() {
   const parallel::ParallelDims& d = mesh_->dims();
-  if (d.pp > 1)
+  if (d.pp > 1 && cfg_.parallel().pipeline_schedule() == ParallelConfig::INTERLEAVED_1F1B &&
+      cfg_.parallel().virtual_stages() > 1)
     return absl::UnimplementedError(absl::StrCat(
-        "parallel.pp: pipeline parallelism is not built yet; kiln trains data parallel, ZeRO-1/2/3 "
-        "and tensor parallel (pp = ",
-        d.pp, " given, must be 1)"));
+        "parallel.virtual_stages: the trainer holds one model chunk per pipeline stage; ",
+        cfg_.parallel().virtual_stages(), " given (INTERLEAVED_1F1B runs with 1)"));
   if (d.tp == 1) return absl::OkStatus();
   parallel::TensorParallelOptions o;
   o.sequence_parallel = cfg_.parallel().sequence_parallel();
@@ -159,6 +165,12 @@ void Trainer::apply_recompute() {
 
 void Trainer::make_data_parallel() {
   std::vector<nn::Parameter> params = model_->parameters();
+  // GPT-2's tied classifier on the last stage is a copy of the first stage's embedding: the first
+  // stage trains it (and checkpoints it); the copy follows after each step (sync_tied_weights).
+  const Tensor tied = tied_copy(*model_);
+  if (tied.defined())
+    std::erase_if(params,
+                  [&](const nn::Parameter& p) { return p.tensor.impl_ptr() == tied.impl_ptr(); });
   const OptimizerConfig& oc = cfg_.optimizer();
   apply_decay_rules(oc, &params);
   parallel::DataParallelOptions dpo;
@@ -193,6 +205,15 @@ void Trainer::make_forward_backward() {
   if (device_.is_cuda() && (compute_ == DType::kBF16 || compute_ == DType::kF16) &&
       cfg_.parallel().zero_stage() < 3 && !(pre && std::string(pre) == "0")) {
     for (const nn::Parameter& p : model_->parameters()) precast_.push_back(p.tensor);
+  }
+  if (mesh_->dims().pp > 1) {
+    stage_work_ =
+        std::make_unique<ModelStageWork>(std::vector<models::LanguageModel*>{model_.get()});
+    auto exec = std::make_unique<parallel::pipeline::PipelineExecutor>(
+        schedule_spec(cfg_.parallel(), model_->spec().tied_embeddings), mesh_->pp(), *stage_work_);
+    pipeline_ = exec.get();
+    forward_backward_ = std::move(exec);
+    return;
   }
   models::LanguageModel* model = model_.get();
   forward_backward_ =

@@ -41,6 +41,9 @@ class Communicator {
   virtual std::unique_ptr<Work> all_gather_async(const Tensor& in, const Tensor& out) = 0;
   virtual void broadcast(const Tensor& t, int root) = 0;
   virtual void send(const Tensor& t, int peer) = 0;
+  // Starts sending `t` to `peer` (pipeline stages: a send never waits for its receive, so the
+  // sender goes on computing); wait() returns once `t` may be reused. The default sends at once.
+  virtual std::unique_ptr<Work> send_async(const Tensor& t, int peer);
   virtual void recv(const Tensor& t, int peer) = 0;
   virtual void barrier() = 0;
   // Ranks with the same color form a new communicator, ordered by key.

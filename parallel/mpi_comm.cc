@@ -154,13 +154,14 @@ class MpiCommunicator final : public Communicator {
     })->wait();
   }
 
-  void send(const Tensor& t, int peer) override {
+  void send(const Tensor& t, int peer) override { send_async(t, peer)->wait(); }
+  std::unique_ptr<Work> send_async(const Tensor& t, int peer) override {
     check(t, "send");
     Tensor buf = stage(t);
     MPI_Request req;
     KILN_MPI_CHECK(MPI_Isend(buf.raw(), static_cast<int>(buf.numel()), mpi_type(buf.dtype()), peer,
                              0, comm_, &req));
-    work(req, "send", [buf] {})->wait();
+    return work(req, "send", [buf] {});  // holds the buffer until the send completes
   }
 
   void recv(const Tensor& t, int peer) override {

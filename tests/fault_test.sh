@@ -2,9 +2,12 @@
 # A rank that dies (kill -9) or hangs must end the whole job within the collective timeout, with a
 # clear message and no processes left behind. LAUNCHER is mpirun's path, or local:PATH for
 # scripts/launch_local.sh (no MPI: the file communicator).
-# Usage: fault_test.sh LAUNCHER KILN kill|hang
+# Usage: fault_test.sh LAUNCHER KILN kill|hang [--set field=value ...]
+# (pipeline parallel: --set parallel.pp=2, so that the surviving stage waits on a receive.)
 set -uo pipefail
 launcher=$1 kiln=$2 action=$3
+shift 3
+extra=("$@")
 if [[ $launcher == local:* ]]; then
   run=(bash "${launcher#local:}" 2)
 else
@@ -22,7 +25,8 @@ device: CPU
 CFG
 start=$(date +%s)
 KILN_FAULT_INJECT="1:5:$action" timeout 240 "${run[@]}" \
-  "$kiln" train --config "$dir/cfg.textproto" --set logging.run_dir="$dir/run" >"$dir/out" 2>&1
+  "$kiln" train --config "$dir/cfg.textproto" --set logging.run_dir="$dir/run" ${extra[@]+"${extra[@]}"} \
+  >"$dir/out" 2>&1
 rc=$?
 elapsed=$(( $(date +%s) - start ))
 tail -20 "$dir/out"

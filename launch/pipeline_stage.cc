@@ -1,0 +1,104 @@
+// Model chunks as pipeline stage work, and the tied classifier's copies.
+#include "launch/pipeline_stage.h"
+
+#include "core/autograd.h"
+#include "core/check.h"
+#include "core/ops/elementwise.h"
+
+namespace kiln::launch {
+namespace {
+
+Tensor find_param(models::LanguageModel& model, const std::string& name) {
+  for (const nn::Parameter& p : model.parameters())
+    if (p.name == name) return p.tensor;
+  return Tensor();
+}
+
+bool tied_pipeline(const models::LanguageModel& model) {
+  return model.spec().tied_embeddings && model.spec().family == models::Family::kGPT2;
+}
+
+}  // namespace
+
+models::StageSpec stage_spec(int64_t n_layer, int vs, int chunks) {
+  KILN_CHECK(chunks > 0 && n_layer % chunks == 0) << n_layer << " layers in " << chunks;
+  const int64_t per = n_layer / chunks;
+  return {vs == 0, vs * per, (vs + 1) * per, vs == chunks - 1};
+}
+
+parallel::pipeline::ScheduleSpec schedule_spec(const ParallelConfig& p, bool tied_embedding) {
+  using parallel::pipeline::ScheduleKind;
+  ScheduleKind kind = ScheduleKind::k1F1B;
+  switch (p.pipeline_schedule()) {
+    case ParallelConfig::GPIPE:
+      kind = ScheduleKind::kGPipe;
+      break;
+    case ParallelConfig::INTERLEAVED_1F1B:
+      kind = ScheduleKind::kInterleaved1F1B;
+      break;
+    case ParallelConfig::ZB_H1:
+      kind = ScheduleKind::kZBH1;
+      break;
+    default:
+      break;
+  }
+  return {kind, p.pp(), p.pipeline_micro_batches(),
+          kind == ScheduleKind::kInterleaved1F1B ? p.virtual_stages() : 1,
+          tied_embedding && p.pp() > 1};
+}
+
+Tensor ModelStageWork::forward(int chunk, const parallel::MicroBatch& batch, const Tensor& input) {
+  models::LanguageModel& m = *chunks_[chunk];
+  Tensor x = m.stage().embedding ? m.embed(batch.inputs) : input;
+  for (int i = 0; i < m.num_blocks(); ++i) x = m.run_block(i, x);
+  return m.stage().head ? m.head_loss(x, batch.targets) : x;
+}
+
+Tensor ModelStageWork::activation_buffer(const parallel::MicroBatch& batch) {
+  const models::LanguageModel& m = *chunks_[0];
+  const Device dev = m.parameters().front().tensor.device();
+  return Tensor::empty({batch.inputs.size(0), batch.inputs.size(1), m.spec().d_model},
+                       m.compute_dtype(), dev);
+}
+
+Tensor ModelStageWork::take_tied_grad() {
+  Tensor w = tied_copy(*chunks_.back());
+  KILN_CHECK(w.defined()) << "no tied classifier on this stage";
+  Tensor g = w.grad();
+  w.set_grad(Tensor());
+  return g;
+}
+
+Tensor ModelStageWork::tied_buffer() {
+  Tensor w = find_param(*chunks_[0], "wte.weight");
+  return Tensor::empty(w.shape(), w.grad().defined() ? w.grad().dtype() : w.dtype(), w.device());
+}
+
+void ModelStageWork::add_tied_grad(const Tensor& g) {
+  Tensor w = find_param(*chunks_[0], "wte.weight");
+  KILN_CHECK(w.defined() && chunks_[0]->stage().embedding) << "no embedding on this stage";
+  if (w.grad().defined()) {
+    add_(w.grad(), g);
+  } else {
+    w.set_grad(g.clone());
+  }
+}
+
+Tensor tied_copy(models::LanguageModel& model) {
+  if (!tied_pipeline(model) || model.stage().embedding || !model.stage().head) return Tensor();
+  return find_param(model, "wte.weight");
+}
+
+void sync_tied_weights(models::LanguageModel& model, parallel::Communicator& pp) {
+  sync_tied_weights(std::vector<models::LanguageModel*>{&model}, pp);
+}
+
+void sync_tied_weights(const std::vector<models::LanguageModel*>& chunks,
+                       parallel::Communicator& pp) {
+  if (!tied_pipeline(*chunks[0]) || pp.size() == 1) return;
+  NoGradGuard ng;
+  if (pp.rank() == 0) pp.send(find_param(*chunks[0], "wte.weight").detach(), pp.size() - 1);
+  if (pp.rank() == pp.size() - 1) pp.recv(tied_copy(*chunks.back()).detach(), 0);
+}
+
+}  // namespace kiln::launch

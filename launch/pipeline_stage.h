@@ -1,0 +1,52 @@
+// A pipeline stage of a LanguageModel for the executor (parallel/pipeline/executor.h): its model
+// chunks (built by models::build_stage) composed as embed -> run_block over the chunk's blocks ->
+// head_loss, and GPT-2's tied classifier kept in sync between the first and the last stage. Lives
+// in launch/ because parallel/ never depends on models/.
+#pragma once
+
+#include <vector>
+
+#include "models/model.h"
+#include "parallel/communicator.h"
+#include "parallel/pipeline/executor.h"
+#include "parallel/pipeline/schedule.h"
+#include "proto/config.pb.h"
+
+namespace kiln::launch {
+
+// The stage spec of virtual stage `vs` of `chunks` (= pp * virtual_stages) equal pieces of an
+// n_layer model: blocks [vs L / chunks, (vs + 1) L / chunks), the embedding on the first, the head
+// on the last. REQUIRES n_layer % chunks == 0 (validate_config checks).
+models::StageSpec stage_spec(int64_t n_layer, int vs, int chunks);
+
+// The schedule a resolved ParallelConfig names, for flushes of its pipeline_micro_batches (0: one
+// flush per step).
+parallel::pipeline::ScheduleSpec schedule_spec(const ParallelConfig& p, bool tied_embedding);
+
+class ModelStageWork final : public parallel::pipeline::StageWork {
+ public:
+  // `chunks[c]` runs local chunk c (not owned).
+  explicit ModelStageWork(std::vector<models::LanguageModel*> chunks)
+      : chunks_(std::move(chunks)) {}
+  Tensor forward(int chunk, const parallel::MicroBatch& batch, const Tensor& input) override;
+  Tensor activation_buffer(const parallel::MicroBatch& batch) override;
+  Tensor take_tied_grad() override;
+  Tensor tied_buffer() override;
+  void add_tied_grad(const Tensor& g) override;
+
+ private:
+  std::vector<models::LanguageModel*> chunks_;
+};
+
+// The tied embedding's copy that a GPT-2 stage with the head but not the embedding holds
+// ("wte.weight"); undefined on other stages and models. It is not trained there: the first stage
+// owns it (optimizer, checkpoints) and sends it after each step (sync_tied_weights).
+Tensor tied_copy(models::LanguageModel& model);
+// After the optimizer step (and after loading a checkpoint): the first stage's embedding to the
+// last stage's copy over the pp group. No-op unless GPT-2 tied with pp > 1.
+void sync_tied_weights(models::LanguageModel& model, parallel::Communicator& pp);
+// The same with model chunks: the first stage's chunk 0 sends, the last stage's last chunk takes.
+void sync_tied_weights(const std::vector<models::LanguageModel*>& chunks,
+                       parallel::Communicator& pp);
+
+}  // namespace kiln::launch
