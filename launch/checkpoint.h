@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -99,6 +100,11 @@ absl::StatusOr<Tensor> read_full_tensor(const std::string& path, const Manifest&
 // error names the first tensor that differs and the model config fields that differ.
 absl::Status check_model_matches(const Manifest& m, const ModelConfig& model,
                                  const std::vector<nn::Parameter>& params, const std::string& path);
+// The same from (name, global shape) pairs: a tensor-parallel rank passes its parameters' global
+// shapes (launch/checkpoint_tp.h tp_global_shapes).
+absl::Status check_model_shapes(const Manifest& m, const ModelConfig& model,
+                                const std::vector<std::pair<std::string, Shape>>& params,
+                                const std::string& path);
 // Non-shape model fields that differ (norm_eps, rope_theta, ...), as "FIELD: A in the checkpoint,
 // B here" lines; for a warning.
 std::vector<std::string> model_field_differences(const ModelConfig& stored,

@@ -7,6 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "core/autograd.h"
 #include "launch/checkpoint.h"
+#include "launch/checkpoint_tp.h"
 #include "launch/trainer.h"
 #include "launch/trainer_log.h"
 
@@ -17,21 +18,12 @@
 namespace kiln::launch {
 
 std::vector<parallel::Piece> Trainer::checkpoint_pieces(bool for_load) {
-  NoGradGuard ng;
-  std::vector<parallel::Piece> out;
-  if (for_load && dp_->zero_stage() < 3) {
-    // Stages 0-2 keep whole parameters (views of the flat buffers the fp32 masters live in):
-    // filling them fills this rank's masters and every replica's copy at once.
-    for (const nn::Parameter& p : model_->parameters())
-      out.push_back({p.name, p.tensor.shape(), 0, p.tensor.reshape({p.tensor.numel()})});
-  } else {
-    out = dp_->parameter_pieces();
-  }
-  for (parallel::Piece& p : dp_->optimizer_pieces()) {
-    p.name = optimizer_tensor_name(p.name);
-    out.push_back(std::move(p));
-  }
-  return out;
+  // Global pieces (launch/checkpoint_tp.h): tensor-parallel shards become boxes of the full
+  // tensors, so the checkpoint loads into any tp x dp layout.
+  const parallel::TpPlan plan = model_->tensor_parallel_plan();
+  const TpCoords tp{&plan, mesh_->dims().tp, mesh_->tp_rank()};
+  if (for_load) return checkpoint_pieces_to_load(*dp_, model_->parameters(), tp);
+  return checkpoint_pieces_to_save(*dp_, mesh_->dp_rank(), tp);
 }
 
 absl::StatusOr<std::string> Trainer::save_checkpoint() {
@@ -60,8 +52,7 @@ absl::StatusOr<std::string> Trainer::save_checkpoint() {
   l->set_virtual_stages(cfg_.parallel().virtual_stages());
   RankContribution mine;
   const int dp_rank = mesh_->dp_rank();
-  // Stage 0 replicates everything: data-parallel rank 0 stores it for all.
-  if (dp_->zero_stage() > 0 || dp_rank == 0) mine.pieces = checkpoint_pieces(false);
+  mine.pieces = checkpoint_pieces(false);  // every element from exactly one rank
   const GeneratorState drop = model_->dropout_generator().state(), smp = sample_gen_.state();
   for (auto [name, st] : {std::pair{"dropout", drop}, {"sample", smp}}) {
     RngState* r = &mine.rng.emplace_back();
@@ -69,9 +60,11 @@ absl::StatusOr<std::string> Trainer::save_checkpoint() {
     r->set_generator(name);
     r->set_state(encode_generator_state(st.seed, st.offset));
   }
-  LoaderState& ls = mine.loader.emplace_back();
-  ls.set_rank(dp_rank);
-  ls.set_position(train_->position());
+  if (mesh_->tp_rank() == 0) {  // the tp ranks of a dp rank read the same batches
+    LoaderState& ls = mine.loader.emplace_back();
+    ls.set_rank(dp_rank);
+    ls.set_position(train_->position());
+  }
   absl::StatusOr<std::string> path =
       launch::save_checkpoint(cfg_.checkpoint().dir(), h, mine, mesh_->world());
   if (!path.ok()) return path.status();
@@ -91,7 +84,10 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
   // The model check first: a manifest from another model is reported as such, not as its files.
   absl::StatusOr<Manifest> m = read_checkpoint_manifest(path, /*check_files=*/false);
   if (!m.ok()) return m.status();
-  absl::Status s = check_model_matches(*m, cfg_.model(), model_->parameters(), path);
+  const parallel::TpPlan plan = model_->tensor_parallel_plan();
+  const TpCoords tp{&plan, mesh_->dims().tp, mesh_->tp_rank()};
+  absl::Status s =
+      check_model_shapes(*m, cfg_.model(), tp_global_shapes(tp, model_->parameters()), path);
   if (s.ok()) s = check_checkpoint_files(path, *m);
   if (!s.ok()) return s;
   const auto& stored_opt = m->config().optimizer();
@@ -140,9 +136,10 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
     const ParallelLayout& l = m->layout();
     std::string layout;
     if (l.world_size() != world_.size || l.dp() != mesh_->dims().dp ||
-        l.zero_stage() != dp_->zero_stage())
-      layout = absl::StrFormat(", resharded from world %d dp %d zero_stage %d", l.world_size(),
-                               l.dp(), l.zero_stage());
+        l.tp() != mesh_->dims().tp || l.zero_stage() != dp_->zero_stage())
+      layout = absl::StrFormat(", resharded from world %d dp %d zero_stage %d%s", l.world_size(),
+                               l.dp(), l.zero_stage(),
+                               l.tp() > 1 ? absl::StrFormat(" tp %d", l.tp()) : "");
     std::printf("kiln: resumed from %s (step %lld, %lld tokens%s)\n", path.c_str(),
                 static_cast<long long>(step_), static_cast<long long>(tokens_seen_),
                 layout.c_str());
