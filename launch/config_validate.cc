@@ -2,6 +2,7 @@
 // "FIELD: reason", one per line; validate_world adds what needs the world size.
 #include <glob.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <string>
@@ -165,6 +166,22 @@ void check_parallel(const TrainConfig& cfg, Checker& c) {
               absl::StrCat("tp (", p.tp(), ") must divide model.n_kv_head (", m.n_kv_head(), ")"));
     c.require(m.d_ff() % p.tp() == 0, "parallel.tp",
               absl::StrCat("tp (", p.tp(), ") must divide model.d_ff (", m.d_ff(), ")"));
+    const int64_t pad = std::max(1, m.vocab_pad_multiple());
+    const int64_t padded = (m.vocab_size() + pad - 1) / pad * pad;
+    c.require(padded % p.tp() == 0, "parallel.tp",
+              absl::StrCat("tp (", p.tp(), ") must divide the padded vocabulary (", padded,
+                           " = model.vocab_size ", m.vocab_size(), " padded to a multiple of ",
+                           "model.vocab_pad_multiple ", pad, ")"));
+    if (p.sequence_parallel()) {
+      const int64_t seq = cfg.data().seq_len();
+      c.require(seq % p.tp() == 0, "parallel.sequence_parallel",
+                absl::StrCat("tp (", p.tp(), ") must divide data.seq_len (", seq,
+                             ") for sequence parallel"));
+      c.require(!cfg.schedule().has_seq_len() ||
+                    cfg.schedule().seq_len().kind() == SeqLenCurriculum::NONE,
+                "parallel.sequence_parallel",
+                "a sequence-length curriculum is not supported with sequence parallel");
+    }
   }
   c.require(p.virtual_stages() >= 1, "parallel.virtual_stages",
             "must be >= 1, got " + num(p.virtual_stages()));

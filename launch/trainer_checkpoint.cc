@@ -2,6 +2,7 @@
 // stores (its pieces of the parameters and optimizer state, RNG and loader state), the manifest
 // header, and restoring all training state from a checkpoint of any layout.
 #include <cstdio>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -131,7 +132,13 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
     scaler_->restore(m->schedule().loss_scale(), m->schedule().loss_scale_good_steps(),
                      m->schedule().skipped_steps());
   resumed_from_ = path;
-  saved_step_ = step_;
+  // A checkpoint of this run's own directory needs no save at the end when no step remains; one
+  // from elsewhere (kiln train --resume=PATH into another layout) is saved here by save_at_end.
+  std::error_code ec;
+  saved_step_ = std::filesystem::equivalent(std::filesystem::path(path).parent_path(),
+                                            cfg_.checkpoint().dir(), ec)
+                    ? step_
+                    : -1;
   if (world_.rank == 0) {
     const ParallelLayout& l = m->layout();
     std::string layout;

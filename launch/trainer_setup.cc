@@ -6,6 +6,9 @@
 
 #include <cstdio>
 #include <limits>
+#include <memory>
+#include <set>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #if KILN_WITH_CUDA
@@ -14,6 +17,7 @@
 #include "launch/hf_mapping.h"
 #include "launch/trainer.h"
 #include "models/presets.h"
+#include "parallel/tensor_parallel/apply.h"
 
 namespace kiln::launch {
 namespace {
@@ -122,23 +126,26 @@ absl::Status Trainer::make_model(bool init_from) {
   model_->to(device_);
   model_->set_compute_dtype(compute_);
   model_->set_fp8(cfg_.precision().fp8_matmul());
-  model_->dropout_generator() = Generator(seed * 1000003 + world_.rank);
+  // One stream per tp group: its ranks apply dropout to the same replicated activations.
+  model_->dropout_generator() = Generator(seed * 1000003 + world_.rank / mesh_->dims().tp);
   sample_gen_ = Generator(seed + 17);
   return absl::OkStatus();
 }
 
-// The one place that refuses layouts whose layers do not exist yet: the pipeline split (pp) and
-// tensor parallel (tp) go here, in this order, and each removes its half of the refusal. The config
-// checks for tp and pp (heads, layers, batches) are in place already.
+// The pipeline split (pp: refused until built; the pipeline removes its half of the refusal),
+// then tensor parallel over the mesh's tp group (parallel/tensor_parallel/apply.h). The config
+// checks for tp and pp (heads, kv heads, d_ff, vocabulary, layers, batches) ran before start.
 absl::Status Trainer::apply_model_parallel() {
   const parallel::ParallelDims& d = mesh_->dims();
-  if (d.tp > 1 || d.pp > 1)
-    return absl::UnimplementedError(
-        absl::StrCat(d.tp > 1 ? "parallel.tp" : "parallel.pp",
-                     ": tensor and pipeline parallelism are not "
-                     "built yet; kiln trains data parallel and ZeRO-1/2/3 (tp = ",
-                     d.tp, ", pp = ", d.pp, " given, both must be 1)"));
-  return absl::OkStatus();
+  if (d.pp > 1)
+    return absl::UnimplementedError(absl::StrCat(
+        "parallel.pp: pipeline parallelism is not built yet; kiln trains data parallel, ZeRO-1/2/3 "
+        "and tensor parallel (pp = ",
+        d.pp, " given, must be 1)"));
+  if (d.tp == 1) return absl::OkStatus();
+  parallel::TensorParallelOptions o;
+  o.sequence_parallel = cfg_.parallel().sequence_parallel();
+  return parallel::apply_tensor_parallel(*model_, mesh_->tp(), o);
 }
 
 void Trainer::apply_recompute() {
@@ -158,6 +165,14 @@ void Trainer::make_data_parallel() {
   dpo.gather_dtype = compute_;
   const parallel::Mesh* mesh = mesh_.get();
   dpo.sum_over_model_parallel = [mesh](double sq) { return mesh->sum_over_model_parallel(sq); };
+  if (mesh->dims().tp > 1) {  // parameters every tp rank holds whole are counted by one of them
+    auto whole = std::make_shared<std::set<std::string>>();
+    for (const parallel::TpEntry& e : model_->tensor_parallel_plan().entries)
+      if (e.dim < 0) whole->insert(e.name);
+    dpo.counts_in_norm = [mesh, whole](const std::string& name) {
+      return mesh->counts_replicated() || whole->count(name) == 0;
+    };
+  }
   auto make_opt = [oc](std::vector<nn::Parameter> pieces) -> std::unique_ptr<optim::Optimizer> {
     if (oc.type() == OptimizerConfig::SGD)
       return std::make_unique<optim::SGD>(std::move(pieces), oc.momentum(), oc.weight_decay(),

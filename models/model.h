@@ -94,6 +94,10 @@ class LanguageModel : public nn::Module, public parallel::Shardable {
   // parallel::Shardable: blocks, their parameters and the block hook (see parallel/shardable.h).
   nn::Module& module() override { return *this; }
   void set_block_hook(BlockHook h) override { block_hook_ = std::move(h); }
+  void set_classifier_hooks(ClassifierHooks h) override { classifier_hooks_ = std::move(h); }
+  void set_embedding_output_hook(std::function<Tensor(const Tensor&)> h) override {
+    embedding_output_hook_ = std::move(h);
+  }
 
  protected:
   ModelSpec spec_;
@@ -103,6 +107,8 @@ class LanguageModel : public nn::Module, public parallel::Shardable {
   bool fp8_ = false;
   Generator dropout_gen_{0};
   BlockHook block_hook_;
+  ClassifierHooks classifier_hooks_;
+  std::function<Tensor(const Tensor&)> embedding_output_hook_;
 };
 
 // Builds a model with GPT-2 initialisation (N(0, init_std); residual output projections scaled by

@@ -113,9 +113,9 @@ Mlp::Mlp(const ModelSpec& s, Generator& gen) : spec(s) {
 
 Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc) {
   (void)rc;  // the fused MLP keeps only its GELU input; selective recompute targets attention
-  if (is_gpt2(spec) && c_fc->uses_fp8(x, compute)) {
-    // fp8 GEMMs: the two linears run as fp8_linear (c_proj decides for its own shapes), with the
-    // GELU between them unfused.
+  if (is_gpt2(spec) && (c_fc->uses_fp8(x, compute) || c_fc->has_hooks() || c_proj->has_hooks())) {
+    // fp8 GEMMs or tensor-parallel hooks: the two linears run as Linear::forward (c_proj decides
+    // for its own shapes), with the GELU between them unfused.
     return c_proj->forward(gelu(c_fc->forward(x, compute)), compute);
   }
   if (is_gpt2(spec)) {
@@ -158,10 +158,9 @@ Tensor Block::forward(const Tensor& x, DType compute, Recompute rc, Generator& d
   Tensor a = attn->forward(n1, compute, rc, drop, train);
   std::pair<Tensor, Tensor> hn;
   if (is_gpt2(spec)) {
-    Tensor b = ln_2->bias.defined() ? nn::to_compute(ln_2->bias, a.dtype()) : Tensor();
-    hn = add_layer_norm(a, x, nn::to_compute(ln_2->weight, a.dtype()), b, ln_2->eps);
+    hn = add_layer_norm(a, x, ln_2->weight_as(a.dtype()), ln_2->bias_as(a.dtype()), ln_2->eps);
   } else {
-    hn = add_rms_norm(a, x, nn::to_compute(post_attention_layernorm->weight, a.dtype()),
+    hn = add_rms_norm(a, x, post_attention_layernorm->weight_as(a.dtype()),
                       post_attention_layernorm->eps);
   }
   Tensor m = maybe_dropout(mlp->forward(hn.second, compute, rc), spec.dropout, drop, train);
@@ -235,7 +234,8 @@ Tensor Transformer::embed(const Tensor& ids) {
       << "model: sequence length " << t << " exceeds max_seq_len " << spec_.max_seq_len;
   Tensor x = wte->forward(ids, compute_);
   if (wpe) x = add(x, narrow(nn::to_compute(wpe->weight, compute_), 0, 0, t));
-  return maybe_dropout(x, spec_.dropout, dropout_gen_, training());
+  x = maybe_dropout(x, spec_.dropout, dropout_gen_, training());
+  return embedding_output_hook_ ? embedding_output_hook_(x) : x;
 }
 
 void Transformer::set_fp8(bool on) {
@@ -286,8 +286,10 @@ Tensor Transformer::run_block_unhooked(int i, const Tensor& x) {
 Tensor Transformer::head(const Tensor& x) {
   KILN_CHECK(stage_.head) << "model: this stage has no head";
   Tensor n = ln_f ? ln_f->forward(x) : norm->forward(x);
+  const Tensor& w = lm_head ? lm_head->weight : wte->weight;
+  if (classifier_hooks_.logits) return classifier_hooks_.logits(n, nn::to_compute(w, compute_));
   if (lm_head) return lm_head->forward(n, compute_);
-  return linear(n, nn::to_compute(wte->weight, compute_));
+  return linear(n, nn::to_compute(w, compute_));
 }
 
 Tensor Transformer::forward(const Tensor& ids) {
@@ -306,6 +308,7 @@ Tensor Transformer::head_loss(const Tensor& x, const Tensor& targets) {
   KILN_CHECK(stage_.head) << "model: this stage has no head";
   Tensor n = ln_f ? ln_f->forward(x) : norm->forward(x);
   const Tensor& w = lm_head ? lm_head->weight : wte->weight;
+  if (classifier_hooks_.loss) return classifier_hooks_.loss(n, nn::to_compute(w, compute_), targets);
   // Classifier and loss fused: on CUDA the (B*T, V) logits are never stored whole.
   return linear_cross_entropy(n.reshape({-1, n.size(-1)}), nn::to_compute(w, compute_),
                               targets.reshape({-1}));

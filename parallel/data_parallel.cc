@@ -283,9 +283,16 @@ void DataParallel::end_micro_step() {
 
 double DataParallel::grad_norm() {
   // One device reduction (and one host sync) over every gradient, not one per tensor.
+  auto counted = [this](const std::vector<nn::Parameter>& ps) {
+    if (!opts_.counts_in_norm) return ps;
+    std::vector<nn::Parameter> out;
+    for (const nn::Parameter& p : ps)
+      if (opts_.counts_in_norm(p.name)) out.push_back(p);
+    return out;
+  };
   double sq = opts_.zero_stage == 0
-                  ? optim::grad_sum_squares(params_)  // the same on every dp rank
-                  : comm_.all_reduce_scalar(optim::grad_sum_squares(opt_->params()));
+                  ? optim::grad_sum_squares(counted(params_))  // the same on every dp rank
+                  : comm_.all_reduce_scalar(optim::grad_sum_squares(counted(opt_->params())));
   if (opts_.sum_over_model_parallel) sq = opts_.sum_over_model_parallel(sq);
   return std::sqrt(sq);
 }

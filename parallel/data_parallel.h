@@ -43,6 +43,10 @@ struct DataParallelOptions {
   // shards them) to the whole model's: Mesh::sum_over_model_parallel, over the tp and pp groups.
   // Empty: every rank holds the whole model.
   std::function<double(double)> sum_over_model_parallel;
+  // Whether this rank counts a parameter (by name) in its local sum of squares: under tensor
+  // parallelism every rank counts its shards, and only one rank of the tp group the parameters
+  // all of them hold whole (Mesh::counts_replicated). Empty: every parameter.
+  std::function<bool(const std::string& name)> counts_in_norm;
 };
 
 using OptimizerFactory =

@@ -28,6 +28,18 @@ class Shardable {
   virtual void set_block_hook(BlockHook h) = 0;
   // How tensor parallelism splits each parameter of module() (one entry per parameter).
   virtual TpPlan tensor_parallel_plan() const = 0;
+
+  // The classifier, replaceable from outside (the vocab-parallel one of tensor parallelism).
+  // logits: (x (B, T, C), weight (V', C) in the compute dtype) -> (B, T, V) logits;
+  // loss: (x (B, T, C), weight, targets (B, T)) -> the mean cross-entropy, a 0-dim tensor.
+  struct ClassifierHooks {
+    std::function<Tensor(const Tensor& x, const Tensor& weight)> logits;
+    std::function<Tensor(const Tensor& x, const Tensor& weight, const Tensor& targets)> loss;
+  };
+  virtual void set_classifier_hooks(ClassifierHooks h) = 0;
+  // Maps the embedding's (B, T, C) output before the first block (sequence parallel: this rank's
+  // chunk of the sequence). Unset: identity.
+  virtual void set_embedding_output_hook(std::function<Tensor(const Tensor&)> h) = 0;
 };
 
 }  // namespace kiln::parallel

@@ -1,6 +1,7 @@
 // Linear, Embedding, LayerNorm and RMSNorm modules.
 #include "core/nn/layers.h"
 
+#include "core/ops/elementwise.h"
 #include "core/ops/embedding.h"
 #include "core/ops/fp8.h"
 #include "core/ops/layernorm.h"
@@ -27,12 +28,18 @@ bool Linear::uses_fp8(const Tensor& x, DType compute) const {
   return in % 16 == 0 && out % 16 == 0 && rows > 0 && rows % 16 == 0;
 }
 
-Tensor Linear::forward(const Tensor& x, DType compute) const {
+Tensor Linear::forward(const Tensor& x_in, DType compute) const {
+  const Tensor x = input_hook ? input_hook(x_in) : x_in;
   Tensor b = bias.defined() ? to_compute(bias, compute) : Tensor();
-  if (uses_fp8(x, compute)) {
-    return fp8_linear(to_compute(x, compute), to_compute(weight, compute), b);
-  }
-  return linear(to_compute(x, compute), to_compute(weight, compute), b);
+  // With an output hook the bias is added after it (once, to the reduced sum).
+  Tensor b_in = output_hook ? Tensor() : b;
+  Tensor y = uses_fp8(x, compute)
+                 ? fp8_linear(to_compute(x, compute), to_compute(weight, compute), b_in)
+                 : linear(to_compute(x, compute), to_compute(weight, compute), b_in);
+  if (!output_hook) return y;
+  y = output_hook(y);
+  if (b.defined() && bias_hook) b = bias_hook(b);
+  return b.defined() ? add(y, b) : y;
 }
 
 Embedding::Embedding(int64_t num, int64_t dim, double init_std, Generator& gen, DType dtype) {
@@ -41,6 +48,7 @@ Embedding::Embedding(int64_t num, int64_t dim, double init_std, Generator& gen, 
 }
 
 Tensor Embedding::forward(const Tensor& ids, DType compute) const {
+  if (lookup_hook) return lookup_hook(to_compute(weight, compute), ids);
   return embedding(to_compute(weight, compute), ids);
 }
 
@@ -49,17 +57,30 @@ LayerNorm::LayerNorm(int64_t dim, double e, bool has_bias, DType dtype) : eps(e)
   if (has_bias) bias = register_parameter("bias", Tensor::zeros({dim}, dtype));
 }
 
+Tensor LayerNorm::weight_as(DType dtype) const {
+  Tensor w = to_compute(weight, dtype);
+  return param_hook ? param_hook(w) : w;
+}
+
+Tensor LayerNorm::bias_as(DType dtype) const {
+  if (!bias.defined()) return Tensor();
+  Tensor b = to_compute(bias, dtype);
+  return param_hook ? param_hook(b) : b;
+}
+
 Tensor LayerNorm::forward(const Tensor& x) const {
-  Tensor b = bias.defined() ? to_compute(bias, x.dtype()) : Tensor();
-  return layer_norm(x, to_compute(weight, x.dtype()), b, eps);
+  return layer_norm(x, weight_as(x.dtype()), bias_as(x.dtype()), eps);
 }
 
 RMSNorm::RMSNorm(int64_t dim, double e, DType dtype) : eps(e) {
   weight = register_parameter("weight", Tensor::full({dim}, 1.0, dtype));
 }
 
-Tensor RMSNorm::forward(const Tensor& x) const {
-  return rms_norm(x, to_compute(weight, x.dtype()), eps);
+Tensor RMSNorm::weight_as(DType dtype) const {
+  Tensor w = to_compute(weight, dtype);
+  return param_hook ? param_hook(w) : w;
 }
+
+Tensor RMSNorm::forward(const Tensor& x) const { return rms_norm(x, weight_as(x.dtype()), eps); }
 
 }  // namespace kiln::nn
