@@ -54,8 +54,8 @@ std::vector<parallel::Piece> tp_global_pieces(const std::vector<parallel::Piece>
     for (parallel::PlacedBox& b :
          parallel::place_concat_range(parts, e->dim, p.offset, p.local.numel())) {
       const int64_t n = parallel::box_volume(b.box);
-      out.push_back(parallel::Piece::boxed(p.name, global, std::move(b.box),
-                                           flat.narrow(0, b.at, n)));
+      out.push_back(
+          parallel::Piece::boxed(p.name, global, std::move(b.box), flat.narrow(0, b.at, n)));
     }
   }
   return out;

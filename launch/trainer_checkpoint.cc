@@ -142,11 +142,11 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
   if (world_.rank == 0) {
     const ParallelLayout& l = m->layout();
     std::string layout;
-    if (l.world_size() != world_.size || l.dp() != mesh_->dims().dp ||
-        l.tp() != mesh_->dims().tp || l.zero_stage() != dp_->zero_stage())
-      layout = absl::StrFormat(", resharded from world %d dp %d zero_stage %d%s", l.world_size(),
-                               l.dp(), l.zero_stage(),
-                               l.tp() > 1 ? absl::StrFormat(" tp %d", l.tp()) : "");
+    if (l.world_size() != world_.size || l.dp() != mesh_->dims().dp || l.tp() != mesh_->dims().tp ||
+        l.zero_stage() != dp_->zero_stage())
+      layout =
+          absl::StrFormat(", resharded from world %d dp %d zero_stage %d%s", l.world_size(), l.dp(),
+                          l.zero_stage(), l.tp() > 1 ? absl::StrFormat(" tp %d", l.tp()) : "");
     std::printf("kiln: resumed from %s (step %lld, %lld tokens%s)\n", path.c_str(),
                 static_cast<long long>(step_), static_cast<long long>(tokens_seen_),
                 layout.c_str());

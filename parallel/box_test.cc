@@ -2,11 +2,12 @@
 // range of a tensor-parallel rank's local tensor (its tp_boxes concatenated along the split
 // dimension), the global coordinate the placed boxes give it must be the one computed here
 // element by element (local multi-index -> the part it falls in -> that part's global place).
+#include "parallel/box.h"
+
 #include <gtest/gtest.h>
 
 #include <vector>
 
-#include "parallel/box.h"
 #include "parallel/tp_plan.h"
 
 namespace kiln::parallel {
@@ -66,8 +67,8 @@ void check_all_ranges(const TpEntry& e, const Shape& global, int tp) {
         ASSERT_EQ(at, count);
         for (int64_t k = 0; k < count; ++k)
           ASSERT_EQ(placed_global(k, placed), expected_global(start + k, parts, e.dim))
-              << e.name << " rank " << rank << " range [" << start << ", +" << count
-              << ") element " << k;
+              << e.name << " rank " << rank << " range [" << start << ", +" << count << ") element "
+              << k;
       }
   }
 }

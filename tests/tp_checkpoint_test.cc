@@ -296,8 +296,8 @@ TEST_P(TpCheckpointTest, EveryLayoutLoadsEveryOtherBitForBit) {
   ASSERT_EQ(world_->size(), 4) << "run under mpirun -np 4";
   const ModelConfig mc = model_config(GetParam());
   const std::string root = dir_ + (GetParam() ? "/llama" : "/gpt2");
-  const std::map<std::string, Tensor> full = full_tensors(*models::build_model(
-      models::spec_from_config(mc), 3));
+  const std::map<std::string, Tensor> full =
+      full_tensors(*models::build_model(models::spec_from_config(mc), 3));
   std::vector<std::string> saved;
   for (const Layout& l : kLayouts) saved.push_back(save_layout(mc, l, full, *world_, root));
   const int n = static_cast<int>(std::size(kLayouts));
@@ -320,9 +320,8 @@ TEST_P(TpCheckpointTest, EveryLayoutLoadsEveryOtherBitForBit) {
     EXPECT_EQ(m->layout().tp(), kLayouts[k].tp);
     EXPECT_TRUE(verify_checkpoint(saved[k], *m).ok()) << kLayouts[k].name();
     for (const auto& [name, t] : full) {
-      const std::string stored = name.find('/') == std::string::npos
-                                     ? name
-                                     : optimizer_tensor_name(name);
+      const std::string stored =
+          name.find('/') == std::string::npos ? name : optimizer_tensor_name(name);
       absl::StatusOr<Tensor> got = read_full_tensor(saved[k], *m, stored);
       ASSERT_TRUE(got.ok()) << got.status().message();
       EXPECT_TRUE(same_bits(*got, t)) << stored << " saved by " << kLayouts[k].name();
