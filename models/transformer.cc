@@ -308,7 +308,8 @@ Tensor Transformer::head_loss(const Tensor& x, const Tensor& targets) {
   KILN_CHECK(stage_.head) << "model: this stage has no head";
   Tensor n = ln_f ? ln_f->forward(x) : norm->forward(x);
   const Tensor& w = lm_head ? lm_head->weight : wte->weight;
-  if (classifier_hooks_.loss) return classifier_hooks_.loss(n, nn::to_compute(w, compute_), targets);
+  if (classifier_hooks_.loss)
+    return classifier_hooks_.loss(n, nn::to_compute(w, compute_), targets);
   // Classifier and loss fused: on CUDA the (B*T, V) logits are never stored whole.
   return linear_cross_entropy(n.reshape({-1, n.size(-1)}), nn::to_compute(w, compute_),
                               targets.reshape({-1}));

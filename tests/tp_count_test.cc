@@ -5,6 +5,7 @@
 // per rank with and without sequence parallel.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -117,8 +118,9 @@ PassCounts count_pass(bool llama, int64_t layers, bool sp) {
 }
 
 // Per block: the counts of a 3-block model minus those of a 2-block one.
-std::map<std::string, CountingComm::Count> per_block(const std::map<std::string, CountingComm::Count>& a,
-                                                     const std::map<std::string, CountingComm::Count>& b) {
+std::map<std::string, CountingComm::Count> per_block(
+    const std::map<std::string, CountingComm::Count>& a,
+    const std::map<std::string, CountingComm::Count>& b) {
   std::map<std::string, CountingComm::Count> out;
   for (const auto& [k, v] : a) {
     auto it = b.find(k);
@@ -222,11 +224,35 @@ TEST_P(TpCountTest, PeakActivationBytesFallWithSequenceParallel) {
   const bool llama = GetParam();
   const int64_t off = peak_activation_bytes(llama, false), on = peak_activation_bytes(llama, true);
   if (world().rank() == 0)
-    std::printf("%s tp=%d: peak activation bytes per rank %lld without sequence parallel, %lld "
-                "with (%.2fx)\n",
-                llama ? "llama" : "gpt2", world().size(), static_cast<long long>(off),
-                static_cast<long long>(on), static_cast<double>(off) / on);
+    std::printf(
+        "%s tp=%d: peak activation bytes per rank %lld without sequence parallel, %lld "
+        "with (%.2fx)\n",
+        llama ? "llama" : "gpt2", world().size(), static_cast<long long>(off),
+        static_cast<long long>(on), static_cast<double>(off) / on);
   EXPECT_LT(on, off);
+}
+
+// forward() (evaluation, sampling) gathers the vocab-parallel logits; under sequence parallel a
+// length that does not split over tp (sampling one token more at a time) runs whole.
+TEST_P(TpCountTest, LogitsEqualTheSingleProcessForAnySequenceLength) {
+  const bool llama = GetParam();
+  for (bool sp : {false, true})
+    for (int64_t t : {int64_t{8}, int64_t{3}}) {
+      const models::ModelSpec s = spec(llama, 2, world().size());
+      auto whole = models::build_model(s, 1), part = models::build_model(s, 1);
+      parallel::TensorParallelOptions o;
+      o.sequence_parallel = sp;
+      ASSERT_TRUE(parallel::apply_tensor_parallel(*part, world(), o).ok());
+      std::vector<int64_t> ids(2 * t);
+      for (int64_t i = 0; i < 2 * t; ++i) ids[i] = (11 * i + 1) % 96;
+      const Tensor in = Tensor::from_ints(ids, {2, t});
+      const std::vector<double> want = whole->forward(in).to_vector(),
+                                got = part->forward(in).to_vector();
+      ASSERT_EQ(got.size(), want.size());
+      double worst = 0;
+      for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+      EXPECT_LE(worst, 1e-5) << "sp " << sp << " T " << t;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, TpCountTest, ::testing::Values(false, true),

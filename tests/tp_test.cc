@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <ostream>
 #include <string>
 
@@ -48,12 +49,12 @@ TrainConfig make_config(const Layout& l, bool reference) {
   const int dp = reference ? 1 : l.dp, tp = reference ? 1 : l.tp;
   return testing::tiny_config(
       ::testing::TempDir() + "/kiln_tp_" + std::to_string(reference),
-      absl::StrCat(model_fields(l), " training { seed: 3 } optimizer { grad_clip: 1.0 } ",
-                   "eval { batches: 1 } parallel { bucket_mb: 0.01 zero_stage: ",
-                   reference ? 0 : l.zero, " micro_batch_size: ", 8 / l.dp, " dp: ", dp,
-                   " tp: ", tp, " sequence_parallel: ", (!reference && l.sp) ? "true" : "false",
-                   " }",
-                   l.recompute.empty() ? "" : absl::StrCat(" recompute { policy: ", l.recompute, " }")),
+      absl::StrCat(
+          model_fields(l), " training { seed: 3 } optimizer { grad_clip: 1.0 } ",
+          "eval { batches: 1 } parallel { bucket_mb: 0.01 zero_stage: ", reference ? 0 : l.zero,
+          " micro_batch_size: ", 8 / l.dp, " dp: ", dp, " tp: ", tp,
+          " sequence_parallel: ", (!reference && l.sp) ? "true" : "false", " }",
+          l.recompute.empty() ? "" : absl::StrCat(" recompute { policy: ", l.recompute, " }")),
       dp * tp);
 }
 
@@ -81,6 +82,9 @@ TEST_P(TensorParallelTest, LossesMatchSingleProcess) {
   for (int i = 0; i < kSteps; ++i)
     worst = std::max(worst, std::fabs(got.train_losses[i] - ref.train_losses[i]) /
                                 std::fabs(ref.train_losses[i]));
+  if (world.rank == 0 && std::getenv("KILN_TP_TEST_VERBOSE"))
+    for (int i = 0; i < kSteps; ++i)
+      std::printf("step %d: %.17g vs %.17g\n", i, got.train_losses[i], ref.train_losses[i]);
   if (world.rank == 0)
     std::printf("%s: max relative loss difference %.3g over %d steps\n", l.str().c_str(), worst,
                 kSteps);
@@ -89,8 +93,7 @@ TEST_P(TensorParallelTest, LossesMatchSingleProcess) {
   EXPECT_LE(worst, 1e-6) << l.str();
   ASSERT_EQ(got.val_losses.size(), ref.val_losses.size());
   for (size_t i = 0; i < got.val_losses.size(); ++i)
-    EXPECT_NEAR(got.val_losses[i].second, ref.val_losses[i].second,
-                1e-6 * ref.val_losses[i].second)
+    EXPECT_NEAR(got.val_losses[i].second, ref.val_losses[i].second, 1e-6 * ref.val_losses[i].second)
         << l.str() << ": validation loss at step " << got.val_losses[i].first;
 }
 
@@ -98,8 +101,8 @@ std::vector<Layout> layouts() {
   std::vector<Layout> out;
   for (bool llama : {false, true})
     for (bool sp : {false, true}) {
-      out.push_back({llama, 2, 1, 0, sp});  // np 2
-      out.push_back({llama, 4, 1, 0, sp});  // np 4
+      out.push_back({llama, 2, 1, 0, sp});                                   // np 2
+      out.push_back({llama, 4, 1, 0, sp});                                   // np 4
       for (int zero : {0, 1, 2, 3}) out.push_back({llama, 2, 2, zero, sp});  // np 4
     }
   // Activation recompute re-runs the blocks' collectives in backward (np 2).

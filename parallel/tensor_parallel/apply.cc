@@ -118,15 +118,21 @@ absl::Status apply_tensor_parallel(Shardable& model, Communicator& tp,
   if (!s.ok()) return s;
   Communicator* c = &tp;
   const bool sp = opts.sequence_parallel;
+  // Under sequence parallel, whether this forward runs on sequence chunks: set by the embedding
+  // output hook, false when T does not split over tp (sampling one more token at a time), so the
+  // same model still runs such sequences whole (copy / all-reduce).
+  auto chunked = std::make_shared<bool>(false);
   Hooks h;
-  // Sequence parallel: the column input is gathered from the sequence chunks and the row output
-  // reduce-scattered back to them; otherwise copy / all-reduce.
-  h.column_in = sp ? Hook([c](const Tensor& x) { return tp::gather_from_sequence(x, kSeqDim, *c); })
-                   : Hook([c](const Tensor& x) { return tp::copy_to_tp(x, *c); });
-  h.row_out = sp ? Hook([c](const Tensor& y) { return tp::reduce_scatter_to_sequence(y, kSeqDim, *c); })
-                 : Hook([c](const Tensor& y) { return tp::reduce_from_tp(y, *c); });
+  h.column_in = [c, chunked](const Tensor& x) {
+    return *chunked ? tp::gather_from_sequence(x, kSeqDim, *c) : tp::copy_to_tp(x, *c);
+  };
+  h.row_out = [c, chunked](const Tensor& y) {
+    return *chunked ? tp::reduce_scatter_to_sequence(y, kSeqDim, *c) : tp::reduce_from_tp(y, *c);
+  };
   // A replicated parameter used on the sequence chunk gets a partial gradient: summed over tp.
-  h.replicated_grad = [c](const Tensor& p) { return tp::copy_to_tp(p, *c); };
+  h.replicated_grad = [c, chunked](const Tensor& p) {
+    return *chunked ? tp::copy_to_tp(p, *c) : p;
+  };
   hook_modules(model, plan, h, sp);
   for (auto& [name, m] : model.module().named_modules()) {
     const TpEntry* e = plan.find(name + ".weight");
@@ -137,8 +143,10 @@ absl::Status apply_tensor_parallel(Shardable& model, Communicator& tp,
       };
   }
   if (sp)
-    model.set_embedding_output_hook(
-        [c](const Tensor& x) { return tp::scatter_to_sequence(x, kSeqDim, *c); });
+    model.set_embedding_output_hook([c, chunked](const Tensor& x) {
+      *chunked = x.size(kSeqDim) % c->size() == 0;
+      return *chunked ? tp::scatter_to_sequence(x, kSeqDim, *c) : x;
+    });
   Hook in = h.column_in;
   Shardable::ClassifierHooks ch;
   ch.logits = [c, in](const Tensor& x, const Tensor& w) {

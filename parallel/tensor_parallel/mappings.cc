@@ -91,9 +91,8 @@ Tensor all_gather_dim(const Tensor& x, int64_t dim, Communicator& tp) {
 
 Tensor reduce_scatter_dim(const Tensor& x, int64_t dim, Communicator& tp) {
   const int64_t d = norm_dim(x, dim);
-  KILN_CHECK(x.size(d) % tp.size() == 0)
-      << "tensor parallel: dim " << d << " of " << x.str() << " does not split over tp "
-      << tp.size();
+  KILN_CHECK(x.size(d) % tp.size() == 0) << "tensor parallel: dim " << d << " of " << x.str()
+                                         << " does not split over tp " << tp.size();
   if (tp.size() == 1) return x.clone().contiguous();
   Tensor front = x.permute(to_front(x.dim(), d)).contiguous();
   Tensor out = Tensor::empty(scaled(front, 1, tp.size()), x.dtype(), x.device());
@@ -103,9 +102,8 @@ Tensor reduce_scatter_dim(const Tensor& x, int64_t dim, Communicator& tp) {
 
 Tensor chunk_of(const Tensor& x, int64_t dim, Communicator& tp) {
   const int64_t d = norm_dim(x, dim);
-  KILN_CHECK(x.size(d) % tp.size() == 0)
-      << "tensor parallel: dim " << d << " of " << x.str() << " does not split over tp "
-      << tp.size();
+  KILN_CHECK(x.size(d) % tp.size() == 0) << "tensor parallel: dim " << d << " of " << x.str()
+                                         << " does not split over tp " << tp.size();
   const int64_t n = x.size(d) / tp.size();
   return x.narrow(d, tp.rank() * n, n).contiguous();
 }

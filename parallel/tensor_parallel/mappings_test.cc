@@ -4,6 +4,8 @@
 // (sums over ranks of known values), so a wrong chunk, order or a missing collective shows. The
 // vocab-parallel ops are also checked against the single-process ops on the whole weight and, in
 // f64, against finite differences of the global loss.
+#include "parallel/tensor_parallel/mappings.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,7 +15,6 @@
 #include "core/ops/reduce.h"
 #include "core/random.h"
 #include "parallel/file_comm.h"
-#include "parallel/tensor_parallel/mappings.h"
 #include "parallel/tensor_parallel/vocab_parallel.h"
 #include "parallel/world.h"
 
@@ -126,7 +127,8 @@ TEST_F(TpMappingsTest, ScatterToSequenceKeepsTheChunkAndGathersBackward) {
   Tensor y = scatter_to_sequence(x, 1, *comm_);
   Tensor g = grad_of(x, y, r());
   for (int64_t i = 0; i < b; ++i)
-    for (int64_t s = 0; s < t; ++s) EXPECT_EQ(y.to_vector()[i * t + s], val(0, i * tt + r() * t + s));
+    for (int64_t s = 0; s < t; ++s)
+      EXPECT_EQ(y.to_vector()[i * t + s], val(0, i * tt + r() * t + s));
   for (int64_t i = 0; i < b; ++i)
     for (int64_t s = 0; s < tt; ++s)
       EXPECT_EQ(g.to_vector()[i * tt + s], val(static_cast<int>(s / t), i * t + s % t, true));

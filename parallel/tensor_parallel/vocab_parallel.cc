@@ -101,14 +101,14 @@ class VocabParallelCeNode final : public Node {
       }
     }
     Tensor dz = Tensor::from_vector(d, {n, v}, x.dtype(), x.device());
-    return {next[0].fn ? matmul(dz, w) : Tensor(), next[1].fn ? matmul(dz, x, true, false) : Tensor()};
+    return {next[0].fn ? matmul(dz, w) : Tensor(),
+            next[1].fn ? matmul(dz, x, true, false) : Tensor()};
   }
 };
 
 }  // namespace
 
-Tensor vocab_parallel_embedding(const Tensor& weight, const Tensor& ids, Communicator& tp,
-                                int64_t scatter_dim) {
+Tensor vocab_parallel_embedding(const Tensor& weight, const Tensor& ids, Communicator& tp) {
   const int64_t v = weight.size(0), start = tp.rank() * v;
   std::vector<int64_t> local = ids.to_ints();
   std::vector<double> mask(local.size());
@@ -121,8 +121,7 @@ Tensor vocab_parallel_embedding(const Tensor& weight, const Tensor& ids, Communi
   mshape.push_back(1);
   Tensor out = embedding(weight, Tensor::from_ints(local, ids.shape(), ids.dtype(), ids.device()));
   out = mul(out, Tensor::from_vector(mask, mshape, weight.dtype(), weight.device()));
-  return scatter_dim >= 0 ? reduce_scatter_to_sequence(out, scatter_dim, tp)
-                          : reduce_from_tp(out, tp);
+  return reduce_from_tp(out, tp);
 }
 
 Tensor vocab_parallel_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor& targets,

@@ -14,10 +14,7 @@ namespace kiln::parallel::tp {
 // weight: (V/tp, C), this rank's rows; ids: (...) integer tokens of the whole vocabulary.
 // Ids outside this rank's rows look up zeros; the partial results are all-reduced (sum) over tp
 // (reduce_from_tp), so every rank gets the full (..., C) embedding. Differentiable in weight.
-// With `scatter_dim` >= 0 (sequence parallel) the sum is reduce-scattered along that dim instead,
-// and each rank gets its chunk of it.
-Tensor vocab_parallel_embedding(const Tensor& weight, const Tensor& ids, Communicator& tp,
-                                int64_t scatter_dim = -1);
+Tensor vocab_parallel_embedding(const Tensor& weight, const Tensor& ids, Communicator& tp);
 
 // mean over rows i with targets[i] != ignore_index of -log softmax(x W^T)[i, targets[i]], where
 // W is the whole (V, C) classifier and this rank holds `weight` = its rows (V/tp, C). x: (N, C),
