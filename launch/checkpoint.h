@@ -25,10 +25,23 @@
 // (runs contiguous in both are merged: flat into flat is a few memcpys as before). Manifests
 // with only flat entries stay format_version 1, byte for byte what data-parallel / ZeRO runs
 // wrote before boxes existed; a box entry makes the manifest format_version 2.
+//
+// Tensor parallelism (launch/checkpoint_tp.h): every entry is in GLOBAL coordinates (the whole
+// tensor's name and shape), whatever layout wrote it. A rank holding a tp-split parameter (its
+// tp_boxes concatenated along the split dimension) writes each flat range ZeRO gives it of that
+// local tensor as the global boxes the range covers (parallel::place_concat_range: a range
+// crossing from one partition of GPT-2's fused c_attn into the next becomes several boxes), and
+// asks for the same boxes when loading. Replicated parameters (and their optimizer state) are
+// written once, by tp rank 0 (with ZeRO 0 by dp rank 0 only, as before): every element is stored
+// by exactly one rank, which the manifest's tiling rule checks. Manifest.layout records world,
+// dp, tp, pp and the ZeRO stage. Any tp x dp x ZeRO layout loads any other (2 -> 1, 1 -> 4,
+// tp2 x dp2 -> dp4), and `kiln export` / `kiln checkpoint hash` read whole tensors, so they give
+// the same bytes for a tp checkpoint as for the tp = 1 one holding the same weights.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -101,6 +114,11 @@ absl::StatusOr<Tensor> read_full_tensor(const std::string& path, const Manifest&
 absl::Status check_model_matches(const Manifest& m, const ModelConfig& model,
                                  const std::vector<nn::Parameter>& params, const std::string& path,
                                  bool stage = false);
+// The same from (name, global shape) pairs: a tensor-parallel rank passes its parameters' global
+// shapes (launch/checkpoint_tp.h tp_global_shapes).
+absl::Status check_model_shapes(const Manifest& m, const ModelConfig& model,
+                                const std::vector<std::pair<std::string, Shape>>& params,
+                                const std::string& path, bool stage = false);
 // Non-shape model fields that differ (norm_eps, rope_theta, ...), as "FIELD: A in the checkpoint,
 // B here" lines; for a warning.
 std::vector<std::string> model_field_differences(const ModelConfig& stored,

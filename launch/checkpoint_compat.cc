@@ -49,21 +49,29 @@ std::vector<std::string> model_field_differences(const ModelConfig& stored,
 absl::Status check_model_matches(const Manifest& m, const ModelConfig& model,
                                  const std::vector<nn::Parameter>& params, const std::string& path,
                                  bool stage) {
+  std::vector<std::pair<std::string, Shape>> shapes;
+  for (const nn::Parameter& p : params) shapes.emplace_back(p.name, p.tensor.shape());
+  return check_model_shapes(m, model, shapes, path, stage);
+}
+
+absl::Status check_model_shapes(const Manifest& m, const ModelConfig& model,
+                                const std::vector<std::pair<std::string, Shape>>& params,
+                                const std::string& path, bool stage) {
   std::map<std::string, Shape> stored;
   for (const TensorEntry& e : m.tensors())
     if (e.name().rfind("optim.", 0) != 0) stored.emplace(e.name(), entry_shape(e));
   std::string problem;
   std::set<std::string> mine;
-  for (const nn::Parameter& p : params) {
-    mine.insert(p.name);
-    auto it = stored.find(p.name);
+  for (const auto& [name, shape] : params) {
+    mine.insert(name);
+    auto it = stored.find(name);
     if (it == stored.end()) {
-      problem = "it has no tensor '" + p.name + "'";
+      problem = "it has no tensor '" + name + "'";
       break;
     }
-    if (it->second != p.tensor.shape()) {
-      problem = absl::StrFormat("tensor '%s' is %s there but %s in this model", p.name,
-                                shape_str(it->second), shape_str(p.tensor.shape()));
+    if (it->second != shape) {
+      problem = absl::StrFormat("tensor '%s' is %s there but %s in this model", name,
+                                shape_str(it->second), shape_str(shape));
       break;
     }
   }

@@ -118,7 +118,6 @@ class Trainer {
   // Returns true when the run must stop.
   absl::StatusOr<bool> checkpoint_after_step(TrainSummary* sum);
   std::vector<parallel::Piece> checkpoint_pieces(bool for_load);  // trainer_checkpoint.cc
-  absl::Status check_checkpoint_layout(const char* what) const;   // refuses tp > 1 for now
   // Logging (trainer_log.cc).
   void evaluate_and_log(int64_t step, TrainSummary* sum);
   void print_start();  // also sets peak_flops_

@@ -3,12 +3,14 @@
 // header, and restoring all training state from a checkpoint of any layout.
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/autograd.h"
 #include "core/ops/elementwise.h"
 #include "launch/checkpoint.h"
+#include "launch/checkpoint_tp.h"
 #include "launch/trainer.h"
 #include "launch/trainer_log.h"
 
@@ -34,21 +36,12 @@ absl::Status check_finite(const std::vector<parallel::Piece>& pieces, int64_t st
 }  // namespace
 
 std::vector<parallel::Piece> Trainer::checkpoint_pieces(bool for_load) {
-  NoGradGuard ng;
-  std::vector<parallel::Piece> out;
-  if (for_load && dp_->zero_stage() < 3) {
-    // Stages 0-2 keep whole parameters (views of the flat buffers the fp32 masters live in):
-    // filling them fills this rank's masters and every replica's copy at once.
-    for (const nn::Parameter& p : model_->parameters())
-      out.push_back({p.name, p.tensor.shape(), 0, p.tensor.reshape({p.tensor.numel()})});
-  } else {
-    out = dp_->parameter_pieces();
-  }
-  for (parallel::Piece& p : dp_->optimizer_pieces()) {
-    p.name = optimizer_tensor_name(p.name);
-    out.push_back(std::move(p));
-  }
-  return out;
+  // Global pieces (launch/checkpoint_tp.h): tensor-parallel shards become boxes of the full
+  // tensors, so the checkpoint loads into any tp x dp layout.
+  const parallel::TpPlan plan = model_->tensor_parallel_plan();
+  const TpCoords tp{&plan, mesh_->dims().tp, mesh_->tp_rank()};
+  if (for_load) return checkpoint_pieces_to_load(*dp_, model_->parameters(), tp);
+  return checkpoint_pieces_to_save(*dp_, mesh_->dp_rank(), tp);
 }
 
 absl::Status Trainer::lock_run_folder() {
@@ -67,18 +60,7 @@ absl::Status Trainer::lock_run_folder() {
   return agree_across_ranks(mesh_->world(), mine, "checking checkpoint.dir");
 }
 
-// Tensor-parallel shards are not yet written as boxes of the whole tensors: refused rather than
-// written under the whole tensors' names (which would be wrong pieces).
-absl::Status Trainer::check_checkpoint_layout(const char* what) const {
-  if (mesh_->dims().tp == 1) return absl::OkStatus();
-  return absl::UnimplementedError(absl::StrCat(
-      "checkpoint: ", what, " a tensor-parallel run (parallel.tp = ", mesh_->dims().tp,
-      ") is not built yet; set checkpoint.every_n_steps = 0, checkpoint.save_at_end = false, "
-      "checkpoint.save_on_signal = false and checkpoint.resume = \"never\" for tp > 1"));
-}
-
 absl::StatusOr<std::string> Trainer::save_checkpoint() {
-  if (absl::Status s = check_checkpoint_layout("saving"); !s.ok()) return s;
   const double t0 = now_s();
   Manifest h;
   *h.mutable_config() = cfg_;
@@ -104,8 +86,7 @@ absl::StatusOr<std::string> Trainer::save_checkpoint() {
   l->set_virtual_stages(cfg_.parallel().virtual_stages());
   RankContribution mine;
   const int dp_rank = mesh_->dp_rank();
-  // Stage 0 replicates everything: data-parallel rank 0 stores it for all.
-  if (dp_->zero_stage() > 0 || dp_rank == 0) mine.pieces = checkpoint_pieces(false);
+  mine.pieces = checkpoint_pieces(false);  // every element from exactly one rank
   const GeneratorState drop = model_->dropout_generator().state(), smp = sample_gen_.state();
   for (auto [name, st] : {std::pair{"dropout", drop}, {"sample", smp}}) {
     RngState* r = &mine.rng.emplace_back();
@@ -113,9 +94,11 @@ absl::StatusOr<std::string> Trainer::save_checkpoint() {
     r->set_generator(name);
     r->set_state(encode_generator_state(st.seed, st.offset));
   }
-  LoaderState& ls = mine.loader.emplace_back();
-  ls.set_rank(dp_rank);
-  ls.set_position(train_->position());
+  if (mesh_->tp_rank() == 0) {  // the tp ranks of a dp rank read the same batches
+    LoaderState& ls = mine.loader.emplace_back();
+    ls.set_rank(dp_rank);
+    ls.set_position(train_->position());
+  }
   // A non-finite state is never saved (retention would then delete the last good checkpoints).
   absl::Status finite = agree_across_ranks(mesh_->world(), check_finite(mine.pieces, step_),
                                            "the non-finite check before saving");
@@ -136,12 +119,14 @@ absl::StatusOr<std::string> Trainer::save_checkpoint() {
 }
 
 absl::Status Trainer::restore_checkpoint(const std::string& path) {
-  if (absl::Status s = check_checkpoint_layout("loading into"); !s.ok()) return s;
   // The model check first: a manifest from another model is reported as such, not as its files.
   absl::StatusOr<Manifest> m = read_checkpoint_manifest(path, /*check_files=*/false);
   if (!m.ok()) return m.status();
-  absl::Status s = check_model_matches(*m, cfg_.model(), model_->parameters(), path,
-                                       /*stage=*/mesh_->dims().pp > 1);
+  const parallel::TpPlan plan = model_->tensor_parallel_plan();
+  const TpCoords tp{&plan, mesh_->dims().tp, mesh_->tp_rank()};
+  absl::Status s =
+      check_model_shapes(*m, cfg_.model(), tp_global_shapes(tp, model_->parameters()), path,
+                         /*stage=*/mesh_->dims().pp > 1);
   if (s.ok()) s = check_checkpoint_files(path, *m);
   if (!s.ok()) return s;
   const auto& stored_opt = m->config().optimizer();
@@ -185,14 +170,21 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
     scaler_->restore(m->schedule().loss_scale(), m->schedule().loss_scale_good_steps(),
                      m->schedule().skipped_steps());
   resumed_from_ = path;
-  saved_step_ = step_;
+  // A checkpoint of this run's own directory needs no save at the end when no step remains; one
+  // from elsewhere (kiln train --resume=PATH into another layout) is saved here by save_at_end.
+  std::error_code ec;
+  saved_step_ = std::filesystem::equivalent(std::filesystem::path(path).parent_path(),
+                                            cfg_.checkpoint().dir(), ec)
+                    ? step_
+                    : -1;
   if (world_.rank == 0) {
     const ParallelLayout& l = m->layout();
     std::string layout;
-    if (l.world_size() != world_.size || l.dp() != mesh_->dims().dp ||
+    if (l.world_size() != world_.size || l.dp() != mesh_->dims().dp || l.tp() != mesh_->dims().tp ||
         l.zero_stage() != dp_->zero_stage())
-      layout = absl::StrFormat(", resharded from world %d dp %d zero_stage %d", l.world_size(),
-                               l.dp(), l.zero_stage());
+      layout =
+          absl::StrFormat(", resharded from world %d dp %d zero_stage %d%s", l.world_size(), l.dp(),
+                          l.zero_stage(), l.tp() > 1 ? absl::StrFormat(" tp %d", l.tp()) : "");
     std::printf("kiln: resumed from %s (step %lld, %lld tokens%s)\n", path.c_str(),
                 static_cast<long long>(step_), static_cast<long long>(tokens_seen_),
                 layout.c_str());

@@ -128,6 +128,68 @@ inline std::vector<PlacedBox> place_flat_range(const std::vector<int64_t>& shape
   return out;
 }
 
+namespace box_detail {
+
+// place_concat_range's cut: emits `b` (local coordinates, its elements at `at`) as global boxes.
+// `starts[p]` is where part p begins along `dim` in the local tensor (starts.back(): its size).
+inline void place_local_box(const std::vector<Box>& parts, const std::vector<int64_t>& starts,
+                            int dim, const Box& b, int64_t at, std::vector<PlacedBox>* out) {
+  const int64_t lo = b.offset[dim], hi = lo + b.length[dim];
+  size_t p = 0;
+  while (starts[p + 1] <= lo) ++p;
+  if (hi <= starts[p + 1]) {  // inside part p: shift into its place in the global tensor
+    Box g = b;
+    for (size_t d = 0; d < g.offset.size(); ++d)
+      g.offset[d] = parts[p].offset[d] + b.offset[d] - (static_cast<int>(d) == dim ? starts[p] : 0);
+    out->push_back({std::move(g), at});
+    return;
+  }
+  size_t first = 0;  // the first dimension longer than 1
+  while (b.length[first] == 1) ++first;
+  if (static_cast<int>(first) == dim) {  // cut along dim: each cut is contiguous in the range
+    for (int64_t x = lo; x < hi;) {
+      while (starts[p + 1] <= x) ++p;
+      Box c = b;
+      c.offset[dim] = x;
+      c.length[dim] = std::min(hi, starts[p + 1]) - x;
+      place_local_box(parts, starts, dim, c, at, out);
+      at += box_volume(c);
+      x += c.length[dim];
+    }
+    return;
+  }
+  // An earlier dimension is longer than 1: its single slices are contiguous; cut each.
+  Box c = b;
+  c.length[first] = 1;
+  const int64_t slice = box_volume(c);
+  for (int64_t i = 0; i < b.length[first]; ++i) {
+    c.offset[first] = b.offset[first] + i;
+    place_local_box(parts, starts, dim, c, at + i * slice, out);
+  }
+}
+
+}  // namespace box_detail
+
+// A tensor held as the concatenation along dimension `dim` of `parts` (boxes of a global tensor,
+// in order, all of the same lengths outside `dim`): what a tensor-parallel rank holds
+// (parallel::tp_boxes). The boxes, in global coordinates, that hold elements [start, start +
+// count) of that local tensor (row-major), each placed at its element counted from `start`, in
+// order: flat_range_boxes of the local shape, each cut where it crosses from one part into the
+// next (along `dim` when every earlier dimension of the box has length 1, so that each cut stays a
+// contiguous run of the range; otherwise into single slices of its first dimension longer than
+// 1 first). REQUIRES: parts non-empty, 0 <= dim < rank, 0 <= start, start + count <= numel.
+inline std::vector<PlacedBox> place_concat_range(const std::vector<Box>& parts, int dim,
+                                                 int64_t start, int64_t count) {
+  std::vector<int64_t> local = parts[0].length;
+  std::vector<int64_t> starts = {0};
+  for (const Box& p : parts) starts.push_back(starts.back() + p.length[dim]);
+  local[dim] = starts.back();
+  std::vector<PlacedBox> out;
+  for (const PlacedBox& b : place_flat_range(local, start, count))
+    box_detail::place_local_box(parts, starts, dim, b.box, b.at, &out);
+  return out;
+}
+
 // One contiguous run of a copy between two row-major box layouts: `len` elements from source
 // element `src` to destination element `dst`.
 struct BoxRun {

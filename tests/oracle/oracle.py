@@ -9,7 +9,10 @@ with dropout 0, this script
   2. trains 20 steps with `kiln train` (CPU, f32) from those weights (training.init_from) on that
      shard (data.shuffle false: sample i is tokens [i*T, i*T + T + 1)), for each layout asked:
      one process (gradient accumulation over 4 micro-batches), and under `mpirun -np 2` data
-     parallel with ZeRO stage 0, 1, 2 and 3;
+     parallel with ZeRO stage 0, 1, 2 and 3; with `--layouts tp` (TP_LAYOUTS) tensor parallel
+     under `mpirun -np 2 / 4`: tp = 2, tp = 4, tp = 2 x dp = 2 with ZeRO 0, 1 and 3, each with
+     sequence parallel off and on (tp = 4 must divide the heads: those layouts train the same
+     widths with twice the heads, FAMILIES_TP4, against their own PyTorch run);
   3. trains the same 20 steps in PyTorch (torch 1.13, CPU, float64), with the model written here
      from the architecture's definition (learned positions, LayerNorm, tanh GELU, tied head for
      GPT-2; rotary rotate_half positions, RMSNorm, SwiGLU, GQA, untied head for Llama), the
@@ -21,8 +24,9 @@ with dropout 0, this script
      largest weight of each tensor: see the option for why not tighter). Data-parallel runs are compared with the single-process
      kiln run too (reported; tests/dp_test.cc holds them to their own tolerances).
 
-Usage: oracle.py --kiln PATH [--mpirun PATH] [--family gpt2,llama] [--layouts single,dp2,...]
-Exit status 0 when every comparison is within tolerance.
+Usage: oracle.py --kiln PATH [--mpirun PATH] [--family gpt2,llama] [--layouts single,dp2,...|tp|all]
+Prints the max relative loss difference per layout; exit status 0 when every comparison is within
+tolerance.
 """
 import argparse
 import json
@@ -56,9 +60,48 @@ FAMILIES = {
                   rope_theta=10000.0),
 }
 
-LAYOUTS = {  # name -> (ranks, zero stage)
-    "single": (1, 0), "dp2": (2, 0), "zero1": (2, 1), "zero2": (2, 2), "zero3": (2, 3),
+# Families for tp = 4 (which must divide the query and the key/value heads): the same widths
+# with twice the heads, still grouped-query for Llama (8 query heads, 4 key/value heads).
+FAMILIES_TP4 = {
+    "gpt2": dict(FAMILIES["gpt2"], n_head=4, n_kv_head=4),
+    "llama": dict(FAMILIES["llama"], n_head=8, n_kv_head=4),
 }
+
+# name -> (ranks, zero stage, tp, sequence parallel); ranks = dp * tp.
+LAYOUTS = {
+    "single": (1, 0, 1, False), "dp2": (2, 0, 1, False), "zero1": (2, 1, 1, False),
+    "zero2": (2, 2, 1, False), "zero3": (2, 3, 1, False),
+}
+# Tensor-parallel layouts (--layouts tp, or by name): tp = 2 and 4 alone, tp = 2 x dp = 2 with
+# ZeRO 0, 1 and 3, each with sequence parallel off and on.
+TP_LAYOUTS = {
+    "tp2": (2, 0, 2, False), "tp2_sp": (2, 0, 2, True),
+    "tp4": (4, 0, 4, False), "tp4_sp": (4, 0, 4, True),
+    "tp2dp2_zero0": (4, 0, 2, False), "tp2dp2_zero0_sp": (4, 0, 2, True),
+    "tp2dp2_zero1": (4, 1, 2, False), "tp2dp2_zero1_sp": (4, 1, 2, True),
+    "tp2dp2_zero3": (4, 3, 2, False), "tp2dp2_zero3_sp": (4, 3, 2, True),
+}
+LAYOUTS.update(TP_LAYOUTS)
+
+
+def layout_spec(family, layout):
+    """The model spec a layout trains: FAMILIES unless its tp does not divide the heads."""
+    tp = LAYOUTS[layout][2]
+    spec = FAMILIES[family]
+    if spec["n_head"] % tp or spec["n_kv_head"] % tp:
+        spec = FAMILIES_TP4[family]
+    return spec
+
+
+def expand_layouts(text):
+    """--layouts: names, "tp" for every tensor-parallel layout, "all" for every layout."""
+    out = []
+    for name in text.split(","):
+        out += list(TP_LAYOUTS) if name == "tp" else list(LAYOUTS) if name == "all" else [name]
+    unknown = [n for n in out if n not in LAYOUTS]
+    if unknown:
+        raise SystemExit(f"unknown layout(s) {unknown}; known: {', '.join(LAYOUTS)}, tp, all")
+    return out
 
 
 # ---------------------------------------------------------------- files
@@ -315,10 +358,14 @@ def read_jsonl_losses(run_dir):
 
 
 def run_kiln(args, tmp, family, cfg_path, layout):
-    ranks, zero = LAYOUTS[layout]
+    ranks, zero, tp, sp = LAYOUTS[layout]
     run_dir = os.path.join(tmp, f"{family}_{layout}")
     cmd = [args.kiln, "train", "--config", cfg_path, "--set", "logging.run_dir=" + run_dir,
            "--set", f"parallel.zero_stage={zero}"]
+    if tp > 1:
+        cmd += ["--set", f"parallel.tp={tp}"]
+    if sp:
+        cmd += ["--set", "parallel.sequence_parallel=true"]
     if ranks > 1:
         cmd = [args.mpirun, "-np", str(ranks), "--oversubscribe", "--bind-to", "none"] + cmd
     env = dict(os.environ)
@@ -346,11 +393,66 @@ def max_rel(a, b):
     return max(abs(x - y) / abs(y) for x, y in zip(a, b))
 
 
+class Reference:
+    """One family and spec: kiln's config and initial weights, the PyTorch f64 run's results."""
+
+    def __init__(self, tmp, family, spec, shard, tokens, failures):
+        tag = family if spec is FAMILIES[family] else f"{family}_h{spec['n_head']}"
+        self.tag, self.single = tag, None
+        init = init_weights(family, spec)
+        init_path = os.path.join(tmp, f"{tag}_init.safetensors")
+        write_safetensors(init_path, init)
+        self.cfg = os.path.join(tmp, f"{tag}.textproto")
+        with open(self.cfg, "w") as f:
+            f.write(kiln_config(family, spec, shard, init_path))
+        self.losses, norms, self.weights = torch_train(family, spec, init, tokens)
+        print(f"[{tag}] torch f64: loss {self.losses[0]:.6f} -> {self.losses[-1]:.6f}, grad norm "
+              f"{norms[0]:.4f} -> {norms[-1]:.4f}", flush=True)
+        if not self.losses[-1] < self.losses[0] - 0.1:  # 4.87 -> 4.6 (GPT-2), -> 3.8 (Llama)
+            failures.append(f"{tag}: the reference did not learn")
+
+
+def compare_layout(args, tmp, family, layout, ref, failures):
+    """Trains `layout` with kiln and compares it with the reference; returns the max rel diff."""
+    losses, lrs, final = run_kiln(args, tmp, family, ref.cfg, layout)
+    if len(losses) != STEPS:
+        failures.append(f"{family} {layout}: {len(losses)} losses logged, not {STEPS}")
+        return float("nan")
+    want = ref.losses
+    d = max_rel(losses, want)
+    worst = max(range(STEPS), key=lambda s: abs(losses[s] - want[s]) / abs(want[s]))
+    lr_d = max(abs(a - lr_at(s)) / lr_at(s) for s, a in enumerate(lrs) if a is not None) \
+        if any(a is not None for a in lrs) else float("nan")
+    wd = 0.0
+    missing = [n for n in ref.weights if n not in final]
+    for n, t in ref.weights.items():
+        if n in final:
+            wd = max(wd, float((final[n] - t).abs().max() / t.abs().max()))
+    msg = (f"[{ref.tag} {layout}] 20 losses vs torch: max rel diff {d:.3g} (step "
+           f"{worst + 1}: kiln {losses[worst]:.8f} torch {want[worst]:.8f}); "
+           f"lr max rel diff {lr_d:.2g}; final weights max diff / max|w| {wd:.3g}")
+    if ref.single is None and layout == "single":
+        ref.single = losses
+    elif ref.single is not None:
+        same = all(a == b for a, b in zip(losses, ref.single))
+        msg += "; vs kiln single: " + ("bit-identical" if same else
+                                       f"max rel diff {max_rel(losses, ref.single):.3g}")
+    print(msg, flush=True)
+    if not d <= args.tol:
+        failures.append(f"{family} {layout}: losses differ from torch by {d:.3g} > {args.tol}")
+    if missing:
+        failures.append(f"{family} {layout}: export lacks {missing[:3]}")
+    if not wd <= args.weight_tol:
+        failures.append(f"{family} {layout}: final weights differ by {wd:.3g}")
+    return d
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kiln", required=True)
     ap.add_argument("--mpirun", default="mpirun")
     ap.add_argument("--family", default="gpt2,llama")
+    # Layout names (LAYOUTS), "tp" for every tensor-parallel one (TP_LAYOUTS), "all".
     ap.add_argument("--layouts", default="single,dp2,zero1,zero2,zero3")
     ap.add_argument("--tol", type=float, default=1e-5)
     # Final weights are compared more loosely than losses: AdamW's update of an element whose
@@ -362,62 +464,30 @@ def main():
     ap.add_argument("--weight-tol", type=float, default=5e-2)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
+    layouts = expand_layouts(args.layouts)
     torch.set_num_threads(1)
     tmp = tempfile.mkdtemp(prefix="kiln_oracle_")
-    failures = []
+    failures, summary = [], []
     try:
         tokens = token_stream(STEPS * GLOBAL_BATCH * SEQ + 1)
         shard = os.path.join(tmp, "train_000.bin")
         write_shard(shard, tokens)
         for family in args.family.split(","):
-            spec = FAMILIES[family]
-            init = init_weights(family, spec)
-            init_path = os.path.join(tmp, f"{family}_init.safetensors")
-            write_safetensors(init_path, init)
-            cfg = os.path.join(tmp, f"{family}.textproto")
-            with open(cfg, "w") as f:
-                f.write(kiln_config(family, spec, shard, init_path))
-            ref, ref_norms, ref_w = torch_train(family, spec, init, tokens)
-            print(f"[{family}] torch f64: loss {ref[0]:.6f} -> {ref[-1]:.6f}, grad norm "
-                  f"{ref_norms[0]:.4f} -> {ref_norms[-1]:.4f}", flush=True)
-            if not ref[-1] < ref[0] - 0.1:  # 4.87 -> 4.6 (GPT-2), -> 3.8 (Llama): it learns
-                failures.append(f"{family}: the reference did not learn")
-            single = None
-            for layout in args.layouts.split(","):
-                losses, lrs, final = run_kiln(args, tmp, family, cfg, layout)
-                if len(losses) != STEPS:
-                    failures.append(f"{family} {layout}: {len(losses)} losses logged, not {STEPS}")
-                    continue
-                d = max_rel(losses, ref)
-                worst_step = max(range(STEPS), key=lambda s: abs(losses[s] - ref[s]) / abs(ref[s]))
-                lr_d = max(abs(a - lr_at(s)) / lr_at(s) for s, a in enumerate(lrs) if a is not None) \
-                    if any(a is not None for a in lrs) else float("nan")
-                wd = 0.0
-                missing = [n for n in ref_w if n not in final]
-                for n, t in ref_w.items():
-                    if n in final:
-                        wd = max(wd, float((final[n] - t).abs().max() / t.abs().max()))
-                msg = (f"[{family} {layout}] 20 losses vs torch: max rel diff {d:.3g} (step "
-                       f"{worst_step + 1}: kiln {losses[worst_step]:.8f} torch {ref[worst_step]:.8f}); "
-                       f"lr max rel diff {lr_d:.2g}; final weights max diff / max|w| {wd:.3g}")
-                if single is None and layout == "single":
-                    single = losses
-                elif single is not None:
-                    same = all(a == b for a, b in zip(losses, single))
-                    msg += (f"; vs kiln single: " +
-                            ("bit-identical" if same else f"max rel diff {max_rel(losses, single):.3g}"))
-                print(msg, flush=True)
-                if not d <= args.tol:
-                    failures.append(f"{family} {layout}: losses differ from torch by {d:.3g} > {args.tol}")
-                if missing:
-                    failures.append(f"{family} {layout}: export lacks {missing[:3]}")
-                if not wd <= args.weight_tol:
-                    failures.append(f"{family} {layout}: final weights differ by {wd:.3g}")
+            refs = {}  # one PyTorch run per spec the layouts need
+            for layout in layouts:
+                spec = layout_spec(family, layout)
+                if id(spec) not in refs:
+                    refs[id(spec)] = Reference(tmp, family, spec, shard, tokens, failures)
+                d = compare_layout(args, tmp, family, layout, refs[id(spec)], failures)
+                summary.append(f"{family:6s} {layout:16s} {d:.3g}")
     finally:
         if args.keep or failures:
             print("files kept in", tmp)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    print("max relative loss difference vs torch, per layout:")
+    for line in summary:
+        print("  " + line)
     for f in failures:
         print("FAIL:", f)
     print(f"oracle: {len(failures)} failure(s)")
