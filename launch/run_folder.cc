@@ -26,7 +26,9 @@ std::vector<std::string> earlier_run_files(const TrainConfig& cfg) {
   const std::string run = cfg.logging().run_dir();
   for (const auto& e : fs::directory_iterator(run, ec)) {
     const std::string name = e.path().filename().string();
-    const bool metrics = name == "metrics.jsonl" && fs::file_size(e.path(), ec) > 0;
+    // Only a non-empty regular file holds records (a device such as /dev/full holds none).
+    const bool metrics = name == "metrics.jsonl" && fs::is_regular_file(e.path(), ec) &&
+                         fs::file_size(e.path(), ec) > 0;
     if (metrics || name.rfind("events.out.tfevents.", 0) == 0 || name == "loss.png" ||
         name == "loss.svg")
       out.push_back(e.path().string());

@@ -239,7 +239,20 @@ int export_main(int argc, char** argv) {
   if (!tok_dir.empty()) {
     absl::StatusOr<data::Tokenizer> tok = data::Tokenizer::LoadDir(tok_dir);
     if (!tok.ok()) return fail("export", tok.status());
-    opts.eot = tok->eot();
+    if (!tok_given && !named && tok->vocab_size() > model.vocab_size()) {
+      // GPT-2's tokenizer is only the default guess: shards of a smaller vocabulary came from
+      // another tokenizer, so writing this one would be wrong. A named one that does not fit is
+      // an error (write_hf_tokenizer).
+      std::fprintf(stderr,
+                   "kiln export: warning: GPT-2's tokenizer (%lld tokens; data.tokenizer_dir is "
+                   "unset) does not fit model.vocab_size %lld: no tokenizer written; --tokenizer "
+                   "DIR adds one\n",
+                   static_cast<long long>(tok->vocab_size()),
+                   static_cast<long long>(model.vocab_size()));
+      tok_dir.clear();
+    } else {
+      opts.eot = tok->eot();
+    }
   }
   absl::Status s = export_safetensors(*path, out, opts);
   if (s.ok() && !tok_dir.empty()) s = write_hf_tokenizer(tok_dir, model, out);

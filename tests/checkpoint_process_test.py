@@ -142,7 +142,9 @@ def resumed_step(output):
 
 
 def compare_losses(ref, got, first, label, tol=0.0):
-    steps = [s for s in range(first, STEPS)]
+    # metrics.jsonl numbers train records from 1, like the console: a run resumed after `first`
+    # completed steps logs steps first + 1 .. STEPS.
+    steps = list(range(first + 1, STEPS + 1))
     missing = [s for s in steps if s not in got]
     if not check(not missing, f"{label}: steps {missing} missing"):
         return
@@ -150,7 +152,7 @@ def compare_losses(ref, got, first, label, tol=0.0):
     for s in steps:
         exact = exact and got[s] == ref[s]
         worst = max(worst, abs(got[s] - ref[s]) / abs(ref[s]))
-    print(f"{label}: steps {first}..{STEPS - 1}: max relative loss difference {worst:.3g} "
+    print(f"{label}: steps {first + 1}..{STEPS}: max relative loss difference {worst:.3g} "
           f"({'bit-identical' if exact else 'not bit-identical'})", flush=True)
     if tol == 0.0:
         check(exact, f"{label}: losses after resume are not bit-identical (max rel {worst:.3g})")

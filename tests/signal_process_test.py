@@ -116,13 +116,15 @@ def signal_at_step(p, step, send):
 
 def compare(ref_dir, got_dir, first, label, ranks=1):
     ref, got = losses(ref_dir), losses(got_dir)
-    steps = list(range(first, STEPS))
+    # metrics.jsonl numbers train records from 1, like the console: a run resumed after `first`
+    # completed steps logs steps first + 1 .. STEPS.
+    steps = list(range(first + 1, STEPS + 1))
     missing = [s for s in steps if s not in got]
     if not check(not missing, f"{label}: steps {missing} missing"):
         return
     worst = max(abs(got[s] - ref[s]) / abs(ref[s]) for s in steps)
     exact = all(got[s] == ref[s] for s in steps)
-    print(f"{label}: steps {first}..{STEPS - 1} after resume: max relative loss difference "
+    print(f"{label}: steps {first + 1}..{STEPS} after resume: max relative loss difference "
           f"{worst:.3g} ({'bit-identical' if exact else 'NOT bit-identical'})", flush=True)
     check(exact, f"{label}: losses after resume are not bit-identical (max rel {worst:.3g})")
     a, b = latest(ref_dir), latest(got_dir)
