@@ -182,6 +182,32 @@ absl::StatusOr<std::string> resolve_checkpoint(const std::string& path) {
   return r;
 }
 
+// The tokenizer `kiln export` writes: --tokenizer DIR, else the run's (data.tokenizer_dir, GPT-2's
+// when unset for shard data). Sets *eot from it; clears *dir when there is none to write.
+absl::Status choose_export_tokenizer(const Manifest& m, bool given, std::string* dir,
+                                     int64_t* eot) {
+  bool named = false;
+  if (!given) *dir = run_tokenizer_dir(m.config().data(), &named);
+  if (dir->empty()) return absl::OkStatus();
+  absl::StatusOr<data::Tokenizer> tok = data::Tokenizer::LoadDir(*dir);
+  if (!tok.ok()) return tok.status();
+  const int64_t vocab = m.config().model().vocab_size();
+  if (!given && !named && tok->vocab_size() > vocab) {
+    // GPT-2's tokenizer is only the default guess: shards of a smaller vocabulary came from
+    // another tokenizer, so writing this one would be wrong. A named one that does not fit is
+    // an error (write_hf_tokenizer).
+    std::fprintf(stderr,
+                 "kiln export: warning: GPT-2's tokenizer (%lld tokens; data.tokenizer_dir is "
+                 "unset) does not fit model.vocab_size %lld: no tokenizer written; --tokenizer "
+                 "DIR adds one\n",
+                 static_cast<long long>(tok->vocab_size()), static_cast<long long>(vocab));
+    dir->clear();
+    return absl::OkStatus();
+  }
+  *eot = tok->eot();
+  return absl::OkStatus();
+}
+
 int export_main(int argc, char** argv) {
   if (is_help(argc, argv)) {
     std::printf(
@@ -232,28 +258,10 @@ int export_main(int argc, char** argv) {
   absl::StatusOr<Manifest> m = read_checkpoint_manifest(*path);
   if (!m.ok()) return fail("export", m.status());
   const ModelConfig& model = m->config().model();
-  bool named = false;
-  if (!tok_given) tok_dir = run_tokenizer_dir(m->config().data(), &named);
   HfExportOptions opts;
   opts.bf16 = dtype == "bf16";
-  if (!tok_dir.empty()) {
-    absl::StatusOr<data::Tokenizer> tok = data::Tokenizer::LoadDir(tok_dir);
-    if (!tok.ok()) return fail("export", tok.status());
-    if (!tok_given && !named && tok->vocab_size() > model.vocab_size()) {
-      // GPT-2's tokenizer is only the default guess: shards of a smaller vocabulary came from
-      // another tokenizer, so writing this one would be wrong. A named one that does not fit is
-      // an error (write_hf_tokenizer).
-      std::fprintf(stderr,
-                   "kiln export: warning: GPT-2's tokenizer (%lld tokens; data.tokenizer_dir is "
-                   "unset) does not fit model.vocab_size %lld: no tokenizer written; --tokenizer "
-                   "DIR adds one\n",
-                   static_cast<long long>(tok->vocab_size()),
-                   static_cast<long long>(model.vocab_size()));
-      tok_dir.clear();
-    } else {
-      opts.eot = tok->eot();
-    }
-  }
+  if (absl::Status t = choose_export_tokenizer(*m, tok_given, &tok_dir, &opts.eot); !t.ok())
+    return fail("export", t);
   absl::Status s = export_safetensors(*path, out, opts);
   if (s.ok() && !tok_dir.empty()) s = write_hf_tokenizer(tok_dir, model, out);
   if (s.ok())
