@@ -4,7 +4,8 @@
 # Usage (from the repository root on the GPU host): benchmarks/gpu_session.sh OUT part...
 #   parts: e2e (kiln + PyTorch GPT-2 124M), profile (ncu kernel table, 2 steps), cebench (the
 #   classifier + loss kernel bench), tests (GPU op tests), sanitize (memcheck on new kernel tests),
-#   ab2 (kiln with this round's changes switched off one at a time), big (GPT-2 1.5B and Llama 1B,
+#   ab2 (kiln with this round's changes switched off one at a time), ctest (ctest -L gpu), plan
+#   (benchmarks/plan_gpu.sh: kiln plan against measured GPU peaks), big (GPT-2 1.5B and Llama 1B,
 #   kiln and PyTorch), fp8 (GPT-2 1.5B, 200 steps bf16 and fp8), plant (planted bugs). BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
@@ -142,6 +143,16 @@ PY
       timeout 90 build/tests/gpu_train_test > "$out/gpu_train_test.log" 2>&1
       stamp "train exit $?"; grep -E "tests ran|PASSED|FAILED|steps:|max rel|relative" "$out/gpu_train_test.log"
       grep -B3 -A12 "Failure" "$out/core_gpu_tests.log" | head -60 ;;
+    ctest)
+      # every gpu-labelled ctest (op tests, GPU training parity, GPU kill -9 resume, NCCL at np 2
+      # when two GPUs are present); needs BUILD_TARGETS to include their binaries.
+      timeout 420 ctest --test-dir build -L gpu -j4 --output-on-failure > "$out/ctest_gpu.log" 2>&1
+      stamp "ctest -L gpu exit $?"; grep -E "tests passed|\*\*\*|Failed" "$out/ctest_gpu.log" | head -20 ;;
+    plan)
+      # kiln plan against measured GPU peaks (benchmarks/plan_gpu.sh), GPT-2 124M and 1.5B
+      timeout 400 bash benchmarks/plan_gpu.sh build "$out/plan" > "$out/plan.log" 2>&1
+      stamp "plan exit $?"; cat "$out/plan/plan_gpu.txt"
+      rm -rf "$out"/plan/*/ ;;
     sanitize)
       timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
         --gtest_filter="${SANITIZE_FILTER:-*PackedQkv*:*MlpGelu*:*LinearCrossEntropy*:*StridedInputs*:ElementwiseCuda.*}" --gtest_brief=1 > "$out/memcheck.log" 2>&1
