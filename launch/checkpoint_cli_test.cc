@@ -14,6 +14,7 @@
 
 #include "launch/checkpoint.h"
 #include "launch/checkpoint_manifest.h"
+#include "launch/testing/files.h"
 
 namespace kiln::launch {
 namespace {
@@ -22,32 +23,13 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
 std::string fresh_dir(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "/kiln_ckpt_cli_" + name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
+  return kiln::testing::fresh_dir("ckpt_cli_" + name);
 }
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
-}
+using kiln::testing::read_bytes;
+using kiln::testing::run_kiln;
+using kiln::testing::write_bytes;
 
 // ---- corrupt checkpoints, through the CLI: an error at startup naming the tensor or file ----
-
-std::pair<int, std::string> run_kiln(const std::string& args) {
-  const std::string cmd = std::string(KILN_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[512];
-  while (size_t n = fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), out};
-}
 
 const char* kCliConfig = R"pb(
   model { preset: "gpt2-tiny" vocab_size: 96 max_seq_len: 32 n_layer: 2 n_head: 2 d_model: 32 }

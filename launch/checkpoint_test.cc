@@ -22,6 +22,7 @@
 #include "launch/checkpoint_manifest.h"
 #include "launch/config.h"
 #include "launch/metrics.h"
+#include "launch/testing/files.h"
 #include "launch/testing/tiny_config.h"
 #include "launch/trainer.h"
 
@@ -31,21 +32,9 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-std::string fresh_dir(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "/kiln_ckpt_" + name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
-}
+std::string fresh_dir(const std::string& name) { return kiln::testing::fresh_dir("ckpt_" + name); }
+using kiln::testing::read_bytes;
+using kiln::testing::write_bytes;
 
 TEST(Crc32c, MatchesTheTableVersionAndExtends) {
   std::mt19937 rng(5);

@@ -16,6 +16,7 @@
 #include "launch/config.h"
 #include "launch/hf_mapping.h"
 #include "launch/safetensors.h"
+#include "launch/testing/files.h"
 #include "launch/trainer.h"
 #include "models/model.h"
 #include "models/presets.h"
@@ -27,11 +28,9 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
 std::string fresh_dir(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "/kiln_export_" + name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
+  return kiln::testing::fresh_dir("export_" + name);
 }
+using kiln::testing::run_kiln;
 
 std::string header_file(const std::string& json, size_t data_bytes) {
   std::string s(8, '\0');
@@ -245,16 +244,6 @@ TEST(ExportImport, ImportErrorsNameTheTensorOrField) {
   EXPECT_THAT(import_into(file, "model.n_layer=1"),
               HasSubstr("tensor 'transformer.h.1.ln_1.weight' has no place in this model"));
   EXPECT_THAT(import_into(dir + "/nowhere", ""), HasSubstr("cannot open"));
-}
-
-std::pair<int, std::string> run_kiln(const std::string& args) {
-  const std::string cmd = std::string(KILN_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[512];
-  while (size_t n = fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), out};
 }
 
 TEST(ExportImport, ThroughTheCli) {

@@ -12,6 +12,8 @@
 #include <map>
 #include <string>
 
+#include "launch/testing/files.h"
+
 namespace kiln::launch {
 namespace {
 
@@ -20,16 +22,10 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 
 std::string fresh_dir(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "/kiln_run_folder_" + name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
+  return kiln::testing::fresh_dir("run_folder_" + name);
 }
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+using kiln::testing::read_bytes;
+using kiln::testing::run_kiln;
 
 // Every file under `dir` (relative path -> contents).
 std::map<std::string, std::string> snapshot(const std::string& dir) {
@@ -51,16 +47,6 @@ std::string changes(const std::map<std::string, std::string>& a,
   for (const auto& [k, v] : b)
     if (!a.count(k)) out += " created " + k;
   return out;
-}
-
-std::pair<int, std::string> run_kiln(const std::string& args) {
-  const std::string cmd = std::string(KILN_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[512];
-  while (size_t n = fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), out};
 }
 
 // A tiny run with every output on: metrics.jsonl, TensorBoard, checkpoints every 2 steps.

@@ -20,6 +20,7 @@
 #include "launch/hf_mapping.h"
 #include "launch/run_lock.h"
 #include "launch/safetensors.h"
+#include "launch/testing/files.h"
 #include "launch/testing/tiny_config.h"
 #include "launch/trainer.h"
 
@@ -29,18 +30,9 @@ namespace {
 using ::testing::HasSubstr;
 
 std::string fresh_dir(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "/kiln_safety_" + name;
-  std::filesystem::remove_all(d);
-  std::filesystem::create_directories(d);
-  return d;
+  return kiln::testing::fresh_dir("safety_" + name);
 }
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using kiln::testing::read_bytes;
 
 // Sets KILN_INJECT_NON_FINITE for one scope.
 class Inject {

@@ -19,6 +19,7 @@
 #include "core/check.h"
 #include "core/json.h"
 #include "launch/config.h"
+#include "launch/testing/files.h"
 #include "launch/testing/tiny_config.h"
 
 // The running OpenBLAS's core and build (libopenblas, which kiln always links; declared here
@@ -28,6 +29,8 @@ extern "C" char* openblas_get_config(void);
 
 namespace kiln::launch {
 namespace {
+
+using kiln::testing::run_kiln;
 
 // The shared tiny run (launch/testing/tiny_config.h), named "golden", writing metrics.jsonl.
 TrainConfig tiny_config(const std::string& run_dir) {
@@ -147,17 +150,6 @@ TEST(Trainer, RampAndCurriculumChangeTokensPerStep) {
   // Fewer tokens than 20 full steps: small batches and short sequences early on.
   EXPECT_LT(s.tokens, 20 * 8 * 16);
   EXPECT_GT(s.tokens, 0);
-}
-
-// Runs `kiln ARGS` and returns (exit status, stderr + stdout).
-std::pair<int, std::string> run_kiln(const std::string& args) {
-  const std::string cmd = std::string(KILN_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[512];
-  while (size_t n = fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
-  int st = pclose(p);
-  return {WEXITSTATUS(st), out};
 }
 
 std::string write_config(const std::string& name, const std::string& body) {

@@ -172,16 +172,6 @@ absl::Status write_logits(const Tensor& logits, const Tensor& ids, const std::st
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::StatusOr<std::string> resolve_checkpoint(const std::string& path) {
-  CheckpointConfig c;
-  c.set_resume(path);
-  absl::StatusOr<std::string> r = find_resume_checkpoint(c);
-  if (r.ok() && r->empty()) return absl::NotFoundError("no checkpoint at " + path);
-  return r;
-}
-
 // The tokenizer `kiln export` writes: --tokenizer DIR, else the run's (data.tokenizer_dir, GPT-2's
 // when unset for shard data). Sets *eot from it; clears *dir when there is none to write.
 absl::Status choose_export_tokenizer(const Manifest& m, bool given, std::string* dir,
@@ -206,6 +196,16 @@ absl::Status choose_export_tokenizer(const Manifest& m, bool given, std::string*
   }
   *eot = tok->eot();
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> resolve_checkpoint(const std::string& path) {
+  CheckpointConfig c;
+  c.set_resume(path);
+  absl::StatusOr<std::string> r = find_resume_checkpoint(c);
+  if (r.ok() && r->empty()) return absl::NotFoundError("no checkpoint at " + path);
+  return r;
 }
 
 int export_main(int argc, char** argv) {

@@ -136,7 +136,7 @@ def done(info):
 
 
 def compare(ref, got, label):
-    steps = list(range(STEPS))
+    steps = list(range(1, STEPS + 1))  # metrics.jsonl numbers train steps from 1, like the console
     missing = [s for s in steps if s not in got]
     if not check(not missing, f"{label}: steps {missing} missing"):
         return
