@@ -27,9 +27,7 @@ constexpr int kSteps = 20;
 struct Layout {
   std::string family, schedule;
   int dp = 1;
-  std::string str() const {
-    return absl::StrCat(family, " dp", dp, " x tp2 x pp2 ", schedule);
-  }
+  std::string str() const { return absl::StrCat(family, " dp", dp, " x tp2 x pp2 ", schedule); }
 };
 void PrintTo(const Layout& l, std::ostream* os) { *os << l.str(); }
 
@@ -47,9 +45,8 @@ TrainConfig make_config(const std::string& family, const std::string& schedule, 
   return testing::tiny_config(
       ::testing::TempDir() + absl::StrCat("/kiln_pp3d_", family, "_", schedule, dp, tp, pp),
       absl::StrCat(model, "training { seed: 3 } optimizer { grad_clip: 0.5 } eval { batches: 1 } ",
-                   "parallel { timeout_s: 120 micro_batch_size: 1 dp: ", dp, " tp: ", tp,
-                   " pp: ", pp, " zero_stage: ", dp > 1 ? 1 : 0,
-                   " pipeline_schedule: ", schedule, " }"),
+                   "parallel { timeout_s: 120 micro_batch_size: 1 dp: ", dp, " tp: ", tp, " pp: ",
+                   pp, " zero_stage: ", dp > 1 ? 1 : 0, " pipeline_schedule: ", schedule, " }"),
       dp * tp * pp);
 }
 
