@@ -2,8 +2,8 @@
 // shards each stage over its tp group) against the single-process run, under real MPI processes
 // (ctest: mpirun -np 4 and -np 8): tp 2 x pp 2 at -np 4 and dp 2 x tp 2 x pp 2 with ZeRO-1 at -np
 // 8, GPT-2 (vocab-parallel embedding tied across the first and the last stage) and Llama with
-// grouped-query attention, for the 1F1B, ZB-H1 and GPipe schedules. Each rank trains the
-// single-process reference itself (world of one).
+// grouped-query attention, for the 1F1B, ZB-H1 and GPipe schedules (and at -np 4 with full and
+// selective recompute). Each rank trains the single-process reference itself (world of one).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -27,7 +27,11 @@ constexpr int kSteps = 20;
 struct Layout {
   std::string family, schedule;
   int dp = 1;
-  std::string str() const { return absl::StrCat(family, " dp", dp, " x tp2 x pp2 ", schedule); }
+  std::string recompute = "NONE";
+  std::string str() const {
+    return absl::StrCat(family, " dp", dp, " x tp2 x pp2 ", schedule,
+                        recompute == "NONE" ? "" : " recompute " + recompute);
+  }
 };
 void PrintTo(const Layout& l, std::ostream* os) { *os << l.str(); }
 
@@ -36,7 +40,7 @@ void PrintTo(const Layout& l, std::ostream* os) { *os << l.str(); }
 // one flush. Clipping on (about every step clips), so the gradient norm must sum over tp and pp
 // with the tied and the replicated parameters counted once.
 TrainConfig make_config(const std::string& family, const std::string& schedule, int dp, int tp,
-                        int pp) {
+                        int pp, const std::string& recompute = "NONE") {
   const std::string model =
       family == "llama"
           ? "model { preset: \"llama-tiny\" family: LLAMA vocab_size: 96 max_seq_len: 32 "
@@ -45,8 +49,9 @@ TrainConfig make_config(const std::string& family, const std::string& schedule, 
   return testing::tiny_config(
       ::testing::TempDir() + absl::StrCat("/kiln_pp3d_", family, "_", schedule, dp, tp, pp),
       absl::StrCat(model, "training { seed: 3 } optimizer { grad_clip: 0.5 } eval { batches: 1 } ",
-                   "parallel { timeout_s: 120 micro_batch_size: 1 dp: ", dp, " tp: ", tp, " pp: ",
-                   pp, " zero_stage: ", dp > 1 ? 1 : 0, " pipeline_schedule: ", schedule, " }"),
+                   "parallel { timeout_s: 120 micro_batch_size: 1 dp: ", dp, " tp: ", tp,
+                   " pp: ", pp, " zero_stage: ", dp > 1 ? 1 : 0, " pipeline_schedule: ", schedule,
+                   " } recompute { policy: ", recompute, " }"),
       dp * tp * pp);
 }
 
@@ -98,7 +103,8 @@ TEST_P(ThreeDTest, LossesMatchSingleProcess) {
   ASSERT_GT(world.size, 1) << "run under mpirun -np 4 or -np 8";
   if (4 * l.dp != world.size) GTEST_SKIP() << l.str() << " needs " << 4 * l.dp << " ranks";
   const double worst =
-      compare(train(make_config(l.family, l.schedule, l.dp, 2, 2), world), reference(l.family));
+      compare(train(make_config(l.family, l.schedule, l.dp, 2, 2, l.recompute), world),
+              reference(l.family));
   if (world.rank == 0)
     std::printf("%s: max relative loss difference %.3g over %d steps\n", l.str().c_str(), worst,
                 kSteps);
@@ -109,10 +115,13 @@ INSTANTIATE_TEST_SUITE_P(
     Layouts, ThreeDTest,
     ::testing::Values(Layout{"gpt2", "ONE_F_ONE_B", 1}, Layout{"llama", "ONE_F_ONE_B", 1},
                       Layout{"gpt2", "ZB_H1", 1}, Layout{"llama", "GPIPE", 1},
+                      Layout{"gpt2", "ONE_F_ONE_B", 1, "FULL"},
+                      Layout{"llama", "ONE_F_ONE_B", 1, "SELECTIVE"},
                       Layout{"gpt2", "ONE_F_ONE_B", 2}, Layout{"llama", "ONE_F_ONE_B", 2},
                       Layout{"gpt2", "ZB_H1", 2}, Layout{"llama", "GPIPE", 2}),
     [](const auto& info) {
-      return absl::StrCat(info.param.family, "_", info.param.schedule, "_dp", info.param.dp);
+      return absl::StrCat(info.param.family, "_", info.param.schedule, "_dp", info.param.dp,
+                          info.param.recompute == "NONE" ? "" : "_" + info.param.recompute);
     });
 
 }  // namespace
