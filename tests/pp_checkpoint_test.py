@@ -59,11 +59,11 @@ def stopped(p):
         sys.exit(f"FAIL: the run was not stopped by the injected kill\n{p.stdout[-2000:]}")
 
 
-def resumed(p, step=4):
+def resumed(p, step=4, note=""):
     """The run resumed from the step-`step` checkpoint (a run that silently started over would
-    log the same later losses)."""
+    log the same later losses), saying `note` (the layout it was resharded from)."""
     m = re.search(r"kiln: resumed from (\S+) \(step (\d+)", p.stdout + p.stderr)
-    if not m or int(m.group(2)) != step:
+    if not m or int(m.group(2)) != step or note not in p.stdout:
         sys.exit(f"FAIL: not resumed from step {step}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
 
 
@@ -120,7 +120,7 @@ def main():
     kill0 = dict(os.environ, KILN_FAULT_INJECT="0:5:kill")
     # 1. pp 2 -> 1.
     stopped(run(args, tmp, "a", 2, env=kill, check=False))
-    resumed(run(args, tmp, "a", 1))
+    resumed(run(args, tmp, "a", 1), note="resharded from world 2 dp 1 zero_stage 0 pp 2")
     compare(losses(tmp, "a"), ref1, later, 1e-6, "pp 2 -> 1 resume")
     for name in ("a", "ref1"):
         subprocess.run([args.kiln, "export", "--format", "safetensors", "--checkpoint",
@@ -145,7 +145,7 @@ def main():
         sys.exit("FAIL: exports differ")
     # 2. pp 1 -> 4.
     stopped(run(args, tmp, "b", 1, env=kill0, check=False))
-    resumed(run(args, tmp, "b", 4))
+    resumed(run(args, tmp, "b", 4), note="resharded from world 1 dp 1 zero_stage 0)")
     compare(losses(tmp, "b"), ref1, later, 1e-6, "pp 1 -> 4 resume")
     # 3. kill -9 of a pp = 2 run, resumed bit-identical.
     run(args, tmp, "ref2", 2)
