@@ -118,6 +118,9 @@ TEST(ValidateTest, RejectsTpNotDividingDffVocabOrSequence) {
   q.mutable_parallel()->set_sequence_parallel(true);
   q.mutable_data()->set_seq_len(31);
   expect_rejected(q, {"parallel.sequence_parallel", "data.seq_len (31)"});
+  q.mutable_data()->set_seq_len(32);
+  q.mutable_parallel()->set_pp(2);  // tp x pp runs without sequence parallel (tests/pp3d_test.cc)
+  expect_rejected(q, {"parallel.sequence_parallel", "pipeline parallel (pp 2)"});
 }
 
 TEST(ValidateTest, RejectsPpNotDividingLayers) {

@@ -195,6 +195,11 @@ void check_parallel(const TrainConfig& cfg, Checker& c) {
                     cfg.schedule().seq_len().kind() == SeqLenCurriculum::NONE,
                 "parallel.sequence_parallel",
                 "a sequence-length curriculum is not supported with sequence parallel");
+      // A stage after the first never runs the embedding hook that puts its blocks on sequence
+      // chunks, and the stages exchange (B, T, C) activations: refused rather than crashing.
+      c.require(p.pp() <= 1, "parallel.sequence_parallel",
+                absl::StrCat("not supported with pipeline parallel (pp ", p.pp(),
+                             "); set it false or pp to 1"));
     }
   }
   c.require(p.virtual_stages() >= 1, "parallel.virtual_stages",

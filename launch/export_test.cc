@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "core/autograd.h"
 #include "core/backend.h"
@@ -15,6 +16,7 @@
 #include "core/json.h"
 #include "launch/config.h"
 #include "launch/hf_mapping.h"
+#include "launch/pipeline_stage.h"
 #include "launch/safetensors.h"
 #include "launch/testing/files.h"
 #include "launch/trainer.h"
@@ -169,6 +171,25 @@ Tensor logits_of(models::LanguageModel& m, const Tensor& ids) {
   return raw::contiguous(l.narrow(2, 0, m.spec().vocab_size));
 }
 
+// Each stage of a pp = 2 split (training.init_from at pp > 1) imports its own tensors of the whole
+// model's file, equal to the whole model's; the same import without `stage` refuses the file.
+void expect_stages_import(const std::string& hf, const ModelConfig& mc,
+                          models::LanguageModel& whole) {
+  std::map<std::string, Tensor> want;
+  for (const nn::Parameter& p : whole.parameters()) want[p.name] = p.tensor;
+  for (int rank = 0; rank < 2; ++rank) {
+    auto stage = models::build_stage(models::spec_from_config(mc), /*seed=*/99,
+                                     stage_spec(mc.n_layer(), rank, 2));
+    EXPECT_FALSE(import_safetensors(hf, mc, stage->parameters()).ok());
+    absl::Status s = import_safetensors(hf, mc, stage->parameters(), /*stage=*/true);
+    ASSERT_TRUE(s.ok()) << s.message();
+    for (const nn::Parameter& p : stage->parameters()) {
+      ASSERT_TRUE(want.count(p.name)) << p.name;
+      EXPECT_EQ(std::memcmp(p.tensor.raw(), want[p.name].raw(), p.tensor.nbytes()), 0) << p.name;
+    }
+  }
+}
+
 void expect_export_import_identical(const std::string& name, const char* model) {
   const std::string dir = fresh_dir(name);
   TrainConfig cfg = model_config(dir + "/run", model);
@@ -188,6 +209,7 @@ void expect_export_import_identical(const std::string& name, const char* model) 
   const Tensor got = logits_of(*fresh, ids);
   ASSERT_EQ(got.shape(), (Shape{2, 8, 96}));
   EXPECT_EQ(std::memcmp(got.raw(), ref.raw(), ref.nbytes()), 0) << name << ": logits differ";
+  expect_stages_import(dir + "/hf", cfg.model(), *fresh);
   // The file holds what transformers expects: vocabulary rows sliced, GPT-2 Conv1D transposed.
   auto st = SafetensorsReader::open(dir + "/hf/model.safetensors");
   ASSERT_TRUE(st.ok());

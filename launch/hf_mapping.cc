@@ -293,7 +293,7 @@ absl::Status export_safetensors(const std::string& checkpoint, const std::string
 }
 
 absl::Status import_safetensors(const std::string& path, const ModelConfig& model,
-                                const std::vector<nn::Parameter>& params) {
+                                const std::vector<nn::Parameter>& params, bool stage) {
   std::error_code ec;
   std::string file = path;
   if (fs::is_directory(path, ec)) {
@@ -322,6 +322,7 @@ absl::Status import_safetensors(const std::string& path, const ModelConfig& mode
           absl::StrCat(file, ": tensor '", t.hf_name, "' is ",
                        shape_str(Shape(e->shape.begin(), e->shape.end())), " but this model needs ",
                        shape_str(t.hf_shape)));
+    if (stage && !t.kiln_name.empty() && !by_name.count(t.kiln_name)) continue;  // another stage's
     absl::StatusOr<Tensor> x = read_hf(**r, *e);
     if (!x.ok()) return x.status();
     if (!std::isfinite(sum_squares(*x)))  // f64 sum of f32 squares: finite iff every value is

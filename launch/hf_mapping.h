@@ -55,8 +55,10 @@ absl::Status export_safetensors(const std::string& checkpoint, const std::string
 // Copies Hugging Face-named weights (a directory with model.safetensors, or a .safetensors file)
 // into `params` (any device). F32, BF16 and F16 files are accepted. When the directory holds a
 // config.json, its shape fields must agree with `model`. Errors name the tensor or field: a
-// missing tensor, a shape that differs, a tensor this model has no place for.
+// missing tensor, a shape that differs, a tensor this model has no place for. `stage`: `params`
+// are one pipeline stage's (models::build_stage), so the whole model's file holds tensors of the
+// other stages, which are skipped (after their shape check); each of `params` must still be there.
 absl::Status import_safetensors(const std::string& path, const ModelConfig& model,
-                                const std::vector<nn::Parameter>& params);
+                                const std::vector<nn::Parameter>& params, bool stage = false);
 
 }  // namespace kiln::launch

@@ -1,6 +1,7 @@
 // The Trainer's checkpoints (launch/checkpoint.h writes and reads the files): what this rank
 // stores (its pieces of the parameters and optimizer state, RNG and loader state), the manifest
 // header, and restoring all training state from a checkpoint of any layout.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -181,10 +182,11 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
     const ParallelLayout& l = m->layout();
     std::string layout;
     if (l.world_size() != world_.size || l.dp() != mesh_->dims().dp || l.tp() != mesh_->dims().tp ||
-        l.zero_stage() != dp_->zero_stage())
-      layout =
-          absl::StrFormat(", resharded from world %d dp %d zero_stage %d%s", l.world_size(), l.dp(),
-                          l.zero_stage(), l.tp() > 1 ? absl::StrFormat(" tp %d", l.tp()) : "");
+        std::max(l.pp(), 1) != mesh_->dims().pp || l.zero_stage() != dp_->zero_stage())
+      layout = absl::StrFormat(", resharded from world %d dp %d zero_stage %d%s%s", l.world_size(),
+                               l.dp(), l.zero_stage(),
+                               l.tp() > 1 ? absl::StrFormat(" tp %d", l.tp()) : "",
+                               l.pp() > 1 ? absl::StrFormat(" pp %d", l.pp()) : "");
     std::printf("kiln: resumed from %s (step %lld, %lld tokens%s)\n", path.c_str(),
                 static_cast<long long>(step_), static_cast<long long>(tokens_seen_),
                 layout.c_str());

@@ -124,8 +124,8 @@ absl::Status Trainer::make_model(bool init_from) {
   model_ = pp > 1 ? models::build_stage(spec, seed, stage_spec(spec.n_layer, mesh_->pp_rank(), pp))
                   : models::build_model(spec, seed);
   if (init_from && !cfg_.training().init_from().empty()) {
-    absl::Status s =
-        import_safetensors(cfg_.training().init_from(), cfg_.model(), model_->parameters());
+    absl::Status s = import_safetensors(cfg_.training().init_from(), cfg_.model(),
+                                        model_->parameters(), /*stage=*/pp > 1);
     if (!s.ok()) return absl::Status(s.code(), "training.init_from: " + std::string(s.message()));
     if (world_.rank == 0 && !quiet_)
       std::printf("kiln: initialised the model from %s\n", cfg_.training().init_from().c_str());

@@ -9,11 +9,16 @@ pieces load into another pp because a stage is a subset of the named tensors.
   2. pp 1 -> 4: 4 steps at pp = 1, resumed at pp = 4 (4 layers, one per stage) to step 8.
   3. kill -9: a pp = 2 run saving every 2 steps loses rank 1 at step 5; the same command resumes
      from step 4 and its losses 5-8 equal an uninterrupted pp = 2 run's bit for bit.
+  4. kill -9 of a 3-D run: dp = 2 x tp = 2 x pp = 2 with ZeRO-1 (8 ranks, dropout 0.1, so the
+     per-rank generators must resume too) loses rank 6 (last stage) at step 5; the resumed losses
+     5-8 equal the uninterrupted 3-D run's bit for bit.
 Usage: pp_checkpoint_test.py --kiln PATH --mpirun PATH
 """
 import argparse
 import json
 import os
+import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -33,13 +38,14 @@ device: CPU
 """
 
 
-def run(args, tmp, name, np, steps=8, extra=(), env=None, check=True):
+def run(args, tmp, name, np, steps=8, extra=(), env=None, check=True, pp=None):
+    """Trains `name` on np ranks at pp = np (or the pp given; the rest of np is tp and dp)."""
     cfg = os.path.join(tmp, "cfg.textproto")
     with open(cfg, "w") as f:
         f.write(CONFIG)
     cmd = [args.kiln, "train", "--config", cfg, "--set", f"logging.run_dir={tmp}/{name}/run",
            "--set", f"checkpoint.dir={tmp}/{name}/ckpt", "--set", f"training.max_steps={steps}",
-           "--set", f"parallel.pp={np}"] + list(extra)
+           "--set", f"parallel.pp={pp or np}"] + list(extra)
     if np > 1:
         cmd = [args.mpirun, "-np", str(np), "--oversubscribe", "--bind-to", "none"] + cmd
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
@@ -51,6 +57,14 @@ def run(args, tmp, name, np, steps=8, extra=(), env=None, check=True):
 def stopped(p):
     if p.returncode == 0 or "fault injection" not in p.stdout + p.stderr:
         sys.exit(f"FAIL: the run was not stopped by the injected kill\n{p.stdout[-2000:]}")
+
+
+def resumed(p, step=4, note=""):
+    """The run resumed from the step-`step` checkpoint (a run that silently started over would
+    log the same later losses), saying `note` (the layout it was resharded from)."""
+    m = re.search(r"kiln: resumed from (\S+) \(step (\d+)", p.stdout + p.stderr)
+    if not m or int(m.group(2)) != step or note not in p.stdout:
+        sys.exit(f"FAIL: not resumed from step {step}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
 
 
 def losses(tmp, name):
@@ -94,18 +108,19 @@ def main():
     ap.add_argument("--mpirun", required=True)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="kiln_pp_ckpt_")
-    later = [4, 5, 6, 7]  # 0-based steps in metrics.jsonl: the 4 after the step-4 checkpoint
+    later = [5, 6, 7, 8]  # metrics.jsonl numbers train steps from 1: those after step 4
     # The single-process reference, uninterrupted.
     run(args, tmp, "ref1", 1)
     ref1 = losses(tmp, "ref1")
     # Every run is an 8-step run (the LR schedule spans max_steps); a run stops after its step-4
-    # checkpoint by losing rank 1 (kill -9) at the start of step 5 (0-based 4... the fault
-    # injection counts from 0, so "1:5:kill" fires after the step-4 checkpoint is saved).
+    # checkpoint by losing rank 1 (kill -9): the fault injection counts steps from 0, so "1:5:kill"
+    # fires before the 6th step, after step 5 (not saved) is logged; the resumed run trains and
+    # logs steps 5-8 again.
     kill = dict(os.environ, KILN_FAULT_INJECT="1:5:kill")
     kill0 = dict(os.environ, KILN_FAULT_INJECT="0:5:kill")
     # 1. pp 2 -> 1.
     stopped(run(args, tmp, "a", 2, env=kill, check=False))
-    run(args, tmp, "a", 1)
+    resumed(run(args, tmp, "a", 1), note="resharded from world 2 dp 1 zero_stage 0 pp 2")
     compare(losses(tmp, "a"), ref1, later, 1e-6, "pp 2 -> 1 resume")
     for name in ("a", "ref1"):
         subprocess.run([args.kiln, "export", "--format", "safetensors", "--checkpoint",
@@ -130,13 +145,23 @@ def main():
         sys.exit("FAIL: exports differ")
     # 2. pp 1 -> 4.
     stopped(run(args, tmp, "b", 1, env=kill0, check=False))
-    run(args, tmp, "b", 4)
+    resumed(run(args, tmp, "b", 4), note="resharded from world 1 dp 1 zero_stage 0)")
     compare(losses(tmp, "b"), ref1, later, 1e-6, "pp 1 -> 4 resume")
     # 3. kill -9 of a pp = 2 run, resumed bit-identical.
     run(args, tmp, "ref2", 2)
     stopped(run(args, tmp, "c", 2, env=kill, check=False))
-    run(args, tmp, "c", 2)
+    resumed(run(args, tmp, "c", 2))
     compare(losses(tmp, "c"), losses(tmp, "ref2"), later, 0.0, "pp 2 kill -9 resume")
+    # 4. kill -9 of a dp 2 x tp 2 x pp 2 ZeRO-1 run, resumed bit-identical.
+    three_d = ["--set", "parallel.tp=2", "--set", "parallel.zero_stage=1", "--set",
+               "model.dropout=0.1"]
+    run(args, tmp, "ref3", 8, extra=three_d, pp=2)
+    kill6 = dict(os.environ, KILN_FAULT_INJECT="6:5:kill")
+    stopped(run(args, tmp, "d", 8, extra=three_d, env=kill6, check=False, pp=2))
+    resumed(run(args, tmp, "d", 8, extra=three_d, pp=2))
+    compare(losses(tmp, "d"), losses(tmp, "ref3"), later, 0.0,
+            "dp 2 x tp 2 x pp 2 ZeRO-1 kill -9 resume")
+    shutil.rmtree(tmp, ignore_errors=True)
     print("PASS")
 
 

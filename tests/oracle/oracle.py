@@ -12,7 +12,9 @@ with dropout 0, this script
      parallel with ZeRO stage 0, 1, 2 and 3; with `--layouts tp` (TP_LAYOUTS) tensor parallel
      under `mpirun -np 2 / 4`: tp = 2, tp = 4, tp = 2 x dp = 2 with ZeRO 0, 1 and 3, each with
      sequence parallel off and on (tp = 4 must divide the heads: those layouts train the same
-     widths with twice the heads, FAMILIES_TP4, against their own PyTorch run);
+     widths with twice the heads, FAMILIES_TP4, against their own PyTorch run); with `--layouts
+     pp` (PP_LAYOUTS) pipeline parallel: pp = 2 (`-np 2`) and dp = 2 x tp = 2 x pp = 2 with ZeRO-1
+     (`-np 8`), whose final weights come from `kiln export` of the per-stage checkpoint pieces;
   3. trains the same 20 steps in PyTorch (torch 1.13, CPU, float64), with the model written here
      from the architecture's definition (learned positions, LayerNorm, tanh GELU, tied head for
      GPT-2; rotary rotate_half positions, RMSNorm, SwiGLU, GQA, untied head for Llama), the
@@ -24,7 +26,7 @@ with dropout 0, this script
      largest weight of each tensor: see the option for why not tighter). Data-parallel runs are compared with the single-process
      kiln run too (reported; tests/dp_test.cc holds them to their own tolerances).
 
-Usage: oracle.py --kiln PATH [--mpirun PATH] [--family gpt2,llama] [--layouts single,dp2,...|tp|all]
+Usage: oracle.py --kiln PATH [--mpirun PATH] [--family gpt2,llama] [--layouts single,...|tp|pp|all]
 Prints the max relative loss difference per layout; exit status 0 when every comparison is within
 tolerance.
 """
@@ -82,6 +84,12 @@ TP_LAYOUTS = {
     "tp2dp2_zero3": (4, 3, 2, False), "tp2dp2_zero3_sp": (4, 3, 2, True),
 }
 LAYOUTS.update(TP_LAYOUTS)
+# Pipeline-parallel layouts (--layouts pp, or by name): the 2 layers as 2 stages (GPT-2's tied
+# embedding kept in sync between them), alone (1F1B, the default schedule) and with tensor
+# parallel inside each stage and ZeRO-1 over dp = 2 (8 ranks). name -> (ranks, zero stage, tp,
+# sequence parallel, pp); ranks = dp * tp * pp.
+PP_LAYOUTS = {"pp2": (2, 0, 1, False, 2), "dp2tp2pp2_zero1": (8, 1, 2, False, 2)}
+LAYOUTS.update({k: v[:4] for k, v in PP_LAYOUTS.items()})
 
 
 def layout_spec(family, layout):
@@ -97,10 +105,11 @@ def expand_layouts(text):
     """--layouts: names, "tp" for every tensor-parallel layout, "all" for every layout."""
     out = []
     for name in text.split(","):
-        out += list(TP_LAYOUTS) if name == "tp" else list(LAYOUTS) if name == "all" else [name]
+        groups = {"tp": TP_LAYOUTS, "pp": PP_LAYOUTS, "all": LAYOUTS}
+        out += list(groups[name]) if name in groups else [name]
     unknown = [n for n in out if n not in LAYOUTS]
     if unknown:
-        raise SystemExit(f"unknown layout(s) {unknown}; known: {', '.join(LAYOUTS)}, tp, all")
+        raise SystemExit(f"unknown layout(s) {unknown}; known: {', '.join(LAYOUTS)}, tp, pp, all")
     return out
 
 
@@ -366,6 +375,8 @@ def run_kiln(args, tmp, family, cfg_path, layout):
         cmd += ["--set", f"parallel.tp={tp}"]
     if sp:
         cmd += ["--set", "parallel.sequence_parallel=true"]
+    if layout in PP_LAYOUTS:  # the checkpoint holds stage pieces; `kiln export` joins them
+        cmd += ["--set", f"parallel.pp={PP_LAYOUTS[layout][4]}"]
     if ranks > 1:
         cmd = [args.mpirun, "-np", str(ranks), "--oversubscribe", "--bind-to", "none"] + cmd
     env = dict(os.environ)
