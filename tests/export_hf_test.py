@@ -111,11 +111,46 @@ def check_export(out, ckpt, tok, dtype):
     print(f"{dtype}: {len(want)} tensors equal the checkpoint's, tokenizer files ok")
 
 
+def check_with_transformers(kiln, out, ckpt, dtype):
+    """transformers itself loads tokenizer and model from the export folder: the tokenizer encodes
+    like GPT-2's, and the model's fp32 logits equal `kiln logits` of the checkpoint."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok.encode("Hello world, said the county jury.")
+    assert ids[:2] == [15496, 995] and tok.eos_token_id == 50256, (ids, tok.eos_token_id)
+    model = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
+    rows = ids[:8]
+    with torch.no_grad():
+        hf = model(torch.tensor([rows])).logits[0, :, :50257].double().numpy()
+    lf = os.path.join(os.path.dirname(out), f"logits_{dtype}.safetensors")
+    run([kiln, "logits", "--checkpoint", ckpt, "--tokens", " ".join(map(str, rows)), "--out", lf])
+    _, kl = read_safetensors(lf)["logits"]
+    kl = np.asarray(kl, dtype=np.float64).reshape(len(rows), -1)[:, :50257]
+    if dtype == "bf16":  # kiln's logits come from the fp32 checkpoint; the export is rounded
+        kl_tol = 5e-2 * max(1.0, np.abs(kl).max())
+    else:
+        kl_tol = 1e-4 * max(1.0, np.abs(kl).max())  # fp32 sums in another order
+    diff = np.abs(hf - kl).max()
+    print(f"{dtype}: transformers {type(model).__name__} + {type(tok).__name__} from_pretrained: "
+          f"tokenizer ok, max |logit diff| to kiln {diff:.3g} (tolerance {kl_tol:.3g})")
+    assert diff <= kl_tol, f"{dtype}: transformers' logits differ from kiln's by {diff}"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kiln", required=True)
     ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--transformers", choices=("auto", "require", "off"), default="auto",
+                    help="also load the export with transformers (auto: when it imports)")
     args = ap.parse_args()
+    use_hf = args.transformers == "require"
+    if args.transformers == "auto":
+        try:
+            import transformers  # noqa: F401
+            use_hf = True
+        except ImportError:
+            print("transformers is not installed: the files are checked by hand only")
     os.environ["KILN_TOKENIZER_DIR"] = args.tokenizer
     work = tempfile.mkdtemp(prefix="kiln_export_hf_")
     text = os.path.join(work, "in.txt")
@@ -145,6 +180,8 @@ def main():
         run([args.kiln, "export", "--checkpoint", os.path.join(run_dir, "checkpoints"), "--out",
              out, "--dtype", dtype])
         check_export(out, ckpt, args.tokenizer, dtype)
+        if use_hf:
+            check_with_transformers(args.kiln, out, ckpt, dtype)
     print("export_hf_test: ok")
 
 
