@@ -54,7 +54,7 @@ def read_safetensors(path):
         if name == "__metadata__":
             continue
         b, e = t["data_offsets"]
-        dt = {"F32": np.float32, "BF16": np.uint16}[t["dtype"]]
+        dt = {"F32": np.float32, "BF16": np.uint16, "I64": np.int64}[t["dtype"]]
         out[name] = (t["dtype"], np.frombuffer(data[b:e], dtype=dt).reshape(t["shape"]))
     return out
 

@@ -6,7 +6,7 @@ build=$1 out=${2:-/tmp/kiln-e2e}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 "$build/bin/kiln" train --config "$here/gpt2-124m-bench.textproto" \
-  --overwrite --set logging.run_dir="$out/kiln" 2>  --set logging.run_dir="$out/kiln" 2>&11 | tee "$out/kiln.log"
+  --overwrite --set logging.run_dir="$out/kiln" 2>&1 | tee "$out/kiln.log"
 # Median tokens/s over steps 10..30 (the first steps include allocator and plan warm-up).
 python3 - "$out/kiln/metrics.jsonl" <<'PY' | tee "$out/kiln_summary.txt"
 import json, sys
