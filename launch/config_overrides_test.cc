@@ -4,28 +4,15 @@
 #include <gtest/gtest.h>
 
 #include "launch/config.h"
+#include "launch/testing/tiny_config.h"
 
 namespace kiln {
 namespace {
 
 using ::testing::HasSubstr;
 
-constexpr char kBase[] = R"pb(
-  name: "t"
-  device: CPU
-  model { preset: "gpt2-tiny" }
-  data { synthetic: true seq_len: 32 }
-  parallel { micro_batch_size: 2 }
-  training { global_batch_size: 8 max_steps: 10 }
-)pb";
-
-TrainConfig base_config() {
-  absl::StatusOr<TrainConfig> cfg = parse_config(kBase, "base");
-  EXPECT_TRUE(cfg.ok()) << cfg.status();
-  absl::Status s = resolve_config(&*cfg);
-  EXPECT_TRUE(s.ok()) << s;
-  return *cfg;
-}
+using testing::base_config;
+constexpr const char* kBase = testing::kBaseConfig;
 
 std::string message_of(const absl::Status& s) { return std::string(s.message()); }
 

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
 #include "launch/testing/tiny_config.h"
+#include "launch/testing/train_run.h"
 #include "launch/trainer.h"
 #include "parallel/world.h"
 
@@ -55,41 +56,20 @@ TrainConfig make_config(const std::string& family, const std::string& schedule, 
       dp * tp * pp);
 }
 
-struct Losses {
-  std::vector<double> losses;
-  std::vector<std::pair<int64_t, double>> val;
-};
-
-Losses train(const TrainConfig& cfg, const parallel::World& world) {
-  launch::Trainer t(cfg, world);
-  t.set_quiet(true);
-  absl::Status s = t.init();
-  KILN_CHECK(s.ok()) << s.message();
-  auto r = t.run();
-  KILN_CHECK(r.ok()) << r.status().message();
-  return {r->train_losses, r->val_losses};
-}
-
 // The single-process reference per model family (the same for every schedule and layout).
-const Losses& reference(const std::string& family) {
-  static std::map<std::string, Losses>* refs = new std::map<std::string, Losses>;
+const launch::TrainSummary& reference(const std::string& family) {
+  static std::map<std::string, launch::TrainSummary>* refs =
+      new std::map<std::string, launch::TrainSummary>;
   auto it = refs->find(family);
   if (it == refs->end())
-    it = refs->emplace(family, train(make_config(family, "GPIPE", 1, 1, 1), parallel::World{}))
+    it = refs->emplace(family, testing::train_quietly(make_config(family, "GPIPE", 1, 1, 1),
+                                                      parallel::World{}))
              .first;
   return it->second;
 }
 
-// Max relative difference over the 20 training losses and the validation losses.
-double compare(const Losses& got, const Losses& ref) {
-  KILN_CHECK_EQ(got.losses.size(), static_cast<size_t>(kSteps));
-  double worst = 0;
-  for (int i = 0; i < kSteps; ++i)
-    worst = std::max(worst, std::fabs(got.losses[i] - ref.losses[i]) / std::fabs(ref.losses[i]));
-  EXPECT_EQ(got.val.size(), ref.val.size());
-  for (size_t i = 0; i < got.val.size() && i < ref.val.size(); ++i)
-    worst = std::max(worst, std::fabs(got.val[i].second - ref.val[i].second) / ref.val[i].second);
-  return worst;
+double compare(const launch::TrainSummary& got, const launch::TrainSummary& ref) {
+  return testing::max_relative_loss_difference(got, ref, kSteps);
 }
 
 class ThreeDTest : public ::testing::TestWithParam<Layout> {};
@@ -102,9 +82,9 @@ TEST_P(ThreeDTest, LossesMatchSingleProcess) {
   const parallel::World world = parallel::detect_world();
   ASSERT_GT(world.size, 1) << "run under mpirun -np 4 or -np 8";
   if (4 * l.dp != world.size) GTEST_SKIP() << l.str() << " needs " << 4 * l.dp << " ranks";
-  const double worst =
-      compare(train(make_config(l.family, l.schedule, l.dp, 2, 2, l.recompute), world),
-              reference(l.family));
+  const double worst = compare(
+      testing::train_quietly(make_config(l.family, l.schedule, l.dp, 2, 2, l.recompute), world),
+      reference(l.family));
   if (world.rank == 0)
     std::printf("%s: max relative loss difference %.3g over %d steps\n", l.str().c_str(), worst,
                 kSteps);

@@ -13,6 +13,7 @@
 #include "core/check.h"
 #include "launch/config.h"
 #include "launch/testing/tiny_config.h"
+#include "launch/testing/train_run.h"
 #include "launch/trainer.h"
 #include "parallel/world.h"
 
@@ -38,41 +39,20 @@ TrainConfig make_config(const std::string& family, const std::string& schedule, 
       pp * dp);
 }
 
-struct Losses {
-  std::vector<double> losses;
-  std::vector<std::pair<int64_t, double>> val;
-};
-
-Losses train(const TrainConfig& cfg, const parallel::World& world) {
-  launch::Trainer t(cfg, world);
-  t.set_quiet(true);
-  absl::Status s = t.init();
-  KILN_CHECK(s.ok()) << s.message();
-  auto r = t.run();
-  KILN_CHECK(r.ok()) << r.status().message();
-  return {r->train_losses, r->val_losses};
-}
-
 // The single-process reference per model family (same losses for every schedule).
-const Losses& reference(const std::string& family) {
-  static std::map<std::string, Losses>* refs = new std::map<std::string, Losses>;
+const launch::TrainSummary& reference(const std::string& family) {
+  static std::map<std::string, launch::TrainSummary>* refs =
+      new std::map<std::string, launch::TrainSummary>;
   auto it = refs->find(family);
   if (it == refs->end())
-    it = refs->emplace(family, train(make_config(family, "GPIPE", 1, 1, 0), parallel::World{}))
+    it = refs->emplace(family, testing::train_quietly(make_config(family, "GPIPE", 1, 1, 0),
+                                                      parallel::World{}))
              .first;
   return it->second;
 }
 
-// Max relative difference over the 20 training losses; checks the validation losses too.
-double compare(const Losses& got, const Losses& ref) {
-  KILN_CHECK_EQ(got.losses.size(), static_cast<size_t>(kSteps));
-  double worst = 0;
-  for (int i = 0; i < kSteps; ++i)
-    worst = std::max(worst, std::fabs(got.losses[i] - ref.losses[i]) / std::fabs(ref.losses[i]));
-  EXPECT_EQ(got.val.size(), ref.val.size());
-  for (size_t i = 0; i < got.val.size() && i < ref.val.size(); ++i)
-    worst = std::max(worst, std::fabs(got.val[i].second - ref.val[i].second) / ref.val[i].second);
-  return worst;
+double compare(const launch::TrainSummary& got, const launch::TrainSummary& ref) {
+  return testing::max_relative_loss_difference(got, ref, kSteps);
 }
 
 struct Layout {
@@ -88,9 +68,9 @@ TEST_P(PipelineTest, LossesMatchSingleProcess) {
   const parallel::World world = parallel::detect_world();
   ASSERT_GT(world.size, 1) << "run under mpirun -np 2 or -np 4";
   const Layout& l = GetParam();
-  const Losses& ref = reference(l.family);
-  const double worst =
-      compare(train(make_config(l.family, l.schedule, world.size, 1, 0), world), ref);
+  const launch::TrainSummary& ref = reference(l.family);
+  const double worst = compare(
+      testing::train_quietly(make_config(l.family, l.schedule, world.size, 1, 0), world), ref);
   if (world.rank == 0)
     std::printf("pp=%d %s %s: max relative loss difference %.3g over %d steps\n", world.size,
                 l.family.c_str(), l.schedule.c_str(), worst, kSteps);
@@ -102,7 +82,8 @@ TEST_P(PipelineTest, TwoStagesTimesTwoDataParallelZero1) {
   if (world.size != 4) GTEST_SKIP() << "pp 2 x dp 2 needs -np 4";
   const Layout& l = GetParam();
   const double worst =
-      compare(train(make_config(l.family, l.schedule, 2, 2, 1), world), reference(l.family));
+      compare(testing::train_quietly(make_config(l.family, l.schedule, 2, 2, 1), world),
+              reference(l.family));
   if (world.rank == 0)
     std::printf("pp=2 x dp=2 ZeRO-1 %s %s: max relative loss difference %.3g over %d steps\n",
                 l.family.c_str(), l.schedule.c_str(), worst, kSteps);

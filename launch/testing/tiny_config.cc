@@ -1,6 +1,8 @@
 // The shared tiny training run of the tests (see tiny_config.h).
 #include "launch/testing/tiny_config.h"
 
+#include <gtest/gtest.h>
+
 #include "core/check.h"
 #include "google/protobuf/text_format.h"
 #include "launch/config.h"
@@ -31,6 +33,23 @@ TrainConfig tiny_config(const std::string& run_dir, const std::string& overrides
   if (s.ok()) s = validate_config(*c);
   KILN_CHECK(s.ok()) << s.message();
   return *c;
+}
+
+const char kBaseConfig[] = R"pb(
+  name: "t"
+  device: CPU
+  model { preset: "gpt2-tiny" }
+  data { synthetic: true seq_len: 32 }
+  parallel { micro_batch_size: 2 }
+  training { global_batch_size: 8 max_steps: 10 }
+)pb";
+
+TrainConfig base_config() {
+  absl::StatusOr<TrainConfig> cfg = parse_config(kBaseConfig, "base");
+  EXPECT_TRUE(cfg.ok()) << cfg.status();
+  absl::Status s = resolve_config(&*cfg);
+  EXPECT_TRUE(s.ok()) << s;
+  return *cfg;
 }
 
 }  // namespace kiln::testing

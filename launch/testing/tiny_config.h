@@ -22,4 +22,11 @@ extern const char kTinyConfig[];
 TrainConfig tiny_config(const std::string& run_dir, const std::string& overrides = "",
                         int world_size = 1);
 
+// The config-layer tests' base config, as textproto: "t", the gpt2-tiny preset's defaults on
+// synthetic data (seq 32), global batch 8 in micro-batches of 2, 10 steps, CPU.
+extern const char kBaseConfig[];
+
+// kBaseConfig parsed and resolved (a failure fails the calling test).
+TrainConfig base_config();
+
 }  // namespace kiln::testing
