@@ -1,9 +1,11 @@
 // Pipeline parallel against the single-process run, under real MPI processes (ctest runs this
-// binary with mpirun -np 2 and -np 4): every Trainer schedule (GPipe, 1F1B, ZB-H1) at pp = world
-// size, GPT-2 (tied classifier across the first and last stage) and Llama, and at -np 4 also
+// binary with mpirun -np 2 and -np 4): every Trainer schedule (GPipe, 1F1B, ZB-H1, and interleaved
+// 1F1B with two model chunks per stage) at pp = world size, GPT-2 (tied classifier across the first
+// chunk of the first stage and the last chunk of the last stage) and Llama, and at -np 4 also
 // pp 2 x dp 2 with ZeRO-1. Each rank trains the single-process reference itself (world of one).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -21,20 +23,27 @@ namespace {
 
 constexpr int kSteps = 20;
 
-// 4 layers (pp = 4 has one block per stage), global batch 8 in micro-batches of 1: 8 / dp
-// micro-batches per step, all in one flush. Clipping on, so the norm must sum over the stages.
+// The layers of a run with pp x v model chunks: 4 (pp = 4 has one block per stage), 8 for pp 4 x
+// v 2 (one block per chunk).
+int layers(int pp, int v) { return std::max(4, pp * v); }
+
+// Global batch 8 in micro-batches of 1: 8 / dp micro-batches per step, all in one flush. Clipping
+// on, so the norm must sum over the stages. `v`: virtual stages (INTERLEAVED_1F1B).
 TrainConfig make_config(const std::string& family, const std::string& schedule, int pp, int dp,
-                        int zero) {
+                        int zero, int v, int n_layer) {
   const std::string model =
       family == "llama"
-          ? "model { preset: \"llama-tiny\" family: LLAMA vocab_size: 96 max_seq_len: 32 "
-            "n_layer: 4 n_head: 2 n_kv_head: 1 d_model: 32 d_ff: 64 } "
-          : "model { n_layer: 4 } ";
+          ? absl::StrCat("model { preset: \"llama-tiny\" family: LLAMA vocab_size: 96 ",
+                         "max_seq_len: 32 n_layer: ", n_layer,
+                         " n_head: 2 n_kv_head: 1 d_model: 32 d_ff: 64 } ")
+          : absl::StrCat("model { n_layer: ", n_layer, " } ");
   return testing::tiny_config(
-      ::testing::TempDir() + absl::StrCat("/kiln_pp_", family, "_", schedule, pp, dp),
+      ::testing::TempDir() +
+          absl::StrCat("/kiln_pp_", family, "_", schedule, pp, dp, "v", v, "L", n_layer),
       absl::StrCat(model, "training { seed: 3 } optimizer { grad_clip: 0.5 } eval { batches: 1 } ",
                    "parallel { timeout_s: 60 micro_batch_size: 1 dp: ", dp, " pp: ", pp,
-                   " zero_stage: ", zero, " pipeline_schedule: ", schedule, " }"),
+                   " zero_stage: ", zero, " pipeline_schedule: ", schedule,
+                   " virtual_stages: ", v, " }"),
       pp * dp);
 }
 
@@ -53,12 +62,14 @@ Losses train(const TrainConfig& cfg, const parallel::World& world) {
   return {r->train_losses, r->val_losses};
 }
 
-// The single-process reference per model family (same losses for every schedule).
-const Losses& reference(const std::string& family) {
+// The single-process reference per model family and depth (same losses for every schedule).
+const Losses& reference(const std::string& family, int n_layer) {
   static std::map<std::string, Losses>* refs = new std::map<std::string, Losses>;
-  auto it = refs->find(family);
+  const std::string key = absl::StrCat(family, n_layer);
+  auto it = refs->find(key);
   if (it == refs->end())
-    it = refs->emplace(family, train(make_config(family, "GPIPE", 1, 1, 0), parallel::World{}))
+    it = refs->emplace(key, train(make_config(family, "GPIPE", 1, 1, 0, 1, n_layer),
+                                  parallel::World{}))
              .first;
   return it->second;
 }
@@ -77,6 +88,7 @@ double compare(const Losses& got, const Losses& ref) {
 
 struct Layout {
   std::string family, schedule;
+  int v = 1;  // model chunks per stage
 };
 
 class PipelineTest : public ::testing::TestWithParam<Layout> {};
@@ -88,12 +100,13 @@ TEST_P(PipelineTest, LossesMatchSingleProcess) {
   const parallel::World world = parallel::detect_world();
   ASSERT_GT(world.size, 1) << "run under mpirun -np 2 or -np 4";
   const Layout& l = GetParam();
-  const Losses& ref = reference(l.family);
+  const int n = layers(world.size, l.v);
+  const Losses& ref = reference(l.family, n);
   const double worst =
-      compare(train(make_config(l.family, l.schedule, world.size, 1, 0), world), ref);
+      compare(train(make_config(l.family, l.schedule, world.size, 1, 0, l.v, n), world), ref);
   if (world.rank == 0)
-    std::printf("pp=%d %s %s: max relative loss difference %.3g over %d steps\n", world.size,
-                l.family.c_str(), l.schedule.c_str(), worst, kSteps);
+    std::printf("pp=%d %s %s v=%d (%d layers): max relative loss difference %.3g over %d steps\n",
+                world.size, l.family.c_str(), l.schedule.c_str(), l.v, n, worst, kSteps);
   EXPECT_LE(worst, 1e-6);
 }
 
@@ -101,21 +114,25 @@ TEST_P(PipelineTest, TwoStagesTimesTwoDataParallelZero1) {
   const parallel::World world = parallel::detect_world();
   if (world.size != 4) GTEST_SKIP() << "pp 2 x dp 2 needs -np 4";
   const Layout& l = GetParam();
-  const double worst =
-      compare(train(make_config(l.family, l.schedule, 2, 2, 1), world), reference(l.family));
+  const int n = layers(2, l.v);
+  const double worst = compare(train(make_config(l.family, l.schedule, 2, 2, 1, l.v, n), world),
+                               reference(l.family, n));
   if (world.rank == 0)
-    std::printf("pp=2 x dp=2 ZeRO-1 %s %s: max relative loss difference %.3g over %d steps\n",
-                l.family.c_str(), l.schedule.c_str(), worst, kSteps);
+    std::printf("pp=2 x dp=2 ZeRO-1 %s %s v=%d: max relative loss difference %.3g over %d steps\n",
+                l.family.c_str(), l.schedule.c_str(), l.v, worst, kSteps);
   EXPECT_LE(worst, 1e-6);
 }
 
 INSTANTIATE_TEST_SUITE_P(Schedules, PipelineTest,
                          ::testing::Values(Layout{"gpt2", "GPIPE"}, Layout{"gpt2", "ONE_F_ONE_B"},
                                            Layout{"gpt2", "ZB_H1"}, Layout{"llama", "GPIPE"},
-                                           Layout{"llama", "ONE_F_ONE_B"},
-                                           Layout{"llama", "ZB_H1"}),
+                                           Layout{"llama", "ONE_F_ONE_B"}, Layout{"llama", "ZB_H1"},
+                                           Layout{"gpt2", "INTERLEAVED_1F1B", 2},
+                                           Layout{"llama", "INTERLEAVED_1F1B", 2}),
                          [](const auto& info) {
-                           return info.param.family + "_" + info.param.schedule;
+                           return absl::StrCat(info.param.family, "_", info.param.schedule,
+                                               info.param.v > 1 ? absl::StrCat("_v", info.param.v)
+                                                                : "");
                          });
 
 }  // namespace
