@@ -89,7 +89,7 @@ absl::StatusOr<std::string> Trainer::save_checkpoint() {
   l->set_tp(mesh_->dims().tp);
   l->set_pp(mesh_->dims().pp);
   l->set_zero_stage(dp_->zero_stage());
-  l->set_virtual_stages(cfg_.parallel().virtual_stages());
+  l->set_virtual_stages(static_cast<int32_t>(chunks_.size()));  // model chunks per stage
   RankContribution mine;
   const int dp_rank = mesh_->dp_rank();
   mine.pieces = checkpoint_pieces(false);  // every element from exactly one rank
@@ -190,12 +190,15 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
   if (world_.rank == 0) {
     const ParallelLayout& l = m->layout();
     std::string layout;
+    const int v = std::max(l.virtual_stages(), 1);
     if (l.world_size() != world_.size || l.dp() != mesh_->dims().dp || l.tp() != mesh_->dims().tp ||
-        std::max(l.pp(), 1) != mesh_->dims().pp || l.zero_stage() != dp_->zero_stage())
-      layout = absl::StrFormat(", resharded from world %d dp %d zero_stage %d%s%s", l.world_size(),
-                               l.dp(), l.zero_stage(),
+        std::max(l.pp(), 1) != mesh_->dims().pp || l.zero_stage() != dp_->zero_stage() ||
+        v != static_cast<int>(chunks_.size()))
+      layout = absl::StrFormat(", resharded from world %d dp %d zero_stage %d%s%s%s",
+                               l.world_size(), l.dp(), l.zero_stage(),
                                l.tp() > 1 ? absl::StrFormat(" tp %d", l.tp()) : "",
-                               l.pp() > 1 ? absl::StrFormat(" pp %d", l.pp()) : "");
+                               l.pp() > 1 ? absl::StrFormat(" pp %d", l.pp()) : "",
+                               v > 1 ? absl::StrFormat(" v %d", v) : "");
     std::printf("kiln: resumed from %s (step %lld, %lld tokens%s)\n", path.c_str(),
                 static_cast<long long>(step_), static_cast<long long>(tokens_seen_),
                 layout.c_str());
