@@ -100,7 +100,7 @@ class Trainer {
   absl::Status make_device();  // device, compute dtype, the fp16 loss scaler
   absl::Status make_mesh();    // dims and groups: a bad layout fails before the model is built
   absl::Status make_model(bool init_from);  // on the device; training.init_from when asked
-  absl::Status apply_model_parallel();  // tensor parallel on every chunk
+  absl::Status apply_model_parallel();      // tensor parallel on every chunk
   void apply_recompute();
   void make_data_parallel();  // DDP / ZeRO around the optimizer
   void make_forward_backward();

@@ -3,7 +3,8 @@
 // (ctest: mpirun -np 4 and -np 8): tp 2 x pp 2 at -np 4 and dp 2 x tp 2 x pp 2 with ZeRO-1 at -np
 // 8, GPT-2 (vocab-parallel embedding tied across the first and the last stage) and Llama with
 // grouped-query attention, for the 1F1B, ZB-H1 and GPipe schedules (and at -np 4 with full and
-// selective recompute, and interleaved 1F1B with two model chunks per stage, each sharded over tp). Each rank trains the single-process reference itself (world of one).
+// selective recompute, and interleaved 1F1B with two model chunks per stage, each sharded over tp).
+// Each rank trains the single-process reference itself (world of one).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -36,10 +37,10 @@ struct Layout {
 };
 void PrintTo(const Layout& l, std::ostream* os) { *os << l.str(); }
 
-// 2 layers per model chunk (one per stage, or per chunk with v = 2); heads divisible by tp = 2, Llama grouped-query (4 query heads, 2
-// key/value heads). Global batch 8 in micro-batches of 1: 8 / dp micro-batches per step, all in
-// one flush. Clipping on (about every step clips), so the gradient norm must sum over tp and pp
-// with the tied and the replicated parameters counted once.
+// 2 layers per model chunk (one per stage, or per chunk with v = 2); heads divisible by tp = 2,
+// Llama grouped-query (4 query heads, 2 key/value heads). Global batch 8 in micro-batches of 1: 8 /
+// dp micro-batches per step, all in one flush. Clipping on (about every step clips), so the
+// gradient norm must sum over tp and pp with the tied and the replicated parameters counted once.
 TrainConfig make_config(const std::string& family, const std::string& schedule, int dp, int tp,
                         int pp, const std::string& recompute, int v, int n_layer) {
   const std::string model =
@@ -107,9 +108,9 @@ TEST_P(ThreeDTest, LossesMatchSingleProcess) {
   const parallel::World world = parallel::detect_world();
   ASSERT_GT(world.size, 1) << "run under mpirun -np 4 or -np 8";
   if (4 * l.dp != world.size) GTEST_SKIP() << l.str() << " needs " << 4 * l.dp << " ranks";
-  const double worst =
-      compare(train(make_config(l.family, l.schedule, l.dp, 2, 2, l.recompute, l.v, 2 * l.v), world),
-              reference(l.family, l.v));
+  const double worst = compare(
+      train(make_config(l.family, l.schedule, l.dp, 2, 2, l.recompute, l.v, 2 * l.v), world),
+      reference(l.family, l.v));
   if (world.rank == 0)
     std::printf("%s: max relative loss difference %.3g over %d steps\n", l.str().c_str(), worst,
                 kSteps);

@@ -42,8 +42,8 @@ TrainConfig make_config(const std::string& family, const std::string& schedule, 
           absl::StrCat("/kiln_pp_", family, "_", schedule, pp, dp, "v", v, "L", n_layer),
       absl::StrCat(model, "training { seed: 3 } optimizer { grad_clip: 0.5 } eval { batches: 1 } ",
                    "parallel { timeout_s: 60 micro_batch_size: 1 dp: ", dp, " pp: ", pp,
-                   " zero_stage: ", zero, " pipeline_schedule: ", schedule,
-                   " virtual_stages: ", v, " }"),
+                   " zero_stage: ", zero, " pipeline_schedule: ", schedule, " virtual_stages: ", v,
+                   " }"),
       pp * dp);
 }
 
@@ -68,8 +68,8 @@ const Losses& reference(const std::string& family, int n_layer) {
   const std::string key = absl::StrCat(family, n_layer);
   auto it = refs->find(key);
   if (it == refs->end())
-    it = refs->emplace(key, train(make_config(family, "GPIPE", 1, 1, 0, 1, n_layer),
-                                  parallel::World{}))
+    it = refs->emplace(key,
+                       train(make_config(family, "GPIPE", 1, 1, 0, 1, n_layer), parallel::World{}))
              .first;
   return it->second;
 }
@@ -130,9 +130,9 @@ INSTANTIATE_TEST_SUITE_P(Schedules, PipelineTest,
                                            Layout{"gpt2", "INTERLEAVED_1F1B", 2},
                                            Layout{"llama", "INTERLEAVED_1F1B", 2}),
                          [](const auto& info) {
-                           return absl::StrCat(info.param.family, "_", info.param.schedule,
-                                               info.param.v > 1 ? absl::StrCat("_v", info.param.v)
-                                                                : "");
+                           return absl::StrCat(
+                               info.param.family, "_", info.param.schedule,
+                               info.param.v > 1 ? absl::StrCat("_v", info.param.v) : "");
                          });
 
 }  // namespace
