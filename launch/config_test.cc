@@ -130,7 +130,31 @@ TEST(ValidateTest, RejectsPpNotDividingLayers) {
   c.mutable_parallel()->set_pp(2);
   c.mutable_parallel()->set_pipeline_schedule(ParallelConfig::INTERLEAVED_1F1B);
   c.mutable_parallel()->set_virtual_stages(2);  // 2 * 2 chunks for 2 layers
-  expect_rejected(c, {"parallel.pp", "virtual_stages"});
+  expect_rejected(c, {"parallel.pp", "virtual_stages", "parallel.pipeline_layers"});
+}
+
+// parallel.pipeline_layers: one entry per model chunk, each >= 1, summing to n_layer; with it, pp
+// need not divide n_layer.
+TEST(ValidateTest, PipelineLayers) {
+  TrainConfig c = base_config();
+  c.mutable_model()->set_n_layer(5);
+  c.mutable_parallel()->set_pp(2);
+  expect_rejected(c, {"parallel.pp", "must divide model.n_layer (5)"});
+  for (int n : {3, 2}) c.mutable_parallel()->add_pipeline_layers(n);
+  EXPECT_TRUE(validate_config(c).ok()) << validate_config(c);
+  c.mutable_parallel()->set_pipeline_layers(1, 1);
+  expect_rejected(c, {"parallel.pipeline_layers", "sum to 4, not model.n_layer (5)"});
+  c.mutable_parallel()->set_pipeline_layers(0, 5);
+  c.mutable_parallel()->set_pipeline_layers(1, 0);
+  expect_rejected(c, {"parallel.pipeline_layers", "entry 1 is 0", "at least 1 layer"});
+  c.mutable_parallel()->set_pipeline_layers(0, 3);
+  c.mutable_parallel()->set_pipeline_layers(1, 2);
+  c.mutable_parallel()->set_pipeline_schedule(ParallelConfig::INTERLEAVED_1F1B);
+  c.mutable_parallel()->set_virtual_stages(2);
+  expect_rejected(c, {"parallel.pipeline_layers", "pp (2) * virtual_stages (2) = 4, got 2"});
+  c.mutable_parallel()->clear_pipeline_layers();
+  for (int n : {2, 1, 1, 1}) c.mutable_parallel()->add_pipeline_layers(n);
+  EXPECT_TRUE(validate_config(c).ok()) << validate_config(c);
 }
 
 TEST(ValidateTest, RejectsPipelineFlushesTooSmallOrNotDividing) {

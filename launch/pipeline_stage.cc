@@ -1,6 +1,8 @@
 // Model chunks as pipeline stage work, and the tied classifier's copies.
 #include "launch/pipeline_stage.h"
 
+#include <algorithm>
+
 #include "core/autograd.h"
 #include "core/check.h"
 #include "core/ops/elementwise.h"
@@ -24,6 +26,22 @@ models::StageSpec stage_spec(int64_t n_layer, int vs, int chunks) {
   KILN_CHECK(chunks > 0 && n_layer % chunks == 0) << n_layer << " layers in " << chunks;
   const int64_t per = n_layer / chunks;
   return {vs == 0, vs * per, (vs + 1) * per, vs == chunks - 1};
+}
+
+models::StageSpec stage_spec(const std::vector<int64_t>& layers, int vs) {
+  KILN_CHECK(vs >= 0 && vs < static_cast<int>(layers.size())) << vs << " of " << layers.size();
+  int64_t first = 0;
+  for (int i = 0; i < vs; ++i) first += layers[i];
+  KILN_CHECK_GE(layers[vs], 1);
+  return {vs == 0, first, first + layers[vs], vs == static_cast<int>(layers.size()) - 1};
+}
+
+std::vector<int64_t> pipeline_layers(const ParallelConfig& p, int64_t n_layer) {
+  if (!p.pipeline_layers().empty())
+    return std::vector<int64_t>(p.pipeline_layers().begin(), p.pipeline_layers().end());
+  const int chunks = std::max(p.pp(), 1) * schedule_spec(p, false).virtual_stages;
+  KILN_CHECK(n_layer % chunks == 0) << n_layer << " layers in " << chunks;
+  return std::vector<int64_t>(chunks, n_layer / chunks);
 }
 
 parallel::pipeline::ScheduleSpec schedule_spec(const ParallelConfig& p, bool tied_embedding) {

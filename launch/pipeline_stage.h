@@ -18,6 +18,12 @@ namespace kiln::launch {
 // n_layer model: blocks [vs L / chunks, (vs + 1) L / chunks), the embedding on the first, the head
 // on the last. REQUIRES n_layer % chunks == 0 (validate_config checks).
 models::StageSpec stage_spec(int64_t n_layer, int vs, int chunks);
+// The same for a split given as layers per virtual stage (`layers[vs]`, each >= 1): virtual stage
+// vs holds the blocks after those of virtual stages 0 .. vs - 1.
+models::StageSpec stage_spec(const std::vector<int64_t>& layers, int vs);
+// The layers of each virtual stage a resolved, validated config asks for: parallel.pipeline_layers
+// when given, else an even split of model.n_layer over pp x (virtual stages of the schedule).
+std::vector<int64_t> pipeline_layers(const ParallelConfig& p, int64_t n_layer);
 
 // The schedule a resolved ParallelConfig names, for flushes of its pipeline_micro_batches (0: one
 // flush per step).

@@ -212,6 +212,13 @@ int plan_main(int argc, char** argv) {
     std::fprintf(stderr, "kiln plan: %s\n", std::string(s.message()).c_str());
     return 1;
   }
+  const ParallelConfig& par = c->parallel();
+  if (par.pp() > 1 && (!par.pipeline_layers().empty() || c->model().n_layer() % par.pp() != 0)) {
+    std::fprintf(stderr,
+                 "kiln plan: parallel.pipeline_layers: the memory plan assumes an even split "
+                 "(n_layer / pp blocks per stage); not built for a split given per stage\n");
+    return 1;
+  }
   const PlanInput in = plan_input(*c, a.device);
   const MemoryPlan p = plan_memory(in, config_layout(*c));
   int64_t step = -1;

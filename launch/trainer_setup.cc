@@ -122,11 +122,11 @@ absl::Status Trainer::make_model(bool init_from) {
   // The pipeline split: this rank builds only its chunks (same weights as the whole model's).
   const int pp = mesh_->dims().pp;
   const int v = schedule_spec(cfg_.parallel(), false).virtual_stages;
+  const std::vector<int64_t> layers = pipeline_layers(cfg_.parallel(), spec.n_layer);
   chunks_.clear();
   for (int c = 0; c < (pp > 1 ? v : 1); ++c)
     chunks_.push_back(
-        pp > 1 ? models::build_stage(spec, seed,
-                                     stage_spec(spec.n_layer, c * pp + mesh_->pp_rank(), pp * v))
+        pp > 1 ? models::build_stage(spec, seed, stage_spec(layers, c * pp + mesh_->pp_rank()))
                : models::build_model(spec, seed));
   if (init_from && !cfg_.training().init_from().empty()) {
     absl::Status s = import_safetensors(cfg_.training().init_from(), cfg_.model(),

@@ -12,6 +12,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/check.h"
 #include "launch/config.h"
 #include "launch/testing/tiny_config.h"
@@ -23,14 +24,25 @@ namespace {
 
 constexpr int kSteps = 20;
 
-// The layers of a run with pp x v model chunks: 4 (pp = 4 has one block per stage), 8 for pp 4 x
-// v 2 (one block per chunk).
-int layers(int pp, int v) { return std::max(4, pp * v); }
+// The layers of a run with pp x v model chunks. Even split: 4 (pp = 4 has one block per stage), 8
+// for pp 4 x v 2 (one block per chunk). Uneven (parallel.pipeline_layers): one layer per chunk and
+// three on the last, pp x v + 2 layers (so pp need not divide them).
+struct Split {
+  int n_layer;
+  std::vector<int> layers;  // per virtual stage; empty: the even split
+};
+Split split_of(int pp, int v, bool uneven) {
+  if (!uneven) return {std::max(4, pp * v), {}};
+  std::vector<int> layers(pp * v, 1);
+  layers.back() = 3;
+  return {pp * v + 2, layers};
+}
 
 // Global batch 8 in micro-batches of 1: 8 / dp micro-batches per step, all in one flush. Clipping
 // on, so the norm must sum over the stages. `v`: virtual stages (INTERLEAVED_1F1B).
 TrainConfig make_config(const std::string& family, const std::string& schedule, int pp, int dp,
-                        int zero, int v, int n_layer) {
+                        int zero, int v, const Split& split) {
+  const int n_layer = split.n_layer;
   const std::string model =
       family == "llama"
           ? absl::StrCat("model { preset: \"llama-tiny\" family: LLAMA vocab_size: 96 ",
@@ -38,18 +50,21 @@ TrainConfig make_config(const std::string& family, const std::string& schedule, 
                          " n_head: 2 n_kv_head: 1 d_model: 32 d_ff: 64 } ")
           : absl::StrCat("model { n_layer: ", n_layer, " } ");
   return testing::tiny_config(
-      ::testing::TempDir() +
-          absl::StrCat("/kiln_pp_", family, "_", schedule, pp, dp, "v", v, "L", n_layer),
+      ::testing::TempDir() + absl::StrCat("/kiln_pp_", family, "_", schedule, pp, dp, "v", v, "L",
+                                          n_layer, split.layers.empty() ? "" : "u"),
       absl::StrCat(model, "training { seed: 3 } optimizer { grad_clip: 0.5 } eval { batches: 1 } ",
                    "parallel { timeout_s: 60 micro_batch_size: 1 dp: ", dp, " pp: ", pp,
                    " zero_stage: ", zero, " pipeline_schedule: ", schedule, " virtual_stages: ", v,
-                   " }"),
+                   split.layers.empty() ? "" : " pipeline_layers: [",
+                   absl::StrJoin(split.layers, ", "), split.layers.empty() ? "" : "]", " }"),
       pp * dp);
 }
 
 struct Losses {
   std::vector<double> losses;
   std::vector<std::pair<int64_t, double>> val;
+  int pp_rank = 0;
+  int64_t first_block = 0, end_block = 0;  // of this rank's first model chunk
 };
 
 Losses train(const TrainConfig& cfg, const parallel::World& world) {
@@ -59,7 +74,18 @@ Losses train(const TrainConfig& cfg, const parallel::World& world) {
   KILN_CHECK(s.ok()) << s.message();
   auto r = t.run();
   KILN_CHECK(r.ok()) << r.status().message();
-  return {r->train_losses, r->val_losses};
+  const models::StageSpec& st = t.model().stage();
+  return {r->train_losses, r->val_losses, t.mesh().pp_rank(), st.first_block, st.end_block};
+}
+
+// This rank's first chunk (virtual stage pp_rank) holds the blocks the split gives it.
+void expect_blocks(const Losses& got, const Split& split, int pp, int v) {
+  const std::vector<int> layers =
+      split.layers.empty() ? std::vector<int>(pp * v, split.n_layer / (pp * v)) : split.layers;
+  int first = 0;
+  for (int i = 0; i < got.pp_rank; ++i) first += layers[i];
+  EXPECT_EQ(got.first_block, first);
+  EXPECT_EQ(got.end_block, first + layers[got.pp_rank]);
 }
 
 // The single-process reference per model family and depth (same losses for every schedule).
@@ -68,8 +94,8 @@ const Losses& reference(const std::string& family, int n_layer) {
   const std::string key = absl::StrCat(family, n_layer);
   auto it = refs->find(key);
   if (it == refs->end())
-    it = refs->emplace(key,
-                       train(make_config(family, "GPIPE", 1, 1, 0, 1, n_layer), parallel::World{}))
+    it = refs->emplace(key, train(make_config(family, "GPIPE", 1, 1, 0, 1, Split{n_layer, {}}),
+                                  parallel::World{}))
              .first;
   return it->second;
 }
@@ -88,7 +114,8 @@ double compare(const Losses& got, const Losses& ref) {
 
 struct Layout {
   std::string family, schedule;
-  int v = 1;  // model chunks per stage
+  int v = 1;            // model chunks per stage
+  bool uneven = false;  // layers per chunk given in parallel.pipeline_layers (split_of)
 };
 
 class PipelineTest : public ::testing::TestWithParam<Layout> {};
@@ -100,13 +127,16 @@ TEST_P(PipelineTest, LossesMatchSingleProcess) {
   const parallel::World world = parallel::detect_world();
   ASSERT_GT(world.size, 1) << "run under mpirun -np 2 or -np 4";
   const Layout& l = GetParam();
-  const int n = layers(world.size, l.v);
-  const Losses& ref = reference(l.family, n);
-  const double worst =
-      compare(train(make_config(l.family, l.schedule, world.size, 1, 0, l.v, n), world), ref);
+  const Split split = split_of(world.size, l.v, l.uneven);
+  const Losses& ref = reference(l.family, split.n_layer);
+  const Losses got = train(make_config(l.family, l.schedule, world.size, 1, 0, l.v, split), world);
+  expect_blocks(got, split, world.size, l.v);
+  const double worst = compare(got, ref);
   if (world.rank == 0)
-    std::printf("pp=%d %s %s v=%d (%d layers): max relative loss difference %.3g over %d steps\n",
-                world.size, l.family.c_str(), l.schedule.c_str(), l.v, n, worst, kSteps);
+    std::printf("pp=%d %s %s v=%d (%d layers%s): max relative loss difference %.3g over %d steps\n",
+                world.size, l.family.c_str(), l.schedule.c_str(), l.v, split.n_layer,
+                split.layers.empty() ? "" : (" split " + absl::StrJoin(split.layers, "/")).c_str(),
+                worst, kSteps);
   EXPECT_LE(worst, 1e-6);
 }
 
@@ -114,12 +144,16 @@ TEST_P(PipelineTest, TwoStagesTimesTwoDataParallelZero1) {
   const parallel::World world = parallel::detect_world();
   if (world.size != 4) GTEST_SKIP() << "pp 2 x dp 2 needs -np 4";
   const Layout& l = GetParam();
-  const int n = layers(2, l.v);
-  const double worst = compare(train(make_config(l.family, l.schedule, 2, 2, 1, l.v, n), world),
-                               reference(l.family, n));
+  const Split split = split_of(2, l.v, l.uneven);
+  const Losses got = train(make_config(l.family, l.schedule, 2, 2, 1, l.v, split), world);
+  expect_blocks(got, split, 2, l.v);
+  const double worst = compare(got, reference(l.family, split.n_layer));
   if (world.rank == 0)
-    std::printf("pp=2 x dp=2 ZeRO-1 %s %s v=%d: max relative loss difference %.3g over %d steps\n",
-                l.family.c_str(), l.schedule.c_str(), l.v, worst, kSteps);
+    std::printf(
+        "pp=2 x dp=2 ZeRO-1 %s %s v=%d%s: max relative loss difference %.3g over %d steps\n",
+        l.family.c_str(), l.schedule.c_str(), l.v,
+        split.layers.empty() ? "" : (" split " + absl::StrJoin(split.layers, "/")).c_str(), worst,
+        kSteps);
   EXPECT_LE(worst, 1e-6);
 }
 
@@ -128,11 +162,14 @@ INSTANTIATE_TEST_SUITE_P(Schedules, PipelineTest,
                                            Layout{"gpt2", "ZB_H1"}, Layout{"llama", "GPIPE"},
                                            Layout{"llama", "ONE_F_ONE_B"}, Layout{"llama", "ZB_H1"},
                                            Layout{"gpt2", "INTERLEAVED_1F1B", 2},
-                                           Layout{"llama", "INTERLEAVED_1F1B", 2}),
+                                           Layout{"llama", "INTERLEAVED_1F1B", 2},
+                                           Layout{"gpt2", "ONE_F_ONE_B", 1, true},
+                                           Layout{"llama", "INTERLEAVED_1F1B", 2, true}),
                          [](const auto& info) {
                            return absl::StrCat(
                                info.param.family, "_", info.param.schedule,
-                               info.param.v > 1 ? absl::StrCat("_v", info.param.v) : "");
+                               info.param.v > 1 ? absl::StrCat("_v", info.param.v) : "",
+                               info.param.uneven ? "_uneven" : "");
                          });
 
 }  // namespace
