@@ -213,10 +213,11 @@ int plan_main(int argc, char** argv) {
     return 1;
   }
   const ParallelConfig& par = c->parallel();
-  if (par.pp() > 1 && (!par.pipeline_layers().empty() || c->model().n_layer() % par.pp() != 0)) {
+  if (par.pp() > 1 && (!par.pipeline_layers().empty() || c->model().n_layer() % par.pp() != 0 ||
+                       par.pipeline_split() != ParallelConfig::SPLIT_EVEN)) {
     std::fprintf(stderr,
-                 "kiln plan: parallel.pipeline_layers: the memory plan assumes an even split "
-                 "(n_layer / pp blocks per stage); not built for a split given per stage\n");
+                 "kiln plan: parallel.pipeline_layers / pipeline_split: the memory plan assumes "
+                 "an even split (n_layer / pp blocks per stage); not built for other splits\n");
     return 1;
   }
   const PlanInput in = plan_input(*c, a.device);

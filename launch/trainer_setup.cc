@@ -122,7 +122,7 @@ absl::Status Trainer::make_model(bool init_from) {
   // The pipeline split: this rank builds only its chunks (same weights as the whole model's).
   const int pp = mesh_->dims().pp;
   const int v = schedule_spec(cfg_.parallel(), false).virtual_stages;
-  const std::vector<int64_t> layers = pipeline_layers(cfg_.parallel(), spec.n_layer);
+  const std::vector<int64_t> layers = pipeline_layers(cfg_.parallel(), cfg_.model());
   chunks_.clear();
   for (int c = 0; c < (pp > 1 ? v : 1); ++c)
     chunks_.push_back(
