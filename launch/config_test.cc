@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "launch/pipeline_stage.h"
 #include "launch/testing/tiny_config.h"
 #include "models/presets.h"
 
@@ -117,7 +118,53 @@ TEST(ValidateTest, RejectsPpNotDividingLayers) {
   c.mutable_parallel()->set_pp(2);
   c.mutable_parallel()->set_pipeline_schedule(ParallelConfig::INTERLEAVED_1F1B);
   c.mutable_parallel()->set_virtual_stages(2);  // 2 * 2 chunks for 2 layers
-  expect_rejected(c, {"parallel.pp", "virtual_stages"});
+  expect_rejected(c, {"parallel.pp", "virtual_stages", "parallel.pipeline_layers"});
+}
+
+// parallel.pipeline_layers: one entry per model chunk, each >= 1, summing to n_layer; with it, pp
+// need not divide n_layer.
+TEST(ValidateTest, PipelineLayers) {
+  TrainConfig c = base_config();
+  c.mutable_model()->set_n_layer(5);
+  c.mutable_parallel()->set_pp(2);
+  expect_rejected(c, {"parallel.pp", "must divide model.n_layer (5)"});
+  for (int n : {3, 2}) c.mutable_parallel()->add_pipeline_layers(n);
+  EXPECT_TRUE(validate_config(c).ok()) << validate_config(c);
+  c.mutable_parallel()->set_pipeline_layers(1, 1);
+  expect_rejected(c, {"parallel.pipeline_layers", "sum to 4, not model.n_layer (5)"});
+  c.mutable_parallel()->set_pipeline_layers(0, 5);
+  c.mutable_parallel()->set_pipeline_layers(1, 0);
+  expect_rejected(c, {"parallel.pipeline_layers", "entry 1 is 0", "at least 1 layer"});
+  c.mutable_parallel()->set_pipeline_layers(0, 3);
+  c.mutable_parallel()->set_pipeline_layers(1, 2);
+  c.mutable_parallel()->set_pipeline_schedule(ParallelConfig::INTERLEAVED_1F1B);
+  c.mutable_parallel()->set_virtual_stages(2);
+  expect_rejected(c, {"parallel.pipeline_layers", "pp (2) * virtual_stages (2) = 4, got 2"});
+  c.mutable_parallel()->clear_pipeline_layers();
+  for (int n : {2, 1, 1, 1}) c.mutable_parallel()->add_pipeline_layers(n);
+  EXPECT_TRUE(validate_config(c).ok()) << validate_config(c);
+  c.mutable_parallel()->set_pipeline_split(ParallelConfig::SPLIT_BY_PARAMETERS);
+  expect_rejected(c, {"parallel.pipeline_split", "set one of the two"});
+  c.mutable_parallel()->clear_pipeline_layers();
+  EXPECT_TRUE(validate_config(c).ok()) << validate_config(c);  // 4 chunks of 5 layers
+  c.mutable_model()->set_n_layer(3);
+  expect_rejected(c, {"parallel.pp", "4 model chunks", "model.n_layer is 3"});
+}
+
+// SPLIT_BY_PARAMETERS on GPT-2 124M at pp 4: the first stage holds the embeddings (39.4M, over five
+// blocks of 7.1M) and the last the tied copy (38.6M), so they keep one block each and the middle
+// stages take five; Llama 8B: embedding and head (0.53B each) against blocks of 0.22B.
+TEST(ValidateTest, PipelineLayersByParameters) {
+  ModelConfig gpt2;
+  gpt2.set_preset("gpt2-124m");
+  ASSERT_TRUE(resolve_model_config(&gpt2).ok());
+  EXPECT_THAT(launch::layers_by_parameters(gpt2, 4), ::testing::ElementsAre(1, 5, 5, 1));
+  EXPECT_THAT(launch::layers_by_parameters(gpt2, 1), ::testing::ElementsAre(12));
+  EXPECT_THAT(launch::layers_by_parameters(gpt2, 12), ::testing::Each(1));
+  ModelConfig llama;
+  llama.set_preset("llama-8b");
+  ASSERT_TRUE(resolve_model_config(&llama).ok());
+  EXPECT_THAT(launch::layers_by_parameters(llama, 4), ::testing::ElementsAre(7, 9, 9, 7));
 }
 
 TEST(ValidateTest, RejectsPipelineFlushesTooSmallOrNotDividing) {

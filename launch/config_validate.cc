@@ -159,6 +159,54 @@ void check_batches(const TrainConfig& cfg, int dp, bool dp_known, Checker& c) {
   }
 }
 
+// parallel.pipeline_layers: one entry per model chunk (virtual stage), each >= 1, summing to
+// n_layer.
+void check_pipeline_layers(const ParallelConfig& p, int chunks, int64_t n_layer, Checker& c) {
+  const auto& l = p.pipeline_layers();
+  c.require(
+      l.size() == chunks, "parallel.pipeline_layers",
+      absl::StrCat("needs one entry per model chunk: pp (", p.pp(), ")",
+                   chunks > p.pp() ? absl::StrCat(" * virtual_stages (", chunks / p.pp(), ")") : "",
+                   " = ", chunks, ", got ", l.size()));
+  int64_t sum = 0;
+  for (int i = 0; i < l.size(); ++i) {
+    c.require(
+        l[i] >= 1, "parallel.pipeline_layers",
+        absl::StrCat("entry ", i, " is ", l[i], "; every model chunk needs at least 1 layer"));
+    sum += l[i];
+  }
+  c.require(sum == n_layer, "parallel.pipeline_layers",
+            absl::StrCat("the entries sum to ", sum, ", not model.n_layer (", n_layer, ")"));
+}
+
+// How the layers split into model chunks: evenly, by parameters or as parallel.pipeline_layers.
+void check_pipeline_split(const ModelConfig& m, const ParallelConfig& p, Checker& c) {
+  const bool interleaved = p.pipeline_schedule() == ParallelConfig::INTERLEAVED_1F1B;
+  const int chunks = p.pp() * (interleaved ? p.virtual_stages() : 1);
+  const bool by_params = p.pipeline_split() == ParallelConfig::SPLIT_BY_PARAMETERS;
+  c.require(!by_params || p.pipeline_layers().empty(), "parallel.pipeline_split",
+            "SPLIT_BY_PARAMETERS computes the layers per chunk; parallel.pipeline_layers gives "
+            "them: set one of the two");
+  if (by_params) {
+    c.require(
+        m.n_layer() >= chunks, "parallel.pp",
+        absl::StrCat(chunks, " model chunks (pp ", p.pp(), interleaved ? " * virtual_stages" : "",
+                     ") need at least as many layers; model.n_layer is ", m.n_layer()));
+  } else if (p.pipeline_layers().empty()) {
+    c.require(m.n_layer() % chunks == 0, "parallel.pp",
+              absl::StrCat(interleaved ? absl::StrCat("pp (", p.pp(), ") * virtual_stages (",
+                                                      p.virtual_stages(), ")")
+                                       : absl::StrCat("pp (", p.pp(), ")"),
+                           " must divide model.n_layer (", m.n_layer(),
+                           "), or give the layers per chunk in parallel.pipeline_layers, or set "
+                           "parallel.pipeline_split to SPLIT_BY_PARAMETERS"));
+  } else {
+    check_pipeline_layers(p, chunks, m.n_layer(), c);
+  }
+  c.require(interleaved || p.virtual_stages() == 1, "parallel.virtual_stages",
+            "only INTERLEAVED_1F1B uses virtual stages");
+}
+
 void check_parallel(const TrainConfig& cfg, Checker& c) {
   const ParallelConfig& p = cfg.parallel();
   const ModelConfig& m = cfg.model();
@@ -204,17 +252,7 @@ void check_parallel(const TrainConfig& cfg, Checker& c) {
   }
   c.require(p.virtual_stages() >= 1, "parallel.virtual_stages",
             "must be >= 1, got " + num(p.virtual_stages()));
-  if (p.pp() >= 1 && p.virtual_stages() >= 1) {
-    const bool interleaved = p.pipeline_schedule() == ParallelConfig::INTERLEAVED_1F1B;
-    const int chunks = p.pp() * (interleaved ? p.virtual_stages() : 1);
-    c.require(m.n_layer() % chunks == 0, "parallel.pp",
-              interleaved ? absl::StrCat("pp (", p.pp(), ") * virtual_stages (", p.virtual_stages(),
-                                         ") must divide model.n_layer (", m.n_layer(), ")")
-                          : absl::StrCat("pp (", p.pp(), ") must divide model.n_layer (",
-                                         m.n_layer(), ")"));
-    c.require(interleaved || p.virtual_stages() == 1, "parallel.virtual_stages",
-              "only INTERLEAVED_1F1B uses virtual stages");
-  }
+  if (p.pp() >= 1 && p.virtual_stages() >= 1) check_pipeline_split(m, p, c);
   if (p.pp() > 1) {
     c.require(
         p.zero_stage() <= 1, "parallel.zero_stage",

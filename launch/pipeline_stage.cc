@@ -1,9 +1,12 @@
 // Model chunks as pipeline stage work, and the tied classifier's copies.
 #include "launch/pipeline_stage.h"
 
+#include <algorithm>
+
 #include "core/autograd.h"
 #include "core/check.h"
 #include "core/ops/elementwise.h"
+#include "models/presets.h"
 
 namespace kiln::launch {
 namespace {
@@ -24,6 +27,38 @@ models::StageSpec stage_spec(int64_t n_layer, int vs, int chunks) {
   KILN_CHECK(chunks > 0 && n_layer % chunks == 0) << n_layer << " layers in " << chunks;
   const int64_t per = n_layer / chunks;
   return {vs == 0, vs * per, (vs + 1) * per, vs == chunks - 1};
+}
+
+models::StageSpec stage_spec(const std::vector<int64_t>& layers, int vs) {
+  KILN_CHECK(vs >= 0 && vs < static_cast<int>(layers.size())) << vs << " of " << layers.size();
+  int64_t first = 0;
+  for (int i = 0; i < vs; ++i) first += layers[i];
+  KILN_CHECK_GE(layers[vs], 1);
+  return {vs == 0, first, first + layers[vs], vs == static_cast<int>(layers.size()) - 1};
+}
+
+std::vector<int64_t> pipeline_layers(const ParallelConfig& p, const ModelConfig& m) {
+  if (!p.pipeline_layers().empty())
+    return std::vector<int64_t>(p.pipeline_layers().begin(), p.pipeline_layers().end());
+  const int chunks = std::max(p.pp(), 1) * schedule_spec(p, false).virtual_stages;
+  if (p.pipeline_split() == ParallelConfig::SPLIT_BY_PARAMETERS)
+    return layers_by_parameters(m, chunks);
+  KILN_CHECK(m.n_layer() % chunks == 0) << m.n_layer() << " layers in " << chunks;
+  return std::vector<int64_t>(chunks, m.n_layer() / chunks);
+}
+
+std::vector<int64_t> layers_by_parameters(const ModelConfig& m, int chunks) {
+  KILN_CHECK(chunks >= 1 && m.n_layer() >= chunks) << m.n_layer() << " layers in " << chunks;
+  const auto n = count_params(m);
+  std::vector<int64_t> layers(chunks, 1), load(chunks, n.per_block);
+  load.front() += n.token_embedding + n.position_embedding;
+  load.back() += n.final_norm + (n.head > 0 ? n.head : chunks > 1 ? n.token_embedding : 0);
+  for (int64_t l = chunks; l < m.n_layer(); ++l) {
+    const int c = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    ++layers[c];
+    load[c] += n.per_block;
+  }
+  return layers;
 }
 
 parallel::pipeline::ScheduleSpec schedule_spec(const ParallelConfig& p, bool tied_embedding) {

@@ -18,6 +18,18 @@ namespace kiln::launch {
 // n_layer model: blocks [vs L / chunks, (vs + 1) L / chunks), the embedding on the first, the head
 // on the last. REQUIRES n_layer % chunks == 0 (validate_config checks).
 models::StageSpec stage_spec(int64_t n_layer, int vs, int chunks);
+// The same for a split given as layers per virtual stage (`layers[vs]`, each >= 1): virtual stage
+// vs holds the blocks after those of virtual stages 0 .. vs - 1.
+models::StageSpec stage_spec(const std::vector<int64_t>& layers, int vs);
+// The layers of each virtual stage a resolved, validated config asks for: parallel.pipeline_layers
+// when given, else split over pp x (virtual stages of the schedule) as parallel.pipeline_split
+// says.
+std::vector<int64_t> pipeline_layers(const ParallelConfig& p, const ModelConfig& m);
+// SPLIT_BY_PARAMETERS: one layer per chunk, then each further layer to the chunk with the fewest
+// parameters (the lowest index on ties), counting the embeddings on chunk 0 and the final norm and
+// head (or GPT-2's tied copy of the embedding) on the last; this minimises the largest chunk.
+// REQUIRES n_layer >= chunks >= 1.
+std::vector<int64_t> layers_by_parameters(const ModelConfig& m, int chunks);
 
 // The schedule a resolved ParallelConfig names, for flushes of its pipeline_micro_batches (0: one
 // flush per step).

@@ -212,6 +212,14 @@ int plan_main(int argc, char** argv) {
     std::fprintf(stderr, "kiln plan: %s\n", std::string(s.message()).c_str());
     return 1;
   }
+  const ParallelConfig& par = c->parallel();
+  if (par.pp() > 1 && (!par.pipeline_layers().empty() || c->model().n_layer() % par.pp() != 0 ||
+                       par.pipeline_split() != ParallelConfig::SPLIT_EVEN)) {
+    std::fprintf(stderr,
+                 "kiln plan: parallel.pipeline_layers / pipeline_split: the memory plan assumes "
+                 "an even split (n_layer / pp blocks per stage); not built for other splits\n");
+    return 1;
+  }
   const PlanInput in = plan_input(*c, a.device);
   const MemoryPlan p = plan_memory(in, config_layout(*c));
   int64_t step = -1;

@@ -195,7 +195,7 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
     const double clip = cfg_.optimizer().grad_clip();
     if (clip > 0 && *gnorm > clip) dp_->scale_grads(clip / (*gnorm + 1e-6));
     dp_->step(lr);
-    sync_tied_weights(*model_, mesh_->pp());  // GPT-2 with pp > 1: the head's copy
+    sync_tied_weights(chunk_ptrs(), mesh_->pp());  // GPT-2 with pp > 1: the head's copy
   }
   dp_->zero_grad();
   return loss;

@@ -77,7 +77,9 @@ class Trainer {
   void set_exclusive(bool e) { exclusive_ = e; }
   // Read-only (kiln eval / sample): no metrics or TensorBoard files; call before init().
   void set_read_only(bool r) { read_only_ = r; }
-  models::LanguageModel& model() { return *model_; }
+  // The whole model (pp = 1); under pipeline parallelism this rank's first chunk.
+  models::LanguageModel& model() { return *chunks_.front(); }
+  const models::LanguageModel& model() const { return *chunks_.front(); }
   parallel::DataParallel& data_parallel() { return *dp_; }
   const parallel::Mesh& mesh() const { return *mesh_; }
   Device device() const { return device_; }
@@ -99,8 +101,7 @@ class Trainer {
   absl::Status make_device();  // device, compute dtype, the fp16 loss scaler
   absl::Status make_mesh();    // dims and groups: a bad layout fails before the model is built
   absl::Status make_model(bool init_from);  // on the device; training.init_from when asked
-  // Pipeline split and tensor parallel: the one place that refuses pp / tp > 1 until they exist.
-  absl::Status apply_model_parallel();
+  absl::Status apply_model_parallel();      // tensor parallel on every chunk
   void apply_recompute();
   void make_data_parallel();  // DDP / ZeRO around the optimizer
   void make_forward_backward();
@@ -118,6 +119,11 @@ class Trainer {
   // Returns true when the run must stop.
   absl::StatusOr<bool> checkpoint_after_step(TrainSummary* sum);
   std::vector<parallel::Piece> checkpoint_pieces(bool for_load);  // trainer_checkpoint.cc
+  // "The model" as one unit over chunks_ (trainer_setup.cc): every chunk's parameters and
+  // tensor-parallel plan entries, in chunk order (names are global, so they never collide).
+  std::vector<models::LanguageModel*> chunk_ptrs() const;
+  std::vector<nn::Parameter> model_parameters() const;
+  parallel::TpPlan model_tp_plan() const;
   // Logging (trainer_log.cc).
   void evaluate_and_log(int64_t step, TrainSummary* sum);
   void print_start();  // also sets peak_flops_
@@ -133,10 +139,15 @@ class Trainer {
   // The parameters cast to compute_ once per step (nn::PrecastScope); empty: cast per use.
   std::vector<Tensor> precast_;
   std::unique_ptr<parallel::Mesh> mesh_;  // dims and groups; outlives everything using them
-  std::unique_ptr<models::LanguageModel> model_;
+  // This rank's part of the model as pipeline chunks: one chunk, the whole model, at pp = 1; else
+  // local chunk c is virtual stage c * pp + pp_rank (launch/pipeline_stage.h): one chunk per stage,
+  // or virtual_stages of them with INTERLEAVED_1F1B. Whatever acts on the model acts on every
+  // chunk (model_parameters, model_tp_plan); chunk 0 of stage 0 holds the embedding and the last
+  // chunk of the last stage the head (and GPT-2's tied copy).
+  std::vector<std::unique_ptr<models::LanguageModel>> chunks_;
   std::unique_ptr<parallel::DataParallel> dp_;
   std::unique_ptr<parallel::ForwardBackward> forward_backward_;
-  std::unique_ptr<parallel::pipeline::StageWork> stage_work_;  // pp > 1: this stage's chunk
+  std::unique_ptr<parallel::pipeline::StageWork> stage_work_;  // pp > 1: this stage's chunks
   parallel::pipeline::PipelineExecutor* pipeline_ = nullptr;   // forward_backward_ when pp > 1
   std::unique_ptr<optim::LossScaler> scaler_;
   optim::LrSchedule lr_;

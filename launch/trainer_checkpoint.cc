@@ -34,14 +34,19 @@ absl::Status check_finite(const std::vector<parallel::Piece>& pieces, int64_t st
   return absl::OkStatus();
 }
 
+// The RNG state's name of pipeline chunk c's dropout generator ("dropout" for the first).
+std::string dropout_generator_name(size_t c) {
+  return c == 0 ? "dropout" : absl::StrCat("dropout.chunk", c);
+}
+
 }  // namespace
 
 std::vector<parallel::Piece> Trainer::checkpoint_pieces(bool for_load) {
   // Global pieces (launch/checkpoint_tp.h): tensor-parallel shards become boxes of the full
   // tensors, so the checkpoint loads into any tp x dp layout.
-  const parallel::TpPlan plan = model_->tensor_parallel_plan();
+  const parallel::TpPlan plan = model_tp_plan();
   const TpCoords tp{&plan, mesh_->dims().tp, mesh_->tp_rank()};
-  if (for_load) return checkpoint_pieces_to_load(*dp_, model_->parameters(), tp);
+  if (for_load) return checkpoint_pieces_to_load(*dp_, model_parameters(), tp);
   return checkpoint_pieces_to_save(*dp_, mesh_->dp_rank(), tp);
 }
 
@@ -84,12 +89,14 @@ absl::StatusOr<std::string> Trainer::save_checkpoint() {
   l->set_tp(mesh_->dims().tp);
   l->set_pp(mesh_->dims().pp);
   l->set_zero_stage(dp_->zero_stage());
-  l->set_virtual_stages(cfg_.parallel().virtual_stages());
+  l->set_virtual_stages(static_cast<int32_t>(chunks_.size()));  // model chunks per stage
   RankContribution mine;
   const int dp_rank = mesh_->dp_rank();
   mine.pieces = checkpoint_pieces(false);  // every element from exactly one rank
-  const GeneratorState drop = model_->dropout_generator().state(), smp = sample_gen_.state();
-  for (auto [name, st] : {std::pair{"dropout", drop}, {"sample", smp}}) {
+  std::vector<std::pair<std::string, GeneratorState>> gens{{"sample", sample_gen_.state()}};
+  for (size_t c = 0; c < chunks_.size(); ++c)
+    gens.emplace_back(dropout_generator_name(c), chunks_[c]->dropout_generator().state());
+  for (const auto& [name, st] : gens) {
     RngState* r = &mine.rng.emplace_back();
     r->set_rank(world_.rank);
     r->set_generator(name);
@@ -123,10 +130,10 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
   // The model check first: a manifest from another model is reported as such, not as its files.
   absl::StatusOr<Manifest> m = read_checkpoint_manifest(path, /*check_files=*/false);
   if (!m.ok()) return m.status();
-  const parallel::TpPlan plan = model_->tensor_parallel_plan();
+  const parallel::TpPlan plan = model_tp_plan();
   const TpCoords tp{&plan, mesh_->dims().tp, mesh_->tp_rank()};
   absl::Status s =
-      check_model_shapes(*m, cfg_.model(), tp_global_shapes(tp, model_->parameters()), path,
+      check_model_shapes(*m, cfg_.model(), tp_global_shapes(tp, model_parameters()), path,
                          /*stage=*/mesh_->dims().pp > 1);
   if (s.ok()) s = check_checkpoint_files(path, *m);
   if (!s.ok()) return s;
@@ -153,7 +160,9 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
     if (!decode_generator_state(r.state(), &seed, &offset))
       return absl::DataLossError(absl::StrCat("checkpoint ", path, ": rng state '", r.generator(),
                                               "' of rank ", r.rank(), " is not 16 bytes"));
-    if (r.generator() == "dropout") model_->dropout_generator().set_state({seed, offset});
+    for (size_t c = 0; c < chunks_.size(); ++c)
+      if (r.generator() == dropout_generator_name(c))
+        chunks_[c]->dropout_generator().set_state({seed, offset});
     if (r.generator() == "sample") sample_gen_.set_state({seed, offset});
   }
   // Loader positions are global (samples consumed by all ranks), so any data-parallel rank's
@@ -181,12 +190,15 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
   if (world_.rank == 0) {
     const ParallelLayout& l = m->layout();
     std::string layout;
+    const int v = std::max(l.virtual_stages(), 1);
     if (l.world_size() != world_.size || l.dp() != mesh_->dims().dp || l.tp() != mesh_->dims().tp ||
-        std::max(l.pp(), 1) != mesh_->dims().pp || l.zero_stage() != dp_->zero_stage())
-      layout = absl::StrFormat(", resharded from world %d dp %d zero_stage %d%s%s", l.world_size(),
-                               l.dp(), l.zero_stage(),
+        std::max(l.pp(), 1) != mesh_->dims().pp || l.zero_stage() != dp_->zero_stage() ||
+        v != static_cast<int>(chunks_.size()))
+      layout = absl::StrFormat(", resharded from world %d dp %d zero_stage %d%s%s%s",
+                               l.world_size(), l.dp(), l.zero_stage(),
                                l.tp() > 1 ? absl::StrFormat(" tp %d", l.tp()) : "",
-                               l.pp() > 1 ? absl::StrFormat(" pp %d", l.pp()) : "");
+                               l.pp() > 1 ? absl::StrFormat(" pp %d", l.pp()) : "",
+                               v > 1 ? absl::StrFormat(" v %d", v) : "");
     std::printf("kiln: resumed from %s (step %lld, %lld tokens%s)\n", path.c_str(),
                 static_cast<long long>(step_), static_cast<long long>(tokens_seen_),
                 layout.c_str());

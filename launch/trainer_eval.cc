@@ -12,7 +12,7 @@ namespace kiln::launch {
 double Trainer::evaluate() {
   if (!make_val_) return NAN;
   NoGradGuard ng;
-  model_->set_training(false);
+  for (models::LanguageModel* c : chunk_ptrs()) c->set_training(false);
   dp_->begin_forward();  // ZeRO-3: the embeddings and head are gathered for the pass
   std::unique_ptr<BatchSource> val = make_val_();
   const int batches = cfg_.eval().batches();
@@ -24,11 +24,11 @@ double Trainer::evaluate() {
     absl::StatusOr<Batch> b = val->next(micro, seq);
     if (!b.ok()) break;  // a small validation set ends early
     const Tensor in = to_device(b->inputs), tg = to_device(b->targets);
-    total += pipeline_ ? pipeline_->forward_loss({in, tg}) : model_->loss(in, tg).item();
+    total += pipeline_ ? pipeline_->forward_loss({in, tg}) : model().loss(in, tg).item();
     ++n;
   }
   dp_->end_forward();
-  model_->set_training(true);
+  for (models::LanguageModel* c : chunk_ptrs()) c->set_training(true);
   return n ? total / n : NAN;
 }
 
@@ -44,7 +44,7 @@ std::string Trainer::sample(int64_t step) {
   so.temperature = cfg_.eval().sample_temperature();
   so.top_k = cfg_.eval().sample_top_k();
   dp_->begin_forward();
-  std::vector<int64_t> ids = models::generate(*model_, prompt, so, sample_gen_);
+  std::vector<int64_t> ids = models::generate(model(), prompt, so, sample_gen_);
   dp_->end_forward();
   std::string text;
   if (codec_.decode) {

@@ -78,6 +78,8 @@ void Trainer::print_start() {
 #endif
   peak_flops_ = mfu_peak_flops(cfg_.logging().peak_flops(), device_.is_cuda(), gpu);
   if (world_.rank != 0 || quiet_) return;
+  int64_t num_params = 0;  // this rank's (its pipeline stage's chunks under pp)
+  for (const models::LanguageModel* c : chunk_ptrs()) num_params += c->num_parameters();
   if (peak_flops_ > 0)
     std::printf(
         "kiln: MFU against %.0f TFLOP/s per %s (logging.peak_flops or KILN_PEAK_FLOPS to "
@@ -88,7 +90,7 @@ void Trainer::print_start() {
                 gpu.c_str());
   std::printf("kiln: %s, %s params, %s, device %s, %s compute\n",
               cfg_.model().preset().empty() ? "custom model" : cfg_.model().preset().c_str(),
-              human_count(static_cast<double>(model_->num_parameters())).c_str(),
+              human_count(static_cast<double>(num_params)).c_str(),
               cfg_.data().synthetic() ? "synthetic data" : "token shards", device_.str().c_str(),
               dtype_name(compute_));
 }

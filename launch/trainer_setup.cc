@@ -1,6 +1,6 @@
 // The Trainer's composition steps, each building one layer of the run from the resolved config:
-// device and precision, the mesh, the model, (pipeline split and tensor parallel: refused until
-// built), activation recompute, data parallel / ZeRO, the forward-backward schedule, the LR and
+// device and precision, the mesh, the model (this rank's pipeline chunks), tensor parallel,
+// activation recompute, data parallel / ZeRO, the forward-backward schedule, the LR and
 // batch schedules, the metrics files. init() (trainer.cc) calls them in that order.
 #include <fnmatch.h>
 
@@ -119,55 +119,87 @@ absl::Status Trainer::make_mesh() {
 absl::Status Trainer::make_model(bool init_from) {
   const uint64_t seed = cfg_.training().seed();
   const models::ModelSpec spec = models::spec_from_config(cfg_.model());
-  // The pipeline split: this rank builds only its stage (same weights as the whole model's).
+  // The pipeline split: this rank builds only its chunks (same weights as the whole model's).
   const int pp = mesh_->dims().pp;
-  model_ = pp > 1 ? models::build_stage(spec, seed, stage_spec(spec.n_layer, mesh_->pp_rank(), pp))
-                  : models::build_model(spec, seed);
+  const int v = schedule_spec(cfg_.parallel(), false).virtual_stages;
+  const std::vector<int64_t> layers = pipeline_layers(cfg_.parallel(), cfg_.model());
+  chunks_.clear();
+  for (int c = 0; c < (pp > 1 ? v : 1); ++c)
+    chunks_.push_back(
+        pp > 1 ? models::build_stage(spec, seed, stage_spec(layers, c * pp + mesh_->pp_rank()))
+               : models::build_model(spec, seed));
   if (init_from && !cfg_.training().init_from().empty()) {
     absl::Status s = import_safetensors(cfg_.training().init_from(), cfg_.model(),
-                                        model_->parameters(), /*stage=*/pp > 1);
+                                        model_parameters(), /*stage=*/pp > 1);
     if (!s.ok()) return absl::Status(s.code(), "training.init_from: " + std::string(s.message()));
     if (world_.rank == 0 && !quiet_)
       std::printf("kiln: initialised the model from %s\n", cfg_.training().init_from().c_str());
   }
-  model_->to(device_);
-  model_->set_compute_dtype(compute_);
-  model_->set_fp8(cfg_.precision().fp8_matmul());
-  // One stream per tp group: its ranks apply dropout to the same replicated activations.
-  model_->dropout_generator() = Generator(seed * 1000003 + world_.rank / mesh_->dims().tp);
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    models::LanguageModel& m = *chunks_[c];
+    m.to(device_);
+    m.set_compute_dtype(compute_);
+    m.set_fp8(cfg_.precision().fp8_matmul());
+    // One stream per tp group (its ranks apply dropout to the same replicated activations) and
+    // chunk.
+    m.dropout_generator() =
+        Generator(seed * 1000003 + world_.rank / mesh_->dims().tp + c * 7919 * world_.size);
+  }
   sample_gen_ = Generator(seed + 17);
   return absl::OkStatus();
 }
 
-// The pipeline split ran in make_model (one model chunk per stage: interleaved virtual stages,
-// which the executor runs (parallel/pipeline), are refused here), then tensor parallel over the
-// mesh's tp group (parallel/tensor_parallel/apply.h). The config checks for tp and pp (heads, kv
-// heads, d_ff, vocabulary, layers, batches) ran before start.
+std::vector<models::LanguageModel*> Trainer::chunk_ptrs() const {
+  std::vector<models::LanguageModel*> out;
+  for (const auto& c : chunks_) out.push_back(c.get());
+  return out;
+}
+
+std::vector<nn::Parameter> Trainer::model_parameters() const {
+  std::vector<nn::Parameter> out;
+  for (const auto& c : chunks_) {
+    std::vector<nn::Parameter> ps = c->parameters();
+    out.insert(out.end(), ps.begin(), ps.end());
+  }
+  return out;
+}
+
+parallel::TpPlan Trainer::model_tp_plan() const {
+  parallel::TpPlan out;
+  for (const auto& c : chunks_) {
+    parallel::TpPlan p = c->tensor_parallel_plan();
+    out.entries.insert(out.entries.end(), p.entries.begin(), p.entries.end());
+  }
+  return out;
+}
+
+// The pipeline split ran in make_model (the chunks of this stage), then tensor parallel over the
+// mesh's tp group (parallel/tensor_parallel/apply.h), chunk by chunk. The config checks for tp and
+// pp (heads, kv heads, d_ff, vocabulary, layers, batches) ran before start.
 absl::Status Trainer::apply_model_parallel() {
-  const parallel::ParallelDims& d = mesh_->dims();
-  if (d.pp > 1 && cfg_.parallel().pipeline_schedule() == ParallelConfig::INTERLEAVED_1F1B &&
-      cfg_.parallel().virtual_stages() > 1)
-    return absl::UnimplementedError(absl::StrCat(
-        "parallel.virtual_stages: the trainer holds one model chunk per pipeline stage; ",
-        cfg_.parallel().virtual_stages(), " given (INTERLEAVED_1F1B runs with 1)"));
-  if (d.tp == 1) return absl::OkStatus();
+  if (mesh_->dims().tp == 1) return absl::OkStatus();
   parallel::TensorParallelOptions o;
   o.sequence_parallel = cfg_.parallel().sequence_parallel();
-  return parallel::apply_tensor_parallel(*model_, mesh_->tp(), o);
+  for (const auto& c : chunks_) {
+    absl::Status s = parallel::apply_tensor_parallel(*c, mesh_->tp(), o);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 void Trainer::apply_recompute() {
   const RecomputeConfig::Policy p = cfg_.recompute().policy();
-  model_->set_recompute(p == RecomputeConfig::FULL        ? models::Recompute::kFull
-                        : p == RecomputeConfig::SELECTIVE ? models::Recompute::kSelective
-                                                          : models::Recompute::kNone);
+  for (const auto& c : chunks_)
+    c->set_recompute(p == RecomputeConfig::FULL        ? models::Recompute::kFull
+                     : p == RecomputeConfig::SELECTIVE ? models::Recompute::kSelective
+                                                       : models::Recompute::kNone);
 }
 
 void Trainer::make_data_parallel() {
-  std::vector<nn::Parameter> params = model_->parameters();
+  std::vector<nn::Parameter> params = model_parameters();
   // GPT-2's tied classifier on the last stage is a copy of the first stage's embedding: the first
   // stage trains it (and checkpoints it); the copy follows after each step (sync_tied_weights).
-  const Tensor tied = tied_copy(*model_);
+  const Tensor tied = tied_copy(*chunks_.back());
   if (tied.defined())
     std::erase_if(params,
                   [&](const nn::Parameter& p) { return p.tensor.impl_ptr() == tied.impl_ptr(); });
@@ -181,7 +213,7 @@ void Trainer::make_data_parallel() {
   dpo.sum_over_model_parallel = [mesh](double sq) { return mesh->sum_over_model_parallel(sq); };
   if (mesh->dims().tp > 1) {  // parameters every tp rank holds whole are counted by one of them
     auto whole = std::make_shared<std::set<std::string>>();
-    for (const parallel::TpEntry& e : model_->tensor_parallel_plan().entries)
+    for (const parallel::TpEntry& e : model_tp_plan().entries)
       if (e.dim < 0) whole->insert(e.name);
     dpo.counts_in_norm = [mesh, whole](const std::string& name) {
       return mesh->counts_replicated() || whole->count(name) == 0;
@@ -195,7 +227,10 @@ void Trainer::make_data_parallel() {
         std::move(pieces),
         optim::AdamWOptions{oc.beta1(), oc.beta2(), oc.eps(), oc.weight_decay()});
   };
-  dp_ = std::make_unique<parallel::DataParallel>(*model_, params, mesh_->dp(), dpo, make_opt);
+  // The model is used by ZeRO-3 only (its block hooks), which pipeline parallel refuses: with
+  // several chunks, the parameters of all of them are in `params`.
+  dp_ = std::make_unique<parallel::DataParallel>(*chunks_.front(), params, mesh_->dp(), dpo,
+                                                 make_opt);
 }
 
 void Trainer::make_forward_backward() {
@@ -204,18 +239,18 @@ void Trainer::make_forward_backward() {
   const char* pre = std::getenv("KILN_PRECAST");
   if (device_.is_cuda() && (compute_ == DType::kBF16 || compute_ == DType::kF16) &&
       cfg_.parallel().zero_stage() < 3 && !(pre && std::string(pre) == "0")) {
-    for (const nn::Parameter& p : model_->parameters()) precast_.push_back(p.tensor);
+    for (const nn::Parameter& p : model_parameters()) precast_.push_back(p.tensor);
   }
   if (mesh_->dims().pp > 1) {
-    stage_work_ =
-        std::make_unique<ModelStageWork>(std::vector<models::LanguageModel*>{model_.get()});
+    stage_work_ = std::make_unique<ModelStageWork>(chunk_ptrs());
     auto exec = std::make_unique<parallel::pipeline::PipelineExecutor>(
-        schedule_spec(cfg_.parallel(), model_->spec().tied_embeddings), mesh_->pp(), *stage_work_);
+        schedule_spec(cfg_.parallel(), chunks_.front()->spec().tied_embeddings), mesh_->pp(),
+        *stage_work_);
     pipeline_ = exec.get();
     forward_backward_ = std::move(exec);
     return;
   }
-  models::LanguageModel* model = model_.get();
+  models::LanguageModel* model = chunks_.front().get();
   forward_backward_ =
       std::make_unique<parallel::NoPipeline>([model](const Tensor& inputs, const Tensor& targets) {
         return model->loss(inputs, targets);

@@ -12,6 +12,11 @@ pieces load into another pp because a stage is a subset of the named tensors.
   4. kill -9 of a 3-D run: dp = 2 x tp = 2 x pp = 2 with ZeRO-1 (8 ranks, dropout 0.1, so the
      per-rank generators must resume too) loses rank 6 (last stage) at step 5; the resumed losses
      5-8 equal the uninterrupted 3-D run's bit for bit.
+  5. Interleaved 1F1B with two model chunks per stage (pp 2 x v 2, 4 chunks of one layer) -> pp 1:
+     killed after its step-4 checkpoint, resumed at pp = 1: losses 5-8 equal the pp = 1 run within
+     1e-6, and its export equals the pp = 1 run's within 1e-6.
+  6. kill -9 of a pp 2 x v 2 run with dropout 0.1 (one generator per chunk, each saved and
+     restored): the resumed losses 5-8 equal the uninterrupted run's bit for bit.
 Usage: pp_checkpoint_test.py --kiln PATH --mpirun PATH
 """
 import argparse
@@ -102,6 +107,31 @@ def compare(got, want, steps, tol, what):
         sys.exit(f"FAIL: {what}: {worst} > {tol}")
 
 
+def compare_exports(args, tmp, name, what):
+    """`kiln export` of run `name`'s step-4 checkpoint equals that of the pp = 1 run "ref1"."""
+    for n in (name, "ref1"):
+        subprocess.run([args.kiln, "export", "--format", "safetensors", "--checkpoint",
+                        f"{tmp}/{n}/ckpt/step_00000004", "--out", f"{tmp}/{n}/hf"],
+                       check=True, capture_output=True)
+    got, want = (read_safetensors(f"{tmp}/{n}/hf/model.safetensors") for n in (name, "ref1"))
+    if sorted(got) != sorted(want) or any(got[k][0] != want[k][0] for k in want):
+        sys.exit(f"FAIL: the exports of {what} and pp = 1 hold different tensors or shapes")
+    # Per tensor ||a - b|| / max(||b||, 1e-3): the runs differ by float rounding (the tied gradient
+    # and the gradient norm are summed in another order). SGD, because AdamW divides a near-zero
+    # gradient (GPT-2's key bias has an exactly zero one) by its own size and so turns rounding
+    # into an update of size lr.
+    worst, worst_name = 0.0, ""
+    for k in want:
+        num = sum((x - y) ** 2 for x, y in zip(got[k][1], want[k][1])) ** 0.5
+        den = max(sum(y * y for y in want[k][1]) ** 0.5, 1e-3)
+        if num / den > worst:
+            worst, worst_name = num / den, k
+    print(f"export of the {what} checkpoint vs pp = 1: {len(want)} tensors, max relative "
+          f"difference {worst:.3g} ({worst_name})")
+    if worst > 1e-6:
+        sys.exit(f"FAIL: exports of {what} and pp = 1 differ")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kiln", required=True)
@@ -122,27 +152,7 @@ def main():
     stopped(run(args, tmp, "a", 2, env=kill, check=False))
     resumed(run(args, tmp, "a", 1), note="resharded from world 2 dp 1 zero_stage 0 pp 2")
     compare(losses(tmp, "a"), ref1, later, 1e-6, "pp 2 -> 1 resume")
-    for name in ("a", "ref1"):
-        subprocess.run([args.kiln, "export", "--format", "safetensors", "--checkpoint",
-                        f"{tmp}/{name}/ckpt/step_00000004", "--out", f"{tmp}/{name}/hf"],
-                       check=True, capture_output=True)
-    got, want = (read_safetensors(f"{tmp}/{n}/hf/model.safetensors") for n in ("a", "ref1"))
-    if sorted(got) != sorted(want) or any(got[k][0] != want[k][0] for k in want):
-        sys.exit("FAIL: the exports hold different tensors or shapes")
-    # Per tensor ||a - b|| / max(||b||, 1e-3): the runs differ by float rounding (the tied gradient
-    # and the gradient norm are summed in another order). SGD, because AdamW divides a near-zero
-    # gradient (GPT-2's key bias has an exactly zero one) by its own size and so turns rounding
-    # into an update of size lr.
-    worst, name = 0.0, ""
-    for k in want:
-        num = sum((x - y) ** 2 for x, y in zip(got[k][1], want[k][1])) ** 0.5
-        den = max(sum(y * y for y in want[k][1]) ** 0.5, 1e-3)
-        if num / den > worst:
-            worst, name = num / den, k
-    print(f"export of the pp = 2 checkpoint vs pp = 1: {len(want)} tensors, max relative "
-          f"difference {worst:.3g} ({name})")
-    if worst > 1e-6:
-        sys.exit("FAIL: exports differ")
+    compare_exports(args, tmp, "a", "pp = 2")
     # 2. pp 1 -> 4.
     stopped(run(args, tmp, "b", 1, env=kill0, check=False))
     resumed(run(args, tmp, "b", 4), note="resharded from world 1 dp 1 zero_stage 0)")
@@ -161,6 +171,19 @@ def main():
     resumed(run(args, tmp, "d", 8, extra=three_d, pp=2))
     compare(losses(tmp, "d"), losses(tmp, "ref3"), later, 0.0,
             "dp 2 x tp 2 x pp 2 ZeRO-1 kill -9 resume")
+    # 5. pp 2 x v 2 (interleaved) -> pp 1, and its export.
+    inter = ["--set", "parallel.pipeline_schedule=INTERLEAVED_1F1B", "--set",
+             "parallel.virtual_stages=2"]
+    stopped(run(args, tmp, "e", 2, extra=inter, env=kill, check=False))
+    resumed(run(args, tmp, "e", 1), note="resharded from world 2 dp 1 zero_stage 0 pp 2 v 2")
+    compare(losses(tmp, "e"), ref1, later, 1e-6, "pp 2 x v 2 -> pp 1 resume")
+    compare_exports(args, tmp, "e", "pp 2 x v 2")
+    # 6. kill -9 of a pp 2 x v 2 run with dropout, resumed bit-identical.
+    drop = inter + ["--set", "model.dropout=0.1"]
+    run(args, tmp, "ref4", 2, extra=drop)
+    stopped(run(args, tmp, "f", 2, extra=drop, env=kill, check=False))
+    resumed(run(args, tmp, "f", 2, extra=drop))
+    compare(losses(tmp, "f"), losses(tmp, "ref4"), later, 0.0, "pp 2 x v 2 dropout kill -9 resume")
     shutil.rmtree(tmp, ignore_errors=True)
     print("PASS")
 

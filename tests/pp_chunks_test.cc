@@ -3,7 +3,7 @@
 // the stage constructor (models::build_stage, chunk c of stage s = virtual stage c * pp + s), run
 // by PipelineExecutor over the world as the pp group, and updated by plain SGD; 20 steps of
 // losses must equal a single model's (NoPipeline, same micro-batches, same SGD) within 1e-6.
-// (The Trainer holds one chunk per stage; this covers the interleaved executor.)
+// (The executor alone; tests/pp_test.cc runs interleaved v = 2 through the Trainer.)
 #include <gtest/gtest.h>
 
 #include <cmath>

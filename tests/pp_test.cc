@@ -1,15 +1,18 @@
 // Pipeline parallel against the single-process run, under real MPI processes (ctest runs this
-// binary with mpirun -np 2 and -np 4): every Trainer schedule (GPipe, 1F1B, ZB-H1) at pp = world
-// size, GPT-2 (tied classifier across the first and last stage) and Llama, and at -np 4 also
+// binary with mpirun -np 2 and -np 4): every Trainer schedule (GPipe, 1F1B, ZB-H1, and interleaved
+// 1F1B with two model chunks per stage) at pp = world size, GPT-2 (tied classifier across the first
+// chunk of the first stage and the last chunk of the last stage) and Llama, and at -np 4 also
 // pp 2 x dp 2 with ZeRO-1. Each rank trains the single-process reference itself (world of one).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/check.h"
 #include "launch/config.h"
 #include "launch/testing/tiny_config.h"
@@ -22,41 +25,91 @@ namespace {
 
 constexpr int kSteps = 20;
 
-// 4 layers (pp = 4 has one block per stage), global batch 8 in micro-batches of 1: 8 / dp
-// micro-batches per step, all in one flush. Clipping on, so the norm must sum over the stages.
+// The layers of a run with pp x v model chunks. Even split: 4 (pp = 4 has one block per stage), 8
+// for pp 4 x v 2 (one block per chunk). Uneven (parallel.pipeline_layers): one layer per chunk and
+// three on the last, pp x v + 2 layers (so pp need not divide them).
+struct Split {
+  int n_layer;
+  std::vector<int> layers;  // per virtual stage; empty: the even split
+};
+Split split_of(int pp, int v, bool uneven) {
+  if (!uneven) return {std::max(4, pp * v), {}};
+  std::vector<int> layers(pp * v, 1);
+  layers.back() = 3;
+  return {pp * v + 2, layers};
+}
+
+// Global batch 8 in micro-batches of 1: 8 / dp micro-batches per step, all in one flush. Clipping
+// on, so the norm must sum over the stages. `v`: virtual stages (INTERLEAVED_1F1B).
 TrainConfig make_config(const std::string& family, const std::string& schedule, int pp, int dp,
-                        int zero) {
+                        int zero, int v, const Split& split) {
+  const int n_layer = split.n_layer;
   const std::string model =
       family == "llama"
-          ? "model { preset: \"llama-tiny\" family: LLAMA vocab_size: 96 max_seq_len: 32 "
-            "n_layer: 4 n_head: 2 n_kv_head: 1 d_model: 32 d_ff: 64 } "
-          : "model { n_layer: 4 } ";
+          ? absl::StrCat("model { preset: \"llama-tiny\" family: LLAMA vocab_size: 96 ",
+                         "max_seq_len: 32 n_layer: ", n_layer,
+                         " n_head: 2 n_kv_head: 1 d_model: 32 d_ff: 64 } ")
+          : absl::StrCat("model { n_layer: ", n_layer, " } ");
   return testing::tiny_config(
-      ::testing::TempDir() + absl::StrCat("/kiln_pp_", family, "_", schedule, pp, dp),
+      ::testing::TempDir() + absl::StrCat("/kiln_pp_", family, "_", schedule, pp, dp, "v", v, "L",
+                                          n_layer, split.layers.empty() ? "" : "u"),
       absl::StrCat(model, "training { seed: 3 } optimizer { grad_clip: 0.5 } eval { batches: 1 } ",
                    "parallel { timeout_s: 60 micro_batch_size: 1 dp: ", dp, " pp: ", pp,
-                   " zero_stage: ", zero, " pipeline_schedule: ", schedule, " }"),
+                   " zero_stage: ", zero, " pipeline_schedule: ", schedule, " virtual_stages: ", v,
+                   split.layers.empty() ? "" : " pipeline_layers: [",
+                   absl::StrJoin(split.layers, ", "), split.layers.empty() ? "" : "]", " }"),
       pp * dp);
 }
 
-// The single-process reference per model family (same losses for every schedule).
-const launch::TrainSummary& reference(const std::string& family) {
+// A run's losses and where this rank's first model chunk sits.
+struct StageRun {
+  launch::TrainSummary summary;
+  int pp_rank = 0;
+  int64_t first_block = 0, end_block = 0;  // of this rank's first model chunk
+};
+
+StageRun train(const TrainConfig& cfg, const parallel::World& world) {
+  StageRun run;
+  run.summary = testing::train_quietly(cfg, world, [&](const launch::Trainer& t) {
+    run.pp_rank = t.mesh().pp_rank();
+    run.first_block = t.model().stage().first_block;
+    run.end_block = t.model().stage().end_block;
+  });
+  return run;
+}
+
+// This rank's first chunk (virtual stage pp_rank) holds the blocks the split gives it.
+void expect_blocks(const StageRun& got, const Split& split, int pp, int v) {
+  const std::vector<int> layers =
+      split.layers.empty() ? std::vector<int>(pp * v, split.n_layer / (pp * v)) : split.layers;
+  int first = 0;
+  for (int i = 0; i < got.pp_rank; ++i) first += layers[i];
+  EXPECT_EQ(got.first_block, first);
+  EXPECT_EQ(got.end_block, first + layers[got.pp_rank]);
+}
+
+// The single-process reference per model family and depth (same losses for every schedule).
+const launch::TrainSummary& reference(const std::string& family, int n_layer) {
   static std::map<std::string, launch::TrainSummary>* refs =
       new std::map<std::string, launch::TrainSummary>;
-  auto it = refs->find(family);
+  const std::string key = absl::StrCat(family, n_layer);
+  auto it = refs->find(key);
   if (it == refs->end())
-    it = refs->emplace(family, testing::train_quietly(make_config(family, "GPIPE", 1, 1, 0),
-                                                      parallel::World{}))
+    it = refs->emplace(key, testing::train_quietly(
+                                make_config(family, "GPIPE", 1, 1, 0, 1, Split{n_layer, {}}),
+                                parallel::World{}))
              .first;
   return it->second;
 }
 
-double compare(const launch::TrainSummary& got, const launch::TrainSummary& ref) {
-  return testing::max_relative_loss_difference(got, ref, kSteps);
+double compare(const StageRun& got, const launch::TrainSummary& ref) {
+  return testing::max_relative_loss_difference(got.summary, ref, kSteps);
 }
 
 struct Layout {
   std::string family, schedule;
+  int v = 1;            // model chunks per stage
+  bool uneven = false;  // layers per chunk given in parallel.pipeline_layers (split_of)
 };
 
 class PipelineTest : public ::testing::TestWithParam<Layout> {};
@@ -68,12 +121,17 @@ TEST_P(PipelineTest, LossesMatchSingleProcess) {
   const parallel::World world = parallel::detect_world();
   ASSERT_GT(world.size, 1) << "run under mpirun -np 2 or -np 4";
   const Layout& l = GetParam();
-  const launch::TrainSummary& ref = reference(l.family);
-  const double worst = compare(
-      testing::train_quietly(make_config(l.family, l.schedule, world.size, 1, 0), world), ref);
+  const Split split = split_of(world.size, l.v, l.uneven);
+  const launch::TrainSummary& ref = reference(l.family, split.n_layer);
+  const StageRun got =
+      train(make_config(l.family, l.schedule, world.size, 1, 0, l.v, split), world);
+  expect_blocks(got, split, world.size, l.v);
+  const double worst = compare(got, ref);
   if (world.rank == 0)
-    std::printf("pp=%d %s %s: max relative loss difference %.3g over %d steps\n", world.size,
-                l.family.c_str(), l.schedule.c_str(), worst, kSteps);
+    std::printf("pp=%d %s %s v=%d (%d layers%s): max relative loss difference %.3g over %d steps\n",
+                world.size, l.family.c_str(), l.schedule.c_str(), l.v, split.n_layer,
+                split.layers.empty() ? "" : (" split " + absl::StrJoin(split.layers, "/")).c_str(),
+                worst, kSteps);
   EXPECT_LE(worst, 1e-6);
 }
 
@@ -81,22 +139,32 @@ TEST_P(PipelineTest, TwoStagesTimesTwoDataParallelZero1) {
   const parallel::World world = parallel::detect_world();
   if (world.size != 4) GTEST_SKIP() << "pp 2 x dp 2 needs -np 4";
   const Layout& l = GetParam();
-  const double worst =
-      compare(testing::train_quietly(make_config(l.family, l.schedule, 2, 2, 1), world),
-              reference(l.family));
+  const Split split = split_of(2, l.v, l.uneven);
+  const StageRun got = train(make_config(l.family, l.schedule, 2, 2, 1, l.v, split), world);
+  expect_blocks(got, split, 2, l.v);
+  const double worst = compare(got, reference(l.family, split.n_layer));
   if (world.rank == 0)
-    std::printf("pp=2 x dp=2 ZeRO-1 %s %s: max relative loss difference %.3g over %d steps\n",
-                l.family.c_str(), l.schedule.c_str(), worst, kSteps);
+    std::printf(
+        "pp=2 x dp=2 ZeRO-1 %s %s v=%d%s: max relative loss difference %.3g over %d steps\n",
+        l.family.c_str(), l.schedule.c_str(), l.v,
+        split.layers.empty() ? "" : (" split " + absl::StrJoin(split.layers, "/")).c_str(), worst,
+        kSteps);
   EXPECT_LE(worst, 1e-6);
 }
 
 INSTANTIATE_TEST_SUITE_P(Schedules, PipelineTest,
                          ::testing::Values(Layout{"gpt2", "GPIPE"}, Layout{"gpt2", "ONE_F_ONE_B"},
                                            Layout{"gpt2", "ZB_H1"}, Layout{"llama", "GPIPE"},
-                                           Layout{"llama", "ONE_F_ONE_B"},
-                                           Layout{"llama", "ZB_H1"}),
+                                           Layout{"llama", "ONE_F_ONE_B"}, Layout{"llama", "ZB_H1"},
+                                           Layout{"gpt2", "INTERLEAVED_1F1B", 2},
+                                           Layout{"llama", "INTERLEAVED_1F1B", 2},
+                                           Layout{"gpt2", "ONE_F_ONE_B", 1, true},
+                                           Layout{"llama", "INTERLEAVED_1F1B", 2, true}),
                          [](const auto& info) {
-                           return info.param.family + "_" + info.param.schedule;
+                           return absl::StrCat(
+                               info.param.family, "_", info.param.schedule,
+                               info.param.v > 1 ? absl::StrCat("_v", info.param.v) : "",
+                               info.param.uneven ? "_uneven" : "");
                          });
 
 }  // namespace

@@ -10,13 +10,15 @@
 
 namespace kiln::testing {
 
-launch::TrainSummary train_quietly(const TrainConfig& cfg, const parallel::World& world) {
+launch::TrainSummary train_quietly(const TrainConfig& cfg, const parallel::World& world,
+                                   const std::function<void(const launch::Trainer&)>& after_run) {
   launch::Trainer t(cfg, world);
   t.set_quiet(true);
   absl::Status s = t.init();
   KILN_CHECK(s.ok()) << s.message();
   absl::StatusOr<launch::TrainSummary> r = t.run();
   KILN_CHECK(r.ok()) << r.status().message();
+  if (after_run) after_run(t);
   return *std::move(r);
 }
 

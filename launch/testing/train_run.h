@@ -2,14 +2,18 @@
 // naming the problem, and the relative loss difference of one run to a reference run.
 #pragma once
 
+#include <functional>
+
 #include "launch/trainer.h"
 #include "parallel/world.h"
 
 namespace kiln::testing {
 
 // Trains `cfg` on `world` without console output; dies with the Status message when init or run
-// fails.
-launch::TrainSummary train_quietly(const TrainConfig& cfg, const parallel::World& world);
+// fails. `after_run`, when given, sees the trained Trainer (e.g. to read its stage split).
+launch::TrainSummary train_quietly(
+    const TrainConfig& cfg, const parallel::World& world,
+    const std::function<void(const launch::Trainer&)>& after_run = nullptr);
 
 // Max relative difference of `got` to `ref` over the training losses (exactly `steps` of each:
 // dies otherwise) and the validation losses (a different count fails the calling test).
