@@ -2,11 +2,13 @@
 # One device call of the single-GPU speed work (issue 17): build kiln for sm_90, then run the parts
 # named on the command line, each bounded by a timeout, logs under OUT.
 # Usage (from the repository root on the GPU host): benchmarks/gpu_session.sh OUT part...
-#   parts: e2e (kiln + PyTorch GPT-2 124M), profile (ncu kernel table, 2 steps), cebench (the
+#   parts: e2e (kiln + PyTorch GPT-2 124M), profile (ncu kernel table, 2 steps; lprofile: the same
+#   for Llama 1B), cebench (the
 #   classifier + loss kernel bench), tests (GPU op tests), sanitize (memcheck on new kernel tests),
 #   ab2 (kiln with this round's changes switched off one at a time), ctest (ctest -L gpu), plan
 #   (benchmarks/plan_gpu.sh: kiln plan against measured GPU peaks), big (GPT-2 1.5B and Llama 1B,
-#   kiln and PyTorch), fp8 (GPT-2 1.5B, 200 steps bf16 and fp8), plant (planted bugs). BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
+#   kiln and PyTorch; BIG_NOPRECAST=1 adds kiln without the
+#   batched parameter cast), fp8 (GPT-2 1.5B, 200 steps bf16 and fp8), plant (planted bugs). BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
 shift
@@ -58,6 +60,12 @@ for part in "$@"; do
       timeout 200 bash benchmarks/profile/run.sh build "$out/prof" 2 > "$out/profile.txt" 2>&1
       stamp "profile exit $?"; head -30 "$out/profile.txt"; tail -3 "$out/prof/kiln.log"
       gzip -c "$out/prof/ncu.csv" > "$out/ncu.csv.gz"; rm -rf "$out/prof" ;;
+    lprofile)
+      # the same kernel table for Llama 1B (8 x 2048)
+      timeout 300 bash benchmarks/profile/run.sh build "$out/lprof" 2 benchmarks/e2e/llama-1b-bench.textproto \
+        > "$out/lprofile.txt" 2>&1
+      stamp "llama profile exit $?"; head -40 "$out/lprofile.txt"; tail -3 "$out/lprof/kiln.log"
+      gzip -c "$out/lprof/ncu.csv" > "$out/lncu.csv.gz"; rm -rf "$out/lprof" ;;
     kiln)
       # kiln's side of the e2e run alone (benchmarks/e2e/run.sh without PyTorch)
       timeout 90 build/bin/kiln train --config benchmarks/e2e/gpt2-124m-bench.textproto \
@@ -101,9 +109,11 @@ PY
       kiln_run llama-1b benchmarks/e2e/llama-1b-bench.textproto; stamp "kiln llama"
       timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1
       stamp "pytorch llama exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_llama.log" | head -5
-      kiln_run gpt2-1.5b-noprecast benchmarks/e2e/gpt2-1.5b-bench.textproto KILN_PRECAST=0
-      kiln_run llama-1b-noprecast benchmarks/e2e/llama-1b-bench.textproto KILN_PRECAST=0
-      stamp "noprecast" ;;
+      if [[ ${BIG_NOPRECAST:-0} == 1 ]]; then
+        kiln_run gpt2-1.5b-noprecast benchmarks/e2e/gpt2-1.5b-bench.textproto KILN_PRECAST=0
+        kiln_run llama-1b-noprecast benchmarks/e2e/llama-1b-bench.textproto KILN_PRECAST=0
+        stamp "noprecast"
+      fi ;;
     plant)
       # Planted bugs that the new GPU tests must catch (each file restored after): the cast kernel
       # stops one element short of a chunk; the f32 += 16-bit add_ skips its last element;

@@ -4,14 +4,16 @@
 # and kernels.py sums them per kernel name and per step. Compare the per-step kernel total with
 # the step time of the plain run (benchmarks/e2e/run.sh) to see how much of a step the GPU idles;
 # categories.py groups the second step's kernels (pass it that wall step time in ms for the gaps).
-# Usage: benchmarks/profile/run.sh BUILD_DIR OUT_DIR [STEPS]
+# Usage: benchmarks/profile/run.sh BUILD_DIR OUT_DIR [STEPS] [CONFIG] (CONFIG: another model, e.g.
+# benchmarks/e2e/llama-1b-bench.textproto; default GPT-2 124M)
 set -euo pipefail
 build=$1 out=$2 steps=${3:-2}
 here=$(cd "$(dirname "$0")" && pwd)
+config=${4:-$here/../e2e/gpt2-124m-bench.textproto}
 mkdir -p "$out"
 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
   --log-file "$out/ncu.csv" \
-  "$build/bin/kiln" train --config "$here/../e2e/gpt2-124m-bench.textproto" \
+  "$build/bin/kiln" train --config "$config" \
   --set training.max_steps="$steps" --set eval.every_n_steps=0 --set schedule.lr.warmup_steps=1 \
   --overwrite --set logging.run_dir="$out/run" > "$out/kiln.log" 2>&1
 python3 "$here/kernels.py" "$out/ncu.csv" "$steps"
