@@ -94,6 +94,37 @@ TEST_F(OptimCuda, AdamWMatchesCpuOverSteps) {
   }
 }
 
+// The clipping / unscale factor folded into the AdamW kernel (step_scaled) against scaling the
+// gradients first (scale_grads, as the Trainer did before the fold) then step: parameters and
+// moments bit for bit, f32 gradients (folded in the kernel) and bf16 ones (scaled in place first),
+// over the 40 tensors and several launches; the f32 gradients in memory are left unscaled.
+TEST_F(OptimCuda, FoldedGradScaleIsBitIdenticalToScalingFirst) {
+  for (DType gd : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(dtype_name(gd));
+    ParamPair a = make_params(21), b = make_params(21);
+    AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+    AdamW first(a.gpu, o), folded(b.gpu, o);
+    for (int step = 1; step <= 3; ++step) {
+      set_grads(a, step, gd);
+      set_grads(b, step, gd);
+      const double s = 0.37 / step;
+      scale_grads(a.gpu, s);
+      first.step(2e-3);
+      Tensor g0 = b.gpu[2].tensor.grad().to(Device::cpu());
+      folded.step_scaled(2e-3, s);
+      if (gd == DType::kF32) EXPECT_TRUE(testing::same_bits(b.gpu[2].tensor.grad().to(Device::cpu()), g0));
+    }
+    for (size_t i = 0; i < a.gpu.size(); ++i)
+      EXPECT_TRUE(testing::same_bits(a.gpu[i].tensor.to(Device::cpu()), b.gpu[i].tensor.to(Device::cpu())))
+          << a.gpu[i].name;
+    auto sa = first.state(), sb = folded.state();
+    ASSERT_EQ(sa.size(), sb.size());
+    for (size_t i = 0; i < sa.size(); ++i)
+      EXPECT_TRUE(testing::same_bits(sa[i].second.to(Device::cpu()), sb[i].second.to(Device::cpu())))
+          << sa[i].first;
+  }
+}
+
 TEST_F(OptimCuda, AdamWSteadyStateDoesNoCudaMalloc) {
   ParamPair pp = make_params(3);
   AdamW gpu(pp.gpu, AdamWOptions{});

@@ -3,6 +3,8 @@
 #include "optim/optimizer.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "core/backend.h"
 #include "core/check.h"
@@ -98,21 +100,40 @@ AdamW::AdamW(std::vector<nn::Parameter> params, AdamWOptions opts)
   }
 }
 
-void AdamW::step(double lr) {
+void Optimizer::step_scaled(double lr, double grad_scale) {
+  if (grad_scale != 1.0) scale_grads(params_, grad_scale);
+  step(lr);
+}
+
+void AdamW::step_scaled(double lr, double grad_scale) {
+  static const bool fold = [] {
+    const char* e = std::getenv("KILN_FOLD_GRAD_SCALE");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  if (!fold || grad_scale == 1.0 || !on_gpu(params_)) return Optimizer::step_scaled(lr, grad_scale);
+  step_gpu(lr, grad_scale);
+}
+
+void AdamW::step_gpu(double lr, double grad_scale) {
   ++t_;
-  if (on_gpu(params_)) {
 #if KILN_WITH_CUDA
-    std::vector<cuda::AdamWSlot> slots;
-    for (size_t i = 0; i < params_.size(); ++i) {
-      const nn::Parameter& p = params_[i];
-      Tensor g = p.tensor.grad();
-      if (!g.defined()) continue;  // unused this step: no update, as in PyTorch
-      slots.push_back({p.tensor, g, m_[i], v_[i], p.decay ? opts_.weight_decay : 0.0});
-    }
-    cuda::adamw_step(slots, lr, opts_, t_);
-#endif
-    return;
+  std::vector<cuda::AdamWSlot> slots;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const nn::Parameter& p = params_[i];
+    Tensor g = p.tensor.grad();
+    if (!g.defined()) continue;  // unused this step: no update, as in PyTorch
+    slots.push_back({p.tensor, g, m_[i], v_[i], p.decay ? opts_.weight_decay : 0.0});
   }
+  cuda::adamw_step(slots, lr, opts_, t_, grad_scale);
+#else
+  (void)lr;
+  (void)grad_scale;
+#endif
+}
+
+void AdamW::step(double lr) {
+  if (on_gpu(params_)) return step_gpu(lr, 1.0);
+  ++t_;
   for (size_t i = 0; i < params_.size(); ++i) {
     const nn::Parameter& p = params_[i];
     Tensor g = p.tensor.grad();

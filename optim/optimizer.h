@@ -28,6 +28,11 @@ class Optimizer {
  public:
   virtual ~Optimizer() = default;
   virtual void step(double lr) = 0;
+  // The step with every gradient multiplied by grad_scale first (the fp16 unscale or the clipping
+  // factor), with the same result as scale_grads(params(), grad_scale) then step(lr), bit for bit.
+  // The default does exactly that; AdamW on the GPU folds the factor into its kernel for f32
+  // gradients (one pass over the gradients less; KILN_FOLD_GRAD_SCALE=0 turns the fold off).
+  virtual void step_scaled(double lr, double grad_scale);
   // Named state tensors for checkpoints ("exp_avg/h.0.attn.c_attn.weight", "step", ...).
   virtual std::vector<std::pair<std::string, Tensor>> state() = 0;
   int64_t steps() const { return t_; }
@@ -45,9 +50,11 @@ class AdamW final : public Optimizer {
  public:
   AdamW(std::vector<nn::Parameter> params, AdamWOptions opts);
   void step(double lr) override;
+  void step_scaled(double lr, double grad_scale) override;
   std::vector<std::pair<std::string, Tensor>> state() override;
 
  private:
+  void step_gpu(double lr, double grad_scale);
   AdamWOptions opts_;
   std::vector<Tensor> m_, v_;  // fp32, shaped like each parameter
 };

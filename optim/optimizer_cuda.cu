@@ -47,7 +47,8 @@ struct AdamWArgs {
   const void* g[kMaxTensors];
   float* m[kMaxTensors];
   float* v[kMaxTensors];
-  float keep[kMaxTensors];  // 1 - lr * decay
+  float keep[kMaxTensors];    // 1 - lr * decay
+  float gscale[kMaxTensors];  // the gradient's factor (1: none)
   DType gtype[kMaxTensors];
   ChunkTable table;
 };
@@ -66,9 +67,10 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWArgs a, AdamWScala
   float* __restrict__ v = a.v[t];
   const void* g = a.g[t];
   const DType gt = a.gtype[t];
-  const float keep = a.keep[t];
+  const float keep = a.keep[t], gscale = a.gscale[t];
   for (int64_t i = start + threadIdx.x; i < end; i += kThreads) {
-    const float gi = load_f32(g, gt, i);
+    float gi = load_f32(g, gt, i);
+    if (gscale != 1.0f) gi = __fmul_rn(gi, gscale);  // as scale()'s in-place f32 multiply
     const float mi = __fadd_rn(__fmul_rn(s.b1, m[i]), __fmul_rn(s.one_minus_b1, gi));
     const float vi = __fadd_rn(__fmul_rn(s.b2, v[i]), __fmul_rn(__fmul_rn(s.one_minus_b2, gi), gi));
     m[i] = mi;
@@ -197,7 +199,8 @@ void check_gpu_f32(const Tensor& t, const char* what, Device dev) {
 
 }  // namespace
 
-void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptions& o, int64_t t) {
+void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptions& o, int64_t t,
+                double grad_scale) {
   if (slots.empty()) return;
   const Device dev = slots[0].p.device();
   DeviceGuard guard(dev.index);
@@ -211,6 +214,9 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
     KILN_CHECK(s.g.numel() == s.p.numel() && s.g.device() == dev)
         << "AdamW (CUDA): gradient " << s.g.str() << " for parameter " << s.p.str();
     Tensor g = s.g;
+    // Only f32 gradients take the factor in the kernel; others are scaled in place first, as
+    // scale() would (rounded to their dtype).
+    if (grad_scale != 1.0 && g.dtype() != DType::kF32) scale({g}, grad_scale);
     if (!g.is_contiguous() || !float_dtype(g.dtype())) g = raw::convert(g, DType::kF32);
     grads.push_back(g);
     numel.push_back(s.p.numel());
@@ -235,6 +241,8 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
         args.m[slot] = s.m.data<float>();
         args.v[slot] = s.v.data<float>();
         args.keep[slot] = static_cast<float>(1.0 - lr * s.decay);
+        args.gscale[slot] =
+            s.g.dtype() == DType::kF32 ? static_cast<float>(grad_scale) : 1.0f;
       },
       [&](const ChunkTable& table, int blocks, int64_t) {
         args.table = table;

@@ -21,7 +21,11 @@ struct AdamWSlot {
 
 // One AdamW step at step t (1-based) over all slots, rounding exactly as adamw_update does on the
 // CPU. Launches ceil(total chunks / 320) kernels (64Ki elements per chunk, <= 32 tensors each).
-void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptions& o, int64_t t);
+// grad_scale != 1 multiplies each gradient first with the result of scale() then the step, bit for
+// bit: f32 gradients in the kernel (rounded once, as scale's f32 multiply; the gradient in memory
+// is left unscaled), others scaled in place by scale() before it.
+void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptions& o, int64_t t,
+                double grad_scale = 1.0);
 
 // p -= lr * (momentum buffer update), as sgd_update on the CPU; one launch per tensor.
 void sgd_step(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, double momentum,

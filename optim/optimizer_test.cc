@@ -54,6 +54,28 @@ TEST(AdamW, SkipsParametersWithoutGradients) {
   EXPECT_EQ(w.tensor.to_vector()[0], 1.0);
 }
 
+// step_scaled(lr, s) is the step on gradients multiplied by s (the Trainer passes the clipping
+// factor): the same parameters and moments as scale_grads then step, other moments than the plain
+// step.
+TEST(AdamW, StepScaledEqualsScalingTheGradientsFirst) {
+  auto a = make_param("w", {1.0, -2.0, 3.0}, true), b = make_param("w", {1.0, -2.0, 3.0}, true);
+  auto c = make_param("w", {1.0, -2.0, 3.0}, true);
+  AdamW oa({a}, {}), ob({b}, {}), oc({c}, {});
+  for (int t = 1; t <= 3; ++t) {
+    for (auto* p : {&a, &b, &c})
+      p->tensor.set_grad(Tensor::from_vector({0.5 * t, -0.25, 2.0}, {3}).to(DType::kF32));
+    scale_grads({a}, 0.3);
+    oa.step(0.1);
+    ob.step_scaled(0.1, 0.3);
+    oc.step(0.1);
+  }
+  EXPECT_EQ(a.tensor.to_vector(), b.tensor.to_vector());
+  // Adam's update hardly sees a common factor (m / sqrt(v)); the first moment does.
+  EXPECT_EQ(oa.state()[0].second.to_vector(), ob.state()[0].second.to_vector());
+  EXPECT_EQ(oa.state()[1].second.to_vector(), ob.state()[1].second.to_vector());
+  EXPECT_NE(oa.state()[0].second.to_vector(), oc.state()[0].second.to_vector());
+}
+
 TEST(Sgd, MomentumMatchesReference) {
   auto w = make_param("w", {1.0, 2.0}, true);
   SGD opt({w}, 0.9, 0.0);

@@ -309,8 +309,8 @@ void DataParallel::scale_grads(double s) {
   for (auto& u : units_) mul_(opts_.zero_stage == 0 ? u->flat_grad : u->grad_shard, s);
 }
 
-void DataParallel::step(double lr) {
-  opt_->step(lr);
+void DataParallel::step(double lr, double grad_scale) {
+  opt_->step_scaled(lr, grad_scale);
   const int stage = opts_.zero_stage;
   if (stage == 1 || stage == 2) {
     for (auto& u : units_) {

@@ -100,7 +100,9 @@ class DataParallel : public GradSync {
   double clip_grad_norm(double max_norm);  // returns the norm before clipping
   bool grads_non_finite();
   void scale_grads(double s);
-  void step(double lr);
+  // The optimizer step (then ZeRO's all-gather of the updated shards); grad_scale multiplies the
+  // gradients first, as scale_grads(grad_scale) would (Optimizer::step_scaled folds it).
+  void step(double lr, double grad_scale = 1.0);
   void zero_grad();
 
   // Bytes this rank holds persistently.
