@@ -8,7 +8,8 @@
 #   ab2 (kiln with this round's changes switched off one at a time), ctest (ctest -L gpu), plan
 #   (benchmarks/plan_gpu.sh: kiln plan against measured GPU peaks), big (GPT-2 1.5B and Llama 1B,
 #   kiln and PyTorch; BIG_NOPRECAST=1 adds kiln without the
-#   batched parameter cast), fp8 (GPT-2 1.5B, 200 steps bf16 and fp8), plant (planted bugs). BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
+#   batched parameter cast), llama_ab (Llama 1B with each of this round's switches off, and
+#   PyTorch), fp8 (GPT-2 1.5B, 200 steps bf16 and fp8), plant (planted bugs). BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
 shift
@@ -93,6 +94,19 @@ PY
       kiln_run new "$c"; kiln_run noprecast "$c" KILN_PRECAST=0; kiln_run notune "$c" KILN_GEMM_TUNE=0
       kiln_run new2 "$c"; kiln_run noprecast2 "$c" KILN_PRECAST=0
       kiln_run notune2 "$c" KILN_GEMM_TUNE=0; kiln_run new3 "$c"; stamp ab2 ;;
+    llama_ab)
+      # Llama 1B (8 x 2048): kiln with this round's changes, then each switched off alone, then all
+      # off, then the first again (run-to-run spread), then PyTorch, in one command.
+      c=benchmarks/e2e/llama-1b-bench.textproto
+      kiln_run llama-new "$c"
+      kiln_run llama-nofuse "$c" KILN_FUSED_PROJ=0
+      kiln_run llama-rope-v1 "$c" KILN_ROPE=v1
+      kiln_run llama-contig-grads "$c" KILN_ATTN_BTHD_GRADS=0
+      kiln_run llama-nofold "$c" KILN_FOLD_GRAD_SCALE=0
+      kiln_run llama-alloff "$c" KILN_FUSED_PROJ=0 KILN_ROPE=v1 KILN_ATTN_BTHD_GRADS=0 KILN_FOLD_GRAD_SCALE=0
+      kiln_run llama-new2 "$c"
+      timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1
+      stamp "pytorch llama exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_llama.log" | head -5 ;;
     fp8)
       # GPT-2 1.5B (8 x 1024), 200 steps in bf16 and with fp8 GEMMs: speed and loss curves.
       c=benchmarks/e2e/gpt2-1.5b-bench.textproto
