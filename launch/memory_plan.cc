@@ -124,16 +124,40 @@ std::vector<int64_t> pieces(const Unit& u, int zero) {
 
 }  // namespace
 
+std::vector<std::pair<int64_t, int64_t>> stage_chunks(const models::ModelSpec& s,
+                                                      const PlanLayout& l, int stage) {
+  const int chunks = l.pp * l.v;
+  const std::vector<int64_t> layers =
+      l.layers.empty() ? std::vector<int64_t>(chunks, s.n_layer / chunks) : l.layers;
+  KILN_CHECK_EQ(static_cast<int>(layers.size()), chunks) << "plan: layers per virtual stage";
+  std::vector<int64_t> start(chunks + 1, 0);
+  for (int i = 0; i < chunks; ++i) start[i + 1] = start[i] + layers[i];
+  KILN_CHECK_EQ(start[chunks], s.n_layer) << "plan: the layers per virtual stage sum to n_layer";
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int c = 0; c < l.v; ++c) {
+    const int vs = c * l.pp + stage;
+    out.push_back({start[vs], start[vs + 1]});
+  }
+  return out;
+}
+
 std::vector<ParamInfo> stage_params(const models::ModelSpec& s, int tp, int pp, int stage) {
+  PlanLayout l;
+  l.tp = tp;
+  l.pp = pp;
+  return stage_params(s, l, stage);
+}
+
+std::vector<ParamInfo> stage_params(const models::ModelSpec& s, const PlanLayout& l, int stage) {
   std::vector<ParamInfo> out;
   const bool gpt2 = s.family == models::Family::kGPT2;
-  const int64_t c = s.d_model, v = s.padded_vocab() / tp;
-  const bool first = first_stage(pp, stage), last = last_stage(pp, stage);
+  const int64_t c = s.d_model, v = s.padded_vocab() / l.tp;
+  const bool first = first_stage(l.pp, stage), last = last_stage(l.pp, stage);
   if (first || (last && s.tied_embeddings))
     out.push_back({gpt2 ? "wte.weight" : "embed_tokens.weight", v * c, -1});
   if (gpt2 && first) out.push_back({"wpe.weight", s.max_seq_len * c, -1});
-  const int per = static_cast<int>(s.n_layer / pp);
-  for (int b = stage * per; b < (stage + 1) * per; ++b) block_params(s, tp, b, &out);
+  for (const auto& [begin, end] : stage_chunks(s, l, stage))
+    for (int64_t b = begin; b < end; ++b) block_params(s, l.tp, static_cast<int>(b), &out);
   if (last) {
     out.push_back({gpt2 ? "ln_f.weight" : "norm.weight", c, -1});
     if (gpt2 && s.bias) out.push_back({"ln_f.bias", c, -1});
@@ -143,7 +167,7 @@ std::vector<ParamInfo> stage_params(const models::ModelSpec& s, int tp, int pp, 
 }
 
 StateBytes state_bytes(const PlanInput& in, const PlanLayout& l, int stage) {
-  const std::vector<ParamInfo> ps = stage_params(in.spec, l.tp, l.pp, stage);
+  const std::vector<ParamInfo> ps = stage_params(in.spec, l, stage);
   const std::vector<Unit> units = make_units(ps, l, in.bucket_mb);
   const int64_t cb = static_cast<int64_t>(dtype_size(in.compute));
   const int states = in.adamw ? 2 : 1;
@@ -225,9 +249,16 @@ std::vector<Moment> moments(const PlanInput& in, const PlanLayout& l, int stage)
   const HeadBytes h = plan_internal::head_bytes(in, l);
   const bool first = stage == 0, last = stage == l.pp - 1;
   const bool full = l.recompute == models::Recompute::kFull;
-  const int64_t blocks = in.spec.n_layer / l.pp;
-  // 1F1B: the first stage holds pp micro-batches' activations, stage s holds pp - s.
-  const int64_t flight = l.pp > 1 ? std::min<int64_t>(l.pp - stage, l.accum) : 1;
+  // The micro-batches (chunk passes) whose activations a stage holds at once, from the schedule's
+  // theory (1F1B: pp - stage; GPipe: the flush; ZB-H1: pp; interleaved: more, over v chunks),
+  // each holding the blocks of one chunk (the largest of the stage's chunks: an upper bound when
+  // they differ).
+  int64_t blocks = 0;
+  for (const auto& [begin, end] : plan_internal::stage_chunks(in.spec, l, stage))
+    blocks = std::max(blocks, end - begin);
+  const parallel::pipeline::ScheduleSpec sched{
+      l.schedule, l.pp, static_cast<int>(l.flush > 0 ? l.flush : l.accum), l.v, false};
+  const int64_t flight = l.pp > 1 ? parallel::pipeline::theory_peak_in_flight(sched, stage) : 1;
   const Moment base = persistent(in, l, st);
   const std::string per = std::to_string(flight * blocks) + " block(s) x " +
                           mib_str(full ? b.input : b.input + b.saved) +
@@ -246,7 +277,7 @@ std::vector<Moment> moments(const PlanInput& in, const PlanLayout& l, int stage)
   Moment start;
   start.at = "model build";
   int64_t each = 0;
-  for (const auto& p : plan_internal::stage_params(in.spec, l.tp, l.pp, stage))
+  for (const auto& p : plan_internal::stage_params(in.spec, l, stage))
     each += plan_alloc(in, p.numel * 4);
   start.add("parameters (as built)", each, "fp32, one tensor each");
   start.add("flat unit", plan_alloc(in, st.largest_unit * 4), "DataParallel's copy");
@@ -303,10 +334,12 @@ std::vector<Moment> moments(const PlanInput& in, const PlanLayout& l, int stage)
 }  // namespace
 
 MemoryPlan plan_memory(const PlanInput& in, const PlanLayout& layout) {
-  KILN_CHECK(layout.pp >= 1 && in.spec.n_layer % layout.pp == 0) << "plan: pp must divide n_layer";
+  KILN_CHECK(layout.pp >= 1 && layout.v >= 1) << "plan: pp and v must be >= 1";
+  KILN_CHECK(!layout.layers.empty() || in.spec.n_layer % (layout.pp * layout.v) == 0)
+      << "plan: without layers per virtual stage, pp x v must divide n_layer";
   MemoryPlan best;
   best.peak = -1;
-  for (int stage : {0, layout.pp - 1}) {
+  for (int stage = 0; stage < layout.pp; ++stage) {
     for (const Moment& m : moments(in, layout, stage)) {
       if (m.total() <= best.peak) continue;
       best.layout = layout;

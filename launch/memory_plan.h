@@ -8,9 +8,9 @@
 // device's caching allocator rounds it (core/allocator.h). The prediction is what `mem_peak_mib`
 // (the allocator's peak, launch/trainer_log.cc) reports. docs/SLURM.md explains the terms.
 //
-// tp and pp > 1 are computed from theory (1/tp of the sharded weights and activations, n_layer/pp
-// blocks per stage, pp micro-batches in flight on the first stage of 1F1B): predictions that no
-// run has measured yet.
+// tp and pp > 1 are computed from theory (1/tp of the sharded weights and activations; each stage's
+// blocks from the layer split, the micro-batches in flight from the schedule's theory,
+// parallel/pipeline/schedule.h theory_peak_in_flight): predictions that no run has measured yet.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "models/model.h"
+#include "parallel/pipeline/schedule.h"
 
 namespace kiln::launch {
 
@@ -26,7 +27,13 @@ struct PlanLayout {
   int zero = 0;  // ZeRO stage 0-3 over dp
   models::Recompute recompute = models::Recompute::kNone;
   int64_t micro_batch = 1;  // sequences per forward/backward on one rank
-  int64_t accum = 1;        // micro-batches per optimizer step (the 1F1B flush)
+  int64_t accum = 1;        // micro-batches per optimizer step
+  // Pipeline (pp > 1): the schedule, its model chunks per stage, the layers of each of the pp x v
+  // virtual stages (empty: n_layer / pp each, v = 1) and the micro-batches per flush (0: accum).
+  parallel::pipeline::ScheduleKind schedule = parallel::pipeline::ScheduleKind::k1F1B;
+  int v = 1;
+  std::vector<int64_t> layers;
+  int64_t flush = 0;
   bool measured() const { return tp == 1 && pp == 1; }  // layouts kiln trains today
 };
 
@@ -53,7 +60,7 @@ struct MemoryPlan {
   std::string peak_at;            // the moment of the peak
 };
 
-// The plan of the largest pipeline stage (the first or the last).
+// The plan of the pipeline stage with the largest peak.
 MemoryPlan plan_memory(const PlanInput& in, const PlanLayout& layout);
 
 // Bytes the device allocator hands out for a request of `bytes` (its rounding).
@@ -75,8 +82,14 @@ struct ParamInfo {
   int block = -1;  // global block index, -1 outside the blocks
 };
 
-// This stage's parameters in registration order (DataParallel's order), sharded 1/tp.
+// This stage's parameters in registration order (DataParallel's order), sharded 1/tp: its model
+// chunks' blocks, the embedding on virtual stage 0, the final norm and head on the last.
+std::vector<ParamInfo> stage_params(const models::ModelSpec& s, const PlanLayout& l, int stage);
+// The same for the even split of n_layer over pp stages.
 std::vector<ParamInfo> stage_params(const models::ModelSpec& s, int tp, int pp, int stage);
+// The blocks [first, end) of each model chunk of `stage`, chunk 0 first.
+std::vector<std::pair<int64_t, int64_t>> stage_chunks(const models::ModelSpec& s,
+                                                      const PlanLayout& l, int stage);
 
 // Parameters, gradients and optimizer state as DataParallel and the optimizer allocate them.
 struct StateBytes {

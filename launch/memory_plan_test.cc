@@ -112,6 +112,59 @@ TEST(MemoryPlan, PipelineFirstStageHoldsMicroBatchesInFlight) {
   EXPECT_TRUE(found) << p.peak_at;
 }
 
+// The activations term of a plan ("N block(s) x ..."): N.
+int64_t activation_blocks(const MemoryPlan& p) {
+  for (const MemoryTerm& t : p.terms)
+    if (t.name == "activations") return std::stoll(t.how);
+  return -1;
+}
+
+TEST(MemoryPlan, MicroBatchesInFlightFollowTheSchedule) {
+  // pp 4, 3 blocks a stage, 8 micro-batches in one flush: the first stage (the peak here) holds
+  // 4 micro-batches under 1F1B (pp - 0), all 8 under GPipe, 4 under ZB-H1 (pp; every stage does,
+  // and the last one's head makes it the peak). Interleaved, v = 2, 12 layers over 8 chunks
+  // (2/1/1/2/1/2/2/1: stage 0 runs chunks of 2 and 1 blocks): min(v m, 2 (p - 1) + (v - 1) p + 1)
+  // = 11 chunk passes, each counted at the larger chunk's 2 blocks.
+  using parallel::pipeline::ScheduleKind;
+  const PlanInput in = gpt2_124m(true);
+  PlanLayout l;
+  l.pp = 4;
+  l.micro_batch = 4;
+  l.accum = 8;
+  auto blocks_at = [&](ScheduleKind k, int v, std::vector<int64_t> layers) {
+    PlanLayout x = l;
+    x.schedule = k;
+    x.v = v;
+    x.layers = std::move(layers);
+    const MemoryPlan p = plan_memory(in, x);
+    return activation_blocks(p);
+  };
+  EXPECT_EQ(blocks_at(ScheduleKind::k1F1B, 1, {}), 4 * 3);
+  EXPECT_EQ(blocks_at(ScheduleKind::kGPipe, 1, {}), 8 * 3);
+  EXPECT_EQ(blocks_at(ScheduleKind::kZBH1, 1, {}), 4 * 3);
+  EXPECT_EQ(blocks_at(ScheduleKind::kInterleaved1F1B, 2, {2, 1, 1, 2, 1, 2, 2, 1}), 11 * 2);
+}
+
+TEST(MemoryPlan, UnevenSplitsPlanTheStageWithMostLayers) {
+  // 12 layers split 2 / 2 / 6 / 2 over pp 4: stage 2 holds 6 blocks (no embedding, no head) and
+  // its activations and parameters make the peak; the stages' parameters add up to the model's.
+  const PlanInput in = gpt2_124m(true);
+  PlanLayout l;
+  l.pp = 4;
+  l.micro_batch = 4;
+  l.accum = 4;
+  l.layers = {2, 2, 6, 2};
+  int64_t sum = 0;
+  for (int s = 0; s < 4; ++s) sum += total(plan_internal::stage_params(in.spec, l, s));
+  int64_t tied_copy = in.spec.padded_vocab() * in.spec.d_model;  // GPT-2's head copy of wte
+  EXPECT_EQ(sum - tied_copy, total(stage_params(in.spec, 1, 1, 0)));
+  EXPECT_EQ(plan_internal::stage_chunks(in.spec, l, 2),
+            (std::vector<std::pair<int64_t, int64_t>>{{4, 10}}));
+  const MemoryPlan p = plan_memory(in, l);
+  EXPECT_EQ(p.stage, 2);
+  EXPECT_EQ(activation_blocks(p), 2 * 6);  // 1F1B: pp - 2 micro-batches of 6 blocks
+}
+
 TEST(MemoryPlan, LayoutsOfAWorld) {
   const PlanInput in = gpt2_124m(true);
   const std::vector<PlanLayout> ls = all_layouts(in.spec, 8, 64, 8);

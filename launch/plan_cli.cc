@@ -11,6 +11,7 @@
 #include "core/json.h"
 #include "launch/config.h"
 #include "launch/memory_plan.h"
+#include "launch/pipeline_stage.h"
 #include "launch/train_cli.h"
 #include "launch/trainer_log.h"
 #include "models/presets.h"
@@ -80,9 +81,10 @@ void print_plan_usage() {
       "                  prediction\n"
       "  --device        cpu or cuda (default: the config's device; AUTO plans for a GPU)\n"
       "  --json          one JSON object: the terms and the peak in bytes\n\n"
-      "tp or pp > 1 are predictions from theory (1/tp of the sharded weights and activations,\n"
-      "n_layer/pp blocks per stage, pp micro-batches in flight on 1F1B's first stage), not yet\n"
-      "measured: kiln does not train those layouts yet. docs/SLURM.md explains the terms.\n");
+      "tp or pp > 1 are predictions from theory (1/tp of the sharded weights and activations;\n"
+      "each stage's blocks from parallel.pipeline_layers / pipeline_split; the micro-batches in\n"
+      "flight from the schedule: 1F1B pp - stage, GPipe the flush, ZB-H1 pp, interleaved more),\n"
+      "not measured against runs. docs/SLURM.md explains the terms.\n");
 }
 
 const char* recompute_name(models::Recompute r) {
@@ -137,13 +139,22 @@ PlanLayout config_layout(const TrainConfig& c) {
                                                   : models::Recompute::kNone;
   l.micro_batch = c.parallel().micro_batch_size();
   l.accum = grad_accumulation_steps(c);
+  if (l.pp > 1) {
+    const parallel::pipeline::ScheduleSpec s = schedule_spec(c.parallel(), false);
+    l.schedule = s.kind;
+    l.v = s.virtual_stages;
+    l.layers = pipeline_layers(c.parallel(), c.model());
+    l.flush = c.parallel().pipeline_micro_batches();
+  }
   return l;
 }
 
 void print_json(const MemoryPlan& p, double measured) {
-  std::printf("{\"peak_bytes\": %lld, \"peak_mib\": %.4f, \"peak_at\": %s, \"measured\": %s",
-              static_cast<long long>(p.peak), mib(p.peak), json_quote(p.peak_at).c_str(),
-              p.layout.measured() ? "true" : "false");
+  std::printf(
+      "{\"peak_bytes\": %lld, \"peak_mib\": %.4f, \"peak_at\": %s, \"stage\": %d, "
+      "\"measured\": %s",
+      static_cast<long long>(p.peak), mib(p.peak), json_quote(p.peak_at).c_str(), p.stage,
+      p.layout.measured() ? "true" : "false");
   if (std::isfinite(measured)) std::printf(", \"measured_mib\": %.4f", measured);
   std::printf(", \"terms\": {");
   for (size_t i = 0; i < p.terms.size(); ++i)
@@ -162,6 +173,13 @@ void print_table(const TrainConfig& c, const PlanInput& in, const MemoryPlan& p,
   std::printf("layout: world %d = dp %d x tp %d x pp %d, ZeRO %d, recompute %s%s\n", world, l.dp,
               l.tp, l.pp, l.zero, recompute_name(l.recompute),
               l.measured() ? "" : "  (tp/pp > 1: a prediction, not yet measured)");
+  if (l.pp > 1) {
+    std::string split;
+    for (const auto& [begin, end] : plan_internal::stage_chunks(in.spec, l, p.stage))
+      split += (split.empty() ? "" : ", ") + std::to_string(begin) + "-" + std::to_string(end - 1);
+    std::printf("pipeline: %s, %d chunk(s) per stage; stage %d holds blocks %s\n",
+                parallel::pipeline::schedule_name(l.schedule).c_str(), l.v, p.stage, split.c_str());
+  }
   std::printf("per-rank memory at the peak (%s%s):\n", p.peak_at.c_str(),
               l.pp > 1 ? (", pipeline stage " + std::to_string(p.stage)).c_str() : "");
   for (const MemoryTerm& t : p.terms)
@@ -210,14 +228,6 @@ int plan_main(int argc, char** argv) {
   absl::Status s = c.ok() ? resolve_world(a.world, &*c) : c.status();
   if (!s.ok()) {
     std::fprintf(stderr, "kiln plan: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  const ParallelConfig& par = c->parallel();
-  if (par.pp() > 1 && (!par.pipeline_layers().empty() || c->model().n_layer() % par.pp() != 0 ||
-                       par.pipeline_split() != ParallelConfig::SPLIT_EVEN)) {
-    std::fprintf(stderr,
-                 "kiln plan: parallel.pipeline_layers / pipeline_split: the memory plan assumes "
-                 "an even split (n_layer / pp blocks per stage); not built for other splits\n");
     return 1;
   }
   const PlanInput in = plan_input(*c, a.device);

@@ -3,7 +3,8 @@
 steps (one process or `mpirun -np 2`), reads the mem_peak_mib it logged (the CPU allocator's peak,
 core/allocator.cc, rank 0) and checks that `kiln plan --world N --json` for the same config
 predicts it within 10%. The layouts cover data parallel, ZeRO-1, ZeRO-3 and recompute none /
-selective / full, a GPT-2 and a Llama; the shapes are chosen so that the term each layout changes
+selective / full, a GPT-2 and a Llama, and pipeline parallel at pp 2 (1F1B, even and uneven
+splits; only layouts whose planned peak is on stage 0, the rank that reports); the shapes are chosen so that the term each layout changes
 is large (small batches where ZeRO shards the optimizer state or the parameters, long ones where
 activations and recompute dominate), so a wrong term shows. It also checks that the prediction
 moves with the layout as the measurement does (full recompute well below none).
@@ -43,6 +44,10 @@ CASES = [
     ("dp 2, ZeRO-3, recompute full", 2, ["parallel.zero_stage=3", "recompute.policy=FULL"]),
     ("dp 2, ZeRO-1, Llama, recompute full", 2,
      ["parallel.zero_stage=1", "recompute.policy=FULL"] + LLAMA),
+    # Pipeline layouts whose peak is on stage 0 (rank 0 writes mem_peak_mib; the test checks the
+    # plan's peak stage is 0): 1F1B with 4 micro-batches in flight, and an uneven 3 / 1 split.
+    ("pp 2, 1F1B, 4 micro-batches", 2, ["parallel.pp=2", "parallel.micro_batch_size=2"]),
+    ("pp 2, 1F1B, layers 3 / 1", 2, ["parallel.pp=2", "parallel.pipeline_layers=[3,1]"]),
 ]
 TOLERANCE = 0.10  # the claim of docs/SLURM.md and the issue
 
@@ -79,6 +84,10 @@ def main():
             plan = json.loads(run([args.kiln, "plan", "--config", config, "--world", str(ranks),
                                    "--run", run_dir, "--json"] + flags, env))
             pred, meas = plan["peak_mib"], plan.get("measured_mib")
+            if plan.get("stage", 0) != 0:
+                failures.append(f"{name}: the plan's peak is on stage {plan['stage']}; only rank "
+                                "0 (stage 0) reports mem_peak_mib")
+                continue
             if meas is None:
                 failures.append(f"{name}: no mem_peak_mib in {run_dir}/metrics.jsonl")
                 continue
