@@ -242,6 +242,18 @@ Moment persistent(const PlanInput& in, const PlanLayout& l, const StateBytes& st
   return m;
 }
 
+// The micro-batches (chunk passes) whose activations `stage` holds at once, from the schedule's
+// theory (1F1B: pp - stage; GPipe: the flush; ZB-H1: pp; interleaved: more, over v chunks), and
+// the blocks each holds (the largest of the stage's chunks: an upper bound when they differ).
+std::pair<int64_t, int64_t> in_flight(const PlanInput& in, const PlanLayout& l, int stage) {
+  int64_t blocks = 0;
+  for (const auto& [begin, end] : plan_internal::stage_chunks(in.spec, l, stage))
+    blocks = std::max(blocks, end - begin);
+  const parallel::pipeline::ScheduleSpec sched{
+      l.schedule, l.pp, static_cast<int>(l.flush > 0 ? l.flush : l.accum), l.v, false};
+  return {l.pp > 1 ? parallel::pipeline::theory_peak_in_flight(sched, stage) : 1, blocks};
+}
+
 // The candidate moments of a step on pipeline stage `stage`; the peak is the largest.
 std::vector<Moment> moments(const PlanInput& in, const PlanLayout& l, int stage) {
   const StateBytes st = plan_internal::state_bytes(in, l, stage);
@@ -249,16 +261,7 @@ std::vector<Moment> moments(const PlanInput& in, const PlanLayout& l, int stage)
   const HeadBytes h = plan_internal::head_bytes(in, l);
   const bool first = stage == 0, last = stage == l.pp - 1;
   const bool full = l.recompute == models::Recompute::kFull;
-  // The micro-batches (chunk passes) whose activations a stage holds at once, from the schedule's
-  // theory (1F1B: pp - stage; GPipe: the flush; ZB-H1: pp; interleaved: more, over v chunks),
-  // each holding the blocks of one chunk (the largest of the stage's chunks: an upper bound when
-  // they differ).
-  int64_t blocks = 0;
-  for (const auto& [begin, end] : plan_internal::stage_chunks(in.spec, l, stage))
-    blocks = std::max(blocks, end - begin);
-  const parallel::pipeline::ScheduleSpec sched{
-      l.schedule, l.pp, static_cast<int>(l.flush > 0 ? l.flush : l.accum), l.v, false};
-  const int64_t flight = l.pp > 1 ? parallel::pipeline::theory_peak_in_flight(sched, stage) : 1;
+  const auto [flight, blocks] = in_flight(in, l, stage);
   const Moment base = persistent(in, l, st);
   const std::string per = std::to_string(flight * blocks) + " block(s) x " +
                           mib_str(full ? b.input : b.input + b.saved) +
