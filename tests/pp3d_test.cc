@@ -3,7 +3,8 @@
 // (ctest: mpirun -np 4 and -np 8): tp 2 x pp 2 at -np 4 and dp 2 x tp 2 x pp 2 with ZeRO-1 at -np
 // 8, GPT-2 (vocab-parallel embedding tied across the first and the last stage) and Llama with
 // grouped-query attention, for the 1F1B, ZB-H1 and GPipe schedules (and at -np 4 with full and
-// selective recompute, and interleaved 1F1B with two model chunks per stage, each sharded over tp).
+// selective recompute), and interleaved 1F1B with two model chunks per stage, each sharded over tp
+// (at -np 4 and, with dp 2 ZeRO-1, at -np 8).
 // Each rank trains the single-process reference itself (world of one).
 #include <gtest/gtest.h>
 
@@ -103,7 +104,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Layout{"gpt2", "ONE_F_ONE_B", 2}, Layout{"llama", "ONE_F_ONE_B", 2},
                       Layout{"gpt2", "ZB_H1", 2}, Layout{"llama", "GPIPE", 2},
                       Layout{"gpt2", "INTERLEAVED_1F1B", 1, "NONE", 2},
-                      Layout{"llama", "INTERLEAVED_1F1B", 1, "SELECTIVE", 2}),
+                      Layout{"llama", "INTERLEAVED_1F1B", 1, "SELECTIVE", 2},
+                      Layout{"gpt2", "INTERLEAVED_1F1B", 2, "NONE", 2},
+                      Layout{"llama", "INTERLEAVED_1F1B", 2, "NONE", 2}),
     [](const auto& info) {
       return absl::StrCat(info.param.family, "_", info.param.schedule, "_dp", info.param.dp,
                           info.param.recompute == "NONE" ? "" : "_" + info.param.recompute,
