@@ -37,6 +37,11 @@ class AccumulateGrad final : public Node {
   bool converts_grad_dtype() const override { return true; }
   std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
     Tensor g = grads[0];
+    if (is_accumulated_marker(g)) {  // a node added its gradient into .grad already
+      Tensor leaf(leaf_);
+      for (auto& hook : leaf_->ready_hooks) hook(leaf);
+      return {};
+    }
     if (t_capture) {
       auto it = t_capture->find(leaf_.get());
       if (it != t_capture->end()) {
@@ -60,6 +65,15 @@ class AccumulateGrad final : public Node {
     for (auto& hook : leaf_->ready_hooks) hook(leaf);
     return {};
   }
+  // The .grad a node may add into directly (see accumulation_target), or null.
+  Tensor* direct_target(const Shape& shape) {
+    if (t_capture && t_capture->count(leaf_.get())) return nullptr;
+    Tensor& acc = leaf_->grad;
+    if (!acc.defined() || acc.dtype() != DType::kF32 || !acc.is_contiguous() ||
+        acc.shape() != shape)
+      return nullptr;
+    return &acc;
+  }
 
  private:
   std::shared_ptr<TensorImpl> leaf_;
@@ -68,6 +82,21 @@ class AccumulateGrad final : public Node {
 }  // namespace
 
 Node::Node() : seq(g_seq.fetch_add(1)) {}
+
+const Tensor& accumulated_marker() {
+  static const Tensor* marker = new Tensor(Tensor::empty({0}, DType::kF32, Device::cpu()));
+  return *marker;
+}
+
+bool is_accumulated_marker(const Tensor& g) { return g.defined() && g.same(accumulated_marker()); }
+
+Tensor accumulation_target(const Edge& e, const Shape& shape) {
+  Node* n = e.fn.get();
+  if (n && n->forwards_to_leaf()) n = n->next[0].fn.get();
+  auto* acc = dynamic_cast<AccumulateGrad*>(n);
+  Tensor* t = acc ? acc->direct_target(shape) : nullptr;
+  return t ? *t : Tensor();
+}
 
 bool grad_enabled() { return t_grad_enabled; }
 NoGradGuard::NoGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = false; }
@@ -164,8 +193,10 @@ void run_engine(const std::vector<Tensor>& roots, const std::vector<Tensor>& roo
     if (buf.size() < e.fn->outputs.size()) buf.resize(e.fn->outputs.size());
     Tensor& slot = buf[e.output_nr];
     const DType want = e.fn->outputs[e.output_nr].dtype;
-    if (!slot.defined()) {
-      slot = g;
+    if (!slot.defined() || is_accumulated_marker(slot)) {
+      slot = g;  // (a marker's gradient is in the leaf's .grad already)
+    } else if (is_accumulated_marker(g)) {
+      // keep the slot: the marker's share is in the leaf's .grad already
     } else if (slot.dtype() == want && g.dtype() == want) {
       slot = add_grads(slot, g);
     } else {  // 16-bit gradients passed on by Cast nodes (a tied weight): summed in its dtype
@@ -199,7 +230,7 @@ void run_engine(const std::vector<Tensor>& roots, const std::vector<Tensor>& roo
       if (!e.fn) continue;
       if (i < in_grads.size() && in_grads[i].defined()) {
         const OutputMeta& m = e.fn->outputs[e.output_nr];
-        KILN_CHECK(in_grads[i].shape() == m.shape)
+        KILN_CHECK(in_grads[i].shape() == m.shape || is_accumulated_marker(in_grads[i]))
             << "internal: " << n->name() << " returned gradient " << in_grads[i].str()
             << " for an input of shape " << shape_str(m.shape);
         accumulate(e, in_grads[i]);

@@ -37,6 +37,9 @@ class Node : public std::enable_shared_from_this<Node> {
   // Whether a gradient may reach this node in another float dtype than its output's (the node
   // converts it itself): AccumulateGrad, which adds 16-bit gradients into fp32 .grad in one pass.
   virtual bool converts_grad_dtype() const { return false; }
+  // Whether this node hands its gradient unchanged to the leaf accumulator of next[0] (a Cast of
+  // an f32 leaf): accumulation_target() looks through it.
+  virtual bool forwards_to_leaf() const { return false; }
 
   std::vector<Edge> next;
   std::vector<OutputMeta> outputs;
@@ -117,6 +120,18 @@ template <typename N>
 void set_history(Tensor& out, const std::shared_ptr<N>& node, int output_nr = 0) {
   set_history(out, std::static_pointer_cast<Node>(node), output_nr);
 }
+
+// Direct accumulation of a weight gradient (as Megatron's gradient-accumulation fusion): when input
+// edge `e` leads, directly or through one Cast of an f32 leaf (Node::forwards_to_leaf), to a leaf
+// whose .grad is defined, f32, contiguous and of `shape`, and grad() is not capturing that leaf,
+// returns that .grad: the node adds its gradient into it (e.g. a GEMM with beta = 1, no 16-bit
+// rounding of the product) and returns accumulated_marker() for the edge. The marker travels
+// through the Cast; AccumulateGrad takes it as "already added" and fires the leaf's hooks as for
+// any gradient. Undefined otherwise (the node returns its gradient as usual).
+Tensor accumulation_target(const Edge& e, const Shape& shape);
+// The gradient that says "already added into the leaf's .grad" (a 0-element tensor, one instance).
+const Tensor& accumulated_marker();
+bool is_accumulated_marker(const Tensor& g);
 
 // Runs backward from `roots` with `root_grads` (undefined -> ones), accumulating into leaves'
 // .grad.

@@ -51,6 +51,74 @@ TEST(Autograd, GradCapturesWithoutTouchingDotGrad) {
   EXPECT_FALSE(x.grad().defined());
 }
 
+// y = s * x whose backward adds its gradient into x's leaf .grad when accumulation_target offers
+// it (as the CUDA linear nodes do with their weight GEMM) and returns the marker.
+class ScaleIntoNode final : public Node {
+ public:
+  const char* name() const override { return "ScaleInto"; }
+  double s = 1;
+  int* direct = nullptr;  // counts the direct additions
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    Tensor gx = scale(g[0], s);
+    Tensor into = accumulation_target(next[0], g[0].shape());
+    if (!into.defined()) return {gx};
+    add_(into, gx.to(DType::kF32));
+    ++*direct;
+    return {accumulated_marker()};
+  }
+};
+
+Tensor scale_into(const Tensor& x, double s, int* direct) {
+  Tensor y = scale(x.detach(), s);
+  if (auto n = record<ScaleIntoNode>({&x})) {
+    n->s = s;
+    n->direct = direct;
+    set_history(y, n);
+  }
+  return y;
+}
+
+TEST(Autograd, DirectAccumulationThroughACastAndBesideOtherUses) {
+  // An f32 leaf with a defined .grad (as DataParallel's flat buffers), cast to f64 and used twice:
+  // once by the direct-accumulating node, once by an ordinary op. .grad = G0 + 3 + 2 x, the hook
+  // fires once with the whole sum, and the direct path was taken.
+  Tensor p = Tensor::from_vector({1, 2}, {2}).to(DType::kF32).detach().set_requires_grad(true);
+  p.set_grad(Tensor::from_vector({10, 20}, {2}).to(DType::kF32));
+  std::vector<std::vector<double>> seen;
+  p.register_grad_ready_hook([&](Tensor& t) { seen.push_back(t.grad().to_vector()); });
+  int direct = 0;
+  Tensor c = p.to(DType::kF64);
+  Tensor y = add(scale_into(c, 3, &direct), mul(c, c));
+  y.backward(Tensor::full({2}, 1.0, DType::kF64));
+  EXPECT_EQ(direct, 1);
+  EXPECT_EQ(p.grad().to_vector(), (std::vector<double>{15, 27}));
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0], (std::vector<double>{15, 27}));
+  // The marker alone through the Cast (no other use): .grad += 3, hook once more.
+  scale_into(p.to(DType::kF64), 3, &direct).backward(Tensor::full({2}, 1.0, DType::kF64));
+  EXPECT_EQ(direct, 2);
+  EXPECT_EQ(p.grad().to_vector(), (std::vector<double>{18, 30}));
+  EXPECT_EQ(seen.size(), 2u);
+}
+
+TEST(Autograd, NoDirectAccumulationWithoutAGradOrUnderGrad) {
+  int direct = 0;
+  Tensor p = Tensor::from_vector({1, 2}, {2}).to(DType::kF32).detach().set_requires_grad(true);
+  // No .grad yet: the ordinary path allocates it.
+  scale_into(p, 3, &direct).backward(Tensor::full({2}, 1.0, DType::kF32));
+  EXPECT_EQ(direct, 0);
+  EXPECT_EQ(p.grad().to_vector(), (std::vector<double>{3, 3}));
+  // Now it has one: the next backward adds into it directly.
+  scale_into(p, 3, &direct).backward(Tensor::full({2}, 1.0, DType::kF32));
+  EXPECT_EQ(direct, 1);
+  EXPECT_EQ(p.grad().to_vector(), (std::vector<double>{6, 6}));
+  // grad() captures p: .grad is not touched and the captured gradient is the node's own.
+  auto g = grad({scale_into(p, 3, &direct)}, {Tensor::full({2}, 1.0, DType::kF32)}, {p});
+  EXPECT_EQ(direct, 1);
+  EXPECT_EQ(g[0].to_vector(), (std::vector<double>{3, 3}));
+  EXPECT_EQ(p.grad().to_vector(), (std::vector<double>{6, 6}));
+}
+
 TEST(Autograd, UnusedOutputOfASplitGetsZeros) {
   Tensor x = Tensor::from_vector({1, 2, 3, 4}, {4}).set_requires_grad(true);
   auto parts = split(x, {1, 3}, 0);

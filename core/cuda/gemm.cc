@@ -352,7 +352,7 @@ void legacy_gemm(const GemmParams& p, bool tf32) {
           static_cast<int>(p.n), static_cast<int>(p.m), static_cast<int>(p.k),
           f64 ? static_cast<const void*>(&ad) : &af, p.b, t, static_cast<int>(p.ldb), p.stride_b,
           p.a, t, static_cast<int>(p.lda), p.stride_a, f64 ? static_cast<const void*>(&bd) : &bf,
-          p.d, t, static_cast<int>(p.ldd), p.stride_d, static_cast<int>(p.batch),
+          p.d, cuda_type(p.d_dtype), static_cast<int>(p.ldd), p.stride_d, static_cast<int>(p.batch),
           f64 ? CUBLAS_COMPUTE_64F : (tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F),
           CUBLAS_GEMM_DEFAULT),
       p);

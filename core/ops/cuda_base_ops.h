@@ -70,9 +70,12 @@ Tensor linear_forward(const Tensor& x2, const Tensor& w, const Tensor& b);
 // bias and GELU fused into the epilogue (GELU_AUX); otherwise a GEMM then the exact GELU kernel.
 Tensor linear_gelu_forward(const Tensor& x2, const Tensor& w, const Tensor& b, Tensor* pre);
 // Gradients of y = x2 w^T + b given gy (M, OUT): gx (M, IN), gw (OUT, IN) and gb (OUT), each only
-// when asked; gb is fused into the gw GEMM (BGRADB epilogue) when both are asked.
+// when asked; gb is fused into the gw GEMM (BGRADB epilogue) when both are asked. With `gw_into`
+// (f32, contiguous (OUT, IN); need_w set) the gw GEMM adds into it instead (beta = 1, the f32
+// accumulator unrounded; autograd's accumulation_target) and *gw stays undefined.
 void linear_backward(const Tensor& gy, const Tensor& x2, const Tensor& w, bool need_x, bool need_w,
-                     bool need_b, Tensor* gx, Tensor* gw, Tensor* gb);
+                     bool need_b, Tensor* gx, Tensor* gw, Tensor* gb,
+                     const Tensor& gw_into = Tensor());
 // g * gelu_tanh'(pre), elementwise (same shapes).
 Tensor gelu_input_grad(const Tensor& g, const Tensor& pre);
 // (gy @ w2) * gelu_tanh'(pre): gy (M, C), w2 (C, HID), pre (M, HID) -> (M, HID); with gb1, also

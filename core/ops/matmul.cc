@@ -4,6 +4,8 @@
 
 #include <cblas.h>
 
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "core/autograd.h"
@@ -187,6 +189,16 @@ Shape with_last(const Shape& s, int64_t last) {
   return out;
 }
 
+// The f32 .grad a weight's gradient may be added into by its GEMM (autograd's
+// accumulation_target), unless KILN_DIRECT_WGRAD=0 (for A/B measurements).
+Tensor wgrad_target(const Edge& e, const Tensor& w) {
+  static const bool on = [] {
+    const char* v = std::getenv("KILN_DIRECT_WGRAD");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on && e.fn ? accumulation_target(e, w.shape()) : Tensor();
+}
+
 // CUDA y = [gelu](x w^T + b): saved = {x2, w} (+ the GELU input with gelu).
 class LinearCudaNode final : public Node {
  public:
@@ -198,8 +210,10 @@ class LinearCudaNode final : public Node {
     Tensor gy = rows_of(g[0], w.size(0));
     if (gelu) gy = cuda::gelu_input_grad(gy, saved[2]);
     Tensor gx, gw, gb;
+    const Tensor into = wgrad_target(next[1], w);
     cuda::linear_backward(gy, x2, w, next[0].fn != nullptr, next[1].fn != nullptr,
-                          next[2].fn != nullptr, &gx, &gw, &gb);
+                          next[2].fn != nullptr, &gx, &gw, &gb, into);
+    if (into.defined()) gw = accumulated_marker();
     if (gx.defined()) gx = gx.reshape(x_shape);
     return {gx, gw, gb};
   }
@@ -217,12 +231,16 @@ class MlpCudaNode final : public Node {
     const bool nb2 = next[4].fn != nullptr;
     Tensor gy = rows_of(g[0], w2.size(0));
     Tensor gx, gw1, gb1, gw2, gb2, unused;
-    if (nw2 || nb2) cuda::linear_backward(gy, h, w2, false, nw2, nb2, &unused, &gw2, &gb2);
+    const Tensor into2 = nw2 ? wgrad_target(next[3], w2) : Tensor();
+    const Tensor into1 = nw1 ? wgrad_target(next[1], w1) : Tensor();
+    if (nw2 || nb2) cuda::linear_backward(gy, h, w2, false, nw2, nb2, &unused, &gw2, &gb2, into2);
     if (nx || nw1 || nb1) {
       // Hidden gradient with the GELU gradient (and b1's gradient) in the GEMM epilogue.
       Tensor dpre = cuda::matmul_dgelu(gy, w2, pre, nb1 ? &gb1 : nullptr);
-      cuda::linear_backward(dpre, x2, w1, nx, nw1, false, &gx, &gw1, &unused);
+      cuda::linear_backward(dpre, x2, w1, nx, nw1, false, &gx, &gw1, &unused, into1);
     }
+    if (into1.defined()) gw1 = accumulated_marker();
+    if (into2.defined()) gw2 = accumulated_marker();
     if (gx.defined()) gx = gx.reshape(x_shape);
     return {gx, gw1, gb1, gw2, gb2};
   }

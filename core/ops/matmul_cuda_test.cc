@@ -174,6 +174,56 @@ TEST_F(MatmulCuda, LargeGemmsPickedByTimingStayRight) {
   }
 }
 
+// The weight gradients of the CUDA linear and fused-MLP nodes go straight into an f32 parameter's
+// defined .grad (autograd's accumulation_target; GEMM with beta = 1), through the bf16 cast, as
+// under DataParallel: .grad = G0 + gy^T x with the f32 accumulator unrounded. A bf16-rounded dW
+// (the path without it) would be ~2e-3 off relative; the bound 2e-4 tells the two apart. The
+// hooks fire once per backward, and a second backward adds again. (KILN_DIRECT_WGRAD=0 turns the
+// direct path off; this test then fails by design.)
+TEST_F(MatmulCuda, WeightGradientsAddIntoTheF32GradUnrounded) {
+  const int64_t rows = 256, in = 192, hid = 320, out = 128;
+  Tensor x = to_gpu(random_tensor({rows, in}, 41, DType::kBF16));
+  Tensor gy = to_gpu(random_tensor({rows, out}, 42, DType::kBF16));
+  auto param = [&](Shape s, uint64_t seed) {
+    Tensor p = to_gpu(random_tensor(s, seed, DType::kF32, Device::cpu(), 0.05));
+    p.set_requires_grad(true);
+    p.set_grad(to_gpu(random_tensor(s, seed + 100, DType::kF32)));
+    return p;
+  };
+  Tensor w1 = param({hid, in}, 43), w2 = param({out, hid}, 44), w = param({out, in}, 45);
+  int hooks = 0;
+  for (Tensor* t : {&w1, &w2, &w}) t->register_grad_ready_hook([&](Tensor&) { ++hooks; });
+  const Tensor g1 = f64(w1.grad()), g2 = f64(w2.grad()), g0 = f64(w.grad());
+  // Reference products in f64 from the same bf16 operands.
+  Tensor xb = f64(x), gyb = f64(gy);
+  for (int pass = 1; pass <= 2; ++pass) {
+    SCOPED_TRACE("backward " + std::to_string(pass));
+    Tensor y = linear(x, w.to(DType::kBF16));
+    y.backward(gy);
+    Tensor ref = add(g0, scale(matmul(gyb, xb, true, false), pass));
+    const double err = max_abs(sub(f64(w.grad()), ref)) / max_abs(ref);
+    EXPECT_LT(err, 2e-4) << "linear: dW not added unrounded into .grad";
+    // The fused MLP: w2's dW = gy^T h with h the same bf16 GELU output (linear_gelu runs the same
+    // kernel), so it is checked as tightly; w1's dW goes through the bf16 GELU gradient, so it is
+    // checked against the f64 chain only loosely (bf16 rounding of dpre).
+    Tensor w1b = w1.to(DType::kBF16), w2b = w2.to(DType::kBF16);
+    mlp_gelu(x, w1b, Tensor(), w2b, Tensor()).backward(gy);
+    Tensor h;
+    {
+      NoGradGuard ng;
+      h = f64(linear_gelu(x, w1b.detach()));
+    }
+    Tensor ref2 = add(g2, scale(matmul(gyb, h, true, false), pass));
+    EXPECT_LT(max_abs(sub(f64(w2.grad()), ref2)) / max_abs(ref2), 2e-4) << "mlp w2";
+    Tensor pre = matmul(xb, f64(w1b), false, true).detach().set_requires_grad(true);
+    const Tensor dgelu = grad({gelu(pre)}, {Tensor::full(pre.shape(), 1.0, DType::kF64)}, {pre})[0];
+    Tensor dpre = mul(matmul(gyb, f64(w2b), false, false), dgelu);
+    Tensor ref1 = add(g1, scale(matmul(dpre, xb, true, false), pass));
+    EXPECT_LT(max_abs(sub(f64(w1.grad()), ref1)) / max_abs(ref1), 3e-2) << "mlp w1";
+  }
+  EXPECT_EQ(hooks, 6);
+}
+
 TEST_F(MatmulCuda, MatmulGradientsMatchCpu) {
   for (DType dt : {DType::kF32, DType::kBF16}) {
     SCOPED_TRACE(dtype_name(dt));

@@ -135,7 +135,11 @@ class CastNode final : public Node {
   const char* name() const override { return "Cast"; }
   DType in_dtype;
   Device in_device;
+  bool forwards_to_leaf() const override {
+    return in_dtype == DType::kF32 && next[0].fn && next[0].fn->converts_grad_dtype();
+  }
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    if (is_accumulated_marker(g[0])) return {g[0]};  // added into the leaf's .grad already
     // On the GPU a 16-bit gradient of an fp32 parameter goes on as it is: AccumulateGrad adds
     // it into .grad in one pass (one launch and one read of it fewer than converting here).
     const Edge& e = next[0];
