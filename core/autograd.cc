@@ -66,11 +66,11 @@ class AccumulateGrad final : public Node {
     return {};
   }
   // The .grad a node may add into directly (see accumulation_target), or null.
-  Tensor* direct_target(const Shape& shape) {
+  Tensor* direct_target(const Shape& shape, Device device) {
     if (t_capture && t_capture->count(leaf_.get())) return nullptr;
     Tensor& acc = leaf_->grad;
     if (!acc.defined() || acc.dtype() != DType::kF32 || !acc.is_contiguous() ||
-        acc.shape() != shape)
+        acc.shape() != shape || acc.device() != device)
       return nullptr;
     return &acc;
   }
@@ -90,11 +90,11 @@ const Tensor& accumulated_marker() {
 
 bool is_accumulated_marker(const Tensor& g) { return g.defined() && g.same(accumulated_marker()); }
 
-Tensor accumulation_target(const Edge& e, const Shape& shape) {
+Tensor accumulation_target(const Edge& e, const Shape& shape, Device device) {
   Node* n = e.fn.get();
   if (n && n->forwards_to_leaf()) n = n->next[0].fn.get();
   auto* acc = dynamic_cast<AccumulateGrad*>(n);
-  Tensor* t = acc ? acc->direct_target(shape) : nullptr;
+  Tensor* t = acc ? acc->direct_target(shape, device) : nullptr;
   return t ? *t : Tensor();
 }
 

@@ -122,13 +122,14 @@ void set_history(Tensor& out, const std::shared_ptr<N>& node, int output_nr = 0)
 }
 
 // Direct accumulation of a weight gradient (as Megatron's gradient-accumulation fusion): when input
-// edge `e` leads, directly or through one Cast of an f32 leaf (Node::forwards_to_leaf), to a leaf
-// whose .grad is defined, f32, contiguous and of `shape`, and grad() is not capturing that leaf,
+// edge `e` leads, directly or through one Cast of an f32 leaf on the same device
+// (Node::forwards_to_leaf), to a leaf whose .grad is defined, f32, contiguous, of `shape` and on
+// `device`, and grad() is not capturing that leaf,
 // returns that .grad: the node adds its gradient into it (e.g. a GEMM with beta = 1, no 16-bit
 // rounding of the product) and returns accumulated_marker() for the edge. The marker travels
 // through the Cast; AccumulateGrad takes it as "already added" and fires the leaf's hooks as for
 // any gradient. Undefined otherwise (the node returns its gradient as usual).
-Tensor accumulation_target(const Edge& e, const Shape& shape);
+Tensor accumulation_target(const Edge& e, const Shape& shape, Device device);
 // The gradient that says "already added into the leaf's .grad" (a 0-element tensor, one instance).
 const Tensor& accumulated_marker();
 bool is_accumulated_marker(const Tensor& g);

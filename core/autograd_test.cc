@@ -60,7 +60,7 @@ class ScaleIntoNode final : public Node {
   int* direct = nullptr;  // counts the direct additions
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     Tensor gx = scale(g[0], s);
-    Tensor into = accumulation_target(next[0], g[0].shape());
+    Tensor into = accumulation_target(next[0], g[0].shape(), g[0].device());
     if (!into.defined()) return {gx};
     add_(into, gx.to(DType::kF32));
     ++*direct;

@@ -196,7 +196,7 @@ Tensor wgrad_target(const Edge& e, const Tensor& w) {
     const char* v = std::getenv("KILN_DIRECT_WGRAD");
     return v == nullptr || std::string(v) != "0";
   }();
-  return on && e.fn ? accumulation_target(e, w.shape()) : Tensor();
+  return on && e.fn ? accumulation_target(e, w.shape(), w.device()) : Tensor();
 }
 
 // CUDA y = [gelu](x w^T + b): saved = {x2, w} (+ the GELU input with gelu).

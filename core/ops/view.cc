@@ -136,7 +136,8 @@ class CastNode final : public Node {
   DType in_dtype;
   Device in_device;
   bool forwards_to_leaf() const override {
-    return in_dtype == DType::kF32 && next[0].fn && next[0].fn->converts_grad_dtype();
+    return in_dtype == DType::kF32 && !outputs.empty() && in_device == outputs[0].device &&
+           next[0].fn && next[0].fn->converts_grad_dtype();
   }
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     if (is_accumulated_marker(g[0])) return {g[0]};  // added into the leaf's .grad already
