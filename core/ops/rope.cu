@@ -40,9 +40,7 @@ thread_local int g_last_vec = 0;
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 __device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
-__device__ __forceinline__ double fma_rn(double a, double b, double c) {
-  return __fma_rn(a, b, c);
-}
+__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
 
 // One pair: o1 = x1 c - x2 sn, o2 = x2 c + x1 sn, each a fused multiply-add onto a rounded
 // product. The roundings are spelled out (nothing is left to the compiler's contraction), so every
@@ -186,8 +184,7 @@ TableCache& table_cache() {
   return *c;
 }
 
-Tables tables_for(int64_t t_len, int64_t d, double theta, int64_t offset, DType ad,
-                  Device device) {
+Tables tables_for(int64_t t_len, int64_t d, double theta, int64_t offset, DType ad, Device device) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   KILN_CUDA_CHECK(cudaStreamIsCapturing(compute_stream(), &capture));
   if (capture != cudaStreamCaptureStatusNone)
@@ -247,8 +244,7 @@ void launch_vec(const Tensor& x, const Tensor& out, const Tables& tb, const rope
 }
 
 template <typename T>
-void launch_v2(const Tensor& x, const Tensor& out, const Tables& tb, const Dims& s,
-               bool inverse) {
+void launch_v2(const Tensor& x, const Tensor& out, const Tables& tb, const Dims& s, bool inverse) {
   using A = acc_t<T>;
   const A sign = inverse ? A(-1) : A(1);
   const int64_t size[4] = {s.b, s.h, s.t, s.d}, stride[4] = {s.sb, s.sh, s.st, s.sd};
