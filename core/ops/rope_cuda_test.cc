@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
@@ -193,6 +194,9 @@ TEST(RopeCuda, PackedSliceForwardAndBackward) {
           return std::vector<Tensor>{rotary_embedding(packed(4, 2, 32)(v[0]), 10000.0, 2)};
         },
         in, gen, std::string("rope packed k slice ") + dtype_name(dt));
+    // Without KILN_ROPE the default is v2: the last call, the backward of a contiguous gradient,
+    // ran the vector kernel.
+    if (std::getenv("KILN_ROPE") == nullptr) EXPECT_EQ(cuda::last_rope_path(), RopePath::kVector);
   }
 }
 
