@@ -7,8 +7,10 @@
 //    a captured build would only run with the graph). The rotation uses 32-bit index math
 //    (core/ops/rope_index.h, unit-tested on the CPU) in x's memory order; each thread rotates
 //    `vec` pairs with 16-byte (or narrower) loads and stores where x's innermost dim is contiguous
-//    and aligned (rope_kernel_vec), else one pair (rope_kernel_scalar32). Where an offset needs
-//    64 bits, the v1 rotation kernel runs with the cached tables.
+//    and aligned (rope_kernel_vec), else one pair (rope_kernel_scalar32), of up to 4 heads at one
+//    position when heads are outer in memory (their cos / sin loaded once; with heads inner, the
+//    threads of a warp share them). Where an offset needs 64 bits, the v1 rotation kernel runs
+//    with the cached tables.
 //  - v1 (KILN_ROPE=v1, read once; for A/B measurements): the tables rebuilt on every call, one
 //    pair per thread with 64-bit index math (rope_kernel).
 // Every kernel rotates a pair with the same roundings (rotate() below), so v1 and v2 give the
@@ -95,7 +97,8 @@ __global__ void rope_kernel(const T* __restrict__ x, T* __restrict__ out,
   }
 }
 
-// v2, any strides: one pair per unit of m (rope_index.h), 32-bit index math.
+// v2, any strides: one pair of each of m.hp heads per unit of m (rope_index.h), 32-bit index
+// math.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     rope_kernel_scalar32(const T* __restrict__ x, T* __restrict__ out,
@@ -104,16 +107,21 @@ __global__ void __launch_bounds__(kThreads)
   using A = acc_t<T>;
   for (uint32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < m.units;
        k += gridDim.x * blockDim.x) {
-    const rope_index::Unit u = rope_index::unit_of(k, m);
-    A o1, o2;
-    rotate(to_acc(x[u.x1]), to_acc(x[u.x2]), cos_t[u.tab], sign * sin_t[u.tab], o1, o2);
-    out[u.out] = from_acc<T>(o1);
-    out[u.out + m.half] = from_acc<T>(o2);
+    const rope_index::Unit u0 = rope_index::unit_of(k, m);
+    const A c = cos_t[u0.tab], sn = sign * sin_t[u0.tab];
+    for (uint32_t hh = 0; hh < m.hp; ++hh) {
+      const rope_index::Unit u = rope_index::head_of(u0, hh, m);
+      A o1, o2;
+      rotate(to_acc(x[u.x1]), to_acc(x[u.x2]), c, sn, o1, o2);
+      out[u.out] = from_acc<T>(o1);
+      out[u.out + m.half] = from_acc<T>(o2);
+    }
   }
 }
 
-// v2, x's innermost stride 1 and every access aligned (rope_index::vec_width): kV pairs per unit,
-// read and written as one access of kV elements per half row.
+// v2, x's innermost stride 1 and every access aligned (rope_index::vec_width): kV pairs of each of
+// m.hp heads per unit, read and written as one access of kV elements per half row; every head's
+// loads are issued before the first store.
 template <typename T, int kV>
 __global__ void __launch_bounds__(kThreads)
     rope_kernel_vec(const T* __restrict__ x, T* __restrict__ out,
@@ -122,23 +130,37 @@ __global__ void __launch_bounds__(kThreads)
   using A = acc_t<T>;
   using VT = Vec<T, kV>;
   using VA = Vec<A, kV>;
+  constexpr uint32_t kH = rope_index::kMaxHeadsPerUnit;
   for (uint32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < m.units;
        k += gridDim.x * blockDim.x) {
-    const rope_index::Unit u = rope_index::unit_of(k, m);
-    const VT a = *reinterpret_cast<const VT*>(x + u.x1);
-    const VT b = *reinterpret_cast<const VT*>(x + u.x2);
-    const VA c = *reinterpret_cast<const VA*>(cos_t + u.tab);
-    const VA s = *reinterpret_cast<const VA*>(sin_t + u.tab);
-    VT o1, o2;
+    const rope_index::Unit u0 = rope_index::unit_of(k, m);
+    VT a[kH], b[kH];
 #pragma unroll
-    for (int l = 0; l < kV; ++l) {
-      A r1, r2;
-      rotate(to_acc(a.v[l]), to_acc(b.v[l]), c.v[l], sign * s.v[l], r1, r2);
-      o1.v[l] = from_acc<T>(r1);
-      o2.v[l] = from_acc<T>(r2);
+    for (uint32_t hh = 0; hh < kH; ++hh) {
+      if (hh < m.hp) {
+        const rope_index::Unit u = rope_index::head_of(u0, hh, m);
+        a[hh] = *reinterpret_cast<const VT*>(x + u.x1);
+        b[hh] = *reinterpret_cast<const VT*>(x + u.x2);
+      }
     }
-    *reinterpret_cast<VT*>(out + u.out) = o1;
-    *reinterpret_cast<VT*>(out + u.out + m.half) = o2;
+    const VA c = *reinterpret_cast<const VA*>(cos_t + u0.tab);
+    const VA s = *reinterpret_cast<const VA*>(sin_t + u0.tab);
+#pragma unroll
+    for (uint32_t hh = 0; hh < kH; ++hh) {
+      if (hh < m.hp) {
+        VT o1, o2;
+#pragma unroll
+        for (int l = 0; l < kV; ++l) {
+          A r1, r2;
+          rotate(to_acc(a[hh].v[l]), to_acc(b[hh].v[l]), c.v[l], sign * s.v[l], r1, r2);
+          o1.v[l] = from_acc<T>(r1);
+          o2.v[l] = from_acc<T>(r2);
+        }
+        const rope_index::Unit u = rope_index::head_of(u0, hh, m);
+        *reinterpret_cast<VT*>(out + u.out) = o1;
+        *reinterpret_cast<VT*>(out + u.out + m.half) = o2;
+      }
+    }
   }
 }
 

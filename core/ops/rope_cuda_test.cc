@@ -4,10 +4,10 @@
 // through its strides without a copy). Angles are computed in f64 on both sides. Every case:
 // outputs and gradients in poisoned blocks, bit-identical rerun (cuda_op_test_util.h states the
 // tolerance). Then the kernels of core/ops/rope.cu against each other: v2 (vector, 32-bit scalar
-// and 64-bit paths) bit-identical to v1 and close to the CPU op, forward and inverse, for
-// contiguous, projection-layout, packed-slice, misaligned, strided and odd shapes; the angle-table
-// cache (reused per key, a new entry per T / D / theta / offset / compute dtype, capped, entries
-// kept alive). Skips where no GPU is visible.
+// and 64-bit paths, one or several heads a thread) bit-identical to v1 and close to the CPU op,
+// forward and inverse, for contiguous, projection-layout, packed-slice, misaligned, strided and
+// odd shapes; the angle-table cache (reused per key, a new entry per T / D / theta / offset /
+// compute dtype, capped, entries kept alive). Skips where no GPU is visible.
 #include "core/ops/rope_cuda.h"
 
 #include <gtest/gtest.h>
@@ -108,6 +108,9 @@ std::vector<KernelCase> kernel_cases() {
   const Shape qkv = {2, 9, 256};
   return {
       {"contiguous", {2, 3, 17, 64}, same, 0, 10000.0, RopePath::kVector, 8},
+      {"contiguous, 4 heads a thread", {2, 8, 17, 64}, same, 0, 10000.0, RopePath::kVector, 8},
+      {"contiguous, 2 heads a thread", {2, 6, 9, 16}, same, 9, 10000.0, RopePath::kVector, 8},
+      {"D/2 = 5, 4 heads a thread", {1, 4, 7, 10}, same, 1, 10000.0, RopePath::kScalar32, 1},
       {"projection layout", {2, 33, 4, 64}, transposed, 5, 10000.0, RopePath::kVector, 8},
       {"llama heads", {1, 33, 4, 128}, transposed, 0, 500000.0, RopePath::kVector, 8},
       {"packed q slice", qkv, packed(0, 4, 32), 0, 10000.0, RopePath::kVector, 8},

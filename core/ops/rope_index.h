@@ -15,26 +15,35 @@
 
 namespace kiln::rope_index {
 
+// The most heads one unit rotates (see Map::hp).
+constexpr uint32_t kMaxHeadsPerUnit = 4;
+
 // x (B, H, T, D) read through strides (sb, sh, st, sd), D = 2 * half. A unit is `vec` consecutive
-// pairs (i .. i + vec - 1, each paired with i + half ..) of one (b, h, t) row; units_per_row =
-// half / vec. Rows are numbered in x's memory order: (b, t, h) when heads_inner (the head stride
-// is the smaller one, as in the projection's (B, T, H, D) layout), else (b, h, t). Consecutive
-// units of a row are adjacent, so a warp reads whole rows of x and writes whole rows of the result.
+// pairs (i .. i + vec - 1, each paired with i + half ..) of `hp` rows: heads h .. h + hp - 1 at
+// one (b, t), which share their cos / sin values (loaded once). units_per_row = half / vec. Units
+// are numbered in x's memory order: rows (b, t, h) with hp = 1 when heads_inner (the head stride
+// is the smaller one, as in the projection's (B, T, H, D) layout: a warp's threads then share
+// table entries too), else (b, h / hp, t). Consecutive units of a row are adjacent, so a warp
+// reads whole rows of x and writes whole rows of the result.
 struct Map {
-  uint32_t vec = 1;            // pairs per unit (elements per vector access)
+  uint32_t vec = 1;            // pairs per unit and head (elements per vector access)
+  uint32_t hp = 1;             // heads per unit, <= kMaxHeadsPerUnit, divides h
+  uint32_t groups = 0;         // h / hp
   uint32_t units_per_row = 0;  // half / vec
-  uint32_t units = 0;          // B * H * T * units_per_row
+  uint32_t units = 0;          // B * (H / hp) * T * units_per_row
   uint32_t h = 0, t = 0, half = 0;
   uint32_t sb = 0, sh = 0, st = 0, sd = 0;  // x's strides, in elements
   bool heads_inner = false;
 };
 
-// The elements unit k handles, as offsets in elements: lane l (l < vec) rotates x[x1 + l * sd] and
-// x[x2 + l * sd] with cos / sin [tab + l] and writes out[out + l] and out[out + half + l].
+// The elements of one head of a unit, as offsets in elements: lane l (l < vec) rotates
+// x[x1 + l * sd] and x[x2 + l * sd] with cos / sin [tab + l] and writes out[out + l] and
+// out[out + half + l] (out: the contiguous (B, H, T, D) result).
 struct Unit {
   uint32_t x1, x2, out, tab;
 };
 
+// Unit k's first head.
 KILN_ROPE_HD Unit unit_of(uint32_t k, const Map& m) {
   const uint32_t j = k % m.units_per_row, r = k / m.units_per_row;
   uint32_t b, h, t;
@@ -45,13 +54,19 @@ KILN_ROPE_HD Unit unit_of(uint32_t k, const Map& m) {
     b = bt / m.t;
   } else {
     t = r % m.t;
-    const uint32_t bh = r / m.t;
-    h = bh % m.h;
-    b = bh / m.h;
+    const uint32_t bg = r / m.t;
+    h = bg % m.groups * m.hp;
+    b = bg / m.groups;
   }
   const uint32_t i = j * m.vec;
   const uint32_t x1 = b * m.sb + h * m.sh + t * m.st + i * m.sd;
   return {x1, x1 + m.half * m.sd, ((b * m.h + h) * m.t + t) * (2 * m.half) + i, t * m.half + i};
+}
+
+// Head hh (< m.hp) of unit u (from unit_of): the next head's row of x and of the result.
+KILN_ROPE_HD Unit head_of(const Unit& u, uint32_t hh, const Map& m) {
+  const uint32_t dx = hh * m.sh, dout = hh * m.t * (2 * m.half);
+  return {u.x1 + dx, u.x2 + dx, u.out + dout, u.tab};
 }
 
 // ---- host side ----
@@ -93,19 +108,25 @@ inline std::optional<Map> make_map(const int64_t (&size)[4], const int64_t (&str
   }
   if (numel > kOutLimit || max_x > kXLimit) return std::nullopt;
   Map m;
+  // Heads inner when they are closer in memory than positions (and there is more than one of
+  // each; a size-1 dim's stride says nothing).
+  m.heads_inner = size[1] > 1 && size[2] > 1 && stride[1] < stride[2];
+  m.hp = 1;
+  if (!m.heads_inner) {
+    for (int64_t hp = kMaxHeadsPerUnit; hp > 1 && m.hp == 1; hp /= 2)
+      if (size[1] % hp == 0) m.hp = static_cast<uint32_t>(hp);
+  }
   m.vec = static_cast<uint32_t>(vec);
   m.units_per_row = static_cast<uint32_t>(half / vec);
-  m.units = static_cast<uint32_t>(numel / 2 / vec);
+  m.units = static_cast<uint32_t>(numel / 2 / vec / m.hp);
   m.h = static_cast<uint32_t>(size[1]);
+  m.groups = m.h / m.hp;
   m.t = static_cast<uint32_t>(size[2]);
   m.half = static_cast<uint32_t>(half);
   m.sb = static_cast<uint32_t>(stride[0]);
   m.sh = static_cast<uint32_t>(stride[1]);
   m.st = static_cast<uint32_t>(stride[2]);
   m.sd = static_cast<uint32_t>(stride[3]);
-  // Heads inner when they are closer in memory than positions (and there is more than one of
-  // each; a size-1 dim's stride says nothing).
-  m.heads_inner = size[1] > 1 && size[2] > 1 && stride[1] < stride[2];
   return m;
 }
 

@@ -14,6 +14,7 @@
 namespace kiln {
 namespace {
 
+using rope_index::head_of;
 using rope_index::make_map;
 using rope_index::Map;
 using rope_index::Unit;
@@ -39,36 +40,41 @@ Layout packed_slice(int64_t b, int64_t h, int64_t t, int64_t d, int64_t width) {
   return {"packed slice", {b, h, t, d}, {t * width, d, width, 1}};
 }
 
-// Checks every unit of the map of `l` with `vec` pairs per unit: the elements it names are those
-// of its (b, h, t, i) (decoded from its output offset, independently of unit_of), each result
-// element is written once, and x is read in increasing address order when `memory_order`.
-void check_all_units(const Layout& l, int vec, bool memory_order) {
+// Checks every unit of the map of `l` with `vec` pairs per unit: the elements each of its heads
+// names are those of its (b, h, t, i) (decoded from its output offset, independently of unit_of),
+// each result element is written once, x is read in increasing address order when
+// `memory_order`, and a unit covers `hp` heads.
+void check_all_units(const Layout& l, int vec, bool memory_order, uint32_t hp = 1) {
   SCOPED_TRACE(l.name + " vec " + std::to_string(vec));
   const std::optional<Map> m = make_map(l.size, l.stride, vec);
   ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->hp, hp);
   const int64_t d = l.size[3], half = d / 2;
   const int64_t numel = l.size[0] * l.size[1] * l.size[2] * d;
-  ASSERT_EQ(static_cast<int64_t>(m->units) * vec * 2, numel);
+  ASSERT_EQ(static_cast<int64_t>(m->units) * vec * 2 * m->hp, numel);
   std::vector<int> written(numel, 0);
   int64_t last_x = -1;
   for (uint32_t k = 0; k < m->units; ++k) {
-    const Unit u = unit_of(k, *m);
-    for (int64_t lane = 0; lane < vec; ++lane) {
-      const int64_t o = u.out + lane;
-      ASSERT_LT(o, numel);
-      const int64_t i = o % d, t = (o / d) % l.size[2], h = (o / d / l.size[2]) % l.size[1];
-      const int64_t b = o / d / l.size[2] / l.size[1];
-      ASSERT_LT(i, half) << "unit " << k << " lane " << lane << " writes a second-half element";
-      const int64_t x1 = b * l.stride[0] + h * l.stride[1] + t * l.stride[2] + i * l.stride[3];
-      ASSERT_EQ(u.x1 + lane * l.stride[3], x1) << "unit " << k << " lane " << lane;
-      ASSERT_EQ(u.x2 + lane * l.stride[3], x1 + half * l.stride[3]) << "unit " << k;
-      ASSERT_EQ(u.tab + lane, t * half + i) << "unit " << k << " lane " << lane;
-      ++written[o];
-      ++written[o + half];
+    const Unit u0 = unit_of(k, *m);
+    for (uint32_t hh = 0; hh < m->hp; ++hh) {
+      const Unit u = head_of(u0, hh, *m);
+      for (int64_t lane = 0; lane < vec; ++lane) {
+        const int64_t o = u.out + lane;
+        ASSERT_LT(o, numel);
+        const int64_t i = o % d, t = (o / d) % l.size[2], h = (o / d / l.size[2]) % l.size[1];
+        const int64_t b = o / d / l.size[2] / l.size[1];
+        ASSERT_LT(i, half) << "unit " << k << " lane " << lane << " writes a second-half element";
+        const int64_t x1 = b * l.stride[0] + h * l.stride[1] + t * l.stride[2] + i * l.stride[3];
+        ASSERT_EQ(u.x1 + lane * l.stride[3], x1) << "unit " << k << " head " << hh;
+        ASSERT_EQ(u.x2 + lane * l.stride[3], x1 + half * l.stride[3]) << "unit " << k;
+        ASSERT_EQ(u.tab + lane, t * half + i) << "unit " << k << " head " << hh;
+        ++written[o];
+        ++written[o + half];
+      }
     }
     if (memory_order) {
-      EXPECT_GT(static_cast<int64_t>(u.x1), last_x) << "unit " << k << " reads out of order";
-      last_x = u.x1;
+      EXPECT_GT(static_cast<int64_t>(u0.x1), last_x) << "unit " << k << " reads out of order";
+      last_x = u0.x1;
     }
   }
   for (int64_t o = 0; o < numel; ++o) ASSERT_EQ(written[o], 1) << "result element " << o;
@@ -77,19 +83,26 @@ void check_all_units(const Layout& l, int vec, bool memory_order) {
 TEST(RopeIndex, EveryUnitNamesItsElements) {
   for (int vec : {1, 2, 4}) {
     check_all_units(contiguous(2, 3, 5, 8), vec, true);
+    check_all_units(contiguous(2, 4, 5, 8), vec, true, 4);  // 4 heads per unit
+    check_all_units(contiguous(2, 6, 5, 8), vec, true, 2);
     check_all_units(projection(2, 3, 5, 8), vec, true);
+    check_all_units(projection(2, 4, 5, 8), vec, true);        // heads inner: one per unit
     check_all_units(packed_slice(2, 4, 5, 8, 64), vec, true);  // q of (4 + 2 * 2) heads
     check_all_units(packed_slice(2, 2, 5, 8, 64), vec, true);  // k
   }
   check_all_units(contiguous(3, 5, 7, 16), 8, true);
+  check_all_units(contiguous(2, 32, 9, 64), 8, true, 4);
   check_all_units(projection(2, 32, 9, 64), 8, true);
   // Odd sizes: D / 2 = 3 and 5, T = 1, a single pair.
   check_all_units(contiguous(2, 3, 7, 6), 1, true);
+  check_all_units(contiguous(1, 8, 7, 6), 1, true, 4);
   check_all_units(projection(1, 3, 7, 10), 1, true);
   check_all_units(projection(2, 3, 1, 8), 4, true);
+  check_all_units(projection(2, 4, 1, 8), 4, true, 4);  // T = 1: heads outer, 4 per unit
   check_all_units(contiguous(1, 1, 1, 2), 1, true);
   // (B, H, D, T) memory read as (B, H, T, D): innermost stride T, not in memory order.
   check_all_units({"d outer", {2, 3, 5, 8}, {120, 40, 1, 5}}, 1, false);
+  check_all_units({"d outer, 2 heads", {2, 2, 5, 8}, {80, 40, 1, 5}}, 1, false, 2);
   // Broadcast heads (stride 0): every head reads the same x row.
   check_all_units({"broadcast", {2, 3, 5, 8}, {40, 0, 8, 1}}, 2, false);
 }
@@ -102,22 +115,27 @@ TEST(RopeIndex, RowOrderFollowsMemory) {
   EXPECT_FALSE(make_map(one_t.size, one_t.stride, 1)->heads_inner);
 }
 
-// unit_of against 64-bit arithmetic at sampled units of maps near the 32-bit limits.
+// unit_of and head_of against 64-bit arithmetic at sampled units of maps near the 32-bit limits.
 void check_sampled_units(const Layout& l, int vec) {
   SCOPED_TRACE(l.name);
   const std::optional<Map> m = make_map(l.size, l.stride, vec);
   ASSERT_TRUE(m.has_value());
   const int64_t half = l.size[3] / 2, upr = half / vec, nh = l.size[1], nt = l.size[2];
+  const int64_t groups = nh / m->hp;
   for (int64_t k : {int64_t{0}, int64_t{1}, int64_t{m->units} / 3, int64_t{m->units} - 1}) {
     const int64_t i = k % upr * vec, r = k / upr;
-    const int64_t h = m->heads_inner ? r % nh : r / nt % nh;
-    const int64_t t = m->heads_inner ? r / nh % nt : r % nt, b = r / (nh * nt);
-    const int64_t x1 = b * l.stride[0] + h * l.stride[1] + t * l.stride[2] + i;
-    const Unit u = unit_of(static_cast<uint32_t>(k), *m);
-    EXPECT_EQ(u.x1, x1) << k;
-    EXPECT_EQ(u.x2, x1 + half) << k;
-    EXPECT_EQ(u.out, ((b * nh + h) * nt + t) * 2 * half + i) << k;
-    EXPECT_EQ(u.tab, t * half + i) << k;
+    const int64_t h0 = m->heads_inner ? r % nh : r / nt % groups * m->hp;
+    const int64_t t = m->heads_inner ? r / nh % nt : r % nt;
+    const int64_t b = m->heads_inner ? r / (nh * nt) : r / (nt * groups);
+    for (int64_t hh = 0; hh < m->hp; ++hh) {
+      const int64_t h = h0 + hh;
+      const int64_t x1 = b * l.stride[0] + h * l.stride[1] + t * l.stride[2] + i;
+      const Unit u = head_of(unit_of(static_cast<uint32_t>(k), *m), hh, *m);
+      EXPECT_EQ(u.x1, x1) << k;
+      EXPECT_EQ(u.x2, x1 + half) << k;
+      EXPECT_EQ(u.out, ((b * nh + h) * nt + t) * 2 * half + i) << k;
+      EXPECT_EQ(u.tab, t * half + i) << k;
+    }
   }
 }
 
