@@ -63,7 +63,8 @@ KILN_ROPE_HD Unit unit_of(uint32_t k, const Map& m) {
   return {x1, x1 + m.half * m.sd, ((b * m.h + h) * m.t + t) * (2 * m.half) + i, t * m.half + i};
 }
 
-// Head hh (< m.hp) of unit u (from unit_of): the next head's row of x and of the result.
+// Head h + hh (hh < m.hp) of unit u (from unit_of, whose first head is h): its row of x and of
+// the result; the same table entries.
 KILN_ROPE_HD Unit head_of(const Unit& u, uint32_t hh, const Map& m) {
   const uint32_t dx = hh * m.sh, dout = hh * m.t * (2 * m.half);
   return {u.x1 + dx, u.x2 + dx, u.out + dout, u.tab};
