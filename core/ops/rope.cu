@@ -120,9 +120,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // v2, x's innermost stride 1 and every access aligned (rope_index::vec_width): kV pairs of each of
-// m.hp heads per unit, read and written as one access of kV elements per half row; every head's
-// loads are issued before the first store.
-template <typename T, int kV>
+// m.hp <= kH heads per unit, read and written as one access of kV elements per half row; every
+// head's loads are issued before the first store. kH = 1 where m.hp = 1 keeps the registers (and
+// so the occupancy) of one head.
+template <typename T, int kV, uint32_t kH>
 __global__ void __launch_bounds__(kThreads)
     rope_kernel_vec(const T* __restrict__ x, T* __restrict__ out,
                     const acc_t<T>* __restrict__ cos_t, const acc_t<T>* __restrict__ sin_t,
@@ -130,7 +131,6 @@ __global__ void __launch_bounds__(kThreads)
   using A = acc_t<T>;
   using VT = Vec<T, kV>;
   using VA = Vec<A, kV>;
-  constexpr uint32_t kH = rope_index::kMaxHeadsPerUnit;
   for (uint32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < m.units;
        k += gridDim.x * blockDim.x) {
     const rope_index::Unit u0 = rope_index::unit_of(k, m);
@@ -257,8 +257,15 @@ void launch_vec(const Tensor& x, const Tensor& out, const Tables& tb, const rope
                 acc_t<T> sign) {
   using A = acc_t<T>;
   if constexpr (kV * sizeof(T) <= 16) {
-    rope_kernel_vec<T, kV><<<blocks_for(m.units), kThreads, 0, compute_stream()>>>(
-        x.data<T>(), out.data<T>(), tb.cos.data<A>(), tb.sin.data<A>(), m, sign);
+    constexpr uint32_t kMaxH = rope_index::kMaxHeadsPerUnit;
+    if (m.hp == 1) {
+      rope_kernel_vec<T, kV, 1><<<blocks_for(m.units), kThreads, 0, compute_stream()>>>(
+          x.data<T>(), out.data<T>(), tb.cos.data<A>(), tb.sin.data<A>(), m, sign);
+    } else {
+      KILN_CHECK(m.hp <= kMaxH) << kOp << ": " << m.hp << " heads a thread";
+      rope_kernel_vec<T, kV, kMaxH><<<blocks_for(m.units), kThreads, 0, compute_stream()>>>(
+          x.data<T>(), out.data<T>(), tb.cos.data<A>(), tb.sin.data<A>(), m, sign);
+    }
     KILN_CUDA_CHECK_LAUNCH();
   } else {
     KILN_CHECK(false) << kOp << ": no " << kV << "-wide kernel for " << x.str();
