@@ -7,9 +7,13 @@
 //    gradient) against the copy bandwidth.
 //  - LayerNorm / RMSNorm forward and forward + backward (C = 768 and 1600) against the copy
 //    bandwidth.
+//  - rotary_embedding at the llama-1b shapes (B 8, T 2048, D 64; q 32 heads, k 4 heads, bf16):
+//    the forward from the projection's (B, T, H, D) layout and the backward (the inverse rotation)
+//    of a contiguous (B, H, T, D) gradient, kernel v1 against v2 (core/ops/rope_cuda.h), as
+//    bytes read + written per second against the copy bandwidth.
 // Each row is the median of `reps` timed runs (CUDA events on the compute stream) after warm-up.
-// Usage: kernel_bench [reps] [section]: section (adamw, gemm, norm, ce, reduce) runs only that one
-// after the ceilings.
+// Usage: kernel_bench [reps] [section]: section (adamw, gemm, norm, ce, reduce, rope) runs only
+// that one after the ceilings.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +30,7 @@
 #include "core/ops/matmul.h"
 #include "core/ops/reduce.h"
 #include "core/ops/rmsnorm.h"
+#include "core/ops/rope_cuda.h"
 #include "core/random.h"
 #include "optim/optimizer.h"
 
@@ -80,6 +85,28 @@ void row(const std::string& name, const std::string& shape, double ms, double ra
          const char* unit, double ceiling) {
   std::printf("%-34s %-26s %9.3f %10.1f %-7s %6.1f%%\n", name.c_str(), shape.c_str(), ms, rate,
               unit, 100.0 * rate / ceiling);
+}
+
+// rotary_embedding's CUDA kernels, v1 and v2, at the llama-1b shapes (bf16, theta 10000).
+void bench_rope(int reps, double copy_bw) {
+  const int64_t b = 8, t = 2048, d = 64;
+  for (const int64_t h : {int64_t{32}, int64_t{4}}) {
+    const std::string shape = std::to_string(b) + "x" + std::to_string(h) + "x" +
+                              std::to_string(t) + "x" + std::to_string(d);
+    const std::string which = h == 32 ? "q" : "k";
+    Tensor x = rnd({b, t, h, d}, DType::kBF16, 40).transpose(1, 2);  // (B, H, T, D) view
+    Tensor g = rnd({b, h, t, d}, DType::kBF16, 41);                  // contiguous
+    const double bytes = 2.0 * static_cast<double>(x.nbytes());      // read x, write out
+    for (const auto& [impl, name] :
+         {std::pair{cuda::RopeImpl::kV1, "v1"}, std::pair{cuda::RopeImpl::kV2, "v2"}}) {
+      double ms = time_ms([&] { (void)cuda::rope_forward(x, 10000.0, 0, false, impl); }, reps);
+      row("rope " + which + " fwd (B,T,H,D) " + name, shape, ms, bytes / (ms * 1e-3) / 1e9, "GB/s",
+          copy_bw);
+      ms = time_ms([&] { (void)cuda::rope_forward(g, 10000.0, 0, true, impl); }, reps);
+      row("rope " + which + " bwd contiguous " + name, shape, ms, bytes / (ms * 1e-3) / 1e9, "GB/s",
+          copy_bw);
+    }
+  }
 }
 
 }  // namespace
@@ -257,6 +284,7 @@ int main(int argc, char** argv) {
     row("sum (f32, all)", "2^28", ms2, static_cast<double>(x.nbytes()) / (ms2 * 1e-3) / 1e9, "GB/s",
         copy_bw);
   }
+  if (want("rope")) bench_rope(reps, copy_bw);
   cuda::synchronize();
   return 0;
 }

@@ -13,10 +13,7 @@
 #include "core/thread_pool.h"
 
 #if KILN_WITH_CUDA
-namespace kiln::cuda {
-// core/ops/rope.cu: x (B, H, T, D) rotated by +angle (-angle when inverse), contiguous, x's dtype.
-Tensor rope_forward(const Tensor& x, double theta, int64_t offset, bool inverse);
-}  // namespace kiln::cuda
+#include "core/ops/rope_cuda.h"  // cuda::rope_forward (core/ops/rope.cu)
 #endif
 
 namespace kiln {
