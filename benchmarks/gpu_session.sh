@@ -9,7 +9,8 @@
 #   (benchmarks/plan_gpu.sh: kiln plan against measured GPU peaks), big (GPT-2 1.5B and Llama 1B,
 #   kiln and PyTorch; BIG_NOPRECAST=1 adds kiln without the
 #   batched parameter cast), llama_ab (Llama 1B with each of this round's switches off, and
-#   PyTorch), fp8 (GPT-2 1.5B, 200 steps bf16 and fp8), plant (planted bugs). BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
+#   PyTorch; NO_PYTORCH=1 without it), ab3 (GPT-2 124M with the direct weight gradients and
+#   the folded clipping factor off), ropebench (kernel_bench rope), fp8 (GPT-2 1.5B, 200 steps bf16 and fp8), plant (planted bugs). BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
 shift
@@ -103,10 +104,23 @@ PY
       kiln_run llama-rope-v1 "$c" KILN_ROPE=v1
       kiln_run llama-contig-grads "$c" KILN_ATTN_BTHD_GRADS=0
       kiln_run llama-nofold "$c" KILN_FOLD_GRAD_SCALE=0
-      kiln_run llama-alloff "$c" KILN_FUSED_PROJ=0 KILN_ROPE=v1 KILN_ATTN_BTHD_GRADS=0 KILN_FOLD_GRAD_SCALE=0
+      kiln_run llama-nodirect "$c" KILN_DIRECT_WGRAD=0
+      kiln_run llama-alloff "$c" KILN_FUSED_PROJ=0 KILN_ROPE=v1 KILN_ATTN_BTHD_GRADS=0 \
+        KILN_FOLD_GRAD_SCALE=0 KILN_DIRECT_WGRAD=0
       kiln_run llama-new2 "$c"
-      timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1
-      stamp "pytorch llama exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_llama.log" | head -5 ;;
+      if [[ ${NO_PYTORCH:-0} != 1 ]]; then
+        timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1
+        stamp "pytorch llama exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_llama.log" | head -5
+      fi ;;
+    ab3)
+      # GPT-2 124M: kiln with this round's changes, then with the direct weight-gradient
+      # accumulation and the folded clipping factor off, then again.
+      c=benchmarks/e2e/gpt2-124m-bench.textproto
+      kiln_run g124-new "$c"; kiln_run g124-nodirect "$c" KILN_DIRECT_WGRAD=0
+      kiln_run g124-nofold "$c" KILN_FOLD_GRAD_SCALE=0; kiln_run g124-new2 "$c"; stamp ab3 ;;
+    ropebench)
+      timeout 60 build/benchmarks/kernel_bench 50 rope 2>&1 | tee "$out/ropebench.log" | tail -12
+      stamp ropebench ;;
     fp8)
       # GPT-2 1.5B (8 x 1024), 200 steps in bf16 and with fp8 GEMMs: speed and loss curves.
       c=benchmarks/e2e/gpt2-1.5b-bench.textproto
