@@ -272,26 +272,15 @@ void launch_vec(const Tensor& x, const Tensor& out, const Tables& tb, const rope
   }
 }
 
-// Whether v2 runs x with its 32-bit map and heads inner (the projection's (B, T, H, D) layout):
-// then the result is laid out (B, T, H, D) too.
-bool v2_bthd(const Dims& s) {
-  const int64_t size[4] = {s.b, s.h, s.t, s.d}, stride[4] = {s.sb, s.sh, s.st, s.sd};
-  const std::optional<rope_index::Map> m = rope_index::make_map(size, stride, 1);
-  return m && m->heads_inner;
-}
-
 template <typename T>
-void launch_v2(const Tensor& x, const Tensor& out, const Tables& tb, const Dims& s, bool inverse,
-               bool out_bthd) {
+void launch_v2(const Tensor& x, const Tensor& out, const Tables& tb, const Dims& s, bool inverse) {
   using A = acc_t<T>;
   const A sign = inverse ? A(-1) : A(1);
   const int64_t size[4] = {s.b, s.h, s.t, s.d}, stride[4] = {s.sb, s.sh, s.st, s.sd};
   // Both tables' addresses OR-ed: aligned to a power of two only when both are.
   const int vec = rope_index::vec_width(size, stride, addr(x), addr(out), sizeof(T),
                                         addr(tb.cos) | addr(tb.sin), sizeof(A), 16 / sizeof(T));
-  std::optional<rope_index::Map> m = rope_index::make_map(size, stride, vec);
-  if (m) m->out_bthd = out_bthd;
-  KILN_CHECK(!out_bthd || m) << kOp << ": a (B, T, H, D) result needs the 32-bit map";
+  const std::optional<rope_index::Map> m = rope_index::make_map(size, stride, vec);
   if (!m) {
     g_last_path = RopePath::kScalar64;
     launch_v1_kernel<T>(x, out, tb, s, inverse);
@@ -339,12 +328,9 @@ void clear_rope_table_cache() {
 Tensor rope_forward(const Tensor& x, double theta, int64_t offset, bool inverse, RopeImpl impl) {
   check_on_current_device(kOp, "x", x);
   if (impl == RopeImpl::kEnv) impl = env_impl();
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   const Dims s{x.size(0),      x.size(1),      x.size(2),      x.size(3),
                x.strides()[0], x.strides()[1], x.strides()[2], x.strides()[3]};
-  const bool bthd = impl != RopeImpl::kV1 && x.numel() > 0 && s.d / 2 > 0 && v2_bthd(s);
-  Tensor out =
-      bthd ? Tensor::empty({s.b, s.t, s.h, s.d}, x.dtype(), x.device()).permute({0, 2, 1, 3})
-           : Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0 || s.d / 2 == 0) return out;
   const DType ad = x.dtype() == DType::kF64 ? DType::kF64 : DType::kF32;
   const Tables tb = impl == RopeImpl::kV1 ? build_tables(s.t, s.d, theta, offset, ad, x.device())
@@ -354,7 +340,7 @@ Tensor rope_forward(const Tensor& x, double theta, int64_t offset, bool inverse,
       g_last_path = RopePath::kV1;
       launch_v1_kernel<T>(x, out, tb, s, inverse);
     } else {
-      launch_v2<T>(x, out, tb, s, inverse, bthd);
+      launch_v2<T>(x, out, tb, s, inverse);
     }
   });
   return out;

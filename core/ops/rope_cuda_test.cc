@@ -203,30 +203,6 @@ TEST(RopeCuda, PackedSliceForwardAndBackward) {
   }
 }
 
-// v2 writes the result of a heads-inner input ((B, T, H, D) memory seen as (B, H, T, D): the
-// projection's layout, and the attention gradient's) in that layout, so merging the heads back is
-// a view; a contiguous (B, H, T, D) input keeps a contiguous result; v1 stays contiguous. Values
-// bit-identical to v1 either way.
-TEST(RopeCuda, ResultFollowsTheProjectionLayout) {
-  KILN_SKIP_WITHOUT_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  Generator gen(seed);
-  const int64_t b = 2, h = 4, t = 9, d = 64;
-  Tensor proj = rand_cpu({b, t, h, d}, DType::kBF16, gen).to(Device::cuda(0)).transpose(1, 2);
-  Tensor contig = rand_cpu({b, h, t, d}, DType::kBF16, gen).to(Device::cuda(0));
-  for (bool inverse : {false, true}) {
-    Tensor v2 = cuda::rope_forward(proj, 10000.0, 0, inverse, RopeImpl::kV2);
-    Tensor v1 = cuda::rope_forward(proj, 10000.0, 0, inverse, RopeImpl::kV1);
-    EXPECT_EQ(v2.strides(), (Shape{t * h * d, d, h * d, 1})) << "inverse " << inverse;
-    EXPECT_TRUE(v1.is_contiguous());
-    EXPECT_TRUE(bit_equal(v1, v2)) << "inverse " << inverse;
-    Tensor c2 = cuda::rope_forward(contig, 10000.0, 0, inverse, RopeImpl::kV2);
-    EXPECT_TRUE(c2.is_contiguous());
-    EXPECT_TRUE(bit_equal(cuda::rope_forward(contig, 10000.0, 0, inverse, RopeImpl::kV1), c2));
-  }
-}
-
 // Every call of the cache test: x (1, 2, t, d) of dtype, rotated by v2; checked against v1.
 void rotate_and_compare(int64_t t, int64_t d, double theta, int64_t offset, DType dt,
                         Generator& gen) {

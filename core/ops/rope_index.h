@@ -34,14 +34,11 @@ struct Map {
   uint32_t h = 0, t = 0, half = 0;
   uint32_t sb = 0, sh = 0, st = 0, sd = 0;  // x's strides, in elements
   bool heads_inner = false;
-  // The result's memory order: (B, T, H, D) when set (the projection's layout, so that the
-  // permute + reshape back to (B, T, H D) needs no copy), else (B, H, T, D); contiguous either way.
-  bool out_bthd = false;
 };
 
 // The elements of one head of a unit, as offsets in elements: lane l (l < vec) rotates
 // x[x1 + l * sd] and x[x2 + l * sd] with cos / sin [tab + l] and writes out[out + l] and
-// out[out + half + l] (out: the result, contiguous (B, H, T, D), or (B, T, H, D) with out_bthd).
+// out[out + half + l] (out: the contiguous (B, H, T, D) result).
 struct Unit {
   uint32_t x1, x2, out, tab;
 };
@@ -63,14 +60,13 @@ KILN_ROPE_HD Unit unit_of(uint32_t k, const Map& m) {
   }
   const uint32_t i = j * m.vec;
   const uint32_t x1 = b * m.sb + h * m.sh + t * m.st + i * m.sd;
-  const uint32_t row = m.out_bthd ? (b * m.t + t) * m.h + h : (b * m.h + h) * m.t + t;
-  return {x1, x1 + m.half * m.sd, row * (2 * m.half) + i, t * m.half + i};
+  return {x1, x1 + m.half * m.sd, ((b * m.h + h) * m.t + t) * (2 * m.half) + i, t * m.half + i};
 }
 
 // Head h + hh (hh < m.hp) of unit u (from unit_of, whose first head is h): its row of x and of
 // the result; the same table entries.
 KILN_ROPE_HD Unit head_of(const Unit& u, uint32_t hh, const Map& m) {
-  const uint32_t dx = hh * m.sh, dout = hh * (m.out_bthd ? 1 : m.t) * (2 * m.half);
+  const uint32_t dx = hh * m.sh, dout = hh * m.t * (2 * m.half);
   return {u.x1 + dx, u.x2 + dx, u.out + dout, u.tab};
 }
 
