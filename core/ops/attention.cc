@@ -306,16 +306,6 @@ Tensor empty_bthd(const Shape& s, DType dt, Device dev) {
   return Tensor::empty({s[0], s[2], s[1], s[3]}, dt, dev).permute({0, 2, 1, 3});
 }
 
-// Whether cuDNN's backward writes separate q, k, v gradients (B, T, H, D)-laid-out (default) or
-// contiguous (KILN_ATTN_BTHD_GRADS=0, for an A/B measurement).
-bool bthd_grads() {
-  static const bool on = [] {
-    const char* e = std::getenv("KILN_ATTN_BTHD_GRADS");
-    return e == nullptr || std::string(e) != "0";
-  }();
-  return on;
-}
-
 // Whether q, k, v are the three consecutive thirds of one packed (B, T, 3, H, D) projection seen as
 // (B, H, T, D) views (GPT-2's c_attn output through split and split_heads).
 bool packed_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
@@ -380,17 +370,6 @@ AttnGrads causal_attention_backward_cuda(const Tensor& q, const Tensor& k, const
             .permute({0, 2, 1, 3});
       };
       AttnGrads p{third(0), third(1), third(2)};
-      st = cuda::sdpa_backward(q, k, v, out, go, lse, scale, cuda::deterministic(), p.gq, p.gk,
-                               p.gv);
-      if (st.ok()) r = p;
-    }
-    if (!st.ok() && bthd_grads()) {
-      // Separate q, k, v (Llama): gradients (B, T, H, D)-laid-out, so that split_heads' backward
-      // (to the projection's (B, T, H*D)) is a view, not a copy; the contiguous layout below
-      // should an engine refuse it.
-      AttnGrads p{empty_bthd(q.shape(), q.dtype(), q.device()),
-                  empty_bthd(k.shape(), q.dtype(), q.device()),
-                  empty_bthd(v.shape(), q.dtype(), q.device())};
       st = cuda::sdpa_backward(q, k, v, out, go, lse, scale, cuda::deterministic(), p.gq, p.gk,
                                p.gv);
       if (st.ok()) r = p;

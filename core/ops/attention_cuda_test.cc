@@ -276,46 +276,6 @@ TEST(AttentionCuda, PackedQkvAsTheModelUsesItMatchesCpu) {
   }
 }
 
-TEST(AttentionCuda, SeparateQkvGradientsComeLaidOutLikeTheProjections) {
-  // Llama's path: separate q (Hq heads), k and v (Hkv heads) projections (B, T, H D), each seen as
-  // (B, H, T, D) through unflatten + permute. On cuDNN their gradients come back laid out
-  // (B, T, H, D) like the projections, so the backward's permute + reshape to (B, T, H D) needs
-  // no copy. grad() hands back the attention's own gradient tensors (no accumulation copy), so
-  // their strides are checked directly; values against the f64 CPU reference; NaN-poisoned.
-  SKIP_WITHOUT_GPU();
-  if (!cuda::cudnn_sdpa_available()) GTEST_SKIP() << "no cuDNN SDPA";
-  const int64_t b = 2, hq = 4, hkv = 2, t = 80, d = 64;
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  const int64_t heads[3] = {hq, hkv, hkv};
-  // (B, H, T, D) leaves over (B, T, H D) memory, on `dev` in `dt`.
-  auto leaves = [&](Device dev, DType dt) {
-    std::vector<Tensor> out;
-    for (int i = 0; i < 3; ++i) {
-      Tensor x = randn64({b, t, heads[i] * d}, seed + i).to(DType::kBF16).to(dt).to(dev);
-      out.push_back(unflatten(x, 2, {heads[i], d}).permute({0, 2, 1, 3}).set_requires_grad(true));
-    }
-    return out;
-  };
-  Tensor gout64 = randn64({b, hq, t, d}, seed + 3).to(DType::kBF16).to(DType::kF64);
-  std::vector<Tensor> ref = leaves(Device::cpu(), DType::kF64);
-  std::vector<Tensor> ref_g = grad({causal_attention(ref[0], ref[1], ref[2])}, {gout64}, ref);
-  ScopedImpl env("cudnn");
-  ScopedPoison poison;
-  std::vector<Tensor> in = leaves(Device::cuda(0), DType::kBF16);
-  std::vector<Tensor> g = grad({causal_attention(in[0], in[1], in[2])},
-                               {gout64.to(DType::kBF16).to(Device::cuda(0))}, in);
-  const char* names[] = {"q", "k", "v"};
-  for (int i = 0; i < 3; ++i) {
-    SCOPED_TRACE(names[i]);
-    EXPECT_EQ(g[i].strides(), (Shape{t * heads[i] * d, d, heads[i] * d, 1}))
-        << "gradient not laid out (B, T, H, D)";
-    EXPECT_LT(scaled_error(g[i].to(Device::cpu()).to(DType::kF64), ref_g[i]), 1e-2);
-    for (double v : g[i].to(Device::cpu()).to(DType::kF64).to_vector())
-      ASSERT_FALSE(std::isnan(v)) << "an element of the gradient was never written";
-  }
-}
-
 TEST(AttentionCuda, EveryOutputElementWritten) {
   // The brief's recipe on top of the allocator's poison hook: blocks of the output sizes are
   // allocated, filled with NaN and freed, so the caching allocator hands exactly those blocks to
