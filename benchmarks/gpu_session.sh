@@ -102,11 +102,10 @@ PY
       kiln_run llama-new "$c"
       kiln_run llama-nofuse "$c" KILN_FUSED_PROJ=0
       kiln_run llama-rope-v1 "$c" KILN_ROPE=v1
-      kiln_run llama-contig-grads "$c" KILN_ATTN_BTHD_GRADS=0
       kiln_run llama-nofold "$c" KILN_FOLD_GRAD_SCALE=0
       kiln_run llama-nodirect "$c" KILN_DIRECT_WGRAD=0
-      kiln_run llama-alloff "$c" KILN_FUSED_PROJ=0 KILN_ROPE=v1 KILN_ATTN_BTHD_GRADS=0 \
-        KILN_FOLD_GRAD_SCALE=0 KILN_DIRECT_WGRAD=0
+      kiln_run llama-alloff "$c" KILN_FUSED_PROJ=0 KILN_ROPE=v1 KILN_FOLD_GRAD_SCALE=0 \
+        KILN_DIRECT_WGRAD=0
       kiln_run llama-new2 "$c"
       if [[ ${NO_PYTORCH:-0} != 1 ]]; then
         timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1
