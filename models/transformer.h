@@ -12,6 +12,12 @@
 
 namespace kiln::models {
 
+// Whether Llama blocks on CUDA run q/k/v and gate/up as one GEMM each (the default), or as one
+// per projection under the environment variable KILN_FUSED_PROJ=0 (read once). Only the compute
+// is fused: the projections stay separate Parameters (tensor parallel, checkpoints and export see
+// the same names and shapes).
+bool fused_projections_default();
+
 class Attention : public nn::Module {
  public:
   Attention(const ModelSpec& s, Generator& gen);
@@ -24,6 +30,8 @@ class Attention : public nn::Module {
   const ModelSpec spec;
   std::shared_ptr<nn::Linear> c_attn, c_proj;                  // GPT-2: fused qkv (3C, C), (C, C)
   std::shared_ptr<nn::Linear> q_proj, k_proj, v_proj, o_proj;  // Llama
+  // Llama: x @ concat(Wq, Wk, Wv)^T as one GEMM where fused_projection allows (models/transformer.cc).
+  bool fuse_proj = fused_projections_default();
 };
 
 class Mlp : public nn::Module {
@@ -33,6 +41,8 @@ class Mlp : public nn::Module {
   const ModelSpec spec;
   std::shared_ptr<nn::Linear> c_fc, c_proj;                   // GPT-2: (4C, C), (C, 4C)
   std::shared_ptr<nn::Linear> gate_proj, up_proj, down_proj;  // Llama
+  // Llama: x @ concat(Wgate, Wup)^T as one GEMM and swiglu_packed, where fused_projection allows.
+  bool fuse_proj = fused_projections_default();
 };
 
 class Block : public nn::Module {
