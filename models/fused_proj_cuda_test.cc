@@ -1,6 +1,8 @@
 // Llama's fused projections (models/transformer.cc: on CUDA q/k/v and gate/up run as one GEMM each,
 // the MLP through swiglu_packed; Attention/Mlp::fuse_proj, KILN_FUSED_PROJ=0 turns them off),
 // label gpu:
+// 0. The fused compute forced onto the CPU (fuse_on_cpu) equals the unfused one in f64; the
+//    KILN_FUSED_PROJ=0 switch (runs without a GPU).
 // 1. On the CPU the flag changes nothing: the same graph (as many Matmul nodes, no
 //    SwigluPacked, no Concat) and the same loss and gradient bits (runs without a GPU).
 // 2. A tiny GQA Llama (2 layers, C = 64, 4 query / 2 kv heads of 16, F = 96: the vector kernel,
@@ -16,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <set>
@@ -73,8 +76,12 @@ struct Result {
   std::map<std::string, int> nodes;  // of the loss's graph
 };
 
-Result loss_and_grads(models::Transformer& m, bool fuse, Device dev) {
-  for (const auto& b : m.h) b->attn->fuse_proj = b->mlp->fuse_proj = fuse;
+// fuse: Attention/Mlp::fuse_proj of every block (unchanged when null); on_cpu: fuse_on_cpu.
+Result loss_and_grads(models::Transformer& m, const bool* fuse, Device dev, bool on_cpu = false) {
+  for (const auto& b : m.h) {
+    if (fuse != nullptr) b->attn->fuse_proj = b->mlp->fuse_proj = *fuse;
+    b->attn->fuse_on_cpu = b->mlp->fuse_on_cpu = on_cpu;
+  }
   Generator gen(7);
   const int64_t v = m.spec().vocab_size;
   Tensor ids = randint({kBatch, kSeq}, gen, v, DType::kI32).to(dev);
@@ -117,10 +124,12 @@ int count(const Result& r, const char* name) {
   return it == r.nodes.end() ? 0 : it->second;
 }
 
+constexpr bool kOn = true, kOff = false;
+
 TEST(FusedProj, CpuPathUnchanged) {
   models::Transformer m(tiny_llama(90), 3);
-  const Result fused = loss_and_grads(m, true, Device::cpu());
-  const Result plain = loss_and_grads(m, false, Device::cpu());
+  const Result fused = loss_and_grads(m, &kOn, Device::cpu());
+  const Result plain = loss_and_grads(m, &kOff, Device::cpu());
   EXPECT_EQ(count(fused, "SwigluPacked"), 0);
   EXPECT_EQ(count(fused, "Swiglu"), 2);
   EXPECT_EQ(count(fused, "Matmul"), count(plain, "Matmul"));
@@ -128,6 +137,37 @@ TEST(FusedProj, CpuPathUnchanged) {
   EXPECT_TRUE(testing::same_bits(fused.loss, plain.loss));
   for (size_t i = 0; i < fused.grads.size(); ++i)
     EXPECT_TRUE(testing::same_bits(fused.grads[i], plain.grads[i])) << "gradient " << i;
+}
+
+// The fused compute itself (split widths, weight order, swiglu_packed's halves) on the CPU, where CI
+// runs it: f64 parameters, fused within 1e-12 of unfused (the same products, summed by other GEMM
+// calls), with 3 Matmul nodes fewer per block.
+TEST(FusedProj, FusedComputeOnCpuMatchesUnfused) {
+  for (int64_t f : {int64_t{96}, int64_t{90}}) {
+    models::ModelSpec s = tiny_llama(f);
+    s.param_dtype = DType::kF64;
+    models::Transformer m(s, 3);
+    m.set_compute_dtype(DType::kF64);
+    const Result fused = loss_and_grads(m, &kOn, Device::cpu(), /*on_cpu=*/true);
+    const Result plain = loss_and_grads(m, &kOff, Device::cpu());
+    EXPECT_EQ(count(fused, "SwigluPacked"), 2);
+    EXPECT_EQ(count(fused, "Concat"), 2 * 2);
+    EXPECT_EQ(count(plain, "Matmul") - count(fused, "Matmul"), 2 * 3);
+    expect_close(fused, plain, m, 1e-12, "fused on the CPU vs unfused, F=" + std::to_string(f));
+  }
+}
+
+// KILN_FUSED_PROJ=0 (read once) turns the fusion off; unset or anything else leaves it on. ctest
+// runs this test a second time under KILN_FUSED_PROJ=0 (models/CMakeLists.txt).
+TEST(FusedProj, DefaultFollowsEnvironment) {
+  const char* e = std::getenv("KILN_FUSED_PROJ");
+  const bool want = e == nullptr || std::strcmp(e, "0") != 0;
+  EXPECT_EQ(models::fused_projections_default(), want);
+  models::Transformer m(tiny_llama(96), 3);
+  EXPECT_EQ(m.h[0]->attn->fuse_proj, want);
+  EXPECT_EQ(m.h[1]->mlp->fuse_proj, want);
+  const Result r = loss_and_grads(m, nullptr, Device::cpu(), /*on_cpu=*/true);
+  EXPECT_EQ(count(r, "SwigluPacked"), want ? 2 : 0);
 }
 
 TEST_F(FusedProjCuda, F32MatchesUnfusedAndCpu) {
@@ -141,9 +181,9 @@ TEST_F(FusedProjCuda, F32MatchesUnfusedAndCpu) {
       cpu.set_recompute(rc);
       m.set_recompute(rc);
       m.to(gpu);
-      const Result want_cpu = loss_and_grads(cpu, false, Device::cpu());
-      const Result fused = loss_and_grads(m, true, gpu);
-      const Result plain = loss_and_grads(m, false, gpu);
+      const Result want_cpu = loss_and_grads(cpu, &kOff, Device::cpu());
+      const Result fused = loss_and_grads(m, &kOn, gpu);
+      const Result plain = loss_and_grads(m, &kOff, gpu);
       if (rc != models::Recompute::kFull) {  // full recompute hides the blocks' nodes
         EXPECT_EQ(count(fused, "LinearCuda"), 2 * 4) << tag << ": the fused path was not taken";
         EXPECT_EQ(count(fused, "SwigluPacked"), 2) << tag;
@@ -180,8 +220,8 @@ TEST_F(FusedProjCuda, Bf16UnderPrecastPacksWeightsWithoutACopy) {
     EXPECT_EQ(qkv.storage(), pre(a.q_proj).storage()) << "q/k/v weights copied";
     Tensor gu = concat_or_view({pre(mlp.gate_proj), pre(mlp.up_proj)}, 0);
     EXPECT_EQ(gu.storage(), pre(mlp.gate_proj).storage()) << "gate/up weights copied";
-    fused = loss_and_grads(m, true, gpu);
-    plain = loss_and_grads(m, false, gpu);
+    fused = loss_and_grads(m, &kOn, gpu);
+    plain = loss_and_grads(m, &kOff, gpu);
   }
   EXPECT_EQ(count(fused, "SwigluPacked"), 2);
   EXPECT_EQ(count(fused, "LinearCuda"), 2 * 4);

@@ -49,12 +49,12 @@ Tensor maybe_dropout(const Tensor& x, double p, Generator& gen, bool train) {
   return p > 0 && train ? dropout(x, p, gen, true) : x;
 }
 
-// Whether the linears ls run as one GEMM of their concatenated weights: `on`, x on CUDA, and no
-// linear with fp8 GEMMs or tensor-parallel hooks (their own forward handles those). The CPU path
-// stays one GEMM per linear, so CPU results do not change.
-bool fused_projection(bool on, const Tensor& x, DType compute,
+// Whether the linears ls run as one GEMM of their concatenated weights: `on`, x on CUDA (or
+// on_cpu, for tests), and no linear with fp8 GEMMs or tensor-parallel hooks (their own forward
+// handles those). The CPU path stays one GEMM per linear, so CPU results do not change.
+bool fused_projection(bool on, bool on_cpu, const Tensor& x, DType compute,
                       std::initializer_list<const nn::Linear*> ls) {
-  if (!on || !x.device().is_cuda()) return false;
+  if (!on || !(x.device().is_cuda() || on_cpu)) return false;
   for (const nn::Linear* l : ls)
     if (l->uses_fp8(x, compute) || l->has_hooks() || l->bias_hook) return false;
   return true;
@@ -119,7 +119,7 @@ Tensor Attention::forward(const Tensor& x, DType compute, Recompute rc, Generato
     v = split_heads(qkv[2], heads);
   } else {
     Tensor pq, pk, pv;  // (B, T, H*D) projections
-    if (fused_projection(fuse_proj, x, compute, {q_proj.get(), k_proj.get(), v_proj.get()})) {
+    if (fused_projection(fuse_proj, fuse_on_cpu, x, compute, {q_proj.get(), k_proj.get(), v_proj.get()})) {
       const int64_t d = spec.head_dim();
       auto qkv = split(packed_linear({q_proj.get(), k_proj.get(), v_proj.get()}, x, compute),
                        {heads * d, kv_heads * d, kv_heads * d}, -1);
@@ -177,7 +177,7 @@ Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc) {
                     w(c_proj, true));
   }
   Tensor hdn;
-  if (fused_projection(fuse_proj, x, compute, {gate_proj.get(), up_proj.get()})) {
+  if (fused_projection(fuse_proj, fuse_on_cpu, x, compute, {gate_proj.get(), up_proj.get()})) {
     // One (.., 2F) GEMM output; swiglu_packed's backward writes its gradient in one buffer.
     hdn = swiglu_packed(packed_linear({gate_proj.get(), up_proj.get()}, x, compute));
   } else {

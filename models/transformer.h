@@ -30,8 +30,9 @@ class Attention : public nn::Module {
   const ModelSpec spec;
   std::shared_ptr<nn::Linear> c_attn, c_proj;                  // GPT-2: fused qkv (3C, C), (C, C)
   std::shared_ptr<nn::Linear> q_proj, k_proj, v_proj, o_proj;  // Llama
-  // Llama: x @ concat(Wq, Wk, Wv)^T as one GEMM where fused_projection allows (models/transformer.cc).
-  bool fuse_proj = fused_projections_default();
+  // Llama: x @ concat(Wq, Wk, Wv)^T as one GEMM on CUDA where no fp8 / tensor-parallel hook is
+  // in the way (models/transformer.cc); fuse_on_cpu (tests only) takes that path on the CPU too.
+  bool fuse_proj = fused_projections_default(), fuse_on_cpu = false;
 };
 
 class Mlp : public nn::Module {
@@ -41,8 +42,8 @@ class Mlp : public nn::Module {
   const ModelSpec spec;
   std::shared_ptr<nn::Linear> c_fc, c_proj;                   // GPT-2: (4C, C), (C, 4C)
   std::shared_ptr<nn::Linear> gate_proj, up_proj, down_proj;  // Llama
-  // Llama: x @ concat(Wgate, Wup)^T as one GEMM and swiglu_packed, where fused_projection allows.
-  bool fuse_proj = fused_projections_default();
+  // Llama: x @ concat(Wgate, Wup)^T as one GEMM and swiglu_packed, as Attention fuses q/k/v.
+  bool fuse_proj = fused_projections_default(), fuse_on_cpu = false;
 };
 
 class Block : public nn::Module {
