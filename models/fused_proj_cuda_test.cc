@@ -110,8 +110,8 @@ double rel_diff(const Tensor& a, const Tensor& b) {
 
 void expect_close(const Result& got, const Result& want, const models::Transformer& m, double tol,
                   const std::string& what) {
-  EXPECT_LE(rel_diff(got.loss, want.loss), tol) << what << ": loss " << got.loss.item() << " vs "
-                                                << want.loss.item();
+  EXPECT_LE(rel_diff(got.loss, want.loss), tol)
+      << what << ": loss " << got.loss.item() << " vs " << want.loss.item();
   const std::vector<nn::Parameter> params = m.parameters();
   ASSERT_EQ(got.grads.size(), params.size()) << what;
   ASSERT_EQ(want.grads.size(), params.size()) << what;
@@ -139,9 +139,9 @@ TEST(FusedProj, CpuPathUnchanged) {
     EXPECT_TRUE(testing::same_bits(fused.grads[i], plain.grads[i])) << "gradient " << i;
 }
 
-// The fused compute itself (split widths, weight order, swiglu_packed's halves) on the CPU, where CI
-// runs it: f64 parameters, fused within 1e-12 of unfused (the same products, summed by other GEMM
-// calls), with 3 Matmul nodes fewer per block.
+// The fused compute itself (split widths, weight order, swiglu_packed's halves) on the CPU, where
+// CI runs it: f64 parameters, fused within 1e-12 of unfused (the same products, summed by other
+// GEMM calls), with 3 Matmul nodes fewer per block.
 TEST(FusedProj, FusedComputeOnCpuMatchesUnfused) {
   for (int64_t f : {int64_t{96}, int64_t{90}}) {
     models::ModelSpec s = tiny_llama(f);

@@ -119,7 +119,8 @@ Tensor Attention::forward(const Tensor& x, DType compute, Recompute rc, Generato
     v = split_heads(qkv[2], heads);
   } else {
     Tensor pq, pk, pv;  // (B, T, H*D) projections
-    if (fused_projection(fuse_proj, fuse_on_cpu, x, compute, {q_proj.get(), k_proj.get(), v_proj.get()})) {
+    if (fused_projection(fuse_proj, fuse_on_cpu, x, compute,
+                         {q_proj.get(), k_proj.get(), v_proj.get()})) {
       const int64_t d = spec.head_dim();
       auto qkv = split(packed_linear({q_proj.get(), k_proj.get(), v_proj.get()}, x, compute),
                        {heads * d, kv_heads * d, kv_heads * d}, -1);

@@ -24,8 +24,8 @@ Tensor act_silu_forward(const Tensor& x);
 Tensor act_silu_backward(const Tensor& g, const Tensor& x);
 Tensor act_swiglu_forward(const Tensor& gate, const Tensor& up);
 void act_swiglu_backward(const Tensor& g, const Tensor& gate, const Tensor& up, Tensor* dgate,
-                         Tensor* dup);  // either output may be null (not computed)
-Tensor act_swiglu_packed_forward(const Tensor& gu);                   // (R.., 2F) -> (R.., F)
+                         Tensor* dup);               // either output may be null (not computed)
+Tensor act_swiglu_packed_forward(const Tensor& gu);  // (R.., 2F) -> (R.., F)
 Tensor act_swiglu_packed_backward(const Tensor& g, const Tensor& gu);  // -> d gu (R.., 2F)
 }  // namespace kiln::cuda
 #endif

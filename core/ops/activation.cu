@@ -247,9 +247,7 @@ void act_swiglu_backward(const Tensor& g, const Tensor& gate, const Tensor& up, 
                          Tensor* dup) {
   run("swiglu", SwigluBwd{}, gate, up, g, dgate, dup);
 }
-Tensor act_swiglu_packed_forward(const Tensor& gu) {
-  return run_packed(SwigluFwd{}, gu, Tensor());
-}
+Tensor act_swiglu_packed_forward(const Tensor& gu) { return run_packed(SwigluFwd{}, gu, Tensor()); }
 Tensor act_swiglu_packed_backward(const Tensor& g, const Tensor& gu) {
   return run_packed(SwigluBwd{}, gu, g);
 }

@@ -129,11 +129,11 @@ TEST(ActivationCuda, SwigluPackedEqualsSwigluOnTheHalvesBitForBit) {
       Tensor want = swiglu(gate, up);
       std::vector<Tensor> d = kiln::grad({want}, {gy}, {gate, up});
       EXPECT_TRUE(testing::bit_equal(y.to(Device::cpu()), want.to(Device::cpu()))) << tag;
-      EXPECT_TRUE(testing::bit_equal(d_gu.narrow(-1, 0, f).to(Device::cpu()),
-                                     d[0].to(Device::cpu())))
+      EXPECT_TRUE(
+          testing::bit_equal(d_gu.narrow(-1, 0, f).to(Device::cpu()), d[0].to(Device::cpu())))
           << "d gate " << tag;
-      EXPECT_TRUE(testing::bit_equal(d_gu.narrow(-1, f, f).to(Device::cpu()),
-                                     d[1].to(Device::cpu())))
+      EXPECT_TRUE(
+          testing::bit_equal(d_gu.narrow(-1, f, f).to(Device::cpu()), d[1].to(Device::cpu())))
           << "d up " << tag;
     }
   }

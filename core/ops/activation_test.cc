@@ -180,8 +180,11 @@ TEST(Activation, BadInputIsAClearError) {
               ThrowsMessage<Error>(HasSubstr("swiglu: dtype mismatch, up is bf16")));
   EXPECT_THAT([] { swiglu(Tensor::zeros({2}), Tensor()); },
               ThrowsMessage<Error>(HasSubstr("swiglu: up is an undefined tensor")));
-  EXPECT_THAT([] { swiglu_packed(Tensor::zeros({2, 3})); },
-              ThrowsMessage<Error>(HasSubstr("swiglu_packed: gu must be (..., 2F), got")));
+  EXPECT_THAT(
+      [] {
+        swiglu_packed(Tensor::zeros({2, 3}));
+      },
+      ThrowsMessage<Error>(HasSubstr("swiglu_packed: gu must be (..., 2F), got")));
   EXPECT_THAT([] { swiglu_packed(Tensor::zeros({2}, DType::kI32)); },
               ThrowsMessage<Error>(HasSubstr("swiglu_packed: gu must be a floating tensor")));
   Tensor xc = testing::fake_cuda_tensor({2, 3});

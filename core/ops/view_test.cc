@@ -86,17 +86,16 @@ TEST(View, ConcatOrViewIsAViewOfAdjacentPiecesElseACopy) {
   EXPECT_EQ(v.storage(), buf.storage());
   EXPECT_TRUE(testing::bit_equal(v, buf));
   // Not in order, with a gap, or not one storage: a copy equal to concat.
-  for (const std::vector<Tensor>& xs : {std::vector<Tensor>{rows(4, 1), rows(0, 4)},
-                                        std::vector<Tensor>{rows(0, 2), rows(3, 2)},
-                                        std::vector<Tensor>{rows(0, 2), clone(rows(2, 2))}}) {
+  for (const std::vector<Tensor>& xs :
+       {std::vector<Tensor>{rows(4, 1), rows(0, 4)}, std::vector<Tensor>{rows(0, 2), rows(3, 2)},
+        std::vector<Tensor>{rows(0, 2), clone(rows(2, 2))}}) {
     Tensor c = concat_or_view(xs, 0);
     EXPECT_NE(c.storage(), buf.storage());
     EXPECT_TRUE(testing::bit_equal(c, concat(xs, 0)));
   }
   // Column blocks that make up whole rows form the buffer itself: a view; blocks that leave a
   // column out would be a strided (non-contiguous) whole: a copy.
-  EXPECT_EQ(concat_or_view({buf.narrow(1, 0, 1), buf.narrow(1, 1, 2)}, 1).storage(),
-            buf.storage());
+  EXPECT_EQ(concat_or_view({buf.narrow(1, 0, 1), buf.narrow(1, 1, 2)}, 1).storage(), buf.storage());
   Tensor cols = concat_or_view({buf.narrow(1, 0, 1), buf.narrow(1, 1, 1)}, 1);
   EXPECT_NE(cols.storage(), buf.storage());
   EXPECT_TRUE(testing::bit_equal(cols, buf.narrow(1, 0, 2)));
@@ -115,8 +114,11 @@ TEST(View, ConcatOrViewIsAViewOfAdjacentPiecesElseACopy) {
       },
       {randn64({7, 3}, 8)});
   EXPECT_LE(r.max_rel_error, 1e-6) << r.worst;
-  EXPECT_THAT([&] { concat_or_view({rows(0, 2), buf.narrow(1, 0, 2)}, 0); },
-              ::testing::ThrowsMessage<Error>(HasSubstr("differ outside dim 0")));
+  EXPECT_THAT(
+      [&] {
+        concat_or_view({rows(0, 2), buf.narrow(1, 0, 2)}, 0);
+      },
+      ::testing::ThrowsMessage<Error>(HasSubstr("differ outside dim 0")));
 }
 
 TEST(View, CastAndClone) {
