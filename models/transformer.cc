@@ -124,7 +124,9 @@ Tensor Attention::forward(const Tensor& x, DType compute, Recompute rc, Generato
       const int64_t d = spec.head_dim();
       auto qkv = split(packed_linear({q_proj.get(), k_proj.get(), v_proj.get()}, x, compute),
                        {heads * d, kv_heads * d, kv_heads * d}, -1);
-      pq = qkv[0], pk = qkv[1], pv = qkv[2];
+      // v is copied out (B T Hkv D, small): attention saves v, and a view would keep the whole
+      // packed buffer alive until backward (q and k leave it through rotary_embedding anyway).
+      pq = qkv[0], pk = qkv[1], pv = contiguous(qkv[2]);
     } else {
       pq = q_proj->forward(x, compute), pk = k_proj->forward(x, compute);
       pv = v_proj->forward(x, compute);
