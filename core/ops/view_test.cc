@@ -107,6 +107,14 @@ TEST(View, ConcatOrViewIsAViewOfAdjacentPiecesElseACopy) {
   EXPECT_EQ(y.shape(), (Shape{7, 3}));
   std::vector<Tensor> g = kiln::grad({y}, {Tensor::full({7, 3}, 1.0, DType::kF64)}, {leaf});
   EXPECT_TRUE(testing::bit_equal(g[0], w));
+  // concat's backward hands each piece its row block of the output gradient as a view (no copy).
+  Tensor a = randn64({2, 3}, 9).set_requires_grad(true), b = randn64({5, 3}, 10);
+  b.set_requires_grad(true);
+  Tensor gout = randn64({7, 3}, 11);
+  std::vector<Tensor> gab = kiln::grad({concat_or_view({a, b}, 0)}, {gout}, {a, b});
+  EXPECT_EQ(gab[0].storage(), gout.storage());
+  EXPECT_EQ(gab[1].storage(), gout.storage());
+  EXPECT_TRUE(testing::bit_equal(gab[1], gout.narrow(0, 2, 5)));
   auto r = gradcheck(
       [](auto& t) {
         Tensor b = t[0];
