@@ -10,7 +10,10 @@
 #   kiln and PyTorch; BIG_NOPRECAST=1 adds kiln without the
 #   batched parameter cast), llama_ab (Llama 1B with each of this round's switches off, and
 #   PyTorch; NO_PYTORCH=1 without it), ab3 (GPT-2 124M with the direct weight gradients and
-#   the folded clipping factor off), ropebench (kernel_bench rope), fp8 (GPT-2 1.5B, 200 steps bf16 and fp8), plant (planted bugs). BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
+#   the folded clipping factor off), ropebench (kernel_bench rope), fp8 (GPT-2 1.5B, 200 steps
+#   bf16 and fp8), plant (planted bugs), fuse (Llama's fused projections: tests, memcheck, a
+#   planted bug, Llama 1B with KILN_FUSED_PROJ=0 / on). BUILD_TARGETS overrides the targets built
+#   (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
 shift
@@ -190,6 +193,33 @@ PY
       timeout 400 bash benchmarks/plan_gpu.sh build "$out/plan" > "$out/plan.log" 2>&1
       stamp "plan exit $?"; cat "$out/plan/plan_gpu.txt"
       rm -rf "$out"/plan/*/ ;;
+    fuse)
+      # Llama's fused q/k/v and gate/up GEMMs: their GPU tests, memcheck on the packed SwiGLU
+      # kernel, a planted kernel bug (gate and up halves swapped), then Llama 1B with the fusion
+      # on and off (KILN_FUSED_PROJ=0), on first and last (run-to-run spread). BUILD_TARGETS must
+      # include kiln core_gpu_tests models_gpu_tests.
+      f='ActivationCuda.*:ViewCuda.*:MultiCastCuda.*'
+      timeout 120 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$f" > "$out/fuse_core.log" 2>&1
+      stamp "fuse core tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/fuse_core.log"
+      timeout 120 build/models/models_gpu_tests --gtest_brief=1 > "$out/fuse_models.log" 2>&1
+      stamp "models_gpu_tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/fuse_models.log"
+      grep -B3 -A12 "Failure" "$out/fuse_core.log" "$out/fuse_models.log" | head -60
+      timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
+        --gtest_filter='ActivationCuda.SwigluPacked*' --gtest_brief=1 > "$out/fuse_memcheck.log" 2>&1
+      stamp "memcheck exit $?: $(grep -E 'ERROR SUMMARY' "$out/fuse_memcheck.log" | tail -1)"
+      cp core/ops/activation.cu /tmp/planted.bak
+      sed -i 's/V vg = \*reinterpret_cast<const V\*>(g), vu = \*reinterpret_cast<const V\*>(g + w)/V vu = *reinterpret_cast<const V*>(g), vg = *reinterpret_cast<const V*>(g + w)/' \
+        core/ops/activation.cu
+      cmp -s core/ops/activation.cu /tmp/planted.bak && echo "plant: no change in activation.cu"
+      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
+      timeout 60 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter='ActivationCuda.SwigluPacked*' \
+        > "$out/plant.log" 2>&1
+      echo "planted gate/up swap in packed_kernel: tests exit $? $(grep -cE '^\[  FAILED' "$out/plant.log") failed lines"
+      cp /tmp/planted.bak core/ops/activation.cu
+      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1
+      c=benchmarks/e2e/llama-1b-bench.textproto
+      kiln_run llama-fused "$c"; kiln_run llama-unfused "$c" KILN_FUSED_PROJ=0
+      kiln_run llama-fused2 "$c"; stamp fuse ;;
     sanitize)
       timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
         --gtest_filter="${SANITIZE_FILTER:-*PackedQkv*:*MlpGelu*:*LinearCrossEntropy*:*StridedInputs*:ElementwiseCuda.*}" --gtest_brief=1 > "$out/memcheck.log" 2>&1

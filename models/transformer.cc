@@ -2,6 +2,10 @@
 #include "models/transformer.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <vector>
 
 #include "core/check.h"
 #include "core/ops/activation.h"
@@ -45,7 +49,41 @@ Tensor maybe_dropout(const Tensor& x, double p, Generator& gen, bool train) {
   return p > 0 && train ? dropout(x, p, gen, true) : x;
 }
 
+// Whether the linears ls run as one GEMM of their concatenated weights: `on`, x on CUDA (or
+// on_cpu, for tests), and no linear with fp8 GEMMs or tensor-parallel hooks (their own forward
+// handles those). The CPU path stays one GEMM per linear, so CPU results do not change.
+bool fused_projection(bool on, bool on_cpu, const Tensor& x, DType compute,
+                      std::initializer_list<const nn::Linear*> ls) {
+  if (!on || !(x.device().is_cuda() || on_cpu)) return false;
+  for (const nn::Linear* l : ls)
+    if (l->uses_fp8(x, compute) || l->has_hooks() || l->bias_hook) return false;
+  return true;
+}
+
+// x @ concat(W_i)^T (+ concat(b_i)): the outputs of the linears ls side by side along the last
+// dim, from one GEMM. Their compute-dtype weights are concatenated along OUT as a view when they
+// already lie side by side (an nn::PrecastScope's copies, in parameter order), else copied; the
+// weight gradient of the GEMM goes back to each linear as its block of rows.
+Tensor packed_linear(std::initializer_list<const nn::Linear*> ls, const Tensor& x, DType compute) {
+  std::vector<Tensor> w, b;
+  for (const nn::Linear* l : ls) {
+    w.push_back(nn::to_compute(l->weight, compute));
+    if (l->bias.defined()) b.push_back(nn::to_compute(l->bias, compute));
+  }
+  KILN_CHECK(b.empty() || b.size() == w.size()) << "packed_linear: some linears lack a bias";
+  return linear(nn::to_compute(x, compute), concat_or_view(w, 0),
+                b.empty() ? Tensor() : concat_or_view(b, 0));
+}
+
 }  // namespace
+
+bool fused_projections_default() {
+  static const bool on = [] {
+    const char* e = std::getenv("KILN_FUSED_PROJ");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
 
 Attention::Attention(const ModelSpec& s, Generator& gen) : spec(s) {
   const int64_t c = s.d_model, d = s.head_dim();
@@ -80,9 +118,22 @@ Tensor Attention::forward(const Tensor& x, DType compute, Recompute rc, Generato
     k = split_heads(qkv[1], heads);
     v = split_heads(qkv[2], heads);
   } else {
-    q = rotary_embedding(split_heads(q_proj->forward(x, compute), heads), spec.rope_theta);
-    k = rotary_embedding(split_heads(k_proj->forward(x, compute), kv_heads), spec.rope_theta);
-    v = split_heads(v_proj->forward(x, compute), kv_heads);
+    Tensor pq, pk, pv;  // (B, T, H*D) projections
+    if (fused_projection(fuse_proj, fuse_on_cpu, x, compute,
+                         {q_proj.get(), k_proj.get(), v_proj.get()})) {
+      const int64_t d = spec.head_dim();
+      auto qkv = split(packed_linear({q_proj.get(), k_proj.get(), v_proj.get()}, x, compute),
+                       {heads * d, kv_heads * d, kv_heads * d}, -1);
+      // v is copied out (B T Hkv D, small): attention saves v, and a view would keep the whole
+      // packed buffer alive until backward (q and k leave it through rotary_embedding anyway).
+      pq = qkv[0], pk = qkv[1], pv = contiguous(qkv[2]);
+    } else {
+      pq = q_proj->forward(x, compute), pk = k_proj->forward(x, compute);
+      pv = v_proj->forward(x, compute);
+    }
+    q = rotary_embedding(split_heads(pq, heads), spec.rope_theta);
+    k = rotary_embedding(split_heads(pk, kv_heads), spec.rope_theta);
+    v = split_heads(pv, kv_heads);
   }
   Tensor y;
   if (rc == Recompute::kSelective) {  // keep q, k, v; recompute the attention core in backward
@@ -128,7 +179,13 @@ Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc) {
     return mlp_gelu(nn::to_compute(x, compute), w(c_fc, false), w(c_fc, true), w(c_proj, false),
                     w(c_proj, true));
   }
-  Tensor hdn = swiglu(gate_proj->forward(x, compute), up_proj->forward(x, compute));
+  Tensor hdn;
+  if (fused_projection(fuse_proj, fuse_on_cpu, x, compute, {gate_proj.get(), up_proj.get()})) {
+    // One (.., 2F) GEMM output; swiglu_packed's backward writes its gradient in one buffer.
+    hdn = swiglu_packed(packed_linear({gate_proj.get(), up_proj.get()}, x, compute));
+  } else {
+    hdn = swiglu(gate_proj->forward(x, compute), up_proj->forward(x, compute));
+  }
   return down_proj->forward(hdn, compute);
 }
 

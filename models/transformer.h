@@ -12,6 +12,12 @@
 
 namespace kiln::models {
 
+// Whether Llama blocks on CUDA run q/k/v and gate/up as one GEMM each (the default), or as one
+// per projection under the environment variable KILN_FUSED_PROJ=0 (read once). Only the compute
+// is fused: the projections stay separate Parameters (tensor parallel, checkpoints and export see
+// the same names and shapes).
+bool fused_projections_default();
+
 class Attention : public nn::Module {
  public:
   Attention(const ModelSpec& s, Generator& gen);
@@ -24,6 +30,9 @@ class Attention : public nn::Module {
   const ModelSpec spec;
   std::shared_ptr<nn::Linear> c_attn, c_proj;                  // GPT-2: fused qkv (3C, C), (C, C)
   std::shared_ptr<nn::Linear> q_proj, k_proj, v_proj, o_proj;  // Llama
+  // Llama: x @ concat(Wq, Wk, Wv)^T as one GEMM on CUDA where no fp8 / tensor-parallel hook is
+  // in the way (models/transformer.cc); fuse_on_cpu (tests only) takes that path on the CPU too.
+  bool fuse_proj = fused_projections_default(), fuse_on_cpu = false;
 };
 
 class Mlp : public nn::Module {
@@ -33,6 +42,8 @@ class Mlp : public nn::Module {
   const ModelSpec spec;
   std::shared_ptr<nn::Linear> c_fc, c_proj;                   // GPT-2: (4C, C), (C, 4C)
   std::shared_ptr<nn::Linear> gate_proj, up_proj, down_proj;  // Llama
+  // Llama: x @ concat(Wgate, Wup)^T as one GEMM and swiglu_packed, as Attention fuses q/k/v.
+  bool fuse_proj = fused_projections_default(), fuse_on_cpu = false;
 };
 
 class Block : public nn::Module {

@@ -3,6 +3,7 @@
 // to the CUDA kernels (core/ops/activation.cu).
 #include "core/ops/activation.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/autograd.h"
@@ -23,7 +24,9 @@ Tensor act_silu_forward(const Tensor& x);
 Tensor act_silu_backward(const Tensor& g, const Tensor& x);
 Tensor act_swiglu_forward(const Tensor& gate, const Tensor& up);
 void act_swiglu_backward(const Tensor& g, const Tensor& gate, const Tensor& up, Tensor* dgate,
-                         Tensor* dup);  // either output may be null (not computed)
+                         Tensor* dup);               // either output may be null (not computed)
+Tensor act_swiglu_packed_forward(const Tensor& gu);  // (R.., 2F) -> (R.., F)
+Tensor act_swiglu_packed_backward(const Tensor& g, const Tensor& gu);  // -> d gu (R.., 2F)
 }  // namespace kiln::cuda
 #endif
 
@@ -140,6 +143,60 @@ void swiglu_backward_any(const Tensor& g, const Tensor& gate, const Tensor& up, 
   }
 }
 
+// The packed form of map_cpu over gu (rows of 2F: gate | up) and c (rows of F, or undefined):
+// out row r = [f0(gate, up, c) | f1(gate, up, c)] when f1 is given (2F wide), else f0 alone (F
+// wide). The inner loops are map_cpu's (same functors, same compute dtype), so every element is
+// rounded exactly as swiglu's on the halves. Returns gu's dtype.
+template <typename F0, typename F1>
+Tensor map_packed_cpu(const Tensor& gu, const Tensor& c, F0 f0, F1 f1, bool two) {
+  Tensor ac = raw::to_compute(gu);
+  Tensor cc = c.defined() ? raw::convert(c, ac.dtype()) : Tensor();
+  const int64_t f = gu.size(-1) / 2, rows = f > 0 ? gu.numel() / (2 * f) : 0;
+  Shape shape = gu.shape();
+  shape.back() = two ? 2 * f : f;
+  Tensor out = Tensor::empty(shape, ac.dtype());
+  const int64_t ow = two ? 2 * f : f;
+  KILN_DISPATCH_FLOAT(ac.dtype(), T, {
+    const T* pa = ac.data<T>();
+    const T* pc = cc.defined() ? cc.data<T>() : nullptr;
+    T* po = out.data<T>();
+    parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(f, 1)),
+                 [&](int64_t s, int64_t e) {
+                   for (int64_t r = s; r < e; ++r) {
+                     const T* g = pa + r * 2 * f;
+                     const T* u = g + f;
+                     const T* cr = pc != nullptr ? pc + r * f : nullptr;
+                     T* o = po + r * ow;
+                     if (cr != nullptr) {
+                       for (int64_t i = 0; i < f; ++i) o[i] = f0(g[i], u[i], cr[i]);
+                       if (two)
+                         for (int64_t i = 0; i < f; ++i) o[f + i] = f1(g[i], u[i], cr[i]);
+                     } else {
+                       for (int64_t i = 0; i < f; ++i) o[i] = f0(g[i], u[i], T(0));
+                     }
+                   }
+                 });
+  });
+  return raw::convert(out, gu.dtype());
+}
+
+Tensor swiglu_packed_any(const Tensor& gu) {
+#if KILN_WITH_CUDA
+  if (gu.device().is_cuda()) return cuda::act_swiglu_packed_forward(gu);
+#endif
+  auto fwd = [](auto v, auto u, auto) { return silu_f(v) * u; };
+  return map_packed_cpu(gu, Tensor(), fwd, fwd, false);
+}
+// d gu = [g * up * silu'(gate) | g * silu(gate)], swiglu_backward_any's formulas.
+Tensor swiglu_packed_backward_any(const Tensor& g, const Tensor& gu) {
+#if KILN_WITH_CUDA
+  if (gu.device().is_cuda()) return cuda::act_swiglu_packed_backward(g, gu);
+#endif
+  return map_packed_cpu(
+      gu, g, [](auto v, auto u, auto gy) { return gy * u * silu_grad(v); },
+      [](auto v, auto, auto gy) { return gy * silu_f(v); }, true);
+}
+
 class GeluNode final : public Node {
  public:
   const char* name() const override { return "Gelu"; }
@@ -165,6 +222,14 @@ class SwigluNode final : public Node {
     swiglu_backward_any(g[0], saved[0], saved[1], next[0].fn != nullptr, next[1].fn != nullptr,
                         &dgate, &dup);
     return {dgate, dup};
+  }
+};
+
+class SwigluPackedNode final : public Node {
+ public:
+  const char* name() const override { return "SwigluPacked"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {  // saved: gu
+    return {swiglu_packed_backward_any(g[0], saved[0])};
   }
 };
 
@@ -196,6 +261,20 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
   Tensor y = swiglu_any(gate, up);
   if (auto n = record<SwigluNode>({&gate, &up})) {
     n->saved = {gate, up};
+    set_history(y, n);
+  }
+  return y;
+}
+
+Tensor swiglu_packed(const Tensor& gu) {
+  const char* op = "swiglu_packed";
+  ops::check_float_arg(op, "gu", gu);
+  KILN_CHECK(gu.dim() >= 1 && gu.size(-1) % 2 == 0)
+      << op << ": gu must be (..., 2F), got " << gu.str();
+  ops::on_cuda(op, "gu", gu);
+  Tensor y = swiglu_packed_any(gu);
+  if (auto n = record<SwigluPackedNode>({&gu})) {
+    n->saved = {gu};
     set_history(y, n);
   }
   return y;

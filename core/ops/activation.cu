@@ -3,6 +3,7 @@
 // when every pointer is 16-byte aligned, and single elements otherwise; a grid-stride loop of
 // 256-thread blocks covers the tensor, and the last numel % width elements go element by element.
 // The math mirrors the CPU functions of activation.cc in the compute type (f32, f64 for f64).
+// swiglu_packed runs the swiglu functors over rows of a packed gate | up input (packed_kernel).
 #include "core/backend.h"
 #include "core/ops/cuda_util.cuh"
 
@@ -114,6 +115,70 @@ __global__ void map_kernel(F f, const T* __restrict__ a, const T* __restrict__ b
   for (int64_t i = nvec * kVec + tid; i < n; i += stride) apply_one<T>(f, a, b, c, o0, o1, i);
 }
 
+// swiglu_packed: row r of a holds gate (w wide) then up (w wide); c (gy, may be null) has rows
+// of stride sc; o0 rows of stride so and o1 (may be null) likewise. Each thread takes kVec
+// consecutive elements of one half-row through the same functors as map_kernel, so each element
+// is computed exactly as swiglu computes it on separate halves. REQUIRES (kVec > 1): kVec divides
+// w and every non-null pointer is 16-byte aligned.
+template <typename T, int kVec, typename F>
+__global__ void packed_kernel(F f, const T* __restrict__ a, const T* __restrict__ c,
+                              T* __restrict__ o0, T* __restrict__ o1, int64_t rows, int64_t w,
+                              int64_t sc, int64_t so) {
+  using A = acc_t<T>;
+  using V = Vec<T, kVec>;
+  const int64_t wv = w / kVec, n = rows * wv;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += stride) {
+    const int64_t r = k / wv, j = (k - r * wv) * kVec;
+    const T* g = a + r * 2 * w + j;
+    V vg = *reinterpret_cast<const V*>(g), vu = *reinterpret_cast<const V*>(g + w), vc{}, w0, w1;
+    if (c != nullptr) vc = *reinterpret_cast<const V*>(c + r * sc + j);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      A r0 = 0, r1 = 0;
+      f(to_acc(vg.v[e]), to_acc(vu.v[e]), c != nullptr ? to_acc(vc.v[e]) : A(0), r0, r1);
+      w0.v[e] = from_acc<T>(r0);
+      w1.v[e] = from_acc<T>(r1);
+    }
+    *reinterpret_cast<V*>(o0 + r * so + j) = w0;
+    if (o1 != nullptr) *reinterpret_cast<V*>(o1 + r * so + j) = w1;
+  }
+}
+
+// Runs packed_kernel over gu (.., 2F): with gy, d gu (.., 2F) = [o0 | o1]; without, y (.., F).
+template <typename F>
+Tensor run_packed(F f, const Tensor& gu, const Tensor& gy) {
+  const char* op = "swiglu_packed";
+  check_on_current_device(op, "gu", gu);
+  Tensor ac = raw::contiguous(gu);
+  Tensor cc = gy.defined() ? raw::convert(gy, gu.dtype()) : Tensor();
+  const int64_t w = gu.size(-1) / 2, rows = w > 0 ? gu.numel() / (2 * w) : 0;
+  Shape shape = gu.shape();
+  shape.back() = gy.defined() ? 2 * w : w;
+  Tensor out = Tensor::empty(shape, gu.dtype(), gu.device());
+  if (rows == 0 || w == 0) return out;
+  constexpr int kThreads = 256;
+  KILN_CUDA_DISPATCH_FLOAT(gu.dtype(), op, T, {
+    const T* pa = ac.data<T>();
+    const T* pc = cc.defined() ? cc.data<T>() : nullptr;
+    T* p0 = out.data<T>();
+    T* p1 = gy.defined() ? p0 + w : nullptr;
+    const int64_t so = gy.defined() ? 2 * w : w;
+    constexpr int kVec = 16 / sizeof(T);
+    if (w % kVec == 0 && vec_width<T>({pa, pa + w, pc, p0, p1}) > 1) {
+      packed_kernel<T, kVec, F>
+          <<<blocks_for(rows * (w / kVec), kThreads), kThreads, 0, compute_stream()>>>(
+              f, pa, pc, p0, p1, rows, w, w, so);
+    } else {
+      packed_kernel<T, 1, F><<<blocks_for(rows * w, kThreads), kThreads, 0, compute_stream()>>>(
+          f, pa, pc, p0, p1, rows, w, w, so);
+    }
+    KILN_CUDA_CHECK_LAUNCH();
+  });
+  return out;
+}
+
 template <typename T, int kVec, typename F>
 void launch(F f, const T* a, const T* b, const T* c, T* o0, T* o1, int64_t n) {
   constexpr int kThreads = 256;
@@ -181,6 +246,10 @@ Tensor act_swiglu_forward(const Tensor& gate, const Tensor& up) {
 void act_swiglu_backward(const Tensor& g, const Tensor& gate, const Tensor& up, Tensor* dgate,
                          Tensor* dup) {
   run("swiglu", SwigluBwd{}, gate, up, g, dgate, dup);
+}
+Tensor act_swiglu_packed_forward(const Tensor& gu) { return run_packed(SwigluFwd{}, gu, Tensor()); }
+Tensor act_swiglu_packed_backward(const Tensor& g, const Tensor& gu) {
+  return run_packed(SwigluBwd{}, gu, g);
 }
 
 }  // namespace kiln::cuda

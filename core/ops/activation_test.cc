@@ -113,6 +113,58 @@ TEST(Activation, Bf16ComputesInF32AndRounds) {
   }
 }
 
+// swiglu_packed(gu) against swiglu on gu's halves: the same bits forward and backward (d gu is
+// [d gate | d up]), f64 / f32 / bf16, even and odd F, a leading shape of one and of two dims.
+TEST(Activation, SwigluPackedEqualsSwigluOnTheHalvesBitForBit) {
+  struct Case {
+    Shape lead;
+    int64_t f;
+  };
+  for (const Case& c : {Case{{5}, 8}, Case{{2, 3}, 7}, Case{{1}, 1}, Case{{3, 4}, 33}}) {
+    for (DType dt : {DType::kF64, DType::kF32, DType::kBF16}) {
+      Shape sh = c.lead, half = c.lead;
+      sh.push_back(2 * c.f);
+      half.push_back(c.f);
+      const std::string tag = std::string(dtype_name(dt)) + " F=" + std::to_string(c.f);
+      Tensor gu = randn64(sh, 11 + c.f).to(dt).set_requires_grad(true);
+      Tensor gy = randn64(half, 12 + c.f).to(dt);
+      Tensor y = swiglu_packed(gu);
+      EXPECT_EQ(y.shape(), half) << tag;
+      EXPECT_EQ(y.dtype(), dt) << tag;
+      Tensor d_gu = kiln::grad({y}, {gy}, {gu})[0];
+      Tensor gate = gu.detach().narrow(-1, 0, c.f).contiguous().set_requires_grad(true);
+      Tensor up = gu.detach().narrow(-1, c.f, c.f).contiguous().set_requires_grad(true);
+      Tensor want = swiglu(gate, up);
+      std::vector<Tensor> dw = kiln::grad({want}, {gy}, {gate, up});
+      EXPECT_TRUE(testing::bit_equal(y, want)) << tag;
+      EXPECT_EQ(d_gu.shape(), sh) << tag;
+      EXPECT_TRUE(testing::bit_equal(d_gu.narrow(-1, 0, c.f), dw[0])) << "d gate " << tag;
+      EXPECT_TRUE(testing::bit_equal(d_gu.narrow(-1, c.f, c.f), dw[1])) << "d up " << tag;
+    }
+  }
+}
+
+TEST(Activation, SwigluPackedGradientMatchesFiniteDifferences) {
+  testing::expect_gradcheck([](auto& v) { return swiglu_packed(v[0]); }, {randn64({2, 3, 10}, 6)},
+                            "swiglu_packed");
+  testing::expect_gradcheck([](auto& v) { return swiglu_packed(v[0]); }, {randn64({3, 14}, 7)},
+                            "swiglu_packed_odd_f");
+  // A non-contiguous input (the transpose of a (2F, R) tensor).
+  testing::expect_gradcheck([](auto& v) { return swiglu_packed(v[0].transpose(0, 1)); },
+                            {randn64({6, 4}, 8)}, "swiglu_packed_transposed");
+}
+
+TEST(Activation, SwigluPackedThreadCountIndependent) {
+  testing::expect_thread_count_independent([] {
+    Tensor gu = randn64({64, 2 * 999}, 1).to(DType::kF32).set_requires_grad(true);
+    Tensor gy = randn64({64, 999}, 3).to(DType::kF32);
+    Tensor y = swiglu_packed(gu);
+    std::vector<Tensor> out = kiln::grad({y}, {gy}, {gu});
+    out.push_back(y);
+    return out;
+  });
+}
+
 TEST(Activation, BadInputIsAClearError) {
   EXPECT_THAT([] { gelu(Tensor::zeros({2}, DType::kI32)); },
               ThrowsMessage<Error>(HasSubstr("gelu: x must be a floating tensor")));
@@ -128,6 +180,13 @@ TEST(Activation, BadInputIsAClearError) {
               ThrowsMessage<Error>(HasSubstr("swiglu: dtype mismatch, up is bf16")));
   EXPECT_THAT([] { swiglu(Tensor::zeros({2}), Tensor()); },
               ThrowsMessage<Error>(HasSubstr("swiglu: up is an undefined tensor")));
+  EXPECT_THAT(
+      [] {
+        swiglu_packed(Tensor::zeros({2, 3}));
+      },
+      ThrowsMessage<Error>(HasSubstr("swiglu_packed: gu must be (..., 2F), got")));
+  EXPECT_THAT([] { swiglu_packed(Tensor::zeros({2}, DType::kI32)); },
+              ThrowsMessage<Error>(HasSubstr("swiglu_packed: gu must be a floating tensor")));
   Tensor xc = testing::fake_cuda_tensor({2, 3});
   // Without a usable GPU a CUDA tensor is a clear error; with one, the CUDA kernel runs instead
   // (tested against this CPU reference in activation_cuda_test.cc).

@@ -154,6 +154,34 @@ class CastNode final : public Node {
   }
 };
 
+// Checks concat's arguments; returns the wrapped dim and each piece's size along it.
+int64_t concat_shape(const std::vector<Tensor>& xs, int64_t dim, std::vector<int64_t>* sizes) {
+  KILN_CHECK(!xs.empty()) << "concat: no tensors";
+  const Tensor& f = xs[0];
+  check_defined("concat", {&f});
+  const int64_t d = wrap_dim("concat", dim, f.dim());
+  for (const Tensor& x : xs) {
+    check_defined("concat", {&x});
+    KILN_CHECK(x.dim() == f.dim() && x.dtype() == f.dtype() && x.device() == f.device())
+        << "concat: " << x.str() << " does not match " << f.str();
+    for (int64_t i = 0; i < f.dim(); ++i)
+      KILN_CHECK(i == d || x.size(i) == f.size(i))
+          << "concat: shapes " << shape_str(x.shape()) << " and " << shape_str(f.shape())
+          << " differ outside dim " << d;
+    sizes->push_back(x.size(d));
+  }
+  return d;
+}
+
+void record_concat(const std::vector<Tensor>& xs, Tensor& out, const std::vector<int64_t>& sizes,
+                   int64_t d) {
+  if (auto n = record<ConcatNode>(xs)) {
+    n->sizes = sizes;
+    n->dim = d;
+    set_history(out, n);
+  }
+}
+
 Tensor copy_to(const Tensor& x, DType dtype, Device device) {
   Tensor out = Tensor::empty(x.shape(), dtype, device);
   raw::copy(out, x);
@@ -298,36 +326,29 @@ Tensor unflatten(const Tensor& x, int64_t dim, const std::vector<int64_t>& sizes
 }
 
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
-  KILN_CHECK(!xs.empty()) << "concat: no tensors";
-  const Tensor& f = xs[0];
-  check_defined("concat", {&f});
-  int64_t d = wrap_dim("concat", dim, f.dim());
-  Shape shape = f.shape();
-  shape[d] = 0;
   std::vector<int64_t> sizes;
-  for (const Tensor& x : xs) {
-    check_defined("concat", {&x});
-    KILN_CHECK(x.dim() == f.dim() && x.dtype() == f.dtype() && x.device() == f.device())
-        << "concat: " << x.str() << " does not match " << f.str();
-    for (int64_t i = 0; i < f.dim(); ++i)
-      KILN_CHECK(i == d || x.size(i) == f.size(i))
-          << "concat: shapes " << shape_str(x.shape()) << " and " << shape_str(f.shape())
-          << " differ outside dim " << d;
-    sizes.push_back(x.size(d));
-    shape[d] += x.size(d);
-  }
-  Tensor out = Tensor::empty(shape, f.dtype(), f.device());
+  const int64_t d = concat_shape(xs, dim, &sizes);
+  Shape shape = xs[0].shape();
+  shape[d] = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
+  Tensor out = Tensor::empty(shape, xs[0].dtype(), xs[0].device());
   int64_t start = 0;
   for (const Tensor& x : xs) {
     raw::copy(out.detach().narrow(d, start, x.size(d)), x);
     start += x.size(d);
   }
-  if (auto n = record<ConcatNode>(xs)) {
-    n->sizes = sizes;
-    n->dim = d;
-    set_history(out, n);
-  }
+  record_concat(xs, out, sizes, d);
   return out;
+}
+
+Tensor concat_or_view(const std::vector<Tensor>& xs, int64_t dim) {
+  std::vector<int64_t> sizes;
+  const int64_t d = concat_shape(xs, dim, &sizes);
+  Shape shape = xs[0].shape();
+  shape[d] = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
+  Tensor whole = adjacent_pieces(xs, shape, d);
+  if (!whole.defined()) return concat(xs, dim);
+  record_concat(xs, whole, sizes, d);
+  return whole;
 }
 
 Tensor contiguous(const Tensor& x) {

@@ -18,6 +18,11 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
 // the gradient's strides allow, else copies.
 Tensor unflatten(const Tensor& x, int64_t dim, const std::vector<int64_t>& sizes);
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
+// concat, but when the pieces already lie side by side along dim in one storage and the whole is
+// contiguous (e.g. adjacent parameter copies of an nn::PrecastScope), a view of them: no copy. The
+// gradient is concat's (each piece its block of the output gradient, a view where that is
+// contiguous). Callers must not write into the result.
+Tensor concat_or_view(const std::vector<Tensor>& xs, int64_t dim);
 Tensor contiguous(const Tensor& x);
 Tensor clone(const Tensor& x);
 Tensor cast(const Tensor& x, DType dtype);  // gradient flows back in x's dtype

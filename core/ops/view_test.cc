@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "core/autograd.h"
 #include "core/check.h"
 #include "core/ops/elementwise.h"
 #include "core/testing/fake_cuda.h"
@@ -75,6 +76,57 @@ TEST(View, UnflattenIsAViewOfAnyStridesAndItsGradientMatchesReshape) {
         unflatten(x, 2, {5, 2});
       },
       ::testing::ThrowsMessage<Error>(HasSubstr("does not split dim")));
+}
+
+TEST(View, ConcatOrViewIsAViewOfAdjacentPiecesElseACopy) {
+  // Row blocks of one buffer, in order: a view; its gradient hands each piece its row block.
+  Tensor buf = randn64({7, 3}, 5);
+  auto rows = [&](int64_t s, int64_t n) { return buf.narrow(0, s, n); };
+  Tensor v = concat_or_view({rows(0, 4), rows(4, 1), rows(5, 2)}, 0);
+  EXPECT_EQ(v.storage(), buf.storage());
+  EXPECT_TRUE(testing::bit_equal(v, buf));
+  // Not in order, with a gap, or not one storage: a copy equal to concat.
+  for (const std::vector<Tensor>& xs :
+       {std::vector<Tensor>{rows(4, 1), rows(0, 4)}, std::vector<Tensor>{rows(0, 2), rows(3, 2)},
+        std::vector<Tensor>{rows(0, 2), clone(rows(2, 2))}}) {
+    Tensor c = concat_or_view(xs, 0);
+    EXPECT_NE(c.storage(), buf.storage());
+    EXPECT_TRUE(testing::bit_equal(c, concat(xs, 0)));
+  }
+  // Column blocks that make up whole rows form the buffer itself: a view; blocks that leave a
+  // column out would be a strided (non-contiguous) whole: a copy.
+  EXPECT_EQ(concat_or_view({buf.narrow(1, 0, 1), buf.narrow(1, 1, 2)}, 1).storage(), buf.storage());
+  Tensor cols = concat_or_view({buf.narrow(1, 0, 1), buf.narrow(1, 1, 1)}, 1);
+  EXPECT_NE(cols.storage(), buf.storage());
+  EXPECT_TRUE(testing::bit_equal(cols, buf.narrow(1, 0, 2)));
+  // Gradients through the view path: each leaf gets its block, a view of the output gradient.
+  Tensor leaf = randn64({7, 3}, 6).set_requires_grad(true);
+  std::vector<Tensor> parts = split(leaf, {4, 3}, 0);
+  Tensor w = randn64({7, 3}, 7);
+  Tensor y = mul(concat_or_view(parts, 0), w);
+  EXPECT_EQ(y.shape(), (Shape{7, 3}));
+  std::vector<Tensor> g = kiln::grad({y}, {Tensor::full({7, 3}, 1.0, DType::kF64)}, {leaf});
+  EXPECT_TRUE(testing::bit_equal(g[0], w));
+  // concat's backward hands each piece its row block of the output gradient as a view (no copy).
+  Tensor a = randn64({2, 3}, 9).set_requires_grad(true), b = randn64({5, 3}, 10);
+  b.set_requires_grad(true);
+  Tensor gout = randn64({7, 3}, 11);
+  std::vector<Tensor> gab = kiln::grad({concat_or_view({a, b}, 0)}, {gout}, {a, b});
+  EXPECT_EQ(gab[0].storage(), gout.storage());
+  EXPECT_EQ(gab[1].storage(), gout.storage());
+  EXPECT_TRUE(testing::bit_equal(gab[1], gout.narrow(0, 2, 5)));
+  auto r = gradcheck(
+      [](auto& t) {
+        Tensor b = t[0];
+        return mul(concat_or_view({b.narrow(0, 0, 2), b.narrow(0, 2, 5)}, 0), b);
+      },
+      {randn64({7, 3}, 8)});
+  EXPECT_LE(r.max_rel_error, 1e-6) << r.worst;
+  EXPECT_THAT(
+      [&] {
+        concat_or_view({rows(0, 2), buf.narrow(1, 0, 2)}, 0);
+      },
+      ::testing::ThrowsMessage<Error>(HasSubstr("differ outside dim 0")));
 }
 
 TEST(View, CastAndClone) {

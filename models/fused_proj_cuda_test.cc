@@ -1,0 +1,242 @@
+// Llama's fused projections (models/transformer.cc: on CUDA q/k/v and gate/up run as one GEMM each,
+// the MLP through swiglu_packed; Attention/Mlp::fuse_proj, KILN_FUSED_PROJ=0 turns them off),
+// label gpu:
+// 0. The fused compute forced onto the CPU (fuse_on_cpu) equals the unfused one in f64; the
+//    KILN_FUSED_PROJ=0 switch (runs without a GPU).
+// 1. On the CPU the flag changes nothing: the same graph (as many Matmul nodes, no
+//    SwigluPacked, no Concat) and the same loss and gradient bits (runs without a GPU).
+// 2. A tiny GQA Llama (2 layers, C = 64, 4 query / 2 kv heads of 16, F = 96: the vector kernel,
+//    F = 90: the scalar one) in f32 on CUDA, plain and with selective / full recompute: the fused
+//    graph has 4 LinearCuda nodes per block (7 unfused) and 2 SwigluPacked (not checked under full
+//    recompute, whose checkpoint hides the blocks' nodes); its loss and every
+//    parameter gradient lie within 2e-5 (of each tensor's largest magnitude) of the unfused run's,
+//    and within 1e-4 of the CPU's.
+// 3. bf16 under an nn::PrecastScope (the trainer's per-step casts): the q/k/v and gate/up weight
+//    copies lie side by side, so the packed weight is a view (no copy); loss within 1e-2 of the
+//    unfused run's, every gradient within 5e-2.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/nn/precast.h"
+#include "core/ops/view.h"
+#include "core/random.h"
+#include "core/testing/gpu_test_util.h"
+#include "models/model.h"
+#include "models/transformer.h"
+
+namespace kiln {
+namespace {
+
+using FusedProjCuda = testing::GpuTest;
+
+constexpr int64_t kBatch = 2, kSeq = 32;
+
+models::ModelSpec tiny_llama(int64_t d_ff) {
+  models::ModelSpec s;
+  s.family = models::Family::kLlama;
+  s.n_layer = 2;
+  s.n_head = 4;
+  s.n_kv_head = 2;
+  s.d_model = 64;
+  s.d_ff = d_ff;
+  s.vocab_size = 128;
+  s.max_seq_len = kSeq;
+  s.tied_embeddings = false;
+  s.bias = false;
+  return s;
+}
+
+// How many nodes of each name the graph of root holds.
+std::map<std::string, int> node_counts(const Tensor& root) {
+  std::map<std::string, int> counts;
+  std::set<const Node*> seen;
+  std::vector<std::shared_ptr<Node>> todo = {root.grad_fn()};
+  while (!todo.empty()) {
+    std::shared_ptr<Node> n = todo.back();
+    todo.pop_back();
+    if (!n || !seen.insert(n.get()).second) continue;
+    ++counts[n->name()];
+    for (const Edge& e : n->next) todo.push_back(e.fn);
+  }
+  return counts;
+}
+
+struct Result {
+  Tensor loss;                       // on the CPU
+  std::vector<Tensor> grads;         // every parameter's, on the CPU, in parameter order
+  std::map<std::string, int> nodes;  // of the loss's graph
+};
+
+// fuse: Attention/Mlp::fuse_proj of every block (unchanged when null); on_cpu: fuse_on_cpu.
+Result loss_and_grads(models::Transformer& m, const bool* fuse, Device dev, bool on_cpu = false) {
+  for (const auto& b : m.h) {
+    if (fuse != nullptr) b->attn->fuse_proj = b->mlp->fuse_proj = *fuse;
+    b->attn->fuse_on_cpu = b->mlp->fuse_on_cpu = on_cpu;
+  }
+  Generator gen(7);
+  const int64_t v = m.spec().vocab_size;
+  Tensor ids = randint({kBatch, kSeq}, gen, v, DType::kI32).to(dev);
+  Tensor tgt = randint({kBatch, kSeq}, gen, v, DType::kI32).to(dev);
+  Tensor loss = m.loss(ids, tgt);
+  Result r{loss.detach().to(Device::cpu()), {}, node_counts(loss)};
+  loss.backward();
+  for (nn::Parameter& p : m.parameters()) {
+    EXPECT_TRUE(p.tensor.grad().defined()) << p.name;
+    r.grads.push_back(p.tensor.grad().to(Device::cpu()).to(DType::kF64));
+    p.tensor.zero_grad();
+  }
+  return r;
+}
+
+// max |a - b| / max |b|.
+double rel_diff(const Tensor& a, const Tensor& b) {
+  const std::vector<double> va = a.to_vector(), vb = b.to_vector();
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < va.size(); ++i) {
+    diff = std::max(diff, std::fabs(va[i] - vb[i]));
+    scale = std::max(scale, std::fabs(vb[i]));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+void expect_close(const Result& got, const Result& want, const models::Transformer& m, double tol,
+                  const std::string& what) {
+  EXPECT_LE(rel_diff(got.loss, want.loss), tol)
+      << what << ": loss " << got.loss.item() << " vs " << want.loss.item();
+  const std::vector<nn::Parameter> params = m.parameters();
+  ASSERT_EQ(got.grads.size(), params.size()) << what;
+  ASSERT_EQ(want.grads.size(), params.size()) << what;
+  for (size_t i = 0; i < params.size(); ++i)
+    EXPECT_LE(rel_diff(got.grads[i], want.grads[i]), tol) << what << ": " << params[i].name;
+}
+
+int count(const Result& r, const char* name) {
+  auto it = r.nodes.find(name);
+  return it == r.nodes.end() ? 0 : it->second;
+}
+
+constexpr bool kOn = true, kOff = false;
+
+TEST(FusedProj, CpuPathUnchanged) {
+  models::Transformer m(tiny_llama(90), 3);
+  const Result fused = loss_and_grads(m, &kOn, Device::cpu());
+  const Result plain = loss_and_grads(m, &kOff, Device::cpu());
+  EXPECT_EQ(count(fused, "SwigluPacked"), 0);
+  EXPECT_EQ(count(fused, "Swiglu"), 2);
+  EXPECT_EQ(count(fused, "Matmul"), count(plain, "Matmul"));
+  EXPECT_EQ(count(fused, "Concat"), 0);
+  EXPECT_TRUE(testing::same_bits(fused.loss, plain.loss));
+  for (size_t i = 0; i < fused.grads.size(); ++i)
+    EXPECT_TRUE(testing::same_bits(fused.grads[i], plain.grads[i])) << "gradient " << i;
+}
+
+// The fused compute itself (split widths, weight order, swiglu_packed's halves) on the CPU, where
+// CI runs it: f64 parameters, fused within 1e-12 of unfused (the same products, summed by other
+// GEMM calls), with 3 Matmul nodes fewer per block.
+TEST(FusedProj, FusedComputeOnCpuMatchesUnfused) {
+  for (int64_t f : {int64_t{96}, int64_t{90}}) {
+    models::ModelSpec s = tiny_llama(f);
+    s.param_dtype = DType::kF64;
+    models::Transformer m(s, 3);
+    m.set_compute_dtype(DType::kF64);
+    const Result fused = loss_and_grads(m, &kOn, Device::cpu(), /*on_cpu=*/true);
+    const Result plain = loss_and_grads(m, &kOff, Device::cpu());
+    EXPECT_EQ(count(fused, "SwigluPacked"), 2);
+    EXPECT_EQ(count(fused, "Concat"), 2 * 2);
+    EXPECT_EQ(count(plain, "Matmul") - count(fused, "Matmul"), 2 * 3);
+    // v copied out of the packed buffer, so that buffer is not kept until backward.
+    EXPECT_EQ(count(fused, "Copy") - count(plain, "Copy"), 2);
+    expect_close(fused, plain, m, 1e-12, "fused on the CPU vs unfused, F=" + std::to_string(f));
+  }
+}
+
+// KILN_FUSED_PROJ=0 (read once) turns the fusion off; unset or anything else leaves it on. ctest
+// runs this test a second time under KILN_FUSED_PROJ=0 (models/CMakeLists.txt).
+TEST(FusedProj, DefaultFollowsEnvironment) {
+  const char* e = std::getenv("KILN_FUSED_PROJ");
+  const bool want = e == nullptr || std::strcmp(e, "0") != 0;
+  EXPECT_EQ(models::fused_projections_default(), want);
+  models::Transformer m(tiny_llama(96), 3);
+  EXPECT_EQ(m.h[0]->attn->fuse_proj, want);
+  EXPECT_EQ(m.h[1]->mlp->fuse_proj, want);
+  const Result r = loss_and_grads(m, nullptr, Device::cpu(), /*on_cpu=*/true);
+  EXPECT_EQ(count(r, "SwigluPacked"), want ? 2 : 0);
+}
+
+TEST_F(FusedProjCuda, F32MatchesUnfusedAndCpu) {
+  const Device gpu = Device::cuda(0);
+  for (int64_t f : {int64_t{96}, int64_t{90}}) {
+    for (models::Recompute rc :
+         {models::Recompute::kNone, models::Recompute::kSelective, models::Recompute::kFull}) {
+      const std::string tag =
+          "F=" + std::to_string(f) + " recompute " + std::to_string(static_cast<int>(rc));
+      models::Transformer cpu(tiny_llama(f), 3), m(tiny_llama(f), 3);
+      cpu.set_recompute(rc);
+      m.set_recompute(rc);
+      m.to(gpu);
+      const Result want_cpu = loss_and_grads(cpu, &kOff, Device::cpu());
+      const Result fused = loss_and_grads(m, &kOn, gpu);
+      const Result plain = loss_and_grads(m, &kOff, gpu);
+      if (rc != models::Recompute::kFull) {  // full recompute hides the blocks' nodes
+        EXPECT_EQ(count(fused, "LinearCuda"), 2 * 4) << tag << ": the fused path was not taken";
+        EXPECT_EQ(count(fused, "SwigluPacked"), 2) << tag;
+        EXPECT_EQ(count(fused, "Swiglu"), 0) << tag;
+        EXPECT_EQ(count(fused, "Concat"), 2 * 2) << tag;  // the packed weights
+        EXPECT_EQ(count(plain, "LinearCuda"), 2 * 7) << tag;
+        EXPECT_EQ(count(plain, "SwigluPacked"), 0) << tag;
+      }
+      // f32 GEMMs of other widths may take other cuBLAS kernels (another summation order): ~1e-7
+      // per product, a few times that through two blocks and back.
+      expect_close(fused, plain, m, 2e-5, "fused vs unfused, " + tag);
+      // The CPU's GEMMs, attention and reductions sum in other orders again.
+      expect_close(fused, want_cpu, m, 1e-4, "fused vs CPU, " + tag);
+    }
+  }
+}
+
+TEST_F(FusedProjCuda, Bf16UnderPrecastPacksWeightsWithoutACopy) {
+  const Device gpu = Device::cuda(0);
+  models::Transformer m(tiny_llama(96), 3);
+  m.to(gpu);
+  m.set_compute_dtype(DType::kBF16);
+  std::vector<Tensor> params;
+  for (const nn::Parameter& p : m.parameters()) params.push_back(p.tensor);
+  Result fused, plain;
+  {
+    nn::PrecastScope scope(params, DType::kBF16);
+    const models::Attention& a = *m.h[0]->attn;
+    const models::Mlp& mlp = *m.h[1]->mlp;
+    auto pre = [](const std::shared_ptr<nn::Linear>& l) {
+      return nn::PrecastScope::lookup(l->weight, DType::kBF16);
+    };
+    Tensor qkv = concat_or_view({pre(a.q_proj), pre(a.k_proj), pre(a.v_proj)}, 0);
+    EXPECT_EQ(qkv.storage(), pre(a.q_proj).storage()) << "q/k/v weights copied";
+    Tensor gu = concat_or_view({pre(mlp.gate_proj), pre(mlp.up_proj)}, 0);
+    EXPECT_EQ(gu.storage(), pre(mlp.gate_proj).storage()) << "gate/up weights copied";
+    fused = loss_and_grads(m, &kOn, gpu);
+    plain = loss_and_grads(m, &kOff, gpu);
+  }
+  EXPECT_EQ(count(fused, "SwigluPacked"), 2);
+  EXPECT_EQ(count(fused, "LinearCuda"), 2 * 4);
+  // bf16 rounds each GEMM output to 8 bits; the two runs round the same products, summed in
+  // possibly other orders.
+  EXPECT_LE(rel_diff(fused.loss, plain.loss), 1e-2);
+  // The unfused backward also rounds dX of q, k, v (gate, up) to bf16 before summing them: a few
+  // bf16 steps (2^-8 each) apart, relative to each gradient's largest element.
+  for (size_t i = 0; i < fused.grads.size(); ++i) {
+    for (double v : fused.grads[i].to_vector()) ASSERT_TRUE(std::isfinite(v)) << "gradient " << i;
+    EXPECT_LE(rel_diff(fused.grads[i], plain.grads[i]), 5e-2) << "gradient " << i;
+  }
+}
+
+}  // namespace
+}  // namespace kiln
