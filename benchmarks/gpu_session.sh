@@ -10,7 +10,8 @@
 #   kiln and PyTorch; BIG_NOPRECAST=1 adds kiln without the
 #   batched parameter cast), llama_ab (Llama 1B with each of this round's switches off, and
 #   PyTorch; NO_PYTORCH=1 without it), ab3 (GPT-2 124M with the direct weight gradients and
-#   the folded clipping factor off), ropebench (kernel_bench rope), fp8 (GPT-2 1.5B, 200 steps
+#   the folded clipping factor off), ropebench (kernel_bench rope), big15 (GPT-2 1.5B, kiln and
+#   PyTorch), fp8 (GPT-2 1.5B, 200 steps
 #   bf16 and fp8), plant (planted bugs), fuse (Llama's fused projections: tests, memcheck, a
 #   planted bug, Llama 1B with KILN_FUSED_PROJ=0 / on). BUILD_TARGETS overrides the targets built
 #   (cebench needs kernel_bench).
@@ -114,6 +115,12 @@ PY
         timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1
         stamp "pytorch llama exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_llama.log" | head -5
       fi ;;
+    big15)
+      # GPT-2 1.5B (8 x 1024): kiln, then the same PyTorch model.
+      kiln_run gpt2-1.5b benchmarks/e2e/gpt2-1.5b-bench.textproto
+      timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py --layers 48 --heads 25 --c 1600 --batch 8 \
+        --steps 20 --warmup 8 > "$out/pytorch_1.5b.log" 2>&1
+      stamp "pytorch 1.5b exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_1.5b.log" | head -5 ;;
     ab3)
       # GPT-2 124M: kiln with this round's changes, then with the direct weight-gradient
       # accumulation and the folded clipping factor off, then again.
