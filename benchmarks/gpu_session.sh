@@ -104,6 +104,10 @@ PY
       # off, then the first again (run-to-run spread), then PyTorch, in one command.
       c=benchmarks/e2e/llama-1b-bench.textproto
       kiln_run llama-new "$c"
+      if [[ ${LLAMA_AB_SHORT:-0} == 1 ]]; then  # only all on / all off
+        kiln_run llama-alloff "$c" KILN_FUSED_PROJ=0 KILN_ROPE=v1 KILN_FOLD_GRAD_SCALE=0 \
+          KILN_DIRECT_WGRAD=0
+      else
       kiln_run llama-nofuse "$c" KILN_FUSED_PROJ=0
       kiln_run llama-rope-v1 "$c" KILN_ROPE=v1
       kiln_run llama-nofold "$c" KILN_FOLD_GRAD_SCALE=0
@@ -111,6 +115,7 @@ PY
       kiln_run llama-alloff "$c" KILN_FUSED_PROJ=0 KILN_ROPE=v1 KILN_FOLD_GRAD_SCALE=0 \
         KILN_DIRECT_WGRAD=0
       kiln_run llama-new2 "$c"
+      fi
       if [[ ${NO_PYTORCH:-0} != 1 ]]; then
         timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1
         stamp "pytorch llama exit $?"; grep -E "^pytorch|failed|Error" "$out/pytorch_llama.log" | head -5
