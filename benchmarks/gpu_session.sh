@@ -13,7 +13,7 @@
 #   the folded clipping factor off), ropebench (kernel_bench rope), big15 (GPT-2 1.5B, kiln and
 #   PyTorch), fp8 (GPT-2 1.5B, 200 steps
 #   bf16 and fp8), plant (planted bugs), fuse (Llama's fused projections: tests, memcheck, a
-#   planted bug, Llama 1B with KILN_FUSED_PROJ=0 / on). BUILD_TARGETS overrides the targets built
+#   planted bug, Llama 1B with KILN_FUSED_PROJ=1 / off). BUILD_TARGETS overrides the targets built
 #   (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
@@ -105,15 +105,14 @@ PY
       c=benchmarks/e2e/llama-1b-bench.textproto
       kiln_run llama-new "$c"
       if [[ ${LLAMA_AB_SHORT:-0} == 1 ]]; then  # only all on / all off
-        kiln_run llama-alloff "$c" KILN_FUSED_PROJ=0 KILN_ROPE=v1 KILN_FOLD_GRAD_SCALE=0 \
-          KILN_DIRECT_WGRAD=0
+        kiln_run llama-fuse "$c" KILN_FUSED_PROJ=1
+        kiln_run llama-alloff "$c" KILN_ROPE=v1 KILN_FOLD_GRAD_SCALE=0 KILN_DIRECT_WGRAD=0
       else
-      kiln_run llama-nofuse "$c" KILN_FUSED_PROJ=0
+      kiln_run llama-fuse "$c" KILN_FUSED_PROJ=1
       kiln_run llama-rope-v1 "$c" KILN_ROPE=v1
       kiln_run llama-nofold "$c" KILN_FOLD_GRAD_SCALE=0
       kiln_run llama-nodirect "$c" KILN_DIRECT_WGRAD=0
-      kiln_run llama-alloff "$c" KILN_FUSED_PROJ=0 KILN_ROPE=v1 KILN_FOLD_GRAD_SCALE=0 \
-        KILN_DIRECT_WGRAD=0
+      kiln_run llama-alloff "$c" KILN_ROPE=v1 KILN_FOLD_GRAD_SCALE=0 KILN_DIRECT_WGRAD=0
       kiln_run llama-new2 "$c"
       fi
       if [[ ${NO_PYTORCH:-0} != 1 ]]; then
@@ -208,7 +207,7 @@ PY
     fuse)
       # Llama's fused q/k/v and gate/up GEMMs: their GPU tests, memcheck on the packed SwiGLU
       # kernel, a planted kernel bug (gate and up halves swapped), then Llama 1B with the fusion
-      # on and off (KILN_FUSED_PROJ=0), on first and last (run-to-run spread). BUILD_TARGETS must
+      # on (KILN_FUSED_PROJ=1) and off, on first and last (run-to-run spread). BUILD_TARGETS must
       # include kiln core_gpu_tests models_gpu_tests.
       f='ActivationCuda.*:ViewCuda.*:MultiCastCuda.*'
       timeout 120 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$f" > "$out/fuse_core.log" 2>&1
@@ -230,8 +229,8 @@ PY
       cp /tmp/planted.bak core/ops/activation.cu
       cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1
       c=benchmarks/e2e/llama-1b-bench.textproto
-      kiln_run llama-fused "$c"; kiln_run llama-unfused "$c" KILN_FUSED_PROJ=0
-      kiln_run llama-fused2 "$c"; stamp fuse ;;
+      kiln_run llama-fused "$c" KILN_FUSED_PROJ=1; kiln_run llama-unfused "$c"
+      kiln_run llama-fused2 "$c" KILN_FUSED_PROJ=1; stamp fuse ;;
     sanitize)
       timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
         --gtest_filter="${SANITIZE_FILTER:-*PackedQkv*:*MlpGelu*:*LinearCrossEntropy*:*StridedInputs*:ElementwiseCuda.*}" --gtest_brief=1 > "$out/memcheck.log" 2>&1

@@ -80,7 +80,7 @@ Tensor packed_linear(std::initializer_list<const nn::Linear*> ls, const Tensor& 
 bool fused_projections_default() {
   static const bool on = [] {
     const char* e = std::getenv("KILN_FUSED_PROJ");
-    return e == nullptr || std::strcmp(e, "0") != 0;
+    return e != nullptr && std::strcmp(e, "1") == 0;
   }();
   return on;
 }

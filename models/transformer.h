@@ -12,8 +12,9 @@
 
 namespace kiln::models {
 
-// Whether Llama blocks on CUDA run q/k/v and gate/up as one GEMM each (the default), or as one
-// per projection under the environment variable KILN_FUSED_PROJ=0 (read once). Only the compute
+// Whether Llama blocks on CUDA run q/k/v and gate/up as one GEMM each (opt-in with the environment
+// variable KILN_FUSED_PROJ=1, read once: not yet run on a GPU), or one per projection (the
+// default). Only the compute
 // is fused: the projections stay separate Parameters (tensor parallel, checkpoints and export see
 // the same names and shapes).
 bool fused_projections_default();
