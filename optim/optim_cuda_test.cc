@@ -112,15 +112,18 @@ TEST_F(OptimCuda, FoldedGradScaleIsBitIdenticalToScalingFirst) {
       first.step(2e-3);
       Tensor g0 = b.gpu[2].tensor.grad().to(Device::cpu());
       folded.step_scaled(2e-3, s);
-      if (gd == DType::kF32) EXPECT_TRUE(testing::same_bits(b.gpu[2].tensor.grad().to(Device::cpu()), g0));
+      if (gd == DType::kF32)
+        EXPECT_TRUE(testing::same_bits(b.gpu[2].tensor.grad().to(Device::cpu()), g0));
     }
     for (size_t i = 0; i < a.gpu.size(); ++i)
-      EXPECT_TRUE(testing::same_bits(a.gpu[i].tensor.to(Device::cpu()), b.gpu[i].tensor.to(Device::cpu())))
+      EXPECT_TRUE(
+          testing::same_bits(a.gpu[i].tensor.to(Device::cpu()), b.gpu[i].tensor.to(Device::cpu())))
           << a.gpu[i].name;
     auto sa = first.state(), sb = folded.state();
     ASSERT_EQ(sa.size(), sb.size());
     for (size_t i = 0; i < sa.size(); ++i)
-      EXPECT_TRUE(testing::same_bits(sa[i].second.to(Device::cpu()), sb[i].second.to(Device::cpu())))
+      EXPECT_TRUE(
+          testing::same_bits(sa[i].second.to(Device::cpu()), sb[i].second.to(Device::cpu())))
           << sa[i].first;
   }
 }

@@ -241,8 +241,7 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
         args.m[slot] = s.m.data<float>();
         args.v[slot] = s.v.data<float>();
         args.keep[slot] = static_cast<float>(1.0 - lr * s.decay);
-        args.gscale[slot] =
-            s.g.dtype() == DType::kF32 ? static_cast<float>(grad_scale) : 1.0f;
+        args.gscale[slot] = s.g.dtype() == DType::kF32 ? static_cast<float>(grad_scale) : 1.0f;
       },
       [&](const ChunkTable& table, int blocks, int64_t) {
         args.table = table;
