@@ -217,20 +217,27 @@ class MlpCudaNode final : public Node {
   Shape x_shape;
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const Tensor &x2 = saved[0], &w1 = saved[1], &pre = saved[2], &h = saved[3], &w2 = saved[4];
-    const bool nx = wants(0), nw1 = wants(1);
-    const bool nb1 = wants(2), nw2 = wants(3);
-    const bool nb2 = wants(4);
+    const bool nx = wants(0), nw1 = wants(1), nb1 = wants(2), nw2 = wants(3), nb2 = wants(4);
     Tensor gy = rows_of(g[0], w2.size(0));
     Tensor gx, gw1, gb1, gw2, gb2, unused;
     if (nw2 || nb2) cuda::linear_backward(gy, h, w2, false, nw2, nb2, &unused, &gw2, &gb2);
-    if (nx || nw1 || nb1) {
-      // Hidden gradient with the GELU gradient (and b1's gradient) in the GEMM epilogue.
-      Tensor dpre = cuda::matmul_dgelu(gy, w2, pre, nb1 ? &gb1 : nullptr);
-      cuda::linear_backward(dpre, x2, w1, nx, nw1, false, &gx, &gw1, &unused);
-    }
+    // The hidden gradient: kept from the input pass of a split backward, or computed here with the
+    // GELU gradient (and b1's gradient) in the GEMM epilogue.
+    Tensor dpre = std::move(dpre_);
+    const bool b1_from_dpre = nb1 && dpre.defined();
+    if (!dpre.defined() && (nx || nw1 || nb1))
+      dpre = cuda::matmul_dgelu(gy, w2, pre, nb1 ? &gb1 : nullptr);
+    if (nx || nw1 || b1_from_dpre)
+      cuda::linear_backward(dpre, x2, w1, nx, nw1, b1_from_dpre, &gx, &gw1,
+                            b1_from_dpre ? &gb1 : &unused);
+    if (in_input_pass() && !nw1 && !nb1 && (next[1].fn || next[2].fn)) dpre_ = dpre;
     if (gx.defined()) gx = gx.reshape(x_shape);
     return {gx, gw1, gb1, gw2, gb2};
   }
+
+ private:
+  // (M, HID) the hidden gradient, from the input pass of a split backward to its weight pass.
+  Tensor dpre_;
 };
 #endif
 
