@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # ZB-H1 against 1F1B on a real model on the CPU: `kiln train` of a small GPT-2 at pp = 2 under
-# mpirun (gpt2_pp2.textproto: 8 micro-batches in one flush, one thread per rank), the two schedules
-# alternating REPEATS times so that load from other jobs falls on both. Prints the median step time
-# of each (steps 3.. of every run, pooled) and the largest relative difference of their losses.
-# Usage: benchmarks/pipeline/real_model.sh BUILD_DIR [OUT_DIR] [REPEATS]
+# mpirun (gpt2_pp2.textproto: M micro-batches of 1 x 128 tokens in one flush, one thread per
+# rank), the two schedules alternating REPEATS times so that load from other jobs falls on both.
+# Prints the median step time of each (steps 3.. of every run, pooled) and the largest relative
+# difference of their losses.
+# Usage: benchmarks/pipeline/real_model.sh BUILD_DIR [OUT_DIR] [REPEATS] [M]
 set -euo pipefail
-build=$1 out=${2:-/tmp/kiln-pp-real} reps=${3:-3}
+build=$1 out=${2:-/tmp/kiln-pp-real} reps=${3:-3} m=${4:-8}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader
 export KILN_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$reps"); do
   for s in ONE_F_ONE_B ZB_H1; do
     mpirun -np 2 --oversubscribe --bind-to none "$build/bin/kiln" train \
       --config "$here/gpt2_pp2.textproto" --overwrite --set logging.run_dir="$out/$s-$r" \
-      --set parallel.pipeline_schedule="$s" >"$out/$s-$r.log" 2>&1
+      --set parallel.pipeline_schedule="$s" --set training.global_batch_size="$m" \
+      >"$out/$s-$r.log" 2>&1
   done
 done
-python3 - "$out" "$reps" <<'PY'
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$out" "$reps" "$m" <<'PY'
 import json, statistics, sys
-out, reps = sys.argv[1], int(sys.argv[2])
+out, reps, m = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 med, losses = {}, {}
 for s in ("ONE_F_ONE_B", "ZB_H1"):
     ms = []
@@ -29,7 +33,7 @@ for s in ("ONE_F_ONE_B", "ZB_H1"):
         losses.setdefault(s, [x["loss"] for x in rows])
     q = statistics.quantiles(ms, n=4)
     med[s] = statistics.median(ms)
-    print(f"{s:12s} step {med[s]:7.1f} ms (median of {len(ms)} steps, quartiles {q[0]:.1f}-{q[2]:.1f})")
+    print(f"m = {m}: {s:12s} step {med[s]:7.1f} ms (median of {len(ms)} steps, quartiles {q[0]:.1f}-{q[2]:.1f})")
 a, b = losses["ZB_H1"], losses["ONE_F_ONE_B"]
 diff = max(abs(x - y) / abs(y) for x, y in zip(a, b))
 print(f"ZB_H1 / ONE_F_ONE_B = {med['ZB_H1'] / med['ONE_F_ONE_B']:.3f}; "
