@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# ZB-H1 against 1F1B on a real model on the CPU: `kiln train` of a small GPT-2 at pp = 2 under
-# mpirun (gpt2_pp2.textproto: M micro-batches of 1 x 128 tokens in one flush, one thread per
-# rank), the two schedules alternating REPEATS times so that load from other jobs falls on both.
-# Prints the median step time of each (steps 3.. of every run, pooled) and the largest relative
-# difference of their losses.
+# ZB-H1 against 1F1B on a real model on the CPU (a small GPT-2 at pp = 2, gpt2_pp2.textproto: M
+# micro-batches of 1 x 128 tokens in one flush, one thread per rank), three ways:
+#  1. stage_split_bench: one process times a stage's forward, backward and split passes and prints
+#     the theory's step-time ratio from them;
+#  2. zb_pair_bench (mpirun -np 2): the same flush through a 1F1B and a ZB-H1 executor alternately,
+#     step by step, so that load from other jobs falls on both alike; median of the pair ratios;
+#  3. `kiln train` runs of each schedule alternating REPEATS times: the median step time of each
+#     (steps 3.. of every run, pooled; sensitive to other jobs on a shared machine) and the
+#     largest relative difference of their losses.
 # Usage: benchmarks/pipeline/real_model.sh BUILD_DIR [OUT_DIR] [REPEATS] [M]
 set -euo pipefail
 build=$1 out=${2:-/tmp/kiln-pp-real} reps=${3:-3} m=${4:-8}
@@ -11,6 +15,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader
 export KILN_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+"$build/benchmarks/stage_split_bench" --reps 10 --m "$m"
+mpirun -np 2 --oversubscribe --bind-to none "$build/benchmarks/zb_pair_bench" --m "$m" --pairs 20
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$reps"); do
   for s in ONE_F_ONE_B ZB_H1; do
