@@ -1,6 +1,7 @@
-// The backward engine: dependency counting, a ready queue ordered by node creation (latest first),
-// gradient buffers per node output, leaf accumulation with grad-ready hooks, and capture mode for
-// grad().
+// The tape and the backward engine: dependency counting over the edges a run follows, a ready
+// queue ordered by node creation (latest first), gradient buffers per node output, leaf
+// accumulation with grad-ready hooks, and capture mode for grad(). The entry points (backward,
+// grad, the split passes) are in core/autograd_split.cc.
 #include "core/autograd.h"
 
 #include <atomic>
@@ -8,6 +9,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "core/autograd_engine.h"
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/ops/elementwise.h"
@@ -20,6 +22,8 @@ thread_local bool t_grad_enabled = true;
 thread_local LeafCollector* t_collector = nullptr;
 // In grad() mode: leaf impl -> slot that receives its gradient instead of .grad.
 thread_local std::unordered_map<TensorImpl*, Tensor>* t_capture = nullptr;
+// Inside a run of the input pass of a split backward (a nested run saves and restores it).
+thread_local bool t_input_pass = false;
 
 // Sums two gradients out of place (buffers may alias tensors other nodes still hold).
 Tensor add_grads(const Tensor& a, const Tensor& b) {
@@ -99,6 +103,7 @@ Tensor accumulation_target(const Edge& e, const Shape& shape, Device device) {
 }
 
 bool grad_enabled() { return t_grad_enabled; }
+bool in_input_pass() { return t_input_pass; }
 NoGradGuard::NoGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { t_grad_enabled = prev_; }
 EnableGradGuard::EnableGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = true; }
@@ -150,20 +155,40 @@ void set_history(Tensor& out, const std::shared_ptr<Node>& node, int output_nr) 
   node->outputs[output_nr] = {out.shape(), out.dtype(), out.device()};
 }
 
+namespace internal {
 namespace {
 
 struct SeqLess {
   bool operator()(Node* a, Node* b) const { return a->seq < b->seq; }
 };
 
-void run_engine(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads) {
+// Per input edge of n: whether the run follows it (an edge with a node, into `critical` if given).
+std::vector<char> edges_followed(const Node* n, const std::unordered_set<Node*>* critical) {
+  std::vector<char> m(n->next.size());
+  for (size_t i = 0; i < m.size(); ++i) {
+    Node* c = n->next[i].fn.get();
+    m[i] = c != nullptr && (critical == nullptr || critical->count(c) > 0);
+  }
+  return m;
+}
+
+// The edges of n with a node that `followed` leaves out (the weight side in an input pass).
+std::vector<char> edges_left(const Node* n, const std::vector<char>& followed, bool* any) {
+  std::vector<char> m(n->next.size());
+  *any = false;
+  for (size_t i = 0; i < m.size(); ++i) {
+    m[i] = n->next[i].fn != nullptr && !followed[i];
+    *any = *any || m[i];
+  }
+  return m;
+}
+
+}  // namespace
+
+std::vector<std::pair<Edge, Tensor>> root_seeds(const std::vector<Tensor>& roots,
+                                                const std::vector<Tensor>& root_grads) {
   KILN_CHECK_EQ(roots.size(), root_grads.size());
-  NoGradGuard no_grad;
-  // 1. Dependency counts over the graph reachable from the roots.
-  std::unordered_map<Node*, int> deps;
-  std::vector<Node*> stack;
-  std::unordered_set<Node*> seen;
-  std::vector<std::pair<Edge, Tensor>> starts;
+  std::vector<std::pair<Edge, Tensor>> seeds;
   for (size_t i = 0; i < roots.size(); ++i) {
     const Tensor& r = roots[i];
     KILN_CHECK(r.requires_grad()) << "backward on a tensor that does not require grad: " << r.str();
@@ -173,17 +198,49 @@ void run_engine(const std::vector<Tensor>& roots, const std::vector<Tensor>& roo
       g = Tensor::full(r.shape(), 1.0, r.dtype(), r.device());
     }
     KILN_CHECK(g.shape() == r.shape()) << "backward: gradient " << g.str() << " for " << r.str();
-    Edge e = internal::edge_for(r);
-    starts.push_back({e, g});
-    if (seen.insert(e.fn.get()).second) stack.push_back(e.fn.get());
+    seeds.push_back({edge_for(r), g});
+  }
+  return seeds;
+}
+
+CaptureScope::CaptureScope(std::unordered_map<TensorImpl*, Tensor>* capture) : prev_(t_capture) {
+  t_capture = capture;
+}
+CaptureScope::~CaptureScope() { t_capture = prev_; }
+
+void run_engine(EngineRun& run) {
+  NoGradGuard no_grad;
+  struct InputPass {
+    bool prev = t_input_pass;
+    ~InputPass() { t_input_pass = prev; }
+  } restore;
+  t_input_pass = run.defer != nullptr;
+  // 1. The edges each reached node follows, and dependency counts over them.
+  std::unordered_map<Node*, std::vector<char>> follow;
+  std::unordered_map<Node*, int> deps;
+  std::vector<Node*> stack;
+  for (const auto& p : run.preset) {
+    follow[p.node.get()] = p.weight;
+    stack.push_back(p.node.get());
+  }
+  for (const auto& [e, g] : run.seeds) {
+    if (follow.count(e.fn.get()) == 0) {
+      follow[e.fn.get()] = edges_followed(e.fn.get(), run.critical);
+      stack.push_back(e.fn.get());
+    }
   }
   while (!stack.empty()) {
     Node* n = stack.back();
     stack.pop_back();
-    for (const Edge& e : n->next) {
-      if (!e.fn) continue;
-      deps[e.fn.get()]++;
-      if (seen.insert(e.fn.get()).second) stack.push_back(e.fn.get());
+    const std::vector<char>& m = follow[n];  // element references survive rehashing
+    for (size_t i = 0; i < m.size(); ++i) {
+      if (!m[i]) continue;
+      Node* c = n->next[i].fn.get();
+      deps[c]++;
+      if (follow.count(c) == 0) {
+        follow[c] = edges_followed(c, run.critical);
+        stack.push_back(c);
+      }
     }
   }
   // 2. Seed the buffers and run nodes as their gradients complete, latest-created first.
@@ -204,12 +261,14 @@ void run_engine(const std::vector<Tensor>& roots, const std::vector<Tensor>& roo
     }
   };
   std::priority_queue<Node*, std::vector<Node*>, SeqLess> ready;
-  for (auto& [e, g] : starts) accumulate(e, g);
-  for (Node* n : seen)
+  for (auto& [e, g] : run.seeds) accumulate(e, g);
+  for (auto& p : run.preset) buffers[p.node.get()] = std::move(p.grads);
+  for (const auto& [n, m] : follow)
     if (deps[n] == 0) ready.push(n);
   while (!ready.empty()) {
     Node* n = ready.top();
     ready.pop();
+    const std::vector<char>& m = follow[n];
     auto it = buffers.find(n);
     std::vector<Tensor> in_grads;
     if (it != buffers.end()) {  // no buffer: nothing flowed here; only release the inputs
@@ -218,21 +277,29 @@ void run_engine(const std::vector<Tensor>& roots, const std::vector<Tensor>& roo
       grads.resize(n->outputs.size());
       for (size_t i = 0; i < grads.size(); ++i) {
         if (!grads[i].defined()) {
-          const OutputMeta& m = n->outputs[i];
-          grads[i] = Tensor::zeros(m.shape, m.dtype, m.device);
+          const OutputMeta& om = n->outputs[i];
+          grads[i] = Tensor::zeros(om.shape, om.dtype, om.device);
         }
       }
+      n->wanted = m;
       in_grads = n->backward(grads);
-      n->saved.clear();  // frees activations as backward proceeds
+      n->wanted.clear();
+      bool weight_side = false;
+      std::vector<char> left = run.defer ? edges_left(n, m, &weight_side) : std::vector<char>();
+      if (weight_side) {  // keeps its saved tensors for the weight pass
+        run.defer->nodes.push_back({n->shared_from_this(), std::move(grads), std::move(left)});
+      } else {
+        n->saved.clear();  // frees activations as backward proceeds
+      }
     }
-    for (size_t i = 0; i < n->next.size(); ++i) {
+    for (size_t i = 0; i < m.size(); ++i) {
+      if (!m[i]) continue;  // gradients of edges not asked for are dropped
       const Edge& e = n->next[i];
-      if (!e.fn) continue;
       if (i < in_grads.size() && in_grads[i].defined()) {
-        const OutputMeta& m = e.fn->outputs[e.output_nr];
-        KILN_CHECK(in_grads[i].shape() == m.shape || is_accumulated_marker(in_grads[i]))
+        const OutputMeta& om = e.fn->outputs[e.output_nr];
+        KILN_CHECK(in_grads[i].shape() == om.shape || is_accumulated_marker(in_grads[i]))
             << "internal: " << n->name() << " returned gradient " << in_grads[i].str()
-            << " for an input of shape " << shape_str(m.shape);
+            << " for an input of shape " << shape_str(om.shape);
         accumulate(e, in_grads[i]);
       }
       if (--deps[e.fn.get()] == 0) ready.push(e.fn.get());
@@ -240,39 +307,5 @@ void run_engine(const std::vector<Tensor>& roots, const std::vector<Tensor>& roo
   }
 }
 
-}  // namespace
-
-void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads) {
-  auto* saved = t_capture;
-  t_capture = nullptr;
-  try {
-    run_engine(roots, root_grads);
-  } catch (...) {
-    t_capture = saved;
-    throw;
-  }
-  t_capture = saved;
-}
-
-std::vector<Tensor> grad(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads,
-                         const std::vector<Tensor>& inputs) {
-  std::unordered_map<TensorImpl*, Tensor> capture;
-  for (const Tensor& t : inputs) {
-    KILN_CHECK(t.is_leaf() && t.requires_grad()) << "grad(): inputs must be leaves requiring grad";
-    capture[t.impl()] = Tensor();
-  }
-  auto* saved = t_capture;
-  t_capture = &capture;
-  try {
-    run_engine(roots, root_grads);
-  } catch (...) {
-    t_capture = saved;
-    throw;
-  }
-  t_capture = saved;
-  std::vector<Tensor> out;
-  for (const Tensor& t : inputs) out.push_back(capture[t.impl()]);
-  return out;
-}
-
+}  // namespace internal
 }  // namespace kiln

@@ -3,6 +3,8 @@
 // attaches it to its outputs with set_history(). Node::backward is pure virtual, so a node type
 // without a backward does not compile. backward() walks nodes in reverse creation order as their
 // gradients complete; a leaf's GradReadyHooks fire the moment its gradient for the pass is final.
+// backward_input_only() + run_weights() split one backward into the input-gradient pass and the
+// weight-gradient pass (zero-bubble pipeline schedules; core/autograd_split.cc).
 #pragma once
 
 #include <cstdint>
@@ -32,6 +34,8 @@ class Node : public std::enable_shared_from_this<Node> {
   virtual ~Node() = default;
   // grads[i] is d(loss)/d(output i), always defined (zeros where an output got no gradient).
   // Returns one gradient per input edge, in record() order; undefined where the input needs none.
+  // Only the edges wants() marks are asked for: a node may skip the others (the engine drops what
+  // it returns for them), which is how a split backward keeps weight GEMMs out of the input pass.
   virtual std::vector<Tensor> backward(const std::vector<Tensor>& grads) = 0;
   virtual const char* name() const = 0;
   // Whether a gradient may reach this node in another float dtype than its output's (the node
@@ -41,7 +45,11 @@ class Node : public std::enable_shared_from_this<Node> {
   // an f32 leaf): accumulation_target() looks through it.
   virtual bool forwards_to_leaf() const { return false; }
 
+  // Whether this backward call asks for the gradient of input edge i.
+  bool wants(size_t i) const { return wanted.empty() ? next[i].fn != nullptr : wanted[i] != 0; }
+
   std::vector<Edge> next;
+  std::vector<char> wanted;  // set by the engine for one backward call; empty: every edge's node
   std::vector<OutputMeta> outputs;
   std::vector<Tensor> saved;  // what backward needs; the engine frees it once backward has run
   uint64_t seq;               // creation order; later nodes run first
@@ -137,9 +145,47 @@ bool is_accumulated_marker(const Tensor& g);
 // Runs backward from `roots` with `root_grads` (undefined -> ones), accumulating into leaves'
 // .grad.
 void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads);
-// Returns d(roots)/d(inputs) without touching any .grad or firing hooks. REQUIRES: inputs are
-// leaves.
+// Returns d(roots)/d(inputs) without touching any .grad or firing hooks; runs only the nodes on a
+// path to the inputs. REQUIRES: inputs are leaves requiring grad.
 std::vector<Tensor> grad(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads,
                          const std::vector<Tensor>& inputs);
+
+// The weight half of a split backward: the nodes on a path to the inputs that also feed the weight
+// side (their output gradients kept, their saved tensors alive), and the root gradients that go
+// straight to the weight side. Move-only; run once with run_weights().
+struct DeferredWeights {
+  DeferredWeights() = default;
+  DeferredWeights(DeferredWeights&&) = default;
+  DeferredWeights& operator=(DeferredWeights&&) = default;
+  DeferredWeights(const DeferredWeights&) = delete;
+  DeferredWeights& operator=(const DeferredWeights&) = delete;
+  bool empty() const { return nodes.empty() && seeds.empty(); }
+
+  struct Pending {
+    std::shared_ptr<Node> node;
+    std::vector<Tensor> grads;  // its output gradients, one per output
+    std::vector<char> weight;   // per input edge: whether the weight pass runs it
+  };
+  std::vector<Pending> nodes;
+  std::vector<std::pair<Edge, Tensor>> seeds;  // root gradients into weight-side nodes
+};
+
+// The input pass of backward(roots, root_grads): runs only the nodes on a path from the roots to
+// `inputs` (leaves requiring grad; empty: none), asking them for the gradients along that path
+// only, and accumulates into the inputs' .grad (their hooks fire). Everything else is returned.
+DeferredWeights backward_input_only(const std::vector<Tensor>& roots,
+                                    const std::vector<Tensor>& root_grads,
+                                    const std::vector<Tensor>& inputs);
+// The weight pass: the deferred nodes' remaining edges, then the rest of the graph down to the
+// leaves (.grad accumulated, grad-ready hooks fired as in backward()). After both passes every
+// .grad equals backward()'s bit for bit (a buffer summed from three or more nodes may add in
+// another order).
+void run_weights(DeferredWeights&& deferred);
+// run_weights() returning the gradients that reach `leaves` instead of accumulating them into their
+// .grad (a recompute node's weight pass over its recomputed graph).
+std::vector<Tensor> run_weights(DeferredWeights&& deferred, const std::vector<Tensor>& leaves);
+// Inside Node::backward: whether this call belongs to the input pass of a split backward, so that
+// the edges not asked for now will be asked for by run_weights() (a node may keep work for then).
+bool in_input_pass();
 
 }  // namespace kiln

@@ -1,5 +1,8 @@
-// The checkpoint node: forward without a tape, backward by re-running fn and differentiating it.
+// The checkpoint node: forward without a tape, backward by re-running fn and differentiating it
+// (in a split backward: re-run once in the input pass, its weight half kept for the weight pass).
 #include "core/recompute.h"
+
+#include <memory>
 
 #include "core/autograd.h"
 #include "core/check.h"
@@ -17,40 +20,78 @@ class CheckpointNode final : public Node {
   Generator* gen = nullptr;
   GeneratorState rng;
 
+  // The recomputed graph's weight half, from the input pass of a split backward to its weight
+  // pass (which then recomputes nothing).
+  std::unique_ptr<DeferredWeights> weights;
+
   std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
-    // Re-run fn with the tape on, from the generator state it first saw.
+    if (weights) return weight_pass();
+    std::vector<Tensor> leaves, roots, root_grads;
+    recompute(grads, &leaves, &roots, &root_grads);
+    std::vector<Tensor> result(next.size());
+    bool params_wanted = false;
+    for (size_t j = 0; j < params.size(); ++j)
+      params_wanted = params_wanted || wants(num_inputs + j);
+    if (in_input_pass() && !params.empty() && !params_wanted) {
+      // Split backward: the input gradients now, the recomputed graph's weight half kept.
+      std::vector<Tensor> to;
+      for (size_t i = 0; i < num_inputs; ++i)
+        if (wants(i)) to.push_back(leaves[i]);
+      weights = std::make_unique<DeferredWeights>(
+          roots.empty() ? DeferredWeights() : backward_input_only(roots, root_grads, to));
+      for (size_t i = 0; i < num_inputs; ++i)
+        if (wants(i)) result[i] = leaves[i].grad();
+      return result;
+    }
+    std::vector<Tensor> wrt;
+    for (size_t i = 0; i < num_inputs; ++i)
+      if (wants(i)) wrt.push_back(leaves[i]);
+    for (size_t j = 0; j < params.size(); ++j)
+      if (wants(num_inputs + j)) wrt.push_back(params[j]);
+    std::vector<Tensor> got =
+        roots.empty() ? std::vector<Tensor>(wrt.size()) : grad(roots, root_grads, wrt);
+    size_t k = 0;
+    for (size_t i = 0; i < num_inputs; ++i)
+      if (wants(i)) result[i] = got[k++];
+    for (size_t j = 0; j < params.size(); ++j)
+      if (wants(num_inputs + j)) result[num_inputs + j] = got[k++];
+    return result;
+  }
+
+ private:
+  // Re-runs fn with the tape on, from the generator state it first saw: `leaves` the detached
+  // inputs (requiring grad where wanted), `roots` its outputs that require grad, with `grads`.
+  void recompute(const std::vector<Tensor>& grads, std::vector<Tensor>* leaves,
+                 std::vector<Tensor>* roots, std::vector<Tensor>* root_grads) {
     GeneratorState after = gen->state();
     gen->set_state(rng);
-    std::vector<Tensor> leaves;
     for (size_t i = 0; i < num_inputs; ++i) {
       Tensor x = saved[i].detach();
-      if (next[i].fn) x.set_requires_grad(true);
-      leaves.push_back(x);
+      if (wants(i)) x.set_requires_grad(true);
+      leaves->push_back(x);
     }
     std::vector<Tensor> outs;
     {
       EnableGradGuard eg;
-      outs = fn(leaves);
+      outs = fn(*leaves);
     }
     gen->set_state(after);
-    std::vector<Tensor> roots, root_grads;
     for (size_t i = 0; i < outs.size(); ++i) {
       if (outs[i].requires_grad()) {
-        roots.push_back(outs[i]);
-        root_grads.push_back(grads[i]);
+        roots->push_back(outs[i]);
+        root_grads->push_back(grads[i]);
       }
     }
-    std::vector<Tensor> wrt;
-    for (size_t i = 0; i < num_inputs; ++i)
-      if (next[i].fn) wrt.push_back(leaves[i]);
-    for (const Tensor& p : params) wrt.push_back(p);
-    std::vector<Tensor> got =
-        roots.empty() ? std::vector<Tensor>(wrt.size()) : grad(roots, root_grads, wrt);
+  }
+
+  // The weight pass after a split input pass: the parameters' gradients from the kept half.
+  std::vector<Tensor> weight_pass() {
+    for (size_t j = 0; j < params.size(); ++j)
+      KILN_CHECK(wants(num_inputs + j)) << "internal: checkpoint weight pass without its weights";
+    std::vector<Tensor> got = run_weights(std::move(*weights), params);
+    weights.reset();
     std::vector<Tensor> result(next.size());
-    size_t k = 0;
-    for (size_t i = 0; i < num_inputs; ++i)
-      if (next[i].fn) result[i] = got[k++];
-    for (size_t j = 0; j < params.size(); ++j) result[num_inputs + j] = got[k++];
+    for (size_t j = 0; j < params.size(); ++j) result[num_inputs + j] = got[j];
     return result;
   }
 };

@@ -96,6 +96,31 @@ Tensor ModelStageWork::activation_buffer(const parallel::MicroBatch& batch) {
                        m.compute_dtype(), dev);
 }
 
+Tensor ModelStageWork::backward_input(int chunk, int micro, const Tensor& input,
+                                      const Tensor& output, const Tensor& grad_output) {
+  if (!split_) return StageWork::backward_input(chunk, micro, input, output, grad_output);
+  std::vector<Tensor> to;
+  if (input.defined()) to.push_back(input);
+  const Tensor tied = tied_copy(*chunks_[chunk]);
+  if (tied.defined()) to.push_back(tied);
+  const bool fresh =
+      deferred_
+          .emplace(std::make_pair(chunk, micro), backward_input_only({output}, {grad_output}, to))
+          .second;
+  KILN_CHECK(fresh) << "input pass of chunk " << chunk << ", micro-batch " << micro << " twice";
+  return input.defined() ? input.grad() : Tensor();
+}
+
+void ModelStageWork::backward_weight(int chunk, int micro) {
+  if (!split_) return;
+  auto it = deferred_.find({chunk, micro});
+  KILN_CHECK(it != deferred_.end())
+      << "weight pass of chunk " << chunk << ", micro-batch " << micro << " before its input pass";
+  DeferredWeights w = std::move(it->second);
+  deferred_.erase(it);
+  run_weights(std::move(w));
+}
+
 Tensor ModelStageWork::take_tied_grad() {
   Tensor w = tied_copy(*chunks_.back());
   KILN_CHECK(w.defined()) << "no tied classifier on this stage";

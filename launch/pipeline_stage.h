@@ -4,8 +4,11 @@
 // in launch/ because parallel/ never depends on models/.
 #pragma once
 
+#include <map>
+#include <utility>
 #include <vector>
 
+#include "core/autograd.h"
 #include "models/model.h"
 #include "parallel/communicator.h"
 #include "parallel/pipeline/executor.h"
@@ -37,17 +40,27 @@ parallel::pipeline::ScheduleSpec schedule_spec(const ParallelConfig& p, bool tie
 
 class ModelStageWork final : public parallel::pipeline::StageWork {
  public:
-  // `chunks[c]` runs local chunk c (not owned).
-  explicit ModelStageWork(std::vector<models::LanguageModel*> chunks)
-      : chunks_(std::move(chunks)) {}
+  // `chunks[c]` runs local chunk c (not owned). With `split_backward` (a schedule that
+  // splits_backward) backward_input computes only the gradients on the path to the chunk's input
+  // (and to GPT-2's tied classifier copy, whose gradient the schedule sends after the last input
+  // pass) and backward_weight the parameters' gradients (autograd's backward_input_only /
+  // run_weights); else backward_input computes both.
+  explicit ModelStageWork(std::vector<models::LanguageModel*> chunks, bool split_backward = false)
+      : chunks_(std::move(chunks)), split_(split_backward) {}
   Tensor forward(int chunk, const parallel::MicroBatch& batch, const Tensor& input) override;
   Tensor activation_buffer(const parallel::MicroBatch& batch) override;
+  Tensor backward_input(int chunk, int micro, const Tensor& input, const Tensor& output,
+                        const Tensor& grad_output) override;
+  void backward_weight(int chunk, int micro) override;
+  bool weights_in_input_pass() const override { return !split_; }
   Tensor take_tied_grad() override;
   Tensor tied_buffer() override;
   void add_tied_grad(const Tensor& g) override;
 
  private:
   std::vector<models::LanguageModel*> chunks_;
+  bool split_;
+  std::map<std::pair<int, int>, DeferredWeights> deferred_;  // (chunk, micro) awaiting its W pass
 };
 
 // The tied embedding's copy that a GPT-2 stage with the head but not the embedding holds

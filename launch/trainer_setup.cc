@@ -242,10 +242,11 @@ void Trainer::make_forward_backward() {
     for (const nn::Parameter& p : model_parameters()) precast_.push_back(p.tensor);
   }
   if (mesh_->dims().pp > 1) {
-    stage_work_ = std::make_unique<ModelStageWork>(chunk_ptrs());
-    auto exec = std::make_unique<parallel::pipeline::PipelineExecutor>(
-        schedule_spec(cfg_.parallel(), chunks_.front()->spec().tied_embeddings), mesh_->pp(),
-        *stage_work_);
+    const auto spec = schedule_spec(cfg_.parallel(), chunks_.front()->spec().tied_embeddings);
+    stage_work_ = std::make_unique<ModelStageWork>(chunk_ptrs(),
+                                                   parallel::pipeline::splits_backward(spec.kind));
+    auto exec =
+        std::make_unique<parallel::pipeline::PipelineExecutor>(spec, mesh_->pp(), *stage_work_);
     pipeline_ = exec.get();
     forward_backward_ = std::move(exec);
     return;

@@ -90,7 +90,7 @@ std::vector<double> piped(bool llama, ScheduleKind kind, int v, parallel::Commun
         models::build_stage(tiny(llama), 5, launch::stage_spec(8, c * p + pp.rank(), chunks)));
     mine.push_back(owned.back().get());
   }
-  launch::ModelStageWork work(mine);
+  launch::ModelStageWork work(mine, parallel::pipeline::splits_backward(kind));
   parallel::pipeline::PipelineExecutor exec({kind, p, 0, v, !llama}, pp, work);
   parallel::NoGradSync sync;
   Data data;

@@ -219,8 +219,7 @@ class SwigluNode final : public Node {
   // saved: gate, up.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     Tensor dgate, dup;
-    swiglu_backward_any(g[0], saved[0], saved[1], next[0].fn != nullptr, next[1].fn != nullptr,
-                        &dgate, &dup);
+    swiglu_backward_any(g[0], saved[0], saved[1], wants(0), wants(1), &dgate, &dup);
     return {dgate, dup};
   }
 };

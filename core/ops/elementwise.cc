@@ -107,8 +107,9 @@ class AddNode final : public Node {
   double alpha = 1.0;  // out = a + alpha * b
   Shape a_shape, b_shape;
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
-    Tensor gb = alpha == 1.0 ? g[0] : scale(g[0], alpha);
-    return {sum_to(g[0], a_shape), sum_to(gb, b_shape)};
+    Tensor ga = wants(0) ? sum_to(g[0], a_shape) : Tensor();
+    if (!wants(1)) return {ga, Tensor()};
+    return {ga, sum_to(alpha == 1.0 ? g[0] : scale(g[0], alpha), b_shape)};
   }
 };
 
@@ -117,8 +118,8 @@ class MulNode final : public Node {
   const char* name() const override { return "Mul"; }
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const Tensor &a = saved[0], &b = saved[1];
-    Tensor ga = next[0].fn ? sum_to(mul(g[0], b), a.shape()) : Tensor();
-    Tensor gb = next[1].fn ? sum_to(mul(g[0], a), b.shape()) : Tensor();
+    Tensor ga = wants(0) ? sum_to(mul(g[0], b), a.shape()) : Tensor();
+    Tensor gb = wants(1) ? sum_to(mul(g[0], a), b.shape()) : Tensor();
     return {ga, gb};
   }
 };

@@ -114,8 +114,8 @@ class Fp8LinearNode final : public Node {
   Shape x_shape;
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const Tensor &x_t = saved[0], &x_meta = saved[1], &w_t = saved[2], &w_meta = saved[3];
-    const bool need_x = next[0].fn != nullptr, need_w = next[1].fn != nullptr;
-    const bool need_b = next[2].fn != nullptr;
+    const bool need_x = wants(0), need_w = wants(1);
+    const bool need_b = wants(2);
     Tensor gy = rows_of(raw::convert(g[0].detach(), DType::kBF16));  // (M, N)
     Tensor gx, gw, gb;
     if (need_x || need_w) {

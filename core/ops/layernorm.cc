@@ -162,9 +162,8 @@ class LayerNormNode final : public Node {
   // saved: x (..., C), weight (C), mean (...), rstd (...). next: x, weight[, bias].
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const bool has_bias = next.size() == 3;
-    LayerNormGrads r = layer_norm_backward_any(
-        g[0], saved[0], saved[1], saved[2], saved[3], Tensor(), next[0].fn != nullptr,
-        next[1].fn != nullptr, has_bias && next[2].fn != nullptr);
+    LayerNormGrads r = layer_norm_backward_any(g[0], saved[0], saved[1], saved[2], saved[3],
+                                               Tensor(), wants(0), wants(1), has_bias && wants(2));
     if (has_bias) return {r.dx, r.dw, r.db};
     return {r.dx, r.dw};
   }
@@ -181,9 +180,8 @@ class AddLayerNormNode final : public Node {
     const bool has_bias = next.size() == 4;
     LayerNormGrads r =
         layer_norm_backward_any(g[1], saved[0], saved[1], saved[2], saved[3], g[0],
-                                next[0].fn != nullptr || next[1].fn != nullptr,
-                                next[2].fn != nullptr, has_bias && next[3].fn != nullptr);
-    std::vector<Tensor> out = {next[0].fn ? r.dx : Tensor(), next[1].fn ? r.dx : Tensor(), r.dw};
+                                wants(0) || wants(1), wants(2), has_bias && wants(3));
+    std::vector<Tensor> out = {wants(0) ? r.dx : Tensor(), wants(1) ? r.dx : Tensor(), r.dw};
     if (has_bias) out.push_back(r.db);
     return out;
   }

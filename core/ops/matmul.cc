@@ -4,6 +4,7 @@
 
 #include <cblas.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -21,6 +22,8 @@ namespace kiln {
 namespace raw {
 
 namespace {
+
+std::atomic<int64_t> g_gemm_calls{0};
 
 // OpenBLAS's own thread pool spins (sched_yield) between calls and competes with kiln's pool, so
 // OpenBLAS runs single-threaded and kiln splits each GEMM over its pool instead: by rows of C when
@@ -81,11 +84,14 @@ void gemm_parallel(const Tensor& at, const Tensor& bt, const Tensor& ct, bool ta
 
 void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool ta, bool tb, double alpha,
           double beta) {
+  g_gemm_calls.fetch_add(1, std::memory_order_relaxed);
   blas_single_threaded();
   if (c.dtype() == DType::kF32) return gemm_parallel<float>(a, b, c, ta, tb, alpha, beta);
   KILN_CHECK(c.dtype() == DType::kF64) << "gemm: dtype " << c.dtype();
   gemm_parallel<double>(a, b, c, ta, tb, alpha, beta);
 }
+
+int64_t gemm_calls() { return g_gemm_calls.load(std::memory_order_relaxed); }
 
 }  // namespace raw
 
@@ -157,14 +163,14 @@ class MatmulNode final : public Node {
     const Tensor &a = saved[0], &b = saved[1];
     const Tensor& go = g[0];  // (..., M, N)
     Tensor ga, gb;
-    if (next[0].fn) {
+    if (wants(0)) {
       // d op(a) = g op(b)^T ; if ta, da = (g op(b)^T)^T = op(b) g^T
       // dA^T when ta: (g op(b)^T)^T; computed as g op(b)^T then transposed, which also works
       // when b is shared across a's batch.
       ga = matmul_raw(go, b, false, !tb);
       if (ta) ga = raw::contiguous(ga.transpose(-1, -2));
     }
-    if (next[1].fn) {
+    if (wants(1)) {
       if (b.dim() > 2) {
         gb = tb ? matmul_raw(go, a, true, ta) : matmul_raw(a, go, !ta, false);
       } else {  // b shared across the batch: flatten the batch into the reduction dim
@@ -210,9 +216,8 @@ class LinearCudaNode final : public Node {
     Tensor gy = rows_of(g[0], w.size(0));
     if (gelu) gy = cuda::gelu_input_grad(gy, saved[2]);
     Tensor gx, gw, gb;
-    const Tensor into = wgrad_target(next[1], w);
-    cuda::linear_backward(gy, x2, w, next[0].fn != nullptr, next[1].fn != nullptr,
-                          next[2].fn != nullptr, &gx, &gw, &gb, into);
+    const Tensor into = wants(1) ? wgrad_target(next[1], w) : Tensor();
+    cuda::linear_backward(gy, x2, w, wants(0), wants(1), wants(2), &gx, &gw, &gb, into);
     if (into.defined()) gw = accumulated_marker();
     if (gx.defined()) gx = gx.reshape(x_shape);
     return {gx, gw, gb};
@@ -226,24 +231,31 @@ class MlpCudaNode final : public Node {
   Shape x_shape;
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const Tensor &x2 = saved[0], &w1 = saved[1], &pre = saved[2], &h = saved[3], &w2 = saved[4];
-    const bool nx = next[0].fn != nullptr, nw1 = next[1].fn != nullptr;
-    const bool nb1 = next[2].fn != nullptr, nw2 = next[3].fn != nullptr;
-    const bool nb2 = next[4].fn != nullptr;
+    const bool nx = wants(0), nw1 = wants(1), nb1 = wants(2), nw2 = wants(3), nb2 = wants(4);
     Tensor gy = rows_of(g[0], w2.size(0));
     Tensor gx, gw1, gb1, gw2, gb2, unused;
     const Tensor into2 = nw2 ? wgrad_target(next[3], w2) : Tensor();
     const Tensor into1 = nw1 ? wgrad_target(next[1], w1) : Tensor();
     if (nw2 || nb2) cuda::linear_backward(gy, h, w2, false, nw2, nb2, &unused, &gw2, &gb2, into2);
-    if (nx || nw1 || nb1) {
-      // Hidden gradient with the GELU gradient (and b1's gradient) in the GEMM epilogue.
-      Tensor dpre = cuda::matmul_dgelu(gy, w2, pre, nb1 ? &gb1 : nullptr);
-      cuda::linear_backward(dpre, x2, w1, nx, nw1, false, &gx, &gw1, &unused, into1);
-    }
+    // The hidden gradient: kept from the input pass of a split backward, or computed here with the
+    // GELU gradient (and b1's gradient) in the GEMM epilogue.
+    Tensor dpre = std::move(dpre_);
+    const bool b1_from_dpre = nb1 && dpre.defined();
+    if (!dpre.defined() && (nx || nw1 || nb1))
+      dpre = cuda::matmul_dgelu(gy, w2, pre, nb1 ? &gb1 : nullptr);
+    if (nx || nw1 || b1_from_dpre)
+      cuda::linear_backward(dpre, x2, w1, nx, nw1, b1_from_dpre, &gx, &gw1,
+                            b1_from_dpre ? &gb1 : &unused, into1);
+    if (in_input_pass() && !nw1 && !nb1 && (next[1].fn || next[2].fn)) dpre_ = dpre;
     if (into1.defined()) gw1 = accumulated_marker();
     if (into2.defined()) gw2 = accumulated_marker();
     if (gx.defined()) gx = gx.reshape(x_shape);
     return {gx, gw1, gb1, gw2, gb2};
   }
+
+ private:
+  // (M, HID) the hidden gradient, from the input pass of a split backward to its weight pass.
+  Tensor dpre_;
 };
 #endif
 

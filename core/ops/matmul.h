@@ -38,6 +38,8 @@ namespace raw {
 // REQUIRES: a, b, c are CPU, contiguous, the same compute dtype, and the shapes agree.
 void gemm(const Tensor& a, const Tensor& b, const Tensor& c, bool trans_a, bool trans_b,
           double alpha = 1.0, double beta = 0.0);
+// How many times gemm() ran in this process (tests count the GEMMs of a backward pass with it).
+int64_t gemm_calls();
 }  // namespace raw
 
 }  // namespace kiln

@@ -122,8 +122,8 @@ class RmsNormNode final : public Node {
   const char* name() const override { return "RmsNorm"; }
   // saved: x (..., C), weight (C), rstd (...). next: x, weight.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
-    auto [dx, dw] = rms_norm_backward_any(g[0], saved[0], saved[1], saved[2], Tensor(),
-                                          next[0].fn != nullptr, next[1].fn != nullptr);
+    auto [dx, dw] =
+        rms_norm_backward_any(g[0], saved[0], saved[1], saved[2], Tensor(), wants(0), wants(1));
     return {dx, dw};
   }
 };
@@ -137,9 +137,8 @@ class AddRmsNormNode final : public Node {
   // d sum = rms_norm'(g[1]) + g[0] flows unchanged into x and residual.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     auto [dx, dw] = rms_norm_backward_any(g[1], saved[0], saved[1], saved[2], g[0],
-                                          next[0].fn != nullptr || next[1].fn != nullptr,
-                                          next[2].fn != nullptr);
-    return {next[0].fn ? dx : Tensor(), next[1].fn ? dx : Tensor(), dw};
+                                          wants(0) || wants(1), wants(2));
+    return {wants(0) ? dx : Tensor(), wants(1) ? dx : Tensor(), dw};
   }
 };
 

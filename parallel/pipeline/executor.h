@@ -18,9 +18,12 @@
 
 namespace kiln::parallel::pipeline {
 
-// What one stage computes. The default backward runs the autograd tape from the chunk's output;
-// it computes the input and the weight gradients at once (kiln's autograd has no split), so
-// backward_weight does nothing and a zero-bubble schedule only reorders empty weight passes.
+// What one stage computes. The default backward runs the whole autograd tape from the chunk's
+// output, input and weight gradients at once (weights_in_input_pass() true, backward_weight does
+// nothing: a zero-bubble schedule then runs like 1F1B). A StageWork that splits (ModelStageWork
+// with a ZB-H1 schedule: autograd's backward_input_only / run_weights) computes only the input
+// gradient in backward_input and the weight gradients in backward_weight; the executor then
+// brackets the weight passes with the GradSync hooks, `last` on the stage's final one.
 class StageWork {
  public:
   virtual ~StageWork() = default;

@@ -101,8 +101,7 @@ class VocabParallelCeNode final : public Node {
       }
     }
     Tensor dz = Tensor::from_vector(d, {n, v}, x.dtype(), x.device());
-    return {next[0].fn ? matmul(dz, w) : Tensor(),
-            next[1].fn ? matmul(dz, x, true, false) : Tensor()};
+    return {wants(0) ? matmul(dz, w) : Tensor(), wants(1) ? matmul(dz, x, true, false) : Tensor()};
   }
 };
 
