@@ -119,6 +119,25 @@ TEST(Autograd, NoDirectAccumulationWithoutAGradOrUnderGrad) {
   EXPECT_EQ(p.grad().to_vector(), (std::vector<double>{6, 6}));
 }
 
+TEST(Autograd, DirectAccumulationInTheWeightPassOfASplitBackward) {
+  // y = x * (3 c), c = p cast to f64: the input pass gives x its gradient (3 c) and leaves p's
+  // .grad and hook alone; the weight pass adds 3 x into p's .grad directly and fires the hook.
+  Tensor x = Tensor::from_vector({1, 2}, {2}).to(DType::kF64).detach().set_requires_grad(true);
+  Tensor p = Tensor::from_vector({1, 2}, {2}).to(DType::kF32).detach().set_requires_grad(true);
+  p.set_grad(Tensor::from_vector({10, 20}, {2}).to(DType::kF32));
+  int hooks = 0, direct = 0;
+  p.register_grad_ready_hook([&](Tensor&) { ++hooks; });
+  Tensor y = mul(x, scale_into(p.to(DType::kF64), 3, &direct));
+  DeferredWeights w = backward_input_only({y}, {Tensor::full({2}, 1.0, DType::kF64)}, {x});
+  EXPECT_EQ(x.grad().to_vector(), (std::vector<double>{3, 6}));
+  EXPECT_EQ(p.grad().to_vector(), (std::vector<double>{10, 20}));
+  EXPECT_EQ(hooks + direct, 0);
+  run_weights(std::move(w));
+  EXPECT_EQ(direct, 1);
+  EXPECT_EQ(hooks, 1);
+  EXPECT_EQ(p.grad().to_vector(), (std::vector<double>{13, 26}));
+}
+
 TEST(Autograd, UnusedOutputOfASplitGetsZeros) {
   Tensor x = Tensor::from_vector({1, 2, 3, 4}, {4}).set_requires_grad(true);
   auto parts = split(x, {1, 3}, 0);
