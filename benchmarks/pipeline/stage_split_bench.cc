@@ -13,6 +13,7 @@
 #include <functional>
 #include <vector>
 
+#include "benchmarks/pipeline/bench_model.h"
 #include "core/autograd.h"
 #include "launch/pipeline_stage.h"
 #include "models/model.h"
@@ -79,18 +80,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--m")) m = std::atoi(argv[i + 1]);
   }
-  ModelConfig cfg;
-  cfg.set_preset("gpt2-tiny");
-  cfg.set_n_layer(4);
-  cfg.set_n_head(8);
-  cfg.set_d_model(512);
-  cfg.set_vocab_size(512);
-  cfg.set_max_seq_len(128);
-  if (absl::Status s = resolve_model_config(&cfg); !s.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  const models::ModelSpec spec = models::spec_from_config(cfg);
+  const models::ModelSpec spec = bench::pipeline_bench_spec();
   std::vector<int64_t> v(128);
   for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int64_t>((i * 37) % 512);
   const Tensor ids = Tensor::from_ints(v, {1, 128});

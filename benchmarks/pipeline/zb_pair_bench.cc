@@ -14,6 +14,7 @@
 #include <memory>
 #include <vector>
 
+#include "benchmarks/pipeline/bench_model.h"
 #include "core/autograd.h"
 #include "core/check.h"
 #include "launch/pipeline_stage.h"
@@ -33,18 +34,7 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-models::ModelSpec bench_spec() {
-  ModelConfig cfg;
-  cfg.set_preset("gpt2-tiny");
-  cfg.set_n_layer(4);
-  cfg.set_n_head(8);
-  cfg.set_d_model(512);
-  cfg.set_vocab_size(512);
-  cfg.set_max_seq_len(128);
-  const absl::Status s = resolve_model_config(&cfg);
-  KILN_CHECK(s.ok()) << s.message();
-  return models::spec_from_config(cfg);
-}
+models::ModelSpec bench_spec() { return bench::pipeline_bench_spec(); }
 
 // One step of `exec` over `batches`, its time on the slowest rank (ms); clears the gradients.
 double step_ms(PipelineExecutor& exec, const std::vector<parallel::MicroBatch>& batches,
