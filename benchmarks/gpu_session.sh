@@ -13,7 +13,8 @@
 #   the folded clipping factor off), ropebench (kernel_bench rope), big15 (GPT-2 1.5B, kiln and
 #   PyTorch), fp8 (GPT-2 1.5B, 200 steps
 #   bf16 and fp8), plant (planted bugs), fuse (Llama's fused projections: tests, memcheck, a
-#   planted bug, Llama 1B with KILN_FUSED_PROJ=1 / off). BUILD_TARGETS overrides the targets built
+#   planted bug, Llama 1B with KILN_FUSED_PROJ=1 / off), ropegrad (RoPE's (B, T, H, D) gradients:
+#   tests, memcheck, Llama 1B with KILN_ROPE_GRAD_BTHD=1 / off). BUILD_TARGETS overrides the targets built
 #   (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
@@ -231,6 +232,21 @@ PY
       c=benchmarks/e2e/llama-1b-bench.textproto
       kiln_run llama-fused "$c" KILN_FUSED_PROJ=1; kiln_run llama-unfused "$c"
       kiln_run llama-fused2 "$c" KILN_FUSED_PROJ=1; stamp fuse ;;
+    ropegrad)
+      # RoPE's backward writing q / k gradients in the projections' (B, T, H, D) order: its GPU
+      # tests, memcheck on them, then Llama 1B with it on (KILN_ROPE_GRAD_BTHD=1) and off, on
+      # first and last (run-to-run spread).
+      f='RopeCuda.*'
+      timeout 120 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$f" > "$out/ropegrad.log" 2>&1
+      stamp "rope tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/ropegrad.log"
+      grep -B3 -A12 "Failure" "$out/ropegrad.log" | head -40
+      timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
+        --gtest_filter='RopeCuda.ResultInProjection*:RopeCuda.GradientOfAHeadsInner*' --gtest_brief=1 \
+        > "$out/ropegrad_memcheck.log" 2>&1
+      stamp "memcheck exit $?: $(grep -E 'ERROR SUMMARY' "$out/ropegrad_memcheck.log" | tail -1)"
+      c=benchmarks/e2e/llama-1b-bench.textproto
+      kiln_run llama-ropegrad "$c" KILN_ROPE_GRAD_BTHD=1; kiln_run llama-ropegrad-off "$c"
+      kiln_run llama-ropegrad2 "$c" KILN_ROPE_GRAD_BTHD=1; stamp ropegrad ;;
     sanitize)
       timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
         --gtest_filter="${SANITIZE_FILTER:-*PackedQkv*:*MlpGelu*:*LinearCrossEntropy*:*StridedInputs*:ElementwiseCuda.*}" --gtest_brief=1 > "$out/memcheck.log" 2>&1

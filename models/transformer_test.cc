@@ -12,6 +12,7 @@
 
 #include "core/autograd.h"
 #include "core/check.h"
+#include "core/ops/rope.h"
 #include "core/testing/gradcheck.h"
 #include "models/presets.h"
 
@@ -117,6 +118,25 @@ TEST(Transformer, RecomputeGradientsAreBitIdentical) {
               << static_cast<int>(rc) << " tensor " << i;
       }
     }
+  }
+}
+
+// RoPE's backward lays out the gradient of q and k in the projections' (B, T, H, D) memory (so
+// split_heads' backward is a view) or contiguously: the same bits either way, with and without
+// recompute.
+TEST(Transformer, RopeGradientLayoutLeavesGradientsUnchanged) {
+  struct Reset {
+    ~Reset() { set_rope_grad_layout_override(-1); }
+  } reset;
+  for (Recompute rc : {Recompute::kNone, Recompute::kSelective}) {
+    set_rope_grad_layout_override(0);
+    auto base = grads_with(Family::kLlama, rc, 0.0);
+    set_rope_grad_layout_override(1);
+    auto got = grads_with(Family::kLlama, rc, 0.0);
+    ASSERT_EQ(got.size(), base.size());
+    for (size_t i = 0; i < base.size(); ++i)
+      EXPECT_TRUE(testing::bit_equal(got[i], base[i]))
+          << "recompute " << static_cast<int>(rc) << " tensor " << i;
   }
 }
 

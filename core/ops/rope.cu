@@ -1,7 +1,8 @@
 // CUDA kernels of rotary_embedding (core/ops/rope.cc). A first kernel builds the (T, D/2) cos / sin
 // tables with the CPU op's arithmetic (inverse frequency, angle, cos and sin in f64, then rounded
 // to the compute type); the rotation kernels then rotate each pair (i, i + D/2) of every (b, h, t)
-// row, reading x through its strides (no contiguous copy) and writing a contiguous result.
+// row, reading x through its strides (no contiguous copy) and writing a dense result laid out
+// (B, H, T, D), or (B, T, H, D) in memory where asked (rope_index::OutLayout).
 //  - v2 (the default): the tables are cached per (device, T, D, theta, offset, compute dtype), at
 //    most kRopeTableCacheSize entries (not while the stream is being captured into a CUDA graph:
 //    a captured build would only run with the graph). The rotation uses 32-bit index math
@@ -72,10 +73,11 @@ __global__ void angle_table_kernel(A* __restrict__ cos_t, A* __restrict__ sin_t,
 struct Dims {
   int64_t b, h, t, d;      // x's shape
   int64_t sb, sh, st, sd;  // x's strides (elements)
+  int64_t ob, oh, ot;      // the result's (B, H, T) strides (elements); its D stride is 1
 };
 
-// v1: out (B, H, T, D) contiguous = x rotated by +angle (sign 1) or -angle (sign -1), one pair
-// per thread, 64-bit index math.
+// v1: out (B, H, T, D) through (ob, oh, ot) = x rotated by +angle (sign 1) or -angle (sign -1),
+// one pair per thread, 64-bit index math.
 template <typename T>
 __global__ void rope_kernel(const T* __restrict__ x, T* __restrict__ out,
                             const acc_t<T>* __restrict__ cos_t, const acc_t<T>* __restrict__ sin_t,
@@ -91,7 +93,7 @@ __global__ void rope_kernel(const T* __restrict__ x, T* __restrict__ out,
     const A c = cos_t[t * half + i], sn = sign * sin_t[t * half + i];
     A o1, o2;
     rotate(x1, x2, c, sn, o1, o2);
-    T* o = out + r * s.d;
+    T* o = out + b * s.ob + h * s.oh + t * s.ot;
     o[i] = from_acc<T>(o1);
     o[i + half] = from_acc<T>(o2);
   }
@@ -273,14 +275,15 @@ void launch_vec(const Tensor& x, const Tensor& out, const Tables& tb, const rope
 }
 
 template <typename T>
-void launch_v2(const Tensor& x, const Tensor& out, const Tables& tb, const Dims& s, bool inverse) {
+void launch_v2(const Tensor& x, const Tensor& out, const Tables& tb, const Dims& s, bool inverse,
+               rope_index::OutLayout layout) {
   using A = acc_t<T>;
   const A sign = inverse ? A(-1) : A(1);
   const int64_t size[4] = {s.b, s.h, s.t, s.d}, stride[4] = {s.sb, s.sh, s.st, s.sd};
   // Both tables' addresses OR-ed: aligned to a power of two only when both are.
   const int vec = rope_index::vec_width(size, stride, addr(x), addr(out), sizeof(T),
                                         addr(tb.cos) | addr(tb.sin), sizeof(A), 16 / sizeof(T));
-  const std::optional<rope_index::Map> m = rope_index::make_map(size, stride, vec);
+  const std::optional<rope_index::Map> m = rope_index::make_map(size, stride, vec, layout);
   if (!m) {
     g_last_path = RopePath::kScalar64;
     launch_v1_kernel<T>(x, out, tb, s, inverse);
@@ -325,12 +328,18 @@ void clear_rope_table_cache() {
   c.stats = RopeTableCacheStats{};
 }
 
-Tensor rope_forward(const Tensor& x, double theta, int64_t offset, bool inverse, RopeImpl impl) {
+Tensor rope_forward(const Tensor& x, double theta, int64_t offset, bool inverse, RopeImpl impl,
+                    rope_index::OutLayout layout) {
   check_on_current_device(kOp, "x", x);
   if (impl == RopeImpl::kEnv) impl = env_impl();
-  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  const Dims s{x.size(0),      x.size(1),      x.size(2),      x.size(3),
-               x.strides()[0], x.strides()[1], x.strides()[2], x.strides()[3]};
+  const bool bthd = layout == rope_index::OutLayout::kBTHD;
+  Tensor out =
+      bthd ? Tensor::empty({x.size(0), x.size(2), x.size(1), x.size(3)}, x.dtype(), x.device())
+                 .permute({0, 2, 1, 3})
+           : Tensor::empty(x.shape(), x.dtype(), x.device());
+  const Dims s{x.size(0),        x.size(1),        x.size(2),       x.size(3),
+               x.strides()[0],   x.strides()[1],   x.strides()[2],  x.strides()[3],
+               out.strides()[0], out.strides()[1], out.strides()[2]};
   if (x.numel() == 0 || s.d / 2 == 0) return out;
   const DType ad = x.dtype() == DType::kF64 ? DType::kF64 : DType::kF32;
   const Tables tb = impl == RopeImpl::kV1 ? build_tables(s.t, s.d, theta, offset, ad, x.device())
@@ -340,7 +349,7 @@ Tensor rope_forward(const Tensor& x, double theta, int64_t offset, bool inverse,
       g_last_path = RopePath::kV1;
       launch_v1_kernel<T>(x, out, tb, s, inverse);
     } else {
-      launch_v2<T>(x, out, tb, s, inverse);
+      launch_v2<T>(x, out, tb, s, inverse, layout);
     }
   });
   return out;

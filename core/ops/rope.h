@@ -17,4 +17,13 @@ namespace kiln {
 // REQUIRES: x is floating; theta > 0; position_offset >= 0. CPU or CUDA (core/ops/rope.cu).
 Tensor rotary_embedding(const Tensor& x, double theta = 10000.0, int64_t position_offset = 0);
 
+// Whether the backward writes the gradient of a heads-inner x (H's stride below T's, as in
+// split_heads' view of a (B, T, H * D) projection) in that (B, T, H, D) memory order, returned as
+// a (B, H, T, D) view: split_heads' backward is then a view instead of a strided copy. The values
+// are the same either way. CPU: on. CUDA: on with KILN_ROPE_GRAD_BTHD=1 (read once; off by
+// default until a GPU has run its tests and timed it).
+bool rope_grad_follows_input_layout(const Device& device);
+// Tests: forces the choice above on both devices (1 on, 0 off); -1 restores it.
+void set_rope_grad_layout_override(int on);
+
 }  // namespace kiln

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "core/ops/rope_index.h"
 #include "core/tensor.h"
 
 namespace kiln::cuda {
@@ -24,9 +25,11 @@ RopePath last_rope_path();
 int last_rope_vec();
 
 // x (B, H, T, D), any strides, on the current device. Returns x rotated by +angle (or by -angle
-// when inverse, the backward), contiguous, in x's dtype. Every implementation gives the same bits.
+// when inverse, the backward) in x's dtype, (B, H, T, D) contiguous, or with kBTHD a (B, H, T, D)
+// view of a contiguous (B, T, H, D) tensor. Every implementation and layout gives the same bits.
 Tensor rope_forward(const Tensor& x, double theta, int64_t offset, bool inverse,
-                    RopeImpl impl = RopeImpl::kEnv);
+                    RopeImpl impl = RopeImpl::kEnv,
+                    rope_index::OutLayout layout = rope_index::OutLayout::kBHTD);
 
 // The cache of (T, D/2) cos / sin tables that kV2 keeps per (device, T, D, theta, offset, compute
 // dtype), at most kRopeTableCacheSize entries (the least recently used one is dropped).

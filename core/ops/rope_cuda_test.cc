@@ -6,8 +6,10 @@
 // tolerance). Then the kernels of core/ops/rope.cu against each other: v2 (vector, 32-bit scalar
 // and 64-bit paths, one or several heads a thread) bit-identical to v1 and close to the CPU op,
 // forward and inverse, for contiguous, projection-layout, packed-slice, misaligned, strided and
-// odd shapes; the angle-table cache (reused per key, a new entry per T / D / theta / offset /
-// compute dtype, capped, entries kept alive). Skips where no GPU is visible.
+// odd shapes; the result written in (B, T, H, D) memory (the backward's layout for a heads-inner
+// x) bit-identical to the contiguous one, by both kernels and through autograd; the angle-table
+// cache (reused per key, a new entry per T / D / theta / offset / compute dtype, capped, entries
+// kept alive). Skips where no GPU is visible.
 #include "core/ops/rope_cuda.h"
 
 #include <gtest/gtest.h>
@@ -180,6 +182,76 @@ TEST(RopeCuda, V2KernelsBitIdenticalToV1AndCloseToCpu) {
         EXPECT_TRUE(bit_equal(v1, v2)) << what << ": v2 differs from v1";
         expect_gpu_close(v2, cpu_rope(x_cpu, c.theta, c.offset, inverse), what);
       }
+    }
+  }
+}
+
+// The result in (B, T, H, D) memory: every kernel case, both implementations, forward and inverse,
+// the same bits as the contiguous result, the path and vector width unchanged.
+TEST(RopeCuda, ResultInProjectionLayoutBitIdenticalToContiguous) {
+  KILN_SKIP_WITHOUT_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Generator gen(seed);
+  const auto bthd = rope_index::OutLayout::kBTHD;
+  for (DType dt : {DType::kBF16, DType::kF32, DType::kF64}) {
+    for (const KernelCase& c : kernel_cases()) {
+      Tensor x = c.view(rand_cpu(c.buffer, dt, gen).to(Device::cuda(0)));
+      const int64_t h = x.size(1), t = x.size(2), d = x.size(3);
+      for (RopeImpl impl : {RopeImpl::kV1, RopeImpl::kV2}) {
+        for (bool inverse : {false, true}) {
+          const std::string what = c.name + " " + dtype_name(dt) +
+                                   (impl == RopeImpl::kV1 ? " v1" : " v2") +
+                                   (inverse ? " inverse" : "");
+          Tensor want = cuda::rope_forward(x, c.theta, c.offset, inverse, impl);
+          Tensor got;
+          {
+            testing::PoisonedBlocks pb({x.nbytes()});  // unwritten elements stay NaN
+            got = cuda::rope_forward(x, c.theta, c.offset, inverse, impl, bthd);
+            cuda::synchronize();
+          }
+          EXPECT_EQ(cuda::last_rope_path(), impl == RopeImpl::kV1 ? RopePath::kV1 : c.path) << what;
+          ASSERT_EQ(got.shape(), x.shape()) << what;
+          EXPECT_EQ(got.strides(), (Shape{t * h * d, d, h * d, 1})) << what;
+          EXPECT_TRUE(bit_equal(permute(got, {0, 2, 1, 3}).contiguous().to(Device::cpu()),
+                                permute(want, {0, 2, 1, 3}).contiguous().to(Device::cpu())))
+              << what;
+        }
+      }
+    }
+  }
+}
+
+// Autograd: the gradient of a heads-inner x (split_heads' view of a projection) comes back in
+// the projection's memory order when asked, with the bits of the contiguous gradient, close to
+// the CPU's.
+TEST(RopeCuda, GradientOfAHeadsInnerInputInItsLayout) {
+  KILN_SKIP_WITHOUT_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Generator gen(seed);
+  struct Reset {
+    ~Reset() { set_rope_grad_layout_override(-1); }
+  } reset;
+  EnableGradGuard eg;
+  for (DType dt : {DType::kBF16, DType::kF32}) {
+    // Llama 1B's q and k heads at D 64, T 33: (B, T, H * D) projections.
+    for (int64_t heads : {32, 4}) {
+      Tensor p = rand_cpu({2, 33, heads * 64}, dt, gen);
+      Tensor g = rand_cpu({2, heads, 33, 64}, dt, gen);
+      Tensor x = heads_first(unflatten(p.to(Device::cuda(0)), 2, {heads, 64}));
+      x = x.detach().set_requires_grad(true);  // a leaf with the view's strides
+      std::vector<Tensor> gx;
+      for (int on : {1, 0}) {
+        set_rope_grad_layout_override(on);
+        gx.push_back(
+            kiln::grad({rotary_embedding(x, 500000.0, 0)}, {g.to(Device::cuda(0))}, {x})[0]);
+      }
+      const std::string what = std::string(dtype_name(dt)) + " heads " + std::to_string(heads);
+      EXPECT_EQ(gx[0].strides(), (Shape{33 * heads * 64, 64, heads * 64, 1})) << what;
+      EXPECT_TRUE(gx[1].is_contiguous()) << what;
+      EXPECT_TRUE(bit_equal(gx[0].contiguous().to(Device::cpu()), gx[1].to(Device::cpu()))) << what;
+      expect_gpu_close(gx[0].contiguous(), cpu_rope(g, 500000.0, 0, true), what);
     }
   }
 }

@@ -1,6 +1,6 @@
 // The index mapping of rotary_embedding's fast CUDA kernels (core/ops/rope.cu), written once for
 // the device and the host so that a CPU test (rope_index_test.cc) can check it: which elements of
-// x, of the contiguous result and of the (T, D/2) cos / sin tables thread unit k handles, in 32-bit
+// x, of the result and of the (T, D/2) cos / sin tables thread unit k handles, in 32-bit
 // arithmetic, and the host-side choice of the vector width and of the row order. No CUDA headers.
 #pragma once
 
@@ -33,12 +33,28 @@ struct Map {
   uint32_t units = 0;          // B * (H / hp) * T * units_per_row
   uint32_t h = 0, t = 0, half = 0;
   uint32_t sb = 0, sh = 0, st = 0, sd = 0;  // x's strides, in elements
+  uint32_t ob = 0, oh = 0, ot = 0;          // the result's (B, H, T) strides; its D stride is 1
   bool heads_inner = false;
 };
 
+// The result's layout: (B, H, T, D) contiguous, or (B, H, T, D) over (B, T, H, D) memory (the
+// projection's layout, in which the backward writes the gradient of a heads-inner x, so that
+// split_heads' backward is a view, not a strided copy). Both are dense, D innermost.
+enum class OutLayout { kBHTD, kBTHD };
+
+// The result's (B, H, T) strides in elements for shape `size` (B, H, T, D).
+inline void out_strides(const int64_t (&size)[4], OutLayout layout, int64_t (&ostride)[3]) {
+  const int64_t h = size[1], t = size[2], d = size[3];
+  if (layout == OutLayout::kBHTD) {
+    ostride[0] = h * t * d, ostride[1] = t * d, ostride[2] = d;
+  } else {
+    ostride[0] = t * h * d, ostride[1] = d, ostride[2] = h * d;
+  }
+}
+
 // The elements of one head of a unit, as offsets in elements: lane l (l < vec) rotates
 // x[x1 + l * sd] and x[x2 + l * sd] with cos / sin [tab + l] and writes out[out + l] and
-// out[out + half + l] (out: the contiguous (B, H, T, D) result).
+// out[out + half + l] (out: the result, through the map's ob, oh, ot).
 struct Unit {
   uint32_t x1, x2, out, tab;
 };
@@ -60,13 +76,13 @@ KILN_ROPE_HD Unit unit_of(uint32_t k, const Map& m) {
   }
   const uint32_t i = j * m.vec;
   const uint32_t x1 = b * m.sb + h * m.sh + t * m.st + i * m.sd;
-  return {x1, x1 + m.half * m.sd, ((b * m.h + h) * m.t + t) * (2 * m.half) + i, t * m.half + i};
+  return {x1, x1 + m.half * m.sd, b * m.ob + h * m.oh + t * m.ot + i, t * m.half + i};
 }
 
 // Head h + hh (hh < m.hp) of unit u (from unit_of, whose first head is h): its row of x and of
 // the result; the same table entries.
 KILN_ROPE_HD Unit head_of(const Unit& u, uint32_t hh, const Map& m) {
-  const uint32_t dx = hh * m.sh, dout = hh * m.t * (2 * m.half);
+  const uint32_t dx = hh * m.sh, dout = hh * m.oh;
   return {u.x1 + dx, u.x2 + dx, u.out + dout, u.tab};
 }
 
@@ -76,7 +92,7 @@ KILN_ROPE_HD Unit head_of(const Unit& u, uint32_t hh, const Map& m) {
 // elements of `elem_size` bytes is aligned: x's innermost stride is 1, half and the other strides
 // are multiples of vec, and the addresses of x and of the result (`x_addr`, `out_addr`) and of the
 // tables (`tab_addr`, elements of `tab_elem_size` bytes) are aligned to the access size. 1 (the
-// scalar kernel) when none is.
+// scalar kernel) when none is. (Either OutLayout's strides are multiples of D, so of vec.)
 inline int vec_width(const int64_t (&size)[4], const int64_t (&stride)[4], uint64_t x_addr,
                      uint64_t out_addr, int elem_size, uint64_t tab_addr, int tab_elem_size,
                      int max_vec) {
@@ -92,10 +108,12 @@ inline int vec_width(const int64_t (&size)[4], const int64_t (&stride)[4], uint6
   return 1;
 }
 
-// The Map for x with `vec` pairs per unit, or nullopt when an offset could leave 32 bits (the
-// caller then runs the 64-bit kernel): the result and the unit count stay below 2^30 elements (so
-// a grid-stride step cannot wrap either) and every offset into x below 2^31.
-inline std::optional<Map> make_map(const int64_t (&size)[4], const int64_t (&stride)[4], int vec) {
+// The Map for x with `vec` pairs per unit and the result laid out as `layout`, or nullopt when an
+// offset could leave 32 bits (the caller then runs the 64-bit kernel): the result and the unit
+// count stay below 2^30 elements (so a grid-stride step cannot wrap either) and every offset into
+// x below 2^31.
+inline std::optional<Map> make_map(const int64_t (&size)[4], const int64_t (&stride)[4], int vec,
+                                   OutLayout layout = OutLayout::kBHTD) {
   const int64_t half = size[3] / 2, numel = size[0] * size[1] * size[2] * size[3];
   if (half == 0 || numel == 0 || vec < 1 || half % vec != 0) return std::nullopt;
   int64_t max_x = 0;
@@ -128,6 +146,11 @@ inline std::optional<Map> make_map(const int64_t (&size)[4], const int64_t (&str
   m.sh = static_cast<uint32_t>(stride[1]);
   m.st = static_cast<uint32_t>(stride[2]);
   m.sd = static_cast<uint32_t>(stride[3]);
+  int64_t ostride[3];
+  out_strides(size, layout, ostride);  // each below numel <= 2^30
+  m.ob = static_cast<uint32_t>(ostride[0]);
+  m.oh = static_cast<uint32_t>(ostride[1]);
+  m.ot = static_cast<uint32_t>(ostride[2]);
   return m;
 }
 

@@ -1,8 +1,9 @@
 // CPU tests of the index mapping of rotary_embedding's fast CUDA kernels (core/ops/rope_index.h,
 // used by core/ops/rope.cu): every unit's elements of x, of the result and of the angle tables for
 // contiguous, projection-layout, packed-slice, strided and odd shapes (each result element written
-// exactly once, from the right x element and table entry), units in x's memory order, the 32-bit
-// limits (checked against 64-bit arithmetic near them), and the choice of the vector width.
+// exactly once, from the right x element and table entry) with the result laid out (B, H, T, D)
+// or (B, T, H, D), units in x's memory order, the 32-bit limits (checked against 64-bit arithmetic
+// near them), and the choice of the vector width.
 #include "core/ops/rope_index.h"
 
 #include <gtest/gtest.h>
@@ -17,6 +18,7 @@ namespace {
 using rope_index::head_of;
 using rope_index::make_map;
 using rope_index::Map;
+using rope_index::OutLayout;
 using rope_index::Unit;
 using rope_index::unit_of;
 using rope_index::vec_width;
@@ -40,13 +42,25 @@ Layout packed_slice(int64_t b, int64_t h, int64_t t, int64_t d, int64_t width) {
   return {"packed slice", {b, h, t, d}, {t * width, d, width, 1}};
 }
 
-// Checks every unit of the map of `l` with `vec` pairs per unit: the elements each of its heads
-// names are those of its (b, h, t, i) (decoded from its output offset, independently of unit_of),
-// each result element is written once, x is read in increasing address order when
-// `memory_order`, and a unit covers `hp` heads.
-void check_all_units(const Layout& l, int vec, bool memory_order, uint32_t hp = 1) {
-  SCOPED_TRACE(l.name + " vec " + std::to_string(vec));
-  const std::optional<Map> m = make_map(l.size, l.stride, vec);
+// The (b, h, t, i) of result offset o of a (B, H, T, D) result laid out as `out`.
+struct Coord {
+  int64_t b, h, t, i;
+};
+Coord decode(int64_t o, const int64_t (&size)[4], OutLayout out) {
+  const int64_t d = size[3], r = o / d, nh = size[1], nt = size[2];
+  if (out == OutLayout::kBHTD) return {r / nt / nh, r / nt % nh, r % nt, o % d};
+  return {r / nh / nt, r % nh, r / nh % nt, o % d};
+}
+
+// Checks every unit of the map of `l` with `vec` pairs per unit and the result laid out as `out`:
+// the elements each of its heads names are those of its (b, h, t, i) (decoded from its output
+// offset, independently of unit_of), each result element is written once, x is read in
+// increasing address order when `memory_order`, and a unit covers `hp` heads.
+void check_all_units(const Layout& l, int vec, bool memory_order, uint32_t hp = 1,
+                     OutLayout out = OutLayout::kBHTD) {
+  SCOPED_TRACE(l.name + " vec " + std::to_string(vec) +
+               (out == OutLayout::kBTHD ? " out (B, T, H, D)" : ""));
+  const std::optional<Map> m = make_map(l.size, l.stride, vec, out);
   ASSERT_TRUE(m.has_value());
   EXPECT_EQ(m->hp, hp);
   const int64_t d = l.size[3], half = d / 2;
@@ -61,8 +75,7 @@ void check_all_units(const Layout& l, int vec, bool memory_order, uint32_t hp = 
       for (int64_t lane = 0; lane < vec; ++lane) {
         const int64_t o = u.out + lane;
         ASSERT_LT(o, numel);
-        const int64_t i = o % d, t = (o / d) % l.size[2], h = (o / d / l.size[2]) % l.size[1];
-        const int64_t b = o / d / l.size[2] / l.size[1];
+        const auto [b, h, t, i] = decode(o, l.size, out);
         ASSERT_LT(i, half) << "unit " << k << " lane " << lane << " writes a second-half element";
         const int64_t x1 = b * l.stride[0] + h * l.stride[1] + t * l.stride[2] + i * l.stride[3];
         ASSERT_EQ(u.x1 + lane * l.stride[3], x1) << "unit " << k << " head " << hh;
@@ -107,6 +120,29 @@ TEST(RopeIndex, EveryUnitNamesItsElements) {
   check_all_units({"broadcast", {2, 3, 5, 8}, {40, 0, 8, 1}}, 2, false);
 }
 
+// The backward's result for a heads-inner x: (B, T, H, D) memory, from the contiguous gradient
+// cuDNN writes (heads outer, several per unit) or from any other layout.
+TEST(RopeIndex, ResultInTheProjectionLayout) {
+  const OutLayout bthd = OutLayout::kBTHD;
+  for (int vec : {1, 2, 4}) {
+    check_all_units(contiguous(2, 3, 5, 8), vec, true, 1, bthd);
+    check_all_units(contiguous(2, 4, 5, 8), vec, true, 4, bthd);
+    check_all_units(contiguous(2, 6, 5, 8), vec, true, 2, bthd);
+    check_all_units(projection(2, 4, 5, 8), vec, true, 1, bthd);
+    check_all_units(packed_slice(2, 2, 5, 8, 64), vec, true, 1, bthd);
+  }
+  check_all_units(contiguous(2, 32, 9, 64), 8, true, 4, bthd);  // Llama 1B's q, shorter
+  check_all_units(contiguous(2, 4, 9, 64), 8, true, 4, bthd);   // and its k
+  check_all_units(projection(2, 4, 1, 8), 4, true, 4, bthd);    // T = 1
+  check_all_units(contiguous(1, 8, 7, 6), 1, true, 4, bthd);    // D / 2 = 3
+  check_all_units({"d outer", {2, 3, 5, 8}, {120, 40, 1, 5}}, 1, false, 1, bthd);
+  const std::optional<Map> m =
+      make_map(contiguous(2, 3, 5, 8).size, contiguous(2, 3, 5, 8).stride, 2, bthd);
+  EXPECT_EQ(m->ob, 5u * 3 * 8);
+  EXPECT_EQ(m->oh, 8u);
+  EXPECT_EQ(m->ot, 3u * 8);
+}
+
 TEST(RopeIndex, RowOrderFollowsMemory) {
   EXPECT_FALSE(
       make_map(contiguous(2, 3, 5, 8).size, contiguous(2, 3, 5, 8).stride, 1)->heads_inner);
@@ -116,9 +152,9 @@ TEST(RopeIndex, RowOrderFollowsMemory) {
 }
 
 // unit_of and head_of against 64-bit arithmetic at sampled units of maps near the 32-bit limits.
-void check_sampled_units(const Layout& l, int vec) {
+void check_sampled_units(const Layout& l, int vec, OutLayout out = OutLayout::kBHTD) {
   SCOPED_TRACE(l.name);
-  const std::optional<Map> m = make_map(l.size, l.stride, vec);
+  const std::optional<Map> m = make_map(l.size, l.stride, vec, out);
   ASSERT_TRUE(m.has_value());
   const int64_t half = l.size[3] / 2, upr = half / vec, nh = l.size[1], nt = l.size[2];
   const int64_t groups = nh / m->hp;
@@ -133,7 +169,8 @@ void check_sampled_units(const Layout& l, int vec) {
       const Unit u = head_of(unit_of(static_cast<uint32_t>(k), *m), hh, *m);
       EXPECT_EQ(u.x1, x1) << k;
       EXPECT_EQ(u.x2, x1 + half) << k;
-      EXPECT_EQ(u.out, ((b * nh + h) * nt + t) * 2 * half + i) << k;
+      const int64_t row = out == OutLayout::kBHTD ? (b * nh + h) * nt + t : (b * nt + t) * nh + h;
+      EXPECT_EQ(u.out, row * 2 * half + i) << k;
       EXPECT_EQ(u.tab, t * half + i) << k;
     }
   }
@@ -143,6 +180,8 @@ TEST(RopeIndex, ThirtyTwoBitLimits) {
   // 2^30 result elements: the largest 32-bit map.
   check_sampled_units(contiguous(1, 32, 1 << 15, 1024), 8);
   check_sampled_units(projection(8, 32, 1 << 12, 1024), 4);
+  check_sampled_units(contiguous(1, 32, 1 << 15, 1024), 8, OutLayout::kBTHD);
+  check_sampled_units(projection(8, 32, 1 << 12, 1024), 4, OutLayout::kBTHD);
   // x offsets up to 2^31 - 1 with a small result.
   check_sampled_units({"far rows", {2, 1, 1, 64}, {(int64_t{1} << 31) - 64, 64, 64, 1}}, 8);
   // Past the limits: the caller runs the 64-bit kernel.

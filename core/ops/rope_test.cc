@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "core/autograd.h"
 #include "core/check.h"
 #include "core/ops/view.h"
 #include "core/testing/fake_cuda.h"
@@ -114,6 +115,45 @@ TEST(Rope, BackwardIsTheInverseRotation) {
   Tensor g = rotary_embedding(y, 10000.0, 9);  // grad of <rope(x), rope(y)> w.r.t. x is y
   rotary_embedding(x, 10000.0, 9).backward(g);
   EXPECT_LE(max_scaled_error(x.grad(), y, 1e-13, 1e-12), 1.0);
+}
+
+// A leaf x laid out like split_heads' view of a (B, T, H * D) projection: (B, H, T, D) over
+// (B, T, H, D) memory.
+Tensor heads_inner_leaf(int64_t b, int64_t h, int64_t t, int64_t d, uint64_t seed, DType dt) {
+  return randn64({b, t, h, d}, seed).to(dt).permute({0, 2, 1, 3}).set_requires_grad(true);
+}
+
+// The backward writes the gradient of a heads-inner x in x's memory order (so that split_heads'
+// backward is a view), with the same values as the contiguous gradient; other inputs keep the
+// contiguous (B, H, T, D) gradient.
+TEST(Rope, GradientOfAHeadsInnerInputKeepsItsLayout) {
+  struct Reset {
+    ~Reset() { set_rope_grad_layout_override(-1); }
+  } reset;
+  EXPECT_TRUE(rope_grad_follows_input_layout(Device::cpu()));
+  for (DType dt : {DType::kF64, DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    Tensor x = heads_inner_leaf(2, 3, 5, 8, 11, dt);
+    Tensor y = randn64({2, 3, 5, 8}, 12);
+    Tensor g = rotary_embedding(y, 10000.0, 4).to(dt);  // the gradient w.r.t. x is then ~y
+    std::vector<Tensor> gx;
+    for (int on : {1, 0}) {
+      set_rope_grad_layout_override(on);
+      gx.push_back(kiln::grad({rotary_embedding(x, 10000.0, 4)}, {g}, {x})[0]);
+    }
+    EXPECT_EQ(gx[0].strides(), (Shape{5 * 3 * 8, 8, 3 * 8, 1}));  // (B, T, H, D) memory
+    EXPECT_TRUE(gx[1].is_contiguous());
+    EXPECT_EQ(gx[0].dtype(), dt);
+    EXPECT_EQ(gx[0].to(DType::kF64).to_vector(), gx[1].to(DType::kF64).to_vector());
+    // bf16: g and the gradient each rounded to 8 mantissa bits.
+    const double tol = dt == DType::kF64 ? 1e-12 : dt == DType::kF32 ? 1e-6 : 1.0 / 64;
+    EXPECT_LE(max_scaled_error(gx[0].to(DType::kF64), y, tol, tol), 1.0);
+  }
+  // Heads outer (contiguous x): the gradient stays (B, H, T, D) contiguous.
+  set_rope_grad_layout_override(1);
+  Tensor xc = randn64({2, 3, 5, 8}, 13).set_requires_grad(true);
+  EXPECT_TRUE(
+      kiln::grad({rotary_embedding(xc)}, {randn64({2, 3, 5, 8}, 14)}, {xc})[0].is_contiguous());
 }
 
 TEST(Rope, BadInputIsAClearError) {
