@@ -14,7 +14,8 @@
 #   PyTorch), fp8 (GPT-2 1.5B, 200 steps
 #   bf16 and fp8), plant (planted bugs), fuse (Llama's fused projections: tests, memcheck, a
 #   planted bug, Llama 1B with KILN_FUSED_PROJ=1 / off), ropegrad (RoPE's (B, T, H, D) gradients:
-#   tests, memcheck, Llama 1B with KILN_ROPE_GRAD_BTHD=1 / off). BUILD_TARGETS overrides the targets built
+#   tests, memcheck, Llama 1B with KILN_ROPE_GRAD_BTHD=1 / off), fp8profile (ncu kernel tables of
+#   GPT-2 1.5B with fp8 GEMMs and in bf16). BUILD_TARGETS overrides the targets built
 #   (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
@@ -73,6 +74,16 @@ for part in "$@"; do
         > "$out/lprofile.txt" 2>&1
       stamp "llama profile exit $?"; head -40 "$out/lprofile.txt"; tail -3 "$out/lprof/kiln.log"
       gzip -c "$out/lprof/ncu.csv" > "$out/lncu.csv.gz"; rm -rf "$out/lprof" ;;
+    fp8profile)
+      # the kernel table of GPT-2 1.5B (8 x 1024) with fp8 GEMMs, then in bf16: where fp8's
+      # time goes (amax / casts / unfused GELU against the GEMMs it speeds up)
+      for p8 in fp8 bf16; do
+        sets=""; [[ $p8 == fp8 ]] && sets="precision.fp8_matmul=true"
+        PROFILE_SETS=$sets timeout 280 bash benchmarks/profile/run.sh build "$out/p$p8" 2 \
+          benchmarks/e2e/gpt2-1.5b-bench.textproto > "$out/profile_1.5b_$p8.txt" 2>&1
+        stamp "1.5b $p8 profile exit $?"; sed -n '/^category/,$p' "$out/profile_1.5b_$p8.txt"
+        gzip -c "$out/p$p8/ncu.csv" > "$out/ncu_1.5b_$p8.csv.gz"; rm -rf "$out/p$p8"
+      done ;;
     kiln)
       # kiln's side of the e2e run alone (benchmarks/e2e/run.sh without PyTorch)
       timeout 90 build/bin/kiln train --config benchmarks/e2e/gpt2-124m-bench.textproto \

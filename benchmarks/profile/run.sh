@@ -5,16 +5,19 @@
 # the step time of the plain run (benchmarks/e2e/run.sh) to see how much of a step the GPU idles;
 # categories.py groups the second step's kernels (pass it that wall step time in ms for the gaps).
 # Usage: benchmarks/profile/run.sh BUILD_DIR OUT_DIR [STEPS] [CONFIG] (CONFIG: another model, e.g.
-# benchmarks/e2e/llama-1b-bench.textproto; default GPT-2 124M)
+# benchmarks/e2e/llama-1b-bench.textproto; default GPT-2 124M). PROFILE_SETS adds --set overrides
+# (e.g. PROFILE_SETS="precision.fp8_matmul=true").
 set -euo pipefail
 build=$1 out=$2 steps=${3:-2}
 here=$(cd "$(dirname "$0")" && pwd)
 config=${4:-$here/../e2e/gpt2-124m-bench.textproto}
 mkdir -p "$out"
+extra=()
+for kv in ${PROFILE_SETS:-}; do extra+=(--set "$kv"); done
 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
   --log-file "$out/ncu.csv" \
   "$build/bin/kiln" train --config "$config" \
   --set training.max_steps="$steps" --set eval.every_n_steps=0 --set schedule.lr.warmup_steps=1 \
-  --overwrite --set logging.run_dir="$out/run" > "$out/kiln.log" 2>&1
+  --overwrite --set logging.run_dir="$out/run" "${extra[@]}" > "$out/kiln.log" 2>&1
 python3 "$here/kernels.py" "$out/ncu.csv" "$steps"
 python3 "$here/categories.py" "$out/ncu.csv"
