@@ -110,8 +110,8 @@ Key make_key(const GemmParams& p, int device, bool tf32) {
   return Key(device, dtypes, static_cast<int>(p.d_dtype), p.m, p.n, p.k, p.lda, p.ldb, p.ldd,
              p.stride_a, p.stride_b, p.stride_d, p.batch,
              static_cast<int>(p.trans_a) | (static_cast<int>(p.trans_b) << 1),
-             static_cast<int>(p.epilogue) | (p.bias ? 16 : 0), p.beta != 0.0 ? 1 : 0, p.ld_aux, al,
-             tf32, p.a_scale != nullptr);
+             static_cast<int>(p.epilogue) | (p.bias ? 16 : 0) | (p.fast_accum ? 32 : 0),
+             p.beta != 0.0 ? 1 : 0, p.ld_aux, al, tf32, p.a_scale != nullptr);
 }
 
 std::string describe(const GemmParams& p) {
@@ -236,7 +236,7 @@ std::unique_ptr<Plan> make_plan(const GemmParams& p, bool tf32) {
     set_desc(p, plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, p.ld_aux);
   }
   if (fp8) {
-    const int8_t fast = 0;  // keep the periodic promotion to fp32
+    const int8_t fast = p.fast_accum ? 1 : 0;  // 0: the periodic promotion to fp32
     set_desc(p, plan->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, fast);
   }
   set_pointers(p, *plan);

@@ -48,6 +48,9 @@ struct GemmParams {
   const float* b_scale = nullptr;
   // fp8 only: B's dtype when it differs from A's (e5m2 x e4m3 in either order; never both e5m2).
   std::optional<DType> b_dtype;
+  // fp8 only: cuBLASLt's fast accumulation (CUBLASLT_MATMUL_DESC_FAST_ACCUM) instead of the
+  // periodic promotion of the partial sums to fp32.
+  bool fast_accum = false;
 };
 
 // Runs the GEMM. Returns false (and does nothing) when cuBLASLt offers no algorithm for this

@@ -4,6 +4,8 @@
 #include "core/ops/fp8.h"
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "core/autograd.h"
@@ -23,8 +25,9 @@ void fp8_amax(const Tensor& x, const Tensor& meta);
 // q (R, C) when defined, qt (C, R) when defined (fp8, one dtype).
 void fp8_cast(const Tensor& x2, const Tensor& meta, const Tensor& q, const Tensor& qt);
 // d (m, n) bf16 = (a_descale a (m, k)) (b_descale b (n, k))^T (+ bias (n)); false: no algorithm.
+// fast_accum: cuBLASLt's fast accumulation (no periodic promotion to fp32).
 bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const Tensor& b_descale,
-                 const Tensor& bias, const Tensor& d);
+                 const Tensor& bias, const Tensor& d, bool fast_accum = false);
 }  // namespace kiln::cuda
 #endif
 
@@ -65,7 +68,10 @@ void check_fp8_dtype(const char* op, DType t) {
 Fp8Tensor quantize_2d(const Tensor& x2, DType fp8, bool rowwise, bool transposed) {
   Fp8Tensor r;
   const int64_t rows = x2.size(0), cols = x2.size(1);
-  r.meta = Tensor::empty({3}, DType::kF32, x2.device());
+  // {amax, scale, descale} 8 bytes into the (aligned) allocation: descale 16-byte aligned.
+  r.meta = Tensor::empty({5}, DType::kF32, x2.device()).narrow(0, 2, 3);
+  KILN_CHECK(reinterpret_cast<uintptr_t>(r.descale().raw()) % 16 == 0)
+      << "internal: fp8 descale at " << r.descale().raw() << " is not 16-byte aligned";
   if (rowwise) r.data = Tensor::empty({rows, cols}, fp8, x2.device());
   if (transposed) r.data_t = Tensor::empty({cols, rows}, fp8, x2.device());
   cuda::fp8_amax(x2, r.meta);
@@ -79,24 +85,33 @@ Tensor rows_of(const Tensor& t) {
   return raw::contiguous(t.detach()).reshape({-1, c});
 }
 
+// A descale cuBLASLt can read in place: quantize_2d's are 16-byte aligned; any other is copied to
+// an allocation of its own (cuBLASLt reads each scale through a 16-byte-aligned pointer).
+Tensor aligned_descale(const Tensor& descale) {
+  if (reinterpret_cast<uintptr_t>(descale.raw()) % 16 == 0) return descale;
+  return descale.clone();
+}
+
 // (a_descale a (m, k)) (b_descale b (n, k))^T (+ bias (n)) -> (m, n) bf16; the bias in the
-// epilogue when cuBLASLt offers that, else added after.
+// epilogue when cuBLASLt offers that, else added after. `forward`: the forward GEMM, which takes
+// cuBLASLt's fast accumulation when KILN_FP8_FAST_ACCUM=1 (Transformer Engine's recipe: fast
+// accumulation forward, the periodic fp32 promotion for the gradients).
 // Returns an undefined tensor when cuBLASLt offers no algorithm (the mixed-dtype backward falls
-// back then). The descales are copied to their own allocations: cuBLASLt reads each scale
-// through a pointer of its own, and a view 8 bytes into `meta` is not 16-byte aligned.
+// back then).
 Tensor try_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b,
-                   const Tensor& b_descale, const Tensor& bias) {
+                   const Tensor& b_descale, const Tensor& bias, bool forward = false) {
   Tensor d = Tensor::empty({a.size(0), b.size(0)}, DType::kBF16, a.device());
-  const Tensor ad = a_descale.clone(), bd = b_descale.clone();
-  if (bias.defined() && cuda::fp8_gemm_tn(a, ad, b, bd, bias, d)) return d;
-  if (!cuda::fp8_gemm_tn(a, ad, b, bd, Tensor(), d)) return Tensor();
+  const Tensor ad = aligned_descale(a_descale), bd = aligned_descale(b_descale);
+  const bool fast = forward && fp8_fast_accum_forward();
+  if (bias.defined() && cuda::fp8_gemm_tn(a, ad, b, bd, bias, d, fast)) return d;
+  if (!cuda::fp8_gemm_tn(a, ad, b, bd, Tensor(), d, fast)) return Tensor();
   if (bias.defined()) return cuda::binary(cuda::BinaryOp::kAdd, d, bias);
   return d;
 }
 
 Tensor gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const Tensor& b_descale,
-               const Tensor& bias) {
-  Tensor d = try_gemm_tn(a, a_descale, b, b_descale, bias);
+               const Tensor& bias, bool forward = false) {
+  Tensor d = try_gemm_tn(a, a_descale, b, b_descale, bias, forward);
   KILN_CHECK(d.defined()) << kLinear << ": cuBLASLt offers no fp8 algorithm for " << a.str()
                           << " @ " << b.str() << "^T -> bf16";
   return d;
@@ -139,6 +154,22 @@ class Fp8LinearNode final : public Node {
 #endif
 
 }  // namespace
+
+namespace {
+std::atomic<int> g_fast_accum_override{-1};  // tests: 1 on, 0 off, -1 none
+}  // namespace
+
+bool fp8_fast_accum_forward() {
+  const int forced = g_fast_accum_override.load();
+  if (forced >= 0) return forced == 1;
+  static const bool on = [] {
+    const char* e = std::getenv("KILN_FP8_FAST_ACCUM");
+    return e != nullptr && std::strcmp(e, "1") == 0;
+  }();
+  return on;
+}
+
+void set_fp8_fast_accum_override(int on) { g_fast_accum_override.store(on); }
 
 int64_t fp8_e4m3_backward_count() {
 #if KILN_WITH_CUDA
@@ -215,7 +246,8 @@ Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   }
   Shape out_shape = x.shape();
   out_shape.back() = w.size(0);
-  Tensor y = gemm_tn(xq.data, xq.descale(), wq.data, wq.descale(), bias).reshape(out_shape);
+  Tensor y = gemm_tn(xq.data, xq.descale(), wq.data, wq.descale(), bias, /*forward=*/true)
+                 .reshape(out_shape);
   if (node) {
     node->x_shape = x.shape();
     node->saved = {xq.data_t, xq.meta, wq.data_t, wq.meta};

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cstdlib>
 #include <string>
 
 #include "core/check.h"
@@ -277,7 +278,7 @@ void fp8_cast(const Tensor& x2, const Tensor& meta, const Tensor& q, const Tenso
 // fp8, the descales 0-dim f32 on the device. Returns false (nothing ran) when cuBLASLt offers no
 // algorithm for the problem.
 bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const Tensor& b_descale,
-                 const Tensor& bias, const Tensor& d) {
+                 const Tensor& bias, const Tensor& d, bool fast_accum) {
   DeviceGuard guard(device_of(a));
   const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
   KILN_CHECK(is_fp8(a.dtype()) && is_fp8(b.dtype()) && a.is_contiguous() && b.is_contiguous() &&
@@ -301,6 +302,7 @@ bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, cons
   p.ldd = n;
   p.a_scale = static_cast<const float*>(a_descale.raw());
   p.b_scale = static_cast<const float*>(b_descale.raw());
+  p.fast_accum = fast_accum;
   if (bias.defined()) {
     p.epilogue = GemmEpilogue::kBias;
     p.bias = bias.raw();

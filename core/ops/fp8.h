@@ -17,7 +17,9 @@ double fp8_max(DType fp8_dtype);
 struct Fp8Tensor {
   Tensor data;    // (R, C) fp8: q = saturate(x * scale), or undefined when not asked for
   Tensor data_t;  // (C, R) fp8: q transposed (contiguous), or undefined when not asked for
-  Tensor meta;    // (3) f32 on x's device: {amax, scale, descale}
+  // (3) f32 on x's device: {amax, scale, descale}; descale 16-byte aligned, so that cuBLASLt
+  // reads it in place (fp8_quantize places meta 8 bytes into an aligned allocation).
+  Tensor meta;
   // 0-dim f32 views into meta.
   Tensor amax() const;
   Tensor scale() const;
@@ -50,6 +52,13 @@ bool fp8_linear_applies(const Tensor& x, const Tensor& w);
 // fp8_linear_applies(x, w); a GPU of compute capability 8.9+ (kiln::Error naming the op otherwise).
 // Compare linear_fp8 (core/ops/matmul.h): a forward GEMM on operands already in fp8.
 Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+
+// Whether fp8_linear's forward GEMM uses cuBLASLt's fast accumulation (Transformer Engine's
+// recipe: fast accumulation forward, the periodic promotion to fp32 for the gradients' GEMMs).
+// KILN_FP8_FAST_ACCUM=1 (read once) turns it on; off by default until a GPU has measured it.
+bool fp8_fast_accum_forward();
+// Tests: forces the choice above (1 on, 0 off); -1 restores it.
+void set_fp8_fast_accum_override(int on);
 
 // Backward passes of fp8_linear that quantized dY to e4m3 because cuBLASLt offered no
 // e5m2 x e4m3 kernel for the shape (0 where every backward ran in e5m2). Tests and logs.

@@ -39,6 +39,7 @@
 
 #include "core/autograd.h"
 #include "core/check.h"
+#include "core/cuda/gemm.h"
 #include "core/cuda/runtime.h"
 #include "core/dtype.h"
 #include "core/ops/elementwise.h"
@@ -224,6 +225,8 @@ TEST_F(Fp8Cuda, AmaxAndQuantizeMatchTheHostBitForBit) {
         EXPECT_EQ(q.amax().item(), meta[0]);
         EXPECT_EQ(q.scale().item(), meta[1]);
         EXPECT_EQ(q.descale().item(), meta[2]);
+        // cuBLASLt reads the descale in place (no copy per GEMM): 16-byte aligned.
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(q.descale().raw()) % 16, 0u);
         EXPECT_EQ(q.data.defined(), row);
         EXPECT_EQ(q.data_t.defined(), trans);
         std::string first;
@@ -362,6 +365,46 @@ TEST_F(Fp8Cuda, LinearForwardAndBackwardAgainstF64) {
     EXPECT_EQ(y_ng.grad_fn(), nullptr);
     EXPECT_TRUE(testing::same_bits(y_ng, y));
   }
+}
+
+// fp8_linear's forward with cuBLASLt's fast accumulation (KILN_FP8_FAST_ACCUM=1): a plan of its
+// own, and y still close to the dequantized product. Tolerance: fast accumulation keeps the
+// partial sums in the tensor cores' accumulator without the periodic promotion to fp32, which
+// loses low bits over long K; over K = 4096 of unit-scale products this stays within a few bf16
+// ulps of the sum (rms ~1e-3 relative, against 1.5e-3 for the bf16 output rounding alone), so
+// the bound is the same 5e-3 as with promotion, and a wrong setting (no scales, wrong
+// operands) gives O(1). The gradients' GEMMs never take it: dX, dW are the same bits either way.
+TEST_F(Fp8Cuda, FastAccumulationForwardStaysCloseToTheDequantizedProduct) {
+  KILN_REQUIRE_FP8();
+  struct Reset {
+    ~Reset() { set_fp8_fast_accum_override(-1); }
+  } reset;
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Generator gen(seed);
+  const int64_t m = 256, k = 4096, n = 512;
+  Tensor x = rand_cpu({m, k}, 1.0, DType::kBF16, gen);
+  Tensor w = rand_cpu({n, k}, 0.02, DType::kBF16, gen);
+  Tensor gy = rand_cpu({m, n}, 1.0, DType::kBF16, gen);
+  const Tensor deq = dequant_product(x, DType::kF8E4M3, w, DType::kF8E4M3);
+  std::vector<Tensor> ys, dxs, dws;
+  for (int fast : {0, 1}) {
+    set_fp8_fast_accum_override(fast);
+    EXPECT_EQ(fp8_fast_accum_forward(), fast == 1);
+    const int64_t plans = cuda::gemm_plan_count();
+    Tensor xg = x.to(kGpu).detach().set_requires_grad(true);
+    Tensor wg = w.to(kGpu).detach().set_requires_grad(true);
+    Tensor y = fp8_linear(xg, wg);
+    std::vector<Tensor> g = kiln::grad({y}, {gy.to(kGpu)}, {xg, wg});
+    if (fast == 1) EXPECT_GE(cuda::gemm_plan_count(), plans + 1) << "no plan of its own";
+    report(fast ? "fast-accumulation y vs dequantized f64" : "y vs dequantized f64",
+           error_of(f64(y), deq), 5e-3);
+    ys.push_back(y);
+    dxs.push_back(g[0]);
+    dws.push_back(g[1]);
+  }
+  EXPECT_TRUE(testing::same_bits(dxs[0], dxs[1]));
+  EXPECT_TRUE(testing::same_bits(dws[0], dws[1]));
 }
 
 // ---- argument checks (these run without a GPU too) ----
