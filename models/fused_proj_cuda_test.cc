@@ -153,8 +153,12 @@ TEST(FusedProj, FusedComputeOnCpuMatchesUnfused) {
     EXPECT_EQ(count(fused, "SwigluPacked"), 2);
     EXPECT_EQ(count(fused, "Concat"), 2 * 2);
     EXPECT_EQ(count(plain, "Matmul") - count(fused, "Matmul"), 2 * 3);
-    // v copied out of the packed buffer, so that buffer is not kept until backward.
-    EXPECT_EQ(count(fused, "Copy") - count(plain, "Copy"), 2);
+    // q, k, v of each block from one rope_qkv_packed node (v copied out inside it, so that the
+    // packed buffer is not kept until backward), instead of split + two RoPEs + a copy.
+    EXPECT_EQ(count(fused, "RopeQkvPacked"), 2);
+    EXPECT_EQ(count(fused, "RotaryEmbedding"), 0);
+    EXPECT_EQ(count(plain, "RotaryEmbedding"), 2 * 2);
+    EXPECT_EQ(count(fused, "Copy"), count(plain, "Copy"));
     expect_close(fused, plain, m, 1e-12, "fused on the CPU vs unfused, F=" + std::to_string(f));
   }
 }

@@ -118,22 +118,20 @@ Tensor Attention::forward(const Tensor& x, DType compute, Recompute rc, Generato
     k = split_heads(qkv[1], heads);
     v = split_heads(qkv[2], heads);
   } else {
-    Tensor pq, pk, pv;  // (B, T, H*D) projections
     if (fused_projection(fuse_proj, fuse_on_cpu, x, compute,
                          {q_proj.get(), k_proj.get(), v_proj.get()})) {
-      const int64_t d = spec.head_dim();
-      auto qkv = split(packed_linear({q_proj.get(), k_proj.get(), v_proj.get()}, x, compute),
-                       {heads * d, kv_heads * d, kv_heads * d}, -1);
-      // v is copied out (B T Hkv D, small): attention saves v, and a view would keep the whole
-      // packed buffer alive until backward (q and k leave it through rotary_embedding anyway).
-      pq = qkv[0], pk = qkv[1], pv = contiguous(qkv[2]);
+      // One (B, T, (H + 2 Hkv) D) GEMM output; rope_qkv_packed copies v out (attention saves v,
+      // and a view would keep the packed buffer alive) and writes the three gradients into one
+      // packed gradient.
+      const QkvHeads r = rope_qkv_packed(
+          packed_linear({q_proj.get(), k_proj.get(), v_proj.get()}, x, compute), heads, kv_heads,
+          spec.rope_theta);
+      q = r.q, k = r.k, v = r.v;
     } else {
-      pq = q_proj->forward(x, compute), pk = k_proj->forward(x, compute);
-      pv = v_proj->forward(x, compute);
+      q = rotary_embedding(split_heads(q_proj->forward(x, compute), heads), spec.rope_theta);
+      k = rotary_embedding(split_heads(k_proj->forward(x, compute), kv_heads), spec.rope_theta);
+      v = split_heads(v_proj->forward(x, compute), kv_heads);
     }
-    q = rotary_embedding(split_heads(pq, heads), spec.rope_theta);
-    k = rotary_embedding(split_heads(pk, kv_heads), spec.rope_theta);
-    v = split_heads(pv, kv_heads);
   }
   Tensor y;
   if (rc == Recompute::kSelective) {  // keep q, k, v; recompute the attention core in backward

@@ -14,6 +14,7 @@
 #include "core/cpu/elem.h"
 #include "core/ops/device_dispatch.h"
 #include "core/ops/rope_index.h"
+#include "core/ops/view.h"
 #include "core/thread_pool.h"
 
 #if KILN_WITH_CUDA
@@ -52,21 +53,20 @@ void angle_tables(int64_t t_len, int64_t d, double theta, int64_t offset, std::v
   }
 }
 
-using rope_index::OutLayout;
-
-// An empty (B, H, T, D) tensor shaped like x (B, H, T, D), laid out as `layout`.
-Tensor empty_in(const Tensor& x, OutLayout layout, DType dtype) {
-  if (layout == OutLayout::kBHTD) return Tensor::empty(x.shape(), dtype, x.device());
+// An empty (B, H, T, D) tensor of x's shape, laid out (B, H, T, D) or, with `bthd`, over
+// (B, T, H, D) memory.
+Tensor empty_like_rope(const Tensor& x, bool bthd, DType dtype) {
+  if (!bthd) return Tensor::empty(x.shape(), dtype, x.device());
   return Tensor::empty({x.size(0), x.size(2), x.size(1), x.size(3)}, dtype, x.device())
       .permute({0, 2, 1, 3});
 }
 
-// Rotates x (B, H, T, D) by +angle, or by -angle when `inverse`. Returns x's compute dtype, laid
-// out as `layout`.
-Tensor rotary_embedding_cpu(const Tensor& x, double theta, int64_t offset, bool inverse,
-                            OutLayout layout) {
+// Writes x (B, H, T, D) rotated by +angle (by -angle when `inverse`) into out (x's shape, x's
+// compute dtype, D innermost, any other strides).
+void rotary_embedding_cpu(const Tensor& x, const Tensor& out, double theta, int64_t offset,
+                          bool inverse) {
   Tensor xc = raw::to_compute(x);
-  Tensor out = empty_in(x, layout, xc.dtype());
+  KILN_CHECK(out.dtype() == xc.dtype() && out.strides()[3] == 1) << kOp << ": internal layout";
   const int64_t t_len = x.size(2), d = x.size(3), half = d / 2, n_heads = x.size(1);
   const int64_t ob = out.strides()[0], oh = out.strides()[1], ot = out.strides()[2];
   const int64_t n_rows = x.numel() / std::max<int64_t>(d, 1);
@@ -92,27 +92,34 @@ Tensor rotary_embedding_cpu(const Tensor& x, double theta, int64_t offset, bool 
                    }
                  });
   });
-  return out;
 }
 
-// t in `dtype`, keeping its layout (raw::convert would make it contiguous).
-Tensor keep_layout_as(const Tensor& t, DType dtype, OutLayout layout) {
-  if (t.dtype() == dtype) return t;
-  Tensor out = empty_in(t, layout, dtype);
-  raw::copy(out, t);
-  return out;
-}
-
-// Either device; returns `dtype`, laid out as `layout`.
-Tensor rotary_embedding_any(const Tensor& x, double theta, int64_t offset, bool inverse,
-                            DType dtype, OutLayout layout = OutLayout::kBHTD) {
+// Either device: x rotated written into out (x's shape, any dtype, D innermost).
+void rotary_embedding_into(const Tensor& x, const Tensor& out, double theta, int64_t offset,
+                           bool inverse) {
+  const DType direct = x.device().is_cuda() ? x.dtype() : raw::compute_dtype(x.dtype());
+  Tensor dst = out.dtype() == direct && out.strides()[3] == 1
+                   ? out
+                   : Tensor::empty(x.shape(), direct, x.device());
 #if KILN_WITH_CUDA
   if (x.device().is_cuda()) {
-    return keep_layout_as(
-        cuda::rope_forward(x, theta, offset, inverse, cuda::RopeImpl::kEnv, layout), dtype, layout);
+    cuda::rope_into(x, dst, theta, offset, inverse);
+  } else {
+    rotary_embedding_cpu(x, dst, theta, offset, inverse);
   }
+#else
+  rotary_embedding_cpu(x, dst, theta, offset, inverse);
 #endif
-  return keep_layout_as(rotary_embedding_cpu(x, theta, offset, inverse, layout), dtype, layout);
+  if (dst.storage() != out.storage() || dst.offset() != out.offset()) raw::copy(out, dst);
+}
+
+// Either device; returns `dtype`, (B, H, T, D) contiguous or, with `bthd`, over (B, T, H, D)
+// memory.
+Tensor rotary_embedding_any(const Tensor& x, double theta, int64_t offset, bool inverse,
+                            DType dtype, bool bthd = false) {
+  Tensor out = empty_like_rope(x, bthd, dtype);
+  rotary_embedding_into(x, out, theta, offset, inverse);
+  return out;
 }
 
 std::atomic<int> g_grad_layout_override{-1};  // tests: 1 on, 0 off, -1 none
@@ -129,14 +136,94 @@ class RotaryEmbeddingNode final : public Node {
   double theta = 10000.0;
   int64_t offset = 0;
   DType in_dtype = DType::kF32;
-  OutLayout grad_layout = OutLayout::kBHTD;  // the layout of x's gradient
+  bool grad_bthd = false;  // x's gradient over (B, T, H, D) memory
   // The rotation is orthogonal: its transpose is the rotation by the opposite angle.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
-    return {rotary_embedding_any(g[0], theta, offset, /*inverse=*/true, in_dtype, grad_layout)};
+    return {rotary_embedding_any(g[0], theta, offset, /*inverse=*/true, in_dtype, grad_bthd)};
+  }
+};
+
+// The (B, H, T, D) view of heads [h0, h0 + h) of a packed (B, T, W) tensor, D = head dim (a view
+// whatever the strides, never a copy: the backward writes through it). No autograd.
+Tensor heads_of(const Tensor& packed, int64_t h0, int64_t h, int64_t d) {
+  NoGradGuard ng;
+  Tensor v = unflatten(packed.narrow(2, h0 * d, h * d), 2, {h, d}).permute({0, 2, 1, 3});
+  KILN_CHECK(v.storage() == packed.storage()) << "rope_qkv_packed: internal: not a view";
+  return v;
+}
+
+// rope_qkv_packed: next = {qkv}; outputs q, k, v.
+class RopeQkvPackedNode final : public Node {
+ public:
+  const char* name() const override { return "RopeQkvPacked"; }
+  double theta = 10000.0;
+  int64_t offset = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  Shape in_shape;
+  DType in_dtype = DType::kF32;
+  // One (B, T, W) gradient: dq and dk rotated back into their columns, dv copied into its own;
+  // the columns of an output that got no gradient are zero.
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    NoGradGuard ng;
+    Tensor out = Tensor::empty(in_shape, in_dtype, g_device(g));
+    const int64_t h0[3] = {0, heads, heads + kv_heads}, h[3] = {heads, kv_heads, kv_heads};
+    for (int i = 0; i < 3; ++i) {
+      Tensor dst = heads_of(out, h0[i], h[i], head_dim);
+      if (!g[i].defined()) {
+        raw::fill(dst, 0.0);
+      } else if (i < 2) {
+        rotary_embedding_into(g[i], dst, theta, offset, /*inverse=*/true);
+      } else {
+        raw::copy(dst, g[i]);
+      }
+    }
+    return {out};
+  }
+
+ private:
+  static Device g_device(const std::vector<Tensor>& g) {
+    for (const Tensor& t : g)
+      if (t.defined()) return t.device();
+    KILN_CHECK(false) << "RopeQkvPacked: backward without any gradient";
+    return Device::cpu();
   }
 };
 
 }  // namespace
+
+QkvHeads rope_qkv_packed(const Tensor& qkv, int64_t heads, int64_t kv_heads, double theta,
+                         int64_t position_offset) {
+  const char* op = "rope_qkv_packed";
+  check_float_args(op, {&qkv});
+  check_dim(op, "qkv (B, T, W)", qkv, 3);
+  KILN_CHECK(heads > 0 && kv_heads > 0 && qkv.size(2) % (heads + 2 * kv_heads) == 0)
+      << op << ": width " << qkv.size(2) << " of " << qkv.str() << " is not (" << heads << " + 2 x "
+      << kv_heads << ") heads of one size";
+  const int64_t d = qkv.size(2) / (heads + 2 * kv_heads);
+  QkvHeads r;
+  {
+    NoGradGuard ng;
+    const Tensor q_in = heads_of(qkv, 0, heads, d), k_in = heads_of(qkv, heads, kv_heads, d);
+    check_rope_args(q_in, theta, position_offset);
+    ops::on_cuda(op, "qkv", qkv);
+    r.q = rotary_embedding_any(q_in, theta, position_offset, false, qkv.dtype());
+    r.k = rotary_embedding_any(k_in, theta, position_offset, false, qkv.dtype());
+    r.v = raw::contiguous(qkv.narrow(2, (heads + kv_heads) * d, kv_heads * d));
+    r.v = heads_of(r.v, 0, kv_heads, d);
+  }
+  if (auto n = record<RopeQkvPackedNode>({&qkv})) {
+    n->theta = theta;
+    n->offset = position_offset;
+    n->heads = heads;
+    n->kv_heads = kv_heads;
+    n->head_dim = d;
+    n->in_shape = qkv.shape();
+    n->in_dtype = qkv.dtype();
+    set_history(r.q, n, 0);
+    set_history(r.k, n, 1);
+    set_history(r.v, n, 2);
+  }
+  return r;
+}
 
 bool rope_grad_follows_input_layout(const Device& device) {
   const int forced = g_grad_layout_override.load();
@@ -159,8 +246,7 @@ Tensor rotary_embedding(const Tensor& x, double theta, int64_t position_offset) 
     n->theta = theta;
     n->offset = position_offset;
     n->in_dtype = x.dtype();
-    if (heads_inner(x) && rope_grad_follows_input_layout(x.device()))
-      n->grad_layout = OutLayout::kBTHD;
+    n->grad_bthd = heads_inner(x) && rope_grad_follows_input_layout(x.device());
     set_history(out, n);
   }
   return out;

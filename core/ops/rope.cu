@@ -1,8 +1,8 @@
 // CUDA kernels of rotary_embedding (core/ops/rope.cc). A first kernel builds the (T, D/2) cos / sin
 // tables with the CPU op's arithmetic (inverse frequency, angle, cos and sin in f64, then rounded
 // to the compute type); the rotation kernels then rotate each pair (i, i + D/2) of every (b, h, t)
-// row, reading x through its strides (no contiguous copy) and writing a dense result laid out
-// (B, H, T, D), or (B, T, H, D) in memory where asked (rope_index::OutLayout).
+// row, reading x through its strides (no contiguous copy) and writing the result through its
+// strides (D innermost): contiguous, or into a view the caller passes (rope_into).
 //  - v2 (the default): the tables are cached per (device, T, D, theta, offset, compute dtype), at
 //    most kRopeTableCacheSize entries (not while the stream is being captured into a CUDA graph:
 //    a captured build would only run with the graph). The rotation uses 32-bit index math
@@ -275,15 +275,15 @@ void launch_vec(const Tensor& x, const Tensor& out, const Tables& tb, const rope
 }
 
 template <typename T>
-void launch_v2(const Tensor& x, const Tensor& out, const Tables& tb, const Dims& s, bool inverse,
-               rope_index::OutLayout layout) {
+void launch_v2(const Tensor& x, const Tensor& out, const Tables& tb, const Dims& s, bool inverse) {
   using A = acc_t<T>;
   const A sign = inverse ? A(-1) : A(1);
   const int64_t size[4] = {s.b, s.h, s.t, s.d}, stride[4] = {s.sb, s.sh, s.st, s.sd};
+  const int64_t ostride[3] = {s.ob, s.oh, s.ot};
   // Both tables' addresses OR-ed: aligned to a power of two only when both are.
-  const int vec = rope_index::vec_width(size, stride, addr(x), addr(out), sizeof(T),
+  const int vec = rope_index::vec_width(size, stride, ostride, addr(x), addr(out), sizeof(T),
                                         addr(tb.cos) | addr(tb.sin), sizeof(A), 16 / sizeof(T));
-  const std::optional<rope_index::Map> m = rope_index::make_map(size, stride, vec, layout);
+  const std::optional<rope_index::Map> m = rope_index::make_map(size, stride, vec, ostride);
   if (!m) {
     g_last_path = RopePath::kScalar64;
     launch_v1_kernel<T>(x, out, tb, s, inverse);
@@ -328,19 +328,18 @@ void clear_rope_table_cache() {
   c.stats = RopeTableCacheStats{};
 }
 
-Tensor rope_forward(const Tensor& x, double theta, int64_t offset, bool inverse, RopeImpl impl,
-                    rope_index::OutLayout layout) {
+void rope_into(const Tensor& x, const Tensor& out, double theta, int64_t offset, bool inverse,
+               RopeImpl impl) {
   check_on_current_device(kOp, "x", x);
+  check_on_current_device(kOp, "out", out);
+  KILN_CHECK(out.shape() == x.shape() && out.dtype() == x.dtype() && out.strides()[3] == 1)
+      << kOp << ": internal: result " << out.str() << " for x " << x.str()
+      << " (same shape and dtype, D innermost)";
   if (impl == RopeImpl::kEnv) impl = env_impl();
-  const bool bthd = layout == rope_index::OutLayout::kBTHD;
-  Tensor out =
-      bthd ? Tensor::empty({x.size(0), x.size(2), x.size(1), x.size(3)}, x.dtype(), x.device())
-                 .permute({0, 2, 1, 3})
-           : Tensor::empty(x.shape(), x.dtype(), x.device());
   const Dims s{x.size(0),        x.size(1),        x.size(2),       x.size(3),
                x.strides()[0],   x.strides()[1],   x.strides()[2],  x.strides()[3],
                out.strides()[0], out.strides()[1], out.strides()[2]};
-  if (x.numel() == 0 || s.d / 2 == 0) return out;
+  if (x.numel() == 0 || s.d / 2 == 0) return;
   const DType ad = x.dtype() == DType::kF64 ? DType::kF64 : DType::kF32;
   const Tables tb = impl == RopeImpl::kV1 ? build_tables(s.t, s.d, theta, offset, ad, x.device())
                                           : tables_for(s.t, s.d, theta, offset, ad, x.device());
@@ -349,9 +348,14 @@ Tensor rope_forward(const Tensor& x, double theta, int64_t offset, bool inverse,
       g_last_path = RopePath::kV1;
       launch_v1_kernel<T>(x, out, tb, s, inverse);
     } else {
-      launch_v2<T>(x, out, tb, s, inverse, layout);
+      launch_v2<T>(x, out, tb, s, inverse);
     }
   });
+}
+
+Tensor rope_forward(const Tensor& x, double theta, int64_t offset, bool inverse, RopeImpl impl) {
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  rope_into(x, out, theta, offset, inverse, impl);
   return out;
 }
 

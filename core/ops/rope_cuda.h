@@ -4,7 +4,6 @@
 
 #include <cstdint>
 
-#include "core/ops/rope_index.h"
 #include "core/tensor.h"
 
 namespace kiln::cuda {
@@ -25,11 +24,13 @@ RopePath last_rope_path();
 int last_rope_vec();
 
 // x (B, H, T, D), any strides, on the current device. Returns x rotated by +angle (or by -angle
-// when inverse, the backward) in x's dtype, (B, H, T, D) contiguous, or with kBTHD a (B, H, T, D)
-// view of a contiguous (B, T, H, D) tensor. Every implementation and layout gives the same bits.
+// when inverse, the backward), contiguous, in x's dtype. Every implementation gives the same bits.
 Tensor rope_forward(const Tensor& x, double theta, int64_t offset, bool inverse,
-                    RopeImpl impl = RopeImpl::kEnv,
-                    rope_index::OutLayout layout = rope_index::OutLayout::kBHTD);
+                    RopeImpl impl = RopeImpl::kEnv);
+// The same rotation written into `out`: x's shape and dtype, D innermost, any other strides (the
+// projection's (B, T, H, D) memory, a slice of a packed buffer), not overlapping x.
+void rope_into(const Tensor& x, const Tensor& out, double theta, int64_t offset, bool inverse,
+               RopeImpl impl = RopeImpl::kEnv);
 
 // The cache of (T, D/2) cos / sin tables that kV2 keeps per (device, T, D, theta, offset, compute
 // dtype), at most kRopeTableCacheSize entries (the least recently used one is dropped).

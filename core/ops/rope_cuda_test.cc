@@ -186,36 +186,40 @@ TEST(RopeCuda, V2KernelsBitIdenticalToV1AndCloseToCpu) {
   }
 }
 
-// The result in (B, T, H, D) memory: every kernel case, both implementations, forward and inverse,
-// the same bits as the contiguous result, the path and vector width unchanged.
-TEST(RopeCuda, ResultInProjectionLayoutBitIdenticalToContiguous) {
+// The result written through other strides (rope_into): over (B, T, H, D) memory (NaN-filled
+// first), and into a
+// column slice of a wider packed buffer; every kernel case, both implementations, forward and
+// inverse, the same bits as the contiguous result, the path unchanged, the rest of the packed
+// buffer untouched.
+TEST(RopeCuda, ResultThroughOtherStridesBitIdenticalToContiguous) {
   KILN_SKIP_WITHOUT_GPU();
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   Generator gen(seed);
-  const auto bthd = rope_index::OutLayout::kBTHD;
   for (DType dt : {DType::kBF16, DType::kF32, DType::kF64}) {
     for (const KernelCase& c : kernel_cases()) {
       Tensor x = c.view(rand_cpu(c.buffer, dt, gen).to(Device::cuda(0)));
-      const int64_t h = x.size(1), t = x.size(2), d = x.size(3);
+      const int64_t b = x.size(0), h = x.size(1), t = x.size(2), d = x.size(3);
       for (RopeImpl impl : {RopeImpl::kV1, RopeImpl::kV2}) {
         for (bool inverse : {false, true}) {
           const std::string what = c.name + " " + dtype_name(dt) +
                                    (impl == RopeImpl::kV1 ? " v1" : " v2") +
                                    (inverse ? " inverse" : "");
-          Tensor want = cuda::rope_forward(x, c.theta, c.offset, inverse, impl);
-          Tensor got;
-          {
-            testing::PoisonedBlocks pb({x.nbytes()});  // unwritten elements stay NaN
-            got = cuda::rope_forward(x, c.theta, c.offset, inverse, impl, bthd);
-            cuda::synchronize();
+          Tensor want = cuda::rope_forward(x, c.theta, c.offset, inverse, impl).to(Device::cpu());
+          // (B, T, H, D) memory, then heads 1..h of a packed (B, T, (h + 2) D) buffer.
+          Tensor bthd = Tensor::full({b, t, h, d}, std::nan(""), dt, Device::cuda(0));
+          Tensor packed = Tensor::full({b, t, (h + 2) * d}, -7.0, dt, Device::cuda(0));
+          const Tensor outs[2] = {
+              permute(bthd, {0, 2, 1, 3}),
+              permute(unflatten(narrow(packed, 2, d, h * d), 2, {h, d}), {0, 2, 1, 3})};
+          for (const Tensor& out : outs) {
+            cuda::rope_into(x, out, c.theta, c.offset, inverse, impl);  // unwritten: NaN / -7
+            EXPECT_EQ(cuda::last_rope_path(), impl == RopeImpl::kV1 ? RopePath::kV1 : c.path)
+                << what;
+            EXPECT_TRUE(bit_equal(out.contiguous().to(Device::cpu()), want)) << what;
           }
-          EXPECT_EQ(cuda::last_rope_path(), impl == RopeImpl::kV1 ? RopePath::kV1 : c.path) << what;
-          ASSERT_EQ(got.shape(), x.shape()) << what;
-          EXPECT_EQ(got.strides(), (Shape{t * h * d, d, h * d, 1})) << what;
-          EXPECT_TRUE(bit_equal(permute(got, {0, 2, 1, 3}).contiguous().to(Device::cpu()),
-                                permute(want, {0, 2, 1, 3}).contiguous().to(Device::cpu())))
-              << what;
+          Tensor rest = concat({narrow(packed, 2, 0, d), narrow(packed, 2, (h + 1) * d, d)}, 2);
+          for (double v : rest.to(Device::cpu()).to_vector()) ASSERT_EQ(v, -7.0) << what;
         }
       }
     }
@@ -253,6 +257,45 @@ TEST(RopeCuda, GradientOfAHeadsInnerInputInItsLayout) {
       EXPECT_TRUE(bit_equal(gx[0].contiguous().to(Device::cpu()), gx[1].to(Device::cpu()))) << what;
       expect_gpu_close(gx[0].contiguous(), cpu_rope(g, 500000.0, 0, true), what);
     }
+  }
+}
+
+// rope_qkv_packed: q, k, v and the packed gradient against the CPU op; the same bits as its
+// composition on the GPU.
+TEST(RopeCuda, PackedQkvMatchesCpuAndItsComposition) {
+  KILN_SKIP_WITHOUT_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Generator gen(seed);
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    // Llama 1B's heads at D 64 (32 q heads, 4 kv heads), T 33.
+    std::vector<Tensor> in = {rand_cpu({2, 33, 40 * 64}, dt, gen)};
+    expect_gpu_matches_cpu(
+        [](const std::vector<Tensor>& v) {
+          const QkvHeads r = rope_qkv_packed(v[0], 32, 4, 500000.0, 0);
+          return std::vector<Tensor>{r.q, r.k, r.v};
+        },
+        in, gen, std::string("rope_qkv_packed ") + dtype_name(dt));
+    EnableGradGuard eg;
+    Tensor p = in[0].to(Device::cuda(0)).detach().set_requires_grad(true);
+    const QkvHeads r = rope_qkv_packed(p, 32, 4, 500000.0, 0);
+    const std::vector<Tensor> parts = split(p, {32 * 64, 4 * 64, 4 * 64}, -1);
+    auto heads = [](const Tensor& y, int64_t n) {
+      return permute(unflatten(y, 2, {n, 64}), {0, 2, 1, 3});
+    };
+    const std::vector<Tensor> c = {rotary_embedding(heads(parts[0], 32), 500000.0, 0),
+                                   rotary_embedding(heads(parts[1], 4), 500000.0, 0),
+                                   heads(contiguous(parts[2]), 4)};
+    const std::vector<Tensor> f = {r.q, r.k, r.v};
+    std::vector<Tensor> g;
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_TRUE(
+          bit_equal(f[i].contiguous().to(Device::cpu()), c[i].contiguous().to(Device::cpu())))
+          << i;
+      g.push_back(rand_cpu(f[i].shape(), dt, gen).to(Device::cuda(0)));
+    }
+    EXPECT_TRUE(bit_equal(kiln::grad(f, g, {p})[0].to(Device::cpu()),
+                          kiln::grad(c, g, {p})[0].to(Device::cpu())));
   }
 }
 

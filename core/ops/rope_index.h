@@ -37,19 +37,9 @@ struct Map {
   bool heads_inner = false;
 };
 
-// The result's layout: (B, H, T, D) contiguous, or (B, H, T, D) over (B, T, H, D) memory (the
-// projection's layout, in which the backward writes the gradient of a heads-inner x, so that
-// split_heads' backward is a view, not a strided copy). Both are dense, D innermost.
-enum class OutLayout { kBHTD, kBTHD };
-
-// The result's (B, H, T) strides in elements for shape `size` (B, H, T, D).
-inline void out_strides(const int64_t (&size)[4], OutLayout layout, int64_t (&ostride)[3]) {
-  const int64_t h = size[1], t = size[2], d = size[3];
-  if (layout == OutLayout::kBHTD) {
-    ostride[0] = h * t * d, ostride[1] = t * d, ostride[2] = d;
-  } else {
-    ostride[0] = t * h * d, ostride[1] = d, ostride[2] = h * d;
-  }
+// The (B, H, T) strides of a contiguous (B, H, T, D) result of shape `size`.
+inline void contiguous_out(const int64_t (&size)[4], int64_t (&ostride)[3]) {
+  ostride[0] = size[1] * size[2] * size[3], ostride[1] = size[2] * size[3], ostride[2] = size[3];
 }
 
 // The elements of one head of a unit, as offsets in elements: lane l (l < vec) rotates
@@ -90,42 +80,54 @@ KILN_ROPE_HD Unit head_of(const Unit& u, uint32_t hh, const Map& m) {
 
 // The largest vec in {max_vec, max_vec / 2, .., 2} such that every vector access of `vec`
 // elements of `elem_size` bytes is aligned: x's innermost stride is 1, half and the other strides
-// are multiples of vec, and the addresses of x and of the result (`x_addr`, `out_addr`) and of the
-// tables (`tab_addr`, elements of `tab_elem_size` bytes) are aligned to the access size. 1 (the
-// scalar kernel) when none is. (Either OutLayout's strides are multiples of D, so of vec.)
-inline int vec_width(const int64_t (&size)[4], const int64_t (&stride)[4], uint64_t x_addr,
-                     uint64_t out_addr, int elem_size, uint64_t tab_addr, int tab_elem_size,
-                     int max_vec) {
+// of x and of the result (`ostride`, (B, H, T); its D stride is 1) are multiples of vec, and the
+// addresses of x and of the result (`x_addr`, `out_addr`) and of the tables (`tab_addr`, elements
+// of `tab_elem_size` bytes) are aligned to the access size. 1 (the scalar kernel) when none is.
+inline int vec_width(const int64_t (&size)[4], const int64_t (&stride)[4],
+                     const int64_t (&ostride)[3], uint64_t x_addr, uint64_t out_addr, int elem_size,
+                     uint64_t tab_addr, int tab_elem_size, int max_vec) {
   if (stride[3] != 1) return 1;
   const int64_t half = size[3] / 2;
   for (int v = max_vec; v >= 2; v /= 2) {
     const uint64_t bytes = static_cast<uint64_t>(v) * elem_size;
     bool ok = half % v == 0 && x_addr % bytes == 0 && out_addr % bytes == 0 &&
               tab_addr % (static_cast<uint64_t>(v) * tab_elem_size) == 0;
-    for (int d = 0; d < 3; ++d) ok = ok && (size[d] == 1 || stride[d] % v == 0);
+    for (int d = 0; d < 3; ++d) {
+      ok = ok && (size[d] == 1 || (stride[d] % v == 0 && ostride[d] % v == 0));
+    }
     if (ok) return v;
   }
   return 1;
 }
 
-// The Map for x with `vec` pairs per unit and the result laid out as `layout`, or nullopt when an
-// offset could leave 32 bits (the caller then runs the 64-bit kernel): the result and the unit
-// count stay below 2^30 elements (so a grid-stride step cannot wrap either) and every offset into
-// x below 2^31.
+// Largest element offset of a (size) view with the given strides (D stride `sd`), or -1 when a
+// stride is negative.
+inline int64_t max_offset(const int64_t (&size)[4], const int64_t* stride3, int64_t sd) {
+  int64_t m = (size[3] - 1) * sd;
+  for (int d = 0; d < 3; ++d) {
+    if (stride3[d] < 0) return -1;
+    m += (size[d] - 1) * stride3[d];
+  }
+  return sd < 0 ? -1 : m;
+}
+
+// The Map for x with `vec` pairs per unit and the result written through `ostride` ((B, H, T)
+// strides, D stride 1: contiguous, the projection's (B, T, H, D) memory, or a slice of a packed
+// buffer), or nullopt when an offset could leave 32 bits (the caller then runs the 64-bit
+// kernel): the unit count stays below 2^30 (so a grid-stride step cannot wrap either) and every
+// offset into x and into the result below 2^31.
 inline std::optional<Map> make_map(const int64_t (&size)[4], const int64_t (&stride)[4], int vec,
-                                   OutLayout layout = OutLayout::kBHTD) {
+                                   const int64_t (&ostride)[3]) {
   const int64_t half = size[3] / 2, numel = size[0] * size[1] * size[2] * size[3];
   if (half == 0 || numel == 0 || vec < 1 || half % vec != 0) return std::nullopt;
-  int64_t max_x = 0;
+  constexpr int64_t kUnitLimit = int64_t{1} << 30, kLimit = (int64_t{1} << 31) - 1;
   for (int d = 0; d < 4; ++d) {
-    if (stride[d] < 0) return std::nullopt;
-    max_x += (size[d] - 1) * stride[d];
+    if (stride[d] > kLimit || (d < 3 && ostride[d] > kLimit)) return std::nullopt;
   }
-  constexpr int64_t kOutLimit = int64_t{1} << 30, kXLimit = (int64_t{1} << 31) - 1;
-  for (int d = 0; d < 4; ++d) {
-    if (stride[d] > kXLimit) return std::nullopt;
-  }
-  if (numel > kOutLimit || max_x > kXLimit) return std::nullopt;
+  const int64_t max_x = max_offset(size, stride, stride[3]);
+  const int64_t max_out = max_offset(size, ostride, 1);
+  if (numel > kUnitLimit || max_x < 0 || max_x > kLimit || max_out < 0 || max_out > kLimit)
+    return std::nullopt;
   Map m;
   // Heads inner when they are closer in memory than positions (and there is more than one of
   // each; a size-1 dim's stride says nothing).
@@ -146,12 +148,17 @@ inline std::optional<Map> make_map(const int64_t (&size)[4], const int64_t (&str
   m.sh = static_cast<uint32_t>(stride[1]);
   m.st = static_cast<uint32_t>(stride[2]);
   m.sd = static_cast<uint32_t>(stride[3]);
-  int64_t ostride[3];
-  out_strides(size, layout, ostride);  // each below numel <= 2^30
   m.ob = static_cast<uint32_t>(ostride[0]);
   m.oh = static_cast<uint32_t>(ostride[1]);
   m.ot = static_cast<uint32_t>(ostride[2]);
   return m;
+}
+
+// make_map for a contiguous (B, H, T, D) result.
+inline std::optional<Map> make_map(const int64_t (&size)[4], const int64_t (&stride)[4], int vec) {
+  int64_t ostride[3];
+  contiguous_out(size, ostride);
+  return make_map(size, stride, vec, ostride);
 }
 
 }  // namespace kiln::rope_index

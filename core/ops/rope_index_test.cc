@@ -18,7 +18,6 @@ namespace {
 using rope_index::head_of;
 using rope_index::make_map;
 using rope_index::Map;
-using rope_index::OutLayout;
 using rope_index::Unit;
 using rope_index::unit_of;
 using rope_index::vec_width;
@@ -42,6 +41,20 @@ Layout packed_slice(int64_t b, int64_t h, int64_t t, int64_t d, int64_t width) {
   return {"packed slice", {b, h, t, d}, {t * width, d, width, 1}};
 }
 
+// Result layouts: (B, H, T, D) contiguous, or over (B, T, H, D) memory (the backward's layout for
+// a heads-inner x).
+enum class OutLayout { kBHTD, kBTHD };
+
+// The (B, H, T) strides of a result of shape `size` laid out as `out`.
+void strides_of(const int64_t (&size)[4], OutLayout out, int64_t (&ostride)[3]) {
+  const int64_t h = size[1], t = size[2], d = size[3];
+  if (out == OutLayout::kBHTD) {
+    ostride[0] = h * t * d, ostride[1] = t * d, ostride[2] = d;
+  } else {
+    ostride[0] = t * h * d, ostride[1] = d, ostride[2] = h * d;
+  }
+}
+
 // The (b, h, t, i) of result offset o of a (B, H, T, D) result laid out as `out`.
 struct Coord {
   int64_t b, h, t, i;
@@ -52,6 +65,13 @@ Coord decode(int64_t o, const int64_t (&size)[4], OutLayout out) {
   return {r / nh / nt, r % nh, r / nh % nt, o % d};
 }
 
+std::optional<Map> map_for(const int64_t (&size)[4], const int64_t (&stride)[4], int vec,
+                           OutLayout out) {
+  int64_t ostride[3];
+  strides_of(size, out, ostride);
+  return make_map(size, stride, vec, ostride);
+}
+
 // Checks every unit of the map of `l` with `vec` pairs per unit and the result laid out as `out`:
 // the elements each of its heads names are those of its (b, h, t, i) (decoded from its output
 // offset, independently of unit_of), each result element is written once, x is read in
@@ -60,7 +80,7 @@ void check_all_units(const Layout& l, int vec, bool memory_order, uint32_t hp = 
                      OutLayout out = OutLayout::kBHTD) {
   SCOPED_TRACE(l.name + " vec " + std::to_string(vec) +
                (out == OutLayout::kBTHD ? " out (B, T, H, D)" : ""));
-  const std::optional<Map> m = make_map(l.size, l.stride, vec, out);
+  const std::optional<Map> m = map_for(l.size, l.stride, vec, out);
   ASSERT_TRUE(m.has_value());
   EXPECT_EQ(m->hp, hp);
   const int64_t d = l.size[3], half = d / 2;
@@ -137,7 +157,7 @@ TEST(RopeIndex, ResultInTheProjectionLayout) {
   check_all_units(contiguous(1, 8, 7, 6), 1, true, 4, bthd);    // D / 2 = 3
   check_all_units({"d outer", {2, 3, 5, 8}, {120, 40, 1, 5}}, 1, false, 1, bthd);
   const std::optional<Map> m =
-      make_map(contiguous(2, 3, 5, 8).size, contiguous(2, 3, 5, 8).stride, 2, bthd);
+      map_for(contiguous(2, 3, 5, 8).size, contiguous(2, 3, 5, 8).stride, 2, bthd);
   EXPECT_EQ(m->ob, 5u * 3 * 8);
   EXPECT_EQ(m->oh, 8u);
   EXPECT_EQ(m->ot, 3u * 8);
@@ -154,7 +174,7 @@ TEST(RopeIndex, RowOrderFollowsMemory) {
 // unit_of and head_of against 64-bit arithmetic at sampled units of maps near the 32-bit limits.
 void check_sampled_units(const Layout& l, int vec, OutLayout out = OutLayout::kBHTD) {
   SCOPED_TRACE(l.name);
-  const std::optional<Map> m = make_map(l.size, l.stride, vec, out);
+  const std::optional<Map> m = map_for(l.size, l.stride, vec, out);
   ASSERT_TRUE(m.has_value());
   const int64_t half = l.size[3] / 2, upr = half / vec, nh = l.size[1], nt = l.size[2];
   const int64_t groups = nh / m->hp;
@@ -197,18 +217,59 @@ TEST(RopeIndex, ThirtyTwoBitLimits) {
   EXPECT_FALSE(make_map(odd_vec.size, odd_vec.stride, 2).has_value());
 }
 
+// A result written into a slice of a packed (B, T, W) buffer (the packed q / k / v gradient):
+// every unit's result offset through the slice's strides, and the 32-bit limit on them.
+TEST(RopeIndex, ResultIntoAPackedSlice) {
+  const Layout dk = contiguous(2, 2, 5, 8);          // (B, Hkv, T, D) gradient as cuDNN writes it
+  const int64_t w = 64, ostride[3] = {5 * w, 8, w};  // heads 4..5 of (B, T, 8 * 8)
+  for (int vec : {1, 2, 4}) {
+    const std::optional<Map> m = make_map(dk.size, dk.stride, vec, ostride);
+    ASSERT_TRUE(m.has_value());
+    std::vector<int> written(2 * 5 * w, 0);
+    for (uint32_t k = 0; k < m->units; ++k) {
+      const Unit u0 = unit_of(k, *m);
+      for (uint32_t hh = 0; hh < m->hp; ++hh) {
+        const Unit u = head_of(u0, hh, *m);
+        for (int lane = 0; lane < vec; ++lane) {
+          ++written[u.out + lane];
+          ++written[u.out + 4 + lane];
+        }
+      }
+    }
+    for (int64_t o = 0; o < 2 * 5 * w; ++o) {
+      const int64_t col = o % w;  // the slice is columns 0..15 of each row here
+      ASSERT_EQ(written[o], col < 16 ? 1 : 0) << "vec " << vec << " offset " << o;
+    }
+  }
+  // Result offsets past 2^31 - 1: the 64-bit kernel.
+  // The largest offset is ob + 8 + 4 * 64 + 7 = ob + 271.
+  const int64_t near[3] = {(int64_t{1} << 31) - 1 - 271, 8, 64};
+  EXPECT_TRUE(make_map(dk.size, dk.stride, 1, near).has_value());
+  const int64_t far[3] = {(int64_t{1} << 31) - 271, 8, 64};
+  EXPECT_FALSE(make_map(dk.size, dk.stride, 1, far).has_value());
+}
+
 TEST(RopeIndex, VectorWidth) {
   const uint64_t a = 1 << 12;  // an aligned address
   auto w = [&](const Layout& l, uint64_t x, uint64_t out, int elem, uint64_t tab, int max_vec) {
-    return vec_width(l.size, l.stride, x, out, elem, tab, 4, max_vec);
+    int64_t os[3];
+    rope_index::contiguous_out(l.size, os);
+    return vec_width(l.size, l.stride, os, x, out, elem, tab, 4, max_vec);
   };
   const Layout q = projection(8, 32, 16, 64);
-  EXPECT_EQ(w(q, a, a, 2, a, 8), 8);                            // bf16: 16-byte accesses
-  EXPECT_EQ(w(q, a, a, 4, a, 4), 4);                            // f32
-  EXPECT_EQ(vec_width(q.size, q.stride, a, a, 8, a, 8, 2), 2);  // f64 (f64 tables)
-  EXPECT_EQ(w(q, a + 8, a, 2, a, 8), 4);                        // x only 8-byte aligned
-  EXPECT_EQ(w(q, a + 2, a, 2, a, 8), 1);                        // x only 2-byte aligned
-  EXPECT_EQ(w(q, a, a + 4, 2, a, 8), 2);                        // the result 4-byte aligned
+  int64_t q_out[3];
+  rope_index::contiguous_out(q.size, q_out);
+  EXPECT_EQ(w(q, a, a, 2, a, 8), 8);                                   // bf16: 16-byte accesses
+  EXPECT_EQ(w(q, a, a, 4, a, 4), 4);                                   // f32
+  EXPECT_EQ(vec_width(q.size, q.stride, q_out, a, a, 8, a, 8, 2), 2);  // f64 (f64 tables)
+  // The result's strides count too: a result in a packed buffer whose rows are 36 or 6 elements.
+  const int64_t packed36[3] = {5 * 36, 16, 36}, packed6[3] = {5 * 6, 16, 6};
+  const Layout k = contiguous(2, 2, 5, 16);
+  EXPECT_EQ(vec_width(k.size, k.stride, packed36, a, a, 2, a, 4, 8), 4);
+  EXPECT_EQ(vec_width(k.size, k.stride, packed6, a, a, 2, a, 4, 8), 2);
+  EXPECT_EQ(w(q, a + 8, a, 2, a, 8), 4);                    // x only 8-byte aligned
+  EXPECT_EQ(w(q, a + 2, a, 2, a, 8), 1);                    // x only 2-byte aligned
+  EXPECT_EQ(w(q, a, a + 4, 2, a, 8), 2);                    // the result 4-byte aligned
   EXPECT_EQ(w(q, a, a, 2, a + 16, 8), 4);                   // tables 16-byte aligned: 4 f32 at most
   EXPECT_EQ(w(projection(2, 3, 5, 8), a, a, 2, a, 8), 4);   // D / 2 = 4
   EXPECT_EQ(w(projection(2, 3, 5, 12), a, a, 2, a, 8), 2);  // D / 2 = 6

@@ -156,6 +156,55 @@ TEST(Rope, GradientOfAHeadsInnerInputKeepsItsLayout) {
       kiln::grad({rotary_embedding(xc)}, {randn64({2, 3, 5, 8}, 14)}, {xc})[0].is_contiguous());
 }
 
+// rope_qkv_packed against its composition (split, split_heads, rotary_embedding, a contiguous v):
+// the same bits forward, and the same bits in the packed gradient, also when an output gets no
+// gradient (its columns zero).
+TEST(Rope, PackedQkvEqualsItsComposition) {
+  const int64_t b = 2, t = 5, h = 4, hkv = 2, d = 8, w = (h + 2 * hkv) * d;
+  for (DType dt : {DType::kF64, DType::kBF16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    Tensor p = randn64({b, t, w}, 21).to(dt).set_requires_grad(true);
+    std::vector<Tensor> g = {randn64({b, h, t, d}, 22).to(dt), randn64({b, hkv, t, d}, 23).to(dt),
+                             randn64({b, hkv, t, d}, 24).to(dt)};
+    auto composed = [&](const Tensor& x) {
+      auto parts = split(x, {h * d, hkv * d, hkv * d}, -1);
+      auto heads = [&](const Tensor& y, int64_t n) {
+        return permute(unflatten(y, 2, {n, d}), {0, 2, 1, 3});
+      };
+      return std::vector<Tensor>{rotary_embedding(heads(parts[0], h), 500.0, 3),
+                                 rotary_embedding(heads(parts[1], hkv), 500.0, 3),
+                                 heads(contiguous(parts[2]), hkv)};
+    };
+    const QkvHeads f = rope_qkv_packed(p, h, hkv, 500.0, 3);
+    const std::vector<Tensor> c = composed(p);
+    const std::vector<Tensor> fv = {f.q, f.k, f.v};
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(fv[i].shape(), c[i].shape()) << i;
+      EXPECT_EQ(fv[i].to(DType::kF64).to_vector(), c[i].to(DType::kF64).to_vector()) << i;
+    }
+    EXPECT_TRUE(f.q.is_contiguous());
+    EXPECT_TRUE(f.v.permute({0, 2, 1, 3}).is_contiguous());  // (B, T, Hkv, D) memory
+    // All three gradients, then v's missing, then only v's.
+    for (int mask : {7, 3, 4}) {
+      std::vector<Tensor> outs_f, outs_c, gs;
+      for (int i = 0; i < 3; ++i) {
+        if (!(mask >> i & 1)) continue;
+        outs_f.push_back(fv[i]);
+        outs_c.push_back(c[i]);
+        gs.push_back(g[i]);
+      }
+      const Tensor gf = kiln::grad(outs_f, gs, {p})[0], gc = kiln::grad(outs_c, gs, {p})[0];
+      EXPECT_EQ(gf.shape(), p.shape());
+      EXPECT_EQ(gf.to(DType::kF64).to_vector(), gc.to(DType::kF64).to_vector()) << "mask " << mask;
+    }
+  }
+  EXPECT_THAT(
+      [] {
+        rope_qkv_packed(Tensor::zeros({1, 2, 30}), 4, 2, 1e4);
+      },
+      ThrowsMessage<Error>(HasSubstr("rope_qkv_packed: width 30")));
+}
+
 TEST(Rope, BadInputIsAClearError) {
   EXPECT_THAT(
       [] {
