@@ -123,9 +123,9 @@ Tensor Attention::forward(const Tensor& x, DType compute, Recompute rc, Generato
       // One (B, T, (H + 2 Hkv) D) GEMM output; rope_qkv_packed copies v out (attention saves v,
       // and a view would keep the packed buffer alive) and writes the three gradients into one
       // packed gradient.
-      const QkvHeads r = rope_qkv_packed(
-          packed_linear({q_proj.get(), k_proj.get(), v_proj.get()}, x, compute), heads, kv_heads,
-          spec.rope_theta);
+      const QkvHeads r =
+          rope_qkv_packed(packed_linear({q_proj.get(), k_proj.get(), v_proj.get()}, x, compute),
+                          heads, kv_heads, spec.rope_theta);
       q = r.q, k = r.k, v = r.v;
     } else {
       q = rotary_embedding(split_heads(q_proj->forward(x, compute), heads), spec.rope_theta);
