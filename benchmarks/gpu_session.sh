@@ -252,7 +252,7 @@ PY
       stamp "rope tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/ropegrad.log"
       grep -B3 -A12 "Failure" "$out/ropegrad.log" | head -40
       timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
-        --gtest_filter='RopeCuda.ResultInProjection*:RopeCuda.GradientOfAHeadsInner*' --gtest_brief=1 \
+        --gtest_filter='RopeCuda.ResultThroughOtherStrides*:RopeCuda.GradientOfAHeadsInner*:RopeCuda.PackedQkv*' --gtest_brief=1 \
         > "$out/ropegrad_memcheck.log" 2>&1
       stamp "memcheck exit $?: $(grep -E 'ERROR SUMMARY' "$out/ropegrad_memcheck.log" | tail -1)"
       c=benchmarks/e2e/llama-1b-bench.textproto
