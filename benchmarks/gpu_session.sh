@@ -15,7 +15,9 @@
 #   bf16 and fp8), plant (planted bugs), fuse (Llama's fused projections: tests, memcheck, a
 #   planted bug, Llama 1B with KILN_FUSED_PROJ=1 / off), ropegrad (RoPE's (B, T, H, D) gradients:
 #   tests, memcheck, Llama 1B with KILN_ROPE_GRAD_BTHD=1 / off), fp8profile (ncu kernel tables of
-#   GPT-2 1.5B with fp8 GEMMs and in bf16). BUILD_TARGETS overrides the targets built
+#   GPT-2 1.5B with fp8 GEMMs and in bf16), ceshared (the classifier rows kept in shared memory:
+#   test, memcheck, planted bug, GPT-2 124M / Llama with KILN_CE_ROWS=shared). BUILD_TARGETS
+#   overrides the targets built
 #   (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
@@ -258,6 +260,31 @@ PY
       c=benchmarks/e2e/llama-1b-bench.textproto
       kiln_run llama-ropegrad "$c" KILN_ROPE_GRAD_BTHD=1; kiln_run llama-ropegrad-off "$c"
       kiln_run llama-ropegrad2 "$c" KILN_ROPE_GRAD_BTHD=1; stamp ropegrad ;;
+    ceshared)
+      # The classifier's row kernel keeping the row in shared memory (KILN_CE_ROWS=shared): its
+      # test (bit-identical to the vector kernel), memcheck, a planted bug (the gradient pass
+      # reads the next slot), then GPT-2 124M and Llama 1B with it on and off.
+      f='LinearCrossEntropyCuda.*'
+      timeout 120 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$f" > "$out/ceshared.log" 2>&1
+      stamp "ce tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/ceshared.log"
+      grep -B3 -A12 "Failure" "$out/ceshared.log" | head -30
+      timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
+        --gtest_filter='LinearCrossEntropyCuda.SharedRow*' --gtest_brief=1 > "$out/ceshared_memcheck.log" 2>&1
+      stamp "memcheck exit $?: $(grep -E 'ERROR SUMMARY' "$out/ceshared_memcheck.log" | tail -1)"
+      cp core/ops/cross_entropy.cu /tmp/planted.bak
+      sed -i 's/          u = row_copy\[j\];/          u = row_copy[j + 1 < nvec ? j + 1 : j];/' core/ops/cross_entropy.cu
+      cmp -s core/ops/cross_entropy.cu /tmp/planted.bak && echo "plant: no change in cross_entropy.cu"
+      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
+      timeout 60 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter='LinearCrossEntropyCuda.SharedRow*' \
+        > "$out/plant.log" 2>&1
+      echo "planted off-by-one slot in the shared row: tests exit $? $(grep -cE '^\[  FAILED' "$out/plant.log") failed lines"
+      cp /tmp/planted.bak core/ops/cross_entropy.cu
+      cmake --build build -j16 --target core_gpu_tests kiln > "$out/plant_build.log" 2>&1
+      c=benchmarks/e2e/gpt2-124m-bench.textproto
+      kiln_run g124-ceshared "$c" KILN_CE_ROWS=shared; kiln_run g124-cevector "$c"
+      kiln_run g124-ceshared2 "$c" KILN_CE_ROWS=shared
+      kiln_run llama-ceshared benchmarks/e2e/llama-1b-bench.textproto KILN_CE_ROWS=shared
+      stamp ceshared ;;
     sanitize)
       timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
         --gtest_filter="${SANITIZE_FILTER:-*PackedQkv*:*MlpGelu*:*LinearCrossEntropy*:*StridedInputs*:ElementwiseCuda.*}" --gtest_brief=1 > "$out/memcheck.log" 2>&1

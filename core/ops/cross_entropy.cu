@@ -12,12 +12,14 @@
 // GEMMs give dx for those rows and add the chunk's share of dW (accumulated in f32, f64 for f64).
 // The (N, V) logits are never materialised, and each chunk's gradient shares their buffer.
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
 
 #include "core/backend.h"
+#include "core/ops/cross_entropy_cuda.h"
 #include "core/ops/cuda_util.cuh"
 
 namespace kiln::cuda {
@@ -25,14 +27,21 @@ namespace {
 
 constexpr unsigned long long kNone = ULLONG_MAX;
 
-// KILN_CE_ROWS=scalar: linear_cross_entropy keeps the scalar row kernel for 16-bit logits too
-// (for comparisons; the vectorised one is the default).
-bool ce_scalar_rows() {
-  static const bool scalar = [] {
+std::atomic<int> g_ce_rows_forced{static_cast<int>(CeRows::kEnv)};
+thread_local CeRows g_last_ce_rows = CeRows::kEnv;
+
+// The row kernel asked for (core/ops/cross_entropy_cuda.h): the test override, else KILN_CE_ROWS.
+CeRows ce_rows_wanted() {
+  const auto forced = static_cast<CeRows>(g_ce_rows_forced.load());
+  if (forced != CeRows::kEnv) return forced;
+  static const CeRows env = [] {
     const char* e = std::getenv("KILN_CE_ROWS");
-    return e != nullptr && std::string(e) == "scalar";
+    const std::string v = e == nullptr ? "" : e;
+    KILN_CHECK(v.empty() || v == "scalar" || v == "vector" || v == "shared")
+        << "linear_cross_entropy: KILN_CE_ROWS must be scalar, vector or shared, got '" << v << "'";
+    return v == "scalar" ? CeRows::kScalar : v == "shared" ? CeRows::kShared : CeRows::kVector;
   }();
-  return scalar;
+  return env;
 }
 
 // ---- kernels ----
@@ -108,7 +117,10 @@ __device__ __forceinline__ float fast_exp(float x) {
   return __expf(x);
 }
 
-template <typename T, typename I, bool kGrad>
+// kShared: the first pass also stores the row in dynamic shared memory (V elements), and the
+// gradient pass reads it from there: each thread touches the same slots of every row, so no
+// barrier is needed between rows.
+template <typename T, typename I, bool kGrad, bool kShared = false>
 __global__ void __launch_bounds__(kMaxRowThreads)
     ce_rows_vec_kernel(T* logits, const I* __restrict__ targets, int64_t rows, int64_t v,
                        int64_t ignore, acc_t<T>* __restrict__ row_loss,
@@ -116,6 +128,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   using A = acc_t<T>;
   constexpr int kV = 16 / sizeof(T);  // launched for 16-bit T (8 per access)
   __shared__ A scratch[32];
+  extern __shared__ uint4 row_copy[];  // kShared: the row, v / kV vectors
   const int64_t nvec = v / kV;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     T* xr = logits + r * v;
@@ -126,6 +139,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     A m = -INFINITY, s = 0;
     for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x) {
       const uint4 u = xv[j];
+      if constexpr (kShared) row_copy[j] = u;
       const T* e = reinterpret_cast<const T*>(&u);
       A f[kV], mx = m;
 #pragma unroll
@@ -149,7 +163,12 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     }
     if constexpr (kGrad) {
       for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x) {
-        uint4 u = xv[j];
+        uint4 u;
+        if constexpr (kShared) {
+          u = row_copy[j];
+        } else {
+          u = xv[j];
+        }
         T* e = reinterpret_cast<T*>(&u);
 #pragma unroll
         for (int k = 0; k < kV; ++k) {
@@ -356,7 +375,58 @@ char* elem_ptr(const Tensor& t, int64_t i) {
   return static_cast<char*>(t.raw()) + i * static_cast<int64_t>(sizeof(T));
 }
 
+// Raises kernel's dynamic shared memory limit to `bytes` when the device allows that much per
+// block (next to the kernel's static shared memory); false when it does not.
+template <typename K>
+bool allow_shared_bytes(K kernel, size_t bytes) {
+  int optin = 0;
+  KILN_CUDA_CHECK(
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, current_device()));
+  cudaFuncAttributes attr{};
+  KILN_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  if (bytes + attr.sharedSizeBytes > static_cast<size_t>(optin)) return false;
+  KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(bytes)));
+  return true;
+}
+
+// The vector or shared-memory row kernel over one chunk of 16-bit logits (rows, V) in buf, as
+// ce_rows_wanted() asks and the shape allows; false (nothing ran) where the scalar kernel must.
+template <typename T, typename I>
+bool launch_vec_rows(const Tensor& buf, const I* tp, int64_t rows, int64_t v, int64_t ignore,
+                     acc_t<T>* row_loss, acc_t<T> scale, bool grad) {
+  if constexpr (sizeof(T) != 2) {
+    return false;
+  } else {
+    const CeRows want = ce_rows_wanted();
+    if (want == CeRows::kScalar || v % 8 != 0 || reinterpret_cast<uintptr_t>(buf.raw()) % 16 != 0)
+      return false;
+    const dim3 grid(row_blocks(rows)), block(row_threads(v / 8, 512));
+    T* p = buf.data<T>();
+    const size_t bytes = static_cast<size_t>(v) * sizeof(T);
+    if (grad && want == CeRows::kShared &&
+        allow_shared_bytes(ce_rows_vec_kernel<T, I, true, true>, bytes)) {
+      ce_rows_vec_kernel<T, I, true, true><<<grid, block, bytes, compute_stream()>>>(
+          p, tp, rows, v, ignore, row_loss, nullptr, scale);
+      g_last_ce_rows = CeRows::kShared;
+    } else if (grad) {
+      ce_rows_vec_kernel<T, I, true>
+          <<<grid, block, 0, compute_stream()>>>(p, tp, rows, v, ignore, row_loss, nullptr, scale);
+      g_last_ce_rows = CeRows::kVector;
+    } else {
+      ce_rows_vec_kernel<T, I, false>
+          <<<grid, block, 0, compute_stream()>>>(p, tp, rows, v, ignore, row_loss, nullptr, scale);
+      g_last_ce_rows = CeRows::kVector;
+    }
+    KILN_CUDA_CHECK_LAUNCH();
+    return true;
+  }
+}
+
 }  // namespace
+
+void set_ce_rows(CeRows rows) { g_ce_rows_forced.store(static_cast<int>(rows)); }
+CeRows last_ce_rows() { return g_last_ce_rows; }
 
 // ---- cross_entropy ----
 
@@ -462,32 +532,18 @@ Tensor linear_cross_entropy_forward(const Tensor& x_in, const Tensor& w_in, cons
       }
       KILN_CE_DISPATCH_TARGET(targets.dtype(), op, I, {
         const I* tp = tc.data<I>() + r0;
-        bool vec_done = false;
-        constexpr bool kHalf = sizeof(T) == 2;
-        if constexpr (kHalf) {
-          if (v % 8 == 0 && reinterpret_cast<uintptr_t>(buf.raw()) % 16 == 0 && !ce_scalar_rows()) {
-            if (grad) {
-              ce_rows_vec_kernel<T, I, true>
-                  <<<row_blocks(rows), row_threads(v / 8, 512), 0, compute_stream()>>>(
-                      buf.data<T>(), tp, rows, v, ignore, row_loss.data<A>() + r0, nullptr, scale);
-            } else {
-              ce_rows_vec_kernel<T, I, false>
-                  <<<row_blocks(rows), row_threads(v / 8, 512), 0, compute_stream()>>>(
-                      buf.data<T>(), tp, rows, v, ignore, row_loss.data<A>() + r0, nullptr, scale);
-            }
-            KILN_CUDA_CHECK_LAUNCH();
-            vec_done = true;
+        if (!launch_vec_rows<T, I>(buf, tp, rows, v, ignore, row_loss.data<A>() + r0, scale,
+                                   grad)) {
+          g_last_ce_rows = CeRows::kScalar;
+          if (grad) {
+            ce_rows_kernel<T, I, true><<<row_blocks(rows), row_threads(v), 0, compute_stream()>>>(
+                buf.data<T>(), tp, rows, v, ignore, row_loss.data<A>() + r0, nullptr, scale);
+          } else {
+            ce_rows_kernel<T, I, false><<<row_blocks(rows), row_threads(v), 0, compute_stream()>>>(
+                buf.data<T>(), tp, rows, v, ignore, row_loss.data<A>() + r0, nullptr, scale);
           }
+          KILN_CUDA_CHECK_LAUNCH();
         }
-        if (vec_done) {
-        } else if (grad) {
-          ce_rows_kernel<T, I, true><<<row_blocks(rows), row_threads(v), 0, compute_stream()>>>(
-              buf.data<T>(), tp, rows, v, ignore, row_loss.data<A>() + r0, nullptr, scale);
-        } else {
-          ce_rows_kernel<T, I, false><<<row_blocks(rows), row_threads(v), 0, compute_stream()>>>(
-              buf.data<T>(), tp, rows, v, ignore, row_loss.data<A>() + r0, nullptr, scale);
-        }
-        KILN_CUDA_CHECK_LAUNCH();
       });
       if (c == 0) continue;
       // dx[r0:r0+rows] (rows, C) = dlogits (rows, V) @ w (V, C)

@@ -7,6 +7,8 @@
 // partial), gradients of x and of the weight alone or together, no-grad mode. Every case: outputs
 // and gradients in poisoned blocks, bit-identical rerun (cuda_op_test_util.h states the
 // tolerance). Skips where no GPU is visible.
+#include "core/ops/cross_entropy_cuda.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -177,6 +179,50 @@ TEST(LinearCrossEntropyCuda, ChunkedEqualsSingleChunk) {
     for (size_t i = 0; i < got.size(); ++i)
       testing::expect_gpu_close(got[i], ref[i].to(Device::cpu()),
                                 "chunk " + std::to_string(chunk) + " result " + std::to_string(i));
+  }
+}
+
+// The shared-memory row kernel (the row kept in shared memory between the two passes) gives the
+// vector kernel's bits: loss, dx and dW, bf16 and f16, GPT-2's and Llama's vocabularies, several
+// chunks; a row too large for shared memory falls back to the vector kernel.
+TEST(LinearCrossEntropyCuda, SharedRowKernelBitIdenticalToVector) {
+  KILN_SKIP_WITHOUT_GPU();
+  struct Reset {
+    ~Reset() { cuda::set_ce_rows(cuda::CeRows::kEnv); }
+  } reset;
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Generator gen(seed);
+  struct Case {
+    int64_t n, c, v, chunk;
+    cuda::CeRows ran;  // what kShared must run
+  };
+  const Case cases[] = {{9, 64, 50304, 4, cuda::CeRows::kShared},
+                        {33, 64, 32000, 16, cuda::CeRows::kShared},
+                        {67, 96, 504, 0, cuda::CeRows::kShared},
+                        {3, 16, 131072, 0, cuda::CeRows::kVector}};  // 256 KiB of bf16 logits
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    for (const Case& c : cases) {
+      const std::string what = std::string(dtype_name(dt)) + " V " + std::to_string(c.v);
+      Tensor x = rand_cpu({c.n, c.c}, dt, gen).to(Device::cuda(0));
+      const double s = 1.0 / std::sqrt(static_cast<double>(c.c));
+      Tensor w =
+          randn({c.v, c.c}, gen, DType::kF64, Device::cpu(), 0.0, s).to(dt).to(Device::cuda(0));
+      Tensor t = targets_with_ignored(c.n, c.v, DType::kI32, -100, gen).to(Device::cuda(0));
+      std::vector<std::vector<Tensor>> got;
+      for (cuda::CeRows mode : {cuda::CeRows::kVector, cuda::CeRows::kShared}) {
+        cuda::set_ce_rows(mode);
+        Tensor xl = x.detach().set_requires_grad(true), wl = w.detach().set_requires_grad(true);
+        Tensor loss = linear_cross_entropy(xl, wl, t, -100, c.chunk);
+        EXPECT_EQ(cuda::last_ce_rows(), mode == cuda::CeRows::kVector ? mode : c.ran) << what;
+        std::vector<Tensor> r = kiln::grad({loss}, {Tensor()}, {xl, wl});
+        r.insert(r.begin(), loss);
+        got.push_back(r);
+      }
+      for (size_t i = 0; i < got[0].size(); ++i)
+        EXPECT_TRUE(testing::bit_equal(got[0][i].to(Device::cpu()), got[1][i].to(Device::cpu())))
+            << what << " result " << i;
+    }
   }
 }
 
