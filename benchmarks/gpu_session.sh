@@ -251,6 +251,16 @@ PY
       timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 build/models/models_gpu_tests \
         --gtest_filter='ResidFusionCuda.*' --gtest_brief=1 > "$out/resid_memcheck_models.log" 2>&1
       stamp "memcheck models exit $?: $(grep -E 'ERROR SUMMARY' "$out/resid_memcheck_models.log" | tail -1)"
+      # Planted: the epilogue's C ignored (beta 0 in linear_residual_epilogue): the tests must fail.
+      cp core/ops/matmul.cu /tmp/planted_mm.bak
+      sed -i '/^bool linear_residual_epilogue/,/^}/s/p.beta = 1.0;/p.beta = 0.0;/' core/ops/matmul.cu
+      cmp -s core/ops/matmul.cu /tmp/planted_mm.bak && echo "plant: no change in matmul.cu"
+      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
+      timeout 100 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter='LinearAddCuda.*:MlpGeluCuda.Res*' \
+        > "$out/resid_plant.log" 2>&1
+      echo "planted beta 0 in the residual epilogue: tests exit $? (want 1), $(grep -cE '^\[  FAILED' "$out/resid_plant.log") FAILED lines"
+      cp /tmp/planted_mm.bak core/ops/matmul.cu
+      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1
       for m in ${RESID_MODELS-llama gpt2}; do  # RESID_MODELS="" skips the timings
         c=benchmarks/e2e/llama-1b-bench.textproto
         [[ $m == gpt2 ]] && c=benchmarks/e2e/gpt2-124m-bench.textproto
