@@ -125,15 +125,20 @@ void check(models::Family fam, DType compute, double loss_tol, double grad_tol) 
     const std::vector<nn::Parameter> params = m.parameters();
     ASSERT_EQ(fused.grads.size(), params.size()) << what;
     for (size_t i = 0; i < params.size(); ++i)
-      EXPECT_LE(rel_diff(fused.grads[i], plain.grads[i]), grad_tol) << what << ": " << params[i].name;
+      EXPECT_LE(rel_diff(fused.grads[i], plain.grads[i]), grad_tol)
+          << what << ": " << params[i].name;
   }
 }
 
-TEST_F(ResidFusionCuda, Gpt2Bf16OnMatchesOff) { check(models::Family::kGPT2, DType::kBF16, 1e-2, 5e-2); }
+TEST_F(ResidFusionCuda, Gpt2Bf16OnMatchesOff) {
+  check(models::Family::kGPT2, DType::kBF16, 1e-2, 5e-2);
+}
 TEST_F(ResidFusionCuda, LlamaBf16OnMatchesOff) {
   check(models::Family::kLlama, DType::kBF16, 1e-2, 5e-2);
 }
-TEST_F(ResidFusionCuda, Gpt2F32OnMatchesOff) { check(models::Family::kGPT2, DType::kF32, 2e-5, 2e-5); }
+TEST_F(ResidFusionCuda, Gpt2F32OnMatchesOff) {
+  check(models::Family::kGPT2, DType::kF32, 2e-5, 2e-5);
+}
 TEST_F(ResidFusionCuda, LlamaF32OnMatchesOff) {
   check(models::Family::kLlama, DType::kF32, 2e-5, 2e-5);
 }

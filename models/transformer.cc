@@ -241,10 +241,10 @@ Tensor Block::forward(const Tensor& x, DType compute, Recompute rc, Generator& d
   Tensor n1, skip = x;  // skip: x as the first residual add reads it
   if (norm_skip_fused && cuda_or_test) {
     // norm1 and the skip path as one op: their two gradients into x sum in one backward kernel.
-    std::tie(skip, n1) = gpt2 ? layer_norm_with_skip(x, ln_1->weight_as(x.dtype()),
-                                                     ln_1->bias_as(x.dtype()), ln_1->eps)
-                              : rms_norm_with_skip(x, input_layernorm->weight_as(x.dtype()),
-                                                   input_layernorm->eps);
+    std::tie(skip, n1) =
+        gpt2 ? layer_norm_with_skip(x, ln_1->weight_as(x.dtype()), ln_1->bias_as(x.dtype()),
+                                    ln_1->eps)
+             : rms_norm_with_skip(x, input_layernorm->weight_as(x.dtype()), input_layernorm->eps);
   } else {
     n1 = gpt2 ? ln_1->forward(x) : input_layernorm->forward(x);
   }
@@ -259,10 +259,10 @@ Tensor Block::forward(const Tensor& x, DType compute, Recompute rc, Generator& d
   // The second residual add in the MLP's last GEMM: only where it is exact (no dropout between)
   // and the GEMM is 16-bit on CUDA (the Mlp itself keeps fp8 / tensor-parallel GEMMs unfused).
   const bool no_dropout = spec.dropout == 0 || !train;
-  const bool epilogue = resid_epilogue && no_dropout &&
-                        ((x.device().is_cuda() && (compute == DType::kBF16 ||
-                                                    compute == DType::kF16)) ||
-                         fuse_on_cpu);
+  const bool epilogue =
+      resid_epilogue && no_dropout &&
+      ((x.device().is_cuda() && (compute == DType::kBF16 || compute == DType::kF16)) ||
+       fuse_on_cpu);
   if (epilogue) return mlp->forward(hn.second, compute, rc, hn.first);
   Tensor m = maybe_dropout(mlp->forward(hn.second, compute, rc), spec.dropout, drop, train);
   return add(hn.first, m);

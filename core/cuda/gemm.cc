@@ -275,9 +275,8 @@ cublasStatus_t run_algo(const GemmParams& p, Plan& plan, const cublasLtMatmulAlg
   const void* alpha = plan.f64_scale ? static_cast<const void*>(&ad) : &af;
   const void* beta = plan.f64_scale ? static_cast<const void*>(&bd) : &bf;
   const void* c = p.c ? p.c : p.d;
-  return cublasLtMatmul(lt_handle(), plan.desc, alpha, p.b, plan.la, p.a, plan.lb, beta, c,
-                        plan.lc, p.d, plan.ld, &algo, lt_workspace(), lt_workspace_size(),
-                        compute_stream());
+  return cublasLtMatmul(lt_handle(), plan.desc, alpha, p.b, plan.la, p.a, plan.lb, beta, c, plan.lc,
+                        p.d, plan.ld, &algo, lt_workspace(), lt_workspace_size(), compute_stream());
 }
 
 // Whether a new plan for p is timed over the heuristic's top algorithms (KILN_GEMM_TUNE=0: never):

@@ -282,9 +282,8 @@ void check_residual(const char* op, const Tensor& x, int64_t out, const Tensor& 
   check_float_args(op, {&x, &residual});
   Shape want = x.shape();
   want.back() = out;
-  KILN_CHECK(residual.shape() == want)
-      << op << ": residual " << residual.str() << " must have the result's shape "
-      << shape_str(want);
+  KILN_CHECK(residual.shape() == want) << op << ": residual " << residual.str()
+                                       << " must have the result's shape " << shape_str(want);
 }
 
 }  // namespace
@@ -342,7 +341,8 @@ Tensor linear_add(const Tensor& x, const Tensor& w, const Tensor& b, const Tenso
 #if KILN_WITH_CUDA
   if (ops::run_on_cuda(x)) {
     Tensor x2 = rows_of(x, x.size(-1));
-    Tensor y = cuda::linear_forward(x2, w, b, rows_of(residual, w.size(0))).reshape(residual.shape());
+    Tensor y =
+        cuda::linear_forward(x2, w, b, rows_of(residual, w.size(0))).reshape(residual.shape());
     if (auto n = record<LinearCudaNode>({&x, &w, &b, &residual})) {
       n->x_shape = x.shape();
       n->saved = {x2, w.detach()};

@@ -87,8 +87,8 @@ TEST(LinearAdd, GradientsMatchFiniteDifferences) {
 TEST(MlpGelu, ResidualEqualsMlpThenAdd) {
   for (DType dt : {DType::kF32, DType::kBF16, DType::kF64}) {
     std::vector<Tensor> in = {randn64({2, 3, 8}, 21).to(dt), randn64({12, 8}, 22).to(dt),
-                              randn64({12}, 23).to(dt),       randn64({8, 12}, 24).to(dt),
-                              randn64({8}, 25).to(dt),        randn64({2, 3, 8}, 26).to(dt)};
+                              randn64({12}, 23).to(dt),      randn64({8, 12}, 24).to(dt),
+                              randn64({8}, 25).to(dt),       randn64({2, 3, 8}, 26).to(dt)};
     expect_same_values_and_grads(
         [](const std::vector<Tensor>& v) { return mlp_gelu(v[0], v[1], v[2], v[3], v[4], v[5]); },
         [](const std::vector<Tensor>& v) {
@@ -96,20 +96,25 @@ TEST(MlpGelu, ResidualEqualsMlpThenAdd) {
         },
         in, std::string("mlp_gelu ") + dtype_name(dt));
   }
-  testing::expect_gradcheck(
-      [](auto& v) { return mlp_gelu(v[0], v[1], v[2], v[3], v[4], v[5]); },
-      {randn64({3, 5}, 31), randn64({7, 5}, 32), randn64({7}, 33), randn64({4, 7}, 34),
-       randn64({4}, 35), randn64({3, 4}, 36)},
-      "mlp_x_w1_b1_w2_b2_residual");
+  testing::expect_gradcheck([](auto& v) { return mlp_gelu(v[0], v[1], v[2], v[3], v[4], v[5]); },
+                            {randn64({3, 5}, 31), randn64({7, 5}, 32), randn64({7}, 33),
+                             randn64({4, 7}, 34), randn64({4}, 35), randn64({3, 4}, 36)},
+                            "mlp_x_w1_b1_w2_b2_residual");
 }
 
 TEST(LinearAdd, BadResidualIsAClearError) {
   Tensor x = Tensor::zeros({2, 3}), w = Tensor::zeros({4, 3});
-  EXPECT_THAT([&] { linear_add(x, w, Tensor(), Tensor::zeros({2, 3})); },
-              ThrowsMessage<Error>(HasSubstr("linear_add: residual f32[2, 3] cpu must have the "
-                                             "result's shape [2, 4]")));
-  EXPECT_THAT([&] { linear_add(x, w, Tensor(), Tensor::zeros({2, 4}, DType::kF64)); },
-              ThrowsMessage<Error>(HasSubstr("linear_add")));
+  EXPECT_THAT(
+      [&] {
+        linear_add(x, w, Tensor(), Tensor::zeros({2, 3}));
+      },
+      ThrowsMessage<Error>(HasSubstr("linear_add: residual f32[2, 3] cpu must have the "
+                                     "result's shape [2, 4]")));
+  EXPECT_THAT(
+      [&] {
+        linear_add(x, w, Tensor(), Tensor::zeros({2, 4}, DType::kF64));
+      },
+      ThrowsMessage<Error>(HasSubstr("linear_add")));
   EXPECT_THAT(
       [&] {
         mlp_gelu(x, Tensor::zeros({5, 3}), Tensor(), Tensor::zeros({3, 5}), Tensor(),
@@ -179,8 +184,8 @@ TEST(NormWithSkip, GradientsEqualNormPlusSkipBitForBit) {
               auto [through, y] = c.fused(v);
               return loss(through, y);
             },
-            [&](const std::vector<Tensor>& v) { return loss(v[0], c.norm(v)); },
-            skip_inputs(c, dt), what);
+            [&](const std::vector<Tensor>& v) { return loss(v[0], c.norm(v)); }, skip_inputs(c, dt),
+            what);
       }
     }
   }
