@@ -16,9 +16,10 @@
 #   planted bug, Llama 1B with KILN_FUSED_PROJ=1 / off), ropegrad (RoPE's (B, T, H, D) gradients:
 #   tests, memcheck, Llama 1B with KILN_ROPE_GRAD_BTHD=1 / off), fp8profile (ncu kernel tables of
 #   GPT-2 1.5B with fp8 GEMMs and in bf16), ceshared (the classifier rows kept in shared memory:
-#   test, memcheck, planted bug, GPT-2 124M / Llama with KILN_CE_ROWS=shared). BUILD_TARGETS
-#   overrides the targets built
-#   (cebench needs kernel_bench).
+#   test, memcheck, planted bug, GPT-2 124M / Llama with KILN_CE_ROWS=shared), resid (the residual
+#   fusions: tests, memcheck, Llama 1B and GPT-2 124M with KILN_RESID_EPILOGUE /
+#   KILN_NORM_SKIP_FUSED each on, both on, off; RESID_MODELS="llama" or "" picks the timings).
+#   BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
 shift
@@ -285,6 +286,42 @@ PY
       kiln_run g124-ceshared2 "$c" KILN_CE_ROWS=shared
       kiln_run llama-ceshared benchmarks/e2e/llama-1b-bench.textproto KILN_CE_ROWS=shared
       stamp ceshared ;;
+    resid)
+      # The residual fusions (issue 17; both default off until this part has run): their GPU tests
+      # and the norm / GEMM tests they touch, memcheck on the new ones, then Llama 1B and GPT-2
+      # 124M with KILN_RESID_EPILOGUE=1, KILN_NORM_SKIP_FUSED=1, both, and neither (neither first
+      # and last: run-to-run spread; compare the losses at step 0 / 10 too).
+      cmake --build build -j16 --target models_gpu_tests > "$out/resid_build.log" 2>&1 || tail -5 "$out/resid_build.log"
+      f='LinearAddCuda.*:MlpGeluCuda.*:NormWithSkipCuda.*:RmsNormCuda.*:AddRmsNormCuda.*:LayerNormCuda.*:AddLayerNormCuda.*:MatmulCuda.*'
+      timeout 200 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$f" > "$out/resid_core.log" 2>&1
+      stamp "resid core tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/resid_core.log"
+      timeout 200 build/models/models_gpu_tests --gtest_brief=1 > "$out/resid_models.log" 2>&1
+      stamp "models_gpu_tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/resid_models.log"
+      grep -B3 -A12 "Failure" "$out/resid_core.log" "$out/resid_models.log" | head -60
+      timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
+        --gtest_filter='LinearAddCuda.*:MlpGeluCuda.*:NormWithSkipCuda.*' --gtest_brief=1 > "$out/resid_memcheck.log" 2>&1
+      stamp "memcheck core exit $?: $(grep -E 'ERROR SUMMARY' "$out/resid_memcheck.log" | tail -1)"
+      timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 build/models/models_gpu_tests \
+        --gtest_filter='ResidFusionCuda.*' --gtest_brief=1 > "$out/resid_memcheck_models.log" 2>&1
+      stamp "memcheck models exit $?: $(grep -E 'ERROR SUMMARY' "$out/resid_memcheck_models.log" | tail -1)"
+      # Planted: the epilogue's C ignored (beta 0 in linear_residual_epilogue): the tests must fail.
+      cp core/ops/matmul.cu /tmp/planted_mm.bak
+      sed -i '/^bool linear_residual_epilogue/,/^}/s/p.beta = 1.0;/p.beta = 0.0;/' core/ops/matmul.cu
+      cmp -s core/ops/matmul.cu /tmp/planted_mm.bak && echo "plant: no change in matmul.cu"
+      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
+      timeout 100 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter='LinearAddCuda.*:MlpGeluCuda.Res*' \
+        > "$out/resid_plant.log" 2>&1
+      echo "planted beta 0 in the residual epilogue: tests exit $? (want 1), $(grep -cE '^\[  FAILED' "$out/resid_plant.log") FAILED lines"
+      cp /tmp/planted_mm.bak core/ops/matmul.cu
+      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1
+      for m in ${RESID_MODELS-llama gpt2}; do  # RESID_MODELS="" skips the timings
+        c=benchmarks/e2e/llama-1b-bench.textproto
+        [[ $m == gpt2 ]] && c=benchmarks/e2e/gpt2-124m-bench.textproto
+        kiln_run "$m-off" "$c"; kiln_run "$m-epi" "$c" KILN_RESID_EPILOGUE=1
+        kiln_run "$m-skip" "$c" KILN_NORM_SKIP_FUSED=1
+        kiln_run "$m-both" "$c" KILN_RESID_EPILOGUE=1 KILN_NORM_SKIP_FUSED=1; kiln_run "$m-off2" "$c"
+      done
+      stamp resid ;;
     sanitize)
       timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
         --gtest_filter="${SANITIZE_FILTER:-*PackedQkv*:*MlpGelu*:*LinearCrossEntropy*:*StridedInputs*:ElementwiseCuda.*}" --gtest_brief=1 > "$out/memcheck.log" 2>&1

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <tuple>
 #include <vector>
 
 #include "core/check.h"
@@ -75,13 +76,30 @@ Tensor packed_linear(std::initializer_list<const nn::Linear*> ls, const Tensor& 
                 b.empty() ? Tensor() : concat_or_view(b, 0));
 }
 
+bool env_on(const char* name) {
+  const char* e = std::getenv(name);
+  return e != nullptr && std::strcmp(e, "1") == 0;
+}
+
 }  // namespace
 
 bool fused_projections_default() {
-  static const bool on = [] {
-    const char* e = std::getenv("KILN_FUSED_PROJ");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
+  static const bool on = env_on("KILN_FUSED_PROJ");
+  return on;
+}
+
+bool resid_epilogue_default() {
+  static const bool on = env_on("KILN_RESID_EPILOGUE");
+  return on;
+}
+
+bool norm_skip_fused_default() {
+  static const bool on = env_on("KILN_NORM_SKIP_FUSED");
+  return on;
+}
+
+bool resid_fuse_on_cpu_default() {
+  static const bool on = env_on("KILN_RESID_FUSE_ON_CPU");
   return on;
 }
 
@@ -160,22 +178,25 @@ Mlp::Mlp(const ModelSpec& s, Generator& gen) : spec(s) {
   }
 }
 
-Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc) {
+Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc, const Tensor& residual) {
   (void)rc;  // the fused MLP keeps only its GELU input; selective recompute targets attention
+  auto plus_residual = [&residual](const Tensor& y) {
+    return residual.defined() ? add(y, residual) : y;
+  };
   if (is_gpt2(spec) && (c_fc->uses_fp8(x, compute) || c_fc->has_hooks() || c_proj->has_hooks())) {
     // fp8 GEMMs or tensor-parallel hooks: the two linears run as Linear::forward (c_proj decides
     // for its own shapes), with the GELU between them unfused.
-    return c_proj->forward(gelu(c_fc->forward(x, compute)), compute);
+    return plus_residual(c_proj->forward(gelu(c_fc->forward(x, compute)), compute));
   }
+  auto w = [compute](const std::shared_ptr<nn::Linear>& l, bool bias) {
+    return bias ? (l->bias.defined() ? nn::to_compute(l->bias, compute) : Tensor())
+                : nn::to_compute(l->weight, compute);
+  };
   if (is_gpt2(spec)) {
-    auto w = [compute](const std::shared_ptr<nn::Linear>& l, bool bias) {
-      return bias ? (l->bias.defined() ? nn::to_compute(l->bias, compute) : Tensor())
-                  : nn::to_compute(l->weight, compute);
-    };
     // One op: on CUDA the bias and GELU run in the first GEMM's epilogue and the GELU gradient
-    // in the backward GEMM's; on the CPU it is linear -> gelu -> linear.
+    // in the backward GEMM's (the residual in the second's); on the CPU linear -> gelu -> linear.
     return mlp_gelu(nn::to_compute(x, compute), w(c_fc, false), w(c_fc, true), w(c_proj, false),
-                    w(c_proj, true));
+                    w(c_proj, true), residual);
   }
   Tensor hdn;
   if (fused_projection(fuse_proj, fuse_on_cpu, x, compute, {gate_proj.get(), up_proj.get()})) {
@@ -184,7 +205,11 @@ Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc) {
   } else {
     hdn = swiglu(gate_proj->forward(x, compute), up_proj->forward(x, compute));
   }
-  return down_proj->forward(hdn, compute);
+  const nn::Linear& down = *down_proj;
+  if (!residual.defined() || down.uses_fp8(hdn, compute) || down.has_hooks() || down.bias_hook)
+    return plus_residual(down_proj->forward(hdn, compute));
+  return linear_add(nn::to_compute(hdn, compute), w(down_proj, false), w(down_proj, true),
+                    residual);
 }
 
 Block::Block(const ModelSpec& s, Generator& gen) : spec(s) {
@@ -209,15 +234,34 @@ Block::Block(const ModelSpec& s, Generator& gen) : spec(s) {
 Tensor Block::forward(const Tensor& x, DType compute, Recompute rc, Generator& drop, bool train) {
   // Pre-norm residual block; the first residual add is fused with the second norm:
   // (h1, n2) = (x + attn(norm1(x)), norm2(x + attn(norm1(x)))).
-  Tensor n1 = is_gpt2(spec) ? ln_1->forward(x) : input_layernorm->forward(x);
+  const bool gpt2 = is_gpt2(spec);
+  const bool cuda_or_test = x.device().is_cuda() || fuse_on_cpu;
+  Tensor n1, skip = x;  // skip: x as the first residual add reads it
+  if (norm_skip_fused && cuda_or_test) {
+    // norm1 and the skip path as one op: their two gradients into x sum in one backward kernel.
+    std::tie(skip, n1) =
+        gpt2 ? layer_norm_with_skip(x, ln_1->weight_as(x.dtype()), ln_1->bias_as(x.dtype()),
+                                    ln_1->eps)
+             : rms_norm_with_skip(x, input_layernorm->weight_as(x.dtype()), input_layernorm->eps);
+  } else {
+    n1 = gpt2 ? ln_1->forward(x) : input_layernorm->forward(x);
+  }
   Tensor a = attn->forward(n1, compute, rc, drop, train);
   std::pair<Tensor, Tensor> hn;
-  if (is_gpt2(spec)) {
-    hn = add_layer_norm(a, x, ln_2->weight_as(a.dtype()), ln_2->bias_as(a.dtype()), ln_2->eps);
+  if (gpt2) {
+    hn = add_layer_norm(a, skip, ln_2->weight_as(a.dtype()), ln_2->bias_as(a.dtype()), ln_2->eps);
   } else {
-    hn = add_rms_norm(a, x, post_attention_layernorm->weight_as(a.dtype()),
+    hn = add_rms_norm(a, skip, post_attention_layernorm->weight_as(a.dtype()),
                       post_attention_layernorm->eps);
   }
+  // The second residual add in the MLP's last GEMM: only where it is exact (no dropout between)
+  // and the GEMM is 16-bit on CUDA (the Mlp itself keeps fp8 / tensor-parallel GEMMs unfused).
+  const bool no_dropout = spec.dropout == 0 || !train;
+  const bool epilogue =
+      resid_epilogue && no_dropout &&
+      ((x.device().is_cuda() && (compute == DType::kBF16 || compute == DType::kF16)) ||
+       fuse_on_cpu);
+  if (epilogue) return mlp->forward(hn.second, compute, rc, hn.first);
   Tensor m = maybe_dropout(mlp->forward(hn.second, compute, rc), spec.dropout, drop, train);
   return add(hn.first, m);
 }

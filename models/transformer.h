@@ -18,6 +18,17 @@ namespace kiln::models {
 // is fused: the projections stay separate Parameters (tensor parallel, checkpoints and export see
 // the same names and shapes).
 bool fused_projections_default();
+// Residual fusions of Block::forward, each opt-in with an environment variable read once (not yet
+// run on a GPU): KILN_RESID_EPILOGUE=1 adds the MLP's residual in its last GEMM's epilogue
+// (linear_add / mlp_gelu with a residual; training without dropout, 16-bit compute on CUDA, no
+// fp8 or tensor-parallel hook on that GEMM), KILN_NORM_SKIP_FUSED=1 runs the first norm and the
+// block input's skip path as one op (rms_norm_with_skip / layer_norm_with_skip) whose backward
+// sums the input's two gradients in the norm backward kernel.
+bool resid_epilogue_default();
+bool norm_skip_fused_default();
+// Tests only: KILN_RESID_FUSE_ON_CPU=1 sets Block::fuse_on_cpu, so whole test suites (tensor and
+// pipeline parallel, recompute, trainer) run the fused wiring on the CPU.
+bool resid_fuse_on_cpu_default();
 
 class Attention : public nn::Module {
  public:
@@ -39,7 +50,9 @@ class Attention : public nn::Module {
 class Mlp : public nn::Module {
  public:
   Mlp(const ModelSpec& s, Generator& gen);
-  Tensor forward(const Tensor& x, DType compute, Recompute rc);
+  // With a residual ((B, T, C) in the compute dtype) returns mlp(x) + residual, the add in the last
+  // GEMM's epilogue where no fp8 or tensor-parallel hook is on that GEMM.
+  Tensor forward(const Tensor& x, DType compute, Recompute rc, const Tensor& residual = Tensor());
   const ModelSpec spec;
   std::shared_ptr<nn::Linear> c_fc, c_proj;                   // GPT-2: (4C, C), (C, 4C)
   std::shared_ptr<nn::Linear> gate_proj, up_proj, down_proj;  // Llama
@@ -59,6 +72,10 @@ class Block : public nn::Module {
   std::shared_ptr<nn::RMSNorm> input_layernorm, post_attention_layernorm;  // Llama
   std::shared_ptr<Attention> attn;
   std::shared_ptr<Mlp> mlp;
+  // The residual fusions (see resid_epilogue_default); fuse_on_cpu (tests only) takes them on the
+  // CPU too, where the ops compose the unfused ones (the same bits).
+  bool resid_epilogue = resid_epilogue_default(), norm_skip_fused = norm_skip_fused_default();
+  bool fuse_on_cpu = resid_fuse_on_cpu_default();
 };
 
 class Transformer : public LanguageModel {

@@ -7,6 +7,7 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -78,7 +79,8 @@ uint32_t alignment(const void* p) {
 }
 
 using Key = std::tuple<int, int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, int64_t, int, int, int, int64_t, uint64_t, bool, bool>;
+                       int64_t, int64_t, int64_t, int, int, int, int64_t, uint64_t, bool, bool,
+                       int64_t, uint32_t>;
 
 struct KeyHash {
   size_t operator()(const Key& k) const {
@@ -111,7 +113,8 @@ Key make_key(const GemmParams& p, int device, bool tf32) {
              p.stride_a, p.stride_b, p.stride_d, p.batch,
              static_cast<int>(p.trans_a) | (static_cast<int>(p.trans_b) << 1),
              static_cast<int>(p.epilogue) | (p.bias ? 16 : 0) | (p.fast_accum ? 32 : 0),
-             p.beta != 0.0 ? 1 : 0, p.ld_aux, al, tf32, p.a_scale != nullptr);
+             p.beta != 0.0 ? 1 : 0, p.ld_aux, al, tf32, p.a_scale != nullptr, p.c ? p.ldc : -1,
+             p.c ? alignment(p.c) : 0);
 }
 
 std::string describe(const GemmParams& p) {
@@ -121,6 +124,7 @@ std::string describe(const GemmParams& p) {
   os << "->" << p.d_dtype << " m=" << p.m << " n=" << p.n << " k=" << p.k << " batch=" << p.batch
      << " trans_a=" << p.trans_a << " trans_b=" << p.trans_b << " lda=" << p.lda << " ldb=" << p.ldb
      << " ldd=" << p.ldd << " epilogue=" << static_cast<int>(p.epilogue);
+  if (p.c) os << " ldc=" << p.ldc << " (separate C)";
   return os.str();
 }
 
@@ -199,12 +203,13 @@ cublasLtMatmulPreference_t make_preference(const GemmParams& p) {
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                        sizeof(ws));
   const uint32_t al_a = alignment(p.b), al_b = alignment(p.a), al_d = alignment(p.d);
+  const uint32_t al_c = p.c ? alignment(p.c) : al_d;
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
                                        sizeof(al_a));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
                                        sizeof(al_b));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d,
-                                       sizeof(al_d));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c,
+                                       sizeof(al_c));
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d,
                                        sizeof(al_d));
   return pref;
@@ -245,7 +250,7 @@ std::unique_ptr<Plan> make_plan(const GemmParams& p, bool tf32) {
   // Our B, stored k x n (n x k when trans_b), is cuBLASLt's A: column-major rows = stored cols.
   plan->la = make_layout(p, bt, p.trans_b ? p.k : p.n, p.trans_b ? p.n : p.k, p.ldb, p.stride_b);
   plan->lb = make_layout(p, abt, p.trans_a ? p.m : p.k, p.trans_a ? p.k : p.m, p.lda, p.stride_a);
-  plan->lc = make_layout(p, dt, p.n, p.m, p.ldd, p.stride_d);
+  plan->lc = make_layout(p, dt, p.n, p.m, p.c ? p.ldc : p.ldd, p.stride_d);
   plan->ld = make_layout(p, dt, p.n, p.m, p.ldd, p.stride_d);
 
   cublasLtMatmulPreference_t pref = make_preference(p);
@@ -270,22 +275,23 @@ cublasStatus_t run_algo(const GemmParams& p, Plan& plan, const cublasLtMatmulAlg
   const double ad = p.alpha, bd = p.beta;
   const void* alpha = plan.f64_scale ? static_cast<const void*>(&ad) : &af;
   const void* beta = plan.f64_scale ? static_cast<const void*>(&bd) : &bf;
-  return cublasLtMatmul(lt_handle(), plan.desc, alpha, p.b, plan.la, p.a, plan.lb, beta, p.d,
-                        plan.lc, p.d, plan.ld, &algo, lt_workspace(), lt_workspace_size(),
-                        compute_stream());
+  const void* c = p.c ? p.c : p.d;
+  return cublasLtMatmul(lt_handle(), plan.desc, alpha, p.b, plan.la, p.a, plan.lb, beta, c, plan.lc,
+                        p.d, plan.ld, &algo, lt_workspace(), lt_workspace_size(), compute_stream());
 }
 
 // Whether a new plan for p is timed over the heuristic's top algorithms (KILN_GEMM_TUNE=0: never):
-// 16-bit operands, at least 2^30 multiply-adds, D overwritten (beta = 0) and aliasing no input,
-// and not in deterministic mode (the pick depends on timings, so it may differ between runs).
+// 16-bit operands, at least 2^30 multiply-adds, D overwritten (beta = 0, or a separate C) and
+// aliasing no input, and not in deterministic mode (the pick depends on timings, so it may differ
+// between runs).
 bool tune_wanted(const GemmParams& p) {
   static const bool off = [] {
     const char* e = std::getenv("KILN_GEMM_TUNE");
     return e != nullptr && std::string(e) == "0";
   }();
-  if (off || deterministic() || p.beta != 0.0) return false;
+  if (off || deterministic() || (p.beta != 0.0 && p.c == nullptr)) return false;
   if (p.ab_dtype != DType::kBF16 && p.ab_dtype != DType::kF16) return false;
-  if (p.d == p.a || p.d == p.b || (p.aux != nullptr && p.d == p.aux)) return false;
+  if (p.d == p.a || p.d == p.b || (p.aux != nullptr && p.d == p.aux) || p.d == p.c) return false;
   return static_cast<double>(p.m) * p.n * p.k * p.batch >= static_cast<double>(1 << 30);
 }
 
@@ -360,6 +366,7 @@ void legacy_gemm(const GemmParams& p, bool tf32) {
 
 std::mutex g_cache_mu;
 int64_t g_tuned = 0;  // under g_cache_mu
+std::atomic<int64_t> g_separate_c{0};
 std::unordered_map<Key, std::unique_ptr<Plan>, KeyHash>* g_cache =
     new std::unordered_map<Key, std::unique_ptr<Plan>, KeyHash>();  // never destroyed
 
@@ -375,6 +382,8 @@ bool gemm(const GemmParams& p) {
   KILN_CHECK(!p.b_dtype || (is_fp8(p.ab_dtype) && is_fp8(*p.b_dtype) &&
                             !(p.ab_dtype == DType::kF8E5M2 && *p.b_dtype == DType::kF8E5M2)))
       << "gemm: a separate B dtype is for mixed fp8 (at most one e5m2) only: " << describe(p);
+  KILN_CHECK(p.c == nullptr || (p.batch == 1 && p.ldc >= p.n))
+      << "gemm: a separate C needs batch 1 and ldc >= n: " << describe(p);
   const bool tf32 = p.ab_dtype == DType::kF32 && allow_tf32();
   const int device = current_device();
   Plan* plan = nullptr;
@@ -391,8 +400,10 @@ bool gemm(const GemmParams& p) {
     }
     plan = slot.get();
   }
+  // Legacy cuBLAS computes C = D in place only: a separate C is refused (the caller adds).
+  const bool lt_only = p.epilogue != GemmEpilogue::kNone || is_fp8(p.ab_dtype) || p.c != nullptr;
   if (!plan->has_algo) {
-    if (p.epilogue != GemmEpilogue::kNone || is_fp8(p.ab_dtype)) return false;
+    if (lt_only) return false;
     legacy_gemm(p, tf32);  // a plain GEMM always runs
     return true;
   }
@@ -402,13 +413,16 @@ bool gemm(const GemmParams& p) {
   if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
     // The heuristic's algorithm was refused at launch (nothing ran): never use this plan again.
     plan->has_algo = false;
-    if (p.epilogue != GemmEpilogue::kNone || is_fp8(p.ab_dtype)) return false;
+    if (lt_only) return false;
     legacy_gemm(p, tf32);
     return true;
   }
   KILN_LT_CHECK(st, p);
+  if (p.c != nullptr) g_separate_c.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
+
+int64_t gemm_separate_c_count() { return g_separate_c.load(std::memory_order_relaxed); }
 
 int64_t gemm_tuned_plan_count() {
   std::lock_guard<std::mutex> lock(g_cache_mu);

@@ -22,9 +22,11 @@ enum class GemmEpilogue {
   kBiasGradA,   // D = acc; bias_grad[i] = sum_k op(A)[i, k]                     (bias_grad: m)
 };
 
-// For each of `batch` problems:  D = alpha * op(A) @ op(B) + beta * D,  op(A): m x k,
-// op(B): k x n, D: m x n, all row-major with row strides lda / ldb / ldd (elements) and batch
-// strides stride_a / stride_b / stride_d. A stored as m x k (k x m when trans_a).
+// For each of `batch` problems:  D = alpha * op(A) @ op(B) + beta * C,  op(A): m x k,
+// op(B): k x n, C, D: m x n, all row-major with row strides lda / ldb / ldc / ldd (elements) and
+// batch strides stride_a / stride_b / stride_d. A stored as m x k (k x m when trans_a). C is D
+// itself (in place) unless c is set: a separate C (D's dtype, batch 1 only), which the epilogue
+// adds before any bias (D = alpha * op(A) @ op(B) + beta * C + bias: a residual add fused).
 struct GemmParams {
   DType ab_dtype = DType::kF32;  // A and B: f32, f64, bf16, f16, or fp8 e4m3 / e5m2
   DType d_dtype = DType::kF32;   // D (and bias, aux, bias_grad): A's dtype, or bf16/f32 for fp8
@@ -37,6 +39,8 @@ struct GemmParams {
   bool trans_b = false;
   void* d = nullptr;
   int64_t ldd = 0, stride_d = 0;
+  const void* c = nullptr;  // a separate C (m x n, row stride ldc); null: C = D
+  int64_t ldc = 0;
   int64_t batch = 1;
   double alpha = 1.0, beta = 0.0;
   GemmEpilogue epilogue = GemmEpilogue::kNone;
@@ -54,8 +58,8 @@ struct GemmParams {
 };
 
 // Runs the GEMM. Returns false (and does nothing) when cuBLASLt offers no algorithm for this
-// problem with its epilogue, or for an fp8 problem (callers then run an unfused fallback or
-// report it); a plain GEMM cuBLASLt declines runs through legacy cuBLAS
+// problem with its epilogue or separate C, or for an fp8 problem (callers then run an unfused
+// fallback or report it); a plain GEMM (C = D) cuBLASLt declines runs through legacy cuBLAS
 // (cublasGemmStridedBatchedEx). Throws kiln::Error on any cuBLAS failure.
 bool gemm(const GemmParams& p);
 
@@ -64,5 +68,7 @@ int64_t gemm_plan_count();
 // Number of plans whose algorithm was picked by timing (large 16-bit GEMMs with beta = 0, outside
 // deterministic mode, unless KILN_GEMM_TUNE=0): the heuristic's top 8 each run on the first call.
 int64_t gemm_tuned_plan_count();
+// Number of GEMMs run with a separate C (tests check that a residual add took the epilogue path).
+int64_t gemm_separate_c_count();
 
 }  // namespace kiln::cuda

@@ -63,9 +63,11 @@ Tensor reduce_expand(const Tensor& g, const Shape& in_shape, std::optional<int64
 // ---- matmul (matmul.cu; no autograd, every float dtype, operands may be strided views) ----
 // op(a) @ op(b) with the shapes of kiln::matmul (core/ops/matmul.h).
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
-// x2: (M, IN), w: (OUT, IN), b: (OUT) or undefined. Returns x2 w^T + b (M, OUT), the bias fused
-// into the GEMM epilogue.
-Tensor linear_forward(const Tensor& x2, const Tensor& w, const Tensor& b);
+// x2: (M, IN), w: (OUT, IN), b: (OUT) or undefined, residual: (M, OUT) in x2's dtype or
+// undefined. Returns x2 w^T + b (+ residual) (M, OUT), the bias (and the residual, as the GEMM's
+// separate C with beta = 1) fused into the GEMM epilogue where cuBLASLt offers it.
+Tensor linear_forward(const Tensor& x2, const Tensor& w, const Tensor& b,
+                      const Tensor& residual = Tensor());
 // gelu_tanh(x2 w^T + b) (M, OUT); *pre receives the GELU input (M, OUT) for backward. bf16/f16:
 // bias and GELU fused into the epilogue (GELU_AUX); otherwise a GEMM then the exact GELU kernel.
 Tensor linear_gelu_forward(const Tensor& x2, const Tensor& w, const Tensor& b, Tensor* pre);

@@ -187,6 +187,25 @@ class AddLayerNormNode final : public Node {
   }
 };
 
+// Outputs: 0 through (an alias of x), 1 layer_norm(x). next: x, weight[, bias].
+class LayerNormSkipNode final : public Node {
+ public:
+  const char* name() const override { return "LayerNormSkip"; }
+  // saved: x (..., C) detached, weight (C), mean (...), rstd (...). d x = g[0] + layer_norm'(g[1]).
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    const bool has_bias = next.size() == 3, cuda = saved[0].device().is_cuda();
+    LayerNormGrads r =
+        layer_norm_backward_any(g[1], saved[0], saved[1], saved[2], saved[3],
+                                cuda ? g[0] : Tensor(), wants(0), wants(1), has_bias && wants(2));
+    if (wants(0) && !cuda) {
+      NoGradGuard ng;
+      r.dx = add(r.dx, g[0]);
+    }
+    if (has_bias) return {r.dx, r.dw, r.db};
+    return {r.dx, r.dw};
+  }
+};
+
 void check_args(const char* op, const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
   ops::check_float_arg(op, "x", x);
   ops::check_float_arg(op, "weight", w);
@@ -250,6 +269,28 @@ std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& residual
     set_history(y, n, 1);
   }
   return {sum, y};
+}
+
+std::pair<Tensor, Tensor> layer_norm_with_skip(const Tensor& x, const Tensor& weight,
+                                               const Tensor& bias, double eps) {
+  const char* op = "layer_norm_with_skip";
+  check_args(op, x, weight, bias, eps);
+  LayerNormOut o;
+  if (ops::on_cuda(op, "x", x)) {
+#if KILN_WITH_CUDA
+    cuda::layer_norm_forward(x, Tensor(), weight, bias, eps, &o.y, nullptr, &o.mean, &o.rstd);
+#endif
+  } else {
+    o = layer_norm_cpu(x, weight, bias, eps);
+  }
+  auto n = bias.defined() ? record<LayerNormSkipNode>({&x, &weight, &bias})
+                          : record<LayerNormSkipNode>({&x, &weight});
+  if (!n) return {x, o.y};
+  Tensor through = x.detach();
+  n->saved = {x.detach(), weight, o.mean, o.rstd};  // not `through` (a cycle)
+  set_history(through, n, 0);
+  set_history(o.y, n, 1);
+  return {through, o.y};
 }
 
 }  // namespace kiln

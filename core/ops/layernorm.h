@@ -23,4 +23,11 @@ std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& residual
                                          const Tensor& weight, const Tensor& bias = Tensor(),
                                          double eps = 1e-5);
 
+// The first norm of a pre-norm block together with the block input's skip path: returns
+// {through, y} with through an alias of x (the same storage, differentiable: the identity) and
+// y = layer_norm(x, weight, bias, eps). Backward gives x one gradient, d through +
+// layer_norm'(d y), in one pass (as rms_norm_with_skip, core/ops/rmsnorm.h). Shapes as layer_norm.
+std::pair<Tensor, Tensor> layer_norm_with_skip(const Tensor& x, const Tensor& weight,
+                                               const Tensor& bias = Tensor(), double eps = 1e-5);
+
 }  // namespace kiln

@@ -205,10 +205,13 @@ Tensor wgrad_target(const Edge& e, const Tensor& w) {
   return on && e.fn ? accumulation_target(e, w.shape(), w.device()) : Tensor();
 }
 
-// CUDA y = [gelu](x w^T + b): saved = {x2, w} (+ the GELU input with gelu).
+// CUDA y = [gelu](x w^T + b) [+ residual]: saved = {x2, w} (+ the GELU input with gelu). next:
+// x, w, b[, residual].
 class LinearCudaNode final : public Node {
  public:
-  const char* name() const override { return gelu ? "LinearGeluCuda" : "LinearCuda"; }
+  const char* name() const override {
+    return gelu ? "LinearGeluCuda" : (next.size() == 4 ? "LinearAddCuda" : "LinearCuda");
+  }
   Shape x_shape;
   bool gelu = false;
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
@@ -220,11 +223,13 @@ class LinearCudaNode final : public Node {
     cuda::linear_backward(gy, x2, w, wants(0), wants(1), wants(2), &gx, &gw, &gb, into);
     if (into.defined()) gw = accumulated_marker();
     if (gx.defined()) gx = gx.reshape(x_shape);
+    if (next.size() == 4) return {gx, gw, gb, wants(3) ? g[0] : Tensor()};  // d residual = gy
     return {gx, gw, gb};
   }
 };
 
-// CUDA y = linear(gelu(linear(x, w1, b1)), w2, b2): saved = {x2, w1, pre, h, w2}.
+// CUDA y = linear(gelu(linear(x, w1, b1)), w2, b2) [+ residual]: saved = {x2, w1, pre, h, w2}.
+// next: x, w1, b1, w2, b2[, residual].
 class MlpCudaNode final : public Node {
  public:
   const char* name() const override { return "MlpGeluCuda"; }
@@ -250,6 +255,7 @@ class MlpCudaNode final : public Node {
     if (into1.defined()) gw1 = accumulated_marker();
     if (into2.defined()) gw2 = accumulated_marker();
     if (gx.defined()) gx = gx.reshape(x_shape);
+    if (next.size() == 6) return {gx, gw1, gb1, gw2, gb2, wants(5) ? g[0] : Tensor()};
     return {gx, gw1, gb1, gw2, gb2};
   }
 
@@ -269,6 +275,15 @@ void check_linear_args(const char* op, const Tensor& x, const Tensor& w, const T
     KILN_CHECK(b.dim() == 1 && b.size(0) == w.size(0))
         << op << ": bias " << b.str() << " does not match weight " << w.str();
   }
+}
+
+// residual (defined) must be the (..., out) result of an op on x, in x's dtype and device.
+void check_residual(const char* op, const Tensor& x, int64_t out, const Tensor& residual) {
+  check_float_args(op, {&x, &residual});
+  Shape want = x.shape();
+  want.back() = out;
+  KILN_CHECK(residual.shape() == want) << op << ": residual " << residual.str()
+                                       << " must have the result's shape " << shape_str(want);
 }
 
 }  // namespace
@@ -320,6 +335,25 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   return reshape(y, out_shape);
 }
 
+Tensor linear_add(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& residual) {
+  check_linear_args("linear_add", x, w, b);
+  check_residual("linear_add", x, w.size(0), residual);
+#if KILN_WITH_CUDA
+  if (ops::run_on_cuda(x)) {
+    Tensor x2 = rows_of(x, x.size(-1));
+    Tensor y =
+        cuda::linear_forward(x2, w, b, rows_of(residual, w.size(0))).reshape(residual.shape());
+    if (auto n = record<LinearCudaNode>({&x, &w, &b, &residual})) {
+      n->x_shape = x.shape();
+      n->saved = {x2, w.detach()};
+      set_history(y, n);
+    }
+    return y;
+  }
+#endif
+  return add(linear(x, w, b), residual);
+}
+
 }  // namespace kiln
 
 namespace kiln {
@@ -343,7 +377,7 @@ Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {
 }
 
 Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
-                const Tensor& b2) {
+                const Tensor& b2, const Tensor& residual) {
   check_linear_args("mlp_gelu", x, w1, b1);
   check_float_args("mlp_gelu", {&x, &w2});
   check_dim("mlp_gelu", "w2", w2, 2);
@@ -354,12 +388,16 @@ Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tenso
     KILN_CHECK(b2.dim() == 1 && b2.size(0) == w2.size(0))
         << "mlp_gelu: bias " << b2.str() << " does not match w2 " << w2.str();
   }
+  if (residual.defined()) check_residual("mlp_gelu", x, w2.size(0), residual);
 #if KILN_WITH_CUDA
   if (ops::run_on_cuda(x)) {
     Tensor x2 = rows_of(x, x.size(-1)), pre;
     Tensor h = cuda::linear_gelu_forward(x2, w1, b1, &pre);
-    Tensor y = cuda::linear_forward(h, w2, b2).reshape(with_last(x.shape(), w2.size(0)));
-    if (auto n = record<MlpCudaNode>({&x, &w1, &b1, &w2, &b2})) {
+    const Tensor r2 = residual.defined() ? rows_of(residual, w2.size(0)) : Tensor();
+    Tensor y = cuda::linear_forward(h, w2, b2, r2).reshape(with_last(x.shape(), w2.size(0)));
+    auto n = residual.defined() ? record<MlpCudaNode>({&x, &w1, &b1, &w2, &b2, &residual})
+                                : record<MlpCudaNode>({&x, &w1, &b1, &w2, &b2});
+    if (n) {
       n->x_shape = x.shape();
       n->saved = {x2, w1.detach(), pre, h, w2.detach()};
       set_history(y, n);
@@ -367,7 +405,8 @@ Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tenso
     return y;
   }
 #endif
-  return linear(gelu(linear(x, w1, b1)), w2, b2);
+  Tensor y = linear(gelu(linear(x, w1, b1)), w2, b2);
+  return residual.defined() ? add(y, residual) : y;
 }
 
 Tensor linear_fp8(const Tensor& x, const Tensor& w, double x_scale, double w_scale, DType out_dtype,

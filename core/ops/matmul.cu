@@ -247,14 +247,41 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   return out;
 }
 
-Tensor linear_forward(const Tensor& x2, const Tensor& w, const Tensor& b) {
+namespace {
+
+// x2 w^T + b + residual with the residual as cuBLASLt's separate C (beta = 1): the add costs no
+// pass of its own. False (nothing written) when cuBLASLt offers no such algorithm.
+bool linear_residual_epilogue(const Tensor& x2, const Tensor& w, const Tensor& bc,
+                              const Tensor& residual, const Tensor& out) {
+  const int64_t rows = x2.size(0), in = x2.size(1), out_f = w.size(0);
+  if (in == 0 || residual.dtype() != x2.dtype()) return false;
+  Tensor rc = raw::contiguous(residual);
+  Operand X = operand(x2), W = operand(w);
+  GemmParams p = params(x2.dtype(), rows, out_f, in, X, false, W, true, out);
+  p.c = rc.raw();
+  p.ldc = out_f;
+  p.beta = 1.0;
+  if (bc.defined()) {
+    p.epilogue = GemmEpilogue::kBias;
+    p.bias = bc.raw();
+  }
+  return gemm(p);
+}
+
+}  // namespace
+
+Tensor linear_forward(const Tensor& x2, const Tensor& w, const Tensor& b, const Tensor& residual) {
   DeviceGuard guard(device_of(x2));
   const int64_t rows = x2.size(0), in = x2.size(1), out_f = w.size(0);
   Tensor out = Tensor::empty({rows, out_f}, x2.dtype(), x2.device());
   if (out.numel() == 0) return out;
+  Tensor bc = b.defined() ? raw::contiguous(b) : Tensor();
+  if (residual.defined()) {
+    if (linear_residual_epilogue(x2, w, bc, residual, out)) return out;
+    return binary(BinaryOp::kAdd, linear_forward(x2, w, b), residual);  // unfused fallback
+  }
   Operand X = operand(x2), W = operand(w);
   GemmParams p = params(x2.dtype(), rows, out_f, in, X, false, W, true, out);
-  Tensor bc = b.defined() ? raw::contiguous(b) : Tensor();
   if (bc.defined() && in > 0) {
     p.epilogue = GemmEpilogue::kBias;
     p.bias = bc.raw();

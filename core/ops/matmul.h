@@ -16,6 +16,12 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans
 // fused into the GEMM epilogue and its gradient into the weight-gradient GEMM.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
 
+// linear(x, w, b) + residual, residual: (..., OUT) as the result, in x's dtype. On CUDA the add is
+// the GEMM's epilogue (cuBLASLt's separate C operand, beta = 1: no pass of its own) where cuBLASLt
+// offers it; residual's gradient is the upstream gradient itself, x / w / b's are linear's. On
+// the CPU it is linear then add (the same bits as that composition).
+Tensor linear_add(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& residual);
+
 // gelu(linear(x, w, b)) with GPT-2's tanh GELU. Shapes as linear. On CUDA with bf16/f16 the bias
 // and GELU run in the GEMM epilogue, which also stores the GELU input for backward.
 Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
@@ -24,8 +30,10 @@ Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b = Tensor())
 // w1: (H, C), b1: (H) or undefined, w2: (C2, H), b2: (C2) or undefined. Result: (..., C2). On
 // CUDA the backward computes the hidden gradient with the GELU gradient and b1's gradient fused
 // into that GEMM's epilogue (bf16/f16), and b2's gradient fused into w2's weight-gradient GEMM.
+// With a residual ((..., C2), x's dtype) it returns the MLP's output + residual, the add fused
+// into the second GEMM as linear_add's.
 Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
-                const Tensor& b2);
+                const Tensor& b2, const Tensor& residual = Tensor());
 
 // (x_scale * x) @ (w_scale * w)^T (+ b) with fp8 operands (e4m3 or e5m2, not both e5m2), fp32
 // accumulation and a bf16 or f32 result; no autograd. x: (M, K), w: (N, K), b: (N) or undefined;

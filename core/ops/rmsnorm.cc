@@ -142,6 +142,23 @@ class AddRmsNormNode final : public Node {
   }
 };
 
+// Outputs: 0 through (an alias of x), 1 rms_norm(x). next: x, weight.
+class RmsNormSkipNode final : public Node {
+ public:
+  const char* name() const override { return "RmsNormSkip"; }
+  // saved: x (..., C) detached, weight (C), rstd (...). d x = g[0] + rms_norm'(g[1]).
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    const bool cuda = saved[0].device().is_cuda();
+    auto [dx, dw] = rms_norm_backward_any(g[1], saved[0], saved[1], saved[2],
+                                          cuda ? g[0] : Tensor(), wants(0), wants(1));
+    if (wants(0) && !cuda) {
+      NoGradGuard ng;
+      dx = add(dx, g[0]);
+    }
+    return {dx, dw};
+  }
+};
+
 void check_args(const char* op, const Tensor& x, const Tensor& w, double eps) {
   ops::check_float_arg(op, "x", x);
   ops::check_float_arg(op, "weight", w);
@@ -194,6 +211,26 @@ std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& residual_i
     set_history(y, n, 1);
   }
   return {sum, y};
+}
+
+std::pair<Tensor, Tensor> rms_norm_with_skip(const Tensor& x, const Tensor& weight, double eps) {
+  const char* op = "rms_norm_with_skip";
+  check_args(op, x, weight, eps);
+  Tensor y, rstd;
+  if (ops::on_cuda(op, "x", x)) {
+#if KILN_WITH_CUDA
+    cuda::rms_norm_forward(x, Tensor(), weight, eps, &y, nullptr, &rstd);
+#endif
+  } else {
+    std::tie(y, rstd) = rms_norm_cpu(x, weight, eps);
+  }
+  auto n = record<RmsNormSkipNode>({&x, &weight});
+  if (!n) return {x, y};
+  Tensor through = x.detach();
+  n->saved = {x.detach(), weight, rstd};  // not `through`: the node would own its own output
+  set_history(through, n, 0);
+  set_history(y, n, 1);
+  return {through, y};
 }
 
 }  // namespace kiln

@@ -20,4 +20,13 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps = 1e-6);
 std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& residual_in,
                                        const Tensor& weight, double eps = 1e-6);
 
+// The first norm of a pre-norm block together with the block input's skip path: returns
+// {through, y} with through an alias of x (the same storage, differentiable: the identity) and
+// y = rms_norm(x, weight, eps). Backward gives x one gradient, d through + rms_norm'(d y), in one
+// pass: on CUDA the norm backward kernel adds d through into dx (as add_rms_norm's residual), on
+// the CPU the norm backward is followed by an add (the bits of autograd summing the two uses).
+// Shapes as rms_norm.
+std::pair<Tensor, Tensor> rms_norm_with_skip(const Tensor& x, const Tensor& weight,
+                                             double eps = 1e-6);
+
 }  // namespace kiln
