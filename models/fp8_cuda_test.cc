@@ -84,6 +84,9 @@ TEST(Fp8Model, SetFp8MarksTheBlockLinearsOnly) {
     EXPECT_EQ(marked, fam == models::Family::kGPT2 ? 2 * 4 : 2 * 7);
     if (m.lm_head) EXPECT_FALSE(m.lm_head->fp8) << "the classifier stays out of fp8";
     EXPECT_TRUE(testing::same_bits(m.forward(ids).detach(), before)) << "CPU forward changed";
+    set_fp8_fused_mlp_override(1);  // the fused fp8 MLP is CUDA-only: the CPU forward stays
+    EXPECT_TRUE(testing::same_bits(m.forward(ids).detach(), before)) << "fused MLP on the CPU";
+    set_fp8_fused_mlp_override(-1);
     m.set_fp8(false);
     EXPECT_FALSE(m.h[0]->attn->c_proj ? m.h[0]->attn->c_proj->fp8 : m.h[0]->attn->o_proj->fp8);
   }

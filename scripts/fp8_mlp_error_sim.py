@@ -1,3 +1,12 @@
+#!/usr/bin/env python3
+"""Host simulation of fp8_mlp_gelu's rounding (core/ops/fp8.cc), for the tolerances of
+core/ops/fp8_fused_cuda_test.cc: bf16 inputs, per-tensor current scaling (scale = fp8_max / amax in
+f32), e4m3 x / w1 / h / w2, e5m2 dY / dpre (round to nearest even with subnormals, saturating),
+bf16 GEMM outputs, the GELU in the epilogue on the f32 GEMM result. Prints the largest
+||err|| / ||ref|| against f64 over the seeds, then the fused path against the composed one (GELU
+of the bf16-rounded pre). Needs numpy (the system /usr/bin/python3 has it).
+  /usr/bin/python3 scripts/fp8_mlp_error_sim.py M C H C2 SEEDS   (the test: 192 320 1040 320 30)
+"""
 import numpy as np, sys
 def bf16(a):
     a=np.asarray(a,dtype=np.float32); u=a.view(np.uint32).astype(np.uint64)

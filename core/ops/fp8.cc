@@ -57,7 +57,7 @@ constexpr const char* kMlp = "fp8_mlp_gelu";
 // An opt-in switch: on when its environment variable is "1" (read once), unless a test forces it.
 class EnvSwitch {
  public:
-  explicit EnvSwitch(const char* name) : name_(name) {}
+  constexpr explicit EnvSwitch(const char* name) : name_(name) {}
   bool on() const {
     const int forced = forced_.load();
     if (forced >= 0) return forced == 1;

@@ -287,5 +287,42 @@ TEST_F(Fp8FusedCuda, MlpGeluWithSomeInputsNeedingGradients) {
   EXPECT_TRUE(testing::same_bits(y, all[0]));
 }
 
+// ---- argument checks and switches (these run without a GPU too) ----
+
+template <typename F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Fp8FusedArgs, ErrorsNameTheOpAndSwitchesCanBeForced) {
+  ResetSwitches reset;
+  for (int on : {1, 0, 1}) {
+    set_fp8_fused_dbias_override(on);
+    set_fp8_fused_mlp_override(1 - on);
+    EXPECT_EQ(fp8_fused_dbias(), on == 1);
+    EXPECT_EQ(fp8_fused_mlp(), on == 0);
+  }
+  const Tensor x = Tensor::zeros({16, 32}, DType::kBF16), w1 = Tensor::zeros({48, 32}, DType::kBF16);
+  const Tensor w2 = Tensor::zeros({32, 48}, DType::kBF16);
+  std::string msg = error_message([&] { fp8_mlp_gelu(x, w1, Tensor(), w2, Tensor()); });
+  EXPECT_NE(msg.find("fp8_mlp_gelu"), std::string::npos) << msg;
+  if (!cuda_available()) return;
+  const Tensor xg = x.to(kGpu), w1g = w1.to(kGpu), w2g = w2.to(kGpu);
+  msg = error_message([&] { fp8_mlp_gelu(xg, w1g, Tensor(), w2g.narrow(0, 0, 24), Tensor()); });
+  EXPECT_NE(msg.find("multiple of 16"), std::string::npos) << "w2 (24, 48): " << msg;
+  msg = error_message([&] { fp8_mlp_gelu(xg, w1g, Tensor(), w1g, Tensor()); });
+  EXPECT_NE(msg.find("hidden width"), std::string::npos) << "w2 (48, 32): " << msg;
+  msg = error_message(
+      [&] { fp8_mlp_gelu(xg, w1g, Tensor(), w2g, Tensor::zeros({48}, DType::kBF16, kGpu)); });
+  EXPECT_NE(msg.find("bias"), std::string::npos) << "b2 (48) for w2 (32, 48): " << msg;
+  msg = error_message([&] { fp8_mlp_gelu(xg.narrow(0, 0, 8), w1g, Tensor(), w2g, Tensor()); });
+  EXPECT_NE(msg.find("multiples of 16"), std::string::npos) << "8 rows: " << msg;
+}
+
 }  // namespace
 }  // namespace kiln
