@@ -208,10 +208,11 @@ TEST_F(Fp8Cuda, TinyGpt2WithTheFusedFp8MlpTrainsLikeTheComposedOne) {
   double worst = 0;
   for (int i = 0; i < kTrainSteps; ++i)
     worst = std::max(worst, std::fabs(fused[i] - composed[i]) / std::fabs(composed[i]));
-  std::printf("tiny GPT-2 in fp8, %d steps: composed MLP %.4f -> %.4f, fp8_mlp_gelu %.4f -> %.4f, "
-              "max rel diff %.3e; GELU unfused in %lld forwards\n",
-              kTrainSteps, composed.front(), composed.back(), fused.front(), fused.back(), worst,
-              static_cast<long long>(fp8_mlp_unfused_gelu_count()));
+  std::printf(
+      "tiny GPT-2 in fp8, %d steps: composed MLP %.4f -> %.4f, fp8_mlp_gelu %.4f -> %.4f, "
+      "max rel diff %.3e; GELU unfused in %lld forwards\n",
+      kTrainSteps, composed.front(), composed.back(), fused.front(), fused.back(), worst,
+      static_cast<long long>(fp8_mlp_unfused_gelu_count()));
   EXPECT_LE(worst, 1e-2);
   EXPECT_LT(fused.back(), fused.front() - 0.5) << "the fused fp8 MLP did not learn";
 }

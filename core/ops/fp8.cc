@@ -414,7 +414,7 @@ Tensor fp8_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const T
                  .reshape(out_shape);
   if (node) {
     node->x_shape = x.shape();
-    node->saved = {xq.data_t, xq.meta, w1q.data_t,  w1q.meta, nh ? pre : Tensor(),
+    node->saved = {xq.data_t, xq.meta, w1q.data_t, w1q.meta, nh ? pre : Tensor(),
                    hq.data_t, hq.meta, w2q.data_t, w2q.meta};
     set_history(y, node);
   }

@@ -215,8 +215,8 @@ void launch_cast_transpose(const Tensor& x2, float* meta, float fp8_max, const T
   const T* x = static_cast<const T*>(x2.raw());
   uint8_t* qp = q.defined() ? static_cast<uint8_t*>(q.raw()) : nullptr;
   uint8_t* qtp = static_cast<uint8_t*>(qt.raw());
-  Tensor partial = colsum.defined() ? Tensor::empty({plan.chunks, cols}, DType::kF32, x2.device())
-                                    : Tensor();
+  Tensor partial =
+      colsum.defined() ? Tensor::empty({plan.chunks, cols}, DType::kF32, x2.device()) : Tensor();
   float* pp = colsum.defined() ? static_cast<float*>(partial.raw()) : nullptr;
   auto launch = [&](auto row, auto sum) {
     cast_transpose_kernel<T, kE4, decltype(row)::value, decltype(sum)::value>

@@ -72,7 +72,7 @@ struct ResetSwitches {
 // returns the worst |err| / bound.
 double check_colsum(const Tensor& got, const Tensor& x64, DType dtype) {
   const int64_t rows = x64.size(0), cols = x64.size(1);
-  const double u = dtype == DType::kBF16 ? std::ldexp(1.0, -8)
+  const double u = dtype == DType::kBF16  ? std::ldexp(1.0, -8)
                    : dtype == DType::kF16 ? std::ldexp(1.0, -11)
                                           : std::ldexp(1.0, -24);
   const double chain = static_cast<double>(fp8_colsum::plan(rows).chain());
@@ -108,8 +108,8 @@ TEST_F(Fp8FusedCuda, CastColumnSumsMatchF64AndKeepTheBytes) {
     bool rowwise;
   };
   const std::vector<Case> cases = {
-      {{1, 16}, DType::kBF16, true},     {{37, 53}, DType::kBF16, true},
-      {{33, 65}, DType::kF32, false},    {{300, 48}, DType::kF16, true},
+      {{1, 16}, DType::kBF16, true},      {{37, 53}, DType::kBF16, true},
+      {{33, 65}, DType::kF32, false},     {{300, 48}, DType::kF16, true},
       {{4, 520, 96}, DType::kBF16, true}, {{2048 + 16, 1600}, DType::kBF16, true},
       {{3000, 40}, DType::kBF16, false},
   };
@@ -215,7 +215,9 @@ std::vector<Tensor> run_mlp(const MlpInputs& in, F fn, const Device& device, DTy
   return out;
 }
 
-Tensor fused_mlp(const std::vector<Tensor>& l) { return fp8_mlp_gelu(l[0], l[1], l[2], l[3], l[4]); }
+Tensor fused_mlp(const std::vector<Tensor>& l) {
+  return fp8_mlp_gelu(l[0], l[1], l[2], l[3], l[4]);
+}
 Tensor composed_mlp(const std::vector<Tensor>& l) {
   return fp8_linear(gelu(fp8_linear(l[0], l[1], l[2])), l[3], l[4]);
 }
@@ -235,8 +237,8 @@ TEST_F(Fp8FusedCuda, MlpGeluAgainstTheComposedPathAndF64) {
   const std::vector<Tensor> fused = run_mlp(in, fused_mlp, kGpu, DType::kBF16);
   const std::vector<Tensor> composed = run_mlp(in, composed_mlp, kGpu, DType::kBF16);
   const std::vector<Tensor> exact = run_mlp(in, f64_mlp, Device::cpu(), DType::kF64);
-  std::printf("fp8_mlp_gelu x %s, w1 %s, w2 %s; GELU %s\n", in.x.str().c_str(),
-              in.w1.str().c_str(), in.w2.str().c_str(),
+  std::printf("fp8_mlp_gelu x %s, w1 %s, w2 %s; GELU %s\n", in.x.str().c_str(), in.w1.str().c_str(),
+              in.w2.str().c_str(),
               fp8_mlp_unfused_gelu_count() > unfused_before
                   ? "UNFUSED (cuBLASLt offered no fp8 GELU_AUX_BIAS algorithm)"
                   : "in the fp8 GEMM's epilogue");
@@ -247,7 +249,8 @@ TEST_F(Fp8FusedCuda, MlpGeluAgainstTheComposedPathAndF64) {
     ASSERT_EQ(fused[i].shape(), exact[i].shape()) << names[i];
     ASSERT_EQ(fused[i].dtype(), DType::kBF16) << names[i];
     if (i == 5) continue;  // db2: below
-    const std::string a = std::string(names[i]) + " vs f64", b = std::string(names[i]) + " vs composed";
+    const std::string a = std::string(names[i]) + " vs f64",
+                      b = std::string(names[i]) + " vs composed";
     report(a.c_str(), error_of(f64(fused[i]), exact[i]), tol_f64[i]);
     report(b.c_str(), error_of(f64(fused[i]), f64(composed[i])), tol_composed[i]);
     report((std::string("composed ") + a).c_str(), error_of(f64(composed[i]), exact[i]),
@@ -307,7 +310,8 @@ TEST(Fp8FusedArgs, ErrorsNameTheOpAndSwitchesCanBeForced) {
     EXPECT_EQ(fp8_fused_dbias(), on == 1);
     EXPECT_EQ(fp8_fused_mlp(), on == 0);
   }
-  const Tensor x = Tensor::zeros({16, 32}, DType::kBF16), w1 = Tensor::zeros({48, 32}, DType::kBF16);
+  const Tensor x = Tensor::zeros({16, 32}, DType::kBF16),
+               w1 = Tensor::zeros({48, 32}, DType::kBF16);
   const Tensor w2 = Tensor::zeros({32, 48}, DType::kBF16);
   std::string msg = error_message([&] { fp8_mlp_gelu(x, w1, Tensor(), w2, Tensor()); });
   EXPECT_NE(msg.find("fp8_mlp_gelu"), std::string::npos) << msg;
