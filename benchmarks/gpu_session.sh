@@ -280,12 +280,14 @@ PY
       # Planted bugs (each file restored after): the cast's column sums skip thread row 0 (caught by
       # CastColumnSums* and LinearBiasGradient*); the first GEMM's epilogue without b1 (MlpGelu*
       # against f64 and the composed path); pre saved only when x needs a gradient (the partial
-      # gradients test: an undefined pre for b1 / w1 alone).
-      fplant() {  # FILE SED_EXPR FILTER [BINARY]
+      # gradients test: an undefined pre for b1 / w1 alone); the GELU gradient skipped in the
+      # backward (the tiny GPT-2 with the fused MLP against the composed one).
+      fplant() {  # FILE SED_EXPR FILTER [BINARY: build/core/core_gpu_tests]
+        local bin=${4:-build/core/core_gpu_tests}
         cp "$1" /tmp/planted.bak && sed -i "$2" "$1"
         cmp -s "$1" /tmp/planted.bak && echo "plant: no change in $1"
-        cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
-        timeout 120 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$3" > "$out/plant.log" 2>&1
+        cmake --build build -j16 --target "$(basename "$bin")" > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
+        timeout 180 "$bin" --gtest_brief=1 --gtest_filter="$3" > "$out/plant.log" 2>&1
         echo "planted in $1 ($2): tests exit $? $(grep -cE '^\[  FAILED' "$out/plant.log") failed lines"
         cp /tmp/planted.bak "$1"
       }
@@ -294,7 +296,10 @@ PY
       fplant core/ops/fp8.cc 's/gelu_gemm(xq, w1q, aligned_bias(b1), &pre)/gelu_gemm(xq, w1q, Tensor(), \&pre)/' \
         'Fp8FusedCuda.MlpGeluAgainst*'
       fplant core/ops/fp8.cc 's/nh ? pre : Tensor()/needs(0) ? pre : Tensor()/' 'Fp8FusedCuda.MlpGeluWithSome*'
-      cmake --build build -j16 --target core_gpu_tests kiln > "$out/plant_build.log" 2>&1; stamp "fp8f plants"
+      fplant core/ops/fp8.cc 's/const Tensor dpre = dgelu(g2.gx, saved\[4\], nb1 ? \&gb1 : nullptr);/const Tensor dpre = g2.gx;/' \
+        'Fp8Cuda.TinyGpt2WithTheFused*' build/models/models_gpu_tests
+      cmake --build build -j16 --target core_gpu_tests models_gpu_tests kiln > "$out/plant_build.log" 2>&1
+      stamp "fp8f plants"
       c=benchmarks/e2e/gpt2-1.5b-bench.textproto
       s8=(-- --set precision.fp8_matmul=true)
       kiln_run fp8f-off "$c" "${s8[@]}"
