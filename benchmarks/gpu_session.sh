@@ -18,7 +18,7 @@
 #   GPT-2 1.5B with fp8 GEMMs and in bf16), fp8f (the fused fp8 bias gradient and GELU MLP: tests,
 #   memcheck, planted bugs, GPT-2 1.5B with KILN_FP8_FUSED_DBIAS / KILN_FP8_FUSED_MLP on and off;
 #   FP8F_LONG=1 adds 200-step loss curves; needs BUILD_TARGETS="kiln core_gpu_tests
-#   models_gpu_tests core_tests"). BUILD_TARGETS overrides the targets built (cebench needs
+#   models_gpu_tests core_tests kernel_bench"). BUILD_TARGETS overrides the targets built (cebench needs
 #   kernel_bench).
 set -uo pipefail
 out=$1
@@ -264,7 +264,8 @@ PY
     fp8f)
       # The fused fp8 paths (core/ops/fp8.*: KILN_FP8_FUSED_DBIAS=1, KILN_FP8_FUSED_MLP=1), first
       # GPU run: their tests (and the fp8 / matmul tests they touch), memcheck on the new kernels,
-      # three planted bugs each test set must catch, then GPT-2 1.5B (8 x 1024) in fp8 with the
+      # four planted bugs the tests must catch, kernel_bench's fp8 section (the cast with / without
+      # the column sums, the MLP composed / fused), then GPT-2 1.5B (8 x 1024) in fp8 with the
       # switches off / dbias / mlp / both / off again (run-to-run spread) and in bf16.
       f='Fp8Cuda.*:Fp8FusedCuda.*:MatmulCuda.*:SplitBackward*'
       timeout 180 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$f" > "$out/fp8f_core.log" 2>&1
@@ -300,6 +301,7 @@ PY
         'Fp8Cuda.TinyGpt2WithTheFused*' build/models/models_gpu_tests
       cmake --build build -j16 --target core_gpu_tests models_gpu_tests kiln > "$out/plant_build.log" 2>&1
       stamp "fp8f plants"
+      timeout 120 build/benchmarks/kernel_bench 20 fp8 2>&1 | tee "$out/fp8f_bench.log" | tail -6
       c=benchmarks/e2e/gpt2-1.5b-bench.textproto
       s8=(-- --set precision.fp8_matmul=true)
       kiln_run fp8f-off "$c" "${s8[@]}"
