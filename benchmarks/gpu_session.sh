@@ -18,8 +18,8 @@
 #   GPT-2 1.5B with fp8 GEMMs and in bf16), fp8f (the fused fp8 bias gradient and GELU MLP: tests,
 #   memcheck, planted bugs, GPT-2 1.5B with KILN_FP8_FUSED_DBIAS / KILN_FP8_FUSED_MLP on and off;
 #   FP8F_LONG=1 adds 200-step loss curves; needs BUILD_TARGETS="kiln core_gpu_tests
-#   models_gpu_tests core_tests kernel_bench"). BUILD_TARGETS overrides the targets built (cebench needs
-#   kernel_bench).
+#   models_gpu_tests core_tests kernel_bench"). BUILD_TARGETS overrides the targets built
+#   (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
 shift
