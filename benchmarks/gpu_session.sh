@@ -18,8 +18,11 @@
 #   GPT-2 1.5B with fp8 GEMMs and in bf16), ceshared (the classifier rows kept in shared memory:
 #   test, memcheck, planted bug, GPT-2 124M / Llama with KILN_CE_ROWS=shared), resid (the residual
 #   fusions: tests, memcheck, Llama 1B and GPT-2 124M with KILN_RESID_EPILOGUE /
-#   KILN_NORM_SKIP_FUSED each on, both on, off; RESID_MODELS="llama" or "" picks the timings).
-#   BUILD_TARGETS overrides the targets built (cebench needs kernel_bench).
+#   KILN_NORM_SKIP_FUSED each on, both on, off; RESID_MODELS="llama" or "" picks the timings),
+#   fp8f (the fused fp8 bias gradient and GELU MLP: tests, memcheck, planted bugs, GPT-2 1.5B with
+#   KILN_FP8_FUSED_DBIAS / KILN_FP8_FUSED_MLP on and off; FP8F_LONG=1 adds 200-step loss curves;
+#   needs kernel_bench and models_gpu_tests built). BUILD_TARGETS overrides the targets built
+#   (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
 shift
@@ -322,6 +325,62 @@ PY
         kiln_run "$m-both" "$c" KILN_RESID_EPILOGUE=1 KILN_NORM_SKIP_FUSED=1; kiln_run "$m-off2" "$c"
       done
       stamp resid ;;
+    fp8f)
+      # The fused fp8 paths (core/ops/fp8.*: KILN_FP8_FUSED_DBIAS=1, KILN_FP8_FUSED_MLP=1), first
+      # GPU run: their tests (and the fp8 / matmul tests they touch), memcheck on the new kernels,
+      # four planted bugs the tests must catch, kernel_bench's fp8 section (the cast with / without
+      # the column sums, the MLP composed / fused), then GPT-2 1.5B (8 x 1024) in fp8 with the
+      # switches off / dbias / mlp / both / off again (run-to-run spread) and in bf16.
+      f='Fp8Cuda.*:Fp8FusedCuda.*:MatmulCuda.*:SplitBackward*'
+      timeout 180 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$f" > "$out/fp8f_core.log" 2>&1
+      stamp "fp8f core tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/fp8f_core.log"
+      grep -E "^  |^fp8|within" "$out/fp8f_core.log" | head -60
+      timeout 120 build/models/models_gpu_tests --gtest_brief=1 --gtest_filter='Fp8*' > "$out/fp8f_models.log" 2>&1
+      stamp "fp8f models tests exit $?"; grep -E "tests ran|PASSED|FAILED|tiny GPT-2" "$out/fp8f_models.log"
+      grep -B3 -A12 "Failure" "$out/fp8f_core.log" "$out/fp8f_models.log" | head -60
+      timeout 30 build/core/core_tests --gtest_brief=1 --gtest_filter='Fp8Colsum*' | grep -E "PASSED|FAILED"
+      timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
+        --gtest_filter='Fp8FusedCuda.*' --gtest_brief=1 > "$out/fp8f_memcheck.log" 2>&1
+      stamp "memcheck exit $?: $(grep -E 'ERROR SUMMARY' "$out/fp8f_memcheck.log" | tail -1)"
+      # Planted bugs (each file restored after): the cast's column sums skip thread row 0 (caught by
+      # CastColumnSums* and LinearBiasGradient*); the first GEMM's epilogue without b1 (MlpGelu*
+      # against f64 and the composed path); pre saved only when x needs a gradient (the partial
+      # gradients test: an undefined pre for b1 / w1 alone); the GELU gradient skipped in the
+      # backward (the tiny GPT-2 with the fused MLP against the composed one).
+      fplant() {  # FILE SED_EXPR FILTER [BINARY: build/core/core_gpu_tests]
+        local bin=${4:-build/core/core_gpu_tests}
+        cp "$1" /tmp/planted.bak && sed -i "$2" "$1"
+        cmp -s "$1" /tmp/planted.bak && echo "plant: no change in $1"
+        cmake --build build -j16 --target "$(basename "$bin")" > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
+        timeout 180 "$bin" --gtest_brief=1 --gtest_filter="$3" > "$out/plant.log" 2>&1
+        echo "planted in $1 ($2): tests exit $? $(grep -cE '^\[  FAILED' "$out/plant.log") failed lines"
+        cp /tmp/planted.bak "$1"
+      }
+      fplant core/ops/fp8.cu 's/for (int y = 0; y < kTileRows; ++y) t += sums/for (int y = 1; y < kTileRows; ++y) t += sums/' \
+        'Fp8FusedCuda.CastColumnSums*:Fp8FusedCuda.LinearBiasGradient*'
+      fplant core/ops/fp8.cc 's/gelu_gemm(xq, w1q, aligned_bias(b1), &pre)/gelu_gemm(xq, w1q, Tensor(), \&pre)/' \
+        'Fp8FusedCuda.MlpGeluAgainst*'
+      fplant core/ops/fp8.cc 's/nh ? pre : Tensor()/needs(0) ? pre : Tensor()/' 'Fp8FusedCuda.MlpGeluWithSome*'
+      fplant core/ops/fp8.cc 's/const Tensor dpre = dgelu(g2.gx, saved\[4\], nb1 ? \&gb1 : nullptr);/const Tensor dpre = g2.gx;/' \
+        'Fp8Cuda.TinyGpt2WithTheFused*' build/models/models_gpu_tests
+      cmake --build build -j16 --target core_gpu_tests models_gpu_tests kiln > "$out/plant_build.log" 2>&1
+      stamp "fp8f plants"
+      timeout 120 build/benchmarks/kernel_bench 20 fp8 2>&1 | tee "$out/fp8f_bench.log" | tail -6
+      c=benchmarks/e2e/gpt2-1.5b-bench.textproto
+      s8=(-- --set precision.fp8_matmul=true)
+      kiln_run fp8f-off "$c" "${s8[@]}"
+      kiln_run fp8f-dbias "$c" KILN_FP8_FUSED_DBIAS=1 "${s8[@]}"
+      kiln_run fp8f-mlp "$c" KILN_FP8_FUSED_MLP=1 "${s8[@]}"
+      kiln_run fp8f-both "$c" KILN_FP8_FUSED_DBIAS=1 KILN_FP8_FUSED_MLP=1 "${s8[@]}"
+      kiln_run fp8f-off2 "$c" "${s8[@]}"
+      kiln_run fp8f-bf16 "$c"
+      if [[ ${FP8F_LONG:-0} == 1 ]]; then  # the issue's 200-step loss curves, both switches on
+        l=(--set training.max_steps=200 --set schedule.lr.warmup_steps=20)
+        kiln_run fp8f-both-200 "$c" KILN_FP8_FUSED_DBIAS=1 KILN_FP8_FUSED_MLP=1 -- "${l[@]}" \
+          --set precision.fp8_matmul=true
+        kiln_run fp8f-bf16-200 "$c" -- "${l[@]}"
+      fi
+      stamp fp8f ;;
     sanitize)
       timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
         --gtest_filter="${SANITIZE_FILTER:-*PackedQkv*:*MlpGelu*:*LinearCrossEntropy*:*StridedInputs*:ElementwiseCuda.*}" --gtest_brief=1 > "$out/memcheck.log" 2>&1

@@ -11,9 +11,13 @@
 //    the forward from the projection's (B, T, H, D) layout and the backward (the inverse rotation)
 //    of a contiguous (B, H, T, D) gradient, kernel v1 against v2 (core/ops/rope_cuda.h), as
 //    bytes read + written per second against the copy bandwidth.
+//  - fp8 at GPT-2 1.5B shapes (8 x 1024 tokens, C 1600): dY's e5m2 cast (row-wise + transposed)
+//    then sum_to for the bias gradient, against the cast with the column sums fused
+//    (KILN_FP8_FUSED_DBIAS's path), as bytes (2 read, 2 written per element) per second; and the
+//    MLP forward + backward as fp8_linear -> gelu -> fp8_linear against fp8_mlp_gelu.
 // Each row is the median of `reps` timed runs (CUDA events on the compute stream) after warm-up.
-// Usage: kernel_bench [reps] [section]: section (adamw, gemm, norm, ce, reduce, rope) runs only
-// that one after the ceilings.
+// Usage: kernel_bench [reps] [section]: section (adamw, gemm, norm, ce, reduce, rope, fp8) runs
+// only that one after the ceilings.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -24,8 +28,10 @@
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/cuda/runtime.h"
+#include "core/ops/activation.h"
 #include "core/ops/cross_entropy.h"
 #include "core/ops/elementwise.h"
+#include "core/ops/fp8.h"
 #include "core/ops/layernorm.h"
 #include "core/ops/matmul.h"
 #include "core/ops/reduce.h"
@@ -106,6 +112,51 @@ void bench_rope(int reps, double copy_bw) {
       row("rope " + which + " bwd contiguous " + name, shape, ms, bytes / (ms * 1e-3) / 1e9, "GB/s",
           copy_bw);
     }
+  }
+}
+
+// fp8 at GPT-2 1.5B shapes: dY's cast with and without the fused column sums, and the MLP as the
+// composed fp8 ops against fp8_mlp_gelu (forward + backward). Needs compute capability 8.9+.
+void bench_fp8(int reps, double copy_bw) {
+  if (cuda::compute_capability() < 89) return;
+  const int64_t tok = 8 * 1024, c = 1600, h = 4 * c;
+  for (const int64_t n : {c, 3 * c}) {
+    Tensor dy = rnd({tok, n}, DType::kBF16, 50);
+    const std::string shape = std::to_string(tok) + "x" + std::to_string(n);
+    const double bytes = 4.0 * static_cast<double>(dy.numel());
+    double ms = time_ms(
+        [&] {
+          (void)fp8_quantize(dy, DType::kF8E5M2, true, true);
+          (void)sum_to(dy, {n});
+        },
+        reps);
+    row("fp8 e5m2 cast_t + sum_to", shape, ms, bytes / (ms * 1e-3) / 1e9, "GB/s", copy_bw);
+    ms = time_ms(
+        [&] {
+          Tensor db;
+          (void)fp8_quantize(dy, DType::kF8E5M2, true, true, &db);
+        },
+        reps);
+    row("fp8 e5m2 cast_t with dbias", shape, ms, bytes / (ms * 1e-3) / 1e9, "GB/s", copy_bw);
+  }
+  EnableGradGuard grad;
+  std::vector<Tensor> p = {rnd({8, 1024, c}, DType::kBF16, 51), rnd({h, c}, DType::kBF16, 52, 0.02),
+                           rnd({h}, DType::kBF16, 53, 0.02), rnd({c, h}, DType::kBF16, 54, 0.02),
+                           rnd({c}, DType::kBF16, 55, 0.02)};
+  for (Tensor& t : p) t = t.detach().set_requires_grad(true);
+  const Tensor gy = rnd({8, 1024, c}, DType::kBF16, 56);
+  const double flop = 3 * 2 * 2.0 * tok * c * h;  // two GEMMs, forward + dX + dW
+  for (int fused : {0, 1}) {
+    const double ms = time_ms(
+        [&] {
+          Tensor y = fused ? fp8_mlp_gelu(p[0], p[1], p[2], p[3], p[4])
+                           : fp8_linear(gelu(fp8_linear(p[0], p[1], p[2])), p[3], p[4]);
+          (void)kiln::grad({y}, {gy}, p);
+        },
+        reps);
+    row(fused ? "fp8_mlp_gelu fwd+bwd" : "fp8 linear-gelu-linear fwd+bwd",
+        std::to_string(tok) + "x1600 H 6400", ms, flop / (ms * 1e-3) / 1e12, "TFLOP/s",
+        1979.0);  // the H100 / H200 SXM dense fp8 peak
   }
 }
 
@@ -285,6 +336,7 @@ int main(int argc, char** argv) {
         copy_bw);
   }
   if (want("rope")) bench_rope(reps, copy_bw);
+  if (want("fp8")) bench_fp8(reps, copy_bw);
   cuda::synchronize();
   return 0;
 }

@@ -6,7 +6,19 @@
 //    tests/gpu_train_test.cc; fp8 adds ~3-5% noise per GEMM, which averages out over the
 //    parameters) and fall by more than 0.5 nat (gpu_train_test.cc's learning criterion). Skips
 //    without a GPU of compute capability 8.9+.
-// The fp8 kernels themselves are tested against host references in core/ops/fp8_cuda_test.cc.
+// 3. The same tiny GPT-2 trained in fp8 with GPT-2's MLP as one fp8_mlp_gelu op
+//    (KILN_FP8_FUSED_MLP=1; the graph holds Fp8MlpGelu nodes) and as fp8_linear -> gelu ->
+//    fp8_linear: the losses within 1e-2 of each other at every step. The two runs differ only in
+//    h's rounding (GELU of the f32 GEMM result in the epilogue against GELU of its bf16 rounding:
+//    one bf16 ulp on ~30% of h's elements, core/ops/fp8_fused_cuda_test.cc), a smaller
+//    perturbation than fp8 against bf16 (every GEMM operand rounded to 3 or 2 mantissa bits),
+//    whose losses were measured 8.2e-4 apart at most over these 30 steps (benchmarks/RESULTS.md);
+//    1e-2 is 12x that, and a wrong gradient in the fused op stops the loss from falling. A third
+//    run adds the bias gradients from dY's cast (KILN_FP8_FUSED_DBIAS=1: f32 partial sums
+//    instead of sum_to's f64, one bf16 rounding either way), held to the same 1e-2. Not yet run
+//    on a GPU.
+// The fp8 kernels themselves are tested against host references in core/ops/fp8_cuda_test.cc and
+// core/ops/fp8_fused_cuda_test.cc.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -74,6 +86,9 @@ TEST(Fp8Model, SetFp8MarksTheBlockLinearsOnly) {
     EXPECT_EQ(marked, fam == models::Family::kGPT2 ? 2 * 4 : 2 * 7);
     if (m.lm_head) EXPECT_FALSE(m.lm_head->fp8) << "the classifier stays out of fp8";
     EXPECT_TRUE(testing::same_bits(m.forward(ids).detach(), before)) << "CPU forward changed";
+    set_fp8_fused_mlp_override(1);  // the fused fp8 MLP is CUDA-only: the CPU forward stays
+    EXPECT_TRUE(testing::same_bits(m.forward(ids).detach(), before)) << "fused MLP on the CPU";
+    set_fp8_fused_mlp_override(-1);
     m.set_fp8(false);
     EXPECT_FALSE(m.h[0]->attn->c_proj ? m.h[0]->attn->c_proj->fp8 : m.h[0]->attn->o_proj->fp8);
   }
@@ -104,7 +119,20 @@ std::pair<Tensor, Tensor> rule_batch(Generator& gen, int64_t b, int64_t t, int64
           Tensor::from_ints(tgt, {b, t}, DType::kI32, kGpu)};
 }
 
-std::vector<double> train_tiny(bool fp8) {
+// Whether the graph below `root` holds a node named `name`.
+bool graph_has(const Tensor& root, const char* name) {
+  std::vector<std::shared_ptr<Node>> todo = {root.grad_fn()};
+  for (size_t i = 0; i < todo.size() && i < 4096; ++i) {
+    if (!todo[i]) continue;
+    if (std::strcmp(todo[i]->name(), name) == 0) return true;
+    for (const Edge& e : todo[i]->next) todo.push_back(e.fn);
+  }
+  return false;
+}
+
+std::vector<double> train_tiny(bool fp8, bool fused_mlp = false, bool fused_dbias = false) {
+  set_fp8_fused_mlp_override(fused_mlp ? 1 : 0);
+  set_fp8_fused_dbias_override(fused_dbias ? 1 : 0);
   models::ModelSpec s;
   s.family = models::Family::kGPT2;
   s.n_layer = 2;
@@ -133,15 +161,9 @@ std::vector<double> train_tiny(bool fp8) {
   for (int step = 0; step < kTrainSteps; ++step) {
     auto [x, y] = rule_batch(data, 16, 64, s.vocab_size);
     Tensor loss = model->loss(x, y);
-    if (step == 0 && fp8) {  // the graph holds fp8 nodes
-      bool found = false;
-      std::vector<std::shared_ptr<Node>> todo = {loss.grad_fn()};
-      for (size_t i = 0; i < todo.size() && !found && i < 4096; ++i) {
-        if (!todo[i]) continue;
-        found = std::strcmp(todo[i]->name(), "Fp8Linear") == 0;
-        for (const Edge& e : todo[i]->next) todo.push_back(e.fn);
-      }
-      EXPECT_TRUE(found) << "no Fp8Linear node in the fp8 model's graph";
+    if (step == 0 && fp8) {  // the graph holds fp8 nodes (the MLP's as one when fused)
+      EXPECT_TRUE(graph_has(loss, "Fp8Linear")) << "no Fp8Linear node in the fp8 model's graph";
+      EXPECT_EQ(graph_has(loss, "Fp8MlpGelu"), fused_mlp);
     }
     loss.backward();
     optim::clip_grad_norm(params, 1.0);
@@ -150,6 +172,8 @@ std::vector<double> train_tiny(bool fp8) {
     opt.zero_grad();
     losses.push_back(loss.item());
   }
+  set_fp8_fused_mlp_override(-1);
+  set_fp8_fused_dbias_override(-1);
   return losses;
 }
 
@@ -179,6 +203,29 @@ TEST_F(Fp8Cuda, TinyGpt2TrainsLikeBf16) {
   EXPECT_NE(fp8.front(), bf16.front()) << "the fp8 forward gave the bf16 loss bits";
   EXPECT_LT(bf16.back(), bf16.front() - 0.5) << "bf16 did not learn";
   EXPECT_LT(fp8.back(), fp8.front() - 0.5) << "fp8 did not learn";
+}
+
+TEST_F(Fp8Cuda, TinyGpt2WithTheFusedFp8MlpTrainsLikeTheComposedOne) {
+  KILN_REQUIRE_FP8();
+  const std::vector<double> composed = train_tiny(true);
+  const std::vector<double> fused = train_tiny(true, true);
+  const std::vector<double> both = train_tiny(true, true, true);
+  for (const auto& [name, run] :
+       {std::pair<const char*, const std::vector<double>*>{"fp8_mlp_gelu", &fused},
+        {"fp8_mlp_gelu + fused dbias", &both}}) {
+    ASSERT_EQ(run->size(), static_cast<size_t>(kTrainSteps));
+    double worst = 0;
+    for (int i = 0; i < kTrainSteps; ++i)
+      worst = std::max(worst, std::fabs((*run)[i] - composed[i]) / std::fabs(composed[i]));
+    std::printf(
+        "tiny GPT-2 in fp8, %d steps: composed MLP %.4f -> %.4f, %s %.4f -> %.4f, max rel "
+        "diff %.3e\n",
+        kTrainSteps, composed.front(), composed.back(), name, run->front(), run->back(), worst);
+    EXPECT_LE(worst, 1e-2) << name;
+    EXPECT_LT(run->back(), run->front() - 0.5) << name << " did not learn";
+  }
+  std::printf("  fp8_mlp_gelu forwards with the GELU unfused: %lld\n",
+              static_cast<long long>(fp8_mlp_unfused_gelu_count()));
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "core/ops/cross_entropy.h"
 #include "core/ops/dropout.h"
 #include "core/ops/elementwise.h"
+#include "core/ops/fp8.h"
 #include "core/ops/layernorm.h"
 #include "core/ops/matmul.h"
 #include "core/ops/rmsnorm.h"
@@ -183,15 +184,23 @@ Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc, const Tensor& 
   auto plus_residual = [&residual](const Tensor& y) {
     return residual.defined() ? add(y, residual) : y;
   };
+  auto w = [compute](const std::shared_ptr<nn::Linear>& l, bool bias) {
+    return bias ? (l->bias.defined() ? nn::to_compute(l->bias, compute) : Tensor())
+                : nn::to_compute(l->weight, compute);
+  };
+  const bool no_hooks = is_gpt2(spec) && !c_fc->has_hooks() && !c_proj->has_hooks();
+  if (no_hooks && fp8_fused_mlp() && c_fc->uses_fp8(x, compute) && c_proj->fp8 &&
+      c_proj->weight.size(0) % 16 == 0) {
+    // KILN_FP8_FUSED_MLP=1: both linears in fp8 (c_proj's K and rows are c_fc's N and rows) as one
+    // op, bias + GELU in the first fp8 GEMM's epilogue.
+    return plus_residual(fp8_mlp_gelu(nn::to_compute(x, compute), w(c_fc, false), w(c_fc, true),
+                                      w(c_proj, false), w(c_proj, true)));
+  }
   if (is_gpt2(spec) && (c_fc->uses_fp8(x, compute) || c_fc->has_hooks() || c_proj->has_hooks())) {
     // fp8 GEMMs or tensor-parallel hooks: the two linears run as Linear::forward (c_proj decides
     // for its own shapes), with the GELU between them unfused.
     return plus_residual(c_proj->forward(gelu(c_fc->forward(x, compute)), compute));
   }
-  auto w = [compute](const std::shared_ptr<nn::Linear>& l, bool bias) {
-    return bias ? (l->bias.defined() ? nn::to_compute(l->bias, compute) : Tensor())
-                : nn::to_compute(l->weight, compute);
-  };
   if (is_gpt2(spec)) {
     // One op: on CUDA the bias and GELU run in the first GEMM's epilogue and the GELU gradient
     // in the backward GEMM's (the residual in the second's); on the CPU linear -> gelu -> linear.

@@ -83,6 +83,10 @@ Tensor gelu_input_grad(const Tensor& g, const Tensor& pre);
 // (gy @ w2) * gelu_tanh'(pre): gy (M, C), w2 (C, HID), pre (M, HID) -> (M, HID); with gb1, also
 // its column sums (HID). bf16/f16: one GEMM with the DGELU(_BGRAD) epilogue.
 Tensor matmul_dgelu(const Tensor& gy, const Tensor& w2, const Tensor& pre, Tensor* gb1);
+// dpre (M, HID) := dpre * gelu_tanh'(pre) in place; with gb1, *gb1 = its column sums (HID), f32
+// partials over chunks of rows added in a fixed order. dpre, pre: contiguous bf16 / f16, one
+// shape, HID % 8 == 0, both 16-byte aligned (the caller checks).
+void dgelu_bgrad_inplace(const Tensor& dpre, const Tensor& pre, Tensor* gb1);
 // (x_scale x) @ (w_scale w)^T (+ b): x (M, K), w (N, K) fp8; output bf16 or f32. sm_89+.
 Tensor linear_fp8(const Tensor& x, const Tensor& w, double x_scale, double w_scale, DType out_dtype,
                   const Tensor& b);

@@ -1,6 +1,7 @@
-// fp8 current scaling and fp8_linear: argument checks, the autograd node and its backward, and the
-// dispatch to the CUDA kernels and cuBLASLt GEMMs in core/ops/fp8.cu. There is no CPU kernel: on
-// the CPU (or a build without CUDA) every entry point is a kiln::Error naming the op.
+// fp8 current scaling, fp8_linear and fp8_mlp_gelu: argument checks, the autograd nodes and their
+// backward, the opt-in switches, and the dispatch to the CUDA kernels and cuBLASLt GEMMs in
+// core/ops/fp8.cu. There is no CPU kernel: on the CPU (or a build without CUDA) every entry point
+// is a kiln::Error naming the op.
 #include "core/ops/fp8.h"
 
 #include <atomic>
@@ -11,6 +12,7 @@
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/check.h"
+#include "core/ops/activation.h"
 #include "core/ops/cuda_base_ops.h"
 #include "core/ops/device_dispatch.h"
 
@@ -22,12 +24,16 @@ void fp8_require_gpu(const char* op, const Tensor& t);
 // x contiguous bf16 / f16 / f32, numel > 0; meta f32 (>= 1 element): meta[0] = max |x|.
 void fp8_amax(const Tensor& x, const Tensor& meta);
 // x2 (R, C) contiguous, meta (3) with meta[0] = amax: meta[1] = scale, meta[2] = 1 / scale,
-// q (R, C) when defined, qt (C, R) when defined (fp8, one dtype).
-void fp8_cast(const Tensor& x2, const Tensor& meta, const Tensor& q, const Tensor& qt);
+// q (R, C) when defined, qt (C, R) when defined (fp8, one dtype); colsum (C) of x2's dtype when
+// defined (qt must be): x2's column sums, from the transposing cast.
+void fp8_cast(const Tensor& x2, const Tensor& meta, const Tensor& q, const Tensor& qt,
+              const Tensor& colsum);
 // d (m, n) bf16 = (a_descale a (m, k)) (b_descale b (n, k))^T (+ bias (n)); false: no algorithm.
-// fast_accum: cuBLASLt's fast accumulation (no periodic promotion to fp32).
+// fast_accum: cuBLASLt's fast accumulation (no periodic promotion to fp32). gelu_aux (m, n) bf16
+// when defined: it receives that sum and d = gelu_tanh of it (the GELU_AUX(_BIAS) epilogue).
 bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const Tensor& b_descale,
-                 const Tensor& bias, const Tensor& d, bool fast_accum = false);
+                 const Tensor& bias, const Tensor& d, bool fast_accum = false,
+                 const Tensor& gelu_aux = Tensor());
 }  // namespace kiln::cuda
 #endif
 
@@ -46,6 +52,34 @@ Tensor Fp8Tensor::descale() const { return meta.detach().narrow(0, 2, 1).reshape
 namespace {
 
 constexpr const char* kLinear = "fp8_linear";
+constexpr const char* kMlp = "fp8_mlp_gelu";
+
+// An opt-in switch: on when its environment variable is "1" (read once), unless a test forces it.
+class EnvSwitch {
+ public:
+  constexpr explicit EnvSwitch(const char* name) : name_(name) {}
+  bool on() const {
+    const int forced = forced_.load();
+    if (forced >= 0) return forced == 1;
+    int e = env_.load();
+    if (e < 0) {
+      const char* v = std::getenv(name_);
+      e = v != nullptr && std::strcmp(v, "1") == 0 ? 1 : 0;
+      env_.store(e);
+    }
+    return e == 1;
+  }
+  void force(int on) { forced_.store(on); }  // 1 on, 0 off, -1 back to the environment
+
+ private:
+  const char* name_;
+  std::atomic<int> forced_{-1};
+  mutable std::atomic<int> env_{-1};  // the environment's value once read; -1 before
+};
+
+EnvSwitch g_fast_accum("KILN_FP8_FAST_ACCUM");
+EnvSwitch g_fused_dbias("KILN_FP8_FUSED_DBIAS");
+EnvSwitch g_fused_mlp("KILN_FP8_FUSED_MLP");
 
 // x must be a non-empty bf16 / f16 / f32 tensor on a CUDA device that can run kernels.
 void check_quantize_input(const char* op, const Tensor& x) {
@@ -63,9 +97,34 @@ void check_fp8_dtype(const char* op, DType t) {
       << op << ": the target must be fp8e4m3 or fp8e5m2, got " << t;
 }
 
+// The checks of fp8_linear(x, w, b) (op names the caller): x (..., K) and w (N, K) bf16 on one
+// CUDA device, K, N and the row count multiples of 16, b (N) bf16 or undefined.
+void check_linear_args(const char* op, const Tensor& x, const Tensor& w, const Tensor& b) {
+  check_defined(op, {&x, &w});
+  KILN_CHECK(x.device().is_cuda())
+      << op << ": fp8 GEMMs run on a CUDA GPU (compute capability 8.9+) only; x is " << x.str();
+  check_same_device(op, {&x, &w});
+  KILN_CHECK(x.dtype() == DType::kBF16 && w.dtype() == DType::kBF16)
+      << op << ": x and w must be bf16, got " << x.str() << " and " << w.str();
+  check_dim(op, "w (N, K)", w, 2);
+  KILN_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1))
+      << op << ": x " << x.str() << " does not match w " << w.str() << " (N, K)";
+  KILN_CHECK(fp8_linear_applies(x, w))
+      << op << ": K, N and the row count must be positive multiples of 16 (cuBLASLt fp8), "
+      << "got x " << x.str() << ", w " << w.str();
+  if (b.defined()) {
+    check_same_device(op, {&x, &b});
+    KILN_CHECK(b.dtype() == DType::kBF16 && b.dim() == 1 && b.size(0) == w.size(0))
+        << op << ": bias " << b.str() << " must be bf16 (N) for w " << w.str();
+  }
+  ops::on_cuda(op, "x", x);
+}
+
 #if KILN_WITH_CUDA
-// x2 (R, C) contiguous on CUDA -> its fp8 copies (no checks).
-Fp8Tensor quantize_2d(const Tensor& x2, DType fp8, bool rowwise, bool transposed) {
+// x2 (R, C) contiguous on CUDA -> its fp8 copies (no checks). With colsum (transposed must be
+// set): *colsum = x2's column sums (C) in x2's dtype, from the transposing cast.
+Fp8Tensor quantize_2d(const Tensor& x2, DType fp8, bool rowwise, bool transposed,
+                      Tensor* colsum = nullptr) {
   Fp8Tensor r;
   const int64_t rows = x2.size(0), cols = x2.size(1);
   // {amax, scale, descale} 8 bytes into the (aligned) allocation: descale 16-byte aligned.
@@ -74,8 +133,9 @@ Fp8Tensor quantize_2d(const Tensor& x2, DType fp8, bool rowwise, bool transposed
       << "internal: fp8 descale at " << r.descale().raw() << " is not 16-byte aligned";
   if (rowwise) r.data = Tensor::empty({rows, cols}, fp8, x2.device());
   if (transposed) r.data_t = Tensor::empty({cols, rows}, fp8, x2.device());
+  if (colsum) *colsum = Tensor::empty({cols}, x2.dtype(), x2.device());
   cuda::fp8_amax(x2, r.meta);
-  cuda::fp8_cast(x2, r.meta, r.data, r.data_t);
+  cuda::fp8_cast(x2, r.meta, r.data, r.data_t, colsum ? *colsum : Tensor());
   return r;
 }
 
@@ -90,6 +150,14 @@ Tensor rows_of(const Tensor& t) {
 Tensor aligned_descale(const Tensor& descale) {
   if (reinterpret_cast<uintptr_t>(descale.raw()) % 16 == 0) return descale;
   return descale.clone();
+}
+
+// b detached and contiguous on a 16-byte boundary (an epilogue's bias), or undefined.
+Tensor aligned_bias(const Tensor& b) {
+  if (!b.defined()) return Tensor();
+  Tensor bias = raw::contiguous(b.detach());
+  if (reinterpret_cast<uintptr_t>(bias.raw()) % 16 != 0) bias = bias.clone();
+  return bias;
 }
 
 // (a_descale a (m, k)) (b_descale b (n, k))^T (+ bias (n)) -> (m, n) bf16; the bias in the
@@ -118,8 +186,39 @@ Tensor gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const 
 }
 
 std::atomic<int64_t> g_e4m3_backward{0};
+std::atomic<int64_t> g_unfused_gelu{0};
 
 Tensor descale_of(const Tensor& meta) { return meta.narrow(0, 2, 1).reshape({}); }
+
+struct LinearGrads {
+  Tensor gx, gw, gb;  // (M, K), (N, K), (N); each undefined unless asked for
+};
+
+// The gradients of y = x w^T (+ b) given gy (M, N) bf16 contiguous and the forward's fp8 copies
+// x_t (K, M) (for gw) and w_t (K, N) (for gx), e4m3, with their metas. dY goes to e5m2: its
+// row-wise copy for dX = dY W, its transpose (N, M) for dW = dY^T X. Where cuBLASLt offers no
+// e5m2 x e4m3 kernel, dY goes to e4m3 instead (counted: fp8_e4m3_backward_count()). gb = the
+// column sums of the bf16 dY: from the transposing cast when KILN_FP8_FUSED_DBIAS=1 and dW is
+// asked for (f32 partials, one rounding), else sum_to (f64 accumulation).
+LinearGrads linear_grads(const Tensor& gy, const Tensor& x_t, const Tensor& x_meta,
+                         const Tensor& w_t, const Tensor& w_meta, bool need_x, bool need_w,
+                         bool need_b) {
+  LinearGrads r;
+  const bool fused_b = need_b && need_w && g_fused_dbias.on();
+  if (need_x || need_w) {
+    const Fp8Tensor gq = quantize_2d(gy, DType::kF8E5M2, need_x, need_w, fused_b ? &r.gb : nullptr);
+    if (need_x) r.gx = try_gemm_tn(gq.data, gq.descale(), w_t, descale_of(w_meta), Tensor());
+    if (need_w) r.gw = try_gemm_tn(gq.data_t, gq.descale(), x_t, descale_of(x_meta), Tensor());
+    if ((need_x && !r.gx.defined()) || (need_w && !r.gw.defined())) {
+      ++g_e4m3_backward;
+      const Fp8Tensor g4 = quantize_2d(gy, DType::kF8E4M3, need_x, need_w);
+      if (need_x) r.gx = gemm_tn(g4.data, g4.descale(), w_t, descale_of(w_meta), Tensor());
+      if (need_w) r.gw = gemm_tn(g4.data_t, g4.descale(), x_t, descale_of(x_meta), Tensor());
+    }
+  }
+  if (need_b && !fused_b) r.gb = cuda::sum_to(gy, {gy.size(1)});
+  return r;
+}
 
 // y = fp8_linear(x, w, b): saved = {x_t (K, M) e4m3, x meta (3), w_t (K, N) e4m3, w meta (3)};
 // x_t is undefined when w needs no gradient, w_t when x needs none.
@@ -128,52 +227,93 @@ class Fp8LinearNode final : public Node {
   const char* name() const override { return "Fp8Linear"; }
   Shape x_shape;
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
-    const Tensor &x_t = saved[0], &x_meta = saved[1], &w_t = saved[2], &w_meta = saved[3];
-    const bool need_x = wants(0), need_w = wants(1);
-    const bool need_b = wants(2);
     Tensor gy = rows_of(raw::convert(g[0].detach(), DType::kBF16));  // (M, N)
-    Tensor gx, gw, gb;
-    if (need_x || need_w) {
-      // dY in e5m2: its row-wise copy for dX, its transpose (N, M) for dW. Where cuBLASLt offers
-      // no e5m2 x e4m3 kernel, dY goes to e4m3 instead (counted: fp8_e4m3_backward_count()).
-      const Fp8Tensor gq = quantize_2d(gy, DType::kF8E5M2, need_x, need_w);
-      if (need_x) gx = try_gemm_tn(gq.data, gq.descale(), w_t, descale_of(w_meta), Tensor());
-      if (need_w) gw = try_gemm_tn(gq.data_t, gq.descale(), x_t, descale_of(x_meta), Tensor());
-      if ((need_x && !gx.defined()) || (need_w && !gw.defined())) {
-        ++g_e4m3_backward;
-        const Fp8Tensor g4 = quantize_2d(gy, DType::kF8E4M3, need_x, need_w);
-        if (need_x) gx = gemm_tn(g4.data, g4.descale(), w_t, descale_of(w_meta), Tensor());
-        if (need_w) gw = gemm_tn(g4.data_t, g4.descale(), x_t, descale_of(x_meta), Tensor());
-      }
-      if (gx.defined()) gx = gx.reshape(x_shape);
+    LinearGrads r =
+        linear_grads(gy, saved[0], saved[1], saved[2], saved[3], wants(0), wants(1), wants(2));
+    if (r.gx.defined()) r.gx = r.gx.reshape(x_shape);
+    return {r.gx, r.gw, r.gb};
+  }
+};
+
+// gelu_tanh(xq wq^T + bias) (M, H) bf16 and *pre = the GELU input (M, H) bf16: the bias and GELU
+// in the fp8 GEMM's epilogue (GELU_AUX_BIAS); where cuBLASLt offers no such fp8 algorithm, the
+// fp8 GEMM with the bias, then kiln's GELU (counted: fp8_mlp_unfused_gelu_count()).
+Tensor gelu_gemm(const Fp8Tensor& xq, const Fp8Tensor& wq, const Tensor& bias, Tensor* pre) {
+  const int64_t m = xq.data.size(0), n = wq.data.size(0);
+  Tensor h = Tensor::empty({m, n}, DType::kBF16, xq.data.device());
+  *pre = Tensor::empty({m, n}, DType::kBF16, xq.data.device());
+  if (cuda::fp8_gemm_tn(xq.data, xq.descale(), wq.data, wq.descale(), bias, h,
+                        fp8_fast_accum_forward(), *pre))
+    return h;
+  ++g_unfused_gelu;
+  *pre = gemm_tn(xq.data, xq.descale(), wq.data, wq.descale(), bias, /*forward=*/true);
+  NoGradGuard no_grad;
+  return gelu(*pre);
+}
+
+bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
+
+// dh (M, H) bf16 contiguous -> dh * gelu_tanh'(pre), in place where both lie on 16-byte
+// boundaries (kiln's dgelu_bgrad kernel, core/ops/matmul.cu); *gb1 = its column sums when asked.
+Tensor dgelu(const Tensor& dh, const Tensor& pre, Tensor* gb1) {
+  if (aligned16(dh) && aligned16(pre)) {
+    cuda::dgelu_bgrad_inplace(dh, pre, gb1);
+    return dh;
+  }
+  Tensor d = cuda::gelu_input_grad(dh, pre);
+  if (gb1) *gb1 = cuda::sum_to(d, {d.size(1)});
+  return d;
+}
+
+// y = fp8_mlp_gelu(x, w1, b1, w2, b2) with M rows, C = x's width, H = w1's rows, C2 = w2's rows:
+// saved = {x_t (C, M) e4m3, x meta, w1_t (C, H) e4m3, w1 meta, pre (M, H) bf16, h_t (H, M) e4m3,
+// h meta, w2_t (H, C2) e4m3, w2 meta}; each only where a gradient needs it (as Fp8LinearNode).
+// Memory: C + H bytes (fp8 x^T, h^T) + 2H (bf16 pre) per row, as the composed fp8_linear -> gelu
+// -> fp8_linear keeps, against 2C + 4H (bf16 x, pre, h) in mlp_gelu; at GPT-2 1.5B (C 1600,
+// H 6400, 8192 rows) 170 MB a block against 236 MB, plus the two fp8 weight copies (20 MB).
+class Fp8MlpNode final : public Node {
+ public:
+  const char* name() const override { return "Fp8MlpGelu"; }
+  Shape x_shape;
+  std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    const bool nx = wants(0), nw1 = wants(1), nb1 = wants(2), nw2 = wants(3), nb2 = wants(4);
+    const bool nh = nx || nw1 || nb1;  // the hidden gradient is needed
+    Tensor gy = rows_of(raw::convert(g[0].detach(), DType::kBF16));  // (M, C2)
+    // c_proj: dH = dY W2 (M, H), dW2 = dY^T h, db2 (fused into dY's cast when switched on).
+    LinearGrads g2 = linear_grads(gy, saved[5], saved[6], saved[7], saved[8], nh, nw2, nb2);
+    LinearGrads g1;
+    Tensor gb1;
+    if (nh) {  // dH -> dpre = dH gelu'(pre) in place, b1's gradient its column sums; then c_fc
+      const Tensor dpre = dgelu(g2.gx, saved[4], nb1 ? &gb1 : nullptr);
+      if (nx || nw1)
+        g1 = linear_grads(dpre, saved[0], saved[1], saved[2], saved[3], nx, nw1, false);
     }
-    if (need_b) gb = cuda::sum_to(gy, {gy.size(1)});
-    return {gx, gw, gb};
+    if (g1.gx.defined()) g1.gx = g1.gx.reshape(x_shape);
+    return {g1.gx, g1.gw, gb1, g2.gw, g2.gb};
   }
 };
 #endif
 
 }  // namespace
 
-namespace {
-std::atomic<int> g_fast_accum_override{-1};  // tests: 1 on, 0 off, -1 none
-}  // namespace
-
-bool fp8_fast_accum_forward() {
-  const int forced = g_fast_accum_override.load();
-  if (forced >= 0) return forced == 1;
-  static const bool on = [] {
-    const char* e = std::getenv("KILN_FP8_FAST_ACCUM");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
-  return on;
-}
-
-void set_fp8_fast_accum_override(int on) { g_fast_accum_override.store(on); }
+bool fp8_fast_accum_forward() { return g_fast_accum.on(); }
+void set_fp8_fast_accum_override(int on) { g_fast_accum.force(on); }
+bool fp8_fused_dbias() { return g_fused_dbias.on(); }
+void set_fp8_fused_dbias_override(int on) { g_fused_dbias.force(on); }
+bool fp8_fused_mlp() { return g_fused_mlp.on(); }
+void set_fp8_fused_mlp_override(int on) { g_fused_mlp.force(on); }
 
 int64_t fp8_e4m3_backward_count() {
 #if KILN_WITH_CUDA
   return g_e4m3_backward.load();
+#else
+  return 0;
+#endif
+}
+
+int64_t fp8_mlp_unfused_gelu_count() {
+#if KILN_WITH_CUDA
+  return g_unfused_gelu.load();
 #else
   return 0;
 #endif
@@ -190,13 +330,16 @@ Tensor fp8_amax(const Tensor& x) {
 #endif
 }
 
-Fp8Tensor fp8_quantize(const Tensor& x, DType fp8_dtype, bool rowwise, bool transposed) {
+Fp8Tensor fp8_quantize(const Tensor& x, DType fp8_dtype, bool rowwise, bool transposed,
+                       Tensor* colsum) {
   check_quantize_input("fp8_quantize", x);
   check_fp8_dtype("fp8_quantize", fp8_dtype);
   KILN_CHECK(rowwise || transposed) << "fp8_quantize: asked for neither q nor its transpose";
   KILN_CHECK(x.dim() >= 1) << "fp8_quantize: x must have at least one dim, got " << x.str();
+  KILN_CHECK(colsum == nullptr || transposed)
+      << "fp8_quantize: the column sums come with the transposed copy only";
 #if KILN_WITH_CUDA
-  return quantize_2d(rows_of(x), fp8_dtype, rowwise, transposed);
+  return quantize_2d(rows_of(x), fp8_dtype, rowwise, transposed, colsum);
 #else
   return Fp8Tensor();
 #endif
@@ -213,25 +356,7 @@ bool fp8_linear_applies(const Tensor& x, const Tensor& w) {
 }
 
 Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b) {
-  check_defined(kLinear, {&x, &w});
-  KILN_CHECK(x.device().is_cuda())
-      << kLinear << ": fp8 GEMMs run on a CUDA GPU (compute capability 8.9+) only; x is "
-      << x.str();
-  check_same_device(kLinear, {&x, &w});
-  KILN_CHECK(x.dtype() == DType::kBF16 && w.dtype() == DType::kBF16)
-      << kLinear << ": x and w must be bf16, got " << x.str() << " and " << w.str();
-  check_dim(kLinear, "w (N, K)", w, 2);
-  KILN_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1))
-      << kLinear << ": x " << x.str() << " does not match w " << w.str() << " (N, K)";
-  KILN_CHECK(fp8_linear_applies(x, w))
-      << kLinear << ": K, N and the row count must be positive multiples of 16 (cuBLASLt fp8), "
-      << "got x " << x.str() << ", w " << w.str();
-  if (b.defined()) {
-    check_same_device(kLinear, {&x, &b});
-    KILN_CHECK(b.dtype() == DType::kBF16 && b.dim() == 1 && b.size(0) == w.size(0))
-        << kLinear << ": bias " << b.str() << " must be bf16 (N) for w " << w.str();
-  }
-  ops::on_cuda(kLinear, "x", x);
+  check_linear_args(kLinear, x, w, b);
 #if KILN_WITH_CUDA
   cuda::fp8_require_gpu(kLinear, x);
   // Recorded first: which gradients are needed decides which transposed copies the forward keeps.
@@ -239,18 +364,58 @@ Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   const bool need_x = node && node->next[0].fn, need_w = node && node->next[1].fn;
   const Fp8Tensor xq = quantize_2d(rows_of(x), DType::kF8E4M3, true, need_w);
   const Fp8Tensor wq = quantize_2d(raw::contiguous(w.detach()), DType::kF8E4M3, true, need_x);
-  Tensor bias;
-  if (b.defined()) {
-    bias = raw::contiguous(b.detach());
-    if (reinterpret_cast<uintptr_t>(bias.raw()) % 16 != 0) bias = bias.clone();
-  }
   Shape out_shape = x.shape();
   out_shape.back() = w.size(0);
-  Tensor y = gemm_tn(xq.data, xq.descale(), wq.data, wq.descale(), bias, /*forward=*/true)
+  Tensor y = gemm_tn(xq.data, xq.descale(), wq.data, wq.descale(), aligned_bias(b),
+                     /*forward=*/true)
                  .reshape(out_shape);
   if (node) {
     node->x_shape = x.shape();
     node->saved = {xq.data_t, xq.meta, wq.data_t, wq.meta};
+    set_history(y, node);
+  }
+  return y;
+#else
+  return Tensor();
+#endif
+}
+
+Tensor fp8_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                    const Tensor& b2) {
+  check_linear_args(kMlp, x, w1, b1);
+  check_defined(kMlp, {&w2});
+  check_same_device(kMlp, {&x, &w2});
+  check_dim(kMlp, "w2 (C2, H)", w2, 2);
+  KILN_CHECK(w2.dtype() == DType::kBF16 && w2.size(1) == w1.size(0))
+      << kMlp << ": w2 " << w2.str() << " must be bf16 and take the hidden width of w1 "
+      << w1.str();
+  KILN_CHECK(w2.size(0) > 0 && w2.size(0) % 16 == 0)
+      << kMlp << ": w2's rows must be a positive multiple of 16 (cuBLASLt fp8), got " << w2.str();
+  if (b2.defined()) {
+    check_same_device(kMlp, {&x, &b2});
+    KILN_CHECK(b2.dtype() == DType::kBF16 && b2.dim() == 1 && b2.size(0) == w2.size(0))
+        << kMlp << ": bias " << b2.str() << " must be bf16 (C2) for w2 " << w2.str();
+  }
+#if KILN_WITH_CUDA
+  cuda::fp8_require_gpu(kMlp, x);
+  auto node = record<Fp8MlpNode>({&x, &w1, &b1, &w2, &b2});
+  auto needs = [&node](int i) { return node && node->next[i].fn; };
+  const bool nh = needs(0) || needs(1) || needs(2);  // the hidden gradient will be needed
+  const Fp8Tensor xq = quantize_2d(rows_of(x), DType::kF8E4M3, true, needs(1));
+  const Fp8Tensor w1q = quantize_2d(raw::contiguous(w1.detach()), DType::kF8E4M3, true, needs(0));
+  Tensor pre;
+  const Tensor h = gelu_gemm(xq, w1q, aligned_bias(b1), &pre);
+  const Fp8Tensor hq = quantize_2d(h, DType::kF8E4M3, true, needs(3));
+  const Fp8Tensor w2q = quantize_2d(raw::contiguous(w2.detach()), DType::kF8E4M3, true, nh);
+  Shape out_shape = x.shape();
+  out_shape.back() = w2.size(0);
+  Tensor y = gemm_tn(hq.data, hq.descale(), w2q.data, w2q.descale(), aligned_bias(b2),
+                     /*forward=*/true)
+                 .reshape(out_shape);
+  if (node) {
+    node->x_shape = x.shape();
+    node->saved = {xq.data_t, xq.meta, w1q.data_t, w1q.meta, nh ? pre : Tensor(),
+                   hq.data_t, hq.meta, w2q.data_t, w2q.meta};
     set_history(y, node);
   }
   return y;

@@ -11,11 +11,14 @@
 // gives the bits of core/dtype.cc's f32_to_fp8 of the f32 product (round to nearest even with
 // subnormals, saturation to the largest finite value; NaN is mapped to dtype.cc's NaN pattern
 // explicitly). The transposing cast goes through a 32 x 32 tile in shared memory so that both the
-// bf16 reads and the fp8 writes are coalesced.
+// bf16 reads and the fp8 writes are coalesced; it can also sum x's columns on the way (the bias
+// gradient of dY, KILN_FP8_FUSED_DBIAS=1): f32 partials per chunk of row tiles, then
+// sum_chunks_kernel adds them in a fixed order (core/ops/fp8_colsum.h).
 // GEMMs: cuBLASLt's fp8 kernels need both operands contiguous along K ("TN"), so everything here
 // is D (m, n) = (a_descale * A (m, k)) (b_descale * B (n, k))^T with A, B row-major fp8 (at most
 // one of them e5m2) and D bf16, optionally with the bias in the epilogue, through kiln's one
-// cuBLASLt path (core/cuda/gemm.h; GemmParams::b_dtype carries the mixed e5m2 x e4m3 pairs).
+// cuBLASLt path (core/cuda/gemm.h; GemmParams::b_dtype carries the mixed e5m2 x e4m3 pairs), also
+// with bias + GELU in the epilogue, which stores the bf16 GELU input (GELU_AUX_BIAS).
 #include <cuda_fp8.h>
 
 #include <algorithm>
@@ -27,6 +30,8 @@
 #include "core/cuda/gemm.h"
 #include "core/ops/cuda_util.cuh"
 #include "core/ops/fp8.h"
+#include "core/ops/fp8_colsum.h"
+#include "core/ops/sum_chunks.cuh"
 
 namespace kiln::cuda {
 namespace {
@@ -34,6 +39,8 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kTile = 32;     // transposing cast: kTile x kTile elements per block iteration
 constexpr int kTileRows = 8;  // threads per tile column (blockDim = (kTile, kTileRows))
+static_assert(kTile == fp8_colsum::kTile && kTileRows == fp8_colsum::kThreadRows,
+              "the column sums' plan assumes the transposing cast's tile");
 
 bool is_fp8(DType t) { return t == DType::kF8E4M3 || t == DType::kF8E5M2; }
 
@@ -129,23 +136,28 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // x (rows, cols) contiguous -> q (rows, cols) when kRow, and qt (cols, rows) = q^T. Block
-// (kTile, kTileRows); blockIdx.x walks column tiles, blockIdx.y (grid-stride) row tiles.
-template <typename T, bool kE4, bool kRow>
+// (kTile, kTileRows); blockIdx.x walks column tiles, blockIdx.y (grid-stride) row tiles. kSum:
+// partial[blockIdx.y][c] = the f32 sum of x[r][c] over the block's rows (fp8_colsum.h's order).
+template <typename T, bool kE4, bool kRow, bool kSum>
 __global__ void __launch_bounds__(kTile* kTileRows)
     cast_transpose_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, float* meta,
-                          float fp8_max, uint8_t* __restrict__ q, uint8_t* __restrict__ qt) {
+                          float fp8_max, uint8_t* __restrict__ q, uint8_t* __restrict__ qt,
+                          float* __restrict__ partial) {
   __shared__ uint8_t tile[kTile][kTile + 4];
   const float s = scale_from_amax(meta[0], fp8_max);
   store_scales(meta, s);
   const int64_t tiles_r = (rows + kTile - 1) / kTile;
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  float acc = 0;  // kSum: this thread's rows of column c0 + threadIdx.x
   for (int64_t tr = blockIdx.y; tr < tiles_r; tr += gridDim.y) {
     const int64_t r0 = tr * kTile;
     __syncthreads();  // the previous tile's readers are done
     for (int i = threadIdx.y; i < kTile; i += kTileRows) {
       const int64_t r = r0 + i, c = c0 + threadIdx.x;
       if (r < rows && c < cols) {
-        const uint8_t v = to_fp8<kE4>(__fmul_rn(to_f32(x[r * cols + c]), s));
+        const float xv = to_f32(x[r * cols + c]);
+        if constexpr (kSum) acc += xv;
+        const uint8_t v = to_fp8<kE4>(__fmul_rn(xv, s));
         if (kRow) q[r * cols + c] = v;
         tile[i][threadIdx.x] = v;
       }
@@ -154,6 +166,18 @@ __global__ void __launch_bounds__(kTile* kTileRows)
     for (int i = threadIdx.y; i < kTile; i += kTileRows) {
       const int64_t c = c0 + i, r = r0 + threadIdx.x;
       if (c < cols && r < rows) qt[c * rows + r] = tile[threadIdx.x][i];
+    }
+  }
+  if constexpr (kSum) {  // the block's thread rows, in order, into one partial per column
+    __shared__ float sums[kTileRows][kTile];
+    sums[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    const int64_t c = c0 + threadIdx.x;
+    if (threadIdx.y == 0 && c < cols) {
+      float t = 0;
+#pragma unroll
+      for (int y = 0; y < kTileRows; ++y) t += sums[y][threadIdx.x];
+      partial[blockIdx.y * cols + c] = t;
     }
   }
 }
@@ -176,43 +200,63 @@ void launch_amax(const Tensor& x, unsigned int* out) {
   KILN_CUDA_CHECK_LAUNCH();
 }
 
+// The transposing cast of x2 (rows, cols) into qt (and q when defined); with colsum defined (T,
+// (cols)), also x2's column sums (fp8_colsum.h: partials, then sum_chunks_kernel).
 template <typename T, bool kE4>
-void launch_cast(const Tensor& x2, float* meta, float fp8_max, const Tensor& q, const Tensor& qt) {
-  const T* x = static_cast<const T*>(x2.raw());
-  if (!qt.defined()) {
-    const int64_t n = x2.numel();
-    constexpr int kN = 16 / sizeof(T);
-    const bool vec = aligned(x, 16) && aligned(q.raw(), kN);
-    cast_kernel<T, kE4><<<grid_for(vec ? n / kN + 1 : n), kThreads, 0, compute_stream()>>>(
-        x, n, vec, meta, fp8_max, static_cast<uint8_t*>(q.raw()));
-    KILN_CUDA_CHECK_LAUNCH();
-    return;
-  }
+void launch_cast_transpose(const Tensor& x2, float* meta, float fp8_max, const Tensor& q,
+                           const Tensor& qt, const Tensor& colsum) {
   const int64_t rows = x2.size(0), cols = x2.size(1);
   const int64_t tiles_c = (cols + kTile - 1) / kTile, tiles_r = (rows + kTile - 1) / kTile;
   KILN_CHECK(tiles_c < (int64_t{1} << 31)) << "fp8 cast: too many columns " << x2.str();
-  const dim3 grid(static_cast<unsigned int>(tiles_c),
-                  static_cast<unsigned int>(std::min<int64_t>(tiles_r, 65535)));
+  const fp8_colsum::Plan plan = fp8_colsum::plan(rows);
+  const int64_t grid_r = colsum.defined() ? plan.chunks : std::min<int64_t>(tiles_r, 65535);
+  const dim3 grid(static_cast<unsigned int>(tiles_c), static_cast<unsigned int>(grid_r));
   const dim3 block(kTile, kTileRows);
+  const T* x = static_cast<const T*>(x2.raw());
   uint8_t* qp = q.defined() ? static_cast<uint8_t*>(q.raw()) : nullptr;
   uint8_t* qtp = static_cast<uint8_t*>(qt.raw());
+  Tensor partial =
+      colsum.defined() ? Tensor::empty({plan.chunks, cols}, DType::kF32, x2.device()) : Tensor();
+  float* pp = colsum.defined() ? static_cast<float*>(partial.raw()) : nullptr;
+  auto launch = [&](auto row, auto sum) {
+    cast_transpose_kernel<T, kE4, decltype(row)::value, decltype(sum)::value>
+        <<<grid, block, 0, compute_stream()>>>(x, rows, cols, meta, fp8_max, qp, qtp, pp);
+    KILN_CUDA_CHECK_LAUNCH();
+  };
+  using Yes = std::true_type;
+  using No = std::false_type;
   if (q.defined()) {
-    cast_transpose_kernel<T, kE4, true>
-        <<<grid, block, 0, compute_stream()>>>(x, rows, cols, meta, fp8_max, qp, qtp);
+    colsum.defined() ? launch(Yes(), Yes()) : launch(Yes(), No());
   } else {
-    cast_transpose_kernel<T, kE4, false>
-        <<<grid, block, 0, compute_stream()>>>(x, rows, cols, meta, fp8_max, qp, qtp);
+    colsum.defined() ? launch(No(), Yes()) : launch(No(), No());
   }
+  if (!colsum.defined()) return;
+  sum_chunks_kernel<T><<<static_cast<unsigned int>((cols + kThreads - 1) / kThreads), kThreads, 0,
+                         compute_stream()>>>(pp, static_cast<T*>(colsum.raw()), plan.chunks, cols);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, bool kE4>
+void launch_cast(const Tensor& x2, float* meta, float fp8_max, const Tensor& q, const Tensor& qt,
+                 const Tensor& colsum) {
+  const T* x = static_cast<const T*>(x2.raw());
+  if (qt.defined()) return launch_cast_transpose<T, kE4>(x2, meta, fp8_max, q, qt, colsum);
+  const int64_t n = x2.numel();
+  constexpr int kN = 16 / sizeof(T);
+  const bool vec = aligned(x, 16) && aligned(q.raw(), kN);
+  cast_kernel<T, kE4><<<grid_for(vec ? n / kN + 1 : n), kThreads, 0, compute_stream()>>>(
+      x, n, vec, meta, fp8_max, static_cast<uint8_t*>(q.raw()));
   KILN_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
-void launch_cast_t(const Tensor& x2, float* meta, DType fp8, const Tensor& q, const Tensor& qt) {
+void launch_cast_t(const Tensor& x2, float* meta, DType fp8, const Tensor& q, const Tensor& qt,
+                   const Tensor& colsum) {
   const float mx = static_cast<float>(fp8_max(fp8));
   if (fp8 == DType::kF8E4M3) {
-    launch_cast<T, true>(x2, meta, mx, q, qt);
+    launch_cast<T, true>(x2, meta, mx, q, qt, colsum);
   } else {
-    launch_cast<T, false>(x2, meta, mx, q, qt);
+    launch_cast<T, false>(x2, meta, mx, q, qt, colsum);
   }
 }
 
@@ -250,24 +294,29 @@ void fp8_amax(const Tensor& x, const Tensor& meta) {
 }
 
 // x2 (R, C) contiguous; meta (3) f32 with meta[0] = amax. Stores meta[1] = scale, meta[2] =
-// 1 / scale, q (R, C) when defined and qt (C, R) when defined, both in q's / qt's fp8 dtype.
-void fp8_cast(const Tensor& x2, const Tensor& meta, const Tensor& q, const Tensor& qt) {
+// 1 / scale, q (R, C) when defined and qt (C, R) when defined, both in q's / qt's fp8 dtype;
+// colsum (C) of x2's dtype, when defined (qt must be), receives x2's column sums.
+void fp8_cast(const Tensor& x2, const Tensor& meta, const Tensor& q, const Tensor& qt,
+              const Tensor& colsum) {
   DeviceGuard guard(device_of(x2));
   check_on_current_device("fp8_quantize", "x", x2);
   KILN_CHECK(q.defined() || qt.defined()) << "internal: fp8_cast with no output";
   const DType fp8 = q.defined() ? q.dtype() : qt.dtype();
   KILN_CHECK(is_fp8(fp8) && (!qt.defined() || qt.dtype() == fp8))
       << "internal: fp8_cast outputs must share one fp8 dtype";
+  KILN_CHECK(!colsum.defined() || (qt.defined() && colsum.dtype() == x2.dtype() &&
+                                   colsum.is_contiguous() && colsum.numel() == x2.size(1)))
+      << "internal: fp8_cast column sums " << colsum.str() << " for x " << x2.str();
   float* m = static_cast<float*>(meta.raw());
   switch (x2.dtype()) {
     case DType::kBF16:
-      launch_cast_t<__nv_bfloat16>(x2, m, fp8, q, qt);
+      launch_cast_t<__nv_bfloat16>(x2, m, fp8, q, qt, colsum);
       break;
     case DType::kF16:
-      launch_cast_t<__half>(x2, m, fp8, q, qt);
+      launch_cast_t<__half>(x2, m, fp8, q, qt, colsum);
       break;
     case DType::kF32:
-      launch_cast_t<float>(x2, m, fp8, q, qt);
+      launch_cast_t<float>(x2, m, fp8, q, qt, colsum);
       break;
     default:
       KILN_CHECK(false) << "fp8_quantize: no kernel for " << x2.str();
@@ -275,10 +324,11 @@ void fp8_cast(const Tensor& x2, const Tensor& meta, const Tensor& q, const Tenso
 }
 
 // d (m, n) bf16 = (a_descale a (m, k)) (b_descale b (n, k))^T (+ bias (n) bf16). a, b contiguous
-// fp8, the descales 0-dim f32 on the device. Returns false (nothing ran) when cuBLASLt offers no
-// algorithm for the problem.
+// fp8, the descales 0-dim f32 on the device. With gelu_aux (m, n) bf16 defined: gelu_aux = that
+// sum and d = gelu_tanh(gelu_aux), in the epilogue (GELU_AUX(_BIAS)). Returns false (nothing ran)
+// when cuBLASLt offers no algorithm for the problem.
 bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const Tensor& b_descale,
-                 const Tensor& bias, const Tensor& d, bool fast_accum) {
+                 const Tensor& bias, const Tensor& d, bool fast_accum, const Tensor& gelu_aux) {
   DeviceGuard guard(device_of(a));
   const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
   KILN_CHECK(is_fp8(a.dtype()) && is_fp8(b.dtype()) && a.is_contiguous() && b.is_contiguous() &&
@@ -306,6 +356,14 @@ bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, cons
   if (bias.defined()) {
     p.epilogue = GemmEpilogue::kBias;
     p.bias = bias.raw();
+  }
+  if (gelu_aux.defined()) {
+    KILN_CHECK(gelu_aux.dtype() == DType::kBF16 && gelu_aux.is_contiguous() &&
+               gelu_aux.shape() == d.shape())
+        << "internal: fp8 GEMM GELU input " << gelu_aux.str() << " for d " << d.str();
+    p.epilogue = GemmEpilogue::kGeluAux;  // GELU_AUX_BIAS with a bias (core/cuda/gemm.cc)
+    p.aux = gelu_aux.raw();
+    p.ld_aux = n;
   }
   return gemm(p);
 }

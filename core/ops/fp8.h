@@ -3,7 +3,8 @@
 // memory (no host sync), and q = saturate(x * s) is stored in fp8. fp8_linear is the differentiable
 // linear layer built on it: e4m3 activations and weights forward, e5m2 output gradients backward,
 // every GEMM through cuBLASLt's fp8 kernels (operands contiguous along K, the "TN" layout) with the
-// descales multiplied in. CUDA only, compute capability 8.9+ (Ada / Hopper).
+// descales multiplied in. fp8_mlp_gelu is GPT-2's MLP (linear, GELU, linear) as one such op.
+// CUDA only, compute capability 8.9+ (Ada / Hopper).
 #pragma once
 
 #include "core/tensor.h"
@@ -34,9 +35,12 @@ Tensor fp8_amax(const Tensor& x);
 // (kF8E4M3 or kF8E5M2) with the current-scaling recipe above: scale = fp8_max / amax, amax == 0 ->
 // 1, an amax so small that the scale overflows -> FLT_MAX; q = round-to-nearest-even, saturating
 // (the same bits as f32_to_fp8 of the f32 product x * scale). Writes q when `rowwise`, its
-// transpose when `transposed` (one pass over x for both). No autograd. x: bf16 / f16 / f32, CUDA.
+// transpose when `transposed` (one pass over x for both). With `colsum` (transposed must be set),
+// *colsum = the column sums of x (C) in x's dtype, from the same pass: f32 partials over chunks
+// of rows added in a fixed order (core/ops/fp8_colsum.h), rounded once; deterministic. No
+// autograd. x: bf16 / f16 / f32, CUDA.
 Fp8Tensor fp8_quantize(const Tensor& x, DType fp8_dtype, bool rowwise = true,
-                       bool transposed = false);
+                       bool transposed = false, Tensor* colsum = nullptr);
 
 // True when fp8_linear can run x: (..., K) against w: (N, K): x on CUDA, x and w bf16, and K, N and
 // the row count (the product of x's leading dims) positive multiples of 16 (what cuBLASLt's fp8
@@ -47,7 +51,8 @@ bool fp8_linear_applies(const Tensor& x, const Tensor& w);
 // or undefined. Result (..., N) bf16. Forward: x and w quantized to e4m3 (current scaling), the
 // bias added in the GEMM epilogue, fp32 accumulation. Backward with dY quantized to e5m2:
 // dX = dY W (dY e5m2 against the e4m3 W^T saved from the forward), dW = dY^T X (dY^T e5m2 against
-// the e4m3 X^T saved from the forward), db = the column sums of the bf16 dY (f64 accumulation).
+// the e4m3 X^T saved from the forward), db = the column sums of the bf16 dY (f64 accumulation;
+// with fp8_fused_dbias(), from dY's transposing cast as fp8_quantize's colsum, when dW is needed).
 // Saves only fp8 copies (X^T, W^T) and their descales for backward. REQUIRES:
 // fp8_linear_applies(x, w); a GPU of compute capability 8.9+ (kiln::Error naming the op otherwise).
 // Compare linear_fp8 (core/ops/matmul.h): a forward GEMM on operands already in fp8.
@@ -59,6 +64,31 @@ Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
 bool fp8_fast_accum_forward();
 // Tests: forces the choice above (1 on, 0 off); -1 restores it.
 void set_fp8_fast_accum_override(int on);
+
+// Opt-in switches, off by default until a GPU has run their tests (each read once, "1" = on):
+// KILN_FP8_FUSED_DBIAS: the bias gradients of fp8_linear / fp8_mlp_gelu come from dY's
+// transposing cast (Transformer Engine's cast_transpose_dbias) instead of a pass of their own.
+bool fp8_fused_dbias();
+// KILN_FP8_FUSED_MLP: models run GPT-2's MLP with fp8 on as fp8_mlp_gelu (models/transformer.cc).
+bool fp8_fused_mlp();
+// Tests: force a switch (1 on, 0 off); -1 restores the environment's choice.
+void set_fp8_fused_dbias_override(int on);
+void set_fp8_fused_mlp_override(int on);
+
+// linear(gelu_tanh(linear(x, w1, b1)), w2, b2) with fp8 GEMMs, differentiable: GPT-2's MLP.
+// x: (..., C) bf16 CUDA, w1: (H, C), b1: (H) or undefined, w2: (C2, H), b2: (C2) or undefined, all
+// bf16. Result (..., C2) bf16. Forward: x, w1 in e4m3, one fp8 GEMM with bias + GELU in cuBLASLt's
+// epilogue (GELU_AUX_BIAS: h and its bf16 input pre), h and w2 in e4m3 for the second GEMM (bias
+// in its epilogue). Backward: dH from the e5m2 dY (as fp8_linear's dX), dH * gelu'(pre) in place
+// with b1's gradient (kiln's dgelu_bgrad kernel), that in e5m2 for c_fc's dX and dW; b2's
+// gradient as fp8_linear's db. Where cuBLASLt has no fp8 GELU epilogue the forward runs the fp8
+// GEMM with the bias, then kiln's GELU (counted: fp8_mlp_unfused_gelu_count()). Saves fp8 copies,
+// the bf16 pre and descales only (the composed fp8 path's memory). REQUIRES: fp8_linear's
+// conditions for x against w1 and for the (..., H) hidden against w2.
+Tensor fp8_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                    const Tensor& b2);
+// Forwards of fp8_mlp_gelu that ran the GELU unfused (cuBLASLt offered no fp8 GELU epilogue).
+int64_t fp8_mlp_unfused_gelu_count();
 
 // Backward passes of fp8_linear that quantized dY to e4m3 because cuBLASLt offered no
 // e5m2 x e4m3 kernel for the shape (0 where every backward ran in e5m2). Tests and logs.

@@ -15,6 +15,7 @@
 #include "core/cuda/gemm.h"
 #include "core/cuda/runtime.h"
 #include "core/ops/cuda_base_ops.h"
+#include "core/ops/sum_chunks.cuh"
 
 namespace kiln::cuda {
 namespace {
@@ -182,17 +183,6 @@ __global__ void dgelu_bgrad_kernel(S* __restrict__ dh, const S* __restrict__ pre
     for (int y = 0; y < 8; ++y) s += red[y][c];
     partial[blockIdx.y * hid + out_col] = s;
   }
-}
-
-// out[col] = sum over chunks (in order) of partial[chunk][col].
-template <typename S>
-__global__ void sum_chunks_kernel(const float* __restrict__ partial, S* __restrict__ out,
-                                  int64_t chunks, int64_t hid) {
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (col >= hid) return;
-  float s = 0;
-  for (int64_t k = 0; k < chunks; ++k) s += partial[k * hid + col];
-  Elem<S>::store(out, col, s);
 }
 
 Tensor gelu_exact(const Tensor& x) {
