@@ -14,6 +14,11 @@
 // 3. bf16 under an nn::PrecastScope (the trainer's per-step casts): the q/k/v and gate/up weight
 //    copies lie side by side, so the packed weight is a view (no copy); loss within 1e-2 of the
 //    unfused run's, every gradient within 5e-2.
+// 4. Every opt-in path of this round together (fused projections, RoPE's gradients in the
+//    projections' layout, the MLP residual in the GEMM epilogue, the first norm summing the skip
+//    gradient, the classifier rows in shared memory): on the CPU (f64, where CI runs it) within
+//    1e-12 of all of them off; on the GPU in f32 within the tolerances of 2., and in bf16 within
+//    those of 3.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -27,6 +32,8 @@
 
 #include "core/autograd.h"
 #include "core/nn/precast.h"
+#include "core/ops/cross_entropy_cuda.h"
+#include "core/ops/rope.h"
 #include "core/ops/view.h"
 #include "core/random.h"
 #include "core/testing/gpu_test_util.h"
@@ -240,6 +247,75 @@ TEST_F(FusedProjCuda, Bf16UnderPrecastPacksWeightsWithoutACopy) {
   for (size_t i = 0; i < fused.grads.size(); ++i) {
     for (double v : fused.grads[i].to_vector()) ASSERT_TRUE(std::isfinite(v)) << "gradient " << i;
     EXPECT_LE(rel_diff(fused.grads[i], plain.grads[i]), 5e-2) << "gradient " << i;
+  }
+}
+
+// Every opt-in path of this round on (or off) for every block of m; restores the RoPE and
+// classifier choices when it goes out of scope.
+struct AllPaths {
+  AllPaths(models::Transformer& m, bool on, bool on_cpu) {
+    for (const auto& b : m.h) {
+      b->attn->fuse_proj = b->mlp->fuse_proj = on;
+      b->attn->fuse_on_cpu = b->mlp->fuse_on_cpu = on_cpu;
+      b->resid_epilogue = b->norm_skip_fused = on;
+      b->fuse_on_cpu = on_cpu;
+    }
+    set_rope_grad_layout_override(on ? 1 : 0);
+    cuda::set_ce_rows(on ? cuda::CeRows::kShared : cuda::CeRows::kVector);
+  }
+  ~AllPaths() {
+    set_rope_grad_layout_override(-1);
+    cuda::set_ce_rows(cuda::CeRows::kEnv);
+  }
+};
+
+Result all_paths_run(models::Transformer& m, bool on, Device dev, bool on_cpu = false) {
+  AllPaths paths(m, on, on_cpu);
+  return loss_and_grads(m, nullptr, dev, on_cpu);
+}
+
+TEST(AllPaths, TogetherOnCpuMatchAllOff) {
+  for (models::Recompute rc : {models::Recompute::kNone, models::Recompute::kSelective}) {
+    models::ModelSpec s = tiny_llama(96);
+    s.param_dtype = DType::kF64;
+    models::Transformer m(s, 3);
+    m.set_compute_dtype(DType::kF64);
+    m.set_recompute(rc);
+    const Result on = all_paths_run(m, true, Device::cpu(), /*on_cpu=*/true);
+    const Result off = all_paths_run(m, false, Device::cpu());
+    EXPECT_EQ(count(on, "RopeQkvPacked"), 2);
+    EXPECT_EQ(count(on, "SwigluPacked"), 2);
+    EXPECT_EQ(count(on, "RmsNormSkip"), 2);
+    EXPECT_EQ(count(off, "RmsNormSkip"), 0);
+    expect_close(on, off, m, 1e-12,
+                 "all paths on the CPU vs off, recompute " + std::to_string(static_cast<int>(rc)));
+  }
+}
+
+TEST_F(FusedProjCuda, AllPathsTogetherMatchAllOff) {
+  const Device gpu = Device::cuda(0);
+  for (models::Recompute rc : {models::Recompute::kNone, models::Recompute::kSelective}) {
+    const std::string tag = "recompute " + std::to_string(static_cast<int>(rc));
+    models::Transformer m(tiny_llama(96), 3);
+    m.set_recompute(rc);
+    m.to(gpu);
+    const Result on = all_paths_run(m, true, gpu);
+    const Result off = all_paths_run(m, false, gpu);
+    EXPECT_EQ(count(on, "RopeQkvPacked"), 2) << tag;
+    EXPECT_EQ(count(on, "SwigluPacked"), 2) << tag;
+    expect_close(on, off, m, 2e-5, "f32, all paths on vs off, " + tag);
+  }
+  models::Transformer m(tiny_llama(96), 3);
+  m.to(gpu);
+  m.set_compute_dtype(DType::kBF16);
+  const Result on = all_paths_run(m, true, gpu);
+  const Result off = all_paths_run(m, false, gpu);
+  EXPECT_EQ(cuda::last_ce_rows(), cuda::CeRows::kVector);  // the off run came last
+  // As in Bf16UnderPrecastPacksWeightsWithoutACopy: bf16 rounds the two runs' sums differently.
+  EXPECT_LE(rel_diff(on.loss, off.loss), 1e-2);
+  for (size_t i = 0; i < on.grads.size(); ++i) {
+    for (double v : on.grads[i].to_vector()) ASSERT_TRUE(std::isfinite(v)) << "gradient " << i;
+    EXPECT_LE(rel_diff(on.grads[i], off.grads[i]), 5e-2) << "bf16 gradient " << i;
   }
 }
 
