@@ -63,6 +63,39 @@ if len(rows) >= 40:
 PY
   cp "$out/r_$label/metrics.jsonl" "$out/$label.jsonl" 2>/dev/null; rm -rf "$out/r_$label"
 }
+# gtests LABEL BINARY FILTER [SECONDS]: the tests of BINARY that FILTER picks, their summary and
+# the start of each failure (log $out/LABEL.log).
+gtests() {
+  timeout "${4:-180}" "$2" --gtest_brief=1 --gtest_filter="$3" > "$out/$1.log" 2>&1
+  stamp "$1: exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/$1.log"
+  grep -B3 -A12 "Failure" "$out/$1.log" | head -40
+}
+# memcheck LABEL BINARY FILTER [SECONDS]: the same under compute-sanitizer memcheck.
+memcheck() {
+  timeout "${4:-300}" compute-sanitizer --tool memcheck --error-exitcode 9 "$2" \
+    --gtest_filter="$3" --gtest_brief=1 > "$out/$1_memcheck.log" 2>&1
+  stamp "$1 memcheck: exit $?, $(grep -E 'ERROR SUMMARY' "$out/$1_memcheck.log" | tail -1)"
+}
+# plant FILE SED_EXPR FILTER [BINARY]: plants a bug in FILE, rebuilds BINARY (default
+# build/core/core_gpu_tests), runs the tests that must catch it (want: exit 1, FAILED lines > 0),
+# then restores FILE and rebuilds.
+plant() {
+  local bin=${4:-build/core/core_gpu_tests}
+  cp "$1" /tmp/planted.bak && sed -i "$2" "$1"
+  cmp -s "$1" /tmp/planted.bak && echo "plant: no change in $1"
+  cmake --build build -j16 --target "$(basename "$bin")" > "$out/plant_build.log" 2>&1 ||
+    tail -5 "$out/plant_build.log"
+  timeout 180 "$bin" --gtest_brief=1 --gtest_filter="$3" > "$out/plant.log" 2>&1
+  echo "planted in $1 ($2): tests exit $? (want 1), $(grep -cE '^\[  FAILED' "$out/plant.log") FAILED lines"
+  cp /tmp/planted.bak "$1"
+  cmake --build build -j16 --target "$(basename "$bin")" > "$out/plant_build.log" 2>&1
+}
+# ab LABEL CONFIG ENV...: kiln with the switches ENV on, off, on again (run-to-run spread).
+ab_on_off() {
+  local label=$1 cfg=$2
+  shift 2
+  kiln_run "$label-on" "$cfg" "$@"; kiln_run "$label-off" "$cfg"; kiln_run "$label-on2" "$cfg" "$@"
+}
 for part in "$@"; do
   case $part in
     e2e)
@@ -174,20 +207,13 @@ PY
         stamp "noprecast"
       fi ;;
     plant)
-      # Planted bugs that the new GPU tests must catch (each file restored after): the cast kernel
-      # stops one element short of a chunk; the f32 += 16-bit add_ skips its last element;
-      # AccumulateGrad keeps a passed-on bf16 gradient as a bf16 .grad.
-      plant() {  # FILE SED_EXPR FILTER
-        cp "$1" /tmp/planted.bak && sed -i "$2" "$1" && cmp -s "$1" /tmp/planted.bak && echo "plant: no change in $1"
-        cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
-        timeout 60 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$3" > "$out/plant.log" 2>&1
-        echo "planted in $1 ($2): tests exit $? $(grep -cE '^\[  FAILED' "$out/plant.log") failed lines"
-        cp /tmp/planted.bak "$1"
-      }
+      # Planted bugs that earlier rounds' GPU tests must catch: the cast kernel stops one element
+      # short of a chunk; the f32 += 16-bit add_ skips its last element; AccumulateGrad keeps a
+      # passed-on bf16 gradient as a bf16 .grad.
       plant core/ops/multi_cast.cu 's/min(a.n\[t\], start + kChunk)/min(a.n[t], start + kChunk - 1)/' 'MultiCastCuda.*'
       plant core/ops/elementwise.cu 's/    d\[i\] = add_f64(d\[i\], alpha, Elem<S>::load(s, i));/    if (i + 1 < n) d[i] = add_f64(d[i], alpha, Elem<S>::load(s, i));/' 'ElementwiseCuda.InPlace*'
       plant core/autograd.cc 's/acc = Tensor::empty(g.shape(), leaf_->dtype, g.device());/acc = Tensor::empty(g.shape(), g.dtype(), g.device());/' 'MultiCastCuda.*'
-      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1; stamp plant ;;
+      stamp plant ;;
     ab)
       # kiln alone with each new path switched back to the old one (env knobs), same config.
       for knob in KILN_DGELU=cublaslt KILN_CE_ROWS=scalar; do
@@ -223,100 +249,51 @@ PY
       stamp "plan exit $?"; cat "$out/plan/plan_gpu.txt"
       rm -rf "$out"/plan/*/ ;;
     fuse)
-      # Llama's fused q/k/v and gate/up GEMMs: their GPU tests, memcheck on the packed SwiGLU
-      # kernel, a planted kernel bug (gate and up halves swapped), then Llama 1B with the fusion
-      # on (KILN_FUSED_PROJ=1) and off, on first and last (run-to-run spread). BUILD_TARGETS must
-      # include kiln core_gpu_tests models_gpu_tests.
-      f='ActivationCuda.*:ViewCuda.*:MultiCastCuda.*'
-      timeout 120 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$f" > "$out/fuse_core.log" 2>&1
-      stamp "fuse core tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/fuse_core.log"
-      timeout 120 build/models/models_gpu_tests --gtest_brief=1 > "$out/fuse_models.log" 2>&1
-      stamp "models_gpu_tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/fuse_models.log"
-      grep -B3 -A12 "Failure" "$out/fuse_core.log" "$out/fuse_models.log" | head -60
-      timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
-        --gtest_filter='ActivationCuda.SwigluPacked*' --gtest_brief=1 > "$out/fuse_memcheck.log" 2>&1
-      stamp "memcheck exit $?: $(grep -E 'ERROR SUMMARY' "$out/fuse_memcheck.log" | tail -1)"
-      cp core/ops/activation.cu /tmp/planted.bak
-      sed -i 's/V vg = \*reinterpret_cast<const V\*>(g), vu = \*reinterpret_cast<const V\*>(g + w)/V vu = *reinterpret_cast<const V*>(g), vg = *reinterpret_cast<const V*>(g + w)/' \
-        core/ops/activation.cu
-      cmp -s core/ops/activation.cu /tmp/planted.bak && echo "plant: no change in activation.cu"
-      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
-      timeout 60 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter='ActivationCuda.SwigluPacked*' \
-        > "$out/plant.log" 2>&1
-      echo "planted gate/up swap in packed_kernel: tests exit $? $(grep -cE '^\[  FAILED' "$out/plant.log") failed lines"
-      cp /tmp/planted.bak core/ops/activation.cu
-      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1
-      c=benchmarks/e2e/llama-1b-bench.textproto
-      kiln_run llama-fused "$c" KILN_FUSED_PROJ=1; kiln_run llama-unfused "$c"
-      kiln_run llama-fused2 "$c" KILN_FUSED_PROJ=1; stamp fuse ;;
+      # Llama's fused q/k/v (rope_qkv_packed) and gate/up GEMMs: their GPU tests (all of
+      # models_gpu_tests, incl. every opt-in path together), memcheck on the packed SwiGLU and q/k/v
+      # kernels, a planted kernel bug (gate and up halves swapped), then Llama 1B with the fusion
+      # on (KILN_FUSED_PROJ=1) and off. BUILD_TARGETS must include models_gpu_tests.
+      gtests fuse_core build/core/core_gpu_tests 'ActivationCuda.*:ViewCuda.*:MultiCastCuda.*:RopeCuda.PackedQkv*'
+      gtests fuse_models build/models/models_gpu_tests '*'
+      memcheck fuse build/core/core_gpu_tests 'ActivationCuda.SwigluPacked*:RopeCuda.PackedQkv*'
+      plant core/ops/activation.cu 's/V vg = \*reinterpret_cast<const V\*>(g), vu = \*reinterpret_cast<const V\*>(g + w)/V vu = *reinterpret_cast<const V*>(g), vg = *reinterpret_cast<const V*>(g + w)/' \
+        'ActivationCuda.SwigluPacked*'
+      ab_on_off llama-fused benchmarks/e2e/llama-1b-bench.textproto KILN_FUSED_PROJ=1; stamp fuse ;;
     ropegrad)
-      # RoPE's backward writing q / k gradients in the projections' (B, T, H, D) order: its GPU
-      # tests, memcheck on them, then Llama 1B with it on (KILN_ROPE_GRAD_BTHD=1) and off, on
-      # first and last (run-to-run spread).
-      f='RopeCuda.*'
-      timeout 120 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$f" > "$out/ropegrad.log" 2>&1
-      stamp "rope tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/ropegrad.log"
-      grep -B3 -A12 "Failure" "$out/ropegrad.log" | head -40
-      timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
-        --gtest_filter='RopeCuda.ResultThroughOtherStrides*:RopeCuda.GradientOfAHeadsInner*:RopeCuda.PackedQkv*' --gtest_brief=1 \
-        > "$out/ropegrad_memcheck.log" 2>&1
-      stamp "memcheck exit $?: $(grep -E 'ERROR SUMMARY' "$out/ropegrad_memcheck.log" | tail -1)"
-      c=benchmarks/e2e/llama-1b-bench.textproto
-      kiln_run llama-ropegrad "$c" KILN_ROPE_GRAD_BTHD=1; kiln_run llama-ropegrad-off "$c"
-      kiln_run llama-ropegrad2 "$c" KILN_ROPE_GRAD_BTHD=1; stamp ropegrad ;;
+      # RoPE's backward writing q / k gradients in the projections' (B, T, H, D) order and
+      # rope_into's other strides: the GPU tests, memcheck on the new ones, a planted bug (the
+      # result's T and H strides swapped in the index map), then Llama 1B with
+      # KILN_ROPE_GRAD_BTHD=1 and off.
+      gtests ropegrad build/core/core_gpu_tests 'RopeCuda.*'
+      memcheck ropegrad build/core/core_gpu_tests \
+        'RopeCuda.ResultThroughOtherStrides*:RopeCuda.GradientOfAHeadsInner*:RopeCuda.PackedQkv*'
+      plant core/ops/rope_index.h 's/const uint32_t dx = hh \* m.sh, dout = hh \* m.oh;/const uint32_t dx = hh * m.sh, dout = hh * m.ot;/' \
+        'RopeCuda.ResultThroughOtherStrides*'
+      ab_on_off llama-ropegrad benchmarks/e2e/llama-1b-bench.textproto KILN_ROPE_GRAD_BTHD=1
+      stamp ropegrad ;;
     ceshared)
       # The classifier's row kernel keeping the row in shared memory (KILN_CE_ROWS=shared): its
       # test (bit-identical to the vector kernel), memcheck, a planted bug (the gradient pass
       # reads the next slot), then GPT-2 124M and Llama 1B with it on and off.
-      f='LinearCrossEntropyCuda.*'
-      timeout 120 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$f" > "$out/ceshared.log" 2>&1
-      stamp "ce tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/ceshared.log"
-      grep -B3 -A12 "Failure" "$out/ceshared.log" | head -30
-      timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
-        --gtest_filter='LinearCrossEntropyCuda.SharedRow*' --gtest_brief=1 > "$out/ceshared_memcheck.log" 2>&1
-      stamp "memcheck exit $?: $(grep -E 'ERROR SUMMARY' "$out/ceshared_memcheck.log" | tail -1)"
-      cp core/ops/cross_entropy.cu /tmp/planted.bak
-      sed -i 's/          u = row_copy\[j\];/          u = row_copy[j + 1 < nvec ? j + 1 : j];/' core/ops/cross_entropy.cu
-      cmp -s core/ops/cross_entropy.cu /tmp/planted.bak && echo "plant: no change in cross_entropy.cu"
-      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
-      timeout 60 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter='LinearCrossEntropyCuda.SharedRow*' \
-        > "$out/plant.log" 2>&1
-      echo "planted off-by-one slot in the shared row: tests exit $? $(grep -cE '^\[  FAILED' "$out/plant.log") failed lines"
-      cp /tmp/planted.bak core/ops/cross_entropy.cu
-      cmake --build build -j16 --target core_gpu_tests kiln > "$out/plant_build.log" 2>&1
-      c=benchmarks/e2e/gpt2-124m-bench.textproto
-      kiln_run g124-ceshared "$c" KILN_CE_ROWS=shared; kiln_run g124-cevector "$c"
-      kiln_run g124-ceshared2 "$c" KILN_CE_ROWS=shared
+      gtests ceshared build/core/core_gpu_tests 'LinearCrossEntropyCuda.*'
+      memcheck ceshared build/core/core_gpu_tests 'LinearCrossEntropyCuda.SharedRow*'
+      plant core/ops/cross_entropy.cu 's/          u = row_copy\[j\];/          u = row_copy[j + 1 < nvec ? j + 1 : j];/' \
+        'LinearCrossEntropyCuda.SharedRow*'
+      ab_on_off g124-ceshared benchmarks/e2e/gpt2-124m-bench.textproto KILN_CE_ROWS=shared
       kiln_run llama-ceshared benchmarks/e2e/llama-1b-bench.textproto KILN_CE_ROWS=shared
       stamp ceshared ;;
     resid)
-      # The residual fusions (issue 17; both default off until this part has run): their GPU tests
-      # and the norm / GEMM tests they touch, memcheck on the new ones, then Llama 1B and GPT-2
-      # 124M with KILN_RESID_EPILOGUE=1, KILN_NORM_SKIP_FUSED=1, both, and neither (neither first
-      # and last: run-to-run spread; compare the losses at step 0 / 10 too).
-      cmake --build build -j16 --target models_gpu_tests > "$out/resid_build.log" 2>&1 || tail -5 "$out/resid_build.log"
+      # The residual fusions (both default off until this part has run): their GPU tests and the
+      # norm / GEMM tests they touch, memcheck on the new ones, a planted bug (the epilogue's C
+      # ignored: beta 0), then Llama 1B and GPT-2 124M with KILN_RESID_EPILOGUE=1,
+      # KILN_NORM_SKIP_FUSED=1, both, and neither (first and last: run-to-run spread).
       f='LinearAddCuda.*:MlpGeluCuda.*:NormWithSkipCuda.*:RmsNormCuda.*:AddRmsNormCuda.*:LayerNormCuda.*:AddLayerNormCuda.*:MatmulCuda.*'
-      timeout 200 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$f" > "$out/resid_core.log" 2>&1
-      stamp "resid core tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/resid_core.log"
-      timeout 200 build/models/models_gpu_tests --gtest_brief=1 > "$out/resid_models.log" 2>&1
-      stamp "models_gpu_tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/resid_models.log"
-      grep -B3 -A12 "Failure" "$out/resid_core.log" "$out/resid_models.log" | head -60
-      timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
-        --gtest_filter='LinearAddCuda.*:MlpGeluCuda.*:NormWithSkipCuda.*' --gtest_brief=1 > "$out/resid_memcheck.log" 2>&1
-      stamp "memcheck core exit $?: $(grep -E 'ERROR SUMMARY' "$out/resid_memcheck.log" | tail -1)"
-      timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 build/models/models_gpu_tests \
-        --gtest_filter='ResidFusionCuda.*' --gtest_brief=1 > "$out/resid_memcheck_models.log" 2>&1
-      stamp "memcheck models exit $?: $(grep -E 'ERROR SUMMARY' "$out/resid_memcheck_models.log" | tail -1)"
-      # Planted: the epilogue's C ignored (beta 0 in linear_residual_epilogue): the tests must fail.
-      cp core/ops/matmul.cu /tmp/planted_mm.bak
-      sed -i '/^bool linear_residual_epilogue/,/^}/s/p.beta = 1.0;/p.beta = 0.0;/' core/ops/matmul.cu
-      cmp -s core/ops/matmul.cu /tmp/planted_mm.bak && echo "plant: no change in matmul.cu"
-      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
-      timeout 100 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter='LinearAddCuda.*:MlpGeluCuda.Res*' \
-        > "$out/resid_plant.log" 2>&1
-      echo "planted beta 0 in the residual epilogue: tests exit $? (want 1), $(grep -cE '^\[  FAILED' "$out/resid_plant.log") FAILED lines"
-      cp /tmp/planted_mm.bak core/ops/matmul.cu
-      cmake --build build -j16 --target core_gpu_tests > "$out/plant_build.log" 2>&1
+      gtests resid_core build/core/core_gpu_tests "$f" 200
+      gtests resid_models build/models/models_gpu_tests 'ResidFusionCuda.*' 200
+      memcheck resid_core build/core/core_gpu_tests 'LinearAddCuda.*:MlpGeluCuda.*:NormWithSkipCuda.*'
+      memcheck resid_models build/models/models_gpu_tests 'ResidFusionCuda.*'
+      plant core/ops/matmul.cu '/^bool linear_residual_epilogue/,/^}/s/p.beta = 1.0;/p.beta = 0.0;/' \
+        'LinearAddCuda.*:MlpGeluCuda.Res*'
       for m in ${RESID_MODELS-llama gpt2}; do  # RESID_MODELS="" skips the timings
         c=benchmarks/e2e/llama-1b-bench.textproto
         [[ $m == gpt2 ]] && c=benchmarks/e2e/gpt2-124m-bench.textproto
@@ -326,44 +303,27 @@ PY
       done
       stamp resid ;;
     fp8f)
-      # The fused fp8 paths (core/ops/fp8.*: KILN_FP8_FUSED_DBIAS=1, KILN_FP8_FUSED_MLP=1), first
-      # GPU run: their tests (and the fp8 / matmul tests they touch), memcheck on the new kernels,
-      # four planted bugs the tests must catch, kernel_bench's fp8 section (the cast with / without
-      # the column sums, the MLP composed / fused), then GPT-2 1.5B (8 x 1024) in fp8 with the
-      # switches off / dbias / mlp / both / off again (run-to-run spread) and in bf16.
-      f='Fp8Cuda.*:Fp8FusedCuda.*:MatmulCuda.*:SplitBackward*'
-      timeout 180 build/core/core_gpu_tests --gtest_brief=1 --gtest_filter="$f" > "$out/fp8f_core.log" 2>&1
-      stamp "fp8f core tests exit $?"; grep -E "tests ran|PASSED|FAILED" "$out/fp8f_core.log"
+      # The fused fp8 paths (core/ops/fp8.*: KILN_FP8_FUSED_DBIAS=1, KILN_FP8_FUSED_MLP=1) and this
+      # round's fp8 changes (the descale read in place, KILN_FP8_FAST_ACCUM=1): their tests (and the
+      # fp8 / matmul tests they touch), memcheck on the new kernels, four planted bugs the tests
+      # must catch (the cast's column sums skip thread row 0; the first GEMM's epilogue without
+      # b1; pre saved only when x needs a gradient; the GELU gradient skipped in the backward),
+      # kernel_bench's fp8 section, then GPT-2 1.5B (8 x 1024) in fp8 with the switches off /
+      # dbias / mlp / both / off again / fast accumulation and in bf16.
+      gtests fp8f_core build/core/core_gpu_tests 'Fp8Cuda.*:Fp8FusedCuda.*:MatmulCuda.*:SplitBackward*'
       grep -E "^  |^fp8|within" "$out/fp8f_core.log" | head -60
-      timeout 120 build/models/models_gpu_tests --gtest_brief=1 --gtest_filter='Fp8*' > "$out/fp8f_models.log" 2>&1
-      stamp "fp8f models tests exit $?"; grep -E "tests ran|PASSED|FAILED|tiny GPT-2" "$out/fp8f_models.log"
-      grep -B3 -A12 "Failure" "$out/fp8f_core.log" "$out/fp8f_models.log" | head -60
+      gtests fp8f_models build/models/models_gpu_tests 'Fp8*' 120
+      grep -E "tiny GPT-2" "$out/fp8f_models.log"
       timeout 30 build/core/core_tests --gtest_brief=1 --gtest_filter='Fp8Colsum*' | grep -E "PASSED|FAILED"
-      timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
-        --gtest_filter='Fp8FusedCuda.*' --gtest_brief=1 > "$out/fp8f_memcheck.log" 2>&1
-      stamp "memcheck exit $?: $(grep -E 'ERROR SUMMARY' "$out/fp8f_memcheck.log" | tail -1)"
-      # Planted bugs (each file restored after): the cast's column sums skip thread row 0 (caught by
-      # CastColumnSums* and LinearBiasGradient*); the first GEMM's epilogue without b1 (MlpGelu*
-      # against f64 and the composed path); pre saved only when x needs a gradient (the partial
-      # gradients test: an undefined pre for b1 / w1 alone); the GELU gradient skipped in the
-      # backward (the tiny GPT-2 with the fused MLP against the composed one).
-      fplant() {  # FILE SED_EXPR FILTER [BINARY: build/core/core_gpu_tests]
-        local bin=${4:-build/core/core_gpu_tests}
-        cp "$1" /tmp/planted.bak && sed -i "$2" "$1"
-        cmp -s "$1" /tmp/planted.bak && echo "plant: no change in $1"
-        cmake --build build -j16 --target "$(basename "$bin")" > "$out/plant_build.log" 2>&1 || tail -5 "$out/plant_build.log"
-        timeout 180 "$bin" --gtest_brief=1 --gtest_filter="$3" > "$out/plant.log" 2>&1
-        echo "planted in $1 ($2): tests exit $? $(grep -cE '^\[  FAILED' "$out/plant.log") failed lines"
-        cp /tmp/planted.bak "$1"
-      }
-      fplant core/ops/fp8.cu 's/for (int y = 0; y < kTileRows; ++y) t += sums/for (int y = 1; y < kTileRows; ++y) t += sums/' \
+      memcheck fp8f build/core/core_gpu_tests 'Fp8FusedCuda.*:Fp8Cuda.FastAccumulation*'
+      plant core/ops/fp8.cu 's/for (int y = 0; y < kTileRows; ++y) t += sums/for (int y = 1; y < kTileRows; ++y) t += sums/' \
         'Fp8FusedCuda.CastColumnSums*:Fp8FusedCuda.LinearBiasGradient*'
-      fplant core/ops/fp8.cc 's/gelu_gemm(xq, w1q, aligned_bias(b1), &pre)/gelu_gemm(xq, w1q, Tensor(), \&pre)/' \
+      plant core/ops/fp8.cc 's/gelu_gemm(xq, w1q, aligned_bias(b1), &pre)/gelu_gemm(xq, w1q, Tensor(), \&pre)/' \
         'Fp8FusedCuda.MlpGeluAgainst*'
-      fplant core/ops/fp8.cc 's/nh ? pre : Tensor()/needs(0) ? pre : Tensor()/' 'Fp8FusedCuda.MlpGeluWithSome*'
-      fplant core/ops/fp8.cc 's/const Tensor dpre = dgelu(g2.gx, saved\[4\], nb1 ? \&gb1 : nullptr);/const Tensor dpre = g2.gx;/' \
+      plant core/ops/fp8.cc 's/nh ? pre : Tensor()/needs(0) ? pre : Tensor()/' 'Fp8FusedCuda.MlpGeluWithSome*'
+      plant core/ops/fp8.cc 's/const Tensor dpre = dgelu(g2.gx, saved\[4\], nb1 ? \&gb1 : nullptr);/const Tensor dpre = g2.gx;/' \
         'Fp8Cuda.TinyGpt2WithTheFused*' build/models/models_gpu_tests
-      cmake --build build -j16 --target core_gpu_tests models_gpu_tests kiln > "$out/plant_build.log" 2>&1
+      cmake --build build -j16 --target kiln > "$out/plant_build.log" 2>&1
       stamp "fp8f plants"
       timeout 120 build/benchmarks/kernel_bench 20 fp8 2>&1 | tee "$out/fp8f_bench.log" | tail -6
       c=benchmarks/e2e/gpt2-1.5b-bench.textproto
@@ -372,6 +332,7 @@ PY
       kiln_run fp8f-dbias "$c" KILN_FP8_FUSED_DBIAS=1 "${s8[@]}"
       kiln_run fp8f-mlp "$c" KILN_FP8_FUSED_MLP=1 "${s8[@]}"
       kiln_run fp8f-both "$c" KILN_FP8_FUSED_DBIAS=1 KILN_FP8_FUSED_MLP=1 "${s8[@]}"
+      kiln_run fp8f-all "$c" KILN_FP8_FUSED_DBIAS=1 KILN_FP8_FUSED_MLP=1 KILN_FP8_FAST_ACCUM=1 "${s8[@]}"
       kiln_run fp8f-off2 "$c" "${s8[@]}"
       kiln_run fp8f-bf16 "$c"
       if [[ ${FP8F_LONG:-0} == 1 ]]; then  # the issue's 200-step loss curves, both switches on
