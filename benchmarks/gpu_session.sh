@@ -21,7 +21,9 @@
 #   KILN_NORM_SKIP_FUSED each on, both on, off; RESID_MODELS="llama" or "" picks the timings),
 #   fp8f (the fused fp8 bias gradient and GELU MLP: tests, memcheck, planted bugs, GPT-2 1.5B with
 #   KILN_FP8_FUSED_DBIAS / KILN_FP8_FUSED_MLP on and off; FP8F_LONG=1 adds 200-step loss curves;
-#   needs kernel_bench and models_gpu_tests built). BUILD_TARGETS overrides the targets built
+#   needs kernel_bench and models_gpu_tests built), allon (every opt-in path of this round on
+#   together against all off, then PyTorch: Llama 1B, GPT-2 124M and 1.5B; ALLON_MODELS picks).
+#   BUILD_TARGETS overrides the targets built
 #   (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
@@ -342,6 +344,27 @@ PY
         kiln_run fp8f-bf16-200 "$c" -- "${l[@]}"
       fi
       stamp fp8f ;;
+    allon)
+      # Every opt-in path of this round on together (once their tests have passed: fuse, ropegrad,
+      # ceshared, resid) against all off, then PyTorch, for the three bf16 rows: Llama 1B
+      # (8 x 2048), GPT-2 124M (32 x 1024), GPT-2 1.5B (8 x 1024). ALLON_MODELS picks (default all).
+      on=(KILN_FUSED_PROJ=1 KILN_ROPE_GRAD_BTHD=1 KILN_CE_ROWS=shared KILN_RESID_EPILOGUE=1
+          KILN_NORM_SKIP_FUSED=1)
+      for m in ${ALLON_MODELS-llama g124 g1.5b}; do
+        case $m in
+          llama) c=benchmarks/e2e/llama-1b-bench.textproto ;;
+          g124) c=benchmarks/e2e/gpt2-124m-bench.textproto ;;
+          g1.5b) c=benchmarks/e2e/gpt2-1.5b-bench.textproto ;;
+        esac
+        kiln_run "$m-allon" "$c" "${on[@]}"; kiln_run "$m-alloff" "$c"; kiln_run "$m-allon2" "$c" "${on[@]}"
+        case $m in
+          llama) timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1 ;;
+          g124) timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py > "$out/pytorch_g124.log" 2>&1 ;;
+          g1.5b) timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py --layers 48 --heads 25 --c 1600 \
+            --batch 8 --steps 20 --warmup 8 > "$out/pytorch_g1.5b.log" 2>&1 ;;
+        esac
+        stamp "pytorch $m exit $?"; grep -hE "^pytorch|failed|Error" "$out"/pytorch_*.log | tail -1
+      done ;;
     sanitize)
       timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
         --gtest_filter="${SANITIZE_FILTER:-*PackedQkv*:*MlpGelu*:*LinearCrossEntropy*:*StridedInputs*:ElementwiseCuda.*}" --gtest_brief=1 > "$out/memcheck.log" 2>&1
