@@ -38,12 +38,15 @@
 #include "core/random.h"
 #include "core/testing/gpu_test_util.h"
 #include "models/model.h"
+#include "models/model_test_util.h"
 #include "models/transformer.h"
 
 namespace kiln {
 namespace {
 
 using FusedProjCuda = testing::GpuTest;
+using models::test_util::node_counts;
+using models::test_util::rel_diff;
 
 constexpr int64_t kBatch = 2, kSeq = 32;
 
@@ -60,21 +63,6 @@ models::ModelSpec tiny_llama(int64_t d_ff) {
   s.tied_embeddings = false;
   s.bias = false;
   return s;
-}
-
-// How many nodes of each name the graph of root holds.
-std::map<std::string, int> node_counts(const Tensor& root) {
-  std::map<std::string, int> counts;
-  std::set<const Node*> seen;
-  std::vector<std::shared_ptr<Node>> todo = {root.grad_fn()};
-  while (!todo.empty()) {
-    std::shared_ptr<Node> n = todo.back();
-    todo.pop_back();
-    if (!n || !seen.insert(n.get()).second) continue;
-    ++counts[n->name()];
-    for (const Edge& e : n->next) todo.push_back(e.fn);
-  }
-  return counts;
 }
 
 struct Result {
@@ -102,17 +90,6 @@ Result loss_and_grads(models::Transformer& m, const bool* fuse, Device dev, bool
     p.tensor.zero_grad();
   }
   return r;
-}
-
-// max |a - b| / max |b|.
-double rel_diff(const Tensor& a, const Tensor& b) {
-  const std::vector<double> va = a.to_vector(), vb = b.to_vector();
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < va.size(); ++i) {
-    diff = std::max(diff, std::fabs(va[i] - vb[i]));
-    scale = std::max(scale, std::fabs(vb[i]));
-  }
-  return scale > 0 ? diff / scale : diff;
 }
 
 void expect_close(const Result& got, const Result& want, const models::Transformer& m, double tol,

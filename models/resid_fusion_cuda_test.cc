@@ -24,12 +24,14 @@
 #include "core/random.h"
 #include "core/testing/gpu_test_util.h"
 #include "models/model.h"
+#include "models/model_test_util.h"
 #include "models/transformer.h"
 
 namespace kiln {
 namespace {
 
 using ResidFusionCuda = testing::GpuTest;
+using models::test_util::rel_diff;
 
 models::ModelSpec tiny(models::Family f) {
   models::ModelSpec s;
@@ -61,16 +63,7 @@ Result step(models::Transformer& m, bool fused) {
   Tensor tgt = randint({2, 32}, gen, v, DType::kI32).to(Device::cuda(0));
   const int64_t before = cuda::gemm_separate_c_count();
   Tensor loss = m.loss(ids, tgt);
-  Result r{loss.detach().to(Device::cpu()), {}, {}, 0};
-  std::set<const Node*> seen;
-  std::vector<std::shared_ptr<Node>> todo = {loss.grad_fn()};
-  while (!todo.empty()) {
-    std::shared_ptr<Node> n = todo.back();
-    todo.pop_back();
-    if (!n || !seen.insert(n.get()).second) continue;
-    ++r.nodes[n->name()];
-    for (const Edge& e : n->next) todo.push_back(e.fn);
-  }
+  Result r{loss.detach().to(Device::cpu()), {}, models::test_util::node_counts(loss), 0};
   loss.backward();
   r.separate_c = cuda::gemm_separate_c_count() - before;
   for (nn::Parameter& p : m.parameters()) {
@@ -79,18 +72,6 @@ Result step(models::Transformer& m, bool fused) {
     p.tensor.zero_grad();
   }
   return r;
-}
-
-// max |a - b| / max |b|.
-double rel_diff(const Tensor& a, const Tensor& b) {
-  const std::vector<double> va = a.to_vector(), vb = b.to_vector();
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < va.size(); ++i) {
-    if (!std::isfinite(va[i])) return INFINITY;
-    diff = std::max(diff, std::fabs(va[i] - vb[i]));
-    scale = std::max(scale, std::fabs(vb[i]));
-  }
-  return scale > 0 ? diff / scale : diff;
 }
 
 int count(const Result& r, const char* name) {

@@ -18,26 +18,13 @@
 #include "core/autograd.h"
 #include "core/random.h"
 #include "core/testing/gradcheck.h"
+#include "models/model_test_util.h"
 #include "models/transformer.h"
 
 namespace kiln::models {
 namespace {
 
-ModelSpec tiny(Family f) {
-  ModelSpec s;
-  s.family = f;
-  s.n_layer = 2;
-  s.n_head = 4;
-  s.n_kv_head = f == Family::kLlama ? 2 : 4;
-  s.d_model = 16;
-  s.d_ff = f == Family::kLlama ? 24 : 64;
-  s.vocab_size = 29;
-  s.max_seq_len = 8;
-  s.tied_embeddings = f == Family::kGPT2;
-  s.bias = f == Family::kGPT2;
-  s.init_std = 0.2;
-  return s;
-}
+ModelSpec tiny(Family f) { return test_util::tiny_spec(f); }
 
 struct StepResult {
   std::vector<Tensor> out;  // the loss, then every parameter's gradient

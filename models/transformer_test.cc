@@ -14,26 +14,13 @@
 #include "core/check.h"
 #include "core/ops/rope.h"
 #include "core/testing/gradcheck.h"
+#include "models/model_test_util.h"
 #include "models/presets.h"
 
 namespace kiln::models {
 namespace {
 
-ModelSpec tiny(Family f) {
-  ModelSpec s;
-  s.family = f;
-  s.n_layer = 2;
-  s.n_head = 4;
-  s.n_kv_head = f == Family::kLlama ? 2 : 4;
-  s.d_model = 16;
-  s.d_ff = f == Family::kLlama ? 24 : 64;
-  s.vocab_size = 29;
-  s.max_seq_len = 8;
-  s.tied_embeddings = f == Family::kGPT2;
-  s.bias = f == Family::kGPT2;
-  s.init_std = 0.2;  // large enough that every path carries a visible gradient
-  return s;
-}
+ModelSpec tiny(Family f) { return test_util::tiny_spec(f); }
 
 void make_batch(int64_t vocab, Tensor* ids, Tensor* targets, uint64_t seed = 5) {
   Generator g(seed);
