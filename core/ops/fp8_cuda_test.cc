@@ -55,6 +55,7 @@ namespace {
 using fp8_test::bytes_of;
 using fp8_test::dequant_product;
 using fp8_test::Err;
+using fp8_test::error_message;
 using fp8_test::error_of;
 using fp8_test::f64;
 using fp8_test::fresh_seed;
@@ -323,16 +324,6 @@ TEST_F(Fp8Cuda, FastAccumulationForwardStaysCloseToTheDequantizedProduct) {
 }
 
 // ---- argument checks (these run without a GPU too) ----
-
-template <typename F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(Fp8Args, CpuTensorsAndBadShapesAreErrorsNamingTheOp) {
   Tensor x = Tensor::zeros({16, 32}, DType::kBF16), w = Tensor::zeros({16, 32}, DType::kBF16);

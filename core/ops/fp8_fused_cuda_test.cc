@@ -51,6 +51,7 @@ namespace kiln {
 namespace {
 
 using fp8_test::bytes_of;
+using fp8_test::error_message;
 using fp8_test::error_of;
 using fp8_test::f64;
 using fp8_test::fresh_seed;
@@ -291,16 +292,6 @@ TEST_F(Fp8FusedCuda, MlpGeluWithSomeInputsNeedingGradients) {
 }
 
 // ---- argument checks and switches (these run without a GPU too) ----
-
-template <typename F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(Fp8FusedArgs, ErrorsNameTheOpAndSwitchesCanBeForced) {
   ResetSwitches reset;

@@ -12,8 +12,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "core/check.h"
 #include "core/dtype.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/fp8.h"
@@ -48,6 +50,17 @@ inline std::vector<uint8_t> bytes_of(const Tensor& t) {
 }
 
 inline Tensor f64(const Tensor& t) { return t.to(Device::cpu()).to(DType::kF64).detach(); }
+
+// The message of the kiln::Error f throws ("" when it throws none).
+template <typename F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 // ---- host reference of the recipe ----
 
