@@ -224,18 +224,25 @@ void check_args(const char* op, const Tensor& x, const Tensor& w, const Tensor& 
   KILN_CHECK(eps >= 0) << op << ": eps must be >= 0, got " << eps;
 }
 
-}  // namespace
-
-Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
-  check_args(kOp, x, weight, bias, eps);
+// The forward on either device (no autograd): y, and the mean and rstd its backward needs.
+LayerNormOut layer_norm_any(const char* op, const Tensor& x, const Tensor& weight,
+                            const Tensor& bias, double eps) {
   LayerNormOut o;
-  if (ops::on_cuda(kOp, "x", x)) {
+  if (ops::on_cuda(op, "x", x)) {
 #if KILN_WITH_CUDA
     cuda::layer_norm_forward(x, Tensor(), weight, bias, eps, &o.y, nullptr, &o.mean, &o.rstd);
 #endif
   } else {
     o = layer_norm_cpu(x, weight, bias, eps);
   }
+  return o;
+}
+
+}  // namespace
+
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  check_args(kOp, x, weight, bias, eps);
+  LayerNormOut o = layer_norm_any(kOp, x, weight, bias, eps);
   auto n = bias.defined() ? record<LayerNormNode>({&x, &weight, &bias})
                           : record<LayerNormNode>({&x, &weight});
   if (n) {
@@ -275,14 +282,7 @@ std::pair<Tensor, Tensor> layer_norm_with_skip(const Tensor& x, const Tensor& we
                                                const Tensor& bias, double eps) {
   const char* op = "layer_norm_with_skip";
   check_args(op, x, weight, bias, eps);
-  LayerNormOut o;
-  if (ops::on_cuda(op, "x", x)) {
-#if KILN_WITH_CUDA
-    cuda::layer_norm_forward(x, Tensor(), weight, bias, eps, &o.y, nullptr, &o.mean, &o.rstd);
-#endif
-  } else {
-    o = layer_norm_cpu(x, weight, bias, eps);
-  }
+  LayerNormOut o = layer_norm_any(op, x, weight, bias, eps);
   auto n = bias.defined() ? record<LayerNormSkipNode>({&x, &weight, &bias})
                           : record<LayerNormSkipNode>({&x, &weight});
   if (!n) return {x, o.y};

@@ -170,18 +170,25 @@ void check_args(const char* op, const Tensor& x, const Tensor& w, double eps) {
   KILN_CHECK(eps >= 0) << op << ": eps must be >= 0, got " << eps;
 }
 
-}  // namespace
-
-Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
-  check_args(kOp, x, weight, eps);
+// The forward on either device (no autograd): y and the rstd its backward needs.
+std::pair<Tensor, Tensor> rms_norm_any(const char* op, const Tensor& x, const Tensor& weight,
+                                       double eps) {
   Tensor y, rstd;
-  if (ops::on_cuda(kOp, "x", x)) {
+  if (ops::on_cuda(op, "x", x)) {
 #if KILN_WITH_CUDA
     cuda::rms_norm_forward(x, Tensor(), weight, eps, &y, nullptr, &rstd);
 #endif
   } else {
     std::tie(y, rstd) = rms_norm_cpu(x, weight, eps);
   }
+  return {y, rstd};
+}
+
+}  // namespace
+
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  check_args(kOp, x, weight, eps);
+  auto [y, rstd] = rms_norm_any(kOp, x, weight, eps);
   if (auto n = record<RmsNormNode>({&x, &weight})) {
     n->saved = {x, weight, rstd};
     set_history(y, n);
@@ -216,14 +223,7 @@ std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& residual_i
 std::pair<Tensor, Tensor> rms_norm_with_skip(const Tensor& x, const Tensor& weight, double eps) {
   const char* op = "rms_norm_with_skip";
   check_args(op, x, weight, eps);
-  Tensor y, rstd;
-  if (ops::on_cuda(op, "x", x)) {
-#if KILN_WITH_CUDA
-    cuda::rms_norm_forward(x, Tensor(), weight, eps, &y, nullptr, &rstd);
-#endif
-  } else {
-    std::tie(y, rstd) = rms_norm_cpu(x, weight, eps);
-  }
+  auto [y, rstd] = rms_norm_any(op, x, weight, eps);
   auto n = record<RmsNormSkipNode>({&x, &weight});
   if (!n) return {x, y};
   Tensor through = x.detach();
