@@ -5,13 +5,12 @@
 #include "core/ops/fp8.h"
 
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/check.h"
+#include "core/env_switch.h"
 #include "core/ops/activation.h"
 #include "core/ops/cuda_base_ops.h"
 #include "core/ops/device_dispatch.h"
@@ -53,29 +52,6 @@ namespace {
 
 constexpr const char* kLinear = "fp8_linear";
 constexpr const char* kMlp = "fp8_mlp_gelu";
-
-// An opt-in switch: on when its environment variable is "1" (read once), unless a test forces it.
-class EnvSwitch {
- public:
-  constexpr explicit EnvSwitch(const char* name) : name_(name) {}
-  bool on() const {
-    const int forced = forced_.load();
-    if (forced >= 0) return forced == 1;
-    int e = env_.load();
-    if (e < 0) {
-      const char* v = std::getenv(name_);
-      e = v != nullptr && std::strcmp(v, "1") == 0 ? 1 : 0;
-      env_.store(e);
-    }
-    return e == 1;
-  }
-  void force(int on) { forced_.store(on); }  // 1 on, 0 off, -1 back to the environment
-
- private:
-  const char* name_;
-  std::atomic<int> forced_{-1};
-  mutable std::atomic<int> env_{-1};  // the environment's value once read; -1 before
-};
 
 EnvSwitch g_fast_accum("KILN_FP8_FAST_ACCUM");
 EnvSwitch g_fused_dbias("KILN_FP8_FUSED_DBIAS");

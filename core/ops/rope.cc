@@ -2,16 +2,15 @@
 // the dispatch to the CUDA kernel (core/ops/rope.cu).
 #include "core/ops/rope.h"
 
-#include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
+#include <optional>
 #include <vector>
 
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/env_switch.h"
 #include "core/ops/device_dispatch.h"
 #include "core/ops/rope_index.h"
 #include "core/ops/view.h"
@@ -122,7 +121,7 @@ Tensor rotary_embedding_any(const Tensor& x, double theta, int64_t offset, bool 
   return out;
 }
 
-std::atomic<int> g_grad_layout_override{-1};  // tests: 1 on, 0 off, -1 none
+EnvSwitch g_grad_bthd("KILN_ROPE_GRAD_BTHD");  // CUDA only; the CPU is always on
 
 // x's heads are inner in memory (H's stride below T's), as in split_heads' view of a
 // (B, T, H * D) projection.
@@ -226,17 +225,11 @@ QkvHeads rope_qkv_packed(const Tensor& qkv, int64_t heads, int64_t kv_heads, dou
 }
 
 bool rope_grad_follows_input_layout(const Device& device) {
-  const int forced = g_grad_layout_override.load();
-  if (forced >= 0) return forced == 1;
-  if (!device.is_cuda()) return true;
-  static const bool on = [] {
-    const char* e = std::getenv("KILN_ROPE_GRAD_BTHD");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
-  return on;
+  if (const std::optional<bool> f = g_grad_bthd.forced()) return *f;
+  return !device.is_cuda() || g_grad_bthd.env();
 }
 
-void set_rope_grad_layout_override(int on) { g_grad_layout_override.store(on); }
+void set_rope_grad_layout_override(int on) { g_grad_bthd.force(on); }
 
 Tensor rotary_embedding(const Tensor& x, double theta, int64_t position_offset) {
   check_rope_args(x, theta, position_offset);
