@@ -376,18 +376,31 @@ char* elem_ptr(const Tensor& t, int64_t i) {
 }
 
 // Raises kernel's dynamic shared memory limit to `bytes` when the device allows that much per
-// block (next to the kernel's static shared memory); false when it does not.
+// block (next to the kernel's static shared memory); false when it does not. The answer for the
+// last (kernel, device, bytes) is kept per thread: every chunk of a step asks the same.
 template <typename K>
 bool allow_shared_bytes(K kernel, size_t bytes) {
+  struct Last {
+    const void* kernel = nullptr;
+    int device = -1;
+    size_t bytes = 0;
+    bool ok = false;
+  };
+  thread_local Last last;
+  const int device = current_device();
+  const void* k = reinterpret_cast<const void*>(kernel);
+  if (last.kernel == k && last.device == device && last.bytes == bytes) return last.ok;
   int optin = 0;
-  KILN_CUDA_CHECK(
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, current_device()));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   cudaFuncAttributes attr{};
   KILN_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-  if (bytes + attr.sharedSizeBytes > static_cast<size_t>(optin)) return false;
-  KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(bytes)));
-  return true;
+  const bool ok = bytes + attr.sharedSizeBytes <= static_cast<size_t>(optin);
+  if (ok) {
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(bytes)));
+  }
+  last = {k, device, bytes, ok};
+  return ok;
 }
 
 // The vector or shared-memory row kernel over one chunk of 16-bit logits (rows, V) in buf, as
