@@ -51,14 +51,20 @@ Tensor maybe_dropout(const Tensor& x, double p, Generator& gen, bool train) {
   return p > 0 && train ? dropout(x, p, gen, true) : x;
 }
 
+// Whether l's forward is a plain GEMM that a fused op may take over: no fp8 GEMMs and no
+// tensor-parallel hooks (Linear::forward handles those).
+bool plain_linear(const nn::Linear& l, const Tensor& x, DType compute) {
+  return !l.uses_fp8(x, compute) && !l.has_hooks() && !l.bias_hook;
+}
+
 // Whether the linears ls run as one GEMM of their concatenated weights: `on`, x on CUDA (or
-// on_cpu, for tests), and no linear with fp8 GEMMs or tensor-parallel hooks (their own forward
-// handles those). The CPU path stays one GEMM per linear, so CPU results do not change.
+// on_cpu, for tests), and every linear plain. The CPU path stays one GEMM per linear, so CPU
+// results do not change.
 bool fused_projection(bool on, bool on_cpu, const Tensor& x, DType compute,
                       std::initializer_list<const nn::Linear*> ls) {
   if (!on || !(x.device().is_cuda() || on_cpu)) return false;
   for (const nn::Linear* l : ls)
-    if (l->uses_fp8(x, compute) || l->has_hooks() || l->bias_hook) return false;
+    if (!plain_linear(*l, x, compute)) return false;
   return true;
 }
 
@@ -214,8 +220,7 @@ Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc, const Tensor& 
   } else {
     hdn = swiglu(gate_proj->forward(x, compute), up_proj->forward(x, compute));
   }
-  const nn::Linear& down = *down_proj;
-  if (!residual.defined() || down.uses_fp8(hdn, compute) || down.has_hooks() || down.bias_hook)
+  if (!residual.defined() || !plain_linear(*down_proj, hdn, compute))
     return plus_residual(down_proj->forward(hdn, compute));
   return linear_add(nn::to_compute(hdn, compute), w(down_proj, false), w(down_proj, true),
                     residual);
