@@ -182,8 +182,9 @@ def compare_final(env, ref_run, run, ranks, label):
 
 
 def kill_at_step(env, run, step, sig):
-    """Starts a run and sends `sig` once it has printed the line of step `step`."""
-    p = env.start(run)
+    """Starts a run and sends `sig` once it has printed the line of step `step`. Steps of 100 ms, so
+    that a signal delayed a few steps on a loaded machine still lands before the run ends."""
+    p = env.start(run, extra_env={"KILN_STEP_DELAY_MS": "100"})
     out = []
     for line in p.stdout:
         out.append(line)
