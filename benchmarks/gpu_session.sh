@@ -22,7 +22,9 @@
 #   fp8f (the fused fp8 bias gradient and GELU MLP: tests, memcheck, planted bugs, GPT-2 1.5B with
 #   KILN_FP8_FUSED_DBIAS / KILN_FP8_FUSED_MLP on and off; FP8F_LONG=1 adds 200-step loss curves;
 #   needs kernel_bench and models_gpu_tests built), allon (every opt-in path of this round on
-#   together against all off, then PyTorch: Llama 1B, GPT-2 124M and 1.5B; ALLON_MODELS picks).
+#   together against all off, then PyTorch: Llama 1B, GPT-2 124M and 1.5B; ALLON_MODELS picks),
+#   sdpatune (cuDNN attention plans timed on first use: test, memcheck, planted bug, Llama 1B and
+#   GPT-2 124M with KILN_SDPA_TUNE=1 / off; SDPATUNE_MODELS picks).
 #   BUILD_TARGETS overrides the targets built
 #   (cebench needs kernel_bench).
 set -uo pipefail
@@ -261,6 +263,23 @@ PY
       plant core/ops/activation.cu 's/V vg = \*reinterpret_cast<const V\*>(g), vu = \*reinterpret_cast<const V\*>(g + w)/V vu = *reinterpret_cast<const V*>(g), vg = *reinterpret_cast<const V*>(g + w)/' \
         'ActivationCuda.SwigluPacked*'
       ab_on_off llama-fused benchmarks/e2e/llama-1b-bench.textproto KILN_FUSED_PROJ=1; stamp fuse ;;
+    sdpatune)
+      # cuDNN attention plans timed on their first call (KILN_SDPA_TUNE=1): the test (every
+      # candidate against the CPU, counts and timings printed), memcheck on it, a planted bug (the
+      # forced candidate ignored), then Llama 1B and GPT-2 124M with it on and off (the tuner's
+      # picks printed by KILN_CUDNN_VERBOSE into kiln_*.log).
+      gtests sdpatune build/core/core_gpu_tests 'AttentionCuda.EveryTunedCandidateMatchesCpu'
+      grep -h "tuned forward" "$out/sdpatune.log"
+      memcheck sdpatune build/core/core_gpu_tests 'AttentionCuda.EveryTunedCandidateMatchesCpu'
+      plant core/cuda/cudnn_sdpa.cc 's/if (forced >= 0) i = forced % n;/if (forced >= 0) i = 0;/' \
+        'AttentionCuda.EveryTunedCandidateMatchesCpu'
+      for m in ${SDPATUNE_MODELS-llama g124}; do
+        c=benchmarks/e2e/gpt2-124m-bench.textproto
+        [[ $m == llama ]] && c=benchmarks/e2e/llama-1b-bench.textproto
+        ab_on_off "$m-sdpatune" "$c" KILN_SDPA_TUNE=1 KILN_CUDNN_VERBOSE=1
+        grep -h "timed over" "$out/kiln_$m-sdpatune-on.log"
+      done
+      stamp sdpatune ;;
     ropegrad)
       # RoPE's backward writing q / k gradients in the projections' (B, T, H, D) order and
       # rope_into's other strides: the GPU tests, memcheck on the new ones, a planted bug (the

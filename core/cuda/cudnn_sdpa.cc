@@ -13,12 +13,16 @@
 // ADD reduction over the head dimension folds them to (B, Hkv, T, D). K and V enter transposed
 // ((B, H, D, T) views with swapped strides), as the engines expect. Plans are cached per shape,
 // strides, dtype, device and determinism; failures are cached too so a rejected shape is not
-// rebuilt on every call.
+// rebuilt on every call. With KILN_SDPA_TUNE=1 a graph keeps several plans (the heuristics'
+// configs and knob variants of the first) and its first call times them (see the header).
 #include "core/cuda/cudnn_sdpa.h"
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <limits>
@@ -26,12 +30,14 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
 #include "core/cuda/runtime.h"
+#include "core/env_switch.h"
 
 #if KILN_WITH_CUDNN
 #include <cudnn_graph.h>
@@ -42,6 +48,10 @@ namespace kiln::cuda {
 #if !KILN_WITH_CUDNN
 
 bool cudnn_sdpa_available() { return false; }
+void force_sdpa_tune(int) {}
+SdpaTuneResult last_sdpa_tune(bool) { return {}; }
+void force_sdpa_candidate(int) {}
+int last_sdpa_candidate(bool) { return -1; }
 absl::Status sdpa_forward(const Tensor&, const Tensor&, const Tensor&, double, const Tensor&,
                           const Tensor&) {
   return absl::UnavailableError("kiln was built without cuDNN");
@@ -103,12 +113,33 @@ enum Uid : int64_t {
   kFirstVirtual = 100,
 };
 
-// A finalised execution plan with everything it was built from.
-struct Plan {
-  std::deque<Desc> descs;  // tensors, ops, graph, engine config, plan (kept alive together)
+// One finalised execution plan and the workspace it asks for.
+struct Candidate {
   cudnnBackendDescriptor_t plan = nullptr;
-  int64_t workspace = 0;  // bytes cuDNN asks for
+  int64_t workspace = 0;  // bytes
 };
+
+// A graph's execution plans with everything they were built from: one, or with tuning up to
+// kMaxCandidates (candidate 0 is the heuristics' first choice).
+struct Plan {
+  std::deque<Desc> descs;  // tensors, ops, graph, engine configs, plans (kept alive together)
+  std::vector<Candidate> candidates;
+  bool backward = false;
+  std::mutex mu;
+  int picked = 0;  // under mu; -1 until the candidates are timed
+  int64_t max_workspace() const {
+    int64_t w = 0;
+    for (const Candidate& c : candidates) w = std::max(w, c.workspace);
+    return w;
+  }
+};
+
+EnvSwitch g_tune("KILN_SDPA_TUNE");
+constexpr size_t kMaxCandidates = 16;
+std::atomic<int> g_forced_candidate{-1};
+std::atomic<int> g_last_candidate[2] = {-1, -1};
+std::mutex g_tune_mu;
+SdpaTuneResult g_last_tune[2];  // under g_tune_mu
 
 constexpr int64_t kAlign = 256;
 int64_t align_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
@@ -206,8 +237,9 @@ class GraphBuilder {
   }
 
   // Finalises the graph, asks the heuristics for engine configs and keeps the first that
-  // finalises as an execution plan (skipping non-deterministic engines when asked).
-  absl::StatusOr<std::shared_ptr<Plan> > build(bool deterministic) {
+  // finalises as an execution plan (skipping non-deterministic engines when asked); with tuning,
+  // up to kMaxCandidates plans.
+  absl::StatusOr<std::shared_ptr<Plan> > build(bool deterministic, bool backward) {
     if (!status_.ok()) return status_;
     cudnnBackendDescriptor_t graph = make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "op graph");
     set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle_, "graph handle");
@@ -216,31 +248,42 @@ class GraphBuilder {
     finalize(graph, "operation graph finalize");
     if (!status_.ok()) return status_;
     std::string tried;
+    const size_t want = g_tune.on() && !deterministic ? kMaxCandidates : 1;
     for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
-      absl::StatusOr<cudnnBackendDescriptor_t> plan =
-          plan_from_heuristics(graph, mode, deterministic, &tried);
-      if (plan.ok()) {
-        auto p = std::make_shared<Plan>();
-        p->plan = *plan;
+      std::vector<Config> found = plans_from_heuristics(graph, mode, deterministic, want, &tried);
+      if (found.empty()) continue;
+      if (found.size() < want) add_knob_variants(graph, found[0].cfg, want, &found);
+      auto p = std::make_shared<Plan>();
+      for (const Config& c : found) {
+        Candidate cand{c.plan, 0};
         int64_t n = 0;
         cudnnStatus_t st =
-            cudnnBackendGetAttribute(p->plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                     CUDNN_TYPE_INT64, 1, &n, &p->workspace);
+            cudnnBackendGetAttribute(c.plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                     CUDNN_TYPE_INT64, 1, &n, &cand.workspace);
         if (st != CUDNN_STATUS_SUCCESS)
           return absl::InternalError(cudnn_error(st, "plan workspace size"));
-        p->descs = std::move(descs_);
-        return p;
+        p->candidates.push_back(cand);
       }
+      p->picked = p->candidates.size() > 1 ? -1 : 0;
+      p->backward = backward;
+      p->descs = std::move(descs_);
+      return p;
     }
     return absl::UnimplementedError(
         absl::StrCat("cuDNN has no engine for this attention graph; tried: ", tried));
   }
 
  private:
-  absl::StatusOr<cudnnBackendDescriptor_t> plan_from_heuristics(cudnnBackendDescriptor_t graph,
-                                                                cudnnBackendHeurMode_t mode,
-                                                                bool deterministic,
-                                                                std::string* tried) {
+  struct Config {
+    cudnnBackendDescriptor_t cfg, plan;
+  };
+  using Knobs = std::vector<std::pair<cudnnBackendKnobType_t, int64_t> >;
+
+  // Up to `want` of the heuristics' configs that finalise as plans, in the heuristics' order.
+  std::vector<Config> plans_from_heuristics(cudnnBackendDescriptor_t graph,
+                                            cudnnBackendHeurMode_t mode, bool deterministic,
+                                            size_t want, std::string* tried) {
+    std::vector<Config> out;
     cudnnBackendDescriptor_t heur = make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "heuristics");
     set_desc(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph, "heur graph");
     set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, "heur mode");
@@ -249,26 +292,30 @@ class GraphBuilder {
       absl::StrAppend(tried, " [heuristics mode ", static_cast<int>(mode), ": ", status_.message(),
                       "]");
       status_ = absl::OkStatus();
-      return absl::NotFoundError("heuristics");
+      return out;
     }
     int64_t count = 0;
     cudnnStatus_t st = cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
                                                 CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr);
     if (st != CUDNN_STATUS_SUCCESS || count == 0) {
       absl::StrAppend(tried, " [mode ", static_cast<int>(mode), ": no engine configs]");
-      return absl::NotFoundError("no configs");
+      return out;
     }
     std::vector<cudnnBackendDescriptor_t> cfgs(count);
     for (auto& c : cfgs) c = make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine config");
-    if (!status_.ok()) return status_;
+    if (!status_.ok()) return out;
     int64_t got = 0;
     st = cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
                                   CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, cfgs.data());
-    if (st != CUDNN_STATUS_SUCCESS) return absl::InternalError(cudnn_error(st, "heur results"));
+    if (st != CUDNN_STATUS_SUCCESS) {
+      absl::StrAppend(tried, " [mode ", static_cast<int>(mode), ": ",
+                      cudnn_error(st, "heur results"), "]");
+      return out;
+    }
     if (got == 0) {  // cuDNN drops configs that fail its support checks (the log says why)
       absl::StrAppend(tried, " [mode ", static_cast<int>(mode), ": none of ", count,
                       " configs supports this graph; CUDNN_LOGLEVEL_DBG=2 shows why]");
-      return absl::NotFoundError("no viable configs");
+      return out;
     }
     for (int64_t i = 0; i < got; ++i) {
       if (deterministic && !is_deterministic(cfgs[i])) {
@@ -276,16 +323,108 @@ class GraphBuilder {
                         ": non-deterministic]");
         continue;
       }
-      cudnnBackendDescriptor_t plan = make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "plan");
-      set(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle_, "plan handle");
-      set_desc(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfgs[i], "plan config");
-      finalize(plan, "plan finalize");
-      if (status_.ok()) return plan;
+      cudnnBackendDescriptor_t plan = plan_for(cfgs[i]);
+      if (plan != nullptr) {
+        out.push_back({cfgs[i], plan});
+        if (out.size() >= want) break;
+        continue;
+      }
       absl::StrAppend(tried, " [mode ", static_cast<int>(mode), " config ", i, ": ",
                       status_.message(), "]");
       status_ = absl::OkStatus();
     }
-    return absl::NotFoundError("no config finalised");
+    return out;
+  }
+
+  // cfg finalised as an execution plan, or nullptr (status_ says why).
+  cudnnBackendDescriptor_t plan_for(cudnnBackendDescriptor_t cfg) {
+    cudnnBackendDescriptor_t plan = make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "plan");
+    set(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle_, "plan handle");
+    set_desc(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg, "plan config");
+    finalize(plan, "plan finalize");
+    return status_.ok() ? plan : nullptr;
+  }
+
+  // Appends to *out, until it holds `want`, plans of cfg's engine with one knob moved off cfg's
+  // choice (each knob in turn, each value its info allows); variants cuDNN rejects are skipped.
+  void add_knob_variants(cudnnBackendDescriptor_t graph, cudnnBackendDescriptor_t cfg, size_t want,
+                         std::vector<Config>* out) {
+    cudnnBackendDescriptor_t engine = make(CUDNN_BACKEND_ENGINE_DESCRIPTOR, "engine");
+    std::vector<cudnnBackendDescriptor_t> infos, chosen;
+    for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; ++i) {
+      infos.push_back(make(CUDNN_BACKEND_KNOB_INFO_DESCRIPTOR, "knob info"));
+      chosen.push_back(make(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, "knob choice"));
+    }
+    if (!status_.ok()) return;
+    int64_t n = 0, index = 0, n_info = 0, n_chosen = 0;
+    auto get = [](cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name,
+                  cudnnBackendAttributeType_t type, int64_t count, int64_t* got, void* value) {
+      return cudnnBackendGetAttribute(d, name, type, count, got, value) == CUDNN_STATUS_SUCCESS;
+    };
+    const auto kDesc = CUDNN_TYPE_BACKEND_DESCRIPTOR;
+    if (!get(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, kDesc, 1, &n, &engine) ||
+        !get(engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, &index) ||
+        !get(engine, CUDNN_ATTR_ENGINE_KNOB_INFO, kDesc, CUDNN_KNOB_TYPE_COUNTS, &n_info,
+             infos.data()))
+      return;
+    if (!get(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, kDesc, CUDNN_KNOB_TYPE_COUNTS, &n_chosen,
+             chosen.data()))
+      n_chosen = 0;
+    Knobs base;
+    for (int64_t i = 0; i < n_chosen; ++i) {
+      cudnnBackendKnobType_t type;
+      int64_t value = 0;
+      if (get(chosen[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &type) &&
+          get(chosen[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &n, &value))
+        base.emplace_back(type, value);
+    }
+    for (int64_t i = 0; i < n_info && out->size() < want; ++i) {
+      cudnnBackendKnobType_t type;
+      int64_t lo = 0, hi = -1, stride = 0;
+      if (!get(infos[i], CUDNN_ATTR_KNOB_INFO_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &type) ||
+          !get(infos[i], CUDNN_ATTR_KNOB_INFO_MINIMUM_VALUE, CUDNN_TYPE_INT64, 1, &n, &lo) ||
+          !get(infos[i], CUDNN_ATTR_KNOB_INFO_MAXIMUM_VALUE, CUDNN_TYPE_INT64, 1, &n, &hi) ||
+          !get(infos[i], CUDNN_ATTR_KNOB_INFO_STRIDE, CUDNN_TYPE_INT64, 1, &n, &stride) ||
+          stride <= 0)
+        continue;
+      Knobs knobs = base;
+      auto it = std::find_if(knobs.begin(), knobs.end(), [&](auto& k) { return k.first == type; });
+      if (it == knobs.end()) it = knobs.insert(knobs.end(), {type, lo});
+      const int64_t current = it->second;
+      for (int64_t v = lo, tries = 0; v <= hi && tries < 64 && out->size() < want;
+           v += stride, ++tries) {
+        if (v == current) continue;
+        it->second = v;
+        cudnnBackendDescriptor_t c = variant(graph, index, knobs);
+        cudnnBackendDescriptor_t plan = c != nullptr ? plan_for(c) : nullptr;
+        if (plan != nullptr) out->push_back({c, plan});
+        status_ = absl::OkStatus();
+      }
+    }
+  }
+
+  // An engine config of engine `index` on graph with the given knob choices, or nullptr.
+  cudnnBackendDescriptor_t variant(cudnnBackendDescriptor_t graph, int64_t index,
+                                   const Knobs& knobs) {
+    cudnnBackendDescriptor_t engine = make(CUDNN_BACKEND_ENGINE_DESCRIPTOR, "engine");
+    set_desc(engine, CUDNN_ATTR_ENGINE_OPERATION_GRAPH, graph, "engine graph");
+    set(engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &index, "engine index");
+    finalize(engine, "engine finalize");
+    std::vector<cudnnBackendDescriptor_t> choices;
+    for (const auto& [type, value] : knobs) {
+      cudnnBackendDescriptor_t k = make(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, "knob choice");
+      set(k, CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &type, "knob type");
+      set(k, CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &value, "knob value");
+      finalize(k, "knob choice finalize");
+      choices.push_back(k);
+    }
+    cudnnBackendDescriptor_t cfg = make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine config");
+    set_desc(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, engine, "config engine");
+    if (!choices.empty())
+      set(cfg, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+          static_cast<int64_t>(choices.size()), choices.data(), "config knobs");
+    finalize(cfg, "engine config finalize");
+    return status_.ok() ? cfg : nullptr;
   }
 
   // False when the config's engine carries CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC.
@@ -543,7 +682,7 @@ absl::StatusOr<std::shared_ptr<Plan> > cached_plan(const std::vector<int64_t>& k
   if (!h.ok()) return h.status();
   GraphBuilder g(*h);
   build_fn(g);
-  absl::StatusOr<std::shared_ptr<Plan> > plan = g.build(deterministic);
+  absl::StatusOr<std::shared_ptr<Plan> > plan = g.build(deterministic, key[0] == 1);
   if (!plan.ok() && std::getenv("KILN_CUDNN_VERBOSE") != nullptr)
     std::fprintf(stderr, "kiln cuDNN attention: %s\n", plan.status().ToString().c_str());
   if (plan.ok()) ++rt().built;
@@ -556,31 +695,86 @@ cudnnHandle_t handle_for(int device) {
   return *handle_locked(device);  // created by cached_plan already
 }
 
-void execute(int device, const Plan& plan, const std::vector<int64_t>& uids,
-             const std::vector<void*>& ptrs, void* workspace) {
+// Queues one run of plan on the device's compute stream; the first failing cuDNN call's status.
+cudnnStatus_t try_execute(int device, cudnnBackendDescriptor_t plan,
+                          const std::vector<int64_t>& uids, const std::vector<void*>& ptrs,
+                          void* workspace) {
   DeviceGuard guard(device);
   cudnnHandle_t h = handle_for(device);
   cudnnStatus_t st = cudnnSetStream(h, compute_stream(device));
-  KILN_CHECK(st == CUDNN_STATUS_SUCCESS) << cudnn_error(st, "cudnnSetStream");
+  if (st != CUDNN_STATUS_SUCCESS) return st;
   cudnnBackendDescriptor_t vp = nullptr;
   st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &vp);
-  KILN_CHECK(st == CUDNN_STATUS_SUCCESS) << cudnn_error(st, "variant pack");
+  if (st != CUDNN_STATUS_SUCCESS) return st;
   Desc owner(vp);
   const int64_t n = static_cast<int64_t>(uids.size());
-  auto check = [](cudnnStatus_t s, const char* what) {
-    KILN_CHECK(s == CUDNN_STATUS_SUCCESS) << "cuDNN attention: " << cudnn_error(s, what);
-  };
-  check(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n,
-                                 uids.data()),
-        "variant pack uids");
-  check(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n,
-                                 ptrs.data()),
-        "variant pack pointers");
-  check(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1,
-                                 &workspace),
-        "variant pack workspace");
-  check(cudnnBackendFinalize(vp), "variant pack finalize");
-  check(cudnnBackendExecute(h, plan.plan, vp), "execute");
+  for (cudnnStatus_t s : {cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS,
+                                                   CUDNN_TYPE_INT64, n, uids.data()),
+                          cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
+                                                   CUDNN_TYPE_VOID_PTR, n, ptrs.data()),
+                          cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
+                                                   CUDNN_TYPE_VOID_PTR, 1, &workspace)})
+    if (s != CUDNN_STATUS_SUCCESS) return s;
+  st = cudnnBackendFinalize(vp);
+  return st != CUDNN_STATUS_SUCCESS ? st : cudnnBackendExecute(h, plan, vp);
+}
+
+// Times every candidate of p with run (one warm-up, then kReps runs between two events) and
+// picks the fastest; a candidate whose runs fail is skipped. Synchronises the compute stream.
+template <typename Run>
+void tune(int device, Plan& p, Run run) {
+  constexpr int kReps = 3;
+  DeviceGuard guard(device);
+  cudaStream_t stream = compute_stream(device);
+  cudaEvent_t e0, e1;
+  KILN_CUDA_CHECK(cudaEventCreate(&e0));
+  KILN_CUDA_CHECK(cudaEventCreate(&e1));
+  SdpaTuneResult r;
+  r.candidates = static_cast<int>(p.candidates.size());
+  for (int i = 0; i < r.candidates; ++i) {
+    if (run(p.candidates[i]) != CUDNN_STATUS_SUCCESS) continue;  // warm-up
+    KILN_CUDA_CHECK(cudaEventRecord(e0, stream));
+    bool ok = true;
+    for (int rep = 0; rep < kReps; ++rep) ok = ok && run(p.candidates[i]) == CUDNN_STATUS_SUCCESS;
+    KILN_CUDA_CHECK(cudaEventRecord(e1, stream));
+    KILN_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    ms /= kReps;
+    if (!ok) continue;
+    if (i == 0) r.first_ms = ms;
+    if (r.picked < 0 || ms < r.best_ms) r.picked = i, r.best_ms = ms;
+  }
+  KILN_CUDA_CHECK(cudaEventDestroy(e0));
+  KILN_CUDA_CHECK(cudaEventDestroy(e1));
+  KILN_CHECK(r.picked >= 0) << "cuDNN attention: none of " << r.candidates
+                            << " candidate plans ran";
+  p.picked = r.picked;
+  if (std::getenv("KILN_CUDNN_VERBOSE") != nullptr)
+    std::fprintf(stderr,
+                 "kiln cuDNN attention: %s plan timed over %d candidates: the heuristics' first "
+                 "%.3f ms, picked #%d %.3f ms\n",
+                 p.backward ? "backward" : "forward", r.candidates, r.first_ms, r.picked,
+                 r.best_ms);
+  std::lock_guard<std::mutex> lock(g_tune_mu);
+  g_last_tune[p.backward] = r;
+}
+
+// Runs p's picked candidate (timing them all on the first call of a tuned plan), or the one a
+// test forced. run(candidate) queues one execution.
+template <typename Run>
+void run_plan(int device, Plan& p, Run run) {
+  int i;
+  {
+    std::lock_guard<std::mutex> lock(p.mu);
+    if (p.picked < 0) tune(device, p, run);
+    i = p.picked;
+  }
+  const int n = static_cast<int>(p.candidates.size()), forced = g_forced_candidate.load();
+  if (forced >= 0) i = forced % n;
+  g_last_candidate[p.backward].store(i);
+  const cudnnStatus_t st = run(p.candidates[i]);
+  KILN_CHECK(st == CUDNN_STATUS_SUCCESS) << "cuDNN attention: " << cudnn_error(st, "execute");
 }
 
 // A workspace of at least `bytes` from kiln's CUDA allocator (stream-ordered: freeing it after
@@ -620,6 +814,16 @@ int64_t sdpa_plans_built() {
   return rt().built;
 }
 
+void force_sdpa_tune(int on) { g_tune.force(on); }
+
+SdpaTuneResult last_sdpa_tune(bool backward) {
+  std::lock_guard<std::mutex> lock(g_tune_mu);
+  return g_last_tune[backward];
+}
+
+void force_sdpa_candidate(int i) { g_forced_candidate.store(i); }
+int last_sdpa_candidate(bool backward) { return g_last_candidate[backward].load(); }
+
 absl::Status sdpa_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                           const Tensor& out, const Tensor& lse) {
   if (absl::Status st = check_common(q, k, v); !st.ok()) return st;
@@ -634,12 +838,15 @@ absl::Status sdpa_forward(const Tensor& q, const Tensor& k, const Tensor& v, dou
         build_forward(g, a, bhtd_strides(q), bhtd_strides(k), bhtd_strides(v), bhtd_strides(out));
       });
   if (!plan.ok()) return plan.status();
-  Tensor ws = workspace_tensor((*plan)->workspace, q.device());
+  Tensor ws = workspace_tensor((*plan)->max_workspace(), q.device());
   float scale_f = static_cast<float>(scale);
   float neg_inf = cudnnGetVersion() < 91000 ? std::numeric_limits<float>::lowest()
                                             : -std::numeric_limits<float>::infinity();
-  execute(device, **plan, {kQ, kKT, kV, kO, kStats, kScale, kNegInf},
-          {q.raw(), k.raw(), v.raw(), out.raw(), lse.raw(), &scale_f, &neg_inf}, ws.raw());
+  const std::vector<int64_t> uids = {kQ, kKT, kV, kO, kStats, kScale, kNegInf};
+  const std::vector<void*> ptrs = {q.raw(),   k.raw(),  v.raw(), out.raw(),
+                                   lse.raw(), &scale_f, &neg_inf};
+  run_plan(device, **plan,
+           [&](const Candidate& c) { return try_execute(device, c.plan, uids, ptrs, ws.raw()); });
   return absl::OkStatus();
 }
 
@@ -669,9 +876,10 @@ absl::Status sdpa_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
                        deterministic);
       });
   if (!plan.ok()) return plan.status();
-  const Plan& p = **plan;
-  // Workspace: cuDNN's own, then Dsum (B, Hq, T) f32, then the dQ accumulator (B, Hq, T, D) f32.
-  const int64_t dsum_off = align_up(p.workspace);
+  Plan& p = **plan;
+  // Workspace: cuDNN's own (the largest candidate's), then Dsum (B, Hq, T) f32, then the dQ
+  // accumulator (B, Hq, T, D) f32.
+  const int64_t dsum_off = align_up(p.max_workspace());
   const int64_t accum_off = dsum_off + align_up(a.b * a.hq * a.t * 4);
   const int64_t accum_bytes = deterministic ? 0 : a.b * a.hq * a.t * a.d * 4;
   Tensor ws = workspace_tensor(accum_off + accum_bytes, q.device());
@@ -687,11 +895,13 @@ absl::Status sdpa_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
   if (!deterministic) {
     uids.push_back(kDqAccum);
     ptrs.push_back(base + accum_off);
-    // cuDNN before 9.6 expected the caller to zero the dQ accumulator; later versions do it.
-    if (cudnnGetVersion() < 90600)
-      KILN_CUDA_CHECK(cudaMemsetAsync(base + accum_off, 0, accum_bytes, compute_stream(device)));
   }
-  execute(device, p, uids, ptrs, base);
+  run_plan(device, p, [&](const Candidate& c) {
+    // cuDNN before 9.6 expected the caller to zero the dQ accumulator; later versions do it.
+    if (!deterministic && cudnnGetVersion() < 90600)
+      KILN_CUDA_CHECK(cudaMemsetAsync(base + accum_off, 0, accum_bytes, compute_stream(device)));
+    return try_execute(device, c.plan, uids, ptrs, base);
+  });
   return absl::OkStatus();
 }
 

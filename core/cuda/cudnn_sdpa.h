@@ -37,4 +37,25 @@ absl::Status sdpa_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
 // Number of execution plans built so far (cached forward + backward), for tests and benchmarks.
 int64_t sdpa_plans_built();
 
+// Tuning (KILN_SDPA_TUNE=1, opt-in until measured on a GPU; never in deterministic mode): a graph
+// built from then on keeps up to 16 plans, the heuristics' configs and, for the first config's
+// engine, one knob changed at a time; its first call times each (one warm-up and 3 runs on the
+// call's own tensors, outputs rewritten by the real call after) and keeps the fastest.
+void force_sdpa_tune(int on);  // tests: 1 on, 0 off, -1 back to the environment
+
+// What the last tuned forward (backward = false) or backward plan found.
+struct SdpaTuneResult {
+  int candidates = 0;  // plans that finalised
+  int picked = -1;     // the fastest (0 is the heuristics' first choice)
+  float first_ms = 0;  // candidate 0, per run
+  float best_ms = 0;   // the pick, per run
+};
+SdpaTuneResult last_sdpa_tune(bool backward);
+
+// Tests: every later call of a tuned plan runs candidate i % candidates instead of the pick
+// (-1: the pick again), so each candidate's results can be checked; last_sdpa_candidate says
+// which one the last forward / backward call ran.
+void force_sdpa_candidate(int i);
+int last_sdpa_candidate(bool backward);
+
 }  // namespace kiln::cuda

@@ -15,6 +15,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <random>
@@ -345,6 +346,45 @@ TEST(AttentionCuda, PlansAreCachedPerShape) {
   const int64_t built = cuda::sdpa_plans_built();
   run(x, DType::kBF16, Device::cuda(0));
   EXPECT_EQ(cuda::sdpa_plans_built(), built);
+}
+
+// KILN_SDPA_TUNE: a shape first seen with tuning on keeps several plans and runs the fastest;
+// every candidate (forced one at a time) must match the CPU, and the forced one must be the one
+// that ran. The counts and timings are printed for the GPU session's log.
+TEST(AttentionCuda, EveryTunedCandidateMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  if (!cuda::cudnn_sdpa_available()) KILN_GPU_SKIP("cuDNN 9 not available");
+  struct Restore {
+    ~Restore() {
+      cuda::force_sdpa_tune(-1);
+      cuda::force_sdpa_candidate(-1);
+    }
+  } restore;
+  cuda::force_sdpa_tune(1);
+  const Dims s{2, 8, 2, 192, 64};  // a shape no other test builds, so its plans are new
+  check_against_cpu("cudnn", Impl::kCudnn, DType::kBF16, s, 1e-2);
+  const cuda::SdpaTuneResult f = cuda::last_sdpa_tune(false), b = cuda::last_sdpa_tune(true);
+  std::cout << "[attention cuda] tuned forward: " << f.candidates << " candidates, first "
+            << f.first_ms << " ms, picked #" << f.picked << " " << f.best_ms
+            << " ms; backward: " << b.candidates << " candidates, first " << b.first_ms
+            << " ms, picked #" << b.picked << " " << b.best_ms << " ms\n";
+  // A shape with one candidate is never timed (last_sdpa_tune stays empty for it).
+  for (const cuda::SdpaTuneResult& r : {f, b}) {
+    if (r.candidates == 0) continue;
+    EXPECT_GE(r.candidates, 2);
+    EXPECT_GE(r.picked, 0);
+    EXPECT_LT(r.picked, r.candidates);
+    EXPECT_LE(r.best_ms, r.first_ms);
+  }
+  EXPECT_EQ(cuda::last_sdpa_candidate(false), std::max(f.picked, 0));
+  EXPECT_EQ(cuda::last_sdpa_candidate(true), std::max(b.picked, 0));
+  const int n = std::max({f.candidates, b.candidates, 1});
+  for (int i = 0; i < n; ++i) {
+    cuda::force_sdpa_candidate(i);
+    check_against_cpu("cudnn", Impl::kCudnn, DType::kBF16, s, 1e-2);
+    EXPECT_EQ(cuda::last_sdpa_candidate(false), i % std::max(f.candidates, 1)) << i;
+    EXPECT_EQ(cuda::last_sdpa_candidate(true), i % std::max(b.candidates, 1)) << i;
+  }
 }
 
 TEST(AttentionCuda, ForcingCudnnForF32IsAClearError) {
