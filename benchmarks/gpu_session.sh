@@ -41,6 +41,7 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTUR
 cmake --build build -j16 --target ${BUILD_TARGETS:-kiln core_gpu_tests optim_gpu_tests gpu_train_test} \
   > "$out/build.log" 2>&1 || { grep -B2 -A10 -m3 "error" "$out/build.log"; exit 1; }
 stamp built
+export KILN_STEP_PHASES=1  # kiln prints where the host spends each step (launch/step_phases.h)
 # kiln_run LABEL CONFIG [VAR=VALUE...] [-- --set k=v...]: kiln train alone, then its median
 # tokens/s (steps >= 8), MFU, peak memory and the losses at a few steps (metrics kept as
 # $out/LABEL.jsonl).
@@ -65,6 +66,7 @@ if len(rows) >= 40:
     tail = [r["loss"] for r in rows[-20:]]
     print(f"  mean loss of the last 20 steps {sum(tail) / len(tail):.5f}")
 PY
+  grep -A6 "^step phases" "$out/kiln_$label.log"
   cp "$out/r_$label/metrics.jsonl" "$out/$label.jsonl" 2>/dev/null; rm -rf "$out/r_$label"
 }
 # gtests LABEL BINARY FILTER [SECONDS]: the tests of BINARY that FILTER picks, their summary and

@@ -8,8 +8,10 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "launch/plot.h"
+#include "launch/step_phases.h"
 #include "launch/trainer_log.h"
 
 namespace kiln::launch {
@@ -165,6 +167,37 @@ TEST(Metrics, TensorBoardPurgesStepsARunRepeats) {
   const std::vector<std::pair<int64_t, double>> want = {{1, 11}, {2, 12}, {3, 13}, {4, 14},
                                                         {5, 25}, {6, 26}, {7, 27}};
   EXPECT_EQ(got["train/loss"], want);
+}
+
+// Three steps whose forward + backward launch sleeps 30 ms and whose optimizer launch sleeps
+// 10 ms: the summary puts each sleep in its own phase (medians of steps 2-3).
+TEST(StepPhases, EachSleepLandsInItsPhase) {
+  StepPhases phases;
+  auto sleep_ms = [](int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); };
+  for (int step = 0; step < 3; ++step) {
+    phases.mark(StepPhases::kStart);
+    sleep_ms(30);
+    phases.mark(StepPhases::kLaunched);
+    phases.mark(StepPhases::kLoss);
+    phases.mark(StepPhases::kNorm);
+    sleep_ms(10);
+    phases.mark(StepPhases::kStepped);
+    phases.mark(StepPhases::kSynced);
+  }
+  const std::string s = phases.summary();
+  std::cout << s;
+  auto ms_of = [&](const std::string& name) {
+    const size_t at = s.find(name);
+    EXPECT_NE(at, std::string::npos) << name;
+    return at == std::string::npos ? -1.0 : std::stod(s.substr(at + name.size()));
+  };
+  EXPECT_GE(ms_of("launch forward + backward"), 29.0);
+  EXPECT_LT(ms_of("launch forward + backward"), 200.0);
+  EXPECT_GE(ms_of("launch the optimizer step"), 9.0);
+  EXPECT_LT(ms_of("launch the optimizer step"), 30.0);
+  EXPECT_LT(ms_of("wait for the loss"), 5.0);
+  EXPECT_LT(ms_of("between steps (log, data, checkpoint check)"), 5.0);
+  EXPECT_EQ(StepPhases().summary(), "");  // nothing before two steps
 }
 
 TEST(Mfu, PeakOfTheActualGpu) {

@@ -125,6 +125,7 @@ void Trainer::run_step(int64_t step, TrainSummary* sum) {
   const int64_t seq = curriculum_.at(step);
   const int64_t gb = ramp_.at(static_cast<double>(tokens_seen_), multiple);
   const double t0 = now_s();
+  mark(StepPhases::kStart);
   double gnorm = 0;
   seq_len_ = seq;
   batch_ = gb;
@@ -132,6 +133,7 @@ void Trainer::run_step(int64_t step, TrainSummary* sum) {
       lr_.at(by_tokens_ ? static_cast<double>(tokens_seen_) : static_cast<double>(step));
   const double loss = train_step(lr, seq, gb, &gnorm);
   if (device_.is_cuda()) cuda_backend().synchronize();
+  mark(StepPhases::kSynced);
   const double dt = now_s() - t0;
   const int64_t tokens = gb * seq;
   tokens_seen_ += tokens;
@@ -170,15 +172,18 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
     if (!precast_.empty()) precast.emplace(precast_, compute_);
     loss_sum = forward_backward_->run(next, accum, loss_scale, *dp_);
   }
+  mark(StepPhases::kLaunched);
   // The logged loss: this rank's mean over its micro-batches, averaged over the dp group only (the
   // ranks of one model replica, tp and pp, compute one loss together).
   double local = loss_sum.item() / static_cast<double>(accum);
+  mark(StepPhases::kLoss);
   const char* inject = injected_non_finite(world_.rank, step_);
   if (inject && std::strcmp(inject, "loss") == 0) local = NAN;
   if (inject && std::strcmp(inject, "grad") == 0) dp_->scale_grads(NAN);
   const double loss =
       dp > 1 ? mesh_->dp().all_reduce_scalar(local) / static_cast<double>(dp) : local;
   const double raw_norm = dp_->grad_norm();  // of the scaled gradients under fp16
+  mark(StepPhases::kNorm);
   // The non-finite guard: every rank must take the same decision, so it is made on reduced values
   // (2: the loss is not finite, 1: only the gradient norm). The loss is averaged over dp and the
   // norm is over all-reduced gradients (or all-reduced itself), the same on every rank of a
@@ -203,6 +208,7 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
     sync_tied_weights(chunk_ptrs(), mesh_->pp());  // GPT-2 with pp > 1: the head's copy
   }
   dp_->zero_grad();
+  mark(StepPhases::kStepped);
   return loss;
 }
 
@@ -218,6 +224,7 @@ absl::Status Trainer::finish_run(TrainSummary* sum) {
   sum->tokens = tokens_seen_;
   sum->seconds = now_s() - t_start_;
   print_end(*sum);
+  if (StepPhases::enabled() && world_.rank == 0) std::printf("%s", phases_.summary().c_str());
   return absl::OkStatus();
 }
 

@@ -22,6 +22,7 @@
 #include "launch/batches.h"
 #include "launch/metrics.h"
 #include "launch/run_lock.h"
+#include "launch/step_phases.h"
 #include "models/model.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
@@ -188,6 +189,10 @@ class Trainer {
   };
   StepHealth health_;
   int64_t non_finite_run_ = 0;
+  StepPhases phases_;  // host time per step phase, when StepPhases::enabled()
+  void mark(StepPhases::Point p) {
+    if (StepPhases::enabled()) phases_.mark(p);
+  }
 };
 
 // Fills the optimizer's decay flags from optimizer.decay_min_dim and optimizer.no_decay globs.
