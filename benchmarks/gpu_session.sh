@@ -22,7 +22,8 @@
 #   fp8f (the fused fp8 bias gradient and GELU MLP: tests, memcheck, planted bugs, GPT-2 1.5B with
 #   KILN_FP8_FUSED_DBIAS / KILN_FP8_FUSED_MLP on and off; FP8F_LONG=1 adds 200-step loss curves;
 #   needs kernel_bench and models_gpu_tests built), allon (every opt-in path of this round on
-#   together against all off, then PyTorch: Llama 1B, GPT-2 124M and 1.5B; ALLON_MODELS picks),
+#   together against all off, then PyTorch: Llama 1B, GPT-2 124M and 1.5B; ALLON_MODELS picks;
+#   ALLON_QUICK=1 skips the second all-on run),
 #   sdpatune (cuDNN attention plans timed on first use: test, memcheck, planted bug, Llama 1B and
 #   GPT-2 124M with KILN_SDPA_TUNE=1 / off; SDPATUNE_MODELS picks).
 #   BUILD_TARGETS overrides the targets built
@@ -377,7 +378,8 @@ PY
           g124) c=benchmarks/e2e/gpt2-124m-bench.textproto ;;
           g1.5b) c=benchmarks/e2e/gpt2-1.5b-bench.textproto ;;
         esac
-        kiln_run "$m-allon" "$c" "${on[@]}"; kiln_run "$m-alloff" "$c"; kiln_run "$m-allon2" "$c" "${on[@]}"
+        kiln_run "$m-allon" "$c" "${on[@]}"; kiln_run "$m-alloff" "$c"
+        [[ ${ALLON_QUICK:-0} == 1 ]] || kiln_run "$m-allon2" "$c" "${on[@]}"
         case $m in
           llama) timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1 ;;
           g124) timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py > "$out/pytorch_g124.log" 2>&1 ;;
