@@ -262,6 +262,11 @@ class GraphBuilder {
                                      CUDNN_TYPE_INT64, 1, &n, &cand.workspace);
         if (st != CUDNN_STATUS_SUCCESS)
           return absl::InternalError(cudnn_error(st, "plan workspace size"));
+        // A tuning candidate asking for much more workspace than the first is left out: every
+        // call allocates the largest candidate's.
+        if (!p->candidates.empty() &&
+            cand.workspace > std::max<int64_t>(4 * p->candidates[0].workspace, int64_t{64} << 20))
+          continue;
         p->candidates.push_back(cand);
       }
       p->picked = p->candidates.size() > 1 ? -1 : 0;
