@@ -136,6 +136,7 @@ struct Plan {
 
 EnvSwitch g_tune("KILN_SDPA_TUNE");
 constexpr size_t kMaxCandidates = 16;
+constexpr int kMaxVariantAttempts = 48;  // knob variants tried per graph
 std::atomic<int> g_forced_candidate{-1};
 std::atomic<int> g_last_candidate[2] = {-1, -1};
 std::mutex g_tune_mu;
@@ -248,7 +249,10 @@ class GraphBuilder {
     finalize(graph, "operation graph finalize");
     if (!status_.ok()) return status_;
     std::string tried;
-    const size_t want = g_tune.on() && !deterministic ? kMaxCandidates : 1;
+    // Never tuned in deterministic mode (the pick depends on timings). `deterministic` asks for
+    // deterministic engines, which the forward does not need.
+    const bool tune = g_tune.on() && !deterministic && !::kiln::cuda::deterministic();
+    const size_t want = tune ? kMaxCandidates : 1;
     for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
       std::vector<Config> found = plans_from_heuristics(graph, mode, deterministic, want, &tried);
       if (found.empty()) continue;
@@ -383,7 +387,8 @@ class GraphBuilder {
           get(chosen[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &n, &value))
         base.emplace_back(type, value);
     }
-    for (int64_t i = 0; i < n_info && out->size() < want; ++i) {
+    int attempts = 0;  // each builds descriptors kept until exit: bounded
+    for (int64_t i = 0; i < n_info && out->size() < want && attempts < kMaxVariantAttempts; ++i) {
       cudnnBackendKnobType_t type;
       int64_t lo = 0, hi = -1, stride = 0;
       if (!get(infos[i], CUDNN_ATTR_KNOB_INFO_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &type) ||
@@ -396,9 +401,10 @@ class GraphBuilder {
       auto it = std::find_if(knobs.begin(), knobs.end(), [&](auto& k) { return k.first == type; });
       if (it == knobs.end()) it = knobs.insert(knobs.end(), {type, lo});
       const int64_t current = it->second;
-      for (int64_t v = lo, tries = 0; v <= hi && tries < 64 && out->size() < want;
-           v += stride, ++tries) {
+      for (int64_t v = lo; v <= hi && out->size() < want && attempts < kMaxVariantAttempts;
+           v += stride) {
         if (v == current) continue;
+        ++attempts;
         it->second = v;
         cudnnBackendDescriptor_t c = variant(graph, index, knobs);
         cudnnBackendDescriptor_t plan = c != nullptr ? plan_for(c) : nullptr;
@@ -834,8 +840,9 @@ absl::Status sdpa_forward(const Tensor& q, const Tensor& k, const Tensor& v, dou
   if (absl::Status st = check_common(q, k, v); !st.ok()) return st;
   const AttnShape a = shape_of(q, k);
   const int device = q.device().index;
-  std::vector<int64_t> key = {0,  static_cast<int64_t>(q.dtype()), device, a.b, a.hq, a.hkv, a.t,
-                              a.d};
+  const bool det = deterministic();  // in the key: no plan tuning in deterministic mode
+  std::vector<int64_t> key = {
+      0, static_cast<int64_t>(q.dtype()), device, a.b, a.hq, a.hkv, a.t, a.d, det ? 1 : 0};
   if (out.strides()[3] != 1) return absl::InvalidArgumentError("out needs unit stride in D");
   for (const Tensor* x : {&q, &k, &v, &out}) append_strides(&key, *x);
   absl::StatusOr<std::shared_ptr<Plan> > plan =

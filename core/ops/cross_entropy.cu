@@ -16,7 +16,10 @@
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
 #include "core/backend.h"
 #include "core/ops/cross_entropy_cuda.h"
@@ -376,31 +379,35 @@ char* elem_ptr(const Tensor& t, int64_t i) {
 }
 
 // Raises kernel's dynamic shared memory limit to `bytes` when the device allows that much per
-// block (next to the kernel's static shared memory); false when it does not. The answer for the
-// last (kernel, device, bytes) is kept per thread: every chunk of a step asks the same.
+// block (next to the kernel's static shared memory); false when it does not. The limit is a
+// per-device property of the kernel shared by every host thread, so it is only ever raised, and
+// the largest set per (kernel, device) is kept process-wide: every chunk of a step asks the same.
 template <typename K>
 bool allow_shared_bytes(K kernel, size_t bytes) {
-  struct Last {
-    const void* kernel = nullptr;
-    int device = -1;
-    size_t bytes = 0;
-    bool ok = false;
+  struct Limits {
+    size_t raised = 0;          // the largest limit set
+    size_t refused = SIZE_MAX;  // the smallest request the device cannot hold
   };
-  thread_local Last last;
+  static std::mutex mu;
+  static auto* limits = new std::map<std::pair<const void*, int>, Limits>();  // never destroyed
   const int device = current_device();
   const void* k = reinterpret_cast<const void*>(kernel);
-  if (last.kernel == k && last.device == device && last.bytes == bytes) return last.ok;
+  std::lock_guard<std::mutex> lock(mu);
+  Limits& lim = (*limits)[{k, device}];
+  if (bytes <= lim.raised) return true;
+  if (bytes >= lim.refused) return false;
   int optin = 0;
   KILN_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   cudaFuncAttributes attr{};
   KILN_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-  const bool ok = bytes + attr.sharedSizeBytes <= static_cast<size_t>(optin);
-  if (ok) {
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(bytes)));
+  if (bytes + attr.sharedSizeBytes > static_cast<size_t>(optin)) {
+    lim.refused = bytes;
+    return false;
   }
-  last = {k, device, bytes, ok};
-  return ok;
+  KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(bytes)));
+  lim.raised = bytes;
+  return true;
 }
 
 // The vector or shared-memory row kernel over one chunk of 16-bit logits (rows, V) in buf, as

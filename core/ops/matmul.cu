@@ -367,6 +367,7 @@ void linear_backward(const Tensor& gy, const Tensor& x2, const Tensor& w, bool n
 // dpre (rows, hid) := dpre * gelu'(pre) in place; *gb1 = its column sums (pre contiguous, 16-bit,
 // hid % 8 == 0, both 16-byte aligned: the caller checks).
 void dgelu_bgrad_inplace(const Tensor& dpre, const Tensor& pre, Tensor* gb1) {
+  DeviceGuard guard(device_of(dpre));
   const int64_t rows = dpre.size(0), hid = dpre.size(1);
   const int64_t chunks = std::min<int64_t>(64, std::max<int64_t>(1, rows / 8));
   const int64_t per = (rows + chunks - 1) / chunks;
