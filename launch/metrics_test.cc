@@ -169,18 +169,19 @@ TEST(Metrics, TensorBoardPurgesStepsARunRepeats) {
   EXPECT_EQ(got["train/loss"], want);
 }
 
-// Three steps whose forward + backward launch sleeps 30 ms and whose optimizer launch sleeps
-// 10 ms: the summary puts each sleep in its own phase (medians of steps 2-3).
+// Seven steps whose forward + backward launch sleeps 20 ms and whose optimizer launch sleeps
+// 8 ms: the summary puts each sleep in its own phase. Sleeps never end early; the medians (of
+// steps 2-7) keep one step delayed by a loaded machine from moving the bounds.
 TEST(StepPhases, EachSleepLandsInItsPhase) {
   StepPhases phases;
   auto sleep_ms = [](int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); };
-  for (int step = 0; step < 3; ++step) {
+  for (int step = 0; step < 7; ++step) {
     phases.mark(StepPhases::kStart);
-    sleep_ms(30);
+    sleep_ms(20);
     phases.mark(StepPhases::kLaunched);
     phases.mark(StepPhases::kLoss);
     phases.mark(StepPhases::kNorm);
-    sleep_ms(10);
+    sleep_ms(8);
     phases.mark(StepPhases::kStepped);
     phases.mark(StepPhases::kSynced);
   }
@@ -191,12 +192,12 @@ TEST(StepPhases, EachSleepLandsInItsPhase) {
     EXPECT_NE(at, std::string::npos) << name;
     return at == std::string::npos ? -1.0 : std::stod(s.substr(at + name.size()));
   };
-  EXPECT_GE(ms_of("launch forward + backward"), 29.0);
-  EXPECT_LT(ms_of("launch forward + backward"), 200.0);
-  EXPECT_GE(ms_of("launch the optimizer step"), 9.0);
-  EXPECT_LT(ms_of("launch the optimizer step"), 30.0);
-  EXPECT_LT(ms_of("wait for the loss"), 5.0);
-  EXPECT_LT(ms_of("between steps (log, data, checkpoint check)"), 5.0);
+  EXPECT_GE(ms_of("launch forward + backward"), 20.0);
+  EXPECT_GE(ms_of("launch the optimizer step"), 8.0);
+  EXPECT_LT(ms_of("launch the optimizer step"), 20.0);
+  for (const char* idle : {"between steps (log, data, checkpoint check)", "wait for the loss",
+                           "gradient norm (launch + wait)", "wait for the step's end"})
+    EXPECT_LT(ms_of(idle), 8.0) << idle;
   EXPECT_EQ(StepPhases().summary(), "");  // nothing before two steps
 }
 
