@@ -33,18 +33,24 @@ inline ModelSpec tiny_spec(Family f) {
   return s;
 }
 
-// How many nodes of each name the graph of root holds.
-inline std::map<std::string, int> node_counts(const Tensor& root) {
-  std::map<std::string, int> counts;
+// Calls visit(node) once for each node of the graph of root, root first.
+template <typename Visit>
+void for_each_node(const Tensor& root, Visit visit) {
   std::set<const Node*> seen;
   std::vector<std::shared_ptr<Node>> todo = {root.grad_fn()};
   while (!todo.empty()) {
     std::shared_ptr<Node> n = todo.back();
     todo.pop_back();
     if (!n || !seen.insert(n.get()).second) continue;
-    ++counts[n->name()];
+    visit(*n);
     for (const Edge& e : n->next) todo.push_back(e.fn);
   }
+}
+
+// How many nodes of each name the graph of root holds.
+inline std::map<std::string, int> node_counts(const Tensor& root) {
+  std::map<std::string, int> counts;
+  for_each_node(root, [&](const Node& n) { ++counts[n.name()]; });
   return counts;
 }
 

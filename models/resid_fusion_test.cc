@@ -47,20 +47,14 @@ StepResult run(Family fam, bool fused, Recompute rc, double dropout, DType compu
   Tensor targets = randint({2, 7}, g, s.vocab_size, DType::kI32);
   Tensor loss = m.loss(ids, targets);
   StepResult r;
-  std::set<const Node*> seen;
-  std::vector<std::shared_ptr<Node>> todo = {loss.grad_fn()};
-  while (!todo.empty()) {
-    std::shared_ptr<Node> n = todo.back();
-    todo.pop_back();
-    if (!n || !seen.insert(n.get()).second) continue;
-    const std::string name = n->name();
+  test_util::for_each_node(loss, [&](const Node& n) {
+    const std::string name = n.name();
     if (name == "RmsNormSkip" || name == "LayerNormSkip") ++r.skip_nodes;
-    for (const Edge& e : n->next) {
+    for (const Edge& e : n.next) {
       const std::string to = e.fn ? e.fn->name() : "";
       if ((to == "RmsNormSkip" || to == "LayerNormSkip") && e.output_nr == 0) ++r.skip_uses;
-      todo.push_back(e.fn);
     }
-  }
+  });
   loss.backward();
   r.out.push_back(loss.detach());
   for (const nn::Parameter& p : m.parameters()) r.out.push_back(p.tensor.grad());

@@ -15,6 +15,7 @@
 
 #include "core/autograd.h"
 #include "core/check.h"
+#include "models/model_test_util.h"
 #include "models/transformer.h"
 #include "parallel/tp_plan.h"
 
@@ -22,18 +23,9 @@ namespace kiln::models {
 namespace {
 
 ModelSpec four_blocks(Family f) {
-  ModelSpec s;
-  s.family = f;
+  ModelSpec s = test_util::tiny_spec(f);
   s.n_layer = 4;
-  s.n_head = 4;
-  s.n_kv_head = f == Family::kLlama ? 2 : 4;
-  s.d_model = 16;
-  s.d_ff = f == Family::kLlama ? 24 : 64;
-  s.vocab_size = 29;
   s.vocab_pad_multiple = 4;
-  s.max_seq_len = 8;
-  s.tied_embeddings = f == Family::kGPT2;
-  s.bias = f == Family::kGPT2;
   return s;
 }
 
