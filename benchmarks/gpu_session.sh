@@ -28,7 +28,7 @@
 #   GPT-2 124M with KILN_SDPA_TUNE=1 / off; SDPATUNE_MODELS picks).
 #   BUILD_TARGETS overrides the targets built; SKIP_BUILD=1 builds nothing (build/bin/kiln
 #   built elsewhere for sm_90, for the parts that only run kiln and PyTorch; with BG_BUILD_TARGETS
-#   those targets are built meanwhile into build-bg at low priority, and ctest waits for them)
+#   those targets are built meanwhile into build at low priority (leave kiln out: build/bin/kiln is the one built elsewhere), and ctest waits for them)
 #   (cebench needs kernel_bench).
 set -uo pipefail
 out=$1
@@ -43,9 +43,9 @@ bg_build=""
 if [[ ${SKIP_BUILD:-0} == 1 ]] && build/bin/kiln --help > /dev/null 2>&1; then
   stamp "build/bin/kiln built elsewhere"  # for sm_90; only the kiln-and-PyTorch parts need no more
   if [[ -n ${BG_BUILD_TARGETS:-} ]]; then  # the test binaries, built at low priority meanwhile
-    (cmake -S . -B build-bg -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+    (cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
        > "$out/cmake_bg.log" 2>&1 &&
-     nice -n 19 cmake --build build-bg -j14 --target $BG_BUILD_TARGETS > "$out/build_bg.log" 2>&1
+     nice -n 19 cmake --build build -j14 --target $BG_BUILD_TARGETS > "$out/build_bg.log" 2>&1
      echo $? > "$out/build_bg.rc") &
     bg_build=$!
   fi
@@ -265,7 +265,7 @@ PY
       # when two GPUs are present); needs BUILD_TARGETS to include their binaries.
       dir=build
       if [[ -n $bg_build ]]; then
-        wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; dir=build-bg
+        wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"
       fi
       timeout 420 ctest --test-dir $dir -L gpu -j4 --output-on-failure > "$out/ctest_gpu.log" 2>&1
       stamp "ctest -L gpu exit $?"; grep -E "tests passed|\*\*\*|Failed" "$out/ctest_gpu.log" | head -20 ;;
