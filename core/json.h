@@ -81,4 +81,7 @@ void append_json_string(std::string_view s, std::string* out);
 // `s` as a quoted JSON string literal (append_json_string to an empty string).
 std::string json_quote(std::string_view s);
 
+// Appends the UTF-8 encoding of code point cp (below U+110000) to *out.
+void append_utf8(uint32_t cp, std::string* out);
+
 }  // namespace kiln

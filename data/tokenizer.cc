@@ -54,15 +54,6 @@ const ByteMaps& byte_maps() {
   return maps;
 }
 
-void append_utf8(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else {  // the byte alphabet stays below U+0800
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
 constexpr int32_t kNoRank = std::numeric_limits<int32_t>::max();
 
 struct Merge {

@@ -23,27 +23,6 @@
 namespace kiln::cuda {
 namespace {
 
-cudaDataType_t cuda_type(DType t) {
-  switch (t) {
-    case DType::kF32:
-      return CUDA_R_32F;
-    case DType::kF64:
-      return CUDA_R_64F;
-    case DType::kBF16:
-      return CUDA_R_16BF;
-    case DType::kF16:
-      return CUDA_R_16F;
-    case DType::kF8E4M3:
-      return CUDA_R_8F_E4M3;
-    case DType::kF8E5M2:
-      return CUDA_R_8F_E5M2;
-    default:
-      break;
-  }
-  KILN_CHECK(false) << "gemm: unsupported dtype " << t;
-  return CUDA_R_32F;
-}
-
 bool is_fp8(DType t) { return t == DType::kF8E4M3 || t == DType::kF8E5M2; }
 
 cublasLtEpilogue_t lt_epilogue(const GemmParams& p) {
@@ -245,8 +224,9 @@ std::unique_ptr<Plan> make_plan(const GemmParams& p, bool tf32) {
     set_desc(p, plan->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, fast);
   }
   set_pointers(p, *plan);
-  const cudaDataType_t abt = cuda_type(p.ab_dtype), dt = cuda_type(p.d_dtype);
-  const cudaDataType_t bt = cuda_type(b_dtype(p));
+  const cudaDataType_t abt = cuda_data_type(p.ab_dtype, "gemm"),
+                       dt = cuda_data_type(p.d_dtype, "gemm");
+  const cudaDataType_t bt = cuda_data_type(b_dtype(p), "gemm");
   // Our B, stored k x n (n x k when trans_b), is cuBLASLt's A: column-major rows = stored cols.
   plan->la = make_layout(p, bt, p.trans_b ? p.k : p.n, p.trans_b ? p.n : p.k, p.ldb, p.stride_b);
   plan->lb = make_layout(p, abt, p.trans_a ? p.m : p.k, p.trans_a ? p.k : p.m, p.lda, p.stride_a);
@@ -348,7 +328,7 @@ void legacy_gemm(const GemmParams& p, bool tf32) {
   const bool f64 = p.ab_dtype == DType::kF64;
   const float af = static_cast<float>(p.alpha), bf = static_cast<float>(p.beta);
   const double ad = p.alpha, bd = p.beta;
-  const cudaDataType_t t = cuda_type(p.ab_dtype);
+  const cudaDataType_t t = cuda_data_type(p.ab_dtype, "gemm");
   KILN_CHECK(p.m < (int64_t{1} << 31) && p.n < (int64_t{1} << 31) && p.k < (int64_t{1} << 31) &&
              p.batch < (int64_t{1} << 31))
       << "gemm: problem too large for the cuBLAS fallback: " << describe(p);
@@ -358,7 +338,8 @@ void legacy_gemm(const GemmParams& p, bool tf32) {
           static_cast<int>(p.n), static_cast<int>(p.m), static_cast<int>(p.k),
           f64 ? static_cast<const void*>(&ad) : &af, p.b, t, static_cast<int>(p.ldb), p.stride_b,
           p.a, t, static_cast<int>(p.lda), p.stride_a, f64 ? static_cast<const void*>(&bd) : &bf,
-          p.d, cuda_type(p.d_dtype), static_cast<int>(p.ldd), p.stride_d, static_cast<int>(p.batch),
+          p.d, cuda_data_type(p.d_dtype, "gemm"), static_cast<int>(p.ldd), p.stride_d,
+          static_cast<int>(p.batch),
           f64 ? CUBLAS_COMPUTE_64F : (tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F),
           CUBLAS_GEMM_DEFAULT),
       p);
@@ -371,6 +352,27 @@ std::unordered_map<Key, std::unique_ptr<Plan>, KeyHash>* g_cache =
     new std::unordered_map<Key, std::unique_ptr<Plan>, KeyHash>();  // never destroyed
 
 }  // namespace
+
+cudaDataType_t cuda_data_type(DType t, const char* op) {
+  switch (t) {
+    case DType::kF32:
+      return CUDA_R_32F;
+    case DType::kF64:
+      return CUDA_R_64F;
+    case DType::kBF16:
+      return CUDA_R_16BF;
+    case DType::kF16:
+      return CUDA_R_16F;
+    case DType::kF8E4M3:
+      return CUDA_R_8F_E4M3;
+    case DType::kF8E5M2:
+      return CUDA_R_8F_E5M2;
+    default:
+      break;
+  }
+  KILN_CHECK(false) << op << ": cuBLASLt has no type for dtype " << t;
+  return CUDA_R_32F;
+}
 
 bool gemm(const GemmParams& p) {
   KILN_CHECK(p.m > 0 && p.n > 0 && p.k > 0 && p.batch > 0)

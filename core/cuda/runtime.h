@@ -49,6 +49,8 @@ void synchronize();  // waits for the compute and communication streams of the c
 cublasLtHandle_t lt_handle();
 void* lt_workspace();
 size_t lt_workspace_size();
+// cuBLAS / cuBLASLt's type for t (f32, f64, bf16, f16, fp8); an error naming op for any other.
+cudaDataType_t cuda_data_type(DType t, const char* op);
 
 // Launch geometry helper: blocks of `threads` covering n elements (capped for grid-stride loops).
 inline unsigned int blocks_for(int64_t n, int threads = 256) {

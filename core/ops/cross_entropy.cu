@@ -276,22 +276,6 @@ int64_t check_targets(const char* op, const Tensor& targets, int64_t v, int64_t 
   return static_cast<int64_t>(host[1]);
 }
 
-cudaDataType_t cuda_type(DType t) {
-  switch (t) {
-    case DType::kF32:
-      return CUDA_R_32F;
-    case DType::kF64:
-      return CUDA_R_64F;
-    case DType::kBF16:
-      return CUDA_R_16BF;
-    case DType::kF16:
-      return CUDA_R_16F;
-    default:
-      KILN_CHECK(false) << "linear_cross_entropy: no GEMM for dtype " << t;
-  }
-  return CUDA_R_32F;
-}
-
 // The largest power of two (at most 256) dividing the address: what the GEMM may assume.
 uint32_t alignment_of(const void* p) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -337,11 +321,12 @@ void gemm(const void* a, bool trans_a, int64_t lda, const void* b, bool trans_b,
   KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.d, CUBLASLT_MATMUL_DESC_TRANSB, &op_second,
                                                    sizeof(op_second)));
   LtLayout lb, la, ld;
+  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb.l, cuda_data_type(ab, "linear_cross_entropy"),
+                                               trans_b ? k : n, trans_b ? n : k, ldb));
+  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la.l, cuda_data_type(ab, "linear_cross_entropy"),
+                                               trans_a ? m : k, trans_a ? k : m, lda));
   KILN_CUBLAS_CHECK(
-      cublasLtMatrixLayoutCreate(&lb.l, cuda_type(ab), trans_b ? k : n, trans_b ? n : k, ldb));
-  KILN_CUBLAS_CHECK(
-      cublasLtMatrixLayoutCreate(&la.l, cuda_type(ab), trans_a ? m : k, trans_a ? k : m, lda));
-  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld.l, cuda_type(dd), n, m, ldd));
+      cublasLtMatrixLayoutCreate(&ld.l, cuda_data_type(dd, "linear_cross_entropy"), n, m, ldd));
   LtPreference pref;
   KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.p));
   const uint64_t ws = lt_workspace_size();
