@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -188,6 +189,17 @@ void tokenizer_help() {
       kDocumentHelp, default_tokenizer_dir().c_str());
 }
 
+// Parses a `kiln tokenizer` subcommand's flags: the exit code when the command is done already
+// (a usage error, or --help printed), else nothing.
+std::optional<int> parse_tokenizer_flags(const char* cmd, Flags* f, int argc, char** argv) {
+  if (std::string e = f->Parse(argc, argv, 2); !e.empty()) return usage_error(cmd, e);
+  if (f->has("help")) {
+    tokenizer_help();
+    return kOk;
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<Tokenizer> load_tokenizer(const Flags& f) {
   return Tokenizer::LoadDir(f.get("tokenizer", default_tokenizer_dir()));
 }
@@ -196,11 +208,7 @@ int tokenizer_train(int argc, char** argv) {
   const char* cmd = "tokenizer train";
   Flags f({"vocab-size", "out", "min-frequency", "threads", "format", "field", "separator"},
           {"help"});
-  if (std::string e = f.Parse(argc, argv, 2); !e.empty()) return usage_error(cmd, e);
-  if (f.has("help")) {
-    tokenizer_help();
-    return kOk;
-  }
+  if (std::optional<int> done = parse_tokenizer_flags(cmd, &f, argc, argv)) return *done;
   BpeTrainOptions opt;
   int64_t threads = 0;
   std::string err;
@@ -234,11 +242,7 @@ int tokenizer_train(int argc, char** argv) {
 int tokenizer_encode(int argc, char** argv) {
   const char* cmd = "tokenizer encode";
   Flags f({"tokenizer", "file"}, {"help"});
-  if (std::string e = f.Parse(argc, argv, 2); !e.empty()) return usage_error(cmd, e);
-  if (f.has("help")) {
-    tokenizer_help();
-    return kOk;
-  }
+  if (std::optional<int> done = parse_tokenizer_flags(cmd, &f, argc, argv)) return *done;
   std::string text;
   if (f.has("file")) {
     if (!f.positional().empty()) return usage_error(cmd, "give --file or TEXT, not both");
@@ -262,11 +266,7 @@ int tokenizer_encode(int argc, char** argv) {
 int tokenizer_decode(int argc, char** argv) {
   const char* cmd = "tokenizer decode";
   Flags f({"tokenizer"}, {"help"});
-  if (std::string e = f.Parse(argc, argv, 2); !e.empty()) return usage_error(cmd, e);
-  if (f.has("help")) {
-    tokenizer_help();
-    return kOk;
-  }
+  if (std::optional<int> done = parse_tokenizer_flags(cmd, &f, argc, argv)) return *done;
   auto tok = load_tokenizer(f);
   if (!tok.ok()) return failed(cmd, tok.status());
   std::vector<int32_t> ids;
@@ -287,11 +287,7 @@ int tokenizer_decode(int argc, char** argv) {
 int tokenizer_info(int argc, char** argv) {
   const char* cmd = "tokenizer info";
   Flags f({"tokenizer"}, {"help"});
-  if (std::string e = f.Parse(argc, argv, 2); !e.empty()) return usage_error(cmd, e);
-  if (f.has("help")) {
-    tokenizer_help();
-    return kOk;
-  }
+  if (std::optional<int> done = parse_tokenizer_flags(cmd, &f, argc, argv)) return *done;
   auto tok = load_tokenizer(f);
   if (!tok.ok()) return failed(cmd, tok.status());
   std::printf("tokenizer %s: %lld tokens, %zu merges, <|endoftext|> = %d, shard tokens: uint%d\n",

@@ -27,23 +27,32 @@ absl::Status os_error(std::string_view what, const std::string& path) {
   return absl::InternalError(msg);
 }
 
+// path opened read-only (the caller closes the descriptor), *st its stat; an error naming path
+// for a missing or unreadable file or a directory.
+absl::StatusOr<int> open_to_read(const std::string& path, struct stat* st) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return os_error("cannot open", path);
+  if (::fstat(fd, st) != 0) {
+    absl::Status s = os_error("cannot stat", path);
+    ::close(fd);
+    return s;
+  }
+  if (S_ISDIR(st->st_mode)) {
+    ::close(fd);
+    return absl::FailedPreconditionError(absl::StrCat("cannot read ", path, ": is a directory"));
+  }
+  return fd;
+}
+
 bool has_wildcard(const std::string& p) { return p.find_first_of("*?[") != std::string::npos; }
 
 }  // namespace
 
 absl::StatusOr<std::string> read_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return os_error("cannot open", path);
   struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    absl::Status s = os_error("cannot stat", path);
-    ::close(fd);
-    return s;
-  }
-  if (S_ISDIR(st.st_mode)) {
-    ::close(fd);
-    return absl::FailedPreconditionError(absl::StrCat("cannot read ", path, ": is a directory"));
-  }
+  absl::StatusOr<int> opened = open_to_read(path, &st);
+  if (!opened.ok()) return opened.status();
+  const int fd = *opened;
   std::string out;
   out.resize(static_cast<size_t>(st.st_size));
   size_t done = 0;
@@ -113,18 +122,10 @@ absl::Status make_dirs(const std::string& dir) {
 }
 
 absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return os_error("cannot open", path);
   struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    absl::Status s = os_error("cannot stat", path);
-    ::close(fd);
-    return s;
-  }
-  if (S_ISDIR(st.st_mode)) {
-    ::close(fd);
-    return absl::FailedPreconditionError(absl::StrCat("cannot read ", path, ": is a directory"));
-  }
+  absl::StatusOr<int> opened = open_to_read(path, &st);
+  if (!opened.ok()) return opened.status();
+  const int fd = *opened;
   MappedFile f;
   f.path_ = path;
   f.size_ = static_cast<size_t>(st.st_size);
