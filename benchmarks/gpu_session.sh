@@ -58,6 +58,11 @@ else
   stamp built
 fi
 export KILN_STEP_PHASES=1  # kiln prints where the host spends each step (launch/step_phases.h)
+# The switches made defaults on 2026-12-06 (benchmarks/RESULTS.md), all off: the baseline the
+# per-switch parts below compare against (their "on" runs add one switch back on top of it).
+OFF=(KILN_FUSED_PROJ=0 KILN_ROPE_GRAD_BTHD=0 KILN_CE_ROWS=vector KILN_RESID_EPILOGUE=0
+     KILN_NORM_SKIP_FUSED=0 KILN_SDPA_TUNE=0 KILN_FP8_FUSED_DBIAS=0 KILN_FP8_FUSED_MLP=0
+     KILN_FP8_FAST_ACCUM=0)
 # kiln_run LABEL CONFIG [VAR=VALUE...] [-- --set k=v...]: kiln train alone, then its median
 # tokens/s (steps >= 8), MFU, peak memory and the losses at a few steps (metrics kept as
 # $out/LABEL.jsonl).
@@ -116,7 +121,8 @@ plant() {
 ab_on_off() {
   local label=$1 cfg=$2
   shift 2
-  kiln_run "$label-on" "$cfg" "$@"; kiln_run "$label-off" "$cfg"; kiln_run "$label-on2" "$cfg" "$@"
+  kiln_run "$label-on" "$cfg" "${OFF[@]}" "$@"; kiln_run "$label-off" "$cfg" "${OFF[@]}"
+  kiln_run "$label-on2" "$cfg" "${OFF[@]}" "$@"
 }
 for part in "$@"; do
   case $part in
@@ -323,7 +329,7 @@ PY
       plant core/ops/cross_entropy.cu 's/          u = row_copy\[j\];/          u = row_copy[j + 1 < nvec ? j + 1 : j];/' \
         'LinearCrossEntropyCuda.SharedRow*'
       ab_on_off g124-ceshared benchmarks/e2e/gpt2-124m-bench.textproto KILN_CE_ROWS=shared
-      kiln_run llama-ceshared benchmarks/e2e/llama-1b-bench.textproto KILN_CE_ROWS=shared
+      kiln_run llama-ceshared benchmarks/e2e/llama-1b-bench.textproto "${OFF[@]}" KILN_CE_ROWS=shared
       stamp ceshared ;;
     resid)
       # The residual fusions (both default off until this part has run): their GPU tests and the
@@ -340,9 +346,10 @@ PY
       for m in ${RESID_MODELS-llama gpt2}; do  # RESID_MODELS="" skips the timings
         c=benchmarks/e2e/llama-1b-bench.textproto
         [[ $m == gpt2 ]] && c=benchmarks/e2e/gpt2-124m-bench.textproto
-        kiln_run "$m-off" "$c"; kiln_run "$m-epi" "$c" KILN_RESID_EPILOGUE=1
-        kiln_run "$m-skip" "$c" KILN_NORM_SKIP_FUSED=1
-        kiln_run "$m-both" "$c" KILN_RESID_EPILOGUE=1 KILN_NORM_SKIP_FUSED=1; kiln_run "$m-off2" "$c"
+        kiln_run "$m-off" "$c" "${OFF[@]}"; kiln_run "$m-epi" "$c" "${OFF[@]}" KILN_RESID_EPILOGUE=1
+        kiln_run "$m-skip" "$c" "${OFF[@]}" KILN_NORM_SKIP_FUSED=1
+        kiln_run "$m-both" "$c" "${OFF[@]}" KILN_RESID_EPILOGUE=1 KILN_NORM_SKIP_FUSED=1
+        kiln_run "$m-off2" "$c" "${OFF[@]}"
       done
       stamp resid ;;
     fp8f)
@@ -371,41 +378,40 @@ PY
       timeout 120 build/benchmarks/kernel_bench 20 fp8 2>&1 | tee "$out/fp8f_bench.log" | tail -6
       c=benchmarks/e2e/gpt2-1.5b-bench.textproto
       s8=(-- --set precision.fp8_matmul=true)
-      kiln_run fp8f-off "$c" "${s8[@]}"
-      kiln_run fp8f-dbias "$c" KILN_FP8_FUSED_DBIAS=1 "${s8[@]}"
-      kiln_run fp8f-mlp "$c" KILN_FP8_FUSED_MLP=1 "${s8[@]}"
-      kiln_run fp8f-both "$c" KILN_FP8_FUSED_DBIAS=1 KILN_FP8_FUSED_MLP=1 "${s8[@]}"
-      kiln_run fp8f-all "$c" KILN_FP8_FUSED_DBIAS=1 KILN_FP8_FUSED_MLP=1 KILN_FP8_FAST_ACCUM=1 "${s8[@]}"
-      kiln_run fp8f-off2 "$c" "${s8[@]}"
-      kiln_run fp8f-bf16 "$c"
+      kiln_run fp8f-off "$c" "${OFF[@]}" "${s8[@]}"
+      kiln_run fp8f-dbias "$c" "${OFF[@]}" KILN_FP8_FUSED_DBIAS=1 "${s8[@]}"
+      kiln_run fp8f-mlp "$c" "${OFF[@]}" KILN_FP8_FUSED_MLP=1 "${s8[@]}"
+      kiln_run fp8f-both "$c" "${OFF[@]}" KILN_FP8_FUSED_DBIAS=1 KILN_FP8_FUSED_MLP=1 "${s8[@]}"
+      kiln_run fp8f-all "$c" "${OFF[@]}" KILN_FP8_FUSED_DBIAS=1 KILN_FP8_FUSED_MLP=1 KILN_FP8_FAST_ACCUM=1 "${s8[@]}"
+      kiln_run fp8f-off2 "$c" "${OFF[@]}" "${s8[@]}"
+      kiln_run fp8f-bf16 "$c" "${OFF[@]}"
       if [[ ${FP8F_LONG:-0} == 1 ]]; then  # the 200-step loss curves, both switches on
         l=(--set training.max_steps=200 --set schedule.lr.warmup_steps=20)
-        kiln_run fp8f-both-200 "$c" KILN_FP8_FUSED_DBIAS=1 KILN_FP8_FUSED_MLP=1 -- "${l[@]}" \
+        kiln_run fp8f-both-200 "$c" "${OFF[@]}" KILN_FP8_FUSED_DBIAS=1 KILN_FP8_FUSED_MLP=1 -- "${l[@]}" \
           --set precision.fp8_matmul=true
-        kiln_run fp8f-bf16-200 "$c" -- "${l[@]}"
+        kiln_run fp8f-bf16-200 "$c" "${OFF[@]}" -- "${l[@]}"
       fi
       stamp fp8f ;;
     allon)
       # Every opt-in path of this round on together (once their tests have passed: fuse, ropegrad,
       # ceshared, resid) against all off, then PyTorch, for the three bf16 rows: Llama 1B
       # (8 x 2048), GPT-2 124M (32 x 1024), GPT-2 1.5B (8 x 1024). ALLON_MODELS picks (default all).
-      on=(KILN_FUSED_PROJ=1 KILN_ROPE_GRAD_BTHD=1 KILN_CE_ROWS=shared KILN_RESID_EPILOGUE=1
-          KILN_NORM_SKIP_FUSED=1)
+      # (since 2026-12-06 those are the defaults: "allon" runs the defaults, "alloff" sets OFF)
       for m in ${ALLON_MODELS-llama g124 g1.5b}; do
         case $m in
           llama) c=benchmarks/e2e/llama-1b-bench.textproto ;;
           g124) c=benchmarks/e2e/gpt2-124m-bench.textproto ;;
           g1.5b) c=benchmarks/e2e/gpt2-1.5b-bench.textproto ;;
         esac
-        kiln_run "$m-allon" "$c" "${on[@]}"; kiln_run "$m-alloff" "$c"
-        [[ ${ALLON_QUICK:-0} == 1 ]] || kiln_run "$m-allon2" "$c" "${on[@]}"
+        kiln_run "$m-allon" "$c"; kiln_run "$m-alloff" "$c" "${OFF[@]}"
+        [[ ${ALLON_QUICK:-0} == 1 ]] || kiln_run "$m-allon2" "$c"
         case $m in
           llama) timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1 ;;
           g124) timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py > "$out/pytorch_g124.log" 2>&1 ;;
           g1.5b) timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py --layers 48 --heads 25 --c 1600 \
             --batch 8 --steps 20 --warmup 8 > "$out/pytorch_g1.5b.log" 2>&1 ;;
         esac
-        stamp "pytorch $m exit $?"; grep -hE "^pytorch|failed|Error" "$out"/pytorch_*.log | tail -1
+        stamp "pytorch $m exit $?"; grep -hE "^pytorch|failed|Error" "$out/pytorch_$m.log" | tail -1
       done ;;
     sanitize)
       timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/env_switch.h"
 #include "core/ops/activation.h"
 #include "core/ops/attention.h"
 #include "core/ops/cross_entropy.h"
@@ -83,30 +84,25 @@ Tensor packed_linear(std::initializer_list<const nn::Linear*> ls, const Tensor& 
                 b.empty() ? Tensor() : concat_or_view(b, 0));
 }
 
-bool env_on(const char* name) {
-  const char* e = std::getenv(name);
-  return e != nullptr && std::strcmp(e, "1") == 0;
-}
-
 }  // namespace
 
 bool fused_projections_default() {
-  static const bool on = env_on("KILN_FUSED_PROJ");
+  static const bool on = EnvSwitch::env_flag("KILN_FUSED_PROJ", true);
   return on;
 }
 
 bool resid_epilogue_default() {
-  static const bool on = env_on("KILN_RESID_EPILOGUE");
+  static const bool on = EnvSwitch::env_flag("KILN_RESID_EPILOGUE", true);
   return on;
 }
 
 bool norm_skip_fused_default() {
-  static const bool on = env_on("KILN_NORM_SKIP_FUSED");
+  static const bool on = EnvSwitch::env_flag("KILN_NORM_SKIP_FUSED", true);
   return on;
 }
 
 bool resid_fuse_on_cpu_default() {
-  static const bool on = env_on("KILN_RESID_FUSE_ON_CPU");
+  static const bool on = EnvSwitch::env_flag("KILN_RESID_FUSE_ON_CPU", false);
   return on;
 }
 

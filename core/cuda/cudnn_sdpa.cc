@@ -96,7 +96,7 @@ enum Uid : int64_t {
   kFirstVirtual = 100,
 };
 
-EnvSwitch g_tune("KILN_SDPA_TUNE");
+EnvSwitch g_tune("KILN_SDPA_TUNE", true);
 constexpr size_t kMaxCandidates = 16;
 std::atomic<int> g_forced_candidate{-1};
 std::atomic<int> g_last_candidate[2] = {-1, -1};

@@ -37,7 +37,7 @@ absl::Status sdpa_backward(const Tensor& q, const Tensor& k, const Tensor& v, co
 // Number of execution plans built so far (cached forward + backward), for tests and benchmarks.
 int64_t sdpa_plans_built();
 
-// Tuning (KILN_SDPA_TUNE=1, opt-in until measured on a GPU; never in deterministic mode): a graph
+// Tuning (on by default, KILN_SDPA_TUNE=0 turns it off; never in deterministic mode): a graph
 // built from then on keeps up to 16 plans, the heuristics' configs and, for the first config's
 // engine, one knob changed at a time; its first call times each (one warm-up and 3 runs on the
 // call's own tensors, outputs rewritten by the real call after) and keeps the fastest.

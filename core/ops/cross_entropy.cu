@@ -42,7 +42,7 @@ CeRows ce_rows_wanted() {
     const std::string v = e == nullptr ? "" : e;
     KILN_CHECK(v.empty() || v == "scalar" || v == "vector" || v == "shared")
         << "linear_cross_entropy: KILN_CE_ROWS must be scalar, vector or shared, got '" << v << "'";
-    return v == "scalar" ? CeRows::kScalar : v == "shared" ? CeRows::kShared : CeRows::kVector;
+    return v == "scalar" ? CeRows::kScalar : v == "vector" ? CeRows::kVector : CeRows::kShared;
   }();
   return env;
 }

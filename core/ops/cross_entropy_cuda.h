@@ -11,8 +11,8 @@ namespace kiln::cuda {
 //  kShared: as kVector, but the first pass also keeps the row in shared memory and the gradient
 //           pass reads it from there (one read of the row from DRAM): where V 16-bit logits fit
 //           the device's shared memory per block.
-// KILN_CE_ROWS (read once): "scalar", "shared", or unset / "vector" (the default; kShared has
-// not run on a GPU yet).
+// KILN_CE_ROWS (read once): "scalar", "vector", or unset / "shared" (the default since its GPU
+// tests passed, 2026-12-06; where the row does not fit shared memory, kVector runs).
 enum class CeRows { kEnv, kScalar, kVector, kShared };
 // Forces the choice for later calls (tests); kEnv returns to KILN_CE_ROWS.
 void set_ce_rows(CeRows rows);

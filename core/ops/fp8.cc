@@ -1,5 +1,5 @@
 // fp8 current scaling, fp8_linear and fp8_mlp_gelu: argument checks, the autograd nodes and their
-// backward, the opt-in switches, and the dispatch to the CUDA kernels and cuBLASLt GEMMs in
+// backward, the switches of its fused paths, and the dispatch to the CUDA kernels and cuBLASLt GEMMs in
 // core/ops/fp8.cu. There is no CPU kernel: on the CPU (or a build without CUDA) every entry point
 // is a kiln::Error naming the op.
 #include "core/ops/fp8.h"
@@ -53,9 +53,9 @@ namespace {
 constexpr const char* kLinear = "fp8_linear";
 constexpr const char* kMlp = "fp8_mlp_gelu";
 
-EnvSwitch g_fast_accum("KILN_FP8_FAST_ACCUM");
-EnvSwitch g_fused_dbias("KILN_FP8_FUSED_DBIAS");
-EnvSwitch g_fused_mlp("KILN_FP8_FUSED_MLP");
+EnvSwitch g_fast_accum("KILN_FP8_FAST_ACCUM", true);
+EnvSwitch g_fused_dbias("KILN_FP8_FUSED_DBIAS", true);
+EnvSwitch g_fused_mlp("KILN_FP8_FUSED_MLP", true);
 
 // x must be a non-empty bf16 / f16 / f32 tensor on a CUDA device that can run kernels.
 void check_quantize_input(const char* op, const Tensor& x) {

@@ -60,12 +60,14 @@ Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
 
 // Whether fp8_linear's forward GEMM uses cuBLASLt's fast accumulation (Transformer Engine's
 // recipe: fast accumulation forward, the periodic promotion to fp32 for the gradients' GEMMs).
-// KILN_FP8_FAST_ACCUM=1 (read once) turns it on; off by default until a GPU has measured it.
+// On by default since 2026-12-06 (H100: GPT-2 1.5B fp8 +2.7%, benchmarks/RESULTS.md);
+// KILN_FP8_FAST_ACCUM=0 (read once) turns it off.
 bool fp8_fast_accum_forward();
 // Tests: forces the choice above (1 on, 0 off); -1 restores it.
 void set_fp8_fast_accum_override(int on);
 
-// Opt-in switches, off by default until a GPU has run their tests (each read once, "1" = on):
+// Switches, on by default since their GPU tests passed and they measured faster (2026-12-06,
+// benchmarks/RESULTS.md; each read once, "0" = off):
 // KILN_FP8_FUSED_DBIAS: the bias gradients of fp8_linear / fp8_mlp_gelu come from dY's
 // transposing cast (Transformer Engine's cast_transpose_dbias) instead of a pass of their own.
 bool fp8_fused_dbias();

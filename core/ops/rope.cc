@@ -121,7 +121,7 @@ Tensor rotary_embedding_any(const Tensor& x, double theta, int64_t offset, bool 
   return out;
 }
 
-EnvSwitch g_grad_bthd("KILN_ROPE_GRAD_BTHD");  // CUDA only; the CPU is always on
+EnvSwitch g_grad_bthd("KILN_ROPE_GRAD_BTHD", true);  // CUDA only; the CPU is always on
 
 // x's heads are inner in memory (H's stride below T's), as in split_heads' view of a
 // (B, T, H * D) projection.
