@@ -1,7 +1,7 @@
 // fp8 current scaling, fp8_linear and fp8_mlp_gelu: argument checks, the autograd nodes and their
-// backward, the switches of its fused paths, and the dispatch to the CUDA kernels and cuBLASLt GEMMs in
-// core/ops/fp8.cu. There is no CPU kernel: on the CPU (or a build without CUDA) every entry point
-// is a kiln::Error naming the op.
+// backward, the switches of its fused paths, and the dispatch to the CUDA kernels and cuBLASLt
+// GEMMs in core/ops/fp8.cu. There is no CPU kernel: on the CPU (or a build without CUDA) every
+// entry point is a kiln::Error naming the op.
 #include "core/ops/fp8.h"
 
 #include <atomic>
