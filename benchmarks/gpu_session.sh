@@ -24,6 +24,8 @@
 #   needs kernel_bench and models_gpu_tests built), allon (every opt-in path of this round on
 #   together against all off, then PyTorch: Llama 1B, GPT-2 124M and 1.5B; ALLON_MODELS picks;
 #   ALLON_QUICK=1 skips the second all-on run),
+#   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
+#   200-step losses),
 #   sdpatune (cuDNN attention plans timed on first use: test, memcheck, planted bug, Llama 1B and
 #   GPT-2 124M with KILN_SDPA_TUNE=1 / off; SDPATUNE_MODELS picks).
 #   BUILD_TARGETS overrides the targets built; SKIP_BUILD=1 builds nothing (build/bin/kiln
@@ -392,6 +394,26 @@ PY
         kiln_run fp8f-bf16-200 "$c" "${OFF[@]}" -- "${l[@]}"
       fi
       stamp fp8f ;;
+    fp8delayed)
+      # fp8 delayed scaling (KILN_FP8_DELAYED_SCALING=1, core/ops/fp8.h): its tests, memcheck, a
+      # planted bug (each use scales by the slot it is reducing into, i.e. zero), then GPT-2 1.5B
+      # (8 x 1024) in fp8 with it on and off, bf16, and the 200-step loss curves of fp8 with it on
+      # and of bf16.
+      gtests fp8delayed build/core/core_gpu_tests 'Fp8DelayedCuda.*:Fp8Cuda.*:Fp8FusedCuda.*'
+      memcheck fp8delayed build/core/core_gpu_tests 'Fp8DelayedCuda.*'
+      plant core/ops/fp8.cu 's/const float\* in = use == 0 ? m : h + (use - 1) % 3;/const float* in = use == 0 ? m : h + use % 3;/' \
+        'Fp8DelayedCuda.*'
+      cmake --build build -j16 --target kiln > "$out/plant_build.log" 2>&1
+      c=benchmarks/e2e/gpt2-1.5b-bench.textproto
+      s8=(--set precision.fp8_matmul=true)
+      kiln_run fp8d-on "$c" KILN_FP8_DELAYED_SCALING=1 -- "${s8[@]}"
+      kiln_run fp8d-off "$c" -- "${s8[@]}"
+      kiln_run fp8d-on2 "$c" KILN_FP8_DELAYED_SCALING=1 -- "${s8[@]}"
+      kiln_run fp8d-bf16 "$c"
+      l=(--set training.max_steps=200 --set schedule.lr.warmup_steps=20)
+      kiln_run fp8d-on-200 "$c" KILN_FP8_DELAYED_SCALING=1 -- "${l[@]}" "${s8[@]}"
+      kiln_run fp8d-bf16-200 "$c" -- "${l[@]}"
+      stamp fp8delayed ;;
     allon)
       # Every opt-in path of this round on together (once their tests have passed: fuse, ropegrad,
       # ceshared, resid) against all off, then PyTorch, for the three bf16 rows: Llama 1B

@@ -196,7 +196,8 @@ Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc, const Tensor& 
     // KILN_FP8_FUSED_MLP=1: both linears in fp8 (c_proj's K and rows are c_fc's N and rows) as one
     // op, bias + GELU in the first fp8 GEMM's epilogue.
     return plus_residual(fp8_mlp_gelu(nn::to_compute(x, compute), w(c_fc, false), w(c_fc, true),
-                                      w(c_proj, false), w(c_proj, true)));
+                                      w(c_proj, false), w(c_proj, true), c_fc->fp8_scaling(),
+                                      c_proj->fp8_scaling()));
   }
   if (is_gpt2(spec) && (c_fc->uses_fp8(x, compute) || c_fc->has_hooks() || c_proj->has_hooks())) {
     // fp8 GEMMs or tensor-parallel hooks: the two linears run as Linear::forward (c_proj decides

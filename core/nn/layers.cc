@@ -33,14 +33,21 @@ bool Linear::uses_fp8(const Tensor& x, DType compute) const {
   return in % 16 == 0 && out % 16 == 0 && rows > 0 && rows % 16 == 0;
 }
 
+std::shared_ptr<Fp8LinearScaling> Linear::fp8_scaling() const {
+  if (!fp8_delayed_scaling()) return nullptr;
+  if (!fp8_scaling_) fp8_scaling_ = std::make_shared<Fp8LinearScaling>();
+  return fp8_scaling_;
+}
+
 Tensor Linear::forward(const Tensor& x_in, DType compute) const {
   const Tensor x = input_hook ? input_hook(x_in) : x_in;
   Tensor b = bias.defined() ? to_compute(bias, compute) : Tensor();
   // With an output hook the bias is added after it (once, to the reduced sum).
   Tensor b_in = output_hook ? Tensor() : b;
-  Tensor y = uses_fp8(x, compute)
-                 ? fp8_linear(to_compute(x, compute), to_compute(weight, compute), b_in)
-                 : linear(to_compute(x, compute), to_compute(weight, compute), b_in);
+  Tensor y =
+      uses_fp8(x, compute)
+          ? fp8_linear(to_compute(x, compute), to_compute(weight, compute), b_in, fp8_scaling())
+          : linear(to_compute(x, compute), to_compute(weight, compute), b_in);
   if (!output_hook) return y;
   y = output_hook(y);
   if (b.defined() && bias_hook) b = bias_hook(b);

@@ -5,8 +5,10 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 
 #include "core/nn/module.h"
+#include "core/ops/fp8.h"
 #include "core/random.h"
 
 namespace kiln::nn {
@@ -25,6 +27,9 @@ class Linear : public Module {
   // Whether forward(x, compute) takes the fp8 path: `fp8` set, x on CUDA, compute bf16, and IN,
   // OUT and the row count of x (the product of its leading dims) multiples of 16.
   bool uses_fp8(const Tensor& x, DType compute) const;
+  // The delayed-scaling histories of this layer's fp8 GEMMs (core/ops/fp8.h), made on first use,
+  // or null when fp8_delayed_scaling() is off.
+  std::shared_ptr<Fp8LinearScaling> fp8_scaling() const;
   // Tensor parallelism sets these from outside (parallel/tensor_parallel/apply.h), so core never
   // depends on a communicator: input_hook maps x before the matmul (column-parallel: copy or
   // all-gather to the tp group), output_hook maps the matmul's output before the bias is added
@@ -36,6 +41,9 @@ class Linear : public Module {
   Tensor weight;     // (OUT, IN)
   Tensor bias;       // (OUT) or undefined
   bool fp8 = false;  // fp8 GEMMs where uses_fp8 allows (models set it with set_fp8)
+
+ private:
+  mutable std::shared_ptr<Fp8LinearScaling> fp8_scaling_;  // run state, not a parameter
 };
 
 class Embedding : public Module {

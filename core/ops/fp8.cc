@@ -5,6 +5,8 @@
 #include "core/ops/fp8.h"
 
 #include <atomic>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/autograd.h"
@@ -27,6 +29,10 @@ void fp8_amax(const Tensor& x, const Tensor& meta);
 // defined (qt must be): x2's column sums, from the transposing cast.
 void fp8_cast(const Tensor& x2, const Tensor& meta, const Tensor& q, const Tensor& qt,
               const Tensor& colsum);
+// fp8_cast with delayed scaling: slots (3) f32 the ring of amaxes, `use` the uses before this one
+// (use 0: meta[0] must hold x2's amax); see core/ops/fp8.cu.
+void fp8_cast_delayed(const Tensor& x2, const Tensor& meta, const Tensor& slots, int64_t use,
+                      const Tensor& q, const Tensor& qt, const Tensor& colsum);
 // d (m, n) bf16 = (a_descale a (m, k)) (b_descale b (n, k))^T (+ bias (n)); false: no algorithm.
 // fast_accum: cuBLASLt's fast accumulation (no periodic promotion to fp32). gelu_aux (m, n) bf16
 // when defined: it receives that sum and d = gelu_tanh of it (the GELU_AUX(_BIAS) epilogue).
@@ -56,6 +62,7 @@ constexpr const char* kMlp = "fp8_mlp_gelu";
 EnvSwitch g_fast_accum("KILN_FP8_FAST_ACCUM", true);
 EnvSwitch g_fused_dbias("KILN_FP8_FUSED_DBIAS", true);
 EnvSwitch g_fused_mlp("KILN_FP8_FUSED_MLP", true);
+EnvSwitch g_delayed("KILN_FP8_DELAYED_SCALING");
 
 // x must be a non-empty bf16 / f16 / f32 tensor on a CUDA device that can run kernels.
 void check_quantize_input(const char* op, const Tensor& x) {
@@ -98,9 +105,11 @@ void check_linear_args(const char* op, const Tensor& x, const Tensor& w, const T
 
 #if KILN_WITH_CUDA
 // x2 (R, C) contiguous on CUDA -> its fp8 copies (no checks). With colsum (transposed must be
-// set): *colsum = x2's column sums (C) in x2's dtype, from the transposing cast.
+// set): *colsum = x2's column sums (C) in x2's dtype, from the transposing cast. With h: delayed
+// scaling through that history (its first use, and a use on another device, scale by x2's own
+// amax).
 Fp8Tensor quantize_2d(const Tensor& x2, DType fp8, bool rowwise, bool transposed,
-                      Tensor* colsum = nullptr) {
+                      Tensor* colsum = nullptr, Fp8History* h = nullptr) {
   Fp8Tensor r;
   const int64_t rows = x2.size(0), cols = x2.size(1);
   // {amax, scale, descale} 8 bytes into the (aligned) allocation: descale 16-byte aligned.
@@ -110,9 +119,24 @@ Fp8Tensor quantize_2d(const Tensor& x2, DType fp8, bool rowwise, bool transposed
   if (rowwise) r.data = Tensor::empty({rows, cols}, fp8, x2.device());
   if (transposed) r.data_t = Tensor::empty({cols, rows}, fp8, x2.device());
   if (colsum) *colsum = Tensor::empty({cols}, x2.dtype(), x2.device());
-  cuda::fp8_amax(x2, r.meta);
-  cuda::fp8_cast(x2, r.meta, r.data, r.data_t, colsum ? *colsum : Tensor());
+  const Tensor sums = colsum ? *colsum : Tensor();
+  if (h == nullptr) {
+    cuda::fp8_amax(x2, r.meta);
+    cuda::fp8_cast(x2, r.meta, r.data, r.data_t, sums);
+    return r;
+  }
+  if (!h->slots.defined() || h->slots.device() != x2.device()) {
+    h->slots = Tensor::zeros({3}, DType::kF32, x2.device());
+    h->uses = 0;
+  }
+  if (h->uses == 0) cuda::fp8_amax(x2, r.meta);
+  cuda::fp8_cast_delayed(x2, r.meta, h->slots, h->uses, r.data, r.data_t, sums);
+  ++h->uses;
   return r;
+}
+
+Fp8History* history(const std::shared_ptr<Fp8LinearScaling>& s, Fp8History Fp8LinearScaling::*m) {
+  return s ? &((*s).*m) : nullptr;
 }
 
 // (..., C) as a contiguous (R, C) matrix without autograd (copies only when not contiguous).
@@ -175,14 +199,16 @@ struct LinearGrads {
 // row-wise copy for dX = dY W, its transpose (N, M) for dW = dY^T X. Where cuBLASLt offers no
 // e5m2 x e4m3 kernel, dY goes to e4m3 instead (counted: fp8_e4m3_backward_count()). gb = the
 // column sums of the bf16 dY: from the transposing cast when KILN_FP8_FUSED_DBIAS=1 and dW is
-// asked for (f32 partials, one rounding), else sum_to (f64 accumulation).
+// asked for (f32 partials, one rounding), else sum_to (f64 accumulation). With gy_hist, dY's e5m2
+// cast takes delayed scaling (the e4m3 fallback keeps current scaling).
 LinearGrads linear_grads(const Tensor& gy, const Tensor& x_t, const Tensor& x_meta,
                          const Tensor& w_t, const Tensor& w_meta, bool need_x, bool need_w,
-                         bool need_b) {
+                         bool need_b, Fp8History* gy_hist) {
   LinearGrads r;
   const bool fused_b = need_b && need_w && g_fused_dbias.on();
   if (need_x || need_w) {
-    const Fp8Tensor gq = quantize_2d(gy, DType::kF8E5M2, need_x, need_w, fused_b ? &r.gb : nullptr);
+    const Fp8Tensor gq =
+        quantize_2d(gy, DType::kF8E5M2, need_x, need_w, fused_b ? &r.gb : nullptr, gy_hist);
     if (need_x) r.gx = try_gemm_tn(gq.data, gq.descale(), w_t, descale_of(w_meta), Tensor());
     if (need_w) r.gw = try_gemm_tn(gq.data_t, gq.descale(), x_t, descale_of(x_meta), Tensor());
     if ((need_x && !r.gx.defined()) || (need_w && !r.gw.defined())) {
@@ -202,10 +228,11 @@ class Fp8LinearNode final : public Node {
  public:
   const char* name() const override { return "Fp8Linear"; }
   Shape x_shape;
+  std::shared_ptr<Fp8LinearScaling> scaling;  // delayed scaling's histories, or null
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     Tensor gy = rows_of(raw::convert(g[0].detach(), DType::kBF16));  // (M, N)
-    LinearGrads r =
-        linear_grads(gy, saved[0], saved[1], saved[2], saved[3], wants(0), wants(1), wants(2));
+    LinearGrads r = linear_grads(gy, saved[0], saved[1], saved[2], saved[3], wants(0), wants(1),
+                                 wants(2), history(scaling, &Fp8LinearScaling::gy));
     if (r.gx.defined()) r.gx = r.gx.reshape(x_shape);
     return {r.gx, r.gw, r.gb};
   }
@@ -251,18 +278,21 @@ class Fp8MlpNode final : public Node {
  public:
   const char* name() const override { return "Fp8MlpGelu"; }
   Shape x_shape;
+  std::shared_ptr<Fp8LinearScaling> fc, proj;  // delayed scaling's histories, or null
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const bool nx = wants(0), nw1 = wants(1), nb1 = wants(2), nw2 = wants(3), nb2 = wants(4);
     const bool nh = nx || nw1 || nb1;  // the hidden gradient is needed
     Tensor gy = rows_of(raw::convert(g[0].detach(), DType::kBF16));  // (M, C2)
     // c_proj: dH = dY W2 (M, H), dW2 = dY^T h, db2 (fused into dY's cast when switched on).
-    LinearGrads g2 = linear_grads(gy, saved[5], saved[6], saved[7], saved[8], nh, nw2, nb2);
+    LinearGrads g2 = linear_grads(gy, saved[5], saved[6], saved[7], saved[8], nh, nw2, nb2,
+                                  history(proj, &Fp8LinearScaling::gy));
     LinearGrads g1;
     Tensor gb1;
     if (nh) {  // dH -> dpre = dH gelu'(pre) in place, b1's gradient its column sums; then c_fc
       const Tensor dpre = dgelu(g2.gx, saved[4], nb1 ? &gb1 : nullptr);
       if (nx || nw1)
-        g1 = linear_grads(dpre, saved[0], saved[1], saved[2], saved[3], nx, nw1, false);
+        g1 = linear_grads(dpre, saved[0], saved[1], saved[2], saved[3], nx, nw1, false,
+                          history(fc, &Fp8LinearScaling::gy));
     }
     if (g1.gx.defined()) g1.gx = g1.gx.reshape(x_shape);
     return {g1.gx, g1.gw, gb1, g2.gw, g2.gb};
@@ -278,6 +308,8 @@ bool fp8_fused_dbias() { return g_fused_dbias.on(); }
 void set_fp8_fused_dbias_override(int on) { g_fused_dbias.force(on); }
 bool fp8_fused_mlp() { return g_fused_mlp.on(); }
 void set_fp8_fused_mlp_override(int on) { g_fused_mlp.force(on); }
+bool fp8_delayed_scaling() { return g_delayed.on(); }
+void set_fp8_delayed_scaling_override(int on) { g_delayed.force(on); }
 
 int64_t fp8_e4m3_backward_count() {
 #if KILN_WITH_CUDA
@@ -321,6 +353,21 @@ Fp8Tensor fp8_quantize(const Tensor& x, DType fp8_dtype, bool rowwise, bool tran
 #endif
 }
 
+Fp8Tensor fp8_quantize_delayed(const Tensor& x, DType fp8_dtype, Fp8History* h, bool rowwise,
+                               bool transposed) {
+  check_quantize_input("fp8_quantize_delayed", x);
+  check_fp8_dtype("fp8_quantize_delayed", fp8_dtype);
+  KILN_CHECK(h != nullptr) << "fp8_quantize_delayed: no history";
+  KILN_CHECK(rowwise || transposed)
+      << "fp8_quantize_delayed: asked for neither q nor its transpose";
+  KILN_CHECK(x.dim() >= 1) << "fp8_quantize_delayed: x must have at least one dim, got " << x.str();
+#if KILN_WITH_CUDA
+  return quantize_2d(rows_of(x), fp8_dtype, rowwise, transposed, nullptr, h);
+#else
+  return Fp8Tensor();
+#endif
+}
+
 bool fp8_linear_applies(const Tensor& x, const Tensor& w) {
   if (!x.defined() || !w.defined() || !x.device().is_cuda() || w.device() != x.device())
     return false;
@@ -331,15 +378,18 @@ bool fp8_linear_applies(const Tensor& x, const Tensor& w) {
   return k > 0 && n > 0 && rows > 0 && k % 16 == 0 && n % 16 == 0 && rows % 16 == 0;
 }
 
-Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b,
+                  std::shared_ptr<Fp8LinearScaling> scaling) {
   check_linear_args(kLinear, x, w, b);
 #if KILN_WITH_CUDA
   cuda::fp8_require_gpu(kLinear, x);
   // Recorded first: which gradients are needed decides which transposed copies the forward keeps.
   auto node = record<Fp8LinearNode>({&x, &w, &b});
   const bool need_x = node && node->next[0].fn, need_w = node && node->next[1].fn;
-  const Fp8Tensor xq = quantize_2d(rows_of(x), DType::kF8E4M3, true, need_w);
-  const Fp8Tensor wq = quantize_2d(raw::contiguous(w.detach()), DType::kF8E4M3, true, need_x);
+  const Fp8Tensor xq = quantize_2d(rows_of(x), DType::kF8E4M3, true, need_w, nullptr,
+                                   history(scaling, &Fp8LinearScaling::x));
+  const Fp8Tensor wq = quantize_2d(raw::contiguous(w.detach()), DType::kF8E4M3, true, need_x,
+                                   nullptr, history(scaling, &Fp8LinearScaling::w));
   Shape out_shape = x.shape();
   out_shape.back() = w.size(0);
   Tensor y = gemm_tn(xq.data, xq.descale(), wq.data, wq.descale(), aligned_bias(b),
@@ -347,6 +397,7 @@ Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b) {
                  .reshape(out_shape);
   if (node) {
     node->x_shape = x.shape();
+    node->scaling = std::move(scaling);
     node->saved = {xq.data_t, xq.meta, wq.data_t, wq.meta};
     set_history(y, node);
   }
@@ -357,7 +408,8 @@ Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b) {
 }
 
 Tensor fp8_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
-                    const Tensor& b2) {
+                    const Tensor& b2, std::shared_ptr<Fp8LinearScaling> fc,
+                    std::shared_ptr<Fp8LinearScaling> proj) {
   check_linear_args(kMlp, x, w1, b1);
   check_defined(kMlp, {&w2});
   check_same_device(kMlp, {&x, &w2});
@@ -377,12 +429,17 @@ Tensor fp8_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const T
   auto node = record<Fp8MlpNode>({&x, &w1, &b1, &w2, &b2});
   auto needs = [&node](int i) { return node && node->next[i].fn; };
   const bool nh = needs(0) || needs(1) || needs(2);  // the hidden gradient will be needed
-  const Fp8Tensor xq = quantize_2d(rows_of(x), DType::kF8E4M3, true, needs(1));
-  const Fp8Tensor w1q = quantize_2d(raw::contiguous(w1.detach()), DType::kF8E4M3, true, needs(0));
+  using S = Fp8LinearScaling;
+  const Fp8Tensor xq =
+      quantize_2d(rows_of(x), DType::kF8E4M3, true, needs(1), nullptr, history(fc, &S::x));
+  const Fp8Tensor w1q = quantize_2d(raw::contiguous(w1.detach()), DType::kF8E4M3, true, needs(0),
+                                    nullptr, history(fc, &S::w));
   Tensor pre;
   const Tensor h = gelu_gemm(xq, w1q, aligned_bias(b1), &pre);
-  const Fp8Tensor hq = quantize_2d(h, DType::kF8E4M3, true, needs(3));
-  const Fp8Tensor w2q = quantize_2d(raw::contiguous(w2.detach()), DType::kF8E4M3, true, nh);
+  const Fp8Tensor hq =
+      quantize_2d(h, DType::kF8E4M3, true, needs(3), nullptr, history(proj, &S::x));
+  const Fp8Tensor w2q = quantize_2d(raw::contiguous(w2.detach()), DType::kF8E4M3, true, nh, nullptr,
+                                    history(proj, &S::w));
   Shape out_shape = x.shape();
   out_shape.back() = w2.size(0);
   Tensor y = gemm_tn(hq.data, hq.descale(), w2q.data, w2q.descale(), aligned_bias(b2),
@@ -390,6 +447,8 @@ Tensor fp8_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const T
                  .reshape(out_shape);
   if (node) {
     node->x_shape = x.shape();
+    node->fc = std::move(fc);
+    node->proj = std::move(proj);
     node->saved = {xq.data_t, xq.meta, w1q.data_t, w1q.meta, nh ? pre : Tensor(),
                    hq.data_t, hq.meta, w2q.data_t, w2q.meta};
     set_history(y, node);

@@ -72,11 +72,16 @@ __device__ __forceinline__ uint8_t to_fp8(float v) {
       __nv_cvt_float_to_fp8(v, __NV_SATFINITE, kE4 ? __NV_E4M3 : __NV_E5M2));
 }
 
-// Block 0's first thread stores {scale, 1 / scale} into meta[1], meta[2].
-__device__ __forceinline__ void store_scales(float* meta, float s) {
+// Block 0's first thread stores {scale, 1 / scale} into meta[1], meta[2], the amax it scaled by
+// into meta[0] when that came from elsewhere (delayed scaling: a history slot), and zeroes *zero
+// (the history slot the next use will reduce into) when given.
+__device__ __forceinline__ void store_meta(float* meta, const float* amax_in, float amax, float s,
+                                           unsigned int* zero) {
   if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0) {
+    if (amax_in != meta) meta[0] = amax;
     meta[1] = s;
     meta[2] = __frcp_rn(s);
+    if (zero != nullptr) *zero = 0;
   }
 }
 
@@ -107,15 +112,27 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0 && m != 0) atomicMax(out, m);
 }
 
-// q[i] = fp8(x[i] * scale) over x (n) contiguous. REQUIRES: with vec, x is 16-byte aligned and
-// q is (16 / sizeof(T))-byte aligned.
-template <typename T, bool kE4>
+// The pointers every cast kernel takes: the amax to scale by (meta[0] for current scaling, a
+// history slot for delayed scaling), the {amax, scale, descale} it stores, and for delayed
+// scaling the slot that receives max |x| of this cast (kAmax) and the one it zeroes.
+struct CastMeta {
+  const float* amax_in;
+  float* meta;
+  unsigned int* amax_out;  // kAmax only
+  unsigned int* zero;      // or nullptr
+};
+
+// q[i] = fp8(x[i] * scale) over x (n) contiguous; kAmax: *amax_out = max(*amax_out, max |x|).
+// REQUIRES: with vec, x is 16-byte aligned and q is (16 / sizeof(T))-byte aligned.
+template <typename T, bool kE4, bool kAmax>
 __global__ void __launch_bounds__(kThreads)
-    cast_kernel(const T* __restrict__ x, int64_t n, bool vec, float* meta, float fp8_max,
+    cast_kernel(const T* __restrict__ x, int64_t n, bool vec, CastMeta cm, float fp8_max,
                 uint8_t* __restrict__ q) {
   constexpr int kN = 16 / sizeof(T);
-  const float s = scale_from_amax(meta[0], fp8_max);
-  store_scales(meta, s);
+  const float a = *cm.amax_in;
+  const float s = scale_from_amax(a, fp8_max);
+  store_meta(cm.meta, cm.amax_in, a, s, cm.zero);
+  unsigned int m = 0;  // kAmax: this thread's max |x| bits
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   int64_t done = 0;
@@ -127,25 +144,39 @@ __global__ void __launch_bounds__(kThreads)
       const Vec<T, kN> v = xv[i];
       Vec<uint8_t, kN> o;
 #pragma unroll
-      for (int j = 0; j < kN; ++j) o.v[j] = to_fp8<kE4>(__fmul_rn(to_f32(v.v[j]), s));
+      for (int j = 0; j < kN; ++j) {
+        o.v[j] = to_fp8<kE4>(__fmul_rn(to_f32(v.v[j]), s));
+        if constexpr (kAmax) m = max(m, abs_bits(v.v[j]));
+      }
       qv[i] = o;
     }
     done = nv * kN;
   }
-  for (int64_t i = done + tid; i < n; i += stride) q[i] = to_fp8<kE4>(__fmul_rn(to_f32(x[i]), s));
+  for (int64_t i = done + tid; i < n; i += stride) {
+    q[i] = to_fp8<kE4>(__fmul_rn(to_f32(x[i]), s));
+    if constexpr (kAmax) m = max(m, abs_bits(x[i]));
+  }
+  if constexpr (kAmax) {
+    __shared__ unsigned int scratch[32];
+    m = block_max(m, scratch);
+    if (threadIdx.x == 0 && m != 0) atomicMax(cm.amax_out, m);
+  }
 }
 
 // x (rows, cols) contiguous -> q (rows, cols) when kRow, and qt (cols, rows) = q^T. Block
 // (kTile, kTileRows); blockIdx.x walks column tiles, blockIdx.y (grid-stride) row tiles. kSum:
 // partial[blockIdx.y][c] = the f32 sum of x[r][c] over the block's rows (fp8_colsum.h's order).
-template <typename T, bool kE4, bool kRow, bool kSum>
+// kAmax: *amax_out = max(*amax_out, max |x|).
+template <typename T, bool kE4, bool kRow, bool kSum, bool kAmax>
 __global__ void __launch_bounds__(kTile* kTileRows)
-    cast_transpose_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, float* meta,
+    cast_transpose_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, CastMeta cm,
                           float fp8_max, uint8_t* __restrict__ q, uint8_t* __restrict__ qt,
                           float* __restrict__ partial) {
   __shared__ uint8_t tile[kTile][kTile + 4];
-  const float s = scale_from_amax(meta[0], fp8_max);
-  store_scales(meta, s);
+  const float a = *cm.amax_in;
+  const float s = scale_from_amax(a, fp8_max);
+  store_meta(cm.meta, cm.amax_in, a, s, cm.zero);
+  unsigned int m = 0;  // kAmax: this thread's max |x| bits
   const int64_t tiles_r = (rows + kTile - 1) / kTile;
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile;
   float acc = 0;  // kSum: this thread's rows of column c0 + threadIdx.x
@@ -157,6 +188,7 @@ __global__ void __launch_bounds__(kTile* kTileRows)
       if (r < rows && c < cols) {
         const float xv = to_f32(x[r * cols + c]);
         if constexpr (kSum) acc += xv;
+        if constexpr (kAmax) m = max(m, __float_as_uint(fabsf(xv)));
         const uint8_t v = to_fp8<kE4>(__fmul_rn(xv, s));
         if (kRow) q[r * cols + c] = v;
         tile[i][threadIdx.x] = v;
@@ -178,6 +210,18 @@ __global__ void __launch_bounds__(kTile* kTileRows)
 #pragma unroll
       for (int y = 0; y < kTileRows; ++y) t += sums[y][threadIdx.x];
       partial[blockIdx.y * cols + c] = t;
+    }
+  }
+  if constexpr (kAmax) {  // a warp is one thread row (blockDim.x == 32): warp maxima, then one
+    __shared__ unsigned int rows_max[kTileRows];
+    m = warp_max(m);
+    if (threadIdx.x == 0) rows_max[threadIdx.y] = m;
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+      unsigned int t = 0;
+#pragma unroll
+      for (int y = 0; y < kTileRows; ++y) t = max(t, rows_max[y]);
+      if (t != 0) atomicMax(cm.amax_out, t);
     }
   }
 }
@@ -203,7 +247,7 @@ void launch_amax(const Tensor& x, unsigned int* out) {
 // The transposing cast of x2 (rows, cols) into qt (and q when defined); with colsum defined (T,
 // (cols)), also x2's column sums (fp8_colsum.h: partials, then sum_chunks_kernel).
 template <typename T, bool kE4>
-void launch_cast_transpose(const Tensor& x2, float* meta, float fp8_max, const Tensor& q,
+void launch_cast_transpose(const Tensor& x2, const CastMeta& cm, float fp8_max, const Tensor& q,
                            const Tensor& qt, const Tensor& colsum) {
   const int64_t rows = x2.size(0), cols = x2.size(1);
   const int64_t tiles_c = (cols + kTile - 1) / kTile, tiles_r = (rows + kTile - 1) / kTile;
@@ -218,17 +262,20 @@ void launch_cast_transpose(const Tensor& x2, float* meta, float fp8_max, const T
   Tensor partial =
       colsum.defined() ? Tensor::empty({plan.chunks, cols}, DType::kF32, x2.device()) : Tensor();
   float* pp = colsum.defined() ? static_cast<float*>(partial.raw()) : nullptr;
-  auto launch = [&](auto row, auto sum) {
-    cast_transpose_kernel<T, kE4, decltype(row)::value, decltype(sum)::value>
-        <<<grid, block, 0, compute_stream()>>>(x, rows, cols, meta, fp8_max, qp, qtp, pp);
+  auto launch = [&](auto row, auto sum, auto amax) {
+    cast_transpose_kernel<T, kE4, decltype(row)::value, decltype(sum)::value, decltype(amax)::value>
+        <<<grid, block, 0, compute_stream()>>>(x, rows, cols, cm, fp8_max, qp, qtp, pp);
     KILN_CUDA_CHECK_LAUNCH();
   };
   using Yes = std::true_type;
   using No = std::false_type;
+  auto with_amax = [&](auto row, auto sum) {
+    cm.amax_out != nullptr ? launch(row, sum, Yes()) : launch(row, sum, No());
+  };
   if (q.defined()) {
-    colsum.defined() ? launch(Yes(), Yes()) : launch(Yes(), No());
+    colsum.defined() ? with_amax(Yes(), Yes()) : with_amax(Yes(), No());
   } else {
-    colsum.defined() ? launch(No(), Yes()) : launch(No(), No());
+    colsum.defined() ? with_amax(No(), Yes()) : with_amax(No(), No());
   }
   if (!colsum.defined()) return;
   sum_chunks_kernel<T><<<static_cast<unsigned int>((cols + kThreads - 1) / kThreads), kThreads, 0,
@@ -237,26 +284,58 @@ void launch_cast_transpose(const Tensor& x2, float* meta, float fp8_max, const T
 }
 
 template <typename T, bool kE4>
-void launch_cast(const Tensor& x2, float* meta, float fp8_max, const Tensor& q, const Tensor& qt,
-                 const Tensor& colsum) {
+void launch_cast(const Tensor& x2, const CastMeta& cm, float fp8_max, const Tensor& q,
+                 const Tensor& qt, const Tensor& colsum) {
   const T* x = static_cast<const T*>(x2.raw());
-  if (qt.defined()) return launch_cast_transpose<T, kE4>(x2, meta, fp8_max, q, qt, colsum);
+  if (qt.defined()) return launch_cast_transpose<T, kE4>(x2, cm, fp8_max, q, qt, colsum);
   const int64_t n = x2.numel();
   constexpr int kN = 16 / sizeof(T);
   const bool vec = aligned(x, 16) && aligned(q.raw(), kN);
-  cast_kernel<T, kE4><<<grid_for(vec ? n / kN + 1 : n), kThreads, 0, compute_stream()>>>(
-      x, n, vec, meta, fp8_max, static_cast<uint8_t*>(q.raw()));
+  const unsigned int grid = grid_for(vec ? n / kN + 1 : n);
+  uint8_t* qp = static_cast<uint8_t*>(q.raw());
+  if (cm.amax_out != nullptr) {
+    cast_kernel<T, kE4, true><<<grid, kThreads, 0, compute_stream()>>>(x, n, vec, cm, fp8_max, qp);
+  } else {
+    cast_kernel<T, kE4, false><<<grid, kThreads, 0, compute_stream()>>>(x, n, vec, cm, fp8_max, qp);
+  }
   KILN_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
-void launch_cast_t(const Tensor& x2, float* meta, DType fp8, const Tensor& q, const Tensor& qt,
-                   const Tensor& colsum) {
+void launch_cast_t(const Tensor& x2, const CastMeta& cm, DType fp8, const Tensor& q,
+                   const Tensor& qt, const Tensor& colsum) {
   const float mx = static_cast<float>(fp8_max(fp8));
   if (fp8 == DType::kF8E4M3) {
-    launch_cast<T, true>(x2, meta, mx, q, qt, colsum);
+    launch_cast<T, true>(x2, cm, mx, q, qt, colsum);
   } else {
-    launch_cast<T, false>(x2, meta, mx, q, qt, colsum);
+    launch_cast<T, false>(x2, cm, mx, q, qt, colsum);
+  }
+}
+
+// fp8_cast and fp8_cast_delayed below: the checks, then the dtype dispatch.
+void cast_checked(const Tensor& x2, const CastMeta& cm, const Tensor& q, const Tensor& qt,
+                  const Tensor& colsum) {
+  DeviceGuard guard(device_of(x2));
+  check_on_current_device("fp8_quantize", "x", x2);
+  KILN_CHECK(q.defined() || qt.defined()) << "internal: fp8_cast with no output";
+  const DType fp8 = q.defined() ? q.dtype() : qt.dtype();
+  KILN_CHECK(is_fp8(fp8) && (!qt.defined() || qt.dtype() == fp8))
+      << "internal: fp8_cast outputs must share one fp8 dtype";
+  KILN_CHECK(!colsum.defined() || (qt.defined() && colsum.dtype() == x2.dtype() &&
+                                   colsum.is_contiguous() && colsum.numel() == x2.size(1)))
+      << "internal: fp8_cast column sums " << colsum.str() << " for x " << x2.str();
+  switch (x2.dtype()) {
+    case DType::kBF16:
+      launch_cast_t<__nv_bfloat16>(x2, cm, fp8, q, qt, colsum);
+      break;
+    case DType::kF16:
+      launch_cast_t<__half>(x2, cm, fp8, q, qt, colsum);
+      break;
+    case DType::kF32:
+      launch_cast_t<float>(x2, cm, fp8, q, qt, colsum);
+      break;
+    default:
+      KILN_CHECK(false) << "fp8_quantize: no kernel for " << x2.str();
   }
 }
 
@@ -298,29 +377,26 @@ void fp8_amax(const Tensor& x, const Tensor& meta) {
 // colsum (C) of x2's dtype, when defined (qt must be), receives x2's column sums.
 void fp8_cast(const Tensor& x2, const Tensor& meta, const Tensor& q, const Tensor& qt,
               const Tensor& colsum) {
-  DeviceGuard guard(device_of(x2));
-  check_on_current_device("fp8_quantize", "x", x2);
-  KILN_CHECK(q.defined() || qt.defined()) << "internal: fp8_cast with no output";
-  const DType fp8 = q.defined() ? q.dtype() : qt.dtype();
-  KILN_CHECK(is_fp8(fp8) && (!qt.defined() || qt.dtype() == fp8))
-      << "internal: fp8_cast outputs must share one fp8 dtype";
-  KILN_CHECK(!colsum.defined() || (qt.defined() && colsum.dtype() == x2.dtype() &&
-                                   colsum.is_contiguous() && colsum.numel() == x2.size(1)))
-      << "internal: fp8_cast column sums " << colsum.str() << " for x " << x2.str();
   float* m = static_cast<float*>(meta.raw());
-  switch (x2.dtype()) {
-    case DType::kBF16:
-      launch_cast_t<__nv_bfloat16>(x2, m, fp8, q, qt, colsum);
-      break;
-    case DType::kF16:
-      launch_cast_t<__half>(x2, m, fp8, q, qt, colsum);
-      break;
-    case DType::kF32:
-      launch_cast_t<float>(x2, m, fp8, q, qt, colsum);
-      break;
-    default:
-      KILN_CHECK(false) << "fp8_quantize: no kernel for " << x2.str();
-  }
+  cast_checked(x2, CastMeta{m, m, nullptr, nullptr}, q, qt, colsum);
+}
+
+// Delayed scaling: slots (3) f32, a ring of the amaxes of one tensor role's uses; `use` counts
+// the uses before this one. Use k scales by slot (k - 1) % 3 (use 0: by meta[0], which the caller
+// has filled with x2's own amax), reduces max |x2| into slot k % 3 (zeroed by use k - 1, or at
+// allocation) and zeroes slot (k + 1) % 3 for use k + 1; those three are distinct, so no slot is
+// both read and written by one cast. meta receives {the amax scaled by, scale, 1 / scale}.
+void fp8_cast_delayed(const Tensor& x2, const Tensor& meta, const Tensor& slots, int64_t use,
+                      const Tensor& q, const Tensor& qt, const Tensor& colsum) {
+  KILN_CHECK(slots.dtype() == DType::kF32 && slots.numel() == 3 && slots.is_contiguous() &&
+             slots.device() == x2.device() && use >= 0)
+      << "internal: fp8 history " << slots.str() << " (use " << use << ") for x " << x2.str();
+  float* m = static_cast<float*>(meta.raw());
+  float* h = static_cast<float*>(slots.raw());
+  const float* in = use == 0 ? m : h + (use - 1) % 3;
+  unsigned int* out = reinterpret_cast<unsigned int*>(h + use % 3);
+  unsigned int* zero = reinterpret_cast<unsigned int*>(h + (use + 1) % 3);
+  cast_checked(x2, CastMeta{in, m, out, zero}, q, qt, colsum);
 }
 
 // d (m, n) bf16 = (a_descale a (m, k)) (b_descale b (n, k))^T (+ bias (n) bf16). a, b contiguous

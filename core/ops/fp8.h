@@ -7,6 +7,9 @@
 // CUDA only, compute capability 8.9+ (Ada / Hopper).
 #pragma once
 
+#include <cstdint>
+#include <memory>
+
 #include "core/tensor.h"
 
 namespace kiln {
@@ -42,6 +45,29 @@ Tensor fp8_amax(const Tensor& x);
 Fp8Tensor fp8_quantize(const Tensor& x, DType fp8_dtype, bool rowwise = true,
                        bool transposed = false, Tensor* colsum = nullptr);
 
+// Delayed scaling (opt-in: KILN_FP8_DELAYED_SCALING=1, read once; not yet run on a GPU): a tensor
+// role (a linear's input, weight or output gradient) scales each use by the amax of its previous
+// use and reduces its own amax in the same pass as the cast (Transformer Engine's delayed scaling
+// with a history of one), which saves current scaling's separate amax read of the tensor. A value
+// above the previous amax saturates to fp8's largest finite value. The first use scales by its
+// own amax. The histories are run state, not checkpointed: a resumed run starts them afresh.
+struct Fp8History {
+  Tensor slots;      // (3) f32 on the device: the amaxes of the last uses (a ring, core/ops/fp8.cu)
+  int64_t uses = 0;  // quantizations so far
+};
+// The histories of one linear layer: its input, its weight and its output's gradient.
+struct Fp8LinearScaling {
+  Fp8History x, w, gy;
+};
+bool fp8_delayed_scaling();
+// Tests: forces the choice above (1 on, 0 off); -1 restores it.
+void set_fp8_delayed_scaling_override(int on);
+
+// fp8_quantize with delayed scaling through *h (allocated on x's device on first use; a history
+// moved to another device starts afresh). Meta holds {the amax scaled by, scale, descale}.
+Fp8Tensor fp8_quantize_delayed(const Tensor& x, DType fp8_dtype, Fp8History* h, bool rowwise = true,
+                               bool transposed = false);
+
 // True when fp8_linear can run x: (..., K) against w: (N, K): x on CUDA, x and w bf16, and K, N and
 // the row count (the product of x's leading dims) positive multiples of 16 (what cuBLASLt's fp8
 // kernels need of every GEMM of the forward and the backward). Does not look at the GPU model.
@@ -56,7 +82,9 @@ bool fp8_linear_applies(const Tensor& x, const Tensor& w);
 // Saves only fp8 copies (X^T, W^T) and their descales for backward. REQUIRES:
 // fp8_linear_applies(x, w); a GPU of compute capability 8.9+ (kiln::Error naming the op otherwise).
 // Compare linear_fp8 (core/ops/matmul.h): a forward GEMM on operands already in fp8.
-Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+// With `scaling`, x, w and dY take delayed scaling through its histories (see above).
+Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor(),
+                  std::shared_ptr<Fp8LinearScaling> scaling = nullptr);
 
 // Whether fp8_linear's forward GEMM uses cuBLASLt's fast accumulation (Transformer Engine's
 // recipe: fast accumulation forward, the periodic promotion to fp32 for the gradients' GEMMs).
@@ -86,9 +114,11 @@ void set_fp8_fused_mlp_override(int on);
 // gradient as fp8_linear's db. Where cuBLASLt has no fp8 GELU epilogue the forward runs the fp8
 // GEMM with the bias, then kiln's GELU (counted: fp8_mlp_unfused_gelu_count()). Saves fp8 copies,
 // the bf16 pre and descales only (the composed fp8 path's memory). REQUIRES: fp8_linear's
-// conditions for x against w1 and for the (..., H) hidden against w2.
+// conditions for x against w1 and for the (..., H) hidden against w2. With fc / proj, the first /
+// second linear's x, w and dY take delayed scaling through their histories.
 Tensor fp8_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
-                    const Tensor& b2);
+                    const Tensor& b2, std::shared_ptr<Fp8LinearScaling> fc = nullptr,
+                    std::shared_ptr<Fp8LinearScaling> proj = nullptr);
 // Forwards of fp8_mlp_gelu that ran the GELU unfused (cuBLASLt offered no fp8 GELU epilogue).
 int64_t fp8_mlp_unfused_gelu_count();
 
