@@ -213,6 +213,7 @@ __global__ void __launch_bounds__(kTile* kTileRows)
     }
   }
   if constexpr (kAmax) {  // a warp is one thread row (blockDim.x == 32): warp maxima, then one
+    // atomicMax per block
     __shared__ unsigned int rows_max[kTileRows];
     m = warp_max(m);
     if (threadIdx.x == 0) rows_max[threadIdx.y] = m;
