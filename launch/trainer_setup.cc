@@ -13,6 +13,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "core/backend.h"
 #if KILN_WITH_CUDA
 #include "core/cuda/runtime.h"
 #endif
