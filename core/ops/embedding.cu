@@ -43,17 +43,15 @@ __global__ void gather_kernel(const U* __restrict__ w, const I* __restrict__ ids
   }
 }
 
-// keys[p] = ids[p] as i32, vals[p] = p; an id outside [0, V) records min(p) in *bad (key 0).
+// keys[p] = ids[p] as i32 (0 for an id outside [0, V), which the forward has refused already),
+// vals[p] = p.
 template <typename I>
 __global__ void keys_kernel(const I* __restrict__ ids, int32_t* __restrict__ keys,
-                            int32_t* __restrict__ vals, int64_t n, int64_t v,
-                            unsigned long long* __restrict__ bad) {
+                            int32_t* __restrict__ vals, int64_t n, int64_t v) {
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < n;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t id = load_id(ids, p);
-    const bool ok = id >= 0 && id < v;
-    if (!ok) atomicMin(bad, static_cast<unsigned long long>(p));
-    keys[p] = ok ? static_cast<int32_t>(id) : 0;
+    keys[p] = id >= 0 && id < v ? static_cast<int32_t>(id) : 0;
     vals[p] = static_cast<int32_t>(p);
   }
 }
@@ -196,15 +194,14 @@ Tensor embedding_backward(const Tensor& g, const Tensor& ids, const Shape& w_sha
   const Device dev = g.device();
   Tensor keys = Tensor::empty({n}, DType::kI32, dev), vals = Tensor::empty({n}, DType::kI32, dev);
   Tensor skeys = Tensor::empty({n}, DType::kI32, dev), svals = Tensor::empty({n}, DType::kI32, dev);
-  Tensor flag = make_bad_flag(dev);
+  // No bad-id flag read back (it would wait for the whole backward): these are the ids the forward
+  // that saved them checked, and keys_kernel sends an id out of range to row 0, never out of
+  // bounds.
   KILN_EMB_DISPATCH_ID(ids.dtype(), I, {
-    keys_kernel<I><<<blocks_for(n), 256, 0, compute_stream()>>>(
-        idc.data<I>(), keys.data<int32_t>(), vals.data<int32_t>(), n, v,
-        static_cast<unsigned long long*>(flag.raw()));
+    keys_kernel<I><<<blocks_for(n), 256, 0, compute_stream()>>>(idc.data<I>(), keys.data<int32_t>(),
+                                                                vals.data<int32_t>(), n, v);
     KILN_CUDA_CHECK_LAUNCH();
   });
-  // No flag read here (it would wait for the whole backward): these are the ids the forward that
-  // saved them checked, and keys_kernel sends an id out of range to row 0, never out of bounds.
   int end_bit = 1;
   while (end_bit < 31 && (int64_t{1} << end_bit) < v) ++end_bit;
   size_t temp_bytes = 0;
