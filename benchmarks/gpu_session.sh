@@ -24,6 +24,8 @@
 #   needs kernel_bench and models_gpu_tests built), allon (every opt-in path of this round on
 #   together against all off, then PyTorch: Llama 1B, GPT-2 124M and 1.5B; ALLON_MODELS picks;
 #   ALLON_QUICK=1 skips the second all-on run),
+#   dgelu (the hidden gradient's paths: test, kernel_bench dgelu, GPT-2 124M with
+#   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
 #   200-step losses),
 #   sdpatune (cuDNN attention plans timed on first use: test, memcheck, planted bug, Llama 1B and
@@ -414,6 +416,19 @@ PY
       kiln_run fp8d-on-200 "$c" KILN_FP8_DELAYED_SCALING=1 -- "${l[@]}" "${s8[@]}"
       kiln_run fp8d-bf16-200 "$c" -- "${l[@]}"
       stamp fp8delayed ;;
+    dgelu)
+      # The MLP's hidden gradient by each path (core/ops/cuda_base_ops.h DGeluPath): its test,
+      # kernel_bench's dgelu section, then GPT-2 124M (and 1.5B with DGELU_MODELS) with
+      # KILN_DGELU=epilogue against the default kernel.
+      gtests dgelu build/core/core_gpu_tests 'MatmulCuda.HiddenGradient*:MatmulCuda.Mlp*'
+      timeout 120 build/benchmarks/kernel_bench 20 dgelu 2>&1 | tee "$out/dgelu_bench.log" | tail -9
+      for m in ${DGELU_MODELS-g124}; do
+        c=benchmarks/e2e/gpt2-124m-bench.textproto
+        [[ $m == g1.5b ]] && c=benchmarks/e2e/gpt2-1.5b-bench.textproto
+        kiln_run "$m-dgelu-epi" "$c" KILN_DGELU=epilogue; kiln_run "$m-dgelu-kernel" "$c"
+        kiln_run "$m-dgelu-epi2" "$c" KILN_DGELU=epilogue
+      done
+      stamp dgelu ;;
     allon)
       # Every opt-in path of this round on together (once their tests have passed: fuse, ropegrad,
       # ceshared, resid) against all off, then PyTorch, for the three bf16 rows: Llama 1B

@@ -11,13 +11,15 @@
 //    the forward from the projection's (B, T, H, D) layout and the backward (the inverse rotation)
 //    of a contiguous (B, H, T, D) gradient, kernel v1 against v2 (core/ops/rope_cuda.h), as
 //    bytes read + written per second against the copy bandwidth.
+//  - the MLP's hidden gradient (matmul_dgelu) at GPT-2 124M and 1.5B shapes: the plain GEMM alone,
+//    then each DGeluPath with b1's gradient, as TFLOP/s of the GEMM.
 //  - fp8 at GPT-2 1.5B shapes (8 x 1024 tokens, C 1600): dY's e5m2 cast (row-wise + transposed)
 //    then sum_to for the bias gradient, against the cast with the column sums fused
 //    (KILN_FP8_FUSED_DBIAS's path), as bytes (2 read, 2 written per element) per second; and the
 //    MLP forward + backward as fp8_linear -> gelu -> fp8_linear against fp8_mlp_gelu.
 // Each row is the median of `reps` timed runs (CUDA events on the compute stream) after warm-up.
-// Usage: kernel_bench [reps] [section]: section (adamw, gemm, norm, ce, reduce, rope, fp8) runs
-// only that one after the ceilings.
+// Usage: kernel_bench [reps] [section]: section (adamw, gemm, norm, ce, reduce, dgelu, rope, fp8)
+// runs only that one after the ceilings.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +32,7 @@
 #include "core/cuda/runtime.h"
 #include "core/ops/activation.h"
 #include "core/ops/cross_entropy.h"
+#include "core/ops/cuda_base_ops.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/fp8.h"
 #include "core/ops/layernorm.h"
@@ -157,6 +160,39 @@ void bench_fp8(int reps, double copy_bw) {
     row(fused ? "fp8_mlp_gelu fwd+bwd" : "fp8 linear-gelu-linear fwd+bwd",
         std::to_string(tok) + "x1600 H 6400", ms, flop / (ms * 1e-3) / 1e12, "TFLOP/s",
         1979.0);  // the H100 / H200 SXM dense fp8 peak
+  }
+}
+
+// The hidden gradient (gy @ w2) * gelu'(pre) and b1's gradient by each cuda::DGeluPath, at GPT-2
+// 124M (32768 tokens, C 768, H 3072) and 1.5B (8192 tokens, C 1600, H 6400) shapes.
+void bench_dgelu(int reps, double gemm_peak) {
+  struct Shape3 {
+    int64_t rows, c, hid;
+  };
+  for (const Shape3& s : {Shape3{32768, 768, 3072}, Shape3{8192, 1600, 6400}}) {
+    Tensor gy = rnd({s.rows, s.c}, DType::kBF16, 40),
+           w2 = rnd({s.c, s.hid}, DType::kBF16, 41, 0.02);
+    Tensor pre = rnd({s.rows, s.hid}, DType::kBF16, 42);
+    const double flop = 2.0 * s.rows * s.c * s.hid;
+    const std::string shape =
+        std::to_string(s.rows) + "x" + std::to_string(s.c) + "x" + std::to_string(s.hid);
+    auto report = [&](const char* what, double ms) {
+      row(what, shape, ms, flop / (ms * 1e-3) / 1e12, "TFLOP/s", gemm_peak);
+    };
+    report("dH = dY @ W2 alone", time_ms([&] { (void)cuda::matmul(gy, w2, false, false); }, reps));
+    const std::pair<const char*, cuda::DGeluPath> paths[] = {
+        {"dgelu: GEMM + kiln kernel", cuda::DGeluPath::kKernel},
+        {"dgelu: DGELU epilogue + sum_to", cuda::DGeluPath::kEpilogue},
+        {"dgelu: DGELU_BGRAD epilogue", cuda::DGeluPath::kEpilogueBGrad},
+    };
+    for (const auto& [name, path] : paths) {
+      report(name, time_ms(
+                       [&] {
+                         Tensor gb1;
+                         (void)cuda::matmul_dgelu(gy, w2, pre, &gb1, path);
+                       },
+                       reps));
+    }
   }
 }
 
@@ -335,6 +371,7 @@ int main(int argc, char** argv) {
     row("sum (f32, all)", "2^28", ms2, static_cast<double>(x.nbytes()) / (ms2 * 1e-3) / 1e9, "GB/s",
         copy_bw);
   }
+  if (want("dgelu")) bench_dgelu(reps, gemm_peak);
   if (want("rope")) bench_rope(reps, copy_bw);
   if (want("fp8")) bench_fp8(reps, copy_bw);
   cuda::synchronize();

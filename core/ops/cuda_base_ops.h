@@ -80,9 +80,20 @@ void linear_backward(const Tensor& gy, const Tensor& x2, const Tensor& w, bool n
                      const Tensor& gw_into = Tensor());
 // g * gelu_tanh'(pre), elementwise (same shapes).
 Tensor gelu_input_grad(const Tensor& g, const Tensor& pre);
+// How matmul_dgelu computes a 16-bit hidden gradient (f32 and unaligned shapes always take the
+// GEMM, then the elementwise GELU gradient, then sum_to):
+enum class DGeluPath {
+  kKernel,         // plain GEMM, then dgelu_bgrad_inplace (one kiln pass: factor + column sums)
+  kEpilogue,       // GEMM with the DGELU epilogue (the factor in the GEMM), then sum_to for gb1
+  kEpilogueBGrad,  // GEMM with the DGELU_BGRAD epilogue (cuBLASLt sums gb1 too)
+};
+// The path KILN_DGELU picks: unset -> kKernel, "epilogue" -> kEpilogue, "cublaslt" ->
+// kEpilogueBGrad (read once).
+DGeluPath default_dgelu_path();
 // (gy @ w2) * gelu_tanh'(pre): gy (M, C), w2 (C, HID), pre (M, HID) -> (M, HID); with gb1, also
-// its column sums (HID). bf16/f16: one GEMM with the DGELU(_BGRAD) epilogue.
-Tensor matmul_dgelu(const Tensor& gy, const Tensor& w2, const Tensor& pre, Tensor* gb1);
+// its column sums (HID), by `path` (falling back to the next unfused path where it cannot run).
+Tensor matmul_dgelu(const Tensor& gy, const Tensor& w2, const Tensor& pre, Tensor* gb1,
+                    DGeluPath path = default_dgelu_path());
 // dpre (M, HID) := dpre * gelu_tanh'(pre) in place; with gb1, *gb1 = its column sums (HID), f32
 // partials over chunks of rows added in a fixed order. dpre, pre: contiguous bf16 / f16, one
 // shape, HID % 8 == 0, both 16-byte aligned (the caller checks).

@@ -396,37 +396,45 @@ void dgelu_bgrad_inplace(const Tensor& dpre, const Tensor& pre, Tensor* gb1) {
 
 bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
 
-Tensor matmul_dgelu(const Tensor& gy, const Tensor& w2, const Tensor& pre, Tensor* gb1) {
+DGeluPath default_dgelu_path() {
+  static const DGeluPath path = [] {
+    const char* e = std::getenv("KILN_DGELU");
+    const std::string v = e != nullptr ? e : "";
+    if (v == "epilogue") return DGeluPath::kEpilogue;
+    if (v == "cublaslt") return DGeluPath::kEpilogueBGrad;
+    return DGeluPath::kKernel;
+  }();
+  return path;
+}
+
+Tensor matmul_dgelu(const Tensor& gy, const Tensor& w2, const Tensor& pre, Tensor* gb1,
+                    DGeluPath path) {
   DeviceGuard guard(device_of(gy));
   const int64_t rows = gy.size(0), c = gy.size(1), hid = w2.size(1);
   Tensor pc = raw::contiguous(pre);
-  // Default: a plain GEMM, then one kiln kernel for the GELU gradient and b1's partial column
-  // sums. cuBLASLt's DGELU_BGRAD epilogue ran as a separate epilogue kernel at 0.61 ms for
-  // 32768 x 3072 on an H200 (2026-12-05 profile), against ~0.2 ms of bytes.
-  // KILN_DGELU=cublaslt keeps that epilogue.
-  static const bool use_cublaslt = [] {
-    const char* e = std::getenv("KILN_DGELU");
-    return e != nullptr && std::string(e) == "cublaslt";
-  }();
-  if (!use_cublaslt && fused_gelu_dtype(gy.dtype()) && hid % 8 == 0 && rows > 0 && c > 0 &&
-      hid > 0) {
+  const bool fusable = fused_gelu_dtype(gy.dtype()) && hid % 8 == 0 && rows > 0 && c > 0 && hid > 0;
+  // kKernel (the default): a plain GEMM, then one kiln kernel for the GELU gradient and b1's
+  // partial column sums. cuBLASLt's DGELU_BGRAD epilogue ran as a separate epilogue kernel at
+  // 0.61 ms for 32768 x 3072 on an H200 (2026-12-05 profile), against ~0.2 ms of bytes.
+  if (path == DGeluPath::kKernel && fusable) {
     Tensor dpre = matmul(gy, w2, false, false);
     if (dpre.is_contiguous() && aligned16(dpre) && aligned16(pc)) {
       dgelu_bgrad_inplace(dpre, pc, gb1);
       return dpre;
     }
   }
-  if (fused_gelu_dtype(gy.dtype()) && hid % 8 == 0 && rows > 0 && c > 0 && hid > 0) {
+  if (fusable) {
+    const bool bgrad = gb1 != nullptr && path == DGeluPath::kEpilogueBGrad;
     Tensor dpre = Tensor::empty({rows, hid}, gy.dtype(), gy.device());
-    Tensor bg = gb1 ? Tensor::empty({hid}, gy.dtype(), gy.device()) : Tensor();
+    Tensor bg = bgrad ? Tensor::empty({hid}, gy.dtype(), gy.device()) : Tensor();
     Operand G = operand(gy), W = operand(w2);
     GemmParams p = params(gy.dtype(), rows, hid, c, G, false, W, false, dpre);
-    p.epilogue = gb1 ? GemmEpilogue::kDGeluBGrad : GemmEpilogue::kDGelu;
+    p.epilogue = bgrad ? GemmEpilogue::kDGeluBGrad : GemmEpilogue::kDGelu;
     p.aux = const_cast<void*>(pc.raw());
     p.ld_aux = hid;
     p.bias_grad = bg.defined() ? bg.raw() : nullptr;
     if (gemm(p)) {
-      if (gb1) *gb1 = bg;
+      if (gb1) *gb1 = bgrad ? bg : sum_to(dpre, {hid});
       return dpre;
     }
   }

@@ -23,6 +23,7 @@
 #include "core/autograd.h"
 #include "core/cuda/gemm.h"
 #include "core/ops/activation.h"
+#include "core/ops/cuda_base_ops.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/matmul.h"
 #include "core/testing/gpu_test_util.h"
@@ -352,6 +353,36 @@ TEST_F(MatmulCuda, MlpGeluBackwardKernelOverManyRowChunksMatchesComposedCpu) {
     auto f = [](const std::vector<Tensor>& t) { return mlp_gelu(t[0], t[1], t[2], t[3], t[4]); };
     check_fwd_bwd(f, {x, w1, b1, w2, b2}, gy, dt, {264, 264, 2100, 2100, 2100, 2100},
                   {true, true, true, true, true});
+  }
+}
+
+TEST_F(MatmulCuda, HiddenGradientPathsMatchF64Reference) {
+  // matmul_dgelu by each path (the kiln kernel, cuBLASLt's DGELU epilogue + sum_to, its
+  // DGELU_BGRAD epilogue): dpre = (gy @ w2) * gelu'(pre) and gb1 = its column sums, against the
+  // f64 CPU gradient of gelu through autograd. 2100 rows, H = 264 (one full 256-column block and
+  // one of 8), C = 64; bf16 and f16.
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    Tensor gy = random_tensor({2100, 64}, 70, dt);
+    Tensor w2 = random_tensor({64, 264}, 71, dt, Device::cpu(), 0.125);
+    Tensor pre = random_tensor({2100, 264}, 72, dt);
+    Tensor pre64 = f64(pre).set_requires_grad(true);
+    Tensor dpre_ref, gb1_ref;
+    {
+      EnableGradGuard eg;
+      dpre_ref = kiln::grad({gelu(pre64)}, {matmul(f64(gy), f64(w2), false, false)}, {pre64})[0];
+    }
+    gb1_ref = sum_to(dpre_ref, {264});
+    for (cuda::DGeluPath path :
+         {cuda::DGeluPath::kKernel, cuda::DGeluPath::kEpilogue, cuda::DGeluPath::kEpilogueBGrad}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " path " + std::to_string(static_cast<int>(path)));
+      Tensor gb1;
+      Tensor dpre = cuda::matmul_dgelu(to_gpu(gy), to_gpu(w2), to_gpu(pre), &gb1, path);
+      expect_gemm_close(dpre, dpre_ref.to(dt), 64, dt, "dpre");
+      // gb1 sums 2100 rounded entries: the K-dependent term with K = the rows.
+      expect_gemm_close(gb1, gb1_ref.to(dt), 2100, dt, "gb1");
+      Tensor none = cuda::matmul_dgelu(to_gpu(gy), to_gpu(w2), to_gpu(pre), nullptr, path);
+      expect_gemm_close(none, dpre_ref.to(dt), 64, dt, "dpre without gb1");
+    }
   }
 }
 
