@@ -23,7 +23,8 @@
 #   KILN_FP8_FUSED_DBIAS / KILN_FP8_FUSED_MLP on and off; FP8F_LONG=1 adds 200-step loss curves;
 #   needs kernel_bench and models_gpu_tests built), allon (every opt-in path of this round on
 #   together against all off, then PyTorch: Llama 1B, GPT-2 124M and 1.5B; ALLON_MODELS picks;
-#   ALLON_QUICK=1 skips the second all-on run),
+#   ALLON_QUICK=1 skips the second all-on run, ALLON_NOOFF=1 the all-off run; ALLON_FP8=1 adds
+#   kiln with fp8 GEMMs),
 #   dgelu (the hidden gradient's paths: test, kernel_bench dgelu, GPT-2 124M with
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
@@ -66,7 +67,7 @@ export KILN_STEP_PHASES=1  # kiln prints where the host spends each step (launch
 # per-switch parts below compare against (their "on" runs add one switch back on top of it).
 OFF=(KILN_FUSED_PROJ=0 KILN_ROPE_GRAD_BTHD=0 KILN_CE_ROWS=vector KILN_RESID_EPILOGUE=0
      KILN_NORM_SKIP_FUSED=0 KILN_SDPA_TUNE=0 KILN_FP8_FUSED_DBIAS=0 KILN_FP8_FUSED_MLP=0
-     KILN_FP8_FAST_ACCUM=0)
+     KILN_FP8_FAST_ACCUM=0 KILN_DGELU=kernel KILN_FP8_DELAYED_SCALING=0)
 # kiln_run LABEL CONFIG [VAR=VALUE...] [-- --set k=v...]: kiln train alone, then its median
 # tokens/s (steps >= 8), MFU, peak memory and the losses at a few steps (metrics kept as
 # $out/LABEL.jsonl).
@@ -440,7 +441,9 @@ PY
           g124) c=benchmarks/e2e/gpt2-124m-bench.textproto ;;
           g1.5b) c=benchmarks/e2e/gpt2-1.5b-bench.textproto ;;
         esac
-        kiln_run "$m-allon" "$c"; kiln_run "$m-alloff" "$c" "${OFF[@]}"
+        kiln_run "$m-allon" "$c"
+        [[ ${ALLON_NOOFF:-0} == 1 ]] || kiln_run "$m-alloff" "$c" "${OFF[@]}"
+        [[ ${ALLON_FP8:-0} == 1 ]] && kiln_run "$m-fp8" "$c" -- --set precision.fp8_matmul=true
         [[ ${ALLON_QUICK:-0} == 1 ]] || kiln_run "$m-allon2" "$c"
         case $m in
           llama) timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1 ;;

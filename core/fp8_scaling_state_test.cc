@@ -1,6 +1,7 @@
 // nn::Linear's fp8 delayed-scaling state (core/nn/layers.h, core/ops/fp8.h), on the CPU: absent
-// unless KILN_FP8_DELAYED_SCALING is on; with it, made once and shared by every later forward and
-// by the backward that holds it (the GPU side is tested in core/ops/fp8_delayed_cuda_test.cc).
+// when delayed scaling is off (KILN_FP8_DELAYED_SCALING=0); with it, made once and shared by every
+// later forward and by the backward that holds it (the GPU side is tested in
+// core/ops/fp8_delayed_cuda_test.cc).
 #include <gtest/gtest.h>
 
 #include <memory>

@@ -62,7 +62,7 @@ constexpr const char* kMlp = "fp8_mlp_gelu";
 EnvSwitch g_fast_accum("KILN_FP8_FAST_ACCUM", true);
 EnvSwitch g_fused_dbias("KILN_FP8_FUSED_DBIAS", true);
 EnvSwitch g_fused_mlp("KILN_FP8_FUSED_MLP", true);
-EnvSwitch g_delayed("KILN_FP8_DELAYED_SCALING");
+EnvSwitch g_delayed("KILN_FP8_DELAYED_SCALING", true);
 
 // x must be a non-empty bf16 / f16 / f32 tensor on a CUDA device that can run kernels.
 void check_quantize_input(const char* op, const Tensor& x) {

@@ -45,12 +45,14 @@ Tensor fp8_amax(const Tensor& x);
 Fp8Tensor fp8_quantize(const Tensor& x, DType fp8_dtype, bool rowwise = true,
                        bool transposed = false, Tensor* colsum = nullptr);
 
-// Delayed scaling (opt-in: KILN_FP8_DELAYED_SCALING=1, read once; not yet run on a GPU): a tensor
+// Delayed scaling (on by default since 2026-12-06, when it made fp8 2.4% faster than bf16 at GPT-2
+// 1.5B on an H100; KILN_FP8_DELAYED_SCALING=0 turns it off, read once): a tensor
 // role (a linear's input, weight or output gradient) scales each use by the amax of its previous
 // use and reduces its own amax in the same pass as the cast (Transformer Engine's delayed scaling
 // with a history of one), which saves current scaling's separate amax read of the tensor. A value
 // above the previous amax saturates to fp8's largest finite value. The first use scales by its
-// own amax. The histories are run state, not checkpointed: a resumed run starts them afresh.
+// own amax. The histories are run state, not checkpointed: a resumed run starts them afresh, so
+// its first step scales by current amaxes and is not bit-identical to the uninterrupted run's.
 struct Fp8History {
   Tensor slots;      // (3) f32 on the device: the amaxes of the last uses (a ring, core/ops/fp8.cu)
   int64_t uses = 0;  // quantizations so far

@@ -400,9 +400,9 @@ DGeluPath default_dgelu_path() {
   static const DGeluPath path = [] {
     const char* e = std::getenv("KILN_DGELU");
     const std::string v = e != nullptr ? e : "";
-    if (v == "epilogue") return DGeluPath::kEpilogue;
+    if (v == "kernel") return DGeluPath::kKernel;
     if (v == "cublaslt") return DGeluPath::kEpilogueBGrad;
-    return DGeluPath::kKernel;
+    return DGeluPath::kEpilogue;
   }();
   return path;
 }
@@ -413,9 +413,11 @@ Tensor matmul_dgelu(const Tensor& gy, const Tensor& w2, const Tensor& pre, Tenso
   const int64_t rows = gy.size(0), c = gy.size(1), hid = w2.size(1);
   Tensor pc = raw::contiguous(pre);
   const bool fusable = fused_gelu_dtype(gy.dtype()) && hid % 8 == 0 && rows > 0 && c > 0 && hid > 0;
-  // kKernel (the default): a plain GEMM, then one kiln kernel for the GELU gradient and b1's
-  // partial column sums. cuBLASLt's DGELU_BGRAD epilogue ran as a separate epilogue kernel at
-  // 0.61 ms for 32768 x 3072 on an H200 (2026-12-05 profile), against ~0.2 ms of bytes.
+  // kEpilogue (the default): the GELU factor in the GEMM's epilogue, b1's gradient by sum_to:
+  // 0.40-0.42 ms for 32768 x 768 x 3072 on an H100, against 0.49 ms for kKernel (a plain GEMM,
+  // then one kiln kernel for the factor and b1's partial column sums) and 0.91 ms for
+  // DGELU_BGRAD, whose bias gradient runs as a separate epilogue kernel (kernel_bench dgelu,
+  // 2026-12-06, benchmarks/RESULTS.md).
   if (path == DGeluPath::kKernel && fusable) {
     Tensor dpre = matmul(gy, w2, false, false);
     if (dpre.is_contiguous() && aligned16(dpre) && aligned16(pc)) {

@@ -317,8 +317,9 @@ TEST_F(MatmulCuda, LinearGeluMatchesComposedCpu) {
 }
 
 TEST_F(MatmulCuda, MlpGeluMatchesComposedCpu) {
-  // bf16: backward computes the hidden gradient with the DGELU_BGRAD epilogue and b2's gradient
-  // with BGRADB; f32: unfused kiln kernels. C = 64, H = 256.
+  // bf16: backward computes the hidden gradient by matmul_dgelu's default path (the DGELU
+  // epilogue; HiddenGradientPathsMatchF64Reference covers each path); f32: unfused kiln kernels.
+  // C = 64, H = 256.
   for (DType dt : {DType::kF32, DType::kBF16}) {
     SCOPED_TRACE(dtype_name(dt));
     Tensor x = random_tensor({4, 24, 64}, 40, dt);
@@ -340,8 +341,10 @@ TEST_F(MatmulCuda, MlpGeluMatchesComposedCpu) {
 }
 
 TEST_F(MatmulCuda, MlpGeluBackwardKernelOverManyRowChunksMatchesComposedCpu) {
-  // The hidden gradient's GELU factor and b1's column sums (matmul_dgelu's kernel): 2100 rows in
-  // 64 chunks of 33 (the last one short), H = 264 = one full 256-column block and one of 8.
+  // The hidden gradient's GELU factor and b1's column sums through mlp_gelu (matmul_dgelu's
+  // default path; the kiln kernel's 64 chunks of 33 rows are tested directly in
+  // HiddenGradientPathsMatchF64Reference): 2100 rows, H = 264 = one full 256-column block and one
+  // of 8.
   for (DType dt : {DType::kBF16, DType::kF16}) {
     SCOPED_TRACE(dtype_name(dt));
     Tensor x = random_tensor({3, 700, 64}, 60, dt);
