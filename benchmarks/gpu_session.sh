@@ -23,8 +23,8 @@
 #   KILN_FP8_FUSED_DBIAS / KILN_FP8_FUSED_MLP on and off; FP8F_LONG=1 adds 200-step loss curves;
 #   needs kernel_bench and models_gpu_tests built), allon (every opt-in path of this round on
 #   together against all off, then PyTorch: Llama 1B, GPT-2 124M and 1.5B; ALLON_MODELS picks;
-#   ALLON_QUICK=1 skips the second all-on run, ALLON_NOOFF=1 the all-off run; ALLON_FP8=1 adds
-#   kiln with fp8 GEMMs),
+#   ALLON_QUICK=1 skips the second all-on run, ALLON_NOOFF=1 the all-off run; ALLON_FP8="g1.5b"
+#   adds kiln with fp8 GEMMs for the models it names),
 #   dgelu (the hidden gradient's paths: test, kernel_bench dgelu, GPT-2 124M with
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
@@ -443,7 +443,7 @@ PY
         esac
         kiln_run "$m-allon" "$c"
         [[ ${ALLON_NOOFF:-0} == 1 ]] || kiln_run "$m-alloff" "$c" "${OFF[@]}"
-        [[ ${ALLON_FP8:-0} == 1 ]] && kiln_run "$m-fp8" "$c" -- --set precision.fp8_matmul=true
+        [[ " ${ALLON_FP8:-} " == *" $m "* ]] && kiln_run "$m-fp8" "$c" -- --set precision.fp8_matmul=true
         [[ ${ALLON_QUICK:-0} == 1 ]] || kiln_run "$m-allon2" "$c"
         case $m in
           llama) timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1 ;;
