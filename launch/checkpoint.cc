@@ -162,6 +162,7 @@ absl::Status write_rank_files(const std::string& tmp, const RankContribution& mi
   part->add_files(file);
   for (const RngState& r : mine.rng) *part->add_rng() = r;
   for (const LoaderState& l : mine.loader) *part->add_loader() = l;
+  for (const Fp8HistoryState& f : mine.fp8) *part->add_fp8() = f;
   return write_file(tmp + "/" + part_file(rank), encode_manifest(*part));
 }
 
@@ -222,8 +223,6 @@ absl::Status publish(const std::string& dir, const std::string& tmp, const std::
   if (replaced) fs::remove_all(trash, ec);
   return absl::OkStatus();
 }
-
-std::string shape_text(const Shape& s) { return shape_str(s); }
 
 Shape entry_shape(const TensorEntry& e) { return Shape(e.shape().begin(), e.shape().end()); }
 
@@ -361,6 +360,7 @@ absl::StatusOr<std::string> save_checkpoint(const std::string& dir, Manifest hea
   header.clear_files();
   header.clear_rng();
   header.clear_loader();
+  header.clear_fp8();
   Manifest part;
   s = write_rank_files(tmp, mine, rank, &part);
   test_delay();
@@ -518,7 +518,7 @@ absl::Status read_checkpoint_pieces(const std::string& path, const Manifest& m,
     if (stored != p.global_shape)
       return absl::InvalidArgumentError(
           absl::StrFormat("checkpoint %s: tensor '%s' has shape %s in the checkpoint but %s here",
-                          path, p.name, shape_text(stored), shape_text(p.global_shape)));
+                          path, p.name, shape_str(stored), shape_str(p.global_shape)));
     const int64_t count = p.local.numel();
     if (p.is_box()) {
       KILN_CHECK(parallel::box_inside(p.box, p.global_shape) &&

@@ -58,6 +58,7 @@ struct RankContribution {
   std::vector<parallel::Piece> pieces;  // global names; `local` is f32 on any device
   std::vector<RngState> rng;
   std::vector<LoaderState> loader;
+  std::vector<Fp8HistoryState> fp8;  // this rank's fp8 delayed-scaling histories
 };
 
 // Collective over `world`: every rank passes its contribution; `header` carries the

@@ -313,6 +313,14 @@ absl::Status validate_manifest(const Manifest& m) {
   for (const LoaderState& l : m.loader())
     if (l.rank() < 0 || l.rank() >= world)
       return bad(absl::StrCat("loader: rank ", l.rank(), " outside the world of ", world));
+  for (const Fp8HistoryState& f : m.fp8()) {
+    if (f.rank() < 0 || f.rank() >= world)
+      return bad(absl::StrCat("fp8: rank ", f.rank(), " outside the world of ", world));
+    if (f.slots_size() != 3 || f.uses() < 1)
+      return bad(absl::StrCat("fp8: history '", f.name(), "' of rank ", f.rank(), " has ",
+                              f.slots_size(), " amaxes and ", f.uses(),
+                              " uses (want 3 amaxes, uses >= 1)"));
+  }
   // Per tensor name: one shape, and pieces tiling [0, numel).
   std::map<std::string, std::vector<Span>> spans;
   std::map<std::string, int> first;

@@ -128,6 +128,20 @@ TEST(Manifest, ValidationNamesTheProblem) {
       {[](Manifest* m) { m->mutable_tensors(3)->add_shape(1); }, "pieces disagree on the shape"},
       {[](Manifest* m) { m->mutable_layout()->set_dp(2); }, "!= world_size"},
       {[](Manifest* m) { m->mutable_tensors(0)->set_dtype(BF16); }, "only F32"},
+      {[](Manifest* m) {
+         Fp8HistoryState* f = m->add_fp8();
+         f->set_rank(3);
+         f->set_name("0/h.0.mlp.c_fc/x");
+       },
+       "fp8: rank 3 outside"},
+      {[](Manifest* m) {
+         Fp8HistoryState* f = m->add_fp8();
+         f->set_rank(1);
+         f->set_name("0/h.0.mlp.c_fc/x");
+         f->add_slots(1);
+         f->set_uses(2);
+       },
+       "fp8: history '0/h.0.mlp.c_fc/x' of rank 1 has 1 amaxes"},
   };
   for (const Case& c : cases) {
     Manifest m = small_manifest();

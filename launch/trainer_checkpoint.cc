@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/autograd.h"
+#include "core/nn/fp8_histories.h"
 #include "core/ops/elementwise.h"
 #include "launch/checkpoint.h"
 #include "launch/checkpoint_tp.h"
@@ -37,6 +38,65 @@ absl::Status check_finite(const std::vector<parallel::Piece>& pieces, int64_t st
 // The RNG state's name of pipeline chunk c's dropout generator ("dropout" for the first).
 std::string dropout_generator_name(size_t c) {
   return c == 0 ? "dropout" : absl::StrCat("dropout.chunk", c);
+}
+
+// Chunk c's fp8 history records as this rank's checkpoint entries ("<c>/<module>/<role>").
+void add_fp8_histories(nn::Module& chunk, size_t c, int rank, std::vector<Fp8HistoryState>* out) {
+  for (const nn::Fp8HistoryRecord& r : nn::fp8_history_records(chunk)) {
+    Fp8HistoryState& f = out->emplace_back();
+    f.set_rank(rank);
+    f.set_name(absl::StrCat(c, "/", r.name));
+    for (float v : r.slots) f.add_slots(v);
+    f.set_uses(r.uses);
+  }
+}
+
+// This rank's stored histories, split by model chunk (the "<c>/" prefix removed).
+absl::StatusOr<std::vector<std::vector<nn::Fp8HistoryRecord>>> fp8_records_by_chunk(
+    const Manifest& m, int rank, size_t chunks) {
+  std::vector<std::vector<nn::Fp8HistoryRecord>> out(chunks);
+  for (const Fp8HistoryState& f : m.fp8()) {
+    if (f.rank() != rank) continue;
+    const size_t slash = f.name().find('/');
+    size_t c = chunks;
+    if (slash != std::string::npos && slash > 0 &&
+        f.name().find_first_not_of("0123456789") == slash)
+      c = std::stoul(f.name().substr(0, slash));
+    if (c >= chunks)
+      return absl::InvalidArgumentError(absl::StrCat(
+          "fp8 history '", f.name(), "' names no model chunk of this run (", chunks, " chunks)"));
+    out[c].push_back({f.name().substr(slash + 1),
+                      std::vector<float>(f.slots().begin(), f.slots().end()), f.uses()});
+  }
+  return out;
+}
+
+// FailedPrecondition when the checkpoint's optimizer type differs from `here`'s.
+absl::Status check_same_optimizer(const Manifest& m, const OptimizerConfig& here,
+                                  const std::string& path) {
+  const OptimizerConfig& stored = m.config().optimizer();
+  if (stored.type() == here.type()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("checkpoint ", path, ": optimizer.type is ",
+                   OptimizerConfig::Type_Name(stored.type()), " there and ",
+                   OptimizerConfig::Type_Name(here.type()), " here (its state cannot carry over)"));
+}
+
+// Puts this rank's stored fp8 histories back into its model chunks.
+absl::Status restore_fp8_state(const Manifest& m, int rank,
+                               const std::vector<std::unique_ptr<models::LanguageModel>>& chunks) {
+  auto by_chunk = fp8_records_by_chunk(m, rank, chunks.size());
+  absl::Status s = by_chunk.status();
+  for (size_t c = 0; s.ok() && c < chunks.size(); ++c)
+    s = nn::restore_fp8_histories(*chunks[c], (*by_chunk)[c]);
+  return s;
+}
+
+// Whether the checkpoint's layout gives every rank the same place (and so the same data).
+bool same_ranks(const ParallelLayout& l, int world_size, const parallel::ParallelDims& d,
+                size_t chunks) {
+  return l.world_size() == world_size && l.dp() == d.dp && l.tp() == d.tp &&
+         std::max(l.pp(), 1) == d.pp && std::max(l.virtual_stages(), 1) == static_cast<int>(chunks);
 }
 
 }  // namespace
@@ -107,6 +167,8 @@ absl::StatusOr<std::string> Trainer::save_checkpoint() {
     ls.set_rank(dp_rank);
     ls.set_position(train_->position());
   }
+  for (size_t c = 0; c < chunks_.size(); ++c)
+    add_fp8_histories(*chunks_[c], c, world_.rank, &mine.fp8);
   // A non-finite state is never saved (retention would then delete the last good checkpoints).
   absl::Status finite = agree_across_ranks(mesh_->world(), check_finite(mine.pieces, step_),
                                            "the non-finite check before saving");
@@ -136,13 +198,8 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
       check_model_shapes(*m, cfg_.model(), tp_global_shapes(tp, model_parameters()), path,
                          /*stage=*/mesh_->dims().pp > 1);
   if (s.ok()) s = check_checkpoint_files(path, *m);
+  if (s.ok()) s = check_same_optimizer(*m, cfg_.optimizer(), path);
   if (!s.ok()) return s;
-  const auto& stored_opt = m->config().optimizer();
-  if (stored_opt.type() != cfg_.optimizer().type())
-    return absl::FailedPreconditionError(absl::StrCat(
-        "checkpoint ", path, ": optimizer.type is ", OptimizerConfig::Type_Name(stored_opt.type()),
-        " there and ", OptimizerConfig::Type_Name(cfg_.optimizer().type()),
-        " here (its state cannot carry over)"));
   if (world_.rank == 0)
     for (const std::string& d : model_field_differences(m->config().model(), cfg_.model(), false))
       std::fprintf(stderr, "kiln: warning: checkpoint %s: %s\n", path.c_str(), d.c_str());
@@ -179,6 +236,12 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
   if (scaler_ && m->schedule().loss_scale() > 0)
     scaler_->restore(m->schedule().loss_scale(), m->schedule().loss_scale_good_steps(),
                      m->schedule().skipped_steps());
+  const ParallelLayout& l = m->layout();
+  const int v = std::max(l.virtual_stages(), 1);
+  const bool same = same_ranks(l, world_.size, mesh_->dims(), chunks_.size());
+  // fp8 histories follow the data a rank sees: only the same layout restores them.
+  if (s = same ? restore_fp8_state(*m, world_.rank, chunks_) : absl::OkStatus(); !s.ok())
+    return absl::Status(s.code(), absl::StrCat("checkpoint ", path, ": ", s.message()));
   resumed_from_ = path;
   // A checkpoint of this run's own directory needs no save at the end when no step remains; one
   // from elsewhere (kiln train --resume=PATH into another layout) is saved here by save_at_end.
@@ -188,12 +251,8 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
                     ? step_
                     : -1;
   if (world_.rank == 0) {
-    const ParallelLayout& l = m->layout();
     std::string layout;
-    const int v = std::max(l.virtual_stages(), 1);
-    if (l.world_size() != world_.size || l.dp() != mesh_->dims().dp || l.tp() != mesh_->dims().tp ||
-        std::max(l.pp(), 1) != mesh_->dims().pp || l.zero_stage() != dp_->zero_stage() ||
-        v != static_cast<int>(chunks_.size()))
+    if (!same || l.zero_stage() != dp_->zero_stage())
       layout = absl::StrFormat(", resharded from world %d dp %d zero_stage %d%s%s%s",
                                l.world_size(), l.dp(), l.zero_stage(),
                                l.tp() > 1 ? absl::StrFormat(" tp %d", l.tp()) : "",

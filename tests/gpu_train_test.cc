@@ -12,7 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "core/backend.h"
 #include "core/check.h"
+#include "core/cuda/runtime.h"
 #include "core/testing/require_gpu.h"
+#include "launch/checkpoint.h"
 #include "launch/config.h"
 #include "launch/testing/tiny_config.h"
 #include "launch/trainer.h"
@@ -112,6 +114,40 @@ TEST(GpuTraining, ResumeIsBitIdenticalInDeterministicMode) {
   };
   const std::string last = "/checkpoints/step_00000050/rank_00000.bin";
   EXPECT_TRUE(bytes(dir_a + last) == bytes(dir_b + last)) << "final state differs";
+}
+
+// fp8 GEMMs with delayed scaling (the default) across a resume in deterministic mode: each
+// linear's amax histories travel in the checkpoint (core/nn/fp8_histories.h), so the resumed run
+// scales every fp8 tensor as the uninterrupted one did and its losses are bit-identical (without
+// them its first step would scale by current amaxes). sm_89+ only.
+TEST(GpuTraining, Fp8ResumeWithDelayedScalingIsBitIdentical) {
+  if (!cuda_available()) KILN_GPU_SKIP("no GPU visible");
+  if (cuda::compute_capability() < 89) KILN_GPU_SKIP("fp8 GEMMs need sm_89+");
+  TrainConfig a = config(TrainConfig::CUDA, PrecisionConfig::BF16, true);
+  a.mutable_precision()->set_fp8_matmul(true);
+  a.mutable_checkpoint()->set_every_n_steps(20);
+  a.mutable_checkpoint()->set_keep_last(0);
+  const std::string dir_a = ::testing::TempDir() + "/kiln_gpu_fp8_resume_a";
+  const std::string dir_b = ::testing::TempDir() + "/kiln_gpu_fp8_resume_b";
+  std::filesystem::remove_all(dir_a);
+  std::filesystem::remove_all(dir_b);
+  a.mutable_logging()->set_run_dir(dir_a);
+  a.mutable_checkpoint()->set_dir(dir_a + "/checkpoints");
+  TrainConfig b = a;
+  b.mutable_logging()->set_run_dir(dir_b);
+  b.mutable_checkpoint()->set_dir(dir_b + "/checkpoints");
+  b.mutable_checkpoint()->set_resume(dir_a + "/checkpoints/step_00000020");
+  const std::vector<double> full = train(a);
+  absl::StatusOr<Manifest> m =
+      launch::read_checkpoint_manifest(dir_a + "/checkpoints/step_00000020", false);
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  // 2 blocks x 4 linears x 3 roles (x, w, gy), each used every step.
+  EXPECT_EQ(m->fp8_size(), 24) << "fp8 histories in the checkpoint";
+  const std::vector<double> resumed = train(b);
+  ASSERT_EQ(resumed.size(), static_cast<size_t>(kSteps - 20));
+  for (int i = 20; i < kSteps; ++i)
+    EXPECT_EQ(std::memcmp(&full[i], &resumed[i - 20], sizeof(double)), 0)
+        << "step " << i << ": " << full[i] << " vs " << resumed[i - 20];
 }
 
 }  // namespace

@@ -30,6 +30,8 @@ class Linear : public Module {
   // The delayed-scaling histories of this layer's fp8 GEMMs (core/ops/fp8.h), made on first use,
   // or null when fp8_delayed_scaling() is off.
   std::shared_ptr<Fp8LinearScaling> fp8_scaling() const;
+  // The same without making it: null until a use made it (checkpoints read it).
+  const std::shared_ptr<Fp8LinearScaling>& fp8_scaling_if_made() const { return fp8_scaling_; }
   // Tensor parallelism sets these from outside (parallel/tensor_parallel/apply.h), so core never
   // depends on a communicator: input_hook maps x before the matmul (column-parallel: copy or
   // all-gather to the tp group), output_hook maps the matmul's output before the bias is added

@@ -51,8 +51,9 @@ Fp8Tensor fp8_quantize(const Tensor& x, DType fp8_dtype, bool rowwise = true,
 // use and reduces its own amax in the same pass as the cast (Transformer Engine's delayed scaling
 // with a history of one), which saves current scaling's separate amax read of the tensor. A value
 // above the previous amax saturates to fp8's largest finite value. The first use scales by its
-// own amax. The histories are run state, not checkpointed: a resumed run starts them afresh, so
-// its first step scales by current amaxes and is not bit-identical to the uninterrupted run's.
+// own amax. Checkpoints keep every rank's histories (core/nn/fp8_histories.h), and a resume in the
+// same layout restores them, so it scales as the uninterrupted run would have (bit-identical in
+// deterministic mode); a resume into another layout starts them afresh.
 struct Fp8History {
   Tensor slots;      // (3) f32 on the device: the amaxes of the last uses (a ring, core/ops/fp8.cu)
   int64_t uses = 0;  // quantizations so far
