@@ -81,39 +81,56 @@ TEST(GpuTraining, MatchesCpuAndIsDeterministic) {
     EXPECT_EQ(std::memcmp(&bf16a[i], &bf16b[i], sizeof(double)), 0) << "step " << i;
 }
 
-// Checkpoint resume on the GPU in deterministic mode: bf16 compute with dropout, saved at step 20
-// (fp32 masters and moments copied from the device), restored into a fresh Trainer: every later
-// loss bit-identical to the uninterrupted run, and the final checkpoints byte-identical.
-TEST(GpuTraining, ResumeIsBitIdenticalInDeterministicMode) {
-  if (!cuda_available()) KILN_GPU_SKIP("no GPU visible");
-  TrainConfig a = config(TrainConfig::CUDA, PrecisionConfig::BF16, true);
-  a.mutable_model()->set_dropout(0.1);
-  a.mutable_checkpoint()->set_every_n_steps(20);
-  a.mutable_checkpoint()->set_save_at_end(true);
-  a.mutable_checkpoint()->set_keep_last(0);
-  const std::string dir_a = ::testing::TempDir() + "/kiln_gpu_resume_a";
-  const std::string dir_b = ::testing::TempDir() + "/kiln_gpu_resume_b";
-  std::filesystem::remove_all(dir_a);
-  std::filesystem::remove_all(dir_b);
-  a.mutable_logging()->set_run_dir(dir_a);
-  a.mutable_checkpoint()->set_dir(dir_a + "/checkpoints");
-  TrainConfig b = a;
-  b.mutable_logging()->set_run_dir(dir_b);
-  b.mutable_checkpoint()->set_dir(dir_b + "/checkpoints");
-  b.mutable_checkpoint()->set_resume(dir_a + "/checkpoints/step_00000020");
-  const std::vector<double> full = train(a);
-  const std::vector<double> resumed = train(b);
+// A run `a` of `base` saving every 20 steps into a fresh TempDir()/NAME_a, and a run `b` into
+// NAME_b resuming from a's step-20 checkpoint.
+struct ResumePair {
+  TrainConfig a, b;
+  std::string dir_a, dir_b;
+};
+ResumePair resume_pair(TrainConfig base, const std::string& name) {
+  ResumePair r{std::move(base),
+               {},
+               ::testing::TempDir() + "/" + name + "_a",
+               ::testing::TempDir() + "/" + name + "_b"};
+  std::filesystem::remove_all(r.dir_a);
+  std::filesystem::remove_all(r.dir_b);
+  r.a.mutable_checkpoint()->set_every_n_steps(20);
+  r.a.mutable_checkpoint()->set_keep_last(0);
+  r.a.mutable_logging()->set_run_dir(r.dir_a);
+  r.a.mutable_checkpoint()->set_dir(r.dir_a + "/checkpoints");
+  r.b = r.a;
+  r.b.mutable_logging()->set_run_dir(r.dir_b);
+  r.b.mutable_checkpoint()->set_dir(r.dir_b + "/checkpoints");
+  r.b.mutable_checkpoint()->set_resume(r.dir_a + "/checkpoints/step_00000020");
+  return r;
+}
+
+// Every loss of the resumed run equals the uninterrupted run's from step 20 on, bit for bit.
+void expect_same_from_step_20(const std::vector<double>& full, const std::vector<double>& resumed) {
   ASSERT_EQ(full.size(), static_cast<size_t>(kSteps));
   ASSERT_EQ(resumed.size(), static_cast<size_t>(kSteps - 20));
   for (int i = 20; i < kSteps; ++i)
     EXPECT_EQ(std::memcmp(&full[i], &resumed[i - 20], sizeof(double)), 0)
         << "step " << i << ": " << full[i] << " vs " << resumed[i - 20];
+}
+
+// Checkpoint resume on the GPU in deterministic mode: bf16 compute with dropout, saved at step 20
+// (fp32 masters and moments copied from the device), restored into a fresh Trainer: every later
+// loss bit-identical to the uninterrupted run, and the final checkpoints byte-identical.
+TEST(GpuTraining, ResumeIsBitIdenticalInDeterministicMode) {
+  if (!cuda_available()) KILN_GPU_SKIP("no GPU visible");
+  TrainConfig base = config(TrainConfig::CUDA, PrecisionConfig::BF16, true);
+  base.mutable_model()->set_dropout(0.1);
+  base.mutable_checkpoint()->set_save_at_end(true);
+  const ResumePair r = resume_pair(base, "kiln_gpu_resume");
+  const std::vector<double> full = train(r.a);  // first: b resumes from its checkpoint
+  expect_same_from_step_20(full, train(r.b));
   auto bytes = [](const std::string& p) {
     std::ifstream in(p, std::ios::binary);
     return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   };
   const std::string last = "/checkpoints/step_00000050/rank_00000.bin";
-  EXPECT_TRUE(bytes(dir_a + last) == bytes(dir_b + last)) << "final state differs";
+  EXPECT_TRUE(bytes(r.dir_a + last) == bytes(r.dir_b + last)) << "final state differs";
 }
 
 // fp8 GEMMs with delayed scaling (the default) across a resume in deterministic mode: each
@@ -123,31 +140,16 @@ TEST(GpuTraining, ResumeIsBitIdenticalInDeterministicMode) {
 TEST(GpuTraining, Fp8ResumeWithDelayedScalingIsBitIdentical) {
   if (!cuda_available()) KILN_GPU_SKIP("no GPU visible");
   if (cuda::compute_capability() < 89) KILN_GPU_SKIP("fp8 GEMMs need sm_89+");
-  TrainConfig a = config(TrainConfig::CUDA, PrecisionConfig::BF16, true);
-  a.mutable_precision()->set_fp8_matmul(true);
-  a.mutable_checkpoint()->set_every_n_steps(20);
-  a.mutable_checkpoint()->set_keep_last(0);
-  const std::string dir_a = ::testing::TempDir() + "/kiln_gpu_fp8_resume_a";
-  const std::string dir_b = ::testing::TempDir() + "/kiln_gpu_fp8_resume_b";
-  std::filesystem::remove_all(dir_a);
-  std::filesystem::remove_all(dir_b);
-  a.mutable_logging()->set_run_dir(dir_a);
-  a.mutable_checkpoint()->set_dir(dir_a + "/checkpoints");
-  TrainConfig b = a;
-  b.mutable_logging()->set_run_dir(dir_b);
-  b.mutable_checkpoint()->set_dir(dir_b + "/checkpoints");
-  b.mutable_checkpoint()->set_resume(dir_a + "/checkpoints/step_00000020");
-  const std::vector<double> full = train(a);
+  TrainConfig base = config(TrainConfig::CUDA, PrecisionConfig::BF16, true);
+  base.mutable_precision()->set_fp8_matmul(true);
+  const ResumePair r = resume_pair(base, "kiln_gpu_fp8_resume");
+  const std::vector<double> full = train(r.a);
   absl::StatusOr<Manifest> m =
-      launch::read_checkpoint_manifest(dir_a + "/checkpoints/step_00000020", false);
+      launch::read_checkpoint_manifest(r.dir_a + "/checkpoints/step_00000020", false);
   ASSERT_TRUE(m.ok()) << m.status().message();
   // 2 blocks x 4 linears x 3 roles (x, w, gy), each used every step.
   EXPECT_EQ(m->fp8_size(), 24) << "fp8 histories in the checkpoint";
-  const std::vector<double> resumed = train(b);
-  ASSERT_EQ(resumed.size(), static_cast<size_t>(kSteps - 20));
-  for (int i = 20; i < kSteps; ++i)
-    EXPECT_EQ(std::memcmp(&full[i], &resumed[i - 20], sizeof(double)), 0)
-        << "step " << i << ": " << full[i] << " vs " << resumed[i - 20];
+  expect_same_from_step_20(full, train(r.b));
 }
 
 }  // namespace
