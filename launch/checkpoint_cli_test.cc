@@ -1,6 +1,7 @@
 // Corrupt checkpoints through the CLI: each damage (a flipped bit, a truncated or missing shard,
-// wrong shapes, another model's manifest or checkpoint, a damaged or missing manifest) is an error
-// at `kiln train` startup naming the tensor or file, never a crash and never a started run.
+// wrong shapes, another model's manifest or checkpoint, an fp8 history naming no layer, a damaged
+// or missing manifest) is an error at `kiln train` startup naming the tensor or file, never a crash
+// and never a started run.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -46,6 +47,16 @@ struct Case {
   std::vector<std::string> expect;
 };
 
+// Adds an fp8 delayed-scaling history of rank 0 named `name` to d's manifest.
+void add_fp8_history(const std::string& d, const std::string& name) {
+  Manifest w = *read_checkpoint_manifest(d);
+  Fp8HistoryState* f = w.add_fp8();
+  f->set_name(name);
+  for (int i = 0; i < 3; ++i) f->add_slots(1.0f);
+  f->set_uses(1);
+  write_bytes(d + "/manifest.bin", encode_manifest(w));
+}
+
 // The damages, each with the phrases its error must contain. `dir` holds the good run and
 // "other" (d_model 48); `victim` is a tensor in the middle of rank 0's shard file.
 std::vector<Case> corrupt_cases(const std::string& dir, const TensorEntry& victim) {
@@ -89,6 +100,12 @@ std::vector<Case> corrupt_cases(const std::string& dir, const TensorEntry& victi
          fs::copy(dir + "/other/checkpoints/step_00000004", d, fs::copy_options::recursive);
        },
        {"does not fit this model", "model.d_model: 48 in the checkpoint, 32 here"}},
+      {"fp8_history_other_chunk",
+       [](const std::string& d) { add_fp8_history(d, "7/h.0.mlp.c_fc/x"); },
+       {"fp8 history '7/h.0.mlp.c_fc/x' names no model chunk of this run (1 chunks)"}},
+      {"fp8_history_unknown_layer",
+       [](const std::string& d) { add_fp8_history(d, "0/h.9.mlp.c_fc/x"); },
+       {"fp8 history 'h.9.mlp.c_fc/x': no Linear layer 'h.9.mlp.c_fc' in this model"}},
       {"flipped_manifest_bit",
        [](const std::string& d) {
          std::string b = read_bytes(d + "/manifest.bin");

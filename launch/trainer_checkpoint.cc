@@ -59,7 +59,7 @@ absl::StatusOr<std::vector<std::vector<nn::Fp8HistoryRecord>>> fp8_records_by_ch
     if (f.rank() != rank) continue;
     const size_t slash = f.name().find('/');
     size_t c = chunks;
-    if (slash != std::string::npos && slash > 0 &&
+    if (slash != std::string::npos && slash > 0 && slash < 10 &&
         f.name().find_first_not_of("0123456789") == slash)
       c = std::stoul(f.name().substr(0, slash));
     if (c >= chunks)
