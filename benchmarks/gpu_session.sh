@@ -25,7 +25,8 @@
 #   together against all off, then PyTorch: Llama 1B, GPT-2 124M and 1.5B; ALLON_MODELS picks;
 #   ALLON_QUICK=1 skips the second all-on run, ALLON_NOOFF=1 the all-off run; ALLON_FP8="g1.5b"
 #   adds kiln with fp8 GEMMs for the models it names),
-#   dgelu (the hidden gradient's paths: test, kernel_bench dgelu, GPT-2 124M with
+#   adamwvec (KILN_ADAMW_VEC: test, memcheck, planted bug, kernel_bench adamw, Llama 1B / GPT-2
+#   124M on / off), dgelu (the hidden gradient's paths: test, kernel_bench dgelu, GPT-2 124M with
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
 #   200-step losses),
@@ -417,6 +418,18 @@ PY
       kiln_run fp8d-on-200 "$c" KILN_FP8_DELAYED_SCALING=1 -- "${l[@]}" "${s8[@]}"
       kiln_run fp8d-bf16-200 "$c" -- "${l[@]}"
       stamp fp8delayed ;;
+    adamwvec)
+      # KILN_ADAMW_VEC (four elements a thread in the AdamW kernel): its test, memcheck, a planted
+      # bug (the third lane's update skipped), kernel_bench adamw (both kernels), then Llama 1B and
+      # GPT-2 124M with it on / off / on.
+      gtests adamwvec build/optim/optim_gpu_tests 'OptimCuda.*'
+      memcheck adamwvec build/optim/optim_gpu_tests 'OptimCuda.Vectorized*'
+      plant optim/optimizer_cuda.cu 's/adamw_one(pv.z, mv.z, vv.z, gv.z, keep, gscale, s);//' \
+        'OptimCuda.Vectorized*' build/optim/optim_gpu_tests
+      timeout 120 build/benchmarks/kernel_bench 20 adamw 2>&1 | tee "$out/adamw_bench.log" | tail -6
+      ab_on_off llama-adamwvec benchmarks/e2e/llama-1b-bench.textproto KILN_ADAMW_VEC=1
+      ab_on_off g124-adamwvec benchmarks/e2e/gpt2-124m-bench.textproto KILN_ADAMW_VEC=1
+      stamp adamwvec ;;
     dgelu)
       # The MLP's hidden gradient by each path (core/ops/cuda_base_ops.h DGeluPath): its test,
       # kernel_bench's dgelu section, then GPT-2 124M (and 1.5B with DGELU_MODELS) with

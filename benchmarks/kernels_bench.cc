@@ -1,6 +1,7 @@
 // CUDA kernel benchmarks against measured ceilings of the GPU they run on:
 //  - AdamW (fused multi-tensor, GPT-2 124M parameter shapes, f32 master weights and moments,
-//    f32 and bf16 gradients) as achieved bytes/s against the device-to-device copy bandwidth;
+//    f32 and bf16 gradients; one element a thread and KILN_ADAMW_VEC's four) as achieved bytes/s
+//    against the device-to-device copy bandwidth;
 //  - GEMMs at GPT-2 124M shapes (batch 32 x sequence 1024 = 32768 tokens, bf16, cuBLASLt through
 //    kiln's matmul / linear / linear_gelu ops) as TFLOP/s against a large square bf16 GEMM;
 //  - the deterministic reduction (sum over the token dim of a (32768, 768) tensor, a bias
@@ -42,6 +43,7 @@
 #include "core/ops/rope_cuda.h"
 #include "core/random.h"
 #include "optim/optimizer.h"
+#include "optim/optimizer_cuda.h"
 
 namespace {
 
@@ -252,12 +254,16 @@ int main(int argc, char** argv) {
       n += p.numel();
     }
     optim::AdamW opt(params, optim::AdamWOptions{});
-    const double ms = time_ms([&] { opt.step(1e-4); }, reps);
     // p, m, v read and written (24 B), the gradient read (4 or 2 B).
     const double bytes = static_cast<double>(n) * (24 + dtype_size(gd));
-    row(std::string("AdamW fused, grads ") + dtype_name(gd),
-        std::to_string(params.size()) + " tensors, " + std::to_string(n / 1000000) + "M", ms,
-        bytes / (ms * 1e-3) / 1e9, "GB/s", copy_bw);
+    for (const int vec : {0, 1}) {  // KILN_ADAMW_VEC off / on
+      optim::cuda::set_adamw_vectorized_override(vec);
+      const double ms = time_ms([&] { opt.step(1e-4); }, reps);
+      row(std::string("AdamW fused") + (vec ? " vec4" : "") + ", grads " + dtype_name(gd),
+          std::to_string(params.size()) + " tensors, " + std::to_string(n / 1000000) + "M", ms,
+          bytes / (ms * 1e-3) / 1e9, "GB/s", copy_bw);
+    }
+    optim::cuda::set_adamw_vectorized_override(-1);
     const double norm_ms = time_ms([&] { (void)optim::grad_norm(params); }, reps);
     row(std::string("grad_norm, grads ") + dtype_name(gd), std::to_string(n / 1000000) + "M",
         norm_ms, static_cast<double>(n) * dtype_size(gd) / (norm_ms * 1e-3) / 1e9, "GB/s", copy_bw);

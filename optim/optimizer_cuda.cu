@@ -8,6 +8,7 @@
 #include "core/check.h"
 #include "core/cuda/dtype.cuh"
 #include "core/cuda/runtime.h"
+#include "core/env_switch.h"
 #include "core/ops/cuda_base_ops.h"
 #include "optim/optimizer_cuda.h"
 
@@ -50,6 +51,7 @@ struct AdamWArgs {
   float keep[kMaxTensors];    // 1 - lr * decay
   float gscale[kMaxTensors];  // the gradient's factor (1: none)
   DType gtype[kMaxTensors];
+  bool vec[kMaxTensors];  // p, m, v 16-byte aligned, g aligned to 4 of its elements
   ChunkTable table;
 };
 
@@ -57,7 +59,38 @@ struct AdamWScalars {
   float b1, b2, one_minus_b1, one_minus_b2, c1, c2, lr, eps;
 };
 
-// Mirrors adamw_update (optim/optimizer.cc) operation by operation, each rounded once.
+// One element's update: mirrors adamw_update (optim/optimizer.cc) operation by operation, each
+// rounded once.
+__device__ __forceinline__ void adamw_one(float& p, float& m, float& v, float g, float keep,
+                                          float gscale, const AdamWScalars& s) {
+  if (gscale != 1.0f) g = __fmul_rn(g, gscale);  // as scale()'s in-place f32 multiply
+  m = __fadd_rn(__fmul_rn(s.b1, m), __fmul_rn(s.one_minus_b1, g));
+  v = __fadd_rn(__fmul_rn(s.b2, v), __fmul_rn(__fmul_rn(s.one_minus_b2, g), g));
+  const float mh = __fmul_rn(m, s.c1), vh = __fmul_rn(v, s.c2);
+  const float step = __fdiv_rn(__fmul_rn(s.lr, mh), __fadd_rn(__fsqrt_rn(vh), s.eps));
+  p = __fsub_rn(__fmul_rn(p, keep), step);
+}
+
+// Four gradient elements from i (aligned to four of them) as f32.
+__device__ __forceinline__ float4 load4_f32(const void* g, DType t, int64_t i) {
+  if (t == DType::kF32) return *reinterpret_cast<const float4*>(static_cast<const float*>(g) + i);
+  if (t == DType::kBF16 || t == DType::kF16) {
+    const uint2 w = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(g) + i);
+    const uint16_t h[4] = {static_cast<uint16_t>(w.x), static_cast<uint16_t>(w.x >> 16),
+                           static_cast<uint16_t>(w.y), static_cast<uint16_t>(w.y >> 16)};
+    float f[4];
+    for (int j = 0; j < 4; ++j)
+      f[j] = t == DType::kBF16 ? kiln::cuda::bf16_bits_to_f32(h[j])
+                               : kiln::cuda::f16_bits_to_f32(h[j]);
+    return make_float4(f[0], f[1], f[2], f[3]);
+  }
+  return make_float4(load_f32(g, t, i), load_f32(g, t, i + 1), load_f32(g, t, i + 2),
+                     load_f32(g, t, i + 3));
+}
+
+// One chunk per block. With a.vec[t] (KILN_ADAMW_VEC), each thread takes four consecutive
+// elements per 16-byte access of p, m, v (the same per-element arithmetic, so the same bits), and
+// the chunk's last n % 4 elements one at a time.
 __global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWArgs a, AdamWScalars s) {
   const int t = a.table.tensor[blockIdx.x];
   const int64_t start = static_cast<int64_t>(a.table.chunk[blockIdx.x]) * kChunk;
@@ -68,16 +101,31 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWArgs a, AdamWScala
   const void* g = a.g[t];
   const DType gt = a.gtype[t];
   const float keep = a.keep[t], gscale = a.gscale[t];
-  for (int64_t i = start + threadIdx.x; i < end; i += kThreads) {
-    float gi = load_f32(g, gt, i);
-    if (gscale != 1.0f) gi = __fmul_rn(gi, gscale);  // as scale()'s in-place f32 multiply
-    const float mi = __fadd_rn(__fmul_rn(s.b1, m[i]), __fmul_rn(s.one_minus_b1, gi));
-    const float vi = __fadd_rn(__fmul_rn(s.b2, v[i]), __fmul_rn(__fmul_rn(s.one_minus_b2, gi), gi));
+  int64_t done = start;
+  if (a.vec[t]) {
+    const int64_t n4 = (end - start) / 4;
+    for (int64_t j = threadIdx.x; j < n4; j += kThreads) {
+      const int64_t i = start + 4 * j;
+      float4 pv = *reinterpret_cast<float4*>(p + i);
+      float4 mv = *reinterpret_cast<float4*>(m + i);
+      float4 vv = *reinterpret_cast<float4*>(v + i);
+      const float4 gv = load4_f32(g, gt, i);
+      adamw_one(pv.x, mv.x, vv.x, gv.x, keep, gscale, s);
+      adamw_one(pv.y, mv.y, vv.y, gv.y, keep, gscale, s);
+      adamw_one(pv.z, mv.z, vv.z, gv.z, keep, gscale, s);
+      adamw_one(pv.w, mv.w, vv.w, gv.w, keep, gscale, s);
+      *reinterpret_cast<float4*>(p + i) = pv;
+      *reinterpret_cast<float4*>(m + i) = mv;
+      *reinterpret_cast<float4*>(v + i) = vv;
+    }
+    done = start + 4 * n4;
+  }
+  for (int64_t i = done + threadIdx.x; i < end; i += kThreads) {
+    float pi = p[i], mi = m[i], vi = v[i];
+    adamw_one(pi, mi, vi, load_f32(g, gt, i), keep, gscale, s);
     m[i] = mi;
     v[i] = vi;
-    const float mh = __fmul_rn(mi, s.c1), vh = __fmul_rn(vi, s.c2);
-    const float step = __fdiv_rn(__fmul_rn(s.lr, mh), __fadd_rn(__fsqrt_rn(vh), s.eps));
-    p[i] = __fsub_rn(__fmul_rn(p[i], keep), step);
+    p[i] = pi;
   }
 }
 
@@ -197,7 +245,15 @@ void check_gpu_f32(const Tensor& t, const char* what, Device dev) {
       << t.str();
 }
 
+EnvSwitch g_adamw_vec("KILN_ADAMW_VEC");
+
+bool aligned(const Tensor& t, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(t.raw()) % bytes == 0;
+}
+
 }  // namespace
+
+void set_adamw_vectorized_override(int on) { g_adamw_vec.force(on); }
 
 void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptions& o, int64_t t,
                 double grad_scale) {
@@ -242,6 +298,8 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
         args.v[slot] = s.v.data<float>();
         args.keep[slot] = static_cast<float>(1.0 - lr * s.decay);
         args.gscale[slot] = s.g.dtype() == DType::kF32 ? static_cast<float>(grad_scale) : 1.0f;
+        args.vec[slot] = g_adamw_vec.on() && aligned(s.p, 16) && aligned(s.m, 16) &&
+                         aligned(s.v, 16) && aligned(grads[i], 4 * dtype_size(grads[i].dtype()));
       },
       [&](const ChunkTable& table, int blocks, int64_t) {
         args.table = table;
