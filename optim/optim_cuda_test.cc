@@ -80,6 +80,19 @@ void expect_same_state(const std::vector<nn::Parameter>& cpu, const std::vector<
   }
 }
 
+// Both GPU runs hold the same parameters and optimizer state, bit for bit.
+void expect_same_bits(const ParamPair& a, const ParamPair& b, Optimizer& oa, Optimizer& ob) {
+  for (size_t i = 0; i < a.gpu.size(); ++i)
+    EXPECT_TRUE(
+        testing::same_bits(a.gpu[i].tensor.to(Device::cpu()), b.gpu[i].tensor.to(Device::cpu())))
+        << a.gpu[i].name;
+  auto sa = oa.state(), sb = ob.state();
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t i = 0; i < sa.size(); ++i)
+    EXPECT_TRUE(testing::same_bits(sa[i].second.to(Device::cpu()), sb[i].second.to(Device::cpu())))
+        << sa[i].first;
+}
+
 TEST_F(OptimCuda, AdamWMatchesCpuOverSteps) {
   for (DType gd : {DType::kF32, DType::kBF16}) {
     SCOPED_TRACE(dtype_name(gd));
@@ -116,16 +129,7 @@ TEST_F(OptimCuda, FoldedGradScaleIsBitIdenticalToScalingFirst) {
       if (gd == DType::kF32)
         EXPECT_TRUE(testing::same_bits(b.gpu[2].tensor.grad().to(Device::cpu()), g0));
     }
-    for (size_t i = 0; i < a.gpu.size(); ++i)
-      EXPECT_TRUE(
-          testing::same_bits(a.gpu[i].tensor.to(Device::cpu()), b.gpu[i].tensor.to(Device::cpu())))
-          << a.gpu[i].name;
-    auto sa = first.state(), sb = folded.state();
-    ASSERT_EQ(sa.size(), sb.size());
-    for (size_t i = 0; i < sa.size(); ++i)
-      EXPECT_TRUE(
-          testing::same_bits(sa[i].second.to(Device::cpu()), sb[i].second.to(Device::cpu())))
-          << sa[i].first;
+    expect_same_bits(a, b, first, folded);
   }
 }
 
@@ -157,16 +161,7 @@ TEST_F(OptimCuda, VectorizedAdamWIsBitIdenticalToOneElementAThread) {
       cuda::set_adamw_vectorized_override(1);
       vec.step_scaled(2e-3, 0.5 / step);
     }
-    for (size_t i = 0; i < a.gpu.size(); ++i)
-      EXPECT_TRUE(
-          testing::same_bits(a.gpu[i].tensor.to(Device::cpu()), b.gpu[i].tensor.to(Device::cpu())))
-          << a.gpu[i].name;
-    auto sa = one.state(), sb = vec.state();
-    ASSERT_EQ(sa.size(), sb.size());
-    for (size_t i = 0; i < sa.size(); ++i)
-      EXPECT_TRUE(
-          testing::same_bits(sa[i].second.to(Device::cpu()), sb[i].second.to(Device::cpu())))
-          << sa[i].first;
+    expect_same_bits(a, b, one, vec);
   }
 }
 
