@@ -11,6 +11,20 @@
 namespace kiln {
 namespace {
 
+thread_local RecomputeLog* t_log = nullptr;
+
+// Makes `log` this thread's recompute log while alive (nested regions restore the outer one).
+class LogScope {
+ public:
+  explicit LogScope(RecomputeLog* log) : outer_(t_log) { t_log = log; }
+  ~LogScope() { t_log = outer_; }
+  LogScope(const LogScope&) = delete;
+  LogScope& operator=(const LogScope&) = delete;
+
+ private:
+  RecomputeLog* outer_;
+};
+
 class CheckpointNode final : public Node {
  public:
   const char* name() const override { return "Checkpoint"; }
@@ -19,6 +33,7 @@ class CheckpointNode final : public Node {
   std::vector<Tensor> params;  // leaves fn reads; edges num_inputs.. point at them
   Generator* gen = nullptr;
   GeneratorState rng;
+  std::shared_ptr<RecomputeLog> log;  // what fn's ops kept from its first run
 
   // The recomputed graph's weight half, from the input pass of a split backward to its weight
   // pass (which then recomputes nothing).
@@ -73,6 +88,9 @@ class CheckpointNode final : public Node {
     std::vector<Tensor> outs;
     {
       EnableGradGuard eg;
+      log->replaying = true;
+      log->next = 0;
+      LogScope scope(log ? log.get() : t_log);
       outs = fn(*leaves);
     }
     gen->set_state(after);
@@ -98,15 +116,21 @@ class CheckpointNode final : public Node {
 
 }  // namespace
 
+RecomputeLog* recompute_log() { return t_log; }
+
 std::vector<Tensor> checkpoint(const RecomputeFn& fn, const std::vector<Tensor>& inputs,
                                Generator* gen) {
   if (gen == nullptr) gen = &default_generator();
   const GeneratorState rng = gen->state();
+  // Without a tape there is no recomputation, so nothing to keep for one (an enclosing region's
+  // log, if any, stays current).
+  auto log = grad_enabled() ? std::make_shared<RecomputeLog>() : nullptr;
   std::vector<Tensor> outs;
   std::vector<Tensor> params;
   {
     NoGradGuard ng;
     LeafCollector collector;
+    LogScope scope(log.get());
     outs = fn(inputs);
     for (const Tensor& l : collector.leaves()) {
       bool is_input = false;
@@ -124,6 +148,7 @@ std::vector<Tensor> checkpoint(const RecomputeFn& fn, const std::vector<Tensor>&
   node->params = params;
   node->gen = gen;
   node->rng = rng;
+  node->log = log;
   for (const Tensor& x : inputs) node->saved.push_back(x.detach());
   for (size_t i = 0; i < outs.size(); ++i) {
     if (!is_floating(outs[i].dtype())) continue;

@@ -13,6 +13,41 @@
 namespace kiln {
 namespace {
 
+// An op with run state that fn's first run advances (a stand-in for fp8 delayed scaling's amax
+// histories) logs what it used and reads it back in the recomputation: the recomputed output, and
+// so the gradient, is the first run's although the state moved on, and the state moves once.
+TEST(Recompute, OpsReplayWhatTheyLoggedInTheFirstRun) {
+  double state = 1.0;
+  std::vector<int> seen;  // per run of fn: 0 no log, 1 recording, 2 replaying
+  auto block = [&](const Tensor& x) {
+    RecomputeLog* log = recompute_log();
+    double used = state;
+    if (log != nullptr && log->replaying) {
+      used = log->tensors.at(log->next++).item();
+    } else {
+      state += 1.0;
+      if (log != nullptr) log->tensors.push_back(Tensor::scalar(used));
+    }
+    seen.push_back(log == nullptr ? 0 : log->replaying ? 2 : 1);
+    return scale(x, used);
+  };
+  EXPECT_EQ(recompute_log(), nullptr) << "outside a region";
+  Tensor x = Tensor::full({3}, 2.0).set_requires_grad(true);
+  Tensor y = checkpoint(block, x);
+  EXPECT_EQ(state, 2.0);
+  y.backward(Tensor::full({3}, 1.0));
+  EXPECT_EQ(seen, (std::vector<int>{1, 2}));
+  EXPECT_EQ(state, 2.0) << "the recomputation advanced the state";
+  EXPECT_TRUE(testing::bit_equal(x.grad(), Tensor::full({3}, 1.0)))
+      << "scaled by 1, as the first run";
+  EXPECT_EQ(recompute_log(), nullptr) << "the region's log left current";
+  {
+    NoGradGuard ng;  // no tape, no recomputation: nothing logged
+    (void)checkpoint(block, x.detach());
+  }
+  EXPECT_EQ(seen.back(), 0);
+}
+
 TEST(Recompute, GradientsBitIdenticalForInputsAndParams) {
   Generator g(7);
   Tensor w = randn({5, 4}, g).set_requires_grad(true);

@@ -16,6 +16,7 @@
 #include "core/ops/activation.h"
 #include "core/ops/cuda_base_ops.h"
 #include "core/ops/device_dispatch.h"
+#include "core/recompute.h"
 
 #if KILN_WITH_CUDA
 namespace kiln::cuda {
@@ -125,6 +126,14 @@ Fp8Tensor quantize_2d(const Tensor& x2, DType fp8, bool rowwise, bool transposed
     cuda::fp8_cast(x2, r.meta, r.data, r.data_t, sums);
     return r;
   }
+  // In an activation recomputation: the amax the first run scaled by (recorded below), and the
+  // history left alone, so the recomputed tensor is the first run's bit for bit.
+  RecomputeLog* log = recompute_log();
+  if (log != nullptr && log->replaying && log->next < log->tensors.size()) {
+    r.meta.narrow(0, 0, 1).copy_(log->tensors[log->next++]);
+    cuda::fp8_cast(x2, r.meta, r.data, r.data_t, sums);
+    return r;
+  }
   if (!h->slots.defined() || h->slots.device() != x2.device()) {
     h->slots = Tensor::zeros({3}, DType::kF32, x2.device());
     h->uses = 0;
@@ -132,6 +141,7 @@ Fp8Tensor quantize_2d(const Tensor& x2, DType fp8, bool rowwise, bool transposed
   if (h->uses == 0) cuda::fp8_amax(x2, r.meta);
   cuda::fp8_cast_delayed(x2, r.meta, h->slots, h->uses, r.data, r.data_t, sums);
   ++h->uses;
+  if (log != nullptr && !log->replaying) log->tensors.push_back(r.meta.narrow(0, 0, 1).clone());
   return r;
 }
 

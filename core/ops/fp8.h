@@ -53,7 +53,10 @@ Fp8Tensor fp8_quantize(const Tensor& x, DType fp8_dtype, bool rowwise = true,
 // above the previous amax saturates to fp8's largest finite value. The first use scales by its
 // own amax. Checkpoints keep every rank's histories (core/nn/fp8_histories.h), and a resume in the
 // same layout restores them, so it scales as the uninterrupted run would have (bit-identical in
-// deterministic mode); a resume into another layout starts them afresh.
+// deterministic mode); a resume into another layout starts them afresh. Inside an activation
+// recompute region the first forward logs each amax it scaled by and the recomputation scales by
+// those and leaves the histories alone (core/recompute.h RecomputeLog), so recompute keeps the
+// gradients bit-identical.
 struct Fp8History {
   Tensor slots;      // (3) f32 on the device: the amaxes of the last uses (a ring, core/ops/fp8.cu)
   int64_t uses = 0;  // quantizations so far
