@@ -134,9 +134,8 @@ bool graph_has(const Tensor& root, const char* name) {
   return false;
 }
 
-std::vector<double> train_tiny(bool fp8, bool fused_mlp = false, bool fused_dbias = false) {
-  set_fp8_fused_mlp_override(fused_mlp ? 1 : 0);
-  set_fp8_fused_dbias_override(fused_dbias ? 1 : 0);
+// The tiny GPT-2 of these tests: 2 layers, C 128, 4 heads, vocabulary 512, T 64.
+models::ModelSpec tiny_gpt2() {
   models::ModelSpec s;
   s.family = models::Family::kGPT2;
   s.n_layer = 2;
@@ -146,6 +145,13 @@ std::vector<double> train_tiny(bool fp8, bool fused_mlp = false, bool fused_dbia
   s.d_ff = 512;
   s.vocab_size = 512;
   s.max_seq_len = 64;
+  return s;
+}
+
+std::vector<double> train_tiny(bool fp8, bool fused_mlp = false, bool fused_dbias = false) {
+  set_fp8_fused_mlp_override(fused_mlp ? 1 : 0);
+  set_fp8_fused_dbias_override(fused_dbias ? 1 : 0);
+  const models::ModelSpec s = tiny_gpt2();
   std::unique_ptr<models::LanguageModel> model = models::build_model(s, 11);
   model->to(kGpu);
   model->set_compute_dtype(DType::kBF16);
@@ -242,15 +248,7 @@ TEST_F(Fp8Cuda, RecomputeKeepsDelayedScalingBitIdentical) {
   } reset;
   set_fp8_delayed_scaling_override(1);
   cuda::set_deterministic(true);  // attention's backward sums in a fixed order
-  models::ModelSpec s;
-  s.family = models::Family::kGPT2;
-  s.n_layer = 2;
-  s.n_head = 4;
-  s.n_kv_head = 4;
-  s.d_model = 128;
-  s.d_ff = 512;
-  s.vocab_size = 512;
-  s.max_seq_len = 64;
+  const models::ModelSpec s = tiny_gpt2();
   std::unique_ptr<models::LanguageModel> plain = models::build_model(s, 11),
                                          rc = models::build_model(s, 11);
   for (models::LanguageModel* m : {plain.get(), rc.get()}) {
