@@ -90,7 +90,7 @@ class CheckpointNode final : public Node {
       EnableGradGuard eg;
       log->replaying = true;
       log->next = 0;
-      LogScope scope(log ? log.get() : t_log);
+      LogScope scope(log.get());
       outs = fn(*leaves);
     }
     gen->set_state(after);
@@ -130,7 +130,7 @@ std::vector<Tensor> checkpoint(const RecomputeFn& fn, const std::vector<Tensor>&
   {
     NoGradGuard ng;
     LeafCollector collector;
-    LogScope scope(log.get());
+    LogScope scope(log ? log.get() : t_log);
     outs = fn(inputs);
     for (const Tensor& l : collector.leaves()) {
       bool is_input = false;
