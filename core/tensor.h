@@ -70,6 +70,8 @@ class Tensor {
   T* data() const {
     return static_cast<T*>(raw());
   }
+  // Whether raw() lies on a multiple of `bytes` (vectorised kernels' precondition).
+  bool aligned_to(size_t bytes) const { return reinterpret_cast<uintptr_t>(raw()) % bytes == 0; }
   const std::shared_ptr<Storage>& storage() const;
 
   // ---- copies and conversions (differentiable where it makes sense) ----

@@ -14,17 +14,15 @@ namespace kiln::models {
 
 // Whether Llama blocks on CUDA run q/k/v and gate/up as one GEMM each (the default since its GPU
 // tests passed and Llama 1B measured faster, 2026-12-06), or one per projection
-// (KILN_FUSED_PROJ=0, read once). Only the compute
-// is fused: the projections stay separate Parameters (tensor parallel, checkpoints and export see
-// the same names and shapes).
+// (KILN_FUSED_PROJ=0, read once). Only the compute is fused: the projections stay separate
+// Parameters (tensor parallel, checkpoints and export see the same names and shapes).
 bool fused_projections_default();
 // Residual fusions of Block::forward, each on by default (since 2026-12-06) and off with its
 // environment variable set to 0 (read once): KILN_RESID_EPILOGUE adds the MLP's residual in its
-// last GEMM's epilogue
-// (linear_add / mlp_gelu with a residual; training without dropout, 16-bit compute on CUDA, no
-// fp8 or tensor-parallel hook on that GEMM), KILN_NORM_SKIP_FUSED runs the first norm and the
-// block input's skip path as one op (rms_norm_with_skip / layer_norm_with_skip) whose backward
-// sums the input's two gradients in the norm backward kernel.
+// last GEMM's epilogue (linear_add / mlp_gelu with a residual; training without dropout, 16-bit
+// compute on CUDA, no fp8 or tensor-parallel hook on that GEMM), KILN_NORM_SKIP_FUSED runs the
+// first norm and the block input's skip path as one op (rms_norm_with_skip /
+// layer_norm_with_skip) whose backward sums the input's two gradients in the norm backward kernel.
 bool resid_epilogue_default();
 bool norm_skip_fused_default();
 // Tests only: KILN_RESID_FUSE_ON_CPU=1 sets Block::fuse_on_cpu, so whole test suites (tensor and

@@ -247,10 +247,6 @@ void check_gpu_f32(const Tensor& t, const char* what, Device dev) {
 
 EnvSwitch g_adamw_vec("KILN_ADAMW_VEC");
 
-bool aligned(const Tensor& t, size_t bytes) {
-  return reinterpret_cast<uintptr_t>(t.raw()) % bytes == 0;
-}
-
 }  // namespace
 
 void set_adamw_vectorized_override(int on) { g_adamw_vec.force(on); }
@@ -298,8 +294,9 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
         args.v[slot] = s.v.data<float>();
         args.keep[slot] = static_cast<float>(1.0 - lr * s.decay);
         args.gscale[slot] = s.g.dtype() == DType::kF32 ? static_cast<float>(grad_scale) : 1.0f;
-        args.vec[slot] = g_adamw_vec.on() && aligned(s.p, 16) && aligned(s.m, 16) &&
-                         aligned(s.v, 16) && aligned(grads[i], 4 * dtype_size(grads[i].dtype()));
+        args.vec[slot] = g_adamw_vec.on() && s.p.aligned_to(16) && s.m.aligned_to(16) &&
+                         s.v.aligned_to(16) &&
+                         grads[i].aligned_to(4 * dtype_size(grads[i].dtype()));
       },
       [&](const ChunkTable& table, int blocks, int64_t) {
         args.table = table;

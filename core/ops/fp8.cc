@@ -126,11 +126,12 @@ Fp8Tensor quantize_2d(const Tensor& x2, DType fp8, bool rowwise, bool transposed
     cuda::fp8_cast(x2, r.meta, r.data, r.data_t, sums);
     return r;
   }
-  // In an activation recomputation: the amax the first run scaled by (recorded below), and the
-  // history left alone, so the recomputed tensor is the first run's bit for bit.
+  // In an activation recomputation: the first run's meta (recorded below; meta[0] the amax it
+  // scaled by), and the history left alone, so the recomputed tensor is the first run's bit for
+  // bit.
   RecomputeLog* log = recompute_log();
   if (log != nullptr && log->replaying && log->next < log->tensors.size()) {
-    r.meta.narrow(0, 0, 1).copy_(log->tensors[log->next++]);
+    r.meta = log->tensors[log->next++];
     cuda::fp8_cast(x2, r.meta, r.data, r.data_t, sums);
     return r;
   }
@@ -141,7 +142,7 @@ Fp8Tensor quantize_2d(const Tensor& x2, DType fp8, bool rowwise, bool transposed
   if (h->uses == 0) cuda::fp8_amax(x2, r.meta);
   cuda::fp8_cast_delayed(x2, r.meta, h->slots, h->uses, r.data, r.data_t, sums);
   ++h->uses;
-  if (log != nullptr && !log->replaying) log->tensors.push_back(r.meta.narrow(0, 0, 1).clone());
+  if (log != nullptr && !log->replaying) log->tensors.push_back(r.meta);
   return r;
 }
 
@@ -264,12 +265,10 @@ Tensor gelu_gemm(const Fp8Tensor& xq, const Fp8Tensor& wq, const Tensor& bias, T
   return gelu(*pre);
 }
 
-bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
-
 // dh (M, H) bf16 contiguous -> dh * gelu_tanh'(pre), in place where both lie on 16-byte
 // boundaries (kiln's dgelu_bgrad kernel, core/ops/matmul.cu); *gb1 = its column sums when asked.
 Tensor dgelu(const Tensor& dh, const Tensor& pre, Tensor* gb1) {
-  if (aligned16(dh) && aligned16(pre)) {
+  if (dh.aligned_to(16) && pre.aligned_to(16)) {
     cuda::dgelu_bgrad_inplace(dh, pre, gb1);
     return dh;
   }

@@ -394,8 +394,6 @@ void dgelu_bgrad_inplace(const Tensor& dpre, const Tensor& pre, Tensor* gb1) {
   }
 }
 
-bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
-
 DGeluPath default_dgelu_path() {
   static const DGeluPath path = [] {
     const char* e = std::getenv("KILN_DGELU");
@@ -420,7 +418,7 @@ Tensor matmul_dgelu(const Tensor& gy, const Tensor& w2, const Tensor& pre, Tenso
   // 2026-12-06, benchmarks/RESULTS.md).
   if (path == DGeluPath::kKernel && fusable) {
     Tensor dpre = matmul(gy, w2, false, false);
-    if (dpre.is_contiguous() && aligned16(dpre) && aligned16(pc)) {
+    if (dpre.is_contiguous() && dpre.aligned_to(16) && pc.aligned_to(16)) {
       dgelu_bgrad_inplace(dpre, pc, gb1);
       return dpre;
     }
