@@ -26,7 +26,7 @@
 #   ALLON_QUICK=1 skips the second all-on run, ALLON_NOOFF=1 the all-off run; ALLON_FP8="g1.5b"
 #   adds kiln with fp8 GEMMs for the models it names),
 #   adamwvec (KILN_ADAMW_VEC: test, memcheck, planted bug, kernel_bench adamw, Llama 1B / GPT-2
-#   124M on / off), dgelu (the hidden gradient's paths: test, kernel_bench dgelu, GPT-2 124M with
+#   124M on / off over today's defaults; ADAMWVEC_E2E=0 skips those runs), dgelu (the hidden gradient's paths: test, kernel_bench dgelu, GPT-2 124M with
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
 #   200-step losses),
@@ -427,8 +427,11 @@ PY
       plant optim/optimizer_cuda.cu 's/adamw_one(pv.z, mv.z, vv.z, gv.z, keep, gscale, s);//' \
         'OptimCuda.Vectorized*' build/optim/optim_gpu_tests
       timeout 120 build/benchmarks/kernel_bench 20 adamw 2>&1 | tee "$out/adamw_bench.log" | tail -6
-      ab_on_off llama-adamwvec benchmarks/e2e/llama-1b-bench.textproto KILN_ADAMW_VEC=1
-      ab_on_off g124-adamwvec benchmarks/e2e/gpt2-124m-bench.textproto KILN_ADAMW_VEC=1
+      [[ ${ADAMWVEC_E2E:-1} == 1 ]] && for m in llama-1b gpt2-124m; do  # over today's defaults
+        cfg=benchmarks/e2e/$m-bench.textproto
+        kiln_run "$m-vec" "$cfg" KILN_ADAMW_VEC=1; kiln_run "$m-def" "$cfg" KILN_ADAMW_VEC=0
+        kiln_run "$m-vec2" "$cfg" KILN_ADAMW_VEC=1
+      done
       stamp adamwvec ;;
     dgelu)
       # The MLP's hidden gradient by each path (core/ops/cuda_base_ops.h DGeluPath): its test,

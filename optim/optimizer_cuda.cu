@@ -245,7 +245,7 @@ void check_gpu_f32(const Tensor& t, const char* what, Device dev) {
       << t.str();
 }
 
-EnvSwitch g_adamw_vec("KILN_ADAMW_VEC");
+EnvSwitch g_adamw_vec("KILN_ADAMW_VEC", /*default_on=*/true);
 
 }  // namespace
 

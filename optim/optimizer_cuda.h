@@ -26,9 +26,9 @@ struct AdamWSlot {
 // is left unscaled), others scaled in place by scale() before it.
 void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptions& o, int64_t t,
                 double grad_scale = 1.0);
-// KILN_ADAMW_VEC=1 (opt-in, not yet run on a GPU): the kernel reads and writes p, m and v 16 bytes
-// at a time (four elements a thread; the same arithmetic, so the same bits) where every pointer of
-// a tensor is aligned for it. Tests and benchmarks force it: 1 on, 0 off, -1 the environment's.
+// By default (KILN_ADAMW_VEC=0 turns it off) the kernel reads and writes p, m and v 16 bytes at a
+// time (four elements a thread; the same arithmetic, so the same bits) where every pointer of a
+// tensor is aligned for it. Tests and benchmarks force it: 1 on, 0 off, -1 the environment's.
 void set_adamw_vectorized_override(int on);
 
 // p -= lr * (momentum buffer update), as sgd_update on the CPU; one launch per tensor.
