@@ -30,6 +30,8 @@
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
 #   200-step losses),
+#   colsum (the column-sum kernel and the classifier's loads ahead: tests, memcheck, planted bugs,
+#   kernel_bench reduce), base (this tree against gpucarry/kiln-base and with KILN_COLSUM_VEC=0),
 #   sdpatune (cuDNN attention plans timed on first use: test, memcheck, planted bug, Llama 1B and
 #   GPT-2 124M with KILN_SDPA_TUNE=1 / off; SDPATUNE_MODELS picks).
 #   BUILD_TARGETS overrides the targets built; SKIP_BUILD=1 builds nothing (build/bin/kiln
@@ -77,7 +79,7 @@ kiln_run() {
   shift 2
   while (($#)) && [[ $1 != -- ]]; do envs+=("$1"); shift; done
   (($#)) && shift && sets=("$@")
-  env "${envs[@]}" timeout 240 build/bin/kiln train --config "$cfg" --set logging.run_dir="$out/r_$label" \
+  env "${envs[@]}" timeout 240 "${kiln_bin:-build/bin/kiln}" train --config "$cfg" --set logging.run_dir="$out/r_$label" \
     "${sets[@]}" > "$out/kiln_$label.log" 2>&1 || { echo "kiln $label failed:"; tail -5 "$out/kiln_$label.log"; }
   python3 - "$out/r_$label/metrics.jsonl" "$label" "${envs[*]} ${sets[*]}" <<'PY'
 import json, sys
@@ -446,6 +448,32 @@ PY
         kiln_run "$m-dgelu-epi2" "$c" KILN_DGELU=epilogue
       done
       stamp dgelu ;;
+    colsum)
+      # The 16-byte column-sum kernel (bias gradients) and the classifier rows' loads ahead: tests,
+      # memcheck, a planted bug in each, kernel_bench reduce (general vs column kernel).
+      gtests colsum build/core/core_gpu_tests 'ReduceCuda.*:CrossEntropyCuda.*:LinearCrossEntropyCuda.*'
+      memcheck colsum build/core/core_gpu_tests 'ReduceCuda.Column*:LinearCrossEntropyCuda.Shared*'
+      plant core/ops/reduce.cu 's/r0 = c \* kColChunk + ty;/r0 = c * kColChunk + ty + (c == 1);/' \
+        'ReduceCuda.Column*'
+      plant core/ops/cross_entropy.cu 's/if (j < nvec) ahead\[q\] = xv\[j\];/if (j < nvec \&\& q < 3) ahead[q] = xv[j];/' \
+        'CrossEntropyCuda.*:LinearCrossEntropyCuda.*'
+      timeout 120 build/benchmarks/kernel_bench 20 reduce 2>&1 | tee "$out/reduce_bench.log" | tail -8
+      stamp colsum ;;
+    base)
+      # This tree against the binary carried in as gpucarry/kiln-base (BASE_ENV: its switches, e.g.
+      # KILN_ADAMW_VEC=1), and this tree with KILN_COLSUM_VEC=0; BASE_MODELS picks (llama g124 g1.5b).
+      for m in ${BASE_MODELS-g124 g1.5b llama}; do
+        case $m in
+          llama) c=benchmarks/e2e/llama-1b-bench.textproto ;;
+          g124) c=benchmarks/e2e/gpt2-124m-bench.textproto ;;
+          g1.5b) c=benchmarks/e2e/gpt2-1.5b-bench.textproto ;;
+        esac
+        kiln_run "$m-new" "$c"
+        kiln_bin=gpucarry/kiln-base kiln_run "$m-base" "$c" ${BASE_ENV:-KILN_ADAMW_VEC=1}
+        [[ $m != llama ]] && kiln_run "$m-nocolsum" "$c" KILN_COLSUM_VEC=0
+        kiln_run "$m-new2" "$c"
+      done
+      stamp base ;;
     allon)
       # Every opt-in path of this round on together (once their tests have passed: fuse, ropegrad,
       # ceshared, resid) against all off, then PyTorch, for the issue's three bf16 rows: Llama 1B
