@@ -8,10 +8,12 @@
 #include <cstdlib>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/check.h"
+#include "core/env_switch.h"
 #include "core/ops/activation.h"
 #include "core/ops/cuda_base_ops.h"
 #include "core/ops/elementwise.h"
@@ -96,6 +98,9 @@ int64_t gemm_calls() { return g_gemm_calls.load(std::memory_order_relaxed); }
 }  // namespace raw
 
 namespace {
+
+EnvSwitch g_packed_wgrad("KILN_PACKED_DIRECT_WGRAD");  // off until measured on a GPU
+std::atomic<int64_t> g_packed_wgrad_pieces{0};
 
 struct MatmulDims {
   int64_t batch = 1, m = 0, k = 0, n = 0;
@@ -195,14 +200,55 @@ Shape with_last(const Shape& s, int64_t last) {
   return out;
 }
 
-// The f32 .grad a weight's gradient may be added into by its GEMM (autograd's
-// accumulation_target), unless KILN_DIRECT_WGRAD=0 (for A/B measurements).
-Tensor wgrad_target(const Edge& e, const Tensor& w) {
+// Direct wgrad (a weight GEMM adding into the f32 .grad) is on unless KILN_DIRECT_WGRAD=0 (for A/B
+// measurements).
+bool direct_wgrad_on() {
   static const bool on = [] {
     const char* v = std::getenv("KILN_DIRECT_WGRAD");
     return v == nullptr || std::string(v) != "0";
   }();
-  return on && e.fn ? accumulation_target(e, w.shape(), w.device()) : Tensor();
+  return on;
+}
+
+// The f32 .grad a weight's gradient may be added into by its GEMM (autograd's
+// accumulation_target).
+Tensor wgrad_target(const Edge& e, const Tensor& w) {
+  return direct_wgrad_on() && e.fn ? accumulation_target(e, w.shape(), w.device()) : Tensor();
+}
+
+// A packed weight (concat_or_view along dim 0 of per-linear weights: Llama's q/k/v and gate/up,
+// models/transformer.cc packed_linear): the f32 .grad of each piece (concat_accumulation_targets)
+// that the weight GEMM adds its block of rows into, one GEMM per piece reading gy's column block in
+// place, when direct wgrad and KILN_PACKED_DIRECT_WGRAD are on and cuBLASLt's alignment wants are
+// met: gy (rows, OUT) row-major with a row of 16-byte multiple and each block 16-byte aligned.
+// Empty: the packed gradient goes back through the concat (rounded to gy's dtype, then each block
+// added into its .grad by its own kernel).
+std::vector<Tensor> packed_wgrad_targets(const Edge& e, const Tensor& gy) {
+  if (!direct_wgrad_on() || !g_packed_wgrad.on() || !e.fn) return {};
+  std::vector<Tensor> into = concat_accumulation_targets(e, gy.device());
+  const int64_t es = static_cast<int64_t>(dtype_size(gy.dtype()));
+  if (into.empty() || gy.dim() != 2 || !gy.is_contiguous() || !gy.aligned_to(16) ||
+      (gy.size(1) * es) % 16 != 0)
+    return {};
+  int64_t off = 0;
+  for (const Tensor& t : into) {
+    if ((off * es) % 16 != 0) return {};
+    off += t.size(0);
+  }
+  return off == gy.size(1) ? into : std::vector<Tensor>();
+}
+
+// into[i] (f32, (rows_i, IN)) += gy[:, off_i : off_i + rows_i]^T @ x2: the blocks of
+// packed_wgrad_targets, each its own beta = 1 GEMM with the packed row as gy's leading dimension.
+void add_packed_wgrads(const Tensor& gy, const Tensor& x2, const std::vector<Tensor>& into) {
+  int64_t off = 0;
+  for (const Tensor& t : into) {
+    Tensor unused;
+    cuda::linear_backward(gy.narrow(1, off, t.size(0)), x2, t, false, true, false, &unused, &unused,
+                          &unused, t);
+    off += t.size(0);
+  }
+  g_packed_wgrad_pieces.fetch_add(static_cast<int64_t>(into.size()), std::memory_order_relaxed);
 }
 
 // CUDA y = [gelu](x w^T + b) [+ residual]: saved = {x2, w} (+ the GELU input with gelu). next:
@@ -220,8 +266,13 @@ class LinearCudaNode final : public Node {
     if (gelu) gy = cuda::gelu_input_grad(gy, saved[2]);
     Tensor gx, gw, gb;
     const Tensor into = wants(1) ? wgrad_target(next[1], w) : Tensor();
-    cuda::linear_backward(gy, x2, w, wants(0), wants(1), wants(2), &gx, &gw, &gb, into);
-    if (into.defined()) gw = accumulated_marker();
+    const std::vector<Tensor> pieces =
+        wants(1) && !into.defined() ? packed_wgrad_targets(next[1], gy) : std::vector<Tensor>();
+    // With pieces the bias gradient is still the packed one (one column sum), split by its concat.
+    cuda::linear_backward(gy, x2, w, wants(0), wants(1) && pieces.empty(), wants(2), &gx, &gw, &gb,
+                          into);
+    if (!pieces.empty()) add_packed_wgrads(gy, x2, pieces);
+    if (into.defined() || !pieces.empty()) gw = accumulated_marker();
     if (gx.defined()) gx = gx.reshape(x_shape);
     if (next.size() == 4) return {gx, gw, gb, wants(3) ? g[0] : Tensor()};  // d residual = gy
     return {gx, gw, gb};
@@ -287,6 +338,11 @@ void check_residual(const char* op, const Tensor& x, int64_t out, const Tensor& 
 }
 
 }  // namespace
+
+void set_packed_direct_wgrad_override(int on) { g_packed_wgrad.force(on); }
+int64_t packed_direct_wgrad_pieces() {
+  return g_packed_wgrad_pieces.load(std::memory_order_relaxed);
+}
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   check_float_args("matmul", {&a, &b});

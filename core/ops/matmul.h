@@ -41,6 +41,15 @@ Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tenso
 Tensor linear_fp8(const Tensor& x, const Tensor& w, double x_scale, double w_scale,
                   DType out_dtype = DType::kBF16, const Tensor& b = Tensor());
 
+// A CUDA linear whose weight is a concat along dim 0 (concat_or_view of per-linear weights, as
+// Llama's packed q/k/v and gate/up) adds each piece's weight gradient straight into that piece's
+// f32 .grad (one beta = 1 GEMM per piece over its column block of the output gradient) when every
+// piece offers its .grad (concat_accumulation_targets, core/ops/view.h), the blocks are 16-byte
+// aligned, KILN_DIRECT_WGRAD is not 0 and KILN_PACKED_DIRECT_WGRAD=1 (off by default until
+// measured). Tests: force the latter (1 on, 0 off, -1 the environment's) and count the pieces.
+void set_packed_direct_wgrad_override(int on);
+int64_t packed_direct_wgrad_pieces();
+
 namespace raw {
 // c = alpha * op(a) @ op(b) + beta * c for contiguous f32/f64 2-D operands (row-major).
 // REQUIRES: a, b, c are CPU, contiguous, the same compute dtype, and the shapes agree.

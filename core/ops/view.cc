@@ -2,6 +2,7 @@
 #include "core/ops/view.h"
 
 #include <numeric>
+#include <utility>
 
 #include "core/autograd.h"
 #include "core/backend.h"
@@ -114,6 +115,8 @@ class ConcatNode final : public Node {
   std::vector<int64_t> sizes;
   int64_t dim = 0;
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
+    // Every piece's block was added into its leaf's .grad already (concat_accumulation_targets).
+    if (is_accumulated_marker(g[0])) return std::vector<Tensor>(sizes.size(), g[0]);
     std::vector<Tensor> out;
     int64_t start = 0;
     for (int64_t s : sizes) {
@@ -349,6 +352,20 @@ Tensor concat_or_view(const std::vector<Tensor>& xs, int64_t dim) {
   if (!whole.defined()) return concat(xs, dim);
   record_concat(xs, whole, sizes, d);
   return whole;
+}
+
+std::vector<Tensor> concat_accumulation_targets(const Edge& e, Device device) {
+  const auto* n = dynamic_cast<const ConcatNode*>(e.fn.get());
+  if (n == nullptr || n->dim != 0 || e.output_nr != 0 || n->outputs.empty()) return {};
+  Shape shape = n->outputs[0].shape;
+  std::vector<Tensor> out;
+  for (size_t i = 0; i < n->sizes.size(); ++i) {
+    shape[0] = n->sizes[i];
+    Tensor t = accumulation_target(n->next[i], shape, device);
+    if (!t.defined()) return {};
+    out.push_back(std::move(t));
+  }
+  return out;
 }
 
 Tensor contiguous(const Tensor& x) {

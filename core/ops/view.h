@@ -8,6 +8,8 @@
 
 namespace kiln {
 
+struct Edge;
+
 Tensor reshape(const Tensor& x, const Shape& shape);  // one -1 allowed; copies if non-contiguous
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);
 Tensor permute(const Tensor& x, const std::vector<int64_t>& dims);
@@ -23,6 +25,13 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
 // gradient is concat's (each piece its block of the output gradient, a view where that is
 // contiguous). Callers must not write into the result.
 Tensor concat_or_view(const std::vector<Tensor>& xs, int64_t dim);
+// Direct accumulation through a concat (autograd's accumulation_target, one level up): when edge
+// e leads to the node of a concat / concat_or_view along dim 0 and every piece's edge offers its
+// f32 .grad (accumulation_target with the piece's shape, on `device`), those .grads in piece
+// order; empty otherwise. A node that adds each row block of its gradient into them returns
+// accumulated_marker() for e; the concat passes the marker on to every piece, whose leaves then
+// fire their grad-ready hooks as for any gradient (the CUDA linear of a packed weight does this).
+std::vector<Tensor> concat_accumulation_targets(const Edge& e, Device device);
 Tensor contiguous(const Tensor& x);
 Tensor clone(const Tensor& x);
 Tensor cast(const Tensor& x, DType dtype);  // gradient flows back in x's dtype
