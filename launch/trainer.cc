@@ -90,6 +90,9 @@ absl::StatusOr<TrainSummary> Trainer::run() {
   print_start();
   StopSignalScope signals(cfg_.checkpoint().save_on_signal());
   sum.first_step = step_;
+  // Whatever happened to the parameters since the last step (a checkpoint restore, a test writing
+  // them) is unknown here: the first step casts them afresh.
+  if (precast_cache_) precast_cache_->set_current(false);
   if (step_ == 0) evaluate_and_log(0, &sum);
   for (int64_t step = step_; step < max_steps; ++step) {
     if (budget > 0 && tokens_seen_ >= budget) break;
@@ -169,7 +172,11 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
   Tensor loss_sum;
   {
     std::optional<nn::PrecastScope> precast;
-    if (!precast_.empty()) precast.emplace(precast_, compute_);
+    if (precast_cache_) {
+      precast.emplace(*precast_cache_);  // no cast when the last step wrote the copies
+    } else if (!precast_.empty()) {
+      precast.emplace(precast_, compute_);
+    }
     loss_sum = forward_backward_->run(next, accum, loss_scale, *dp_);
   }
   mark(StepPhases::kLaunched);
@@ -206,6 +213,8 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
     }
     dp_->step(lr, grad_scale);
     sync_tied_weights(chunk_ptrs(), mesh_->pp());  // GPT-2 with pp > 1: the head's copy
+    // The next step's scope reuses the copies only if this step wrote every one of them.
+    if (precast_cache_) precast_cache_->set_current(dp_->optimizer().last_step_wrote_copies());
   }
   dp_->zero_grad();
   mark(StepPhases::kStepped);

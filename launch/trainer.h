@@ -19,6 +19,7 @@
 #if KILN_WITH_CUDA
 #include "core/cuda/pinned.h"
 #endif
+#include "core/nn/precast.h"
 #include "launch/batches.h"
 #include "launch/metrics.h"
 #include "launch/run_lock.h"
@@ -106,6 +107,7 @@ class Trainer {
   void apply_recompute();
   void make_data_parallel();  // DDP / ZeRO around the optimizer
   void make_forward_backward();
+  void make_precast_cache();  // KILN_FUSED_PARAM_CAST, where it is known to be right
   void make_schedules();
   absl::Status make_sources();  // trainer_data.cc
   absl::Status open_metrics();
@@ -139,6 +141,9 @@ class Trainer {
   DType compute_ = DType::kF32;
   // The parameters cast to compute_ once per step (nn::PrecastScope); empty: cast per use.
   std::vector<Tensor> precast_;
+  // KILN_FUSED_PARAM_CAST: their copies kept across steps, written by the optimizer step (AdamW on
+  // the GPU; no ZeRO, tensor or pipeline parallelism); null: precast_ is cast every step.
+  std::unique_ptr<nn::PrecastCache> precast_cache_;
   std::unique_ptr<parallel::Mesh> mesh_;  // dims and groups; outlives everything using them
   // This rank's part of the model as pipeline chunks: one chunk, the whole model, at pp = 1; else
   // local chunk c is virtual stage c * pp + pp_rank (launch/pipeline_stage.h): one chunk per stage,

@@ -205,6 +205,7 @@ absl::Status Trainer::restore_checkpoint(const std::string& path) {
       std::fprintf(stderr, "kiln: warning: checkpoint %s: %s\n", path.c_str(), d.c_str());
   s = read_checkpoint_pieces(path, *m, checkpoint_pieces(true));
   if (!s.ok()) return s;
+  if (precast_cache_) precast_cache_->set_current(false);  // the parameters changed
   dp_->optimizer().set_steps(m->optimizer_steps());
   step_ = m->step();
   tokens_seen_ = m->tokens_seen();

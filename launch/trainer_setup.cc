@@ -10,6 +10,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <unordered_set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -241,6 +242,7 @@ void Trainer::make_forward_backward() {
   if (device_.is_cuda() && (compute_ == DType::kBF16 || compute_ == DType::kF16) &&
       cfg_.parallel().zero_stage() < 3 && !(pre && std::string(pre) == "0")) {
     for (const nn::Parameter& p : model_parameters()) precast_.push_back(p.tensor);
+    make_precast_cache();
   }
   if (mesh_->dims().pp > 1) {
     const auto spec = schedule_spec(cfg_.parallel(), chunks_.front()->spec().tied_embeddings);
@@ -257,6 +259,31 @@ void Trainer::make_forward_backward() {
       std::make_unique<parallel::NoPipeline>([model](const Tensor& inputs, const Tensor& targets) {
         return model->loss(inputs, targets);
       });
+}
+
+void Trainer::make_precast_cache() {
+  // Only where the optimizer's pieces are the model's parameters themselves and nothing but its
+  // step changes them: ZeRO updates shards and gathers them, pipeline parallelism copies GPT-2's
+  // tied weights after the step, and tensor parallelism is left out until it is tested.
+  const parallel::ParallelDims& d = mesh_->dims();
+  if (!nn::fused_param_cast_enabled() || dp_->zero_stage() != 0 || d.tp != 1 || d.pp != 1) return;
+  auto cache = std::make_unique<nn::PrecastCache>(precast_, compute_);
+  if (cache->size() == 0) return;
+  // Every cached parameter must be exactly one of the optimizer's (else its copy would go stale).
+  optim::Optimizer& opt = dp_->optimizer();
+  std::vector<Tensor> copies;
+  std::unordered_set<const TensorImpl*> matched;
+  bool twice = false;
+  for (const nn::Parameter& p : opt.params()) {
+    copies.push_back(cache->copy_of(p.tensor));
+    if (copies.back().defined()) twice |= !matched.insert(p.tensor.impl()).second;
+  }
+  if (twice || static_cast<int64_t>(matched.size()) != cache->size() ||
+      !opt.set_param_copies(std::move(copies))) {
+    opt.set_param_copies({});
+    return;
+  }
+  precast_cache_ = std::move(cache);
 }
 
 void Trainer::make_schedules() {

@@ -1,11 +1,13 @@
 // GPU-vs-CPU tests of the optimizers and gradient utilities (label gpu; skip without a GPU): the
 // fused multi-tensor AdamW against the CPU AdamW over several steps (launches split by the tensor
 // and block limits), SGD, grad_norm / clip / scale_grads / grads_non_finite, bit-identical repeats
-// of the norm, and no cudaMalloc in the optimizer's steady state.
+// of the norm, no cudaMalloc in the optimizer's steady state, and AdamW's 16-bit parameter copies.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include <string>
 
 #include "core/testing/gpu_test_util.h"
 #include "optim/optimizer.h"
@@ -162,6 +164,62 @@ TEST_F(OptimCuda, VectorizedAdamWIsBitIdenticalToOneElementAThread) {
       vec.step_scaled(2e-3, 0.5 / step);
     }
     expect_same_bits(a, b, one, vec);
+  }
+}
+
+// One 16-bit copy per parameter of `params` in dtype, fresh (uninitialised) buffers; the copy of
+// parameter `misaligned` starts 2 bytes off 8-byte alignment (elements 1.. of its buffer).
+std::vector<Tensor> make_copies(const std::vector<nn::Parameter>& params, DType dtype,
+                                size_t misaligned) {
+  std::vector<Tensor> h;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t n = params[i].tensor.numel();
+    h.push_back(i == misaligned ? Tensor::empty({n + 1}, dtype, Device::cuda(0)).narrow(0, 1, n)
+                                : Tensor::empty({n}, dtype, Device::cuda(0)));
+  }
+  return h;
+}
+
+// AdamW writing the 16-bit copies of the updated parameters in its kernel (AdamWSlot::h, the
+// fused parameter cast of KILN_FUSED_PARAM_CAST): parameters and moments bit for bit as a run
+// without copies, and after every step each copy bit for bit the ordinary cast of its parameter;
+// both kernels, bf16 and f16 copies, a parameter 4 bytes off 16-byte alignment and a copy 2 bytes
+// off 8 (both take the one-element loop), and a parameter without a gradient in step 2 (not
+// updated: its copy from step 1 stays right, and the step reports that it did not write it).
+TEST_F(OptimCuda, AdamWWritesCopiesBitIdenticalToTheCast) {
+  struct Reset {
+    ~Reset() { cuda::set_adamw_vectorized_override(-1); }
+  } reset;
+  for (int vectorized : {0, 1}) {
+    for (DType hd : {DType::kBF16, DType::kF16}) {
+      SCOPED_TRACE(std::string(dtype_name(hd)) + (vectorized ? " vectorized" : " one element"));
+      cuda::set_adamw_vectorized_override(vectorized);
+      ParamPair a = make_params(41), b = make_params(41);
+      for (ParamPair* pp : {&a, &b}) {  // the misaligned one: elements 1..4097 of a buffer
+        Tensor p = random_tensor({4098}, 98).to(Device::cuda(0)).narrow(0, 1, 4097).detach();
+        p.set_requires_grad(true);
+        pp->gpu.push_back({"misaligned", p, true});
+        pp->cpu.push_back({"misaligned", random_tensor({4097}, 98), true});
+      }
+      const std::vector<Tensor> h = make_copies(b.gpu, hd, /*misaligned=*/2);
+      ASSERT_NE(reinterpret_cast<uintptr_t>(h[2].raw()) % 8, 0u);
+      AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+      AdamW plain(a.gpu, o), fused(b.gpu, o);
+      ASSERT_TRUE(fused.set_param_copies(h));
+      for (int step = 1; step <= 3; ++step) {
+        const int skip = step == 2 ? 3 : -1;
+        set_grads(a, step, DType::kBF16, skip);
+        set_grads(b, step, DType::kBF16, skip);
+        plain.step_scaled(2e-3, 0.5 / step);
+        fused.step_scaled(2e-3, 0.5 / step);
+        EXPECT_EQ(fused.last_step_wrote_copies(), skip < 0) << "step " << step;
+        for (size_t i = 0; i < h.size(); ++i)
+          EXPECT_TRUE(testing::same_bits(h[i].to(Device::cpu()),
+                                         raw::convert(b.gpu[i].tensor, hd).to(Device::cpu())))
+              << "step " << step << ", " << b.gpu[i].name;
+      }
+      expect_same_bits(a, b, plain, fused);
+    }
   }
 }
 

@@ -114,17 +114,38 @@ void AdamW::step_scaled(double lr, double grad_scale) {
   step_gpu(lr, grad_scale);
 }
 
+bool AdamW::set_param_copies(std::vector<Tensor> copies) {
+  copies_.clear();
+  wrote_copies_ = false;
+  if (copies.empty() || !on_gpu(params_)) return false;
+  KILN_CHECK_EQ(copies.size(), params_.size()) << "AdamW: one copy (or none) per parameter";
+  for (size_t i = 0; i < copies.size(); ++i) {
+    const Tensor& h = copies[i];
+    KILN_CHECK(!h.defined() ||
+               ((h.dtype() == DType::kBF16 || h.dtype() == DType::kF16) && h.is_contiguous() &&
+                h.numel() == params_[i].tensor.numel() && h.device() == params_[i].tensor.device()))
+        << "AdamW: copy " << h.str() << " of parameter " << params_[i].name;
+  }
+  copies_ = std::move(copies);
+  return true;
+}
+
 void AdamW::step_gpu(double lr, double grad_scale) {
   ++t_;
 #if KILN_WITH_CUDA
   std::vector<cuda::AdamWSlot> slots;
+  size_t wanted = 0, written = 0;  // copies set; copies this step writes
   for (size_t i = 0; i < params_.size(); ++i) {
     const nn::Parameter& p = params_[i];
+    const Tensor h = i < copies_.size() ? copies_[i] : Tensor();
+    wanted += h.defined();
     Tensor g = p.tensor.grad();
     if (!g.defined()) continue;  // unused this step: no update, as in PyTorch
-    slots.push_back({p.tensor, g, m_[i], v_[i], p.decay ? opts_.weight_decay : 0.0});
+    slots.push_back({p.tensor, g, m_[i], v_[i], p.decay ? opts_.weight_decay : 0.0, h});
+    written += h.defined();
   }
   cuda::adamw_step(slots, lr, opts_, t_, grad_scale);
+  wrote_copies_ = wanted > 0 && written == wanted;
 #else
   (void)lr;
   (void)grad_scale;
@@ -134,6 +155,7 @@ void AdamW::step_gpu(double lr, double grad_scale) {
 void AdamW::step(double lr) {
   if (on_gpu(params_)) return step_gpu(lr, 1.0);
   ++t_;
+  wrote_copies_ = false;
   for (size_t i = 0; i < params_.size(); ++i) {
     const nn::Parameter& p = params_[i];
     Tensor g = p.tensor.grad();

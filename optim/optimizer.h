@@ -39,6 +39,18 @@ class Optimizer {
   void set_steps(int64_t t) { t_ = t; }
   void zero_grad();
   const std::vector<nn::Parameter>& params() const { return params_; }
+  // 16-bit copies of the parameters written by the step itself (nn::PrecastCache,
+  // KILN_FUSED_PARAM_CAST): copies[i] (undefined: none) is a contiguous bf16 or f16 tensor of
+  // params()[i]'s numel on its device, and every later step that updates params()[i] also writes
+  // its value rounded to that dtype there. Returns whether this optimizer does so (AdamW on the
+  // GPU); one that does not keeps nothing.
+  virtual bool set_param_copies(std::vector<Tensor> copies) {
+    (void)copies;
+    return false;
+  }
+  // Whether the last step updated every parameter given a copy and wrote each of those copies
+  // (false when no copies are set, or some such parameter had no gradient).
+  virtual bool last_step_wrote_copies() const { return false; }
 
  protected:
   explicit Optimizer(std::vector<nn::Parameter> params) : params_(std::move(params)) {}
@@ -52,11 +64,15 @@ class AdamW final : public Optimizer {
   void step(double lr) override;
   void step_scaled(double lr, double grad_scale) override;
   std::vector<std::pair<std::string, Tensor>> state() override;
+  bool set_param_copies(std::vector<Tensor> copies) override;  // on the GPU only
+  bool last_step_wrote_copies() const override { return wrote_copies_; }
 
  private:
   void step_gpu(double lr, double grad_scale);
   AdamWOptions opts_;
-  std::vector<Tensor> m_, v_;  // fp32, shaped like each parameter
+  std::vector<Tensor> m_, v_;   // fp32, shaped like each parameter
+  std::vector<Tensor> copies_;  // set_param_copies: per parameter, or empty
+  bool wrote_copies_ = false;
 };
 
 class SGD final : public Optimizer {

@@ -50,10 +50,14 @@ struct AdamWArgs {
   float* v[kMaxTensors];
   float keep[kMaxTensors];    // 1 - lr * decay
   float gscale[kMaxTensors];  // the gradient's factor (1: none)
+  uint16_t* h[kMaxTensors];   // the 16-bit copy of the updated p, or null (AdamWSlot::h)
   DType gtype[kMaxTensors];
-  bool vec[kMaxTensors];  // p, m, v 16-byte aligned, g aligned to 4 of its elements
+  bool hbf16[kMaxTensors];  // h is bf16 (else f16)
+  bool vec[kMaxTensors];    // p, m, v 16-byte aligned, g aligned to 4 of its elements, h to 8 bytes
   ChunkTable table;
 };
+// Kernel arguments stay within the classic 4 KiB limit.
+static_assert(sizeof(AdamWArgs) <= 4096, "AdamWArgs too large");
 
 struct AdamWScalars {
   float b1, b2, one_minus_b1, one_minus_b2, c1, c2, lr, eps;
@@ -69,6 +73,11 @@ __device__ __forceinline__ void adamw_one(float& p, float& m, float& v, float g,
   const float mh = __fmul_rn(m, s.c1), vh = __fmul_rn(v, s.c2);
   const float step = __fdiv_rn(__fmul_rn(s.lr, mh), __fadd_rn(__fsqrt_rn(vh), s.eps));
   p = __fsub_rn(__fmul_rn(p, keep), step);
+}
+
+// The updated parameter rounded to the copy's dtype, as multi_cast rounds (nearest even).
+__device__ __forceinline__ uint16_t to_16bit(float p, bool bf16) {
+  return bf16 ? kiln::cuda::f32_to_bf16_bits(p) : kiln::cuda::f32_to_f16_bits(p);
 }
 
 // Four gradient elements from i (aligned to four of them) as f32.
@@ -90,7 +99,8 @@ __device__ __forceinline__ float4 load4_f32(const void* g, DType t, int64_t i) {
 
 // One chunk per block. With a.vec[t] (KILN_ADAMW_VEC), each thread takes four consecutive
 // elements per 16-byte access of p, m, v (the same per-element arithmetic, so the same bits), and
-// the chunk's last n % 4 elements one at a time.
+// the chunk's last n % 4 elements one at a time. With a.h[t], each updated p is also written
+// rounded to 16 bits into h (8 bytes per four elements in the vectorized loop).
 __global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWArgs a, AdamWScalars s) {
   const int t = a.table.tensor[blockIdx.x];
   const int64_t start = static_cast<int64_t>(a.table.chunk[blockIdx.x]) * kChunk;
@@ -98,6 +108,8 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWArgs a, AdamWScala
   float* __restrict__ p = a.p[t];
   float* __restrict__ m = a.m[t];
   float* __restrict__ v = a.v[t];
+  uint16_t* __restrict__ h = a.h[t];
+  const bool hb = a.hbf16[t];
   const void* g = a.g[t];
   const DType gt = a.gtype[t];
   const float keep = a.keep[t], gscale = a.gscale[t];
@@ -117,6 +129,11 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWArgs a, AdamWScala
       *reinterpret_cast<float4*>(p + i) = pv;
       *reinterpret_cast<float4*>(m + i) = mv;
       *reinterpret_cast<float4*>(v + i) = vv;
+      if (h != nullptr) {
+        const ushort4 o = make_ushort4(to_16bit(pv.x, hb), to_16bit(pv.y, hb), to_16bit(pv.z, hb),
+                                       to_16bit(pv.w, hb));
+        *reinterpret_cast<ushort4*>(h + i) = o;
+      }
     }
     done = start + 4 * n4;
   }
@@ -126,6 +143,7 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWArgs a, AdamWScala
     m[i] = mi;
     v[i] = vi;
     p[i] = pi;
+    if (h != nullptr) h[i] = to_16bit(pi, hb);
   }
 }
 
@@ -265,6 +283,10 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
     check_gpu_f32(s.v, "exp_avg_sq", dev);
     KILN_CHECK(s.g.numel() == s.p.numel() && s.g.device() == dev)
         << "AdamW (CUDA): gradient " << s.g.str() << " for parameter " << s.p.str();
+    KILN_CHECK(!s.h.defined() ||
+               ((s.h.dtype() == DType::kBF16 || s.h.dtype() == DType::kF16) &&
+                s.h.is_contiguous() && s.h.numel() == s.p.numel() && s.h.device() == dev))
+        << "AdamW (CUDA): 16-bit copy " << s.h.str() << " for parameter " << s.p.str();
     Tensor g = s.g;
     // Only f32 gradients take the factor in the kernel; others are scaled in place first, as
     // scale() would (rounded to their dtype).
@@ -294,9 +316,12 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
         args.v[slot] = s.v.data<float>();
         args.keep[slot] = static_cast<float>(1.0 - lr * s.decay);
         args.gscale[slot] = s.g.dtype() == DType::kF32 ? static_cast<float>(grad_scale) : 1.0f;
+        args.h[slot] = s.h.defined() ? static_cast<uint16_t*>(s.h.raw()) : nullptr;
+        args.hbf16[slot] = s.h.defined() && s.h.dtype() == DType::kBF16;
         args.vec[slot] = g_adamw_vec.on() && s.p.aligned_to(16) && s.m.aligned_to(16) &&
                          s.v.aligned_to(16) &&
-                         grads[i].aligned_to(4 * dtype_size(grads[i].dtype()));
+                         grads[i].aligned_to(4 * dtype_size(grads[i].dtype())) &&
+                         (!s.h.defined() || s.h.aligned_to(8));
       },
       [&](const ChunkTable& table, int blocks, int64_t) {
         args.table = table;

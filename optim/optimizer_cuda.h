@@ -13,10 +13,14 @@
 namespace kiln::optim::cuda {
 
 // One parameter's AdamW inputs. p, m, v: contiguous f32 on the GPU; g: contiguous f32, bf16, f16
-// or f64 of the same numel on the same GPU.
+// or f64 of the same numel on the same GPU. h, when defined: a contiguous bf16 or f16 tensor of
+// p's numel on the same GPU, into which the kernel writes the updated p rounded to h's dtype (the
+// bits kiln::cuda::multi_cast would write), so the next step's PrecastScope need not cast it
+// (nn::PrecastCache, KILN_FUSED_PARAM_CAST).
 struct AdamWSlot {
   Tensor p, g, m, v;
   double decay = 0.0;  // weight decay for this parameter (0: none)
+  Tensor h;
 };
 
 // One AdamW step at step t (1-based) over all slots, rounding exactly as adamw_update does on the
@@ -28,7 +32,8 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
                 double grad_scale = 1.0);
 // By default (KILN_ADAMW_VEC=0 turns it off) the kernel reads and writes p, m and v 16 bytes at a
 // time (four elements a thread; the same arithmetic, so the same bits) where every pointer of a
-// tensor is aligned for it. Tests and benchmarks force it: 1 on, 0 off, -1 the environment's.
+// tensor is aligned for it (h, when given, to 8 bytes: four 16-bit elements). Tests and
+// benchmarks force it: 1 on, 0 off, -1 the environment's.
 void set_adamw_vectorized_override(int on);
 
 // p -= lr * (momentum buffer update), as sgd_update on the CPU; one launch per tensor.

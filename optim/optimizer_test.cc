@@ -76,6 +76,22 @@ TEST(AdamW, StepScaledEqualsScalingTheGradientsFirst) {
   EXPECT_NE(oa.state()[0].second.to_vector(), oc.state()[0].second.to_vector());
 }
 
+// The fused 16-bit parameter copies are a GPU path: on the CPU AdamW and SGD refuse them, keep
+// nothing and never report them written, so the trainer casts as before.
+TEST(AdamW, RefusesParamCopiesOnTheCpu) {
+  auto w = make_param("w", {0.5, -1.0, 2.0}, true);
+  AdamW adamw({w}, AdamWOptions{});
+  SGD sgd({w}, 0.9, 0.0);
+  const Tensor h = Tensor::zeros({3}, DType::kBF16);
+  EXPECT_FALSE(adamw.set_param_copies({h}));
+  EXPECT_FALSE(sgd.set_param_copies({h}));
+  w.tensor.set_grad(Tensor::from_vector({0.1, 0.2, 0.3}, {3}));
+  adamw.step(1e-2);
+  sgd.step(1e-2);
+  EXPECT_FALSE(adamw.last_step_wrote_copies());
+  EXPECT_FALSE(sgd.last_step_wrote_copies());
+}
+
 TEST(Sgd, MomentumMatchesReference) {
   auto w = make_param("w", {1.0, 2.0}, true);
   SGD opt({w}, 0.9, 0.0);

@@ -1,7 +1,8 @@
 // The training loop on a GPU against the CPU reference: a tiny GPT-2 trained 50 steps on both
 // (fixed synthetic data and seed) gives the same losses within bf16 tolerance (bf16 GPU run) and
 // within f32 tolerance (f32 GPU run), and two GPU runs in deterministic mode are bit-identical,
-// also across a checkpoint resume. Skips where no GPU is visible.
+// also across a checkpoint resume and with the fused parameter cast (KILN_FUSED_PARAM_CAST). Skips
+// where no GPU is visible.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +14,7 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cuda/runtime.h"
+#include "core/nn/precast.h"
 #include "core/testing/require_gpu.h"
 #include "launch/checkpoint.h"
 #include "launch/config.h"
@@ -150,6 +152,86 @@ TEST(GpuTraining, Fp8ResumeWithDelayedScalingIsBitIdentical) {
   // 2 blocks x 4 linears x 3 roles (x, w, gy), each used every step.
   EXPECT_EQ(m->fp8_size(), 24) << "fp8 histories in the checkpoint";
   expect_same_from_step_20(full, train(r.b));
+}
+
+// One run of run_with_restore: the losses of every step, the
+// final parameters on the CPU and the batched casts PrecastScope ran.
+struct CastRun {
+  std::vector<double> losses;
+  std::vector<Tensor> params;
+  int64_t casts = 0;
+};
+
+// KILN_FUSED_PARAM_CAST forced to `fused`: a 6-step run, then a restore of `checkpoint` (a step-3
+// state of another run) into the same Trainer and its last 3 steps again.
+CastRun run_with_restore(const TrainConfig& cfg, const std::string& checkpoint, bool fused) {
+  nn::set_fused_param_cast_override(fused ? 1 : 0);
+  const int64_t casts0 = nn::PrecastScope::casts();
+  launch::Trainer t(cfg, parallel::World{});
+  t.set_quiet(true);
+  absl::Status s = t.init();
+  KILN_CHECK(s.ok()) << s.message();
+  CastRun out;
+  for (int pass = 0; pass < 2; ++pass) {
+    if (pass == 1) {
+      s = t.restore_checkpoint(checkpoint);
+      KILN_CHECK(s.ok()) << s.message();
+    }
+    auto r = t.run();
+    KILN_CHECK(r.ok()) << r.status().message();
+    out.losses.insert(out.losses.end(), r->train_losses.begin(), r->train_losses.end());
+  }
+  for (const nn::Parameter& p : t.data_parallel().optimizer().params())
+    out.params.push_back(p.tensor.to(Device::cpu()));
+  out.casts = nn::PrecastScope::casts() - casts0;
+  nn::set_fused_param_cast_override(-1);
+  return out;
+}
+
+// KILN_FUSED_PARAM_CAST: AdamW writes the parameters' 16-bit copies and the next step's
+// PrecastScope uses them instead of casting. In deterministic mode the losses of a 6-step run, of
+// 3 more steps after restoring a step-3 checkpoint into the same Trainer, and the final parameters
+// are bit-identical to the run that casts every step; bf16 (one cast per run(): its first step)
+// and fp16 (the loss scaler's skipped steps write no copies, so the step after one casts).
+TEST(GpuTraining, FusedParamCastIsBitIdenticalAndSkipsTheCast) {
+  if (!cuda_available()) KILN_GPU_SKIP("no GPU visible");
+  for (auto dtype : {PrecisionConfig::BF16, PrecisionConfig::FP16}) {
+    SCOPED_TRACE(PrecisionConfig::Dtype_Name(dtype));
+    TrainConfig cfg = config(TrainConfig::CUDA, dtype, true);
+    cfg.mutable_training()->set_max_steps(6);
+    cfg.mutable_checkpoint()->set_every_n_steps(0);  // the runs save nothing
+    const std::string dir = ::testing::TempDir() + "/kiln_gpu_fused_cast";
+    std::filesystem::remove_all(dir);
+    cfg.mutable_checkpoint()->set_dir(dir + "/runs");
+    TrainConfig first = cfg;  // the checkpoint: step 3 of a 3-step run
+    first.mutable_training()->set_max_steps(3);
+    first.mutable_checkpoint()->set_dir(dir + "/first");
+    launch::Trainer t(first, parallel::World{});
+    t.set_quiet(true);
+    ASSERT_TRUE(t.init().ok());
+    ASSERT_TRUE(t.run().ok());
+    absl::StatusOr<std::string> ckpt = t.save_checkpoint();
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status().message();
+    const CastRun off = run_with_restore(cfg, *ckpt, false);
+    const CastRun on = run_with_restore(cfg, *ckpt, true);
+    ASSERT_EQ(off.losses.size(), 9u);
+    ASSERT_EQ(on.losses.size(), 9u);
+    for (size_t i = 0; i < off.losses.size(); ++i)
+      EXPECT_EQ(std::memcmp(&off.losses[i], &on.losses[i], sizeof(double)), 0)
+          << "step " << i << ": " << off.losses[i] << " vs " << on.losses[i];
+    ASSERT_EQ(off.params.size(), on.params.size());
+    for (size_t i = 0; i < off.params.size(); ++i) {
+      ASSERT_EQ(off.params[i].nbytes(), on.params[i].nbytes());
+      EXPECT_EQ(std::memcmp(off.params[i].raw(), on.params[i].raw(), off.params[i].nbytes()), 0)
+          << "parameter " << i;
+    }
+    EXPECT_EQ(off.casts, 9);
+    if (dtype == PrecisionConfig::BF16) {
+      EXPECT_EQ(on.casts, 2) << "one cast per run(), at its first step";
+    } else {  // a step the scaler skips (an overflow) writes no copies: the next one casts
+      EXPECT_LT(on.casts, off.casts);
+    }
+  }
 }
 
 }  // namespace
