@@ -30,6 +30,9 @@
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
 #   200-step losses),
+#   round7 (this tree, gpucarry/kiln-base and this tree with this round's opt-ins, per model),
+#   fusedcast (KILN_FUSED_PARAM_CAST: tests, memcheck; FUSEDCAST_E2E=1 A/Bs), plants (this round's
+#   planted bugs, run last), packed (KILN_PACKED_DIRECT_WGRAD: tests, memcheck, planted bug, Llama 1B on / off),
 #   colsum (the column-sum kernel and the classifier's loads ahead: tests, memcheck, planted bugs,
 #   kernel_bench reduce), base (this tree against gpucarry/kiln-base and with KILN_COLSUM_VEC=0),
 #   sdpatune (cuDNN attention plans timed on first use: test, memcheck, planted bug, Llama 1B and
@@ -123,7 +126,24 @@ plant() {
   timeout 180 "$bin" --gtest_brief=1 --gtest_filter="$3" > "$out/plant.log" 2>&1
   echo "planted in $1 ($2): tests exit $? (want 1), $(grep -cE '^\[  FAILED' "$out/plant.log") FAILED lines"
   cp /tmp/planted.bak "$1"
-  cmake --build build -j16 --target "$(basename "$bin")" > "$out/plant_build.log" 2>&1
+  # PLANT_NORESTORE=1: no rebuild of the restored source (plants run last; the next build
+  # recompiles it anyway)
+  [[ ${PLANT_NORESTORE:-0} == 1 ]] ||
+    cmake --build build -j16 --target "$(basename "$bin")" > "$out/plant_build.log" 2>&1
+}
+# plant_patch PATCH FILTER BINARY: the same with a patch (patch -p1) instead of a sed expression.
+plant_patch() {
+  patch -p1 --quiet < "$1" || { echo "plant_patch: $1 did not apply"; return; }
+  cmake --build build -j16 --target "$(basename "$3")" > "$out/plant_build.log" 2>&1 ||
+    tail -5 "$out/plant_build.log"
+  timeout 180 "$3" --gtest_brief=1 --gtest_filter="$2" > "$out/plant_$(basename "$1").log" 2>&1
+  local rc=$?
+  echo "planted $(basename "$1"): tests exit $rc (want != 0), $(grep -cE '^\[  FAILED' \
+    "$out/plant_$(basename "$1").log") FAILED lines; $(grep -m1 -oE 'misaligned address' \
+    "$out/plant_$(basename "$1").log")"
+  patch -p1 -R --quiet < "$1"
+  [[ ${PLANT_NORESTORE:-0} == 1 ]] ||
+    cmake --build build -j16 --target "$(basename "$3")" > "$out/plant_build.log" 2>&1
 }
 # ab LABEL CONFIG ENV...: kiln with the switches ENV on, off, on again (run-to-run spread).
 ab_on_off() {
@@ -450,13 +470,9 @@ PY
       stamp dgelu ;;
     colsum)
       # The 16-byte column-sum kernel (bias gradients) and the classifier rows' loads ahead: tests,
-      # memcheck, a planted bug in each, kernel_bench reduce (general vs column kernel).
+      # memcheck, kernel_bench reduce (general vs column kernel); their planted bugs are in plants.
       gtests colsum build/core/core_gpu_tests 'ReduceCuda.*:CrossEntropyCuda.*:LinearCrossEntropyCuda.*'
       memcheck colsum build/core/core_gpu_tests 'ReduceCuda.Column*:LinearCrossEntropyCuda.Shared*'
-      plant core/ops/reduce.cu 's/r0 = c \* kColChunk + ty;/r0 = c * kColChunk + ty + (c == 1);/' \
-        'ReduceCuda.Column*'
-      plant core/ops/cross_entropy.cu 's/if (j < nvec) ahead\[q\] = xv\[j\];/if (j < nvec \&\& q < 3) ahead[q] = xv[j];/' \
-        'CrossEntropyCuda.*:LinearCrossEntropyCuda.*'
       timeout 120 build/benchmarks/kernel_bench 20 reduce 2>&1 | tee "$out/reduce_bench.log" | tail -8
       stamp colsum ;;
     base)
@@ -474,6 +490,66 @@ PY
         kiln_run "$m-new2" "$c"
       done
       stamp base ;;
+    packed)
+      # KILN_PACKED_DIRECT_WGRAD (the packed projections' weight gradients straight into each
+      # piece's f32 .grad): tests, memcheck, Llama 1B on / default / on (PACKED_E2E=0: not); its
+      # planted bug (every piece reads the first column block) is in plants.
+      gtests packed build/core/core_gpu_tests 'PackedWgradCuda.*:MatmulCuda.*'
+      gtests packed_models build/models/models_gpu_tests 'PackedWgradCuda.*:FusedProjCuda.*'
+      memcheck packed build/core/core_gpu_tests 'PackedWgradCuda.*'
+      if [[ ${PACKED_E2E:-1} == 1 ]]; then
+        c=benchmarks/e2e/llama-1b-bench.textproto
+        kiln_run llama-packed "$c" KILN_PACKED_DIRECT_WGRAD=1; kiln_run llama-packed-off "$c"
+        kiln_run llama-packed2 "$c" KILN_PACKED_DIRECT_WGRAD=1
+      fi
+      stamp packed ;;
+    fusedcast)
+      # KILN_FUSED_PARAM_CAST (AdamW writes the next step's bf16/f16 parameter copies): tests,
+      # memcheck; FUSEDCAST_E2E=1 adds GPT-2 1.5B and Llama 1B on / default / on.
+      gtests fusedcast build/optim/optim_gpu_tests 'OptimCuda.*'
+      gtests fusedcast_train build/tests/gpu_train_test 'GpuTraining.*'
+      gtests fusedcast_core build/core/core_gpu_tests 'MultiCastCuda.*'
+      memcheck fusedcast build/optim/optim_gpu_tests 'OptimCuda.AdamWWritesCopies*'
+      if [[ ${FUSEDCAST_E2E:-0} == 1 ]]; then
+        for m in gpt2-1.5b llama-1b; do
+          c=benchmarks/e2e/$m-bench.textproto
+          kiln_run "$m-fcast" "$c" KILN_FUSED_PARAM_CAST=1; kiln_run "$m-fcast-off" "$c"
+          kiln_run "$m-fcast2" "$c" KILN_FUSED_PARAM_CAST=1
+        done
+      fi
+      stamp fusedcast ;;
+    plants)
+      # The planted bugs of this round's GPU tests, last (PLANT_NORESTORE=1: no rebuild after each).
+      export PLANT_NORESTORE=1
+      plant core/ops/reduce.cu 's/r0 = c \* kColChunk + ty;/r0 = c * kColChunk + ty + (c == 1);/' \
+        'ReduceCuda.Column*'
+      plant core/ops/cross_entropy.cu 's/if (j < nvec) ahead\[q\] = xv\[j\];/if (j < nvec \&\& q < 3) ahead[q] = xv[j];/' \
+        'CrossEntropyCuda.*:LinearCrossEntropyCuda.*'
+      plant core/ops/matmul.cc 's/gy.narrow(1, off, t.size(0))/gy.narrow(1, 0, t.size(0))/' \
+        'PackedWgradCuda.*' build/models/models_gpu_tests
+      for p in ${PLANTS-1_h_from_old_p 2_h_alignment_unchecked 3_wrote_flag_ignores_unupdated}; do
+        plant_patch gpucarry/planted/$p.patch 'OptimCuda.AdamWWritesCopies*' build/optim/optim_gpu_tests
+      done
+      plant_patch gpucarry/planted/4_cache_current_after_restore.patch 'GpuTraining.FusedParamCast*' \
+        build/tests/gpu_train_test
+      stamp plants ;;
+    round7)
+      # This tree's defaults, the carried gpucarry/kiln-base (69e4a08 with KILN_ADAMW_VEC=1: the
+      # column-sum and classifier-row kernels are the difference) and this tree with the opt-in
+      # switches on (R7_ON), for ROUND7_MODELS (default g124 g1.5b llama).
+      for m in ${ROUND7_MODELS-g124 g1.5b llama}; do
+        case $m in
+          llama) c=benchmarks/e2e/llama-1b-bench.textproto
+                 on="KILN_FUSED_PARAM_CAST=1 KILN_PACKED_DIRECT_WGRAD=1" ;;
+          g124) c=benchmarks/e2e/gpt2-124m-bench.textproto; on="KILN_FUSED_PARAM_CAST=1" ;;
+          g1.5b) c=benchmarks/e2e/gpt2-1.5b-bench.textproto; on="KILN_FUSED_PARAM_CAST=1" ;;
+        esac
+        kiln_run "$m-new" "$c"
+        kiln_bin=gpucarry/kiln-base kiln_run "$m-base" "$c" KILN_ADAMW_VEC=1
+        kiln_run "$m-on" "$c" ${R7_ON:-$on}
+        [[ ${R7_REPEAT:-0} == 1 ]] && kiln_run "$m-new2" "$c"
+      done
+      stamp round7 ;;
     allon)
       # Every opt-in path of this round on together (once their tests have passed: fuse, ropegrad,
       # ceshared, resid) against all off, then PyTorch, for the issue's three bf16 rows: Llama 1B
