@@ -130,7 +130,6 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                        acc_t<T>* __restrict__ lse_out, acc_t<T> grad_scale) {
   using A = acc_t<T>;
   constexpr int kV = 16 / sizeof(T);  // launched for 16-bit T (8 per access)
-  constexpr int kAhead = 4;
   __shared__ A scratch[32];
   extern __shared__ uint4 row_copy[];  // kShared: the row, v / kV vectors
   const int64_t nvec = v / kV;
@@ -141,34 +140,21 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     const bool valid = t != ignore && t >= 0 && t < v;
     const A xt = valid ? to_acc(xr[t]) : A(0);  // read before any thread overwrites
     A m = -INFINITY, s = 0;
-    // kAhead vectors loaded before the first is used (more bytes in flight per thread); each
-    // thread still takes its vectors j = tid, tid + blockDim, ... in order, so the sums are the
-    // same as one at a time.
-    for (int64_t j0 = threadIdx.x; j0 < nvec; j0 += kAhead * blockDim.x) {
-      uint4 ahead[kAhead];
+    for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x) {
+      const uint4 u = xv[j];
+      if constexpr (kShared) row_copy[j] = u;
+      const T* e = reinterpret_cast<const T*>(&u);
+      A f[kV], mx = m;
 #pragma unroll
-      for (int q = 0; q < kAhead; ++q) {
-        const int64_t j = j0 + q * static_cast<int64_t>(blockDim.x);
-        if (j < nvec) ahead[q] = xv[j];
+      for (int k = 0; k < kV; ++k) {
+        f[k] = to_acc(e[k]);
+        mx = max(mx, f[k]);
       }
+      A add = 0;
 #pragma unroll
-      for (int q = 0; q < kAhead; ++q) {
-        const int64_t j = j0 + q * static_cast<int64_t>(blockDim.x);
-        if (j >= nvec) break;
-        if constexpr (kShared) row_copy[j] = ahead[q];
-        const T* e = reinterpret_cast<const T*>(&ahead[q]);
-        A f[kV], mx = m;
-#pragma unroll
-        for (int k = 0; k < kV; ++k) {
-          f[k] = to_acc(e[k]);
-          mx = max(mx, f[k]);
-        }
-        A add = 0;
-#pragma unroll
-        for (int k = 0; k < kV; ++k) add += fast_exp(f[k] - mx);
-        s = (m == A(-INFINITY) ? A(0) : s * fast_exp(m - mx)) + add;
-        m = mx;
-      }
+      for (int k = 0; k < kV; ++k) add += fast_exp(f[k] - mx);
+      s = (m == A(-INFINITY) ? A(0) : s * fast_exp(m - mx)) + add;
+      m = mx;
     }
     const A bm = block_max(m, scratch);
     s = m == A(-INFINITY) ? A(0) : s * fast_exp(m - bm);

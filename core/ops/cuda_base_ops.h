@@ -55,11 +55,6 @@ double sum_squares(const Tensor& x);
 // any float dtype; kept dims in x's order). Fixed summation order; accumulates in f64.
 void reduce_sum(const Tensor& x, const std::vector<bool>& reduce, const Tensor& out, double div,
                 bool square);
-// Column sums of a contiguous (rows, m) matrix (bias gradients, sum_to) take a 16-byte-load
-// kernel whose chunks of rows depend on the row count alone (KILN_COLSUM_VEC=0: the general
-// kernel). Tests force it (1 on, 0 off, -1 the environment's) and count its launches.
-void set_colsum_vec_override(int on);
-int64_t colsum_vec_launches();
 // g / div broadcast back to in_shape over `dim` (nullopt: g is 0-dim, broadcast everywhere).
 // Returns a contiguous tensor of g's dtype.
 Tensor reduce_expand(const Tensor& g, const Shape& in_shape, std::optional<int64_t> dim,

@@ -2,15 +2,13 @@
 // fixed order so repeated runs are bit-identical: each output is summed by one block (reduced
 // elements adjacent in memory) or one column of a 32x8 block (outputs adjacent), in f64, over
 // chunks whose layout depends on the shape alone; chunk partials are added in chunk order by a
-// second pass. Sums over the rows of a contiguous (rows, m) matrix (bias gradients) take a
-// 16-byte-load column kernel (colsum_vec_kernel). Also the broadcast-back kernel of their backward.
+// second pass. Also the broadcast-back kernel of their backward.
 #include <algorithm>
 #include <cstdlib>
 
 #include "core/cuda/dtype.cuh"
 #include "core/cuda/runtime.h"
 #include "core/cuda/strided.cuh"
-#include "core/env_switch.h"
 #include "core/ops/cuda_base_ops.h"
 
 namespace kiln::cuda {
@@ -133,52 +131,6 @@ __global__ void __launch_bounds__(kOuterX* kOuterY)
   }
 }
 
-// Column sums of a contiguous (r, m) matrix, 16 bytes a load (8 16-bit or 4 f32 values): a 32x8
-// block covers 32 adjacent 16-byte column groups and kColChunk rows, each thread kColChunk / 8 of
-// them (rows ty, ty + 8, ...), all loaded before any is added. Each thread adds its rows in order
-// in f64, the block its 8 thread rows in order, and one f64 partial per (column, chunk) goes to the
-// second pass. The chunks depend on r alone, so a column's sum does not depend on the columns
-// beside it (a packed bias gradient sums as its pieces would).
-constexpr int kColChunk = 128;
-
-template <typename S>
-__global__ void __launch_bounds__(kOuterX* kOuterY)
-    colsum_vec_kernel(const S* __restrict__ x, int64_t r, int64_t m, int64_t chunks,
-                      double* __restrict__ partial) {
-  constexpr int kV = 16 / sizeof(S), kPer = kColChunk / kOuterY;
-  __shared__ double sm[kOuterY][kOuterX * kV + 1];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t vecs = m / kV, cv = static_cast<int64_t>(blockIdx.x) * kOuterX + tx;
-  const int64_t c = blockIdx.y, r0 = c * kColChunk + ty;
-  double acc[kV] = {};
-  if (cv < vecs) {
-    const uint4* xv = reinterpret_cast<const uint4*>(x) + cv;
-    uint4 u[kPer];
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int64_t row = r0 + static_cast<int64_t>(i) * kOuterY;
-      u[i] = row < r ? __ldg(xv + row * vecs) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      if (r0 + static_cast<int64_t>(i) * kOuterY >= r) break;
-      const S* e = reinterpret_cast<const S*>(&u[i]);
-#pragma unroll
-      for (int k = 0; k < kV; ++k) acc[k] += static_cast<double>(Elem<S>::load(e, k));
-    }
-  }
-#pragma unroll
-  for (int k = 0; k < kV; ++k) sm[ty][tx * kV + k] = acc[k];
-  __syncthreads();
-  const int t = ty * kOuterX + tx;
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * kOuterX * kV + t;
-  if (t < kOuterX * kV && col < m) {
-    double total = 0;
-    for (int k = 0; k < kOuterY; ++k) total += sm[k][t];
-    partial[col * chunks + c] = total;
-  }
-}
-
 // Splits r into chunks: enough blocks to fill the GPU, as a function of the shape only.
 void plan_chunks(ReduceGeom* g, int64_t blocks_per_chunk, int64_t min_chunk) {
   int64_t chunks = std::max<int64_t>(
@@ -218,53 +170,6 @@ __global__ void expand_kernel(const S* __restrict__ g, S* __restrict__ out, Stri
   }
 }
 
-// Second pass: each of the m outputs' chunk partials (partial[i * chunks + c]), added in chunk
-// order by one block, divided by div and rounded once to out's dtype.
-void add_chunk_partials(double* partial, int64_t m, int64_t chunks, const Tensor& out, double div) {
-  ReduceGeom g2;
-  g2.kept = make_dims({{m, chunks}});
-  g2.red = make_dims({{chunks, 1}});
-  g2.m = m;
-  g2.r = chunks;
-  g2.chunk = chunks;
-  g2.chunks = 1;
-  launch_pass<double, false>(partial, g2, true, nullptr, out.raw(), out.dtype(), div);
-}
-
-EnvSwitch g_colsum_vec("KILN_COLSUM_VEC", /*default_on=*/true);
-int64_t g_colsum_launches = 0;
-
-// colsum_vec_kernel where x is a contiguous (r, m) matrix summed over its rows (a bias gradient):
-// 16-bit or f32, m a whole number of 16-byte groups, x 16-byte aligned, r >= 2 chunks. False
-// (nothing ran) otherwise, or with KILN_COLSUM_VEC=0.
-bool colsum_vec(const Tensor& x, const ReduceGeom& g, const Tensor& out, double div) {
-  const DType t = x.dtype();
-  const int64_t kv = t == DType::kF32 ? 4 : (t == DType::kBF16 || t == DType::kF16) ? 8 : 0;
-  const int64_t chunks = (g.r + kColChunk - 1) / kColChunk;
-  if (!g_colsum_vec.on() || kv == 0 || g.kept.n != 1 || g.kept.stride[0] != 1 || g.red.n != 1 ||
-      g.red.stride[0] != g.m || g.m % kv != 0 || chunks < 2 || chunks > 65535 || !x.aligned_to(16))
-    return false;
-  Tensor partial = Tensor::empty({g.m * chunks}, DType::kF64, x.device());
-  double* pp = partial.data<double>();
-  const dim3 grid(static_cast<unsigned>((g.m / kv + kOuterX - 1) / kOuterX),
-                  static_cast<unsigned>(chunks));
-  const dim3 block(kOuterX, kOuterY);
-  cudaStream_t s = compute_stream();
-  if (t == DType::kF32) {
-    colsum_vec_kernel<float><<<grid, block, 0, s>>>(x.data<float>(), g.r, g.m, chunks, pp);
-  } else if (t == DType::kBF16) {
-    colsum_vec_kernel<__nv_bfloat16>
-        <<<grid, block, 0, s>>>(static_cast<const __nv_bfloat16*>(x.raw()), g.r, g.m, chunks, pp);
-  } else {
-    colsum_vec_kernel<__half>
-        <<<grid, block, 0, s>>>(static_cast<const __half*>(x.raw()), g.r, g.m, chunks, pp);
-  }
-  KILN_CUDA_CHECK_LAUNCH();
-  add_chunk_partials(pp, g.m, chunks, out, div);
-  ++g_colsum_launches;
-  return true;
-}
-
 }  // namespace
 
 void reduce_sum(const Tensor& x, const std::vector<bool>& reduce, const Tensor& out, double div,
@@ -302,7 +207,6 @@ void reduce_sum(const Tensor& x, const std::vector<bool>& reduce, const Tensor& 
     raw::fill(out, 0.0 / div);
     return;
   }
-  if (!square && colsum_vec(x, g, out, div)) return;
   const bool inner = min_is_reduced;
   if (inner) {
     plan_chunks(&g, g.m, 4096);
@@ -322,7 +226,15 @@ void reduce_sum(const Tensor& x, const std::vector<bool>& reduce, const Tensor& 
     }
   });
   if (g.chunks == 1) return;
-  add_chunk_partials(pp, g.m, g.chunks, out, div);
+  // Second pass: each output's chunk partials, added in chunk order by one block.
+  ReduceGeom g2;
+  g2.kept = make_dims({{g.m, g.chunks}});
+  g2.red = make_dims({{g.chunks, 1}});
+  g2.m = g.m;
+  g2.r = g.chunks;
+  g2.chunk = g.chunks;
+  g2.chunks = 1;
+  launch_pass<double, false>(pp, g2, true, nullptr, out.raw(), out.dtype(), div);
 }
 
 Tensor reduce_expand(const Tensor& g, const Shape& in_shape, std::optional<int64_t> dim,
@@ -354,8 +266,5 @@ Tensor reduce_expand(const Tensor& g, const Shape& in_shape, std::optional<int64
   });
   return out;
 }
-
-void set_colsum_vec_override(int on) { g_colsum_vec.force(on); }
-int64_t colsum_vec_launches() { return g_colsum_launches; }
 
 }  // namespace kiln::cuda

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include "core/autograd.h"
-#include "core/ops/cuda_base_ops.h"
 #include "core/ops/reduce.h"
 #include "core/testing/gpu_test_util.h"
 
@@ -95,50 +94,6 @@ TEST_F(ReduceCuda, BackwardMatchesCpu) {
     sum(gx).backward(Tensor::scalar(0.75, dt, kGpu));
     EXPECT_TRUE(same_bits(gx.grad(), x.grad()));
   }
-}
-
-// Sums over the rows of a contiguous (rows, m) matrix (bias gradients) take the 16-byte-load
-// column kernel: it ran (its launch count grew), agrees with the CPU as the general kernel does
-// (f64 sums rounded once; same tolerances), and a column's sum does not depend on the columns
-// beside it (a packed bias gradient sums bit for bit as its pieces). Inputs it cannot take (rows
-// not 16-byte aligned, m not a whole number of 16-byte groups, too few rows) fall back.
-TEST_F(ReduceCuda, ColumnSumsOfRowsTakeTheVectorKernel) {
-  cuda::set_colsum_vec_override(1);
-  const Shape shapes[] = {{4096, 768}, {1000, 264}, {129, 8}, {3, 700, 40}, {300, 3, 16}};
-  for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
-    for (const Shape& s : shapes) {
-      SCOPED_TRACE(std::string(dtype_name(dt)) + " " + shape_str(s));
-      Tensor x = random_tensor(s, 7, dt), gx = to_gpu(x);
-      const int64_t before = cuda::colsum_vec_launches();
-      Tensor g = cuda::sum_to(gx, {s.back()});  // the bias gradients' call
-      EXPECT_EQ(cuda::colsum_vec_launches(), before + 1);
-      Tensor c = s.size() == 3 ? sum(sum(x.to(DType::kF64), 0), 0) : sum(x.to(DType::kF64), 0);
-      KILN_EXPECT_CLOSE(g, c.to(dt), dt == DType::kF32 ? 1e-6 : 1e-2, 1e-6);
-      EXPECT_EQ(g.shape(), Shape{s.back()});
-    }
-    // Column independence: the (rows, 3m) sum is the three (rows, m) sums side by side.
-    Tensor packed = to_gpu(random_tensor({2050, 3 * 264}, 8, dt));
-    Tensor whole = sum(packed, 0);
-    for (int64_t p = 0; p < 3; ++p) {
-      Tensor piece = sum(packed.narrow(1, p * 264, 264).contiguous(), 0);
-      EXPECT_TRUE(same_bits(whole.narrow(0, p * 264, 264).contiguous(), piece)) << p;
-    }
-    // Fallbacks: misaligned rows (one element in), m of 12 16-bit values, 100 rows.
-    Tensor flat = to_gpu(random_tensor({1 + 600 * 64}, 9, dt));
-    const Tensor cases[] = {flat.narrow(0, 1, 600 * 64).reshape({600, 64}),
-                            to_gpu(random_tensor({600, 12}, 10, dt)),
-                            to_gpu(random_tensor({100, 64}, 11, dt))};
-    for (const Tensor& t : cases) {
-      SCOPED_TRACE(t.str());
-      const bool eligible = dt == DType::kF32 && t.size(1) == 12 && t.size(0) == 600;
-      const int64_t before = cuda::colsum_vec_launches();
-      Tensor g = sum(t, 0);
-      EXPECT_EQ(cuda::colsum_vec_launches(), before + (eligible ? 1 : 0));
-      KILN_EXPECT_CLOSE(g, sum(t.to(Device::cpu()).to(DType::kF64), 0).to(dt),
-                        dt == DType::kF32 ? 1e-6 : 1e-2, 1e-6);
-    }
-  }
-  cuda::set_colsum_vec_override(-1);
 }
 
 }  // namespace
