@@ -370,15 +370,10 @@ int main(int argc, char** argv) {
   if (want("reduce")) {
     for (int64_t n : {c, 3 * c, 4 * c}) {  // GPT-2 124M's bias widths: proj / fc2, qkv, fc1
       Tensor dy = rnd({tok, n}, DType::kBF16, 11);
-      for (int vec : {0, 1}) {  // the general kernel, then the 16-byte column kernel
-        cuda::set_colsum_vec_override(vec);
-        const double ms = time_ms([&] { (void)sum_to(dy, {n}); }, reps);
-        row(std::string("sum_to (bias grad, bf16)") + (vec ? " colsum_vec" : " general"),
-            std::to_string(tok) + "x" + std::to_string(n), ms,
-            static_cast<double>(dy.nbytes()) / (ms * 1e-3) / 1e9, "GB/s", copy_bw);
-      }
+      const double ms = time_ms([&] { (void)sum_to(dy, {n}); }, reps);
+      row("sum_to (bias grad, bf16)", std::to_string(tok) + "x" + std::to_string(n), ms,
+          static_cast<double>(dy.nbytes()) / (ms * 1e-3) / 1e9, "GB/s", copy_bw);
     }
-    cuda::set_colsum_vec_override(-1);
     Tensor x = rnd({int64_t{1} << 28}, DType::kF32, 12);
     const double ms2 = time_ms([&] { (void)sum(x); }, reps);
     row("sum (f32, all)", "2^28", ms2, static_cast<double>(x.nbytes()) / (ms2 * 1e-3) / 1e9, "GB/s",

@@ -264,9 +264,12 @@ void Trainer::make_forward_backward() {
 void Trainer::make_precast_cache() {
   // Only where the optimizer's pieces are the model's parameters themselves and nothing but its
   // step changes them: ZeRO updates shards and gathers them, pipeline parallelism copies GPT-2's
-  // tied weights after the step, and tensor parallelism is left out until it is tested.
+  // tied weights after the step, and tensor parallelism and data parallelism (whose replicas would
+  // each write their own copies) are left out until they are tested on GPUs.
   const parallel::ParallelDims& d = mesh_->dims();
-  if (!nn::fused_param_cast_enabled() || dp_->zero_stage() != 0 || d.tp != 1 || d.pp != 1) return;
+  if (!nn::fused_param_cast_enabled() || dp_->zero_stage() != 0 || d.tp != 1 || d.pp != 1 ||
+      d.dp != 1)
+    return;
   auto cache = std::make_unique<nn::PrecastCache>(precast_, compute_);
   if (cache->size() == 0) return;
   // Every cached parameter must be exactly one of the optimizer's (else its copy would go stale).

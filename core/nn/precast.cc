@@ -13,7 +13,7 @@ namespace {
 
 thread_local PrecastScope* t_scope = nullptr;
 std::atomic<int64_t> g_casts{0};
-EnvSwitch g_fused("KILN_FUSED_PARAM_CAST", /*default_on=*/false);
+EnvSwitch g_fused("KILN_FUSED_PARAM_CAST", /*default_on=*/true);
 
 // The parameters to cast (contiguous fp32 CUDA, non-empty, each once, all on the first one's
 // device), their copies' views of one new flat buffer of dtype (each at a multiple of 8 elements,

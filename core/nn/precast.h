@@ -4,7 +4,7 @@
 // cast_precomputed (core/ops/view.h): the same values and the same gradient as cast. The trainer
 // opens one around each step's forward and backward (the parameters do not change inside it).
 //
-// PrecastCache (KILN_FUSED_PARAM_CAST, opt-in): the copies kept across steps, so that the optimizer
+// PrecastCache (KILN_FUSED_PARAM_CAST): the copies kept across steps, so that the optimizer
 // step, which reads and writes every parameter anyway, also writes their 16-bit copies (AdamW's
 // kernel, optim::Optimizer::set_param_copies) and the next step's scope need not cast at all.
 #pragma once
@@ -17,7 +17,7 @@
 
 namespace kiln::nn {
 
-// Whether KILN_FUSED_PARAM_CAST is on (default off: opt-in until it is measured on a GPU), and
+// Whether KILN_FUSED_PARAM_CAST is on (default on since 2026-12-06; 0 turns it off), and
 // the tests' override: 1 on, 0 off, -1 the environment's.
 bool fused_param_cast_enabled();
 void set_fused_param_cast_override(int on);

@@ -34,13 +34,13 @@ TEST(PrecastCache, ScopeUsesTheCopiesOnce) {
   EXPECT_EQ(PrecastScope::casts(), casts) << "nothing to cast on the CPU";
 }
 
-TEST(PrecastCache, FusedParamCastIsOptIn) {
+TEST(PrecastCache, FusedParamCastIsOnByDefault) {
   set_fused_param_cast_override(1);
   EXPECT_TRUE(fused_param_cast_enabled());
   set_fused_param_cast_override(0);
   EXPECT_FALSE(fused_param_cast_enabled());
   set_fused_param_cast_override(-1);
-  if (std::getenv("KILN_FUSED_PARAM_CAST") == nullptr) EXPECT_FALSE(fused_param_cast_enabled());
+  if (std::getenv("KILN_FUSED_PARAM_CAST") == nullptr) EXPECT_TRUE(fused_param_cast_enabled());
 }
 
 }  // namespace
