@@ -47,23 +47,9 @@ namespace {
 using FusedProjCuda = testing::GpuTest;
 using models::test_util::node_counts;
 using models::test_util::rel_diff;
+using models::test_util::tiny_gpu_llama;
 
 constexpr int64_t kBatch = 2, kSeq = 32;
-
-models::ModelSpec tiny_llama(int64_t d_ff) {
-  models::ModelSpec s;
-  s.family = models::Family::kLlama;
-  s.n_layer = 2;
-  s.n_head = 4;
-  s.n_kv_head = 2;
-  s.d_model = 64;
-  s.d_ff = d_ff;
-  s.vocab_size = 128;
-  s.max_seq_len = kSeq;
-  s.tied_embeddings = false;
-  s.bias = false;
-  return s;
-}
 
 struct Result {
   Tensor loss;                       // on the CPU
@@ -111,7 +97,7 @@ int count(const Result& r, const char* name) {
 constexpr bool kOn = true, kOff = false;
 
 TEST(FusedProj, CpuPathUnchanged) {
-  models::Transformer m(tiny_llama(90), 3);
+  models::Transformer m(tiny_gpu_llama(90), 3);
   const Result fused = loss_and_grads(m, &kOn, Device::cpu());
   const Result plain = loss_and_grads(m, &kOff, Device::cpu());
   EXPECT_EQ(count(fused, "SwigluPacked"), 0);
@@ -128,7 +114,7 @@ TEST(FusedProj, CpuPathUnchanged) {
 // GEMM calls), with 3 Matmul nodes fewer per block.
 TEST(FusedProj, FusedComputeOnCpuMatchesUnfused) {
   for (int64_t f : {int64_t{96}, int64_t{90}}) {
-    models::ModelSpec s = tiny_llama(f);
+    models::ModelSpec s = tiny_gpu_llama(f);
     s.param_dtype = DType::kF64;
     models::Transformer m(s, 3);
     m.set_compute_dtype(DType::kF64);
@@ -154,7 +140,7 @@ TEST(FusedProj, DefaultFollowsEnvironment) {
   const char* e = std::getenv("KILN_FUSED_PROJ");
   const bool want = !(e != nullptr && std::strcmp(e, "0") == 0);
   EXPECT_EQ(models::fused_projections_default(), want);
-  models::Transformer m(tiny_llama(96), 3);
+  models::Transformer m(tiny_gpu_llama(96), 3);
   EXPECT_EQ(m.h[0]->attn->fuse_proj, want);
   EXPECT_EQ(m.h[1]->mlp->fuse_proj, want);
   const Result r = loss_and_grads(m, nullptr, Device::cpu(), /*on_cpu=*/true);
@@ -168,7 +154,7 @@ TEST_F(FusedProjCuda, F32MatchesUnfusedAndCpu) {
          {models::Recompute::kNone, models::Recompute::kSelective, models::Recompute::kFull}) {
       const std::string tag =
           "F=" + std::to_string(f) + " recompute " + std::to_string(static_cast<int>(rc));
-      models::Transformer cpu(tiny_llama(f), 3), m(tiny_llama(f), 3);
+      models::Transformer cpu(tiny_gpu_llama(f), 3), m(tiny_gpu_llama(f), 3);
       cpu.set_recompute(rc);
       m.set_recompute(rc);
       m.to(gpu);
@@ -194,7 +180,7 @@ TEST_F(FusedProjCuda, F32MatchesUnfusedAndCpu) {
 
 TEST_F(FusedProjCuda, Bf16UnderPrecastPacksWeightsWithoutACopy) {
   const Device gpu = Device::cuda(0);
-  models::Transformer m(tiny_llama(96), 3);
+  models::Transformer m(tiny_gpu_llama(96), 3);
   m.to(gpu);
   m.set_compute_dtype(DType::kBF16);
   std::vector<Tensor> params;
@@ -257,7 +243,7 @@ Result all_paths_run(models::Transformer& m, bool on, Device dev, bool on_cpu = 
 
 TEST(AllPaths, TogetherOnCpuMatchAllOff) {
   for (models::Recompute rc : {models::Recompute::kNone, models::Recompute::kSelective}) {
-    models::ModelSpec s = tiny_llama(96);
+    models::ModelSpec s = tiny_gpu_llama(96);
     s.param_dtype = DType::kF64;
     models::Transformer m(s, 3);
     m.set_compute_dtype(DType::kF64);
@@ -277,7 +263,7 @@ TEST_F(FusedProjCuda, AllPathsTogetherMatchAllOff) {
   const Device gpu = Device::cuda(0);
   for (models::Recompute rc : {models::Recompute::kNone, models::Recompute::kSelective}) {
     const std::string tag = "recompute " + std::to_string(static_cast<int>(rc));
-    models::Transformer m(tiny_llama(96), 3);
+    models::Transformer m(tiny_gpu_llama(96), 3);
     m.set_recompute(rc);
     m.to(gpu);
     const Result on = all_paths_run(m, true, gpu);
@@ -286,7 +272,7 @@ TEST_F(FusedProjCuda, AllPathsTogetherMatchAllOff) {
     EXPECT_EQ(count(on, "SwigluPacked"), 2) << tag;
     expect_close(on, off, m, 2e-5, "f32, all paths on vs off, " + tag);
   }
-  models::Transformer m(tiny_llama(96), 3);
+  models::Transformer m(tiny_gpu_llama(96), 3);
   m.to(gpu);
   m.set_compute_dtype(DType::kBF16);
   const Result on = all_paths_run(m, true, gpu);

@@ -1,5 +1,6 @@
 // Helpers the models tests share (test-only, header-only): the tiny GPT-2 / Llama spec most of them
-// build, the node counts of a loss's graph, and the relative difference of two tensors.
+// build (and a larger tiny Llama for the GPU tests), the node counts of a loss's graph, and the
+// relative difference of two tensors.
 #pragma once
 
 #include <algorithm>
@@ -30,6 +31,23 @@ inline ModelSpec tiny_spec(Family f) {
   s.tied_embeddings = f == Family::kGPT2;
   s.bias = f == Family::kGPT2;
   s.init_std = 0.2;
+  return s;
+}
+
+// A Llama large enough for the CUDA kernels' vector paths: 2 blocks, 4 heads (2 kv), C 64, FFN
+// d_ff (its alignment picks the fused projections' paths), vocabulary 128, T 32, untied, no bias.
+inline ModelSpec tiny_gpu_llama(int64_t d_ff) {
+  ModelSpec s;
+  s.family = Family::kLlama;
+  s.n_layer = 2;
+  s.n_head = 4;
+  s.n_kv_head = 2;
+  s.d_model = 64;
+  s.d_ff = d_ff;
+  s.vocab_size = 128;
+  s.max_seq_len = 32;
+  s.tied_embeddings = false;
+  s.bias = false;
   return s;
 }
 

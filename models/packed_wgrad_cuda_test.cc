@@ -37,24 +37,10 @@ namespace {
 
 using PackedWgradCuda = testing::GpuTest;
 using models::test_util::rel_diff;
+using models::test_util::tiny_gpu_llama;
 
 constexpr int64_t kBatch = 2, kSeq = 32;
 const Device kGpu = Device::cuda(0);
-
-models::ModelSpec tiny_llama(int64_t d_ff) {
-  models::ModelSpec s;
-  s.family = models::Family::kLlama;
-  s.n_layer = 2;
-  s.n_head = 4;
-  s.n_kv_head = 2;
-  s.d_model = 64;
-  s.d_ff = d_ff;
-  s.vocab_size = 128;
-  s.max_seq_len = kSeq;
-  s.tied_embeddings = false;
-  s.bias = false;
-  return s;
-}
 
 struct Restore {
   ~Restore() {
@@ -71,7 +57,7 @@ struct Outcome {
 
 // A bf16 Llama on the GPU with fused projections, each parameter's hook counting into *hooks.
 struct Model {
-  explicit Model(int64_t d_ff) : m(tiny_llama(d_ff), 3) {
+  explicit Model(int64_t d_ff) : m(tiny_gpu_llama(d_ff), 3) {
     m.to(kGpu);
     m.set_compute_dtype(DType::kBF16);
     for (const auto& b : m.h) b->attn->fuse_proj = b->mlp->fuse_proj = true;
