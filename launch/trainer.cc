@@ -43,7 +43,8 @@ const char* injected_non_finite(int rank, int64_t step) {
 
 Trainer::Trainer(TrainConfig config, parallel::World world)
     : cfg_(std::move(config)), world_(world) {}
-Trainer::~Trainer() = default;
+// Whatever the side stream still does must be ordered before the compute stream reuses the memory.
+Trainer::~Trainer() { join_optimizer(); }
 
 absl::Status Trainer::init() {
   // Everything that can fail for outside reasons (layout, files, data) fails here, in this order:
@@ -89,6 +90,10 @@ absl::StatusOr<TrainSummary> Trainer::run() {
   t_start_ = now_s();
   print_start();
   StopSignalScope signals(cfg_.checkpoint().save_on_signal());
+  struct JoinAtExit {  // KILN_OVERLAP_OPTIM: every way out leaves no optimizer step pending
+    const Trainer* t;
+    ~JoinAtExit() { t->join_optimizer(); }
+  } join_at_exit{this};
   sum.first_step = step_;
   // Whatever happened to the parameters since the last step (a checkpoint restore, a test writing
   // them) is unknown here: the first step casts them afresh.
@@ -202,6 +207,7 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
   health_ = {bad == 0, bad == 2 || (bad == 1 && !scaler_), bad == 1 && scaler_ != nullptr};
   if (scaler_) scaler_->update(bad != 0);
   *gnorm = raw_norm / loss_scale;
+  bool zeroed = false;
   if (health_.applied) {
     // The fp16 unscale and the clipping factor, the last of them folded into the optimizer step
     // (the same result as scaling the gradients first, one pass over them less on the GPU).
@@ -211,17 +217,30 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
       if (grad_scale != 1.0) dp_->scale_grads(grad_scale);
       grad_scale = clip / (*gnorm + 1e-6);
     }
-    dp_->step(lr, grad_scale);
-    sync_tied_weights(chunk_ptrs(), mesh_->pp());  // GPT-2 with pp > 1: the head's copy
+    zeroed = step_on_side_stream(lr, grad_scale);
+    if (!zeroed) {
+      dp_->step(lr, grad_scale);
+      sync_tied_weights(chunk_ptrs(), mesh_->pp());  // GPT-2 with pp > 1: the head's copy
+    }
     // The next step's scope reuses the copies only if this step wrote every one of them.
     if (precast_cache_) precast_cache_->set_current(dp_->optimizer().last_step_wrote_copies());
   }
-  dp_->zero_grad();
+  if (!zeroed) dp_->zero_grad();  // else the side stream's step zeroed every gradient
   mark(StepPhases::kStepped);
   return loss;
 }
 
+bool Trainer::step_on_side_stream(double lr, double grad_scale) {
+  if (overlap_groups_.empty()) return false;
+  nn::PrecastCache& cache = *precast_cache_;
+  cache.begin_side_step();  // the side stream waits for the gradients (and any scaling of them)
+  return dp_->optimizer().step_grouped(lr, grad_scale, overlap_groups_, cache.groups(),
+                                       cache.side_stream(),
+                                       [&cache](int g) { cache.end_group(g); });
+}
+
 absl::Status Trainer::finish_run(TrainSummary* sum) {
+  join_optimizer();
   if (cfg_.checkpoint().save_at_end() && saved_step_ != step_) {
     absl::StatusOr<std::string> path = save_checkpoint();
     if (!path.ok()) return path.status();

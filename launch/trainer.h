@@ -79,10 +79,20 @@ class Trainer {
   void set_exclusive(bool e) { exclusive_ = e; }
   // Read-only (kiln eval / sample): no metrics or TensorBoard files; call before init().
   void set_read_only(bool r) { read_only_ = r; }
-  // The whole model (pp = 1); under pipeline parallelism this rank's first chunk.
-  models::LanguageModel& model() { return *chunks_.front(); }
-  const models::LanguageModel& model() const { return *chunks_.front(); }
-  parallel::DataParallel& data_parallel() { return *dp_; }
+  // The whole model (pp = 1); under pipeline parallelism this rank's first chunk. These two join
+  // an optimizer step still running on the side stream (KILN_OVERLAP_OPTIM) first.
+  models::LanguageModel& model() {
+    join_optimizer();
+    return *chunks_.front();
+  }
+  const models::LanguageModel& model() const {
+    join_optimizer();
+    return *chunks_.front();
+  }
+  parallel::DataParallel& data_parallel() {
+    join_optimizer();
+    return *dp_;
+  }
   const parallel::Mesh& mesh() const { return *mesh_; }
   Device device() const { return device_; }
 
@@ -108,6 +118,7 @@ class Trainer {
   void make_data_parallel();  // DDP / ZeRO around the optimizer
   void make_forward_backward();
   void make_precast_cache();  // KILN_FUSED_PARAM_CAST, where it is known to be right
+  void make_overlap_optim();  // KILN_OVERLAP_OPTIM, likewise (needs the cache)
   void make_schedules();
   absl::Status make_sources();  // trainer_data.cc
   absl::Status open_metrics();
@@ -117,6 +128,16 @@ class Trainer {
   // The loop (trainer.cc).
   void run_step(int64_t step, TrainSummary* sum);
   double train_step(double lr, int64_t seq_len, int64_t global_batch, double* grad_norm);
+  // KILN_OVERLAP_OPTIM: the optimizer step on the side stream, group by group, which also zeroes
+  // every gradient; false (nothing done) where it is off or the optimizer declines the step.
+  bool step_on_side_stream(double lr, double grad_scale);
+  // The compute stream waits for an optimizer step still running on the side stream; a no-op when
+  // none is. Before anything but the next forward's parameter lookups reads parameters, moments or
+  // gradients: the next backward, evaluation, samples, checkpoints, the end of run(), the
+  // accessors above, the destructor.
+  void join_optimizer() const {
+    if (precast_cache_) precast_cache_->join();
+  }
   absl::Status finish_run(TrainSummary* sum);
   // After every step: the periodic save and the SIGTERM / SIGINT check (agreed by all ranks).
   // Returns true when the run must stop.
@@ -144,6 +165,9 @@ class Trainer {
   // KILN_FUSED_PARAM_CAST: their copies kept across steps, written by the optimizer step (AdamW on
   // the GPU; no ZeRO, tensor or pipeline parallelism); null: precast_ is cast every step.
   std::unique_ptr<nn::PrecastCache> precast_cache_;
+  // KILN_OVERLAP_OPTIM: each optimizer parameter's group in precast_cache_ (its step runs on the
+  // side stream); empty: the step runs on the compute stream, then zero_grad.
+  std::vector<int> overlap_groups_;
   std::unique_ptr<parallel::Mesh> mesh_;  // dims and groups; outlives everything using them
   // This rank's part of the model as pipeline chunks: one chunk, the whole model, at pp = 1; else
   // local chunk c is virtual stage c * pp + pp_rank (launch/pipeline_stage.h): one chunk per stage,

@@ -128,6 +128,7 @@ absl::Status Trainer::lock_run_folder() {
 
 absl::StatusOr<std::string> Trainer::save_checkpoint() {
   const double t0 = now_s();
+  join_optimizer();  // parameters and moments as the last step left them
   Manifest h;
   *h.mutable_config() = cfg_;
   h.set_step(step_);
@@ -189,6 +190,7 @@ absl::StatusOr<std::string> Trainer::save_checkpoint() {
 }
 
 absl::Status Trainer::restore_checkpoint(const std::string& path) {
+  join_optimizer();  // no step may still write what is restored
   // The model check first: a manifest from another model is reported as such, not as its files.
   absl::StatusOr<Manifest> m = read_checkpoint_manifest(path, /*check_files=*/false);
   if (!m.ok()) return m.status();

@@ -11,6 +11,7 @@ namespace kiln::launch {
 
 double Trainer::evaluate() {
   if (!make_val_) return NAN;
+  join_optimizer();  // the forward below reads the fp32 parameters (no scope)
   NoGradGuard ng;
   for (models::LanguageModel* c : chunk_ptrs()) c->set_training(false);
   dp_->begin_forward();  // ZeRO-3: the embeddings and head are gathered for the pass
@@ -35,6 +36,7 @@ double Trainer::evaluate() {
 std::string Trainer::sample(int64_t step) {
   const int64_t n = cfg_.eval().sample_tokens();
   if (n <= 0 || pipeline_) return "";  // no sampling through a pipeline yet
+  join_optimizer();
   std::vector<int64_t> prompt;
   if (!cfg_.eval().sample_prompt().empty() && codec_.encode)
     prompt = codec_.encode(cfg_.eval().sample_prompt());

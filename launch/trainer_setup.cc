@@ -4,6 +4,7 @@
 // batch schedules, the metrics files. init() (trainer.cc) calls them in that order.
 #include <fnmatch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
@@ -255,9 +256,13 @@ void Trainer::make_forward_backward() {
     return;
   }
   models::LanguageModel* model = chunks_.front().get();
-  forward_backward_ =
-      std::make_unique<parallel::NoPipeline>([model](const Tensor& inputs, const Tensor& targets) {
-        return model->loss(inputs, targets);
+  // The forward waited for each group of a side-stream optimizer step it used (KILN_OVERLAP_OPTIM);
+  // the backward, which writes the gradients that step zeroes, waits for all of it.
+  forward_backward_ = std::make_unique<parallel::NoPipeline>(
+      [this, model](const Tensor& inputs, const Tensor& targets) {
+        Tensor loss = model->loss(inputs, targets);
+        join_optimizer();
+        return loss;
       });
 }
 
@@ -287,6 +292,29 @@ void Trainer::make_precast_cache() {
     return;
   }
   precast_cache_ = std::move(cache);
+  make_overlap_optim();
+}
+
+void Trainer::make_overlap_optim() {
+  // The step on the side stream must cover exactly what the next forward reads and what zero_grad
+  // clears: every optimizer parameter with elements is cached (so every read of it in the forward
+  // waits for its group: nn::to_compute), and the gradients it zeroes are all of the data-parallel
+  // gradient memory (stage 0, one replica: no padding). The optimizer may still decline a step
+  // (Optimizer::step_grouped); the trainer then takes the ordinary path for it.
+  overlap_groups_.clear();
+  if (!nn::overlap_optim_enabled() || !precast_cache_ || !device_.is_cuda() ||
+      cfg_.optimizer().type() == OptimizerConfig::SGD)
+    return;
+  std::vector<int> groups;
+  int64_t numel = 0;
+  for (const nn::Parameter& p : dp_->optimizer().params()) {
+    const int g = precast_cache_->group_of(p.tensor);
+    if (g < 0 && p.tensor.numel() > 0) return;  // a parameter the forward would read unwaited
+    groups.push_back(std::max(g, 0));
+    numel += p.tensor.numel();
+  }
+  if (dp_->gradient_bytes() != numel * static_cast<int64_t>(sizeof(float))) return;
+  overlap_groups_ = std::move(groups);
 }
 
 void Trainer::make_schedules() {

@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -142,6 +143,40 @@ TEST(Transformer, HuggingFaceParameterNames) {
                                        "layers.1.mlp.gate_proj.weight",
                                        "layers.1.post_attention_layernorm.weight", "norm.weight",
                                        "lm_head.weight"}));
+}
+
+// KILN_OVERLAP_OPTIM groups the parameters in registration order (nn::PrecastCache) and relies on
+// it being the order in which the forward first reads them: embeddings, block 0, 1, ..., the
+// final norm, the head (a parameter read before its group's turn only makes the forward wait
+// longer, but the overlap would be lost).
+TEST(Transformer, ParametersComeInTheForwardsOrder) {
+  for (Family f : {Family::kGPT2, Family::kLlama}) {
+    const bool gpt2 = f == Family::kGPT2;
+    ModelSpec s = tiny(f);
+    auto model = build_model(s, 3);
+    std::vector<std::string> names;
+    for (const nn::Parameter& p : model->parameters()) names.push_back(p.name);
+    ASSERT_GE(names.size(), 4u);
+    EXPECT_EQ(names[0], gpt2 ? "wte.weight" : "embed_tokens.weight");
+    if (gpt2) EXPECT_EQ(names[1], "wpe.weight");
+    const std::string block = gpt2 ? "h." : "layers.";
+    int last_block = -1;
+    size_t first_head = names.size();
+    for (size_t i = gpt2 ? 2 : 1; i < names.size(); ++i) {
+      if (names[i].rfind(block, 0) != 0) {
+        first_head = std::min(first_head, i);
+        continue;
+      }
+      EXPECT_EQ(first_head, names.size()) << names[i] << " after the head's parameters";
+      const int b = std::stoi(names[i].substr(block.size()));
+      EXPECT_TRUE(b == last_block || b == last_block + 1) << names[i];
+      last_block = b;
+    }
+    EXPECT_EQ(last_block, s.n_layer - 1);
+    ASSERT_LT(first_head, names.size());
+    EXPECT_EQ(names[first_head].substr(0, names[first_head].find('.')), gpt2 ? "ln_f" : "norm");
+    if (!gpt2) EXPECT_EQ(names.back(), "lm_head.weight");
+  }
 }
 
 TEST(Transformer, ParameterCountMatchesPresetFormula) {

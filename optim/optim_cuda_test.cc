@@ -1,14 +1,17 @@
 // GPU-vs-CPU tests of the optimizers and gradient utilities (label gpu; skip without a GPU): the
 // fused multi-tensor AdamW against the CPU AdamW over several steps (launches split by the tensor
 // and block limits), SGD, grad_norm / clip / scale_grads / grads_non_finite, bit-identical repeats
-// of the norm, no cudaMalloc in the optimizer's steady state, and AdamW's 16-bit parameter copies.
+// of the norm, no cudaMalloc in the optimizer's steady state, AdamW's 16-bit parameter copies, and
+// its grouped step on the side stream (KILN_OVERLAP_OPTIM).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 
+#include "core/cuda/runtime.h"
 #include "core/testing/gpu_test_util.h"
 #include "optim/optimizer.h"
 #include "optim/optimizer_cuda.h"
@@ -221,6 +224,55 @@ TEST_F(OptimCuda, AdamWWritesCopiesBitIdenticalToTheCast) {
       expect_same_bits(a, b, plain, fused);
     }
   }
+}
+
+// KILN_OVERLAP_OPTIM's grouped step (Optimizer::step_grouped): AdamW launched group by group on
+// the side stream, behind a 2 ms spin so that it lands late, zeroing every gradient once read:
+// over three steps with a folded gradient factor, parameters, moments and bf16 copies bit for bit
+// as the step on the compute stream, every gradient +0 afterwards (all bytes 0), group_done called
+// for 0 .. groups - 1 in order; a bf16 gradient makes it decline, doing nothing.
+TEST_F(OptimCuda, GroupedStepOnTheSideStreamIsBitIdenticalAndZeroesGradients) {
+  ParamPair a = make_params(51), b = make_params(51);
+  const std::vector<Tensor> ha = make_copies(a.gpu, DType::kBF16, 2);
+  const std::vector<Tensor> hb = make_copies(b.gpu, DType::kBF16, 2);
+  AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+  AdamW plain(a.gpu, o), grouped(b.gpu, o);
+  ASSERT_TRUE(plain.set_param_copies(ha));
+  ASSERT_TRUE(grouped.set_param_copies(hb));
+  const int groups = 5;
+  std::vector<int> group;
+  for (size_t i = 0; i < b.gpu.size(); ++i)
+    group.push_back(static_cast<int>(i * groups / b.gpu.size()));
+  const cudaStream_t side = kiln::cuda::side_stream(0);
+  for (int step = 1; step <= 3; ++step) {
+    set_grads(a, step, DType::kF32);
+    set_grads(b, step, DType::kF32);
+    plain.step_scaled(2e-3, 0.5 / step);
+    kiln::cuda::stream_wait_compute(side);  // the gradients, as the trainer's begin_side_step
+    kiln::cuda::delay_stream(side, 2000);
+    std::vector<int> done;
+    ASSERT_TRUE(grouped.step_grouped(2e-3, 0.5 / step, group, groups, side,
+                                     [&done](int g) { done.push_back(g); }));
+    kiln::cuda::compute_wait_stream(side);
+    EXPECT_EQ(done, (std::vector<int>{0, 1, 2, 3, 4}));
+    EXPECT_TRUE(grouped.last_step_wrote_copies());
+    for (const nn::Parameter& p : b.gpu) {
+      const Tensor g = p.tensor.grad().to(Device::cpu());
+      const std::vector<char> zeros(g.nbytes(), 0);
+      EXPECT_EQ(std::memcmp(g.raw(), zeros.data(), g.nbytes()), 0)
+          << "step " << step << " " << p.name;
+    }
+    for (size_t i = 0; i < ha.size(); ++i)
+      EXPECT_TRUE(testing::same_bits(ha[i].to(Device::cpu()), hb[i].to(Device::cpu())))
+          << "step " << step << ", copy of " << b.gpu[i].name;
+  }
+  expect_same_bits(a, b, plain, grouped);
+  set_grads(b, 9, DType::kBF16);
+  const int64_t t = grouped.steps();
+  int called = 0;
+  EXPECT_FALSE(grouped.step_grouped(2e-3, 1.0, group, groups, side, [&called](int) { ++called; }));
+  EXPECT_EQ(called, 0);
+  EXPECT_EQ(grouped.steps(), t);
 }
 
 TEST_F(OptimCuda, AdamWSteadyStateDoesNoCudaMalloc) {

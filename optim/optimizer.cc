@@ -54,6 +54,16 @@ std::vector<Tensor> defined_grads(const std::vector<nn::Parameter>& params) {
 }
 #endif
 
+// KILN_FOLD_GRAD_SCALE (default on; 0 off): AdamW on the GPU folds the gradient factor into its
+// kernel.
+bool fold_grad_scale() {
+  static const bool fold = [] {
+    const char* e = std::getenv("KILN_FOLD_GRAD_SCALE");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  return fold;
+}
+
 }  // namespace
 
 void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, double lr,
@@ -106,12 +116,43 @@ void Optimizer::step_scaled(double lr, double grad_scale) {
 }
 
 void AdamW::step_scaled(double lr, double grad_scale) {
-  static const bool fold = [] {
-    const char* e = std::getenv("KILN_FOLD_GRAD_SCALE");
-    return e == nullptr || std::string(e) != "0";
-  }();
-  if (!fold || grad_scale == 1.0 || !on_gpu(params_)) return Optimizer::step_scaled(lr, grad_scale);
+  if (!fold_grad_scale() || grad_scale == 1.0 || !on_gpu(params_))
+    return Optimizer::step_scaled(lr, grad_scale);
   step_gpu(lr, grad_scale);
+}
+
+bool AdamW::step_grouped(double lr, double grad_scale, const std::vector<int>& group, int groups,
+                         void* stream, const std::function<void(int)>& group_done) {
+  if (stream == nullptr || group.size() != params_.size() || groups < 1 || !on_gpu(params_) ||
+      (grad_scale != 1.0 && !fold_grad_scale()))
+    return false;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Tensor g = params_[i].tensor.grad();
+    if (!g.defined() || g.dtype() != DType::kF32 || !g.is_contiguous() || group[i] < 0 ||
+        group[i] >= groups)
+      return false;
+  }
+#if KILN_WITH_CUDA
+  ++t_;
+  std::vector<std::vector<cuda::AdamWSlot>> slots(groups);
+  size_t wanted = 0;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const nn::Parameter& p = params_[i];
+    const Tensor h = i < copies_.size() ? copies_[i] : Tensor();
+    wanted += h.defined();
+    slots[group[i]].push_back(
+        {p.tensor, p.tensor.grad(), m_[i], v_[i], p.decay ? opts_.weight_decay : 0.0, h});
+  }
+  for (int g = 0; g < groups; ++g) {
+    cuda::adamw_step(slots[g], lr, opts_, t_, grad_scale, {stream, /*zero_grads=*/true});
+    group_done(g);
+  }
+  wrote_copies_ = wanted > 0;  // every parameter had a gradient, so every copy was written
+  return true;
+#else
+  (void)lr, (void)group_done;
+  return false;
+#endif
 }
 
 bool AdamW::set_param_copies(std::vector<Tensor> copies) {

@@ -61,6 +61,7 @@ static_assert(sizeof(AdamWArgs) <= 4096, "AdamWArgs too large");
 
 struct AdamWScalars {
   float b1, b2, one_minus_b1, one_minus_b2, c1, c2, lr, eps;
+  bool zero_grads;  // AdamWLaunch::zero_grads: every gradient is f32 and set to 0 once read
 };
 
 // One element's update: mirrors adamw_update (optim/optimizer.cc) operation by operation, each
@@ -111,6 +112,7 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWArgs a, AdamWScala
   uint16_t* __restrict__ h = a.h[t];
   const bool hb = a.hbf16[t];
   const void* g = a.g[t];
+  float* gz = s.zero_grads ? static_cast<float*>(const_cast<void*>(g)) : nullptr;  // f32 then
   const DType gt = a.gtype[t];
   const float keep = a.keep[t], gscale = a.gscale[t];
   int64_t done = start;
@@ -122,6 +124,7 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWArgs a, AdamWScala
       float4 mv = *reinterpret_cast<float4*>(m + i);
       float4 vv = *reinterpret_cast<float4*>(v + i);
       const float4 gv = load4_f32(g, gt, i);
+      if (gz != nullptr) *reinterpret_cast<float4*>(gz + i) = make_float4(0.f, 0.f, 0.f, 0.f);
       adamw_one(pv.x, mv.x, vv.x, gv.x, keep, gscale, s);
       adamw_one(pv.y, mv.y, vv.y, gv.y, keep, gscale, s);
       adamw_one(pv.z, mv.z, vv.z, gv.z, keep, gscale, s);
@@ -140,6 +143,7 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWArgs a, AdamWScala
   for (int64_t i = done + threadIdx.x; i < end; i += kThreads) {
     float pi = p[i], mi = m[i], vi = v[i];
     adamw_one(pi, mi, vi, load_f32(g, gt, i), keep, gscale, s);
+    if (gz != nullptr) gz[i] = 0.f;
     m[i] = mi;
     v[i] = vi;
     p[i] = pi;
@@ -270,8 +274,9 @@ EnvSwitch g_adamw_vec("KILN_ADAMW_VEC", /*default_on=*/true);
 void set_adamw_vectorized_override(int on) { g_adamw_vec.force(on); }
 
 void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptions& o, int64_t t,
-                double grad_scale) {
+                double grad_scale, const AdamWLaunch& launch) {
   if (slots.empty()) return;
+  const bool in_place = launch.stream != nullptr || launch.zero_grads;
   const Device dev = slots[0].p.device();
   DeviceGuard guard(dev.index);
   std::vector<Tensor> grads;  // f32 copies of grads that cannot be read in place, kept alive
@@ -288,6 +293,9 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
                 s.h.is_contiguous() && s.h.numel() == s.p.numel() && s.h.device() == dev))
         << "AdamW (CUDA): 16-bit copy " << s.h.str() << " for parameter " << s.p.str();
     Tensor g = s.g;
+    KILN_CHECK(!in_place || (g.dtype() == DType::kF32 && g.is_contiguous()))
+        << "AdamW (CUDA): on a side stream or zeroing, gradient " << g.str()
+        << " must be a contiguous f32 tensor";
     // Only f32 gradients take the factor in the kernel; others are scaled in place first, as
     // scale() would (rounded to their dtype).
     if (grad_scale != 1.0 && g.dtype() != DType::kF32) scale({g}, grad_scale);
@@ -304,6 +312,9 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
   sc.c2 = static_cast<float>(1.0 / (1.0 - std::pow(o.beta2, static_cast<double>(t))));
   sc.lr = static_cast<float>(lr);
   sc.eps = static_cast<float>(o.eps);
+  sc.zero_grads = launch.zero_grads;
+  const cudaStream_t stream =
+      launch.stream != nullptr ? static_cast<cudaStream_t>(launch.stream) : compute_stream();
   AdamWArgs args{};
   for_each_launch(
       numel,
@@ -325,7 +336,7 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
       },
       [&](const ChunkTable& table, int blocks, int64_t) {
         args.table = table;
-        adamw_kernel<<<blocks, kThreads, 0, compute_stream()>>>(args, sc);
+        adamw_kernel<<<blocks, kThreads, 0, stream>>>(args, sc);
         KILN_CUDA_CHECK_LAUNCH();
       });
 }

@@ -28,8 +28,19 @@ struct AdamWSlot {
 // grad_scale != 1 multiplies each gradient first with the result of scale() then the step, bit for
 // bit: f32 gradients in the kernel (rounded once, as scale's f32 multiply; the gradient in memory
 // is left unscaled), others scaled in place by scale() before it.
+//
+// `launch` (KILN_OVERLAP_OPTIM, optim::Optimizer::step_grouped): stream, when set, is the CUDA
+// stream (a cudaStream_t) the kernels go on instead of the compute stream; with zero_grads each
+// gradient element is set to +0 right after the kernel reads it (what zero_grad would leave).
+// Either one REQUIRES every gradient to be a contiguous f32 tensor, read in place: the step then
+// makes no temporary and does no work on the compute stream, so nothing the caching allocator could
+// hand to the compute stream is still read on the other stream.
+struct AdamWLaunch {
+  void* stream = nullptr;
+  bool zero_grads = false;
+};
 void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptions& o, int64_t t,
-                double grad_scale = 1.0);
+                double grad_scale = 1.0, const AdamWLaunch& launch = {});
 // By default (KILN_ADAMW_VEC=0 turns it off) the kernel reads and writes p, m and v 16 bytes at a
 // time (four elements a thread; the same arithmetic, so the same bits) where every pointer of a
 // tensor is aligned for it (h, when given, to 8 bytes: four 16-bit elements). Tests and

@@ -92,6 +92,24 @@ TEST(AdamW, RefusesParamCopiesOnTheCpu) {
   EXPECT_FALSE(sgd.last_step_wrote_copies());
 }
 
+// KILN_OVERLAP_OPTIM's grouped step on a side stream is a GPU path too: on the CPU both refuse it
+// and leave the parameter, its gradient and the step count untouched (the trainer then steps as
+// before).
+TEST(AdamW, RefusesTheGroupedStepOnTheCpu) {
+  auto w = make_param("w", {0.5, -1.0, 2.0}, true);
+  w.tensor.set_grad(Tensor::from_vector({0.25, 0.5, -0.125}, {3}));
+  AdamW adamw({w}, AdamWOptions{});
+  SGD sgd({w}, 0.9, 0.0);
+  int done = 0;
+  int stream = 0;  // any non-null pointer: it is never used
+  for (Optimizer* o : {static_cast<Optimizer*>(&adamw), static_cast<Optimizer*>(&sgd)})
+    EXPECT_FALSE(o->step_grouped(1e-2, 1.0, {0}, 1, &stream, [&](int) { ++done; }));
+  EXPECT_EQ(done, 0);
+  EXPECT_EQ(adamw.steps(), 0);
+  EXPECT_EQ(w.tensor.to_vector(), (std::vector<double>{0.5, -1.0, 2.0}));
+  EXPECT_EQ(w.tensor.grad().to_vector(), (std::vector<double>{0.25, 0.5, -0.125}));
+}
+
 TEST(Sgd, MomentumMatchesReference) {
   auto w = make_param("w", {1.0, 2.0}, true);
   SGD opt({w}, 0.9, 0.0);

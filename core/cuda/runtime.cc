@@ -17,9 +17,10 @@ namespace {
 constexpr size_t kLtWorkspaceBytes = size_t{32} << 20;
 
 struct DeviceState {
-  std::once_flag once;
+  std::once_flag once, side_once;
   cudaStream_t compute = nullptr;
   cudaStream_t comm = nullptr;
+  cudaStream_t side = nullptr;  // side_stream(), created on first use
   cublasLtHandle_t lt = nullptr;
   void* workspace = nullptr;
   int cc = 0;   // compute capability, major * 10 + minor
@@ -116,6 +117,15 @@ DeviceGuard::~DeviceGuard() {
 cudaStream_t compute_stream(int device) { return state(device).compute; }
 cudaStream_t comm_stream(int device) { return state(device).comm; }
 cudaStream_t compute_stream() { return compute_stream(current_device()); }
+
+cudaStream_t side_stream(int device) {
+  DeviceState& s = state(device);
+  std::call_once(s.side_once, [&] {
+    DeviceGuard g(device);
+    KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&s.side, cudaStreamNonBlocking));
+  });
+  return s.side;
+}
 cudaStream_t comm_stream() { return comm_stream(current_device()); }
 
 void synchronize() {

@@ -96,4 +96,12 @@ int sm_count();
 void stream_wait_compute(cudaStream_t stream);
 void compute_wait_stream(cudaStream_t stream);
 
+// A third stream per device (non-blocking, created on first use) for work that overlaps the
+// compute stream's: the optimizer step of KILN_OVERLAP_OPTIM (core/nn/precast.h). synchronize()
+// does not wait for it; whoever puts work there orders it with events.
+cudaStream_t side_stream(int device);
+// Tests: one kernel on `stream` that spins for `microseconds` (delay.cu), so that work queued
+// behind it lands late and a missing event wait shows up as wrong values.
+void delay_stream(cudaStream_t stream, int64_t microseconds);
+
 }  // namespace kiln::cuda

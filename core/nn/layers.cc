@@ -13,7 +13,10 @@
 namespace kiln::nn {
 
 Tensor to_compute(const Tensor& x, DType dtype) {
-  if (x.dtype() == dtype) return x;
+  if (x.dtype() == dtype) {
+    PrecastScope::await(x);  // KILN_OVERLAP_OPTIM: a parameter read as it is waits for its step
+    return x;
+  }
   Tensor pre = PrecastScope::lookup(x, dtype);
   return pre.defined() ? cast_precomputed(x, pre) : cast(x, dtype);
 }

@@ -2,11 +2,15 @@
 // copies kept across steps for the optimizer to write (see precast.h).
 #include "core/nn/precast.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include "core/check.h"
 #include "core/env_switch.h"
 #include "core/ops/cuda_base_ops.h"
+#if KILN_WITH_CUDA
+#include "core/cuda/runtime.h"
+#endif
 
 namespace kiln::nn {
 namespace {
@@ -14,6 +18,9 @@ namespace {
 thread_local PrecastScope* t_scope = nullptr;
 std::atomic<int64_t> g_casts{0};
 EnvSwitch g_fused("KILN_FUSED_PARAM_CAST", /*default_on=*/true);
+EnvSwitch g_overlap("KILN_OVERLAP_OPTIM", /*default_on=*/false);
+std::atomic<int64_t> g_side_steps{0}, g_group_waits{0}, g_joins{0}, g_delay_us{0};
+std::atomic<int> g_groups{0};
 
 // The parameters to cast (contiguous fp32 CUDA, non-empty, each once, all on the first one's
 // device), their copies' views of one new flat buffer of dtype (each at a multiple of 8 elements,
@@ -64,6 +71,33 @@ void cast_all(const std::vector<Tensor>& src, const std::vector<Tensor>& dst) {
 
 bool fused_param_cast_enabled() { return g_fused.on(); }
 void set_fused_param_cast_override(int on) { g_fused.force(on); }
+bool overlap_optim_enabled() { return g_overlap.on(); }
+void set_overlap_optim_override(int on) { g_overlap.force(on); }
+
+std::vector<int> contiguous_groups(const std::vector<int64_t>& sizes, int max_groups) {
+  KILN_CHECK_GE(max_groups, 1);
+  int64_t total = 0;
+  for (int64_t n : sizes) total += std::max<int64_t>(n, 0);
+  const int64_t target = std::max<int64_t>(1, (total + max_groups - 1) / max_groups);
+  std::vector<int> out;
+  int g = 0;
+  int64_t held = 0;  // in group g so far
+  for (int64_t n : sizes) {
+    // Each closed group holds >= target, so at most max_groups close before the total is spent.
+    if (held >= target && n > 0) {
+      ++g;
+      held = 0;
+    }
+    out.push_back(g);
+    held += std::max<int64_t>(n, 0);
+  }
+  return out;
+}
+
+OverlapCounts overlap_counts() {
+  return {g_side_steps.load(), g_group_waits.load(), g_joins.load(), g_groups.load()};
+}
+void set_overlap_test_delay_us(int64_t us) { g_delay_us.store(us); }
 
 PrecastCache::PrecastCache(const std::vector<Tensor>& params, DType dtype) : dtype_(dtype) {
   Copies c = make_copies(params, dtype);
@@ -71,6 +105,91 @@ PrecastCache::PrecastCache(const std::vector<Tensor>& params, DType dtype) : dty
   copies_ = std::move(c.dst);
   flat_ = std::move(c.flat);
   for (size_t i = 0; i < params_.size(); ++i) map_[params_[i].impl()] = copies_[i];
+  std::vector<int64_t> sizes;
+  for (const Tensor& p : params_) sizes.push_back(p.numel());
+  const std::vector<int> g = contiguous_groups(sizes, kMaxGroups);
+  for (size_t i = 0; i < params_.size(); ++i) group_[params_[i].impl()] = g[i];
+  groups_ = g.empty() ? 0 : g.back() + 1;
+  if (!params_.empty()) device_ = params_[0].device().index;
+  g_groups.store(groups_);
+}
+
+PrecastCache::~PrecastCache() {
+  join();
+#if KILN_WITH_CUDA
+  for (void* e : events_) (void)cudaEventDestroy(static_cast<cudaEvent_t>(e));
+#endif
+}
+
+int PrecastCache::group_of(const Tensor& p) const {
+  if (!p.defined()) return -1;
+  auto it = group_.find(p.impl());
+  return it == group_.end() ? -1 : it->second;
+}
+
+void* PrecastCache::side_stream() const {
+#if KILN_WITH_CUDA
+  if (device_ >= 0) return cuda::side_stream(device_);
+#endif
+  return nullptr;
+}
+
+void PrecastCache::begin_side_step() {
+  KILN_CHECK(groups_ > 0) << "PrecastCache: no parameters to step on the side stream";
+  join();
+#if KILN_WITH_CUDA
+  cuda::DeviceGuard guard(device_);
+  if (events_.empty()) {
+    for (int g = 0; g < groups_; ++g) {
+      cudaEvent_t e = nullptr;
+      KILN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      events_.push_back(e);
+    }
+  }
+  const cudaStream_t side = cuda::side_stream(device_);
+  cuda::stream_wait_compute(side);
+  cuda::delay_stream(side, g_delay_us.load());
+#endif
+}
+
+void PrecastCache::end_group(int g) {
+  KILN_CHECK(g >= 0 && g < groups_ && !events_.empty()) << "PrecastCache: end_group(" << g << ")";
+#if KILN_WITH_CUDA
+  cuda::DeviceGuard guard(device_);
+  const cudaStream_t side = cuda::side_stream(device_);
+  KILN_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(events_[g]), side));
+  if (g + 1 < groups_) cuda::delay_stream(side, g_delay_us.load());
+#endif
+  if (g + 1 == groups_) {
+    pending_ = true;
+    waited_ = -1;
+    ++g_side_steps;
+  }
+}
+
+void PrecastCache::await(const TensorImpl* p) {
+  if (!pending_) return;
+  auto it = group_.find(p);
+  if (it == group_.end() || it->second <= waited_) return;
+#if KILN_WITH_CUDA
+  cuda::DeviceGuard guard(device_);
+  KILN_CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(device_),
+                                      static_cast<cudaEvent_t>(events_[it->second]), 0));
+#endif
+  ++g_group_waits;
+  waited_ = it->second;
+  if (waited_ + 1 == groups_) pending_ = false;  // the last group's event covers them all
+}
+
+void PrecastCache::join() {
+  if (!pending_) return;
+#if KILN_WITH_CUDA
+  cuda::DeviceGuard guard(device_);
+  KILN_CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(device_),
+                                      static_cast<cudaEvent_t>(events_[groups_ - 1]), 0));
+#endif
+  ++g_joins;
+  pending_ = false;
 }
 
 Tensor PrecastCache::copy_of(const Tensor& p) const {
@@ -94,7 +213,10 @@ PrecastScope::PrecastScope(const std::vector<Tensor>& params, DType dtype)
 PrecastScope::PrecastScope(PrecastCache& cache)
     : dtype_(cache.dtype()), cache_(&cache), prev_(t_scope) {
   t_scope = this;
-  if (!cache.current()) cache.refresh();
+  if (!cache.current()) {
+    cache.join();  // the cast reads the fp32 parameters
+    cache.refresh();
+  }
 }
 
 PrecastScope::~PrecastScope() {
@@ -102,7 +224,13 @@ PrecastScope::~PrecastScope() {
   if (cache_ != nullptr) cache_->set_current(false);  // used once: only a full write renews them
 }
 
+void PrecastScope::await(const Tensor& x) {
+  if (t_scope != nullptr && t_scope->cache_ != nullptr && t_scope->cache_->pending_ && x.defined())
+    t_scope->cache_->await(x.impl());
+}
+
 Tensor PrecastScope::lookup(const Tensor& x, DType dtype) {
+  await(x);
   if (t_scope == nullptr || t_scope->dtype_ != dtype || !x.defined()) return Tensor();
   const auto& copies = t_scope->copies();
   auto it = copies.find(x.impl());
