@@ -30,6 +30,7 @@
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
 #   200-step losses),
+#   overlap (KILN_OVERLAP_OPTIM: tests from carried binaries, models on / default),
 #   r7checks (memcheck on the fused cast, RMSNorm tests repeated), round7 (this tree, gpucarry/kiln-base and this tree with this round's opt-ins, per model),
 #   fusedcast (KILN_FUSED_PARAM_CAST: tests, memcheck; FUSEDCAST_E2E=1 A/Bs), plants (this round's
 #   planted bugs, run last), packed (KILN_PACKED_DIRECT_WGRAD: tests, memcheck, planted bug, Llama 1B on / off),
@@ -544,6 +545,22 @@ PY
       timeout 120 build/core/core_gpu_tests --gtest_filter='RmsNormCuda.*' --gtest_repeat=3 \
         --gtest_brief=1 > "$out/rms_repeat.log" 2>&1
       stamp "RmsNormCuda x3: exit $?"; grep -cE '^\[  PASSED' "$out/rms_repeat.log" ;;
+    overlap)
+      # KILN_OVERLAP_OPTIM (AdamW on a side stream, the next forward waiting per group): its tests
+      # from carried binaries (gpucarry/gpu_overlap_test, gpucarry/optim_gpu_tests) when present,
+      # then each of OVERLAP_MODELS (default g124 g1.5b llama) on / default.
+      for b in gpu_overlap_test optim_gpu_tests; do
+        [[ -x gpucarry/$b ]] && gtests "overlap_$b" gpucarry/$b 'GpuOverlapOptim.*:OptimCuda.*'
+      done
+      for m in ${OVERLAP_MODELS-g124 g1.5b llama}; do
+        case $m in
+          llama) c=benchmarks/e2e/llama-1b-bench.textproto ;;
+          g124) c=benchmarks/e2e/gpt2-124m-bench.textproto ;;
+          g1.5b) c=benchmarks/e2e/gpt2-1.5b-bench.textproto ;;
+        esac
+        kiln_run "$m-overlap" "$c" KILN_OVERLAP_OPTIM=1; kiln_run "$m-default" "$c"
+      done
+      stamp overlap ;;
     allon)
       # Every opt-in path of this round on together (once their tests have passed: fuse, ropegrad,
       # ceshared, resid) against all off, then PyTorch, for the three bf16 rows: Llama 1B
