@@ -31,10 +31,10 @@
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
 #   200-step losses),
 #   overlap (KILN_OVERLAP_OPTIM: tests from carried binaries, models on / default),
-#   r7checks (memcheck on the fused cast, RMSNorm tests repeated), round7 (this tree, gpucarry/kiln-base and this tree with this round's opt-ins, per model),
+#   r7checks (memcheck on the fused cast, RMSNorm tests repeated), round7 (this tree,
+#   gpucarry/kiln-base and this tree with this round's opt-ins, per model),
 #   fusedcast (KILN_FUSED_PARAM_CAST: tests, memcheck; FUSEDCAST_E2E=1 A/Bs), plants (this round's
 #   planted bugs, run last), packed (KILN_PACKED_DIRECT_WGRAD: tests, memcheck, planted bug, Llama 1B on / off),
-#   base (this tree against gpucarry/kiln-base),
 #   sdpatune (cuDNN attention plans timed on first use: test, memcheck, planted bug, Llama 1B and
 #   GPT-2 124M with KILN_SDPA_TUNE=1 / off; SDPATUNE_MODELS picks).
 #   BUILD_TARGETS overrides the targets built; SKIP_BUILD=1 builds nothing (build/bin/kiln
@@ -144,6 +144,14 @@ plant_patch() {
   patch -p1 -R --quiet < "$1"
   [[ ${PLANT_NORESTORE:-0} == 1 ]] ||
     cmake --build build -j16 --target "$(basename "$3")" > "$out/plant_build.log" 2>&1
+}
+# cfg_of MODEL: the benchmark config of llama, g124 or g1.5b.
+cfg_of() {
+  case $1 in
+    llama) echo benchmarks/e2e/llama-1b-bench.textproto ;;
+    g124) echo benchmarks/e2e/gpt2-124m-bench.textproto ;;
+    g1.5b) echo benchmarks/e2e/gpt2-1.5b-bench.textproto ;;
+  esac
 }
 # ab LABEL CONFIG ENV...: kiln with the switches ENV on, off, on again (run-to-run spread).
 ab_on_off() {
@@ -468,20 +476,6 @@ PY
         kiln_run "$m-dgelu-epi2" "$c" KILN_DGELU=epilogue
       done
       stamp dgelu ;;
-    base)
-      # This tree against the binary carried in as gpucarry/kiln-base (BASE_ENV: its switches, e.g.
-      # KILN_ADAMW_VEC=1); BASE_MODELS picks (llama g124 g1.5b).
-      for m in ${BASE_MODELS-g124 g1.5b llama}; do
-        case $m in
-          llama) c=benchmarks/e2e/llama-1b-bench.textproto ;;
-          g124) c=benchmarks/e2e/gpt2-124m-bench.textproto ;;
-          g1.5b) c=benchmarks/e2e/gpt2-1.5b-bench.textproto ;;
-        esac
-        kiln_run "$m-new" "$c"
-        kiln_bin=gpucarry/kiln-base kiln_run "$m-base" "$c" ${BASE_ENV:-KILN_ADAMW_VEC=1}
-        kiln_run "$m-new2" "$c"
-      done
-      stamp base ;;
     packed)
       # KILN_PACKED_DIRECT_WGRAD (the packed projections' weight gradients straight into each
       # piece's f32 .grad): tests, memcheck, Llama 1B on / default / on (PACKED_E2E=0: not); its
@@ -526,12 +520,8 @@ PY
       # column-sum and classifier-row kernels are the difference) and this tree with the opt-in
       # switches on (R7_ON), for ROUND7_MODELS (default g124 g1.5b llama).
       for m in ${ROUND7_MODELS-g124 g1.5b llama}; do
-        case $m in
-          llama) c=benchmarks/e2e/llama-1b-bench.textproto
-                 on="KILN_FUSED_PARAM_CAST=1 KILN_PACKED_DIRECT_WGRAD=1" ;;
-          g124) c=benchmarks/e2e/gpt2-124m-bench.textproto; on="KILN_FUSED_PARAM_CAST=1" ;;
-          g1.5b) c=benchmarks/e2e/gpt2-1.5b-bench.textproto; on="KILN_FUSED_PARAM_CAST=1" ;;
-        esac
+        c=$(cfg_of "$m") on="KILN_FUSED_PARAM_CAST=1"
+        [[ $m == llama ]] && on="$on KILN_PACKED_DIRECT_WGRAD=1"
         kiln_run "$m-new" "$c"
         kiln_bin=gpucarry/kiln-base kiln_run "$m-base" "$c" KILN_ADAMW_VEC=1
         kiln_run "$m-on" "$c" ${R7_ON:-$on}
@@ -553,11 +543,7 @@ PY
         [[ -x gpucarry/$b ]] && gtests "overlap_$b" gpucarry/$b 'GpuOverlapOptim.*:OptimCuda.*'
       done
       for m in ${OVERLAP_MODELS-g124 g1.5b llama}; do
-        case $m in
-          llama) c=benchmarks/e2e/llama-1b-bench.textproto ;;
-          g124) c=benchmarks/e2e/gpt2-124m-bench.textproto ;;
-          g1.5b) c=benchmarks/e2e/gpt2-1.5b-bench.textproto ;;
-        esac
+        c=$(cfg_of "$m")
         kiln_run "$m-overlap" "$c" KILN_OVERLAP_OPTIM=1; kiln_run "$m-default" "$c"
       done
       stamp overlap ;;
@@ -567,11 +553,7 @@ PY
       # (8 x 2048), GPT-2 124M (32 x 1024), GPT-2 1.5B (8 x 1024). ALLON_MODELS picks (default all).
       # (since 2026-12-06 those are the defaults: "allon" runs the defaults, "alloff" sets OFF)
       for m in ${ALLON_MODELS-llama g124 g1.5b}; do
-        case $m in
-          llama) c=benchmarks/e2e/llama-1b-bench.textproto ;;
-          g124) c=benchmarks/e2e/gpt2-124m-bench.textproto ;;
-          g1.5b) c=benchmarks/e2e/gpt2-1.5b-bench.textproto ;;
-        esac
+        c=$(cfg_of "$m")
         kiln_run "$m-allon" "$c" ${ALLON_ENV:-}
         [[ ${ALLON_NOOFF:-0} == 1 ]] || kiln_run "$m-alloff" "$c" "${OFF[@]}"
         [[ " ${ALLON_FP8:-} " == *" $m "* ]] && kiln_run "$m-fp8" "$c" -- --set precision.fp8_matmul=true
