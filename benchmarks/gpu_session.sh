@@ -30,7 +30,8 @@
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
 #   200-step losses),
-#   overlap (KILN_OVERLAP_OPTIM: tests from carried binaries, models on / default),
+#   overlap (KILN_OVERLAP_OPTIM: tests from carried binaries, models on / default), overlapcheck
+#   (its memcheck and planted bugs; needs gpu_overlap_test and optim_gpu_tests built),
 #   r7checks (memcheck on the fused cast, RMSNorm tests repeated), round7 (this tree,
 #   gpucarry/kiln-base and this tree with this round's opt-ins, per model),
 #   fusedcast (KILN_FUSED_PARAM_CAST: tests, memcheck; FUSEDCAST_E2E=1 A/Bs), plants (this round's
@@ -510,9 +511,9 @@ PY
       plant core/ops/matmul.cc 's/gy.narrow(1, off, t.size(0))/gy.narrow(1, 0, t.size(0))/' \
         'PackedWgradCuda.*' build/models/models_gpu_tests
       for p in ${PLANTS-1_h_from_old_p 2_h_alignment_unchecked 3_wrote_flag_ignores_unupdated}; do
-        plant_patch gpucarry/planted/$p.patch 'OptimCuda.AdamWWritesCopies*' build/optim/optim_gpu_tests
+        plant_patch tests/mutation/gpu/$p.patch 'OptimCuda.AdamWWritesCopies*' build/optim/optim_gpu_tests
       done
-      plant_patch gpucarry/planted/4_cache_current_after_restore.patch 'GpuTraining.FusedParamCast*' \
+      plant_patch tests/mutation/gpu/4_cache_current_after_restore.patch 'GpuTraining.FusedParamCast*' \
         build/tests/gpu_train_test
       stamp plants ;;
     round7)
@@ -547,6 +548,19 @@ PY
         kiln_run "$m-overlap" "$c" KILN_OVERLAP_OPTIM=1; kiln_run "$m-default" "$c"
       done
       stamp overlap ;;
+    overlapcheck)
+      # What KILN_OVERLAP_OPTIM still needs before it can be a default: memcheck on its tests and
+      # its six planted bugs (tests/mutation/gpu/5_..10_, each must fail the named tests).
+      memcheck overlap build/optim/optim_gpu_tests 'OptimCuda.GroupedStep*'
+      memcheck overlap_train build/tests/gpu_overlap_test 'GpuOverlapOptim.Gpt2*' 400
+      export PLANT_NORESTORE=1
+      for p in 5_no_wait_in_lookup 6_no_join_before_save 7_no_join_before_eval 9_event_before_launch \
+               10_waited_not_reset 8_kernel_keeps_grads; do
+        plant_patch tests/mutation/gpu/$p.patch 'GpuOverlapOptim.*' build/tests/gpu_overlap_test
+      done
+      plant_patch tests/mutation/gpu/8_kernel_keeps_grads.patch 'OptimCuda.GroupedStep*' \
+        build/optim/optim_gpu_tests
+      stamp overlapcheck ;;
     allon)
       # Every opt-in path of this round on together (once their tests have passed: fuse, ropegrad,
       # ceshared, resid) against all off, then PyTorch, for the three bf16 rows: Llama 1B
