@@ -30,7 +30,8 @@
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
 #   200-step losses),
-#   overlap (KILN_OVERLAP_OPTIM: tests from carried binaries, models on / default), overlapcheck
+#   overlap (KILN_OVERLAP_OPTIM: tests from carried binaries, models on / default / on with
+#   KILN_COMPUTE_PRIORITY=1 unless OVERLAP_PRIO=0), overlapcheck
 #   (its memcheck and planted bugs; needs gpu_overlap_test and optim_gpu_tests built),
 #   r7checks (memcheck on the fused cast, RMSNorm tests repeated), round7 (this tree,
 #   gpucarry/kiln-base and this tree with this round's opt-ins, per model),
@@ -546,6 +547,8 @@ PY
       for m in ${OVERLAP_MODELS-g124 g1.5b llama}; do
         c=$(cfg_of "$m")
         kiln_run "$m-overlap" "$c" KILN_OVERLAP_OPTIM=1; kiln_run "$m-default" "$c"
+        [[ ${OVERLAP_PRIO:-1} == 1 ]] &&
+          kiln_run "$m-overlap-prio" "$c" KILN_OVERLAP_OPTIM=1 KILN_COMPUTE_PRIORITY=1
       done
       stamp overlap ;;
     overlapcheck)
