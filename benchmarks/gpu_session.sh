@@ -518,9 +518,9 @@ PY
         build/tests/gpu_train_test
       stamp plants ;;
     round7)
-      # This tree's defaults, the carried gpucarry/kiln-base (69e4a08 with KILN_ADAMW_VEC=1: the
-      # column-sum and classifier-row kernels are the difference) and this tree with the opt-in
-      # switches on (R7_ON), for ROUND7_MODELS (default g124 g1.5b llama).
+      # This tree's defaults, a binary carried in as gpucarry/kiln-base (run with KILN_ADAMW_VEC=1)
+      # and this tree with the opt-in switches on (R7_ON), for ROUND7_MODELS (default g124 g1.5b
+      # llama).
       for m in ${ROUND7_MODELS-g124 g1.5b llama}; do
         c=$(cfg_of "$m") on="KILN_FUSED_PARAM_CAST=1"
         [[ $m == llama ]] && on="$on KILN_PACKED_DIRECT_WGRAD=1"

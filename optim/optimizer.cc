@@ -137,11 +137,8 @@ bool AdamW::step_grouped(double lr, double grad_scale, const std::vector<int>& g
   std::vector<std::vector<cuda::AdamWSlot>> slots(groups);
   size_t wanted = 0;
   for (size_t i = 0; i < params_.size(); ++i) {
-    const nn::Parameter& p = params_[i];
-    const Tensor h = i < copies_.size() ? copies_[i] : Tensor();
-    wanted += h.defined();
-    slots[group[i]].push_back(
-        {p.tensor, p.tensor.grad(), m_[i], v_[i], p.decay ? opts_.weight_decay : 0.0, h});
+    slots[group[i]].push_back(gpu_slot(i));
+    wanted += slots[group[i]].back().h.defined();
   }
   for (int g = 0; g < groups; ++g) {
     cuda::adamw_step(slots[g], lr, opts_, t_, grad_scale, {stream, /*zero_grads=*/true});
@@ -171,19 +168,29 @@ bool AdamW::set_param_copies(std::vector<Tensor> copies) {
   return true;
 }
 
+#if KILN_WITH_CUDA
+cuda::AdamWSlot AdamW::gpu_slot(size_t i) const {
+  const nn::Parameter& p = params_[i];
+  return {p.tensor,
+          p.tensor.grad(),
+          m_[i],
+          v_[i],
+          p.decay ? opts_.weight_decay : 0.0,
+          i < copies_.size() ? copies_[i] : Tensor()};
+}
+#endif
+
 void AdamW::step_gpu(double lr, double grad_scale) {
   ++t_;
 #if KILN_WITH_CUDA
   std::vector<cuda::AdamWSlot> slots;
   size_t wanted = 0, written = 0;  // copies set; copies this step writes
   for (size_t i = 0; i < params_.size(); ++i) {
-    const nn::Parameter& p = params_[i];
-    const Tensor h = i < copies_.size() ? copies_[i] : Tensor();
-    wanted += h.defined();
-    Tensor g = p.tensor.grad();
-    if (!g.defined()) continue;  // unused this step: no update, as in PyTorch
-    slots.push_back({p.tensor, g, m_[i], v_[i], p.decay ? opts_.weight_decay : 0.0, h});
-    written += h.defined();
+    cuda::AdamWSlot slot = gpu_slot(i);
+    wanted += slot.h.defined();
+    if (!slot.g.defined()) continue;  // unused this step: no update, as in PyTorch
+    written += slot.h.defined();
+    slots.push_back(std::move(slot));
   }
   cuda::adamw_step(slots, lr, opts_, t_, grad_scale);
   wrote_copies_ = wanted > 0 && written == wanted;

@@ -12,6 +12,9 @@
 #include "core/nn/module.h"
 
 namespace kiln::optim {
+namespace cuda {
+struct AdamWSlot;  // optim/optimizer_cuda.h
+}  // namespace cuda
 
 struct AdamWOptions {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
@@ -85,6 +88,7 @@ class AdamW final : public Optimizer {
 
  private:
   void step_gpu(double lr, double grad_scale);
+  cuda::AdamWSlot gpu_slot(size_t i) const;  // parameter i's kernel inputs (its copy, if set)
   AdamWOptions opts_;
   std::vector<Tensor> m_, v_;   // fp32, shaped like each parameter
   std::vector<Tensor> copies_;  // set_param_copies: per parameter, or empty
