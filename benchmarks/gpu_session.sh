@@ -32,7 +32,8 @@
 #   200-step losses),
 #   overlap (KILN_OVERLAP_OPTIM: tests from carried binaries, models on / default / on with
 #   KILN_COMPUTE_PRIORITY=1 unless OVERLAP_PRIO=0), overlapcheck
-#   (its memcheck and planted bugs; needs gpu_overlap_test and optim_gpu_tests built),
+#   (its memcheck and planted bugs; needs gpu_overlap_test and optim_gpu_tests built, waits for
+#   the background build; OVERLAPCHECK_MORE: AdamW-copy plants to run as well),
 #   r7checks (memcheck on the fused cast, RMSNorm tests repeated), round7 (this tree,
 #   gpucarry/kiln-base and this tree with this round's opt-ins, per model),
 #   fusedcast (KILN_FUSED_PARAM_CAST: tests, memcheck; FUSEDCAST_E2E=1 A/Bs), plants (this round's
@@ -554,8 +555,14 @@ PY
     overlapcheck)
       # What KILN_OVERLAP_OPTIM still needs before it can be a default: memcheck on its tests and
       # its six planted bugs (tests/mutation/gpu/5_..10_, each must fail the named tests).
-      memcheck overlap build/optim/optim_gpu_tests 'OptimCuda.GroupedStep*'
-      memcheck overlap_train build/tests/gpu_overlap_test 'GpuOverlapOptim.Gpt2*' 400
+      # (memcheck runs on copies of the binaries, in the background, while the plants rebuild them)
+      if [[ -n $bg_build ]]; then
+        wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
+      fi
+      cp build/optim/optim_gpu_tests /tmp/mc_optim && cp build/tests/gpu_overlap_test /tmp/mc_overlap
+      (memcheck overlap /tmp/mc_optim 'OptimCuda.GroupedStep*'
+       memcheck overlap_train /tmp/mc_overlap 'GpuOverlapOptim.Gpt2*' 400) &
+      mc=$!
       export PLANT_NORESTORE=1
       for p in 5_no_wait_in_lookup 6_no_join_before_save 7_no_join_before_eval 9_event_before_launch \
                10_waited_not_reset 8_kernel_keeps_grads; do
@@ -563,6 +570,10 @@ PY
       done
       plant_patch tests/mutation/gpu/8_kernel_keeps_grads.patch 'OptimCuda.GroupedStep*' \
         build/optim/optim_gpu_tests
+      for p in ${OVERLAPCHECK_MORE:-}; do  # e.g. the AdamW copy plants 2_.. 3_ not yet seen failing
+        plant_patch tests/mutation/gpu/$p.patch 'OptimCuda.AdamWWritesCopies*' build/optim/optim_gpu_tests
+      done
+      wait "$mc"
       stamp overlapcheck ;;
     allon)
       # Every opt-in path of this round on together (once their tests have passed: fuse, ropegrad,

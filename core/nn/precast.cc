@@ -18,7 +18,7 @@ namespace {
 thread_local PrecastScope* t_scope = nullptr;
 std::atomic<int64_t> g_casts{0};
 EnvSwitch g_fused("KILN_FUSED_PARAM_CAST", /*default_on=*/true);
-EnvSwitch g_overlap("KILN_OVERLAP_OPTIM", /*default_on=*/false);
+EnvSwitch g_overlap("KILN_OVERLAP_OPTIM", /*default_on=*/true);
 std::atomic<int64_t> g_side_steps{0}, g_group_waits{0}, g_joins{0}, g_delay_us{0};
 std::atomic<int> g_groups{0};
 

@@ -8,7 +8,7 @@
 // step, which reads and writes every parameter anyway, also writes their 16-bit copies (AdamW's
 // kernel, optim::Optimizer::set_param_copies) and the next step's scope need not cast at all.
 //
-// KILN_OVERLAP_OPTIM (opt-in): that step runs on a side stream, group by group in the forward's
+// KILN_OVERLAP_OPTIM (default on): that step runs on a side stream, group by group in the forward's
 // order, and the next step's forward waits only for the group of the parameter it is about to
 // use: the cache holds the groups, one event per group and the host-side bookkeeping of which
 // ones the compute stream has waited for (see PrecastCache::begin_side_step).
@@ -27,7 +27,8 @@ namespace kiln::nn {
 bool fused_param_cast_enabled();
 void set_fused_param_cast_override(int on);
 
-// Whether KILN_OVERLAP_OPTIM is on (default off), and the tests' override as above.
+// Whether KILN_OVERLAP_OPTIM is on (default on since 2026-12-06; 0 turns it off), and the tests'
+// override as above.
 bool overlap_optim_enabled();
 void set_overlap_optim_override(int on);
 

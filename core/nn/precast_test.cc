@@ -68,13 +68,13 @@ TEST(ContiguousGroups, CutsInOrderIntoAtMostMaxGroupsOfRoughlyEqualSize) {
   }
 }
 
-TEST(PrecastCache, OverlapIsOffByDefaultAndACpuCacheHasNoGroups) {
+TEST(PrecastCache, OverlapIsOnByDefaultAndACpuCacheHasNoGroups) {
   set_overlap_optim_override(1);
   EXPECT_TRUE(overlap_optim_enabled());
   set_overlap_optim_override(0);
   EXPECT_FALSE(overlap_optim_enabled());
   set_overlap_optim_override(-1);
-  if (std::getenv("KILN_OVERLAP_OPTIM") == nullptr) EXPECT_FALSE(overlap_optim_enabled());
+  if (std::getenv("KILN_OVERLAP_OPTIM") == nullptr) EXPECT_TRUE(overlap_optim_enabled());
   const Tensor w = Tensor::zeros({4, 8}, DType::kF32);
   PrecastCache cache({w}, DType::kBF16);
   EXPECT_EQ(cache.groups(), 0);
