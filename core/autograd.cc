@@ -42,6 +42,8 @@ class AccumulateGrad final : public Node {
   std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
     Tensor g = grads[0];
     if (is_accumulated_marker(g)) {  // a node added its gradient into .grad already
+      KILN_CHECK(!leaf_->grad_stale)
+          << "internal: a direct write left " << leaf_->name << "'s .grad marked stale";
       Tensor leaf(leaf_);
       for (auto& hook : leaf_->ready_hooks) hook(leaf);
       return {};
@@ -61,6 +63,10 @@ class AccumulateGrad final : public Node {
       // gradient (passed on unconverted by a Cast node) to the leaf's dtype.
       acc = Tensor::empty(g.shape(), leaf_->dtype, g.device());
       raw::copy(acc, g);
+      leaf_->grad_stale = false;
+    } else if (leaf_->grad_stale) {  // the old values count as zeros: written over (converted)
+      raw::copy(acc, g);
+      leaf_->grad_stale = false;
     } else {
       NoGradGuard ng;
       add_(acc, g);
@@ -69,13 +75,23 @@ class AccumulateGrad final : public Node {
     for (auto& hook : leaf_->ready_hooks) hook(leaf);
     return {};
   }
-  // The .grad a node may add into directly (see accumulation_target), or null.
-  Tensor* direct_target(const Shape& shape, Device device) {
-    if (t_capture && t_capture->count(leaf_.get())) return nullptr;
+  // Whether a node may add into .grad directly (see accumulation_target).
+  bool offers_target(const Shape& shape, Device device) const {
+    if (t_capture && t_capture->count(leaf_.get())) return false;
+    const Tensor& acc = leaf_->grad;
+    return acc.defined() && acc.dtype() == DType::kF32 && acc.is_contiguous() &&
+           acc.shape() == shape && acc.device() == device;
+  }
+  // That .grad, or null.
+  Tensor* direct_target(const Shape& shape, Device device, bool* overwrite) {
+    if (!offers_target(shape, device)) return nullptr;
     Tensor& acc = leaf_->grad;
-    if (!acc.defined() || acc.dtype() != DType::kF32 || !acc.is_contiguous() ||
-        acc.shape() != shape || acc.device() != device)
-      return nullptr;
+    if (overwrite != nullptr) {
+      *overwrite = leaf_->grad_stale;  // the caller writes every element (claimed)
+    } else if (leaf_->grad_stale) {
+      acc.zero_();  // the caller adds
+    }
+    leaf_->grad_stale = false;
     return &acc;
   }
 
@@ -94,12 +110,24 @@ const Tensor& accumulated_marker() {
 
 bool is_accumulated_marker(const Tensor& g) { return g.defined() && g.same(accumulated_marker()); }
 
-Tensor accumulation_target(const Edge& e, const Shape& shape, Device device) {
+namespace {
+AccumulateGrad* leaf_accumulator(const Edge& e) {
   Node* n = e.fn.get();
   if (n && n->forwards_to_leaf()) n = n->next[0].fn.get();
-  auto* acc = dynamic_cast<AccumulateGrad*>(n);
-  Tensor* t = acc ? acc->direct_target(shape, device) : nullptr;
+  return dynamic_cast<AccumulateGrad*>(n);
+}
+}  // namespace
+
+Tensor accumulation_target(const Edge& e, const Shape& shape, Device device, bool* overwrite) {
+  if (overwrite != nullptr) *overwrite = false;
+  AccumulateGrad* acc = leaf_accumulator(e);
+  Tensor* t = acc ? acc->direct_target(shape, device, overwrite) : nullptr;
   return t ? *t : Tensor();
+}
+
+bool offers_accumulation_target(const Edge& e, const Shape& shape, Device device) {
+  const AccumulateGrad* acc = leaf_accumulator(e);
+  return acc != nullptr && acc->offers_target(shape, device);
 }
 
 bool grad_enabled() { return t_grad_enabled; }

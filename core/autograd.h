@@ -137,7 +137,14 @@ void set_history(Tensor& out, const std::shared_ptr<N>& node, int output_nr = 0)
 // rounding of the product) and returns accumulated_marker() for the edge. The marker travels
 // through the Cast; AccumulateGrad takes it as "already added" and fires the leaf's hooks as for
 // any gradient. Undefined otherwise (the node returns its gradient as usual).
-Tensor accumulation_target(const Edge& e, const Shape& shape, Device device);
+// A stale .grad (Tensor::mark_grad_stale) is zeroed first, unless `overwrite` is given: then
+// *overwrite says whether it was stale, and the caller, which claims it by asking, must write
+// every element of it (e.g. beta = 0 instead of 1) when it is, and may then only add. Either way
+// the .grad is current afterwards.
+Tensor accumulation_target(const Edge& e, const Shape& shape, Device device,
+                           bool* overwrite = nullptr);
+// Whether accumulation_target would return a .grad, asked without claiming or zeroing it.
+bool offers_accumulation_target(const Edge& e, const Shape& shape, Device device);
 // The gradient that says "already added into the leaf's .grad" (a 0-element tensor, one instance).
 const Tensor& accumulated_marker();
 bool is_accumulated_marker(const Tensor& g);

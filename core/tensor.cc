@@ -196,6 +196,10 @@ const std::shared_ptr<Node>& Tensor::grad_fn() const {
 int Tensor::output_nr() const { return impl_->output_nr; }
 Tensor Tensor::grad() const {
   KILN_DEFINED();
+  if (impl_->grad_stale) {
+    impl_->grad_stale = false;
+    impl_->grad.zero_();
+  }
   return impl_->grad;
 }
 void Tensor::set_grad(const Tensor& g) {
@@ -203,6 +207,15 @@ void Tensor::set_grad(const Tensor& g) {
   KILN_CHECK(!g.defined() || g.shape() == shape())
       << "set_grad: gradient " << g.str() << " for tensor " << str();
   impl_->grad = g;
+  impl_->grad_stale = false;
+}
+void Tensor::mark_grad_stale() const {
+  KILN_DEFINED();
+  impl_->grad_stale = impl_->grad.defined();
+}
+bool Tensor::grad_stale() const {
+  KILN_DEFINED();
+  return impl_->grad_stale;
 }
 void Tensor::register_grad_ready_hook(GradReadyHook hook) {
   KILN_DEFINED();

@@ -101,8 +101,16 @@ class Tensor {
   bool is_leaf() const;
   const std::shared_ptr<Node>& grad_fn() const;
   int output_nr() const;
+  // The leaf's gradient; a stale one (mark_grad_stale) is zeroed first (on the CPU, or in order
+  // on its device's compute stream) and is then current again.
   Tensor grad() const;
-  void set_grad(const Tensor& g);
+  void set_grad(const Tensor& g);  // the new gradient is current
+  // Lazy zero_grad for a gradient buffer that must stay allocated (data parallel's flat
+  // buffers): the values left in .grad now count as zeros, without touching the memory. The next
+  // grad() zeroes it; autograd's accumulation instead writes the first gradient over it (a copy
+  // rather than an add, a beta = 0 GEMM: accumulation_target). No-op without a .grad.
+  void mark_grad_stale() const;
+  bool grad_stale() const;
   void zero_grad() { set_grad(Tensor()); }
   void register_grad_ready_hook(GradReadyHook hook);
   void backward(const Tensor& grad = Tensor()) const;  // grad defaults to 1 for a scalar
@@ -127,6 +135,7 @@ struct TensorImpl {
   std::shared_ptr<Node> grad_fn;  // null for leaves
   int output_nr = 0;
   Tensor grad;
+  bool grad_stale = false;  // grad's values count as zeros (Tensor::mark_grad_stale)
   std::weak_ptr<Node> grad_accumulator;
   std::vector<GradReadyHook> ready_hooks;
 };

@@ -207,7 +207,7 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
   health_ = {bad == 0, bad == 2 || (bad == 1 && !scaler_), bad == 1 && scaler_ != nullptr};
   if (scaler_) scaler_->update(bad != 0);
   *gnorm = raw_norm / loss_scale;
-  bool zeroed = false;
+  bool side = false;  // the step ran on the side stream
   if (health_.applied) {
     // The fp16 unscale and the clipping factor, the last of them folded into the optimizer step
     // (the same result as scaling the gradients first, one pass over them less on the GPU).
@@ -217,15 +217,17 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
       if (grad_scale != 1.0) dp_->scale_grads(grad_scale);
       grad_scale = clip / (*gnorm + 1e-6);
     }
-    zeroed = step_on_side_stream(lr, grad_scale);
-    if (!zeroed) {
+    side = step_on_side_stream(lr, grad_scale);
+    if (!side) {
       dp_->step(lr, grad_scale);
       sync_tied_weights(chunk_ptrs(), mesh_->pp());  // GPT-2 with pp > 1: the head's copy
     }
     // The next step's scope reuses the copies only if this step wrote every one of them.
     if (precast_cache_) precast_cache_->set_current(dp_->optimizer().last_step_wrote_copies());
   }
-  if (!zeroed) dp_->zero_grad();  // else the side stream's step zeroed every gradient
+  // At ZeRO stage 0 this only marks the gradients stale: no kernel, and the next backward writes
+  // its first gradients over them (with KILN_LAZY_ZERO_GRAD=0 the side-stream step zeroed them).
+  if (!side || dp_->marks_grads_stale()) dp_->zero_grad();
   mark(StepPhases::kStepped);
   return loss;
 }
@@ -233,9 +235,13 @@ double Trainer::train_step(double lr, int64_t seq_len, int64_t global_batch, dou
 bool Trainer::step_on_side_stream(double lr, double grad_scale) {
   if (overlap_groups_.empty()) return false;
   nn::PrecastCache& cache = *precast_cache_;
+  dp_->settle_grads();      // any stale gradient zeroed on the compute stream first
   cache.begin_side_step();  // the side stream waits for the gradients (and any scaling of them)
+  // The kernel zeroes each gradient it reads unless dp_->zero_grad only marks them stale after
+  // (never a memset on the compute stream meanwhile: the side stream still reads them).
+  const bool zero = !dp_->marks_grads_stale();
   return dp_->optimizer().step_grouped(lr, grad_scale, overlap_groups_, cache.groups(),
-                                       cache.side_stream(),
+                                       cache.side_stream(), zero,
                                        [&cache](int g) { cache.end_group(g); });
 }
 

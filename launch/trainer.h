@@ -128,8 +128,9 @@ class Trainer {
   // The loop (trainer.cc).
   void run_step(int64_t step, TrainSummary* sum);
   double train_step(double lr, int64_t seq_len, int64_t global_batch, double* grad_norm);
-  // KILN_OVERLAP_OPTIM: the optimizer step on the side stream, group by group, which also zeroes
-  // every gradient; false (nothing done) where it is off or the optimizer declines the step.
+  // KILN_OVERLAP_OPTIM: the optimizer step on the side stream, group by group (the gradients then
+  // marked stale by zero_grad, as after any step); false (nothing done) where it is off or the
+  // optimizer declines the step.
   bool step_on_side_stream(double lr, double grad_scale);
   // The compute stream waits for an optimizer step still running on the side stream; a no-op when
   // none is. Before anything but the next forward's parameter lookups reads parameters, moments or
@@ -166,7 +167,7 @@ class Trainer {
   // the GPU; no ZeRO, tensor or pipeline parallelism); null: precast_ is cast every step.
   std::unique_ptr<nn::PrecastCache> precast_cache_;
   // KILN_OVERLAP_OPTIM: each optimizer parameter's group in precast_cache_ (its step runs on the
-  // side stream); empty: the step runs on the compute stream, then zero_grad.
+  // side stream); empty: the step runs on the compute stream. zero_grad follows either way.
   std::vector<int> overlap_groups_;
   std::unique_ptr<parallel::Mesh> mesh_;  // dims and groups; outlives everything using them
   // This rank's part of the model as pipeline chunks: one chunk, the whole model, at pp = 1; else

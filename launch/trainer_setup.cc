@@ -296,11 +296,11 @@ void Trainer::make_precast_cache() {
 }
 
 void Trainer::make_overlap_optim() {
-  // The step on the side stream must cover exactly what the next forward reads and what zero_grad
-  // clears: every optimizer parameter with elements is cached (so every read of it in the forward
-  // waits for its group: nn::to_compute), and the gradients it zeroes are all of the data-parallel
-  // gradient memory (stage 0, one replica: no padding). The optimizer may still decline a step
-  // (Optimizer::step_grouped); the trainer then takes the ordinary path for it.
+  // The step on the side stream must cover exactly what the next forward reads: every optimizer
+  // parameter with elements is cached (so every read of it in the forward waits for its group:
+  // nn::to_compute), and its gradients are all of the data-parallel gradient memory (stage 0, one
+  // replica: no padding), which zero_grad then only marks stale. The optimizer may still decline
+  // a step (Optimizer::step_grouped); the trainer then takes the ordinary path for it.
   overlap_groups_.clear();
   if (!nn::overlap_optim_enabled() || !precast_cache_ || !device_.is_cuda() ||
       cfg_.optimizer().type() == OptimizerConfig::SGD)

@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -21,6 +22,7 @@
 #include "launch/config.h"
 #include "launch/testing/files.h"
 #include "launch/testing/tiny_config.h"
+#include "parallel/data_parallel.h"
 
 // The running OpenBLAS's core and build (libopenblas, which kiln always links; declared here
 // rather than through <cblas.h>, which may be another vendor's header on some systems).
@@ -132,6 +134,36 @@ TEST(Trainer, LossFallsAndEvalRuns) {
     ++records;
   }
   EXPECT_EQ(records, 60);
+}
+
+// KILN_LAZY_ZERO_GRAD: zero_grad marking stage 0's gradients stale (the next backward writes
+// its first gradient over each, the second micro-step adds) against zeroing the buffers: the
+// same training and validation losses, value for value, and a step's gradients read as zeros
+// once zero_grad has marked them.
+TEST(Trainer, LazyZeroGradTrainsAsZeroingTheBuffers) {
+  std::vector<TrainSummary> runs;
+  for (int lazy : {0, 1}) {
+    parallel::set_lazy_zero_grad_override(lazy);
+    TrainConfig cfg = tiny_config(::testing::TempDir() + "/kiln_lazy_zero_" + std::to_string(lazy));
+    Trainer t(cfg, parallel::World{});
+    t.set_quiet(true);
+    ASSERT_TRUE(t.init().ok());
+    auto r = t.run();
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    runs.push_back(*r);
+    parallel::DataParallel& dp = t.data_parallel();
+    EXPECT_EQ(dp.marks_grads_stale(), lazy == 1);
+    for (const nn::Parameter& p : dp.optimizer().params()) {
+      EXPECT_EQ(p.tensor.grad_stale(), lazy == 1) << p.name;
+      const std::vector<double> g = p.tensor.grad().to_vector();
+      EXPECT_EQ(std::count_if(g.begin(), g.end(), [](double v) { return v != 0; }), 0) << p.name;
+    }
+  }
+  parallel::set_lazy_zero_grad_override(-1);
+  ASSERT_EQ(runs[0].train_losses.size(), 20u);
+  EXPECT_EQ(runs[0].train_losses, runs[1].train_losses);
+  ASSERT_FALSE(runs[0].val_losses.empty());
+  EXPECT_EQ(runs[0].val_losses, runs[1].val_losses);
 }
 
 TEST(Trainer, RampAndCurriculumChangeTokensPerStep) {

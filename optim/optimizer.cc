@@ -122,7 +122,8 @@ void AdamW::step_scaled(double lr, double grad_scale) {
 }
 
 bool AdamW::step_grouped(double lr, double grad_scale, const std::vector<int>& group, int groups,
-                         void* stream, const std::function<void(int)>& group_done) {
+                         void* stream, bool zero_grads,
+                         const std::function<void(int)>& group_done) {
   if (stream == nullptr || group.size() != params_.size() || groups < 1 || !on_gpu(params_) ||
       (grad_scale != 1.0 && !fold_grad_scale()))
     return false;
@@ -141,13 +142,13 @@ bool AdamW::step_grouped(double lr, double grad_scale, const std::vector<int>& g
     wanted += slots[group[i]].back().h.defined();
   }
   for (int g = 0; g < groups; ++g) {
-    cuda::adamw_step(slots[g], lr, opts_, t_, grad_scale, {stream, /*zero_grads=*/true});
+    cuda::adamw_step(slots[g], lr, opts_, t_, grad_scale, {stream, zero_grads});
     group_done(g);
   }
   wrote_copies_ = wanted > 0;  // every parameter had a gradient, so every copy was written
   return true;
 #else
-  (void)lr, (void)group_done;
+  (void)lr, (void)group_done, (void)zero_grads;
   return false;
 #endif
 }

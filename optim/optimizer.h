@@ -58,14 +58,17 @@ class Optimizer {
   // KILN_OVERLAP_OPTIM: step_scaled's update (the same arithmetic, bit for bit) launched on
   // `stream` (a cudaStream_t the caller has made wait for the gradients) group by group: group[i]
   // in [0, groups) is params()[i]'s, groups go in increasing order, and after the launches of
-  // group g (none, for a group without parameters) it calls group_done(g). Every gradient is set
-  // to 0 after it is read, so the step replaces zero_grad too. Returns false, having done nothing,
+  // group g (none, for a group without parameters) it calls group_done(g). With zero_grads every
+  // gradient is set to 0 after it is read, so the step replaces zero_grad too (without, the caller
+  // marks them stale: DataParallel::zero_grad at stage 0). Returns false, having done nothing,
   // where it cannot do all of that without work on the compute stream or temporaries: the default
   // (every optimizer but AdamW on a GPU), a parameter without a gradient, a gradient that is not
   // a contiguous f32 tensor, grad_scale != 1 with KILN_FOLD_GRAD_SCALE=0.
   virtual bool step_grouped(double lr, double grad_scale, const std::vector<int>& group, int groups,
-                            void* stream, const std::function<void(int)>& group_done) {
-    (void)lr, (void)grad_scale, (void)group, (void)groups, (void)stream, (void)group_done;
+                            void* stream, bool zero_grads,
+                            const std::function<void(int)>& group_done) {
+    (void)lr, (void)grad_scale, (void)group, (void)groups, (void)stream, (void)zero_grads;
+    (void)group_done;
     return false;
   }
 
@@ -84,7 +87,8 @@ class AdamW final : public Optimizer {
   bool set_param_copies(std::vector<Tensor> copies) override;  // on the GPU only
   bool last_step_wrote_copies() const override { return wrote_copies_; }
   bool step_grouped(double lr, double grad_scale, const std::vector<int>& group, int groups,
-                    void* stream, const std::function<void(int)>& group_done) override;
+                    void* stream, bool zero_grads,
+                    const std::function<void(int)>& group_done) override;
 
  private:
   void step_gpu(double lr, double grad_scale);

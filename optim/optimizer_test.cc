@@ -103,7 +103,7 @@ TEST(AdamW, RefusesTheGroupedStepOnTheCpu) {
   int done = 0;
   int stream = 0;  // any non-null pointer: it is never used
   for (Optimizer* o : {static_cast<Optimizer*>(&adamw), static_cast<Optimizer*>(&sgd)})
-    EXPECT_FALSE(o->step_grouped(1e-2, 1.0, {0}, 1, &stream, [&](int) { ++done; }));
+    EXPECT_FALSE(o->step_grouped(1e-2, 1.0, {0}, 1, &stream, true, [&](int) { ++done; }));
   EXPECT_EQ(done, 0);
   EXPECT_EQ(adamw.steps(), 0);
   EXPECT_EQ(w.tensor.to_vector(), (std::vector<double>{0.5, -1.0, 2.0}));

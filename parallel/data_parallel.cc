@@ -9,6 +9,7 @@
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/check.h"
+#include "core/env_switch.h"
 #include "core/ops/elementwise.h"
 
 namespace kiln::parallel {
@@ -235,6 +236,8 @@ void DataParallel::launch(int u) {
   un.launched = true;
   ++collectives_;
   if (in_backward_) ++during_backward_;
+  if (opts_.zero_stage == 0)  // a parameter without a gradient: its stale values count as zeros
+    for (int p : un.params) (void)params_[p].tensor.grad();
   switch (opts_.zero_stage) {
     case 0:
       un.work = comm_.all_reduce_async(un.flat_grad, ReduceOp::kAvg);
@@ -282,6 +285,7 @@ void DataParallel::end_micro_step() {
 }
 
 double DataParallel::grad_norm() {
+  settle_grads();
   // One device reduction (and one host sync) over every gradient, not one per tensor.
   auto counted = [this](const std::vector<nn::Parameter>& ps) {
     if (!opts_.counts_in_norm) return ps;
@@ -306,10 +310,12 @@ double DataParallel::clip_grad_norm(double max_norm) {
 bool DataParallel::grads_non_finite() { return !std::isfinite(grad_norm()); }
 
 void DataParallel::scale_grads(double s) {
+  settle_grads();
   for (auto& u : units_) mul_(opts_.zero_stage == 0 ? u->flat_grad : u->grad_shard, s);
 }
 
 void DataParallel::step(double lr, double grad_scale) {
+  settle_grads();
   opt_->step_scaled(lr, grad_scale);
   const int stage = opts_.zero_stage;
   if (stage == 1 || stage == 2) {
@@ -322,11 +328,31 @@ void DataParallel::step(double lr, double grad_scale) {
   if (stage == 3) release(root_unit_);
 }
 
+namespace {
+EnvSwitch g_lazy_zero("KILN_LAZY_ZERO_GRAD", /*default_on=*/true);
+}  // namespace
+
+bool lazy_zero_grad_enabled() { return g_lazy_zero.on(); }
+void set_lazy_zero_grad_override(int on) { g_lazy_zero.force(on); }
+
+bool DataParallel::marks_grads_stale() const {
+  return opts_.zero_stage == 0 && lazy_zero_grad_enabled();
+}
+
 void DataParallel::zero_grad() {
+  if (marks_grads_stale()) {
+    for (const nn::Parameter& p : params_) p.tensor.mark_grad_stale();
+    return;
+  }
   for (auto& u : units_) {
     if (u->flat_grad.defined()) u->flat_grad.zero_();
     if (u->grad_shard.defined()) u->grad_shard.zero_();
   }
+}
+
+void DataParallel::settle_grads() {
+  for (const nn::Parameter& p : params_)
+    if (p.tensor.grad_stale()) (void)p.tensor.grad();
 }
 
 void DataParallel::gather(int u, bool wait) {

@@ -76,6 +76,12 @@ struct Piece {
   }
 };
 
+// KILN_LAZY_ZERO_GRAD (default on; 0 zeroes the gradient buffers every step, as before
+// 2026-12-06): DataParallel::zero_grad only marks stage 0's gradients stale. The tests' override:
+// 1 on, 0 off, -1 the environment's.
+bool lazy_zero_grad_enabled();
+void set_lazy_zero_grad_override(int on);
+
 class DataParallel : public GradSync {
  public:
   // `params` are model.module().parameters() with their decay flags set. `comm` is the
@@ -103,7 +109,14 @@ class DataParallel : public GradSync {
   // The optimizer step (then ZeRO's all-gather of the updated shards); grad_scale multiplies the
   // gradients first, as scale_grads(grad_scale) would (Optimizer::step_scaled folds it).
   void step(double lr, double grad_scale = 1.0);
+  // Stage 0 (unless KILN_LAZY_ZERO_GRAD=0): every .grad marked stale (Tensor::mark_grad_stale),
+  // no kernel: the next backward writes its first gradients over them, and anything that reads
+  // one before zeroes it first (a parameter without a gradient). Else the buffers are zeroed.
   void zero_grad();
+  bool marks_grads_stale() const;  // what zero_grad does
+  // Zeroes the stale .grads now (grad_norm and the flat buffers' collectives do it first), in
+  // order on the compute stream: before another stream reads the gradients.
+  void settle_grads();
 
   // Bytes this rank holds persistently.
   int64_t optimizer_state_bytes();

@@ -55,6 +55,7 @@ void Module::to(Device device) {
       impl->strides = moved.strides();
       impl->offset = 0;
       impl->grad = Tensor();
+      impl->grad_stale = false;
       impl->grad_accumulator.reset();
     }
   }

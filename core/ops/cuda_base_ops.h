@@ -74,10 +74,11 @@ Tensor linear_gelu_forward(const Tensor& x2, const Tensor& w, const Tensor& b, T
 // Gradients of y = x2 w^T + b given gy (M, OUT): gx (M, IN), gw (OUT, IN) and gb (OUT), each only
 // when asked; gb is fused into the gw GEMM (BGRADB epilogue) when both are asked. With `gw_into`
 // (f32, contiguous (OUT, IN); need_w set) the gw GEMM adds into it instead (beta = 1, the f32
-// accumulator unrounded; autograd's accumulation_target) and *gw stays undefined.
+// accumulator unrounded; autograd's accumulation_target) and *gw stays undefined; with
+// gw_overwrite it writes gw_into over (beta = 0: a stale .grad, its old values never read).
 void linear_backward(const Tensor& gy, const Tensor& x2, const Tensor& w, bool need_x, bool need_w,
                      bool need_b, Tensor* gx, Tensor* gw, Tensor* gb,
-                     const Tensor& gw_into = Tensor());
+                     const Tensor& gw_into = Tensor(), bool gw_overwrite = false);
 // g * gelu_tanh'(pre), elementwise (same shapes).
 Tensor gelu_input_grad(const Tensor& g, const Tensor& pre);
 // How matmul_dgelu computes a 16-bit hidden gradient (f32 and unaligned shapes always take the

@@ -211,9 +211,11 @@ bool direct_wgrad_on() {
 }
 
 // The f32 .grad a weight's gradient may be added into by its GEMM (autograd's
-// accumulation_target).
-Tensor wgrad_target(const Edge& e, const Tensor& w) {
-  return direct_wgrad_on() && e.fn ? accumulation_target(e, w.shape(), w.device()) : Tensor();
+// accumulation_target, claimed: *overwrite says the GEMM must write it with beta = 0).
+Tensor wgrad_target(const Edge& e, const Tensor& w, bool* overwrite) {
+  *overwrite = false;
+  return direct_wgrad_on() && e.fn ? accumulation_target(e, w.shape(), w.device(), overwrite)
+                                   : Tensor();
 }
 
 // A packed weight (concat_or_view along dim 0 of per-linear weights: Llama's q/k/v and gate/up,
@@ -223,29 +225,39 @@ Tensor wgrad_target(const Edge& e, const Tensor& w) {
 // met: gy (rows, OUT) row-major with a row of 16-byte multiple and each block 16-byte aligned.
 // Empty: the packed gradient goes back through the concat (rounded to gy's dtype, then each block
 // added into its .grad by its own kernel).
-std::vector<Tensor> packed_wgrad_targets(const Edge& e, const Tensor& gy) {
-  if (!direct_wgrad_on() || !g_packed_wgrad.on() || !e.fn) return {};
-  std::vector<Tensor> into = concat_accumulation_targets(e, gy.device());
+// (*overwrite)[i]: piece i's .grad was stale, to be written with beta = 0.
+std::vector<Tensor> packed_wgrad_targets(const Edge& e, const Tensor& gy,
+                                         std::vector<char>* overwrite) {
+  overwrite->clear();
   const int64_t es = static_cast<int64_t>(dtype_size(gy.dtype()));
-  if (into.empty() || gy.dim() != 2 || !gy.is_contiguous() || !gy.aligned_to(16) ||
-      (gy.size(1) * es) % 16 != 0)
+  if (!direct_wgrad_on() || !g_packed_wgrad.on() || !e.fn || gy.dim() != 2 || !gy.is_contiguous() ||
+      !gy.aligned_to(16) || (gy.size(1) * es) % 16 != 0)
     return {};
+  std::vector<Tensor> into = concat_accumulation_targets(e, gy.device(), overwrite);
   int64_t off = 0;
+  bool aligned = true;
   for (const Tensor& t : into) {
-    if ((off * es) % 16 != 0) return {};
+    aligned = aligned && (off * es) % 16 == 0;
     off += t.size(0);
   }
-  return off == gy.size(1) ? into : std::vector<Tensor>();
+  if (aligned && off == gy.size(1)) return into;
+  for (size_t i = 0; i < into.size(); ++i)  // claimed, not used: the stale ones count as zeros
+    if ((*overwrite)[i]) into[i].zero_();
+  overwrite->clear();
+  return {};
 }
 
-// into[i] (f32, (rows_i, IN)) += gy[:, off_i : off_i + rows_i]^T @ x2: the blocks of
-// packed_wgrad_targets, each its own beta = 1 GEMM with the packed row as gy's leading dimension.
-void add_packed_wgrads(const Tensor& gy, const Tensor& x2, const std::vector<Tensor>& into) {
+// into[i] (f32, (rows_i, IN)) += gy[:, off_i : off_i + rows_i]^T @ x2 (written over where
+// overwrite[i]): the blocks of packed_wgrad_targets, each its own GEMM with the packed row as gy's
+// leading dimension.
+void add_packed_wgrads(const Tensor& gy, const Tensor& x2, const std::vector<Tensor>& into,
+                       const std::vector<char>& overwrite) {
   int64_t off = 0;
-  for (const Tensor& t : into) {
+  for (size_t i = 0; i < into.size(); ++i) {
+    const Tensor& t = into[i];
     Tensor unused;
     cuda::linear_backward(gy.narrow(1, off, t.size(0)), x2, t, false, true, false, &unused, &unused,
-                          &unused, t);
+                          &unused, t, overwrite[i] != 0);
     off += t.size(0);
   }
   g_packed_wgrad_pieces.fetch_add(static_cast<int64_t>(into.size()), std::memory_order_relaxed);
@@ -265,13 +277,16 @@ class LinearCudaNode final : public Node {
     Tensor gy = rows_of(g[0], w.size(0));
     if (gelu) gy = cuda::gelu_input_grad(gy, saved[2]);
     Tensor gx, gw, gb;
-    const Tensor into = wants(1) ? wgrad_target(next[1], w) : Tensor();
-    const std::vector<Tensor> pieces =
-        wants(1) && !into.defined() ? packed_wgrad_targets(next[1], gy) : std::vector<Tensor>();
+    bool fresh = false;
+    std::vector<char> fresh_pieces;
+    const Tensor into = wants(1) ? wgrad_target(next[1], w, &fresh) : Tensor();
+    const std::vector<Tensor> pieces = wants(1) && !into.defined()
+                                           ? packed_wgrad_targets(next[1], gy, &fresh_pieces)
+                                           : std::vector<Tensor>();
     // With pieces the bias gradient is still the packed one (one column sum), split by its concat.
     cuda::linear_backward(gy, x2, w, wants(0), wants(1) && pieces.empty(), wants(2), &gx, &gw, &gb,
-                          into);
-    if (!pieces.empty()) add_packed_wgrads(gy, x2, pieces);
+                          into, fresh);
+    if (!pieces.empty()) add_packed_wgrads(gy, x2, pieces, fresh_pieces);
     if (into.defined() || !pieces.empty()) gw = accumulated_marker();
     if (gx.defined()) gx = gx.reshape(x_shape);
     if (next.size() == 4) return {gx, gw, gb, wants(3) ? g[0] : Tensor()};  // d residual = gy
@@ -290,9 +305,11 @@ class MlpCudaNode final : public Node {
     const bool nx = wants(0), nw1 = wants(1), nb1 = wants(2), nw2 = wants(3), nb2 = wants(4);
     Tensor gy = rows_of(g[0], w2.size(0));
     Tensor gx, gw1, gb1, gw2, gb2, unused;
-    const Tensor into2 = nw2 ? wgrad_target(next[3], w2) : Tensor();
-    const Tensor into1 = nw1 ? wgrad_target(next[1], w1) : Tensor();
-    if (nw2 || nb2) cuda::linear_backward(gy, h, w2, false, nw2, nb2, &unused, &gw2, &gb2, into2);
+    bool fresh1 = false, fresh2 = false;
+    const Tensor into2 = nw2 ? wgrad_target(next[3], w2, &fresh2) : Tensor();
+    const Tensor into1 = nw1 ? wgrad_target(next[1], w1, &fresh1) : Tensor();
+    if (nw2 || nb2)
+      cuda::linear_backward(gy, h, w2, false, nw2, nb2, &unused, &gw2, &gb2, into2, fresh2);
     // The hidden gradient: kept from the input pass of a split backward, or computed here with the
     // GELU gradient (and b1's gradient) in the GEMM epilogue.
     Tensor dpre = std::move(dpre_);
@@ -301,7 +318,7 @@ class MlpCudaNode final : public Node {
       dpre = cuda::matmul_dgelu(gy, w2, pre, nb1 ? &gb1 : nullptr);
     if (nx || nw1 || b1_from_dpre)
       cuda::linear_backward(dpre, x2, w1, nx, nw1, b1_from_dpre, &gx, &gw1,
-                            b1_from_dpre ? &gb1 : &unused, into1);
+                            b1_from_dpre ? &gb1 : &unused, into1, fresh1);
     if (in_input_pass() && !nw1 && !nb1 && (next[1].fn || next[2].fn)) dpre_ = dpre;
     if (into1.defined()) gw1 = accumulated_marker();
     if (into2.defined()) gw2 = accumulated_marker();

@@ -322,7 +322,8 @@ Tensor gelu_input_grad(const Tensor& g, const Tensor& pre) {
 }
 
 void linear_backward(const Tensor& gy, const Tensor& x2, const Tensor& w, bool need_x, bool need_w,
-                     bool need_b, Tensor* gx, Tensor* gw, Tensor* gb, const Tensor& gw_into) {
+                     bool need_b, Tensor* gx, Tensor* gw, Tensor* gb, const Tensor& gw_into,
+                     bool gw_overwrite) {
   DeviceGuard guard(device_of(gy));
   const int64_t rows = x2.size(0), in = x2.size(1), out_f = w.size(0);
   const DType dt = x2.dtype();
@@ -332,17 +333,18 @@ void linear_backward(const Tensor& gy, const Tensor& x2, const Tensor& w, bool n
     Operand W = operand(w);
     run_gemm(params(dt, rows, in, out_f, G, false, W, false, *gx), *gx);
   }
-  if (need_w && gw_into.defined()) {  // gw_into (f32) += gy^T @ x2
+  if (need_w && gw_into.defined()) {  // gw_into (f32) += gy^T @ x2 (= with gw_overwrite)
     KILN_CHECK(gw_into.dtype() == DType::kF32 && gw_into.is_contiguous() &&
                gw_into.shape() == w.shape())
         << "linear_backward: gw_into " << gw_into.str() << " for weight " << w.str();
+    if (rows == 0 && gw_overwrite) gw_into.zero_();
     if (rows > 0 && gw_into.numel() > 0) {
       Operand X = operand(x2);
       GemmParams p = params(dt, out_f, in, rows, G, true, X, false, gw_into);
       p.d_dtype = DType::kF32;
       p.d = gw_into.raw();
       p.ldd = in;
-      p.beta = 1.0;
+      p.beta = gw_overwrite ? 0.0 : 1.0;
       KILN_CHECK(gemm(p)) << "internal: plain GEMM returned without running";
     }
     need_w = false;

@@ -354,16 +354,22 @@ Tensor concat_or_view(const std::vector<Tensor>& xs, int64_t dim) {
   return whole;
 }
 
-std::vector<Tensor> concat_accumulation_targets(const Edge& e, Device device) {
+std::vector<Tensor> concat_accumulation_targets(const Edge& e, Device device,
+                                                std::vector<char>* overwrite) {
+  if (overwrite != nullptr) overwrite->clear();
   const auto* n = dynamic_cast<const ConcatNode*>(e.fn.get());
   if (n == nullptr || n->dim != 0 || e.output_nr != 0 || n->outputs.empty()) return {};
   Shape shape = n->outputs[0].shape;
+  for (size_t i = 0; i < n->sizes.size(); ++i) {  // all or none: nothing claimed before
+    shape[0] = n->sizes[i];
+    if (!offers_accumulation_target(n->next[i], shape, device)) return {};
+  }
   std::vector<Tensor> out;
   for (size_t i = 0; i < n->sizes.size(); ++i) {
     shape[0] = n->sizes[i];
-    Tensor t = accumulation_target(n->next[i], shape, device);
-    if (!t.defined()) return {};
-    out.push_back(std::move(t));
+    bool fresh = false;
+    out.push_back(accumulation_target(n->next[i], shape, device, overwrite ? &fresh : nullptr));
+    if (overwrite != nullptr) overwrite->push_back(fresh ? 1 : 0);
   }
   return out;
 }

@@ -31,7 +31,10 @@ Tensor concat_or_view(const std::vector<Tensor>& xs, int64_t dim);
 // order; empty otherwise. A node that adds each row block of its gradient into them returns
 // accumulated_marker() for e; the concat passes the marker on to every piece, whose leaves then
 // fire their grad-ready hooks as for any gradient (the CUDA linear of a packed weight does this).
-std::vector<Tensor> concat_accumulation_targets(const Edge& e, Device device);
+// With `overwrite`: (*overwrite)[i] says whether piece i's .grad was stale, to be written over
+// (accumulation_target's claim, per piece).
+std::vector<Tensor> concat_accumulation_targets(const Edge& e, Device device,
+                                                std::vector<char>* overwrite = nullptr);
 Tensor contiguous(const Tensor& x);
 Tensor clone(const Tensor& x);
 Tensor cast(const Tensor& x, DType dtype);  // gradient flows back in x's dtype

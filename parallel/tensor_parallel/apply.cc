@@ -58,6 +58,7 @@ void replace_in_place(const Tensor& p, const Tensor& slice) {
   impl->strides = slice.strides();
   impl->offset = slice.offset();
   impl->grad = Tensor();
+  impl->grad_stale = false;
   impl->grad_accumulator.reset();
 }
 
