@@ -23,6 +23,7 @@
 #include "core/testing/require_gpu.h"
 #include "launch/testing/tiny_config.h"
 #include "launch/trainer.h"
+#include "parallel/data_parallel.h"
 
 namespace kiln {
 namespace {
@@ -64,11 +65,13 @@ struct Run {
 };
 
 // Six steps, then the step-3 checkpoint restored into the same Trainer and its last 3 steps again.
-Run run(bool llama, bool overlap) {
+// lazy: KILN_LAZY_ZERO_GRAD (off: the side-stream kernel zeroes the gradients it reads).
+Run run(bool llama, bool overlap, bool lazy) {
   const std::string dir = ::testing::TempDir() + "/kiln_gpu_overlap_" + (llama ? "llama" : "gpt2") +
-                          (overlap ? "_on" : "_off");
+                          (overlap ? "_on" : "_off") + (lazy ? "" : "_zeroing");
   std::filesystem::remove_all(dir);
   nn::set_overlap_optim_override(overlap ? 1 : 0);
+  parallel::set_lazy_zero_grad_override(lazy ? 1 : 0);
   nn::set_overlap_test_delay_us(overlap ? kDelayUs : 0);
   const nn::OverlapCounts c0 = nn::overlap_counts();
   Run out;
@@ -99,12 +102,13 @@ Run run(bool llama, bool overlap) {
                 c1.groups};
   nn::set_overlap_optim_override(-1);
   nn::set_overlap_test_delay_us(0);
+  parallel::set_lazy_zero_grad_override(-1);
   return out;
 }
 
-void expect_overlap_identical(bool llama) {
-  const Run off = run(llama, false);
-  const Run on = run(llama, true);
+void expect_overlap_identical(bool llama, bool lazy = true) {
+  const Run off = run(llama, false, lazy);
+  const Run on = run(llama, true, lazy);
   ASSERT_EQ(off.losses.size(), 9u);
   ASSERT_EQ(on.losses.size(), 9u);
   for (size_t i = 0; i < off.losses.size(); ++i)
@@ -147,6 +151,13 @@ void expect_overlap_identical(bool llama) {
 TEST(GpuOverlapOptim, Gpt2IsBitIdenticalAcrossEvalAndCheckpoints) {
   if (!cuda_available()) KILN_GPU_SKIP("no GPU visible");
   expect_overlap_identical(/*llama=*/false);
+}
+
+// With KILN_LAZY_ZERO_GRAD=0 the side-stream kernel zeroes every gradient it reads, and the
+// compute-stream run zeroes the buffers after its step.
+TEST(GpuOverlapOptim, Gpt2WithZeroedBuffersIsBitIdentical) {
+  if (!cuda_available()) KILN_GPU_SKIP("no GPU visible");
+  expect_overlap_identical(/*llama=*/false, /*lazy=*/false);
 }
 
 TEST(GpuOverlapOptim, LlamaIsBitIdenticalAcrossEvalAndCheckpoints) {

@@ -337,7 +337,7 @@ void linear_backward(const Tensor& gy, const Tensor& x2, const Tensor& w, bool n
     KILN_CHECK(gw_into.dtype() == DType::kF32 && gw_into.is_contiguous() &&
                gw_into.shape() == w.shape())
         << "linear_backward: gw_into " << gw_into.str() << " for weight " << w.str();
-    if (rows == 0 && gw_overwrite) gw_into.zero_();
+    if (rows == 0 && gw_overwrite) Tensor(gw_into).zero_();
     if (rows > 0 && gw_into.numel() > 0) {
       Operand X = operand(x2);
       GemmParams p = params(dt, out_f, in, rows, G, true, X, false, gw_into);

@@ -225,6 +225,44 @@ TEST_F(MatmulCuda, WeightGradientsAddIntoTheF32GradUnrounded) {
   EXPECT_EQ(hooks, 6);
 }
 
+// The same nodes over a stale .grad (Tensor::mark_grad_stale, as DataParallel's lazy zero_grad
+// leaves it) holding NaNs: the weight GEMMs claim it and write it over with beta = 0, never
+// reading the old values (one NaN read would make the gradient NaN), and the second backward adds.
+TEST_F(MatmulCuda, WeightGradientsWriteOverAStaleGrad) {
+  const int64_t rows = 256, in = 192, hid = 320, out = 128;
+  Tensor x = to_gpu(random_tensor({rows, in}, 51, DType::kBF16));
+  Tensor gy = to_gpu(random_tensor({rows, out}, 52, DType::kBF16));
+  auto param = [&](Shape s, uint64_t seed) {
+    Tensor p = to_gpu(random_tensor(s, seed, DType::kF32, Device::cpu(), 0.05));
+    p.set_requires_grad(true);
+    p.set_grad(to_gpu(Tensor::full(s, std::nan(""), DType::kF32)));
+    p.mark_grad_stale();
+    return p;
+  };
+  Tensor w1 = param({hid, in}, 53), w2 = param({out, hid}, 54), w = param({out, in}, 55);
+  Tensor xb = f64(x), gyb = f64(gy);
+  Tensor w1b = w1.to(DType::kBF16), w2b = w2.to(DType::kBF16);
+  Tensor h;
+  {
+    NoGradGuard ng;
+    h = f64(linear_gelu(x, w1b.detach()));
+  }
+  for (int pass = 1; pass <= 2; ++pass) {
+    SCOPED_TRACE("backward " + std::to_string(pass));
+    linear(x, w.to(DType::kBF16)).backward(gy);
+    EXPECT_FALSE(w.grad_stale());
+    Tensor ref = scale(matmul(gyb, xb, true, false), pass);
+    EXPECT_LT(max_abs(sub(f64(w.grad()), ref)) / max_abs(ref), 2e-4) << "linear";
+    mlp_gelu(x, w1b, Tensor(), w2b, Tensor()).backward(gy);
+    Tensor ref2 = scale(matmul(gyb, h, true, false), pass);
+    EXPECT_LT(max_abs(sub(f64(w2.grad()), ref2)) / max_abs(ref2), 2e-4) << "mlp w2";
+    // w1 only for NaNs and scale: its dW goes through the bf16 GELU gradient.
+    const double n1 = max_abs(f64(w1.grad()));
+    EXPECT_TRUE(std::isfinite(n1)) << "mlp w1";
+    EXPECT_GT(n1, 0.0) << "mlp w1";
+  }
+}
+
 TEST_F(MatmulCuda, MatmulGradientsMatchCpu) {
   for (DType dt : {DType::kF32, DType::kBF16}) {
     SCOPED_TRACE(dtype_name(dt));
