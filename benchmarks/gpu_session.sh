@@ -30,6 +30,8 @@
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
 #   200-step losses),
+#   lazyab (KILN_LAZY_ZERO_GRAD on / off per model), lazycheck (its GPU tests, memcheck,
+#   planted bugs 11_ and 12_; needs the test binaries built),
 #   overlap (KILN_OVERLAP_OPTIM: tests from carried binaries, models on / default / on with
 #   KILN_COMPUTE_PRIORITY=1 unless OVERLAP_PRIO=0), overlapcheck
 #   (its memcheck and planted bugs; needs gpu_overlap_test and optim_gpu_tests built, waits for
@@ -575,6 +577,35 @@ PY
       done
       wait "$mc"
       stamp overlapcheck ;;
+    lazyab)
+      # KILN_LAZY_ZERO_GRAD (zero_grad marks stage 0's gradients stale; the weight GEMMs write them
+      # with beta = 0): each of LAZY_MODELS (default g124 g1.5b llama) on / off / on, and Llama
+      # with KILN_PACKED_DIRECT_WGRAD=1 on top unless LAZY_PACKED=0.
+      for m in ${LAZY_MODELS-g124 g1.5b llama}; do
+        c=$(cfg_of "$m")
+        kiln_run "$m-lazy" "$c"; kiln_run "$m-zeroing" "$c" KILN_LAZY_ZERO_GRAD=0
+        [[ ${LAZY_REPEAT:-1} == 1 ]] && kiln_run "$m-lazy2" "$c"
+        [[ $m == llama && ${LAZY_PACKED:-1} == 1 ]] && kiln_run "$m-lazy-packed" "$c" KILN_PACKED_DIRECT_WGRAD=1
+      done
+      stamp lazyab ;;
+    lazycheck)
+      # Its GPU tests, memcheck and planted bugs (11_, 12_); waits for the background build
+      # (core_gpu_tests gpu_overlap_test optim_gpu_tests gpu_train_test models_gpu_tests).
+      if [[ -n $bg_build ]]; then
+        wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
+      fi
+      gtests lazy_matmul build/core/core_gpu_tests 'MatmulCuda.WeightGradients*:MatmulCuda.Mlp*:PackedWgradCuda.*'
+      gtests lazy_overlap build/tests/gpu_overlap_test '*' 300
+      gtests lazy_optim build/optim/optim_gpu_tests 'OptimCuda.*'
+      gtests lazy_models build/models/models_gpu_tests '*' 300
+      gtests lazy_train build/tests/gpu_train_test '*' 300
+      memcheck lazy build/core/core_gpu_tests 'MatmulCuda.WeightGradientsWriteOverAStaleGrad'
+      export PLANT_NORESTORE=1
+      plant_patch tests/mutation/gpu/11_beta_one_over_stale.patch 'MatmulCuda.WeightGradientsWrite*' \
+        build/core/core_gpu_tests
+      plant_patch tests/mutation/gpu/12_side_step_never_zeroes.patch \
+        'GpuOverlapOptim.Gpt2WithZeroed*' build/tests/gpu_overlap_test
+      stamp lazycheck ;;
     allon)
       # Every opt-in path of this round on together (once their tests have passed: fuse, ropegrad,
       # ceshared, resid) against all off, then PyTorch, for the issue's three bf16 rows: Llama 1B
