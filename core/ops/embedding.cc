@@ -10,6 +10,7 @@
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cpu/elem.h"
+#include "core/env_switch.h"
 #include "core/ops/device_dispatch.h"
 #include "core/ops/op_util.h"
 #include "core/thread_pool.h"
@@ -19,11 +20,16 @@ namespace kiln::cuda {
 // core/ops/embedding.cu. Both check every id (one device sync) and throw this op's error.
 Tensor embedding_forward(const Tensor& weight, const Tensor& ids);
 Tensor embedding_backward(const Tensor& g, const Tensor& ids, const Shape& w_shape, DType w_dtype);
+void embedding_backward_into(const Tensor& g, const Tensor& ids, const Tensor& into,
+                             bool overwrite);
 }  // namespace kiln::cuda
 #endif
 
 namespace kiln {
 namespace {
+
+// KILN_EMB_DIRECT_GRAD (default on; 0 turns it off): see EmbeddingNode.
+EnvSwitch g_direct("KILN_EMB_DIRECT_GRAD", /*default_on=*/true);
 
 constexpr const char* kOp = "embedding";
 
@@ -103,8 +109,20 @@ class EmbeddingNode final : public Node {
   // saved: ids. next: weight.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
 #if KILN_WITH_CUDA
-    if (saved[0].device().is_cuda())
+    if (saved[0].device().is_cuda()) {
+      // The weight's f32 .grad (through the cast of an f32 parameter), when it offers itself
+      // (autograd's accumulation_target): the row sums go straight into it, without a dense
+      // 16-bit gradient converted and added afterwards (KILN_EMB_DIRECT_GRAD=0: never).
+      bool overwrite = false;
+      const Tensor into = g_direct.on() && next[0].fn
+                              ? accumulation_target(next[0], w_shape, g[0].device(), &overwrite)
+                              : Tensor();
+      if (into.defined()) {
+        cuda::embedding_backward_into(g[0], saved[0], into, overwrite);
+        return {accumulated_marker()};
+      }
       return {cuda::embedding_backward(g[0], saved[0], w_shape, w_dtype)};
+    }
 #endif
     return {embedding_backward_cpu(g[0], saved[0], w_shape, w_dtype)};
   }

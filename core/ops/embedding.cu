@@ -57,22 +57,27 @@ __global__ void keys_kernel(const I* __restrict__ ids, int32_t* __restrict__ key
 }
 
 // For each k that starts a run of equal sorted keys: dw[key, j] = sum over the run, in order, of
-// g[vals[q], j]. Block k handles sorted position k (grid-stride); blocks that do not start a run
-// return at once.
-template <typename T>
+// g[vals[q], j] (kAdd: dw[key, j] += that sum, in O = f32). Block k handles sorted position k
+// (grid-stride); blocks that do not start a run return at once. Each key has one run, so no two
+// blocks write one row.
+template <typename T, typename O, bool kAdd>
 __global__ void scatter_runs_kernel(const int32_t* __restrict__ keys,
                                     const int32_t* __restrict__ vals, const T* __restrict__ g,
-                                    T* __restrict__ dw, int64_t n, int64_t c) {
+                                    O* __restrict__ dw, int64_t n, int64_t c) {
   using A = acc_t<T>;
   for (int64_t k = blockIdx.x; k < n; k += gridDim.x) {
     const int32_t key = keys[k];
     if (k > 0 && keys[k - 1] == key) continue;
-    T* dr = dw + static_cast<int64_t>(key) * c;
+    O* dr = dw + static_cast<int64_t>(key) * c;
     for (int64_t j = threadIdx.x; j < c; j += blockDim.x) {
       A acc = 0;
       for (int64_t q = k; q < n && keys[q] == key; ++q)
         acc += to_acc(g[static_cast<int64_t>(vals[q]) * c + j]);
-      dr[j] = from_acc<T>(acc);
+      if constexpr (kAdd) {
+        dr[j] += acc;
+      } else {
+        dr[j] = from_acc<O>(acc);
+      }
     }
   }
 }
@@ -177,21 +182,16 @@ Tensor embedding_forward(const Tensor& weight, const Tensor& ids) {
   return out;
 }
 
-// g (..., C) the gradient of the output, ids (...) as in the forward. Returns dW (V, C) in
-// w_dtype on g's device.
-Tensor embedding_backward(const Tensor& g, const Tensor& ids, const Shape& w_shape, DType w_dtype) {
-  check_on_current_device(kOp, "grad", g);
-  const int64_t v = w_shape[0], c = w_shape[1], n = ids.numel();
+namespace {
+
+// The ids sorted (keys) with their positions (vals), both (n) i32, for scatter_runs_kernel.
+std::pair<Tensor, Tensor> sorted_ids(const Tensor& ids, int64_t v) {
+  const int64_t n = ids.numel();
   KILN_CHECK(n <= INT32_MAX && v <= INT32_MAX)
       << kOp << ": the CUDA backward supports fewer than 2^31 ids and rows (ids " << ids.str()
       << ", V = " << v << ")";
-  Tensor gc = raw::convert(g, w_dtype), idc = raw::contiguous(ids);
-  Tensor dw = Tensor::empty(w_shape, w_dtype, g.device());
-  if (dw.numel() == 0) return dw;
-  KILN_CUDA_CHECK(
-      cudaMemsetAsync(dw.raw(), 0, dw.nbytes(), compute_stream()));  // 0.0 in every dtype
-  if (n == 0) return dw;
-  const Device dev = g.device();
+  const Tensor idc = raw::contiguous(ids);
+  const Device dev = ids.device();
   Tensor keys = Tensor::empty({n}, DType::kI32, dev), vals = Tensor::empty({n}, DType::kI32, dev);
   Tensor skeys = Tensor::empty({n}, DType::kI32, dev), svals = Tensor::empty({n}, DType::kI32, dev);
   // No bad-id flag read back (it would wait for the whole backward): these are the ids the forward
@@ -212,12 +212,57 @@ Tensor embedding_backward(const Tensor& g, const Tensor& ids, const Shape& w_sha
   KILN_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
       temp.raw(), temp_bytes, keys.data<int32_t>(), skeys.data<int32_t>(), vals.data<int32_t>(),
       svals.data<int32_t>(), static_cast<int>(n), 0, end_bit, compute_stream()));
+  return {skeys, svals};
+}
+
+}  // namespace
+
+// g (..., C) the gradient of the output, ids (...) as in the forward. Returns dW (V, C) in
+// w_dtype on g's device.
+Tensor embedding_backward(const Tensor& g, const Tensor& ids, const Shape& w_shape, DType w_dtype) {
+  check_on_current_device(kOp, "grad", g);
+  const int64_t v = w_shape[0], c = w_shape[1], n = ids.numel();
+  Tensor gc = raw::convert(g, w_dtype);
+  Tensor dw = Tensor::empty(w_shape, w_dtype, g.device());
+  if (dw.numel() == 0) return dw;
+  KILN_CUDA_CHECK(
+      cudaMemsetAsync(dw.raw(), 0, dw.nbytes(), compute_stream()));  // 0.0 in every dtype
+  if (n == 0) return dw;
+  const auto [skeys, svals] = sorted_ids(ids, v);
   KILN_CUDA_DISPATCH_FLOAT(w_dtype, kOp, T, {
-    scatter_runs_kernel<T><<<row_blocks(n), row_threads(c, 256), 0, compute_stream()>>>(
+    scatter_runs_kernel<T, T, false><<<row_blocks(n), row_threads(c, 256), 0, compute_stream()>>>(
         skeys.data<int32_t>(), svals.data<int32_t>(), gc.data<T>(), dw.data<T>(), n, c);
     KILN_CUDA_CHECK_LAUNCH();
   });
   return dw;
+}
+
+// The same sums (over the rows of g in its own dtype, accumulated in f32) added into the f32
+// (V, C) tensor `into`, or written over it (rows no id names zeroed) with overwrite.
+void embedding_backward_into(const Tensor& g, const Tensor& ids, const Tensor& into,
+                             bool overwrite) {
+  check_on_current_device(kOp, "grad", g);
+  KILN_CHECK(into.dtype() == DType::kF32 && into.is_contiguous() && into.dim() == 2)
+      << kOp << ": the gradient target must be a contiguous f32 (V, C) tensor, got " << into.str();
+  const int64_t v = into.size(0), c = into.size(1), n = ids.numel();
+  if (into.numel() == 0) return;
+  if (overwrite)  // rows no id names are zero
+    KILN_CUDA_CHECK(cudaMemsetAsync(into.raw(), 0, into.nbytes(), compute_stream()));
+  if (n == 0) return;
+  const Tensor gc = raw::contiguous(g);
+  const auto [skeys, svals] = sorted_ids(ids, v);
+  KILN_CUDA_DISPATCH_FLOAT(g.dtype(), kOp, T, {
+    const auto launch = [&](auto kernel) {
+      kernel<<<row_blocks(n), row_threads(c, 256), 0, compute_stream()>>>(
+          skeys.data<int32_t>(), svals.data<int32_t>(), gc.data<T>(), into.data<float>(), n, c);
+    };
+    if (overwrite) {
+      launch(scatter_runs_kernel<T, float, false>);
+    } else {
+      launch(scatter_runs_kernel<T, float, true>);
+    }
+    KILN_CUDA_CHECK_LAUNCH();
+  });
 }
 
 }  // namespace kiln::cuda

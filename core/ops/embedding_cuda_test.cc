@@ -9,10 +9,14 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
+#include <vector>
 
 #include "core/check.h"
 #include "core/ops/cuda_op_test_util.h"
+#include "core/ops/elementwise.h"
 #include "core/ops/embedding.h"
 
 namespace kiln {
@@ -64,6 +68,56 @@ TEST(EmbeddingCuda, MatchesCpuBitForBit) {
                                 {wg})[0];
         EXPECT_TRUE(testing::bit_equal(got.to(Device::cpu()), want)) << what << " dW";
       }
+    }
+  }
+}
+
+// The backward into an f32 parameter's defined .grad (autograd's accumulation_target): the row
+// sums go straight into it. Used as it is (f32 rows), .grad = G0 + dW bit for bit as the CPU's
+// (the same f32 sums in position order, added once); through a bf16 cast (as under the precast
+// scope), dW summed in f32 from the bf16 rows and added unrounded (a bf16-rounded dW, the path
+// without it, would be ~1e-3 off; the bound 1e-5 tells them apart); over a stale .grad holding
+// NaNs (lazy zero_grad), written over, rows no id names zero.
+TEST(EmbeddingCuda, BackwardGoesStraightIntoTheF32Grad) {
+  KILN_SKIP_WITHOUT_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Generator gen(seed);
+  const int64_t v = 1000, c = 96;
+  const Tensor w0 = rand_cpu({v, c}, DType::kF32, gen), g0 = rand_cpu({v, c}, DType::kF32, gen);
+  const Tensor ids = randint({4, 37}, gen, 50, DType::kI64);
+  const Tensor gy = rand_cpu({4, 37, c}, DType::kF32, gen);
+  // CPU reference: dW in f64 from gy rounded as each case sees it.
+  auto dense = [&](const Tensor& rows) {
+    Tensor w = Tensor::zeros({v, c}, DType::kF64).set_requires_grad(true);
+    return kiln::grad({embedding(w, ids)}, {rows.to(DType::kF64)}, {w})[0];
+  };
+  for (int stale = 0; stale <= 1; ++stale) {
+    for (DType via : {DType::kF32, DType::kBF16}) {
+      const std::string what = std::string(stale ? "stale, " : "") + dtype_name(via);
+      Tensor w = w0.to(Device::cuda(0)).set_requires_grad(true);
+      w.set_grad(stale ? Tensor::full({v, c}, std::nan(""), DType::kF32, Device::cuda(0))
+                       : g0.to(Device::cuda(0)));
+      if (stale) w.mark_grad_stale();
+      const Tensor rows = gy.to(via);
+      embedding(via == DType::kF32 ? w : w.to(via), ids.to(Device::cuda(0)))
+          .backward(rows.to(Device::cuda(0)));
+      EXPECT_FALSE(w.grad_stale()) << what;
+      const Tensor got = w.grad().to(Device::cpu());
+      if (via == DType::kF32 && !stale) {  // bit for bit as the CPU: G0 + its f32 sums
+        Tensor wc = w0.detach().set_requires_grad(true);
+        wc.set_grad(g0.clone());
+        embedding(wc, ids).backward(gy);
+        EXPECT_TRUE(testing::bit_equal(got, wc.grad())) << what;
+        continue;
+      }
+      const std::vector<double> vals = got.to_vector();
+      EXPECT_EQ(std::count_if(vals.begin(), vals.end(), [](double x) { return !std::isfinite(x); }),
+                0)
+          << what << ": an old value read";
+      const Tensor want = stale ? dense(rows) : add(g0.to(DType::kF64), dense(rows));
+      const double err = testing::max_abs(sub(got.to(DType::kF64), want)) / testing::max_abs(want);
+      EXPECT_LT(err, 1e-5) << what;
     }
   }
 }
