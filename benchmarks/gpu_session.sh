@@ -30,6 +30,8 @@
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
 #   fp8delayed (fp8 delayed scaling: tests, memcheck, planted bug, GPT-2 1.5B on / off / bf16 and
 #   200-step losses),
+#   embab / embcheck (KILN_EMB_DIRECT_GRAD and KILN_PACKED_DIRECT_WGRAD A/B; the embedding
+#   test, ctest -L gpu, memcheck, plants 13_ 14_),
 #   lazyab (KILN_LAZY_ZERO_GRAD on / off per model), lazycheck (its GPU tests, memcheck,
 #   planted bugs 11_ and 12_; needs the test binaries built),
 #   overlap (KILN_OVERLAP_OPTIM: tests from carried binaries, models on / default / on with
@@ -606,6 +608,36 @@ PY
       plant_patch tests/mutation/gpu/12_side_step_never_zeroes.patch \
         'GpuOverlapOptim.Gpt2WithZeroed*' build/tests/gpu_overlap_test
       stamp lazycheck ;;
+    embab)
+      # KILN_EMB_DIRECT_GRAD and KILN_PACKED_DIRECT_WGRAD against today's defaults: GPT-2 124M and
+      # 1.5B default / emb off / default, Llama default / packed on / default / packed on.
+      for m in ${EMB_MODELS-g124 g1.5b}; do
+        c=$(cfg_of "$m")
+        kiln_run "$m-def" "$c"; kiln_run "$m-emboff" "$c" KILN_EMB_DIRECT_GRAD=0
+        kiln_run "$m-def2" "$c"
+      done
+      if [[ ${EMB_LLAMA:-1} == 1 ]]; then
+        c=$(cfg_of llama)
+        kiln_run llama-def "$c"; kiln_run llama-packed "$c" KILN_PACKED_DIRECT_WGRAD=1
+        kiln_run llama-def2 "$c"; kiln_run llama-packed2 "$c" KILN_PACKED_DIRECT_WGRAD=1
+        kiln_run llama-emboff "$c" KILN_EMB_DIRECT_GRAD=0
+      fi
+      stamp embab ;;
+    embcheck)
+      # The direct embedding gradient's GPU test, ctest -L gpu, memcheck and planted bugs (13_, 14_)
+      # after the background build (waits for it).
+      if [[ -n $bg_build ]]; then
+        wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
+      fi
+      gtests emb build/core/core_gpu_tests 'EmbeddingCuda.*'
+      timeout 300 ctest --test-dir build -L gpu -j4 --output-on-failure > "$out/ctest_gpu.log" 2>&1
+      stamp "ctest -L gpu exit $?"; grep -E "tests passed|\*\*\*|Failed" "$out/ctest_gpu.log" | head -20
+      memcheck emb build/core/core_gpu_tests 'EmbeddingCuda.Backward*'
+      export PLANT_NORESTORE=1
+      for p in 13_emb_direct_overwrites_grad 14_emb_stale_rows_not_zeroed; do
+        plant_patch tests/mutation/gpu/$p.patch 'EmbeddingCuda.Backward*' build/core/core_gpu_tests
+      done
+      stamp embcheck ;;
     allon)
       # Every opt-in path of this round on together (once their tests have passed: fuse, ropegrad,
       # ceshared, resid) against all off, then PyTorch, for the issue's three bf16 rows: Llama 1B
