@@ -99,7 +99,7 @@ int64_t gemm_calls() { return g_gemm_calls.load(std::memory_order_relaxed); }
 
 namespace {
 
-EnvSwitch g_packed_wgrad("KILN_PACKED_DIRECT_WGRAD");  // off until measured on a GPU
+EnvSwitch g_packed_wgrad("KILN_PACKED_DIRECT_WGRAD", /*default_on=*/true);  // since 2026-12-06
 std::atomic<int64_t> g_packed_wgrad_pieces{0};
 
 struct MatmulDims {
