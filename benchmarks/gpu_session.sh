@@ -141,6 +141,9 @@ plant() {
 # plant_patch PATCH FILTER BINARY: the same with a patch (patch -p1) instead of a sed expression.
 plant_patch() {
   patch -p1 --quiet < "$1" || { echo "plant_patch: $1 did not apply"; return; }
+  # Files a later call must rebuild: the next call's copy of the tree brings back the old
+  # timestamps, older than the objects built from the planted source (ctest rebuilds them).
+  grep -E '^\+\+\+ b/' "$1" | sed 's|^+++ b/||' >> build/planted.list
   cmake --build build -j16 --target "$(basename "$3")" > "$out/plant_build.log" 2>&1 ||
     tail -5 "$out/plant_build.log"
   timeout 180 "$3" --gtest_brief=1 --gtest_filter="$2" > "$out/plant_$(basename "$1").log" 2>&1
@@ -315,6 +318,10 @@ PY
       dir=build
       if [[ -n $bg_build ]]; then
         wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"
+      fi
+      if [[ -f build/planted.list ]]; then  # objects of planted sources: rebuild from the clean ones
+        sort -u build/planted.list | xargs -r touch && rm build/planted.list
+        cmake --build build -j16 > "$out/build_unplant.log" 2>&1; stamp "rebuilt after plants: $?"
       fi
       timeout 420 ctest --test-dir $dir -L gpu -j4 --output-on-failure > "$out/ctest_gpu.log" 2>&1
       stamp "ctest -L gpu exit $?"; grep -E "tests passed|\*\*\*|Failed" "$out/ctest_gpu.log" | head -20 ;;
