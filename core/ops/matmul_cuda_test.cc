@@ -175,6 +175,17 @@ TEST_F(MatmulCuda, LargeGemmsPickedByTimingStayRight) {
   }
 }
 
+// An f32 GPU parameter (seeded, scale 0.05) whose .grad holds random values (seed + 100), or NaNs
+// marked stale (Tensor::mark_grad_stale).
+Tensor wgrad_param(const Shape& s, uint64_t seed, bool stale) {
+  Tensor p = to_gpu(random_tensor(s, seed, DType::kF32, Device::cpu(), 0.05));
+  p.set_requires_grad(true);
+  p.set_grad(to_gpu(stale ? Tensor::full(s, std::nan(""), DType::kF32)
+                          : random_tensor(s, seed + 100, DType::kF32)));
+  if (stale) p.mark_grad_stale();
+  return p;
+}
+
 // The weight gradients of the CUDA linear and fused-MLP nodes go straight into an f32 parameter's
 // defined .grad (autograd's accumulation_target; GEMM with beta = 1), through the bf16 cast, as
 // under DataParallel: .grad = G0 + gy^T x with the f32 accumulator unrounded. A bf16-rounded dW
@@ -185,12 +196,7 @@ TEST_F(MatmulCuda, WeightGradientsAddIntoTheF32GradUnrounded) {
   const int64_t rows = 256, in = 192, hid = 320, out = 128;
   Tensor x = to_gpu(random_tensor({rows, in}, 41, DType::kBF16));
   Tensor gy = to_gpu(random_tensor({rows, out}, 42, DType::kBF16));
-  auto param = [&](Shape s, uint64_t seed) {
-    Tensor p = to_gpu(random_tensor(s, seed, DType::kF32, Device::cpu(), 0.05));
-    p.set_requires_grad(true);
-    p.set_grad(to_gpu(random_tensor(s, seed + 100, DType::kF32)));
-    return p;
-  };
+  auto param = [](Shape s, uint64_t seed) { return wgrad_param(s, seed, /*stale=*/false); };
   Tensor w1 = param({hid, in}, 43), w2 = param({out, hid}, 44), w = param({out, in}, 45);
   int hooks = 0;
   for (Tensor* t : {&w1, &w2, &w}) t->register_grad_ready_hook([&](Tensor&) { ++hooks; });
@@ -232,13 +238,7 @@ TEST_F(MatmulCuda, WeightGradientsWriteOverAStaleGrad) {
   const int64_t rows = 256, in = 192, hid = 320, out = 128;
   Tensor x = to_gpu(random_tensor({rows, in}, 51, DType::kBF16));
   Tensor gy = to_gpu(random_tensor({rows, out}, 52, DType::kBF16));
-  auto param = [&](Shape s, uint64_t seed) {
-    Tensor p = to_gpu(random_tensor(s, seed, DType::kF32, Device::cpu(), 0.05));
-    p.set_requires_grad(true);
-    p.set_grad(to_gpu(Tensor::full(s, std::nan(""), DType::kF32)));
-    p.mark_grad_stale();
-    return p;
-  };
+  auto param = [](Shape s, uint64_t seed) { return wgrad_param(s, seed, /*stale=*/true); };
   Tensor w1 = param({hid, in}, 53), w2 = param({out, hid}, 54), w = param({out, in}, 55);
   Tensor xb = f64(x), gyb = f64(gy);
   Tensor w1b = w1.to(DType::kBF16), w2b = w2.to(DType::kBF16);
