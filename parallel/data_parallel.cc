@@ -236,8 +236,8 @@ void DataParallel::launch(int u) {
   un.launched = true;
   ++collectives_;
   if (in_backward_) ++during_backward_;
-  if (opts_.zero_stage == 0)  // a parameter without a gradient: its stale values count as zeros
-    for (int p : un.params) (void)params_[p].tensor.grad();
+  if (opts_.zero_stage == 0)  // the collective reads the flat buffer, stale values too
+    for (int p : un.params) settle(params_[p]);
   switch (opts_.zero_stage) {
     case 0:
       un.work = comm_.all_reduce_async(un.flat_grad, ReduceOp::kAvg);
@@ -285,7 +285,6 @@ void DataParallel::end_micro_step() {
 }
 
 double DataParallel::grad_norm() {
-  settle_grads();
   // One device reduction (and one host sync) over every gradient, not one per tensor.
   auto counted = [this](const std::vector<nn::Parameter>& ps) {
     if (!opts_.counts_in_norm) return ps;
@@ -310,12 +309,10 @@ double DataParallel::clip_grad_norm(double max_norm) {
 bool DataParallel::grads_non_finite() { return !std::isfinite(grad_norm()); }
 
 void DataParallel::scale_grads(double s) {
-  settle_grads();
   for (auto& u : units_) mul_(opts_.zero_stage == 0 ? u->flat_grad : u->grad_shard, s);
 }
 
 void DataParallel::step(double lr, double grad_scale) {
-  settle_grads();
   opt_->step_scaled(lr, grad_scale);
   const int stage = opts_.zero_stage;
   if (stage == 1 || stage == 2) {
@@ -350,9 +347,12 @@ void DataParallel::zero_grad() {
   }
 }
 
+void DataParallel::settle(const nn::Parameter& p) {
+  if (p.tensor.grad_stale()) (void)p.tensor.grad();  // grad() zeroes it
+}
+
 void DataParallel::settle_grads() {
-  for (const nn::Parameter& p : params_)
-    if (p.tensor.grad_stale()) (void)p.tensor.grad();
+  for (const nn::Parameter& p : params_) settle(p);
 }
 
 void DataParallel::gather(int u, bool wait) {

@@ -114,8 +114,9 @@ class DataParallel : public GradSync {
   // one before zeroes it first (a parameter without a gradient). Else the buffers are zeroed.
   void zero_grad();
   bool marks_grads_stale() const;  // what zero_grad does
-  // Zeroes the stale .grads now (grad_norm and the flat buffers' collectives do it first), in
-  // order on the compute stream: before another stream reads the gradients.
+  // Zeroes the stale .grads now, in order on the compute stream: before anything reads the flat
+  // buffers rather than each .grad through grad() (which zeroes a stale one itself): the
+  // collectives (done in launch) and the side-stream optimizer step.
   void settle_grads();
 
   // Bytes this rank holds persistently.
@@ -137,6 +138,7 @@ class DataParallel : public GradSync {
   int zero_stage() const { return opts_.zero_stage; }
 
  private:
+  static void settle(const nn::Parameter& p);  // settle_grads for one
   struct Unit;
   void build_units();
   void on_grad_ready(int param);
