@@ -307,7 +307,7 @@ int main(int argc, char** argv) {
   // at GPT-2 124M (C = 768) and 1.5B (C = 1600) widths. KILN_NORM_KERNEL=general runs the
   // block-per-row kernels (what every shape ran before the warp-per-row kernels). Backward through
   // kiln::grad: the gradients as the op returns them, with no copy into a leaf's .grad.
-  for (const int64_t nc : {int64_t{768}, int64_t{1600}}) {
+  for (const int64_t nc : {int64_t{768}, int64_t{1600}, int64_t{2048}}) {
     if (!want("norm")) break;
     const int64_t rows = tok;
     const std::string shape = std::to_string(rows) + "x" + std::to_string(nc);
@@ -343,6 +343,16 @@ int main(int argc, char** argv) {
         reps);
     // forward (read x, r, write sum, y) + backward (read sum, dy, dsum, write dx)
     row("add+layer_norm fwd+bwd (bf16)", shape, ms, gbs(8, ms), "GB/s", copy_bw);
+    ms = time_ms(
+        [&] {
+          EnableGradGuard eg;
+          auto [s, y] = add_rms_norm(xg, rg, wg);
+          (void)kiln::grad({s, y}, {gs, gy}, {xg, rg, wg});
+        },
+        reps);
+    row("add+rms_norm fwd+bwd (bf16)", shape, ms, gbs(8, ms), "GB/s", copy_bw);
+    ms = time_ms([&] { (void)add_rms_norm(x, r, w); }, reps);
+    row("add+rms_norm fwd (bf16)", shape, ms, gbs(4, ms), "GB/s", copy_bw);
   }
 
   // ---- classifier + cross-entropy fused (GPT-2 head), forward + backward, bf16 ----

@@ -1,5 +1,7 @@
 // CUDA copy and fill: the strided dtype-converting copy kernel, the fill kernel, and the host logic
 // that routes host<->device and device<->device copies through them.
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/backend.h"
@@ -51,6 +53,34 @@ void launch_strided_copy(const Tensor& dst, const Tensor& src, const StridedIter
   strided_copy_kernel<T, I><<<blocks_for(n, kThreads), kThreads, 0, compute_stream()>>>(
       static_cast<T*>(dst.raw()), static_cast<const T*>(src.raw()), it, n);
   KILN_CUDA_CHECK_LAUNCH();
+}
+
+// A same-dtype copy whose innermost (coalesced) dim is contiguous in both operands, a multiple
+// of 16 bytes long, with every other stride and both base pointers 16-byte aligned, is a strided
+// copy of 16-byte elements: rewrites `it` so (sizes and strides in 16-byte units) and returns
+// true. A layout change such as a narrowed column block (rope_qkv_packed's v) then moves 16 bytes
+// a thread instead of 2.
+// KILN_COPY_VEC=0 turns it off (read once).
+bool widen_to_16_bytes(StridedIter<2>& it, const Tensor& dst, const Tensor& src) {
+  static const bool off = [] {
+    const char* e = std::getenv("KILN_COPY_VEC");
+    return e != nullptr && std::strcmp(e, "0") == 0;
+  }();
+  const int64_t es = static_cast<int64_t>(dtype_size(dst.dtype()));
+  if (off || it.ndim == 0 || 16 % es != 0) return false;
+  const int64_t per = 16 / es, in = it.ndim - 1;
+  if (it.stride[0][in] != 1 || it.stride[1][in] != 1 || it.size[in] % per != 0) return false;
+  if (reinterpret_cast<uintptr_t>(dst.raw()) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(src.raw()) % 16 != 0)
+    return false;
+  for (int d = 0; d < in; ++d)
+    if (it.stride[0][d] % per != 0 || it.stride[1][d] % per != 0) return false;
+  it.size[in] /= per;
+  for (int d = 0; d < in; ++d) {
+    it.stride[0][d] /= per;
+    it.stride[1][d] /= per;
+  }
+  return true;
 }
 
 template <typename I>
@@ -163,6 +193,11 @@ void convert_on_device(const Tensor& dst, const Tensor& src) {
   const int64_t n = dst.numel();
   if (n == 0) return;
   StridedIter<2> it = make_strided_iter<2>(dst.shape(), {dst.strides(), src.strides()});
+  if (dst.dtype() == src.dtype() && widen_to_16_bytes(it, dst, src)) {
+    const int64_t nv = n * static_cast<int64_t>(dtype_size(dst.dtype())) / 16;
+    if (fits_int32(it, nv)) return launch_strided_copy<uint4, uint32_t>(dst, src, it, nv);
+    return launch_strided_copy<uint4, int64_t>(dst, src, it, nv);
+  }
   if (fits_int32(it, n)) return launch_convert<uint32_t>(dst, src, it, static_cast<uint32_t>(n));
   launch_convert<int64_t>(dst, src, it, n);
 }

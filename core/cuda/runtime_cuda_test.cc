@@ -213,6 +213,45 @@ TEST_F(CudaRuntime, CopiesEveryDtypePairBitIdenticalToCpu) {
   }
 }
 
+// Same-dtype device copies of column blocks: where the block's width and offset are multiples of
+// 16 bytes (and the rows are) the copy moves 16-byte elements (copy.cu, widen_to_16_bytes);
+// offsets or widths off the 16-byte grid and a strided innermost dim take the element copy. Every element size, both directions (gather out of and scatter into a wide
+// buffer), against the CPU copy of the same views.
+TEST_F(CudaRuntime, ColumnBlockCopiesMatchTheCpuOnAndOffThe16ByteGrid) {
+  struct Case {
+    int64_t width, offset, cols;  // the block [offset, offset + cols) of rows `width` wide
+  };
+  const Case cases[] = {{64, 16, 32}, {64, 0, 64}, {72, 8, 48}, {64, 3, 32},
+                        {64, 16, 30}, {40, 8, 24}, {9, 1, 5}};
+  for (DType dt : {DType::kBF16, DType::kF32, DType::kF64, DType::kF8E4M3, DType::kI64}) {
+    for (const Case& c : cases) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " width " + std::to_string(c.width) + " block [" +
+                   std::to_string(c.offset) + ", +" + std::to_string(c.cols) + ")");
+      const Shape shape = {3, 37, c.width};
+      Tensor host = source(shape, dt, 900 + c.width + c.offset);
+      Tensor dev = Tensor::empty(shape, dt, kGpu);
+      dev.copy_(host);
+      const Tensor want = host.narrow(2, c.offset, c.cols).contiguous();
+      // gather: a column block of a wide device buffer into a contiguous device tensor
+      Tensor out = Tensor::empty({3, 37, c.cols}, dt, kGpu);
+      out.copy_(dev.narrow(2, c.offset, c.cols));
+      EXPECT_TRUE(same_bits(out, want));
+      // scatter: back into a column block of another wide buffer; the other columns untouched
+      Tensor dev2 = Tensor::empty(shape, dt, kGpu);
+      dev2.copy_(host);
+      Tensor zeros = Tensor::zeros({3, 37, c.cols}, dt, kGpu);
+      dev2.narrow(2, c.offset, c.cols).copy_(zeros);
+      Tensor want2 = host.clone();
+      want2.narrow(2, c.offset, c.cols).copy_(Tensor::zeros({3, 37, c.cols}, dt));
+      EXPECT_TRUE(same_bits(dev2, want2));
+      // a transposed source (innermost stride not 1)
+      Tensor t = Tensor::empty({1, c.width, 37}, dt, kGpu);
+      t.copy_(dev.narrow(0, 1, 1).transpose(1, 2));
+      EXPECT_TRUE(same_bits(t, host.narrow(0, 1, 1).transpose(1, 2).contiguous()));
+    }
+  }
+}
+
 TEST_F(CudaRuntime, ConversionsRoundLikeTheCpuOnSignedAndSpecialValues) {
   // Signed values, ties, subnormals and out-of-range magnitudes through every float format.
   std::vector<double> v = {0.0,   -0.0,  1.0,      -1.5,     3.14159,

@@ -81,18 +81,20 @@ TEST(LayerNormCuda, MatchesCpuForwardAndBackward) {
   }
 }
 
-// The same inputs through both kernel families (KILN_NORM_KERNEL), and misaligned inputs (which
-// take the block-per-row kernels), plain and with the residual add.
+// The same inputs through every kernel family (KILN_NORM_KERNEL unset, "general", "warp" and
+// "group": the backward of wide rows by a warp per row or a 4-warp group per row; 301 rows make
+// ten chunks of the group backward, the last one short), and misaligned inputs (which take the
+// block-per-row kernels), plain and with the residual add.
 TEST(LayerNormCuda, WarpAndBlockKernelsAndMisalignedInputs) {
   KILN_SKIP_WITHOUT_GPU();
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   Generator gen(seed);
-  for (const char* impl : {"", "general"}) {
+  for (const char* impl : {"", "general", "warp", "group"}) {
     ScopedNormKernel env(impl);
     for (bool misalign : {false, true}) {
       for (DType dt : {DType::kBF16, DType::kF32}) {
-        for (const Shape& s : {Shape{130, 768}, Shape{3, 33, 1600}}) {
+        for (const Shape& s : {Shape{130, 768}, Shape{3, 33, 1600}, Shape{301, 2048}}) {
           const int64_t ch = s.back();
           const std::string what = std::string("KILN_NORM_KERNEL='") + impl + "' " +
                                    dtype_name(dt) + " " + shape_str(s) +

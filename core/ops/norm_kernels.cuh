@@ -14,6 +14,16 @@
 //             adds the partials of each column in a fixed order. The chunking depends only on the
 //             shape.
 //
+// Warp group per row (the backward of wide rows: those the warp-per-row kernels give 5 vectors a
+// lane or more, i.e. C > 1024 for bf16 / f16; KILN_NORM_KERNEL=warp / group choose):
+//   backward  one 4-warp block per chunk of at least 32 rows, the block on one row at a time (2
+//             vectors a thread at most: C <= 2048 for bf16 / f16, 1024 for f32), its columns'
+//             dW / dB sums in registers, the next row loaded while the block works on this one
+//             (KILN_NORM_PREFETCH=0: after), the row's dot products added over the 4 warps in
+//             shared memory; per-chunk partials, then dw_reduce_kernel. More, smaller blocks keep
+//             more loads in flight than the warp-per-row backward (2 blocks of 8 warps an SM at
+//             C = 2048, 96 registers of row data a lane).
+//
 // Block per row (everything else: f64, C not a multiple of the vector, larger C, unaligned
 // views; and every shape when KILN_NORM_KERNEL=general):
 //   forward   one block per row: [s = x + residual, stored], statistics in the compute type (two
@@ -470,6 +480,155 @@ __global__ void __launch_bounds__(kBwdWarps * 32, bwd_min_blocks(kNV, kGres))
   }
 }
 
+// ---- warp group per row (the backward of wide rows) ----
+
+constexpr int kGroupWarps = 4;              // warps per row (and per block)
+constexpr int kGroupThreads = kGroupWarps * 32;
+constexpr int kGroupMaxNV = 2;              // 16-byte vectors per thread at most
+constexpr int kGroupMinWarpNV = 5;          // auto: rows that take >= 5 vectors a lane of one warp
+constexpr int kGroupMaxChunks = 1024;       // blocks (row chunks) at most
+constexpr int kGroupMinChunkRows = 32;      // rows per chunk at least
+
+// The backward of wide rows: one block of kGroupWarps warps per chunk of rows [blockIdx.x *
+// rows_per_chunk, +rows_per_chunk), the whole block on one row at a time (thread t holds the
+// vectors q = k * kGroupThreads + t, k < kNV, of the row), so a thread keeps only 2 kNV vectors
+// of x and gy (3 kNV with gres) and its columns' dW / dB sums in registers: several blocks share
+// an SM, and with kPrefetch each thread loads row r + 1 while it works on row r. The row's two
+// dot products are added over the warps through shared memory in warp order (one barrier a row:
+// the sums of rows r and r + 1 go to different slots). dx as backward_dx_kernel, plus gres with
+// kGres; pdw[chunk, col] = sum of gy * h and pdb[chunk, col] = sum of gy over the chunk's rows,
+// each column's rows added in row order by the thread that owns it.
+template <typename T, bool kRms, bool kGres, int kNV, bool kPrefetch>
+__global__ void __launch_bounds__(kGroupThreads)
+    backward_group_kernel(const T* __restrict__ gy, const T* __restrict__ x,
+                          const T* __restrict__ w, const acc_t<T>* __restrict__ mean,
+                          const acc_t<T>* __restrict__ rstd, const T* __restrict__ gres,
+                          T* __restrict__ dx, acc_t<T>* __restrict__ pdw,
+                          acc_t<T>* __restrict__ pdb, int64_t rows, int c,
+                          int64_t rows_per_chunk) {
+  using A = acc_t<T>;
+  constexpr int kV = kVecElems<T>;
+  using V = Vec<T, kV>;
+  __shared__ A red[2][kGroupWarps][2];  // [row parity][warp][sum of gh, sum of gh * h]
+  const int t = threadIdx.x, lane = t & 31, warp = t >> 5, nvec = c / kV;
+  const bool do_dw = pdw != nullptr, do_db = pdb != nullptr;
+  V wv[kNV];
+  A aw[kNV][kV] = {}, ab[kNV][kV] = {};
+#pragma unroll
+  for (int k = 0; k < kNV; ++k) {
+    const int q = k * kGroupThreads + t;
+    if (q < nvec) wv[k] = reinterpret_cast<const V*>(w)[q];
+  }
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_chunk;
+  const int64_t r1 = min(rows, r0 + rows_per_chunk);
+  V xv[kNV], gv[kNV], rv[kNV];
+  auto load = [&](int64_t r, V* xo, V* go, V* ro) {
+    const int64_t off = r * c;
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      const int q = k * kGroupThreads + t;
+      if (q < nvec) {
+        xo[k] = reinterpret_cast<const V*>(x + off)[q];
+        go[k] = reinterpret_cast<const V*>(gy + off)[q];
+        if constexpr (kGres) ro[k] = reinterpret_cast<const V*>(gres + off)[q];
+      }
+    }
+  };
+  if (r0 < r1) load(r0, xv, gv, rv);
+  int parity = 0;
+  for (int64_t r = r0; r < r1; ++r, parity ^= 1) {
+    V xn[kNV], gn[kNV], rn[kNV];
+    if constexpr (kPrefetch) {
+      if (r + 1 < r1) load(r + 1, xn, gn, rn);
+    }
+    const A m = kRms ? A(0) : mean[r], rs = rstd[r];
+    A sg = 0, sgh = 0;
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) launder(wv[k]);  // w stays packed (not hoisted as f32)
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      if (k * kGroupThreads + t < nvec) {
+#pragma unroll
+        for (int e = 0; e < kV; ++e) {
+          const A gh = to_acc(gv[k].v[e]) * to_acc(wv[k].v[e]);
+          const A h = kRms ? to_acc(xv[k].v[e]) * rs : (to_acc(xv[k].v[e]) - m) * rs;
+          if constexpr (!kRms) sg += gh;
+          sgh += gh * h;
+        }
+      }
+    }
+    if constexpr (!kRms) sg = warp_sum(sg);
+    sgh = warp_sum(sgh);
+    if (lane == 0) {
+      red[parity][warp][0] = sg;
+      red[parity][warp][1] = sgh;
+    }
+    __syncthreads();
+    sg = 0;
+    sgh = 0;
+#pragma unroll
+    for (int i = 0; i < kGroupWarps; ++i) {
+      if constexpr (!kRms) sg += red[parity][i][0];
+      sgh += red[parity][i][1];
+    }
+    sg /= A(c);
+    sgh /= A(c);
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {  // converted again below rather than kept as f32
+      launder(xv[k]);
+      launder(gv[k]);
+      launder(wv[k]);
+    }
+    const int64_t off = r * c;
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      const int q = k * kGroupThreads + t;
+      if (q < nvec) {
+        V o;
+#pragma unroll
+        for (int e = 0; e < kV; ++e) {
+          const A g = to_acc(gv[k].v[e]);
+          const A h = kRms ? to_acc(xv[k].v[e]) * rs : (to_acc(xv[k].v[e]) - m) * rs;
+          const A gh = g * to_acc(wv[k].v[e]);
+          A d = kRms ? rs * (gh - h * sgh) : rs * (gh - sg - h * sgh);
+          if constexpr (kGres) d += to_acc(rv[k].v[e]);
+          o.v[e] = from_acc<T>(d);
+          aw[k][e] += g * h;
+          if constexpr (!kRms) ab[k][e] += g;
+        }
+        if (dx != nullptr) reinterpret_cast<V*>(dx + off)[q] = o;
+      }
+    }
+    if constexpr (kPrefetch) {
+#pragma unroll
+      for (int k = 0; k < kNV; ++k) {
+        xv[k] = xn[k];
+        gv[k] = gn[k];
+        launder(xv[k]);
+        launder(gv[k]);
+        if constexpr (kGres) {
+          rv[k] = rn[k];
+          launder(rv[k]);
+        }
+      }
+    } else {
+      if (r + 1 < r1) load(r + 1, xv, gv, rv);
+    }
+  }
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * c;
+#pragma unroll
+  for (int k = 0; k < kNV; ++k) {
+    const int q = k * kGroupThreads + t;
+    if (q < nvec) {
+#pragma unroll
+      for (int e = 0; e < kV; ++e) {
+        if (do_dw) pdw[base + q * kV + e] = aw[k][e];
+        if (!kRms && do_db) pdb[base + q * kV + e] = ab[k][e];
+      }
+    }
+  }
+}
+
 // dw[col] = sum of pdw[chunk, col] over the chunks; likewise db (either may be null). Block
 // (32, 32): 32 columns, 32 chunk lanes; grid ceil(C / 32). Lane y adds chunks y, y + 32, ... in
 // order (loads issued kBatch at a time), then the 32 lanes are added in lane order.
@@ -524,15 +683,51 @@ struct ForwardOut {
 
 inline DType acc_dtype(DType t) { return t == DType::kF64 ? DType::kF64 : DType::kF32; }
 
-// KILN_NORM_KERNEL: unset, "" or "auto" -> the warp-per-row kernels wherever they apply;
-// "general" -> the block-per-row kernels for every shape (for comparisons). Read on every call so
-// tests and benchmarks can switch it.
-inline bool force_general(const char* op) {
+// KILN_NORM_KERNEL: unset, "" or "auto" -> the warp-per-row kernels wherever they apply, the
+// backward of wide rows (kGroupMinWarpNV vectors a lane or more) by the warp-group kernel;
+// "warp" -> the warp-per-row kernels for the backward of wide rows too; "group" -> the warp-group
+// backward wherever a row fits it; "general" -> the block-per-row kernels for every shape (for
+// comparisons). Read on every call so tests and benchmarks can switch it.
+enum class NormKernel { kAuto, kGeneral, kWarp, kGroup };
+inline NormKernel norm_kernel_choice(const char* op) {
   const char* e = std::getenv("KILN_NORM_KERNEL");
-  if (e == nullptr || *e == '\0' || std::strcmp(e, "auto") == 0) return false;
-  if (std::strcmp(e, "general") == 0) return true;
-  KILN_CHECK(false) << op << ": KILN_NORM_KERNEL must be auto or general, got '" << e << "'";
-  return false;
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "auto") == 0) return NormKernel::kAuto;
+  if (std::strcmp(e, "general") == 0) return NormKernel::kGeneral;
+  if (std::strcmp(e, "warp") == 0) return NormKernel::kWarp;
+  if (std::strcmp(e, "group") == 0) return NormKernel::kGroup;
+  KILN_CHECK(false) << op << ": KILN_NORM_KERNEL must be auto, warp, group or general, got '" << e
+                    << "'";
+  return NormKernel::kAuto;
+}
+inline bool force_general(const char* op) {
+  return norm_kernel_choice(op) == NormKernel::kGeneral;
+}
+
+// KILN_NORM_PREFETCH=0: the warp-group backward loads row r + 1 only after row r (fewer
+// registers) instead of while working on it. Read on every call.
+inline bool group_prefetch() {
+  const char* e = std::getenv("KILN_NORM_PREFETCH");
+  return e == nullptr || std::strcmp(e, "0") != 0;
+}
+
+// Rows per chunk of the warp-group backward at least: kGroupMinChunkRows, or KILN_NORM_GROUP_ROWS
+// (1 to 4096, for measurements; read on every call).
+inline int64_t group_min_chunk_rows() {
+  const char* e = std::getenv("KILN_NORM_GROUP_ROWS");
+  if (e == nullptr || *e == '\0') return kGroupMinChunkRows;
+  const long v = std::strtol(e, nullptr, 10);
+  KILN_CHECK(v >= 1 && v <= 4096) << "KILN_NORM_GROUP_ROWS must be 1 to 4096, got '" << e << "'";
+  return v;
+}
+
+// Vectors per thread of the warp-group backward for rows of c elements of T whose warp-per-row
+// kernels take nv vectors a lane (nv > 0), or 0 where the warp-per-row backward runs instead.
+template <typename T>
+int group_vecs(const char* op, int64_t c, int nv) {
+  const NormKernel k = norm_kernel_choice(op);
+  if (k == NormKernel::kWarp || (k == NormKernel::kAuto && nv < kGroupMinWarpNV)) return 0;
+  const int64_t g = (c / kVecElems<T> + kGroupThreads - 1) / kGroupThreads;
+  return g <= kGroupMaxNV ? static_cast<int>(g) : 0;
 }
 
 // 16-byte vectors per lane of the warp-per-row kernels for rows of c elements of T, or 0 where
@@ -722,6 +917,62 @@ void backward_warp(int nv, const T* gy, const T* x, const T* w, const acc_t<T>* 
   }
 }
 
+// The warp-group backward (gv vectors per thread), then dw_reduce_kernel over its chunks.
+// REQUIRES: group_vecs<T>() gave gv > 0 and warp_vecs<T>() > 0 for these tensors.
+template <typename T, bool kRms>
+void backward_group(int gv, const T* gy, const T* x, const T* w, const acc_t<T>* mean,
+                    const acc_t<T>* rstd, const T* gres, T* dxp, T* dwp, T* dbp, int64_t rows,
+                    int64_t c, DType ad, Device dev) {
+  using A = acc_t<T>;
+  const int64_t rows_per_chunk =
+      std::max<int64_t>(group_min_chunk_rows(), (rows + kGroupMaxChunks - 1) / kGroupMaxChunks);
+  const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;  // <= kGroupMaxChunks
+  Tensor pdw = dwp != nullptr ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
+  Tensor pdb = dbp != nullptr ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
+  A* pw = dwp != nullptr ? pdw.data<A>() : nullptr;
+  A* pb = dbp != nullptr ? pdb.data<A>() : nullptr;
+  const bool prefetch = group_prefetch();
+  auto run = [&](auto nvc, auto gresc, auto pfc) {
+    constexpr int kNV = decltype(nvc)::value;
+    constexpr bool kG = decltype(gresc)::value, kP = decltype(pfc)::value;
+    backward_group_kernel<T, kRms, kG, kNV, kP>
+        <<<static_cast<unsigned>(chunks), kGroupThreads, 0, compute_stream()>>>(
+            gy, x, w, mean, rstd, gres, dxp, pw, pb, rows, static_cast<int>(c), rows_per_chunk);
+    KILN_CUDA_CHECK_LAUNCH();
+  };
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  using Yes = std::true_type;
+  using No = std::false_type;
+  static_assert(kGroupMaxNV == 2, "backward_group lists the cases 1..2");
+  auto by_gres = [&](auto nvc, auto pfc) {
+    if (gres != nullptr) {
+      run(nvc, Yes{}, pfc);
+    } else {
+      run(nvc, No{}, pfc);
+    }
+  };
+  auto by_prefetch = [&](auto nvc) {
+    if (prefetch) {
+      by_gres(nvc, Yes{});
+    } else {
+      by_gres(nvc, No{});
+    }
+  };
+  if (gv == 1) {
+    by_prefetch(One{});
+  } else {
+    KILN_CHECK(gv == 2) << "internal: norm: " << gv << " vectors per thread";
+    by_prefetch(Two{});
+  }
+  if (pw != nullptr || pb != nullptr) {
+    dw_reduce_kernel<T>
+        <<<static_cast<unsigned>((c + 31) / 32), dim3(32, 32), 0, compute_stream()>>>(
+            pw, pb, dwp, dbp, chunks, c);
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+}
+
 // Gradients of y = norm(x) given gy, plus gres added into dx when defined. x is what was
 // normalised (the stored sum for the residual variants). REQUIRES: gy, x, w, gres contiguous on
 // the current device in one dtype; mean (layer norm) and rstd as the forward returned them.
@@ -749,10 +1000,15 @@ Grads backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor& 
     const int nv = warp_vecs<T>(op, c, {gy.data<T>(), x.data<T>(), w.data<T>(), gp, dxp});
     if constexpr (!std::is_same_v<T, double>) {
       if (nv > 0) {
-        backward_warp<T, kRms>(nv, gy.data<T>(), x.data<T>(), w.data<T>(), mp, rstd.data<A>(), gp,
-                               dxp, want_dw ? g.dw.data<T>() : nullptr,
-                               want_db ? g.db.data<T>() : nullptr, rows, c, acc_dtype(x.dtype()),
-                               x.device());
+        T* dwp = want_dw ? g.dw.data<T>() : nullptr;
+        T* dbp = want_db ? g.db.data<T>() : nullptr;
+        if (const int gv = group_vecs<T>(op, c, nv); gv > 0) {
+          backward_group<T, kRms>(gv, gy.data<T>(), x.data<T>(), w.data<T>(), mp, rstd.data<A>(),
+                                  gp, dxp, dwp, dbp, rows, c, acc_dtype(x.dtype()), x.device());
+        } else {
+          backward_warp<T, kRms>(nv, gy.data<T>(), x.data<T>(), w.data<T>(), mp, rstd.data<A>(),
+                                 gp, dxp, dwp, dbp, rows, c, acc_dtype(x.dtype()), x.device());
+        }
         break;  // out of the dtype switch
       }
     }
