@@ -588,31 +588,25 @@ PY
       stamp overlapcheck ;;
     r9)
       # The ninth round: the warp-group norm backward (default for wide rows; KILN_NORM_KERNEL=warp:
-      # before), the pipelined classifier rows (KILN_CE_ROWS=pipelined against shared), the
+      # before), the 16-byte column sums of bias gradients (KILN_COLSUM_VEC=0: before), the
       # 16-byte strided copy (KILN_COPY_VEC=0: before). kernel_bench (build/bin/kernel_bench,
-      # carried) first, then kiln per model (R9_MODELS).
+      # carried) first, then kiln per model (R9_MODELS), each switch off once.
       kb=build/bin/kernel_bench
       for v in auto warp; do
         KILN_NORM_KERNEL=$v timeout 120 $kb 20 norm > "$out/kb_norm_$v.log" 2>&1
-        stamp "kernel_bench norm $v: $?"; grep -E "norm" "$out/kb_norm_$v.log"
+        stamp "kernel_bench norm $v: $?"; grep -E "rms_norm fwd\+bwd|layer_norm fwd\+bwd" "$out/kb_norm_$v.log"
       done
-      for v in ${R9_GROUP_ROWS-16 64}; do
-        KILN_NORM_GROUP_ROWS=$v timeout 120 $kb 20 norm > "$out/kb_norm_rows$v.log" 2>&1
-        stamp "kernel_bench norm rows $v: $?"; grep -E "rms_norm fwd\+bwd|layer_norm fwd\+bwd" "$out/kb_norm_rows$v.log"
+      for v in 1 0; do
+        KILN_COLSUM_VEC=$v timeout 120 $kb 50 reduce > "$out/kb_reduce_$v.log" 2>&1
+        stamp "kernel_bench reduce colsum $v: $?"; grep -E "sum_to" "$out/kb_reduce_$v.log"
       done
-      KILN_NORM_PREFETCH=0 timeout 120 $kb 20 norm > "$out/kb_norm_nopf.log" 2>&1
-      stamp "kernel_bench norm no prefetch: $?"; grep -E "rms_norm fwd\+bwd|layer_norm fwd\+bwd" "$out/kb_norm_nopf.log"
-      for v in shared pipelined; do
-        KILN_CE_ROWS=$v timeout 120 $kb 10 ce > "$out/kb_ce_$v.log" 2>&1
-        stamp "kernel_bench ce $v: $?"; grep -E "cross_entropy" "$out/kb_ce_$v.log"
-      done
-      for m in ${R9_MODELS-llama g124 g1.5b}; do
+      for m in ${R9_MODELS-g124 llama g1.5b}; do
         c=$(cfg_of "$m")
         kiln_run "$m-def" "$c"
-        kiln_run "$m-warp" "$c" KILN_NORM_KERNEL=warp
-        kiln_run "$m-pipe" "$c" KILN_CE_ROWS=pipelined
+        [[ $m != g124 ]] && kiln_run "$m-warp" "$c" KILN_NORM_KERNEL=warp
+        [[ $m != llama ]] && kiln_run "$m-nocolsum" "$c" KILN_COLSUM_VEC=0
         [[ $m == llama ]] && kiln_run "$m-nocopyvec" "$c" KILN_COPY_VEC=0
-        kiln_run "$m-def2" "$c"
+        [[ ${R9_REPEAT:-0} == 1 ]] && kiln_run "$m-def2" "$c"
       done
       stamp r9 ;;
     r9check)
@@ -621,9 +615,9 @@ PY
         wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
       fi
       gtests r9_tests build/core/core_gpu_tests \
-        'RmsNorm*:LayerNorm*:AddRmsNorm*:AddLayerNorm*:NormWithSkip*:LinearCrossEntropyCuda.*:CudaRuntime.*:RopeCuda.*:ViewCuda.*'
+        'RmsNorm*:LayerNorm*:AddRmsNorm*:AddLayerNorm*:NormWithSkip*:ReduceCuda.*:CudaRuntime.*:RopeCuda.*:ViewCuda.*:MatmulCuda.*:LinearAddCuda.*:MlpGeluCuda.*'
       memcheck r9 build/core/core_gpu_tests \
-        'RmsNormCuda.WarpAndBlock*:LayerNormCuda.WarpAndBlock*:LinearCrossEntropyCuda.SharedRow*:CudaRuntime.ColumnBlock*' 400
+        'RmsNormCuda.WarpAndBlock*:LayerNormCuda.WarpAndBlock*:ReduceCuda.ColumnSums*:CudaRuntime.ColumnBlock*' 400
       stamp r9check ;;
     lazyab)
       # KILN_LAZY_ZERO_GRAD (zero_grad marks stage 0's gradients stale; the weight GEMMs write them

@@ -4,11 +4,7 @@
 //             sync) and throws the CPU op's error for a bad target.
 //   rows      one block of row_threads(V) threads per row (grid-stride): block max, block sum of
 //             exp(x - max), lse and the row loss; in the fused op the same block then overwrites
-//             the row's logits with their gradient (softmax - onehot) / count. 16-bit logits
-//             with V % 8 == 0 take 16-byte accesses (kVector), with the row kept in shared memory
-//             between the passes (kShared), or (fused op, KILN_CE_ROWS=pipelined) a persistent
-//             grid double-buffering its rows in shared memory with cp.async (kPipelined): the next
-//             row streams in while the block reduces the current one and writes its gradient.
+//             the row's logits with their gradient (softmax - onehot) / count.
 //   mean      one 1024-thread block adds the row losses in a fixed order and divides by count.
 //   backward  one block per row: g / count * (softmax - onehot), zero rows for ignored targets.
 // linear_cross_entropy runs over chunks of rows: a cuBLASLt GEMM writes the chunk's logits
@@ -44,13 +40,9 @@ CeRows ce_rows_wanted() {
   static const CeRows env = [] {
     const char* e = std::getenv("KILN_CE_ROWS");
     const std::string v = e == nullptr ? "" : e;
-    KILN_CHECK(v.empty() || v == "scalar" || v == "vector" || v == "shared" || v == "pipelined")
-        << "linear_cross_entropy: KILN_CE_ROWS must be scalar, vector, shared or pipelined, got '"
-        << v << "'";
-    return v == "scalar"      ? CeRows::kScalar
-           : v == "vector"    ? CeRows::kVector
-           : v == "pipelined" ? CeRows::kPipelined
-                              : CeRows::kShared;
+    KILN_CHECK(v.empty() || v == "scalar" || v == "vector" || v == "shared")
+        << "linear_cross_entropy: KILN_CE_ROWS must be scalar, vector or shared, got '" << v << "'";
+    return v == "scalar" ? CeRows::kScalar : v == "vector" ? CeRows::kVector : CeRows::kShared;
   }();
   return env;
 }
@@ -128,52 +120,6 @@ __device__ __forceinline__ float fast_exp(float x) {
   return __expf(x);
 }
 
-// The row kernels' per-thread steps, shared so that every variant gives the same bits for the
-// same threads per block. One 16-byte vector u (kV logits) into the thread's running max m and
-// sum s of exp(x - m):
-template <typename T, typename A>
-__device__ __forceinline__ void online_max_sum(const uint4& u, A& m, A& s) {
-  constexpr int kV = 16 / sizeof(T);
-  const T* e = reinterpret_cast<const T*>(&u);
-  A f[kV], mx = m;
-#pragma unroll
-  for (int k = 0; k < kV; ++k) {
-    f[k] = to_acc(e[k]);
-    mx = max(mx, f[k]);
-  }
-  A add = 0;
-#pragma unroll
-  for (int k = 0; k < kV; ++k) add += fast_exp(f[k] - mx);
-  s = (m == A(-INFINITY) ? A(0) : s * fast_exp(m - mx)) + add;
-  m = mx;
-}
-
-// The row's lse from every thread's (m, s); past it every thread has finished its first pass.
-template <typename A>
-__device__ __forceinline__ A block_lse(A m, A s, A* scratch) {
-  const A bm = block_max(m, scratch);
-  s = m == A(-INFINITY) ? A(0) : s * fast_exp(m - bm);
-  s = block_sum(s, scratch);
-  return bm + log(s);
-}
-
-// Vector j (logits j * kV ...) of a row with target t replaced by its gradient, in registers.
-template <typename T, typename A>
-__device__ __forceinline__ void grad_vec(uint4& u, int64_t j, int64_t t, bool valid, A lse,
-                                         A grad_scale) {
-  constexpr int kV = 16 / sizeof(T);
-  T* e = reinterpret_cast<T*>(&u);
-#pragma unroll
-  for (int k = 0; k < kV; ++k) {
-    A g = 0;
-    if (valid) {
-      g = grad_scale * fast_exp(to_acc(e[k]) - lse);
-      if (j * kV + k == t) g -= grad_scale;
-    }
-    e[k] = from_acc<T>(g);
-  }
-}
-
 // kShared: the first pass also stores the row in dynamic shared memory (V elements), and the
 // gradient pass reads it from there: each thread touches the same slots of every row, so no
 // barrier is needed between rows.
@@ -197,9 +143,23 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x) {
       const uint4 u = xv[j];
       if constexpr (kShared) row_copy[j] = u;
-      online_max_sum<T>(u, m, s);
+      const T* e = reinterpret_cast<const T*>(&u);
+      A f[kV], mx = m;
+#pragma unroll
+      for (int k = 0; k < kV; ++k) {
+        f[k] = to_acc(e[k]);
+        mx = max(mx, f[k]);
+      }
+      A add = 0;
+#pragma unroll
+      for (int k = 0; k < kV; ++k) add += fast_exp(f[k] - mx);
+      s = (m == A(-INFINITY) ? A(0) : s * fast_exp(m - mx)) + add;
+      m = mx;
     }
-    const A lse = block_lse(m, s, scratch);  // every thread has finished reading the row
+    const A bm = block_max(m, scratch);
+    s = m == A(-INFINITY) ? A(0) : s * fast_exp(m - bm);
+    s = block_sum(s, scratch);  // every thread has finished reading the row past this point
+    const A lse = bm + log(s);
     if (threadIdx.x == 0) {
       row_loss[r] = valid ? lse - xt : A(0);
       if (lse_out != nullptr) lse_out[r] = lse;
@@ -212,79 +172,18 @@ __global__ void __launch_bounds__(kMaxRowThreads)
         } else {
           u = xv[j];
         }
-        grad_vec<T>(u, j, t, valid, lse, grad_scale);
+        T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+        for (int k = 0; k < kV; ++k) {
+          A g = 0;
+          if (valid) {
+            g = grad_scale * fast_exp(to_acc(e[k]) - lse);
+            if (j * kV + k == t) g -= grad_scale;
+          }
+          e[k] = from_acc<T>(g);
+        }
         xv[j] = u;
       }
-    }
-  }
-}
-
-// 16 bytes from global to shared memory without passing through registers (cp.async.cg: cached
-// in L2 only), in this thread's current group; commit closes the group, wait_all waits for every
-// group this thread committed (only its own copies: a barrier makes all threads' visible).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const auto dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
-// The most threads per block of the 16-bit row kernels (kVector, kShared, kPipelined): all three
-// launch row_threads(V / 8, kVecRowThreads), so a row's per-thread vectors and block reductions,
-// and so its bits, are the same in each. 512 rather than 1024 for kPipelined: GPT-2's row (6288
-// vectors) is ~12 vectors a thread, and its two row buffers (~200 KB) allow one block per SM
-// either way; the next row's cp.async, not the thread count, keeps DRAM busy.
-constexpr int kVecRowThreads = 512;
-
-// kPipelined (fused op, 16-bit logits, V % 8 == 0, 16-byte aligned rows): a persistent grid
-// (resident blocks, at most `rows`); block b takes rows b, b + gridDim.x, ... through two row
-// buffers in dynamic shared memory (2 * V elements). At the top of row r, after a wait and a
-// barrier (row r has landed in buffer i, and every thread is done reading buffer 1 - i, which held
-// the previous row), the block starts cp.async of its next row into buffer 1 - i, then reduces
-// row r from buffer i and writes its gradient from buffer i over the logits: the next row streams
-// in while the block reduces and writes. Each thread takes the vectors j = threadIdx.x,
-// + blockDim.x, ... in kShared's order with kShared's helpers: the same loss and gradient bits.
-template <typename T, typename I>
-__global__ void __launch_bounds__(kVecRowThreads)
-    ce_rows_pipelined_kernel(T* logits, const I* __restrict__ targets, int64_t rows, int64_t v,
-                             int64_t ignore, acc_t<T>* __restrict__ row_loss,
-                             acc_t<T>* __restrict__ lse_out, acc_t<T> grad_scale) {
-  using A = acc_t<T>;
-  constexpr int kV = 16 / sizeof(T);  // launched for 16-bit T (8 per access)
-  __shared__ A scratch[32];
-  extern __shared__ uint4 row_bufs[];  // two rows of v / kV vectors each
-  const int64_t nvec = v / kV;
-  const auto fetch = [&](int64_t r, uint4* dst) {  // this thread's share of row r, async
-    const uint4* src = reinterpret_cast<const uint4*>(logits + r * v);
-    for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x) cp_async16(dst + j, src + j);
-    cp_async_commit();
-  };
-  int64_t r = blockIdx.x;
-  if (r < rows) fetch(r, row_bufs);
-  for (int i = 0; r < rows; r += gridDim.x, i ^= 1) {
-    const uint4* cur = row_bufs + i * nvec;
-    cp_async_wait_all();  // this thread's copies of row r (the only group in flight)
-    __syncthreads();      // everyone's have landed; everyone is done with buffer 1 - i
-    if (r + gridDim.x < rows) fetch(r + gridDim.x, row_bufs + (1 - i) * nvec);
-    const int64_t t = static_cast<int64_t>(targets[r]);
-    const bool valid = t != ignore && t >= 0 && t < v;
-    const A xt = valid ? to_acc(reinterpret_cast<const T*>(cur)[t]) : A(0);
-    A m = -INFINITY, s = 0;
-    for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x) online_max_sum<T>(cur[j], m, s);
-    const A lse = block_lse(m, s, scratch);
-    if (threadIdx.x == 0) {
-      row_loss[r] = valid ? lse - xt : A(0);
-      if (lse_out != nullptr) lse_out[r] = lse;
-    }
-    uint4* xv = reinterpret_cast<uint4*>(logits + r * v);
-    for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x) {
-      uint4 u = cur[j];
-      grad_vec<T>(u, j, t, valid, lse, grad_scale);
-      xv[j] = u;
     }
   }
 }
@@ -496,27 +395,8 @@ bool allow_shared_bytes(K kernel, size_t bytes) {
   return true;
 }
 
-// ce_rows_pipelined_kernel over a chunk of rows (>= 1): false (nothing ran) where two rows of
-// `bytes` do not fit one block's shared memory.
-template <typename T, typename I>
-bool launch_pipelined_rows(T* p, const I* tp, int64_t rows, int64_t v, int64_t ignore,
-                           acc_t<T>* row_loss, acc_t<T> scale, int threads, size_t bytes) {
-  if (!allow_shared_bytes(ce_rows_pipelined_kernel<T, I>, 2 * bytes)) return false;
-  int per_sm = 0;
-  KILN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &per_sm, ce_rows_pipelined_kernel<T, I>, threads, 2 * bytes));
-  if (per_sm < 1) return false;
-  const int64_t resident = int64_t{per_sm} * sm_count();
-  const auto grid = static_cast<unsigned>(std::clamp<int64_t>(rows, 1, resident));
-  ce_rows_pipelined_kernel<T, I><<<grid, threads, 2 * bytes, compute_stream()>>>(
-      p, tp, rows, v, ignore, row_loss, nullptr, scale);
-  return true;
-}
-
-// The vector, shared-memory or pipelined row kernel over one chunk of 16-bit logits (rows, V) in
-// buf, as ce_rows_wanted() asks and the shape allows (kPipelined falls back to kShared, then
-// kVector, where shared memory is short; loss-only chunks run kVector); false (nothing ran) where
-// the scalar kernel must.
+// The vector or shared-memory row kernel over one chunk of 16-bit logits (rows, V) in buf, as
+// ce_rows_wanted() asks and the shape allows; false (nothing ran) where the scalar kernel must.
 template <typename T, typename I>
 bool launch_vec_rows(const Tensor& buf, const I* tp, int64_t rows, int64_t v, int64_t ignore,
                      acc_t<T>* row_loss, acc_t<T> scale, bool grad) {
@@ -526,15 +406,11 @@ bool launch_vec_rows(const Tensor& buf, const I* tp, int64_t rows, int64_t v, in
     const CeRows want = ce_rows_wanted();
     if (want == CeRows::kScalar || v % 8 != 0 || reinterpret_cast<uintptr_t>(buf.raw()) % 16 != 0)
       return false;
-    const int threads = row_threads(v / 8, kVecRowThreads);
-    const dim3 grid(row_blocks(rows)), block(threads);
+    const dim3 grid(row_blocks(rows)), block(row_threads(v / 8, 512));
     T* p = buf.data<T>();
     const size_t bytes = static_cast<size_t>(v) * sizeof(T);
-    if (grad && want == CeRows::kPipelined &&
-        launch_pipelined_rows<T, I>(p, tp, rows, v, ignore, row_loss, scale, threads, bytes)) {
-      g_last_ce_rows = CeRows::kPipelined;
-    } else if (grad && (want == CeRows::kShared || want == CeRows::kPipelined) &&
-               allow_shared_bytes(ce_rows_vec_kernel<T, I, true, true>, bytes)) {
+    if (grad && want == CeRows::kShared &&
+        allow_shared_bytes(ce_rows_vec_kernel<T, I, true, true>, bytes)) {
       ce_rows_vec_kernel<T, I, true, true><<<grid, block, bytes, compute_stream()>>>(
           p, tp, rows, v, ignore, row_loss, nullptr, scale);
       g_last_ce_rows = CeRows::kShared;

@@ -16,7 +16,8 @@
 //
 // Warp group per row (the backward of wide rows: those the warp-per-row kernels give 5 vectors a
 // lane or more, i.e. C > 1024 for bf16 / f16; KILN_NORM_KERNEL=warp / group choose):
-//   backward  one 4-warp block per chunk of at least 32 rows, the block on one row at a time (2
+//   backward  one 4-warp block per chunk of at least 32 rows (512 chunks at most), the block on
+//             one row at a time (2
 //             vectors a thread at most: C <= 2048 for bf16 / f16, 1024 for f32), its columns'
 //             dW / dB sums in registers, the next row loaded while the block works on this one
 //             (KILN_NORM_PREFETCH=0: after), the row's dot products added over the 4 warps in
@@ -486,7 +487,7 @@ constexpr int kGroupWarps = 4;              // warps per row (and per block)
 constexpr int kGroupThreads = kGroupWarps * 32;
 constexpr int kGroupMaxNV = 2;              // 16-byte vectors per thread at most
 constexpr int kGroupMinWarpNV = 5;          // auto: rows that take >= 5 vectors a lane of one warp
-constexpr int kGroupMaxChunks = 1024;       // blocks (row chunks) at most
+constexpr int kGroupMaxChunks = 512;        // blocks (row chunks) at most
 constexpr int kGroupMinChunkRows = 32;      // rows per chunk at least
 
 // The backward of wide rows: one block of kGroupWarps warps per chunk of rows [blockIdx.x *

@@ -4,7 +4,10 @@
 // chunks whose layout depends on the shape alone; chunk partials are added in chunk order by a
 // second pass. Also the broadcast-back kernel of their backward.
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
+#include <string>
+#include <type_traits>
 
 #include "core/cuda/dtype.cuh"
 #include "core/cuda/runtime.h"
@@ -157,6 +160,118 @@ void launch_pass(const S* x, const ReduceGeom& g, bool inner, double* partial, v
   KILN_CUDA_CHECK_LAUNCH();
 }
 
+// ---- column sums of a contiguous (rows, m) matrix (bias gradients) ----
+
+constexpr int kColX = 32, kColY = 8;  // 32 lanes of 16-byte column vectors x 8 row lanes
+constexpr int kColUnroll = 4;         // row loads in flight per thread
+constexpr int kColTargetBlocks = 528;  // 4 blocks of 8 warps per SM on 132 SMs
+
+// Block (kColX, kColY) over kColX vectors of kV columns (16 bytes of S) and chunk blockIdx.y of
+// the rows: row lane y adds rows r0 + y, r0 + y + kColY, ... (kColUnroll rows loaded at a time)
+// into f64 accumulators, then the kColY lanes are added in lane order into partial[chunk, col], or
+// into out (/ div) when there is one chunk.
+template <typename S>
+__global__ void __launch_bounds__(kColX* kColY)
+    colsum_kernel(const S* __restrict__ x, int64_t rows, int64_t m, int64_t chunk,
+                  double* __restrict__ partial, void* out, DType out_dtype, double div) {
+  constexpr int kV = static_cast<int>(16 / sizeof(S));
+  __shared__ double sm[kColY][kColX * kV + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t q = static_cast<int64_t>(blockIdx.x) * kColX + tx;  // this thread's vector
+  const int64_t nvec = m / kV;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * chunk, r1 = min(rows, r0 + chunk);
+  double acc[kV] = {};
+  if (q < nvec) {
+    const uint4* xv = reinterpret_cast<const uint4*>(x) + q;
+    for (int64_t r = r0 + ty; r < r1; r += kColY * kColUnroll) {
+      uint4 u[kColUnroll];
+#pragma unroll
+      for (int k = 0; k < kColUnroll; ++k) {
+        const int64_t rr = r + k * kColY;
+        if (rr < r1) u[k] = xv[rr * nvec];
+      }
+#pragma unroll
+      for (int k = 0; k < kColUnroll; ++k) {
+        if (r + k * kColY < r1) {
+          const S* e = reinterpret_cast<const S*>(&u[k]);
+#pragma unroll
+          for (int i = 0; i < kV; ++i) acc[i] += static_cast<double>(Elem<S>::load(e, i));
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kV; ++i) sm[ty][tx * kV + i] = acc[i];
+  __syncthreads();
+  // Thread (tx, ty) finishes columns tx + kColX * j of the block's kColX * kV.
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kColX * kV;
+  for (int j = ty; j < kV; j += kColY) {
+    const int lc = tx + kColX * j;
+    const int64_t col = col0 + lc;
+    if (col >= m) continue;
+    double total = 0;
+    for (int k = 0; k < kColY; ++k) total += sm[k][lc];
+    if (partial == nullptr) {
+      store_from_double(out, out_dtype, col, total / div);
+    } else {
+      partial[blockIdx.y * m + col] = total;
+    }
+  }
+}
+
+// out[col] = sum of partial[chunk, col] over the chunks, in chunk order, / div.
+__global__ void colsum_partials_kernel(const double* __restrict__ partial, int64_t chunks,
+                                       int64_t m, void* out, DType out_dtype, double div) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= m) return;
+  double total = 0;
+  for (int64_t c = 0; c < chunks; ++c) total += partial[c * m + col];
+  store_from_double(out, out_dtype, col, total / div);
+}
+
+// KILN_COLSUM_VEC=0: column sums through the general outer reduction (read once).
+bool colsum_vec_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("KILN_COLSUM_VEC");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  return on;
+}
+
+// Sums x (rows, m) over its rows into out (m) / div, where x is a contiguous 16-bit or f32
+// matrix, m a multiple of a 16-byte vector and x 16-byte aligned; false (nothing ran) otherwise.
+// The chunking depends on the shape only.
+bool try_colsum(const Tensor& x, int64_t rows, int64_t m, const Tensor& out, double div) {
+  const DType t = x.dtype();
+  if (!colsum_vec_enabled() || rows <= 0 || m <= 0) return false;
+  if (t != DType::kBF16 && t != DType::kF16 && t != DType::kF32) return false;
+  const int64_t kv = 16 / static_cast<int64_t>(dtype_size(t));
+  if (m % kv != 0 || reinterpret_cast<uintptr_t>(x.raw()) % 16 != 0) return false;
+  const int64_t tiles = (m / kv + kColX - 1) / kColX;
+  if (tiles > 0x7fffffff) return false;
+  const int64_t want = std::max<int64_t>(1, kColTargetBlocks / tiles);
+  const int64_t chunks0 = std::min<int64_t>({want, (rows + 127) / 128, 65535});
+  const int64_t chunk = (rows + chunks0 - 1) / chunks0;
+  const int64_t chunks = (rows + chunk - 1) / chunk;
+  Tensor partial;
+  if (chunks > 1) partial = Tensor::empty({chunks * m}, DType::kF64, x.device());
+  double* pp = partial.defined() ? partial.data<double>() : nullptr;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(chunks));
+  KILN_CUDA_DISPATCH_STORAGE(t, S, {
+    if constexpr (!std::is_same_v<S, double>) {
+      colsum_kernel<S><<<grid, dim3(kColX, kColY), 0, compute_stream()>>>(
+          static_cast<const S*>(x.raw()), rows, m, chunk, pp, out.raw(), out.dtype(), div);
+      KILN_CUDA_CHECK_LAUNCH();
+    }
+  });
+  if (chunks > 1) {
+    colsum_partials_kernel<<<static_cast<unsigned>((m + 255) / 256), 256, 0, compute_stream()>>>(
+        pp, chunks, m, out.raw(), out.dtype(), div);
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+  return true;
+}
+
 template <typename S, typename I>
 __global__ void expand_kernel(const S* __restrict__ g, S* __restrict__ out, StridedIter<2> it, I n,
                               double div) {
@@ -208,6 +323,10 @@ void reduce_sum(const Tensor& x, const std::vector<bool>& reduce, const Tensor& 
     return;
   }
   const bool inner = min_is_reduced;
+  // A contiguous (rows, m) matrix summed over its rows (a bias gradient): the 16-byte column kernel.
+  if (!inner && !square && g.kept.n == 1 && g.kept.stride[0] == 1 && g.red.n == 1 &&
+      g.red.stride[0] == g.m && try_colsum(x, g.r, g.m, out, div))
+    return;
   if (inner) {
     plan_chunks(&g, g.m, 4096);
   } else {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "core/autograd.h"
+#include "core/ops/elementwise.h"
 #include "core/ops/reduce.h"
 #include "core/testing/gpu_test_util.h"
 
@@ -66,6 +67,35 @@ TEST_F(ReduceCuda, RepeatsAreBitIdentical) {
     Tensor gx = to_gpu(random_tensor(s, 4));
     EXPECT_TRUE(same_bits(sum(gx), sum(gx)));
     for (int64_t d = 0; d < gx.dim(); ++d) EXPECT_TRUE(same_bits(sum(gx, d), sum(gx, d)));
+  }
+}
+
+// Sums over the rows of a contiguous (rows, m) matrix with m a multiple of 16 bytes (bias
+// gradients: sum_to(gy, {m})) take the 16-byte column kernel (reduce.cu, try_colsum): one chunk
+// or many (partials added by a second kernel), the last chunk short, f32 / bf16 / f16, sum and
+// mean; a misaligned view and m off the 16-byte grid take the general kernel. Against the CPU,
+// and bit-identical on repeat.
+TEST_F(ReduceCuda, ColumnSumsOfBiasGradientShapesMatchCpu) {
+  const Shape shapes[] = {{4099, 768}, {3, 300, 2304}, {129, 8}, {1000, 3072}, {7, 16}, {2, 3, 40}};
+  for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
+    for (const Shape& s : shapes) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " " + shape_str(s));
+      const Tensor x = random_tensor(s, 7, dt);
+      const Tensor gx = to_gpu(x);
+      const Shape to = {s.back()};
+      const double rtol = dt == DType::kF32 ? 1e-6 : 1e-2;
+      const Tensor got = sum_to(gx, to);
+      KILN_EXPECT_CLOSE(got, sum_to(x, to), rtol, 1e-9);
+      EXPECT_TRUE(same_bits(got, sum_to(gx, to)));
+      const Tensor flat = x.reshape({-1, s.back()}), gflat = gx.reshape({-1, s.back()});
+      KILN_EXPECT_CLOSE(mean(gflat, 0), mean(flat, 0), rtol, 1e-12);
+      // one element in: the rows start 2 bytes past a 16-byte boundary (the general kernel)
+      const int64_t n = flat.size(0) * s.back();
+      const Tensor off = gflat.reshape({n}).narrow(0, 1, n - s.back()).reshape({-1, s.back()});
+      KILN_EXPECT_CLOSE(sum(off, 0),
+                        sum(flat.reshape({n}).narrow(0, 1, n - s.back()).reshape({-1, s.back()}), 0),
+                        rtol, 1e-9);
+    }
   }
 }
 
