@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "core/autograd.h"
@@ -13,6 +15,7 @@
 #include "core/cpu/elem.h"
 #include "core/cpu/fast_math.h"
 #include "core/ops/device_dispatch.h"
+#include "core/ops/elementwise.h"
 #include "core/ops/matmul.h"
 #include "core/thread_pool.h"
 
@@ -25,8 +28,10 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const
                               int64_t ignore, int64_t count, const Tensor& g);
 Tensor linear_cross_entropy_forward(const Tensor& x, const Tensor& w, const Tensor& targets,
                                     int64_t ignore, int64_t chunk_rows, bool want_dx, bool want_dw,
-                                    Tensor* dx, Tensor* dw);
+                                    Tensor* dx, Tensor* dw, bool dw_acc_dtype);
 void scale_by_device_scalar(const Tensor& t, const Tensor& g);  // t *= g[0] in place
+// dst = [dst +] src * g[0]: f32, contiguous, 16-byte aligned, one size.
+void scale_into_f32(const Tensor& dst, const Tensor& src, const Tensor& g, bool overwrite);
 }  // namespace kiln::cuda
 #endif
 
@@ -176,17 +181,51 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
 
 namespace {
 
+// KILN_CE_DIRECT_WGRAD=0: the classifier's weight gradient rounded to the weight's dtype in the
+// forward and scaled there in the backward, as before (read once).
+bool ce_direct_wgrad_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("KILN_CE_DIRECT_WGRAD");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
 // The fused classifier + loss on CUDA: the forward already computed the gradients of the loss for
 // an upstream gradient of 1; backward scales them by the actual one (on the device, no sync).
+// With KILN_CE_DIRECT_WGRAD (default) the weight gradient stays in the f32 it was accumulated in,
+// and the backward writes g * dW straight into the weight's f32 .grad where autograd offers it
+// (accumulation_target: over a stale .grad, else added), instead of rounding dW to 16 bits, scaling
+// it and adding it into the .grad (three passes over a (V, C) matrix less a step).
 class LinearCrossEntropyNode final : public Node {
  public:
   const char* name() const override { return "LinearCrossEntropy"; }
+  DType w_dtype = DType::kF32;  // the weight's dtype (saved[1]'s when it is not f32 accumulated)
   // saved: dx (N, C) or undefined, dw (V, C) or undefined. next: x, weight.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     std::vector<Tensor> out = {saved[0], saved[1]};
 #if KILN_WITH_CUDA
-    for (Tensor& t : out)
-      if (t.defined()) cuda::scale_by_device_scalar(t, g[0]);
+    if (out[0].defined()) cuda::scale_by_device_scalar(out[0], g[0]);
+    Tensor& dw = out[1];
+    if (dw.defined() && dw.dtype() != w_dtype) {  // f32 accumulated: into the .grad if offered
+      bool fresh = false;
+      const Tensor into = accumulation_target(next[1], dw.shape(), dw.device(), &fresh);
+      if (into.defined() && into.aligned_to(16) && dw.aligned_to(16)) {
+        cuda::scale_into_f32(into, dw, g[0], fresh);
+        dw = accumulated_marker();
+        return out;
+      }
+      if (into.defined()) {  // claimed but not usable by the kernel: add as autograd would
+        if (fresh) Tensor(into).zero_();
+        Tensor scaled = raw::convert(dw, DType::kF32);
+        cuda::scale_by_device_scalar(scaled, g[0]);
+        add_(into, scaled);
+        dw = accumulated_marker();
+        return out;
+      }
+      dw = raw::convert(dw, w_dtype);
+    }
+    if (dw.defined()) cuda::scale_by_device_scalar(dw, g[0]);
 #else
     (void)g;  // the node is only recorded on CUDA
 #endif
@@ -224,9 +263,13 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
 #if KILN_WITH_CUDA
   auto n = record<LinearCrossEntropyNode>({&x, &weight});
   const bool want_dx = n && n->next[0].fn != nullptr, want_dw = n && n->next[1].fn != nullptr;
+  const bool dw_f32 = want_dw && ce_direct_wgrad_on() && weight.dtype() != DType::kF64 &&
+                      weight.dtype() != DType::kF32 &&
+                      offers_accumulation_target(n->next[1], weight.shape(), weight.device());
   loss = cuda::linear_cross_entropy_forward(x, weight, targets, ignore_index, chunk_rows, want_dx,
-                                            want_dw, &dx, &dw);
+                                            want_dw, &dx, &dw, dw_f32);
   if (n) {
+    n->w_dtype = weight.dtype();
     n->saved = {dx, dw};
     set_history(loss, n);
   }

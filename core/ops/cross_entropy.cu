@@ -493,11 +493,11 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const
 
 // x (N, C), w (V, C), targets (N) on the current device, x and w one floating dtype. Returns the
 // mean loss (0-dim, f32; f64 for f64). When want_dx / want_dw, also the gradients of that loss (for
-// an upstream gradient of 1) in *dx (N, C) and *dw (V, C), x's dtype. chunk_rows <= 0 picks a chunk
-// of about 256 MiB of logits.
+// an upstream gradient of 1) in *dx (N, C) and *dw (V, C), x's dtype (*dw in the f32 (f64) it was
+// accumulated in when dw_acc_dtype). chunk_rows <= 0 picks a chunk of about 256 MiB of logits.
 Tensor linear_cross_entropy_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& targets,
                                     int64_t ignore, int64_t chunk_rows, bool want_dx, bool want_dw,
-                                    Tensor* dx, Tensor* dw) {
+                                    Tensor* dx, Tensor* dw, bool dw_acc_dtype) {
   const char* op = "linear_cross_entropy";
   check_on_current_device(op, "x", x_in);
   const int64_t n = x_in.size(0), c = x_in.size(1), v = w_in.size(0);
@@ -564,8 +564,48 @@ Tensor linear_cross_entropy_forward(const Tensor& x_in, const Tensor& w_in, cons
         <<<1, 1024, 0, compute_stream()>>>(row_loss.data<A>(), n, count, loss.data<A>());
     KILN_CUDA_CHECK_LAUNCH();
   });
-  if (want_dw) *dw = raw::convert(dw_acc, dt);
+  if (want_dw) *dw = dw_acc_dtype ? dw_acc : raw::convert(dw_acc, dt);
   return loss;
+}
+
+// dst (f32, contiguous) = src * g[0] (overwrite) or += src * g[0]; src f32 of dst's size.
+__global__ void scale_into_kernel(float* __restrict__ dst, const float* __restrict__ src,
+                                  const float* __restrict__ g, int64_t n4, int64_t n,
+                                  bool overwrite) {
+  const float s = g[0];
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int64_t i = i0; i < n4; i += stride) {
+    const float4 a = reinterpret_cast<const float4*>(src)[i];
+    float4 d = overwrite ? make_float4(0.f, 0.f, 0.f, 0.f) : reinterpret_cast<float4*>(dst)[i];
+    d.x += a.x * s;
+    d.y += a.y * s;
+    d.z += a.z * s;
+    d.w += a.w * s;
+    reinterpret_cast<float4*>(dst)[i] = d;
+  }
+  for (int64_t i = 4 * n4 + i0; i < n; i += stride)
+    dst[i] = (overwrite ? 0.f : dst[i]) + src[i] * s;
+}
+
+// The classifier's f32 weight gradient into the weight's f32 .grad: dst = [dst +] src * g[0]
+// (g 0-dim on the device; never read back). REQUIRES: dst, src f32, contiguous, 16-byte aligned,
+// one size.
+void scale_into_f32(const Tensor& dst, const Tensor& src, const Tensor& g, bool overwrite) {
+  check_on_current_device("linear_cross_entropy", "grad", g);
+  KILN_CHECK(dst.dtype() == DType::kF32 && src.dtype() == DType::kF32 && dst.is_contiguous() &&
+             src.is_contiguous() && dst.numel() == src.numel() && dst.aligned_to(16) &&
+             src.aligned_to(16))
+      << "internal: scale_into_f32 " << dst.str() << " <- " << src.str();
+  Tensor gf = raw::convert(g, DType::kF32);
+  const int64_t n = dst.numel();
+  if (n == 0) return;
+  const int64_t n4 = n / 4;
+  const unsigned blocks = static_cast<unsigned>(
+      std::min<int64_t>(std::max<int64_t>((n4 + 255) / 256, 1), int64_t{sm_count()} * 8));
+  scale_into_kernel<<<blocks, 256, 0, compute_stream()>>>(dst.data<float>(), src.data<float>(),
+                                                          gf.data<float>(), n4, n, overwrite);
+  KILN_CUDA_CHECK_LAUNCH();
 }
 
 // t *= g[0] in place (g 0-dim on the device, converted to t's dtype; never read back).

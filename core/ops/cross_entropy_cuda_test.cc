@@ -12,11 +12,14 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "core/check.h"
 #include "core/ops/cross_entropy.h"
 #include "core/ops/cuda_op_test_util.h"
+#include "core/ops/elementwise.h"
 #include "core/ops/matmul.h"
 
 namespace kiln {
@@ -156,6 +159,48 @@ TEST(LinearCrossEntropyCuda, OneGradientAtATimeAndNoGrad) {
   Tensor loss = linear_cross_entropy(x.to(Device::cuda(0)), w.to(Device::cuda(0)), tg);
   EXPECT_FALSE(loss.requires_grad());
   testing::expect_gpu_close(loss, want, "no-grad loss");
+}
+
+// The weight gradient of an f32 weight used through its bf16 cast (as a model's head uses its
+// master weight) goes from the f32 accumulator straight into the f32 .grad (KILN_CE_DIRECT_WGRAD,
+// default): scaled by the upstream gradient (3 here), added to a current .grad, written over a
+// stale one (NaNs never read). Against the f64 gradient of the same bf16-rounded inputs.
+TEST(LinearCrossEntropyCuda, WeightGradientGoesStraightIntoTheF32Grad) {
+  KILN_SKIP_WITHOUT_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Generator gen(seed);
+  const int64_t n = 300, c = 64, v = 1000;
+  const Tensor x0 = rand_cpu({n, c}, DType::kF32, gen), w0 = rand_cpu({v, c}, DType::kF32, gen);
+  const Tensor t = randint({n}, gen, v, DType::kI64);
+  // f64 reference from the bf16-rounded inputs the GPU computes with.
+  Tensor wr = w0.to(DType::kBF16).to(DType::kF64).set_requires_grad(true);
+  const Tensor xr = x0.to(DType::kBF16).to(DType::kF64);
+  const Tensor ref = kiln::grad({linear_cross_entropy(xr, wr, t)},
+                                {Tensor::scalar(3.0, DType::kF64)}, {wr})[0]
+                         .detach();
+  const double mag = testing::max_abs(ref);
+  const Tensor g0 = scale(rand_cpu({v, c}, DType::kF32, gen), mag);  // as large as the gradient
+  for (int stale = 0; stale <= 1; ++stale) {
+    const std::string what = stale ? "stale .grad" : "current .grad";
+    Tensor w = w0.to(Device::cuda(0)).set_requires_grad(true);
+    w.set_grad(stale ? Tensor::full({v, c}, std::nan(""), DType::kF32, Device::cuda(0))
+                     : g0.to(Device::cuda(0)));
+    if (stale) w.mark_grad_stale();
+    const Tensor loss = linear_cross_entropy(x0.to(DType::kBF16).to(Device::cuda(0)),
+                                             w.to(DType::kBF16), t.to(Device::cuda(0)));
+    scale(loss, 3.0).backward();
+    EXPECT_FALSE(w.grad_stale()) << what;
+    const Tensor got = w.grad().to(Device::cpu()).to(DType::kF64);
+    const std::vector<double> vals = got.to_vector();
+    EXPECT_EQ(std::count_if(vals.begin(), vals.end(), [](double x) { return !std::isfinite(x); }),
+              0)
+        << what << ": an old value read";
+    const Tensor want = stale ? ref : add(g0.to(DType::kF64), ref);
+    // bf16 logits and softmax gradients (each rounded once, 2^-8) summed over 300 rows in f32.
+    const double err = testing::max_abs(sub(got, want)) / mag;
+    EXPECT_LT(err, 2e-2) << what;
+  }
 }
 
 TEST(LinearCrossEntropyCuda, ChunkedEqualsSingleChunk) {
