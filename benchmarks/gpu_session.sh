@@ -592,20 +592,23 @@ PY
       # 16-byte strided copy (KILN_COPY_VEC=0: before). kernel_bench (build/bin/kernel_bench,
       # carried) first, then kiln per model (R9_MODELS), each switch off once.
       kb=build/bin/kernel_bench
-      for v in auto warp; do
-        KILN_NORM_KERNEL=$v timeout 120 $kb 20 norm > "$out/kb_norm_$v.log" 2>&1
-        stamp "kernel_bench norm $v: $?"; grep -E "rms_norm fwd\+bwd|layer_norm fwd\+bwd" "$out/kb_norm_$v.log"
-      done
-      for v in 1 0; do
-        KILN_COLSUM_VEC=$v timeout 120 $kb 50 reduce > "$out/kb_reduce_$v.log" 2>&1
-        stamp "kernel_bench reduce colsum $v: $?"; grep -E "sum_to" "$out/kb_reduce_$v.log"
-      done
+      if [[ ${R9_KB:-1} == 1 ]]; then
+        for v in auto warp; do
+          KILN_NORM_KERNEL=$v timeout 120 $kb 20 norm > "$out/kb_norm_$v.log" 2>&1
+          stamp "kernel_bench norm $v: $?"; grep -E "rms_norm fwd\+bwd|layer_norm fwd\+bwd" "$out/kb_norm_$v.log"
+        done
+        for v in 1 0; do
+          KILN_COLSUM_VEC=$v timeout 120 $kb 50 reduce > "$out/kb_reduce_$v.log" 2>&1
+          stamp "kernel_bench reduce colsum $v: $?"; grep -E "sum_to" "$out/kb_reduce_$v.log"
+        done
+      fi
       for m in ${R9_MODELS-g124 llama g1.5b}; do
         c=$(cfg_of "$m")
         kiln_run "$m-def" "$c"
         [[ $m != g124 ]] && kiln_run "$m-warp" "$c" KILN_NORM_KERNEL=warp
         [[ $m != llama ]] && kiln_run "$m-nocolsum" "$c" KILN_COLSUM_VEC=0
         [[ $m == llama ]] && kiln_run "$m-nocopyvec" "$c" KILN_COPY_VEC=0
+        kiln_run "$m-noce" "$c" KILN_CE_DIRECT_WGRAD=0
         [[ ${R9_REPEAT:-0} == 1 ]] && kiln_run "$m-def2" "$c"
       done
       stamp r9 ;;
@@ -615,10 +618,25 @@ PY
         wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
       fi
       gtests r9_tests build/core/core_gpu_tests \
-        'RmsNorm*:LayerNorm*:AddRmsNorm*:AddLayerNorm*:NormWithSkip*:ReduceCuda.*:CudaRuntime.*:RopeCuda.*:ViewCuda.*:MatmulCuda.*:LinearAddCuda.*:MlpGeluCuda.*'
+        'RmsNorm*:LayerNorm*:AddRmsNorm*:AddLayerNorm*:NormWithSkip*:ReduceCuda.*:CudaRuntime.*:RopeCuda.*:ViewCuda.*:MatmulCuda.*:LinearAddCuda.*:MlpGeluCuda.*:LinearCrossEntropyCuda.*:CrossEntropyCuda.*'
       memcheck r9 build/core/core_gpu_tests \
-        'RmsNormCuda.WarpAndBlock*:LayerNormCuda.WarpAndBlock*:ReduceCuda.ColumnSums*:CudaRuntime.ColumnBlock*' 400
+        'RmsNormCuda.WarpAndBlock*:LayerNormCuda.WarpAndBlock*:ReduceCuda.ColumnSums*:CudaRuntime.ColumnBlock*:LinearCrossEntropyCuda.WeightGradientGoes*' 400
       stamp r9check ;;
+    r9plants)
+      # This round's planted bugs (15_ to 19_), each against the test that must catch it; last
+      # (PLANT_NORESTORE=1).
+      export PLANT_NORESTORE=1
+      plant_patch tests/mutation/gpu/15_group_norm_drops_last_row.patch \
+        'RmsNormCuda.WarpAndBlock*:LayerNormCuda.WarpAndBlock*' build/core/core_gpu_tests
+      plant_patch tests/mutation/gpu/16_colsum_drops_a_row.patch 'ReduceCuda.ColumnSums*' \
+        build/core/core_gpu_tests
+      plant_patch tests/mutation/gpu/17_copy_vec_source_stride.patch 'CudaRuntime.ColumnBlock*' \
+        build/core/core_gpu_tests
+      plant_patch tests/mutation/gpu/18_ce_direct_adds_over_stale.patch \
+        'LinearCrossEntropyCuda.WeightGradientGoes*' build/core/core_gpu_tests
+      plant_patch tests/mutation/gpu/19_ce_direct_unscaled.patch \
+        'LinearCrossEntropyCuda.WeightGradientGoes*' build/core/core_gpu_tests
+      stamp r9plants ;;
     lazyab)
       # KILN_LAZY_ZERO_GRAD (zero_grad marks stage 0's gradients stale; the weight GEMMs write them
       # with beta = 0): each of LAZY_MODELS (default g124 g1.5b llama) on / off / on, and Llama
