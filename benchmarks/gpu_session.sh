@@ -605,9 +605,10 @@ PY
       for m in ${R9_MODELS-g124 llama g1.5b}; do
         c=$(cfg_of "$m")
         kiln_run "$m-def" "$c"
-        [[ $m != g124 ]] && kiln_run "$m-warp" "$c" KILN_NORM_KERNEL=warp
-        [[ $m != llama ]] && kiln_run "$m-nocolsum" "$c" KILN_COLSUM_VEC=0
-        [[ $m == llama ]] && kiln_run "$m-nocopyvec" "$c" KILN_COPY_VEC=0
+        [[ $m != g124 && ${R9_LITE:-0} == 0 ]] && kiln_run "$m-warp" "$c" KILN_NORM_KERNEL=warp
+        [[ $m == g124 || ( $m == g1.5b && ${R9_LITE:-0} == 0 ) ]] &&
+          kiln_run "$m-nocolsum" "$c" KILN_COLSUM_VEC=0
+        [[ $m == llama && ${R9_LITE:-0} == 0 ]] && kiln_run "$m-nocopyvec" "$c" KILN_COPY_VEC=0
         kiln_run "$m-noce" "$c" KILN_CE_DIRECT_WGRAD=0
         [[ ${R9_REPEAT:-0} == 1 ]] && kiln_run "$m-def2" "$c"
       done
