@@ -13,6 +13,7 @@
 #include "core/cpu/elem.h"
 #include "core/ops/device_dispatch.h"
 #include "core/ops/elementwise.h"
+#include "core/ops/norm_grad_target.h"
 #include "core/ops/op_util.h"
 #include "core/thread_pool.h"
 
@@ -23,9 +24,12 @@ namespace kiln::cuda {
 void layer_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& w, const Tensor& b,
                         double eps, Tensor* y, Tensor* sum, Tensor* mean, Tensor* rstd);
 // Gradients at x (what was normalised) given gy; gres (or undefined) is added into dx.
+// dw_into / db_into (f32 .grads, or undefined) take the weight / bias gradient instead of *dw / *db
+// (written over when *_over).
 void layer_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& mean,
                          const Tensor& rstd, const Tensor& gres, bool want_dx, bool want_dw,
-                         bool want_db, Tensor* dx, Tensor* dw, Tensor* db);
+                         bool want_db, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dw_into,
+                         bool dw_over, const Tensor& db_into, bool db_over);
 }  // namespace kiln::cuda
 #endif
 
@@ -140,17 +144,28 @@ LayerNormGrads layer_norm_backward_cpu(const Tensor& gy, const Tensor& x, const 
   return out;
 }
 
-// Either device. gres (CUDA only; undefined on the CPU) is added into dx.
+// Either device. gres (CUDA only; undefined on the CPU) is added into dx. On CUDA, with the
+// weight's / bias's input edges we / be, their gradients go straight into their f32 .grads where
+// autograd offers them (ops::norm_grad_target), and the marker is returned for each.
 LayerNormGrads layer_norm_backward_any(const Tensor& gy, const Tensor& x, const Tensor& w,
                                        const Tensor& mean, const Tensor& rstd, const Tensor& gres,
-                                       bool want_dx, bool want_dw, bool want_db) {
+                                       bool want_dx, bool want_dw, bool want_db,
+                                       const Edge* we = nullptr, const Edge* be = nullptr) {
 #if KILN_WITH_CUDA
   if (x.device().is_cuda()) {
     LayerNormGrads r;
-    cuda::layer_norm_backward(gy, x, w, mean, rstd, gres, want_dx, want_dw, want_db, &r.dx, &r.dw,
-                              &r.db);
+    bool ow = false, ob = false;
+    const Tensor iw = we ? ops::norm_grad_target(*we, want_dw, w, x, &ow) : Tensor();
+    const Tensor ib = be ? ops::norm_grad_target(*be, want_db, w, x, &ob) : Tensor();
+    cuda::layer_norm_backward(gy, x, w, mean, rstd, gres, want_dx, want_dw && !iw.defined(),
+                              want_db && !ib.defined(), &r.dx, &r.dw, &r.db, iw, ow, ib, ob);
+    r.dw = ops::param_grad_or_marker(iw, r.dw);
+    r.db = ops::param_grad_or_marker(ib, r.db);
     return r;
   }
+#else
+  (void)we;
+  (void)be;
 #endif
   KILN_CHECK(!gres.defined()) << "internal: layer_norm: residual gradient on the CPU path";
   return layer_norm_backward_cpu(gy, x, w, mean, rstd, want_dx, want_dw, want_db);
@@ -162,8 +177,9 @@ class LayerNormNode final : public Node {
   // saved: x (..., C), weight (C), mean (...), rstd (...). next: x, weight[, bias].
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const bool has_bias = next.size() == 3;
-    LayerNormGrads r = layer_norm_backward_any(g[0], saved[0], saved[1], saved[2], saved[3],
-                                               Tensor(), wants(0), wants(1), has_bias && wants(2));
+    LayerNormGrads r =
+        layer_norm_backward_any(g[0], saved[0], saved[1], saved[2], saved[3], Tensor(), wants(0),
+                                wants(1), has_bias && wants(2), &next[1], has_bias ? &next[2] : nullptr);
     if (has_bias) return {r.dx, r.dw, r.db};
     return {r.dx, r.dw};
   }
@@ -180,7 +196,8 @@ class AddLayerNormNode final : public Node {
     const bool has_bias = next.size() == 4;
     LayerNormGrads r =
         layer_norm_backward_any(g[1], saved[0], saved[1], saved[2], saved[3], g[0],
-                                wants(0) || wants(1), wants(2), has_bias && wants(3));
+                                wants(0) || wants(1), wants(2), has_bias && wants(3), &next[2],
+                                has_bias ? &next[3] : nullptr);
     std::vector<Tensor> out = {wants(0) ? r.dx : Tensor(), wants(1) ? r.dx : Tensor(), r.dw};
     if (has_bias) out.push_back(r.db);
     return out;
@@ -196,7 +213,8 @@ class LayerNormSkipNode final : public Node {
     const bool has_bias = next.size() == 3, cuda = saved[0].device().is_cuda();
     LayerNormGrads r =
         layer_norm_backward_any(g[1], saved[0], saved[1], saved[2], saved[3],
-                                cuda ? g[0] : Tensor(), wants(0), wants(1), has_bias && wants(2));
+                                cuda ? g[0] : Tensor(), wants(0), wants(1), has_bias && wants(2),
+                                &next[1], has_bias ? &next[2] : nullptr);
     if (wants(0) && !cuda) {
       NoGradGuard ng;
       r.dx = add(r.dx, g[0]);

@@ -30,15 +30,22 @@ void layer_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& w
 }
 
 // Gradients of layer_norm at x (what was normalised) given gy; gres (or undefined) is added into
-// dx. Each output is left undefined unless asked for.
+// dx. Each output is left undefined unless asked for; dw_into / db_into (f32 .grads, or undefined)
+// take the weight / bias gradient instead (written over when *_over), leaving *dw / *db undefined.
 void layer_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& mean,
                          const Tensor& rstd, const Tensor& gres, bool want_dx, bool want_dw,
-                         bool want_db, Tensor* dx, Tensor* dw, Tensor* db) {
+                         bool want_db, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dw_into,
+                         bool dw_over, const Tensor& db_into, bool db_over) {
   check_on_current_device(kOp, "grad", gy);
   Tensor gc = raw::convert(gy, x.dtype());
   Tensor rc = gres.defined() ? raw::convert(gres, x.dtype()) : Tensor();
+  norm::ParamTargets into;
+  into.dw_into = dw_into;
+  into.db_into = db_into;
+  into.dw_over = dw_over;
+  into.db_over = db_over;
   norm::Grads g = norm::backward<false>(kOp, gc, raw::contiguous(x), raw::contiguous(w), mean, rstd,
-                                        rc, want_dx, want_dw, want_db);
+                                        rc, want_dx, want_dw, want_db, into);
   *dx = g.dx;
   *dw = g.dw;
   *db = g.db;

@@ -10,12 +10,17 @@
 // tolerance). Skips where no GPU is visible.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "core/ops/cuda_op_test_util.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/layernorm.h"
+#include "core/ops/rmsnorm.h"
 
 namespace kiln {
 namespace {
@@ -184,6 +189,78 @@ TEST(AddLayerNormCuda, ResidualSumIsRoundedBeforeNormalising) {
   Tensor want_sum = add(x, r);
   EXPECT_TRUE(testing::bit_equal(sum.to(Device::cpu()), want_sum));
   testing::expect_gpu_close(y, layer_norm(want_sum, w, b), "y from the rounded sum");
+}
+
+// A norm's weight and bias gradients go straight into their f32 .grads (KILN_NORM_DIRECT_GRAD,
+// default) where the parameters are f32 masters used through their bf16 casts, as in a model:
+// layer_norm, add_layer_norm, layer_norm_with_skip, rms_norm, add_rms_norm, rms_norm_with_skip
+// (each node's own parameter edges), rows of 768 (warp per row), 2048 (warp group) and 2056 (block
+// per row); added to a current .grad, written over a stale one (NaNs never read). Against the f64
+// gradients of the same bf16-rounded inputs; the fused residual ops normalise the bf16-rounded sum,
+// which the f64 reference does not round: hence 2e-2 of the largest gradient, far below what a
+// dropped or doubled gradient or a read NaN gives.
+TEST(NormCuda, ParameterGradientsGoStraightIntoTheF32Grads) {
+  KILN_SKIP_WITHOUT_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  Generator gen(seed);
+  const Device gpu = Device::cuda(0);
+  // op(x, r, w, b) -> the output the gradient flows into (b undefined for the RMS norms).
+  using Op = std::function<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&)>;
+  const std::vector<std::pair<const char*, Op>> ops = {
+      {"layer_norm", [](auto& x, auto&, auto& w, auto& b) { return layer_norm(x, w, b); }},
+      {"add_layer_norm",
+       [](auto& x, auto& r, auto& w, auto& b) { return add_layer_norm(x, r, w, b).second; }},
+      {"layer_norm_with_skip",
+       [](auto& x, auto&, auto& w, auto& b) { return layer_norm_with_skip(x, w, b).second; }},
+      {"rms_norm", [](auto& x, auto&, auto& w, auto&) { return rms_norm(x, w); }},
+      {"add_rms_norm", [](auto& x, auto& r, auto& w, auto&) { return add_rms_norm(x, r, w).second; }},
+      {"rms_norm_with_skip",
+       [](auto& x, auto&, auto& w, auto&) { return rms_norm_with_skip(x, w).second; }}};
+  for (const Shape& s : {Shape{130, 768}, Shape{301, 2048}, Shape{9, 2056}}) {
+    const int64_t c = s.back();
+    const Tensor x0 = rand_cpu(s, DType::kBF16, gen), r0 = rand_cpu(s, DType::kBF16, gen);
+    const Tensor gy0 = rand_cpu(s, DType::kBF16, gen);
+    const Tensor w0 = rand_cpu({c}, DType::kF32, gen), b0 = rand_cpu({c}, DType::kF32, gen);
+    for (const auto& [name, op] : ops) {
+      const bool rms = std::string(name).find("rms") != std::string::npos;
+      const std::string what = std::string(name) + " " + shape_str(s);
+      Tensor wr = w0.to(DType::kBF16).to(DType::kF64).set_requires_grad(true);
+      Tensor br = b0.to(DType::kBF16).to(DType::kF64).set_requires_grad(true);
+      const Tensor xr = x0.to(DType::kF64), rr = r0.to(DType::kF64);
+      const Tensor in = std::string(name).rfind("add_", 0) == 0 ? add(xr, rr) : xr;
+      const Tensor yr = rms ? rms_norm(in, wr) : layer_norm(in, wr, br);
+      std::vector<Tensor> refs = kiln::grad({yr}, {gy0.to(DType::kF64)},
+                                            rms ? std::vector<Tensor>{wr}
+                                                : std::vector<Tensor>{wr, br});
+      for (int stale = 0; stale <= 1; ++stale) {
+        Tensor w = w0.to(gpu).set_requires_grad(true), b = b0.to(gpu).set_requires_grad(true);
+        std::vector<Tensor> g0s;
+        std::vector<Tensor*> params = {&w};
+        if (!rms) params.push_back(&b);
+        for (size_t i = 0; i < params.size(); ++i) {
+          g0s.push_back(scale(rand_cpu({c}, DType::kF32, gen), testing::max_abs(refs[i])));
+          params[i]->set_grad(stale ? Tensor::full({c}, std::nan(""), DType::kF32, gpu)
+                                    : g0s[i].to(gpu));
+          if (stale) params[i]->mark_grad_stale();
+        }
+        op(x0.to(gpu), r0.to(gpu), w.to(DType::kBF16), rms ? Tensor() : b.to(DType::kBF16))
+            .backward(gy0.to(gpu));
+        for (size_t i = 0; i < params.size(); ++i) {
+          const std::string pw = what + (i == 0 ? " weight" : " bias") + (stale ? ", stale" : "");
+          EXPECT_FALSE(params[i]->grad_stale()) << pw;
+          const Tensor got = params[i]->grad().to(Device::cpu()).to(DType::kF64);
+          const std::vector<double> vals = got.to_vector();
+          EXPECT_EQ(std::count_if(vals.begin(), vals.end(),
+                                  [](double v) { return !std::isfinite(v); }),
+                    0)
+              << pw << ": an old value read";
+          const Tensor want = stale ? refs[i] : add(g0s[i].to(DType::kF64), refs[i]);
+          EXPECT_LT(testing::max_abs(sub(got, want)) / testing::max_abs(refs[i]), 2e-2) << pw;
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -630,13 +630,28 @@ __global__ void __launch_bounds__(kGroupThreads)
   }
 }
 
-// dw[col] = sum of pdw[chunk, col] over the chunks; likewise db (either may be null). Block
-// (32, 32): 32 columns, 32 chunk lanes; grid ceil(C / 32). Lane y adds chunks y, y + 32, ... in
-// order (loads issued kBatch at a time), then the 32 lanes are added in lane order.
+// Where a norm's weight (and bias) gradient goes: a new tensor in the weight's dtype (dw, db), or
+// into an f32 .grad (dw_into, db_into: autograd's accumulation_target), added to it or, with
+// *_over (a stale .grad), written over it. Null pointers: not wanted.
+template <typename T>
+struct ParamOut {
+  T* dw = nullptr;
+  T* db = nullptr;
+  acc_t<T>* dw_into = nullptr;
+  acc_t<T>* db_into = nullptr;
+  bool dw_over = false, db_over = false;
+  __host__ __device__ bool want_w() const { return dw != nullptr || dw_into != nullptr; }
+  __host__ __device__ bool want_b() const { return db != nullptr || db_into != nullptr; }
+};
+
+// The sum over the chunks of pdw[chunk, col] into o's weight gradient; likewise pdb into the bias
+// gradient (each where o wants it). Block (32, 32): 32 columns, 32 chunk lanes; grid ceil(C / 32).
+// Lane y adds chunks y, y + 32, ... in order (loads issued kBatch at a time), then the 32 lanes are
+// added in lane order.
 template <typename T>
 __global__ void __launch_bounds__(1024)
     dw_reduce_kernel(const acc_t<T>* __restrict__ pdw, const acc_t<T>* __restrict__ pdb,
-                     T* __restrict__ dw, T* __restrict__ db, int64_t chunks, int64_t c) {
+                     ParamOut<T> o, int64_t chunks, int64_t c) {
   using A = acc_t<T>;
   constexpr int kBatch = 8;
   __shared__ A sw[32][33];
@@ -649,8 +664,8 @@ __global__ void __launch_bounds__(1024)
 #pragma unroll
       for (int j = 0; j < kBatch; ++j) {
         const int64_t k = k0 + 32 * j;
-        vw[j] = dw != nullptr && k < chunks ? pdw[k * c + col] : A(0);
-        vb[j] = db != nullptr && k < chunks ? pdb[k * c + col] : A(0);
+        vw[j] = o.want_w() && k < chunks ? pdw[k * c + col] : A(0);
+        vb[j] = o.want_b() && k < chunks ? pdb[k * c + col] : A(0);
       }
 #pragma unroll
       for (int j = 0; j < kBatch; ++j) {
@@ -668,8 +683,16 @@ __global__ void __launch_bounds__(1024)
       tw += sw[k][threadIdx.x];
       tb += sb[k][threadIdx.x];
     }
-    if (dw != nullptr) dw[col] = from_acc<T>(tw);
-    if (db != nullptr) db[col] = from_acc<T>(tb);
+    if (o.dw_into != nullptr) {
+      o.dw_into[col] = (o.dw_over ? A(0) : o.dw_into[col]) + tw;
+    } else if (o.dw != nullptr) {
+      o.dw[col] = from_acc<T>(tw);
+    }
+    if (o.db_into != nullptr) {
+      o.db_into[col] = (o.db_over ? A(0) : o.db_into[col]) + tb;
+    } else if (o.db != nullptr) {
+      o.db[col] = from_acc<T>(tb);
+    }
   }
 }
 
@@ -882,20 +905,20 @@ struct Grads {
   Tensor dx, dw, db;  // undefined where not asked for
 };
 
-// The warp-per-row backward: dx (into dxp when not null), and dw / db (when not null) through
-// per-chunk partials. REQUIRES: warp_vecs<T>() gave nv > 0 for these tensors.
+// The warp-per-row backward: dx (into dxp when not null), and the parameter gradients po wants
+// through per-chunk partials. REQUIRES: warp_vecs<T>() gave nv > 0 for these tensors.
 template <typename T, bool kRms>
 void backward_warp(int nv, const T* gy, const T* x, const T* w, const acc_t<T>* mean,
-                   const acc_t<T>* rstd, const T* gres, T* dxp, T* dwp, T* dbp, int64_t rows,
-                   int64_t c, DType ad, Device dev) {
+                   const acc_t<T>* rstd, const T* gres, T* dxp, const ParamOut<T>& po,
+                   int64_t rows, int64_t c, DType ad, Device dev) {
   using A = acc_t<T>;
   const int64_t rows_per_chunk =
       std::max<int64_t>(kBwdMinChunkRows, (rows + kBwdMaxChunks - 1) / kBwdMaxChunks);
   const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;  // <= kBwdMaxChunks
-  Tensor pdw = dwp != nullptr ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
-  Tensor pdb = dbp != nullptr ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
-  A* pw = dwp != nullptr ? pdw.data<A>() : nullptr;
-  A* pb = dbp != nullptr ? pdb.data<A>() : nullptr;
+  Tensor pdw = po.want_w() ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
+  Tensor pdb = po.want_b() ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
+  A* pw = po.want_w() ? pdw.data<A>() : nullptr;
+  A* pb = po.want_b() ? pdb.data<A>() : nullptr;
   const int smem = kBwdWarps * static_cast<int>(c) * static_cast<int>(sizeof(A)) *
                    (int(pw != nullptr) + int(pb != nullptr));
   with_vecs(nv, [&](auto nvc) {
@@ -913,7 +936,7 @@ void backward_warp(int nv, const T* gy, const T* x, const T* w, const acc_t<T>* 
   if (pw != nullptr || pb != nullptr) {
     dw_reduce_kernel<T>
         <<<static_cast<unsigned>((c + 31) / 32), dim3(32, 32), 0, compute_stream()>>>(
-            pw, pb, dwp, dbp, chunks, c);
+            pw, pb, po, chunks, c);
     KILN_CUDA_CHECK_LAUNCH();
   }
 }
@@ -922,16 +945,16 @@ void backward_warp(int nv, const T* gy, const T* x, const T* w, const acc_t<T>* 
 // REQUIRES: group_vecs<T>() gave gv > 0 and warp_vecs<T>() > 0 for these tensors.
 template <typename T, bool kRms>
 void backward_group(int gv, const T* gy, const T* x, const T* w, const acc_t<T>* mean,
-                    const acc_t<T>* rstd, const T* gres, T* dxp, T* dwp, T* dbp, int64_t rows,
-                    int64_t c, DType ad, Device dev) {
+                    const acc_t<T>* rstd, const T* gres, T* dxp, const ParamOut<T>& po,
+                    int64_t rows, int64_t c, DType ad, Device dev) {
   using A = acc_t<T>;
   const int64_t rows_per_chunk =
       std::max<int64_t>(group_min_chunk_rows(), (rows + kGroupMaxChunks - 1) / kGroupMaxChunks);
   const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;  // <= kGroupMaxChunks
-  Tensor pdw = dwp != nullptr ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
-  Tensor pdb = dbp != nullptr ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
-  A* pw = dwp != nullptr ? pdw.data<A>() : nullptr;
-  A* pb = dbp != nullptr ? pdb.data<A>() : nullptr;
+  Tensor pdw = po.want_w() ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
+  Tensor pdb = po.want_b() ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
+  A* pw = po.want_w() ? pdw.data<A>() : nullptr;
+  A* pb = po.want_b() ? pdb.data<A>() : nullptr;
   const bool prefetch = group_prefetch();
   auto run = [&](auto nvc, auto gresc, auto pfc) {
     constexpr int kNV = decltype(nvc)::value;
@@ -969,46 +992,68 @@ void backward_group(int gv, const T* gy, const T* x, const T* w, const acc_t<T>*
   if (pw != nullptr || pb != nullptr) {
     dw_reduce_kernel<T>
         <<<static_cast<unsigned>((c + 31) / 32), dim3(32, 32), 0, compute_stream()>>>(
-            pw, pb, dwp, dbp, chunks, c);
+            pw, pb, po, chunks, c);
     KILN_CUDA_CHECK_LAUNCH();
   }
 }
 
+// The f32 .grads a norm's parameter gradients go into (autograd's accumulation_target; undefined:
+// a new tensor in the weight's dtype, as asked), each written over when its *_over is set.
+struct ParamTargets {
+  Tensor dw_into, db_into;  // (C) f32, contiguous, or undefined
+  bool dw_over = false, db_over = false;
+};
+
 // Gradients of y = norm(x) given gy, plus gres added into dx when defined. x is what was
-// normalised (the stored sum for the residual variants). REQUIRES: gy, x, w, gres contiguous on
-// the current device in one dtype; mean (layer norm) and rstd as the forward returned them.
+// normalised (the stored sum for the residual variants). A parameter gradient with a target in
+// `into` goes into it (and stays undefined in the result); want_dw / want_db ask for the others.
+// REQUIRES: gy, x, w, gres contiguous on the current device in one dtype; mean (layer norm) and
+// rstd as the forward returned them; targets only for a 16-bit or f32 x.
 template <bool kRms>
 Grads backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor& w,
                const Tensor& mean, const Tensor& rstd, const Tensor& gres, bool want_dx,
-               bool want_dw, bool want_db) {
+               bool want_dw, bool want_db, const ParamTargets& into = ParamTargets()) {
   const int64_t c = x.size(-1), rows = c == 0 ? 0 : x.numel() / c;
+  const bool iw = into.dw_into.defined(), ib = into.db_into.defined();
+  for (const Tensor* t : {&into.dw_into, &into.db_into})
+    KILN_CHECK(!t->defined() || (t->dtype() == DType::kF32 && t->is_contiguous() &&
+                                 t->numel() == c && x.dtype() != DType::kF64))
+        << op << ": internal: parameter gradient target " << t->str() << " for " << x.str();
   Grads g;
   if (want_dx) g.dx = Tensor::empty(x.shape(), x.dtype(), x.device());
-  if (want_dw) g.dw = Tensor::empty({c}, w.dtype(), w.device());
-  if (want_db) g.db = Tensor::empty({c}, w.dtype(), w.device());
+  if (want_dw && !iw) g.dw = Tensor::empty({c}, w.dtype(), w.device());
+  if (want_db && !ib) g.db = Tensor::empty({c}, w.dtype(), w.device());
   if (c == 0) return g;
-  if (rows == 0) {  // nothing to sum: zero weight gradients
-    if (want_dw) g.dw.zero_();
-    if (want_db) g.db.zero_();
+  if (rows == 0) {  // nothing to sum: zero weight gradients (a target written over: zeroed)
+    if (g.dw.defined()) g.dw.zero_();
+    if (g.db.defined()) g.db.zero_();
+    if (iw && into.dw_over) Tensor(into.dw_into).zero_();
+    if (ib && into.db_over) Tensor(into.db_into).zero_();
     return g;
   }
-  if (!want_dx && !want_dw && !want_db) return g;
+  const bool cw = g.dw.defined() || iw, cb = g.db.defined() || ib;  // computed
+  if (!want_dx && !cw && !cb) return g;
   KILN_CUDA_DISPATCH_FLOAT(x.dtype(), op, T, {
     using A = acc_t<T>;
     const A* mp = kRms ? nullptr : mean.data<A>();
     const T* gp = gres.defined() ? gres.data<T>() : nullptr;
     T* dxp = want_dx ? g.dx.data<T>() : nullptr;
+    ParamOut<T> po;
+    po.dw = g.dw.defined() ? g.dw.data<T>() : nullptr;
+    po.db = g.db.defined() ? g.db.data<T>() : nullptr;
+    po.dw_into = iw ? static_cast<A*>(into.dw_into.raw()) : nullptr;
+    po.db_into = ib ? static_cast<A*>(into.db_into.raw()) : nullptr;
+    po.dw_over = into.dw_over;
+    po.db_over = into.db_over;
     const int nv = warp_vecs<T>(op, c, {gy.data<T>(), x.data<T>(), w.data<T>(), gp, dxp});
     if constexpr (!std::is_same_v<T, double>) {
       if (nv > 0) {
-        T* dwp = want_dw ? g.dw.data<T>() : nullptr;
-        T* dbp = want_db ? g.db.data<T>() : nullptr;
         if (const int gv = group_vecs<T>(op, c, nv); gv > 0) {
           backward_group<T, kRms>(gv, gy.data<T>(), x.data<T>(), w.data<T>(), mp, rstd.data<A>(),
-                                  gp, dxp, dwp, dbp, rows, c, acc_dtype(x.dtype()), x.device());
+                                  gp, dxp, po, rows, c, acc_dtype(x.dtype()), x.device());
         } else {
           backward_warp<T, kRms>(nv, gy.data<T>(), x.data<T>(), w.data<T>(), mp, rstd.data<A>(),
-                                 gp, dxp, dwp, dbp, rows, c, acc_dtype(x.dtype()), x.device());
+                                 gp, dxp, po, rows, c, acc_dtype(x.dtype()), x.device());
         }
         break;  // out of the dtype switch
       }
@@ -1018,7 +1063,7 @@ Grads backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor& 
           gy.data<T>(), x.data<T>(), w.data<T>(), mp, rstd.data<A>(), gp, dxp, rows, c);
       KILN_CUDA_CHECK_LAUNCH();
     }
-    if (want_dw || want_db) {
+    if (cw || cb) {
       // At most 512 chunks of at least 64 rows: a function of the shape only.
       const int64_t rows_per_chunk = std::max<int64_t>(64, (rows + 511) / 512);
       const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
@@ -1027,16 +1072,15 @@ Grads backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor& 
           << op << ": too many columns for the dW kernel (" << c << ")";
       const DType ad = acc_dtype(x.dtype());
       Tensor pdw = Tensor::empty({chunks, c}, ad, x.device());
-      Tensor pdb = want_db ? Tensor::empty({chunks, c}, ad, x.device()) : Tensor();
+      Tensor pdb = cb ? Tensor::empty({chunks, c}, ad, x.device()) : Tensor();
       backward_dw_partial_kernel<T, kRms>
           <<<dim3(static_cast<unsigned>(col_tiles), static_cast<unsigned>(chunks)),
              dim3(kTileCols, kTileRows), 0, compute_stream()>>>(
               gy.data<T>(), x.data<T>(), mp, rstd.data<A>(), pdw.data<A>(),
-              want_db ? pdb.data<A>() : nullptr, rows, c, rows_per_chunk);
+              cb ? pdb.data<A>() : nullptr, rows, c, rows_per_chunk);
       KILN_CUDA_CHECK_LAUNCH();
       dw_reduce_kernel<T><<<static_cast<unsigned>(col_tiles), dim3(32, 32), 0, compute_stream()>>>(
-          pdw.data<A>(), want_db ? pdb.data<A>() : nullptr, want_dw ? g.dw.data<T>() : nullptr,
-          want_db ? g.db.data<T>() : nullptr, chunks, c);
+          pdw.data<A>(), cb ? pdb.data<A>() : nullptr, po, chunks, c);
       KILN_CUDA_CHECK_LAUNCH();
     }
   });

@@ -14,6 +14,7 @@
 #include "core/cpu/elem.h"
 #include "core/ops/device_dispatch.h"
 #include "core/ops/elementwise.h"
+#include "core/ops/norm_grad_target.h"
 #include "core/ops/op_util.h"
 #include "core/thread_pool.h"
 
@@ -24,8 +25,11 @@ namespace kiln::cuda {
 void rms_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& w, double eps,
                       Tensor* y, Tensor* sum, Tensor* rstd);
 // Gradients at x (what was normalised) given gy; gres (or undefined) is added into dx.
+// dw_into (an f32 .grad, or undefined) takes the weight gradient instead of *dw (written over when
+// dw_over).
 void rms_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                       const Tensor& gres, bool want_dx, bool want_dw, Tensor* dx, Tensor* dw);
+                       const Tensor& gres, bool want_dx, bool want_dw, Tensor* dx, Tensor* dw,
+                       const Tensor& dw_into, bool dw_over);
 }  // namespace kiln::cuda
 #endif
 
@@ -102,16 +106,24 @@ std::pair<Tensor, Tensor> rms_norm_backward_cpu(const Tensor& gy, const Tensor& 
           want_dw ? raw::convert(dw, w.dtype()) : Tensor()};
 }
 
-// Either device. gres (CUDA only; undefined on the CPU) is added into dx.
+// Either device. gres (CUDA only; undefined on the CPU) is added into dx. On CUDA, with the
+// weight's input edge we, the weight gradient goes straight into its f32 .grad where autograd
+// offers it (ops::norm_grad_target), and the marker is returned for it.
 std::pair<Tensor, Tensor> rms_norm_backward_any(const Tensor& gy, const Tensor& x, const Tensor& w,
                                                 const Tensor& rstd, const Tensor& gres,
-                                                bool want_dx, bool want_dw) {
+                                                bool want_dx, bool want_dw,
+                                                const Edge* we = nullptr) {
 #if KILN_WITH_CUDA
   if (x.device().is_cuda()) {
     Tensor dx, dw;
-    cuda::rms_norm_backward(gy, x, w, rstd, gres, want_dx, want_dw, &dx, &dw);
-    return {dx, dw};
+    bool over = false;
+    const Tensor into = we ? ops::norm_grad_target(*we, want_dw, w, x, &over) : Tensor();
+    cuda::rms_norm_backward(gy, x, w, rstd, gres, want_dx, want_dw && !into.defined(), &dx, &dw,
+                            into, over);
+    return {dx, ops::param_grad_or_marker(into, dw)};
   }
+#else
+  (void)we;
 #endif
   KILN_CHECK(!gres.defined()) << "internal: rms_norm: residual gradient on the CPU path";
   return rms_norm_backward_cpu(gy, x, w, rstd, want_dx, want_dw);
@@ -122,8 +134,8 @@ class RmsNormNode final : public Node {
   const char* name() const override { return "RmsNorm"; }
   // saved: x (..., C), weight (C), rstd (...). next: x, weight.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
-    auto [dx, dw] =
-        rms_norm_backward_any(g[0], saved[0], saved[1], saved[2], Tensor(), wants(0), wants(1));
+    auto [dx, dw] = rms_norm_backward_any(g[0], saved[0], saved[1], saved[2], Tensor(), wants(0),
+                                          wants(1), &next[1]);
     return {dx, dw};
   }
 };
@@ -137,7 +149,7 @@ class AddRmsNormNode final : public Node {
   // d sum = rms_norm'(g[1]) + g[0] flows unchanged into x and residual.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     auto [dx, dw] = rms_norm_backward_any(g[1], saved[0], saved[1], saved[2], g[0],
-                                          wants(0) || wants(1), wants(2));
+                                          wants(0) || wants(1), wants(2), &next[2]);
     return {wants(0) ? dx : Tensor(), wants(1) ? dx : Tensor(), dw};
   }
 };
@@ -150,7 +162,7 @@ class RmsNormSkipNode final : public Node {
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const bool cuda = saved[0].device().is_cuda();
     auto [dx, dw] = rms_norm_backward_any(g[1], saved[0], saved[1], saved[2],
-                                          cuda ? g[0] : Tensor(), wants(0), wants(1));
+                                          cuda ? g[0] : Tensor(), wants(0), wants(1), &next[1]);
     if (wants(0) && !cuda) {
       NoGradGuard ng;
       dx = add(dx, g[0]);

@@ -28,14 +28,19 @@ void rms_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& w, 
 }
 
 // Gradients of rms_norm at x (what was normalised) given gy; gres (or undefined) is added into dx.
-// Each output is left undefined unless asked for.
+// Each output is left undefined unless asked for; dw_into (an f32 .grad, or undefined) takes the
+// weight gradient instead (written over when dw_over), leaving *dw undefined.
 void rms_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                       const Tensor& gres, bool want_dx, bool want_dw, Tensor* dx, Tensor* dw) {
+                       const Tensor& gres, bool want_dx, bool want_dw, Tensor* dx, Tensor* dw,
+                       const Tensor& dw_into, bool dw_over) {
   check_on_current_device(kOp, "grad", gy);
   Tensor gc = raw::convert(gy, x.dtype());
   Tensor rc = gres.defined() ? raw::convert(gres, x.dtype()) : Tensor();
+  norm::ParamTargets into;
+  into.dw_into = dw_into;
+  into.dw_over = dw_over;
   norm::Grads g = norm::backward<true>(kOp, gc, raw::contiguous(x), raw::contiguous(w), Tensor(),
-                                       rstd, rc, want_dx, want_dw, false);
+                                       rstd, rc, want_dx, want_dw, false, into);
   *dx = g.dx;
   *dw = g.dw;
 }
