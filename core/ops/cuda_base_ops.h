@@ -39,6 +39,9 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b);
 Tensor binary_scalar(BinaryOp op, const Tensor& a, double s);
 // Sums x over broadcast dims down to `shape` (deterministic; accumulates in f64).
 Tensor sum_to(const Tensor& x, const Shape& shape);
+// into (f32, contiguous, (M)) := [into +] the column sums of x2 (rows, M) (written over when
+// overwrite: a stale .grad). The 16-byte column kernel where x2 allows it.
+void column_sums_into(const Tensor& x2, const Tensor& into, bool overwrite);
 // dst += alpha * src (same shape, any float dtypes and strides), as the CPU add_ rounds.
 void add_inplace(const Tensor& dst, const Tensor& src, double alpha);
 // dst *= s in place.
@@ -75,10 +78,13 @@ Tensor linear_gelu_forward(const Tensor& x2, const Tensor& w, const Tensor& b, T
 // when asked; gb is fused into the gw GEMM (BGRADB epilogue) when both are asked. With `gw_into`
 // (f32, contiguous (OUT, IN); need_w set) the gw GEMM adds into it instead (beta = 1, the f32
 // accumulator unrounded; autograd's accumulation_target) and *gw stays undefined; with
-// gw_overwrite it writes gw_into over (beta = 0: a stale .grad, its old values never read).
+// gw_overwrite it writes gw_into over (beta = 0: a stale .grad, its old values never read). With
+// `gb_into` (f32, (OUT); need_b set) the column sums of gy go into it likewise (written over with
+// gb_overwrite) and *gb stays undefined.
 void linear_backward(const Tensor& gy, const Tensor& x2, const Tensor& w, bool need_x, bool need_w,
                      bool need_b, Tensor* gx, Tensor* gw, Tensor* gb,
-                     const Tensor& gw_into = Tensor(), bool gw_overwrite = false);
+                     const Tensor& gw_into = Tensor(), bool gw_overwrite = false,
+                     const Tensor& gb_into = Tensor(), bool gb_overwrite = false);
 // g * gelu_tanh'(pre), elementwise (same shapes).
 Tensor gelu_input_grad(const Tensor& g, const Tensor& pre);
 // How matmul_dgelu computes a 16-bit hidden gradient (f32 and unaligned shapes always take the

@@ -218,6 +218,25 @@ Tensor wgrad_target(const Edge& e, const Tensor& w, bool* overwrite) {
                                    : Tensor();
 }
 
+// KILN_BIAS_DIRECT_GRAD=0: a bias gradient goes back as a new 16-bit tensor that autograd adds
+// into the .grad, as before (read once).
+bool bias_direct_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("KILN_BIAS_DIRECT_GRAD");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
+// The f32 .grad a bias's gradient (the column sums of gy) is written straight into
+// (accumulation_target, claimed: *overwrite says it was stale), or undefined.
+Tensor bias_target(const Edge& e, bool wanted, int64_t out_f, const Tensor& w, bool* overwrite) {
+  *overwrite = false;
+  return wanted && direct_wgrad_on() && bias_direct_on() && e.fn
+             ? accumulation_target(e, Shape{out_f}, w.device(), overwrite)
+             : Tensor();
+}
+
 // A packed weight (concat_or_view along dim 0 of per-linear weights: Llama's q/k/v and gate/up,
 // models/transformer.cc packed_linear): the f32 .grad of each piece (concat_accumulation_targets)
 // that the weight GEMM adds its block of rows into, one GEMM per piece reading gy's column block in
@@ -284,10 +303,13 @@ class LinearCudaNode final : public Node {
                                            ? packed_wgrad_targets(next[1], gy, &fresh_pieces)
                                            : std::vector<Tensor>();
     // With pieces the bias gradient is still the packed one (one column sum), split by its concat.
+    bool fresh_b = false;
+    const Tensor binto = bias_target(next[2], wants(2), w.size(0), w, &fresh_b);
     cuda::linear_backward(gy, x2, w, wants(0), wants(1) && pieces.empty(), wants(2), &gx, &gw, &gb,
-                          into, fresh);
+                          into, fresh, binto, fresh_b);
     if (!pieces.empty()) add_packed_wgrads(gy, x2, pieces, fresh_pieces);
     if (into.defined() || !pieces.empty()) gw = accumulated_marker();
+    if (binto.defined()) gb = accumulated_marker();
     if (gx.defined()) gx = gx.reshape(x_shape);
     if (next.size() == 4) return {gx, gw, gb, wants(3) ? g[0] : Tensor()};  // d residual = gy
     return {gx, gw, gb};
@@ -308,8 +330,12 @@ class MlpCudaNode final : public Node {
     bool fresh1 = false, fresh2 = false;
     const Tensor into2 = nw2 ? wgrad_target(next[3], w2, &fresh2) : Tensor();
     const Tensor into1 = nw1 ? wgrad_target(next[1], w1, &fresh1) : Tensor();
+    bool fresh_b2 = false;
+    const Tensor binto2 = bias_target(next[4], nb2, w2.size(0), w2, &fresh_b2);
     if (nw2 || nb2)
-      cuda::linear_backward(gy, h, w2, false, nw2, nb2, &unused, &gw2, &gb2, into2, fresh2);
+      cuda::linear_backward(gy, h, w2, false, nw2, nb2, &unused, &gw2, &gb2, into2, fresh2, binto2,
+                            fresh_b2);
+    if (binto2.defined()) gb2 = accumulated_marker();
     // The hidden gradient: kept from the input pass of a split backward, or computed here with the
     // GELU gradient (and b1's gradient) in the GEMM epilogue.
     Tensor dpre = std::move(dpre_);

@@ -323,10 +323,14 @@ Tensor gelu_input_grad(const Tensor& g, const Tensor& pre) {
 
 void linear_backward(const Tensor& gy, const Tensor& x2, const Tensor& w, bool need_x, bool need_w,
                      bool need_b, Tensor* gx, Tensor* gw, Tensor* gb, const Tensor& gw_into,
-                     bool gw_overwrite) {
+                     bool gw_overwrite, const Tensor& gb_into, bool gb_overwrite) {
   DeviceGuard guard(device_of(gy));
   const int64_t rows = x2.size(0), in = x2.size(1), out_f = w.size(0);
   const DType dt = x2.dtype();
+  if (need_b && gb_into.defined()) {  // the bias gradient straight into its f32 .grad
+    column_sums_into(gy, gb_into, gb_overwrite);
+    need_b = false;
+  }
   Operand G = operand(gy);
   if (need_x) {  // gx (rows, in) = gy (rows, out) @ w (out, in)
     *gx = Tensor::empty({rows, in}, dt, x2.device());

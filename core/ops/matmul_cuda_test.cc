@@ -263,6 +263,43 @@ TEST_F(MatmulCuda, WeightGradientsWriteOverAStaleGrad) {
   }
 }
 
+// Bias gradients go straight into an f32 bias's .grad as well (KILN_BIAS_DIRECT_GRAD, default:
+// the column sums of gy added into it, or written over a stale one holding NaNs): the linear node
+// (plain and with the GELU epilogue) and the fused MLP's second bias. Two backwards: written, then
+// added. Against the f64 column sums of the same bf16 gy (the GELU path's gy goes through the bf16
+// GELU gradient, so only its NaNs and scale are checked). 1e-5: the sums are f64 rounded once to
+// f32; a bias gradient rounded to bf16 on the way (the path without it) is ~4e-3 off.
+TEST_F(MatmulCuda, BiasGradientsGoStraightIntoTheF32Grad) {
+  const int64_t rows = 300, in = 96, hid = 160, out = 64;
+  Tensor x = to_gpu(random_tensor({rows, in}, 61, DType::kBF16));
+  Tensor gy = to_gpu(random_tensor({rows, out}, 62, DType::kBF16));
+  const Tensor sums = sum_to(f64(gy), {out});
+  for (int stale = 0; stale <= 1; ++stale) {
+    SCOPED_TRACE(stale ? "stale .grad" : "current .grad");
+    auto param = [stale](Shape s, uint64_t seed) { return wgrad_param(s, seed, stale != 0); };
+    Tensor w = param({out, in}, 63), b = param({out}, 64), w1 = param({hid, in}, 65);
+    Tensor b1 = param({hid}, 66), w2 = param({out, hid}, 67), b2 = param({out}, 68);
+    Tensor bg = param({out}, 69), wg = param({out, in}, 70);
+    const Tensor g0 = stale ? Tensor::zeros({out}, DType::kF64) : f64(b.grad());
+    const Tensor g02 = stale ? Tensor::zeros({out}, DType::kF64) : f64(b2.grad());
+    for (int pass = 1; pass <= 2; ++pass) {
+      SCOPED_TRACE("backward " + std::to_string(pass));
+      linear(x, w.to(DType::kBF16), b.to(DType::kBF16)).backward(gy);
+      EXPECT_FALSE(b.grad_stale());
+      const Tensor ref = add(g0, scale(sums, pass));
+      EXPECT_LT(max_abs(sub(f64(b.grad()), ref)) / max_abs(ref), 1e-5) << "linear bias";
+      mlp_gelu(x, w1.to(DType::kBF16), b1.to(DType::kBF16), w2.to(DType::kBF16),
+               b2.to(DType::kBF16))
+          .backward(gy);
+      const Tensor ref2 = add(g02, scale(sums, pass));
+      EXPECT_LT(max_abs(sub(f64(b2.grad()), ref2)) / max_abs(ref2), 1e-5) << "mlp b2";
+      linear_gelu(x, wg.to(DType::kBF16), bg.to(DType::kBF16)).backward(gy);
+      const double nb = max_abs(f64(bg.grad()));
+      EXPECT_TRUE(std::isfinite(nb) && nb > 0.0) << "linear_gelu bias";
+    }
+  }
+}
+
 TEST_F(MatmulCuda, MatmulGradientsMatchCpu) {
   for (DType dt : {DType::kF32, DType::kBF16}) {
     SCOPED_TRACE(dtype_name(dt));

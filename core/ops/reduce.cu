@@ -166,14 +166,26 @@ constexpr int kColX = 32, kColY = 8;  // 32 lanes of 16-byte column vectors x 8 
 constexpr int kColUnroll = 4;         // row loads in flight per thread
 constexpr int kColTargetBlocks = 528;  // 4 blocks of 8 warps per SM on 132 SMs
 
+// Out[col] := v, or (accumulate: out is f32) out[col] += v.
+__device__ __forceinline__ void put_col(void* out, DType out_dtype, int64_t col, double v,
+                                        bool accumulate) {
+  if (accumulate) {
+    float* o = static_cast<float*>(out);
+    o[col] = static_cast<float>(static_cast<double>(o[col]) + v);
+  } else {
+    store_from_double(out, out_dtype, col, v);
+  }
+}
+
 // Block (kColX, kColY) over kColX vectors of kV columns (16 bytes of S) and chunk blockIdx.y of
 // the rows: row lane y adds rows r0 + y, r0 + y + kColY, ... (kColUnroll rows loaded at a time)
 // into f64 accumulators, then the kColY lanes are added in lane order into partial[chunk, col], or
-// into out (/ div) when there is one chunk.
+// into out (/ div; added to it with accumulate) when there is one chunk.
 template <typename S>
 __global__ void __launch_bounds__(kColX* kColY)
     colsum_kernel(const S* __restrict__ x, int64_t rows, int64_t m, int64_t chunk,
-                  double* __restrict__ partial, void* out, DType out_dtype, double div) {
+                  double* __restrict__ partial, void* out, DType out_dtype, double div,
+                  bool accumulate) {
   constexpr int kV = static_cast<int>(16 / sizeof(S));
   __shared__ double sm[kColY][kColX * kV + 1];
   const int tx = threadIdx.x, ty = threadIdx.y;
@@ -212,21 +224,23 @@ __global__ void __launch_bounds__(kColX* kColY)
     double total = 0;
     for (int k = 0; k < kColY; ++k) total += sm[k][lc];
     if (partial == nullptr) {
-      store_from_double(out, out_dtype, col, total / div);
+      put_col(out, out_dtype, col, total / div, accumulate);
     } else {
       partial[blockIdx.y * m + col] = total;
     }
   }
 }
 
-// out[col] = sum of partial[chunk, col] over the chunks, in chunk order, / div.
+// out[col] = sum of partial[chunk, col] over the chunks, in chunk order, / div (added to out[col]
+// with accumulate).
 __global__ void colsum_partials_kernel(const double* __restrict__ partial, int64_t chunks,
-                                       int64_t m, void* out, DType out_dtype, double div) {
+                                       int64_t m, void* out, DType out_dtype, double div,
+                                       bool accumulate) {
   const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (col >= m) return;
   double total = 0;
   for (int64_t c = 0; c < chunks; ++c) total += partial[c * m + col];
-  store_from_double(out, out_dtype, col, total / div);
+  put_col(out, out_dtype, col, total / div, accumulate);
 }
 
 // KILN_COLSUM_VEC=0: column sums through the general outer reduction (read once).
@@ -238,10 +252,11 @@ bool colsum_vec_enabled() {
   return on;
 }
 
-// Sums x (rows, m) over its rows into out (m) / div, where x is a contiguous 16-bit or f32
-// matrix, m a multiple of a 16-byte vector and x 16-byte aligned; false (nothing ran) otherwise.
-// The chunking depends on the shape only.
-bool try_colsum(const Tensor& x, int64_t rows, int64_t m, const Tensor& out, double div) {
+// Sums x (rows, m) over its rows into out (m) / div (with accumulate, out f32: added to out), where
+// x is a contiguous 16-bit or f32 matrix, m a multiple of a 16-byte vector and x 16-byte aligned;
+// false (nothing ran) otherwise. The chunking depends on the shape only.
+bool try_colsum(const Tensor& x, int64_t rows, int64_t m, const Tensor& out, double div,
+                bool accumulate = false) {
   const DType t = x.dtype();
   if (!colsum_vec_enabled() || rows <= 0 || m <= 0) return false;
   if (t != DType::kBF16 && t != DType::kF16 && t != DType::kF32) return false;
@@ -260,13 +275,14 @@ bool try_colsum(const Tensor& x, int64_t rows, int64_t m, const Tensor& out, dou
   KILN_CUDA_DISPATCH_STORAGE(t, S, {
     if constexpr (!std::is_same_v<S, double>) {
       colsum_kernel<S><<<grid, dim3(kColX, kColY), 0, compute_stream()>>>(
-          static_cast<const S*>(x.raw()), rows, m, chunk, pp, out.raw(), out.dtype(), div);
+          static_cast<const S*>(x.raw()), rows, m, chunk, pp, out.raw(), out.dtype(), div,
+          accumulate);
       KILN_CUDA_CHECK_LAUNCH();
     }
   });
   if (chunks > 1) {
     colsum_partials_kernel<<<static_cast<unsigned>((m + 255) / 256), 256, 0, compute_stream()>>>(
-        pp, chunks, m, out.raw(), out.dtype(), div);
+        pp, chunks, m, out.raw(), out.dtype(), div, accumulate);
     KILN_CUDA_CHECK_LAUNCH();
   }
   return true;
@@ -354,6 +370,27 @@ void reduce_sum(const Tensor& x, const std::vector<bool>& reduce, const Tensor& 
   g2.chunk = g.chunks;
   g2.chunks = 1;
   launch_pass<double, false>(pp, g2, true, nullptr, out.raw(), out.dtype(), div);
+}
+
+void column_sums_into(const Tensor& x2, const Tensor& into, bool overwrite) {
+  KILN_CHECK(x2.dim() == 2 && into.dtype() == DType::kF32 && into.is_contiguous() &&
+             into.numel() == x2.size(1) && into.device() == x2.device())
+      << "internal: column_sums_into " << x2.str() << " -> " << into.str();
+  DeviceGuard guard(device_of(x2));
+  const int64_t rows = x2.size(0), m = x2.size(1);
+  if (m == 0) return;
+  if (rows == 0) {
+    if (overwrite) raw::fill(into, 0.0);
+    return;
+  }
+  if (x2.is_contiguous() && try_colsum(x2, rows, m, into, 1.0, !overwrite)) return;
+  if (overwrite) {  // the general reduction, written over the target
+    reduce_sum(x2, {true, false}, into, 1.0, false);
+    return;
+  }
+  Tensor sums = Tensor::empty({m}, DType::kF32, x2.device());
+  reduce_sum(x2, {true, false}, sums, 1.0, false);
+  add_inplace(into, sums, 1.0);
 }
 
 Tensor reduce_expand(const Tensor& g, const Shape& in_shape, std::optional<int64_t> dim,
