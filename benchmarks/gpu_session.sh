@@ -609,7 +609,8 @@ PY
         [[ $m == g124 || ( $m == g1.5b && ${R9_LITE:-0} == 0 ) ]] &&
           kiln_run "$m-nocolsum" "$c" KILN_COLSUM_VEC=0
         [[ $m == llama && ${R9_LITE:-0} == 0 ]] && kiln_run "$m-nocopyvec" "$c" KILN_COPY_VEC=0
-        kiln_run "$m-noce" "$c" KILN_CE_DIRECT_WGRAD=0
+        [[ ${R9_CE:-1} == 1 ]] && kiln_run "$m-noce" "$c" KILN_CE_DIRECT_WGRAD=0
+        [[ ${R9_SMALL:-0} == 1 ]] && kiln_run "$m-nosmall" "$c" KILN_NORM_DIRECT_GRAD=0 KILN_BIAS_DIRECT_GRAD=0
         [[ ${R9_REPEAT:-0} == 1 ]] && kiln_run "$m-def2" "$c"
       done
       stamp r9 ;;
@@ -619,9 +620,9 @@ PY
         wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
       fi
       gtests r9_tests build/core/core_gpu_tests \
-        'RmsNorm*:LayerNorm*:AddRmsNorm*:AddLayerNorm*:NormWithSkip*:ReduceCuda.*:CudaRuntime.*:RopeCuda.*:ViewCuda.*:MatmulCuda.*:LinearAddCuda.*:MlpGeluCuda.*:LinearCrossEntropyCuda.*:CrossEntropyCuda.*'
+        'RmsNorm*:LayerNorm*:AddRmsNorm*:AddLayerNorm*:NormWithSkip*:ReduceCuda.*:CudaRuntime.*:RopeCuda.*:ViewCuda.*:MatmulCuda.*:LinearAddCuda.*:MlpGeluCuda.*:LinearCrossEntropyCuda.*:CrossEntropyCuda.*:NormCuda.*'
       memcheck r9 build/core/core_gpu_tests \
-        'RmsNormCuda.WarpAndBlock*:LayerNormCuda.WarpAndBlock*:ReduceCuda.ColumnSums*:CudaRuntime.ColumnBlock*:LinearCrossEntropyCuda.WeightGradientGoes*' 400
+        'RmsNormCuda.WarpAndBlock*:LayerNormCuda.WarpAndBlock*:ReduceCuda.ColumnSums*:CudaRuntime.ColumnBlock*:LinearCrossEntropyCuda.WeightGradientGoes*:NormCuda.*:MatmulCuda.BiasGradients*' 400
       stamp r9check ;;
     r9plants)
       # This round's planted bugs (15_ to 19_), each against the test that must catch it; last
@@ -637,6 +638,11 @@ PY
         'LinearCrossEntropyCuda.WeightGradientGoes*' build/core/core_gpu_tests
       plant_patch tests/mutation/gpu/19_ce_direct_unscaled.patch \
         'LinearCrossEntropyCuda.WeightGradientGoes*' build/core/core_gpu_tests
+      for p in 20_norm_direct_adds_over_stale 21_norm_direct_bias_overwrites; do
+        plant_patch tests/mutation/gpu/$p.patch 'NormCuda.*' build/core/core_gpu_tests
+      done
+      plant_patch tests/mutation/gpu/22_bias_direct_adds_over_stale.patch \
+        'MatmulCuda.BiasGradients*' build/core/core_gpu_tests
       stamp r9plants ;;
     lazyab)
       # KILN_LAZY_ZERO_GRAD (zero_grad marks stage 0's gradients stale; the weight GEMMs write them
