@@ -625,24 +625,20 @@ PY
         'RmsNormCuda.WarpAndBlock*:LayerNormCuda.WarpAndBlock*:ReduceCuda.ColumnSums*:CudaRuntime.ColumnBlock*:LinearCrossEntropyCuda.WeightGradientGoes*:NormCuda.*:MatmulCuda.BiasGradients*' 400
       stamp r9check ;;
     r9plants)
-      # This round's planted bugs (15_ to 19_), each against the test that must catch it; last
-      # (PLANT_NORESTORE=1).
+      # This round's planted bugs (15_ to 22_; R9_PLANTS picks), each against the test that must
+      # catch it; last (PLANT_NORESTORE=1).
       export PLANT_NORESTORE=1
-      plant_patch tests/mutation/gpu/15_group_norm_drops_last_row.patch \
-        'RmsNormCuda.WarpAndBlock*:LayerNormCuda.WarpAndBlock*' build/core/core_gpu_tests
-      plant_patch tests/mutation/gpu/16_colsum_drops_a_row.patch 'ReduceCuda.ColumnSums*' \
-        build/core/core_gpu_tests
-      plant_patch tests/mutation/gpu/17_copy_vec_source_stride.patch 'CudaRuntime.ColumnBlock*' \
-        build/core/core_gpu_tests
-      plant_patch tests/mutation/gpu/18_ce_direct_adds_over_stale.patch \
-        'LinearCrossEntropyCuda.WeightGradientGoes*' build/core/core_gpu_tests
-      plant_patch tests/mutation/gpu/19_ce_direct_unscaled.patch \
-        'LinearCrossEntropyCuda.WeightGradientGoes*' build/core/core_gpu_tests
-      for p in 20_norm_direct_adds_over_stale 21_norm_direct_bias_overwrites; do
-        plant_patch tests/mutation/gpu/$p.patch 'NormCuda.*' build/core/core_gpu_tests
+      for p in ${R9_PLANTS-15 16 17 18 19 20 21 22}; do
+        case $p in
+          15) f='RmsNormCuda.WarpAndBlock*:LayerNormCuda.WarpAndBlock*' ;;
+          16) f='ReduceCuda.ColumnSums*' ;;
+          17) f='CudaRuntime.ColumnBlock*' ;;
+          18 | 19) f='LinearCrossEntropyCuda.WeightGradientGoes*' ;;
+          20 | 21) f='NormCuda.*' ;;
+          22) f='MatmulCuda.BiasGradients*' ;;
+        esac
+        plant_patch tests/mutation/gpu/${p}_*.patch "$f" build/core/core_gpu_tests
       done
-      plant_patch tests/mutation/gpu/22_bias_direct_adds_over_stale.patch \
-        'MatmulCuda.BiasGradients*' build/core/core_gpu_tests
       stamp r9plants ;;
     lazyab)
       # KILN_LAZY_ZERO_GRAD (zero_grad marks stage 0's gradients stale; the weight GEMMs write them
