@@ -215,8 +215,9 @@ TEST_F(CudaRuntime, CopiesEveryDtypePairBitIdenticalToCpu) {
 
 // Same-dtype device copies of column blocks: where the block's width and offset are multiples of
 // 16 bytes (and the rows are) the copy moves 16-byte elements (copy.cu, widen_to_16_bytes);
-// offsets or widths off the 16-byte grid and a strided innermost dim take the element copy. Every element size, both directions (gather out of and scatter into a wide
-// buffer), against the CPU copy of the same views.
+// offsets or widths off the 16-byte grid and a strided innermost dim take the element copy. Every
+// element size, both directions (gather out of and scatter into a wide buffer), against the CPU
+// copy of the same views.
 TEST_F(CudaRuntime, ColumnBlockCopiesMatchTheCpuOnAndOffThe16ByteGrid) {
   struct Case {
     int64_t width, offset, cols;  // the block [offset, offset + cols) of rows `width` wide

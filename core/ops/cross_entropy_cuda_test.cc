@@ -176,9 +176,9 @@ TEST(LinearCrossEntropyCuda, WeightGradientGoesStraightIntoTheF32Grad) {
   // f64 reference from the bf16-rounded inputs the GPU computes with.
   Tensor wr = w0.to(DType::kBF16).to(DType::kF64).set_requires_grad(true);
   const Tensor xr = x0.to(DType::kBF16).to(DType::kF64);
-  const Tensor ref = kiln::grad({linear_cross_entropy(xr, wr, t)},
-                                {Tensor::scalar(3.0, DType::kF64)}, {wr})[0]
-                         .detach();
+  const Tensor ref =
+      kiln::grad({linear_cross_entropy(xr, wr, t)}, {Tensor::scalar(3.0, DType::kF64)}, {wr})[0]
+          .detach();
   const double mag = testing::max_abs(ref);
   const Tensor g0 = scale(rand_cpu({v, c}, DType::kF32, gen), mag);  // as large as the gradient
   for (int stale = 0; stale <= 1; ++stale) {

@@ -177,9 +177,9 @@ class LayerNormNode final : public Node {
   // saved: x (..., C), weight (C), mean (...), rstd (...). next: x, weight[, bias].
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const bool has_bias = next.size() == 3;
-    LayerNormGrads r =
-        layer_norm_backward_any(g[0], saved[0], saved[1], saved[2], saved[3], Tensor(), wants(0),
-                                wants(1), has_bias && wants(2), &next[1], has_bias ? &next[2] : nullptr);
+    LayerNormGrads r = layer_norm_backward_any(g[0], saved[0], saved[1], saved[2], saved[3],
+                                               Tensor(), wants(0), wants(1), has_bias && wants(2),
+                                               &next[1], has_bias ? &next[2] : nullptr);
     if (has_bias) return {r.dx, r.dw, r.db};
     return {r.dx, r.dw};
   }
@@ -194,10 +194,9 @@ class AddLayerNormNode final : public Node {
   // weight[, bias]. d sum = layer_norm'(g[1]) + g[0] flows unchanged into x and residual.
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const bool has_bias = next.size() == 4;
-    LayerNormGrads r =
-        layer_norm_backward_any(g[1], saved[0], saved[1], saved[2], saved[3], g[0],
-                                wants(0) || wants(1), wants(2), has_bias && wants(3), &next[2],
-                                has_bias ? &next[3] : nullptr);
+    LayerNormGrads r = layer_norm_backward_any(g[1], saved[0], saved[1], saved[2], saved[3], g[0],
+                                               wants(0) || wants(1), wants(2), has_bias && wants(3),
+                                               &next[2], has_bias ? &next[3] : nullptr);
     std::vector<Tensor> out = {wants(0) ? r.dx : Tensor(), wants(1) ? r.dx : Tensor(), r.dw};
     if (has_bias) out.push_back(r.db);
     return out;
@@ -211,10 +210,9 @@ class LayerNormSkipNode final : public Node {
   // saved: x (..., C) detached, weight (C), mean (...), rstd (...). d x = g[0] + layer_norm'(g[1]).
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const bool has_bias = next.size() == 3, cuda = saved[0].device().is_cuda();
-    LayerNormGrads r =
-        layer_norm_backward_any(g[1], saved[0], saved[1], saved[2], saved[3],
-                                cuda ? g[0] : Tensor(), wants(0), wants(1), has_bias && wants(2),
-                                &next[1], has_bias ? &next[2] : nullptr);
+    LayerNormGrads r = layer_norm_backward_any(
+        g[1], saved[0], saved[1], saved[2], saved[3], cuda ? g[0] : Tensor(), wants(0), wants(1),
+        has_bias && wants(2), &next[1], has_bias ? &next[2] : nullptr);
     if (wants(0) && !cuda) {
       NoGradGuard ng;
       r.dx = add(r.dx, g[0]);

@@ -214,7 +214,8 @@ TEST(NormCuda, ParameterGradientsGoStraightIntoTheF32Grads) {
       {"layer_norm_with_skip",
        [](auto& x, auto&, auto& w, auto& b) { return layer_norm_with_skip(x, w, b).second; }},
       {"rms_norm", [](auto& x, auto&, auto& w, auto&) { return rms_norm(x, w); }},
-      {"add_rms_norm", [](auto& x, auto& r, auto& w, auto&) { return add_rms_norm(x, r, w).second; }},
+      {"add_rms_norm",
+       [](auto& x, auto& r, auto& w, auto&) { return add_rms_norm(x, r, w).second; }},
       {"rms_norm_with_skip",
        [](auto& x, auto&, auto& w, auto&) { return rms_norm_with_skip(x, w).second; }}};
   for (const Shape& s : {Shape{130, 768}, Shape{301, 2048}, Shape{9, 2056}}) {
@@ -230,9 +231,8 @@ TEST(NormCuda, ParameterGradientsGoStraightIntoTheF32Grads) {
       const Tensor xr = x0.to(DType::kF64), rr = r0.to(DType::kF64);
       const Tensor in = std::string(name).rfind("add_", 0) == 0 ? add(xr, rr) : xr;
       const Tensor yr = rms ? rms_norm(in, wr) : layer_norm(in, wr, br);
-      std::vector<Tensor> refs = kiln::grad({yr}, {gy0.to(DType::kF64)},
-                                            rms ? std::vector<Tensor>{wr}
-                                                : std::vector<Tensor>{wr, br});
+      std::vector<Tensor> refs = kiln::grad(
+          {yr}, {gy0.to(DType::kF64)}, rms ? std::vector<Tensor>{wr} : std::vector<Tensor>{wr, br});
       for (int stale = 0; stale <= 1; ++stale) {
         Tensor w = w0.to(gpu).set_requires_grad(true), b = b0.to(gpu).set_requires_grad(true);
         std::vector<Tensor> g0s;
@@ -251,9 +251,9 @@ TEST(NormCuda, ParameterGradientsGoStraightIntoTheF32Grads) {
           EXPECT_FALSE(params[i]->grad_stale()) << pw;
           const Tensor got = params[i]->grad().to(Device::cpu()).to(DType::kF64);
           const std::vector<double> vals = got.to_vector();
-          EXPECT_EQ(std::count_if(vals.begin(), vals.end(),
-                                  [](double v) { return !std::isfinite(v); }),
-                    0)
+          EXPECT_EQ(
+              std::count_if(vals.begin(), vals.end(), [](double v) { return !std::isfinite(v); }),
+              0)
               << pw << ": an old value read";
           const Tensor want = stale ? refs[i] : add(g0s[i].to(DType::kF64), refs[i]);
           EXPECT_LT(testing::max_abs(sub(got, want)) / testing::max_abs(refs[i]), 2e-2) << pw;

@@ -483,12 +483,12 @@ __global__ void __launch_bounds__(kBwdWarps * 32, bwd_min_blocks(kNV, kGres))
 
 // ---- warp group per row (the backward of wide rows) ----
 
-constexpr int kGroupWarps = 4;              // warps per row (and per block)
+constexpr int kGroupWarps = 4;  // warps per row (and per block)
 constexpr int kGroupThreads = kGroupWarps * 32;
-constexpr int kGroupMaxNV = 2;              // 16-byte vectors per thread at most
-constexpr int kGroupMinWarpNV = 5;          // auto: rows that take >= 5 vectors a lane of one warp
-constexpr int kGroupMaxChunks = 512;        // blocks (row chunks) at most
-constexpr int kGroupMinChunkRows = 32;      // rows per chunk at least
+constexpr int kGroupMaxNV = 2;          // 16-byte vectors per thread at most
+constexpr int kGroupMinWarpNV = 5;      // auto: rows that take >= 5 vectors a lane of one warp
+constexpr int kGroupMaxChunks = 512;    // blocks (row chunks) at most
+constexpr int kGroupMinChunkRows = 32;  // rows per chunk at least
 
 // The backward of wide rows: one block of kGroupWarps warps per chunk of rows [blockIdx.x *
 // rows_per_chunk, +rows_per_chunk), the whole block on one row at a time (thread t holds the
@@ -505,8 +505,7 @@ __global__ void __launch_bounds__(kGroupThreads)
                           const T* __restrict__ w, const acc_t<T>* __restrict__ mean,
                           const acc_t<T>* __restrict__ rstd, const T* __restrict__ gres,
                           T* __restrict__ dx, acc_t<T>* __restrict__ pdw,
-                          acc_t<T>* __restrict__ pdb, int64_t rows, int c,
-                          int64_t rows_per_chunk) {
+                          acc_t<T>* __restrict__ pdb, int64_t rows, int c, int64_t rows_per_chunk) {
   using A = acc_t<T>;
   constexpr int kV = kVecElems<T>;
   using V = Vec<T, kV>;
@@ -723,9 +722,7 @@ inline NormKernel norm_kernel_choice(const char* op) {
                     << "'";
   return NormKernel::kAuto;
 }
-inline bool force_general(const char* op) {
-  return norm_kernel_choice(op) == NormKernel::kGeneral;
-}
+inline bool force_general(const char* op) { return norm_kernel_choice(op) == NormKernel::kGeneral; }
 
 // KILN_NORM_PREFETCH=0: the warp-group backward loads row r + 1 only after row r (fewer
 // registers) instead of while working on it. Read on every call.
@@ -909,8 +906,8 @@ struct Grads {
 // through per-chunk partials. REQUIRES: warp_vecs<T>() gave nv > 0 for these tensors.
 template <typename T, bool kRms>
 void backward_warp(int nv, const T* gy, const T* x, const T* w, const acc_t<T>* mean,
-                   const acc_t<T>* rstd, const T* gres, T* dxp, const ParamOut<T>& po,
-                   int64_t rows, int64_t c, DType ad, Device dev) {
+                   const acc_t<T>* rstd, const T* gres, T* dxp, const ParamOut<T>& po, int64_t rows,
+                   int64_t c, DType ad, Device dev) {
   using A = acc_t<T>;
   const int64_t rows_per_chunk =
       std::max<int64_t>(kBwdMinChunkRows, (rows + kBwdMaxChunks - 1) / kBwdMaxChunks);
@@ -935,8 +932,8 @@ void backward_warp(int nv, const T* gy, const T* x, const T* w, const acc_t<T>* 
   });
   if (pw != nullptr || pb != nullptr) {
     dw_reduce_kernel<T>
-        <<<static_cast<unsigned>((c + 31) / 32), dim3(32, 32), 0, compute_stream()>>>(
-            pw, pb, po, chunks, c);
+        <<<static_cast<unsigned>((c + 31) / 32), dim3(32, 32), 0, compute_stream()>>>(pw, pb, po,
+                                                                                      chunks, c);
     KILN_CUDA_CHECK_LAUNCH();
   }
 }
@@ -991,8 +988,8 @@ void backward_group(int gv, const T* gy, const T* x, const T* w, const acc_t<T>*
   }
   if (pw != nullptr || pb != nullptr) {
     dw_reduce_kernel<T>
-        <<<static_cast<unsigned>((c + 31) / 32), dim3(32, 32), 0, compute_stream()>>>(
-            pw, pb, po, chunks, c);
+        <<<static_cast<unsigned>((c + 31) / 32), dim3(32, 32), 0, compute_stream()>>>(pw, pb, po,
+                                                                                      chunks, c);
     KILN_CUDA_CHECK_LAUNCH();
   }
 }
@@ -1052,8 +1049,8 @@ Grads backward(const char* op, const Tensor& gy, const Tensor& x, const Tensor& 
           backward_group<T, kRms>(gv, gy.data<T>(), x.data<T>(), w.data<T>(), mp, rstd.data<A>(),
                                   gp, dxp, po, rows, c, acc_dtype(x.dtype()), x.device());
         } else {
-          backward_warp<T, kRms>(nv, gy.data<T>(), x.data<T>(), w.data<T>(), mp, rstd.data<A>(),
-                                 gp, dxp, po, rows, c, acc_dtype(x.dtype()), x.device());
+          backward_warp<T, kRms>(nv, gy.data<T>(), x.data<T>(), w.data<T>(), mp, rstd.data<A>(), gp,
+                                 dxp, po, rows, c, acc_dtype(x.dtype()), x.device());
         }
         break;  // out of the dtype switch
       }

@@ -162,8 +162,8 @@ void launch_pass(const S* x, const ReduceGeom& g, bool inner, double* partial, v
 
 // ---- column sums of a contiguous (rows, m) matrix (bias gradients) ----
 
-constexpr int kColX = 32, kColY = 8;  // 32 lanes of 16-byte column vectors x 8 row lanes
-constexpr int kColUnroll = 4;         // row loads in flight per thread
+constexpr int kColX = 32, kColY = 8;   // 32 lanes of 16-byte column vectors x 8 row lanes
+constexpr int kColUnroll = 4;          // row loads in flight per thread
 constexpr int kColTargetBlocks = 528;  // 4 blocks of 8 warps per SM on 132 SMs
 
 // Out[col] := v, or (accumulate: out is f32) out[col] += v.
@@ -339,7 +339,8 @@ void reduce_sum(const Tensor& x, const std::vector<bool>& reduce, const Tensor& 
     return;
   }
   const bool inner = min_is_reduced;
-  // A contiguous (rows, m) matrix summed over its rows (a bias gradient): the 16-byte column kernel.
+  // A contiguous (rows, m) matrix summed over its rows (a bias gradient): the 16-byte column
+  // kernel.
   if (!inner && !square && g.kept.n == 1 && g.kept.stride[0] == 1 && g.red.n == 1 &&
       g.red.stride[0] == g.m && try_colsum(x, g.r, g.m, out, div))
     return;

@@ -93,9 +93,9 @@ TEST_F(ReduceCuda, ColumnSumsOfBiasGradientShapesMatchCpu) {
       // one element in: the rows start 2 bytes past a 16-byte boundary (the general kernel)
       const int64_t n = flat.size(0) * s.back();
       const Tensor off = gflat.reshape({n}).narrow(0, 1, n - s.back()).reshape({-1, s.back()});
-      KILN_EXPECT_CLOSE(sum(off, 0),
-                        sum(flat.reshape({n}).narrow(0, 1, n - s.back()).reshape({-1, s.back()}), 0),
-                        rtol, 1e-9);
+      KILN_EXPECT_CLOSE(
+          sum(off, 0), sum(flat.reshape({n}).narrow(0, 1, n - s.back()).reshape({-1, s.back()}), 0),
+          rtol, 1e-9);
     }
   }
 }
