@@ -43,7 +43,10 @@
 #   fusedcast (KILN_FUSED_PARAM_CAST: tests, memcheck; FUSEDCAST_E2E=1 A/Bs), plants (this round's
 #   planted bugs, run last), packed (KILN_PACKED_DIRECT_WGRAD: tests, memcheck, planted bug, Llama 1B on / off),
 #   sdpatune (cuDNN attention plans timed on first use: test, memcheck, planted bug, Llama 1B and
-#   GPT-2 124M with KILN_SDPA_TUNE=1 / off; SDPATUNE_MODELS picks).
+#   GPT-2 124M with KILN_SDPA_TUNE=1 / off; SDPATUNE_MODELS picks),
+#   r9 (the ninth round's switches off one at a time per model: R9_MODELS, R9_KB, R9_LITE, R9_CE,
+#   R9_SMALL), r9check (its GPU tests and memcheck; waits for the background build), r9plants
+#   (planted bugs 15_ to 22_; R9_PLANTS picks).
 #   BUILD_TARGETS overrides the targets built; SKIP_BUILD=1 builds nothing (build/bin/kiln
 #   built elsewhere for sm_90, for the parts that only run kiln and PyTorch; with BG_BUILD_TARGETS
 #   those targets are built meanwhile into build at low priority (leave kiln out: build/bin/kiln is the one built elsewhere), and ctest waits for them)
