@@ -49,9 +49,14 @@ double rms(const Tensor& t) {
   return v.empty() ? 0.0 : std::sqrt(s / static_cast<double>(v.size()));
 }
 
+// The largest |element|; NaN if any element is NaN (std::max alone would skip it, and a read of a
+// poisoned or stale value would then pass a bound).
 double max_abs(const Tensor& t) {
   double m = 0;
-  for (double d : t.to_vector()) m = std::max(m, std::fabs(d));
+  for (double d : t.to_vector()) {
+    if (std::isnan(d)) return d;
+    m = std::max(m, std::fabs(d));
+  }
   return m;
 }
 
