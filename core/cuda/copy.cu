@@ -1,7 +1,6 @@
 // CUDA copy and fill: the strided dtype-converting copy kernel, the fill kernel, and the host logic
 // that routes host<->device and device<->device copies through them.
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #include "core/backend.h"
@@ -11,6 +10,7 @@
 #include "core/cuda/pinned.h"
 #include "core/cuda/runtime.h"
 #include "core/cuda/strided.cuh"
+#include "core/env_switch.h"
 
 namespace kiln::cuda {
 namespace {
@@ -60,14 +60,11 @@ void launch_strided_copy(const Tensor& dst, const Tensor& src, const StridedIter
 // copy of 16-byte elements: rewrites `it` so (sizes and strides in 16-byte units) and returns
 // true. A layout change such as a narrowed column block (rope_qkv_packed's v) then moves 16 bytes
 // a thread instead of 2.
-// KILN_COPY_VEC=0 turns it off (read once).
+// KILN_COPY_VEC=0 turns it off.
+EnvSwitch g_copy_vec("KILN_COPY_VEC", /*default_on=*/true);
 bool widen_to_16_bytes(StridedIter<2>& it, const Tensor& dst, const Tensor& src) {
-  static const bool off = [] {
-    const char* e = std::getenv("KILN_COPY_VEC");
-    return e != nullptr && std::strcmp(e, "0") == 0;
-  }();
   const int64_t es = static_cast<int64_t>(dtype_size(dst.dtype()));
-  if (off || it.ndim == 0 || 16 % es != 0) return false;
+  if (!g_copy_vec.on() || it.ndim == 0 || 16 % es != 0) return false;
   const int64_t per = 16 / es, in = it.ndim - 1;
   if (it.stride[0][in] != 1 || it.stride[1][in] != 1 || it.size[in] % per != 0) return false;
   if (reinterpret_cast<uintptr_t>(dst.raw()) % 16 != 0 ||

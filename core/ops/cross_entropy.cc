@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 #include "core/autograd.h"
@@ -14,8 +12,8 @@
 #include "core/check.h"
 #include "core/cpu/elem.h"
 #include "core/cpu/fast_math.h"
+#include "core/env_switch.h"
 #include "core/ops/device_dispatch.h"
-#include "core/ops/elementwise.h"
 #include "core/ops/matmul.h"
 #include "core/thread_pool.h"
 
@@ -30,7 +28,7 @@ Tensor linear_cross_entropy_forward(const Tensor& x, const Tensor& w, const Tens
                                     int64_t ignore, int64_t chunk_rows, bool want_dx, bool want_dw,
                                     Tensor* dx, Tensor* dw, bool dw_acc_dtype);
 void scale_by_device_scalar(const Tensor& t, const Tensor& g);  // t *= g[0] in place
-// dst = [dst +] src * g[0]: f32, contiguous, 16-byte aligned, one size.
+// dst = [dst +] src * g[0]: f32, contiguous, one size.
 void scale_into_f32(const Tensor& dst, const Tensor& src, const Tensor& g, bool overwrite);
 }  // namespace kiln::cuda
 #endif
@@ -182,14 +180,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
 namespace {
 
 // KILN_CE_DIRECT_WGRAD=0: the classifier's weight gradient rounded to the weight's dtype in the
-// forward and scaled there in the backward, as before (read once).
-bool ce_direct_wgrad_on() {
-  static const bool on = [] {
-    const char* v = std::getenv("KILN_CE_DIRECT_WGRAD");
-    return v == nullptr || std::string(v) != "0";
-  }();
-  return on;
-}
+// forward and scaled there in the backward, as before.
+EnvSwitch g_ce_direct("KILN_CE_DIRECT_WGRAD", /*default_on=*/true);
 
 // The fused classifier + loss on CUDA: the forward already computed the gradients of the loss for
 // an upstream gradient of 1; backward scales them by the actual one (on the device, no sync).
@@ -210,16 +202,8 @@ class LinearCrossEntropyNode final : public Node {
     if (dw.defined() && dw.dtype() != w_dtype) {  // f32 accumulated: into the .grad if offered
       bool fresh = false;
       const Tensor into = accumulation_target(next[1], dw.shape(), dw.device(), &fresh);
-      if (into.defined() && into.aligned_to(16) && dw.aligned_to(16)) {
+      if (into.defined()) {
         cuda::scale_into_f32(into, dw, g[0], fresh);
-        dw = accumulated_marker();
-        return out;
-      }
-      if (into.defined()) {  // claimed but not usable by the kernel: add as autograd would
-        if (fresh) Tensor(into).zero_();
-        Tensor scaled = raw::convert(dw, DType::kF32);
-        cuda::scale_by_device_scalar(scaled, g[0]);
-        add_(into, scaled);
         dw = accumulated_marker();
         return out;
       }
@@ -263,7 +247,7 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
 #if KILN_WITH_CUDA
   auto n = record<LinearCrossEntropyNode>({&x, &weight});
   const bool want_dx = n && n->next[0].fn != nullptr, want_dw = n && n->next[1].fn != nullptr;
-  const bool dw_f32 = want_dw && ce_direct_wgrad_on() && weight.dtype() != DType::kF64 &&
+  const bool dw_f32 = want_dw && g_ce_direct.on() && weight.dtype() != DType::kF64 &&
                       weight.dtype() != DType::kF32 &&
                       offers_accumulation_target(n->next[1], weight.shape(), weight.device());
   loss = cuda::linear_cross_entropy_forward(x, weight, targets, ignore_index, chunk_rows, want_dx,

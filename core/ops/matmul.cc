@@ -219,20 +219,14 @@ Tensor wgrad_target(const Edge& e, const Tensor& w, bool* overwrite) {
 }
 
 // KILN_BIAS_DIRECT_GRAD=0: a bias gradient goes back as a new 16-bit tensor that autograd adds
-// into the .grad, as before (read once).
-bool bias_direct_on() {
-  static const bool on = [] {
-    const char* v = std::getenv("KILN_BIAS_DIRECT_GRAD");
-    return v == nullptr || std::string(v) != "0";
-  }();
-  return on;
-}
+// into the .grad, as before.
+EnvSwitch g_bias_direct("KILN_BIAS_DIRECT_GRAD", /*default_on=*/true);
 
 // The f32 .grad a bias's gradient (the column sums of gy) is written straight into
 // (accumulation_target, claimed: *overwrite says it was stale), or undefined.
 Tensor bias_target(const Edge& e, bool wanted, int64_t out_f, const Tensor& w, bool* overwrite) {
   *overwrite = false;
-  return wanted && direct_wgrad_on() && bias_direct_on() && e.fn
+  return wanted && direct_wgrad_on() && g_bias_direct.on() && e.fn
              ? accumulation_target(e, Shape{out_f}, w.device(), overwrite)
              : Tensor();
 }

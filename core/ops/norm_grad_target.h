@@ -3,24 +3,16 @@
 // (accumulation_target: a 16-bit weight used through its cast of an f32 master, or an f32 weight),
 // written by the kernel that adds the per-chunk partials (over a stale .grad, else added), instead
 // of a new 16-bit tensor that autograd then converts or adds into the .grad: one kernel launch per
-// parameter a step less. KILN_NORM_DIRECT_GRAD=0 turns it off (read once).
+// parameter a step less. KILN_NORM_DIRECT_GRAD=0 turns it off.
 #pragma once
 
-#include <cstdlib>
-#include <string>
-
 #include "core/autograd.h"
+#include "core/env_switch.h"
 #include "core/tensor.h"
 
 namespace kiln::ops {
 
-inline bool norm_direct_grad_on() {
-  static const bool on = [] {
-    const char* v = std::getenv("KILN_NORM_DIRECT_GRAD");
-    return v == nullptr || std::string(v) != "0";
-  }();
-  return on;
-}
+inline EnvSwitch g_norm_direct_grad("KILN_NORM_DIRECT_GRAD", /*default_on=*/true);
 
 // The f32 .grad for parameter p (reached through input edge e) that the CUDA backward writes its
 // gradient into, claimed, or undefined (then the backward returns a new tensor as usual). *over:
@@ -28,7 +20,7 @@ inline bool norm_direct_grad_on() {
 inline Tensor norm_grad_target(const Edge& e, bool wanted, const Tensor& p, const Tensor& x,
                                bool* over) {
   *over = false;
-  if (!wanted || !e.fn || !norm_direct_grad_on() || !x.device().is_cuda() ||
+  if (!wanted || !e.fn || !g_norm_direct_grad.on() || !x.device().is_cuda() ||
       x.dtype() == DType::kF64)
     return Tensor();
   return accumulation_target(e, p.shape(), p.device(), over);

@@ -6,12 +6,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <string>
 #include <type_traits>
 
 #include "core/cuda/dtype.cuh"
 #include "core/cuda/runtime.h"
 #include "core/cuda/strided.cuh"
+#include "core/env_switch.h"
 #include "core/ops/cuda_base_ops.h"
 
 namespace kiln::cuda {
@@ -243,14 +243,8 @@ __global__ void colsum_partials_kernel(const double* __restrict__ partial, int64
   put_col(out, out_dtype, col, total / div, accumulate);
 }
 
-// KILN_COLSUM_VEC=0: column sums through the general outer reduction (read once).
-bool colsum_vec_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("KILN_COLSUM_VEC");
-    return e == nullptr || std::string(e) != "0";
-  }();
-  return on;
-}
+// KILN_COLSUM_VEC=0: column sums through the general outer reduction.
+EnvSwitch g_colsum_vec("KILN_COLSUM_VEC", /*default_on=*/true);
 
 // Sums x (rows, m) over its rows into out (m) / div (with accumulate, out f32: added to out), where
 // x is a contiguous 16-bit or f32 matrix, m a multiple of a 16-byte vector and x 16-byte aligned;
@@ -258,7 +252,7 @@ bool colsum_vec_enabled() {
 bool try_colsum(const Tensor& x, int64_t rows, int64_t m, const Tensor& out, double div,
                 bool accumulate = false) {
   const DType t = x.dtype();
-  if (!colsum_vec_enabled() || rows <= 0 || m <= 0) return false;
+  if (!g_colsum_vec.on() || rows <= 0 || m <= 0) return false;
   if (t != DType::kBF16 && t != DType::kF16 && t != DType::kF32) return false;
   const int64_t kv = 16 / static_cast<int64_t>(dtype_size(t));
   if (m % kv != 0 || reinterpret_cast<uintptr_t>(x.raw()) % 16 != 0) return false;
