@@ -880,6 +880,30 @@ struct Grads {
   Tensor dx, dw, db;  // undefined where not asked for
 };
 
+// Per-chunk partial sums of the parameter gradients po wants, over chunks of at least min_rows
+// rows, at most max_chunks of them (a function of the shape only), and their reduction into po.
+template <typename T>
+struct Partials {
+  int64_t rows_per_chunk = 0, chunks = 0;
+  Tensor pdw, pdb;                       // (chunks, C) in the compute dtype, where wanted
+  acc_t<T>*pw = nullptr, *pb = nullptr;  // their data, or null
+  Partials(const ParamOut<T>& po, int64_t rows, int64_t c, int64_t min_rows, int64_t max_chunks,
+           DType ad, Device dev)
+      : rows_per_chunk(std::max<int64_t>(min_rows, (rows + max_chunks - 1) / max_chunks)),
+        chunks((rows + rows_per_chunk - 1) / rows_per_chunk) {
+    if (po.want_w()) pdw = Tensor::empty({chunks, c}, ad, dev), pw = pdw.data<acc_t<T>>();
+    if (po.want_b()) pdb = Tensor::empty({chunks, c}, ad, dev), pb = pdb.data<acc_t<T>>();
+  }
+  // dw_reduce_kernel over the chunks into po (nothing when no gradient is wanted).
+  void reduce_into(const ParamOut<T>& po, int64_t c) const {
+    if (pw == nullptr && pb == nullptr) return;
+    dw_reduce_kernel<T>
+        <<<static_cast<unsigned>((c + 31) / 32), dim3(32, 32), 0, compute_stream()>>>(pw, pb, po,
+                                                                                      chunks, c);
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+};
+
 // The warp-per-row backward: dx (into dxp when not null), and the parameter gradients po wants
 // through per-chunk partials. REQUIRES: warp_vecs<T>() gave nv > 0 for these tensors.
 template <typename T, bool kRms>
@@ -887,13 +911,9 @@ void backward_warp(int nv, const T* gy, const T* x, const T* w, const acc_t<T>* 
                    const acc_t<T>* rstd, const T* gres, T* dxp, const ParamOut<T>& po, int64_t rows,
                    int64_t c, DType ad, Device dev) {
   using A = acc_t<T>;
-  const int64_t rows_per_chunk =
-      std::max<int64_t>(kBwdMinChunkRows, (rows + kBwdMaxChunks - 1) / kBwdMaxChunks);
-  const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;  // <= kBwdMaxChunks
-  Tensor pdw = po.want_w() ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
-  Tensor pdb = po.want_b() ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
-  A* pw = po.want_w() ? pdw.data<A>() : nullptr;
-  A* pb = po.want_b() ? pdb.data<A>() : nullptr;
+  const Partials<T> part(po, rows, c, kBwdMinChunkRows, kBwdMaxChunks, ad, dev);
+  A *pw = part.pw, *pb = part.pb;
+  const int64_t chunks = part.chunks, rows_per_chunk = part.rows_per_chunk;
   const int smem = kBwdWarps * static_cast<int>(c) * static_cast<int>(sizeof(A)) *
                    (int(pw != nullptr) + int(pb != nullptr));
   with_vecs(nv, [&](auto nvc) {
@@ -908,12 +928,7 @@ void backward_warp(int nv, const T* gy, const T* x, const T* w, const acc_t<T>* 
           rows_per_chunk);
     }
   });
-  if (pw != nullptr || pb != nullptr) {
-    dw_reduce_kernel<T>
-        <<<static_cast<unsigned>((c + 31) / 32), dim3(32, 32), 0, compute_stream()>>>(pw, pb, po,
-                                                                                      chunks, c);
-    KILN_CUDA_CHECK_LAUNCH();
-  }
+  part.reduce_into(po, c);
 }
 
 // The warp-group backward (gv vectors per thread), then dw_reduce_kernel over its chunks.
@@ -922,20 +937,14 @@ template <typename T, bool kRms>
 void backward_group(int gv, const T* gy, const T* x, const T* w, const acc_t<T>* mean,
                     const acc_t<T>* rstd, const T* gres, T* dxp, const ParamOut<T>& po,
                     int64_t rows, int64_t c, DType ad, Device dev) {
-  using A = acc_t<T>;
-  const int64_t rows_per_chunk =
-      std::max<int64_t>(kGroupMinChunkRows, (rows + kGroupMaxChunks - 1) / kGroupMaxChunks);
-  const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;  // <= kGroupMaxChunks
-  Tensor pdw = po.want_w() ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
-  Tensor pdb = po.want_b() ? Tensor::empty({chunks, c}, ad, dev) : Tensor();
-  A* pw = po.want_w() ? pdw.data<A>() : nullptr;
-  A* pb = po.want_b() ? pdb.data<A>() : nullptr;
+  const Partials<T> part(po, rows, c, kGroupMinChunkRows, kGroupMaxChunks, ad, dev);
   auto run = [&](auto nvc, auto gresc) {
     constexpr int kNV = decltype(nvc)::value;
     constexpr bool kG = decltype(gresc)::value;
     backward_group_kernel<T, kRms, kG, kNV>
-        <<<static_cast<unsigned>(chunks), kGroupThreads, 0, compute_stream()>>>(
-            gy, x, w, mean, rstd, gres, dxp, pw, pb, rows, static_cast<int>(c), rows_per_chunk);
+        <<<static_cast<unsigned>(part.chunks), kGroupThreads, 0, compute_stream()>>>(
+            gy, x, w, mean, rstd, gres, dxp, part.pw, part.pb, rows, static_cast<int>(c),
+            part.rows_per_chunk);
     KILN_CUDA_CHECK_LAUNCH();
   };
   using One = std::integral_constant<int, 1>;
@@ -956,12 +965,7 @@ void backward_group(int gv, const T* gy, const T* x, const T* w, const acc_t<T>*
     KILN_CHECK(gv == 2) << "internal: norm: " << gv << " vectors per thread";
     by_gres(Two{});
   }
-  if (pw != nullptr || pb != nullptr) {
-    dw_reduce_kernel<T>
-        <<<static_cast<unsigned>((c + 31) / 32), dim3(32, 32), 0, compute_stream()>>>(pw, pb, po,
-                                                                                      chunks, c);
-    KILN_CUDA_CHECK_LAUNCH();
-  }
+  part.reduce_into(po, c);
 }
 
 // The f32 .grads a norm's parameter gradients go into (autograd's accumulation_target; undefined:
