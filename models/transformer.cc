@@ -194,10 +194,14 @@ Tensor Mlp::forward(const Tensor& x, DType compute, Recompute rc, const Tensor& 
   if (no_hooks && fp8_fused_mlp() && c_fc->uses_fp8(x, compute) && c_proj->fp8 &&
       c_proj->weight.size(0) % 16 == 0) {
     // KILN_FP8_FUSED_MLP=1: both linears in fp8 (c_proj's K and rows are c_fc's N and rows) as one
-    // op, bias + GELU in the first fp8 GEMM's epilogue.
-    return plus_residual(fp8_mlp_gelu(nn::to_compute(x, compute), w(c_fc, false), w(c_fc, true),
-                                      w(c_proj, false), w(c_proj, true), c_fc->fp8_scaling(),
-                                      c_proj->fp8_scaling()));
+    // op, bias + GELU in the first fp8 GEMM's epilogue; with KILN_FP8_RESID_EPILOGUE=1 the
+    // residual in the second's.
+    const bool in_gemm = residual.defined() && fp8_resid_epilogue() &&
+                         residual.dtype() == DType::kBF16 && residual.shape() == x.shape();
+    const Tensor y = fp8_mlp_gelu(nn::to_compute(x, compute), w(c_fc, false), w(c_fc, true),
+                                  w(c_proj, false), w(c_proj, true), c_fc->fp8_scaling(),
+                                  c_proj->fp8_scaling(), in_gemm ? residual : Tensor());
+    return in_gemm ? y : plus_residual(y);
   }
   if (is_gpt2(spec) && (c_fc->uses_fp8(x, compute) || c_fc->has_hooks() || c_proj->has_hooks())) {
     // fp8 GEMMs or tensor-parallel hooks: the two linears run as Linear::forward (c_proj decides

@@ -37,9 +37,14 @@ void fp8_cast_delayed(const Tensor& x2, const Tensor& meta, const Tensor& slots,
 // d (m, n) bf16 = (a_descale a (m, k)) (b_descale b (n, k))^T (+ bias (n)); false: no algorithm.
 // fast_accum: cuBLASLt's fast accumulation (no periodic promotion to fp32). gelu_aux (m, n) bf16
 // when defined: it receives that sum and d = gelu_tanh of it (the GELU_AUX(_BIAS) epilogue).
+// c (m, n) bf16 contiguous when defined: added by the GEMM (beta = 1; a residual).
 bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const Tensor& b_descale,
                  const Tensor& bias, const Tensor& d, bool fast_accum = false,
-                 const Tensor& gelu_aux = Tensor());
+                 const Tensor& gelu_aux = Tensor(), const Tensor& c = Tensor());
+// d (m, n) f32 += (a_descale a) (b_descale b)^T (written over d when overwrite); false: no
+// algorithm.
+bool fp8_gemm_tn_f32(const Tensor& a, const Tensor& a_descale, const Tensor& b,
+                     const Tensor& b_descale, const Tensor& d, bool overwrite);
 }  // namespace kiln::cuda
 #endif
 
@@ -64,6 +69,8 @@ EnvSwitch g_fast_accum("KILN_FP8_FAST_ACCUM", true);
 EnvSwitch g_fused_dbias("KILN_FP8_FUSED_DBIAS", true);
 EnvSwitch g_fused_mlp("KILN_FP8_FUSED_MLP", true);
 EnvSwitch g_delayed("KILN_FP8_DELAYED_SCALING", true);
+EnvSwitch g_direct_wgrad("KILN_FP8_DIRECT_WGRAD", true);
+EnvSwitch g_resid("KILN_FP8_RESID_EPILOGUE", true);
 
 // x must be a non-empty bf16 / f16 / f32 tensor on a CUDA device that can run kernels.
 void check_quantize_input(const char* op, const Tensor& x) {
@@ -198,6 +205,37 @@ Tensor gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const 
 
 std::atomic<int64_t> g_e4m3_backward{0};
 std::atomic<int64_t> g_unfused_gelu{0};
+std::atomic<int64_t> g_direct_wgrads{0};
+
+// The f32 .grad a weight gradient goes straight into (autograd's accumulation_target, claimed:
+// `overwrite` says it was stale, to be written with beta = 0), or undefined.
+struct GradInto {
+  Tensor t;
+  bool overwrite = false;
+};
+
+GradInto wgrad_into(const Edge& e, const Shape& w_shape, Device device) {
+  GradInto r;
+  if (g_direct_wgrad.on() && e.fn) r.t = accumulation_target(e, w_shape, device, &r.overwrite);
+  return r;
+}
+
+// dW = dY^T X from dY^T (N, M) and X^T (K, M) in fp8: added into (or written over) the f32 .grad
+// into.t when given, returning the accumulated marker; else a new bf16 (N, K). Undefined when
+// cuBLASLt offers no algorithm. A claimed .grad the f32 GEMM could not take is made current
+// (zeroed where stale) and the bf16 gradient goes back for autograd to add into it.
+Tensor weight_grad(const Tensor& gyt, const Tensor& gyt_descale, const Tensor& x_t,
+                   const Tensor& x_descale, const GradInto& into) {
+  if (into.t.defined()) {
+    if (cuda::fp8_gemm_tn_f32(gyt, aligned_descale(gyt_descale), x_t, aligned_descale(x_descale),
+                              into.t, into.overwrite)) {
+      g_direct_wgrads.fetch_add(1, std::memory_order_relaxed);
+      return accumulated_marker();
+    }
+    if (into.overwrite) Tensor(into.t).zero_();
+  }
+  return try_gemm_tn(gyt, gyt_descale, x_t, x_descale, Tensor());
+}
 
 Tensor descale_of(const Tensor& meta) { return meta.narrow(0, 2, 1).reshape({}); }
 
@@ -211,22 +249,24 @@ struct LinearGrads {
 // e5m2 x e4m3 kernel, dY goes to e4m3 instead (counted: fp8_e4m3_backward_count()). gb = the
 // column sums of the bf16 dY: from the transposing cast when KILN_FP8_FUSED_DBIAS=1 and dW is
 // asked for (f32 partials, one rounding), else sum_to (f64 accumulation). With gy_hist, dY's e5m2
-// cast takes delayed scaling (the e4m3 fallback keeps current scaling).
+// cast takes delayed scaling (the e4m3 fallback keeps current scaling). With w_into, dW goes
+// straight into that f32 .grad (weight_grad; gw is then the accumulated marker).
 LinearGrads linear_grads(const Tensor& gy, const Tensor& x_t, const Tensor& x_meta,
                          const Tensor& w_t, const Tensor& w_meta, bool need_x, bool need_w,
-                         bool need_b, Fp8History* gy_hist) {
+                         bool need_b, Fp8History* gy_hist, const GradInto& w_into = GradInto()) {
   LinearGrads r;
   const bool fused_b = need_b && need_w && g_fused_dbias.on();
   if (need_x || need_w) {
     const Fp8Tensor gq =
         quantize_2d(gy, DType::kF8E5M2, need_x, need_w, fused_b ? &r.gb : nullptr, gy_hist);
     if (need_x) r.gx = try_gemm_tn(gq.data, gq.descale(), w_t, descale_of(w_meta), Tensor());
-    if (need_w) r.gw = try_gemm_tn(gq.data_t, gq.descale(), x_t, descale_of(x_meta), Tensor());
-    if ((need_x && !r.gx.defined()) || (need_w && !r.gw.defined())) {
+    if (need_w) r.gw = weight_grad(gq.data_t, gq.descale(), x_t, descale_of(x_meta), w_into);
+    const bool redo_x = need_x && !r.gx.defined(), redo_w = need_w && !r.gw.defined();
+    if (redo_x || redo_w) {  // only the GEMMs cuBLASLt declined, with dY in e4m3
       ++g_e4m3_backward;
-      const Fp8Tensor g4 = quantize_2d(gy, DType::kF8E4M3, need_x, need_w);
-      if (need_x) r.gx = gemm_tn(g4.data, g4.descale(), w_t, descale_of(w_meta), Tensor());
-      if (need_w) r.gw = gemm_tn(g4.data_t, g4.descale(), x_t, descale_of(x_meta), Tensor());
+      const Fp8Tensor g4 = quantize_2d(gy, DType::kF8E4M3, redo_x, redo_w);
+      if (redo_x) r.gx = gemm_tn(g4.data, g4.descale(), w_t, descale_of(w_meta), Tensor());
+      if (redo_w) r.gw = gemm_tn(g4.data_t, g4.descale(), x_t, descale_of(x_meta), Tensor());
     }
   }
   if (need_b && !fused_b) r.gb = cuda::sum_to(gy, {gy.size(1)});
@@ -238,12 +278,13 @@ LinearGrads linear_grads(const Tensor& gy, const Tensor& x_t, const Tensor& x_me
 class Fp8LinearNode final : public Node {
  public:
   const char* name() const override { return "Fp8Linear"; }
-  Shape x_shape;
+  Shape x_shape, w_shape;
   std::shared_ptr<Fp8LinearScaling> scaling;  // delayed scaling's histories, or null
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     Tensor gy = rows_of(raw::convert(g[0].detach(), DType::kBF16));  // (M, N)
+    const GradInto into = wants(1) ? wgrad_into(next[1], w_shape, gy.device()) : GradInto();
     LinearGrads r = linear_grads(gy, saved[0], saved[1], saved[2], saved[3], wants(0), wants(1),
-                                 wants(2), history(scaling, &Fp8LinearScaling::gy));
+                                 wants(2), history(scaling, &Fp8LinearScaling::gy), into);
     if (r.gx.defined()) r.gx = r.gx.reshape(x_shape);
     return {r.gx, r.gw, r.gb};
   }
@@ -265,6 +306,20 @@ Tensor gelu_gemm(const Fp8Tensor& xq, const Fp8Tensor& wq, const Tensor& bias, T
   return gelu(*pre);
 }
 
+// hq wq^T + r (+ bias) (M, N) bf16, r (M, N) bf16 contiguous (the residual) added by the GEMM
+// (beta = 1: cuBLASLt adds C before the bias); where cuBLASLt offers no such fp8 algorithm, the
+// GEMM, then an add.
+Tensor residual_gemm(const Fp8Tensor& hq, const Fp8Tensor& wq, const Tensor& bias,
+                     const Tensor& r) {
+  Tensor d = Tensor::empty({hq.data.size(0), wq.data.size(0)}, DType::kBF16, hq.data.device());
+  if (cuda::fp8_gemm_tn(hq.data, aligned_descale(hq.descale()), wq.data,
+                        aligned_descale(wq.descale()), bias, d, fp8_fast_accum_forward(), Tensor(),
+                        r))
+    return d;
+  d = gemm_tn(hq.data, hq.descale(), wq.data, wq.descale(), bias, /*forward=*/true);
+  return cuda::binary(cuda::BinaryOp::kAdd, d, r);
+}
+
 // dh (M, H) bf16 contiguous -> dh * gelu_tanh'(pre), in place where both lie on 16-byte
 // boundaries (kiln's dgelu_bgrad kernel, core/ops/matmul.cu); *gb1 = its column sums when asked.
 Tensor dgelu(const Tensor& dh, const Tensor& pre, Tensor* gb1) {
@@ -277,33 +332,37 @@ Tensor dgelu(const Tensor& dh, const Tensor& pre, Tensor* gb1) {
   return d;
 }
 
-// y = fp8_mlp_gelu(x, w1, b1, w2, b2) with M rows, C = x's width, H = w1's rows, C2 = w2's rows:
-// saved = {x_t (C, M) e4m3, x meta, w1_t (C, H) e4m3, w1 meta, pre (M, H) bf16, h_t (H, M) e4m3,
-// h meta, w2_t (H, C2) e4m3, w2 meta}; each only where a gradient needs it (as Fp8LinearNode).
+// y = fp8_mlp_gelu(x, w1, b1, w2, b2[, residual]) with M rows, C = x's width, H = w1's rows, C2 =
+// w2's rows: saved = {x_t (C, M) e4m3, x meta, w1_t (C, H) e4m3, w1 meta, pre (M, H) bf16, h_t
+// (H, M) e4m3, h meta, w2_t (H, C2) e4m3, w2 meta}; each only where a gradient needs it (as
+// Fp8LinearNode). next: x, w1, b1, w2, b2[, residual] (the residual's gradient is dY).
 // Memory: C + H bytes (fp8 x^T, h^T) + 2H (bf16 pre) per row, as the composed fp8_linear -> gelu
 // -> fp8_linear keeps, against 2C + 4H (bf16 x, pre, h) in mlp_gelu; at GPT-2 1.5B (C 1600,
 // H 6400, 8192 rows) 170 MB a block against 236 MB, plus the two fp8 weight copies (20 MB).
 class Fp8MlpNode final : public Node {
  public:
   const char* name() const override { return "Fp8MlpGelu"; }
-  Shape x_shape;
+  Shape x_shape, w1_shape, w2_shape;
   std::shared_ptr<Fp8LinearScaling> fc, proj;  // delayed scaling's histories, or null
   std::vector<Tensor> backward(const std::vector<Tensor>& g) override {
     const bool nx = wants(0), nw1 = wants(1), nb1 = wants(2), nw2 = wants(3), nb2 = wants(4);
     const bool nh = nx || nw1 || nb1;  // the hidden gradient is needed
     Tensor gy = rows_of(raw::convert(g[0].detach(), DType::kBF16));  // (M, C2)
+    const GradInto into2 = nw2 ? wgrad_into(next[3], w2_shape, gy.device()) : GradInto();
     // c_proj: dH = dY W2 (M, H), dW2 = dY^T h, db2 (fused into dY's cast when switched on).
     LinearGrads g2 = linear_grads(gy, saved[5], saved[6], saved[7], saved[8], nh, nw2, nb2,
-                                  history(proj, &Fp8LinearScaling::gy));
+                                  history(proj, &Fp8LinearScaling::gy), into2);
     LinearGrads g1;
     Tensor gb1;
     if (nh) {  // dH -> dpre = dH gelu'(pre) in place, b1's gradient its column sums; then c_fc
       const Tensor dpre = dgelu(g2.gx, saved[4], nb1 ? &gb1 : nullptr);
+      const GradInto into1 = nw1 ? wgrad_into(next[1], w1_shape, gy.device()) : GradInto();
       if (nx || nw1)
         g1 = linear_grads(dpre, saved[0], saved[1], saved[2], saved[3], nx, nw1, false,
-                          history(fc, &Fp8LinearScaling::gy));
+                          history(fc, &Fp8LinearScaling::gy), into1);
     }
     if (g1.gx.defined()) g1.gx = g1.gx.reshape(x_shape);
+    if (next.size() == 6) return {g1.gx, g1.gw, gb1, g2.gw, g2.gb, wants(5) ? g[0] : Tensor()};
     return {g1.gx, g1.gw, gb1, g2.gw, g2.gb};
   }
 };
@@ -319,6 +378,18 @@ bool fp8_fused_mlp() { return g_fused_mlp.on(); }
 void set_fp8_fused_mlp_override(int on) { g_fused_mlp.force(on); }
 bool fp8_delayed_scaling() { return g_delayed.on(); }
 void set_fp8_delayed_scaling_override(int on) { g_delayed.force(on); }
+bool fp8_direct_wgrad() { return g_direct_wgrad.on(); }
+void set_fp8_direct_wgrad_override(int on) { g_direct_wgrad.force(on); }
+bool fp8_resid_epilogue() { return g_resid.on(); }
+void set_fp8_resid_epilogue_override(int on) { g_resid.force(on); }
+
+int64_t fp8_direct_wgrad_count() {
+#if KILN_WITH_CUDA
+  return g_direct_wgrads.load();
+#else
+  return 0;
+#endif
+}
 
 int64_t fp8_e4m3_backward_count() {
 #if KILN_WITH_CUDA
@@ -406,6 +477,7 @@ Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b,
                  .reshape(out_shape);
   if (node) {
     node->x_shape = x.shape();
+    node->w_shape = w.shape();
     node->scaling = std::move(scaling);
     node->saved = {xq.data_t, xq.meta, wq.data_t, wq.meta};
     set_history(y, node);
@@ -418,7 +490,7 @@ Tensor fp8_linear(const Tensor& x, const Tensor& w, const Tensor& b,
 
 Tensor fp8_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
                     const Tensor& b2, std::shared_ptr<Fp8LinearScaling> fc,
-                    std::shared_ptr<Fp8LinearScaling> proj) {
+                    std::shared_ptr<Fp8LinearScaling> proj, const Tensor& residual) {
   check_linear_args(kMlp, x, w1, b1);
   check_defined(kMlp, {&w2});
   check_same_device(kMlp, {&x, &w2});
@@ -433,9 +505,18 @@ Tensor fp8_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const T
     KILN_CHECK(b2.dtype() == DType::kBF16 && b2.dim() == 1 && b2.size(0) == w2.size(0))
         << kMlp << ": bias " << b2.str() << " must be bf16 (C2) for w2 " << w2.str();
   }
+  Shape out_shape = x.shape();
+  out_shape.back() = w2.size(0);
+  if (residual.defined()) {
+    check_same_device(kMlp, {&x, &residual});
+    KILN_CHECK(residual.dtype() == DType::kBF16 && residual.shape() == out_shape)
+        << kMlp << ": residual " << residual.str() << " must be bf16 of the result's shape "
+        << shape_str(out_shape);
+  }
 #if KILN_WITH_CUDA
   cuda::fp8_require_gpu(kMlp, x);
-  auto node = record<Fp8MlpNode>({&x, &w1, &b1, &w2, &b2});
+  auto node = residual.defined() ? record<Fp8MlpNode>({&x, &w1, &b1, &w2, &b2, &residual})
+                                 : record<Fp8MlpNode>({&x, &w1, &b1, &w2, &b2});
   auto needs = [&node](int i) { return node && node->next[i].fn; };
   const bool nh = needs(0) || needs(1) || needs(2);  // the hidden gradient will be needed
   using S = Fp8LinearScaling;
@@ -449,13 +530,15 @@ Tensor fp8_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const T
       quantize_2d(h, DType::kF8E4M3, true, needs(3), nullptr, history(proj, &S::x));
   const Fp8Tensor w2q = quantize_2d(raw::contiguous(w2.detach()), DType::kF8E4M3, true, nh, nullptr,
                                     history(proj, &S::w));
-  Shape out_shape = x.shape();
-  out_shape.back() = w2.size(0);
-  Tensor y = gemm_tn(hq.data, hq.descale(), w2q.data, w2q.descale(), aligned_bias(b2),
-                     /*forward=*/true)
-                 .reshape(out_shape);
+  Tensor y = residual.defined()
+                 ? residual_gemm(hq, w2q, aligned_bias(b2), rows_of(residual)).reshape(out_shape)
+                 : gemm_tn(hq.data, hq.descale(), w2q.data, w2q.descale(), aligned_bias(b2),
+                           /*forward=*/true)
+                       .reshape(out_shape);
   if (node) {
     node->x_shape = x.shape();
+    node->w1_shape = w1.shape();
+    node->w2_shape = w2.shape();
     node->fc = std::move(fc);
     node->proj = std::move(proj);
     node->saved = {xq.data_t, xq.meta, w1q.data_t, w1q.meta, nh ? pre : Tensor(),

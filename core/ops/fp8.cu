@@ -400,23 +400,20 @@ void fp8_cast_delayed(const Tensor& x2, const Tensor& meta, const Tensor& slots,
   cast_checked(x2, CastMeta{in, m, out, zero}, q, qt, colsum);
 }
 
-// d (m, n) bf16 = (a_descale a (m, k)) (b_descale b (n, k))^T (+ bias (n) bf16). a, b contiguous
-// fp8, the descales 0-dim f32 on the device. With gelu_aux (m, n) bf16 defined: gelu_aux = that
-// sum and d = gelu_tanh(gelu_aux), in the epilogue (GELU_AUX(_BIAS)). Returns false (nothing ran)
-// when cuBLASLt offers no algorithm for the problem.
-bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const Tensor& b_descale,
-                 const Tensor& bias, const Tensor& d, bool fast_accum, const Tensor& gelu_aux) {
-  DeviceGuard guard(device_of(a));
+namespace {
+// The "TN" fp8 GEMM of a (m, k) and b (n, k) into d (m, n) (kiln's one cuBLASLt path,
+// core/cuda/gemm.h): both operands contiguous fp8 along K, the descales 0-dim f32 on the device.
+GemmParams tn_params(const Tensor& a, const Tensor& a_descale, const Tensor& b,
+                     const Tensor& b_descale, const Tensor& d) {
   const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
   KILN_CHECK(is_fp8(a.dtype()) && is_fp8(b.dtype()) && a.is_contiguous() && b.is_contiguous() &&
-             d.is_contiguous() && b.size(1) == k && d.size(0) == m && d.size(1) == n &&
-             d.dtype() == DType::kBF16)
+             d.is_contiguous() && b.size(1) == k && d.dim() == 2 && d.size(0) == m &&
+             d.size(1) == n)
       << "internal: fp8 GEMM with a " << a.str() << ", b " << b.str() << ", d " << d.str();
-  // kiln's one cuBLASLt path (core/cuda/gemm.h), "TN": both operands contiguous along K.
   GemmParams p;
   p.ab_dtype = a.dtype();
   if (b.dtype() != a.dtype()) p.b_dtype = b.dtype();
-  p.d_dtype = DType::kBF16;
+  p.d_dtype = d.dtype();
   p.m = m;
   p.n = n;
   p.k = k;
@@ -429,6 +426,20 @@ bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, cons
   p.ldd = n;
   p.a_scale = static_cast<const float*>(a_descale.raw());
   p.b_scale = static_cast<const float*>(b_descale.raw());
+  return p;
+}
+}  // namespace
+
+// d (m, n) bf16 = (a_descale a (m, k)) (b_descale b (n, k))^T (+ c (m, n) bf16) (+ bias (n)
+// bf16). With gelu_aux (m, n) bf16 defined: gelu_aux = that sum and d = gelu_tanh(gelu_aux), in
+// the epilogue (GELU_AUX(_BIAS)). c (a residual, contiguous) is added by the GEMM (beta = 1,
+// before the bias). Returns false (nothing ran) when cuBLASLt offers no algorithm.
+bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, const Tensor& b_descale,
+                 const Tensor& bias, const Tensor& d, bool fast_accum, const Tensor& gelu_aux,
+                 const Tensor& c) {
+  DeviceGuard guard(device_of(a));
+  KILN_CHECK(d.dtype() == DType::kBF16) << "internal: fp8 GEMM into " << d.str();
+  GemmParams p = tn_params(a, a_descale, b, b_descale, d);
   p.fast_accum = fast_accum;
   if (bias.defined()) {
     p.epilogue = GemmEpilogue::kBias;
@@ -440,8 +451,27 @@ bool fp8_gemm_tn(const Tensor& a, const Tensor& a_descale, const Tensor& b, cons
         << "internal: fp8 GEMM GELU input " << gelu_aux.str() << " for d " << d.str();
     p.epilogue = GemmEpilogue::kGeluAux;  // GELU_AUX_BIAS with a bias (core/cuda/gemm.cc)
     p.aux = gelu_aux.raw();
-    p.ld_aux = n;
+    p.ld_aux = p.n;
   }
+  if (c.defined()) {
+    KILN_CHECK(c.dtype() == DType::kBF16 && c.is_contiguous() && c.shape() == d.shape())
+        << "internal: fp8 GEMM residual " << c.str() << " for d " << d.str();
+    p.c = c.raw();
+    p.ldc = p.n;
+    p.beta = 1.0;
+  }
+  return gemm(p);
+}
+
+// d (m, n) f32 (+)= (a_descale a (m, k)) (b_descale b (n, k))^T: added into d (beta = 1), or
+// written over it when `overwrite` (beta = 0). Returns false (nothing ran) when cuBLASLt offers
+// no algorithm.
+bool fp8_gemm_tn_f32(const Tensor& a, const Tensor& a_descale, const Tensor& b,
+                     const Tensor& b_descale, const Tensor& d, bool overwrite) {
+  DeviceGuard guard(device_of(a));
+  KILN_CHECK(d.dtype() == DType::kF32) << "internal: fp8 f32 GEMM into " << d.str();
+  GemmParams p = tn_params(a, a_descale, b, b_descale, d);
+  p.beta = overwrite ? 0.0 : 1.0;
   return gemm(p);
 }
 

@@ -107,9 +107,21 @@ void set_fp8_fast_accum_override(int on);
 bool fp8_fused_dbias();
 // KILN_FP8_FUSED_MLP: models run GPT-2's MLP with fp8 on as fp8_mlp_gelu (models/transformer.cc).
 bool fp8_fused_mlp();
+// KILN_FP8_DIRECT_WGRAD (on by default, 2026-12-06): fp8_linear's and fp8_mlp_gelu's weight
+// gradients go from the fp8 GEMM (f32 output) straight into an f32 parameter's .grad (autograd's
+// accumulation_target: added with beta = 1, or written over a stale one with beta = 0), as the
+// 16-bit linears' do, instead of a bf16 dW that autograd converts and adds.
+bool fp8_direct_wgrad();
+// Weight GEMMs that went straight into a .grad so far (tests).
+int64_t fp8_direct_wgrad_count();
+// KILN_FP8_RESID_EPILOGUE (on by default, 2026-12-06): GPT-2's blocks pass the second residual to
+// fp8_mlp_gelu, whose second GEMM adds it, instead of a separate add.
+bool fp8_resid_epilogue();
 // Tests: force a switch (1 on, 0 off); -1 restores the environment's choice.
 void set_fp8_fused_dbias_override(int on);
 void set_fp8_fused_mlp_override(int on);
+void set_fp8_direct_wgrad_override(int on);
+void set_fp8_resid_epilogue_override(int on);
 
 // linear(gelu_tanh(linear(x, w1, b1)), w2, b2) with fp8 GEMMs, differentiable: GPT-2's MLP.
 // x: (..., C) bf16 CUDA, w1: (H, C), b1: (H) or undefined, w2: (C2, H), b2: (C2) or undefined, all
@@ -122,9 +134,12 @@ void set_fp8_fused_mlp_override(int on);
 // the bf16 pre and descales only (the composed fp8 path's memory). REQUIRES: fp8_linear's
 // conditions for x against w1 and for the (..., H) hidden against w2. With fc / proj, the first /
 // second linear's x, w and dY take delayed scaling through their histories.
+// With `residual` (bf16, the result's shape): y + residual, the residual added by the second
+// GEMM (C with beta = 1; where cuBLASLt offers no such algorithm, an add after), its gradient dY.
 Tensor fp8_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
                     const Tensor& b2, std::shared_ptr<Fp8LinearScaling> fc = nullptr,
-                    std::shared_ptr<Fp8LinearScaling> proj = nullptr);
+                    std::shared_ptr<Fp8LinearScaling> proj = nullptr,
+                    const Tensor& residual = Tensor());
 // Forwards of fp8_mlp_gelu that ran the GELU unfused (cuBLASLt offered no fp8 GELU epilogue).
 int64_t fp8_mlp_unfused_gelu_count();
 
