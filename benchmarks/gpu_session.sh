@@ -46,7 +46,9 @@
 #   GPT-2 124M with KILN_SDPA_TUNE=1 / off; SDPATUNE_MODELS picks),
 #   r9 (the ninth round's switches off one at a time per model: R9_MODELS, R9_KB, R9_LITE, R9_CE,
 #   R9_SMALL), r9check (its GPU tests and memcheck; waits for the background build), r9plants
-#   (planted bugs 15_ to 22_; R9_PLANTS picks).
+#   (planted bugs 15_ to 22_; R9_PLANTS picks), r10 (fp8 at 1.5B: bf16, fp8 200 steps, fp8 with
+#   KILN_FP8_DIRECT_WGRAD / KILN_FP8_RESID_EPILOGUE off, both again), r10check (every fp8 GPU test,
+#   memcheck on Fp8DirectCuda.*, plants 23_ 24_ from build/plants.tar.xz; waits for the build).
 #   BUILD_TARGETS overrides the targets built; SKIP_BUILD=1 builds nothing (build/bin/kiln
 #   built elsewhere for sm_90, for the parts that only run kiln and PyTorch; with BG_BUILD_TARGETS
 #   those targets are built meanwhile into build at low priority (leave kiln out: build/bin/kiln is the one built elsewhere), and ctest waits for them)
@@ -643,6 +645,38 @@ PY
         plant_patch tests/mutation/gpu/${p}_*.patch "$f" build/core/core_gpu_tests
       done
       stamp r9plants ;;
+    r10)
+      # The tenth round, fp8 at GPT-2 1.5B (8 x 1024): bf16, fp8 for 200 steps (the loss curve,
+      # against a bf16-200 run of the bf16 part), fp8 with this round's switches off
+      # (KILN_FP8_DIRECT_WGRAD, KILN_FP8_RESID_EPILOGUE), then bf16 and fp8 again.
+      c=$(cfg_of g1.5b)
+      kiln_run bf16 "$c"
+      kiln_run fp8-200 "$c" -- --set training.max_steps=200 --set schedule.lr.warmup_steps=20 \
+        --set precision.fp8_matmul=true
+      kiln_run fp8-old "$c" KILN_FP8_DIRECT_WGRAD=0 KILN_FP8_RESID_EPILOGUE=0 -- \
+        --set precision.fp8_matmul=true
+      kiln_run bf16-2 "$c"
+      kiln_run fp8-2 "$c" -- --set precision.fp8_matmul=true
+      stamp r10 ;;
+    r10check)
+      # Its GPU tests (every fp8 test), memcheck on the new ones, and planted bugs 23_ and 24_
+      # from binaries built elsewhere (build/plants.tar.xz: p23, p24) when carried; waits for the
+      # background build.
+      if [[ -n $bg_build ]]; then
+        wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
+      fi
+      gtests r10_tests build/core/core_gpu_tests 'Fp8*'
+      memcheck r10 build/core/core_gpu_tests 'Fp8DirectCuda.*' 200
+      if [[ -f build/plants.tar.xz ]]; then
+        mkdir -p /tmp/pl && tar xJf build/plants.tar.xz -C /tmp/pl
+        for p in 23 24; do
+          [[ -x /tmp/pl/p$p ]] || continue
+          f='Fp8DirectCuda.*Weight*'; [[ $p == 24 ]] && f='Fp8DirectCuda.MlpResidual*'
+          timeout 120 /tmp/pl/p$p --gtest_brief=1 --gtest_filter="$f" > "$out/plant$p.log" 2>&1
+          echo "planted $p: tests exit $? (want 1), $(grep -cE '^\[  FAILED' "$out/plant$p.log") FAILED lines"
+        done
+      fi
+      stamp r10check ;;
     lazyab)
       # KILN_LAZY_ZERO_GRAD (zero_grad marks stage 0's gradients stale; the weight GEMMs write them
       # with beta = 0): each of LAZY_MODELS (default g124 g1.5b llama) on / off / on, and Llama
