@@ -47,7 +47,7 @@
 #   r9 (the ninth round's switches off one at a time per model: R9_MODELS, R9_KB, R9_LITE, R9_CE,
 #   R9_SMALL), r9check (its GPU tests and memcheck; waits for the background build), r9plants
 #   (planted bugs 15_ to 22_; R9_PLANTS picks), r10 (fp8 at 1.5B: bf16, fp8 200 steps, fp8 with
-#   KILN_FP8_DIRECT_WGRAD / KILN_FP8_RESID_EPILOGUE off, both again), r10check (every fp8 GPU test,
+#   KILN_FP8_DIRECT_WGRAD / KILN_FP8_RESID_EPILOGUE off, both again; R10_REPEAT=0: no second fp8), r10check (every fp8 GPU test,
 #   memcheck on Fp8DirectCuda.*, plants 23_ 24_ from build/plants.tar.xz; waits for the build).
 #   BUILD_TARGETS overrides the targets built; SKIP_BUILD=1 builds nothing (build/bin/kiln
 #   built elsewhere for sm_90, for the parts that only run kiln and PyTorch; with BG_BUILD_TARGETS
@@ -656,7 +656,7 @@ PY
       kiln_run fp8-old "$c" KILN_FP8_DIRECT_WGRAD=0 KILN_FP8_RESID_EPILOGUE=0 -- \
         --set precision.fp8_matmul=true
       kiln_run bf16-2 "$c"
-      kiln_run fp8-2 "$c" -- --set precision.fp8_matmul=true
+      [[ ${R10_REPEAT:-1} == 1 ]] && kiln_run fp8-2 "$c" -- --set precision.fp8_matmul=true
       stamp r10 ;;
     r10check)
       # Its GPU tests (every fp8 test), memcheck on the new ones, and planted bugs 23_ and 24_
