@@ -6,9 +6,15 @@
 //    parameter's .grad, through the bf16 cast (as under DataParallel): .grad = G0 + dW, written
 //    over a stale .grad (NaNs, Tensor::mark_grad_stale), added on a second backward.
 //    - fp8_linear against the f64 product of the host-quantized dY^T (e5m2) and X^T (e4m3) times
-//      their descales (fp8_cuda_test.cc, test 3's "dequantized" reference): only the f32
-//      accumulation remains, ~1e-6 relative; a dW rounded to bf16 on the way (the path without
-//      it) is ~1.5e-3 off (rms 0.189 * 2^-7). Tolerance 1e-4 on ||err|| / ||ref||.
+//      their descales (fp8_cuda_test.cc, test 3's "dequantized" reference): only the GEMM's own
+//      accumulation error remains. A dW rounded to bf16 on the way (the path without it) is
+//      ~1.5e-3 off (rms 0.189 * 2^-7; the same run measured 1.67e-3 for fp8 GEMMs with bf16
+//      output). Tolerance 4e-4 on ||err|| / ||ref||, with the reason: first written as 1e-4 from
+//      an f32-accumulation estimate (~1e-6), the H100 measured 9.1e-5 and 9.3e-5 (two seeds,
+//      2026-12-06): more than f32 accumulation, as expected of Hopper's fp8 tensor-core
+//      accumulator (fewer bits than f32 between cuBLASLt's promotions to f32). 1e-4 left a 7%
+//      margin for fresh seeds; 4e-4 is 4x the measured value and ~4x below the bf16-rounded
+//      path, which the test also runs (switch off) and expects to exceed it.
 //    - fp8_mlp_gelu's two weights against the same op with the switch off (a bf16 dW that
 //      autograd adds): the same GEMMs, so within one bf16 rounding (2^-8 relative) elementwise.
 // 2. KILN_FP8_RESID_EPILOGUE: fp8_mlp_gelu(.., residual) against fp8_mlp_gelu(..) + residual.
@@ -104,9 +110,17 @@ TEST_F(Fp8DirectCuda, LinearWeightGradientGoesUnroundedIntoTheF32Grad) {
       EXPECT_FALSE(w.grad_stale());
       ASSERT_TRUE(all_finite(w.grad())) << "a stale value was read";
       report("dW in .grad vs dequantized f64", error_of(sub(f64(w.grad()), g0), scale(ref, pass)),
-             1e-4);
+             4e-4);
     }
   }
+  // The tolerance tells the paths apart: with the switch off the bf16 dW that autograd adds is
+  // further off than the bound.
+  set_fp8_direct_wgrad_override(0);
+  Tensor w = param(rand_cpu({n, k}, 0.05, DType::kF32, gen), gen, /*stale=*/true);
+  fp8_linear(x.to(kGpu), w.to(DType::kBF16)).backward(gy.to(kGpu));
+  const double off = error_of(f64(w.grad()), ref).rel_fro;
+  std::printf("  switch off: dW in .grad vs dequantized f64 %.3e\n", off);
+  EXPECT_GT(off, 4e-4) << "the bound does not tell a bf16-rounded dW apart";
 }
 
 TEST_F(Fp8DirectCuda, MlpWeightGradientsGoIntoTheF32GradsAsTheBf16PathComputesThem) {
