@@ -160,6 +160,11 @@ plant_patch() {
   [[ ${PLANT_NORESTORE:-0} == 1 ]] ||
     cmake --build build -j16 --target "$(basename "$3")" > "$out/plant_build.log" 2>&1
 }
+# wait_bg_build: waits for the background build of BG_BUILD_TARGETS, if one runs (once).
+wait_bg_build() {
+  [[ -n $bg_build ]] || return 0
+  wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
+}
 # cfg_of MODEL: the benchmark config of llama, g124 or g1.5b.
 cfg_of() {
   case $1 in
@@ -321,9 +326,7 @@ PY
       # every gpu-labelled ctest (op tests, GPU training parity, GPU kill -9 resume, NCCL at np 2
       # when two GPUs are present); needs BUILD_TARGETS to include their binaries.
       dir=build
-      if [[ -n $bg_build ]]; then
-        wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"
-      fi
+      wait_bg_build
       if [[ -f build/planted.list ]]; then  # objects of planted sources: rebuild from the clean ones
         sort -u build/planted.list | xargs -r touch && rm build/planted.list
         cmake --build build -j16 > "$out/build_unplant.log" 2>&1; stamp "rebuilt after plants: $?"
@@ -572,9 +575,7 @@ PY
       # What KILN_OVERLAP_OPTIM still needs before it can be a default: memcheck on its tests and
       # its six planted bugs (tests/mutation/gpu/5_..10_, each must fail the named tests).
       # (memcheck runs on copies of the binaries, in the background, while the plants rebuild them)
-      if [[ -n $bg_build ]]; then
-        wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
-      fi
+      wait_bg_build
       cp build/optim/optim_gpu_tests /tmp/mc_optim && cp build/tests/gpu_overlap_test /tmp/mc_overlap
       (memcheck overlap /tmp/mc_optim 'OptimCuda.GroupedStep*'
        memcheck overlap_train /tmp/mc_overlap 'GpuOverlapOptim.Gpt2*' 400) &
@@ -621,9 +622,7 @@ PY
       stamp r9 ;;
     r9check)
       # This round's GPU tests and memcheck; waits for the background build (core_gpu_tests).
-      if [[ -n $bg_build ]]; then
-        wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
-      fi
+      wait_bg_build
       gtests r9_tests build/core/core_gpu_tests \
         'RmsNorm*:LayerNorm*:AddRmsNorm*:AddLayerNorm*:NormWithSkip*:ReduceCuda.*:CudaRuntime.*:RopeCuda.*:ViewCuda.*:MatmulCuda.*:LinearAddCuda.*:MlpGeluCuda.*:LinearCrossEntropyCuda.*:CrossEntropyCuda.*:NormCuda.*'
       memcheck r9 build/core/core_gpu_tests \
@@ -662,9 +661,7 @@ PY
       # Its GPU tests (every fp8 test), memcheck on the new ones, and planted bugs 23_ and 24_
       # from binaries built elsewhere (build/plants.tar.xz: p23, p24) when carried; waits for the
       # background build.
-      if [[ -n $bg_build ]]; then
-        wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
-      fi
+      wait_bg_build
       gtests r10_tests build/core/core_gpu_tests 'Fp8*'
       memcheck r10 build/core/core_gpu_tests 'Fp8DirectCuda.*' 200
       if [[ -f build/plants.tar.xz ]]; then
@@ -691,9 +688,7 @@ PY
     lazycheck)
       # Its GPU tests, memcheck and planted bugs (11_, 12_); waits for the background build
       # (core_gpu_tests gpu_overlap_test optim_gpu_tests gpu_train_test models_gpu_tests).
-      if [[ -n $bg_build ]]; then
-        wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
-      fi
+      wait_bg_build
       gtests lazy_matmul build/core/core_gpu_tests 'MatmulCuda.WeightGradients*:MatmulCuda.Mlp*:PackedWgradCuda.*'
       gtests lazy_overlap build/tests/gpu_overlap_test '*' 300
       gtests lazy_optim build/optim/optim_gpu_tests 'OptimCuda.*'
@@ -724,9 +719,7 @@ PY
     embcheck)
       # The direct embedding gradient's GPU test, ctest -L gpu, memcheck and planted bugs (13_, 14_)
       # after the background build (waits for it).
-      if [[ -n $bg_build ]]; then
-        wait "$bg_build"; stamp "background build exit $(cat "$out/build_bg.rc" 2>/dev/null)"; bg_build=""
-      fi
+      wait_bg_build
       gtests emb build/core/core_gpu_tests 'EmbeddingCuda.*'
       timeout 300 ctest --test-dir build -L gpu -j4 --output-on-failure > "$out/ctest_gpu.log" 2>&1
       stamp "ctest -L gpu exit $?"; grep -E "tests passed|\*\*\*|Failed" "$out/ctest_gpu.log" | head -20
