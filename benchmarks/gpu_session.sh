@@ -48,7 +48,9 @@
 #   R9_SMALL), r9check (its GPU tests and memcheck; waits for the background build), r9plants
 #   (planted bugs 15_ to 22_; R9_PLANTS picks), r10 (fp8 at 1.5B: bf16, fp8 200 steps, fp8 with
 #   KILN_FP8_DIRECT_WGRAD / KILN_FP8_RESID_EPILOGUE off, both again; R10_REPEAT=0: no second fp8), r10check (every fp8 GPU test,
-#   memcheck on Fp8DirectCuda.*, plants 23_ 24_ from build/plants.tar.xz; waits for the build).
+#   memcheck on Fp8DirectCuda.*, plants 23_ 24_ from build/plants.tar.xz; waits for the build),
+#   timeline (a CUPTI GPU timeline per model and its account of busy time and gaps per step;
+#   TIMELINE_MODELS picks).
 #   BUILD_TARGETS overrides the targets built; SKIP_BUILD=1 builds nothing (build/bin/kiln
 #   built elsewhere for sm_90, for the parts that only run kiln and PyTorch; with BG_BUILD_TARGETS
 #   those targets are built meanwhile into build at low priority (leave kiln out: build/bin/kiln is the one built elsewhere), and ctest waits for them)
@@ -674,6 +676,19 @@ PY
         done
       fi
       stamp r10check ;;
+    timeline)
+      # A CUPTI timeline (benchmarks/profile/cupti_trace.cc, injected by the driver) of each of
+      # TIMELINE_MODELS (default llama g124) with this tree's defaults, and its per-step account
+      # of busy time and gaps (benchmarks/profile/timeline.py); needs
+      # build/benchmarks/libkiln_cupti_trace.so (built with BUILD_TARGETS, or carried).
+      for m in ${TIMELINE_MODELS-llama g124}; do
+        kiln_run "$m-traced" "$(cfg_of "$m")" \
+          CUDA_INJECTION64_PATH="$PWD/build/benchmarks/libkiln_cupti_trace.so" \
+          KILN_TRACE_OUT="$out/trace_$m.csv"
+        python3 benchmarks/profile/timeline.py "$out/trace_$m.csv" > "$out/timeline_$m.txt" 2>&1
+        stamp "timeline $m: exit $?"; head -45 "$out/timeline_$m.txt"
+        gzip -f "$out/trace_$m.csv"
+      done ;;
     lazyab)
       # KILN_LAZY_ZERO_GRAD (zero_grad marks stage 0's gradients stale; the weight GEMMs write them
       # with beta = 0): each of LAZY_MODELS (default g124 g1.5b llama) on / off / on, and Llama
