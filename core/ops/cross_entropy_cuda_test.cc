@@ -21,6 +21,7 @@
 #include "core/ops/cuda_op_test_util.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/matmul.h"
+#include "core/testing/gpu_test_util.h"
 
 namespace kiln {
 namespace {
@@ -184,18 +185,13 @@ TEST(LinearCrossEntropyCuda, WeightGradientGoesStraightIntoTheF32Grad) {
   for (int stale = 0; stale <= 1; ++stale) {
     const std::string what = stale ? "stale .grad" : "current .grad";
     Tensor w = w0.to(Device::cuda(0)).set_requires_grad(true);
-    w.set_grad(stale ? Tensor::full({v, c}, std::nan(""), DType::kF32, Device::cuda(0))
-                     : g0.to(Device::cuda(0)));
-    if (stale) w.mark_grad_stale();
+    testing::set_grad_or_stale(w, g0, stale != 0);
     const Tensor loss = linear_cross_entropy(x0.to(DType::kBF16).to(Device::cuda(0)),
                                              w.to(DType::kBF16), t.to(Device::cuda(0)));
     scale(loss, 3.0).backward();
     EXPECT_FALSE(w.grad_stale()) << what;
     const Tensor got = w.grad().to(Device::cpu()).to(DType::kF64);
-    const std::vector<double> vals = got.to_vector();
-    EXPECT_EQ(std::count_if(vals.begin(), vals.end(), [](double x) { return !std::isfinite(x); }),
-              0)
-        << what << ": an old value read";
+    EXPECT_EQ(testing::count_non_finite(got), 0) << what << ": an old value read";
     const Tensor want = stale ? ref : add(g0.to(DType::kF64), ref);
     // bf16 logits and softmax gradients (each rounded once, 2^-8) summed over 300 rows in f32.
     const double err = testing::max_abs(sub(got, want)) / mag;

@@ -18,6 +18,7 @@
 #include "core/ops/cuda_op_test_util.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/embedding.h"
+#include "core/testing/gpu_test_util.h"
 
 namespace kiln {
 namespace {
@@ -96,9 +97,7 @@ TEST(EmbeddingCuda, BackwardGoesStraightIntoTheF32Grad) {
     for (DType via : {DType::kF32, DType::kBF16}) {
       const std::string what = std::string(stale ? "stale, " : "") + dtype_name(via);
       Tensor w = w0.to(Device::cuda(0)).set_requires_grad(true);
-      w.set_grad(stale ? Tensor::full({v, c}, std::nan(""), DType::kF32, Device::cuda(0))
-                       : g0.to(Device::cuda(0)));
-      if (stale) w.mark_grad_stale();
+      testing::set_grad_or_stale(w, g0, stale != 0);
       const Tensor rows = gy.to(via);
       embedding(via == DType::kF32 ? w : w.to(via), ids.to(Device::cuda(0)))
           .backward(rows.to(Device::cuda(0)));
@@ -111,10 +110,7 @@ TEST(EmbeddingCuda, BackwardGoesStraightIntoTheF32Grad) {
         EXPECT_TRUE(testing::bit_equal(got, wc.grad())) << what;
         continue;
       }
-      const std::vector<double> vals = got.to_vector();
-      EXPECT_EQ(std::count_if(vals.begin(), vals.end(), [](double x) { return !std::isfinite(x); }),
-                0)
-          << what << ": an old value read";
+      EXPECT_EQ(testing::count_non_finite(got), 0) << what << ": an old value read";
       const Tensor want = stale ? dense(rows) : add(g0.to(DType::kF64), dense(rows));
       const double err = testing::max_abs(sub(got.to(DType::kF64), want)) / testing::max_abs(want);
       EXPECT_LT(err, 1e-5) << what;

@@ -378,7 +378,6 @@ bool fp8_fused_mlp() { return g_fused_mlp.on(); }
 void set_fp8_fused_mlp_override(int on) { g_fused_mlp.force(on); }
 bool fp8_delayed_scaling() { return g_delayed.on(); }
 void set_fp8_delayed_scaling_override(int on) { g_delayed.force(on); }
-bool fp8_direct_wgrad() { return g_direct_wgrad.on(); }
 void set_fp8_direct_wgrad_override(int on) { g_direct_wgrad.force(on); }
 bool fp8_resid_epilogue() { return g_resid.on(); }
 void set_fp8_resid_epilogue_override(int on) { g_resid.force(on); }

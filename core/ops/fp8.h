@@ -107,12 +107,13 @@ void set_fp8_fast_accum_override(int on);
 bool fp8_fused_dbias();
 // KILN_FP8_FUSED_MLP: models run GPT-2's MLP with fp8 on as fp8_mlp_gelu (models/transformer.cc).
 bool fp8_fused_mlp();
-// KILN_FP8_DIRECT_WGRAD (on by default, 2026-12-06): fp8_linear's and fp8_mlp_gelu's weight
-// gradients go from the fp8 GEMM (f32 output) straight into an f32 parameter's .grad (autograd's
-// accumulation_target: added with beta = 1, or written over a stale one with beta = 0), as the
-// 16-bit linears' do, instead of a bf16 dW that autograd converts and adds.
-bool fp8_direct_wgrad();
-// Weight GEMMs that went straight into a .grad so far (tests).
+// KILN_FP8_DIRECT_WGRAD (on by default, 2026-12-06; no accessor, the tests force it): fp8_linear's
+// and fp8_mlp_gelu's weight gradients go from the fp8 GEMM (f32 output) straight into an f32
+// parameter's .grad (autograd's accumulation_target: added with beta = 1, or written over a stale
+// one with beta = 0), as the 16-bit linears' do, instead of a bf16 dW that autograd converts and
+// adds.
+//
+// The weight GEMMs that went straight into a .grad so far (tests).
 int64_t fp8_direct_wgrad_count();
 // KILN_FP8_RESID_EPILOGUE (on by default, 2026-12-06): GPT-2's blocks pass the second residual to
 // fp8_mlp_gelu, whose second GEMM adds it, instead of a separate add.

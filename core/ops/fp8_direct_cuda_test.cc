@@ -66,9 +66,7 @@ Tensor param(const Tensor& value, Generator& gen, bool stale) {
   const Shape s = value.shape();
   Tensor p = value.to(DType::kF32).to(kGpu).clone().detach();
   p.set_requires_grad(true);
-  p.set_grad(stale ? Tensor::full(s, std::nan(""), DType::kF32, kGpu)
-                   : rand_cpu(s, 1.0, DType::kF32, gen).to(kGpu));
-  if (stale) p.mark_grad_stale();
+  testing::set_grad_or_stale(p, rand_cpu(s, 1.0, DType::kF32, gen), stale);
   return p;
 }
 
@@ -78,11 +76,7 @@ double max_abs_of(const Tensor& t) {
   return m;
 }
 
-bool all_finite(const Tensor& t) {
-  for (double v : f64(t).to_vector())
-    if (!std::isfinite(v)) return false;
-  return true;
-}
+bool all_finite(const Tensor& t) { return testing::count_non_finite(t) == 0; }
 
 // ---- 1. weight gradients straight into the f32 .grad ----
 

@@ -21,6 +21,7 @@
 #include "core/ops/elementwise.h"
 #include "core/ops/layernorm.h"
 #include "core/ops/rmsnorm.h"
+#include "core/testing/gpu_test_util.h"
 
 namespace kiln {
 namespace {
@@ -240,9 +241,7 @@ TEST(NormCuda, ParameterGradientsGoStraightIntoTheF32Grads) {
         if (!rms) params.push_back(&b);
         for (size_t i = 0; i < params.size(); ++i) {
           g0s.push_back(scale(rand_cpu({c}, DType::kF32, gen), testing::max_abs(refs[i])));
-          params[i]->set_grad(stale ? Tensor::full({c}, std::nan(""), DType::kF32, gpu)
-                                    : g0s[i].to(gpu));
-          if (stale) params[i]->mark_grad_stale();
+          testing::set_grad_or_stale(*params[i], g0s[i], stale != 0);
         }
         op(x0.to(gpu), r0.to(gpu), w.to(DType::kBF16), rms ? Tensor() : b.to(DType::kBF16))
             .backward(gy0.to(gpu));
@@ -250,11 +249,7 @@ TEST(NormCuda, ParameterGradientsGoStraightIntoTheF32Grads) {
           const std::string pw = what + (i == 0 ? " weight" : " bias") + (stale ? ", stale" : "");
           EXPECT_FALSE(params[i]->grad_stale()) << pw;
           const Tensor got = params[i]->grad().to(Device::cpu()).to(DType::kF64);
-          const std::vector<double> vals = got.to_vector();
-          EXPECT_EQ(
-              std::count_if(vals.begin(), vals.end(), [](double v) { return !std::isfinite(v); }),
-              0)
-              << pw << ": an old value read";
+          EXPECT_EQ(testing::count_non_finite(got), 0) << pw << ": an old value read";
           const Tensor want = stale ? refs[i] : add(g0s[i].to(DType::kF64), refs[i]);
           EXPECT_LT(testing::max_abs(sub(got, want)) / testing::max_abs(refs[i]), 2e-2) << pw;
         }

@@ -185,9 +185,7 @@ TEST_F(MatmulCuda, LargeGemmsPickedByTimingStayRight) {
 Tensor wgrad_param(const Shape& s, uint64_t seed, bool stale) {
   Tensor p = to_gpu(random_tensor(s, seed, DType::kF32, Device::cpu(), 0.05));
   p.set_requires_grad(true);
-  p.set_grad(to_gpu(stale ? Tensor::full(s, std::nan(""), DType::kF32)
-                          : random_tensor(s, seed + 100, DType::kF32)));
-  if (stale) p.mark_grad_stale();
+  testing::set_grad_or_stale(p, random_tensor(s, seed + 100, DType::kF32), stale);
   return p;
 }
 
@@ -280,11 +278,7 @@ TEST_F(MatmulCuda, BiasGradientsGoStraightIntoTheF32Grad) {
   Tensor gy = to_gpu(random_tensor({rows, out}, 62, DType::kBF16));
   const Tensor sums = sum_to(f64(gy), {out});
   // max_abs skips NaNs (std::max keeps its first argument), so a read NaN is checked for apart.
-  auto finite = [](const Tensor& t) {
-    for (double v : t.to_vector())
-      if (!std::isfinite(v)) return false;
-    return true;
-  };
+  auto finite = [](const Tensor& t) { return testing::count_non_finite(t) == 0; };
   for (int stale = 0; stale <= 1; ++stale) {
     SCOPED_TRACE(stale ? "stale .grad" : "current .grad");
     auto param = [stale](Shape s, uint64_t seed) { return wgrad_param(s, seed, stale != 0); };

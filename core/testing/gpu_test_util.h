@@ -120,6 +120,22 @@ inline double mean_abs(const Tensor& x) {
                                   << " NaN)";                                                     \
   } while (0)
 
+// Gives the f32 CUDA leaf p the .grad `current` (copied to p's device), or, when stale, a .grad of
+// NaNs marked stale (Tensor::mark_grad_stale): a backward that reads a stale .grad instead of
+// writing it over leaves NaNs in it (count_non_finite).
+inline void set_grad_or_stale(Tensor p, const Tensor& current, bool stale) {
+  p.set_grad(stale ? Tensor::full(p.shape(), std::nan(""), DType::kF32, p.device())
+                   : current.to(p.device()));
+  if (stale) p.mark_grad_stale();
+}
+
+// The elements of t (any device, any float dtype) that are NaN or infinite.
+inline int64_t count_non_finite(const Tensor& t) {
+  int64_t n = 0;
+  for (double v : t.to(Device::cpu()).to(DType::kF64).to_vector()) n += std::isfinite(v) ? 0 : 1;
+  return n;
+}
+
 // Every element of a and b has the same bits (compares raw bytes on the host).
 inline bool same_bits(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
