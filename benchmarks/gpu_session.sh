@@ -49,6 +49,8 @@
 #   (planted bugs 15_ to 22_; R9_PLANTS picks), r10 (fp8 at 1.5B: bf16, fp8 200 steps, fp8 with
 #   KILN_FP8_DIRECT_WGRAD / KILN_FP8_RESID_EPILOGUE off, both again; R10_REPEAT=0: no second fp8), r10check (every fp8 GPU test,
 #   memcheck on Fp8DirectCuda.*, plants 23_ 24_ from build/plants.tar.xz; waits for the build),
+#   r11 (the eleventh round's switches on Llama 1B: R11_MODELS), r11check (its tests, memcheck,
+#   plants 25_ 26_ from build/plants.tar.xz; waits for the build),
 #   timeline (a CUPTI GPU timeline per model and its account of busy time and gaps per step;
 #   TIMELINE_MODELS picks).
 #   BUILD_TARGETS overrides the targets built; SKIP_BUILD=1 builds nothing (build/bin/kiln
@@ -112,7 +114,7 @@ if len(rows) >= 40:
     tail = [r["loss"] for r in rows[-20:]]
     print(f"  mean loss of the last 20 steps {sum(tail) / len(tail):.5f}")
 PY
-  grep -A6 "^step phases" "$out/kiln_$label.log"
+  grep -A7 "^step phases" "$out/kiln_$label.log"
   cp "$out/r_$label/metrics.jsonl" "$out/$label.jsonl" 2>/dev/null; rm -rf "$out/r_$label"
 }
 # gtests LABEL BINARY FILTER [SECONDS]: the tests of BINARY that FILTER picks, their summary and
@@ -676,6 +678,41 @@ PY
         done
       fi
       stamp r10check ;;
+    r11)
+      # The eleventh round's switches on Llama 1B (R11_MODELS picks): this tree, AdamW launches cut
+      # at 320 blocks (before), the packed gate / up weight GEMMs one per piece (before), both
+      # (the tenth round's tree but for the gradient arena), the side stream at high priority, 16
+      # GEMM candidates tuned, this tree again; then PyTorch.
+      for m in ${R11_MODELS-llama}; do
+        c=$(cfg_of "$m")
+        kiln_run "$m-new" "$c"
+        kiln_run "$m-adamw320" "$c" KILN_ADAMW_LAUNCH_BLOCKS=320
+        kiln_run "$m-nobatch" "$c" KILN_PACKED_WGRAD_BATCHED=0
+        kiln_run "$m-old" "$c" KILN_ADAMW_LAUNCH_BLOCKS=320 KILN_PACKED_WGRAD_BATCHED=0
+        kiln_run "$m-sideprio" "$c" KILN_SIDE_PRIORITY=1
+        kiln_run "$m-tune16" "$c" KILN_GEMM_TUNE_CANDIDATES=16
+        kiln_run "$m-new2" "$c"
+      done
+      stamp r11 ;;
+    r11check)
+      # Its GPU tests, memcheck on the new ones, and planted bugs 25_ and 26_ from binaries built
+      # elsewhere (build/plants.tar.xz: p25 core_gpu_tests, p26 optim_gpu_tests); waits for the
+      # background build.
+      wait_bg_build
+      gtests r11_packed build/core/core_gpu_tests 'PackedWgradCuda.*'
+      gtests r11_optim build/optim/optim_gpu_tests '*'
+      memcheck r11_packed build/core/core_gpu_tests 'PackedWgradCuda.EqualPieces*' 200
+      memcheck r11_optim build/optim/optim_gpu_tests 'OptimCuda.LaunchBlockCap*:OptimCuda.AdamWMatchesCpuOverSteps' 300
+      if [[ -f build/plants.tar.xz ]]; then
+        mkdir -p /tmp/pl && tar xJf build/plants.tar.xz -C /tmp/pl
+        for p in 25 26; do
+          [[ -x /tmp/pl/p$p ]] || continue
+          f='PackedWgradCuda.EqualPieces*'; [[ $p == 26 ]] && f='OptimCuda.LaunchBlockCap*'
+          timeout 120 /tmp/pl/p$p --gtest_brief=1 --gtest_filter="$f" > "$out/plant$p.log" 2>&1
+          echo "planted $p: tests exit $? (want 1), $(grep -cE '^\[  FAILED' "$out/plant$p.log") FAILED lines"
+        done
+      fi
+      stamp r11check ;;
     timeline)
       # A CUPTI timeline (benchmarks/profile/cupti_trace.cc, injected by the driver) of each of
       # TIMELINE_MODELS (default llama g124) with this tree's defaults, and its per-step account

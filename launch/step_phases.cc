@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "core/ops/matmul.h"
 #include "launch/trainer_log.h"
 
 namespace kiln::launch {
@@ -54,6 +55,11 @@ std::string StepPhases::summary() const {
     absl::StrAppendFormat(&out, "  %-46s %9.3f ms %5.1f%%\n", kNames[p], ms,
                           step > 0 ? 100e-3 * ms / step : 0.0);
   }
+  // Which weight-gradient paths the packed linears took (process totals, every step).
+  absl::StrAppendFormat(
+      &out, "  packed weight gradients: %d pieces straight into .grads, %d batched GEMMs\n",
+      static_cast<int>(packed_direct_wgrad_pieces()),
+      static_cast<int>(packed_wgrad_batched_gemms()));
   return out;
 }
 

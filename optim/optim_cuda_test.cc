@@ -24,11 +24,12 @@ using testing::random_tensor;
 
 using OptimCuda = GpuTest;
 
-// Parameter sizes: 40 tensors (more than the 32 a launch takes), one of them longer than 320
-// chunks of 64Ki elements (more blocks than a launch takes), odd sizes to exercise chunk tails.
+// Parameter sizes: 52 tensors (more than the 48 a launch takes), one of them longer than 320
+// chunks of 64Ki elements (more blocks than a launch took before 2026-12-06), odd sizes to
+// exercise chunk tails.
 std::vector<int64_t> param_sizes() {
   std::vector<int64_t> s = {1, 7, 768, 65535, 65536, 65537, 3 * 65536 + 11, 21000001};
-  for (int i = 0; i < 32; ++i) s.push_back(97 * i + 5);
+  for (int i = 0; i < 44; ++i) s.push_back(97 * i + 5);
   return s;
 }
 
@@ -116,7 +117,7 @@ TEST_F(OptimCuda, AdamWMatchesCpuOverSteps) {
 // The clipping / unscale factor folded into the AdamW kernel (step_scaled) against scaling the
 // gradients first (scale_grads, as the Trainer did before the fold) then step: parameters and
 // moments bit for bit, f32 gradients (folded in the kernel) and bf16 ones (scaled in place first),
-// over the 40 tensors and several launches; the f32 gradients in memory are left unscaled.
+// over the 52 tensors and several launches; the f32 gradients in memory are left unscaled.
 TEST_F(OptimCuda, FoldedGradScaleIsBitIdenticalToScalingFirst) {
   for (DType gd : {DType::kF32, DType::kBF16}) {
     SCOPED_TRACE(dtype_name(gd));
@@ -140,7 +141,7 @@ TEST_F(OptimCuda, FoldedGradScaleIsBitIdenticalToScalingFirst) {
 
 // KILN_ADAMW_VEC's kernel (four elements a thread, 16-byte accesses) against the one-element
 // kernel: parameters and moments bit for bit over three steps with a folded gradient factor, for
-// f32, bf16 and f16 gradients, over the 40 tensors' chunk tails and launch splits, plus one
+// f32, bf16 and f16 gradients, over the 52 tensors' chunk tails and launch splits, plus one
 // parameter 4 bytes off 16-byte alignment (that tensor takes the one-element loop).
 TEST_F(OptimCuda, VectorizedAdamWIsBitIdenticalToOneElementAThread) {
   struct Reset {
@@ -181,6 +182,49 @@ std::vector<Tensor> make_copies(const std::vector<nn::Parameter>& params, DType 
                                 : Tensor::empty({n}, dtype, Device::cuda(0)));
   }
   return h;
+}
+
+// Launches cut by a block cap (a tensor's chunks continued in the next launch, from slot 0 with a
+// chunk offset) against uncapped launches (one per 48 tensors): AdamW's parameters, moments and
+// 16-bit copies, the gradient norm and the scaled gradients bit for bit. Caps of 1 (every chunk
+// its own launch), 3 (cuts inside tensors and across tensor ends) and 320 (the launches of before
+// 2026-12-06).
+TEST_F(OptimCuda, LaunchBlockCapGivesTheSameBits) {
+  struct Reset {
+    ~Reset() { cuda::set_launch_block_cap_override(-1); }
+  } reset;
+  for (int64_t cap : {1, 3, 320}) {
+    SCOPED_TRACE("cap " + std::to_string(cap));
+    ParamPair a = make_params(51), b = make_params(51);
+    AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+    AdamW whole(a.gpu, o), cut(b.gpu, o);
+    std::vector<Tensor> ha = make_copies(a.gpu, DType::kBF16, 3);
+    std::vector<Tensor> hb = make_copies(b.gpu, DType::kBF16, 3);
+    ASSERT_TRUE(whole.set_param_copies(ha));
+    ASSERT_TRUE(cut.set_param_copies(hb));
+    for (int step = 1; step <= 2; ++step) {
+      set_grads(a, step, DType::kF32);
+      set_grads(b, step, DType::kF32);
+      cuda::set_launch_block_cap_override(0);
+      const double na = grad_norm(a.gpu);
+      scale_grads(a.gpu, 0.75);
+      whole.step(2e-3);
+      cuda::set_launch_block_cap_override(cap);
+      const double nb = grad_norm(b.gpu);
+      scale_grads(b.gpu, 0.75);
+      cut.step(2e-3);
+      EXPECT_EQ(std::memcmp(&na, &nb, sizeof(double)), 0) << na << " vs " << nb;
+      EXPECT_GT(na, 0.0);
+      for (size_t i = 0; i < a.gpu.size(); ++i)
+        EXPECT_TRUE(testing::same_bits(a.gpu[i].tensor.grad().to(Device::cpu()),
+                                       b.gpu[i].tensor.grad().to(Device::cpu())))
+            << "scaled gradient " << i;
+    }
+    expect_same_bits(a, b, whole, cut);
+    for (size_t i = 0; i < ha.size(); ++i)
+      EXPECT_TRUE(testing::same_bits(ha[i].to(Device::cpu()), hb[i].to(Device::cpu())))
+          << "copy " << i;
+  }
 }
 
 // AdamW writing the 16-bit copies of the updated parameters in its kernel (AdamWSlot::h, the

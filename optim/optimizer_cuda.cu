@@ -1,9 +1,13 @@
 // Multi-tensor CUDA kernels for the optimizers: tensors are cut into fixed 64Ki-element chunks and
-// each block handles one chunk of one tensor, with the tensor pointers and the chunk table passed
-// as kernel arguments (no host-to-device copies), so AdamW over all parameters is a few launches.
+// each block handles one chunk of one tensor, with the tensor pointers and each tensor's first
+// block passed as kernel arguments (no host-to-device copies), so AdamW over all parameters is one
+// launch per 48 tensors, as many blocks as their chunks.
 // The chunk layout depends only on the tensor sizes, which makes the sum of squares (per-chunk
 // f64 partials added in chunk order) bit-identical across runs.
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 
 #include "core/check.h"
 #include "core/cuda/dtype.cuh"
@@ -18,8 +22,7 @@ namespace {
 using kiln::cuda::compute_stream;
 using kiln::cuda::DeviceGuard;
 
-constexpr int kMaxTensors = 32;    // tensors per launch
-constexpr int kMaxBlocks = 320;    // chunks (blocks) per launch
+constexpr int kMaxTensors = 48;    // tensors per launch
 constexpr int64_t kChunk = 65536;  // elements per chunk
 constexpr int kThreads = 512;
 
@@ -36,12 +39,36 @@ __device__ __forceinline__ float load_f32(const void* p, DType t, int64_t i) {
   }
 }
 
-// The chunk table shared by every multi-tensor launch.
+// The chunk table shared by every multi-tensor launch: slot t's blocks are [first_block[t],
+// first_block[t + 1]), and they take its chunks from first_chunk[t] on (non-zero only for a tensor
+// continued from the previous launch under a block cap).
 struct ChunkTable {
   int64_t n[kMaxTensors];
-  uint8_t tensor[kMaxBlocks];
-  int32_t chunk[kMaxBlocks];
+  int64_t first_chunk[kMaxTensors];
+  int32_t first_block[kMaxTensors + 1];
+  int32_t slots;
 };
+
+struct ChunkRange {
+  int t;               // the slot
+  int64_t start, end;  // elements [start, end) of that tensor
+};
+
+// This block's slot (a binary search over first_block: the same for every thread) and elements.
+__device__ __forceinline__ ChunkRange chunk_of(const ChunkTable& tb) {
+  const int b = static_cast<int>(blockIdx.x);
+  int lo = 0, hi = tb.slots - 1;  // the last slot whose first block is <= b
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (tb.first_block[mid] <= b) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const int64_t start = (tb.first_chunk[lo] + (b - tb.first_block[lo])) * kChunk;
+  return {lo, start, min(tb.n[lo], start + kChunk)};
+}
 
 struct AdamWArgs {
   float* p[kMaxTensors];
@@ -103,9 +130,9 @@ __device__ __forceinline__ float4 load4_f32(const void* g, DType t, int64_t i) {
 // the chunk's last n % 4 elements one at a time. With a.h[t], each updated p is also written
 // rounded to 16 bits into h (8 bytes per four elements in the vectorized loop).
 __global__ void __launch_bounds__(kThreads) adamw_kernel(AdamWArgs a, AdamWScalars s) {
-  const int t = a.table.tensor[blockIdx.x];
-  const int64_t start = static_cast<int64_t>(a.table.chunk[blockIdx.x]) * kChunk;
-  const int64_t end = min(a.table.n[t], start + kChunk);
+  const ChunkRange r = chunk_of(a.table);
+  const int t = r.t;
+  const int64_t start = r.start, end = r.end;
   float* __restrict__ p = a.p[t];
   float* __restrict__ m = a.m[t];
   float* __restrict__ v = a.v[t];
@@ -157,13 +184,14 @@ struct SumSqArgs {
   ChunkTable table;
   int64_t block_offset;  // index of this launch's first chunk among all chunks
 };
+static_assert(sizeof(SumSqArgs) <= 4096, "SumSqArgs too large");
 
 __global__ void __launch_bounds__(kThreads)
     sumsq_kernel(SumSqArgs a, double* __restrict__ partial) {
   __shared__ double warp_sums[kThreads / 32];
-  const int t = a.table.tensor[blockIdx.x];
-  const int64_t start = static_cast<int64_t>(a.table.chunk[blockIdx.x]) * kChunk;
-  const int64_t end = min(a.table.n[t], start + kChunk);
+  const ChunkRange r = chunk_of(a.table);
+  const int t = r.t;
+  const int64_t start = r.start, end = r.end;
   double acc = 0;
   for (int64_t i = start + threadIdx.x; i < end; i += kThreads) {
     const double x = kiln::cuda::load_as_double(a.x[t], a.xtype[t], i);
@@ -184,11 +212,12 @@ struct ScaleArgs {
   DType xtype[kMaxTensors];
   ChunkTable table;
 };
+static_assert(sizeof(ScaleArgs) <= 4096, "ScaleArgs too large");
 
 __global__ void __launch_bounds__(kThreads) scale_kernel(ScaleArgs a, double s) {
-  const int t = a.table.tensor[blockIdx.x];
-  const int64_t start = static_cast<int64_t>(a.table.chunk[blockIdx.x]) * kChunk;
-  const int64_t end = min(a.table.n[t], start + kChunk);
+  const ChunkRange r = chunk_of(a.table);
+  const int t = r.t;
+  const int64_t start = r.start, end = r.end;
   void* x = a.x[t];
   const DType xt = a.xtype[t];
   if (xt == DType::kF32) {  // as the CPU f32 fast path: one f32 multiply
@@ -214,41 +243,56 @@ __global__ void sgd_kernel(float* __restrict__ p, const float* __restrict__ g,
   }
 }
 
-// Walks tensors of sizes `numel` in order, packing (tensor, chunk) blocks into launches of at most
-// kMaxBlocks blocks and kMaxTensors tensors. add(slot, index) fills tensor `index` into argument
-// slot `slot`; launch(table, blocks, first_block) runs one launch.
+// Blocks a launch may hold (0: no limit): KILN_ADAMW_LAUNCH_BLOCKS, or a test's override; 320
+// gives the launches of before 2026-12-06 (block counts the tables of 4 KiB arguments allowed).
+std::atomic<int64_t> g_block_cap_override{-1};
+int64_t launch_block_cap() {
+  const int64_t forced = g_block_cap_override.load(std::memory_order_relaxed);
+  if (forced >= 0) return forced;
+  static const int64_t env = [] {
+    const char* e = std::getenv("KILN_ADAMW_LAUNCH_BLOCKS");
+    return e == nullptr ? int64_t{0} : std::max<int64_t>(0, std::atoll(e));
+  }();
+  return env;
+}
+
+// Walks tensors of sizes `numel` in order, packing their chunks (one block each) into launches of
+// at most kMaxTensors tensors (and launch_block_cap() blocks, a tensor continuing into the next
+// launch where the cap cuts it). add(slot, index) fills tensor `index` into argument slot `slot`;
+// launch(table, blocks, first_block) runs one launch; first_block counts the blocks before it.
 template <typename Add, typename Launch>
 void for_each_launch(const std::vector<int64_t>& numel, Add add, Launch launch) {
+  const int64_t cap = launch_block_cap();
+  constexpr int64_t kMaxGrid = (int64_t{1} << 31) - 1;
   ChunkTable table{};
-  int nt = 0, nb = 0;
-  int64_t first_block = 0;
+  int64_t nb = 0, first_block = 0;
+  auto flush = [&] {
+    table.first_block[table.slots] = static_cast<int32_t>(nb);
+    launch(table, static_cast<int>(nb), first_block);
+    first_block += nb;
+    nb = 0;
+    table.slots = 0;
+  };
   for (size_t i = 0; i < numel.size(); ++i) {
     const int64_t n = numel[i];
-    if (n == 0) continue;
-    add(nt, i);
-    table.n[nt] = n;
-    ++nt;
     const int64_t chunks = (n + kChunk - 1) / kChunk;
-    for (int64_t c = 0; c < chunks; ++c) {
-      table.tensor[nb] = static_cast<uint8_t>(nt - 1);
-      table.chunk[nb] = static_cast<int32_t>(c);
-      ++nb;
-      const bool last = c == chunks - 1;
-      if (nb == kMaxBlocks || (nt == kMaxTensors && last)) {
-        launch(table, nb, first_block);
-        first_block += nb;
-        nb = 0;
-        if (last) {
-          nt = 0;
-        } else {  // the rest of this tensor continues in the next launch, in slot 0
-          add(0, i);
-          table.n[0] = n;
-          nt = 1;
-        }
+    for (int64_t c = 0; c < chunks;) {
+      const int64_t room = cap > 0 ? cap - nb : kMaxGrid - nb;
+      if (table.slots == kMaxTensors || room <= 0) {
+        flush();
+        continue;
       }
+      const int64_t take = std::min(chunks - c, room);
+      add(table.slots, i);
+      table.n[table.slots] = n;
+      table.first_chunk[table.slots] = c;
+      table.first_block[table.slots] = static_cast<int32_t>(nb);
+      ++table.slots;
+      nb += take;
+      c += take;
     }
   }
-  if (nb > 0) launch(table, nb, first_block);
+  if (nb > 0) flush();
 }
 
 int64_t total_chunks(const std::vector<int64_t>& numel) {
@@ -272,6 +316,9 @@ EnvSwitch g_adamw_vec("KILN_ADAMW_VEC", /*default_on=*/true);
 }  // namespace
 
 void set_adamw_vectorized_override(int on) { g_adamw_vec.force(on); }
+void set_launch_block_cap_override(int64_t blocks) {
+  g_block_cap_override.store(blocks, std::memory_order_relaxed);
+}
 
 void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptions& o, int64_t t,
                 double grad_scale, const AdamWLaunch& launch) {

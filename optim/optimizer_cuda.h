@@ -24,7 +24,8 @@ struct AdamWSlot {
 };
 
 // One AdamW step at step t (1-based) over all slots, rounding exactly as adamw_update does on the
-// CPU. Launches ceil(total chunks / 320) kernels (64Ki elements per chunk, <= 32 tensors each).
+// CPU. One launch per 48 tensors, a block per chunk of 64Ki elements (before 2026-12-06: at most
+// 320 blocks and 32 tensors a launch; KILN_ADAMW_LAUNCH_BLOCKS=320 caps the blocks again).
 // grad_scale != 1 multiplies each gradient first with the result of scale() then the step, bit for
 // bit: f32 gradients in the kernel (rounded once, as scale's f32 multiply; the gradient in memory
 // is left unscaled), others scaled in place by scale() before it.
@@ -46,6 +47,9 @@ void adamw_step(const std::vector<AdamWSlot>& slots, double lr, const AdamWOptio
 // tensor is aligned for it (h, when given, to 8 bytes: four 16-bit elements). Tests and
 // benchmarks force it: 1 on, 0 off, -1 the environment's.
 void set_adamw_vectorized_override(int on);
+// Tests: the most blocks a multi-tensor launch (AdamW, sum of squares, scale) may hold; a tensor
+// with more chunks continues in the next launch. 0: no limit; -1: KILN_ADAMW_LAUNCH_BLOCKS's.
+void set_launch_block_cap_override(int64_t blocks);
 
 // p -= lr * (momentum buffer update), as sgd_update on the CPU; one launch per tensor.
 void sgd_step(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, double momentum,

@@ -71,6 +71,19 @@ DataParallel::DataParallel(Shardable& model, std::vector<nn::Parameter> params, 
   const int stage = opts_.zero_stage;
   const Device dev = params_.empty() ? Device::cpu() : params_[0].tensor.device();
   std::vector<nn::Parameter> pieces;
+  // Stages 0/1: the units' gradient buffers are views of one allocation, the last unit's first,
+  // each 256-byte aligned. Units run in reverse registration order, so the .grads of different
+  // units then lie in registration order in memory: the equal pieces of a packed weight in units
+  // of their own (Llama 1B's gate / up) are one positive stride apart, and their weight GEMMs run
+  // as one batched GEMM (set_packed_wgrad_batched_override, core/ops/matmul.h).
+  std::vector<int64_t> grad_at(units_.size(), 0);
+  int64_t grad_total = 0;
+  for (size_t u = units_.size(); u-- > 0;) {
+    grad_at[u] = grad_total;
+    grad_total += (units_[u]->padded + 63) / 64 * 64;
+  }
+  const Tensor grad_arena =
+      stage <= 1 && grad_total > 0 ? Tensor::zeros({grad_total}, DType::kF32, dev) : Tensor();
   for (size_t u = 0; u < units_.size(); ++u) {
     Unit& un = *units_[u];
     Tensor flat = Tensor::zeros({un.padded}, DType::kF32, dev);
@@ -88,7 +101,7 @@ DataParallel::DataParallel(Shardable& model, std::vector<nn::Parameter> params, 
       for (int p : un.params) release_storage(p);
     }
     if (stage <= 1) {
-      un.flat_grad = Tensor::zeros({un.padded}, DType::kF32, dev);
+      un.flat_grad = grad_arena.narrow(0, grad_at[u], un.padded);
       for (size_t j = 0; j < un.params.size(); ++j) {
         const Tensor& p = params_[un.params[j]].tensor;
         Tensor(p.impl_ptr()).set_grad(view(un.flat_grad, un.offsets[j], p.shape()));

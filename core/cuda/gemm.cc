@@ -7,6 +7,7 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <memory>
@@ -275,16 +276,27 @@ bool tune_wanted(const GemmParams& p) {
   return static_cast<double>(p.m) * p.n * p.k * p.batch >= static_cast<double>(1 << 30);
 }
 
-// Times up to 8 of the heuristic's algorithms on p's own operands (one warm-up and 3 timed runs
-// each; D and any epilogue outputs are rewritten by the real call after) and keeps the fastest.
-// Once per plan, on its first use; synchronises the compute stream.
+// Times up to tune_candidates() of the heuristic's algorithms on p's own operands (one warm-up and
+// 3 timed runs each; D and any epilogue outputs are rewritten by the real call after) and keeps the
+// fastest. Once per plan, on its first use; synchronises the compute stream.
+// KILN_GEMM_TUNE_CANDIDATES (1-32, default 8): how many of the heuristic's algorithms are timed.
+int tune_candidates() {
+  static const int n = [] {
+    const char* e = std::getenv("KILN_GEMM_TUNE_CANDIDATES");
+    const int v = e == nullptr ? 8 : std::atoi(e);
+    return v < 1 ? 8 : std::min(v, 32);
+  }();
+  return n;
+}
+
 void tune_plan(const GemmParams& p, Plan& plan) {
-  constexpr int kCandidates = 8, kReps = 3;
+  constexpr int kMaxCandidates = 32, kReps = 3;
   cublasLtMatmulPreference_t pref = make_preference(p);
-  cublasLtMatmulHeuristicResult_t res[kCandidates] = {};
+  cublasLtMatmulHeuristicResult_t res[kMaxCandidates] = {};
   int found = 0;
-  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(
-      lt_handle(), plan.desc, plan.la, plan.lb, plan.lc, plan.ld, pref, kCandidates, res, &found);
+  const cublasStatus_t hs =
+      cublasLtMatmulAlgoGetHeuristic(lt_handle(), plan.desc, plan.la, plan.lb, plan.lc, plan.ld,
+                                     pref, tune_candidates(), res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (hs != CUBLAS_STATUS_SUCCESS || found < 2) return;
   cudaEvent_t e0, e1;

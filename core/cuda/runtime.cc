@@ -130,7 +130,14 @@ cudaStream_t side_stream(int device) {
   DeviceState& s = state(device);
   std::call_once(s.side_once, [&] {
     DeviceGuard g(device);
-    KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&s.side, cudaStreamNonBlocking));
+    // KILN_SIDE_PRIORITY=1: the side stream at the device's greatest priority, so the block
+    // scheduler serves KILN_OVERLAP_OPTIM's AdamW (which the next forward waits for, group by
+    // group) ahead of the compute stream's blocks when both have blocks waiting.
+    int least = 0, greatest = 0;
+    KILN_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    const bool high = EnvSwitch::env_flag("KILN_SIDE_PRIORITY", false);
+    KILN_CUDA_CHECK(
+        cudaStreamCreateWithPriority(&s.side, cudaStreamNonBlocking, high ? greatest : least));
   });
   return s.side;
 }

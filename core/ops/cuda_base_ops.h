@@ -85,6 +85,15 @@ void linear_backward(const Tensor& gy, const Tensor& x2, const Tensor& w, bool n
                      bool need_b, Tensor* gx, Tensor* gw, Tensor* gb,
                      const Tensor& gw_into = Tensor(), bool gw_overwrite = false,
                      const Tensor& gb_into = Tensor(), bool gb_overwrite = false);
+// The weight gradients of the equal pieces of a packed linear as one strided batched GEMM:
+// into[i] (f32, contiguous (R, IN)) = gy[:, i R : (i + 1) R]^T @ x2 (beta = 0 with overwrite, else
+// added), gy (M, n R) and x2 (M, IN) contiguous 16-bit, when the into[i] lie one positive stride
+// apart in memory (the batch stride of D; A's is R columns, B's 0), every stride a multiple of 16
+// bytes and no two pieces overlapping. Returns false (nothing run) otherwise. One launch with
+// n x the tiles of a piece's GEMM fills the last wave of the GPU that each piece's own GEMM leaves
+// part empty (Llama 1B's gate / up pieces: 704 tiles of 128 x 128 each on 132 SMs).
+bool packed_wgrads_batched(const Tensor& gy, const Tensor& x2, const std::vector<Tensor>& into,
+                           bool overwrite);
 // g * gelu_tanh'(pre), elementwise (same shapes).
 Tensor gelu_input_grad(const Tensor& g, const Tensor& pre);
 // How matmul_dgelu computes a 16-bit hidden gradient (f32 and unaligned shapes always take the

@@ -4,6 +4,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <string>
@@ -101,6 +102,10 @@ namespace {
 
 EnvSwitch g_packed_wgrad("KILN_PACKED_DIRECT_WGRAD", /*default_on=*/true);  // since 2026-12-06
 std::atomic<int64_t> g_packed_wgrad_pieces{0};
+// KILN_PACKED_WGRAD_BATCHED=0: the equal pieces of a packed weight (Llama's gate / up) each take
+// their own weight GEMM even where their .grads lie one stride apart (cuda::packed_wgrads_batched).
+EnvSwitch g_packed_batched("KILN_PACKED_WGRAD_BATCHED", /*default_on=*/true);
+std::atomic<int64_t> g_packed_batched_gemms{0};
 
 struct MatmulDims {
   int64_t batch = 1, m = 0, k = 0, n = 0;
@@ -265,6 +270,14 @@ std::vector<Tensor> packed_wgrad_targets(const Edge& e, const Tensor& gy,
 // leading dimension.
 void add_packed_wgrads(const Tensor& gy, const Tensor& x2, const std::vector<Tensor>& into,
                        const std::vector<char>& overwrite) {
+  g_packed_wgrad_pieces.fetch_add(static_cast<int64_t>(into.size()), std::memory_order_relaxed);
+  const bool same_flag =
+      std::all_of(overwrite.begin(), overwrite.end(), [&](char o) { return o == overwrite[0]; });
+  if (g_packed_batched.on() && same_flag && !into.empty() &&
+      cuda::packed_wgrads_batched(gy, x2, into, overwrite[0] != 0)) {
+    g_packed_batched_gemms.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   int64_t off = 0;
   for (size_t i = 0; i < into.size(); ++i) {
     const Tensor& t = into[i];
@@ -273,7 +286,6 @@ void add_packed_wgrads(const Tensor& gy, const Tensor& x2, const std::vector<Ten
                           &unused, t, overwrite[i] != 0);
     off += t.size(0);
   }
-  g_packed_wgrad_pieces.fetch_add(static_cast<int64_t>(into.size()), std::memory_order_relaxed);
 }
 
 // CUDA y = [gelu](x w^T + b) [+ residual]: saved = {x2, w} (+ the GELU input with gelu). next:
@@ -379,6 +391,10 @@ void check_residual(const char* op, const Tensor& x, int64_t out, const Tensor& 
 void set_packed_direct_wgrad_override(int on) { g_packed_wgrad.force(on); }
 int64_t packed_direct_wgrad_pieces() {
   return g_packed_wgrad_pieces.load(std::memory_order_relaxed);
+}
+void set_packed_wgrad_batched_override(int on) { g_packed_batched.force(on); }
+int64_t packed_wgrad_batched_gemms() {
+  return g_packed_batched_gemms.load(std::memory_order_relaxed);
 }
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {

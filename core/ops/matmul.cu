@@ -370,6 +370,41 @@ void linear_backward(const Tensor& gy, const Tensor& x2, const Tensor& w, bool n
   if (need_b) *gb = sum_to(gy, {out_f});
 }
 
+bool packed_wgrads_batched(const Tensor& gy, const Tensor& x2, const std::vector<Tensor>& into,
+                           bool overwrite) {
+  const int64_t n = static_cast<int64_t>(into.size());
+  if (n < 2 || gy.dim() != 2 || x2.dim() != 2 || !gy.is_contiguous() || !x2.is_contiguous() ||
+      gy.dtype() != x2.dtype() || (gy.dtype() != DType::kBF16 && gy.dtype() != DType::kF16) ||
+      gy.size(0) != x2.size(0) || gy.size(0) == 0)
+    return false;
+  const int64_t r = into[0].dim() == 2 ? into[0].size(0) : -1, in = x2.size(1);
+  if (r <= 0 || gy.size(1) != n * r || (r * 2) % 16 != 0) return false;  // A's stride: 16 bytes
+  int64_t stride = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const Tensor& t = into[i];
+    if (t.dtype() != DType::kF32 || !t.is_contiguous() || t.dim() != 2 || t.size(0) != r ||
+        t.size(1) != in || t.device() != gy.device() || !t.aligned_to(16))
+      return false;
+    if (i == 0) continue;
+    const int64_t d =
+        static_cast<const float*>(t.raw()) - static_cast<const float*>(into[i - 1].raw());
+    if (i == 1) stride = d;
+    if (d != stride) return false;
+  }
+  if (stride < r * in || stride % 4 != 0) return false;  // positive, no overlap, 16-byte steps
+  DeviceGuard guard(device_of(gy));
+  const Operand G = operand(gy), X = operand(x2);
+  GemmParams p = params(gy.dtype(), r, in, gy.size(0), G, true, X, false, into[0]);
+  p.d_dtype = DType::kF32;
+  p.ldd = in;
+  p.batch = n;
+  p.stride_a = r;  // piece i's block of gy starts i R columns in
+  p.stride_b = 0;
+  p.stride_d = stride;
+  p.beta = overwrite ? 0.0 : 1.0;
+  return gemm(p);
+}
+
 // dpre (rows, hid) := dpre * gelu'(pre) in place; *gb1 = its column sums (pre contiguous, 16-bit,
 // hid % 8 == 0, both 16-byte aligned: the caller checks).
 void dgelu_bgrad_inplace(const Tensor& dpre, const Tensor& pre, Tensor* gb1) {

@@ -50,6 +50,12 @@ Tensor linear_fp8(const Tensor& x, const Tensor& w, double x_scale, double w_sca
 // (1 on, 0 off, -1 the environment's) and count the pieces.
 void set_packed_direct_wgrad_override(int on);
 int64_t packed_direct_wgrad_pieces();
+// Where the pieces are equal and their .grads lie one positive stride apart in memory (as
+// DataParallel allocates Llama's gate / up .grads), the pieces' GEMMs run as one strided batched
+// GEMM (cuda::packed_wgrads_batched: fills the last wave the separate GEMMs leave part empty)
+// unless KILN_PACKED_WGRAD_BATCHED=0. Tests: force it (1, 0, -1) and count the batched GEMMs.
+void set_packed_wgrad_batched_override(int on);
+int64_t packed_wgrad_batched_gemms();
 
 namespace raw {
 // c = alpha * op(a) @ op(b) + beta * c for contiguous f32/f64 2-D operands (row-major).
