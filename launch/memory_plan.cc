@@ -174,10 +174,11 @@ StateBytes state_bytes(const PlanInput& in, const PlanLayout& l, int stage) {
   auto a = [&](int64_t bytes) { return plan_alloc(in, bytes); };
   StateBytes s;
   s.units = static_cast<int>(units.size());
+  int64_t grad_arena = 0;  // stages 0/1: every unit's flat_grad in one allocation, 256-byte steps
   for (const Unit& u : units) {
     s.largest_unit = std::max(s.largest_unit, u.numel);
     s.params += l.zero < 3 ? a(u.padded * 4) : a(u.shard * 4);  // flat fp32, or the own shard
-    if (l.zero <= 1) s.grads += a(u.padded * 4);                // flat_grad
+    if (l.zero <= 1) grad_arena += (u.padded + 63) / 64 * 64;   // flat_grad
     if (l.zero >= 1) s.grads += a(u.shard * 4);                 // grad_shard
     for (int64_t n : pieces(u, l.zero)) s.optimizer += states * a(n * 4);
     if (l.zero == 1 || l.zero == 2) s.step_temp = std::max(s.step_temp, a(u.shard * 4));
@@ -194,6 +195,7 @@ StateBytes state_bytes(const PlanInput& in, const PlanLayout& l, int stage) {
         s.gathered_block = std::max(s.gathered_block, g);
     }
   }
+  if (grad_arena > 0) s.grads += a(grad_arena * 4);
   return s;
 }
 
