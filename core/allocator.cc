@@ -85,7 +85,9 @@ size_t cpu_block_size(size_t n) {
 size_t cuda_block_size(size_t n) {
   constexpr size_t kSmallStep = 512;  // sizes up to 1 MiB round to 512 bytes
   n = std::max<size_t>(n, 1);
+  constexpr size_t kHugeStep = size_t{64} << 20;  // over 1 GiB: 64 MiB steps
   if (n <= (size_t{1} << 20)) return (n + kSmallStep - 1) / kSmallStep * kSmallStep;
+  if (n > (size_t{1} << 30)) return (n + kHugeStep - 1) / kHugeStep * kHugeStep;
   return round_eighths(n, 1);
 }
 

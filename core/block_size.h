@@ -10,7 +10,9 @@ namespace kiln {
 
 // Up to 512 bytes: multiples of 64; larger: multiples of 1/8 of the next power of two.
 size_t cpu_block_size(size_t nbytes);
-// Up to 1 MiB: multiples of 512 bytes; larger: multiples of 1/8 of the next power of two.
+// Up to 1 MiB: multiples of 512 bytes; up to 1 GiB: multiples of 1/8 of the next power of two;
+// larger (DataParallel's one gradient allocation): multiples of 64 MiB, so that a 4.1 GiB block
+// does not take 5 GiB.
 size_t cuda_block_size(size_t nbytes);
 
 }  // namespace kiln
