@@ -708,7 +708,7 @@ PY
       gtests r11_packed build/core/core_gpu_tests 'PackedWgradCuda.*'
       gtests r11_optim build/optim/optim_gpu_tests '*'
       memcheck r11_packed build/core/core_gpu_tests 'PackedWgradCuda.EqualPieces*' 200
-      memcheck r11_optim build/optim/optim_gpu_tests 'OptimCuda.LaunchBlockCap*' 150
+      memcheck r11_optim build/optim/optim_gpu_tests 'OptimCuda.LaunchBlockCap*' 100
       if [[ -f build/plants.tar.xz ]]; then
         mkdir -p /tmp/pl && tar xJf build/plants.tar.xz -C /tmp/pl
         for p in 25 26; do
