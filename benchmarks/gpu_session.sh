@@ -700,6 +700,25 @@ PY
         stamp "pytorch $m: $(grep -hE '^pytorch' "$out/pytorch_$m.log" 2>/dev/null | tail -1)"
       done
       stamp r11 ;;
+    r11q)
+      # The eleventh round in little device time, from binaries built elsewhere (build/carry
+      # holds kiln and core_gpu_tests / optim_gpu_tests at /tmp/c): Llama 1B this tree, both
+      # switches off, the new tests and planted bugs 25_ / 26_, PyTorch, this tree again.
+      c=$(cfg_of llama)
+      kiln_run llama-new "$c"
+      kiln_run llama-old "$c" KILN_ADAMW_LAUNCH_BLOCKS=320 KILN_PACKED_WGRAD_BATCHED=0
+      gtests r11_packed /tmp/c/core_gpu_tests 'PackedWgradCuda.*'
+      gtests r11_optim /tmp/c/optim_gpu_tests 'OptimCuda.LaunchBlockCap*:OptimCuda.AdamWMatchesCpuOverSteps:OptimCuda.GradNorm*:OptimCuda.GroupedStep*'
+      mkdir -p /tmp/pl && tar xJf build/plants.tar.xz -C /tmp/pl
+      for p in 25 26; do
+        f='PackedWgradCuda.EqualPieces*'; [[ $p == 26 ]] && f='OptimCuda.LaunchBlockCap*'
+        timeout 60 /tmp/pl/p$p --gtest_brief=1 --gtest_filter="$f" > "$out/plant$p.log" 2>&1
+        echo "planted $p: tests exit $? (want 1), $(grep -cE '^\[  FAILED' "$out/plant$p.log") FAILED lines"
+      done
+      timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1
+      stamp "pytorch: $(grep -hE '^pytorch' "$out/pytorch_llama.log" | tail -1)"
+      kiln_run llama-new2 "$c"
+      stamp r11q ;;
     r11check)
       # Its GPU tests, memcheck on the new ones, and planted bugs 25_ and 26_ from binaries built
       # elsewhere (build/plants.tar.xz: p25 core_gpu_tests, p26 optim_gpu_tests); waits for the
