@@ -164,6 +164,15 @@ plant_patch() {
   [[ ${PLANT_NORESTORE:-0} == 1 ]] ||
     cmake --build build -j16 --target "$(basename "$3")" > "$out/plant_build.log" 2>&1
 }
+# carried_plant N FILTER: planted bug N_ from a binary built elsewhere (build/plants.tar.xz: pN)
+# on the tests FILTER picks (want: exit 1 and FAILED lines).
+carried_plant() {
+  [[ -f build/plants.tar.xz ]] || return 0
+  [[ -d /tmp/pl ]] || { mkdir -p /tmp/pl && tar xJf build/plants.tar.xz -C /tmp/pl; }
+  [[ -x /tmp/pl/p$1 ]] || return 0
+  timeout 120 "/tmp/pl/p$1" --gtest_brief=1 --gtest_filter="$2" > "$out/plant$1.log" 2>&1
+  echo "planted $1: tests exit $? (want 1), $(grep -cE '^\[  FAILED' "$out/plant$1.log") FAILED lines"
+}
 # wait_bg_build: waits for the background build of BG_BUILD_TARGETS, if one runs (once).
 wait_bg_build() {
   [[ -n $bg_build ]] || return 0
@@ -668,15 +677,8 @@ PY
       wait_bg_build
       gtests r10_tests build/core/core_gpu_tests 'Fp8*'
       memcheck r10 build/core/core_gpu_tests 'Fp8DirectCuda.*' 200
-      if [[ -f build/plants.tar.xz ]]; then
-        mkdir -p /tmp/pl && tar xJf build/plants.tar.xz -C /tmp/pl
-        for p in 23 24; do
-          [[ -x /tmp/pl/p$p ]] || continue
-          f='Fp8DirectCuda.*Weight*'; [[ $p == 24 ]] && f='Fp8DirectCuda.MlpResidual*'
-          timeout 120 /tmp/pl/p$p --gtest_brief=1 --gtest_filter="$f" > "$out/plant$p.log" 2>&1
-          echo "planted $p: tests exit $? (want 1), $(grep -cE '^\[  FAILED' "$out/plant$p.log") FAILED lines"
-        done
-      fi
+      carried_plant 23 'Fp8DirectCuda.*Weight*'
+      carried_plant 24 'Fp8DirectCuda.MlpResidual*'
       stamp r10check ;;
     r11)
       # The eleventh round's switches on Llama 1B (R11_MODELS picks): this tree, both switched off
@@ -709,12 +711,8 @@ PY
       kiln_run llama-old "$c" KILN_ADAMW_LAUNCH_BLOCKS=320 KILN_PACKED_WGRAD_BATCHED=0
       gtests r11_packed /tmp/c/core_gpu_tests 'PackedWgradCuda.*'
       gtests r11_optim /tmp/c/optim_gpu_tests 'OptimCuda.LaunchBlockCap*:OptimCuda.AdamWMatchesCpuOverSteps:OptimCuda.GradNorm*:OptimCuda.GroupedStep*'
-      mkdir -p /tmp/pl && tar xJf build/plants.tar.xz -C /tmp/pl
-      for p in 25 26; do
-        f='PackedWgradCuda.EqualPieces*'; [[ $p == 26 ]] && f='OptimCuda.LaunchBlockCap*'
-        timeout 60 /tmp/pl/p$p --gtest_brief=1 --gtest_filter="$f" > "$out/plant$p.log" 2>&1
-        echo "planted $p: tests exit $? (want 1), $(grep -cE '^\[  FAILED' "$out/plant$p.log") FAILED lines"
-      done
+      carried_plant 25 'PackedWgradCuda.EqualPieces*'
+      carried_plant 26 'OptimCuda.LaunchBlockCap*'
       timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1
       stamp "pytorch: $(grep -hE '^pytorch' "$out/pytorch_llama.log" | tail -1)"
       kiln_run llama-new2 "$c"
@@ -728,15 +726,8 @@ PY
       gtests r11_optim build/optim/optim_gpu_tests '*'
       memcheck r11_packed build/core/core_gpu_tests 'PackedWgradCuda.EqualPieces*' 200
       memcheck r11_optim build/optim/optim_gpu_tests 'OptimCuda.LaunchBlockCap*' 100
-      if [[ -f build/plants.tar.xz ]]; then
-        mkdir -p /tmp/pl && tar xJf build/plants.tar.xz -C /tmp/pl
-        for p in 25 26; do
-          [[ -x /tmp/pl/p$p ]] || continue
-          f='PackedWgradCuda.EqualPieces*'; [[ $p == 26 ]] && f='OptimCuda.LaunchBlockCap*'
-          timeout 120 /tmp/pl/p$p --gtest_brief=1 --gtest_filter="$f" > "$out/plant$p.log" 2>&1
-          echo "planted $p: tests exit $? (want 1), $(grep -cE '^\[  FAILED' "$out/plant$p.log") FAILED lines"
-        done
-      fi
+      carried_plant 25 'PackedWgradCuda.EqualPieces*'
+      carried_plant 26 'OptimCuda.LaunchBlockCap*'
       stamp r11check ;;
     timeline)
       # A CUPTI timeline (benchmarks/profile/cupti_trace.cc, injected by the driver) of each of
