@@ -207,13 +207,8 @@ Shape with_last(const Shape& s, int64_t last) {
 
 // Direct wgrad (a weight GEMM adding into the f32 .grad) is on unless KILN_DIRECT_WGRAD=0 (for A/B
 // measurements).
-bool direct_wgrad_on() {
-  static const bool on = [] {
-    const char* v = std::getenv("KILN_DIRECT_WGRAD");
-    return v == nullptr || std::string(v) != "0";
-  }();
-  return on;
-}
+EnvSwitch g_direct_wgrad("KILN_DIRECT_WGRAD", /*default_on=*/true);
+bool direct_wgrad_on() { return g_direct_wgrad.on(); }
 
 // The f32 .grad a weight's gradient may be added into by its GEMM (autograd's
 // accumulation_target, claimed: *overwrite says the GEMM must write it with beta = 0).

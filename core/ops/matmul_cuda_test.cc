@@ -24,6 +24,7 @@
 #include "core/cuda/gemm.h"
 #include "core/ops/activation.h"
 #include "core/ops/cuda_base_ops.h"
+#include "core/ops/cuda_op_test_util.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/matmul.h"
 #include "core/testing/gpu_test_util.h"
@@ -49,16 +50,8 @@ double rms(const Tensor& t) {
   return v.empty() ? 0.0 : std::sqrt(s / static_cast<double>(v.size()));
 }
 
-// The largest |element|; NaN if any element is NaN (std::max alone would skip it, and a read of a
-// poisoned or stale value would then pass a bound).
-double max_abs(const Tensor& t) {
-  double m = 0;
-  for (double d : t.to_vector()) {
-    if (std::isnan(d)) return d;
-    m = std::max(m, std::fabs(d));
-  }
-  return m;
-}
+// NaN if any element is NaN: a read of a poisoned or stale value fails a bound.
+using testing::max_abs;
 
 double rtol_for(DType dt) {
   switch (dt) {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/ops/cuda_op_test_util.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/matmul.h"
 #include "core/ops/view.h"
@@ -37,15 +38,9 @@ const Device kGpu = Device::cuda(0);
 Tensor to_gpu(const Tensor& t) { return t.to(kGpu).detach(); }
 Tensor f64(const Tensor& t) { return t.to(Device::cpu()).to(DType::kF64).detach(); }
 
-double max_abs(const Tensor& t) {
-  double m = 0;
-  for (double d : t.to_vector()) m = std::max(m, std::fabs(d));
-  return m;
-}
-
-// max |got - want| / max |want|.
+// max |got - want| / max |want|; NaN (failing every bound) if got holds a NaN.
 double rel_err(const Tensor& got, const Tensor& want) {
-  return max_abs(sub(f64(got), want)) / max_abs(want);
+  return testing::max_abs(sub(f64(got), want)) / testing::max_abs(want);
 }
 
 struct ForcePacked {
