@@ -407,7 +407,8 @@ std::vector<std::string> apply_retention(const std::string& dir, int keep_last,
   return removed;
 }
 
-absl::StatusOr<std::string> find_resume_checkpoint(const CheckpointConfig& c) {
+absl::StatusOr<std::string> find_resume_checkpoint(const CheckpointConfig& c,
+                                                   const std::string& prefix) {
   const std::string mode = absl::AsciiStrToLower(c.resume());
   if (mode == "never") return std::string();
   const bool automatic = mode == "auto" || mode.empty();
@@ -419,7 +420,7 @@ absl::StatusOr<std::string> find_resume_checkpoint(const CheckpointConfig& c) {
         parse_step_dir_name(fs::path(c.resume()).lexically_normal().filename().string()) >= 0)
       return c.resume();
     if (!fs::is_directory(c.resume(), ec))
-      return absl::NotFoundError("checkpoint.resume: '" + c.resume() + "' does not exist");
+      return absl::NotFoundError(absl::StrCat(prefix, "'", c.resume(), "' does not exist"));
     root = c.resume();
   }
   if (!fs::is_directory(root, ec)) return std::string();
@@ -449,7 +450,7 @@ absl::StatusOr<std::string> find_resume_checkpoint(const CheckpointConfig& c) {
   }
   if (best >= 0) return root + "/" + best_name;
   if (!automatic)
-    return absl::NotFoundError("checkpoint.resume: no checkpoint in '" + c.resume() + "'");
+    return absl::NotFoundError(absl::StrCat(prefix, "no checkpoint in '", c.resume(), "'"));
   return std::string();
 }
 

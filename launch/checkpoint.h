@@ -83,8 +83,10 @@ std::vector<std::string> apply_retention(const std::string& dir, int keep_last, 
 // The checkpoint a run should start from, or "" for none. resume "never": none; "auto": the one
 // c.dir()/latest names (the commit point; without a `latest` file, the newest step_* directory,
 // complete by construction); otherwise the path given: a checkpoint directory (holding
-// manifest.bin) or a checkpoint root (resolved as for "auto").
-absl::StatusOr<std::string> find_resume_checkpoint(const CheckpointConfig& c);
+// manifest.bin) or a checkpoint root (resolved as for "auto"). Errors start with `prefix`, which
+// names where that path came from ("checkpoint.resume: ", "--checkpoint: ", or nothing).
+absl::StatusOr<std::string> find_resume_checkpoint(
+    const CheckpointConfig& c, const std::string& prefix = "checkpoint.resume: ");
 
 // Reads and validates PATH/manifest.bin and (check_files) checks that every shard file it lists
 // exists and is long enough for the pieces stored in it. Errors name the file (and the tensor).

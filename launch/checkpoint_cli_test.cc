@@ -155,5 +155,29 @@ TEST(CorruptCheckpoint, EachIsAClearErrorAtStartup) {
   EXPECT_THAT(out, HasSubstr("latest names step_00000004, which does not exist"));
 }
 
+// A missing or empty checkpoint path given on the command line: an error naming the flag (or the
+// path alone, for `kiln checkpoint`), not the config field checkpoint.resume the user never set.
+TEST(CheckpointPathArg, MissingOrEmptyNamesTheFlag) {
+  const std::string dir = fresh_dir("path_arg");
+  const std::string gone = dir + "/gone";
+  const struct {
+    std::string args, expect;
+  } cases[] = {
+      {"checkpoint info " + gone, "kiln checkpoint: '" + gone + "' does not exist"},
+      {"export --checkpoint " + gone + " --out " + dir + "/hf",
+       "kiln export: --checkpoint: '" + gone + "' does not exist"},
+      {"eval --checkpoint " + dir, "--checkpoint: no checkpoint in '" + dir + "'"},
+      {"logits --checkpoint " + gone + " --tokens 1",
+       "--checkpoint: '" + gone + "' does not exist"},
+  };
+  for (const auto& c : cases) {
+    auto [rc, out] = run_kiln(c.args);
+    EXPECT_EQ(rc, 1) << c.args << ":\n" << out;
+    EXPECT_THAT(out, HasSubstr(c.expect)) << c.args;
+    EXPECT_THAT(out, ::testing::Not(HasSubstr("checkpoint.resume"))) << c.args;
+  }
+  EXPECT_FALSE(fs::exists(dir + "/hf")) << "export wrote output for a missing checkpoint";
+}
+
 }  // namespace
 }  // namespace kiln::launch

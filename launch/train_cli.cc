@@ -145,7 +145,7 @@ absl::StatusOr<TrainConfig> read_config(const Args& a, bool reading) {
     if (reading) sets.push_back("checkpoint.resume=never");  // the weights asked for
   }
   if (a.checkpoint.empty()) return load_config(a.config, sets);
-  absl::StatusOr<std::string> path = resolve_checkpoint(a.checkpoint);
+  absl::StatusOr<std::string> path = resolve_checkpoint(a.checkpoint, "--checkpoint: ");
   if (!path.ok()) return path.status();
   sets.push_back("checkpoint.resume=" + *path);
   if (!a.config.empty()) return load_config(a.config, sets);

@@ -120,7 +120,7 @@ absl::StatusOr<std::unique_ptr<models::LanguageModel>> load_model(const LogitsAr
   std::string path;
   Manifest manifest;
   if (!a.ckpt.empty()) {
-    absl::StatusOr<std::string> p = resolve_checkpoint(a.ckpt);
+    absl::StatusOr<std::string> p = resolve_checkpoint(a.ckpt, "--checkpoint: ");
     if (!p.ok()) return p.status();
     path = *p;
     absl::StatusOr<Manifest> m = read_checkpoint_manifest(path);
@@ -200,11 +200,12 @@ absl::Status choose_export_tokenizer(const Manifest& m, bool given, std::string*
 
 }  // namespace
 
-absl::StatusOr<std::string> resolve_checkpoint(const std::string& path) {
+absl::StatusOr<std::string> resolve_checkpoint(const std::string& path, const std::string& prefix) {
   CheckpointConfig c;
   c.set_resume(path);
-  absl::StatusOr<std::string> r = find_resume_checkpoint(c);
-  if (r.ok() && r->empty()) return absl::NotFoundError("no checkpoint at " + path);
+  absl::StatusOr<std::string> r = find_resume_checkpoint(c, prefix);
+  if (r.ok() && r->empty())
+    return absl::NotFoundError(absl::StrCat(prefix, "no checkpoint at ", path));
   return r;
 }
 
@@ -253,7 +254,7 @@ int export_main(int argc, char** argv) {
     std::fprintf(stderr, "kiln export: %s (see kiln export --help)\n", err.c_str());
     return 2;
   }
-  absl::StatusOr<std::string> path = resolve_checkpoint(ckpt);
+  absl::StatusOr<std::string> path = resolve_checkpoint(ckpt, "--checkpoint: ");
   if (!path.ok()) return fail("export", path.status());
   absl::StatusOr<Manifest> m = read_checkpoint_manifest(*path);
   if (!m.ok()) return fail("export", m.status());
@@ -324,7 +325,7 @@ int checkpoint_main(int argc, char** argv) {
   }
   int rc = 0;
   for (int i = 2; i < argc; ++i) {
-    absl::StatusOr<std::string> path = resolve_checkpoint(argv[i]);
+    absl::StatusOr<std::string> path = resolve_checkpoint(argv[i], "");
     absl::StatusOr<Manifest> m =
         path.ok() ? read_checkpoint_manifest(*path) : absl::StatusOr<Manifest>(path.status());
     if (!m.ok()) {

@@ -10,8 +10,9 @@
 namespace kiln::launch {
 
 // A checkpoint directory as given, or the newest (`latest`) one in a checkpoint root; NotFound
-// when there is none.
-absl::StatusOr<std::string> resolve_checkpoint(const std::string& path);
+// when there is none. Errors start with `prefix`, which names where PATH came from
+// ("--checkpoint: ", or nothing).
+absl::StatusOr<std::string> resolve_checkpoint(const std::string& path, const std::string& prefix);
 
 int export_main(int argc, char** argv);
 int logits_main(int argc, char** argv);
