@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "core/json.h"
 #include "launch/config.h"
 #include "launch/memory_plan.h"
@@ -51,11 +52,15 @@ PlanArgs parse_plan_args(int argc, char** argv) {
       a.run = value("--run");
     else if (is("--device"))
       a.device = value("--device");
-    else if (is("--world"))
-      a.world = std::atoi(value("--world").c_str());
-    else if (is("--gpu-mem"))
-      a.gpu_mem_gib = std::atof(value("--gpu-mem").c_str());
-    else
+    else if (is("--world")) {
+      const std::string v = value("--world");
+      if (a.error.empty() && !absl::SimpleAtoi(v, &a.world))
+        a.error = "--world: expected a whole number of ranks, got '" + v + "'";
+    } else if (is("--gpu-mem")) {
+      const std::string v = value("--gpu-mem");
+      if (a.error.empty() && (!absl::SimpleAtod(v, &a.gpu_mem_gib) || !(a.gpu_mem_gib > 0)))
+        a.error = "--gpu-mem: expected a GPU memory size in GiB (> 0), got '" + v + "'";
+    } else
       a.error = "unknown argument '" + s + "'";
   }
   if (a.error.empty() && !a.help && a.config.empty()) a.error = "--config FILE is required";

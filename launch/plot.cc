@@ -314,9 +314,13 @@ int plot_main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::printf(
         "usage: kiln plot RUN_DIR\n\nReads RUN_DIR/metrics.jsonl and writes the train and "
-        "validation "
-        "loss curves to\nRUN_DIR/loss.png and RUN_DIR/loss.svg.\n");
+        "validation loss curves to\nRUN_DIR/loss.png and RUN_DIR/loss.svg.\n");
     return argc < 2 ? 2 : 0;
+  }
+  if (argc > 2) {
+    std::fprintf(stderr, "kiln plot: one RUN_DIR, got %d arguments (see kiln plot --help)\n",
+                 argc - 1);
+    return 2;
   }
   const std::string dir = argv[1];
   auto series = read_loss_series(dir + "/metrics.jsonl");

@@ -311,17 +311,37 @@ int logits_main(int argc, char** argv) {
   return 0;
 }
 
+namespace {
+
+void print_checkpoint_usage() {
+  std::printf(
+      "usage: kiln checkpoint info|verify|hash PATH [PATH ...]\n\n"
+      "  info    step, tokens, layout, tensors and files of a checkpoint\n"
+      "  verify  reads every stored piece and checks its CRC32C (exit status 1 on any error)\n"
+      "  hash    CRC32C of every whole tensor (assembled from its pieces: independent of the\n"
+      "          layout that wrote it), and of all of them together\n"
+      "PATH is a checkpoint directory (step_NNNNNNNN) or a checkpoint root (its `latest`).\n");
+}
+
+}  // namespace
+
 int checkpoint_main(int argc, char** argv) {
   const std::string sub = argc > 1 ? argv[1] : "";
-  if (sub.empty() || is_help(argc, argv) || (sub != "info" && sub != "verify" && sub != "hash")) {
-    std::printf(
-        "usage: kiln checkpoint info|verify|hash PATH [PATH ...]\n\n"
-        "  info    step, tokens, layout, tensors and files of a checkpoint\n"
-        "  verify  reads every stored piece and checks its CRC32C (exit status 1 on any error)\n"
-        "  hash    CRC32C of every whole tensor (assembled from its pieces: independent of the\n"
-        "          layout that wrote it), and of all of them together\n"
-        "PATH is a checkpoint directory (step_NNNNNNNN) or a checkpoint root (its `latest`).\n");
+  if (sub.empty() || is_help(argc, argv)) {
+    print_checkpoint_usage();
     return sub.empty() ? 2 : 0;
+  }
+  if (sub != "info" && sub != "verify" && sub != "hash") {
+    std::fprintf(stderr,
+                 "kiln checkpoint: unknown command '%s': info, verify or hash (see kiln "
+                 "checkpoint --help)\n",
+                 sub.c_str());
+    return 2;
+  }
+  if (argc < 3) {
+    std::fprintf(stderr, "kiln checkpoint %s: PATH is required (see kiln checkpoint --help)\n",
+                 sub.c_str());
+    return 2;
   }
   int rc = 0;
   for (int i = 2; i < argc; ++i) {
@@ -342,8 +362,7 @@ int checkpoint_main(int argc, char** argv) {
       const ParallelLayout& l = m->layout();
       std::printf(
           "%s: step %lld, %lld tokens, layout world %d (dp %d tp %d pp %d, zero %d), %zu tensors "
-          "in "
-          "%d pieces, %d files, %.1f MiB\n",
+          "in %d pieces, %d files, %.1f MiB\n",
           path->c_str(), static_cast<long long>(m->step()),
           static_cast<long long>(m->tokens_seen()), l.world_size(), l.dp(), l.tp(), l.pp(),
           l.zero_stage(), names.size(), m->tensors_size(), m->files_size(), bytes / 1048576.0);
