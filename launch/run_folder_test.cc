@@ -113,6 +113,7 @@ TEST(RunFolder, InitFromBesideACheckpointIsNeverSilent) {
   ASSERT_EQ(rc1, 0) << out1;
   EXPECT_THAT(out1, HasSubstr("training.init_from " + dir + "/step4 is not used"));
   EXPECT_THAT(out1, HasSubstr("resumed from"));
+  EXPECT_THAT(out1, HasSubstr("kiln: trained steps 5-6 (resumed at step 4;"));
   // eval: the weights asked for are the ones evaluated (step 4's, not the latest step 6's).
   auto [rc2, init] = run_kiln("eval " + args + " --init-from " + dir + "/step4");
   auto [rc3, step4] = run_kiln("eval --checkpoint " + ckpt + "/step_00000004");
@@ -121,6 +122,26 @@ TEST(RunFolder, InitFromBesideACheckpointIsNeverSilent) {
   EXPECT_THAT(init, HasSubstr("weights: " + dir + "/step4 (--init-from)"));
   EXPECT_EQ(val_loss(init), val_loss(step4)) << init << step4;
   EXPECT_NE(val_loss(init), val_loss(latest)) << init << latest;
+}
+
+// A finished run started again trains nothing and says so (not "trained 4 steps").
+TEST(RunFolder, FinishedRunStartedAgainSaysNothingToTrain) {
+  const std::string dir = fresh_dir("finished");
+  const std::string args = train_run(dir);
+  auto count_train_rows = [&] {
+    const std::string m = read_bytes(dir + "/run/metrics.jsonl");
+    int n = 0;
+    for (size_t p = m.find(R"("kind":"train")"); p != std::string::npos;
+         p = m.find(R"("kind":"train")", p + 1))
+      ++n;
+    return n;
+  };
+  ASSERT_EQ(count_train_rows(), 4);
+  auto [rc, out] = run_kiln("train " + args);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("kiln: nothing to train: the checkpoint is at step 4"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("kiln: trained"))) << out;
+  EXPECT_EQ(count_train_rows(), 4);
 }
 
 TEST(RunFolder, MetricsStepsMatchTheConsole) {

@@ -99,9 +99,19 @@ void Trainer::print_end(const TrainSummary& sum) const {
   if (quiet_ || world_.rank != 0) return;
   std::printf("sample after %lld steps:\n%s\n", static_cast<long long>(sum.steps),
               sum.sample.c_str());
-  std::printf("kiln: trained %lld steps, %s tokens in %s\n", static_cast<long long>(sum.steps),
-              human_count(static_cast<double>(tokens_seen_)).c_str(),
-              human_time(sum.seconds).c_str());
+  const long long first = sum.first_step, last = sum.steps;
+  const std::string tokens = human_count(static_cast<double>(tokens_seen_));
+  if (first > 0 && first == last)  // a finished run started again: only the final eval ran
+    std::printf(
+        "kiln: nothing to train: the checkpoint is at step %lld, where the run ends "
+        "(training.max_steps or training.token_budget; raise it to train on)\n",
+        last);
+  else if (first > 0)
+    std::printf("kiln: trained steps %lld-%lld (resumed at step %lld; %s tokens in all) in %s\n",
+                first + 1, last, first, tokens.c_str(), human_time(sum.seconds).c_str());
+  else
+    std::printf("kiln: trained %lld steps, %s tokens in %s\n", last, tokens.c_str(),
+                human_time(sum.seconds).c_str());
 }
 
 void Trainer::evaluate_and_log(int64_t step, TrainSummary* sum) {
