@@ -25,6 +25,8 @@
 #   together against all off, then PyTorch: Llama 1B, GPT-2 124M and 1.5B; ALLON_MODELS picks;
 #   ALLON_QUICK=1 skips the second all-on run, ALLON_NOOFF=1 the all-off run; ALLON_FP8="g1.5b"
 #   adds kiln with fp8 GEMMs for the models it names; ALLON_ENV: switches for the all-on runs),
+#   close17 (issue 17's closing measurement, most needed first: GPT-2 124M and 1.5B against
+#   PyTorch, then `ctest -L gpu`, then Llama 1B against PyTorch; one kiln run each),
 #   adamwvec (KILN_ADAMW_VEC: test, memcheck, planted bug, kernel_bench adamw, Llama 1B / GPT-2
 #   124M on / off over today's defaults; ADAMWVEC_E2E=0 skips those runs), dgelu (the hidden gradient's paths: test, kernel_bench dgelu, GPT-2 124M with
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
@@ -193,6 +195,34 @@ ab_on_off() {
   kiln_run "$label-on" "$cfg" "${OFF[@]}" "$@"; kiln_run "$label-off" "$cfg" "${OFF[@]}"
   kiln_run "$label-on2" "$cfg" "${OFF[@]}" "$@"
 }
+# run_ctest: every gpu-labelled ctest (op tests, GPU training parity, GPU kill -9 resume, NCCL at
+# np 2 when two GPUs are present); needs the background build (or BUILD_TARGETS) of their binaries.
+run_ctest() {
+  local dir=build
+  wait_bg_build
+  if [[ -f build/planted.list ]]; then  # objects of planted sources: rebuild from the clean ones
+    sort -u build/planted.list | xargs -r touch && rm build/planted.list
+    cmake --build build -j16 > "$out/build_unplant.log" 2>&1; stamp "rebuilt after plants: $?"
+  fi
+  timeout 420 ctest --test-dir $dir -L gpu -j4 --output-on-failure > "$out/ctest_gpu.log" 2>&1
+  stamp "ctest -L gpu exit $?"; grep -E "tests passed|\*\*\*|Failed" "$out/ctest_gpu.log" | head -20
+}
+# allon_model MODEL: the defaults (and the ALLON_* variants) of llama, g124 or g1.5b, then PyTorch.
+allon_model() {
+  local m=$1 c
+  c=$(cfg_of "$m")
+  kiln_run "$m-allon" "$c" ${ALLON_ENV:-}
+  [[ ${ALLON_NOOFF:-0} == 1 ]] || kiln_run "$m-alloff" "$c" "${OFF[@]}"
+  [[ " ${ALLON_FP8:-} " == *" $m "* ]] && kiln_run "$m-fp8" "$c" -- --set precision.fp8_matmul=true
+  [[ ${ALLON_QUICK:-0} == 1 ]] || kiln_run "$m-allon2" "$c"
+  case $m in
+    llama) timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1 ;;
+    g124) timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py > "$out/pytorch_g124.log" 2>&1 ;;
+    g1.5b) timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py --layers 48 --heads 25 --c 1600 \
+      --batch 8 --steps 20 --warmup 8 > "$out/pytorch_g1.5b.log" 2>&1 ;;
+  esac
+  stamp "pytorch $m exit $?"; grep -hE "^pytorch|failed|Error" "$out/pytorch_$m.log" | tail -1
+}
 for part in "$@"; do
   case $part in
     e2e)
@@ -336,16 +366,7 @@ PY
       stamp "train exit $?"; grep -E "tests ran|PASSED|FAILED|steps:|max rel|relative" "$out/gpu_train_test.log"
       grep -B3 -A12 "Failure" "$out/core_gpu_tests.log" | head -60 ;;
     ctest)
-      # every gpu-labelled ctest (op tests, GPU training parity, GPU kill -9 resume, NCCL at np 2
-      # when two GPUs are present); needs BUILD_TARGETS to include their binaries.
-      dir=build
-      wait_bg_build
-      if [[ -f build/planted.list ]]; then  # objects of planted sources: rebuild from the clean ones
-        sort -u build/planted.list | xargs -r touch && rm build/planted.list
-        cmake --build build -j16 > "$out/build_unplant.log" 2>&1; stamp "rebuilt after plants: $?"
-      fi
-      timeout 420 ctest --test-dir $dir -L gpu -j4 --output-on-failure > "$out/ctest_gpu.log" 2>&1
-      stamp "ctest -L gpu exit $?"; grep -E "tests passed|\*\*\*|Failed" "$out/ctest_gpu.log" | head -20 ;;
+      run_ctest ;;
     plan)
       # kiln plan against measured GPU peaks (benchmarks/plan_gpu.sh), GPT-2 124M and 1.5B
       timeout 400 bash benchmarks/plan_gpu.sh build "$out/plan" > "$out/plan.log" 2>&1
@@ -802,20 +823,10 @@ PY
       # ceshared, resid) against all off, then PyTorch, for the issue's three bf16 rows: Llama 1B
       # (8 x 2048), GPT-2 124M (32 x 1024), GPT-2 1.5B (8 x 1024). ALLON_MODELS picks (default all).
       # (since 2026-12-06 those are the defaults: "allon" runs the defaults, "alloff" sets OFF)
-      for m in ${ALLON_MODELS-llama g124 g1.5b}; do
-        c=$(cfg_of "$m")
-        kiln_run "$m-allon" "$c" ${ALLON_ENV:-}
-        [[ ${ALLON_NOOFF:-0} == 1 ]] || kiln_run "$m-alloff" "$c" "${OFF[@]}"
-        [[ " ${ALLON_FP8:-} " == *" $m "* ]] && kiln_run "$m-fp8" "$c" -- --set precision.fp8_matmul=true
-        [[ ${ALLON_QUICK:-0} == 1 ]] || kiln_run "$m-allon2" "$c"
-        case $m in
-          llama) timeout 240 python3 benchmarks/e2e/pytorch_llama.py > "$out/pytorch_llama.log" 2>&1 ;;
-          g124) timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py > "$out/pytorch_g124.log" 2>&1 ;;
-          g1.5b) timeout 240 python3 benchmarks/e2e/pytorch_gpt2.py --layers 48 --heads 25 --c 1600 \
-            --batch 8 --steps 20 --warmup 8 > "$out/pytorch_g1.5b.log" 2>&1 ;;
-        esac
-        stamp "pytorch $m exit $?"; grep -hE "^pytorch|failed|Error" "$out/pytorch_$m.log" | tail -1
-      done ;;
+      for m in ${ALLON_MODELS-llama g124 g1.5b}; do allon_model "$m"; done ;;
+    close17)
+      ALLON_NOOFF=1 ALLON_QUICK=1
+      allon_model g124; allon_model g1.5b; run_ctest; allon_model llama ;;
     sanitize)
       timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
         --gtest_filter="${SANITIZE_FILTER:-*PackedQkv*:*MlpGelu*:*LinearCrossEntropy*:*StridedInputs*:ElementwiseCuda.*}" --gtest_brief=1 > "$out/memcheck.log" 2>&1
