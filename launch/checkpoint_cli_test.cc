@@ -175,6 +175,8 @@ TEST(CheckpointPathArg, MissingOrEmptyNamesTheFlag) {
     EXPECT_EQ(rc, 1) << c.args << ":\n" << out;
     EXPECT_THAT(out, HasSubstr(c.expect)) << c.args;
     EXPECT_THAT(out, ::testing::Not(HasSubstr("checkpoint.resume"))) << c.args;
+    EXPECT_THAT(out, ::testing::Not(HasSubstr("invalid config")))
+        << c.args;  // a path, not a config
   }
   EXPECT_FALSE(fs::exists(dir + "/hf")) << "export wrote output for a missing checkpoint";
 }

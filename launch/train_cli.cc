@@ -136,20 +136,18 @@ absl::StatusOr<TrainConfig> config_from_checkpoint(const std::string& path,
   return c;
 }
 
-// The config of `a`: --config (with --set) or a checkpoint's; for reading commands the weights
-// source (--checkpoint, --init-from) is set in it.
-absl::StatusOr<TrainConfig> read_config(const Args& a, bool reading) {
+// The config of `a`: --config (with --set) or the checkpoint's at `ckpt` (--checkpoint resolved);
+// for reading commands the weights source (--checkpoint, --init-from) is set in it.
+absl::StatusOr<TrainConfig> read_config(const Args& a, const std::string& ckpt, bool reading) {
   std::vector<std::string> sets = a.sets;
   if (!a.init_from.empty()) {
     sets.push_back("training.init_from=" + a.init_from);
     if (reading) sets.push_back("checkpoint.resume=never");  // the weights asked for
   }
-  if (a.checkpoint.empty()) return load_config(a.config, sets);
-  absl::StatusOr<std::string> path = resolve_checkpoint(a.checkpoint, "--checkpoint: ");
-  if (!path.ok()) return path.status();
-  sets.push_back("checkpoint.resume=" + *path);
+  if (ckpt.empty()) return load_config(a.config, sets);
+  sets.push_back("checkpoint.resume=" + ckpt);
   if (!a.config.empty()) return load_config(a.config, sets);
-  return config_from_checkpoint(*path, sets);
+  return config_from_checkpoint(ckpt, sets);
 }
 
 // The run's tokenizer (tokenizer_files.h) as the sample codec; empty when there is none.
@@ -187,7 +185,13 @@ int load(int argc, char** argv, const char* cmd, const char* what, bool reading,
     return 2;
   }
   *world = parallel::detect_world();
-  absl::StatusOr<TrainConfig> c = read_config(a, reading);
+  absl::StatusOr<std::string> ckpt =
+      a.checkpoint.empty() ? "" : resolve_checkpoint(a.checkpoint, "--checkpoint: ");
+  if (!ckpt.ok()) {  // not a config error: the path given on the command line
+    std::fprintf(stderr, "kiln %s: %s\n", cmd, std::string(ckpt.status().message()).c_str());
+    return 1;
+  }
+  absl::StatusOr<TrainConfig> c = read_config(a, *ckpt, reading);
   if (!c.ok()) {
     std::fprintf(stderr, "kiln %s: invalid config:\n%s\n", cmd,
                  std::string(c.status().message()).c_str());
