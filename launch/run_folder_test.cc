@@ -70,6 +70,15 @@ std::string train_run(const std::string& dir) {
   return args;
 }
 
+// The "train" records of RUN/metrics.jsonl, one line each.
+std::vector<std::string> train_rows(const std::string& run) {
+  std::ifstream in(run + "/metrics.jsonl");
+  std::vector<std::string> rows;
+  for (std::string line; std::getline(in, line);)
+    if (line.find("\"kind\":\"train\"") != std::string::npos) rows.push_back(line);
+  return rows;
+}
+
 double val_loss(const std::string& out) {
   const size_t p = out.find("val loss ");
   return p == std::string::npos ? -1 : std::stod(out.substr(p + 9));
@@ -128,20 +137,13 @@ TEST(RunFolder, InitFromBesideACheckpointIsNeverSilent) {
 TEST(RunFolder, FinishedRunStartedAgainSaysNothingToTrain) {
   const std::string dir = fresh_dir("finished");
   const std::string args = train_run(dir);
-  auto count_train_rows = [&] {
-    const std::string m = read_bytes(dir + "/run/metrics.jsonl");
-    int n = 0;
-    for (size_t p = m.find(R"("kind":"train")"); p != std::string::npos;
-         p = m.find(R"("kind":"train")", p + 1))
-      ++n;
-    return n;
-  };
-  ASSERT_EQ(count_train_rows(), 4);
+  ASSERT_EQ(train_rows(dir + "/run").size(), 4u);
   auto [rc, out] = run_kiln("train " + args);
   ASSERT_EQ(rc, 0) << out;
   EXPECT_THAT(out, HasSubstr("kiln: nothing to train: the checkpoint is at step 4"));
   EXPECT_THAT(out, ::testing::Not(HasSubstr("kiln: trained"))) << out;
-  EXPECT_EQ(count_train_rows(), 4);
+  EXPECT_EQ(train_rows(dir + "/run").size(), 4u)
+      << "train rows added by a run with nothing to train";
 }
 
 TEST(RunFolder, MetricsStepsMatchTheConsole) {
@@ -151,10 +153,7 @@ TEST(RunFolder, MetricsStepsMatchTheConsole) {
       run_kiln("train --config " + dir + "/cfg.textproto --set logging.run_dir=" + dir + "/run");
   ASSERT_EQ(rc, 0) << out;
   EXPECT_THAT(out, HasSubstr("step     1/4 | loss"));
-  std::ifstream in(dir + "/run/metrics.jsonl");
-  std::vector<std::string> train;
-  for (std::string line; std::getline(in, line);)
-    if (line.find("\"kind\":\"train\"") != std::string::npos) train.push_back(line);
+  const std::vector<std::string> train = train_rows(dir + "/run");
   ASSERT_EQ(train.size(), 4u);
   EXPECT_THAT(train.front(), HasSubstr("\"step\":1,"));  // the console's "step 1/4"
   EXPECT_THAT(train.back(), HasSubstr("\"step\":4,"));

@@ -6,9 +6,9 @@
 //   stage 0 (DDP): units are buckets of about bucket_mb in reverse registration order (the order
 //     gradients become ready); gradients live in a flat buffer (params' .grad are views of it; the
 //     units' buffers are views of one allocation, the last unit's first, so the .grads of
-//     different units lie in registration order); on
-//     the last micro-step of a step, a bucket is all-reduced (averaged) as soon as every gradient
-//     in it is ready, while backward goes on; no communication on the other micro-steps.
+//     different units lie in registration order); on the last micro-step of a step, a bucket is
+//     all-reduced (averaged) as soon as every gradient in it is ready, while backward goes on; no
+//     communication on the other micro-steps.
 //   stage 1: as stage 0, but each bucket is reduce-scattered; each rank updates its shard of the
 //   fp32
 //     parameters with its shard of the optimizer state, then the parameters are all-gathered.
