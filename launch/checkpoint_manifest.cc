@@ -3,7 +3,10 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <utility>
@@ -244,6 +247,14 @@ int64_t parse_step_dir_name(std::string_view name) {
     v = v * 10 + (c - '0');
   }
   return v;
+}
+
+absl::StatusOr<std::string> read_checkpoint_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(path + ": cannot open (" + std::strerror(errno) + ")");
+  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return absl::DataLossError(path + ": read error");
+  return s;
 }
 
 std::string frame_manifest_payload(std::string_view payload) {

@@ -29,6 +29,8 @@ inline constexpr uint32_t kManifestFormatVersion = 1;
 inline constexpr uint32_t kManifestBoxVersion = 2;
 inline constexpr char kChecksumAlgorithm[] = "crc32c";
 inline constexpr size_t kManifestHeaderBytes = 24;
+// The manifest's file in a checkpoint directory.
+inline constexpr char kManifestFile[] = "manifest.bin";
 
 // CRC32C (Castagnoli) of data, continuing from `crc` (0 to start): crc32c_update(crc32c_update(0,
 // a), b) is the CRC of a followed by b. Uses the SSE4.2 instruction when the CPU has it.
@@ -62,5 +64,9 @@ int64_t stored_dtype_size(TensorDtype d);
 // returns -1 for anything else ("step_" and 8 or more digits, nothing more).
 std::string step_dir_name(int64_t step);
 int64_t parse_step_dir_name(std::string_view name);
+
+// A small file of a checkpoint (manifest.bin, `latest`, a rank's part file) read whole;
+// NotFound naming the path when it cannot be opened, DataLoss on a read error.
+absl::StatusOr<std::string> read_checkpoint_file(const std::string& path);
 
 }  // namespace kiln::launch
