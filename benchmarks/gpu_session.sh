@@ -27,6 +27,8 @@
 #   adds kiln with fp8 GEMMs for the models it names; ALLON_ENV: switches for the all-on runs),
 #   close17 (issue 17's closing measurement, most needed first: GPT-2 124M and 1.5B against
 #   PyTorch, then `ctest -L gpu`, then Llama 1B against PyTorch; one kiln run each),
+#   fp8pair (GPT-2 1.5B with today's defaults: bf16 and fp8 for 200 steps, the loss curves and
+#   speed, then fp8 and bf16 for 20 steps),
 #   adamwvec (KILN_ADAMW_VEC: test, memcheck, planted bug, kernel_bench adamw, Llama 1B / GPT-2
 #   124M on / off over today's defaults; ADAMWVEC_E2E=0 skips those runs), dgelu (the hidden gradient's paths: test, kernel_bench dgelu, GPT-2 124M with
 #   KILN_DGELU=epilogue / default; DGELU_MODELS="g124 g1.5b" adds 1.5B),
@@ -827,6 +829,13 @@ PY
     close17)
       ALLON_NOOFF=1 ALLON_QUICK=1
       allon_model g124; allon_model g1.5b; run_ctest; allon_model llama ;;
+    fp8pair)
+      c=$(cfg_of g1.5b)
+      long=(--set training.max_steps=200 --set schedule.lr.warmup_steps=20)
+      kiln_run bf16-200 "$c" -- "${long[@]}"
+      kiln_run fp8-200 "$c" -- "${long[@]}" --set precision.fp8_matmul=true
+      kiln_run fp8 "$c" -- --set precision.fp8_matmul=true
+      kiln_run bf16 "$c" ;;
     sanitize)
       timeout 70 compute-sanitizer --tool memcheck --error-exitcode 9 build/core/core_gpu_tests \
         --gtest_filter="${SANITIZE_FILTER:-*PackedQkv*:*MlpGelu*:*LinearCrossEntropy*:*StridedInputs*:ElementwiseCuda.*}" --gtest_brief=1 > "$out/memcheck.log" 2>&1
