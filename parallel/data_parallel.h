@@ -10,12 +10,10 @@
 //     all-reduced (averaged) as soon as every gradient in it is ready, while backward goes on; no
 //     communication on the other micro-steps.
 //   stage 1: as stage 0, but each bucket is reduce-scattered; each rank updates its shard of the
-//   fp32
-//     parameters with its shard of the optimizer state, then the parameters are all-gathered.
+//     fp32 parameters with its shard of the optimizer state, then the parameters are all-gathered.
 //   stage 2: gradients are sharded too: each ready gradient is copied into its unit's staging
-//   buffer
-//     and released; a complete unit is reduce-scattered into the rank's fp32 gradient shard (every
-//     micro-step, as DeepSpeed does, so no full-size gradient persists).
+//     buffer and released; a complete unit is reduce-scattered into the rank's fp32 gradient shard
+//     (every micro-step, as DeepSpeed does, so no full-size gradient persists).
 //   stage 3: parameters are sharded too: units are the model's blocks plus a root unit (embeddings,
 //     final norm, head). A block's parameters are all-gathered (in the compute dtype) just before
 //     the block runs, the next block's gather is started in advance, and they are released right
